@@ -1,0 +1,509 @@
+//! One client connection: race → handshake → session, and back to a race when the server dies.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRngCore;
+use thiserror::Error;
+use tracing::{debug, trace};
+
+use super::race::{OfferOutcome, Race};
+use super::{ClientConfig, ClientStats};
+use crate::crypto::{self, InitiatorHandshake, PublicKey};
+use crate::packet::{Init, LoadHint, Packet, Tag};
+use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
+use crate::util::canonical;
+use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN, TAG_LEN, Transmit};
+
+/// Why a connection gave up. Terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No server answered the probe before the race deadline.
+    #[error("no server answered within {0:?}")]
+    NoOffer(Duration),
+    /// The selected server never accepted, and no other server answered a new race.
+    #[error("handshake with {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The pool is empty, or no server key is pinned.
+    #[error("no servers or no pinned server keys")]
+    NothingToRace,
+}
+
+/// What the application should know. Every outcome of C3–C6 and R5 shows up here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A race started (`attempt` 0 is the first; more follow failovers).
+    RaceStarted {
+        /// 0 for the first race.
+        attempt: u32,
+        /// How many servers it probes.
+        servers: usize,
+    },
+    /// The earliest valid offer won (C3, C4).
+    Selected {
+        /// The winner.
+        server: SocketAddr,
+        /// Its answer time (C3).
+        answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
+    },
+    /// An offer arrived after the race was decided: void (C5). Its answer time is still reported.
+    LateOffer {
+        /// Who answered late.
+        server: SocketAddr,
+        /// Its answer time.
+        answer_time: Duration,
+    },
+    /// The session is up.
+    Established {
+        /// The server.
+        server: SocketAddr,
+        /// From INIT sent to ACCEPT received.
+        handshake_time: Duration,
+        /// The server this connection failed over from, if this is a failover.
+        failover_from: Option<SocketAddr>,
+    },
+    /// An application datagram arrived.
+    Datagram(Vec<u8>),
+    /// The server was lost; a new race starts if failovers remain (R5).
+    ServerLost {
+        /// The lost server.
+        server: SocketAddr,
+        /// How it was lost.
+        reason: CloseReason,
+    },
+    /// The connection failed for good.
+    Failed(ConnectError),
+    /// The connection is closed (locally, or by the server for good).
+    Closed(CloseReason),
+}
+
+struct Handshake {
+    tag: Tag,
+    server: SocketAddr,
+    key: PublicKey,
+    cookie: Vec<u8>,
+    local_id: u32,
+    hs: Option<InitiatorHandshake>,
+    init: Vec<u8>,
+    send_now: bool,
+    started: Instant,
+    next_retransmit: Instant,
+    rto: Duration,
+    deadline: Instant,
+    cookie_changed: bool,
+}
+
+enum State {
+    Racing(Race),
+    Handshaking(Handshake),
+    Established { session: Session, server: SocketAddr },
+    Done,
+}
+
+/// A client connection's protocol state. Drive it with `handle`, `handle_timeout`, and the
+/// `poll_*` methods after every input.
+pub struct Connection {
+    config: ClientConfig,
+    pool: Vec<SocketAddr>,
+    rng: Box<dyn CryptoRngCore + Send>,
+    state: State,
+    /// The last decided race, kept only to classify late offers (its tag is retired).
+    decided: Option<Race>,
+    events: VecDeque<ClientEvent>,
+    stats: ClientStats,
+    attempts: u32,
+    failover_from: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Starts racing `pool` at `now`.
+    pub fn new(
+        now: Instant,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        rng: Box<dyn CryptoRngCore + Send>,
+    ) -> Self {
+        let mut pool: Vec<SocketAddr> = pool.into_iter().map(canonical).collect();
+        pool.dedup();
+        let mut c = Self {
+            config,
+            pool,
+            rng,
+            state: State::Done,
+            decided: None,
+            events: VecDeque::new(),
+            stats: ClientStats::default(),
+            attempts: 0,
+            failover_from: None,
+        };
+        if c.pool.is_empty() || c.config.server_keys.is_empty() {
+            c.events.push_back(ClientEvent::Failed(ConnectError::NothingToRace));
+        } else {
+            let pool = c.pool.clone();
+            c.start_race(now, pool);
+        }
+        c
+    }
+
+    fn start_race(&mut self, now: Instant, targets: Vec<SocketAddr>) {
+        let mut tag = [0u8; TAG_LEN];
+        self.rng.fill_bytes(&mut tag);
+        self.stats.races += 1;
+        self.events.push_back(ClientEvent::RaceStarted { attempt: self.attempts, servers: targets.len() });
+        debug!(servers = targets.len(), attempt = self.attempts, "race started");
+        let race = Race::start(now, Tag(tag), &self.config.service, targets, self.config.race, self.config.probe_size);
+        self.state = State::Racing(race);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        let mut s = self.stats;
+        if let State::Established { session, .. } = &self.state {
+            let ss = session.stats();
+            s.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
+        }
+        s
+    }
+
+    /// The server of the established session, if any.
+    pub fn server(&self) -> Option<SocketAddr> {
+        match &self.state {
+            State::Established { server, .. } => Some(*server),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection is over (failed or closed) and has nothing left to send.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Queues an application datagram on the session.
+    pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
+        match &mut self.state {
+            State::Established { session, .. } => session.send_datagram(data),
+            State::Done => Err(SendError::Closed),
+            _ => Err(SendError::NotEstablished),
+        }
+    }
+
+    /// Closes the connection; an established session sends CLOSE first.
+    pub fn close(&mut self, code: CloseCode) {
+        match &mut self.state {
+            State::Established { session, .. } => session.close(code),
+            State::Done => {}
+            _ => {
+                self.state = State::Done;
+                self.events.push_back(ClientEvent::Closed(CloseReason::Local(code)));
+            }
+        }
+    }
+
+    /// Handles one datagram from `from`. Never panics on any input.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let from = canonical(from);
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                trace!(%from, error = %e, "dropped: malformed");
+                return;
+            }
+        };
+        match packet {
+            Packet::Offer(offer) => {
+                let keys = &self.config.server_keys;
+                let pinned = |id: &crate::KeyId| keys.iter().find(|k| k.key_id() == *id).copied();
+                let outcome = match &mut self.state {
+                    State::Racing(race) => race.handle_offer(now, from, &offer, pinned),
+                    _ => match &mut self.decided {
+                        Some(race) => race.handle_offer(now, from, &offer, pinned),
+                        None => OfferOutcome::UnknownTag,
+                    },
+                };
+                self.on_offer(now, outcome);
+            }
+            Packet::CookieChange(cc) => self.on_cookie_change(now, from, cc.tag, cc.cookie),
+            Packet::Accept(accept) => self.on_accept(now, from, accept.receiver_id, accept.noise),
+            Packet::Data(header, ct) => {
+                let State::Established { session, server } = &mut self.state else {
+                    self.stats.unexpected += 1;
+                    return;
+                };
+                if from != *server || header.receiver_id != session.local_id() {
+                    self.stats.unexpected += 1;
+                    return;
+                }
+                let server = *server;
+                match session.handle_data(now, header, ct) {
+                    Ok(Delivered::Datagram(d)) => self.events.push_back(ClientEvent::Datagram(d)),
+                    Ok(Delivered::Keepalive) => {}
+                    Ok(Delivered::Closed(code)) => {
+                        self.lose_server(now, server, CloseReason::Remote(code));
+                    }
+                    Err(DataDrop::Closed) => {}
+                    Err(_) => {}
+                }
+            }
+            Packet::Probe(_) | Packet::Init(_) => {
+                self.stats.unexpected += 1;
+            }
+        }
+    }
+
+    fn on_offer(&mut self, now: Instant, outcome: OfferOutcome) {
+        match outcome {
+            OfferOutcome::Won(w) => {
+                self.stats.offers_won += 1;
+                self.events.push_back(ClientEvent::Selected {
+                    server: w.server,
+                    answer_time: w.answer_time,
+                    load: w.load,
+                });
+                debug!(server = %w.server, answer_time = ?w.answer_time, "offer won");
+                let State::Racing(race) = std::mem::replace(&mut self.state, State::Done) else {
+                    return;
+                };
+                let tag = self.current_tag(&race);
+                self.stats.probes_sent += race.probes_sent();
+                self.decided = Some(race);
+                let local_id = self.rng.next_u32();
+                let mut hs = Handshake {
+                    tag,
+                    server: w.server,
+                    key: w.key,
+                    cookie: w.cookie,
+                    local_id,
+                    hs: None,
+                    init: Vec::new(),
+                    send_now: true,
+                    started: now,
+                    next_retransmit: now + self.config.init_rto,
+                    rto: self.config.init_rto,
+                    deadline: now + self.config.handshake_timeout,
+                    cookie_changed: false,
+                };
+                if self.build_init(&mut hs).is_some() {
+                    self.state = State::Handshaking(hs);
+                } else {
+                    // Cannot happen with sane inputs (bad pinned key?); treat as lost server.
+                    self.lose_server(now, w.server, CloseReason::IdleTimeout);
+                }
+            }
+            OfferOutcome::Late { server, answer_time } => {
+                self.stats.offers_late += 1;
+                trace!(%server, ?answer_time, "late offer voided");
+                self.events.push_back(ClientEvent::LateOffer { server, answer_time });
+            }
+            OfferOutcome::UnknownTag => self.stats.offers_unknown_tag += 1,
+            OfferOutcome::Unprobed => self.stats.offers_unprobed_source += 1,
+            OfferOutcome::UnknownKey => self.stats.offers_unknown_key += 1,
+        }
+    }
+
+    fn current_tag(&self, race: &Race) -> Tag {
+        race.retired_tag().expect("a decided race has a retired tag")
+    }
+
+    fn build_init(&mut self, hs: &mut Handshake) -> Option<()> {
+        let prologue = crypto::prologue(&self.config.service, &hs.tag, &hs.cookie);
+        let mut msg1 = [0u8; MAX_NOISE_LEN];
+        let (state, n) = InitiatorHandshake::start(
+            &hs.key,
+            &prologue,
+            &hs.local_id.to_be_bytes(),
+            &mut msg1,
+            &mut *self.rng,
+        )
+        .ok()?;
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        let size = Init { tag: hs.tag, service: &self.config.service, cookie: &hs.cookie, noise: &msg1[..n] }
+            .encode(&mut buf)
+            .ok()?;
+        hs.hs = Some(state);
+        hs.init = buf[..size].to_vec();
+        hs.send_now = true;
+        Some(())
+    }
+
+    fn on_cookie_change(&mut self, now: Instant, from: SocketAddr, tag: Tag, cookie: &[u8]) {
+        let State::Handshaking(mut hs) = std::mem::replace(&mut self.state, State::Done) else {
+            self.stats.cookie_changes_ignored += 1;
+            return;
+        };
+        if from != hs.server || tag != hs.tag || hs.cookie_changed {
+            self.stats.cookie_changes_ignored += 1;
+            self.state = State::Handshaking(hs);
+            return;
+        }
+        hs.cookie = cookie.to_vec();
+        hs.cookie_changed = true;
+        hs.next_retransmit = now + hs.rto;
+        self.stats.cookie_changes += 1;
+        debug!(server = %from, "cookie change: retrying INIT with the fresh cookie");
+        if self.build_init(&mut hs).is_some() {
+            self.state = State::Handshaking(hs);
+        } else {
+            self.lose_server(now, from, CloseReason::IdleTimeout);
+        }
+    }
+
+    fn on_accept(&mut self, now: Instant, from: SocketAddr, receiver_id: u32, noise: &[u8]) {
+        let State::Handshaking(hs) = &mut self.state else {
+            self.stats.unexpected += 1;
+            return;
+        };
+        if from != hs.server || receiver_id != hs.local_id {
+            self.stats.unexpected += 1;
+            return;
+        }
+        let Some(state) = hs.hs.take() else { return };
+        let mut payload = [0u8; MAX_NOISE_LEN];
+        let server = hs.server;
+        match state.finish(noise, &mut payload) {
+            Ok((4, keys)) => {
+                let remote_id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let handshake_time = now.saturating_duration_since(hs.started);
+                let session = Session::new(now, hs.local_id, remote_id, server, keys, self.config.session);
+                self.stats.sessions_established += 1;
+                self.events.push_back(ClientEvent::Established {
+                    server,
+                    handshake_time,
+                    failover_from: self.failover_from.take(),
+                });
+                debug!(%server, ?handshake_time, "session established");
+                self.state = State::Established { session, server };
+            }
+            _ => {
+                // The handshake state is spent; an ACCEPT that fails Noise means the session
+                // cannot come up with this server.
+                self.stats.accepts_invalid += 1;
+                self.lose_server(now, server, CloseReason::IdleTimeout);
+            }
+        }
+    }
+
+    /// The server is gone (idle timeout, GOING_AWAY, failed handshake): re-race the rest of the
+    /// pool if failovers remain, else fail.
+    fn lose_server(&mut self, now: Instant, server: SocketAddr, reason: CloseReason) {
+        let was_established = matches!(self.state, State::Established { .. });
+        if let State::Racing(race) = &self.state {
+            self.stats.probes_sent += race.probes_sent();
+        }
+        self.state = State::Done;
+        if reason == CloseReason::Remote(CloseCode::NORMAL) {
+            self.events.push_back(ClientEvent::Closed(reason));
+            return;
+        }
+        self.events.push_back(ClientEvent::ServerLost { server, reason });
+        let others: Vec<SocketAddr> = self.pool.iter().copied().filter(|a| *a != server).collect();
+        if self.attempts >= self.config.max_failovers || others.is_empty() {
+            let err = if was_established {
+                ConnectError::NoOffer(Duration::ZERO)
+            } else {
+                ConnectError::HandshakeTimeout(server)
+            };
+            self.events.push_back(ClientEvent::Failed(err));
+            return;
+        }
+        self.attempts += 1;
+        self.stats.failovers += 1;
+        self.failover_from = Some(server);
+        self.start_race(now, others);
+    }
+
+    /// Writes the next datagram to send into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes).
+    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        match &mut self.state {
+            State::Racing(race) => race.poll_transmit(buf),
+            State::Handshaking(hs) => {
+                if !hs.send_now {
+                    return None;
+                }
+                hs.send_now = false;
+                let size = hs.init.len();
+                buf.get_mut(..size)?.copy_from_slice(&hs.init);
+                self.stats.inits_sent += 1;
+                Some(Transmit { destination: hs.server, size })
+            }
+            State::Established { session, server } => {
+                let destination = *server;
+                match session.poll_transmit(buf) {
+                    Some(size) => Some(Transmit { destination, size }),
+                    None => {
+                        if session.is_drained() {
+                            let reason = session.close_reason().unwrap_or(CloseReason::Local(CloseCode::NORMAL));
+                            self.state = State::Done;
+                            self.events.push_back(ClientEvent::Closed(reason));
+                        }
+                        None
+                    }
+                }
+            }
+            State::Done => None,
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Connection::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Racing(race) => race.poll_timeout(),
+            State::Handshaking(hs) => Some(hs.next_retransmit.min(hs.deadline)),
+            State::Established { session, .. } => session.poll_timeout(),
+            State::Done => None,
+        }
+    }
+
+    /// Fires timers due at `now`: probe and INIT retransmission (R1), deadlines, keepalive and
+    /// idle timeout (R5).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.state {
+            State::Racing(race) => {
+                if race.handle_timeout(now) {
+                    let deadline = self.config.race.deadline;
+                    self.stats.probes_sent += race.probes_sent();
+                    if let State::Racing(race) = std::mem::replace(&mut self.state, State::Done) {
+                        self.decided = Some(race);
+                    }
+                    debug!("race failed: no offer");
+                    self.events.push_back(ClientEvent::Failed(ConnectError::NoOffer(deadline)));
+                }
+            }
+            State::Handshaking(hs) => {
+                if now >= hs.deadline {
+                    let server = hs.server;
+                    debug!(%server, "handshake timed out");
+                    self.lose_server(now, server, CloseReason::IdleTimeout);
+                } else if now >= hs.next_retransmit {
+                    hs.send_now = true;
+                    hs.rto = (hs.rto * 2).min(self.config.race.max_rto);
+                    hs.next_retransmit = now + hs.rto;
+                }
+            }
+            State::Established { session, server } => {
+                let server = *server;
+                if let Some(reason) = session.handle_timeout(now) {
+                    debug!(%server, ?reason, "server lost");
+                    self.lose_server(now, server, reason);
+                }
+            }
+            State::Done => {}
+        }
+    }
+}

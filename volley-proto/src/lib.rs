@@ -1,0 +1,68 @@
+//! # volley-proto
+//!
+//! volley's protocol as pure state machines: the wire codec ([`packet`]), stateless cookies
+//! ([`cookie`]), the Noise NK key schedule ([`crypto`]), the client's probe race and connection
+//! ([`client`]), the server's stateless responder and session table ([`server`]), and the encrypted
+//! session ([`session`]).
+//!
+//! It does no I/O, reads no clock and owns no global randomness. Time comes in as a `now: Instant`
+//! argument, randomness from an RNG injected at construction, and output goes out through
+//! `poll_*` methods writing into caller-owned buffers — so a runtime can feed it many datagrams
+//! and collect many transmits per system call, and a test can run a whole fleet on a virtual
+//! clock. `docs/PROTOCOL.md` in the repository is the normative description of the wire format
+//! this crate implements.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod coding;
+pub mod cookie;
+pub mod crypto;
+pub mod packet;
+pub mod server;
+pub mod session;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+
+pub use client::{ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, SelectionPolicy};
+pub use crypto::{PublicKey, StaticKeypair};
+pub use packet::{KeyId, LoadHint, Tag};
+pub use server::{AdmissionConfig, ServerConfig, ServerEndpoint, ServerEvent, ServerStats, SessionId};
+pub use session::{CloseCode, CloseReason, SendError, SessionConfig, MAX_APP_DATAGRAM};
+
+/// The protocol version byte of v1.
+pub const VERSION: u8 = 1;
+/// Largest datagram sent or accepted (fits a 1500-byte IPv6 path: 1500 − 40 − 8).
+pub const MAX_DATAGRAM_LEN: usize = 1452;
+/// Smallest PROBE a server answers. Probes are padded to this so that an OFFER (or any other
+/// answer to a probe) is never larger than what caused it.
+pub const PROBE_MIN_LEN: usize = 256;
+/// Bytes in a race tag.
+pub const TAG_LEN: usize = 16;
+/// Bytes in a server key id.
+pub const KEY_ID_LEN: usize = 8;
+/// Longest service name.
+pub const MAX_SERVICE_LEN: usize = 64;
+/// Longest cookie a client must carry (servers choose the format; ours is 39 bytes).
+pub const MAX_COOKIE_LEN: usize = 64;
+/// Longest Noise handshake message carried in INIT or ACCEPT.
+pub const MAX_NOISE_LEN: usize = 256;
+/// Bytes of the cleartext DATA header.
+pub const DATA_HEADER_LEN: usize = 14;
+/// Bytes of the AEAD tag on DATA.
+pub const AEAD_TAG_LEN: usize = 16;
+/// An ACCEPT (or anything else answering an INIT) is at most this many times the INIT's size.
+pub const INIT_AMPLIFICATION: usize = 3;
+
+/// A datagram the caller must send: `size` bytes at the start of the buffer it passed in.
+#[must_use = "a Transmit describes bytes that must be sent"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// How many bytes of the caller's buffer to send.
+    pub size: usize,
+}

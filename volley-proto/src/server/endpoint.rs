@@ -1,0 +1,421 @@
+//! The server endpoint: routes datagrams to the stateless responder or to an established session,
+//! and owns the session table. State is created only after a cookie verified, admission passed
+//! and the Noise message authenticated (S2, S3).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand_core::CryptoRngCore;
+use tracing::{debug, trace};
+
+use super::admission::{Admission, Refusal};
+use super::responder::{self, InitCheck};
+use super::{ServerConfig, ServerStats};
+use crate::coding::DecodeError;
+use crate::cookie::CookieJar;
+use crate::crypto::{self, PublicKey};
+use crate::packet::{Accept, Init, KeyId, LoadHint, Packet, Tag};
+use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
+use crate::util::canonical;
+use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
+
+/// A server-side session handle: the id the client puts in DATA.
+pub type SessionId = u32;
+
+/// Something the application should know.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A session was established with `remote`.
+    Opened {
+        /// The new session.
+        id: SessionId,
+        /// The client's address.
+        remote: SocketAddr,
+    },
+    /// A datagram arrived on a session.
+    Datagram {
+        /// The session.
+        id: SessionId,
+        /// The plaintext.
+        data: Vec<u8>,
+    },
+    /// A session ended.
+    Closed {
+        /// The session.
+        id: SessionId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+struct Served {
+    session: Session,
+    /// (client address, tag) of the INIT that opened it, for the duplicate filter.
+    origin: (SocketAddr, Tag),
+    /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
+    accept: Vec<u8>,
+}
+
+/// A volley server's protocol state.
+pub struct ServerEndpoint {
+    config: ServerConfig,
+    key_id: KeyId,
+    rng: Box<dyn CryptoRngCore + Send>,
+    jar: CookieJar,
+    admission: Admission,
+    sessions: HashMap<SessionId, Served>,
+    by_origin: HashMap<(SocketAddr, Tag), SessionId>,
+    ready: VecDeque<SessionId>,
+    events: VecDeque<ServerEvent>,
+    stats: ServerStats,
+    app_load: u32,
+}
+
+impl std::fmt::Debug for ServerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerEndpoint")
+            .field("public_key", &self.config.keypair.public())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerEndpoint {
+    /// A server starting at `now`, drawing cookie keys, session ids and Noise ephemerals from `rng`.
+    pub fn new(now: Instant, config: ServerConfig, mut rng: Box<dyn CryptoRngCore + Send>) -> Self {
+        let jar = CookieJar::new(now, config.cookie_rotation, config.cookie_lifetime, &mut *rng);
+        let admission = Admission::new(now, config.admission.clone());
+        let key_id = config.keypair.public().key_id();
+        Self {
+            config,
+            key_id,
+            rng,
+            jar,
+            admission,
+            sessions: HashMap::new(),
+            by_origin: HashMap::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ServerStats::default(),
+            app_load: 0,
+        }
+    }
+
+    /// The static public key clients must pin.
+    pub fn public_key(&self) -> PublicKey {
+        self.config.keypair.public()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Sessions currently open.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Per-probe state the endpoint holds: queued transmits and events plus the duplicate filter.
+    /// S2 says this stays 0 however many probes arrive while no session exists.
+    pub fn retained_state(&self) -> usize {
+        self.sessions.len() + self.by_origin.len() + self.ready.len() + self.events.len()
+    }
+
+    /// Changes the capacity (None: unbounded).
+    pub fn set_capacity(&mut self, capacity: Option<u32>) {
+        self.config.capacity = capacity;
+    }
+
+    /// Extra load the application reports on top of the sessions served (requests in flight).
+    pub fn set_app_load(&mut self, in_flight: u32) {
+        self.app_load = in_flight;
+    }
+
+    /// The load hint offers carry now.
+    pub fn load(&self) -> LoadHint {
+        LoadHint {
+            in_flight: (self.sessions.len() as u32).saturating_add(self.app_load),
+            capacity: self.config.capacity.unwrap_or(0),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.config.capacity.is_some_and(|c| self.load().in_flight >= c)
+    }
+
+    /// Handles one datagram from `remote` that arrived on local address `local`. A stateless answer
+    /// (OFFER, COOKIE_CHANGE, ACCEPT) is written into `response` (at least
+    /// [`crate::MAX_DATAGRAM_LEN`] bytes) and returned; session output is queued for
+    /// [`ServerEndpoint::poll_transmit`]. Never panics on any input.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        datagram: &[u8],
+        response: &mut [u8],
+    ) -> Option<Transmit> {
+        self.stats.datagrams_received += 1;
+        let remote = canonical(remote);
+        if self.admission.is_reflector_port(remote.port()) {
+            self.stats.dropped_reflector_port += 1;
+            trace!(%remote, "dropped: reflector source port");
+            return None;
+        }
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                let s = &mut self.stats;
+                match e {
+                    DecodeError::TooLong => s.malformed_too_long += 1,
+                    DecodeError::Truncated => s.malformed_truncated += 1,
+                    DecodeError::UnsupportedVersion(_) => s.malformed_version += 1,
+                    DecodeError::UnknownType(_) => s.malformed_type += 1,
+                    DecodeError::ProbeTooShort => s.probe_too_short += 1,
+                    _ => s.malformed_length += 1,
+                }
+                trace!(%remote, error = %e, "dropped: malformed");
+                return None;
+            }
+        };
+        match packet {
+            Packet::Probe(probe) => {
+                let full = self.full();
+                let under_load = self.admission.under_load(now);
+                let load = self.load();
+                responder::answer_probe(
+                    now,
+                    &self.jar,
+                    &mut self.stats,
+                    &probe,
+                    datagram.len(),
+                    remote,
+                    local,
+                    self.key_id,
+                    load,
+                    &self.config.services,
+                    full,
+                    under_load,
+                    response,
+                )
+            }
+            Packet::Init(init) => self.handle_init(now, remote, local, &init, datagram.len(), response),
+            Packet::Data(header, ciphertext) => {
+                self.handle_data(now, remote, header, ciphertext);
+                None
+            }
+            Packet::Offer(_) | Packet::Accept(_) | Packet::CookieChange(_) => {
+                self.stats.unexpected_message += 1;
+                trace!(%remote, "dropped: client-bound message");
+                None
+            }
+        }
+    }
+
+    fn handle_init(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        init: &Init<'_>,
+        init_len: usize,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        self.stats.inits_received += 1;
+        if !self.config.services.iter().any(|s| s == init.service) {
+            self.stats.init_unknown_service += 1;
+            return None;
+        }
+        match responder::check_init(now, &self.jar, &mut self.stats, init, init_len, remote, local, out) {
+            InitCheck::Drop => return None,
+            InitCheck::Reply(t) => return Some(t),
+            InitCheck::Proceed => {}
+        }
+        // Duplicate filter, consulted only after the MAC (R1): same client, same race → same ACCEPT.
+        if let Some(id) = self.by_origin.get(&(remote, init.tag)) {
+            let served = self.sessions.get(id)?;
+            self.stats.init_duplicate += 1;
+            let size = served.accept.len();
+            out.get_mut(..size)?.copy_from_slice(&served.accept);
+            return Some(Transmit { destination: remote, size });
+        }
+        if self.full() {
+            self.stats.init_refused_full += 1;
+            return None;
+        }
+        match self.admission.admit(now, remote.ip()) {
+            Ok(()) => {}
+            Err(Refusal::RateLimited) => {
+                self.stats.init_rate_limited += 1;
+                return None;
+            }
+            Err(Refusal::UnderLoad) => {
+                self.stats.init_under_load += 1;
+                return None;
+            }
+        }
+        let prologue = crypto::prologue(init.service, &init.tag, init.cookie);
+        let local_id = self.fresh_session_id();
+        let mut payload1 = [0u8; MAX_NOISE_LEN];
+        let mut msg2 = [0u8; MAX_NOISE_LEN];
+        let mut client_id = None;
+        let result = crypto::respond(
+            &self.config.keypair,
+            &prologue,
+            init.noise,
+            &mut payload1,
+            &mut *self.rng,
+            |p| {
+                if let Ok(id) = <[u8; 4]>::try_from(p) {
+                    client_id = Some(u32::from_be_bytes(id));
+                }
+                local_id.to_be_bytes()
+            },
+            &mut msg2,
+        );
+        let (keys, n2, client_id) = match (result, client_id) {
+            (Ok((_, n2, keys)), Some(cid)) => (keys, n2, cid),
+            _ => {
+                self.stats.init_handshake_failed += 1;
+                trace!(%remote, "INIT dropped: handshake failed");
+                return None;
+            }
+        };
+        let size = Accept { receiver_id: client_id, noise: &msg2[..n2] }.encode(out).ok()?;
+        if size > init_len.saturating_mul(INIT_AMPLIFICATION) {
+            self.stats.amplification_suppressed += 1;
+            return None;
+        }
+        let session = Session::new(now, local_id, client_id, remote, keys, self.config.session);
+        self.sessions.insert(
+            local_id,
+            Served { session, origin: (remote, init.tag), accept: out[..size].to_vec() },
+        );
+        self.by_origin.insert((remote, init.tag), local_id);
+        self.stats.sessions_opened += 1;
+        self.events.push_back(ServerEvent::Opened { id: local_id, remote });
+        debug!(%remote, id = local_id, "session opened");
+        Some(Transmit { destination: remote, size })
+    }
+
+    fn fresh_session_id(&mut self) -> SessionId {
+        loop {
+            let id = self.rng.next_u32();
+            if id != 0 && !self.sessions.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn handle_data(&mut self, now: Instant, remote: SocketAddr, header: crate::packet::DataHeader, ct: &[u8]) {
+        let Some(served) = self.sessions.get_mut(&header.receiver_id) else {
+            self.stats.data_unknown_session += 1;
+            trace!(%remote, "DATA dropped: unknown session");
+            return;
+        };
+        if served.session.remote() != remote {
+            self.stats.data_wrong_source += 1;
+            trace!(%remote, "DATA dropped: wrong source for session");
+            return;
+        }
+        let id = header.receiver_id;
+        match served.session.handle_data(now, header, ct) {
+            Ok(Delivered::Datagram(data)) => self.events.push_back(ServerEvent::Datagram { id, data }),
+            Ok(Delivered::Keepalive) => self.ready.push_back(id),
+            Ok(Delivered::Closed(_)) => self.finish(id),
+            Err(DataDrop::Auth) => self.stats.data_auth_failed += 1,
+            Err(DataDrop::Replay) => self.stats.data_replayed += 1,
+            Err(DataDrop::BadFrame) => self.stats.data_bad_frame += 1,
+            Err(_) => {}
+        }
+    }
+
+    fn finish(&mut self, id: SessionId) {
+        if let Some(served) = self.sessions.remove(&id) {
+            self.by_origin.remove(&served.origin);
+            let reason = served.session.close_reason().unwrap_or(CloseReason::IdleTimeout);
+            if reason == CloseReason::IdleTimeout {
+                self.stats.sessions_idle_timeout += 1;
+            }
+            self.stats.sessions_closed += 1;
+            self.events.push_back(ServerEvent::Closed { id, reason });
+            debug!(id, ?reason, "session closed");
+        }
+    }
+
+    /// Queues a datagram on a session.
+    pub fn send(&mut self, id: SessionId, data: &[u8]) -> Result<(), SendError> {
+        let served = self.sessions.get_mut(&id).ok_or(SendError::Closed)?;
+        served.session.send_datagram(data)?;
+        self.ready.push_back(id);
+        Ok(())
+    }
+
+    /// Closes one session; its CLOSE frame goes out with the next transmits.
+    pub fn close(&mut self, id: SessionId, code: CloseCode) {
+        if let Some(served) = self.sessions.get_mut(&id) {
+            served.session.close(code);
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Closes every session (shutdown): `GOING_AWAY` tells clients to race the pool again.
+    pub fn close_all(&mut self, code: CloseCode) {
+        let ids: Vec<_> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.close(id, code);
+        }
+    }
+
+    /// Writes the next queued session packet into `buf`. Call until None after every input.
+    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(id) = self.ready.pop_front() {
+            let Some(served) = self.sessions.get_mut(&id) else { continue };
+            if let Some(size) = served.session.poll_transmit(buf) {
+                let destination = served.session.remote();
+                self.ready.push_front(id);
+                return Some(Transmit { destination, size });
+            }
+            if served.session.is_drained() {
+                self.finish(id);
+            }
+        }
+        None
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`ServerEndpoint::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self.sessions.values().filter_map(|s| s.session.poll_timeout()).min();
+        Some(sessions.map_or(self.jar.next_rotation(), |t| t.min(self.jar.next_rotation())))
+    }
+
+    /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.jar.rotate_if_due(now, &mut *self.rng) {
+            self.admission.sweep(now);
+            debug!("cookie keys rotated");
+        }
+        let mut dead = Vec::new();
+        for (id, served) in &mut self.sessions {
+            match served.session.handle_timeout(now) {
+                Some(_) => dead.push(*id),
+                None => {
+                    if served.session.has_pending() {
+                        self.ready.push_back(*id);
+                    }
+                }
+            }
+        }
+        for id in dead {
+            self.finish(id);
+        }
+    }
+}

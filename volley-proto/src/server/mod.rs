@@ -1,0 +1,127 @@
+//! The server side: a stateless [`responder`] for PROBE and INIT, [`admission`] control, and the
+//! [`ServerEndpoint`] that owns established sessions.
+
+pub mod admission;
+mod endpoint;
+pub mod responder;
+
+pub use admission::AdmissionConfig;
+pub use endpoint::{ServerEndpoint, ServerEvent, SessionId};
+
+use std::time::Duration;
+
+use crate::crypto::StaticKeypair;
+use crate::session::SessionConfig;
+
+/// How a server behaves. Build with [`ServerConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The static key the handshake proves (R4).
+    pub keypair: StaticKeypair,
+    /// Service names this server answers probes for. Default `["echo"]`.
+    pub services: Vec<Vec<u8>>,
+    /// Most sessions served at once; at capacity offers are withheld and initiations refused.
+    /// `None` (default) is unbounded.
+    pub capacity: Option<u32>,
+    /// How long a cookie stays valid after it was minted. Default 10 s: long enough for an
+    /// INIT's whole retransmission schedule (3 s), short enough to bound replay.
+    pub cookie_lifetime: Duration,
+    /// How often cookie keys rotate. Default 30 s; never shorter than the lifetime.
+    pub cookie_rotation: Duration,
+    /// Session keepalive and idle timers.
+    pub session: SessionConfig,
+    /// Rate limits and under-load mode.
+    pub admission: AdmissionConfig,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the key.
+    pub fn new(keypair: StaticKeypair) -> Self {
+        Self {
+            keypair,
+            services: vec![b"echo".to_vec()],
+            capacity: None,
+            cookie_lifetime: Duration::from_secs(10),
+            cookie_rotation: Duration::from_secs(30),
+            session: SessionConfig::default(),
+            admission: AdmissionConfig::default(),
+        }
+    }
+}
+
+/// Every outcome the server counts. Each drop or refusal has its own counter (R8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Datagrams handed to the endpoint.
+    pub datagrams_received: u64,
+    /// Dropped unread: source port on the reflector list.
+    pub dropped_reflector_port: u64,
+    /// Dropped: longer than the maximum datagram.
+    pub malformed_too_long: u64,
+    /// Dropped: truncated.
+    pub malformed_truncated: u64,
+    /// Dropped: unsupported version byte.
+    pub malformed_version: u64,
+    /// Dropped: unknown type byte.
+    pub malformed_type: u64,
+    /// Dropped: a length field out of range or trailing bytes.
+    pub malformed_length: u64,
+    /// Dropped: PROBE shorter than the minimum (anti-amplification).
+    pub probe_too_short: u64,
+    /// Dropped: a message only a client should receive (OFFER, ACCEPT, COOKIE_CHANGE).
+    pub unexpected_message: u64,
+    /// Well-formed PROBEs.
+    pub probes_received: u64,
+    /// OFFERs sent.
+    pub offers_sent: u64,
+    /// PROBEs for a service this server does not run.
+    pub probes_unknown_service: u64,
+    /// PROBEs not answered because the server is at capacity.
+    pub probes_withheld_full: u64,
+    /// PROBEs not answered because of under-load mode.
+    pub probes_withheld_under_load: u64,
+    /// Well-formed INITs.
+    pub inits_received: u64,
+    /// INITs for a service this server does not run.
+    pub init_unknown_service: u64,
+    /// INIT refused: cookie of the wrong length.
+    pub init_cookie_malformed: u64,
+    /// INIT refused: cookie key neither current nor previous.
+    pub init_cookie_unknown_key: u64,
+    /// INIT refused: cookie older than its lifetime.
+    pub init_cookie_expired: u64,
+    /// INIT refused: cookie MAC did not verify (forged or tampered).
+    pub init_cookie_bad_mac: u64,
+    /// INIT with a genuine cookie from another address: COOKIE_CHANGE sent (R2).
+    pub cookie_changes_sent: u64,
+    /// Duplicate INIT answered again with the stored ACCEPT (R1).
+    pub init_duplicate: u64,
+    /// INIT refused at capacity.
+    pub init_refused_full: u64,
+    /// INIT refused by the per-source rate limit.
+    pub init_rate_limited: u64,
+    /// INIT refused in under-load mode.
+    pub init_under_load: u64,
+    /// INIT whose Noise message failed (wrong server key, bad payload).
+    pub init_handshake_failed: u64,
+    /// Sessions opened.
+    pub sessions_opened: u64,
+    /// Sessions ended (any reason).
+    pub sessions_closed: u64,
+    /// Sessions ended by idle timeout.
+    pub sessions_idle_timeout: u64,
+    /// DATA for no known session.
+    pub data_unknown_session: u64,
+    /// DATA for a session, from an address other than the session's.
+    pub data_wrong_source: u64,
+    /// DATA that failed authentication.
+    pub data_auth_failed: u64,
+    /// DATA rejected by the replay window.
+    pub data_replayed: u64,
+    /// Authentic DATA with a malformed frame.
+    pub data_bad_frame: u64,
+    /// Would-be replies suppressed because they exceeded the anti-amplification bound (a bug
+    /// guard: should stay 0).
+    pub amplification_suppressed: u64,
+}

@@ -1,0 +1,542 @@
+//! An established session, the same on both sides (S4, R5): DATA sealing and opening, the replay
+//! window, keepalive, idle timeout and orderly close.
+//!
+//! Plaintext of every DATA packet is one frame: a type byte and its body (`docs/PROTOCOL.md` §5).
+//! The session never sends to any address but the one fixed at the handshake, and DATA from any
+//! other source is dropped by the endpoint before it reaches here.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tracing::trace;
+
+use crate::crypto::SessionKeys;
+use crate::packet::DataHeader;
+use crate::{AEAD_TAG_LEN, DATA_HEADER_LEN, MAX_DATAGRAM_LEN};
+
+/// Frame type bytes (first plaintext byte of DATA).
+pub mod frame {
+    /// An application datagram: the rest of the plaintext.
+    pub const DATAGRAM: u8 = 0x00;
+    /// Keepalive request: the receiver answers with PONG.
+    pub const PING: u8 = 0x01;
+    /// Keepalive answer.
+    pub const PONG: u8 = 0x02;
+    /// Orderly close: a big-endian u16 close code follows.
+    pub const CLOSE: u8 = 0x03;
+}
+
+/// Largest application datagram a session carries: a full-size DATA packet less header, frame
+/// byte and AEAD tag.
+pub const MAX_APP_DATAGRAM: usize = MAX_DATAGRAM_LEN - DATA_HEADER_LEN - 1 - AEAD_TAG_LEN;
+/// How many packets a session queues for sending before `send_datagram` refuses.
+pub const MAX_SEND_QUEUE: usize = 1024;
+/// Counters at or beyond this are never used; the session closes instead (rekey is not in v1).
+pub const MAX_COUNTER: u64 = 1 << 60;
+/// Width of the replay window, in packets.
+pub const REPLAY_WINDOW: u64 = 1024;
+
+/// A close code carried in a CLOSE frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    /// The application is done with the session.
+    pub const NORMAL: CloseCode = CloseCode(0);
+    /// The server is shutting down; a client should race the pool again.
+    pub const GOING_AWAY: CloseCode = CloseCode(1);
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// This side closed it.
+    Local(CloseCode),
+    /// The peer sent CLOSE.
+    Remote(CloseCode),
+    /// Nothing authentic arrived for the idle timeout: the peer is gone.
+    IdleTimeout,
+    /// The packet counter reached [`MAX_COUNTER`].
+    CounterExhausted,
+}
+
+/// Why `send_datagram` refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Larger than [`MAX_APP_DATAGRAM`].
+    #[error("datagram larger than {MAX_APP_DATAGRAM} bytes")]
+    TooLarge,
+    /// [`MAX_SEND_QUEUE`] packets already wait: poll transmits first.
+    #[error("send queue full")]
+    QueueFull,
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+    /// No session is established yet (the connection is racing or handshaking).
+    #[error("no session established yet")]
+    NotEstablished,
+}
+
+/// Why an incoming DATA packet was dropped. Each has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DataDrop {
+    /// AEAD open failed.
+    #[error("authentication failed")]
+    Auth,
+    /// Counter already seen or older than the window.
+    #[error("replayed or too old")]
+    Replay,
+    /// Authentic, but the frame inside is malformed.
+    #[error("malformed frame")]
+    BadFrame,
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Keepalive and idle timers.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Send a PING when nothing has arrived for this long (and again each interval). Default 1 s.
+    pub keepalive_interval: Duration,
+    /// Declare the peer gone when nothing authentic arrived for this long. Default 5 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { keepalive_interval: Duration::from_secs(1), idle_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Sliding-window replay filter over 64-bit counters (RFC 6479 style, without the ring).
+#[derive(Debug, Clone)]
+pub struct ReplayWindow {
+    highest: Option<u64>,
+    bits: [u64; (REPLAY_WINDOW / 64) as usize],
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        Self { highest: None, bits: [0; (REPLAY_WINDOW / 64) as usize] }
+    }
+}
+
+impl ReplayWindow {
+    fn slot(counter: u64) -> (usize, u64) {
+        let i = counter % REPLAY_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    /// Whether `counter` would be accepted (not seen, not older than the window).
+    pub fn check(&self, counter: u64) -> bool {
+        match self.highest {
+            None => true,
+            Some(h) if counter > h => true,
+            Some(h) if h - counter >= REPLAY_WINDOW => false,
+            Some(_) => {
+                let (w, b) = Self::slot(counter);
+                self.bits[w] & b == 0
+            }
+        }
+    }
+
+    /// Records `counter` as seen; call only after the packet authenticated.
+    pub fn commit(&mut self, counter: u64) {
+        match self.highest {
+            Some(h) if counter <= h => {}
+            Some(h) => {
+                // Clear the slots that slide into the window between h+1 and counter.
+                let gap = counter - h;
+                if gap >= REPLAY_WINDOW {
+                    self.bits = [0; (REPLAY_WINDOW / 64) as usize];
+                } else {
+                    for c in h + 1..=counter {
+                        let (w, b) = Self::slot(c);
+                        self.bits[w] &= !b;
+                    }
+                }
+                self.highest = Some(counter);
+            }
+            None => self.highest = Some(counter),
+        }
+        let (w, b) = Self::slot(counter);
+        self.bits[w] |= b;
+    }
+}
+
+#[derive(Debug)]
+enum Outgoing {
+    Datagram(Vec<u8>),
+    Ping,
+    Pong,
+    Close(CloseCode),
+}
+
+/// What an authentic DATA packet delivered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// An application datagram.
+    Datagram(Vec<u8>),
+    /// A keepalive frame (nothing for the application).
+    Keepalive,
+    /// The peer closed the session.
+    Closed(CloseCode),
+}
+
+/// Per-session counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// DATA packets sent.
+    pub packets_sent: u64,
+    /// Authentic DATA packets received.
+    pub packets_received: u64,
+    /// Application datagrams delivered.
+    pub datagrams_received: u64,
+    /// Dropped: AEAD failure.
+    pub dropped_auth: u64,
+    /// Dropped: replay window.
+    pub dropped_replay: u64,
+    /// Dropped: malformed frame inside an authentic packet.
+    pub dropped_bad_frame: u64,
+    /// PINGs sent.
+    pub pings_sent: u64,
+}
+
+/// An established, encrypted session with one peer.
+#[derive(Debug)]
+pub struct Session {
+    local_id: u32,
+    remote_id: u32,
+    remote: SocketAddr,
+    keys: SessionKeys,
+    next_counter: u64,
+    replay: ReplayWindow,
+    config: SessionConfig,
+    last_recv: Instant,
+    next_ping: Instant,
+    outgoing: VecDeque<Outgoing>,
+    closed: Option<CloseReason>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A session that starts now. `local_id` is what the peer puts in DATA to us; `remote_id` is
+    /// what we put in DATA to it.
+    pub fn new(
+        now: Instant,
+        local_id: u32,
+        remote_id: u32,
+        remote: SocketAddr,
+        keys: SessionKeys,
+        config: SessionConfig,
+    ) -> Self {
+        Self {
+            local_id,
+            remote_id,
+            remote,
+            keys,
+            next_counter: 0,
+            replay: ReplayWindow::default(),
+            config,
+            last_recv: now,
+            next_ping: now + config.keepalive_interval,
+            outgoing: VecDeque::new(),
+            closed: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Our session id (the receiver id of DATA sent to us).
+    pub fn local_id(&self) -> u32 {
+        self.local_id
+    }
+
+    /// The peer's address, fixed at the handshake.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Why it ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Whether the session is closed and has nothing left to send.
+    pub fn is_drained(&self) -> bool {
+        self.closed.is_some() && self.outgoing.is_empty()
+    }
+
+    /// Whether packets wait to be sent.
+    pub fn has_pending(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Queues an application datagram.
+    pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        if data.len() > MAX_APP_DATAGRAM {
+            return Err(SendError::TooLarge);
+        }
+        if self.outgoing.len() >= MAX_SEND_QUEUE {
+            return Err(SendError::QueueFull);
+        }
+        self.outgoing.push_back(Outgoing::Datagram(data.to_vec()));
+        Ok(())
+    }
+
+    /// Closes the session: a CLOSE frame is queued (sent by the next `poll_transmit`), then the
+    /// session is done. Datagrams queued before are still sent first.
+    pub fn close(&mut self, code: CloseCode) {
+        if self.closed.is_none() {
+            self.closed = Some(CloseReason::Local(code));
+            self.outgoing.push_back(Outgoing::Close(code));
+        }
+    }
+
+    /// Opens one DATA packet from the session's peer.
+    pub fn handle_data(
+        &mut self,
+        now: Instant,
+        header: DataHeader,
+        ciphertext: &[u8],
+    ) -> Result<Delivered, DataDrop> {
+        if self.closed.is_some() {
+            return Err(DataDrop::Closed);
+        }
+        if !self.replay.check(header.counter) {
+            self.stats.dropped_replay += 1;
+            trace!(counter = header.counter, "DATA dropped: replay");
+            return Err(DataDrop::Replay);
+        }
+        let mut aad = [0u8; DATA_HEADER_LEN];
+        let _ = header.encode(&mut aad);
+        let mut scratch = [0u8; MAX_DATAGRAM_LEN];
+        let Some(buf) = scratch.get_mut(..ciphertext.len()) else {
+            return Err(DataDrop::Auth);
+        };
+        buf.copy_from_slice(ciphertext);
+        let plain = match self.keys.open(header.counter, &aad, buf) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.dropped_auth += 1;
+                trace!("DATA dropped: authentication failed");
+                return Err(DataDrop::Auth);
+            }
+        };
+        // Authentic from here on: the peer is alive, whatever the frame says.
+        self.replay.commit(header.counter);
+        self.stats.packets_received += 1;
+        self.last_recv = now;
+        self.next_ping = now + self.config.keepalive_interval;
+        let (&ty, body) = plain.split_first().ok_or(DataDrop::BadFrame)?;
+        match (ty, body.len()) {
+            (frame::DATAGRAM, _) => {
+                self.stats.datagrams_received += 1;
+                Ok(Delivered::Datagram(body.to_vec()))
+            }
+            (frame::PING, 0) => {
+                if self.outgoing.len() < MAX_SEND_QUEUE {
+                    self.outgoing.push_back(Outgoing::Pong);
+                }
+                Ok(Delivered::Keepalive)
+            }
+            (frame::PONG, 0) => Ok(Delivered::Keepalive),
+            (frame::CLOSE, 2) => {
+                let code = CloseCode(u16::from_be_bytes([body[0], body[1]]));
+                self.closed = Some(CloseReason::Remote(code));
+                self.outgoing.clear();
+                Ok(Delivered::Closed(code))
+            }
+            _ => {
+                self.stats.dropped_bad_frame += 1;
+                trace!(ty, "DATA dropped: malformed frame");
+                Err(DataDrop::BadFrame)
+            }
+        }
+    }
+
+    /// The next timer: keepalive or idle deadline. None once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed.is_some() {
+            return None;
+        }
+        Some(self.next_ping.min(self.last_recv + self.config.idle_timeout))
+    }
+
+    /// Fires timers due at `now`. Returns the reason if the session just died of idleness.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<CloseReason> {
+        if self.closed.is_some() {
+            return None;
+        }
+        if now >= self.last_recv + self.config.idle_timeout {
+            self.closed = Some(CloseReason::IdleTimeout);
+            self.outgoing.clear();
+            return self.closed;
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.config.keepalive_interval;
+            if self.outgoing.len() < MAX_SEND_QUEUE {
+                self.outgoing.push_back(Outgoing::Ping);
+                self.stats.pings_sent += 1;
+            }
+        }
+        None
+    }
+
+    /// Writes the next DATA packet into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes); returns its
+    /// length, or None when nothing is queued. Call until None after every input.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let out = self.outgoing.pop_front()?;
+            if self.next_counter >= MAX_COUNTER {
+                self.outgoing.clear();
+                self.closed = Some(CloseReason::CounterExhausted);
+                return None;
+            }
+            let header = DataHeader { receiver_id: self.remote_id, counter: self.next_counter };
+            let Ok(h) = header.encode(buf) else { return None };
+            let (head, body) = buf.split_at_mut(h);
+            let len = match &out {
+                Outgoing::Datagram(d) => {
+                    body[0] = frame::DATAGRAM;
+                    body[1..1 + d.len()].copy_from_slice(d);
+                    1 + d.len()
+                }
+                Outgoing::Ping => {
+                    body[0] = frame::PING;
+                    1
+                }
+                Outgoing::Pong => {
+                    body[0] = frame::PONG;
+                    1
+                }
+                Outgoing::Close(code) => {
+                    body[0] = frame::CLOSE;
+                    body[1..3].copy_from_slice(&code.0.to_be_bytes());
+                    3
+                }
+            };
+            match self.keys.seal(header.counter, head, body, len) {
+                Ok(n) => {
+                    self.next_counter += 1;
+                    self.stats.packets_sent += 1;
+                    return Some(h + n);
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r5_replay_window_rejects_duplicates_and_old_counters() {
+        let mut w = ReplayWindow::default();
+        for c in [5u64, 3, 9, 4] {
+            assert!(w.check(c));
+            w.commit(c);
+        }
+        for c in [5u64, 3, 9, 4] {
+            assert!(!w.check(c), "{c} accepted twice");
+        }
+        assert!(w.check(6));
+        w.commit(9 + REPLAY_WINDOW);
+        assert!(!w.check(9), "older than window accepted");
+        assert!(w.check(10 + 1));
+        assert!(!w.check(9 + REPLAY_WINDOW));
+        w.commit(u64::MAX / 2);
+        assert!(!w.check(9 + REPLAY_WINDOW));
+        assert!(w.check(u64::MAX / 2 - 1));
+    }
+
+    fn pair(now: Instant) -> (Session, Session) {
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        let cfg = SessionConfig::default();
+        let x = Session::new(now, 1, 2, "127.0.0.1:2".parse().unwrap(), SessionKeys::new(&a, &b), cfg);
+        let y = Session::new(now, 2, 1, "127.0.0.1:1".parse().unwrap(), SessionKeys::new(&b, &a), cfg);
+        (x, y)
+    }
+
+    fn deliver(from: &mut Session, to: &mut Session, now: Instant) -> Vec<Result<Delivered, DataDrop>> {
+        let mut out = vec![];
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        while let Some(n) = from.poll_transmit(&mut buf) {
+            let crate::packet::Packet::Data(h, ct) = crate::packet::Packet::decode(&buf[..n]).unwrap() else {
+                panic!("not data")
+            };
+            out.push(to.handle_data(now, h, ct));
+        }
+        out
+    }
+
+    #[test]
+    fn r5_keepalive_then_idle_timeout() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(a.poll_timeout(), Some(t1));
+        assert_eq!(a.handle_timeout(t1), None);
+        assert_eq!(deliver(&mut a, &mut b, t1), vec![Ok(Delivered::Keepalive)]);
+        assert_eq!(deliver(&mut b, &mut a, t1), vec![Ok(Delivered::Keepalive)]);
+        // b goes silent: a dies 5 s after the last thing it heard.
+        let mut t = t1;
+        for _ in 0..4 {
+            t += Duration::from_secs(1);
+            assert_eq!(a.handle_timeout(t), None);
+        }
+        assert_eq!(a.handle_timeout(t1 + Duration::from_secs(5)), Some(CloseReason::IdleTimeout));
+        assert_eq!(a.send_datagram(b"x"), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn r5_orderly_close_reaches_peer() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send_datagram(b"last").unwrap();
+        a.close(CloseCode::GOING_AWAY);
+        assert_eq!(
+            deliver(&mut a, &mut b, t0),
+            vec![Ok(Delivered::Datagram(b"last".to_vec())), Ok(Delivered::Closed(CloseCode::GOING_AWAY))]
+        );
+        assert_eq!(b.close_reason(), Some(CloseReason::Remote(CloseCode::GOING_AWAY)));
+        assert!(a.is_drained());
+    }
+
+    #[test]
+    fn s4_tampered_data_is_dropped() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send_datagram(b"secret").unwrap();
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        let n = a.poll_transmit(&mut buf).unwrap();
+        assert!(!buf[..n].windows(6).any(|w| w == b"secret"), "plaintext on the wire");
+        for i in 2..n {
+            let mut t = buf;
+            t[i] ^= 0x80;
+            if let Ok(crate::packet::Packet::Data(h, ct)) = crate::packet::Packet::decode(&t[..n]) {
+                assert!(b.handle_data(t0, h, ct).is_err(), "flip at {i} accepted");
+            }
+        }
+        let crate::packet::Packet::Data(h, ct) = crate::packet::Packet::decode(&buf[..n]).unwrap() else { panic!() };
+        assert_eq!(b.handle_data(t0, h, ct), Ok(Delivered::Datagram(b"secret".to_vec())));
+        assert_eq!(b.handle_data(t0, h, ct), Err(DataDrop::Replay));
+        assert_eq!(b.stats().dropped_replay, 1);
+    }
+}
