@@ -1,1 +1,5 @@
-//! Simulated-network tests.
+//! Simulated-network tests: the real state machines on a virtual clock (see `util`).
+
+mod handshake;
+#[allow(dead_code)]
+pub mod util;
