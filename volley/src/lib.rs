@@ -1,1 +1,44 @@
+//! # volley
+//!
+//! Client-driven server load distribution over UDP. A [`Client`] fires one tagged probe at every
+//! server of a pool at once; each server answers statelessly with an offer (or, when busy, late or
+//! not at all); the earliest offer wins and the client opens a Noise-encrypted [`Session`] with that
+//! server by presenting its cookie. A [`Server`] keeps no state until that cookie checks out.
+//!
+//! This crate is the tokio runtime around the sans-IO core in [`volley_proto`]: it owns the UDP
+//! sockets and the timers and drives the state machines. It does not choose servers for you
+//! beyond the race, discover pools, or persist anything.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), volley::Error> {
+//! use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+//! let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+//! let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+//! let pool = vec![server.local_addr()];
+//! tokio::spawn(async move {
+//!     while let Some(mut s) = server.accept().await {
+//!         tokio::spawn(async move { while let Ok(d) = s.recv().await { let _ = s.send(&d).await; } });
+//!     }
+//! });
+//! let mut session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+//! session.send(b"hello").await?;
+//! assert_eq!(session.recv().await?, b"hello");
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
 
+mod client;
+pub mod echo;
+mod error;
+mod server;
+mod session;
+mod socket;
+
+pub use client::{Client, ConnectReport};
+pub use error::Error;
+pub use server::Server;
+pub use session::Session;
+pub use volley_proto::{
+    AdmissionConfig, ClientConfig, ClientStats, CloseCode, CloseReason, ConnectError, LoadHint, PublicKey,
+    ServerConfig, ServerStats, SessionConfig, StaticKeypair, MAX_APP_DATAGRAM,
+};

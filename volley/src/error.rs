@@ -1,0 +1,22 @@
+//! The runtime's errors.
+
+use thiserror::Error;
+use volley_proto::{CloseReason, ConnectError};
+
+/// What can go wrong using a [`crate::Client`], [`crate::Server`] or [`crate::Session`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket operation failed (bind, local address). Check the address and permissions.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection could not be made: nobody answered, or no session could be established.
+    #[error("connect failed: {0}")]
+    Connect(#[from] ConnectError),
+    /// The session has ended; open a new one.
+    #[error("session closed: {0:?}")]
+    Closed(CloseReason),
+    /// A datagram larger than [`crate::MAX_APP_DATAGRAM`] bytes.
+    #[error("datagram larger than {} bytes", volley_proto::MAX_APP_DATAGRAM)]
+    TooLarge,
+}

@@ -1,0 +1,187 @@
+//! Loopback integration: real tokio sockets on 127.0.0.1:0, a fleet of 3 echo servers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use volley::{Client, ClientConfig, Error, Server, ServerConfig, SessionConfig, StaticKeypair};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+fn fast_session() -> SessionConfig {
+    SessionConfig { keepalive_interval: Duration::from_millis(100), idle_timeout: Duration::from_millis(600) }
+}
+
+struct Fleet {
+    key: StaticKeypair,
+    addrs: Vec<SocketAddr>,
+    tasks: Vec<Option<JoinHandle<()>>>,
+    stops: Vec<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+async fn fleet(n: usize) -> Fleet {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut f = Fleet { key: key.clone(), addrs: vec![], tasks: vec![], stops: vec![] };
+    for _ in 0..n {
+        let mut cfg = ServerConfig::new(key.clone());
+        cfg.session = fast_session();
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg).await.unwrap();
+        f.addrs.push(server.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        f.tasks.push(Some(tokio::spawn(volley::echo::serve(server, async {
+            let _ = rx.await;
+        }))));
+        f.stops.push(Some(tx));
+    }
+    f
+}
+
+impl Fleet {
+    fn client(&self) -> Client {
+        let mut cfg = ClientConfig::new(vec![self.key.public()]);
+        cfg.session = fast_session();
+        Client::new(cfg)
+    }
+
+    fn index(&self, addr: SocketAddr) -> usize {
+        self.addrs.iter().position(|a| *a == addr).unwrap()
+    }
+
+    /// Kills a server abruptly: its task and socket vanish, nothing is sent.
+    fn kill(&mut self, i: usize) {
+        self.tasks[i].take().unwrap().abort();
+    }
+
+    /// Stops a server gracefully: sessions are closed with GOING_AWAY.
+    async fn stop(&mut self, i: usize) {
+        let _ = self.stops[i].take().unwrap().send(());
+        let _ = self.tasks[i].take().unwrap().await;
+    }
+}
+
+#[tokio::test]
+async fn c6_connect_and_exchange_encrypted_datagrams() {
+    let f = fleet(3).await;
+    let mut s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    assert!(f.addrs.contains(&s.remote()));
+    for i in 0..20u32 {
+        let msg = format!("datagram {i}");
+        s.send(msg.as_bytes()).await.unwrap();
+        assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), msg.as_bytes());
+    }
+    let report = s.report().unwrap();
+    assert_eq!(report.server, Some(s.remote()));
+    assert!(report.handshake_time.is_some());
+    assert_eq!(report.offers.first().map(|o| o.0), Some(s.remote()));
+    assert_eq!(report.stats.sessions_established, 1);
+}
+
+#[tokio::test]
+async fn c5_other_servers_offers_are_voided() {
+    let f = fleet(3).await;
+    let s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    // Every server answers; the two losers' offers arrive after the decision.
+    timeout(BOUND, async {
+        while s.report().unwrap().offers.len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let r = s.report().unwrap();
+    assert_eq!(r.late_offers, 2);
+    assert_eq!(r.stats.offers_late, 2);
+    assert_eq!(r.stats.inits_sent, 1, "INIT only to the winner");
+}
+
+#[tokio::test]
+async fn r5_killed_server_is_detected_and_client_fails_over() {
+    let mut f = fleet(3).await;
+    let mut s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    let first = s.remote();
+    s.send(b"before").await.unwrap();
+    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"before");
+    f.kill(f.index(first));
+    // The client notices by idle timeout and races the two survivors.
+    timeout(BOUND, async {
+        while s.remote() == first {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("client never failed over");
+    let second = s.remote();
+    assert_ne!(second, first);
+    assert!(f.addrs.contains(&second));
+    s.send(b"after").await.unwrap();
+    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"after");
+    let r = s.report().unwrap();
+    assert_eq!(r.failovers, 1);
+    assert_eq!(r.server, Some(second));
+}
+
+#[tokio::test]
+async fn r5_graceful_shutdown_sends_clients_elsewhere() {
+    let mut f = fleet(3).await;
+    let mut s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    let first = s.remote();
+    f.stop(f.index(first)).await;
+    timeout(BOUND, async {
+        while s.remote() == first {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("client never failed over");
+    s.send(b"still here").await.unwrap();
+    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"still here");
+}
+
+#[tokio::test]
+async fn r4_unpinned_key_gets_no_session() {
+    let f = fleet(2).await;
+    let stranger = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ClientConfig::new(vec![stranger.public()]);
+    cfg.race.deadline = Duration::from_millis(600);
+    let err = timeout(BOUND, Client::new(cfg).connect(&f.addrs)).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn c1_nothing_listening_fails_cleanly() {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    drop(sock);
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ClientConfig::new(vec![key.public()]);
+    cfg.race.deadline = Duration::from_millis(500);
+    let err = timeout(BOUND, Client::new(cfg).connect(&[addr])).await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn s2_server_counts_and_stays_stateless_for_probe_only_clients() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await.unwrap();
+    let addr = server.local_addr();
+    // A raw socket sends 100 valid probes and never follows up.
+    let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut probe = [0u8; 256];
+    let n = volley_proto::packet::Probe { tag: volley_proto::Tag([7; 16]), service: b"echo" }
+        .encode(&mut probe, 256)
+        .unwrap();
+    for _ in 0..100 {
+        raw.send_to(&probe[..n], addr).await.unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    for _ in 0..100 {
+        let (len, from) = timeout(BOUND, raw.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(from, addr);
+        assert!(len <= n, "offer larger than probe");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.offers_sent, 100);
+    assert_eq!(server.session_count(), 0);
+    assert!(timeout(Duration::from_millis(50), server.accept()).await.is_err());
+}
