@@ -155,8 +155,14 @@ impl<'a> Writer<'a> {
 
     /// Appends `data`.
     pub fn bytes(&mut self, data: &[u8]) -> Result<(), EncodeError> {
-        let end = self.len.checked_add(data.len()).ok_or(EncodeError::BufferTooSmall)?;
-        let dst = self.buf.get_mut(self.len..end).ok_or(EncodeError::BufferTooSmall)?;
+        let end = self
+            .len
+            .checked_add(data.len())
+            .ok_or(EncodeError::BufferTooSmall)?;
+        let dst = self
+            .buf
+            .get_mut(self.len..end)
+            .ok_or(EncodeError::BufferTooSmall)?;
         dst.copy_from_slice(data);
         self.len = end;
         Ok(())
@@ -165,7 +171,10 @@ impl<'a> Writer<'a> {
     /// Appends `n` zero bytes.
     pub fn zeros(&mut self, n: usize) -> Result<(), EncodeError> {
         let end = self.len.checked_add(n).ok_or(EncodeError::BufferTooSmall)?;
-        let dst = self.buf.get_mut(self.len..end).ok_or(EncodeError::BufferTooSmall)?;
+        let dst = self
+            .buf
+            .get_mut(self.len..end)
+            .ok_or(EncodeError::BufferTooSmall)?;
         dst.fill(0);
         self.len = end;
         Ok(())
@@ -245,8 +254,14 @@ mod tests {
 
     #[test]
     fn vec8_enforces_limits() {
-        assert_eq!(Reader::new(&[3, 1, 2, 3]).vec8(0, 2), Err(DecodeError::BadLength));
-        assert_eq!(Reader::new(&[3, 1, 2]).vec8(0, 8), Err(DecodeError::Truncated));
+        assert_eq!(
+            Reader::new(&[3, 1, 2, 3]).vec8(0, 2),
+            Err(DecodeError::BadLength)
+        );
+        assert_eq!(
+            Reader::new(&[3, 1, 2]).vec8(0, 8),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(Reader::new(&[2, 1, 2]).vec8(1, 8), Ok(&[1u8, 2][..]));
     }
 

@@ -210,7 +210,9 @@ impl CookieJar {
         if issued_to == encode_addr(binding.client) {
             Ok(CookieCheck::Valid)
         } else {
-            Ok(CookieCheck::Moved { issued_to: crate::util::decode_addr(&issued_to) })
+            Ok(CookieCheck::Moved {
+                issued_to: crate::util::decode_addr(&issued_to),
+            })
         }
     }
 }
@@ -234,16 +236,27 @@ mod tests {
     fn minted_cookie_verifies_and_binds_every_field() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let now = Instant::now();
-        let jar = CookieJar::new(now, Duration::from_secs(30), Duration::from_secs(10), &mut rng);
+        let jar = CookieJar::new(
+            now,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            &mut rng,
+        );
         let tag = Tag([1; 16]);
         let b = binding(&tag, "192.0.2.1:5000");
         let c = jar.mint(now, &b);
         assert_eq!(jar.verify(now, &c, &b), Ok(CookieCheck::Valid));
         let other_tag = Tag([2; 16]);
-        assert_eq!(jar.verify(now, &c, &binding(&other_tag, "192.0.2.1:5000")), Err(CookieError::BadMac));
+        assert_eq!(
+            jar.verify(now, &c, &binding(&other_tag, "192.0.2.1:5000")),
+            Err(CookieError::BadMac)
+        );
         let mut other_service = b;
         other_service.service = b"other";
-        assert_eq!(jar.verify(now, &c, &other_service), Err(CookieError::BadMac));
+        assert_eq!(
+            jar.verify(now, &c, &other_service),
+            Err(CookieError::BadMac)
+        );
         let mut other_server = b;
         other_server.server = "10.0.0.2:4000".parse().unwrap();
         assert_eq!(jar.verify(now, &c, &other_server), Err(CookieError::BadMac));
@@ -254,7 +267,9 @@ mod tests {
         }
         assert_eq!(
             jar.verify(now, &c, &binding(&tag, "192.0.2.1:5001")),
-            Ok(CookieCheck::Moved { issued_to: "192.0.2.1:5000".parse().unwrap() })
+            Ok(CookieCheck::Moved {
+                issued_to: "192.0.2.1:5000".parse().unwrap()
+            })
         );
     }
 
@@ -270,25 +285,44 @@ mod tests {
         assert!(jar.rotate_if_due(t0 + rot, &mut rng));
         assert_eq!(jar.verify(t0 + rot, &c, &b), Ok(CookieCheck::Valid));
         assert!(jar.rotate_if_due(t0 + rot * 2, &mut rng));
-        assert_eq!(jar.verify(t0 + rot * 2, &c, &b), Err(CookieError::UnknownKey));
+        assert_eq!(
+            jar.verify(t0 + rot * 2, &c, &b),
+            Err(CookieError::UnknownKey)
+        );
     }
 
     #[test]
     fn old_cookie_expires() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let t0 = Instant::now();
-        let jar = CookieJar::new(t0, Duration::from_secs(30), Duration::from_secs(10), &mut rng);
+        let jar = CookieJar::new(
+            t0,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            &mut rng,
+        );
         let tag = Tag([1; 16]);
         let b = binding(&tag, "192.0.2.1:5000");
         let c = jar.mint(t0, &b);
-        assert_eq!(jar.verify(t0 + Duration::from_millis(10_001), &c, &b), Err(CookieError::Expired));
-        assert_eq!(jar.verify(t0 + Duration::from_millis(10_000), &c, &b), Ok(CookieCheck::Valid));
+        assert_eq!(
+            jar.verify(t0 + Duration::from_millis(10_001), &c, &b),
+            Err(CookieError::Expired)
+        );
+        assert_eq!(
+            jar.verify(t0 + Duration::from_millis(10_000), &c, &b),
+            Ok(CookieCheck::Valid)
+        );
     }
 
     #[test]
     fn debug_never_prints_keys() {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
-        let jar = CookieJar::new(Instant::now(), Duration::from_secs(30), Duration::from_secs(10), &mut rng);
+        let jar = CookieJar::new(
+            Instant::now(),
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            &mut rng,
+        );
         assert!(format!("{jar:?}").contains("redacted"));
     }
 }

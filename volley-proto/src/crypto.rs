@@ -79,7 +79,9 @@ pub struct StaticKeypair {
 
 impl std::fmt::Debug for StaticKeypair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticKeypair").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("StaticKeypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +89,9 @@ impl StaticKeypair {
     /// Draws a new key pair from `rng`.
     pub fn generate(rng: &mut dyn CryptoRngCore) -> Self {
         let builder = snow::Builder::with_resolver(params(), Box::new(SeededResolver::from(rng)));
-        let kp = builder.generate_keypair().expect("X25519 key generation cannot fail");
+        let kp = builder
+            .generate_keypair()
+            .expect("X25519 key generation cannot fail");
         let mut private = [0u8; KEY_LEN];
         private.copy_from_slice(&kp.private);
         Self::from_private(private)
@@ -101,7 +105,10 @@ impl StaticKeypair {
         dh.set(&private);
         let mut public = [0u8; KEY_LEN];
         public.copy_from_slice(dh.pubkey());
-        Self { private, public: PublicKey(public) }
+        Self {
+            private,
+            public: PublicKey(public),
+        }
     }
 
     /// The public half.
@@ -130,7 +137,10 @@ fn from_hex(s: &str) -> Result<[u8; KEY_LEN], CryptoError> {
         return Err(CryptoError::BadKeyText);
     }
     let nibble = |c: u8| -> Result<u8, CryptoError> {
-        (c as char).to_digit(16).map(|d| d as u8).ok_or(CryptoError::BadKeyText)
+        (c as char)
+            .to_digit(16)
+            .map(|d| d as u8)
+            .ok_or(CryptoError::BadKeyText)
     };
     let mut out = [0u8; KEY_LEN];
     for (i, pair) in s.chunks_exact(2).enumerate() {
@@ -182,7 +192,9 @@ impl Random for SeededRandom {
 
 impl CryptoResolver for SeededResolver {
     fn resolve_rng(&self) -> Option<Box<dyn Random>> {
-        Some(Box::new(SeededRandom(rand_chacha::ChaCha20Rng::from_seed(self.seed))))
+        Some(Box::new(SeededRandom(rand_chacha::ChaCha20Rng::from_seed(
+            self.seed,
+        ))))
     }
     fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn Dh>> {
         DefaultResolver.resolve_dh(choice)
@@ -225,7 +237,11 @@ impl InitiatorHandshake {
 
     /// Reads message 2, writing its payload into `payload`; returns the payload length and the
     /// session keys.
-    pub fn finish(mut self, msg2: &[u8], payload: &mut [u8]) -> Result<(usize, SessionKeys), CryptoError> {
+    pub fn finish(
+        mut self,
+        msg2: &[u8],
+        payload: &mut [u8],
+    ) -> Result<(usize, SessionKeys), CryptoError> {
         let n = self.hs.read_message(msg2, payload)?;
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
         Ok((n, SessionKeys::new(&i2r, &r2i)))
@@ -278,11 +294,20 @@ impl SessionKeys {
         let key = |k: &[u8; 32]| {
             LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, k).expect("32-byte key"))
         };
-        Self { seal: key(seal), open: key(open) }
+        Self {
+            seal: key(seal),
+            open: key(open),
+        }
     }
 
     /// Encrypts `in_out[..len]` in place and appends the tag; returns the new length.
-    pub fn seal(&self, counter: u64, aad: &[u8], in_out: &mut [u8], len: usize) -> Result<usize, CryptoError> {
+    pub fn seal(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        in_out: &mut [u8],
+        len: usize,
+    ) -> Result<usize, CryptoError> {
         if in_out.len() < len + crate::AEAD_TAG_LEN {
             return Err(CryptoError::Open);
         }
@@ -295,7 +320,12 @@ impl SessionKeys {
     }
 
     /// Decrypts ciphertext‖tag in place; returns the plaintext.
-    pub fn open<'b>(&self, counter: u64, aad: &[u8], in_out: &'b mut [u8]) -> Result<&'b mut [u8], CryptoError> {
+    pub fn open<'b>(
+        &self,
+        counter: u64,
+        aad: &[u8],
+        in_out: &'b mut [u8],
+    ) -> Result<&'b mut [u8], CryptoError> {
         self.open
             .open_in_place(nonce(counter), Aad::from(aad), in_out)
             .map_err(|_| CryptoError::Open)
@@ -313,11 +343,21 @@ mod tests {
         let server = StaticKeypair::generate(&mut rng);
         let pro = [3u8; 32];
         let mut m1 = [0u8; 256];
-        let (init, n1) = InitiatorHandshake::start(&server.public(), &pro, &[1, 2, 3, 4], &mut m1, &mut rng).unwrap();
+        let (init, n1) =
+            InitiatorHandshake::start(&server.public(), &pro, &[1, 2, 3, 4], &mut m1, &mut rng)
+                .unwrap();
         let mut p1 = [0u8; 256];
         let mut m2 = [0u8; 256];
-        let (np1, n2, server_keys) =
-            respond(&server, &pro, &m1[..n1], &mut p1, &mut rng, |_| [9, 9, 9, 9], &mut m2).unwrap();
+        let (np1, n2, server_keys) = respond(
+            &server,
+            &pro,
+            &m1[..n1],
+            &mut p1,
+            &mut rng,
+            |_| [9, 9, 9, 9],
+            &mut m2,
+        )
+        .unwrap();
         assert_eq!(&p1[..np1], &[1, 2, 3, 4]);
         let mut p2 = [0u8; 256];
         let (np2, client_keys) = init.finish(&m2[..n2], &mut p2).unwrap();
@@ -325,7 +365,10 @@ mod tests {
         let mut buf = [0u8; 64];
         buf[..5].copy_from_slice(b"hello");
         let n = client_keys.seal(7, b"hdr", &mut buf, 5).unwrap();
-        assert_eq!(server_keys.open(7, b"hdr", &mut buf[..n]).unwrap(), b"hello");
+        assert_eq!(
+            server_keys.open(7, b"hdr", &mut buf[..n]).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
@@ -334,12 +377,36 @@ mod tests {
         let server = StaticKeypair::generate(&mut rng);
         let other = StaticKeypair::generate(&mut rng);
         let mut m1 = [0u8; 256];
-        let (_, n1) = InitiatorHandshake::start(&other.public(), &[0; 32], &[], &mut m1, &mut rng).unwrap();
+        let (_, n1) =
+            InitiatorHandshake::start(&other.public(), &[0; 32], &[], &mut m1, &mut rng).unwrap();
         let mut p = [0u8; 256];
         let mut m2 = [0u8; 256];
-        assert!(respond(&server, &[0; 32], &m1[..n1], &mut p, &mut rng, |_| [0; 4], &mut m2).is_err());
-        let (_, n1) = InitiatorHandshake::start(&server.public(), &[0; 32], &[], &mut m1, &mut rng).unwrap();
-        assert!(respond(&server, &[1; 32], &m1[..n1], &mut p, &mut rng, |_| [0; 4], &mut m2).is_err());
+        assert!(
+            respond(
+                &server,
+                &[0; 32],
+                &m1[..n1],
+                &mut p,
+                &mut rng,
+                |_| [0; 4],
+                &mut m2
+            )
+            .is_err()
+        );
+        let (_, n1) =
+            InitiatorHandshake::start(&server.public(), &[0; 32], &[], &mut m1, &mut rng).unwrap();
+        assert!(
+            respond(
+                &server,
+                &[1; 32],
+                &m1[..n1],
+                &mut p,
+                &mut rng,
+                |_| [0; 4],
+                &mut m2
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -348,7 +415,10 @@ mod tests {
         let kp = StaticKeypair::generate(&mut rng);
         let back = StaticKeypair::from_private_hex(&kp.private_hex()).unwrap();
         assert_eq!(back.public(), kp.public());
-        assert_eq!(PublicKey::from_hex(&kp.public().to_hex()).unwrap(), kp.public());
+        assert_eq!(
+            PublicKey::from_hex(&kp.public().to_hex()).unwrap(),
+            kp.public()
+        );
         assert!(PublicKey::from_hex("zz").is_err());
         assert!(!format!("{kp:?}").contains(&kp.private_hex()));
     }

@@ -33,7 +33,11 @@ pub struct Tag(pub [u8; TAG_LEN]);
 
 impl std::fmt::Debug for Tag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tag({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "Tag({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -155,7 +159,10 @@ impl<'a> Packet<'a> {
             kind::OFFER => Packet::Offer(Offer {
                 tag: Tag(r.array()?),
                 server_key_id: KeyId(r.array()?),
-                load: LoadHint { in_flight: r.u32()?, capacity: r.u32()? },
+                load: LoadHint {
+                    in_flight: r.u32()?,
+                    capacity: r.u32()?,
+                },
                 cookie: r.vec8(1, MAX_COOKIE_LEN)?,
             }),
             kind::INIT => Packet::Init(Init {
@@ -173,7 +180,10 @@ impl<'a> Packet<'a> {
                 cookie: r.vec8(1, MAX_COOKIE_LEN)?,
             }),
             kind::DATA => {
-                let header = DataHeader { receiver_id: r.u32()?, counter: r.u64()? };
+                let header = DataHeader {
+                    receiver_id: r.u32()?,
+                    counter: r.u64()?,
+                };
                 let ciphertext = r.rest();
                 // A frame type byte plus the AEAD tag at the least.
                 if ciphertext.len() < 1 + AEAD_TAG_LEN {
@@ -279,39 +289,72 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let n = Probe { tag: tag(), service: b"echo" }.encode(&mut buf, 0).unwrap();
+        let n = Probe {
+            tag: tag(),
+            service: b"echo",
+        }
+        .encode(&mut buf, 0)
+        .unwrap();
         assert_eq!(n, PROBE_MIN_LEN);
         assert_eq!(
             Packet::decode(&buf[..n]).unwrap(),
-            Packet::Probe(Probe { tag: tag(), service: b"echo" })
+            Packet::Probe(Probe {
+                tag: tag(),
+                service: b"echo"
+            })
         );
         let offer = Offer {
             tag: tag(),
             server_key_id: KeyId([1; 8]),
-            load: LoadHint { in_flight: 3, capacity: 9 },
+            load: LoadHint {
+                in_flight: 3,
+                capacity: 9,
+            },
             cookie: &[5; 39],
         };
         let n = offer.encode(&mut buf).unwrap();
         assert_eq!(Packet::decode(&buf[..n]).unwrap(), Packet::Offer(offer));
-        let init = Init { tag: tag(), service: b"echo", cookie: &[5; 39], noise: &[9; 52] };
+        let init = Init {
+            tag: tag(),
+            service: b"echo",
+            cookie: &[5; 39],
+            noise: &[9; 52],
+        };
         let n = init.encode(&mut buf).unwrap();
         assert_eq!(Packet::decode(&buf[..n]).unwrap(), Packet::Init(init));
-        let accept = Accept { receiver_id: 77, noise: &[3; 52] };
+        let accept = Accept {
+            receiver_id: 77,
+            noise: &[3; 52],
+        };
         let n = accept.encode(&mut buf).unwrap();
         assert_eq!(Packet::decode(&buf[..n]).unwrap(), Packet::Accept(accept));
-        let cc = CookieChange { tag: tag(), cookie: &[1; 39] };
+        let cc = CookieChange {
+            tag: tag(),
+            cookie: &[1; 39],
+        };
         let n = cc.encode(&mut buf).unwrap();
         assert_eq!(Packet::decode(&buf[..n]).unwrap(), Packet::CookieChange(cc));
-        let h = DataHeader { receiver_id: 5, counter: 1 << 40 };
+        let h = DataHeader {
+            receiver_id: 5,
+            counter: 1 << 40,
+        };
         let n = h.encode(&mut buf).unwrap();
         buf[n..n + 17].fill(0xAA);
-        assert_eq!(Packet::decode(&buf[..n + 17]).unwrap(), Packet::Data(h, &[0xAA; 17][..]));
+        assert_eq!(
+            Packet::decode(&buf[..n + 17]).unwrap(),
+            Packet::Data(h, &[0xAA; 17][..])
+        );
     }
 
     #[test]
     fn truncation_at_every_offset_is_an_error() {
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let init = Init { tag: tag(), service: b"echo", cookie: &[5; 39], noise: &[9; 52] };
+        let init = Init {
+            tag: tag(),
+            service: b"echo",
+            cookie: &[5; 39],
+            noise: &[9; 52],
+        };
         let n = init.encode(&mut buf).unwrap();
         for cut in 0..n {
             assert!(Packet::decode(&buf[..cut]).is_err(), "cut at {cut}");
@@ -321,14 +364,27 @@ mod tests {
     #[test]
     fn short_probe_is_refused() {
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let n = Probe { tag: tag(), service: b"echo" }.encode(&mut buf, 0).unwrap();
-        assert_eq!(Packet::decode(&buf[..n - 1]), Err(DecodeError::ProbeTooShort));
+        let n = Probe {
+            tag: tag(),
+            service: b"echo",
+        }
+        .encode(&mut buf, 0)
+        .unwrap();
+        assert_eq!(
+            Packet::decode(&buf[..n - 1]),
+            Err(DecodeError::ProbeTooShort)
+        );
     }
 
     #[test]
     fn trailing_bytes_are_refused() {
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let n = CookieChange { tag: tag(), cookie: &[1; 39] }.encode(&mut buf).unwrap();
+        let n = CookieChange {
+            tag: tag(),
+            cookie: &[1; 39],
+        }
+        .encode(&mut buf)
+        .unwrap();
         assert_eq!(Packet::decode(&buf[..n + 1]), Err(DecodeError::BadLength));
     }
 }

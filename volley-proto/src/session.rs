@@ -110,7 +110,10 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { keepalive_interval: Duration::from_secs(1), idle_timeout: Duration::from_secs(5) }
+        Self {
+            keepalive_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -123,7 +126,10 @@ pub struct ReplayWindow {
 
 impl Default for ReplayWindow {
     fn default() -> Self {
-        Self { highest: None, bits: [0; (REPLAY_WINDOW / 64) as usize] }
+        Self {
+            highest: None,
+            bits: [0; (REPLAY_WINDOW / 64) as usize],
+        }
     }
 }
 
@@ -373,7 +379,10 @@ impl Session {
         if self.closed.is_some() {
             return None;
         }
-        Some(self.next_ping.min(self.last_recv + self.config.idle_timeout))
+        Some(
+            self.next_ping
+                .min(self.last_recv + self.config.idle_timeout),
+        )
     }
 
     /// Fires timers due at `now`. Returns the reason if the session just died of idleness.
@@ -406,8 +415,13 @@ impl Session {
                 self.closed = Some(CloseReason::CounterExhausted);
                 return None;
             }
-            let header = DataHeader { receiver_id: self.remote_id, counter: self.next_counter };
-            let Ok(h) = header.encode(buf) else { return None };
+            let header = DataHeader {
+                receiver_id: self.remote_id,
+                counter: self.next_counter,
+            };
+            let Ok(h) = header.encode(buf) else {
+                return None;
+            };
             let (head, body) = buf.split_at_mut(h);
             let len = match &out {
                 Outgoing::Datagram(d) => {
@@ -469,16 +483,36 @@ mod tests {
         let a = [1u8; 32];
         let b = [2u8; 32];
         let cfg = SessionConfig::default();
-        let x = Session::new(now, 1, 2, "127.0.0.1:2".parse().unwrap(), SessionKeys::new(&a, &b), cfg);
-        let y = Session::new(now, 2, 1, "127.0.0.1:1".parse().unwrap(), SessionKeys::new(&b, &a), cfg);
+        let x = Session::new(
+            now,
+            1,
+            2,
+            "127.0.0.1:2".parse().unwrap(),
+            SessionKeys::new(&a, &b),
+            cfg,
+        );
+        let y = Session::new(
+            now,
+            2,
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            SessionKeys::new(&b, &a),
+            cfg,
+        );
         (x, y)
     }
 
-    fn deliver(from: &mut Session, to: &mut Session, now: Instant) -> Vec<Result<Delivered, DataDrop>> {
+    fn deliver(
+        from: &mut Session,
+        to: &mut Session,
+        now: Instant,
+    ) -> Vec<Result<Delivered, DataDrop>> {
         let mut out = vec![];
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
         while let Some(n) = from.poll_transmit(&mut buf) {
-            let crate::packet::Packet::Data(h, ct) = crate::packet::Packet::decode(&buf[..n]).unwrap() else {
+            let crate::packet::Packet::Data(h, ct) =
+                crate::packet::Packet::decode(&buf[..n]).unwrap()
+            else {
                 panic!("not data")
             };
             out.push(to.handle_data(now, h, ct));
@@ -501,7 +535,10 @@ mod tests {
             t += Duration::from_secs(1);
             assert_eq!(a.handle_timeout(t), None);
         }
-        assert_eq!(a.handle_timeout(t1 + Duration::from_secs(5)), Some(CloseReason::IdleTimeout));
+        assert_eq!(
+            a.handle_timeout(t1 + Duration::from_secs(5)),
+            Some(CloseReason::IdleTimeout)
+        );
         assert_eq!(a.send_datagram(b"x"), Err(SendError::Closed));
     }
 
@@ -513,9 +550,15 @@ mod tests {
         a.close(CloseCode::GOING_AWAY);
         assert_eq!(
             deliver(&mut a, &mut b, t0),
-            vec![Ok(Delivered::Datagram(b"last".to_vec())), Ok(Delivered::Closed(CloseCode::GOING_AWAY))]
+            vec![
+                Ok(Delivered::Datagram(b"last".to_vec())),
+                Ok(Delivered::Closed(CloseCode::GOING_AWAY))
+            ]
         );
-        assert_eq!(b.close_reason(), Some(CloseReason::Remote(CloseCode::GOING_AWAY)));
+        assert_eq!(
+            b.close_reason(),
+            Some(CloseReason::Remote(CloseCode::GOING_AWAY))
+        );
         assert!(a.is_drained());
     }
 
@@ -526,7 +569,10 @@ mod tests {
         a.send_datagram(b"secret").unwrap();
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
         let n = a.poll_transmit(&mut buf).unwrap();
-        assert!(!buf[..n].windows(6).any(|w| w == b"secret"), "plaintext on the wire");
+        assert!(
+            !buf[..n].windows(6).any(|w| w == b"secret"),
+            "plaintext on the wire"
+        );
         for i in 2..n {
             let mut t = buf;
             t[i] ^= 0x80;
@@ -534,8 +580,14 @@ mod tests {
                 assert!(b.handle_data(t0, h, ct).is_err(), "flip at {i} accepted");
             }
         }
-        let crate::packet::Packet::Data(h, ct) = crate::packet::Packet::decode(&buf[..n]).unwrap() else { panic!() };
-        assert_eq!(b.handle_data(t0, h, ct), Ok(Delivered::Datagram(b"secret".to_vec())));
+        let crate::packet::Packet::Data(h, ct) = crate::packet::Packet::decode(&buf[..n]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            b.handle_data(t0, h, ct),
+            Ok(Delivered::Datagram(b"secret".to_vec()))
+        );
         assert_eq!(b.handle_data(t0, h, ct), Err(DataDrop::Replay));
         assert_eq!(b.stats().dropped_replay, 1);
     }

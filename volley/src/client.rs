@@ -10,7 +10,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 use volley_proto::{
-    ClientConfig, ClientEvent, ClientStats, CloseCode, CloseReason, ConnectError, Connection, MAX_DATAGRAM_LEN,
+    ClientConfig, ClientEvent, ClientStats, CloseCode, CloseReason, ConnectError, Connection,
+    MAX_DATAGRAM_LEN,
 };
 
 use crate::error::Error;
@@ -67,7 +68,10 @@ impl Client {
         let report = Arc::new(Mutex::new(ConnectReport::default()));
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
-        let (st_tx, st_rx) = watch::channel(Status { remote: *first, closed: None });
+        let (st_tx, st_rx) = watch::channel(Status {
+            remote: *first,
+            closed: None,
+        });
         let driver = Driver {
             socket,
             conn,
@@ -145,7 +149,8 @@ impl Driver {
             }
         }
         self.status.send_modify(|s| {
-            s.closed.get_or_insert(CloseReason::Local(CloseCode::NORMAL));
+            s.closed
+                .get_or_insert(CloseReason::Local(CloseCode::NORMAL));
         });
     }
 
@@ -156,15 +161,26 @@ impl Driver {
         while let Some(event) = self.conn.poll_event() {
             match event {
                 ClientEvent::RaceStarted { .. } => report.offers.clear(),
-                ClientEvent::Selected { server, answer_time, .. } => {
+                ClientEvent::Selected {
+                    server,
+                    answer_time,
+                    ..
+                } => {
                     report.offers.push((server, answer_time));
                     report.answer_time = Some(answer_time);
                 }
-                ClientEvent::LateOffer { server, answer_time } => {
+                ClientEvent::LateOffer {
+                    server,
+                    answer_time,
+                } => {
                     report.offers.push((server, answer_time));
                     report.late_offers += 1;
                 }
-                ClientEvent::Established { server, handshake_time, failover_from } => {
+                ClientEvent::Established {
+                    server,
+                    handshake_time,
+                    failover_from,
+                } => {
                     report.server = Some(server);
                     report.handshake_time = Some(handshake_time);
                     self.status.send_modify(|s| s.remote = server);
@@ -177,7 +193,8 @@ impl Driver {
                     }
                 }
                 ClientEvent::Datagram(d) => {
-                    if self.incoming.try_send(d).is_err() {
+                    let dropped = self.incoming.try_send(d).is_err();
+                    if dropped {
                         debug!("application slow: datagram dropped");
                     }
                 }

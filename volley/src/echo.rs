@@ -8,7 +8,16 @@ use crate::server::Server;
 
 /// Serves echo sessions on `server` until `shutdown` resolves, then shuts the server down
 /// gracefully (clients are told to go elsewhere).
-pub async fn serve(mut server: Server, shutdown: impl Future<Output = ()>) {
+pub async fn serve(server: Server, shutdown: impl Future<Output = ()>) {
+    serve_with(server, shutdown, |_| {}).await;
+}
+
+/// Like [`serve`], and hands the server's final counters to `on_stop` after shutdown.
+pub async fn serve_with(
+    mut server: Server,
+    shutdown: impl Future<Output = ()>,
+    on_stop: impl FnOnce(crate::ServerStats),
+) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -28,5 +37,6 @@ pub async fn serve(mut server: Server, shutdown: impl Future<Output = ()>) {
             _ = &mut shutdown => break,
         }
     }
-    server.shutdown().await;
+    let stats = server.shutdown().await;
+    on_stop(stats);
 }

@@ -39,6 +39,6 @@ pub use error::Error;
 pub use server::Server;
 pub use session::Session;
 pub use volley_proto::{
-    AdmissionConfig, ClientConfig, ClientStats, CloseCode, CloseReason, ConnectError, LoadHint, PublicKey,
-    ServerConfig, ServerStats, SessionConfig, StaticKeypair, MAX_APP_DATAGRAM,
+    AdmissionConfig, ClientConfig, ClientStats, CloseCode, CloseReason, ConnectError, LoadHint,
+    MAX_APP_DATAGRAM, PublicKey, ServerConfig, ServerStats, SessionConfig, StaticKeypair,
 };

@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
-    CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, ServerEvent, ServerStats,
+    CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, ServerEvent,
+    ServerStats,
 };
 
 use crate::error::Error;
@@ -66,7 +67,15 @@ impl Server {
         };
         let task = tokio::spawn(driver.run());
         info!(%local, key = %public.to_hex(), "volley server listening");
-        Ok(Self { local, public, accept, control, stats, sessions, task: Some(task) })
+        Ok(Self {
+            local,
+            public,
+            accept,
+            control,
+            stats,
+            sessions,
+            task: Some(task),
+        })
     }
 
     /// The bound address.
@@ -105,7 +114,8 @@ impl Server {
     }
 
     /// Closes every session with GOING_AWAY (clients fail over), sends those CLOSEs, and stops.
-    pub async fn shutdown(mut self) {
+    /// Returns the final counters.
+    pub async fn shutdown(mut self) -> ServerStats {
         let (tx, rx) = oneshot::channel();
         if self.control.send(Control::Shutdown(tx)).is_ok() {
             let _ = rx.await;
@@ -113,6 +123,7 @@ impl Server {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        self.stats()
     }
 }
 
@@ -150,7 +161,10 @@ impl Driver {
         let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
         loop {
             self.flush(&cmd_tx, &mut tbuf).await;
-            let deadline = self.endpoint.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .endpoint
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 ready = self.socket.readable() => {
                     if let Err(e) = ready {
@@ -197,12 +211,16 @@ impl Driver {
     }
 
     async fn shutdown(&mut self, cmd_tx: &mpsc::Sender<Cmd>, tbuf: &mut [u8; MAX_DATAGRAM_LEN]) {
-        info!(sessions = self.endpoint.session_count(), "shutting down: closing sessions (going away)");
+        info!(
+            sessions = self.endpoint.session_count(),
+            "shutting down: closing sessions (going away)"
+        );
         self.endpoint.close_all(CloseCode::GOING_AWAY);
         self.flush(cmd_tx, tbuf).await;
         for (_, slot) in self.sessions.drain() {
             slot.status.send_modify(|s| {
-                s.closed.get_or_insert(CloseReason::Local(CloseCode::GOING_AWAY));
+                s.closed
+                    .get_or_insert(CloseReason::Local(CloseCode::GOING_AWAY));
             });
         }
     }
@@ -227,14 +245,23 @@ impl Driver {
             match event {
                 ServerEvent::Opened { id, remote } => {
                     let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
-                    let (st_tx, st_rx) = watch::channel(Status { remote, closed: None });
+                    let (st_tx, st_rx) = watch::channel(Status {
+                        remote,
+                        closed: None,
+                    });
                     let session = Session::new(id, cmd_tx.clone(), in_rx, st_rx, None);
                     if self.accept.try_send(session).is_err() {
                         debug!(id, "accept queue full: session refused");
                         self.endpoint.close(id, CloseCode::GOING_AWAY);
                         continue;
                     }
-                    self.sessions.insert(id, SessionSlot { incoming: in_tx, status: st_tx });
+                    self.sessions.insert(
+                        id,
+                        SessionSlot {
+                            incoming: in_tx,
+                            status: st_tx,
+                        },
+                    );
                 }
                 ServerEvent::Datagram { id, data } => {
                     if let Some(slot) = self.sessions.get(&id) {

@@ -49,11 +49,22 @@ impl Session {
         status: watch::Receiver<Status>,
         report: Option<Arc<Mutex<ConnectReport>>>,
     ) -> Self {
-        Self { id, cmd, incoming, status, report }
+        Self {
+            id,
+            cmd,
+            incoming,
+            status,
+            report,
+        }
     }
 
     fn closed_error(&self) -> Error {
-        Error::Closed(self.status.borrow().closed.unwrap_or(CloseReason::Local(CloseCode::NORMAL)))
+        Error::Closed(
+            self.status
+                .borrow()
+                .closed
+                .unwrap_or(CloseReason::Local(CloseCode::NORMAL)),
+        )
     }
 
     /// Sends one datagram (at most [`MAX_APP_DATAGRAM`] bytes).
@@ -65,7 +76,10 @@ impl Session {
             return Err(self.closed_error());
         }
         self.cmd
-            .send(Cmd::Send { id: self.id, data: data.to_vec() })
+            .send(Cmd::Send {
+                id: self.id,
+                data: data.to_vec(),
+            })
             .await
             .map_err(|_| self.closed_error())
     }
@@ -91,7 +105,9 @@ impl Session {
     /// Client side: the race and handshake figures, kept current (late offers, failovers).
     /// None on the server side.
     pub fn report(&self) -> Option<ConnectReport> {
-        self.report.as_ref().map(|r| r.lock().expect("report lock").clone())
+        self.report
+            .as_ref()
+            .map(|r| r.lock().expect("report lock").clone())
     }
 
     /// Closes the session with `code`; the peer is told.

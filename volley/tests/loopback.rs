@@ -10,7 +10,10 @@ use volley::{Client, ClientConfig, Error, Server, ServerConfig, SessionConfig, S
 const BOUND: Duration = Duration::from_secs(20);
 
 fn fast_session() -> SessionConfig {
-    SessionConfig { keepalive_interval: Duration::from_millis(100), idle_timeout: Duration::from_millis(600) }
+    SessionConfig {
+        keepalive_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(600),
+    }
 }
 
 struct Fleet {
@@ -22,16 +25,24 @@ struct Fleet {
 
 async fn fleet(n: usize) -> Fleet {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut f = Fleet { key: key.clone(), addrs: vec![], tasks: vec![], stops: vec![] };
+    let mut f = Fleet {
+        key: key.clone(),
+        addrs: vec![],
+        tasks: vec![],
+        stops: vec![],
+    };
     for _ in 0..n {
         let mut cfg = ServerConfig::new(key.clone());
         cfg.session = fast_session();
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg).await.unwrap();
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+            .await
+            .unwrap();
         f.addrs.push(server.local_addr());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        f.tasks.push(Some(tokio::spawn(volley::echo::serve(server, async {
-            let _ = rx.await;
-        }))));
+        f.tasks
+            .push(Some(tokio::spawn(volley::echo::serve(server, async {
+                let _ = rx.await;
+            }))));
         f.stops.push(Some(tx));
     }
     f
@@ -63,12 +74,18 @@ impl Fleet {
 #[tokio::test]
 async fn c6_connect_and_exchange_encrypted_datagrams() {
     let f = fleet(3).await;
-    let mut s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    let mut s = timeout(BOUND, f.client().connect(&f.addrs))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(f.addrs.contains(&s.remote()));
     for i in 0..20u32 {
         let msg = format!("datagram {i}");
         s.send(msg.as_bytes()).await.unwrap();
-        assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), msg.as_bytes());
+        assert_eq!(
+            timeout(BOUND, s.recv()).await.unwrap().unwrap(),
+            msg.as_bytes()
+        );
     }
     let report = s.report().unwrap();
     assert_eq!(report.server, Some(s.remote()));
@@ -80,7 +97,10 @@ async fn c6_connect_and_exchange_encrypted_datagrams() {
 #[tokio::test]
 async fn c5_other_servers_offers_are_voided() {
     let f = fleet(3).await;
-    let s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    let s = timeout(BOUND, f.client().connect(&f.addrs))
+        .await
+        .unwrap()
+        .unwrap();
     // Every server answers; the two losers' offers arrive after the decision.
     timeout(BOUND, async {
         while s.report().unwrap().offers.len() < 3 {
@@ -98,7 +118,10 @@ async fn c5_other_servers_offers_are_voided() {
 #[tokio::test]
 async fn r5_killed_server_is_detected_and_client_fails_over() {
     let mut f = fleet(3).await;
-    let mut s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    let mut s = timeout(BOUND, f.client().connect(&f.addrs))
+        .await
+        .unwrap()
+        .unwrap();
     let first = s.remote();
     s.send(b"before").await.unwrap();
     assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"before");
@@ -124,7 +147,10 @@ async fn r5_killed_server_is_detected_and_client_fails_over() {
 #[tokio::test]
 async fn r5_graceful_shutdown_sends_clients_elsewhere() {
     let mut f = fleet(3).await;
-    let mut s = timeout(BOUND, f.client().connect(&f.addrs)).await.unwrap().unwrap();
+    let mut s = timeout(BOUND, f.client().connect(&f.addrs))
+        .await
+        .unwrap()
+        .unwrap();
     let first = s.remote();
     f.stop(f.index(first)).await;
     timeout(BOUND, async {
@@ -135,7 +161,10 @@ async fn r5_graceful_shutdown_sends_clients_elsewhere() {
     .await
     .expect("client never failed over");
     s.send(b"still here").await.unwrap();
-    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"still here");
+    assert_eq!(
+        timeout(BOUND, s.recv()).await.unwrap().unwrap(),
+        b"still here"
+    );
 }
 
 #[tokio::test]
@@ -144,8 +173,14 @@ async fn r4_unpinned_key_gets_no_session() {
     let stranger = StaticKeypair::generate(&mut rand::rngs::OsRng);
     let mut cfg = ClientConfig::new(vec![stranger.public()]);
     cfg.race.deadline = Duration::from_millis(600);
-    let err = timeout(BOUND, Client::new(cfg).connect(&f.addrs)).await.unwrap().unwrap_err();
-    assert!(matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))), "{err:?}");
+    let err = timeout(BOUND, Client::new(cfg).connect(&f.addrs))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -156,32 +191,53 @@ async fn c1_nothing_listening_fails_cleanly() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
     let mut cfg = ClientConfig::new(vec![key.public()]);
     cfg.race.deadline = Duration::from_millis(500);
-    let err = timeout(BOUND, Client::new(cfg).connect(&[addr])).await.unwrap().unwrap_err();
-    assert!(matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))), "{err:?}");
+    let err = timeout(BOUND, Client::new(cfg).connect(&[addr]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn s2_server_counts_and_stays_stateless_for_probe_only_clients() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await.unwrap();
+    let mut server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
     let addr = server.local_addr();
     // A raw socket sends 100 valid probes and never follows up.
     let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut probe = [0u8; 256];
-    let n = volley_proto::packet::Probe { tag: volley_proto::Tag([7; 16]), service: b"echo" }
-        .encode(&mut probe, 256)
-        .unwrap();
+    let n = volley_proto::packet::Probe {
+        tag: volley_proto::Tag([7; 16]),
+        service: b"echo",
+    }
+    .encode(&mut probe, 256)
+    .unwrap();
     for _ in 0..100 {
         raw.send_to(&probe[..n], addr).await.unwrap();
     }
     let mut buf = [0u8; 2048];
     for _ in 0..100 {
-        let (len, from) = timeout(BOUND, raw.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (len, from) = timeout(BOUND, raw.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(from, addr);
         assert!(len <= n, "offer larger than probe");
     }
     let stats = server.stats();
     assert_eq!(stats.offers_sent, 100);
     assert_eq!(server.session_count(), 0);
-    assert!(timeout(Duration::from_millis(50), server.accept()).await.is_err());
+    assert!(
+        timeout(Duration::from_millis(50), server.accept())
+            .await
+            .is_err()
+    );
 }

@@ -98,10 +98,15 @@ struct Handshake {
     cookie_changed: bool,
 }
 
+// One Connection exists per connect, so the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Racing(Race),
     Handshaking(Handshake),
-    Established { session: Session, server: SocketAddr },
+    Established {
+        session: Session,
+        server: SocketAddr,
+    },
     Done,
 }
 
@@ -122,7 +127,9 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("pool", &self.pool).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
     }
 }
 
@@ -148,7 +155,8 @@ impl Connection {
             failover_from: None,
         };
         if c.pool.is_empty() || c.config.server_keys.is_empty() {
-            c.events.push_back(ClientEvent::Failed(ConnectError::NothingToRace));
+            c.events
+                .push_back(ClientEvent::Failed(ConnectError::NothingToRace));
         } else {
             let pool = c.pool.clone();
             c.start_race(now, pool);
@@ -156,13 +164,33 @@ impl Connection {
         c
     }
 
-    fn start_race(&mut self, now: Instant, targets: Vec<SocketAddr>) {
+    fn start_race(&mut self, now: Instant, mut targets: Vec<SocketAddr>) {
+        // Probes leave in a random order: on a fast network the send order is a visible part of
+        // the answer time, and a fixed order would hand every race to the first server listed.
+        for i in (1..targets.len()).rev() {
+            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+            targets.swap(i, j);
+        }
         let mut tag = [0u8; TAG_LEN];
         self.rng.fill_bytes(&mut tag);
         self.stats.races += 1;
-        self.events.push_back(ClientEvent::RaceStarted { attempt: self.attempts, servers: targets.len() });
-        debug!(servers = targets.len(), attempt = self.attempts, "race started");
-        let race = Race::start(now, Tag(tag), &self.config.service, targets, self.config.race, self.config.probe_size);
+        self.events.push_back(ClientEvent::RaceStarted {
+            attempt: self.attempts,
+            servers: targets.len(),
+        });
+        debug!(
+            servers = targets.len(),
+            attempt = self.attempts,
+            "race started"
+        );
+        let race = Race::start(
+            now,
+            Tag(tag),
+            &self.config.service,
+            targets,
+            self.config.race,
+            self.config.probe_size,
+        );
         self.state = State::Racing(race);
     }
 
@@ -205,7 +233,8 @@ impl Connection {
             State::Done => {}
             _ => {
                 self.state = State::Done;
-                self.events.push_back(ClientEvent::Closed(CloseReason::Local(code)));
+                self.events
+                    .push_back(ClientEvent::Closed(CloseReason::Local(code)));
             }
         }
     }
@@ -301,10 +330,16 @@ impl Connection {
                     self.lose_server(now, w.server, CloseReason::IdleTimeout);
                 }
             }
-            OfferOutcome::Late { server, answer_time } => {
+            OfferOutcome::Late {
+                server,
+                answer_time,
+            } => {
                 self.stats.offers_late += 1;
                 trace!(%server, ?answer_time, "late offer voided");
-                self.events.push_back(ClientEvent::LateOffer { server, answer_time });
+                self.events.push_back(ClientEvent::LateOffer {
+                    server,
+                    answer_time,
+                });
             }
             OfferOutcome::UnknownTag => self.stats.offers_unknown_tag += 1,
             OfferOutcome::Unprobed => self.stats.offers_unprobed_source += 1,
@@ -313,7 +348,8 @@ impl Connection {
     }
 
     fn current_tag(&self, race: &Race) -> Tag {
-        race.retired_tag().expect("a decided race has a retired tag")
+        race.retired_tag()
+            .expect("a decided race has a retired tag")
     }
 
     fn build_init(&mut self, hs: &mut Handshake) -> Option<()> {
@@ -328,9 +364,14 @@ impl Connection {
         )
         .ok()?;
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let size = Init { tag: hs.tag, service: &self.config.service, cookie: &hs.cookie, noise: &msg1[..n] }
-            .encode(&mut buf)
-            .ok()?;
+        let size = Init {
+            tag: hs.tag,
+            service: &self.config.service,
+            cookie: &hs.cookie,
+            noise: &msg1[..n],
+        }
+        .encode(&mut buf)
+        .ok()?;
         hs.hs = Some(state);
         hs.init = buf[..size].to_vec();
         hs.send_now = true;
@@ -373,9 +414,17 @@ impl Connection {
         let server = hs.server;
         match state.finish(noise, &mut payload) {
             Ok((4, keys)) => {
-                let remote_id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let remote_id =
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 let handshake_time = now.saturating_duration_since(hs.started);
-                let session = Session::new(now, hs.local_id, remote_id, server, keys, self.config.session);
+                let session = Session::new(
+                    now,
+                    hs.local_id,
+                    remote_id,
+                    server,
+                    keys,
+                    self.config.session,
+                );
                 self.stats.sessions_established += 1;
                 self.events.push_back(ClientEvent::Established {
                     server,
@@ -406,7 +455,8 @@ impl Connection {
             self.events.push_back(ClientEvent::Closed(reason));
             return;
         }
-        self.events.push_back(ClientEvent::ServerLost { server, reason });
+        self.events
+            .push_back(ClientEvent::ServerLost { server, reason });
         let others: Vec<SocketAddr> = self.pool.iter().copied().filter(|a| *a != server).collect();
         if self.attempts >= self.config.max_failovers || others.is_empty() {
             let err = if was_established {
@@ -435,7 +485,10 @@ impl Connection {
                 let size = hs.init.len();
                 buf.get_mut(..size)?.copy_from_slice(&hs.init);
                 self.stats.inits_sent += 1;
-                Some(Transmit { destination: hs.server, size })
+                Some(Transmit {
+                    destination: hs.server,
+                    size,
+                })
             }
             State::Established { session, server } => {
                 let destination = *server;
@@ -443,7 +496,9 @@ impl Connection {
                     Some(size) => Some(Transmit { destination, size }),
                     None => {
                         if session.is_drained() {
-                            let reason = session.close_reason().unwrap_or(CloseReason::Local(CloseCode::NORMAL));
+                            let reason = session
+                                .close_reason()
+                                .unwrap_or(CloseReason::Local(CloseCode::NORMAL));
                             self.state = State::Done;
                             self.events.push_back(ClientEvent::Closed(reason));
                         }
@@ -482,7 +537,8 @@ impl Connection {
                         self.decided = Some(race);
                     }
                     debug!("race failed: no offer");
-                    self.events.push_back(ClientEvent::Failed(ConnectError::NoOffer(deadline)));
+                    self.events
+                        .push_back(ClientEvent::Failed(ConnectError::NoOffer(deadline)));
                 }
             }
             State::Handshaking(hs) => {

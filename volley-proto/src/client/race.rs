@@ -134,7 +134,12 @@ impl Race {
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         let tag = self.live?;
         let destination = self.queued.pop()?;
-        let size = Probe { tag, service: &self.service }.encode(buf, self.padding).ok()?;
+        let size = Probe {
+            tag,
+            service: &self.service,
+        }
+        .encode(buf, self.padding)
+        .ok()?;
         self.probes_sent += 1;
         Some(Transmit { destination, size })
     }
@@ -194,7 +199,10 @@ impl Race {
             });
         }
         if matches(&self.retired) {
-            return OfferOutcome::Late { server: from, answer_time };
+            return OfferOutcome::Late {
+                server: from,
+                answer_time,
+            };
         }
         OfferOutcome::UnknownTag
     }

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 /// Source ports of UDP services commonly abused as reflectors; datagrams from them are dropped
 /// unread: echo, chargen, DNS, TFTP, portmap, NTP, NetBIOS, SNMP, CLDAP, SSDP, WS-Discovery,
 /// mDNS, memcached — and port 0.
-pub const DEFAULT_REFLECTOR_PORTS: &[u16] =
-    &[0, 7, 17, 19, 53, 69, 111, 123, 137, 161, 389, 1900, 3702, 5353, 11211];
+pub const DEFAULT_REFLECTOR_PORTS: &[u16] = &[
+    0, 7, 17, 19, 53, 69, 111, 123, 137, 161, 389, 1900, 3702, 5353, 11211,
+];
 
 /// Admission settings.
 #[derive(Debug, Clone)]
@@ -77,8 +78,15 @@ pub struct Admission {
 impl Admission {
     /// Starts with full buckets.
     pub fn new(now: Instant, config: AdmissionConfig) -> Self {
-        let global = Bucket { tokens: f64::from(config.handshakes_per_sec), last: now };
-        Self { config, sources: HashMap::new(), global }
+        let global = Bucket {
+            tokens: f64::from(config.handshakes_per_sec),
+            last: now,
+        };
+        Self {
+            config,
+            sources: HashMap::new(),
+            global,
+        }
     }
 
     /// Whether datagrams from this source port are dropped unread.
@@ -97,14 +105,18 @@ impl Admission {
     pub fn admit(&mut self, now: Instant, ip: IpAddr) -> Result<(), Refusal> {
         let rate = f64::from(self.config.inits_per_source_per_sec);
         let burst = f64::from(self.config.inits_per_source_burst.max(1));
-        if !self.sources.contains_key(&ip) && self.sources.len() >= self.config.max_tracked_sources {
+        if !self.sources.contains_key(&ip) && self.sources.len() >= self.config.max_tracked_sources
+        {
             self.sweep(now);
             if self.sources.len() >= self.config.max_tracked_sources {
                 return Err(Refusal::RateLimited);
             }
         }
         let under_load = self.under_load(now);
-        let bucket = self.sources.entry(ip).or_insert(Bucket { tokens: burst, last: now });
+        let bucket = self.sources.entry(ip).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
         bucket.refill(now, rate, burst);
         if bucket.tokens < 1.0 {
             return Err(Refusal::RateLimited);
@@ -122,7 +134,8 @@ impl Admission {
         let rate = f64::from(self.config.inits_per_source_per_sec);
         let burst = f64::from(self.config.inits_per_source_burst.max(1));
         let full_after = Duration::from_secs_f64(if rate > 0.0 { burst / rate } else { 3600.0 });
-        self.sources.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
+        self.sources
+            .retain(|_, b| now.saturating_duration_since(b.last) < full_after);
     }
 
     /// Sources currently tracked.
@@ -155,7 +168,10 @@ mod tests {
         // Global: 4 - 3 + 2 (refill) - 1 = 2 left; two more spend it.
         assert_eq!(a.admit(t0 + Duration::from_millis(500), other), Ok(()));
         assert_eq!(a.admit(t0 + Duration::from_millis(500), other), Ok(()));
-        assert_eq!(a.admit(t0 + Duration::from_millis(500), other), Err(Refusal::UnderLoad));
+        assert_eq!(
+            a.admit(t0 + Duration::from_millis(500), other),
+            Err(Refusal::UnderLoad)
+        );
         assert!(a.under_load(t0 + Duration::from_millis(500)));
         assert!(!a.under_load(t0 + Duration::from_secs(2)));
     }
@@ -163,13 +179,22 @@ mod tests {
     #[test]
     fn r8_source_table_is_bounded() {
         let t0 = Instant::now();
-        let cfg = AdmissionConfig { max_tracked_sources: 2, ..Default::default() };
+        let cfg = AdmissionConfig {
+            max_tracked_sources: 2,
+            ..Default::default()
+        };
         let mut a = Admission::new(t0, cfg);
         for i in 1..=2u8 {
             assert_eq!(a.admit(t0, IpAddr::from([10, 0, 0, i])), Ok(()));
         }
-        assert_eq!(a.admit(t0, IpAddr::from([10, 0, 0, 3])), Err(Refusal::RateLimited));
+        assert_eq!(
+            a.admit(t0, IpAddr::from([10, 0, 0, 3])),
+            Err(Refusal::RateLimited)
+        );
         assert_eq!(a.tracked_sources(), 2);
-        assert_eq!(a.admit(t0 + Duration::from_secs(10), IpAddr::from([10, 0, 0, 3])), Ok(()));
+        assert_eq!(
+            a.admit(t0 + Duration::from_secs(10), IpAddr::from([10, 0, 0, 3])),
+            Ok(())
+        );
     }
 }

@@ -85,7 +85,12 @@ impl std::fmt::Debug for ServerEndpoint {
 impl ServerEndpoint {
     /// A server starting at `now`, drawing cookie keys, session ids and Noise ephemerals from `rng`.
     pub fn new(now: Instant, config: ServerConfig, mut rng: Box<dyn CryptoRngCore + Send>) -> Self {
-        let jar = CookieJar::new(now, config.cookie_rotation, config.cookie_lifetime, &mut *rng);
+        let jar = CookieJar::new(
+            now,
+            config.cookie_rotation,
+            config.cookie_lifetime,
+            &mut *rng,
+        );
         let admission = Admission::new(now, config.admission.clone());
         let key_id = config.keypair.public().key_id();
         Self {
@@ -143,7 +148,9 @@ impl ServerEndpoint {
     }
 
     fn full(&self) -> bool {
-        self.config.capacity.is_some_and(|c| self.load().in_flight >= c)
+        self.config
+            .capacity
+            .is_some_and(|c| self.load().in_flight >= c)
     }
 
     /// Handles one datagram from `remote` that arrived on local address `local`. A stateless answer
@@ -202,7 +209,9 @@ impl ServerEndpoint {
                     response,
                 )
             }
-            Packet::Init(init) => self.handle_init(now, remote, local, &init, datagram.len(), response),
+            Packet::Init(init) => {
+                self.handle_init(now, remote, local, &init, datagram.len(), response)
+            }
             Packet::Data(header, ciphertext) => {
                 self.handle_data(now, remote, header, ciphertext);
                 None
@@ -229,7 +238,16 @@ impl ServerEndpoint {
             self.stats.init_unknown_service += 1;
             return None;
         }
-        match responder::check_init(now, &self.jar, &mut self.stats, init, init_len, remote, local, out) {
+        match responder::check_init(
+            now,
+            &self.jar,
+            &mut self.stats,
+            init,
+            init_len,
+            remote,
+            local,
+            out,
+        ) {
             InitCheck::Drop => return None,
             InitCheck::Reply(t) => return Some(t),
             InitCheck::Proceed => {}
@@ -240,7 +258,10 @@ impl ServerEndpoint {
             self.stats.init_duplicate += 1;
             let size = served.accept.len();
             out.get_mut(..size)?.copy_from_slice(&served.accept);
-            return Some(Transmit { destination: remote, size });
+            return Some(Transmit {
+                destination: remote,
+                size,
+            });
         }
         if self.full() {
             self.stats.init_refused_full += 1;
@@ -284,7 +305,12 @@ impl ServerEndpoint {
                 return None;
             }
         };
-        let size = Accept { receiver_id: client_id, noise: &msg2[..n2] }.encode(out).ok()?;
+        let size = Accept {
+            receiver_id: client_id,
+            noise: &msg2[..n2],
+        }
+        .encode(out)
+        .ok()?;
         if size > init_len.saturating_mul(INIT_AMPLIFICATION) {
             self.stats.amplification_suppressed += 1;
             return None;
@@ -292,13 +318,23 @@ impl ServerEndpoint {
         let session = Session::new(now, local_id, client_id, remote, keys, self.config.session);
         self.sessions.insert(
             local_id,
-            Served { session, origin: (remote, init.tag), accept: out[..size].to_vec() },
+            Served {
+                session,
+                origin: (remote, init.tag),
+                accept: out[..size].to_vec(),
+            },
         );
         self.by_origin.insert((remote, init.tag), local_id);
         self.stats.sessions_opened += 1;
-        self.events.push_back(ServerEvent::Opened { id: local_id, remote });
+        self.events.push_back(ServerEvent::Opened {
+            id: local_id,
+            remote,
+        });
         debug!(%remote, id = local_id, "session opened");
-        Some(Transmit { destination: remote, size })
+        Some(Transmit {
+            destination: remote,
+            size,
+        })
     }
 
     fn fresh_session_id(&mut self) -> SessionId {
@@ -310,7 +346,13 @@ impl ServerEndpoint {
         }
     }
 
-    fn handle_data(&mut self, now: Instant, remote: SocketAddr, header: crate::packet::DataHeader, ct: &[u8]) {
+    fn handle_data(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: crate::packet::DataHeader,
+        ct: &[u8],
+    ) {
         let Some(served) = self.sessions.get_mut(&header.receiver_id) else {
             self.stats.data_unknown_session += 1;
             trace!(%remote, "DATA dropped: unknown session");
@@ -323,7 +365,9 @@ impl ServerEndpoint {
         }
         let id = header.receiver_id;
         match served.session.handle_data(now, header, ct) {
-            Ok(Delivered::Datagram(data)) => self.events.push_back(ServerEvent::Datagram { id, data }),
+            Ok(Delivered::Datagram(data)) => {
+                self.events.push_back(ServerEvent::Datagram { id, data })
+            }
             Ok(Delivered::Keepalive) => self.ready.push_back(id),
             Ok(Delivered::Closed(_)) => self.finish(id),
             Err(DataDrop::Auth) => self.stats.data_auth_failed += 1,
@@ -336,7 +380,10 @@ impl ServerEndpoint {
     fn finish(&mut self, id: SessionId) {
         if let Some(served) = self.sessions.remove(&id) {
             self.by_origin.remove(&served.origin);
-            let reason = served.session.close_reason().unwrap_or(CloseReason::IdleTimeout);
+            let reason = served
+                .session
+                .close_reason()
+                .unwrap_or(CloseReason::IdleTimeout);
             if reason == CloseReason::IdleTimeout {
                 self.stats.sessions_idle_timeout += 1;
             }
@@ -373,7 +420,9 @@ impl ServerEndpoint {
     /// Writes the next queued session packet into `buf`. Call until None after every input.
     pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(id) = self.ready.pop_front() {
-            let Some(served) = self.sessions.get_mut(&id) else { continue };
+            let Some(served) = self.sessions.get_mut(&id) else {
+                continue;
+            };
             if let Some(size) = served.session.poll_transmit(buf) {
                 let destination = served.session.remote();
                 self.ready.push_front(id);
@@ -393,8 +442,14 @@ impl ServerEndpoint {
 
     /// When [`ServerEndpoint::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self.sessions.values().filter_map(|s| s.session.poll_timeout()).min();
-        Some(sessions.map_or(self.jar.next_rotation(), |t| t.min(self.jar.next_rotation())))
+        let sessions = self
+            .sessions
+            .values()
+            .filter_map(|s| s.session.poll_timeout())
+            .min();
+        Some(sessions.map_or(self.jar.next_rotation(), |t| {
+            t.min(self.jar.next_rotation())
+        }))
     }
 
     /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts.

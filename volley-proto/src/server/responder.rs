@@ -46,16 +46,29 @@ pub fn answer_probe(
         trace!(%remote, "probe withheld: under load");
         return None;
     }
-    let binding = CookieBinding { client: remote, server: local, tag: &probe.tag, service: probe.service };
+    let binding = CookieBinding {
+        client: remote,
+        server: local,
+        tag: &probe.tag,
+        service: probe.service,
+    };
     let cookie = jar.mint(now, &binding);
-    let offer = Offer { tag: probe.tag, server_key_id: key_id, load, cookie: &cookie };
+    let offer = Offer {
+        tag: probe.tag,
+        server_key_id: key_id,
+        load,
+        cookie: &cookie,
+    };
     let size = offer.encode(out).ok()?;
     if size > probe_len {
         stats.amplification_suppressed += 1;
         return None;
     }
     stats.offers_sent += 1;
-    Some(Transmit { destination: remote, size })
+    Some(Transmit {
+        destination: remote,
+        size,
+    })
 }
 
 /// The outcome of checking an INIT's cookie.
@@ -70,6 +83,7 @@ pub enum InitCheck {
 
 /// Validates an INIT's cookie, cheapest first (length → key id → age → MAC). A genuine cookie from
 /// a moved client gets a COOKIE_CHANGE with a fresh cookie, no larger than the INIT.
+#[allow(clippy::too_many_arguments)]
 pub fn check_init(
     now: Instant,
     jar: &CookieJar,
@@ -80,12 +94,21 @@ pub fn check_init(
     local: SocketAddr,
     out: &mut [u8],
 ) -> InitCheck {
-    let binding = CookieBinding { client: remote, server: local, tag: &init.tag, service: init.service };
+    let binding = CookieBinding {
+        client: remote,
+        server: local,
+        tag: &init.tag,
+        service: init.service,
+    };
     match jar.verify(now, init.cookie, &binding) {
         Ok(CookieCheck::Valid) => InitCheck::Proceed,
         Ok(CookieCheck::Moved { issued_to }) => {
             let cookie = jar.mint(now, &binding);
-            let Ok(size) = (CookieChange { tag: init.tag, cookie: &cookie }).encode(out) else {
+            let Ok(size) = (CookieChange {
+                tag: init.tag,
+                cookie: &cookie,
+            })
+            .encode(out) else {
                 return InitCheck::Drop;
             };
             if size > init_len.saturating_mul(INIT_AMPLIFICATION) || size > init_len {
@@ -94,7 +117,10 @@ pub fn check_init(
             }
             stats.cookie_changes_sent += 1;
             trace!(%remote, %issued_to, "cookie change");
-            InitCheck::Reply(Transmit { destination: remote, size })
+            InitCheck::Reply(Transmit {
+                destination: remote,
+                size,
+            })
         }
         Err(e) => {
             match e {
