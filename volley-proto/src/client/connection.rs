@@ -379,15 +379,18 @@ impl Connection {
     }
 
     fn on_cookie_change(&mut self, now: Instant, from: SocketAddr, tag: Tag, cookie: &[u8]) {
+        // Check before taking the state out: a COOKIE_CHANGE in any other state (anyone can send
+        // one) must leave the race or session untouched.
+        match &self.state {
+            State::Handshaking(hs) if from == hs.server && tag == hs.tag && !hs.cookie_changed => {}
+            _ => {
+                self.stats.cookie_changes_ignored += 1;
+                return;
+            }
+        }
         let State::Handshaking(mut hs) = std::mem::replace(&mut self.state, State::Done) else {
-            self.stats.cookie_changes_ignored += 1;
             return;
         };
-        if from != hs.server || tag != hs.tag || hs.cookie_changed {
-            self.stats.cookie_changes_ignored += 1;
-            self.state = State::Handshaking(hs);
-            return;
-        }
         hs.cookie = cookie.to_vec();
         hs.cookie_changed = true;
         hs.next_retransmit = now + hs.rto;
@@ -443,12 +446,20 @@ impl Connection {
         }
     }
 
+    /// Folds a session's drop counters into the connection's as the session ends, so that
+    /// [`Connection::stats`] never goes down.
+    fn keep_session_stats(&mut self, ss: crate::session::SessionStats) {
+        self.stats.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
+    }
+
     /// The server is gone (idle timeout, GOING_AWAY, failed handshake): re-race the rest of the
     /// pool if failovers remain, else fail.
     fn lose_server(&mut self, now: Instant, server: SocketAddr, reason: CloseReason) {
         let was_established = matches!(self.state, State::Established { .. });
-        if let State::Racing(race) = &self.state {
-            self.stats.probes_sent += race.probes_sent();
+        match &self.state {
+            State::Racing(race) => self.stats.probes_sent += race.probes_sent(),
+            State::Established { session, .. } => self.keep_session_stats(session.stats()),
+            _ => {}
         }
         self.state = State::Done;
         if reason == CloseReason::Remote(CloseCode::NORMAL) {
@@ -499,6 +510,8 @@ impl Connection {
                             let reason = session
                                 .close_reason()
                                 .unwrap_or(CloseReason::Local(CloseCode::NORMAL));
+                            let stats = session.stats();
+                            self.keep_session_stats(stats);
                             self.state = State::Done;
                             self.events.push_back(ClientEvent::Closed(reason));
                         }

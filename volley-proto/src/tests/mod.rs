@@ -1,5 +1,12 @@
 //! Simulated-network tests: the real state machines on a virtual clock (see `util`).
 
+mod abuse;
+mod cookies;
 mod handshake;
+mod malformed;
+mod race;
+mod responder;
+mod retransmit;
+mod session_life;
 #[allow(dead_code)]
 pub mod util;

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::client::{ClientConfig, ClientEvent, Connection};
+use crate::client::{ClientConfig, ClientEvent, ClientStats, Connection};
 use crate::crypto::{PublicKey, StaticKeypair};
 use crate::packet::{Packet, kind};
-use crate::server::{ServerConfig, ServerEndpoint, ServerEvent};
+use crate::server::{ServerConfig, ServerEndpoint, ServerEvent, ServerStats};
 use crate::{MAX_DATAGRAM_LEN, VERSION};
 
 /// Prints the seed if the test panics.
@@ -27,14 +27,20 @@ pub struct SeedGuard(pub u64);
 impl Drop for SeedGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("simulation failed with seed {} (replay: VOLLEY_SIM_SEED={})", self.0, self.0);
+            eprintln!(
+                "simulation failed with seed {} (replay: VOLLEY_SIM_SEED={})",
+                self.0, self.0
+            );
         }
     }
 }
 
 /// The seeds a test should run: `VOLLEY_SIM_SEED` if set, else `0..n`.
 pub fn seeds(n: u64) -> Vec<u64> {
-    match std::env::var("VOLLEY_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    match std::env::var("VOLLEY_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         Some(s) => vec![s],
         None => (0..n).collect(),
     }
@@ -55,7 +61,12 @@ pub struct Link {
 
 impl Default for Link {
     fn default() -> Self {
-        Self { latency: Duration::from_micros(200), jitter: Duration::ZERO, loss: 0.0, duplicate: 0.0 }
+        Self {
+            latency: Duration::from_micros(200),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+        }
     }
 }
 
@@ -128,6 +139,8 @@ pub struct Sent {
     pub kind: u8,
     /// Size.
     pub len: usize,
+    /// The bytes as the sender wrote them (before any filter edit).
+    pub data: Vec<u8>,
 }
 
 /// The whole simulated world.
@@ -220,7 +233,29 @@ impl Sim {
         let i = self.clients.len();
         let rng = self.child_rng();
         let conn = Connection::new(self.now, config, pool, rng);
-        self.clients.push(SimClient { addr: client_addr(i), conn, events: Vec::new() });
+        self.clients.push(SimClient {
+            addr: client_addr(i),
+            conn,
+            events: Vec::new(),
+        });
+        i
+    }
+
+    /// Adds a client at a chosen address racing `pool`; returns its index.
+    pub fn add_client_at(
+        &mut self,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        addr: SocketAddr,
+    ) -> usize {
+        let i = self.clients.len();
+        let rng = self.child_rng();
+        let conn = Connection::new(self.now, config, pool, rng);
+        self.clients.push(SimClient {
+            addr,
+            conn,
+            events: Vec::new(),
+        });
         i
     }
 
@@ -236,8 +271,19 @@ impl Sim {
 
     /// Puts a datagram on the wire through the link model and the filter.
     pub fn send(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
-        let kind = if data.len() >= 2 && data[0] == VERSION { data[1] } else { 0 };
-        self.sent.push(Sent { at: self.now, src, dst, kind, len: data.len() });
+        let kind = if data.len() >= 2 && data[0] == VERSION {
+            data[1]
+        } else {
+            0
+        };
+        self.sent.push(Sent {
+            at: self.now,
+            src,
+            dst,
+            kind,
+            len: data.len(),
+            data: data.clone(),
+        });
         let mut d = Datagram { src, dst, data };
         let mut extra = Vec::new();
         if let Some(f) = self.filter.as_mut() {
@@ -283,7 +329,10 @@ impl Sim {
             let mut out = [0u8; MAX_DATAGRAM_LEN];
             let now = self.now;
             let server = &mut self.servers[si];
-            if let Some(t) = server.endpoint.handle(now, d.src, server.addr, &d.data, &mut out) {
+            if let Some(t) = server
+                .endpoint
+                .handle(now, d.src, server.addr, &d.data, &mut out)
+            {
                 // R6: an immediate reply is never larger than the datagram that caused it.
                 assert!(
                     t.size <= d.data.len(),
@@ -337,8 +386,17 @@ impl Sim {
 
     fn next_time(&self) -> Option<Instant> {
         let q = self.queue.peek().map(|Reverse(d)| d.at);
-        let s = self.servers.iter().filter(|s| s.alive).filter_map(|s| s.endpoint.poll_timeout()).min();
-        let c = self.clients.iter().filter_map(|c| c.conn.poll_timeout()).min();
+        let s = self
+            .servers
+            .iter()
+            .filter(|s| s.alive)
+            .filter_map(|s| s.endpoint.poll_timeout())
+            .min();
+        let c = self
+            .clients
+            .iter()
+            .filter_map(|c| c.conn.poll_timeout())
+            .min();
         [q, s, c].into_iter().flatten().min()
     }
 
@@ -346,7 +404,9 @@ impl Sim {
     /// Returns false when nothing is scheduled at all.
     pub fn step(&mut self) -> bool {
         self.flush();
-        let Some(t) = self.next_time() else { return false };
+        let Some(t) = self.next_time() else {
+            return false;
+        };
         self.now = self.now.max(t);
         while self.queue.peek().is_some_and(|Reverse(d)| d.at <= self.now) {
             let Reverse(d) = self.queue.pop().expect("peeked");
@@ -390,7 +450,11 @@ impl Sim {
 
     /// Client `i`'s events, without the times.
     pub fn client_events(&self, i: usize) -> Vec<ClientEvent> {
-        self.clients[i].events.iter().map(|(_, e)| e.clone()).collect()
+        self.clients[i]
+            .events
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     /// Whether client `i` has an established session (its last Established not followed by a loss).
@@ -400,6 +464,374 @@ impl Sim {
 
     /// Index of the server at `addr`.
     pub fn server_index(&self, addr: SocketAddr) -> usize {
-        self.servers.iter().position(|s| s.addr == addr).expect("known server")
+        self.servers
+            .iter()
+            .position(|s| s.addr == addr)
+            .expect("known server")
     }
+}
+
+impl Link {
+    /// A clean link with a one-way delay of `ms` milliseconds.
+    pub fn ms(ms: u64) -> Self {
+        Self {
+            latency: Duration::from_millis(ms),
+            ..Self::default()
+        }
+    }
+}
+
+impl Sim {
+    /// Sets the one-way delay of the link towards `addr` to `ms` milliseconds.
+    pub fn set_latency(&mut self, addr: SocketAddr, ms: u64) {
+        self.links.insert(addr, Link::ms(ms));
+    }
+
+    /// Datagrams of type `kind` put on the wire so far, in order.
+    pub fn sent_of(&self, kind: u8) -> Vec<&Sent> {
+        self.sent.iter().filter(|s| s.kind == kind).collect()
+    }
+
+    /// Datagrams from `src` to `dst` so far, in order.
+    pub fn sent_between(&self, src: SocketAddr, dst: SocketAddr) -> Vec<&Sent> {
+        self.sent
+            .iter()
+            .filter(|s| s.src == src && s.dst == dst)
+            .collect()
+    }
+
+    /// Runs until client `i` is established, panicking (with its events) after `limit`.
+    pub fn establish(&mut self, i: usize, limit: Duration) {
+        if !self.run_until(limit, |s| s.established(i)) {
+            panic!(
+                "client {i} not established after {limit:?}: {:?}",
+                self.client_events(i)
+            );
+        }
+    }
+
+    /// Queues `data` on client `i`'s session and runs until the echo comes back.
+    pub fn echo(&mut self, i: usize, data: &[u8], limit: Duration) -> bool {
+        let before = self.count_datagrams(i, data);
+        if self.clients[i].conn.send_datagram(data).is_err() {
+            return false;
+        }
+        self.run_until(limit, |s| s.count_datagrams(i, data) > before)
+    }
+
+    /// How many times client `i` received `data` as a session datagram.
+    pub fn count_datagrams(&self, i: usize, data: &[u8]) -> usize {
+        self.clients[i]
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, ClientEvent::Datagram(d) if d == data))
+            .count()
+    }
+}
+
+/// One server endpoint driven by hand, without a network, for tests that feed it exact datagrams
+/// and read its exact answers.
+pub struct Bench {
+    /// Virtual time now (tests move it by hand).
+    pub now: Instant,
+    /// Virtual time zero (the server was created then).
+    pub start: Instant,
+    /// The source of every endpoint's randomness.
+    pub rng: ChaCha20Rng,
+    /// The server.
+    pub server: ServerEndpoint,
+    /// The server's local address.
+    pub addr: SocketAddr,
+    /// The server's static public key.
+    pub key: PublicKey,
+}
+
+impl Bench {
+    /// A server at [`server_addr`]`(0)` with seed `seed`, configured by `tweak`.
+    pub fn new(seed: u64, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let start = Instant::now();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let kp = StaticKeypair::generate(&mut rng);
+        let mut cfg = ServerConfig::new(kp);
+        tweak(&mut cfg);
+        let key = cfg.keypair.public();
+        let server = ServerEndpoint::new(
+            start,
+            cfg,
+            Box::new(ChaCha20Rng::seed_from_u64(rng.next_u64())),
+        );
+        Self {
+            now: start,
+            start,
+            rng,
+            server,
+            addr: server_addr(0),
+            key,
+        }
+    }
+
+    /// Moves virtual time to `start + at`.
+    pub fn at(&mut self, at: Duration) {
+        self.now = self.start + at;
+    }
+
+    /// A client connection racing only this server, pinning its key.
+    pub fn client(&mut self) -> Connection {
+        let rng = Box::new(ChaCha20Rng::seed_from_u64(self.rng.next_u64()));
+        Connection::new(
+            self.now,
+            ClientConfig::new(vec![self.key]),
+            vec![self.addr],
+            rng,
+        )
+    }
+
+    /// Hands `data` from `from` to the server; returns its immediate reply, which must go back to
+    /// `from` and be no larger than `data` (R6).
+    pub fn handle(&mut self, from: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+        let mut out = [0u8; MAX_DATAGRAM_LEN];
+        let t = self
+            .server
+            .handle(self.now, from, self.addr, data, &mut out)?;
+        assert_eq!(
+            t.destination, from,
+            "reply to another address than the sender"
+        );
+        assert!(
+            t.size <= data.len(),
+            "amplification: {} byte reply to {} bytes",
+            t.size,
+            data.len()
+        );
+        Some(out[..t.size].to_vec())
+    }
+
+    /// Session output the server queued (keepalives, echoes, closes).
+    pub fn server_transmits(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+            out.push((t.destination, buf[..t.size].to_vec()));
+        }
+        out
+    }
+
+    /// Runs PROBE → OFFER for a new client at `from`; returns the client (holding its INIT, not
+    /// yet sent), the PROBE and the OFFER.
+    pub fn offer_to(&mut self, from: SocketAddr) -> (Connection, Vec<u8>, Vec<u8>) {
+        let mut conn = self.client();
+        let probes = transmits(&mut conn, self.now);
+        assert_eq!(probes.len(), 1, "one probe per server");
+        let probe = probes[0].1.clone();
+        let offer = self.handle(from, &probe).expect("an offer");
+        assert_eq!(offer[1], kind::OFFER);
+        conn.handle(self.now, self.addr, &offer);
+        (conn, probe, offer)
+    }
+
+    /// Runs PROBE → OFFER → INIT for a new client at `from`; returns the client and the INIT it
+    /// sent (not yet delivered).
+    pub fn init_from(&mut self, from: SocketAddr) -> (Connection, Vec<u8>) {
+        let (mut conn, _, _) = self.offer_to(from);
+        let inits = transmits(&mut conn, self.now);
+        assert_eq!(inits.len(), 1, "one INIT");
+        assert_eq!(inits[0].0, self.addr);
+        assert_eq!(inits[0].1[1], kind::INIT);
+        (conn, inits[0].1.clone())
+    }
+}
+
+/// Everything `conn` wants to send at `now`.
+pub fn transmits(conn: &mut Connection, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; MAX_DATAGRAM_LEN];
+    while let Some(t) = conn.poll_transmit(now, &mut buf) {
+        out.push((t.destination, buf[..t.size].to_vec()));
+    }
+    out
+}
+
+/// Every event `conn` has queued.
+pub fn events(conn: &mut Connection) -> Vec<ClientEvent> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+/// The sum of every server counter that records a dropped or refused datagram. Destructures
+/// without `..` so that a new counter must be classified here.
+pub fn server_drops(s: &ServerStats) -> u64 {
+    let ServerStats {
+        datagrams_received: _,
+        dropped_reflector_port,
+        malformed_too_long,
+        malformed_truncated,
+        malformed_version,
+        malformed_type,
+        malformed_length,
+        probe_too_short,
+        unexpected_message,
+        probes_received: _,
+        offers_sent: _,
+        probes_unknown_service,
+        probes_withheld_full,
+        probes_withheld_under_load,
+        inits_received: _,
+        init_unknown_service,
+        init_cookie_malformed,
+        init_cookie_unknown_key,
+        init_cookie_expired,
+        init_cookie_bad_mac,
+        cookie_changes_sent: _,
+        init_duplicate: _,
+        init_refused_full,
+        init_rate_limited,
+        init_under_load,
+        init_handshake_failed,
+        sessions_opened: _,
+        sessions_closed: _,
+        sessions_idle_timeout: _,
+        data_unknown_session,
+        data_wrong_source,
+        data_auth_failed,
+        data_replayed,
+        data_bad_frame,
+        amplification_suppressed,
+    } = *s;
+    dropped_reflector_port
+        + malformed_too_long
+        + malformed_truncated
+        + malformed_version
+        + malformed_type
+        + malformed_length
+        + probe_too_short
+        + unexpected_message
+        + probes_unknown_service
+        + probes_withheld_full
+        + probes_withheld_under_load
+        + init_unknown_service
+        + init_cookie_malformed
+        + init_cookie_unknown_key
+        + init_cookie_expired
+        + init_cookie_bad_mac
+        + init_refused_full
+        + init_rate_limited
+        + init_under_load
+        + init_handshake_failed
+        + data_unknown_session
+        + data_wrong_source
+        + data_auth_failed
+        + data_replayed
+        + data_bad_frame
+        + amplification_suppressed
+}
+
+/// `after - before`, counter by counter.
+pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
+    macro_rules! delta {
+        ($($f:ident),* $(,)?) => {
+            ServerStats {
+                $($f: after.$f.checked_sub(before.$f).unwrap_or_else(|| {
+                    panic!("counter {} went down: {} -> {}", stringify!($f), before.$f, after.$f)
+                })),*
+            }
+        };
+    }
+    delta!(
+        datagrams_received,
+        dropped_reflector_port,
+        malformed_too_long,
+        malformed_truncated,
+        malformed_version,
+        malformed_type,
+        malformed_length,
+        probe_too_short,
+        unexpected_message,
+        probes_received,
+        offers_sent,
+        probes_unknown_service,
+        probes_withheld_full,
+        probes_withheld_under_load,
+        inits_received,
+        init_unknown_service,
+        init_cookie_malformed,
+        init_cookie_unknown_key,
+        init_cookie_expired,
+        init_cookie_bad_mac,
+        cookie_changes_sent,
+        init_duplicate,
+        init_refused_full,
+        init_rate_limited,
+        init_under_load,
+        init_handshake_failed,
+        sessions_opened,
+        sessions_closed,
+        sessions_idle_timeout,
+        data_unknown_session,
+        data_wrong_source,
+        data_auth_failed,
+        data_replayed,
+        data_bad_frame,
+        amplification_suppressed,
+    )
+}
+
+/// The sum of every client counter that records a datagram dropped or ignored.
+pub fn client_drops(s: &ClientStats) -> u64 {
+    let ClientStats {
+        races: _,
+        probes_sent: _,
+        offers_won: _,
+        offers_late,
+        offers_unknown_tag,
+        offers_unprobed_source,
+        offers_unknown_key,
+        malformed,
+        unexpected,
+        inits_sent: _,
+        cookie_changes: _,
+        cookie_changes_ignored,
+        accepts_invalid,
+        sessions_established: _,
+        failovers: _,
+        data_dropped,
+    } = *s;
+    offers_late
+        + offers_unknown_tag
+        + offers_unprobed_source
+        + offers_unknown_key
+        + malformed
+        + unexpected
+        + cookie_changes_ignored
+        + accepts_invalid
+        + data_dropped
+}
+
+/// `after - before`, counter by counter.
+pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
+    macro_rules! delta {
+        ($($f:ident),* $(,)?) => {
+            ClientStats {
+                $($f: after.$f.checked_sub(before.$f).unwrap_or_else(|| {
+                    panic!("counter {} went down: {} -> {}", stringify!($f), before.$f, after.$f)
+                })),*
+            }
+        };
+    }
+    delta!(
+        races,
+        probes_sent,
+        offers_won,
+        offers_late,
+        offers_unknown_tag,
+        offers_unprobed_source,
+        offers_unknown_key,
+        malformed,
+        unexpected,
+        inits_sent,
+        cookie_changes,
+        cookie_changes_ignored,
+        accepts_invalid,
+        sessions_established,
+        failovers,
+        data_dropped,
+    )
 }

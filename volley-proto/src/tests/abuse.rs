@@ -1,0 +1,173 @@
+//! Abuse (R8): per-source INIT rate limit, reflector source ports, under-load mode. Every refusal
+//! is silent and counted.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::util::*;
+use crate::client::{ClientConfig, ClientEvent, ConnectError};
+use crate::packet::kind;
+use crate::server::{AdmissionConfig, ServerStats};
+
+fn src(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+#[test]
+fn r8_an_init_flood_from_one_source_is_rate_limited_while_others_get_in() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let mut b = Bench::new(seed, |_| {});
+        let flooder = [198, 51, 100, 7];
+        // 60 genuine INITs (distinct races, valid cookies) from one IP, all at once.
+        let inits: Vec<_> = (0..60u16)
+            .map(|i| {
+                (
+                    src(flooder, 40_000 + i),
+                    b.init_from(src(flooder, 40_000 + i)).1,
+                )
+            })
+            .collect();
+        let mut answered = 0;
+        for (from, init) in &inits {
+            if let Some(reply) = b.handle(*from, init) {
+                assert_eq!(reply[1], kind::ACCEPT);
+                answered += 1;
+            }
+        }
+        // The default burst is 40.
+        assert_eq!(answered, 40);
+        let s = *b.server.stats();
+        assert_eq!((s.init_rate_limited, s.sessions_opened), (20, 40));
+        assert!(
+            b.server_transmits()
+                .iter()
+                .all(|(to, _)| to.ip() != std::net::IpAddr::from(flooder))
+        );
+        // Another source is not affected.
+        let other = src([203, 0, 113, 9], 40_000);
+        let (_c, init) = b.init_from(other);
+        assert_eq!(
+            b.handle(other, &init).expect("other source refused")[1],
+            kind::ACCEPT
+        );
+        // The limit is a rate, not a ban: a second later 20 more are let in.
+        b.now += Duration::from_secs(1);
+        let later = inits[40..]
+            .iter()
+            .filter(|(from, init)| b.handle(*from, init).is_some())
+            .count();
+        assert_eq!(later, 20);
+        assert_eq!(b.server.stats().init_rate_limited, 20);
+    }
+}
+
+#[test]
+fn r8_reflector_source_ports_are_dropped_unread() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let mut b = Bench::new(seed, |_| {});
+        let ip = [198, 51, 100, 53];
+        // A genuine PROBE and INIT, then the same from reflector ports, plus garbage.
+        let (mut conn, probe, _) = b.offer_to(src(ip, 40_000));
+        let init = transmits(&mut conn, b.now).remove(0).1;
+        let before = *b.server.stats();
+        let ports = [53u16, 123, 1900, 11211, 0, 19, 389, 5353];
+        for port in ports {
+            for datagram in [&probe[..], &init[..], b"\x00garbage", &[]] {
+                assert!(
+                    b.handle(src(ip, port), datagram).is_none(),
+                    "answered port {port}"
+                );
+            }
+        }
+        let d = server_delta(b.server.stats(), &before);
+        let fed = 4 * ports.len() as u64;
+        assert_eq!(
+            d,
+            ServerStats {
+                datagrams_received: fed,
+                dropped_reflector_port: fed,
+                ..Default::default()
+            },
+            "read something from a reflector port"
+        );
+        assert_eq!(server_drops(&d), fed);
+        assert!(b.server_transmits().is_empty());
+
+        // Over the network: a client behind source port 53 gets nothing at all.
+        let mut sim = Sim::new(seed);
+        let key = sim.add_servers(3, |_, _| {});
+        let pool = sim.pool();
+        let c = sim.add_client_at(
+            ClientConfig::new(vec![key]),
+            pool.clone(),
+            src([192, 0, 2, 1], 53),
+        );
+        sim.run_for(Duration::from_secs(5));
+        assert!(
+            sim.sent.iter().all(|d| !pool.contains(&d.src)),
+            "a server answered port 53"
+        );
+        for s in &sim.servers {
+            assert_eq!(s.endpoint.stats().dropped_reflector_port, 5);
+        }
+        assert!(
+            sim.client_events(c)
+                .contains(&ClientEvent::Failed(ConnectError::NoOffer(
+                    Duration::from_secs(3)
+                )))
+        );
+    }
+}
+
+#[test]
+fn r8_under_load_mode_withholds_offers_and_refuses_inits() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let mut b = Bench::new(seed, |c| {
+            c.admission = AdmissionConfig {
+                handshakes_per_sec: 2,
+                ..AdmissionConfig::default()
+            }
+        });
+        // Three clients get offers while the budget is untouched.
+        let pending: Vec<_> = (1..=3u8)
+            .map(|i| {
+                (
+                    src([203, 0, 113, i], 40_000),
+                    b.init_from(src([203, 0, 113, i], 40_000)).1,
+                )
+            })
+            .collect();
+        assert!(b.handle(pending[0].0, &pending[0].1).is_some());
+        assert!(b.handle(pending[1].0, &pending[1].1).is_some());
+        // The budget (2 per second) is spent: the third INIT is refused, new probes get nothing.
+        assert!(b.handle(pending[2].0, &pending[2].1).is_none());
+        let late = src([203, 0, 113, 4], 40_000);
+        let mut conn = b.client();
+        let probe = transmits(&mut conn, b.now).remove(0).1;
+        assert!(b.handle(late, &probe).is_none());
+        let s = *b.server.stats();
+        assert_eq!(
+            (
+                s.init_under_load,
+                s.probes_withheld_under_load,
+                s.sessions_opened
+            ),
+            (1, 1, 2)
+        );
+        assert_eq!(
+            s.init_rate_limited, 0,
+            "under load is not a per-source limit"
+        );
+        // A second later the budget has refilled: both are served.
+        b.now += Duration::from_secs(1);
+        assert!(b.handle(late, &probe).is_some());
+        assert_eq!(
+            b.handle(pending[2].0, &pending[2].1)
+                .expect("still refused")[1],
+            kind::ACCEPT
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! Session life (R5): idle-timeout detection of a dead server and failover, GOING_AWAY, keepalive,
+//! orderly close and the replay window, end to end.
+
+use std::time::Duration;
+
+use super::util::*;
+use crate::client::{ClientConfig, ClientEvent};
+use crate::packet::kind;
+use crate::server::ServerEvent;
+use crate::session::{CloseCode, CloseReason};
+
+/// A fleet of three servers at 1, 3 and 5 ms and one established client; returns the sim, the
+/// client and the index of its server (0).
+fn fleet(seed: u64) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(seed);
+    let key = sim.add_servers(3, |_, _| {});
+    for i in 0..3 {
+        sim.set_latency(server_addr(i), 1 + 2 * i as u64);
+    }
+    let pool = sim.pool();
+    let c = sim.add_client(ClientConfig::new(vec![key]), pool);
+    sim.establish(c, Duration::from_secs(1));
+    let s = sim.server_index(sim.clients[c].conn.server().unwrap());
+    assert_eq!(s, 0);
+    (sim, c, s)
+}
+
+fn events_since(sim: &Sim, c: usize, since: std::time::Instant) -> Vec<(Duration, ClientEvent)> {
+    sim.clients[c]
+        .events
+        .iter()
+        .filter(|(t, _)| *t >= since)
+        .map(|(t, e)| (*t - since, e.clone()))
+        .collect()
+}
+
+#[test]
+fn r5_a_dead_server_is_detected_by_idle_timeout_and_the_client_fails_over() {
+    for seed in seeds(10) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let dead = sim.servers[s].addr;
+        assert!(sim.echo(c, b"before", Duration::from_secs(1)));
+        // The echo just arrived: the client last heard from its server now.
+        let killed = sim.now;
+        sim.servers[s].alive = false;
+        assert!(sim.run_until(Duration::from_secs(10), |s| {
+            s.clients[c].conn.stats().sessions_established == 2
+        }));
+        let after: Vec<_> = events_since(&sim, c, killed);
+        let lost = after
+            .iter()
+            .find(|(_, e)| matches!(e, ClientEvent::ServerLost { .. }))
+            .expect("no ServerLost");
+        assert_eq!(
+            lost.1,
+            ClientEvent::ServerLost {
+                server: dead,
+                reason: CloseReason::IdleTimeout
+            }
+        );
+        assert_eq!(
+            lost.0,
+            Duration::from_secs(5),
+            "detected after the 5 s idle timeout"
+        );
+        let kinds: Vec<_> = after.iter().map(|(_, e)| e.clone()).collect();
+        assert!(kinds.contains(&ClientEvent::RaceStarted {
+            attempt: 1,
+            servers: 2
+        }));
+        let new = sim.clients[c].conn.server().unwrap();
+        assert_ne!(new, dead);
+        assert!(kinds.iter().any(|e| matches!(e,
+            ClientEvent::Established { server, failover_from: Some(from), .. } if *server == new && *from == dead)));
+        assert_eq!(sim.clients[c].conn.stats().failovers, 1);
+        // The new race did not probe the dead server, and datagrams flow again.
+        let client = sim.clients[c].addr;
+        assert!(
+            !sim.sent.iter().any(|d| d.at >= killed
+                && d.src == client
+                && d.dst == dead
+                && d.kind == kind::PROBE)
+        );
+        assert!(sim.echo(c, b"after", Duration::from_secs(1)));
+    }
+}
+
+#[test]
+fn r5_going_away_makes_every_client_fail_over() {
+    for seed in seeds(10) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c0, s) = fleet(seed);
+        let pool = sim.pool();
+        let key = sim.servers[0].endpoint.public_key();
+        let c1 = sim.add_client(ClientConfig::new(vec![key]), pool);
+        sim.establish(c1, Duration::from_secs(1));
+        assert_eq!(sim.servers[s].endpoint.session_count(), 2);
+        let closed_at = sim.now;
+        sim.servers[s].endpoint.close_all(CloseCode::GOING_AWAY);
+        assert!(sim.run_until(Duration::from_secs(1), |sim| {
+            (0..2).all(|c| sim.clients[c].conn.stats().sessions_established == 2)
+        }));
+        let gone = sim.servers[s].addr;
+        for c in [c0, c1] {
+            let after: Vec<_> = events_since(&sim, c, closed_at)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect();
+            assert!(after.contains(&ClientEvent::ServerLost {
+                server: gone,
+                reason: CloseReason::Remote(CloseCode::GOING_AWAY)
+            }));
+            assert!(after.iter().any(|e| matches!(e,
+                ClientEvent::Established { failover_from: Some(from), .. } if *from == gone)));
+            assert_ne!(sim.clients[c].conn.server(), Some(gone));
+            assert!(sim.echo(c, b"elsewhere", Duration::from_secs(1)));
+        }
+        assert_eq!(sim.servers[s].endpoint.session_count(), 0);
+        let closed = sim.servers[s]
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    ServerEvent::Closed {
+                        reason: CloseReason::Local(CloseCode::GOING_AWAY),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(closed, 2);
+    }
+}
+
+#[test]
+fn r5_keepalives_hold_an_idle_session_for_a_minute() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let data_before = sim.sent_of(kind::DATA).len();
+        sim.run_for(Duration::from_secs(60));
+        assert!(sim.established(c));
+        assert_eq!(sim.clients[c].conn.server(), Some(sim.servers[s].addr));
+        assert_eq!(sim.clients[c].conn.stats().sessions_established, 1);
+        assert!(
+            !sim.client_events(c)
+                .iter()
+                .any(|e| matches!(e, ClientEvent::ServerLost { .. }))
+        );
+        assert_eq!(sim.servers[s].endpoint.session_count(), 1);
+        assert_eq!(sim.servers[s].endpoint.stats().sessions_closed, 0);
+        // About one PING and one PONG a second, no storm.
+        let keepalives = sim.sent_of(kind::DATA).len() - data_before;
+        assert!(
+            (60..=240).contains(&keepalives),
+            "{keepalives} keepalive packets in 60 s"
+        );
+        assert!(sim.echo(c, b"still here", Duration::from_secs(1)));
+    }
+}
+
+#[test]
+fn r5_client_close_normal_ends_the_servers_session() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let Some(ServerEvent::Opened { id, .. }) = sim.servers[s].events.first() else {
+            panic!("no Opened")
+        };
+        let id = *id;
+        sim.clients[c].conn.close(CloseCode::NORMAL);
+        sim.run_for(Duration::from_millis(100));
+        assert!(sim.servers[s].events.contains(&ServerEvent::Closed {
+            id,
+            reason: CloseReason::Remote(CloseCode::NORMAL)
+        }));
+        assert_eq!(sim.servers[s].endpoint.session_count(), 0);
+        assert!(
+            sim.client_events(c)
+                .contains(&ClientEvent::Closed(CloseReason::Local(CloseCode::NORMAL)))
+        );
+        assert!(sim.clients[c].conn.is_done());
+        // Closed for good: no new race, nothing more on the wire.
+        let quiet_from = sim.now;
+        sim.run_for(Duration::from_secs(10));
+        assert_eq!(sim.clients[c].conn.stats().races, 1);
+        assert!(sim.sent.iter().all(|d| d.at < quiet_from));
+    }
+}
+
+#[test]
+fn r5_server_close_normal_ends_the_client_without_failover() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let Some(ServerEvent::Opened { id, .. }) = sim.servers[s].events.first() else {
+            panic!("no Opened")
+        };
+        let id = *id;
+        sim.servers[s].endpoint.close(id, CloseCode::NORMAL);
+        sim.run_for(Duration::from_secs(2));
+        assert!(
+            sim.client_events(c)
+                .contains(&ClientEvent::Closed(CloseReason::Remote(CloseCode::NORMAL)))
+        );
+        assert_eq!(sim.clients[c].conn.stats().races, 1);
+        assert!(sim.clients[c].conn.is_done());
+    }
+}
+
+#[test]
+fn r5_a_server_times_out_a_silent_client() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let client = sim.clients[c].addr;
+        let cut = sim.now;
+        sim.filter = Some(Box::new(move |_, d| {
+            if d.src == client {
+                Verdict::Drop
+            } else {
+                Verdict::Pass
+            }
+        }));
+        sim.run_for(Duration::from_secs(6));
+        assert_eq!(sim.servers[s].endpoint.session_count(), 0);
+        assert_eq!(sim.servers[s].endpoint.stats().sessions_idle_timeout, 1);
+        assert!(sim.servers[s].events.iter().any(|e| matches!(
+            e,
+            ServerEvent::Closed {
+                reason: CloseReason::IdleTimeout,
+                ..
+            }
+        )));
+        // It gave up no earlier than the idle timeout.
+        assert!(sim.now - cut >= Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn r5_replayed_data_is_delivered_once() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        // From now on every datagram arrives twice, in both directions.
+        sim.link.duplicate = 1.0;
+        for l in sim.links.values_mut() {
+            l.duplicate = 1.0;
+        }
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![b'm', i]).collect();
+        for m in &msgs {
+            sim.clients[c].conn.send_datagram(m).unwrap();
+        }
+        sim.run_for(Duration::from_millis(100));
+        let got: Vec<_> = sim.servers[s]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::Datagram { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, msgs, "each datagram delivered once, in order");
+        assert_eq!(sim.servers[s].endpoint.stats().data_replayed, 5);
+        for m in &msgs {
+            assert_eq!(sim.count_datagrams(c, m), 1);
+        }
+        assert_eq!(sim.clients[c].conn.stats().data_dropped, 5);
+    }
+}
+
+#[test]
+fn r5_client_counters_never_go_down_across_a_failover() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let (saved_link, saved_links) = (sim.link, sim.links.clone());
+        sim.link.duplicate = 1.0;
+        for l in sim.links.values_mut() {
+            l.duplicate = 1.0;
+        }
+        assert!(sim.echo(c, b"twice", Duration::from_secs(1)));
+        sim.run_for(Duration::from_millis(100));
+        let before = sim.clients[c].conn.stats();
+        assert!(before.data_dropped >= 1);
+        (sim.link, sim.links) = (saved_link, saved_links);
+        sim.servers[s].alive = false;
+        let mut lowest = before;
+        assert!(sim.run_until(Duration::from_secs(10), |sim| {
+            let now = sim.clients[c].conn.stats();
+            lowest.data_dropped = lowest.data_dropped.min(now.data_dropped);
+            now.sessions_established == 2
+        }));
+        assert_eq!(
+            lowest.data_dropped, before.data_dropped,
+            "data_dropped went down"
+        );
+        let after = sim.clients[c].conn.stats();
+        // Every counter is monotonic.
+        let _ = client_delta(&after, &before);
+    }
+}
