@@ -207,8 +207,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let refused: u64 = offers_sent.values().map(|s| s.init_refused_full).sum();
     if refused > 0 {
         println!(
-            "INIT refused: {refused} — a server filled up between its offer and the client's INIT; \
-             the client retried (INIT retransmission, 250 ms then 500 ms), which is the connect tail."
+            "INIT refused: {refused} — a server filled up between its offer and the client's INIT; it \
+             answered with a REDIRECT and the client raced the rest of the pool again at once."
         );
     }
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());

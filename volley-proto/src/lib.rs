@@ -27,11 +27,15 @@ mod tests;
 
 use std::net::SocketAddr;
 
-pub use client::{ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, SelectionPolicy};
+pub use client::{
+    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, SelectionPolicy,
+};
 pub use crypto::{PublicKey, StaticKeypair};
 pub use packet::{KeyId, LoadHint, Tag};
-pub use server::{AdmissionConfig, ServerConfig, ServerEndpoint, ServerEvent, ServerStats, SessionId};
-pub use session::{CloseCode, CloseReason, SendError, SessionConfig, MAX_APP_DATAGRAM};
+pub use server::{
+    AdmissionConfig, ServerConfig, ServerEndpoint, ServerEvent, ServerStats, SessionId,
+};
+pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
 
 /// The protocol version byte of v1.
 pub const VERSION: u8 = 1;

@@ -21,7 +21,7 @@ pub mod kind {
     pub const ACCEPT: u8 = 0x04;
     /// COOKIE_CHANGE: server → client, a fresh cookie for a client whose address changed.
     pub const COOKIE_CHANGE: u8 = 0x05;
-    /// REDIRECT: reserved for v1 servers that refer clients elsewhere (not yet sent).
+    /// REDIRECT: server → client, "not here": a refusal naming up to 8 other servers (possibly none).
     pub const REDIRECT: u8 = 0x06;
     /// DATA: an encrypted session packet, either direction.
     pub const DATA: u8 = 0x10;
@@ -107,6 +107,40 @@ pub struct CookieChange<'a> {
     pub cookie: &'a [u8],
 }
 
+/// REDIRECT: the server will not serve this race; `servers` may name others to try (0..=8).
+///
+/// Sent today in answer to an INIT whose cookie verified but which the server refuses because it
+/// is at capacity or under load, with no addresses: the client re-races the rest of its pool at
+/// once instead of waiting out its handshake timeout.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Redirect<'a> {
+    /// The tag of the race (PROBE or INIT) being refused.
+    pub tag: Tag,
+    /// Concatenated 18-byte addresses (16-byte IPv6 or IPv4-mapped, big-endian port).
+    pub servers: &'a [u8],
+}
+
+impl Redirect<'_> {
+    /// How many addresses it names.
+    pub fn server_count(&self) -> usize {
+        self.servers.len() / REDIRECT_ADDR_LEN
+    }
+
+    /// The addresses it names.
+    pub fn servers(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.servers.chunks_exact(REDIRECT_ADDR_LEN).map(|c| {
+            let mut a = [0u8; REDIRECT_ADDR_LEN];
+            a.copy_from_slice(c);
+            crate::util::decode_addr(&a)
+        })
+    }
+}
+
+/// Bytes of one address in a REDIRECT.
+pub const REDIRECT_ADDR_LEN: usize = 18;
+/// Most addresses one REDIRECT names.
+pub const MAX_REDIRECT_ADDRS: usize = 8;
+
 /// The cleartext header of a DATA packet (authenticated as AEAD associated data).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct DataHeader {
@@ -129,6 +163,8 @@ pub enum Packet<'a> {
     Accept(Accept<'a>),
     /// See [`CookieChange`].
     CookieChange(CookieChange<'a>),
+    /// See [`Redirect`].
+    Redirect(Redirect<'a>),
     /// A DATA header and its ciphertext (payload and AEAD tag).
     Data(DataHeader, &'a [u8]),
 }
@@ -179,6 +215,17 @@ impl<'a> Packet<'a> {
                 tag: Tag(r.array()?),
                 cookie: r.vec8(1, MAX_COOKIE_LEN)?,
             }),
+            kind::REDIRECT => {
+                let tag = Tag(r.array()?);
+                let count = usize::from(r.u8()?);
+                if count > MAX_REDIRECT_ADDRS {
+                    return Err(DecodeError::BadLength);
+                }
+                Packet::Redirect(Redirect {
+                    tag,
+                    servers: r.bytes(count * REDIRECT_ADDR_LEN)?,
+                })
+            }
             kind::DATA => {
                 let header = DataHeader {
                     receiver_id: r.u32()?,
@@ -266,6 +313,22 @@ impl CookieChange<'_> {
     }
 }
 
+impl Redirect<'_> {
+    /// Writes the redirect.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let count = self.servers.len() / REDIRECT_ADDR_LEN;
+        if self.servers.len() % REDIRECT_ADDR_LEN != 0 || count > MAX_REDIRECT_ADDRS {
+            return Err(EncodeError::FieldTooLong);
+        }
+        let mut w = Writer::new(buf);
+        header(&mut w, kind::REDIRECT)?;
+        w.bytes(&self.tag.0)?;
+        w.u8(count as u8)?;
+        w.bytes(self.servers)?;
+        Ok(w.len())
+    }
+}
+
 impl DataHeader {
     /// Writes the 14-byte DATA header.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
@@ -334,6 +397,18 @@ mod tests {
         };
         let n = cc.encode(&mut buf).unwrap();
         assert_eq!(Packet::decode(&buf[..n]).unwrap(), Packet::CookieChange(cc));
+        let addrs = [crate::util::encode_addr("192.0.2.7:9".parse().unwrap()); 2].concat();
+        let rd = Redirect {
+            tag: tag(),
+            servers: &addrs,
+        };
+        let n = rd.encode(&mut buf).unwrap();
+        assert_eq!(n, 2 + 16 + 1 + 36);
+        assert_eq!(Packet::decode(&buf[..n]).unwrap(), Packet::Redirect(rd));
+        let named: Vec<std::net::SocketAddr> = rd.servers().collect();
+        assert_eq!(named, vec!["192.0.2.7:9".parse().unwrap(); 2]);
+        buf[18] = 9;
+        assert_eq!(Packet::decode(&buf[..n]), Err(DecodeError::BadLength));
         let h = DataHeader {
             receiver_id: 5,
             counter: 1 << 40,

@@ -61,6 +61,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// The packet counter reached [`MAX_COUNTER`].
     CounterExhausted,
+    /// The selected server refused the session (REDIRECT: full or under load).
+    Refused,
 }
 
 /// Why `send_datagram` refused.

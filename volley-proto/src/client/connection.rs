@@ -23,9 +23,15 @@ pub enum ConnectError {
     /// No server answered the probe before the race deadline.
     #[error("no server answered within {0:?}")]
     NoOffer(Duration),
-    /// The selected server never accepted, and no other server answered a new race.
+    /// The selected server never accepted, and no other server remained to race.
     #[error("handshake with {0} timed out")]
     HandshakeTimeout(SocketAddr),
+    /// The selected server refused (full or under load), and no other server remained to race.
+    #[error("{0} refused the session (full) and no other server remains")]
+    Refused(SocketAddr),
+    /// The session's server was lost, and no other server (or failover) remained.
+    #[error("lost server {0} and no other server remains")]
+    ServerLost(SocketAddr),
     /// The pool is empty, or no server key is pinned.
     #[error("no servers or no pinned server keys")]
     NothingToRace,
@@ -197,6 +203,9 @@ impl Connection {
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         let mut s = self.stats;
+        if let State::Racing(race) = &self.state {
+            s.probes_sent += race.probes_sent();
+        }
         if let State::Established { session, .. } = &self.state {
             let ss = session.stats();
             s.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
@@ -255,15 +264,40 @@ impl Connection {
                 let keys = &self.config.server_keys;
                 let pinned = |id: &crate::KeyId| keys.iter().find(|k| k.key_id() == *id).copied();
                 let outcome = match &mut self.state {
-                    State::Racing(race) => race.handle_offer(now, from, &offer, pinned),
+                    State::Racing(race) => match race.handle_offer(now, from, &offer, &pinned) {
+                        // During a failover race, the previous race's stragglers are late, not
+                        // strangers.
+                        o @ (OfferOutcome::UnknownTag | OfferOutcome::Unprobed) => {
+                            match &mut self.decided {
+                                Some(prev) => match prev.handle_offer(now, from, &offer, &pinned) {
+                                    late @ OfferOutcome::Late { .. } => late,
+                                    _ => o,
+                                },
+                                None => o,
+                            }
+                        }
+                        o => o,
+                    },
                     _ => match &mut self.decided {
-                        Some(race) => race.handle_offer(now, from, &offer, pinned),
+                        Some(race) => race.handle_offer(now, from, &offer, &pinned),
                         None => OfferOutcome::UnknownTag,
                     },
                 };
                 self.on_offer(now, outcome);
             }
             Packet::CookieChange(cc) => self.on_cookie_change(now, from, cc.tag, cc.cookie),
+            Packet::Redirect(rd) => {
+                match &self.state {
+                    State::Handshaking(hs) if from == hs.server && rd.tag == hs.tag => {}
+                    _ => {
+                        self.stats.unexpected += 1;
+                        return;
+                    }
+                }
+                self.stats.redirects += 1;
+                debug!(server = %from, "selected server refused; racing the rest of the pool");
+                self.lose_server(now, from, CloseReason::Refused);
+            }
             Packet::Accept(accept) => self.on_accept(now, from, accept.receiver_id, accept.noise),
             Packet::Data(header, ct) => {
                 let State::Established { session, server } = &mut self.state else {
@@ -470,8 +504,10 @@ impl Connection {
             .push_back(ClientEvent::ServerLost { server, reason });
         let others: Vec<SocketAddr> = self.pool.iter().copied().filter(|a| *a != server).collect();
         if self.attempts >= self.config.max_failovers || others.is_empty() {
-            let err = if was_established {
-                ConnectError::NoOffer(Duration::ZERO)
+            let err = if reason == CloseReason::Refused {
+                ConnectError::Refused(server)
+            } else if was_established {
+                ConnectError::ServerLost(server)
             } else {
                 ConnectError::HandshakeTimeout(server)
             };

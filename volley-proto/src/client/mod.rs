@@ -92,6 +92,8 @@ pub struct ClientStats {
     pub cookie_changes: u64,
     /// COOKIE_CHANGEs ignored (not from the selected server, wrong tag, or a second one).
     pub cookie_changes_ignored: u64,
+    /// REDIRECTs from the selected server acted on: it refused, the pool was raced again.
+    pub redirects: u64,
     /// ACCEPTs whose Noise message failed.
     pub accepts_invalid: u64,
     /// Sessions established.

@@ -177,7 +177,7 @@ impl Race {
         now: Instant,
         from: SocketAddr,
         offer: &Offer<'_>,
-        pinned: impl Fn(&KeyId) -> Option<PublicKey>,
+        pinned: &impl Fn(&KeyId) -> Option<PublicKey>,
     ) -> OfferOutcome {
         if !self.targets.contains(&from) {
             return OfferOutcome::Unprobed;

@@ -15,7 +15,7 @@ use super::{ServerConfig, ServerStats};
 use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
 use crate::crypto::{self, PublicKey};
-use crate::packet::{Accept, Init, KeyId, LoadHint, Packet, Tag};
+use crate::packet::{Accept, Init, KeyId, LoadHint, Packet, Redirect, Tag};
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
 use crate::util::canonical;
 use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
@@ -216,7 +216,10 @@ impl ServerEndpoint {
                 self.handle_data(now, remote, header, ciphertext);
                 None
             }
-            Packet::Offer(_) | Packet::Accept(_) | Packet::CookieChange(_) => {
+            Packet::Offer(_)
+            | Packet::Accept(_)
+            | Packet::CookieChange(_)
+            | Packet::Redirect(_) => {
                 self.stats.unexpected_message += 1;
                 trace!(%remote, "dropped: client-bound message");
                 None
@@ -265,17 +268,18 @@ impl ServerEndpoint {
         }
         if self.full() {
             self.stats.init_refused_full += 1;
-            return None;
+            return self.refuse(remote, &init.tag, init_len, out);
         }
         match self.admission.admit(now, remote.ip()) {
             Ok(()) => {}
             Err(Refusal::RateLimited) => {
+                // An abusive source gets nothing, not even a refusal.
                 self.stats.init_rate_limited += 1;
                 return None;
             }
             Err(Refusal::UnderLoad) => {
                 self.stats.init_under_load += 1;
-                return None;
+                return self.refuse(remote, &init.tag, init_len, out);
             }
         }
         let prologue = crypto::prologue(init.service, &init.tag, init.cookie);
@@ -331,6 +335,33 @@ impl ServerEndpoint {
             remote,
         });
         debug!(%remote, id = local_id, "session opened");
+        Some(Transmit {
+            destination: remote,
+            size,
+        })
+    }
+
+    /// Tells a client whose cookie verified (so its address is proven) that this server will not
+    /// take it, so it re-races elsewhere at once: a REDIRECT naming no servers, 19 bytes.
+    fn refuse(
+        &mut self,
+        remote: SocketAddr,
+        tag: &Tag,
+        init_len: usize,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        let size = Redirect {
+            tag: *tag,
+            servers: &[],
+        }
+        .encode(out)
+        .ok()?;
+        if size > init_len {
+            self.stats.amplification_suppressed += 1;
+            return None;
+        }
+        self.stats.redirects_sent += 1;
+        trace!(%remote, "INIT refused: redirect sent");
         Some(Transmit {
             destination: remote,
             size,

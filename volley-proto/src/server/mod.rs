@@ -69,7 +69,7 @@ pub struct ServerStats {
     pub malformed_length: u64,
     /// Dropped: PROBE shorter than the minimum (anti-amplification).
     pub probe_too_short: u64,
-    /// Dropped: a message only a client should receive (OFFER, ACCEPT, COOKIE_CHANGE).
+    /// Dropped: a message only a client should receive (OFFER, ACCEPT, COOKIE_CHANGE, REDIRECT).
     pub unexpected_message: u64,
     /// Well-formed PROBEs.
     pub probes_received: u64,
@@ -97,11 +97,13 @@ pub struct ServerStats {
     pub cookie_changes_sent: u64,
     /// Duplicate INIT answered again with the stored ACCEPT (R1).
     pub init_duplicate: u64,
-    /// INIT refused at capacity.
+    /// INIT refused at capacity (a REDIRECT with no addresses tells the client).
     pub init_refused_full: u64,
+    /// REDIRECTs sent (refusals of INITs whose cookie verified: full or under load).
+    pub redirects_sent: u64,
     /// INIT refused by the per-source rate limit.
     pub init_rate_limited: u64,
-    /// INIT refused in under-load mode.
+    /// INIT refused in under-load mode (a REDIRECT with no addresses tells the client).
     pub init_under_load: u64,
     /// INIT whose Noise message failed (wrong server key, bad payload).
     pub init_handshake_failed: u64,

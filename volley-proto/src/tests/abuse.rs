@@ -142,8 +142,17 @@ fn r8_under_load_mode_withholds_offers_and_refuses_inits() {
             .collect();
         assert!(b.handle(pending[0].0, &pending[0].1).is_some());
         assert!(b.handle(pending[1].0, &pending[1].1).is_some());
-        // The budget (2 per second) is spent: the third INIT is refused, new probes get nothing.
-        assert!(b.handle(pending[2].0, &pending[2].1).is_none());
+        // The budget (2 per second) is spent: the third INIT is refused with a bare REDIRECT (its
+        // address is proven by the cookie, so the client may re-race at once), new probes get
+        // nothing.
+        let refusal = b.handle(pending[2].0, &pending[2].1).expect("a refusal");
+        match crate::packet::Packet::decode(&refusal) {
+            Ok(crate::packet::Packet::Redirect(rd)) => {
+                assert_eq!(&rd.tag.0[..], &pending[2].1[2..18]);
+                assert_eq!(rd.server_count(), 0);
+            }
+            other => panic!("expected a REDIRECT, got {other:?}"),
+        }
         let late = src([203, 0, 113, 4], 40_000);
         let mut conn = b.client();
         let probe = transmits(&mut conn, b.now).remove(0).1;

@@ -349,5 +349,78 @@ fn l1_an_init_arriving_at_a_full_server_is_refused_and_the_client_fails_over() {
         ];
         servers.sort();
         assert_eq!(servers, [server_addr(0), server_addr(1)]);
+        // The loser was told (REDIRECT) and re-raced at once: no INIT retransmission, no 3 s
+        // handshake timeout — it is up within a few round trips of virtual time.
+        assert_eq!(s0.redirects_sent, s0.init_refused_full);
+        let refused = if sim.clients[c0].conn.server() == Some(server_addr(1)) {
+            c0
+        } else {
+            c1
+        };
+        assert_eq!(sim.clients[refused].conn.stats().redirects, 1);
+        assert_eq!(
+            sim.clients[refused].conn.stats().inits_sent,
+            2,
+            "one INIT per server"
+        );
+        let (at, _) = sim.clients[refused]
+            .events
+            .iter()
+            .find(|(_, e)| matches!(e, ClientEvent::Established { .. }))
+            .expect("established");
+        assert!(
+            *at - sim.start < Duration::from_millis(100),
+            "re-race took {:?}",
+            *at - sim.start
+        );
+    }
+}
+
+#[test]
+fn c2_stray_or_forged_redirects_do_not_derail_a_handshake() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let mut sim = Sim::new(seed);
+        let key = sim.add_servers(2, |_, _| {});
+        sim.set_latency(server_addr(0), 1);
+        sim.set_latency(server_addr(1), 5);
+        let pool = sim.pool();
+        let c = sim.add_client(ClientConfig::new(vec![key]), pool);
+        let client = client_addr(c);
+        // When the client sends its INIT, forge REDIRECTs to it: one from the selected server with a
+        // wrong tag, one with the right tag from the server it did not select.
+        sim.filter = Some(Box::new(move |_, d: &mut Datagram| {
+            if d.src != client || d.data.get(1) != Some(&kind::INIT) {
+                return Verdict::Pass;
+            }
+            let mut tag = [0u8; 16];
+            tag.copy_from_slice(&d.data[2..18]);
+            let mut wrong = tag;
+            wrong[0] ^= 1;
+            let other = if d.dst == server_addr(0) {
+                server_addr(1)
+            } else {
+                server_addr(0)
+            };
+            let forge = |src, t| {
+                let mut buf = [0u8; 64];
+                let n = crate::packet::Redirect {
+                    tag: Tag(t),
+                    servers: &[],
+                }
+                .encode(&mut buf)
+                .unwrap();
+                Datagram {
+                    src,
+                    dst: client,
+                    data: buf[..n].to_vec(),
+                }
+            };
+            Verdict::PassAnd(vec![forge(d.dst, wrong), forge(other, tag)])
+        }));
+        sim.establish(c, Duration::from_secs(5));
+        assert_eq!(sim.clients[c].conn.server(), Some(server_addr(0)));
+        let st = sim.clients[c].conn.stats();
+        assert_eq!((st.redirects, st.failovers, st.unexpected), (0, 0, 2));
     }
 }

@@ -695,6 +695,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         data_replayed,
         data_bad_frame,
         amplification_suppressed,
+        redirects_sent: _,
     } = *s;
     dropped_reflector_port
         + malformed_too_long
@@ -736,6 +737,7 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         };
     }
     delta!(
+        redirects_sent,
         datagrams_received,
         dropped_reflector_port,
         malformed_too_long,
@@ -789,6 +791,7 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         inits_sent: _,
         cookie_changes: _,
         cookie_changes_ignored,
+        redirects: _,
         accepts_invalid,
         sessions_established: _,
         failovers: _,
@@ -817,6 +820,7 @@ pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
         };
     }
     delta!(
+        redirects,
         races,
         probes_sent,
         offers_won,
