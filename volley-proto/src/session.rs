@@ -417,11 +417,22 @@ impl Session {
                 self.closed = Some(CloseReason::CounterExhausted);
                 return None;
             }
+            let plain_len = match &out {
+                Outgoing::Datagram(d) => 1 + d.len(),
+                Outgoing::Ping | Outgoing::Pong => 1,
+                Outgoing::Close(_) => 3,
+            };
+            if buf.len() < DATA_HEADER_LEN + plain_len + AEAD_TAG_LEN {
+                // The caller's buffer is too small (it should be MAX_DATAGRAM_LEN): keep the frame.
+                self.outgoing.push_front(out);
+                return None;
+            }
             let header = DataHeader {
                 receiver_id: self.remote_id,
                 counter: self.next_counter,
             };
             let Ok(h) = header.encode(buf) else {
+                self.outgoing.push_front(out);
                 return None;
             };
             let (head, body) = buf.split_at_mut(h);
@@ -542,6 +553,19 @@ mod tests {
             Some(CloseReason::IdleTimeout)
         );
         assert_eq!(a.send_datagram(b"x"), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn r5_small_buffer_keeps_the_frame() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send_datagram(&[7u8; 100]).unwrap();
+        let mut small = [0u8; 64];
+        assert_eq!(a.poll_transmit(&mut small), None);
+        assert_eq!(
+            deliver(&mut a, &mut b, t0),
+            vec![Ok(Delivered::Datagram(vec![7u8; 100]))]
+        );
     }
 
     #[test]
