@@ -1,0 +1,141 @@
+//! A client `Connection` racing a pool of two servers, fed a sequence of datagrams (from the pool's
+//! servers and from other addresses), clock steps and API calls. It must never panic, it must
+//! never send to an address outside the pool, its PROBEs are never below `PROBE_MIN_LEN`, and a
+//! datagram from an address outside the pool (whatever it carries) must change nothing: no state
+//! change, no event, nothing sent.
+//!
+//! Genuine server datagrams recorded once (OFFER, COOKIE_CHANGE, REDIRECT, ACCEPT and three DATA
+//! packets, all valid for this seeded client) are available as templates, so the fuzzer reaches the
+//! handshake, the session and failover.
+//!
+//! Record: selector u8 | clock step u8 (see `volley_fuzz::advance`) | length u16 (mod 1601) |
+//! that many bytes. Selector bits 0-2 pick the source address, bits 4-6 a template (0 = none: the
+//! bytes are the datagram; 1 OFFER, 2 COOKIE_CHANGE, 3 ACCEPT, 4-6 DATA, 7 REDIRECT, each patched by
+//! the bytes, see `volley_fuzz::patched`), bit 7 turns the record into an API call.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use volley_fuzz::{
+    Input, advance, backup_server_addr, canonical, client_addr, new_client, patched, recorded,
+    server_addr,
+};
+use volley_proto::packet::{Packet, kind};
+use volley_proto::{CloseCode, Connection, MAX_DATAGRAM_LEN, PROBE_MIN_LEN};
+
+fn source(selector: u8) -> SocketAddr {
+    match selector & 7 {
+        0 => server_addr(),
+        1 => backup_server_addr(),
+        2 => "203.0.113.3:4433".parse().unwrap(),
+        3 => "203.0.113.1:4434".parse().unwrap(),
+        4 => "[::ffff:203.0.113.1]:4433".parse().unwrap(),
+        5 => "[2001:db8::1]:4433".parse().unwrap(),
+        6 => client_addr(),
+        _ => "203.0.113.2:4434".parse().unwrap(),
+    }
+}
+
+/// Sends everything queued, checking it: only to the pool, PROBEs padded, all decodable.
+fn drain(client: &mut Connection, now: Instant, pool: &[SocketAddr]) {
+    let mut buf = [0u8; MAX_DATAGRAM_LEN];
+    let mut sent = 0;
+    while let Some(t) = client.poll_transmit(now, &mut buf) {
+        assert!(
+            pool.contains(&t.destination),
+            "client sent to {} outside its pool",
+            t.destination
+        );
+        assert!(t.size <= MAX_DATAGRAM_LEN);
+        if buf[1] == kind::PROBE {
+            assert!(t.size >= PROBE_MIN_LEN, "short PROBE");
+        }
+        assert!(
+            Packet::decode(&buf[..t.size]).is_ok(),
+            "client sent an undecodable datagram"
+        );
+        sent += 1;
+        assert!(sent < 100_000, "poll_transmit does not terminate");
+    }
+    while client.poll_event().is_some() {}
+}
+
+fuzz_target!(|data: &[u8]| {
+    let rec = recorded();
+    let templates: [&[u8]; 7] = [
+        &rec.offer,
+        &rec.cookie_change,
+        &rec.accept,
+        &rec.server_data[0],
+        &rec.server_data[1],
+        &rec.server_data[2],
+        &rec.redirect,
+    ];
+    let pool = [server_addr(), backup_server_addr()];
+    let mut input = Input::new(data);
+    let mut now = Instant::now();
+    let mut client = new_client(now);
+
+    loop {
+        drain(&mut client, now, &pool);
+        let (Some(selector), Some(step), Some(len)) = (input.u8(), input.u8(), input.u16()) else {
+            break;
+        };
+        let payload = input.bytes(usize::from(len % 1601));
+        now += advance(step);
+        if client.poll_timeout().is_some_and(|t| t <= now) {
+            client.handle_timeout(now);
+            drain(&mut client, now, &pool);
+        }
+        if selector & 0x80 != 0 {
+            let (&op, arg) = payload.split_first().unwrap_or((&0, &[]));
+            match op % 3 {
+                0 => {
+                    let _ = client.send_datagram(arg);
+                }
+                1 => {
+                    let code = u16::from_be_bytes([
+                        arg.first().copied().unwrap_or(0),
+                        arg.get(1).copied().unwrap_or(0),
+                    ]);
+                    client.close(CloseCode(code));
+                }
+                _ => {}
+            }
+        } else {
+            let template = usize::from((selector >> 4) & 7)
+                .checked_sub(1)
+                .and_then(|k| templates.get(k));
+            let datagram = match template {
+                Some(t) => patched(t, payload),
+                None => payload.to_vec(),
+            };
+            let from = source(selector);
+            let off_path = !pool.contains(&canonical(from));
+            let before = (client.is_done(), client.server(), client.poll_timeout());
+            client.handle(now, from, &datagram);
+            if off_path {
+                // Nothing from an address outside the pool may change the connection (C2, R4):
+                // no state change, no event, nothing to send.
+                let after = (client.is_done(), client.server(), client.poll_timeout());
+                assert_eq!(
+                    before, after,
+                    "a datagram from {from} changed the connection"
+                );
+                assert!(
+                    client.poll_event().is_none(),
+                    "a datagram from {from} raised an event"
+                );
+                assert!(
+                    client
+                        .poll_transmit(now, &mut [0u8; MAX_DATAGRAM_LEN])
+                        .is_none(),
+                    "a datagram from {from} made the client send"
+                );
+            }
+        }
+    }
+    let _ = client.stats();
+});

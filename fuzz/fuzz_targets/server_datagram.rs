@@ -1,0 +1,206 @@
+//! A `ServerEndpoint` fed a sequence of datagrams and clock steps. It must never panic, and:
+//! - every answer `handle` returns is at most 3× the datagram that caused it (R6), and at most the
+//!   datagram's size when that datagram is a PROBE (type byte 0x01);
+//! - every answer goes back to the datagram's (canonical) source and is an OFFER (to a PROBE),
+//!   a COOKIE_CHANGE or an address-less REDIRECT (to an INIT, no larger than it) or an ACCEPT;
+//! - session traffic (`poll_transmit`) goes only to addresses that were sent an ACCEPT;
+//! - a PROBE leaves no state behind (S2); a session is created only by a datagram answered with
+//!   an ACCEPT, one at a time; the amplification bug guard never fires.
+//!
+//! Input: mode u8, then records until the input ends. mode % 3: 0 = raw datagrams only;
+//! 1 = a recorded genuine INIT (real cookie, real Noise message, from `client_addr`) and PROBE
+//! are available as templates; 2 = as 1, and the INIT was already delivered (a session is open),
+//! with the client's recorded DATA packets as further templates.
+//! Record: selector u8 | clock step u8 (see `volley_fuzz::advance`) | length u16 (mod 1601) |
+//! that many bytes. Selector bits 0-2 pick the source address, bit 3 the local address, bits 4-6
+//! a template (0 = none: the bytes are the datagram; k = template k-1 patched by the bytes, see
+//! `volley_fuzz::patched`), bit 7 turns the record into an API call chosen by its first byte.
+#![no_main]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use volley_fuzz::{
+    Input, advance, canonical, client_addr, client_addr_moved, new_server, patched, recorded,
+    server_addr,
+};
+use volley_proto::packet::{Packet, kind};
+use volley_proto::{CloseCode, INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, ServerEvent, SessionId};
+
+fn source(selector: u8) -> SocketAddr {
+    match selector & 7 {
+        0 => client_addr(),
+        1 => client_addr_moved(),
+        2 => "198.51.100.8:40000".parse().unwrap(),
+        3 => "[::ffff:198.51.100.7]:40000".parse().unwrap(),
+        4 => "[2001:db8::7]:40000".parse().unwrap(),
+        5 => "198.51.100.7:53".parse().unwrap(),
+        6 => "198.51.100.7:0".parse().unwrap(),
+        _ => "192.0.2.99:40000".parse().unwrap(),
+    }
+}
+
+fn local(selector: u8) -> SocketAddr {
+    if selector & 8 == 0 {
+        server_addr()
+    } else {
+        "203.0.113.9:4433".parse().unwrap()
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input::new(data);
+    let Some(mode) = input.u8() else { return };
+    let rec = recorded();
+    let mut now = Instant::now();
+    let mut server = new_server(now);
+    let mut resp = [0u8; MAX_DATAGRAM_LEN];
+    let mut verified: HashSet<SocketAddr> = HashSet::new();
+    let mut opened: Vec<SessionId> = Vec::new();
+    let mut templates: Vec<&[u8]> = Vec::new();
+    if mode % 3 >= 1 {
+        templates.push(&rec.init);
+        templates.push(&rec.probe);
+    }
+    if mode % 3 == 2 {
+        let t = server
+            .handle(now, client_addr(), server_addr(), &rec.init, &mut resp)
+            .expect("recorded INIT accepted");
+        assert_eq!(&resp[..t.size], &rec.accept[..], "deterministic ACCEPT");
+        verified.insert(client_addr());
+        templates.extend(rec.client_data.iter().map(|d| &d[..]));
+    }
+
+    while !input.is_empty() {
+        let (Some(selector), Some(step), Some(len)) = (input.u8(), input.u8(), input.u16()) else {
+            break;
+        };
+        let payload = input.bytes(usize::from(len % 1601));
+        now += advance(step);
+        if server.poll_timeout().is_some_and(|t| t <= now) {
+            server.handle_timeout(now);
+        }
+
+        if selector & 0x80 != 0 {
+            let (&op, arg) = payload.split_first().unwrap_or((&0, &[]));
+            let arg0 = arg.first().copied().unwrap_or(0);
+            match op % 6 {
+                0 => server.set_capacity(Some(u32::from(arg0))),
+                1 => server.set_capacity(None),
+                2 => server.set_app_load(u32::from(arg0)),
+                3 => server.close_all(CloseCode::GOING_AWAY),
+                4 => {
+                    for &id in &opened {
+                        let _ = server.send(id, arg);
+                    }
+                }
+                _ => {
+                    if let Some(&id) = opened.first() {
+                        server.close(id, CloseCode(u16::from(arg0)));
+                    }
+                }
+            }
+        } else {
+            let remote = source(selector);
+            let template = usize::from((selector >> 4) & 7)
+                .checked_sub(1)
+                .and_then(|k| templates.get(k));
+            let datagram = match template {
+                Some(t) => patched(t, payload),
+                None => payload.to_vec(),
+            };
+            let is_probe_type = datagram.len() >= 2 && datagram[1] == kind::PROBE;
+            let decodes_as_probe = matches!(Packet::decode(&datagram), Ok(Packet::Probe(_)));
+            let decodes_as_init = matches!(Packet::decode(&datagram), Ok(Packet::Init(_)));
+            let state_before = server.retained_state();
+            let sessions_before = server.session_count();
+            let answer = server.handle(now, remote, local(selector), &datagram, &mut resp);
+            if let Some(t) = answer {
+                assert!(
+                    t.size <= INIT_AMPLIFICATION * datagram.len(),
+                    "amplification: {} byte answer to a {} byte datagram",
+                    t.size,
+                    datagram.len()
+                );
+                if is_probe_type {
+                    assert!(
+                        t.size <= datagram.len(),
+                        "answer to a PROBE larger than the PROBE"
+                    );
+                }
+                assert_eq!(
+                    t.destination,
+                    canonical(remote),
+                    "answer not sent to the source"
+                );
+                match Packet::decode(&resp[..t.size]).expect("the server's answer decodes") {
+                    Packet::Offer(_) => assert!(decodes_as_probe, "OFFER for a non-PROBE"),
+                    Packet::CookieChange(_) => {
+                        assert!(
+                            t.size <= datagram.len(),
+                            "COOKIE_CHANGE larger than the INIT"
+                        )
+                    }
+                    Packet::Accept(_) => {
+                        verified.insert(t.destination);
+                    }
+                    Packet::Redirect(rd) => {
+                        assert!(decodes_as_init, "REDIRECT for a non-INIT");
+                        assert!(t.size <= datagram.len(), "REDIRECT larger than the INIT");
+                        assert_eq!(rd.server_count(), 0, "REDIRECT names servers");
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            let accepted = answer.is_some_and(|t| resp[1] == kind::ACCEPT && t.size >= 2);
+            if server.session_count() > sessions_before {
+                assert!(accepted, "a session was created without an ACCEPT");
+                assert_eq!(
+                    server.session_count(),
+                    sessions_before + 1,
+                    "one INIT, one session"
+                );
+            }
+            if decodes_as_probe {
+                assert_eq!(
+                    server.retained_state(),
+                    state_before,
+                    "a PROBE left state behind"
+                );
+            }
+        }
+
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        let mut sent = 0;
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            assert!(
+                verified.contains(&t.destination),
+                "session traffic to unverified {}",
+                t.destination
+            );
+            assert!(t.size <= MAX_DATAGRAM_LEN);
+            assert!(
+                matches!(Packet::decode(&buf[..t.size]), Ok(Packet::Data(..))),
+                "session sent non-DATA"
+            );
+            sent += 1;
+            assert!(sent < 100_000, "poll_transmit does not terminate");
+        }
+        while let Some(event) = server.poll_event() {
+            if let ServerEvent::Opened { id, remote } = event {
+                assert!(
+                    verified.contains(&remote),
+                    "session opened without an ACCEPT"
+                );
+                opened.push(id);
+            }
+        }
+        assert_eq!(
+            server.stats().amplification_suppressed,
+            0,
+            "amplification bug guard fired"
+        );
+    }
+});
