@@ -1,7 +1,8 @@
 //! Stateless cookies (S1, S3, R2, R7).
 //!
 //! A cookie is `key_id(1) | issued(4) | client(18) | mac(16)` = [`COOKIE_LEN`] bytes, where
-//! `mac = HMAC-SHA256(key, "volley/1 cookie" | key_id | issued | client | server | tag | service)`
+//! `mac = HMAC-SHA256(key, "volley/1 cookie" | key_id | issued | client | server | tag |
+//! len(service) | service)`
 //! truncated to 16 bytes. It is a MAC, not a ciphertext: the server keeps nothing after minting it
 //! and re-derives the MAC on presentation. `client` is the address the cookie was issued to, so a
 //! genuine cookie arriving from another address (NAT rebinding) is told apart from a forged one at

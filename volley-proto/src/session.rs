@@ -324,6 +324,12 @@ impl Session {
         if self.closed.is_some() {
             return Err(DataDrop::Closed);
         }
+        // Counters at or past MAX_COUNTER are never sent by a conforming peer: forged, and
+        // refused before any AEAD work.
+        if header.counter >= MAX_COUNTER {
+            self.stats.dropped_auth += 1;
+            return Err(DataDrop::Auth);
+        }
         if !self.replay.check(header.counter) {
             self.stats.dropped_replay += 1;
             trace!(counter = header.counter, "DATA dropped: replay");

@@ -27,6 +27,13 @@ pub fn decode_addr(bytes: &[u8; 18]) -> SocketAddr {
 }
 
 /// The canonical form of an address for comparisons: IPv4-mapped IPv6 becomes IPv4.
+/// IPv6 addresses keep their scope id and flow label, so replies to a link-local peer still route.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    decode_addr(&encode_addr(addr))
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
 }

@@ -144,11 +144,15 @@ impl Connection {
     pub fn new(
         now: Instant,
         config: ClientConfig,
-        pool: Vec<SocketAddr>,
+        pool_in: Vec<SocketAddr>,
         rng: Box<dyn CryptoRngCore + Send>,
     ) -> Self {
-        let mut pool: Vec<SocketAddr> = pool.into_iter().map(canonical).collect();
-        pool.dedup();
+        let mut pool: Vec<SocketAddr> = Vec::with_capacity(pool_in.len());
+        for addr in pool_in.into_iter().map(canonical) {
+            if !pool.contains(&addr) {
+                pool.push(addr);
+            }
+        }
         let mut c = Self {
             config,
             pool,

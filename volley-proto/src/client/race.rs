@@ -133,13 +133,15 @@ impl Race {
     /// Writes the next PROBE into `buf`.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         let tag = self.live?;
-        let destination = self.queued.pop()?;
+        let destination = *self.queued.last()?;
         let size = Probe {
             tag,
             service: &self.service,
         }
         .encode(buf, self.padding)
         .ok()?;
+        // Only now that it is written: a too-small buffer must not lose this server's probe.
+        self.queued.pop();
         self.probes_sent += 1;
         Some(Transmit { destination, size })
     }

@@ -67,6 +67,12 @@ pub struct ServerEndpoint {
     admission: Admission,
     sessions: HashMap<SessionId, Served>,
     by_origin: HashMap<(SocketAddr, Tag), SessionId>,
+    /// (client address, tag) of sessions that ended, until their cookies can no longer verify:
+    /// a replayed INIT must not open a second session (R1). Only MAC-verified INITs ever land
+    /// here; swept at each cookie rotation.
+    ended_origins: HashMap<(SocketAddr, Tag), Instant>,
+    /// The endpoint's latest notion of now, for bookkeeping in calls that take no `now`.
+    last_now: Instant,
     ready: VecDeque<SessionId>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
@@ -101,6 +107,8 @@ impl ServerEndpoint {
             admission,
             sessions: HashMap::new(),
             by_origin: HashMap::new(),
+            ended_origins: HashMap::new(),
+            last_now: now,
             ready: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
@@ -126,7 +134,11 @@ impl ServerEndpoint {
     /// Per-probe state the endpoint holds: queued transmits and events plus the duplicate filter.
     /// S2 says this stays 0 however many probes arrive while no session exists.
     pub fn retained_state(&self) -> usize {
-        self.sessions.len() + self.by_origin.len() + self.ready.len() + self.events.len()
+        self.sessions.len()
+            + self.by_origin.len()
+            + self.ended_origins.len()
+            + self.ready.len()
+            + self.events.len()
     }
 
     /// Changes the capacity (None: unbounded).
@@ -166,6 +178,7 @@ impl ServerEndpoint {
         response: &mut [u8],
     ) -> Option<Transmit> {
         self.stats.datagrams_received += 1;
+        self.last_now = self.last_now.max(now);
         let remote = canonical(remote);
         if self.admission.is_reflector_port(remote.port()) {
             self.stats.dropped_reflector_port += 1;
@@ -265,6 +278,15 @@ impl ServerEndpoint {
                 destination: remote,
                 size,
             });
+        }
+        if self
+            .ended_origins
+            .get(&(remote, init.tag))
+            .is_some_and(|until| now < *until)
+        {
+            self.stats.init_after_close += 1;
+            trace!(%remote, "INIT dropped: its session already ended");
+            return None;
         }
         if self.full() {
             self.stats.init_refused_full += 1;
@@ -411,6 +433,8 @@ impl ServerEndpoint {
     fn finish(&mut self, id: SessionId) {
         if let Some(served) = self.sessions.remove(&id) {
             self.by_origin.remove(&served.origin);
+            let until = self.last_now + self.config.cookie_lifetime;
+            self.ended_origins.insert(served.origin, until);
             let reason = served
                 .session
                 .close_reason()
@@ -449,7 +473,8 @@ impl ServerEndpoint {
     }
 
     /// Writes the next queued session packet into `buf`. Call until None after every input.
-    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.last_now = self.last_now.max(now);
         while let Some(id) = self.ready.pop_front() {
             let Some(served) = self.sessions.get_mut(&id) else {
                 continue;
@@ -485,8 +510,10 @@ impl ServerEndpoint {
 
     /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         if self.jar.rotate_if_due(now, &mut *self.rng) {
             self.admission.sweep(now);
+            self.ended_origins.retain(|_, until| now < *until);
             debug!("cookie keys rotated");
         }
         let mut dead = Vec::new();

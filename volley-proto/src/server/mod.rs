@@ -97,6 +97,8 @@ pub struct ServerStats {
     pub cookie_changes_sent: u64,
     /// Duplicate INIT answered again with the stored ACCEPT (R1).
     pub init_duplicate: u64,
+    /// INIT dropped: its (address, tag) opened a session that has since ended; a replay (R1).
+    pub init_after_close: u64,
     /// INIT refused at capacity (a REDIRECT with no addresses tells the client).
     pub init_refused_full: u64,
     /// REDIRECTs sent (refusals of INITs whose cookie verified: full or under load).

@@ -8,9 +8,9 @@ use std::time::Instant;
 use tracing::trace;
 
 use super::ServerStats;
+use crate::Transmit;
 use crate::cookie::{CookieBinding, CookieCheck, CookieError, CookieJar};
 use crate::packet::{CookieChange, Init, KeyId, LoadHint, Offer, Probe};
-use crate::{INIT_AMPLIFICATION, Transmit};
 
 /// Answers a PROBE with an OFFER written into `out`, or withholds. `full` and `under_load` come
 /// from the endpoint. The offer is never larger than the probe (R6).
@@ -111,7 +111,8 @@ pub fn check_init(
             .encode(out) else {
                 return InitCheck::Drop;
             };
-            if size > init_len.saturating_mul(INIT_AMPLIFICATION) || size > init_len {
+            // It goes to an address not yet proven: no larger than the INIT that caused it.
+            if size > init_len {
                 stats.amplification_suppressed += 1;
                 return InitCheck::Drop;
             }

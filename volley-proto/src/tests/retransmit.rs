@@ -260,3 +260,30 @@ fn r1_an_init_replayed_after_the_session_is_up_gets_the_same_accept() {
         assert_eq!(sim.clients[c].conn.stats().sessions_established, 1);
     }
 }
+
+#[test]
+fn r1_an_init_replayed_after_its_session_ended_opens_nothing() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let mut b = Bench::new(seed, |_| {});
+        let from: std::net::SocketAddr = "203.0.113.9:40000".parse().unwrap();
+        let (_conn, init) = b.init_from(from);
+        assert!(b.handle(from, &init).is_some(), "first INIT accepted");
+        assert_eq!(b.server.session_count(), 1);
+        // Nobody drives the client: the session idles out (5 s) while the cookie (10 s) lives on.
+        b.now += Duration::from_secs(6);
+        b.server.handle_timeout(b.now);
+        assert_eq!(b.server.session_count(), 0);
+        // A replay of the same INIT: no second session, no answer.
+        assert!(b.handle(from, &init).is_none());
+        let s = *b.server.stats();
+        assert_eq!((s.sessions_opened, s.init_after_close), (1, 1));
+        // Once the cookie is dead the replay fails on the cookie itself, and the tombstone goes.
+        b.now += Duration::from_secs(30);
+        b.server.handle_timeout(b.now);
+        assert!(b.handle(from, &init).is_none());
+        assert_eq!(b.server.stats().sessions_opened, 1);
+        while b.server.poll_event().is_some() {}
+        assert_eq!(b.server.retained_state(), 0);
+    }
+}

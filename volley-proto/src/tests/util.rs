@@ -696,6 +696,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         data_bad_frame,
         amplification_suppressed,
         redirects_sent: _,
+        init_after_close,
     } = *s;
     dropped_reflector_port
         + malformed_too_long
@@ -723,6 +724,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + data_replayed
         + data_bad_frame
         + amplification_suppressed
+        + init_after_close
 }
 
 /// `after - before`, counter by counter.
@@ -737,6 +739,7 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         };
     }
     delta!(
+        init_after_close,
         redirects_sent,
         datagrams_received,
         dropped_reflector_port,
