@@ -71,6 +71,31 @@ impl Fleet {
     }
 }
 
+/// Connecting to `pool` pinning `key` must fail cleanly with NoOffer after a short deadline.
+async fn expect_no_offer(key: volley::PublicKey, pool: &[SocketAddr]) {
+    let mut cfg = ClientConfig::new(vec![key]);
+    cfg.race.deadline = Duration::from_millis(500);
+    let err = timeout(BOUND, Client::new(cfg).connect(pool))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))),
+        "{err:?}"
+    );
+}
+
+/// Waits (bounded) until the client's session has moved off `from`.
+async fn wait_for_failover(s: &volley::Session, from: SocketAddr) {
+    timeout(BOUND, async {
+        while s.remote() == from {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("client never failed over");
+}
+
 #[tokio::test]
 async fn c6_connect_and_exchange_encrypted_datagrams() {
     let f = fleet(3).await;
@@ -127,13 +152,7 @@ async fn r5_killed_server_is_detected_and_client_fails_over() {
     assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"before");
     f.kill(f.index(first));
     // The client notices by idle timeout and races the two survivors.
-    timeout(BOUND, async {
-        while s.remote() == first {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("client never failed over");
+    wait_for_failover(&s, first).await;
     let second = s.remote();
     assert_ne!(second, first);
     assert!(f.addrs.contains(&second));
@@ -153,13 +172,7 @@ async fn r5_graceful_shutdown_sends_clients_elsewhere() {
         .unwrap();
     let first = s.remote();
     f.stop(f.index(first)).await;
-    timeout(BOUND, async {
-        while s.remote() == first {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("client never failed over");
+    wait_for_failover(&s, first).await;
     s.send(b"still here").await.unwrap();
     assert_eq!(
         timeout(BOUND, s.recv()).await.unwrap().unwrap(),
@@ -171,16 +184,7 @@ async fn r5_graceful_shutdown_sends_clients_elsewhere() {
 async fn r4_unpinned_key_gets_no_session() {
     let f = fleet(2).await;
     let stranger = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut cfg = ClientConfig::new(vec![stranger.public()]);
-    cfg.race.deadline = Duration::from_millis(600);
-    let err = timeout(BOUND, Client::new(cfg).connect(&f.addrs))
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))),
-        "{err:?}"
-    );
+    expect_no_offer(stranger.public(), &f.addrs).await;
 }
 
 #[tokio::test]
@@ -189,16 +193,7 @@ async fn c1_nothing_listening_fails_cleanly() {
     let addr = sock.local_addr().unwrap();
     drop(sock);
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut cfg = ClientConfig::new(vec![key.public()]);
-    cfg.race.deadline = Duration::from_millis(500);
-    let err = timeout(BOUND, Client::new(cfg).connect(&[addr]))
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))),
-        "{err:?}"
-    );
+    expect_no_offer(key.public(), &[addr]).await;
 }
 
 #[tokio::test]
