@@ -11,6 +11,37 @@
 //! and collect many transmits per system call, and a test can run a whole fleet on a virtual
 //! clock. `docs/PROTOCOL.md` in the repository is the normative description of the wire format
 //! this crate implements.
+//!
+//! A server answering a probe, with no sockets involved:
+//!
+//! ```
+//! use std::time::Instant;
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//! use volley_proto::packet::{Packet, Probe};
+//! use volley_proto::{ServerConfig, ServerEndpoint, StaticKeypair, Tag, MAX_DATAGRAM_LEN};
+//!
+//! // Seeded for a reproducible example; a real server injects OS randomness.
+//! let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! let now = Instant::now();
+//! let key = StaticKeypair::generate(&mut rng);
+//! let rng = Box::new(ChaCha20Rng::seed_from_u64(8));
+//! let mut server = ServerEndpoint::new(now, ServerConfig::new(key.clone()), rng);
+//!
+//! let mut probe = [0u8; MAX_DATAGRAM_LEN];
+//! let n = Probe { tag: Tag([7; 16]), service: b"echo" }.encode(&mut probe, 0).unwrap();
+//! let client = "192.0.2.1:50000".parse().unwrap();
+//! let local = "192.0.2.9:4433".parse().unwrap();
+//! let mut reply = [0u8; MAX_DATAGRAM_LEN];
+//! let t = server.handle(now, client, local, &probe[..n], &mut reply).expect("an offer");
+//! assert_eq!(t.destination, client);
+//! assert!(t.size <= n, "never larger than the probe");
+//! match Packet::decode(&reply[..t.size]).unwrap() {
+//!     Packet::Offer(offer) => assert_eq!(offer.server_key_id, key.public().key_id()),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(server.retained_state(), 0, "nothing kept after the offer");
+//! ```
 #![warn(missing_docs)]
 
 pub mod client;
