@@ -45,16 +45,8 @@ pub fn backup_server_addr() -> SocketAddr {
     "203.0.113.2:4433".parse().unwrap()
 }
 
-/// The canonical form the endpoints use for addresses: IPv4-mapped IPv6 becomes IPv4.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
+/// The endpoints' own address normalisation (IPv4-mapped IPv6 → IPv4, scope ids kept).
+pub use volley_proto::canonical_addr as canonical;
 
 /// The server's static key pair (generated once).
 pub fn server_keypair() -> &'static StaticKeypair {

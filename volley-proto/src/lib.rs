@@ -67,6 +67,7 @@ pub use server::{
     AdmissionConfig, ServerConfig, ServerEndpoint, ServerEvent, ServerStats, SessionId,
 };
 pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
+pub use util::canonical as canonical_addr;
 
 /// The protocol version byte of v1.
 pub const VERSION: u8 = 1;

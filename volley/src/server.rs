@@ -37,7 +37,6 @@ pub struct Server {
     accept: mpsc::Receiver<Session>,
     control: mpsc::UnboundedSender<Control>,
     stats: Arc<Mutex<ServerStats>>,
-    sessions: Arc<Mutex<usize>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -54,7 +53,6 @@ impl Server {
         let (accept_tx, accept) = mpsc::channel(ACCEPT_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(ServerStats::default()));
-        let sessions = Arc::new(Mutex::new(0));
         let driver = Driver {
             socket,
             local,
@@ -62,7 +60,6 @@ impl Server {
             accept: accept_tx,
             control: control_rx,
             stats: stats.clone(),
-            session_count: sessions.clone(),
             sessions: HashMap::new(),
         };
         let task = tokio::spawn(driver.run());
@@ -73,7 +70,6 @@ impl Server {
             accept,
             control,
             stats,
-            sessions,
             task: Some(task),
         })
     }
@@ -100,7 +96,8 @@ impl Server {
 
     /// Sessions open now.
     pub fn session_count(&self) -> usize {
-        *self.sessions.lock().expect("sessions lock")
+        let s = self.stats();
+        s.sessions_opened.saturating_sub(s.sessions_closed) as usize
     }
 
     /// Changes the capacity: at capacity, probes are withheld and initiations refused.
@@ -148,7 +145,6 @@ struct Driver {
     accept: mpsc::Sender<Session>,
     control: mpsc::UnboundedReceiver<Control>,
     stats: Arc<Mutex<ServerStats>>,
-    session_count: Arc<Mutex<usize>>,
     sessions: HashMap<u32, SessionSlot>,
 }
 
@@ -278,13 +274,11 @@ impl Driver {
                 _ => {}
             }
         }
-        // Session commands queued meanwhile produce more transmits; they are picked up on the next
-        // loop turn (the select sees cmd_rx ready at once).
+        // Events can queue packets (a session refused for a full accept queue is closed): send them.
         while let Some(t) = self.endpoint.poll_transmit(now, tbuf) {
             send_to(&self.socket, &tbuf[..t.size], t.destination).await;
         }
         *self.stats.lock().expect("stats lock") = *self.endpoint.stats();
-        *self.session_count.lock().expect("sessions lock") = self.endpoint.session_count();
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::{debug, trace};
 use super::race::{OfferOutcome, Race};
 use super::{ClientConfig, ClientStats};
 use crate::crypto::{self, InitiatorHandshake, PublicKey};
-use crate::packet::{Init, LoadHint, Packet, Tag};
+use crate::packet::{Init, KeyId, LoadHint, Offer, Packet, Tag};
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
 use crate::util::canonical;
 use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN, TAG_LEN, Transmit};
@@ -121,6 +121,8 @@ enum State {
 pub struct Connection {
     config: ClientConfig,
     pool: Vec<SocketAddr>,
+    /// The pinned keys with their key ids, hashed once rather than per offer.
+    pinned: Vec<(KeyId, PublicKey)>,
     rng: Box<dyn CryptoRngCore + Send>,
     state: State,
     /// The last decided race, kept only to classify late offers (its tag is retired).
@@ -153,9 +155,15 @@ impl Connection {
                 pool.push(addr);
             }
         }
+        let pinned = config
+            .server_keys
+            .iter()
+            .map(|k| (k.key_id(), *k))
+            .collect();
         let mut c = Self {
             config,
             pool,
+            pinned,
             rng,
             state: State::Done,
             decided: None,
@@ -265,28 +273,7 @@ impl Connection {
         };
         match packet {
             Packet::Offer(offer) => {
-                let keys = &self.config.server_keys;
-                let pinned = |id: &crate::KeyId| keys.iter().find(|k| k.key_id() == *id).copied();
-                let outcome = match &mut self.state {
-                    State::Racing(race) => match race.handle_offer(now, from, &offer, &pinned) {
-                        // During a failover race, the previous race's stragglers are late, not
-                        // strangers.
-                        o @ (OfferOutcome::UnknownTag | OfferOutcome::Unprobed) => {
-                            match &mut self.decided {
-                                Some(prev) => match prev.handle_offer(now, from, &offer, &pinned) {
-                                    late @ OfferOutcome::Late { .. } => late,
-                                    _ => o,
-                                },
-                                None => o,
-                            }
-                        }
-                        o => o,
-                    },
-                    _ => match &mut self.decided {
-                        Some(race) => race.handle_offer(now, from, &offer, &pinned),
-                        None => OfferOutcome::UnknownTag,
-                    },
-                };
+                let outcome = self.classify_offer(now, from, &offer);
                 self.on_offer(now, outcome);
             }
             Packet::CookieChange(cc) => self.on_cookie_change(now, from, cc.tag, cc.cookie),
@@ -326,6 +313,34 @@ impl Connection {
             Packet::Probe(_) | Packet::Init(_) => {
                 self.stats.unexpected += 1;
             }
+        }
+    }
+
+    /// Asks the live race about an offer, and the last decided race when the live one does not
+    /// know it: during a failover race the previous race's stragglers are late, not strangers.
+    fn classify_offer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        offer: &Offer<'_>,
+    ) -> OfferOutcome {
+        let pinned = &self.pinned;
+        let lookup = |id: &KeyId| pinned.iter().find(|(k, _)| k == id).map(|(_, key)| *key);
+        let live = match &mut self.state {
+            State::Racing(race) => race.handle_offer(now, from, offer, &lookup),
+            _ => OfferOutcome::UnknownTag,
+        };
+        if !matches!(live, OfferOutcome::UnknownTag | OfferOutcome::Unprobed) {
+            return live;
+        }
+        match self
+            .decided
+            .as_mut()
+            .map(|prev| prev.handle_offer(now, from, offer, &lookup))
+        {
+            Some(late @ OfferOutcome::Late { .. }) => late,
+            Some(other) if !matches!(self.state, State::Racing(_)) => other,
+            _ => live,
         }
     }
 

@@ -71,8 +71,6 @@ pub struct ServerEndpoint {
     /// a replayed INIT must not open a second session (R1). Only MAC-verified INITs ever land
     /// here; swept at each cookie rotation.
     ended_origins: HashMap<(SocketAddr, Tag), Instant>,
-    /// The endpoint's latest notion of now, for bookkeeping in calls that take no `now`.
-    last_now: Instant,
     ready: VecDeque<SessionId>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
@@ -108,7 +106,6 @@ impl ServerEndpoint {
             sessions: HashMap::new(),
             by_origin: HashMap::new(),
             ended_origins: HashMap::new(),
-            last_now: now,
             ready: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
@@ -178,7 +175,6 @@ impl ServerEndpoint {
         response: &mut [u8],
     ) -> Option<Transmit> {
         self.stats.datagrams_received += 1;
-        self.last_now = self.last_now.max(now);
         let remote = canonical(remote);
         if self.admission.is_reflector_port(remote.port()) {
             self.stats.dropped_reflector_port += 1;
@@ -422,7 +418,7 @@ impl ServerEndpoint {
                 self.events.push_back(ServerEvent::Datagram { id, data })
             }
             Ok(Delivered::Keepalive) => self.ready.push_back(id),
-            Ok(Delivered::Closed(_)) => self.finish(id),
+            Ok(Delivered::Closed(_)) => self.finish(now, id),
             Err(DataDrop::Auth) => self.stats.data_auth_failed += 1,
             Err(DataDrop::Replay) => self.stats.data_replayed += 1,
             Err(DataDrop::BadFrame) => self.stats.data_bad_frame += 1,
@@ -430,10 +426,10 @@ impl ServerEndpoint {
         }
     }
 
-    fn finish(&mut self, id: SessionId) {
+    fn finish(&mut self, now: Instant, id: SessionId) {
         if let Some(served) = self.sessions.remove(&id) {
             self.by_origin.remove(&served.origin);
-            let until = self.last_now + self.config.cookie_lifetime;
+            let until = now + self.config.cookie_lifetime;
             self.ended_origins.insert(served.origin, until);
             let reason = served
                 .session
@@ -474,7 +470,6 @@ impl ServerEndpoint {
 
     /// Writes the next queued session packet into `buf`. Call until None after every input.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        self.last_now = self.last_now.max(now);
         while let Some(id) = self.ready.pop_front() {
             let Some(served) = self.sessions.get_mut(&id) else {
                 continue;
@@ -485,7 +480,7 @@ impl ServerEndpoint {
                 return Some(Transmit { destination, size });
             }
             if served.session.is_drained() {
-                self.finish(id);
+                self.finish(now, id);
             }
         }
         None
@@ -510,7 +505,6 @@ impl ServerEndpoint {
 
     /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.last_now = self.last_now.max(now);
         if self.jar.rotate_if_due(now, &mut *self.rng) {
             self.admission.sweep(now);
             self.ended_origins.retain(|_, until| now < *until);
@@ -528,7 +522,7 @@ impl ServerEndpoint {
             }
         }
         for id in dead {
-            self.finish(id);
+            self.finish(now, id);
         }
     }
 }
