@@ -64,7 +64,8 @@ pub use client::{
 pub use crypto::{PublicKey, StaticKeypair};
 pub use packet::{KeyId, LoadHint, Tag};
 pub use server::{
-    AdmissionConfig, ServerConfig, ServerEndpoint, ServerEvent, ServerStats, SessionId,
+    AdmissionConfig, AnswerPolicy, ServerConfig, ServerEndpoint, ServerEvent, ServerLoad,
+    ServerStats, SessionId,
 };
 pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
 pub use util::canonical as canonical_addr;

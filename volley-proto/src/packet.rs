@@ -121,6 +121,9 @@ pub struct Redirect<'a> {
 }
 
 impl Redirect<'_> {
+    /// Bytes of a REDIRECT naming no address: version, type, tag, count.
+    pub const HEADER_LEN: usize = 19;
+
     /// How many addresses it names.
     pub fn server_count(&self) -> usize {
         self.servers.len() / REDIRECT_ADDR_LEN

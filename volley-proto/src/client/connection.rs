@@ -8,7 +8,7 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 use tracing::{debug, trace};
 
-use super::race::{OfferOutcome, Race};
+use super::race::{OfferOutcome, Race, RaceTimeout, Winner};
 use super::{ClientConfig, ClientStats};
 use crate::crypto::{self, InitiatorHandshake, PublicKey};
 use crate::packet::{Init, KeyId, LoadHint, Offer, Packet, Tag};
@@ -56,6 +56,24 @@ pub enum ClientEvent {
         answer_time: Duration,
         /// Its load hint.
         load: LoadHint,
+    },
+    /// A `Window` or `NBest` race collected a valid offer; the choice comes when the window
+    /// closes (L3).
+    Collected {
+        /// Who offered.
+        server: SocketAddr,
+        /// Its answer time.
+        answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
+    },
+    /// The selected server refused and named other servers; those not known before joined the
+    /// pool and the next race (R3).
+    Redirected {
+        /// The refusing server.
+        from: SocketAddr,
+        /// The addresses added to the pool.
+        added: Vec<SocketAddr>,
     },
     /// An offer arrived after the race was decided: void (C5). Its answer time is still reported.
     LateOffer {
@@ -131,6 +149,12 @@ pub struct Connection {
     stats: ClientStats,
     attempts: u32,
     failover_from: Option<SocketAddr>,
+    /// `NBest`: the servers chosen besides this connection's, for sibling connections.
+    extra_winners: Vec<Winner>,
+    /// Servers added by REDIRECTs, probed first in the next race (R3).
+    redirected: Vec<SocketAddr>,
+    /// How many servers REDIRECTs added over the connection's life (capped).
+    redirect_added: usize,
 }
 
 impl std::fmt::Debug for Connection {
@@ -171,6 +195,9 @@ impl Connection {
             stats: ClientStats::default(),
             attempts: 0,
             failover_from: None,
+            extra_winners: Vec::new(),
+            redirected: Vec::new(),
+            redirect_added: 0,
         };
         if c.pool.is_empty() || c.config.server_keys.is_empty() {
             c.events
@@ -188,6 +215,16 @@ impl Connection {
         for i in (1..targets.len()).rev() {
             let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
             targets.swap(i, j);
+        }
+        // Fan-out (L3): the first d of the shuffle are a uniform random subset. Servers a
+        // REDIRECT just named go in first, so the refusal's advice is followed (R3).
+        let redirected = std::mem::take(&mut self.redirected);
+        targets.sort_by_key(|t| !redirected.contains(t));
+        if let Some(d) = self.config.fanout {
+            let keep = d
+                .max(1)
+                .max(redirected.iter().filter(|r| targets.contains(r)).count());
+            targets.truncate(keep);
         }
         let mut tag = [0u8; TAG_LEN];
         self.rng.fill_bytes(&mut tag);
@@ -208,8 +245,78 @@ impl Connection {
             targets,
             self.config.race,
             self.config.probe_size,
+            self.config.policy,
         );
         self.state = State::Racing(race);
+    }
+
+    /// A connection that skips the race: it opens a session with `winner`, an offer another
+    /// connection's `NBest` race chose (see [`Connection::take_extra_winners`]). It must send from
+    /// the same address as that race (the cookie is bound to it); `tag` is that race's tag. On
+    /// losing its server it races `pool` like any connection.
+    pub fn from_winner(
+        now: Instant,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        tag: Tag,
+        winner: Winner,
+        rng: Box<dyn CryptoRngCore + Send>,
+    ) -> Self {
+        let mut c = Self::new(now, config, Vec::new(), rng);
+        c.events.clear();
+        for addr in pool.into_iter().map(canonical) {
+            if !c.pool.contains(&addr) {
+                c.pool.push(addr);
+            }
+        }
+        c.begin_handshake(now, tag, winner);
+        c
+    }
+
+    /// `NBest`: the offers chosen besides this connection's own, best first. Empty for other
+    /// policies and after the first call.
+    pub fn take_extra_winners(&mut self) -> Vec<Winner> {
+        std::mem::take(&mut self.extra_winners)
+    }
+
+    /// The tag of the race that chose this connection's current server, once decided.
+    pub fn decided_tag(&self) -> Option<Tag> {
+        match &self.state {
+            State::Handshaking(hs) => Some(hs.tag),
+            _ => self.decided.as_ref().and_then(|r| r.retired_tag()),
+        }
+    }
+
+    /// Whether `datagram` from `from` belongs to this connection: its race's tag, its handshake
+    /// (server and tag, or receiver id) or its session's receiver id. For a runtime that runs
+    /// several connections (an `NBest` group) on one socket.
+    pub fn claims(&self, from: SocketAddr, datagram: &[u8]) -> bool {
+        let from = canonical(from);
+        let Ok(packet) = Packet::decode(datagram) else {
+            return false;
+        };
+        let race_tag = |tag: &Tag| {
+            let live = match &self.state {
+                State::Racing(r) => r.live_tag() == Some(*tag),
+                _ => false,
+            };
+            live || self
+                .decided
+                .as_ref()
+                .is_some_and(|r| r.retired_tag() == Some(*tag) && r.targets().contains(&from))
+        };
+        match (&packet, &self.state) {
+            (Packet::Offer(o), _) => race_tag(&o.tag),
+            (Packet::CookieChange(cc), State::Handshaking(hs)) => {
+                from == hs.server && cc.tag == hs.tag
+            }
+            (Packet::Redirect(rd), State::Handshaking(hs)) => from == hs.server && rd.tag == hs.tag,
+            (Packet::Accept(a), State::Handshaking(hs)) => a.receiver_id == hs.local_id,
+            (Packet::Data(h, _), State::Established { session, .. }) => {
+                h.receiver_id == session.local_id()
+            }
+            _ => false,
+        }
     }
 
     /// Counters.
@@ -286,7 +393,12 @@ impl Connection {
                     }
                 }
                 self.stats.redirects += 1;
-                debug!(server = %from, "selected server refused; racing the rest of the pool");
+                let added = self.follow_redirect(rd.servers());
+                debug!(server = %from, ?added, "selected server refused; racing the rest of the pool");
+                if !added.is_empty() {
+                    self.events
+                        .push_back(ClientEvent::Redirected { from, added });
+                }
                 self.lose_server(now, from, CloseReason::Refused);
             }
             Packet::Accept(accept) => self.on_accept(now, from, accept.receiver_id, accept.noise),
@@ -344,45 +456,47 @@ impl Connection {
         }
     }
 
+    /// Adds a REDIRECT's addresses to the pool (R3): only usable unicast addresses of the
+    /// pool's address family not known already, and no more than `max_redirect_servers` over
+    /// the connection's life. The client never probes an address it did not choose to add.
+    fn follow_redirect(&mut self, servers: impl Iterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+        let mut added = Vec::new();
+        let v4_pool = self.pool.first().is_none_or(|a| a.is_ipv4());
+        for addr in servers.map(canonical) {
+            let ip = addr.ip();
+            let usable = addr.port() != 0
+                && !ip.is_unspecified()
+                && !ip.is_multicast()
+                && addr.is_ipv4() == v4_pool
+                && !matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+            if !usable
+                || self.pool.contains(&addr)
+                || self.redirect_added >= self.config.max_redirect_servers
+            {
+                self.stats.redirect_servers_ignored += 1;
+                continue;
+            }
+            self.redirect_added += 1;
+            self.stats.redirect_servers_added += 1;
+            self.pool.push(addr);
+            self.redirected.push(addr);
+            added.push(addr);
+        }
+        added
+    }
+
     fn on_offer(&mut self, now: Instant, outcome: OfferOutcome) {
         match outcome {
-            OfferOutcome::Won(w) => {
-                self.stats.offers_won += 1;
-                self.events.push_back(ClientEvent::Selected {
+            OfferOutcome::Won(w) => self.on_won(now, w),
+            OfferOutcome::Collected(w) => {
+                trace!(server = %w.server, answer_time = ?w.answer_time, "offer collected");
+                self.events.push_back(ClientEvent::Collected {
                     server: w.server,
                     answer_time: w.answer_time,
                     load: w.load,
                 });
-                debug!(server = %w.server, answer_time = ?w.answer_time, "offer won");
-                let State::Racing(race) = std::mem::replace(&mut self.state, State::Done) else {
-                    return;
-                };
-                let tag = self.current_tag(&race);
-                self.stats.probes_sent += race.probes_sent();
-                self.decided = Some(race);
-                let local_id = self.rng.next_u32();
-                let mut hs = Handshake {
-                    tag,
-                    server: w.server,
-                    key: w.key,
-                    cookie: w.cookie,
-                    local_id,
-                    hs: None,
-                    init: Vec::new(),
-                    send_now: true,
-                    started: now,
-                    next_retransmit: now + self.config.init_rto,
-                    rto: self.config.init_rto,
-                    deadline: now + self.config.handshake_timeout,
-                    cookie_changed: false,
-                };
-                if self.build_init(&mut hs).is_some() {
-                    self.state = State::Handshaking(hs);
-                } else {
-                    // Cannot happen with sane inputs (bad pinned key?); treat as lost server.
-                    self.lose_server(now, w.server, CloseReason::IdleTimeout);
-                }
             }
+            OfferOutcome::Duplicate => self.stats.offers_duplicate += 1,
             OfferOutcome::Late {
                 server,
                 answer_time,
@@ -397,6 +511,51 @@ impl Connection {
             OfferOutcome::UnknownTag => self.stats.offers_unknown_tag += 1,
             OfferOutcome::Unprobed => self.stats.offers_unprobed_source += 1,
             OfferOutcome::UnknownKey => self.stats.offers_unknown_key += 1,
+        }
+    }
+
+    /// The race is decided: `w` won. Start the handshake with it.
+    fn on_won(&mut self, now: Instant, w: Winner) {
+        self.stats.offers_won += 1;
+        self.events.push_back(ClientEvent::Selected {
+            server: w.server,
+            answer_time: w.answer_time,
+            load: w.load,
+        });
+        debug!(server = %w.server, answer_time = ?w.answer_time, "offer won");
+        let State::Racing(mut race) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let tag = self.current_tag(&race);
+        self.stats.probes_sent += race.probes_sent();
+        self.stats.offers_not_chosen += race.not_chosen();
+        self.extra_winners = race.take_runners_up();
+        self.decided = Some(race);
+        self.begin_handshake(now, tag, w);
+    }
+
+    fn begin_handshake(&mut self, now: Instant, tag: Tag, w: Winner) {
+        let local_id = self.rng.next_u32();
+        let mut hs = Handshake {
+            tag,
+            server: w.server,
+            key: w.key,
+            cookie: w.cookie,
+            local_id,
+            hs: None,
+            init: Vec::new(),
+            send_now: true,
+            started: now,
+            next_retransmit: now + self.config.init_rto,
+            rto: self.config.init_rto,
+            deadline: now + self.config.handshake_timeout,
+            cookie_changed: false,
+        };
+        if self.build_init(&mut hs).is_some() {
+            self.state = State::Handshaking(hs);
+        } else {
+            // Cannot happen with sane inputs (bad pinned key?); treat as lost server.
+            self.lose_server(now, w.server, CloseReason::IdleTimeout);
         }
     }
 
@@ -597,8 +756,10 @@ impl Connection {
     /// idle timeout (R5).
     pub fn handle_timeout(&mut self, now: Instant) {
         match &mut self.state {
-            State::Racing(race) => {
-                if race.handle_timeout(now) {
+            State::Racing(race) => match race.handle_timeout(now) {
+                RaceTimeout::Pending => {}
+                RaceTimeout::Decided(w) => self.on_won(now, w),
+                RaceTimeout::Expired => {
                     let deadline = self.config.race.deadline;
                     self.stats.probes_sent += race.probes_sent();
                     if let State::Racing(race) = std::mem::replace(&mut self.state, State::Done) {
@@ -608,7 +769,7 @@ impl Connection {
                     self.events
                         .push_back(ClientEvent::Failed(ConnectError::NoOffer(deadline)));
                 }
-            }
+            },
             State::Handshaking(hs) => {
                 if now >= hs.deadline {
                     let server = hs.server;

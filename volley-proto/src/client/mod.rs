@@ -5,20 +5,64 @@ mod connection;
 pub mod race;
 
 pub use connection::{ClientEvent, ConnectError, Connection};
-pub use race::RaceTimers;
+pub use race::{RaceTimers, Winner};
 
 use std::time::Duration;
 
 use crate::crypto::PublicKey;
 use crate::session::SessionConfig;
 
-/// How the client picks among offers (C4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the client picks among offers (C4, L3).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]
 pub enum SelectionPolicy {
     /// The earliest valid offer wins (the claim's policy and the default).
     #[default]
     Earliest,
+    /// Collect offers for `delta` after the first valid one (or until every probed server
+    /// answered), then choose by Prequal's hot/cold rule: an offer is cold when its utilisation
+    /// (`in_flight / capacity`) is below the `quantile` of the collected offers'; the cold offer
+    /// with the lowest answer time wins, or, when none is cold, the lowest utilisation.
+    Window {
+        /// How long to collect after the first offer. Default 2 ms.
+        delta: Duration,
+        /// The hot/cold quantile, 0..=1. Default 0.75.
+        quantile: f64,
+    },
+    /// Select the `k` earliest servers (collecting for at most `delta` after the first offer)
+    /// for `k` sessions. [`Connection`] establishes the first; the rest are taken with
+    /// [`Connection::take_extra_winners`] and opened with [`Connection::from_winner`].
+    NBest {
+        /// How many servers. Default 2.
+        k: usize,
+        /// How long to wait for `k` offers after the first. Default 2 ms.
+        delta: Duration,
+    },
+}
+
+/// Default collection window of [`SelectionPolicy::Window`] and `NBest`: on a LAN every server
+/// that will answer soon has answered within 2 ms, and paced servers a quarter full or less
+/// (5 ms × ¼ at the default pace) still make it.
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
+/// Default hot/cold quantile of [`SelectionPolicy::Window`].
+pub const DEFAULT_HOT_QUANTILE: f64 = 0.75;
+
+impl SelectionPolicy {
+    /// `Window` with the defaults.
+    pub const fn window() -> Self {
+        Self::Window {
+            delta: DEFAULT_WINDOW,
+            quantile: DEFAULT_HOT_QUANTILE,
+        }
+    }
+
+    /// `NBest` of `k` with the default window.
+    pub const fn n_best(k: usize) -> Self {
+        Self::NBest {
+            k,
+            delta: DEFAULT_WINDOW,
+        }
+    }
 }
 
 /// How a client connects.
@@ -44,6 +88,12 @@ pub struct ClientConfig {
     /// How many times a connection re-races the pool after losing its server (R5). Default 8;
     /// 0 turns failover off.
     pub max_failovers: u32,
+    /// Probe a random subset of this many servers per race instead of all (L3, L4): fewer probes
+    /// per connect, and clients racing at once see different subsets. `None` (default): all.
+    pub fanout: Option<usize>,
+    /// Most servers a connection adds to its pool from REDIRECTs, over its life (R3). Default 8;
+    /// 0 ignores redirect addresses.
+    pub max_redirect_servers: usize,
 }
 
 impl ClientConfig {
@@ -59,6 +109,8 @@ impl ClientConfig {
             probe_size: crate::PROBE_MIN_LEN,
             session: SessionConfig::default(),
             max_failovers: 8,
+            fanout: None,
+            max_redirect_servers: 8,
         }
     }
 }
@@ -94,6 +146,14 @@ pub struct ClientStats {
     pub cookie_changes_ignored: u64,
     /// REDIRECTs from the selected server acted on: it refused, the pool was raced again.
     pub redirects: u64,
+    /// Addresses from REDIRECTs added to the pool (R3).
+    pub redirect_servers_added: u64,
+    /// Addresses from REDIRECTs not added: already known, unusable, or over the cap.
+    pub redirect_servers_ignored: u64,
+    /// Valid offers collected by a `Window` or `NBest` race that did not win.
+    pub offers_not_chosen: u64,
+    /// Second offers from a server a collecting race already had.
+    pub offers_duplicate: u64,
     /// ACCEPTs whose Noise message failed.
     pub accepts_invalid: u64,
     /// Sessions established.

@@ -1,12 +1,15 @@
-//! The probe race (C1–C5, R1): one tag, one PROBE to every server of the pool at once, re-sent
-//! with backoff until an offer wins or the deadline passes; the earliest valid offer wins and the
-//! tag is retired on the spot, so later offers are void.
+//! The probe race (C1–C5, R1, L3): one tag, one PROBE to every target at once, re-sent with
+//! backoff until the race is decided or the deadline passes. Under [`SelectionPolicy::Earliest`]
+//! the earliest valid offer wins and the tag is retired on the spot, so later offers are void.
+//! Under `Window` and `NBest` the race collects offers for a short window after the first one,
+//! then decides and retires the tag.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
+use super::SelectionPolicy;
 use crate::Transmit;
 use crate::crypto::PublicKey;
 use crate::packet::{KeyId, LoadHint, Offer, Probe, Tag};
@@ -65,6 +68,65 @@ pub enum OfferOutcome {
     Unprobed,
     /// Its server key id is not pinned (R4): ignored, the race goes on.
     UnknownKey,
+    /// A valid offer collected by a `Window` or `NBest` race that is not decided yet.
+    Collected(Winner),
+    /// A second valid offer from a server this race already collected: ignored.
+    Duplicate,
+}
+
+/// What a race's timer did.
+#[derive(Debug, Clone)]
+pub enum RaceTimeout {
+    /// Nothing final: maybe a retransmission was queued.
+    Pending,
+    /// The deadline passed with no valid offer.
+    Expired,
+    /// The collection window closed (or the deadline passed with offers in hand): this won.
+    Decided(Winner),
+}
+
+/// The utilisation a load hint reports: `in_flight / capacity`, or `in_flight` when the server
+/// has no capacity.
+pub fn utilisation(load: LoadHint) -> f64 {
+    if load.capacity == 0 {
+        f64::from(load.in_flight)
+    } else {
+        f64::from(load.in_flight) / f64::from(load.capacity)
+    }
+}
+
+/// The `q`-quantile of `values` (sorted in place), interpolating linearly between neighbours.
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let Some(last) = values.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let pos = q.clamp(0.0, 1.0) * last as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
+}
+
+/// Prequal's hot/cold rule over collected offers (L3): an offer is cold when its utilisation is
+/// below the `q`-quantile of the offers' utilisations; among cold offers the lowest answer time
+/// wins, and when none is cold, the lowest utilisation (ties: the earliest). Returns an index
+/// into `offers`, which must not be empty and is in arrival order.
+pub fn hot_cold_pick(offers: &[Winner], q: f64) -> usize {
+    let mut us: Vec<f64> = offers.iter().map(|w| utilisation(w.load)).collect();
+    let threshold = quantile(&mut us, q);
+    let cold = offers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| utilisation(w.load) < threshold)
+        .min_by_key(|(_, w)| w.answer_time)
+        .map(|(i, _)| i);
+    cold.unwrap_or_else(|| {
+        offers
+            .iter()
+            .enumerate()
+            .min_by(|(_, a), (_, b)| utilisation(a.load).total_cmp(&utilisation(b.load)))
+            .map_or(0, |(i, _)| i)
+    })
 }
 
 /// One race over a set of servers.
@@ -82,6 +144,15 @@ pub struct Race {
     timers: RaceTimers,
     padding: usize,
     probes_sent: u64,
+    policy: SelectionPolicy,
+    /// Valid offers collected while a `Window` or `NBest` race is open, in arrival order.
+    candidates: Vec<Winner>,
+    /// When the collection window closes (set by the first valid offer).
+    decide_at: Option<Instant>,
+    /// `NBest`: the offers chosen after the winner, best first.
+    runners_up: Vec<Winner>,
+    /// Valid offers collected but not chosen when the race was decided.
+    not_chosen: u64,
 }
 
 impl Race {
@@ -93,6 +164,7 @@ impl Race {
         targets: Vec<SocketAddr>,
         timers: RaceTimers,
         padding: usize,
+        policy: SelectionPolicy,
     ) -> Self {
         Self {
             live: Some(tag),
@@ -107,12 +179,64 @@ impl Race {
             timers,
             padding,
             probes_sent: 0,
+            policy,
+            candidates: Vec::new(),
+            decide_at: None,
+            runners_up: Vec::new(),
+            not_chosen: 0,
+        }
+    }
+
+    /// Valid offers this race collected but did not choose.
+    pub fn not_chosen(&self) -> u64 {
+        self.not_chosen
+    }
+
+    /// `NBest`: the servers chosen besides the winner, best first (taken once).
+    pub fn take_runners_up(&mut self) -> Vec<Winner> {
+        std::mem::take(&mut self.runners_up)
+    }
+
+    /// Picks the winner among the collected offers by the policy, retires the tag.
+    fn decide(&mut self) -> Option<Winner> {
+        if self.candidates.is_empty() {
+            return None;
+        }
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.retire();
+        match self.policy {
+            SelectionPolicy::Window { quantile, .. } => {
+                let i = hot_cold_pick(&candidates, quantile);
+                self.not_chosen = candidates.len() as u64 - 1;
+                Some(candidates.swap_remove(i))
+            }
+            SelectionPolicy::NBest { k, .. } => {
+                // The earliest k: under a paced or gated fleet, answer order is load order.
+                self.not_chosen = candidates.len().saturating_sub(k.max(1)) as u64;
+                candidates.truncate(k.max(1));
+                let winner = candidates.remove(0);
+                self.runners_up = candidates;
+                Some(winner)
+            }
+            SelectionPolicy::Earliest => Some(candidates.swap_remove(0)),
+        }
+    }
+
+    fn window_full(&self) -> bool {
+        match self.policy {
+            SelectionPolicy::NBest { k, .. } => self.candidates.len() >= k.max(1),
+            _ => false,
         }
     }
 
     /// The servers this race probes.
     pub fn targets(&self) -> &[SocketAddr] {
         &self.targets
+    }
+
+    /// The live tag, while undecided.
+    pub fn live_tag(&self) -> Option<Tag> {
+        self.live
     }
 
     /// The tag once retired (decided or expired), kept only to classify late offers.
@@ -148,24 +272,35 @@ impl Race {
 
     /// When the race next needs `handle_timeout` (retransmission or deadline), while undecided.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.live.map(|_| self.next_retransmit.min(self.deadline))
+        self.live.map(|_| {
+            let t = self.next_retransmit.min(self.deadline);
+            self.decide_at.map_or(t, |d| d.min(t))
+        })
     }
 
-    /// Fires timers: queues a retransmission to every target, or reports the deadline (true).
-    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+    /// Fires timers: queues a retransmission to every target, closes a collection window, or
+    /// reports the deadline.
+    pub fn handle_timeout(&mut self, now: Instant) -> RaceTimeout {
         if self.live.is_none() {
-            return false;
+            return RaceTimeout::Pending;
+        }
+        if self.decide_at.is_some_and(|d| now >= d)
+            || (now >= self.deadline && !self.candidates.is_empty())
+        {
+            return self
+                .decide()
+                .map_or(RaceTimeout::Pending, RaceTimeout::Decided);
         }
         if now >= self.deadline {
             self.retire();
-            return true;
+            return RaceTimeout::Expired;
         }
         if now >= self.next_retransmit {
             self.queued = self.targets.iter().rev().copied().collect();
             self.rto = (self.rto * 2).min(self.timers.max_rto);
             self.next_retransmit = now + self.rto;
         }
-        false
+        RaceTimeout::Pending
     }
 
     fn retire(&mut self) {
@@ -190,15 +325,32 @@ impl Race {
             let Some(key) = pinned(&offer.server_key_id) else {
                 return OfferOutcome::UnknownKey;
             };
-            // Earliest valid offer: the race is decided and the tag forgotten as a live tag.
-            self.retire();
-            return OfferOutcome::Won(Winner {
+            let winner = Winner {
                 server: from,
                 key,
                 cookie: offer.cookie.to_vec(),
                 answer_time,
                 load: offer.load,
-            });
+            };
+            let (SelectionPolicy::Window { delta, .. } | SelectionPolicy::NBest { delta, .. }) =
+                self.policy
+            else {
+                // Earliest valid offer: the race is decided and the tag forgotten as a live tag.
+                self.retire();
+                return OfferOutcome::Won(winner);
+            };
+            if self.candidates.iter().any(|c| c.server == from) {
+                return OfferOutcome::Duplicate;
+            }
+            self.candidates.push(winner.clone());
+            self.decide_at.get_or_insert(now + delta);
+            if self.candidates.len() >= self.targets.len() || self.window_full() {
+                // Everyone probed has answered (or k are in): no reason to wait out the window.
+                if let Some(w) = self.decide() {
+                    return OfferOutcome::Won(w);
+                }
+            }
+            return OfferOutcome::Collected(winner);
         }
         if matches(&self.retired) {
             return OfferOutcome::Late {

@@ -10,14 +10,18 @@ use rand_core::CryptoRngCore;
 use tracing::{debug, trace};
 
 use super::admission::{Admission, Refusal};
+use super::answer::{AnswerPolicy, Held, HeldQueue, Reservations, pace_delay};
 use super::responder::{self, InitCheck};
-use super::{ServerConfig, ServerStats};
+use super::{ServerConfig, ServerLoad, ServerStats};
 use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
 use crate::crypto::{self, PublicKey};
-use crate::packet::{Accept, Init, KeyId, LoadHint, Packet, Redirect, Tag};
+use crate::packet::{
+    Accept, Init, KeyId, LoadHint, MAX_REDIRECT_ADDRS, Packet, Probe, REDIRECT_ADDR_LEN, Redirect,
+    Tag,
+};
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
-use crate::util::canonical;
+use crate::util::{canonical, encode_addr};
 use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
 
 /// A server-side session handle: the id the client puts in DATA.
@@ -75,6 +79,12 @@ pub struct ServerEndpoint {
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     app_load: u32,
+    /// Probes held for a later offer (L1): bounded by `max_held`, fixed-size entries.
+    held: HeldQueue,
+    /// Recently sent offers, counted as load (expiry times only; bounded by capacity).
+    reserved: Reservations,
+    /// Where the next REDIRECT starts naming peers, so refusals spread over them.
+    peer_cursor: usize,
 }
 
 impl std::fmt::Debug for ServerEndpoint {
@@ -110,6 +120,9 @@ impl ServerEndpoint {
             events: VecDeque::new(),
             stats: ServerStats::default(),
             app_load: 0,
+            held: HeldQueue::default(),
+            reserved: Reservations::default(),
+            peer_cursor: 0,
         }
     }
 
@@ -128,14 +141,16 @@ impl ServerEndpoint {
         self.sessions.len()
     }
 
-    /// Per-probe state the endpoint holds: queued transmits and events plus the duplicate filter.
-    /// S2 says this stays 0 however many probes arrive while no session exists.
+    /// Per-probe state the endpoint holds: held probes, queued transmits and events, and the
+    /// duplicate filter. S2 says this stays 0 however many probes arrive while no session exists
+    /// and no probe is held.
     pub fn retained_state(&self) -> usize {
         self.sessions.len()
             + self.by_origin.len()
             + self.ended_origins.len()
             + self.ready.len()
             + self.events.len()
+            + self.held.len()
     }
 
     /// Changes the capacity (None: unbounded).
@@ -143,23 +158,53 @@ impl ServerEndpoint {
         self.config.capacity = capacity;
     }
 
-    /// Extra load the application reports on top of the sessions served (requests in flight).
+    /// Requests in flight the application reports on top of the sessions served (L1). Call
+    /// [`ServerEndpoint::poll_transmit`] afterwards: a freed slot can release a held probe.
     pub fn set_app_load(&mut self, in_flight: u32) {
         self.app_load = in_flight;
     }
 
-    /// The load hint offers carry now.
-    pub fn load(&self) -> LoadHint {
+    /// The load now: sessions, application requests, outstanding offers, held probes.
+    pub fn load(&self, now: Instant) -> ServerLoad {
+        ServerLoad {
+            sessions: self.sessions.len() as u32,
+            app: self.app_load,
+            reserved: self.reserved.count_at(now),
+            held: self.held.len() as u32,
+            capacity: self.config.capacity.unwrap_or(0),
+        }
+    }
+
+    fn in_flight(&self) -> u32 {
+        (self.sessions.len() as u32).saturating_add(self.app_load)
+    }
+
+    /// Requests in flight plus offers outstanding: what the answer policy and the hint weigh.
+    fn effective(&mut self, now: Instant) -> u32 {
+        self.in_flight().saturating_add(self.reserved.count(now))
+    }
+
+    /// The load hint an offer written now carries (L2).
+    fn hint(&mut self, now: Instant) -> LoadHint {
         LoadHint {
-            in_flight: (self.sessions.len() as u32).saturating_add(self.app_load),
+            in_flight: self.effective(now),
             capacity: self.config.capacity.unwrap_or(0),
         }
     }
 
     fn full(&self) -> bool {
-        self.config
-            .capacity
-            .is_some_and(|c| self.load().in_flight >= c)
+        self.config.capacity.is_some_and(|c| self.in_flight() >= c)
+    }
+
+    /// Counts an offer as load for `config.reservation` from `from` (L4). Only with a capacity:
+    /// without one there is nothing to reserve.
+    fn reserve(&mut self, from: Instant) {
+        if let Some(c) = self.config.capacity
+            && !self.config.reservation.is_zero()
+        {
+            self.reserved
+                .add(from + self.config.reservation, c as usize);
+        }
     }
 
     /// Handles one datagram from `remote` that arrived on local address `local`. A stateless answer
@@ -199,24 +244,7 @@ impl ServerEndpoint {
         };
         match packet {
             Packet::Probe(probe) => {
-                let full = self.full();
-                let under_load = self.admission.under_load(now);
-                let load = self.load();
-                responder::answer_probe(
-                    now,
-                    &self.jar,
-                    &mut self.stats,
-                    &probe,
-                    datagram.len(),
-                    remote,
-                    local,
-                    self.key_id,
-                    load,
-                    &self.config.services,
-                    full,
-                    under_load,
-                    response,
-                )
+                self.handle_probe(now, remote, local, &probe, datagram.len(), response)
             }
             Packet::Init(init) => {
                 self.handle_init(now, remote, local, &init, datagram.len(), response)
@@ -234,6 +262,141 @@ impl ServerEndpoint {
                 None
             }
         }
+    }
+
+    /// PROBE → OFFER now, later, or never, by the answer policy (L1). Nothing about the probe is
+    /// kept unless it is held, and a held probe is a fixed-size entry in a bounded queue.
+    fn handle_probe(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        probe: &Probe<'_>,
+        probe_len: usize,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        self.stats.probes_received += 1;
+        let Some(service) = self.config.services.iter().position(|s| s == probe.service) else {
+            self.stats.probes_unknown_service += 1;
+            trace!(%remote, "probe withheld: unknown service");
+            return None;
+        };
+        if self.admission.under_load(now) {
+            self.stats.probes_withheld_under_load += 1;
+            trace!(%remote, "probe withheld: under load");
+            return None;
+        }
+        let effective = self.effective(now);
+        let due = match (self.config.answer, self.config.capacity) {
+            (AnswerPolicy::Gated { max_hold }, Some(c)) => {
+                if !self.full() && effective < c && self.held.len() == 0 {
+                    now
+                } else {
+                    // No free slot (or earlier probes wait first): hold until one frees.
+                    now + max_hold
+                }
+            }
+            (_, _) if self.full() => {
+                self.stats.probes_withheld_full += 1;
+                trace!(%remote, "probe withheld: at capacity");
+                return None;
+            }
+            (AnswerPolicy::Paced { max_delay }, Some(c)) => {
+                // Reserved at once, so the next probe of a burst already sees this offer (L4).
+                let due = now + pace_delay(max_delay, effective, c);
+                self.reserve(due);
+                due
+            }
+            _ => now,
+        };
+        let held = Held {
+            remote,
+            local,
+            tag: probe.tag,
+            service: service as u16,
+            probe_len: probe_len.min(usize::from(u16::MAX)) as u16,
+            due,
+            reserved: matches!(self.config.answer, AnswerPolicy::Paced { .. })
+                && self.config.capacity.is_some()
+                && !self.config.reservation.is_zero(),
+        };
+        if due == now {
+            let t = self.write_offer(now, &held, out);
+            if t.is_some() && !held.reserved {
+                self.reserve(now);
+            }
+            return t;
+        }
+        if !self.held.push(held, self.config.max_held) {
+            self.stats.probes_dropped_queue_full += 1;
+            trace!(%remote, "probe dropped: held queue full");
+            return None;
+        }
+        self.stats.probes_held += 1;
+        None
+    }
+
+    fn write_offer(&mut self, now: Instant, held: &Held, out: &mut [u8]) -> Option<Transmit> {
+        let mut load = self.hint(now);
+        if held.reserved {
+            load.in_flight = load.in_flight.saturating_sub(1);
+        }
+        let service = self.config.services.get(usize::from(held.service))?;
+        responder::write_offer(
+            now,
+            &self.jar,
+            &mut self.stats,
+            held.tag,
+            service,
+            usize::from(held.probe_len),
+            held.remote,
+            held.local,
+            self.key_id,
+            load,
+            out,
+        )
+    }
+
+    /// Sends the next held offer that is due (paced) or has a free slot (gated), dropping held
+    /// probes whose time ran out.
+    fn release_held(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        while let Some(front) = self.held.front().copied() {
+            match (self.config.answer, self.config.capacity) {
+                (AnswerPolicy::Gated { .. }, Some(c)) => {
+                    if front.due <= now {
+                        self.held.pop();
+                        self.stats.probes_dropped_hold_expired += 1;
+                        trace!(remote = %front.remote, "held probe dropped: no slot in time");
+                        continue;
+                    }
+                    if self.full() || self.effective(now) >= c || self.admission.under_load(now) {
+                        return None;
+                    }
+                    self.held.pop();
+                    let t = self.write_offer(now, &front, out);
+                    if t.is_some() {
+                        self.reserve(now);
+                        return t;
+                    }
+                    continue;
+                }
+                _ => {
+                    if front.due > now {
+                        return None;
+                    }
+                    self.held.pop();
+                    if self.full() || self.admission.under_load(now) {
+                        self.stats.probes_dropped_hold_expired += 1;
+                        trace!(remote = %front.remote, "held probe dropped: full before due");
+                        continue;
+                    }
+                }
+            }
+            if let Some(t) = self.write_offer(now, &front, out) {
+                return Some(t);
+            }
+        }
+        None
     }
 
     fn handle_init(
@@ -347,6 +510,8 @@ impl ServerEndpoint {
             },
         );
         self.by_origin.insert((remote, init.tag), local_id);
+        // The offer this session came from is no longer outstanding: it is load now.
+        self.reserved.release_one();
         self.stats.sessions_opened += 1;
         self.events.push_back(ServerEvent::Opened {
             id: local_id,
@@ -360,7 +525,9 @@ impl ServerEndpoint {
     }
 
     /// Tells a client whose cookie verified (so its address is proven) that this server will not
-    /// take it, so it re-races elsewhere at once: a REDIRECT naming no servers, 19 bytes.
+    /// take it, so it re-races elsewhere at once: a REDIRECT naming up to
+    /// [`MAX_REDIRECT_ADDRS`] of the configured peers (R3), as many as fit within the INIT's
+    /// size. Successive refusals start at successive peers, so redirected clients spread.
     fn refuse(
         &mut self,
         remote: SocketAddr,
@@ -368,9 +535,27 @@ impl ServerEndpoint {
         init_len: usize,
         out: &mut [u8],
     ) -> Option<Transmit> {
+        let fit = init_len.saturating_sub(Redirect::HEADER_LEN) / REDIRECT_ADDR_LEN;
+        let peers: Vec<SocketAddr> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| canonical(*p))
+            .filter(|p| *p != remote)
+            .collect();
+        let n = peers.len().min(MAX_REDIRECT_ADDRS).min(fit);
+        let mut addrs = [0u8; MAX_REDIRECT_ADDRS * REDIRECT_ADDR_LEN];
+        for i in 0..n {
+            let peer = peers[(self.peer_cursor + i) % peers.len()];
+            addrs[i * REDIRECT_ADDR_LEN..(i + 1) * REDIRECT_ADDR_LEN]
+                .copy_from_slice(&encode_addr(peer));
+        }
+        if !peers.is_empty() {
+            self.peer_cursor = (self.peer_cursor + 1) % peers.len();
+        }
         let size = Redirect {
             tag: *tag,
-            servers: &[],
+            servers: &addrs[..n * REDIRECT_ADDR_LEN],
         }
         .encode(out)
         .ok()?;
@@ -379,7 +564,7 @@ impl ServerEndpoint {
             return None;
         }
         self.stats.redirects_sent += 1;
-        trace!(%remote, "INIT refused: redirect sent");
+        trace!(%remote, peers = n, "INIT refused: redirect sent");
         Some(Transmit {
             destination: remote,
             size,
@@ -470,6 +655,9 @@ impl ServerEndpoint {
 
     /// Writes the next queued session packet into `buf`. Call until None after every input.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(t) = self.release_held(now, buf) {
+            return Some(t);
+        }
         while let Some(id) = self.ready.pop_front() {
             let Some(served) = self.sessions.get_mut(&id) else {
                 continue;
@@ -498,13 +686,31 @@ impl ServerEndpoint {
             .values()
             .filter_map(|s| s.session.poll_timeout())
             .min();
-        Some(sessions.map_or(self.jar.next_rotation(), |t| {
-            t.min(self.jar.next_rotation())
-        }))
+        // Held probes: a paced offer's send time or a gated probe's drop time; while gated probes
+        // wait, an expiring reservation may free their slot.
+        let held = self.held.next_due();
+        let gated_wait = match self.config.answer {
+            AnswerPolicy::Gated { .. } if held.is_some() => self.reserved.next_expiry(),
+            _ => None,
+        };
+        [sessions, held, gated_wait]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(self.jar.next_rotation()))
+            .min()
     }
 
-    /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts.
+    /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts, held
+    /// probes. Call [`ServerEndpoint::poll_transmit`] afterwards: held offers that came due leave
+    /// from there.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.reserved.count(now);
+        if matches!(self.config.answer, AnswerPolicy::Gated { .. }) {
+            while self.held.front().is_some_and(|h| h.due <= now) {
+                self.held.pop();
+                self.stats.probes_dropped_hold_expired += 1;
+            }
+        }
         if self.jar.rotate_if_due(now, &mut *self.rng) {
             self.admission.sweep(now);
             self.ended_origins.retain(|_, until| now < *until);

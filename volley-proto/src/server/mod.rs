@@ -2,12 +2,15 @@
 //! [`ServerEndpoint`] that owns established sessions.
 
 pub mod admission;
+pub mod answer;
 mod endpoint;
 pub mod responder;
 
 pub use admission::AdmissionConfig;
+pub use answer::AnswerPolicy;
 pub use endpoint::{ServerEndpoint, ServerEvent, SessionId};
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::crypto::StaticKeypair;
@@ -32,6 +35,22 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Rate limits and under-load mode.
     pub admission: AdmissionConfig,
+    /// How load turns into answer time (L1). Default [`AnswerPolicy::Paced`] with a 5 ms
+    /// `max_delay`; without a capacity every policy answers at once.
+    pub answer: AnswerPolicy,
+    /// Most probes held at once by `Paced` or `Gated`; beyond it a probe is dropped
+    /// (`probes_dropped_queue_full`). Default 1,024 (about 80 KiB).
+    pub max_held: usize,
+    /// How long a sent offer counts as load (an outstanding promise of a slot) unless its INIT
+    /// arrives first. Default 5 ms: a few LAN round trips, long enough that a burst of
+    /// simultaneous probes sees the load rise with every offer (no herding, L4), short enough
+    /// that offers lost to other servers (race rate × this, per server) stay a small offset.
+    /// Set it near your clients' round-trip time. Zero turns reservations off.
+    pub reservation: Duration,
+    /// Other servers of the pool this server names in a REDIRECT when it refuses an INIT (R3).
+    /// Default none. At most [`crate::packet::MAX_REDIRECT_ADDRS`] are named, fewer when the
+    /// REDIRECT would outgrow the INIT.
+    pub peers: Vec<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -45,6 +64,10 @@ impl ServerConfig {
             cookie_rotation: Duration::from_secs(30),
             session: SessionConfig::default(),
             admission: AdmissionConfig::default(),
+            answer: AnswerPolicy::default(),
+            max_held: answer::DEFAULT_MAX_HELD,
+            reservation: answer::DEFAULT_RESERVATION,
+            peers: Vec::new(),
         }
     }
 }
@@ -81,6 +104,13 @@ pub struct ServerStats {
     pub probes_withheld_full: u64,
     /// PROBEs not answered because of under-load mode.
     pub probes_withheld_under_load: u64,
+    /// PROBEs held for a later offer (`Paced` delay, or `Gated` with no free slot).
+    pub probes_held: u64,
+    /// PROBEs dropped because the held queue was full (`max_held`).
+    pub probes_dropped_queue_full: u64,
+    /// Held PROBEs dropped unanswered: `Gated` found no free slot within `max_hold`, or the
+    /// server became full or under load before a `Paced` offer was due.
+    pub probes_dropped_hold_expired: u64,
     /// Well-formed INITs.
     pub inits_received: u64,
     /// INITs for a service this server does not run.
@@ -128,4 +158,32 @@ pub struct ServerStats {
     /// Would-be replies suppressed because they exceeded the anti-amplification bound (a bug
     /// guard: should stay 0).
     pub amplification_suppressed: u64,
+}
+
+/// The server's load right now (L1, L2): what its answer policy and load hints are computed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerLoad {
+    /// Sessions open.
+    pub sessions: u32,
+    /// Requests in flight the application reported.
+    pub app: u32,
+    /// Offers sent recently and not yet taken (see [`ServerConfig::reservation`]).
+    pub reserved: u32,
+    /// Probes held for a later offer.
+    pub held: u32,
+    /// Configured capacity; 0 when unbounded.
+    pub capacity: u32,
+}
+
+impl ServerLoad {
+    /// Requests in flight: sessions plus application load.
+    pub fn in_flight(&self) -> u32 {
+        self.sessions.saturating_add(self.app)
+    }
+
+    /// What the answer policy weighs: requests in flight plus outstanding offers.
+    pub fn effective(&self) -> u32 {
+        self.in_flight().saturating_add(self.reserved)
+    }
 }

@@ -1,4 +1,4 @@
-//! The stateless responder (S1–S3): PROBE → OFFER and INIT validation, writing any answer
+//! The stateless responder (S1–S3): OFFER writing and INIT validation, writing any answer
 //! straight into the caller's buffer. Nothing here allocates or remembers anything about a
 //! probe; the only state it reads is the cookie jar and the admission counters.
 
@@ -10,51 +10,34 @@ use tracing::trace;
 use super::ServerStats;
 use crate::Transmit;
 use crate::cookie::{CookieBinding, CookieCheck, CookieError, CookieJar};
-use crate::packet::{CookieChange, Init, KeyId, LoadHint, Offer, Probe};
+use crate::packet::{CookieChange, Init, KeyId, LoadHint, Offer, Tag};
 
-/// Answers a PROBE with an OFFER written into `out`, or withholds. `full` and `under_load` come
-/// from the endpoint. The offer is never larger than the probe (R6).
+/// Writes an OFFER for a probe into `out`: a fresh cookie bound to `remote`, `local`, the tag and
+/// the service, the server's key id and its load hint. Nothing is remembered. The offer is never
+/// larger than the probe (R6); `None` if it would be (counted) or does not fit `out`.
 #[allow(clippy::too_many_arguments)]
-pub fn answer_probe(
+pub fn write_offer(
     now: Instant,
     jar: &CookieJar,
     stats: &mut ServerStats,
-    probe: &Probe<'_>,
+    tag: Tag,
+    service: &[u8],
     probe_len: usize,
     remote: SocketAddr,
     local: SocketAddr,
     key_id: KeyId,
     load: LoadHint,
-    services: &[Vec<u8>],
-    full: bool,
-    under_load: bool,
     out: &mut [u8],
 ) -> Option<Transmit> {
-    stats.probes_received += 1;
-    if !services.iter().any(|s| s == probe.service) {
-        stats.probes_unknown_service += 1;
-        trace!(%remote, "probe withheld: unknown service");
-        return None;
-    }
-    if full {
-        stats.probes_withheld_full += 1;
-        trace!(%remote, "probe withheld: at capacity");
-        return None;
-    }
-    if under_load {
-        stats.probes_withheld_under_load += 1;
-        trace!(%remote, "probe withheld: under load");
-        return None;
-    }
     let binding = CookieBinding {
         client: remote,
         server: local,
-        tag: &probe.tag,
-        service: probe.service,
+        tag: &tag,
+        service,
     };
     let cookie = jar.mint(now, &binding);
     let offer = Offer {
-        tag: probe.tag,
+        tag,
         server_key_id: key_id,
         load,
         cookie: &cookie,

@@ -11,7 +11,7 @@ use rand_core::RngCore;
 use super::util::*;
 use crate::client::{ClientConfig, ClientEvent, ConnectError};
 use crate::packet::{Init, LoadHint, Packet, Probe, Tag, kind};
-use crate::server::ServerEvent;
+use crate::server::{AnswerPolicy, ServerEvent};
 use crate::session::CloseCode;
 use crate::{INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, PROBE_MIN_LEN};
 
@@ -330,6 +330,8 @@ fn l1_an_init_arriving_at_a_full_server_is_refused_and_the_client_fails_over() {
         let key = sim.add_servers(2, |i, cfg| {
             if i == 0 {
                 cfg.capacity = Some(1);
+                // Answer at once, so both clients get its offer and one INIT finds it full.
+                cfg.answer = AnswerPolicy::Immediate;
             }
         });
         sim.set_latency(server_addr(0), 1);

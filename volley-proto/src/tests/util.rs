@@ -674,6 +674,9 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         probes_unknown_service,
         probes_withheld_full,
         probes_withheld_under_load,
+        probes_held: _,
+        probes_dropped_queue_full,
+        probes_dropped_hold_expired,
         inits_received: _,
         init_unknown_service,
         init_cookie_malformed,
@@ -709,6 +712,8 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + probes_unknown_service
         + probes_withheld_full
         + probes_withheld_under_load
+        + probes_dropped_queue_full
+        + probes_dropped_hold_expired
         + init_unknown_service
         + init_cookie_malformed
         + init_cookie_unknown_key
@@ -739,6 +744,9 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         };
     }
     delta!(
+        probes_held,
+        probes_dropped_queue_full,
+        probes_dropped_hold_expired,
         init_after_close,
         redirects_sent,
         datagrams_received,
@@ -795,6 +803,10 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         cookie_changes: _,
         cookie_changes_ignored,
         redirects: _,
+        redirect_servers_added: _,
+        redirect_servers_ignored,
+        offers_not_chosen: _,
+        offers_duplicate,
         accepts_invalid,
         sessions_established: _,
         failovers: _,
@@ -807,6 +819,8 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         + malformed
         + unexpected
         + cookie_changes_ignored
+        + redirect_servers_ignored
+        + offers_duplicate
         + accepts_invalid
         + data_dropped
 }
@@ -824,6 +838,10 @@ pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
     }
     delta!(
         redirects,
+        redirect_servers_added,
+        redirect_servers_ignored,
+        offers_not_chosen,
+        offers_duplicate,
         races,
         probes_sent,
         offers_won,

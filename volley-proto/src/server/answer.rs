@@ -1,0 +1,252 @@
+//! Answer policies (L1): how a server turns its load into the time it answers a probe.
+//!
+//! The patent's premise is that a busy server answers late or not at all. On a LAN every server
+//! answers within microseconds, so answering the moment a probe is read makes "earliest offer"
+//! measure scheduling noise. These policies make the answer time carry the load:
+//!
+//! - [`AnswerPolicy::Immediate`]: answer at once; the load shows only in the hint.
+//! - [`AnswerPolicy::Paced`]: delay the offer by `max_delay × min(E, C) / C`, where `E` is the
+//!   effective load (requests in flight plus offers outstanding) and `C` the capacity.
+//! - [`AnswerPolicy::Gated`]: answer at once while a slot is free (`E < C`); otherwise hold the
+//!   probe until one frees, dropping it beyond the queue bound or after `max_hold`.
+//!
+//! Every policy withholds while the server is full (requests in flight ≥ capacity), except
+//! `Gated`, whose whole point is to hold the probe and answer when a slot frees.
+//!
+//! Held probes live in a [`HeldQueue`] of at most `max_held` fixed-size entries; each is gone the
+//! moment its offer is sent or it is dropped. Offers sent recently are counted as
+//! [`Reservations`] — one aggregate ring of expiry times, no per-client data — so that a burst of
+//! simultaneous probes sees the load rise with every offer made and the burst spreads over the
+//! fleet instead of herding onto the one least-loaded server (L4).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::packet::Tag;
+
+/// How a server times its offers (L1). See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnswerPolicy {
+    /// Answer every probe at once (withhold when full); load only in the hint.
+    Immediate,
+    /// Delay each offer in proportion to the load: `max_delay × min(E, C) / C`.
+    Paced {
+        /// The delay of a server whose every slot is taken. Default 5 ms.
+        max_delay: Duration,
+    },
+    /// Answer at once while a slot is free; otherwise hold the probe until one frees.
+    Gated {
+        /// A held probe older than this is dropped. Default 200 ms.
+        max_hold: Duration,
+    },
+}
+
+/// Default [`AnswerPolicy::Paced`] `max_delay`: the extra answer time of a full server. A load
+/// step of one request then moves the answer by `5 ms / capacity` (312 µs at capacity 16), well
+/// above loopback and LAN answer-time noise (tens of µs), while a client never waits more than
+/// 5 ms longer than with `Immediate`.
+pub const DEFAULT_PACE_MAX_DELAY: Duration = Duration::from_millis(5);
+/// Default [`AnswerPolicy::Gated`] `max_hold`: just under the client's first probe
+/// retransmission (250 ms), so a held probe is gone before its retransmission arrives to take
+/// its place.
+pub const DEFAULT_GATE_MAX_HOLD: Duration = Duration::from_millis(200);
+/// Default bound on held probes.
+pub const DEFAULT_MAX_HELD: usize = 1024;
+/// Default time an offer counts as load after it is sent (see [`Reservations`]).
+pub const DEFAULT_RESERVATION: Duration = Duration::from_millis(5);
+
+impl AnswerPolicy {
+    /// `Paced` with the default `max_delay`.
+    pub const fn paced() -> Self {
+        Self::Paced {
+            max_delay: DEFAULT_PACE_MAX_DELAY,
+        }
+    }
+
+    /// `Gated` with the default `max_hold`.
+    pub const fn gated() -> Self {
+        Self::Gated {
+            max_hold: DEFAULT_GATE_MAX_HOLD,
+        }
+    }
+
+    /// The policy's name as the CLI spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Immediate => "immediate",
+            Self::Paced { .. } => "paced",
+            Self::Gated { .. } => "gated",
+        }
+    }
+}
+
+impl Default for AnswerPolicy {
+    /// `Paced`: load decides the answer time out of the box.
+    fn default() -> Self {
+        Self::paced()
+    }
+}
+
+/// The paced delay for effective load `effective` out of `capacity` slots. Linear: the delay
+/// converts load into distance, so a server `u` busy looks `u × max_delay` farther away, and
+/// servers one request apart are `max_delay / capacity` apart in answer time.
+pub fn pace_delay(max_delay: Duration, effective: u32, capacity: u32) -> Duration {
+    if capacity == 0 {
+        return Duration::ZERO;
+    }
+    let e = u64::from(effective.min(capacity));
+    let nanos = max_delay.as_nanos().min(u128::from(u64::MAX)) as u64;
+    Duration::from_nanos(nanos.saturating_mul(e) / u64::from(capacity))
+}
+
+/// A probe held for a later offer: only what the offer needs, fixed size, no allocation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tag: Tag,
+    /// Index into the server's service list.
+    pub service: u16,
+    /// Bytes of the probe, the offer's size bound (R6).
+    pub probe_len: u16,
+    /// When to send (paced) — or, gated, when to drop it unsent.
+    pub due: Instant,
+    /// Whether its reservation was taken already (paced reserves on arrival), so that the
+    /// offer's load hint does not count the offer itself.
+    pub reserved: bool,
+}
+
+/// The bounded queue of held probes, ordered by `due`.
+#[derive(Debug, Default)]
+pub(crate) struct HeldQueue {
+    items: VecDeque<Held>,
+}
+
+impl HeldQueue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Inserts in `due` order (FIFO among equal times); false when `bound` entries are held.
+    pub fn push(&mut self, held: Held, bound: usize) -> bool {
+        if self.items.len() >= bound {
+            return false;
+        }
+        let at = self.items.partition_point(|h| h.due <= held.due);
+        self.items.insert(at, held);
+        true
+    }
+
+    pub fn front(&self) -> Option<&Held> {
+        self.items.front()
+    }
+
+    pub fn pop(&mut self) -> Option<Held> {
+        self.items.pop_front()
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.items.front().map(|h| h.due)
+    }
+}
+
+/// Offers sent in the last `reservation` that have not turned into sessions: an offer promises a
+/// slot, so it counts as load until the client could have taken it. A ring of expiry times,
+/// bounded; the session an offer turns into releases the oldest reservation.
+#[derive(Debug, Default)]
+pub(crate) struct Reservations {
+    expiries: VecDeque<Instant>,
+}
+
+impl Reservations {
+    /// Reservations still live at `now`.
+    pub fn count(&mut self, now: Instant) -> u32 {
+        while self.expiries.front().is_some_and(|t| *t <= now) {
+            self.expiries.pop_front();
+        }
+        self.expiries.len() as u32
+    }
+
+    /// Without expiring anything (for read-only reports).
+    pub fn count_at(&self, now: Instant) -> u32 {
+        self.expiries.iter().filter(|t| **t > now).count() as u32
+    }
+
+    /// Adds a reservation ending at `expiry`, kept in expiry order; at `bound` the earliest goes.
+    pub fn add(&mut self, expiry: Instant, bound: usize) {
+        if bound == 0 {
+            return;
+        }
+        if self.expiries.len() >= bound {
+            self.expiries.pop_front();
+        }
+        let at = self.expiries.partition_point(|t| *t <= expiry);
+        self.expiries.insert(at, expiry);
+    }
+
+    /// A session opened: the offer it came from is no longer outstanding.
+    pub fn release_one(&mut self) {
+        self.expiries.pop_front();
+    }
+
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.front().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l1_pace_delay_is_linear_in_load_and_capped() {
+        let max = Duration::from_millis(5);
+        assert_eq!(pace_delay(max, 0, 16), Duration::ZERO);
+        assert_eq!(pace_delay(max, 4, 16), Duration::from_micros(1250));
+        assert_eq!(pace_delay(max, 16, 16), max);
+        assert_eq!(pace_delay(max, 40, 16), max, "capped at max_delay");
+        assert_eq!(
+            pace_delay(max, 7, 0),
+            Duration::ZERO,
+            "no capacity: no pacing"
+        );
+    }
+
+    #[test]
+    fn s2_held_queue_is_bounded_and_ordered() {
+        let now = Instant::now();
+        let held = |ms: u64| Held {
+            remote: "192.0.2.1:1".parse().unwrap(),
+            local: "192.0.2.2:2".parse().unwrap(),
+            tag: Tag([0; 16]),
+            service: 0,
+            probe_len: 256,
+            due: now + Duration::from_millis(ms),
+            reserved: false,
+        };
+        let mut q = HeldQueue::default();
+        assert!(q.push(held(5), 3));
+        assert!(q.push(held(1), 3));
+        assert!(q.push(held(3), 3));
+        assert!(!q.push(held(0), 3), "beyond the bound: refused");
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop().unwrap().due, now + Duration::from_millis(1));
+        assert_eq!(q.next_due(), Some(now + Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn l4_reservations_expire_and_are_bounded() {
+        let now = Instant::now();
+        let hold = Duration::from_millis(5);
+        let mut r = Reservations::default();
+        for _ in 0..10 {
+            r.add(now + hold, 4);
+        }
+        assert_eq!(r.count(now), 4, "bounded");
+        r.release_one();
+        assert_eq!(r.count(now), 3);
+        assert_eq!(r.count(now + hold), 0, "expired");
+    }
+}
