@@ -8,6 +8,10 @@
 //! packets, all valid for this seeded client) are available as templates, so the fuzzer reaches the
 //! handshake, the session and failover.
 //!
+//! Input: mode u8, then records. mode % 3 picks the selection policy (earliest, window, n-best
+//! of 2), (mode / 3) % 3 the fan-out (all, 1, 2). Addresses a REDIRECT made the client add
+//! (`redirect_servers_added`) join the pool the checks allow.
+//!
 //! Record: selector u8 | clock step u8 (see `volley_fuzz::advance`) | length u16 (mod 1601) |
 //! that many bytes. Selector bits 0-2 pick the source address, bits 4-6 a template (0 = none: the
 //! bytes are the datagram; 1 OFFER, 2 COOKIE_CHANGE, 3 ACCEPT, 4-6 DATA, 7 REDIRECT, each patched by
@@ -19,11 +23,11 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use volley_fuzz::{
-    Input, advance, backup_server_addr, canonical, client_addr, new_client, patched, recorded,
+    Input, advance, backup_server_addr, canonical, client_addr, new_client_with, patched, recorded,
     server_addr,
 };
 use volley_proto::packet::{Packet, kind};
-use volley_proto::{CloseCode, Connection, MAX_DATAGRAM_LEN, PROBE_MIN_LEN};
+use volley_proto::{CloseCode, Connection, MAX_DATAGRAM_LEN, PROBE_MIN_LEN, SelectionPolicy};
 
 fn source(selector: u8) -> SocketAddr {
     match selector & 7 {
@@ -73,10 +77,21 @@ fuzz_target!(|data: &[u8]| {
         &rec.server_data[2],
         &rec.redirect,
     ];
-    let pool = [server_addr(), backup_server_addr()];
+    let mut pool = vec![server_addr(), backup_server_addr()];
     let mut input = Input::new(data);
+    let Some(mode) = input.u8() else { return };
     let mut now = Instant::now();
-    let mut client = new_client(now);
+    let mut client = new_client_with(now, |cfg| {
+        cfg.policy = match mode % 3 {
+            0 => SelectionPolicy::Earliest,
+            1 => SelectionPolicy::window(),
+            _ => SelectionPolicy::n_best(2),
+        };
+        cfg.fanout = match (mode / 3) % 3 {
+            0 => None,
+            n => Some(usize::from(n)),
+        };
+    });
 
     loop {
         drain(&mut client, now, &pool);
@@ -115,7 +130,23 @@ fuzz_target!(|data: &[u8]| {
             let from = source(selector);
             let off_path = !pool.contains(&canonical(from));
             let before = (client.is_done(), client.server(), client.poll_timeout());
+            let added_before = client.stats().redirect_servers_added;
             client.handle(now, from, &datagram);
+            let added = client.stats().redirect_servers_added - added_before;
+            if added > 0 {
+                assert!(
+                    !off_path,
+                    "a REDIRECT from {from} outside the pool was followed"
+                );
+                let Ok(Packet::Redirect(rd)) = Packet::decode(&datagram) else {
+                    panic!("servers added without a REDIRECT");
+                };
+                let named: Vec<SocketAddr> = rd.servers().map(canonical).collect();
+                let new: Vec<SocketAddr> =
+                    named.into_iter().filter(|a| !pool.contains(a)).collect();
+                assert!(new.len() as u64 >= added, "added servers it was not given");
+                pool.extend(new);
+            }
             if off_path {
                 // Nothing from an address outside the pool may change the connection (C2, R4):
                 // no state change, no event, nothing to send.

@@ -2,12 +2,17 @@
 //! - every answer `handle` returns is at most 3× the datagram that caused it (R6), and at most the
 //!   datagram's size when that datagram is a PROBE (type byte 0x01);
 //! - every answer goes back to the datagram's (canonical) source and is an OFFER (to a PROBE),
-//!   a COOKIE_CHANGE or an address-less REDIRECT (to an INIT, no larger than it) or an ACCEPT;
-//! - session traffic (`poll_transmit`) goes only to addresses that were sent an ACCEPT;
-//! - a PROBE leaves no state behind (S2); a session is created only by a datagram answered with
-//!   an ACCEPT, one at a time; the amplification bug guard never fires.
+//!   a COOKIE_CHANGE or a REDIRECT (to an INIT, no larger than it, naming only configured peers
+//!   and never the client itself) or an ACCEPT;
+//! - `poll_transmit` sends session traffic only to addresses that were sent an ACCEPT, and held
+//!   OFFERs only to addresses that sent a PROBE with that tag, no larger than the smallest probe;
+//! - a PROBE leaves no state behind (S2) beyond at most one held probe, and never more than
+//!   `max_held`; a session is created only by a datagram answered with an ACCEPT, one at a
+//!   time; the amplification bug guard never fires.
 //!
-//! Input: mode u8, then records until the input ends. mode % 3: 0 = raw datagrams only;
+//! Input: mode u8, then records until the input ends. (mode / 3) % 4 picks the answer policy:
+//! 0 = default (paced, no capacity), 1 = immediate, 2 = paced, 3 = gated (1–3 with capacity 4,
+//! at most 16 held probes). mode % 3: 0 = raw datagrams only;
 //! 1 = a recorded genuine INIT (real cookie, real Noise message, from `client_addr`) and PROBE
 //! are available as templates; 2 = as 1, and the INIT was already delivered (a session is open),
 //! with the client's recorded DATA packets as further templates.
@@ -17,17 +22,21 @@
 //! `volley_fuzz::patched`), bit 7 turns the record into an API call chosen by its first byte.
 #![no_main]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use volley_fuzz::{
-    Input, advance, canonical, client_addr, client_addr_moved, new_server, patched, recorded,
-    server_addr,
+    Input, advance, canonical, client_addr, client_addr_moved, new_server_with, patched, recorded,
+    redirect_peers, server_addr,
 };
-use volley_proto::packet::{Packet, kind};
-use volley_proto::{CloseCode, INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, ServerEvent, SessionId};
+use volley_proto::packet::{Packet, Tag, kind};
+use volley_proto::{
+    AnswerPolicy, CloseCode, INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, ServerEvent, SessionId,
+};
+
+const MAX_HELD: usize = 16;
 
 fn source(selector: u8) -> SocketAddr {
     match selector & 7 {
@@ -55,7 +64,23 @@ fuzz_target!(|data: &[u8]| {
     let Some(mode) = input.u8() else { return };
     let rec = recorded();
     let mut now = Instant::now();
-    let mut server = new_server(now);
+    let policy = (mode / 3) % 4;
+    let mut server = new_server_with(now, |cfg| {
+        cfg.peers = redirect_peers();
+        cfg.max_held = MAX_HELD;
+        if policy > 0 {
+            cfg.capacity = Some(4);
+        }
+        match policy {
+            1 => cfg.answer = AnswerPolicy::Immediate,
+            3 => cfg.answer = AnswerPolicy::gated(),
+            _ => {}
+        }
+    });
+    // (source, tag) of every well-formed PROBE, with the smallest size seen: what a held OFFER
+    // may answer.
+    let mut probed: HashMap<(SocketAddr, Tag), usize> = HashMap::new();
+    let peers: Vec<SocketAddr> = redirect_peers().into_iter().map(canonical).collect();
     let mut resp = [0u8; MAX_DATAGRAM_LEN];
     let mut verified: HashSet<SocketAddr> = HashSet::new();
     let mut opened: Vec<SessionId> = Vec::new();
@@ -112,7 +137,17 @@ fuzz_target!(|data: &[u8]| {
                 None => payload.to_vec(),
             };
             let is_probe_type = datagram.len() >= 2 && datagram[1] == kind::PROBE;
-            let decodes_as_probe = matches!(Packet::decode(&datagram), Ok(Packet::Probe(_)));
+            let probe_tag = match Packet::decode(&datagram) {
+                Ok(Packet::Probe(p)) => Some(p.tag),
+                _ => None,
+            };
+            let decodes_as_probe = probe_tag.is_some();
+            if let Some(tag) = probe_tag {
+                let e = probed
+                    .entry((canonical(remote), tag))
+                    .or_insert(datagram.len());
+                *e = (*e).min(datagram.len());
+            }
             let decodes_as_init = matches!(Packet::decode(&datagram), Ok(Packet::Init(_)));
             let state_before = server.retained_state();
             let sessions_before = server.session_count();
@@ -149,7 +184,10 @@ fuzz_target!(|data: &[u8]| {
                     Packet::Redirect(rd) => {
                         assert!(decodes_as_init, "REDIRECT for a non-INIT");
                         assert!(t.size <= datagram.len(), "REDIRECT larger than the INIT");
-                        assert_eq!(rd.server_count(), 0, "REDIRECT names servers");
+                        for named in rd.servers() {
+                            assert!(peers.contains(&named), "REDIRECT names a non-peer {named}");
+                            assert_ne!(named, t.destination, "REDIRECT names the client");
+                        }
                     }
                     other => panic!("unexpected answer {other:?}"),
                 }
@@ -164,27 +202,41 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             if decodes_as_probe {
-                assert_eq!(
-                    server.retained_state(),
-                    state_before,
-                    "a PROBE left state behind"
+                assert!(
+                    server.retained_state() <= state_before + 1,
+                    "a PROBE left more than one held entry behind"
                 );
             }
+            assert!(
+                server.load(now).held as usize <= MAX_HELD,
+                "held queue beyond its bound"
+            );
         }
 
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
         let mut sent = 0;
         while let Some(t) = server.poll_transmit(now, &mut buf) {
-            assert!(
-                verified.contains(&t.destination),
-                "session traffic to unverified {}",
-                t.destination
-            );
             assert!(t.size <= MAX_DATAGRAM_LEN);
-            assert!(
-                matches!(Packet::decode(&buf[..t.size]), Ok(Packet::Data(..))),
-                "session sent non-DATA"
-            );
+            match Packet::decode(&buf[..t.size]) {
+                Ok(Packet::Data(..)) => assert!(
+                    verified.contains(&t.destination),
+                    "session traffic to unverified {}",
+                    t.destination
+                ),
+                Ok(Packet::Offer(offer)) => {
+                    let bound = probed.get(&(t.destination, offer.tag));
+                    assert!(
+                        bound.is_some(),
+                        "held OFFER to {} never probed",
+                        t.destination
+                    );
+                    assert!(
+                        bound.is_some_and(|b| t.size <= *b),
+                        "held OFFER larger than its probe"
+                    );
+                }
+                other => panic!("poll_transmit sent {other:?}"),
+            }
             sent += 1;
             assert!(sent < 100_000, "poll_transmit does not terminate");
         }

@@ -56,7 +56,19 @@ pub fn server_keypair() -> &'static StaticKeypair {
 
 /// A fresh server endpoint with default configuration, started at `now`.
 pub fn new_server(now: Instant) -> ServerEndpoint {
-    let config = ServerConfig::new(server_keypair().clone());
+    new_server_with(now, |_| {})
+}
+
+/// Peers a fuzzed server names in REDIRECTs: one stranger, and the fuzzer's own client address,
+/// which a REDIRECT to that client must never name.
+pub fn redirect_peers() -> Vec<SocketAddr> {
+    vec!["198.51.100.200:4433".parse().unwrap(), client_addr()]
+}
+
+/// [`new_server`] with its configuration adjusted by `tweak`.
+pub fn new_server_with(now: Instant, tweak: impl FnOnce(&mut ServerConfig)) -> ServerEndpoint {
+    let mut config = ServerConfig::new(server_keypair().clone());
+    tweak(&mut config);
     ServerEndpoint::new(
         now,
         config,
@@ -66,7 +78,13 @@ pub fn new_server(now: Instant) -> ServerEndpoint {
 
 /// A fresh client connection racing `[server_addr(), backup_server_addr()]`, started at `now`.
 pub fn new_client(now: Instant) -> Connection {
-    let config = ClientConfig::new(vec![server_keypair().public()]);
+    new_client_with(now, |_| {})
+}
+
+/// [`new_client`] with its configuration adjusted by `tweak`.
+pub fn new_client_with(now: Instant, tweak: impl FnOnce(&mut ClientConfig)) -> Connection {
+    let mut config = ClientConfig::new(vec![server_keypair().public()]);
+    tweak(&mut config);
     Connection::new(
         now,
         config,

@@ -4,6 +4,7 @@ mod abuse;
 mod cookies;
 mod handshake;
 mod malformed;
+mod policies;
 mod race;
 mod responder;
 mod retransmit;

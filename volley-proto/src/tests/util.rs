@@ -259,6 +259,31 @@ impl Sim {
         i
     }
 
+    /// Adds a sibling of client `i` at the same address: a connection opening a session with
+    /// `winner`, an offer client `i`'s `NBest` race chose besides its own (see
+    /// [`Connection::take_extra_winners`]); returns its index.
+    pub fn add_sibling(
+        &mut self,
+        i: usize,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        winner: crate::client::Winner,
+    ) -> usize {
+        let tag = self.clients[i]
+            .conn
+            .decided_tag()
+            .expect("the race chose its servers");
+        let addr = self.clients[i].addr;
+        let rng = self.child_rng();
+        let conn = Connection::from_winner(self.now, config, pool, tag, winner, rng);
+        self.clients.push(SimClient {
+            addr,
+            conn,
+            events: Vec::new(),
+        });
+        self.clients.len() - 1
+    }
+
     /// Every server address.
     pub fn pool(&self) -> Vec<SocketAddr> {
         self.servers.iter().map(|s| s.addr).collect()
@@ -347,10 +372,25 @@ impl Sim {
                 let src = server.addr;
                 self.send(src, t.destination, out[..t.size].to_vec());
             }
-        } else if let Some(ci) = self.clients.iter().position(|c| c.addr == d.dst) {
+        } else if let Some(ci) = self.client_for(d.src, d.dst, &d.data) {
             let now = self.now;
             self.clients[ci].conn.handle(now, d.src, &d.data);
         }
+    }
+
+    /// The client a datagram to `dst` goes to. Several connections may share one address (an
+    /// `NBest` group): then the one that [`Connection::claims`] the datagram gets it, and the
+    /// first at that address when none does (so that it is counted as a stray there).
+    fn client_for(&self, src: SocketAddr, dst: SocketAddr, data: &[u8]) -> Option<usize> {
+        let mut at = (0..self.clients.len()).filter(|&i| self.clients[i].addr == dst);
+        let first = at.next()?;
+        if self.clients[first].conn.claims(src, data) {
+            return Some(first);
+        }
+        Some(
+            at.find(|&i| self.clients[i].conn.claims(src, data))
+                .unwrap_or(first),
+        )
     }
 
     fn flush(&mut self) {
@@ -427,7 +467,8 @@ impl Sim {
         true
     }
 
-    /// Runs until `done` holds or `limit` of virtual time passes (then returns false).
+    /// Runs until `done` holds or `limit` of virtual time passes (then returns false). Virtual
+    /// time never passes `now + limit`: when nothing is due before then, it stops there.
     pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
         let end = self.now + limit;
         // Bounded in steps as well as in virtual time.
@@ -435,7 +476,18 @@ impl Sim {
             if done(self) {
                 return true;
             }
-            if self.now >= end || !self.step() {
+            if self.now >= end {
+                return done(self);
+            }
+            // Never jump past the end: time stops at `end` when nothing is due before it.
+            if self.next_time().is_none_or(|t| t > end) {
+                self.flush();
+                if self.next_time().is_none_or(|t| t > end) {
+                    self.now = end;
+                    return done(self);
+                }
+            }
+            if !self.step() {
                 return done(self);
             }
         }
@@ -485,6 +537,18 @@ impl Sim {
     /// Sets the one-way delay of the link towards `addr` to `ms` milliseconds.
     pub fn set_latency(&mut self, addr: SocketAddr, ms: u64) {
         self.links.insert(addr, Link::ms(ms));
+    }
+
+    /// Sets the link towards `addr` to a one-way delay of `latency` plus `0..jitter` at random.
+    pub fn set_jitter(&mut self, addr: SocketAddr, latency: Duration, jitter: Duration) {
+        self.links.insert(
+            addr,
+            Link {
+                latency,
+                jitter,
+                ..Link::default()
+            },
+        );
     }
 
     /// Datagrams of type `kind` put on the wire so far, in order.
