@@ -33,7 +33,7 @@ pub enum SelectionPolicy {
     /// for `k` sessions. [`Connection`] establishes the first; the rest are taken with
     /// [`Connection::take_extra_winners`] and opened with [`Connection::from_winner`].
     NBest {
-        /// How many servers. Default 2.
+        /// How many servers (at least 1). No default: the application knows how many it needs.
         k: usize,
         /// How long to wait for `k` offers after the first. Default 2 ms.
         delta: Duration,

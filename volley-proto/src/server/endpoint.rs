@@ -98,7 +98,19 @@ impl std::fmt::Debug for ServerEndpoint {
 
 impl ServerEndpoint {
     /// A server starting at `now`, drawing cookie keys, session ids and Noise ephemerals from `rng`.
-    pub fn new(now: Instant, config: ServerConfig, mut rng: Box<dyn CryptoRngCore + Send>) -> Self {
+    pub fn new(
+        now: Instant,
+        mut config: ServerConfig,
+        mut rng: Box<dyn CryptoRngCore + Send>,
+    ) -> Self {
+        // Peers are named as given, once each.
+        let mut peers: Vec<SocketAddr> = Vec::with_capacity(config.peers.len());
+        for p in config.peers.iter().map(|p| canonical(*p)) {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        config.peers = peers;
         let jar = CookieJar::new(
             now,
             config.cookie_rotation,
@@ -287,13 +299,19 @@ impl ServerEndpoint {
             return None;
         }
         let effective = self.effective(now);
-        let due = match (self.config.answer, self.config.capacity) {
+        // (when the offer leaves, whether it reserves at arrival)
+        let (due, reserve_early) = match (self.config.answer, self.config.capacity) {
             (AnswerPolicy::Gated { max_hold }, Some(c)) => {
                 if !self.full() && effective < c && self.held.len() == 0 {
-                    now
+                    (now, false)
+                } else if max_hold.is_zero() {
+                    // Nowhere to wait: a gated server without a hold withholds like the others.
+                    self.stats.probes_withheld_full += 1;
+                    trace!(%remote, "probe withheld: no free slot");
+                    return None;
                 } else {
                     // No free slot (or earlier probes wait first): hold until one frees.
-                    now + max_hold
+                    (now + max_hold, false)
                 }
             }
             (_, _) if self.full() => {
@@ -301,13 +319,11 @@ impl ServerEndpoint {
                 trace!(%remote, "probe withheld: at capacity");
                 return None;
             }
-            (AnswerPolicy::Paced { max_delay }, Some(c)) => {
-                // Reserved at once, so the next probe of a burst already sees this offer (L4).
-                let due = now + pace_delay(max_delay, effective, c);
-                self.reserve(due);
-                due
-            }
-            _ => now,
+            (AnswerPolicy::Paced { max_delay }, Some(c)) => (
+                now + pace_delay(max_delay, effective, c),
+                !self.config.reservation.is_zero(),
+            ),
+            _ => (now, false),
         };
         let held = Held {
             remote,
@@ -316,13 +332,14 @@ impl ServerEndpoint {
             service: service as u16,
             probe_len: probe_len.min(usize::from(u16::MAX)) as u16,
             due,
-            reserved: matches!(self.config.answer, AnswerPolicy::Paced { .. })
-                && self.config.capacity.is_some()
-                && !self.config.reservation.is_zero(),
+            reserved: reserve_early,
         };
         if due == now {
+            if reserve_early {
+                self.reserve(now);
+            }
             let t = self.write_offer(now, &held, out);
-            if t.is_some() && !held.reserved {
+            if t.is_some() && !reserve_early {
                 self.reserve(now);
             }
             return t;
@@ -331,6 +348,10 @@ impl ServerEndpoint {
             self.stats.probes_dropped_queue_full += 1;
             trace!(%remote, "probe dropped: held queue full");
             return None;
+        }
+        if reserve_early {
+            // Reserved on arrival, so the next probe of a burst already sees this offer (L4).
+            self.reserve(due);
         }
         self.stats.probes_held += 1;
         None
@@ -361,8 +382,10 @@ impl ServerEndpoint {
     /// probes whose time ran out.
     fn release_held(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
         while let Some(front) = self.held.front().copied() {
-            match (self.config.answer, self.config.capacity) {
-                (AnswerPolicy::Gated { .. }, Some(c)) => {
+            match self.config.answer {
+                AnswerPolicy::Gated { .. } => {
+                    // Capacity removed while probes wait: every slot is free.
+                    let c = self.config.capacity.unwrap_or(u32::MAX);
                     if front.due <= now {
                         self.held.pop();
                         self.stats.probes_dropped_hold_expired += 1;
@@ -449,7 +472,7 @@ impl ServerEndpoint {
         }
         if self.full() {
             self.stats.init_refused_full += 1;
-            return self.refuse(remote, &init.tag, init_len, out);
+            return self.refuse(remote, local, &init.tag, init_len, out);
         }
         match self.admission.admit(now, remote.ip()) {
             Ok(()) => {}
@@ -460,7 +483,7 @@ impl ServerEndpoint {
             }
             Err(Refusal::UnderLoad) => {
                 self.stats.init_under_load += 1;
-                return self.refuse(remote, &init.tag, init_len, out);
+                return self.refuse(remote, local, &init.tag, init_len, out);
             }
         }
         let prologue = crypto::prologue(init.service, &init.tag, init.cookie);
@@ -531,6 +554,7 @@ impl ServerEndpoint {
     fn refuse(
         &mut self,
         remote: SocketAddr,
+        local: SocketAddr,
         tag: &Tag,
         init_len: usize,
         out: &mut [u8],
@@ -540,8 +564,8 @@ impl ServerEndpoint {
             .config
             .peers
             .iter()
-            .map(|p| canonical(*p))
-            .filter(|p| *p != remote)
+            .copied()
+            .filter(|p| *p != remote && *p != local)
             .collect();
         let n = peers.len().min(MAX_REDIRECT_ADDRS).min(fit);
         let mut addrs = [0u8; MAX_REDIRECT_ADDRS * REDIRECT_ADDR_LEN];
