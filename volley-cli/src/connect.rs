@@ -1,10 +1,24 @@
-//! `volley connect --server-key PUBKEY [--service NAME] [--send TEXT] ADDR...`
+//! `volley connect --server-key PUBKEY [--policy earliest|window] [--fanout D] [--n-best K]
+//! [--send TEXT] ADDR...`
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use volley::{Client, ClientConfig, PublicKey};
+use anyhow::{Context, bail, ensure};
+use volley::{
+    Client, ClientConfig, ConnectReport, LoadHint, OfferFate, PublicKey, SelectionPolicy, Session,
+};
+use volley_proto::client::{DEFAULT_HOT_QUANTILE, DEFAULT_WINDOW};
+
+/// How the client chooses among offers (L3).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The earliest valid offer wins.
+    Earliest,
+    /// Collect offers for --window-ms after the first, then prefer a lightly loaded server
+    /// (by the offers' load hints) that answered early.
+    Window,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,6 +28,22 @@ pub struct Args {
     /// Service to ask for.
     #[arg(long, default_value = "echo")]
     service: String,
+    /// How to choose among the offers.
+    #[arg(long, value_enum, default_value_t = Policy::Earliest)]
+    policy: Policy,
+    // Help built from the library's default, so it cannot drift.
+    #[arg(long, value_name = "MS", help = format!(
+        "With --policy window or --n-best: how long to collect offers after the first, in \
+         milliseconds [default: {}]",
+        DEFAULT_WINDOW.as_secs_f64() * 1e3
+    ))]
+    window_ms: Option<f64>,
+    /// Probe a random subset of this many servers instead of all of them.
+    #[arg(long, value_name = "D")]
+    fanout: Option<usize>,
+    /// Open sessions with the K best servers of one race (and send --send on each).
+    #[arg(long, value_name = "K", conflicts_with = "policy")]
+    n_best: Option<usize>,
     /// Send this text over the session and print the reply.
     #[arg(long)]
     send: Option<String>,
@@ -29,7 +59,21 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+fn load(hint: Option<LoadHint>) -> String {
+    match hint {
+        Some(LoadHint {
+            in_flight,
+            capacity: 0,
+        }) => format!("load {in_flight:>3}/-  "),
+        Some(LoadHint {
+            in_flight,
+            capacity,
+        }) => format!("load {in_flight:>3}/{capacity:<3}"),
+        None => "load   ?    ".to_string(),
+    }
+}
+
+fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     let keys = args
         .server_keys
         .iter()
@@ -38,17 +82,55 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("--server-key {k:?} is not 64 hex digits"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(
+    ensure!(
         args.timeout > 0.0 && args.timeout < 3600.0,
         "--timeout must be between 0 and 3600 seconds"
     );
+    let window = match args.window_ms {
+        None => DEFAULT_WINDOW,
+        Some(w) if w.is_finite() && (0.0..=10_000.0).contains(&w) => {
+            Duration::from_secs_f64(w / 1e3)
+        }
+        Some(_) => bail!("--window-ms must be between 0 and 10000"),
+    };
     let mut config = ClientConfig::new(keys);
-    config.service = args.service.into_bytes();
+    config.service = args.service.clone().into_bytes();
     config.race.deadline = Duration::from_secs_f64(args.timeout);
     config.handshake_timeout = Duration::from_secs_f64(args.timeout);
     config.max_failovers = 0;
+    config.policy = match (args.policy, args.n_best) {
+        (_, Some(k)) => {
+            ensure!(k >= 1, "--n-best must be at least 1");
+            SelectionPolicy::NBest { k, delta: window }
+        }
+        (Policy::Window, None) => SelectionPolicy::Window {
+            delta: window,
+            quantile: DEFAULT_HOT_QUANTILE,
+        },
+        (Policy::Earliest, None) => {
+            ensure!(
+                args.window_ms.is_none(),
+                "--window-ms applies to --policy window and --n-best only"
+            );
+            SelectionPolicy::Earliest
+        }
+    };
+    if let Some(d) = args.fanout {
+        ensure!(d >= 1, "--fanout must be at least 1");
+        config.fanout = Some(d);
+    }
+    Ok(config)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let client = Client::new(config);
     let started = Instant::now();
-    let mut session = match Client::new(config).connect(&args.servers).await {
+    let connected = match args.n_best {
+        Some(k) => client.connect_n(&args.servers, k).await,
+        None => client.connect(&args.servers).await.map(|s| vec![s]),
+    };
+    let mut sessions = match connected {
         Ok(s) => s,
         Err(volley::Error::Connect(volley::ConnectError::NoOffer(_))) => bail!(
             "no server answered within {}s ({} probed; check addresses, --server-key and --service)",
@@ -58,62 +140,119 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let connect_time = started.elapsed();
+    let main = sessions.first().context("at least one session")?;
     // Give the losers a moment to answer, so their (voided) offers are measured too.
+    let expected = args
+        .fanout
+        .map_or(args.servers.len(), |d| d.min(args.servers.len()));
     let wait_until = Instant::now() + Duration::from_millis(100);
-    while session
+    while main
         .report()
-        .is_some_and(|r| r.offers.len() < args.servers.len())
+        .is_some_and(|r| r.offers.len() < expected && r.redirected_to.is_empty())
         && Instant::now() < wait_until
     {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let report = session.report().context("client session has a report")?;
-    let winner = session.remote();
-    println!("winner:     {winner}");
-    for (server, t) in &report.offers {
-        let note = if *server == winner {
-            "selected"
-        } else {
-            "late, voided"
+    let report = main.report().context("client session has a report")?;
+    print_race(&args, main, &report, &sessions);
+    if sessions.len() > 1 {
+        println!("sessions:   {} (n-best)", sessions.len());
+        for s in &sessions {
+            let r = s.report().unwrap_or_default();
+            println!(
+                "  session   {:<22} answered in {:>10}  {}  handshake {}",
+                s.remote().to_string(),
+                r.answer_time.map_or("—".to_string(), ms),
+                load(r.load),
+                r.handshake_time.map_or("—".to_string(), ms),
+            );
+        }
+    } else if let Some(h) = report.handshake_time {
+        println!("handshake:  {}", ms(h));
+    }
+    println!(
+        "connect:    {} (race + handshake{})",
+        ms(connect_time),
+        if sessions.len() > 1 { "s" } else { "" }
+    );
+    if let Some(text) = &args.send {
+        for s in &mut sessions {
+            exchange(s, text, sessions_label(args.n_best, s)).await?;
+        }
+    }
+    for s in &sessions {
+        s.close();
+    }
+    // Let the driver send the CLOSEs before the runtime stops.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+fn sessions_label(n_best: Option<usize>, s: &Session) -> String {
+    match n_best {
+        Some(_) => format!(" ({})", s.remote()),
+        None => String::new(),
+    }
+}
+
+fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[Session]) {
+    let policy = match args.n_best {
+        Some(k) => format!("n-best {k}"),
+        None => format!("{:?}", args.policy).to_lowercase(),
+    };
+    println!("winner:     {}  (policy {policy})", main.remote());
+    for o in &report.offers {
+        let note = match o.fate {
+            OfferFate::Selected => "selected",
+            OfferFate::Collected if sessions.iter().any(|s| s.remote() == o.server) => {
+                "selected (n-best)"
+            }
+            OfferFate::Collected => "collected, not chosen",
+            OfferFate::Late => "late, voided",
+            _ => "",
         };
         println!(
-            "  offer     {server:<22} answered in {:>10}  ({note})",
-            ms(*t)
+            "  offer     {:<22} answered in {:>10}  {}  ({note})",
+            o.server.to_string(),
+            ms(o.answer_time),
+            load(o.load)
         );
     }
+    let unanswered = if args.fanout.is_some_and(|d| d < args.servers.len()) {
+        "no answer, or not in the fan-out"
+    } else {
+        "no answer"
+    };
     for server in args
         .servers
         .iter()
-        .filter(|s| !report.offers.iter().any(|(o, _)| o == *s))
+        .filter(|s| !report.offers.iter().any(|o| o.server == **s))
     {
-        println!("  offer     {server:<22} no answer");
+        println!("  offer     {server:<22} {unanswered}");
+    }
+    for to in &report.redirected_to {
+        println!("  redirect  {to:<22} (named by a refusing server, added to the race)");
     }
     println!("late offers voided: {}", report.late_offers);
-    if let Some(h) = report.handshake_time {
-        println!("handshake:  {}", ms(h));
-    }
-    println!("connect:    {} (race + handshake)", ms(connect_time));
-    if let Some(text) = args.send {
-        let sent = Instant::now();
-        let mut reply = None;
-        // Datagrams are unreliable: try a few times before giving up.
-        for _ in 0..3 {
-            session.send(text.as_bytes()).await?;
-            if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), session.recv()).await {
-                reply = Some(r?);
-                break;
-            }
+}
+
+async fn exchange(session: &mut Session, text: &str, label: String) -> anyhow::Result<()> {
+    let sent = Instant::now();
+    let mut reply = None;
+    // Datagrams are unreliable: try a few times before giving up.
+    for _ in 0..3 {
+        session.send(text.as_bytes()).await?;
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), session.recv()).await {
+            reply = Some(r?);
+            break;
         }
-        let reply = reply.context("no reply to --send within 3 s")?;
-        println!("sent:       {text:?}");
-        println!(
-            "reply:      {:?} in {}",
-            String::from_utf8_lossy(&reply),
-            ms(sent.elapsed())
-        );
     }
-    session.close();
-    // Let the driver send the CLOSE before the runtime stops.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reply = reply.with_context(|| format!("no reply to --send within 3 s{label}"))?;
+    println!("sent:       {text:?}{label}");
+    println!(
+        "reply:      {:?} in {}",
+        String::from_utf8_lossy(&reply),
+        ms(sent.elapsed())
+    );
     Ok(())
 }

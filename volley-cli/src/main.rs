@@ -22,9 +22,10 @@ enum Command {
     Keygen(keygen::Args),
     /// Serve the echo service until SIGINT or SIGTERM.
     Serve(serve::Args),
-    /// Race servers, open a session with the winner, optionally send a datagram.
+    /// Race servers, open a session with the winner (or the K best), optionally send a datagram.
     Connect(connect::Args),
-    /// Run an in-process fleet with uneven load on loopback and race clients against it.
+    /// Race clients against an in-process fleet with uneven load on loopback, once per answer
+    /// policy, and show where the sessions went.
     Demo(demo::Args),
 }
 

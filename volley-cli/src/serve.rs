@@ -1,9 +1,24 @@
-//! `volley serve --listen ADDR --key FILE [--service NAME] [--capacity N]`
+//! `volley serve --listen ADDR --key FILE [--service NAME] [--capacity N] [--answer POLICY]
+//! [--peer ADDR]...`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use volley::{Server, ServerConfig};
+use anyhow::{bail, ensure};
+use volley::{AnswerPolicy, Server, ServerConfig, ServerHandle, ServerStats};
+use volley_proto::server::answer::{DEFAULT_GATE_MAX_HOLD, DEFAULT_PACE_MAX_DELAY};
+
+/// How the server turns load into answer time (L1).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Answer every probe at once; the load shows only in the offer's hint.
+    Immediate,
+    /// Delay each offer in proportion to the load (up to --pace-max-ms when full).
+    Paced,
+    /// Answer at once while a slot is free; otherwise hold the probe until one frees.
+    Gated,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,44 +31,183 @@ pub struct Args {
     /// Service name to answer probes for.
     #[arg(long, default_value = "echo")]
     service: String,
-    /// Most sessions at once; when full, probes are not answered.
+    /// Most requests in flight (sessions) at once; when full, probes are not answered (gated:
+    /// held) and session initiations are refused.
     #[arg(long)]
     capacity: Option<u32>,
+    /// How load turns into answer time [default: paced with --capacity; immediate without,
+    /// since pacing and gating measure load against the capacity].
+    #[arg(long, value_enum)]
+    answer: Option<Answer>,
+    // Help texts built from the library's defaults, so they cannot drift.
+    #[arg(long, value_name = "MS", help = format!(
+        "With --answer paced: the answer delay of a full server, in milliseconds [default: {}]",
+        DEFAULT_PACE_MAX_DELAY.as_secs_f64() * 1e3
+    ))]
+    pace_max_ms: Option<f64>,
+    #[arg(long, value_name = "MS", help = format!(
+        "With --answer gated: how long a probe may wait for a free slot, in milliseconds \
+         [default: {}]",
+        DEFAULT_GATE_MAX_HOLD.as_secs_f64() * 1e3
+    ))]
+    max_hold_ms: Option<f64>,
+    /// Another server of the pool, named in the REDIRECT that refuses a session when this one
+    /// is full (repeat for several).
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<SocketAddr>,
+    /// Print a load line this often, in seconds, when something changed.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    load_every: f64,
+}
+
+fn millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
+    ensure!(
+        ms.is_finite() && (0.0..=60_000.0).contains(&ms),
+        "{flag} must be between 0 and 60000 ms"
+    );
+    Ok(Duration::from_secs_f64(ms / 1e3))
+}
+
+/// The answer policy the flags ask for, or why they do not make sense together.
+fn answer_policy(args: &Args) -> anyhow::Result<AnswerPolicy> {
+    let answer = match (args.answer, args.capacity) {
+        (Some(a @ (Answer::Paced | Answer::Gated)), None) => bail!(
+            "--answer {} needs --capacity: it measures load against the capacity",
+            if a == Answer::Paced { "paced" } else { "gated" }
+        ),
+        (Some(a), _) => a,
+        (None, Some(_)) => Answer::Paced,
+        (None, None) => Answer::Immediate,
+    };
+    if args.pace_max_ms.is_some() && answer != Answer::Paced {
+        bail!("--pace-max-ms applies to --answer paced only");
+    }
+    if args.max_hold_ms.is_some() && answer != Answer::Gated {
+        bail!("--max-hold-ms applies to --answer gated only");
+    }
+    Ok(match answer {
+        Answer::Immediate => AnswerPolicy::Immediate,
+        Answer::Paced => match args.pace_max_ms {
+            Some(ms) => AnswerPolicy::Paced {
+                max_delay: millis("--pace-max-ms", ms)?,
+            },
+            None => AnswerPolicy::paced(),
+        },
+        Answer::Gated => match args.max_hold_ms {
+            Some(ms) => AnswerPolicy::Gated {
+                max_hold: millis("--max-hold-ms", ms)?,
+            },
+            None => AnswerPolicy::gated(),
+        },
+    })
+}
+
+fn describe(policy: AnswerPolicy) -> String {
+    match policy {
+        AnswerPolicy::Paced { max_delay } => {
+            format!("paced, up to {:.1} ms", max_delay.as_secs_f64() * 1e3)
+        }
+        AnswerPolicy::Gated { max_hold } => {
+            format!("gated, hold up to {:.0} ms", max_hold.as_secs_f64() * 1e3)
+        }
+        other => other.name().to_string(),
+    }
+}
+
+/// One line with the load and the answer counters.
+fn load_line(handle: &ServerHandle, stats: &ServerStats) -> String {
+    let l = handle.load();
+    let capacity = if l.capacity == 0 {
+        "unbounded".to_string()
+    } else {
+        l.capacity.to_string()
+    };
+    format!(
+        "load: sessions {} app {} reserved {} held {} / capacity {capacity} | offers {} \
+         probes held {} dropped (queue full {}, hold expired {}) withheld (full) {}",
+        l.sessions,
+        l.app,
+        l.reserved,
+        l.held,
+        stats.offers_sent,
+        stats.probes_held,
+        stats.probes_dropped_queue_full,
+        stats.probes_dropped_hold_expired,
+        stats.probes_withheld_full,
+    )
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let key = crate::keygen::read_key(&args.key)?;
-    let mut config = ServerConfig::new(key);
-    anyhow::ensure!(
+    ensure!(
         !args.service.is_empty() && args.service.len() <= volley_proto::MAX_SERVICE_LEN,
         "service name must be 1 to {} bytes",
         volley_proto::MAX_SERVICE_LEN
     );
+    ensure!(
+        args.load_every.is_finite() && args.load_every >= 0.1,
+        "--load-every must be at least 0.1 s"
+    );
+    let mut config = ServerConfig::new(key);
     config.services = vec![args.service.clone().into_bytes()];
     config.capacity = args.capacity;
+    config.answer = answer_policy(&args)?;
+    config.peers = args.peers.clone();
+    let answer = config.answer;
     let server = Server::bind(args.listen, config).await?;
     println!(
-        "volley serve: listening on {} (service {}, capacity {}), public key {}",
+        "volley serve: listening on {} (service {}, capacity {}, answer {}{}), public key {}",
         server.local_addr(),
         args.service,
         args.capacity
             .map_or("unbounded".to_string(), |c| c.to_string()),
+        describe(answer),
+        if args.peers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", redirects to {}",
+                args.peers
+                    .iter()
+                    .map(SocketAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        },
         server.public_key().to_hex()
     );
+    let handle = server.handle();
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
-    volley::echo::serve_with(server, shutdown_signal(), move |s| {
+    let serving = volley::echo::serve_with(server, shutdown_signal(), move |s| {
         let _ = stats_tx.send(s);
-    })
-    .await;
+    });
+    tokio::pin!(serving);
+    let mut every = tokio::time::interval(Duration::from_secs_f64(args.load_every));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = String::new();
+    loop {
+        tokio::select! {
+            _ = &mut serving => break,
+            _ = every.tick() => {
+                let line = load_line(&handle, &handle.stats());
+                if line != last {
+                    println!("volley serve: {line}");
+                    last = line;
+                }
+            }
+        }
+    }
     if let Ok(s) = stats_rx.await {
+        println!("volley serve: stopped. {}", load_line(&handle, &s));
         println!(
-            "volley serve: stopped. probes {} offers {} withheld(full) {} sessions opened {} closed {} \
-             cookie rejects {} rate-limited {} malformed {}",
+            "volley serve: probes {} offers {} sessions opened {} closed {} refused (full) {} \
+             redirects {} cookie rejects {} rate-limited {} malformed {}",
             s.probes_received,
             s.offers_sent,
-            s.probes_withheld_full,
             s.sessions_opened,
             s.sessions_closed,
+            s.init_refused_full,
+            s.redirects_sent,
             s.init_cookie_bad_mac
                 + s.init_cookie_expired
                 + s.init_cookie_unknown_key

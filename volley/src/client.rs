@@ -1,23 +1,53 @@
-//! The client runtime: `connect` races a pool and returns a [`Session`]; a driver task keeps the
-//! connection alive afterwards (keepalive, failover).
+//! The client runtime: [`Client::connect`] races a pool and returns a [`Session`] with the
+//! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race (L3). One
+//! driver task per call owns the UDP socket and every connection on it, and keeps them alive
+//! afterwards (keepalive, failover).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
+use volley_proto::client::{DEFAULT_WINDOW, Winner};
 use volley_proto::{
     ClientConfig, ClientEvent, ClientStats, CloseCode, CloseReason, ConnectError, Connection,
-    MAX_DATAGRAM_LEN,
+    LoadHint, MAX_DATAGRAM_LEN, SelectionPolicy,
 };
 
 use crate::error::Error;
 use crate::server::sleep_until;
 use crate::session::{Cmd, INCOMING_QUEUE, Session, Status};
 use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
+
+/// What became of an offer the client received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OfferFate {
+    /// It chose this session's server.
+    Selected,
+    /// A `Window` or `NBest` race collected it, and it did not choose this session's server
+    /// (under `NBest` it may have chosen a sibling session's).
+    Collected,
+    /// It arrived after its race was decided: void (C5).
+    Late,
+}
+
+/// One offer of a race, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OfferSeen {
+    /// The server that offered (as probed).
+    pub server: SocketAddr,
+    /// From the race's first probe to this offer (C3).
+    pub answer_time: Duration,
+    /// The offer's load hint (L2). `None` only when the datagram could not be read again.
+    pub load: Option<LoadHint>,
+    /// What became of it.
+    pub fate: OfferFate,
+}
 
 /// What a client learned while connecting, kept current for the life of the session.
 #[derive(Debug, Clone, Default)]
@@ -27,12 +57,19 @@ pub struct ConnectReport {
     pub server: Option<SocketAddr>,
     /// Its answer time in the race that chose it (C3).
     pub answer_time: Option<Duration>,
+    /// The load hint of the offer that chose it (L2).
+    pub load: Option<LoadHint>,
     /// INIT to ACCEPT with it.
     pub handshake_time: Option<Duration>,
-    /// Every offer of the latest race in arrival order, winner first, with its answer time.
-    pub offers: Vec<(SocketAddr, Duration)>,
+    /// The offers of the latest race in arrival order, with their load hints. Under
+    /// `Earliest` the winner comes first and every other offer is late. (The offer that closes
+    /// a `Window` race without winning it is counted in `stats.offers_not_chosen` only.) A
+    /// session opened from an `NBest` race's runner-up lists just its own offer.
+    pub offers: Vec<OfferSeen>,
     /// Offers that arrived after their race was decided, voided (C5), over the connection's life.
     pub late_offers: u64,
+    /// Servers that REDIRECTs added to the pool (R3), over the connection's life.
+    pub redirected_to: Vec<SocketAddr>,
     /// Times the connection lost its server and moved to another (R5).
     pub failovers: u64,
     /// The protocol counters.
@@ -46,14 +83,61 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client with this configuration (pinned keys, service, timers).
+    /// A client with this configuration (pinned keys, service, timers, selection policy,
+    /// fan-out).
     pub fn new(config: ClientConfig) -> Self {
         Self { config }
     }
 
-    /// Races `pool` and returns a session with the winner. Binds a fresh UDP socket on an
-    /// ephemeral port of the pool's address family.
+    /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
+    /// server. Binds a fresh UDP socket on an ephemeral port of the pool's address family.
+    /// Under [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`].
     pub async fn connect(&self, pool: &[SocketAddr]) -> Result<Session, Error> {
+        let mut sessions = self.open(pool, self.config.clone(), None).await?;
+        sessions
+            .pop()
+            .ok_or(Error::Connect(ConnectError::NothingToRace))
+    }
+
+    /// Opens sessions with the `k` best servers of one race (L3, `NBest`): one probe per
+    /// server, the `k` earliest offers (collected for at most the configured window after the
+    /// first, [`volley_proto::client::DEFAULT_WINDOW`] unless the policy names one) each get a
+    /// handshake, all from one socket served by one driver task.
+    ///
+    /// Returns when every chosen server is established or has failed: the sessions that came
+    /// up, best first — fewer than `k` when fewer servers answered or some handshakes failed
+    /// (each failed one re-races the rest of the pool first, so two sessions can end up on one
+    /// server). An error only when none came up. Each session fails over on its own; a session
+    /// that fails over races with the configured policy (`Earliest` when that is `NBest`).
+    pub async fn connect_n(&self, pool: &[SocketAddr], k: usize) -> Result<Vec<Session>, Error> {
+        if k == 0 {
+            return Err(Error::InvalidArgument("connect_n needs k of at least 1"));
+        }
+        let delta = match self.config.policy {
+            SelectionPolicy::Window { delta, .. } | SelectionPolicy::NBest { delta, .. } => delta,
+            _ => DEFAULT_WINDOW,
+        };
+        let mut main = self.config.clone();
+        main.policy = SelectionPolicy::NBest { k, delta };
+        let mut sibling = self.config.clone();
+        if matches!(sibling.policy, SelectionPolicy::NBest { .. }) {
+            sibling.policy = SelectionPolicy::Earliest;
+        }
+        let plan = (k > 1).then(|| SiblingPlan {
+            config: sibling,
+            pool: pool.to_vec(),
+        });
+        self.open(pool, main, plan).await
+    }
+
+    /// Binds a socket, starts a driver with the main connection (and siblings per `plan`), and
+    /// waits until every connection is established or failed.
+    async fn open(
+        &self,
+        pool: &[SocketAddr],
+        config: ClientConfig,
+        plan: Option<SiblingPlan>,
+    ) -> Result<Vec<Session>, Error> {
         let first = pool.first().ok_or(ConnectError::NothingToRace)?;
         let bind_ip = match first.ip() {
             IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -62,119 +146,141 @@ impl Client {
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
-        let rng = Box::new(rand::rngs::StdRng::from_entropy());
-        let conn = Connection::new(Instant::now(), self.config.clone(), pool.to_vec(), rng);
+        let now = Instant::now();
+        let conn = Connection::new(now, config, pool.to_vec(), rng());
         let (ready_tx, ready_rx) = oneshot::channel();
-        let report = Arc::new(Mutex::new(ConnectReport::default()));
+        // Session handles send their commands here, tagged with their member id. Only the
+        // handles hold senders: when the last one is dropped the driver closes everything.
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
-        let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
-        let (st_tx, st_rx) = watch::channel(Status {
-            remote: *first,
-            closed: None,
-        });
-        let driver = Driver {
+        let mut driver = Driver {
             socket,
-            conn,
+            members: Vec::new(),
+            plan,
             ready: Some(ready_tx),
-            report: report.clone(),
-            incoming: in_tx,
-            status: st_tx,
             cmd: cmd_rx,
         };
+        driver.add_member(conn, *first, ConnectReport::default());
         tokio::spawn(driver.run());
-        match ready_rx.await {
-            Ok(Ok(())) => Ok(Session::new(0, cmd_tx, in_rx, st_rx, Some(report))),
-            Ok(Err(e)) => Err(Error::Connect(e)),
-            Err(_) => Err(Error::Connect(ConnectError::NothingToRace)),
+        let outcomes = ready_rx
+            .await
+            .map_err(|_| Error::Connect(ConnectError::NothingToRace))?;
+        let mut sessions = Vec::new();
+        let mut first_error = None;
+        for (id, outcome) in outcomes {
+            match outcome {
+                Ok(parts) => sessions.push(Session::new(
+                    id,
+                    cmd_tx.clone(),
+                    parts.incoming,
+                    parts.status,
+                    Some(parts.report),
+                )),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
+        if sessions.is_empty() {
+            return Err(Error::Connect(
+                first_error.unwrap_or(ConnectError::NothingToRace),
+            ));
+        }
+        Ok(sessions)
     }
 }
 
-struct Driver {
-    socket: UdpSocket,
+fn rng() -> Box<rand::rngs::StdRng> {
+    Box::new(rand::rngs::StdRng::from_entropy())
+}
+
+/// How an `NBest` group opens its sibling connections once the main race is decided.
+struct SiblingPlan {
+    config: ClientConfig,
+    pool: Vec<SocketAddr>,
+}
+
+/// The receiving ends of one member's channels, handed to its [`Session`].
+struct Parts {
+    incoming: mpsc::Receiver<Vec<u8>>,
+    status: watch::Receiver<Status>,
+    report: Arc<Mutex<ConnectReport>>,
+}
+
+type Outcome = (u32, Result<Parts, ConnectError>);
+
+/// One connection of the group: the main one (id 0) or an `NBest` sibling.
+struct Member {
+    id: u32,
     conn: Connection,
-    ready: Option<oneshot::Sender<Result<(), ConnectError>>>,
+    /// Established (Ok) or failed for good (Err), once known.
+    outcome: Option<Result<(), ConnectError>>,
+    /// Handed out with the ready message.
+    parts: Option<Parts>,
     report: Arc<Mutex<ConnectReport>>,
     incoming: mpsc::Sender<Vec<u8>>,
     status: watch::Sender<Status>,
-    cmd: mpsc::Receiver<Cmd>,
+    /// Whether this member's race was decided at least once (the main one: siblings may start).
+    selected: bool,
 }
 
-impl Driver {
-    async fn run(mut self) {
-        let mut rbuf: RecvBuf = [0; MAX_DATAGRAM_LEN + 1];
-        let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
-        let mut handle_open = true;
-        loop {
-            let now = Instant::now();
-            while let Some(t) = self.conn.poll_transmit(now, &mut tbuf) {
-                send_to(&self.socket, &tbuf[..t.size], t.destination).await;
-            }
-            self.events();
-            if self.conn.is_done() {
-                break;
-            }
-            let deadline = self.conn.poll_timeout().map(tokio::time::Instant::from_std);
-            tokio::select! {
-                ready = self.socket.readable() => {
-                    if ready.is_err() { break; }
-                    for _ in 0..RECV_BATCH {
-                        match self.socket.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => self.conn.handle(Instant::now(), from, &rbuf[..n]),
-                            Err(e) if transient(&e) => {
-                                if e.kind() == std::io::ErrorKind::WouldBlock { break; }
-                            }
-                            Err(e) => { debug!(error = %e, "recv failed"); break; }
-                        }
-                    }
-                }
-                cmd = self.cmd.recv(), if handle_open => match cmd {
-                    Some(Cmd::Send { data, .. }) => {
-                        if let Err(e) = self.conn.send_datagram(&data) {
-                            debug!(error = %e, "send dropped");
-                        }
-                    }
-                    Some(Cmd::Close { code, .. }) => self.conn.close(code),
-                    None => {
-                        // Every handle is gone: close politely.
-                        handle_open = false;
-                        self.conn.close(CloseCode::NORMAL);
-                    }
-                },
-                _ = sleep_until(deadline) => {}
-            }
-            let now = Instant::now();
-            if self.conn.poll_timeout().is_some_and(|t| t <= now) {
-                self.conn.handle_timeout(now);
-            }
-        }
-        self.status.send_modify(|s| {
-            s.closed
-                .get_or_insert(CloseReason::Local(CloseCode::NORMAL));
-        });
-    }
+fn lock(report: &Mutex<ConnectReport>) -> MutexGuard<'_, ConnectReport> {
+    // The lock guards plain data; a panic elsewhere cannot leave it inconsistent.
+    report.lock().unwrap_or_else(|e| e.into_inner())
+}
 
+impl Member {
+    /// Drains the connection's events into the report, status and channels.
     fn events(&mut self) {
         let stats = self.conn.stats();
-        let mut report = self.report.lock().expect("report lock");
+        let mut report = lock(&self.report);
         report.stats = stats;
         while let Some(event) = self.conn.poll_event() {
             match event {
                 ClientEvent::RaceStarted { .. } => report.offers.clear(),
+                ClientEvent::Collected {
+                    server,
+                    answer_time,
+                    load,
+                } => report.offers.push(OfferSeen {
+                    server,
+                    answer_time,
+                    load: Some(load),
+                    fate: OfferFate::Collected,
+                }),
                 ClientEvent::Selected {
                     server,
                     answer_time,
-                    ..
+                    load,
                 } => {
-                    report.offers.push((server, answer_time));
+                    self.selected = true;
+                    match report.offers.iter_mut().find(|o| o.server == server) {
+                        Some(o) => o.fate = OfferFate::Selected,
+                        None => report.offers.push(OfferSeen {
+                            server,
+                            answer_time,
+                            load: Some(load),
+                            fate: OfferFate::Selected,
+                        }),
+                    }
                     report.answer_time = Some(answer_time);
+                    report.load = Some(load);
                 }
                 ClientEvent::LateOffer {
                     server,
                     answer_time,
+                    load,
                 } => {
-                    report.offers.push((server, answer_time));
+                    report.offers.push(OfferSeen {
+                        server,
+                        answer_time,
+                        load: Some(load),
+                        fate: OfferFate::Late,
+                    });
                     report.late_offers += 1;
+                }
+                ClientEvent::Redirected { from, added } => {
+                    info!(%from, ?added, "server refused and redirected us");
+                    report.redirected_to.extend(added);
                 }
                 ClientEvent::Established {
                     server,
@@ -188,11 +294,10 @@ impl Driver {
                         report.failovers += 1;
                         info!(%from, to = %server, "failover: session moved to a new server");
                     }
-                    if let Some(ready) = self.ready.take() {
-                        let _ = ready.send(Ok(()));
-                    }
+                    self.outcome.get_or_insert(Ok(()));
                 }
                 ClientEvent::Datagram(d) => {
+                    // A full queue means the application is slow: drop, as UDP would.
                     let dropped = self.incoming.try_send(d).is_err();
                     if dropped {
                         debug!("application slow: datagram dropped");
@@ -202,11 +307,13 @@ impl Driver {
                     info!(%server, ?reason, "server lost; racing the rest of the pool");
                 }
                 ClientEvent::Failed(e) => {
-                    if let Some(ready) = self.ready.take() {
-                        let _ = ready.send(Err(e));
-                    }
+                    self.outcome.get_or_insert(Err(e));
+                    let reason = match e {
+                        ConnectError::Refused(_) => CloseReason::Refused,
+                        _ => CloseReason::IdleTimeout,
+                    };
                     self.status.send_modify(|s| {
-                        s.closed.get_or_insert(CloseReason::IdleTimeout);
+                        s.closed.get_or_insert(reason);
                     });
                 }
                 ClientEvent::Closed(reason) => {
@@ -217,5 +324,229 @@ impl Driver {
                 _ => {}
             }
         }
+    }
+}
+
+/// Owns one socket and every connection on it: one for `connect`, the main connection and its
+/// `NBest` siblings for `connect_n`.
+struct Driver {
+    socket: UdpSocket,
+    members: Vec<Member>,
+    /// `NBest`: siblings still to be opened when the main race is decided.
+    plan: Option<SiblingPlan>,
+    ready: Option<oneshot::Sender<Vec<Outcome>>>,
+    cmd: mpsc::Receiver<Cmd>,
+}
+
+impl Driver {
+    fn add_member(&mut self, conn: Connection, remote: SocketAddr, report: ConnectReport) {
+        let id = self.members.len() as u32;
+        let report = Arc::new(Mutex::new(report));
+        let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
+        let (st_tx, st_rx) = watch::channel(Status {
+            remote,
+            closed: None,
+        });
+        self.members.push(Member {
+            id,
+            conn,
+            outcome: None,
+            parts: Some(Parts {
+                incoming: in_rx,
+                status: st_rx,
+                report: Arc::clone(&report),
+            }),
+            report,
+            incoming: in_tx,
+            status: st_tx,
+            selected: false,
+        });
+    }
+
+    async fn run(mut self) {
+        let mut rbuf: RecvBuf = [0; MAX_DATAGRAM_LEN + 1];
+        let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
+        let mut handles_open = true;
+        loop {
+            let now = Instant::now();
+            for m in &mut self.members {
+                while let Some(t) = m.conn.poll_transmit(now, &mut tbuf) {
+                    send_to(&self.socket, &tbuf[..t.size], t.destination).await;
+                }
+                m.events();
+            }
+            if self.open_siblings(now) {
+                // Their INITs go out now, not at the next wake-up.
+                continue;
+            }
+            self.report_ready();
+            if self.members.iter().all(|m| m.conn.is_done()) {
+                break;
+            }
+            let deadline = self
+                .members
+                .iter()
+                .filter_map(|m| m.conn.poll_timeout())
+                .min()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                ready = self.socket.readable() => {
+                    if ready.is_err() { break; }
+                    for _ in 0..RECV_BATCH {
+                        match self.socket.try_recv_from(&mut rbuf) {
+                            Ok((n, from)) => self.datagram(from, &rbuf[..n]),
+                            Err(e) if transient(&e) => {
+                                if e.kind() == std::io::ErrorKind::WouldBlock { break; }
+                            }
+                            Err(e) => { debug!(error = %e, "recv failed"); break; }
+                        }
+                    }
+                }
+                cmd = self.cmd.recv(), if handles_open => match cmd {
+                    Some(Cmd::Send { id, data }) => {
+                        let sent = self.member(id).map(|m| m.conn.send_datagram(&data));
+                        if let Some(Err(e)) = sent {
+                            debug!(id, error = %e, "send dropped");
+                        }
+                    }
+                    Some(Cmd::Close { id, code }) => {
+                        if let Some(m) = self.member(id) {
+                            m.conn.close(code);
+                        }
+                    }
+                    None => {
+                        // Every handle is gone: close politely.
+                        handles_open = false;
+                        for m in &mut self.members {
+                            m.conn.close(CloseCode::NORMAL);
+                        }
+                    }
+                },
+                _ = sleep_until(deadline) => {}
+            }
+            // Check the clock ourselves rather than trusting that the sleep branch fired.
+            let now = Instant::now();
+            for m in &mut self.members {
+                if m.conn.poll_timeout().is_some_and(|t| t <= now) {
+                    m.conn.handle_timeout(now);
+                }
+            }
+        }
+        // Nothing more will be opened: whoever waits hears what became of each member.
+        self.plan = None;
+        for m in &mut self.members {
+            m.events();
+            m.status.send_modify(|s| {
+                s.closed
+                    .get_or_insert(CloseReason::Local(CloseCode::NORMAL));
+            });
+        }
+        self.report_ready();
+    }
+
+    fn member(&mut self, id: u32) -> Option<&mut Member> {
+        self.members.get_mut(id as usize)
+    }
+
+    /// Hands one datagram to the first connection that claims it, else to the main one (which
+    /// counts what nobody wants), and drains that connection's events at once so that a late
+    /// offer's load hint is matched with its own datagram.
+    fn datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let now = Instant::now();
+        let index = if self.members.len() > 1 {
+            self.members
+                .iter()
+                .position(|m| m.conn.claims(from, datagram))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let Some(m) = self.members.get_mut(index) else {
+            return;
+        };
+        m.conn.handle(now, from, datagram);
+        m.events();
+    }
+
+    /// `NBest`: once the main race is decided, opens a sibling connection with each extra
+    /// winner, on this socket (the cookies are bound to its address). Only the first race's
+    /// runners-up are used; a later race of the main connection (after a refusal or failover)
+    /// serves the main session alone. True when siblings were added.
+    fn open_siblings(&mut self, now: Instant) -> bool {
+        let Some(main) = self.members.first_mut() else {
+            return false;
+        };
+        let decided = main.selected;
+        let failed = matches!(main.outcome, Some(Err(_)));
+        let extra = main.conn.take_extra_winners();
+        let tag = main.conn.decided_tag();
+        if !decided {
+            if failed {
+                self.plan = None;
+            }
+            return false;
+        }
+        let Some(plan) = self.plan.take() else {
+            return false;
+        };
+        let Some(tag) = tag else {
+            return false;
+        };
+        let added = !extra.is_empty();
+        for w in extra {
+            let report = sibling_report(&w);
+            let server = w.server;
+            let conn =
+                Connection::from_winner(now, plan.config.clone(), plan.pool.clone(), tag, w, rng());
+            debug!(%server, "n-best: opening a sibling session");
+            self.add_member(conn, server, report);
+        }
+        added
+    }
+
+    /// Once every member is established or failed (and no sibling is still to come), tells
+    /// the caller, handing over each member's receiving ends.
+    fn report_ready(&mut self) {
+        if self.ready.is_none()
+            || self.plan.is_some()
+            || self
+                .members
+                .iter()
+                .any(|m| m.outcome.is_none() && !m.conn.is_done())
+        {
+            return;
+        }
+        let Some(ready) = self.ready.take() else {
+            return;
+        };
+        let outcomes = self
+            .members
+            .iter_mut()
+            .map(|m| {
+                let outcome = match (m.outcome, m.parts.take()) {
+                    (Some(Ok(())), Some(parts)) => Ok(parts),
+                    (Some(Err(e)), _) => Err(e),
+                    // Closed before it came up: only a local close does that.
+                    _ => Err(ConnectError::NothingToRace),
+                };
+                (m.id, outcome)
+            })
+            .collect();
+        let _ = ready.send(outcomes);
+    }
+}
+
+/// The report a sibling starts with: the offer that chose its server.
+fn sibling_report(w: &Winner) -> ConnectReport {
+    ConnectReport {
+        answer_time: Some(w.answer_time),
+        load: Some(w.load),
+        offers: vec![OfferSeen {
+            server: w.server,
+            answer_time: w.answer_time,
+            load: Some(w.load),
+            fate: OfferFate::Selected,
+        }],
+        ..ConnectReport::default()
     }
 }

@@ -16,6 +16,9 @@ pub enum Error {
     /// The session has ended; open a new one.
     #[error("session closed: {0:?}")]
     Closed(CloseReason),
+    /// An argument out of its documented range (API misuse); the message names it.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
     /// A datagram larger than [`crate::MAX_APP_DATAGRAM`] bytes.
     #[error("datagram larger than {} bytes", volley_proto::MAX_APP_DATAGRAM)]
     TooLarge,

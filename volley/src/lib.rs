@@ -5,9 +5,15 @@
 //! not at all); the earliest offer wins and the client opens a Noise-encrypted [`Session`] with that
 //! server by presenting its cookie. A [`Server`] keeps no state until that cookie checks out.
 //!
+//! Servers turn load into answer time by their [`AnswerPolicy`] (L1): sessions count as load on
+//! their own, and the application adds requests in flight with a [`LoadGuard`] per request
+//! ([`Server::load_guard`], or [`ServerHandle::load_guard`] from other tasks). Clients choose by
+//! their [`SelectionPolicy`] (earliest, window, fan-out); [`Client::connect_n`] opens sessions
+//! with the `k` best servers of one race.
+//!
 //! This crate is the tokio runtime around the sans-IO core in [`volley_proto`]: it owns the UDP
-//! sockets and the timers and drives the state machines. It does not choose servers for you
-//! beyond the race, discover pools, or persist anything.
+//! sockets and the timers and drives the state machines. It does not discover pools or persist
+//! anything.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), volley::Error> {
@@ -33,12 +39,14 @@ mod error;
 mod server;
 mod session;
 mod socket;
+mod timer;
 
-pub use client::{Client, ConnectReport};
+pub use client::{Client, ConnectReport, OfferFate, OfferSeen};
 pub use error::Error;
-pub use server::Server;
+pub use server::{LoadGuard, Server, ServerHandle};
 pub use session::Session;
 pub use volley_proto::{
-    AdmissionConfig, ClientConfig, ClientStats, CloseCode, CloseReason, ConnectError, LoadHint,
-    MAX_APP_DATAGRAM, PublicKey, ServerConfig, ServerStats, SessionConfig, StaticKeypair,
+    AdmissionConfig, AnswerPolicy, ClientConfig, ClientStats, CloseCode, CloseReason, ConnectError,
+    LoadHint, MAX_APP_DATAGRAM, PublicKey, SelectionPolicy, ServerConfig, ServerLoad, ServerStats,
+    SessionConfig, StaticKeypair,
 };

@@ -1,23 +1,26 @@
-//! The server runtime: one task owns the socket and the [`ServerEndpoint`].
+//! The server runtime: one task owns the socket and the [`ServerEndpoint`]; the application
+//! reports its load through [`LoadGuard`]s and [`Server::set_app_load`] (L1).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
-    CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, ServerEvent,
-    ServerStats,
+    AnswerPolicy, CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig,
+    ServerEndpoint, ServerEvent, ServerLoad, ServerStats,
 };
 
 use crate::error::Error;
 use crate::session::{Cmd, INCOMING_QUEUE, Session, Status};
 use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
+use crate::timer::PreciseTimer;
 
 /// Sessions accepted by the driver but not yet taken by [`Server::accept`]; beyond this, new
 /// sessions are closed at once (the application is not keeping up).
@@ -26,7 +29,104 @@ const ACCEPT_QUEUE: usize = 1024;
 enum Control {
     Shutdown(oneshot::Sender<()>),
     Capacity(Option<u32>),
-    AppLoad(u32),
+}
+
+/// What the driver publishes after every wake-up, for the handles to read.
+#[derive(Debug, Default)]
+struct Published {
+    stats: ServerStats,
+    load: ServerLoad,
+}
+
+/// State shared by the driver, the [`Server`], its [`ServerHandle`]s and [`LoadGuard`]s.
+#[derive(Debug, Default)]
+struct Shared {
+    /// [`LoadGuard`]s alive: requests in flight the application is serving.
+    guards: AtomicU32,
+    /// The last [`Server::set_app_load`] value.
+    app: AtomicU32,
+    /// Wakes the driver when either count changes. A `Notify` keeps one permit when the driver
+    /// is busy elsewhere, so no change is missed, and many changes cost one wake-up.
+    changed: Notify,
+    published: Mutex<Published>,
+}
+
+impl Shared {
+    /// The application load the endpoint weighs: the value set plus the guards alive.
+    fn app_load(&self) -> u32 {
+        self.app
+            .load(Ordering::Acquire)
+            .saturating_add(self.guards.load(Ordering::Acquire))
+    }
+
+    fn published(&self) -> std::sync::MutexGuard<'_, Published> {
+        // The lock only guards plain copies; a panic elsewhere cannot leave it inconsistent.
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn guard(self: &Arc<Self>) -> LoadGuard {
+        self.guards.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        LoadGuard {
+            shared: Arc::clone(self),
+        }
+    }
+
+    fn set_app_load(&self, in_flight: u32) {
+        self.app.store(in_flight, Ordering::Release);
+        self.changed.notify_one();
+    }
+}
+
+/// One request in flight (L1): while it is alive the server counts one more unit of
+/// application load, which delays (`Paced`), holds (`Gated`) or withholds its offers and raises
+/// the load hint (L2). Take one per request with [`Server::load_guard`] or
+/// [`ServerHandle::load_guard`] and drop it when the request is done; the drop wakes the
+/// server so that a freed slot releases a held probe at once.
+///
+/// Sessions count as load on their own; guards are for the work done inside them (or outside
+/// volley altogether). Guards outliving the server are harmless.
+#[derive(Debug)]
+#[must_use = "the load is counted only while the guard is alive"]
+pub struct LoadGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.shared.guards.fetch_sub(1, Ordering::AcqRel);
+        self.shared.changed.notify_one();
+    }
+}
+
+/// A cloneable handle on a running server's load and counters, for request handlers and
+/// monitors that do not own the [`Server`] (which `accept` needs `&mut`, and
+/// [`crate::echo::serve`] consumes).
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Counts one request in flight until the guard is dropped. See [`LoadGuard`].
+    pub fn load_guard(&self) -> LoadGuard {
+        self.shared.guard()
+    }
+
+    /// See [`Server::set_app_load`].
+    pub fn set_app_load(&self, in_flight: u32) {
+        self.shared.set_app_load(in_flight);
+    }
+
+    /// See [`Server::load`].
+    pub fn load(&self) -> ServerLoad {
+        self.shared.published().load
+    }
+
+    /// See [`Server::stats`].
+    pub fn stats(&self) -> ServerStats {
+        self.shared.published().stats
+    }
 }
 
 /// A volley server bound to one UDP socket.
@@ -36,7 +136,7 @@ pub struct Server {
     public: PublicKey,
     accept: mpsc::Receiver<Session>,
     control: mpsc::UnboundedSender<Control>,
-    stats: Arc<Mutex<ServerStats>>,
+    shared: Arc<Shared>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -46,21 +146,34 @@ impl Server {
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
         let public = config.keypair.public();
+        // Paced offers need sub-millisecond timing (see `timer`); deadlines further away than
+        // the longest pace are other timers, for which tokio's millisecond is plenty.
+        let precise = match config.answer {
+            AnswerPolicy::Paced { max_delay } => match PreciseTimer::new() {
+                Ok(timer) => Some((timer, max_delay + Duration::from_millis(1))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no timer thread: paced offers keep 1 ms timing");
+                    None
+                }
+            },
+            _ => None,
+        };
         let rng = Box::new(rand::rngs::StdRng::from_entropy());
         let endpoint = ServerEndpoint::new(Instant::now(), config, rng);
         // The accept queue decouples the driver from a slow application; the control channel is
         // unbounded because it carries a handful of rare messages.
         let (accept_tx, accept) = mpsc::channel(ACCEPT_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Mutex::new(ServerStats::default()));
+        let shared = Arc::new(Shared::default());
         let driver = Driver {
             socket,
             local,
             endpoint,
             accept: accept_tx,
             control: control_rx,
-            stats: stats.clone(),
+            shared: Arc::clone(&shared),
             sessions: HashMap::new(),
+            precise,
         };
         let task = tokio::spawn(driver.run());
         info!(%local, key = %public.to_hex(), "volley server listening");
@@ -69,7 +182,7 @@ impl Server {
             public,
             accept,
             control,
-            stats,
+            shared,
             task: Some(task),
         })
     }
@@ -89,9 +202,28 @@ impl Server {
         self.accept.recv().await
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters, as of the driver's last wake-up.
     pub fn stats(&self) -> ServerStats {
-        *self.stats.lock().expect("stats lock")
+        self.shared.published().stats
+    }
+
+    /// The load as of the driver's last wake-up: sessions, application load (guards plus
+    /// [`Server::set_app_load`]), offers outstanding, probes held, capacity.
+    pub fn load(&self) -> ServerLoad {
+        self.shared.published().load
+    }
+
+    /// A cloneable handle for taking [`LoadGuard`]s and reading load and counters from other
+    /// tasks.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Counts one request in flight until the guard is dropped. See [`LoadGuard`].
+    pub fn load_guard(&self) -> LoadGuard {
+        self.shared.guard()
     }
 
     /// Sessions open now.
@@ -105,9 +237,11 @@ impl Server {
         let _ = self.control.send(Control::Capacity(capacity));
     }
 
-    /// Reports application load (requests in flight) on top of the sessions served.
+    /// Reports application load (requests in flight) on top of the sessions served, for
+    /// applications that count load themselves. The server weighs this value plus the
+    /// [`LoadGuard`]s alive; lowering it can release held probes at once.
     pub fn set_app_load(&self, in_flight: u32) {
-        let _ = self.control.send(Control::AppLoad(in_flight));
+        self.shared.set_app_load(in_flight);
     }
 
     /// Closes every session with GOING_AWAY (clients fail over), sends those CLOSEs, and stops.
@@ -144,8 +278,10 @@ struct Driver {
     endpoint: ServerEndpoint,
     accept: mpsc::Sender<Session>,
     control: mpsc::UnboundedReceiver<Control>,
-    stats: Arc<Mutex<ServerStats>>,
+    shared: Arc<Shared>,
     sessions: HashMap<u32, SessionSlot>,
+    /// Paced servers: the precise timer and the horizon within which it is used.
+    precise: Option<(PreciseTimer, Duration)>,
 }
 
 impl Driver {
@@ -157,10 +293,15 @@ impl Driver {
         let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
         loop {
             self.flush(&cmd_tx, &mut tbuf).await;
-            let deadline = self
-                .endpoint
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
+            let next = self.endpoint.poll_timeout();
+            // Near deadlines (paced offers) also arm the precise timer; tokio's sleep stays as
+            // the backstop either way.
+            let precise = self.precise.as_ref().map(|(timer, horizon)| {
+                let near = next.filter(|t| t.saturating_duration_since(Instant::now()) <= *horizon);
+                timer.arm(near);
+                (timer, near.is_some())
+            });
+            let deadline = next.map(tokio::time::Instant::from_std);
             tokio::select! {
                 ready = self.socket.readable() => {
                     if let Err(e) = ready {
@@ -183,9 +324,13 @@ impl Driver {
                     }
                 }
                 Some(cmd) = cmd_rx.recv() => self.command(cmd),
+                // Application load changed (a guard taken or dropped): the flush at the top of
+                // the loop then sends any held offer a freed slot releases.
+                _ = self.shared.changed.notified() => {
+                    self.endpoint.set_app_load(self.shared.app_load());
+                }
                 control = self.control.recv() => match control {
                     Some(Control::Capacity(c)) => self.endpoint.set_capacity(c),
-                    Some(Control::AppLoad(l)) => self.endpoint.set_app_load(l),
                     Some(Control::Shutdown(done)) => {
                         self.shutdown(&cmd_tx, &mut tbuf).await;
                         let _ = done.send(());
@@ -197,6 +342,7 @@ impl Driver {
                     }
                 },
                 _ = sleep_until(deadline) => {}
+                _ = fired(precise) => {}
             }
             // Check the clock ourselves rather than trusting that the sleep branch fired.
             let now = Instant::now();
@@ -278,7 +424,18 @@ impl Driver {
         while let Some(t) = self.endpoint.poll_transmit(now, tbuf) {
             send_to(&self.socket, &tbuf[..t.size], t.destination).await;
         }
-        *self.stats.lock().expect("stats lock") = *self.endpoint.stats();
+        let load = self.endpoint.load(now);
+        let mut published = self.shared.published();
+        published.stats = *self.endpoint.stats();
+        published.load = load;
+    }
+}
+
+/// Resolves when an armed precise timer fires; never when there is none or it is not armed.
+async fn fired(precise: Option<(&PreciseTimer, bool)>) {
+    match precise {
+        Some((timer, true)) => timer.fired().await,
+        _ => std::future::pending().await,
     }
 }
 

@@ -1,11 +1,17 @@
-//! Loopback integration: real tokio sockets on 127.0.0.1:0, a fleet of 3 echo servers.
+//! Loopback integration: real tokio sockets on 127.0.0.1:0, fleets of echo servers.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use volley::{Client, ClientConfig, Error, Server, ServerConfig, SessionConfig, StaticKeypair};
+use volley::{
+    AnswerPolicy, Client, ClientConfig, Error, LoadHint, OfferFate, SelectionPolicy, Server,
+    ServerConfig, ServerHandle, SessionConfig, StaticKeypair,
+};
+use volley_proto::packet::Packet;
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -115,7 +121,11 @@ async fn c6_connect_and_exchange_encrypted_datagrams() {
     let report = s.report().unwrap();
     assert_eq!(report.server, Some(s.remote()));
     assert!(report.handshake_time.is_some());
-    assert_eq!(report.offers.first().map(|o| o.0), Some(s.remote()));
+    assert_eq!(report.offers.first().map(|o| o.server), Some(s.remote()));
+    assert_eq!(
+        report.offers.first().map(|o| o.fate),
+        Some(OfferFate::Selected)
+    );
     assert_eq!(report.stats.sessions_established, 1);
 }
 
@@ -235,4 +245,291 @@ async fn s2_server_counts_and_stays_stateless_for_probe_only_clients() {
             .await
             .is_err()
     );
+}
+
+/// Starts one echo server with `key`, configured by `tweak`, serving until the test ends.
+async fn serve(
+    key: &StaticKeypair,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (SocketAddr, ServerHandle) {
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = fast_session();
+    tweak(&mut cfg);
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    (addr, handle)
+}
+
+fn client_for(key: &StaticKeypair, policy: SelectionPolicy) -> Client {
+    let mut cfg = ClientConfig::new(vec![key.public()]);
+    cfg.session = fast_session();
+    cfg.policy = policy;
+    Client::new(cfg)
+}
+
+/// Waits (bounded) until `cond` holds; the server publishes its load after every wake-up.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    timeout(BOUND, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+async fn echoes(s: &mut volley::Session, msg: &[u8]) {
+    s.send(msg).await.unwrap();
+    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), msg);
+}
+
+#[tokio::test]
+async fn l1_gated_server_holds_the_probe_until_a_load_guard_drops() {
+    const HOLD: Duration = Duration::from_millis(80);
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let (addr, server) = serve(&key, |c| {
+        c.capacity = Some(1);
+        c.answer = AnswerPolicy::gated();
+    })
+    .await;
+    // One request in flight fills the only slot.
+    let guard = server.load_guard();
+    until("guard counted", || server.load().app == 1).await;
+    let client = client_for(&key, SelectionPolicy::Earliest);
+    let connecting = tokio::spawn(async move { client.connect(&[addr]).await });
+    until("probe held", || server.load().held == 1).await;
+    tokio::time::sleep(HOLD).await;
+    let released = Instant::now();
+    drop(guard);
+    let mut s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
+    assert!(
+        released.elapsed() < Duration::from_millis(150),
+        "the freed slot released the held probe at once"
+    );
+    let r = s.report().unwrap();
+    assert!(r.answer_time.unwrap() >= HOLD, "{:?}", r.answer_time);
+    assert_eq!(
+        r.load,
+        Some(LoadHint {
+            in_flight: 0,
+            capacity: 1
+        })
+    );
+    assert_eq!(r.stats.probes_sent, 1, "answered before any retransmission");
+    echoes(&mut s, b"released").await;
+    let stats = server.stats();
+    assert_eq!(stats.probes_held, 1);
+    assert_eq!(stats.probes_dropped_hold_expired, 0);
+    assert_eq!(server.load().sessions, 1, "the session counts as load");
+}
+
+#[tokio::test]
+async fn l1_paced_answer_time_grows_with_load_guards() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let paced = |c: &mut ServerConfig| {
+        c.capacity = Some(16);
+        c.answer = AnswerPolicy::Paced {
+            max_delay: Duration::from_millis(40),
+        };
+    };
+    let (busy, busy_h) = serve(&key, paced).await;
+    let (idle, _) = serve(&key, paced).await;
+    // Half full: the busy server answers 20 ms late.
+    let guards: Vec<_> = (0..8).map(|_| busy_h.load_guard()).collect();
+    until("guards counted", || busy_h.load().app == 8).await;
+    let s = timeout(
+        BOUND,
+        client_for(&key, SelectionPolicy::Earliest).connect(&[busy, idle]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.remote(), idle, "the idle server answers first");
+    until("the busy server's late offer", || {
+        s.report().unwrap().offers.len() == 2
+    })
+    .await;
+    let late = s.report().unwrap().offers[1];
+    assert_eq!((late.server, late.fate), (busy, OfferFate::Late));
+    assert!(late.answer_time >= Duration::from_millis(20), "{late:?}");
+    assert_eq!(
+        late.load,
+        Some(LoadHint {
+            in_flight: 8,
+            capacity: 16
+        }),
+        "L2: the hint carries the guards"
+    );
+    drop(guards);
+    until("guards released", || busy_h.load().app == 0).await;
+}
+
+#[tokio::test]
+async fn l3_window_policy_picks_the_cold_server() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let immediate = |c: &mut ServerConfig| {
+        c.capacity = Some(16);
+        c.answer = AnswerPolicy::Immediate;
+    };
+    let mut pool = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let (addr, h) = serve(&key, immediate).await;
+        pool.push(addr);
+        handles.push(h);
+    }
+    // Immediate servers all answer at once: only the hints tell them apart.
+    handles[0].set_app_load(12);
+    handles[2].set_app_load(12);
+    until("loads applied", || {
+        handles[0].load().app == 12 && handles[2].load().app == 12
+    })
+    .await;
+    let client = client_for(&key, SelectionPolicy::window());
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let mut s = timeout(BOUND, client.connect(&pool))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.remote(), pool[1], "the cold server wins every time");
+        let r = s.report().unwrap();
+        assert_eq!(r.load.map(|l| l.capacity), Some(16));
+        assert_eq!(r.stats.offers_not_chosen, 2);
+        // Every offer is in the report with its hint, the one that closed the window too.
+        assert_eq!(r.offers.len(), 3, "{:?}", r.offers);
+        assert!(r.offers.iter().all(|o| o.load.is_some()));
+        let chosen: Vec<_> = r
+            .offers
+            .iter()
+            .filter(|o| o.fate == OfferFate::Selected)
+            .collect();
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].server, pool[1]);
+        echoes(&mut s, b"window").await;
+        sessions.push(s);
+    }
+    until("sessions counted", || handles[1].load().sessions == 3).await;
+}
+
+#[tokio::test]
+async fn l3_connect_n_opens_sessions_on_three_distinct_servers() {
+    let f = fleet(4).await;
+    let mut sessions = timeout(BOUND, f.client().connect_n(&f.addrs, 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sessions.len(), 3);
+    let mut remotes: Vec<_> = sessions.iter().map(|s| s.remote()).collect();
+    remotes.sort();
+    remotes.dedup();
+    assert_eq!(remotes.len(), 3, "three distinct servers");
+    assert!(remotes.iter().all(|r| f.addrs.contains(r)));
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let r = s.report().unwrap();
+        assert_eq!(r.server, Some(s.remote()));
+        assert!(r.handshake_time.is_some());
+        for j in 0..5 {
+            echoes(s, format!("session {i} datagram {j}").as_bytes()).await;
+        }
+    }
+    // One race for the whole group: every probe went out once, from one socket.
+    let main = sessions[0].report().unwrap();
+    assert_eq!(main.stats.races, 1);
+    assert_eq!(main.stats.probes_sent, 4);
+}
+
+#[tokio::test]
+async fn l3_connect_n_returns_what_came_up_when_fewer_servers_answer() {
+    let f = fleet(2).await;
+    let mut sessions = timeout(BOUND, f.client().connect_n(&f.addrs, 3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sessions.len(), 2);
+    assert_ne!(sessions[0].remote(), sessions[1].remote());
+    for s in &mut sessions {
+        echoes(s, b"two of three").await;
+    }
+    assert!(matches!(
+        f.client().connect_n(&f.addrs, 0).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+/// A relay in front of one server that the test steers: it forwards datagrams between one
+/// client and `server` (from one socket, so the server sees one client address), and holds the
+/// first INIT until the test opens the gate. Returns the relay's address, a signal that the
+/// INIT arrived, and the gate.
+async fn init_gate(server: SocketAddr) -> (SocketAddr, oneshot::Receiver<()>, oneshot::Sender<()>) {
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let (seen_tx, seen_rx) = oneshot::channel();
+    let (gate_tx, gate_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut seen_tx, mut gate_rx) = (Some(seen_tx), Some(gate_rx));
+        let mut client = None;
+        let (mut up, mut down) = ([0u8; 2048], [0u8; 2048]);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut up) => {
+                    let Ok((n, from)) = r else { break };
+                    client = Some(from);
+                    if matches!(Packet::decode(&up[..n]), Ok(Packet::Init(_))) {
+                        if let Some(tx) = seen_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        if let Some(rx) = gate_rx.take() {
+                            let _ = rx.await;
+                        }
+                    }
+                    let _ = back.send_to(&up[..n], server).await;
+                }
+                r = back.recv_from(&mut down) => {
+                    let Ok((n, _)) = r else { break };
+                    if let Some(c) = client {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, seen_rx, gate_tx)
+}
+
+#[tokio::test]
+async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let (peer, peer_h) = serve(&key, |_| {}).await;
+    let (full, full_h) = serve(&key, |c| {
+        c.capacity = Some(1);
+        c.answer = AnswerPolicy::Immediate;
+        c.peers = vec![peer];
+    })
+    .await;
+    // The client knows only the relay in front of `full`; `peer` is in no pool it was given.
+    let (relay, init_seen, gate) = init_gate(full).await;
+    let client = client_for(&key, SelectionPolicy::Earliest);
+    let connecting = tokio::spawn(async move { client.connect(&[relay]).await });
+    // `full` has offered; before the INIT reaches it, one request takes its only slot.
+    timeout(BOUND, init_seen).await.unwrap().unwrap();
+    let guard = full_h.load_guard();
+    until("guard counted", || full_h.load().app == 1).await;
+    gate.send(()).unwrap();
+    let mut s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
+    assert_eq!(s.remote(), peer, "followed the REDIRECT");
+    let r = s.report().unwrap();
+    assert_eq!(r.redirected_to, vec![peer]);
+    assert_eq!(r.stats.redirects, 1);
+    assert_eq!(r.stats.redirect_servers_added, 1);
+    echoes(&mut s, b"redirected").await;
+    until("refusal counted", || full_h.stats().redirects_sent >= 1).await;
+    assert!(full_h.stats().init_refused_full >= 1);
+    assert_eq!(full_h.stats().sessions_opened, 0);
+    assert_eq!(peer_h.stats().sessions_opened, 1);
+    drop(guard);
 }

@@ -81,6 +81,8 @@ pub enum ClientEvent {
         server: SocketAddr,
         /// Its answer time.
         answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
     },
     /// The session is up.
     Established {
@@ -495,17 +497,26 @@ impl Connection {
                     answer_time: w.answer_time,
                     load: w.load,
                 });
+                let decided = match &mut self.state {
+                    State::Racing(race) => race.decide_if_complete(),
+                    _ => None,
+                };
+                if let Some(winner) = decided {
+                    self.on_won(now, winner);
+                }
             }
             OfferOutcome::Duplicate => self.stats.offers_duplicate += 1,
             OfferOutcome::Late {
                 server,
                 answer_time,
+                load,
             } => {
                 self.stats.offers_late += 1;
                 trace!(%server, ?answer_time, "late offer voided");
                 self.events.push_back(ClientEvent::LateOffer {
                     server,
                     answer_time,
+                    load,
                 });
             }
             OfferOutcome::UnknownTag => self.stats.offers_unknown_tag += 1,

@@ -61,6 +61,8 @@ pub enum OfferOutcome {
         server: SocketAddr,
         /// How late, from the race's first probe.
         answer_time: Duration,
+        /// Its load hint (unauthenticated, like every hint).
+        load: LoadHint,
     },
     /// Its tag is neither live nor retired (C2).
     UnknownTag,
@@ -222,6 +224,18 @@ impl Race {
         }
     }
 
+    /// After a `Collected` offer: decides at once when every probed server has answered (or,
+    /// `NBest`, k have), with no reason to wait out the window.
+    pub fn decide_if_complete(&mut self) -> Option<Winner> {
+        if self.live.is_some()
+            && !self.candidates.is_empty()
+            && (self.candidates.len() >= self.targets.len() || self.window_full())
+        {
+            return self.decide();
+        }
+        None
+    }
+
     fn window_full(&self) -> bool {
         match self.policy {
             SelectionPolicy::NBest { k, .. } => self.candidates.len() >= k.max(1),
@@ -344,18 +358,14 @@ impl Race {
             }
             self.candidates.push(winner.clone());
             self.decide_at.get_or_insert(now + delta);
-            if self.candidates.len() >= self.targets.len() || self.window_full() {
-                // Everyone probed has answered (or k are in): no reason to wait out the window.
-                if let Some(w) = self.decide() {
-                    return OfferOutcome::Won(w);
-                }
-            }
+            // The caller asks `decide_if_complete` next: this offer may close the window.
             return OfferOutcome::Collected(winner);
         }
         if matches(&self.retired) {
             return OfferOutcome::Late {
                 server: from,
                 answer_time,
+                load: offer.load,
             };
         }
         OfferOutcome::UnknownTag

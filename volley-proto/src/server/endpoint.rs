@@ -211,11 +211,12 @@ impl ServerEndpoint {
     /// Counts an offer as load for `config.reservation` from `from` (L4). Only with a capacity:
     /// without one there is nothing to reserve.
     fn reserve(&mut self, from: Instant) {
-        if let Some(c) = self.config.capacity
-            && !self.config.reservation.is_zero()
-        {
-            self.reserved
-                .add(from + self.config.reservation, c as usize);
+        match self.config.capacity {
+            Some(c) if !self.config.reservation.is_zero() => {
+                self.reserved
+                    .add(from + self.config.reservation, c as usize);
+            }
+            _ => {}
         }
     }
 

@@ -701,15 +701,25 @@ fn l3_window_picks_a_cold_server_over_a_hot_one_that_answered_first() {
                 _ => None,
             })
             .collect();
+        // Every collected offer is reported, the one that closes the window included.
         assert_eq!(
             collected,
-            vec![(
-                hot,
-                LoadHint {
-                    in_flight: 14,
-                    capacity: CAP
-                }
-            )]
+            vec![
+                (
+                    hot,
+                    LoadHint {
+                        in_flight: 14,
+                        capacity: CAP
+                    }
+                ),
+                (
+                    cold,
+                    LoadHint {
+                        in_flight: 1,
+                        capacity: CAP
+                    }
+                )
+            ]
         );
         let (server, answer_time, load) = selected(&sim, c)[0];
         assert_eq!((server, answer_time), (cold, us(1200)));

@@ -249,6 +249,7 @@ fn c3_answer_times_reflect_each_servers_round_trip() {
                 ClientEvent::LateOffer {
                     server,
                     answer_time,
+                    ..
                 } => Some((*server, *answer_time)),
                 _ => None,
             })
