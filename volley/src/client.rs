@@ -449,8 +449,7 @@ impl Driver {
     }
 
     /// Hands one datagram to the first connection that claims it, else to the main one (which
-    /// counts what nobody wants), and drains that connection's events at once so that a late
-    /// offer's load hint is matched with its own datagram.
+    /// counts what nobody wants), and drains that connection's events.
     fn datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
         let now = Instant::now();
         let index = if self.members.len() > 1 {

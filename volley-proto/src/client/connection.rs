@@ -490,12 +490,16 @@ impl Connection {
     fn on_offer(&mut self, now: Instant, outcome: OfferOutcome) {
         match outcome {
             OfferOutcome::Won(w) => self.on_won(now, w),
-            OfferOutcome::Collected(w) => {
-                trace!(server = %w.server, answer_time = ?w.answer_time, "offer collected");
+            OfferOutcome::Collected {
+                server,
+                answer_time,
+                load,
+            } => {
+                trace!(%server, ?answer_time, "offer collected");
                 self.events.push_back(ClientEvent::Collected {
-                    server: w.server,
-                    answer_time: w.answer_time,
-                    load: w.load,
+                    server,
+                    answer_time,
+                    load,
                 });
                 let decided = match &mut self.state {
                     State::Racing(race) => race.decide_if_complete(),

@@ -71,7 +71,14 @@ pub enum OfferOutcome {
     /// Its server key id is not pinned (R4): ignored, the race goes on.
     UnknownKey,
     /// A valid offer collected by a `Window` or `NBest` race that is not decided yet.
-    Collected(Winner),
+    Collected {
+        /// Who offered.
+        server: SocketAddr,
+        /// Its answer time.
+        answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
+    },
     /// A second valid offer from a server this race already collected: ignored.
     Duplicate,
 }
@@ -356,10 +363,14 @@ impl Race {
             if self.candidates.iter().any(|c| c.server == from) {
                 return OfferOutcome::Duplicate;
             }
-            self.candidates.push(winner.clone());
+            self.candidates.push(winner);
             self.decide_at.get_or_insert(now + delta);
             // The caller asks `decide_if_complete` next: this offer may close the window.
-            return OfferOutcome::Collected(winner);
+            return OfferOutcome::Collected {
+                server: from,
+                answer_time,
+                load: offer.load,
+            };
         }
         if matches(&self.retired) {
             return OfferOutcome::Late {
