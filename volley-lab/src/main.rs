@@ -1,0 +1,39 @@
+//! `volley-lab`: `select` (the side-by-side selection benchmark on loopback) and `sim` (the
+//! discrete-event simulator on the real protocol state machines). See `docs/RESULTS.md`.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volley-lab",
+    version,
+    about = "volley's benchmarks and simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Side-by-side selection benchmark on loopback: 16 servers x 4 slots, open-loop Poisson
+    /// arrivals, every policy on the same trace.
+    Select(volley_lab::select::SelectArgs),
+    /// Discrete-event simulator driving the real volley-proto state machines: the supermarket
+    /// check, then volley's policies at 10,000 servers.
+    Sim(volley_lab::sim::SimArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Select(args) => volley_lab::select::run(args),
+        Command::Sim(args) => volley_lab::sim::run(args),
+    }
+}

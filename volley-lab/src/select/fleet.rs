@@ -1,0 +1,339 @@
+//! The fleet: 16 volley servers with 4 sleep-based slots each, on a thread of their own (pinned
+//! to CPU 0 when the machine has two). Each server runs a request handler on its sessions and a
+//! small plain-UDP load port for Prequal-style probing.
+//!
+//! Request (client to server, over the session): `seq: u32, work_us: u32` (big-endian). Reply:
+//! `seq: u32, status: u8` (0 done, 1 failed). A request waits FIFO for one of the server's slots,
+//! then sleeps `work_us / speed` (the speed at its start), then is answered.
+//!
+//! Load port: any datagram is answered with its first 8 bytes, then `in_flight: u32,
+//! latency_us: u32` — the requests queued or in service, and the server's estimate of a new
+//! request's latency at that load: the exponentially weighted mean of recent service times
+//! (which reflects the server's speed) times `1 + max(0, in_flight + 1 - slots) / slots`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::{Semaphore, oneshot};
+use volley::{AnswerPolicy, PublicKey, Server, ServerConfig, ServerStats, StaticKeypair};
+
+use super::workload::{Behaviour, FleetShape, Schedule};
+
+/// How the fleet's volley endpoints answer probes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Answering {
+    /// None: no capacity (every probe answered at once, whatever the load) — the set-up of the
+    /// policies that pick a server themselves.
+    pub capacity: Option<u32>,
+    #[serde(skip)]
+    pub answer: AnswerPolicy,
+    pub reservation: Duration,
+}
+
+/// Per-server figures the handler keeps.
+#[derive(Debug, Default)]
+pub struct ServerState {
+    /// Requests queued or in service.
+    pub in_flight: AtomicU32,
+    /// Microseconds of slot time spent working (sleeping) on requests.
+    pub busy_us: AtomicU64,
+    /// EWMA of requests' service time at this server, µs.
+    pub service_us: AtomicU64,
+    /// Requests answered.
+    pub done: AtomicU64,
+}
+
+/// A running fleet, owned by its thread.
+pub struct Fleet {
+    pub addrs: Vec<SocketAddr>,
+    pub load_ports: Vec<SocketAddr>,
+    pub key: PublicKey,
+    pub state: Vec<Arc<ServerState>>,
+    /// When the run's clock started (time zero of the schedule).
+    pub start: Instant,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<Vec<ServerStats>>>>,
+}
+
+impl Fleet {
+    /// Starts the fleet on its own thread; returns once every server listens.
+    pub fn start(
+        shape: FleetShape,
+        schedule: Schedule,
+        answering: Answering,
+        key: StaticKeypair,
+        pin: Option<usize>,
+    ) -> anyhow::Result<Fleet> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new().name("lab-fleet".into()).spawn(
+            move || -> anyhow::Result<Vec<ServerStats>> {
+                if let Some(cpu) = pin {
+                    super::pin_to(cpu);
+                }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(serve(shape, schedule, answering, key, ready_tx, stop_rx))
+            },
+        )?;
+        let ready = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("the fleet did not start")?;
+        let (addrs, load_ports, pubkey, state, start) = ready?;
+        Ok(Fleet {
+            addrs,
+            load_ports,
+            key: pubkey,
+            state,
+            start,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops every server; returns their counters.
+    pub fn stop(mut self) -> anyhow::Result<Vec<ServerStats>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the fleet thread panicked"))?,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+type Ready = anyhow::Result<(
+    Vec<SocketAddr>,
+    Vec<SocketAddr>,
+    PublicKey,
+    Vec<Arc<ServerState>>,
+    Instant,
+)>;
+
+async fn serve(
+    shape: FleetShape,
+    schedule: Schedule,
+    answering: Answering,
+    key: StaticKeypair,
+    ready: std::sync::mpsc::Sender<Ready>,
+    stop: oneshot::Receiver<()>,
+) -> anyhow::Result<Vec<ServerStats>> {
+    let schedule = Arc::new(schedule);
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    let mut load_ports = Vec::new();
+    let mut states = Vec::new();
+    let mut silents = Vec::new();
+    let bind: SocketAddr = "127.0.0.1:0".parse()?;
+    for _ in 0..shape.servers {
+        let mut cfg = ServerConfig::new(key.clone());
+        cfg.capacity = answering.capacity;
+        cfg.answer = answering.answer;
+        cfg.reservation = answering.reservation;
+        // Every lab client shares 127.0.0.1: the per-source limit (sized for one real client)
+        // would throttle the benchmark itself. The global handshake budget stays as shipped.
+        cfg.admission.inits_per_source_per_sec = 1_000_000;
+        cfg.admission.inits_per_source_burst = 1_000_000;
+        let server = Server::bind(bind, cfg).await?;
+        addrs.push(server.local_addr());
+        let port = UdpSocket::bind(bind).await?;
+        load_ports.push(port.local_addr()?);
+        servers.push((server, port));
+        states.push(Arc::new(ServerState::default()));
+        silents.push(Arc::new(AtomicBool::new(false)));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut stats_rx = Vec::new();
+    for (i, (server, port)) in servers.into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        stats_rx.push(rx);
+        let ctx = Ctx {
+            index: i,
+            start,
+            schedule: Arc::clone(&schedule),
+            state: Arc::clone(&states[i]),
+            slots: Arc::new(Semaphore::new(shape.slots)),
+            slot_count: shape.slots,
+            silent: Arc::clone(&silents[i]),
+        };
+        tasks.push(tokio::spawn(load_port(port, ctx.clone())));
+        tasks.push(tokio::spawn(accept_loop(server, ctx, tx)));
+    }
+    let _ = ready.send(Ok((addrs, load_ports, key.public(), states, start)));
+    let _ = stop.await;
+    for s in &silents {
+        // Wake accept loops: they watch this flag only with their timers, so abort instead.
+        s.store(true, Ordering::Relaxed);
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let mut out = Vec::new();
+    for rx in stats_rx {
+        out.push(rx.await.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+#[derive(Clone)]
+struct Ctx {
+    index: usize,
+    start: Instant,
+    schedule: Arc<Schedule>,
+    state: Arc<ServerState>,
+    slots: Arc<Semaphore>,
+    slot_count: usize,
+    silent: Arc<AtomicBool>,
+}
+
+impl Ctx {
+    fn behaviour(&self) -> Behaviour {
+        self.schedule.behaviour(self.index, self.start.elapsed())
+    }
+}
+
+/// Sends the server's counters on drop (the task is aborted at the end of a run).
+struct StatsOnDrop {
+    server: Option<Server>,
+    tx: Option<oneshot::Sender<ServerStats>>,
+}
+
+impl Drop for StatsOnDrop {
+    fn drop(&mut self) {
+        if let (Some(s), Some(tx)) = (self.server.take(), self.tx.take()) {
+            let _ = tx.send(s.stats());
+        }
+    }
+}
+
+async fn accept_loop(server: Server, ctx: Ctx, tx: oneshot::Sender<ServerStats>) {
+    let silent_at = match ctx.schedule.workload {
+        super::workload::Workload::Silent if ctx.schedule.odd_one == Some(ctx.index) => {
+            ctx.schedule.event_at.map(|at| ctx.start + at)
+        }
+        _ => None,
+    };
+    let mut holder = StatsOnDrop {
+        server: Some(server),
+        tx: Some(tx),
+    };
+    loop {
+        let Some(server) = holder.server.as_mut() else {
+            return;
+        };
+        let session = match silent_at {
+            Some(at) if !ctx.silent.load(Ordering::Relaxed) => {
+                tokio::select! {
+                    s = server.accept() => s,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        // Silent from now on: a capacity of zero withholds every probe and
+                        // refuses every initiation; the handlers stop answering requests.
+                        ctx.silent.store(true, Ordering::Relaxed);
+                        server.set_capacity(Some(0));
+                        continue;
+                    }
+                }
+            }
+            _ => server.accept().await,
+        };
+        let Some(session) = session else { return };
+        tokio::spawn(handle_session(session, ctx.clone()));
+    }
+}
+
+async fn handle_session(mut session: volley::Session, ctx: Ctx) {
+    while let Ok(req) = session.recv().await {
+        if req.len() < 8 {
+            continue;
+        }
+        let seq = [req[0], req[1], req[2], req[3]];
+        let work_us = u32::from_be_bytes([req[4], req[5], req[6], req[7]]);
+        let speed = match ctx.behaviour() {
+            Behaviour::Silent => continue,
+            Behaviour::Sinkhole => {
+                let _ = session.send(&reply(seq, 1)).await;
+                continue;
+            }
+            Behaviour::Work(s) => s,
+        };
+        ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let permit = ctx.slots.acquire().await;
+        let started = Instant::now();
+        // The speed when service starts sets its length.
+        let speed = match ctx.behaviour() {
+            Behaviour::Work(s) => s,
+            _ => speed,
+        };
+        let service = Duration::from_secs_f64(work_us as f64 / 1e6 / speed.max(0.01));
+        tokio::time::sleep(service).await;
+        let busy = started.elapsed();
+        drop(permit);
+        ctx.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        ctx.state
+            .busy_us
+            .fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
+        ctx.state.done.fetch_add(1, Ordering::Relaxed);
+        let spent = busy.as_micros() as u64;
+        let old = ctx.state.service_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            spent
+        } else {
+            (old * 7 + spent) / 8
+        };
+        ctx.state.service_us.store(new, Ordering::Relaxed);
+        if ctx.silent.load(Ordering::Relaxed) {
+            continue;
+        }
+        let _ = session.send(&reply(seq, 0)).await;
+    }
+}
+
+fn reply(seq: [u8; 4], status: u8) -> [u8; 5] {
+    [seq[0], seq[1], seq[2], seq[3], status]
+}
+
+/// Prequal's probe target: answers any datagram with the in-flight count and latency estimate.
+async fn load_port(socket: UdpSocket, ctx: Ctx) {
+    let mut buf = [0u8; 64];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if ctx.silent.load(Ordering::Relaxed) || ctx.behaviour() == Behaviour::Silent {
+            continue;
+        }
+        let mut out = [0u8; 16];
+        let echo = n.min(8);
+        out[..echo].copy_from_slice(&buf[..echo]);
+        let rif = match ctx.behaviour() {
+            // A sinkhole holds nothing and answers fast: exactly what fools a load probe.
+            Behaviour::Sinkhole => 0,
+            _ => ctx.state.in_flight.load(Ordering::Relaxed),
+        };
+        out[8..12].copy_from_slice(&rif.to_be_bytes());
+        let slots = ctx.slot_count as f64;
+        let queued = (rif as f64 + 1.0 - slots).max(0.0);
+        let lat = (ctx.state.service_us.load(Ordering::Relaxed) as f64 * (1.0 + queued / slots))
+            .min(u32::MAX as f64) as u32;
+        out[12..16].copy_from_slice(&lat.to_be_bytes());
+        let _ = socket.send_to(&out, from).await;
+    }
+}

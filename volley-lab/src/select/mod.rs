@@ -1,0 +1,642 @@
+//! `select`: the side-by-side selection benchmark of `BENCHMARKS.md` §2.
+//!
+//! A fleet of 16 volley servers × 4 sleep-based slots runs on one core, the clients on the other.
+//! For every cell (workload, load, requests per session) and seed, one trace is drawn — Poisson
+//! arrivals, every request's work, every speed change — and each policy replays it against a
+//! fresh fleet, one policy after the other in a seeded shuffled order. Latency runs from the
+//! *scheduled* arrival (no coordinated omission); sessions that time out are counted as
+//! infinitely late, not cut off.
+
+mod fleet;
+mod plot;
+pub mod policy;
+pub mod report;
+pub mod workload;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use volley::StaticKeypair;
+
+use fleet::Fleet;
+use policy::{Policy, RunCtx, VolleyKnobs};
+use report::{RunMeta, RunSummary};
+use workload::{FleetShape, Requests, TraceSpec, Workload};
+
+/// The loads of `BENCHMARKS.md` §2.
+pub const LOADS: [f64; 5] = [0.5, 0.7, 0.85, 0.95, 1.05];
+
+/// The volley configurations run in every cell of the full matrix (the whole volley cross
+/// product runs on the headline cell, half-slow at 0.85).
+pub const CORE_VOLLEY: [&str; 3] = [
+    "volley-earliest-paced-d3",
+    "volley-earliest-paced-all",
+    "volley-window-immediate-all",
+];
+
+#[derive(Debug, clap::Args)]
+pub struct SelectArgs {
+    /// Folder for results.md, results.json and the SVG plots (created if missing).
+    #[arg(long, default_value = "select-results")]
+    pub out: PathBuf,
+    /// A run of about a minute and a half: one seed, every workload at load 0.85, the peers and
+    /// volley's core configurations, shorter periods.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seeds (the full run needs at least 5: figures are median and min–max over seeds).
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    pub first_seed: u64,
+    /// Only these workloads (default: all six).
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<Workload>,
+    /// Only these loads (default: 0.5,0.7,0.85,0.95,1.05).
+    #[arg(long, value_delimiter = ',')]
+    pub loads: Vec<f64>,
+    /// Only these policies, by name (default: the matrix of the mode; `all` for every one).
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<String>,
+    /// Measured period per run, ms (after the warm-up).
+    #[arg(long)]
+    pub measure_ms: Option<u64>,
+    /// Warm-up per run, ms (arrivals run, not measured).
+    #[arg(long)]
+    pub warmup_ms: Option<u64>,
+    /// How long two servers stay at 0.2x in the recovery workload, s.
+    #[arg(long, default_value_t = 10.0)]
+    pub recovery_drop_s: f64,
+    /// Servers in the fleet (§2 fixes 16; smaller fleets are for trying the tool).
+    #[arg(long, default_value_t = 16)]
+    pub servers: usize,
+    /// Slots per server (§2 fixes 4).
+    #[arg(long, default_value_t = 4)]
+    pub slots: usize,
+    /// Mean work of a request at full speed, ms (exponential).
+    #[arg(long, default_value_t = 20.0)]
+    pub mean_work_ms: f64,
+    /// Volley servers' capacity (requests in flight before probes are withheld or held).
+    #[arg(long, default_value_t = 16)]
+    pub capacity: u32,
+    /// Paced servers' longest delay, ms.
+    #[arg(long, default_value_t = 5.0)]
+    pub pace_max_ms: f64,
+    /// Gated servers' longest hold, ms.
+    #[arg(long, default_value_t = 200.0)]
+    pub max_hold_ms: f64,
+    /// How long an offer counts as load, ms (the protocol's default).
+    #[arg(long, default_value_t = 5.0)]
+    pub reservation_ms: f64,
+    /// Also run sessions of ~10 requests (uniform 5–15), in the cells the mode gives them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub long_sessions: bool,
+    /// Do not pin the fleet and the clients to separate CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Write every session's record (JSON lines, one file per run) under OUT/records/.
+    #[arg(long)]
+    pub records: bool,
+}
+
+/// One cell of the matrix and the policies run in it.
+#[derive(Debug, Clone)]
+struct Cell {
+    workload: Workload,
+    load: f64,
+    requests: Requests,
+    policies: Vec<Policy>,
+    measure: Duration,
+}
+
+#[derive(Debug, Serialize)]
+struct Setup {
+    command: String,
+    machine: String,
+    cpus: usize,
+    pinned: bool,
+    seeds: Vec<u64>,
+    shape: FleetShape,
+    knobs: VolleyKnobs,
+    warmup_ms: u64,
+    recovery_drop_s: f64,
+    connect_timeout_ms: u64,
+    request_timeout_ms: u64,
+    peak_ewma_decay_s: u64,
+    started_unix_s: u64,
+    wall_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    setup: &'a Setup,
+    aggregates: &'a [report::Aggregate],
+    runs: &'a [RunSummary],
+}
+
+/// Per (cell, policy): latencies over seeds, per-seed utilisation (slowest server first), and
+/// the capacity shares in that order.
+type Pooled = (Vec<f64>, Vec<Vec<f64>>, Vec<f64>);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn run(args: SelectArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        args.servers >= 2 && args.slots >= 1,
+        "a fleet needs at least 2 servers of 1 slot"
+    );
+    let shape = FleetShape {
+        servers: args.servers,
+        slots: args.slots,
+        mean_work: Duration::from_secs_f64(args.mean_work_ms / 1e3),
+    };
+    let knobs = VolleyKnobs {
+        capacity: args.capacity,
+        pace_max: Duration::from_secs_f64(args.pace_max_ms / 1e3),
+        max_hold: Duration::from_secs_f64(args.max_hold_ms / 1e3),
+        reservation: Duration::from_secs_f64(args.reservation_ms / 1e3),
+    };
+    let seeds: Vec<u64> = (0..args.seeds.unwrap_or(if args.quick { 1 } else { 5 }))
+        .map(|k| args.first_seed + k)
+        .collect();
+    let (warmup, measure) = if args.quick {
+        (
+            Duration::from_millis(args.warmup_ms.unwrap_or(200)),
+            Duration::from_millis(args.measure_ms.unwrap_or(700)),
+        )
+    } else {
+        (
+            Duration::from_millis(args.warmup_ms.unwrap_or(300)),
+            Duration::from_millis(args.measure_ms.unwrap_or(1000)),
+        )
+    };
+    let recovery_drop = Duration::from_secs_f64(if args.quick {
+        args.recovery_drop_s.min(1.0)
+    } else {
+        args.recovery_drop_s
+    });
+    let cells = plan(&args, measure, recovery_drop)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = !args.no_pin && cpus >= 2;
+    if pin {
+        pin_to(1);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    if args.records {
+        std::fs::create_dir_all(args.out.join("records"))?;
+    }
+    let total: u64 = (cells.iter().map(|c| c.policies.len()).sum::<usize>() * seeds.len()) as u64;
+    let wall: f64 = cells
+        .iter()
+        .map(|c| c.policies.len() as f64 * (warmup + c.measure).as_secs_f64())
+        .sum::<f64>()
+        * seeds.len() as f64;
+    eprintln!(
+        "volley-lab select: {} cells, {} runs over {} seed(s), about {:.0} s of arrivals; results in {}",
+        cells.len(),
+        total,
+        seeds.len(),
+        wall,
+        args.out.display()
+    );
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} runs (eta {eta}) {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut runs: Vec<RunSummary> = Vec::new();
+    // Pooled latencies and sorted utilisation for the plots, per (cell, policy).
+    let mut pooled: HashMap<(usize, String), Pooled> = HashMap::new();
+    for &seed in &seeds {
+        for (ci, cell) in cells.iter().enumerate() {
+            let spec = TraceSpec {
+                shape,
+                workload: cell.workload,
+                load: cell.load,
+                requests: cell.requests,
+                seed,
+                warmup,
+                measure: cell.measure,
+                recovery_drop,
+            };
+            let trace = spec.draw();
+            let mut order = cell.policies.clone();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ ci as u64));
+            for policy in order {
+                bar.set_message(format!(
+                    "seed {seed} {} {:.2} {} {}",
+                    cell.workload.name(),
+                    cell.load,
+                    cell.requests.name(),
+                    policy.name()
+                ));
+                let (summary, records) =
+                    one_run(&rt, shape, &trace, &spec, policy, &knobs, &key, pin, seed)?;
+                if args.records {
+                    write_records(&args.out, &summary, &records)?;
+                }
+                let entry = pooled.entry((ci, summary.policy.clone())).or_default();
+                entry
+                    .0
+                    .extend(report::latencies(&records, warmup, trace.end));
+                let mut idx: Vec<usize> = (0..summary.utilisation.len()).collect();
+                idx.sort_by(|&a, &b| {
+                    summary.capacity_share[a]
+                        .total_cmp(&summary.capacity_share[b])
+                        .then(a.cmp(&b))
+                });
+                entry
+                    .1
+                    .push(idx.iter().map(|&i| summary.utilisation[i]).collect());
+                entry.2 = idx.iter().map(|&i| summary.capacity_share[i]).collect();
+                runs.push(summary);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let aggregates = report::aggregate(&runs);
+    let setup = Setup {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: machine(),
+        cpus,
+        pinned: pin,
+        seeds: seeds.clone(),
+        shape,
+        knobs,
+        warmup_ms: warmup.as_millis() as u64,
+        recovery_drop_s: recovery_drop.as_secs_f64(),
+        connect_timeout_ms: CONNECT_TIMEOUT.as_millis() as u64,
+        request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
+        peak_ewma_decay_s: 10,
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    // Plots: each cell at load 0.85 (every workload), plus any cell when there are few.
+    let mut plots = Vec::new();
+    for (ci, cell) in cells.iter().enumerate() {
+        if (cell.load - 0.85).abs() > 1e-9 && cells.len() > 8 {
+            continue;
+        }
+        let names: Vec<String> = cell.policies.iter().map(|p| p.name()).collect();
+        let mut lat = Vec::new();
+        let mut util = Vec::new();
+        let mut share = Vec::new();
+        for name in &names {
+            let Some((l, u, s)) = pooled.get_mut(&(ci, name.clone())) else {
+                continue;
+            };
+            l.sort_by(f64::total_cmp);
+            let n = u.len().max(1) as f64;
+            let mean: Vec<f64> = (0..s.len())
+                .map(|k| {
+                    u.iter()
+                        .map(|v| v.get(k).copied().unwrap_or(0.0))
+                        .sum::<f64>()
+                        / n
+                })
+                .collect();
+            lat.push(l.clone());
+            util.push(mean);
+            share = s.clone();
+        }
+        let series: Vec<plot::Series<'_>> = names
+            .iter()
+            .zip(lat.iter().zip(util.iter()))
+            .map(|(name, (l, u))| plot::Series {
+                name,
+                latencies: l,
+                utilisation: u,
+            })
+            .collect();
+        let stem = format!(
+            "{}-{:.2}-r{}",
+            cell.workload.name(),
+            cell.load,
+            if cell.requests == Requests::One {
+                "1"
+            } else {
+                "10"
+            }
+        );
+        let title = format!(
+            "{} fleet, load {:.2}, {} request(s)/session, {} seed(s) pooled",
+            cell.workload.name(),
+            cell.load,
+            cell.requests.name(),
+            seeds.len()
+        );
+        let cdf = format!("cdf-{stem}.svg");
+        plot::latency_cdf(
+            &args.out.join(&cdf),
+            &format!("Latency CDF — {title}"),
+            &series,
+        )?;
+        let ut = format!("util-{stem}.svg");
+        plot::utilisation(
+            &args.out.join(&ut),
+            &format!("Utilisation per server — {title}"),
+            &series,
+            &share,
+        )?;
+        plots.push((cdf, ut));
+    }
+    let mut md = format!(
+        "# volley-lab select\n\nCommand: `{}`\n\nMachine: {} ({} CPUs{}). Fleet: {} servers × {} slots, mean work {:.0} ms (exponential), \
+         sleep-based. Volley servers: capacity {}, paced max delay {:?}, gated max hold {:?}, reservation {:?}. \
+         Seeds: {:?}. Warm-up {:?}; measured period per run as below; connect timeout {:?}, request timeout {:?}. Wall time {:.0} s.\n\n\
+         p99 cells: median over seeds (min–max). `timeout`: the percentile falls on a session that timed out.\n",
+        setup.command,
+        setup.machine,
+        cpus,
+        if pin {
+            ", fleet pinned to CPU 0, clients to CPU 1"
+        } else {
+            ", not pinned"
+        },
+        shape.servers,
+        shape.slots,
+        args.mean_work_ms,
+        knobs.capacity,
+        knobs.pace_max,
+        knobs.max_hold,
+        knobs.reservation,
+        seeds,
+        warmup,
+        CONNECT_TIMEOUT,
+        REQUEST_TIMEOUT,
+        setup.wall_s
+    );
+    md.push_str(&report::markdown(&aggregates));
+    md.push_str("\n## Plots\n\n");
+    for (cdf, ut) in &plots {
+        md.push_str(&format!("- [{cdf}]({cdf}), [{ut}]({ut})\n"));
+    }
+    std::fs::write(args.out.join("results.md"), &md)?;
+    let json = serde_json::to_string_pretty(&Output {
+        setup: &setup,
+        aggregates: &aggregates,
+        runs: &runs,
+    })?;
+    std::fs::write(args.out.join("results.json"), json)?;
+    println!("{md}");
+    eprintln!(
+        "wrote {}/results.md, results.json and {} plots in {:.0} s",
+        args.out.display(),
+        plots.len() * 2,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The matrix of the mode, filtered by the flags.
+fn plan(
+    args: &SelectArgs,
+    measure: Duration,
+    recovery_drop: Duration,
+) -> anyhow::Result<Vec<Cell>> {
+    let explicit: Option<Vec<Policy>> = if args.policies.is_empty() {
+        None
+    } else if args.policies.iter().any(|p| p == "all") {
+        Some(Policy::all())
+    } else {
+        Some(
+            args.policies
+                .iter()
+                .map(|n| {
+                    Policy::parse(n).with_context(|| {
+                        format!(
+                            "unknown policy {n:?}; known: {}",
+                            Policy::all()
+                                .iter()
+                                .map(|p| p.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        )
+    };
+    let mut core = Policy::peers();
+    core.extend(CORE_VOLLEY.iter().filter_map(|n| Policy::parse(n)));
+    let workloads: Vec<Workload> = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    let loads: Vec<f64> = if args.loads.is_empty() {
+        LOADS.to_vec()
+    } else {
+        args.loads.clone()
+    };
+    anyhow::ensure!(
+        loads.iter().all(|&l| l > 0.0 && l < 2.0),
+        "loads must be in (0, 2)"
+    );
+    let recovery_measure = (recovery_drop
+        + if args.quick {
+            Duration::from_millis(1500)
+        } else {
+            Duration::from_secs(3)
+        })
+    .max(measure);
+    let mut cells = Vec::new();
+    let headline = |w: Workload, l: f64| w == Workload::HalfSlow && (l - 0.85).abs() < 1e-9;
+    for &w in &workloads {
+        let cell_loads: Vec<f64> = if args.quick {
+            loads
+                .iter()
+                .copied()
+                .filter(|l| (l - 0.85).abs() < 1e-9 || !args.loads.is_empty())
+                .collect()
+        } else if w == Workload::Recovery && args.loads.is_empty() {
+            // A 10 s drop per run: at 0.85 only (see docs/RESULTS.md).
+            vec![0.85]
+        } else {
+            loads.clone()
+        };
+        for l in cell_loads {
+            let policies = match &explicit {
+                Some(p) => p.clone(),
+                None if headline(w, l) && !args.quick => Policy::all(),
+                None => core.clone(),
+            };
+            cells.push(Cell {
+                workload: w,
+                load: l,
+                requests: Requests::One,
+                policies,
+                measure: if w == Workload::Recovery {
+                    recovery_measure
+                } else {
+                    measure
+                },
+            });
+        }
+    }
+    if args.long_sessions && !args.quick {
+        for &w in workloads
+            .iter()
+            .filter(|w| matches!(w, Workload::Homogeneous | Workload::HalfSlow))
+        {
+            if loads.iter().any(|l| (l - 0.85).abs() < 1e-9) {
+                cells.push(Cell {
+                    workload: w,
+                    load: 0.85,
+                    requests: Requests::About10,
+                    policies: explicit.clone().unwrap_or_else(|| core.clone()),
+                    measure: measure * 3,
+                });
+            }
+        }
+    }
+    anyhow::ensure!(!cells.is_empty(), "nothing to run");
+    Ok(cells)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_run(
+    rt: &tokio::runtime::Runtime,
+    shape: FleetShape,
+    trace: &workload::Trace,
+    spec: &TraceSpec,
+    policy: Policy,
+    knobs: &VolleyKnobs,
+    key: &StaticKeypair,
+    pin: bool,
+    seed: u64,
+) -> anyhow::Result<(RunSummary, Vec<policy::Record>)> {
+    let fleet = Fleet::start(
+        shape,
+        trace.schedule.clone(),
+        policy.answering(knobs),
+        key.clone(),
+        pin.then_some(0),
+    )?;
+    let mean_session = shape.mean_work.mul_f64(spec.requests.mean());
+    let ctx = Arc::new(RunCtx::new(
+        fleet.addrs.clone(),
+        fleet.load_ports.clone(),
+        fleet.key,
+        fleet.start,
+        shape.slots,
+        mean_session,
+        seed,
+        (CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+    ));
+    let states = fleet.state.clone();
+    let (warm_at, end_at) = (fleet.start + trace.warmup, fleet.start + trace.end);
+    let records = rt.block_on(async {
+        // Slot time worked in the measured period: read at its start and end.
+        let snap = {
+            let states = states.clone();
+            tokio::spawn(async move {
+                let read = |s: &[Arc<fleet::ServerState>]| -> Vec<u64> {
+                    s.iter()
+                        .map(|x| x.busy_us.load(std::sync::atomic::Ordering::Relaxed))
+                        .collect()
+                };
+                tokio::time::sleep_until(warm_at.into()).await;
+                let a = read(&states);
+                tokio::time::sleep_until(end_at.into()).await;
+                let b = read(&states);
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| b.saturating_sub(*a))
+                    .collect::<Vec<u64>>()
+            })
+        };
+        let records = policy::drive(policy, ctx, trace.jobs.clone()).await?;
+        let busy = snap.await?;
+        anyhow::Ok((records, busy))
+    })?;
+    let (records, busy_us) = records;
+    let stats = fleet.stop()?;
+    let summary = report::summarise(
+        &records,
+        RunMeta {
+            workload: spec.workload,
+            load: spec.load,
+            requests: spec.requests,
+            policy: policy.name(),
+            seed,
+            warmup: trace.warmup,
+            end: trace.end,
+            schedule: &trace.schedule,
+            busy_us,
+            slots: shape.slots,
+            servers: shape.servers,
+            capacity_share: trace.schedule.capacity_share(&shape),
+            stats: &stats,
+        },
+    );
+    Ok((summary, records))
+}
+
+fn write_records(out: &Path, s: &RunSummary, records: &[policy::Record]) -> anyhow::Result<()> {
+    let name = format!(
+        "{}-{:.2}-r{}-{}-seed{}.jsonl",
+        s.workload.name(),
+        s.load,
+        if s.requests == Requests::One {
+            "1"
+        } else {
+            "10"
+        },
+        s.policy,
+        s.seed
+    );
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    std::fs::write(out.join("records").join(name), text)?;
+    Ok(())
+}
+
+/// Pins the calling thread to one CPU (best effort: a failure only costs isolation).
+pub(crate) fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+            tracing::warn!(cpu, error = %e, "could not pin thread");
+        }
+    }
+}
+
+/// The CPU model, from /proc/cpuinfo when there is one.
+fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}

@@ -1,0 +1,136 @@
+//! SVG plots with `plotters`: the latency CDF per policy and the utilisation per server.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// One policy's series.
+pub struct Series<'a> {
+    pub name: &'a str,
+    /// Sorted latencies in ms; infinite ones (timeouts) are left off the right edge.
+    pub latencies: &'a [f64],
+    /// Per server: utilisation, averaged over seeds.
+    pub utilisation: &'a [f64],
+}
+
+fn style(i: usize) -> ShapeStyle {
+    let color = Palette99::pick(i).to_rgba();
+    // Volley's policies come after the six peers: draw the peers thicker so they stand out.
+    ShapeStyle {
+        color,
+        filled: false,
+        stroke_width: if i < 6 { 3 } else { 1 },
+    }
+}
+
+/// The latency CDF (log x axis) of every series.
+pub fn latency_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::Result<()> {
+    let mut hi: f64 = 10.0;
+    let mut lo: f64 = f64::MAX;
+    for s in series {
+        if let Some(max) = s.latencies.iter().rev().find(|x| x.is_finite()) {
+            hi = hi.max(*max);
+        }
+        if let Some(min) = s.latencies.first() {
+            lo = lo.min(*min);
+        }
+    }
+    let lo = if lo.is_finite() && lo > 0.0 {
+        lo * 0.9
+    } else {
+        0.1
+    };
+    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((lo..hi * 1.1).log_scale(), 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("end-to-end latency, ms (log scale)")
+        .y_desc("fraction of sessions")
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let n = s.latencies.len().max(1) as f64;
+        // At most ~400 points per series.
+        let step = (s.latencies.len() / 400).max(1);
+        let points: Vec<(f64, f64)> = s
+            .latencies
+            .iter()
+            .enumerate()
+            .filter(|(k, x)| x.is_finite() && (k % step == 0 || *k + 1 == s.latencies.len()))
+            .map(|(k, &x)| (x.max(lo), (k + 1) as f64 / n))
+            .collect();
+        let st = style(i);
+        chart
+            .draw_series(LineSeries::new(points, st))?
+            .label(s.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Utilisation per server, one line per policy; servers in the order given.
+pub fn utilisation(
+    path: &Path,
+    title: &str,
+    series: &[Series<'_>],
+    capacity_share: &[f64],
+) -> anyhow::Result<()> {
+    let n = capacity_share.len();
+    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.utilisation.iter().copied())
+        .fold(1.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..(n.max(1) - 1) as f64, 0.0..ymax * 1.05)?;
+    chart
+        .configure_mesh()
+        .x_desc("server (sorted by capacity share, slowest first)")
+        .y_desc("utilisation (slot time worked / slot time)")
+        .draw()?;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        capacity_share[a]
+            .total_cmp(&capacity_share[b])
+            .then(a.cmp(&b))
+    });
+    for (i, s) in series.iter().enumerate() {
+        let points: Vec<(f64, f64)> = order
+            .iter()
+            .enumerate()
+            .map(|(x, &srv)| (x as f64, s.utilisation.get(srv).copied().unwrap_or(0.0)))
+            .collect();
+        let st = style(i);
+        chart
+            .draw_series(LineSeries::new(points, st))?
+            .label(s.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! Metrics of one run, their median and min–max over seeds, and the Markdown table.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use volley::ServerStats;
+
+use super::policy::{Outcome, Record};
+use super::workload::{Requests, Schedule, Workload};
+
+/// Everything measured in one run (one policy, one cell, one seed), over the sessions scheduled
+/// in the measured period.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub workload: Workload,
+    pub load: f64,
+    pub requests: Requests,
+    pub policy: String,
+    pub seed: u64,
+    /// Sessions scheduled in the measured period.
+    pub sessions: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub timeouts: usize,
+    /// End-to-end latency from the scheduled arrival to the last reply, ms; sessions that
+    /// timed out count as infinitely late (`null` in JSON), failed ones are left out.
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub mean_ms: f64,
+    /// Successful sessions over sessions scheduled.
+    pub goodput: f64,
+    /// Scheduled arrival to session established, median, ms.
+    pub connect_p50_ms: f64,
+    /// The winning offer's answer time (probe RTT plus pacing), median, ms.
+    pub answer_p50_ms: f64,
+    pub probes_per_session: f64,
+    pub probe_bytes_per_session: f64,
+    /// Most picks on one server within 1 ms, summed over windows, over the same sum expected of
+    /// uniform random picks (1 = as random; lower = spread better than random).
+    pub herding: f64,
+    /// Per server: slot time worked over slot time available in the measured period.
+    pub utilisation: Vec<f64>,
+    /// Per server: its share of the fleet's capacity.
+    pub capacity_share: Vec<f64>,
+    /// Per server: its share of the work done.
+    pub work_share: Vec<f64>,
+    /// Recovery workload: from the drop's start to the end of the last 250 ms bucket whose p99
+    /// exceeded 1.5× the pre-drop p99, seconds.
+    pub recovery_s: Option<f64>,
+    /// Server counters summed over the fleet (whole run).
+    pub withheld: u64,
+    pub held: u64,
+    pub hold_dropped: u64,
+    pub init_refused: u64,
+}
+
+/// The inputs of a summary besides the records.
+pub struct RunMeta<'a> {
+    pub workload: Workload,
+    pub load: f64,
+    pub requests: Requests,
+    pub policy: String,
+    pub seed: u64,
+    pub warmup: Duration,
+    pub end: Duration,
+    pub schedule: &'a Schedule,
+    pub busy_us: Vec<u64>,
+    pub slots: usize,
+    pub servers: usize,
+    pub capacity_share: Vec<f64>,
+    pub stats: &'a [ServerStats],
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+/// The latencies (ms) of the measured sessions: successful ones, and timeouts as infinity.
+pub fn latencies(records: &[Record], warmup: Duration, end: Duration) -> Vec<f64> {
+    let (lo, hi) = (warmup.as_micros() as u64, end.as_micros() as u64);
+    let mut v: Vec<f64> = records
+        .iter()
+        .filter(|r| r.at_us >= lo && r.at_us < hi)
+        .filter_map(|r| match (r.outcome, r.done_us) {
+            (Outcome::Ok, Some(d)) => Some(d.saturating_sub(r.at_us) as f64 / 1e3),
+            (Outcome::Timeout, _) => Some(f64::INFINITY),
+            _ => None,
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+pub fn summarise(records: &[Record], meta: RunMeta<'_>) -> RunSummary {
+    let (lo, hi) = (meta.warmup.as_micros() as u64, meta.end.as_micros() as u64);
+    let measured: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.at_us >= lo && r.at_us < hi)
+        .collect();
+    let lat = latencies(records, meta.warmup, meta.end);
+    let count = |o| measured.iter().filter(|r| r.outcome == o).count();
+    let (ok, failed, timeouts) = (
+        count(Outcome::Ok),
+        count(Outcome::Failed),
+        count(Outcome::Timeout),
+    );
+    let finite: Vec<f64> = lat.iter().copied().filter(|x| x.is_finite()).collect();
+    let mean_ms = if finite.is_empty() {
+        f64::NAN
+    } else {
+        finite.iter().sum::<f64>() / finite.len() as f64
+    };
+    let connect: Vec<f64> = measured
+        .iter()
+        .filter_map(|r| {
+            r.connected_us
+                .map(|c| c.saturating_sub(r.at_us) as f64 / 1e3)
+        })
+        .collect();
+    let answer: Vec<f64> = measured
+        .iter()
+        .filter_map(|r| r.answer_us.map(|a| a as f64 / 1e3))
+        .collect();
+    let n = measured.len().max(1) as f64;
+    let probes = measured.iter().map(|r| r.probes as f64).sum::<f64>() / n;
+    let probe_bytes = measured.iter().map(|r| r.probe_bytes as f64).sum::<f64>() / n;
+    let span = meta.end.saturating_sub(meta.warmup).as_secs_f64().max(1e-9);
+    let utilisation: Vec<f64> = meta
+        .busy_us
+        .iter()
+        .map(|&b| b as f64 / 1e6 / (meta.slots as f64 * span))
+        .collect();
+    let busy_total: f64 = meta.busy_us.iter().map(|&b| b as f64).sum::<f64>().max(1.0);
+    let work_share = meta
+        .busy_us
+        .iter()
+        .map(|&b| b as f64 / busy_total)
+        .collect();
+    let recovery_s = (meta.workload == Workload::Recovery)
+        .then(|| recovery(records, meta.schedule, meta.warmup, meta.end))
+        .flatten();
+    let sum = |f: fn(&ServerStats) -> u64| meta.stats.iter().map(f).sum::<u64>();
+    RunSummary {
+        workload: meta.workload,
+        load: meta.load,
+        requests: meta.requests,
+        policy: meta.policy,
+        seed: meta.seed,
+        sessions: measured.len(),
+        ok,
+        failed,
+        timeouts,
+        p50_ms: percentile(&lat, 0.5),
+        p90_ms: percentile(&lat, 0.9),
+        p99_ms: percentile(&lat, 0.99),
+        p999_ms: percentile(&lat, 0.999),
+        mean_ms,
+        goodput: ok as f64 / n,
+        connect_p50_ms: median_of(connect),
+        answer_p50_ms: median_of(answer),
+        probes_per_session: probes,
+        probe_bytes_per_session: probe_bytes,
+        herding: herding(&measured, meta.servers),
+        utilisation,
+        capacity_share: meta.capacity_share,
+        work_share,
+        recovery_s,
+        withheld: sum(|s| s.probes_withheld_full + s.probes_withheld_under_load),
+        held: sum(|s| s.probes_held),
+        hold_dropped: sum(|s| s.probes_dropped_hold_expired + s.probes_dropped_queue_full),
+        init_refused: sum(|s| s.init_refused_full + s.init_under_load),
+    }
+}
+
+/// Picks per 1 ms window (by the time the session was established): the busiest server's count,
+/// summed, over what uniform random picks among the servers would give (Monte Carlo, seeded).
+fn herding(measured: &[&Record], servers: usize) -> f64 {
+    let mut windows: HashMap<u64, HashMap<u16, u32>> = HashMap::new();
+    for r in measured {
+        if let (Some(c), Some(s)) = (r.connected_us, r.server) {
+            *windows.entry(c / 1000).or_default().entry(s).or_default() += 1;
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(0x4e7d);
+    let mut expected_cache: HashMap<u32, f64> = HashMap::new();
+    let (mut seen, mut expected) = (0.0, 0.0);
+    for w in windows.values() {
+        let n: u32 = w.values().sum();
+        if n < 2 {
+            continue;
+        }
+        seen += *w.values().max().unwrap_or(&0) as f64;
+        expected += *expected_cache.entry(n).or_insert_with(|| {
+            let draws = 400;
+            let mut total = 0u64;
+            let mut counts = vec![0u32; servers.max(1)];
+            for _ in 0..draws {
+                counts.iter_mut().for_each(|c| *c = 0);
+                for _ in 0..n {
+                    counts[rng.gen_range(0..servers.max(1))] += 1;
+                }
+                total += *counts.iter().max().unwrap_or(&0) as u64;
+            }
+            total as f64 / draws as f64
+        });
+    }
+    if expected > 0.0 {
+        seen / expected
+    } else {
+        f64::NAN
+    }
+}
+
+/// See [`RunSummary::recovery_s`]. None when there is no drop in the measured period.
+fn recovery(
+    records: &[Record],
+    schedule: &Schedule,
+    warmup: Duration,
+    end: Duration,
+) -> Option<f64> {
+    let drop_at = schedule.event_at?;
+    let before = latencies(records, warmup, drop_at);
+    let base = percentile(&before, 0.99);
+    if !base.is_finite() {
+        return None;
+    }
+    let threshold = 1.5 * base;
+    let bucket = Duration::from_millis(250);
+    let mut t = drop_at;
+    let mut last_bad = None;
+    while t < end {
+        let next = (t + bucket).min(end);
+        let l = latencies(records, t, next);
+        if !l.is_empty() && percentile(&l, 0.99) > threshold {
+            last_bad = Some(next);
+        }
+        t = next;
+    }
+    Some(last_bad.map_or(0.0, |b| b.saturating_sub(drop_at).as_secs_f64()))
+}
+
+/// Median and min–max over seeds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
+        if v.is_empty() {
+            return Spread {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        // The lower median for an even count, so that it is a measured value.
+        let median = v[(v.len() - 1) / 2];
+        Spread {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// One policy in one cell, over seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Aggregate {
+    pub workload: Workload,
+    pub load: f64,
+    pub requests: Requests,
+    pub policy: String,
+    pub seeds: usize,
+    pub p50_ms: Spread,
+    pub p90_ms: Spread,
+    pub p99_ms: Spread,
+    pub p999_ms: Spread,
+    pub goodput: Spread,
+    pub failed: Spread,
+    pub timeouts: Spread,
+    pub herding: Spread,
+    pub probes_per_session: Spread,
+    pub probe_bytes_per_session: Spread,
+    pub answer_p50_ms: Spread,
+    pub max_utilisation: Spread,
+    pub recovery_s: Option<Spread>,
+}
+
+/// Groups runs by cell and policy, keeping first-seen order.
+pub fn aggregate(runs: &[RunSummary]) -> Vec<Aggregate> {
+    let mut order: Vec<(Workload, u64, Requests, String)> = Vec::new();
+    let mut groups: HashMap<(Workload, u64, Requests, String), Vec<&RunSummary>> = HashMap::new();
+    for r in runs {
+        let key = (
+            r.workload,
+            (r.load * 1000.0).round() as u64,
+            r.requests,
+            r.policy.clone(),
+        );
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().push(r);
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let g = &groups[&key];
+            let s = |f: &dyn Fn(&RunSummary) -> f64| Spread::of(g.iter().map(|r| f(r)));
+            Aggregate {
+                workload: key.0,
+                load: g[0].load,
+                requests: key.2,
+                policy: key.3.clone(),
+                seeds: g.len(),
+                p50_ms: s(&|r| r.p50_ms),
+                p90_ms: s(&|r| r.p90_ms),
+                p99_ms: s(&|r| r.p99_ms),
+                p999_ms: s(&|r| r.p999_ms),
+                goodput: s(&|r| r.goodput),
+                failed: s(&|r| r.failed as f64),
+                timeouts: s(&|r| r.timeouts as f64),
+                herding: s(&|r| r.herding),
+                probes_per_session: s(&|r| r.probes_per_session),
+                probe_bytes_per_session: s(&|r| r.probe_bytes_per_session),
+                answer_p50_ms: s(&|r| r.answer_p50_ms),
+                max_utilisation: s(&|r| r.utilisation.iter().copied().fold(0.0, f64::max)),
+                recovery_s: g
+                    .iter()
+                    .all(|r| r.recovery_s.is_some())
+                    .then(|| s(&|r| r.recovery_s.unwrap_or(f64::NAN))),
+            }
+        })
+        .collect()
+}
+
+fn ms(x: f64) -> String {
+    if x.is_infinite() {
+        "timeout".into()
+    } else if x.is_nan() {
+        "—".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn spread_ms(s: &Spread) -> String {
+    format!("{} ({}–{})", ms(s.median), ms(s.min), ms(s.max))
+}
+
+/// The Markdown tables: one per cell, policies as rows.
+pub fn markdown(aggs: &[Aggregate]) -> String {
+    let mut out = String::new();
+    let mut cells: Vec<(Workload, u64, Requests)> = Vec::new();
+    for a in aggs {
+        let c = (a.workload, (a.load * 1000.0).round() as u64, a.requests);
+        if !cells.contains(&c) {
+            cells.push(c);
+        }
+    }
+    for (w, l, r) in cells {
+        let rows: Vec<&Aggregate> = aggs
+            .iter()
+            .filter(|a| a.workload == w && (a.load * 1000.0).round() as u64 == l && a.requests == r)
+            .collect();
+        let seeds = rows.iter().map(|a| a.seeds).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "\n#### {} · load {:.2} · {} request(s) per session · {} seed(s)\n",
+            w.name(),
+            l as f64 / 1000.0,
+            r.name(),
+            seeds
+        );
+        let recovery = rows.iter().any(|a| a.recovery_s.is_some());
+        let _ = write!(
+            out,
+            "| policy | p50 ms | p90 ms | p99 ms | p99.9 ms | goodput | failed | timeouts | herding | probes/session | answer p50 ms | max util |"
+        );
+        if recovery {
+            out.push_str(" recovery s |");
+        }
+        out.push('\n');
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        if recovery {
+            out.push_str("---|");
+        }
+        out.push('\n');
+        for a in rows {
+            let _ = write!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {:.2} |",
+                a.policy,
+                ms(a.p50_ms.median),
+                ms(a.p90_ms.median),
+                spread_ms(&a.p99_ms),
+                ms(a.p999_ms.median),
+                a.goodput.median,
+                a.failed.median,
+                a.timeouts.median,
+                a.herding.median,
+                a.probes_per_session.median,
+                ms(a.answer_p50_ms.median),
+                a.max_utilisation.median,
+            );
+            if let Some(rs) = a.recovery_s {
+                let _ = write!(out, " {:.2} ({:.2}–{:.2}) |", rs.median, rs.min, rs.max);
+            } else if recovery {
+                out.push_str(" — |");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_count_timeouts_as_infinitely_late() {
+        let mut v: Vec<f64> = (1..=99).map(|x| x as f64).collect();
+        v.push(f64::INFINITY);
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert!(percentile(&v, 0.999).is_infinite());
+        let s = Spread::of([3.0, 1.0, 2.0, f64::NAN, 5.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 5.0));
+    }
+
+    #[test]
+    fn herding_is_one_for_random_like_picks_and_high_for_a_herd() {
+        let rec = |c: u64, s: u16| Record {
+            at_us: 0,
+            connected_us: Some(c),
+            done_us: Some(c + 1),
+            server: Some(s),
+            outcome: Outcome::Ok,
+            probes: 1,
+            probe_bytes: 0,
+            answer_us: None,
+        };
+        // 200 windows of 8 picks, all on one server: the busiest takes 8 where random gives ~2.
+        let herd: Vec<Record> = (0..1600).map(|i| rec((i / 8) * 1000, 3)).collect();
+        let refs: Vec<&Record> = herd.iter().collect();
+        assert!(herding(&refs, 16) > 3.0);
+        // Spread perfectly: 8 distinct servers per window — better than random.
+        let spread: Vec<Record> = (0..1600)
+            .map(|i| rec((i / 8) * 1000, (i % 8) as u16))
+            .collect();
+        let refs: Vec<&Record> = spread.iter().collect();
+        assert!(herding(&refs, 16) < 1.0);
+    }
+}

@@ -1,0 +1,234 @@
+//! Small, fast checks of the benchmark's machinery on a tiny fleet (CI runs these; the benchmark
+//! itself is a command). Nothing here asserts a timing: only outcomes and counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fleet::Fleet;
+use super::policy::{self, Outcome, Policy, RunCtx, VolleyKnobs};
+use super::workload::{FleetShape, Requests, TraceSpec, Workload};
+use volley::StaticKeypair;
+
+const SHAPE: FleetShape = FleetShape {
+    servers: 4,
+    slots: 2,
+    mean_work: Duration::from_millis(2),
+};
+
+const KNOBS: VolleyKnobs = VolleyKnobs {
+    capacity: 8,
+    pace_max: Duration::from_millis(5),
+    max_hold: Duration::from_millis(200),
+    reservation: Duration::from_millis(1),
+};
+
+/// Runs `policy` over a fresh tiny fleet; returns the records and the fleet's sinkhole or
+/// silent server.
+fn run(
+    policy: Policy,
+    workload: Workload,
+    load: f64,
+    requests: Requests,
+) -> (Vec<policy::Record>, Option<usize>) {
+    let spec = TraceSpec {
+        shape: SHAPE,
+        workload,
+        load,
+        requests,
+        seed: 3,
+        warmup: Duration::from_millis(50),
+        measure: Duration::from_millis(400),
+        recovery_drop: Duration::from_millis(100),
+    };
+    let trace = spec.draw();
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let fleet = Fleet::start(
+        SHAPE,
+        trace.schedule.clone(),
+        policy.answering(&KNOBS),
+        key,
+        None,
+    )
+    .expect("fleet starts");
+    let ctx = Arc::new(RunCtx::new(
+        fleet.addrs.clone(),
+        fleet.load_ports.clone(),
+        fleet.key,
+        fleet.start,
+        SHAPE.slots,
+        SHAPE.mean_work,
+        3,
+        (Duration::from_secs(2), Duration::from_secs(1)),
+    ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let records = rt
+        .block_on(policy::drive(policy, ctx, trace.jobs.clone()))
+        .expect("drive");
+    assert_eq!(records.len(), trace.jobs.len(), "one record per session");
+    let odd = trace.schedule.odd_one;
+    fleet.stop().expect("fleet stops");
+    (records, odd)
+}
+
+#[test]
+fn select_every_policy_completes_its_sessions_on_a_small_fleet() {
+    for policy in Policy::peers().into_iter().chain([
+        Policy::parse("volley-earliest-paced-d3").expect("known"),
+        Policy::parse("volley-window-immediate-all").expect("known"),
+        Policy::parse("volley-earliest-gated-d2").expect("known"),
+    ]) {
+        let (records, _) = run(policy, Workload::Homogeneous, 0.3, Requests::One);
+        let ok = records.iter().filter(|r| r.outcome == Outcome::Ok).count();
+        assert!(
+            records.len() > 50,
+            "{}: {} sessions",
+            policy.name(),
+            records.len()
+        );
+        // Light load, loopback: every session must complete; a lost one is a lab bug.
+        assert_eq!(ok, records.len(), "{}", policy.name());
+        for r in &records {
+            assert!(
+                r.server.is_some(),
+                "{}: a session without a server",
+                policy.name()
+            );
+            assert!(r.done_us >= r.connected_us && r.connected_us.is_some());
+            assert!(r.probes >= 1);
+        }
+        if let Policy::Volley {
+            fanout: Some(d), ..
+        } = policy
+        {
+            let first_race = records.iter().map(|r| r.probes).min().unwrap_or(0);
+            assert_eq!(first_race, d as u32, "{}: probes per race", policy.name());
+        }
+    }
+}
+
+#[test]
+fn select_oracle_never_runs_more_sessions_than_slots() {
+    // Sessions of ~10 requests at load 0.9: the central queue must hold sessions back rather
+    // than overfill a server.
+    let (records, _) = run(
+        Policy::Oracle,
+        Workload::Homogeneous,
+        0.9,
+        Requests::About10,
+    );
+    let mut events: Vec<(u64, i32, u16)> = Vec::new();
+    for r in records.iter().filter(|r| r.outcome == Outcome::Ok) {
+        let (Some(c), Some(d), Some(s)) = (r.connected_us, r.done_us, r.server) else {
+            continue;
+        };
+        events.push((c, 1, s));
+        events.push((d, -1, s));
+    }
+    events.sort_by_key(|&(t, delta, _)| (t, delta));
+    let mut open = [0i32; SHAPE.servers];
+    for (_, delta, s) in events {
+        open[s as usize] += delta;
+        // Established to done is within the slot's life (slot freed after done).
+        assert!(
+            open[s as usize] <= SHAPE.slots as i32,
+            "server {s} over its slots"
+        );
+    }
+}
+
+#[test]
+fn select_sinkhole_failures_are_counted_and_come_from_the_sinkhole() {
+    let (records, odd) = run(Policy::RoundRobin, Workload::Sinkhole, 0.3, Requests::One);
+    let sink = odd.expect("a sinkhole") as u16;
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .collect();
+    // Round-robin sends a quarter of the sessions to the sinkhole.
+    assert!(
+        failed.len() * 5 > records.len(),
+        "{} of {}",
+        failed.len(),
+        records.len()
+    );
+    assert!(failed.iter().all(|r| r.server == Some(sink)));
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.server != Some(sink))
+            .all(|r| r.outcome == Outcome::Ok)
+    );
+}
+
+#[test]
+fn select_a_silent_server_costs_round_robin_timeouts_and_volley_none() {
+    let (rr, odd) = run(Policy::RoundRobin, Workload::Silent, 0.3, Requests::One);
+    let silent = odd.expect("a silent server") as u16;
+    let timeouts = rr.iter().filter(|r| r.outcome == Outcome::Timeout).count();
+    assert!(
+        timeouts > 10,
+        "round-robin keeps sending to the silent server: {timeouts}"
+    );
+    let volley = Policy::parse("volley-earliest-immediate-all").expect("known");
+    let (v, _) = run(volley, Workload::Silent, 0.3, Requests::One);
+    // A race ignores a server that does not answer; only a session already on it when it went
+    // silent can time out (at most its share of the sessions in flight at that moment).
+    let lost = v.iter().filter(|r| r.outcome == Outcome::Timeout).count();
+    assert!(lost <= 2 * SHAPE.slots, "volley lost {lost}");
+    let late_on_silent = v
+        .iter()
+        .filter(|r| r.server == Some(silent) && r.outcome == Outcome::Ok)
+        .filter(|r| r.at_us > 250_000)
+        .count();
+    assert_eq!(
+        late_on_silent, 0,
+        "no session chose the silent server after it went silent"
+    );
+}
+
+#[test]
+fn select_run_writes_the_table_the_json_and_the_plots() {
+    let dir = std::env::temp_dir().join(format!("volley-lab-select-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = super::SelectArgs {
+        out: dir.clone(),
+        quick: true,
+        seeds: Some(1),
+        first_seed: 1,
+        workloads: vec![Workload::HalfSlow],
+        loads: vec![0.5],
+        policies: vec!["random".into(), "volley-earliest-paced-d2".into()],
+        measure_ms: Some(300),
+        warmup_ms: Some(50),
+        recovery_drop_s: 1.0,
+        servers: 4,
+        slots: 2,
+        mean_work_ms: 2.0,
+        capacity: 8,
+        pace_max_ms: 5.0,
+        max_hold_ms: 200.0,
+        reservation_ms: 1.0,
+        long_sessions: false,
+        no_pin: true,
+        records: true,
+    };
+    super::run(args).expect("select runs");
+    let md = std::fs::read_to_string(dir.join("results.md")).expect("results.md");
+    assert!(md.contains("| random |") && md.contains("| volley-earliest-paced-d2 |"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).expect("json"))
+            .expect("valid JSON");
+    assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(2));
+    for f in ["cdf-half-slow-0.50-r1.svg", "util-half-slow-0.50-r1.svg"] {
+        let svg = std::fs::read_to_string(dir.join(f)).expect("plot written");
+        assert!(svg.starts_with("<svg") && svg.contains("random"), "{f}");
+    }
+    let records = std::fs::read_dir(dir.join("records"))
+        .expect("records")
+        .count();
+    assert_eq!(records, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

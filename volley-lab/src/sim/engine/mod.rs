@@ -1,0 +1,727 @@
+//! The event loop: a fleet of FIFO multi-slot queues, each fronted by a real
+//! [`ServerEndpoint`], and arriving sessions that pick a server by running a real
+//! [`volley_proto::client::race::Race`] against `fanout` of them — on a virtual clock, with no
+//! sockets.
+//!
+//! Time is `u64` nanoseconds from a fixed `Instant` base; the protocol sees `base + t`. Events
+//! are ordered by (time, sequence number) ([`super::queue`]), so a seed fixes the whole run.
+//!
+//! One session's life under [`Selector::Protocol`] ([`client`] and [`server`] hold the handlers):
+//!
+//! 1. **Arrival** (Poisson, fleet-wide): draw its work from the trace RNG, start a `Race` with a
+//!    fresh tag against `fanout` servers drawn uniformly without replacement, and put each PROBE
+//!    the race writes on the wire (one-way delay `net_base + U[0, net_jitter)` per datagram).
+//! 2. **PROBE at a server**: `ServerEndpoint::handle` answers now, later (paced, gated: the held
+//!    probe leaves through `poll_transmit` when the endpoint's own `poll_timeout` comes due) or
+//!    never (withheld when full). Every OFFER goes back on the wire.
+//! 3. **OFFER at the client**: decoded and handed to `Race::handle_offer`; the race's own
+//!    outcome (won, collected, late, …) decides. Race timers (probe retransmission, collection
+//!    window, deadline) are the race's `poll_timeout`/`handle_timeout`.
+//! 4. **Decided**: the Noise handshake is skipped (an X25519 operation per side would cost more
+//!    than the whole rest of a session). The INIT leg is one network delay; at the server, a
+//!    session beyond `capacity` sessions is refused as `ServerEndpoint` refuses an INIT when full
+//!    (REDIRECT without peers), and the client races again without that server, at most
+//!    `max_failovers` times, as `Connection` does. Otherwise the session is a job: served FIFO
+//!    by one of the server's slots for `work / speed`, then the reply takes one network delay.
+//!
+//! The server's load as the protocol sees it is the number of jobs there (in service and
+//! queued), given with `set_app_load`. Because no handshake runs, no session opens inside the
+//! endpoint, so the reservation an offer took is never released by its session as
+//! `ServerEndpoint` does on a real INIT (`Reservations::release_one`). The engine compensates:
+//! while the winning offer's reservation (sent + `reservation`) is still live, its job is left
+//! out of the app load, so that requests in flight plus offers outstanding count the job once,
+//! as in the real stack. (Side effect: within that window the endpoint's own "full" check sees
+//! one request fewer.)
+//!
+//! The reference selectors ([`Selector::Random`], [`Selector::IdealJsq`]) choose at arrival with
+//! no protocol, no delay and perfect knowledge of queue lengths, and impose no capacity.
+//!
+//! Measurement: sessions arriving after `warmup` are measured, `measured` of them; arrivals stop
+//! after the last one and the run ends when every measured session has finished (with FIFO
+//! service a later arrival cannot change an earlier session's time). Utilisation and herding are
+//! counted over the arrival window of the measured sessions.
+
+mod client;
+mod model;
+mod server;
+
+pub use model::{Group, Outcome, ProtocolSetup, Selector, ServerTotals, Setup};
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
+use rand_core::{RngCore, SeedableRng};
+use volley_proto::client::race::Race;
+use volley_proto::packet::KeyId;
+use volley_proto::{MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, StaticKeypair};
+
+pub use super::queue::Nanos;
+use super::queue::Queue;
+
+#[derive(Debug)]
+enum Kind {
+    Arrival,
+    Probe {
+        server: u32,
+        client: SocketAddrV4,
+        data: Box<[u8]>,
+    },
+    Offer {
+        server: u32,
+        to: SocketAddrV4,
+        sent: Nanos,
+        data: Box<[u8]>,
+    },
+    RaceTimer {
+        slot: u32,
+        gen_: u32,
+    },
+    Wake {
+        server: u32,
+    },
+    Init {
+        server: u32,
+        slot: u32,
+        gen_: u32,
+    },
+    Refused {
+        slot: u32,
+        gen_: u32,
+    },
+    Depart {
+        server: u32,
+        slot: u32,
+    },
+    Sample,
+}
+
+struct Server {
+    ep: Option<ServerEndpoint>,
+    addr: SocketAddr,
+    speed: f64,
+    jobs: u32,
+    busy: u32,
+    waiting: VecDeque<u32>,
+    /// Times of this server's pending Wake events (a handful at most).
+    wakes: Vec<Nanos>,
+    /// Reservation expiries of offers whose job has landed (see the module docs).
+    landed: VecDeque<Nanos>,
+    busy_ns: f64,
+    last: Nanos,
+    herd: (u64, u32),
+    herd_uniform: (u64, u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Free,
+    Racing,
+    Joining,
+    Served,
+}
+
+struct Session {
+    gen_: u32,
+    phase: Phase,
+    arrived: Nanos,
+    work: f64,
+    /// Which half of the measured sessions it belongs to; `None`: not measured.
+    half: Option<usize>,
+    race: Option<Race>,
+    race_timer: Option<Nanos>,
+    races: u32,
+    probes: u64,
+    retransmitted: bool,
+    /// Offers taken by the current race: (server, sent at).
+    offers: Vec<(u32, Nanos)>,
+    selected_at: Nanos,
+    server: u32,
+    reservation_until: Nanos,
+    job_arrived: Nanos,
+}
+
+impl Session {
+    fn measured(&self) -> bool {
+        self.half.is_some()
+    }
+}
+
+const SERVER_BASE: u32 = 0x0A00_0001; // 10.0.0.1
+const CLIENT_BASE: u32 = 0x6440_0000; // 100.64.0.0
+const CLIENT_PORT_BASE: u16 = 20_000;
+const CLIENT_PORT_SPAN: u32 = 40_000;
+
+fn server_addr(i: usize) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(SERVER_BASE.wrapping_add(i as u32)),
+        4433,
+    ))
+}
+
+fn server_index(addr: SocketAddr, n: usize) -> Option<u32> {
+    let SocketAddr::V4(a) = addr else { return None };
+    let i = u32::from(*a.ip()).checked_sub(SERVER_BASE)?;
+    ((i as usize) < n).then_some(i)
+}
+
+/// A session's address: its slot in the IP, its generation in the port, so that an offer to a
+/// finished session is not taken by the next one in the same slot.
+fn client_addr(slot: u32, gen_: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(CLIENT_BASE.wrapping_add(slot)),
+        CLIENT_PORT_BASE + (gen_ % CLIENT_PORT_SPAN) as u16,
+    )
+}
+
+/// (slot, generation modulo the port span) of a client address.
+fn client_slot(addr: SocketAddr) -> Option<(u32, u32)> {
+    let SocketAddr::V4(a) = addr else { return None };
+    let slot = u32::from(*a.ip()).checked_sub(CLIENT_BASE)?;
+    let g = u32::from(a.port().checked_sub(CLIENT_PORT_BASE)?);
+    Some((slot, g))
+}
+
+/// An exponential sample with the given mean.
+pub fn exp_sample(rng: &mut impl Rng, mean: f64) -> f64 {
+    let u: f64 = rng.r#gen();
+    -(1.0 - u).ln() * mean
+}
+
+/// A draw from a tail distribution: the number of `i ≥ 1` with `tail[i-1] > u`.
+fn draw_from_tail(rng: &mut impl Rng, tail: &[f64]) -> u32 {
+    let u: f64 = rng.r#gen();
+    tail.iter().take_while(|s| **s > u).count() as u32
+}
+
+/// P(N ≥ i), i ≥ 1, of a histogram of N (index = value).
+pub fn tail_of_histogram(hist: &[u64]) -> Vec<f64> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut tail = Vec::new();
+    let mut at_least = total;
+    for h in hist.iter().take(hist.len().saturating_sub(1)) {
+        at_least -= h;
+        if at_least == 0 {
+            break;
+        }
+        tail.push(at_least as f64 / total as f64);
+    }
+    tail
+}
+
+/// Runs one simulation. `progress` is advanced by arrivals.
+pub fn run(setup: &Setup, progress: Option<&indicatif::ProgressBar>) -> anyhow::Result<Outcome> {
+    let mut w = World::new(setup)?;
+    w.run(progress)?;
+    Ok(w.finish())
+}
+
+struct World<'a> {
+    s: &'a Setup,
+    base: Instant,
+    q: Queue<Kind>,
+    servers: Vec<Server>,
+    sessions: Vec<Session>,
+    free: Vec<u32>,
+    /// Arrival times and work sizes: the same for every selector under one seed.
+    trace: ChaCha8Rng,
+    /// Selection and network randomness.
+    rng: ChaCha8Rng,
+    /// Reference picks for the herding baseline.
+    herd_rng: ChaCha8Rng,
+    key: PublicKey,
+    key_id: KeyId,
+    buf: Box<[u8]>,
+    measuring: bool,
+    measured_arrivals: u64,
+    measured_done: u64,
+    last_arrival: Nanos,
+    out: Outcome,
+}
+
+impl<'a> World<'a> {
+    fn new(s: &'a Setup) -> anyhow::Result<Self> {
+        let n: usize = s.groups.iter().map(|g| g.servers).sum();
+        anyhow::ensure!(n > 0, "no servers");
+        anyhow::ensure!(n < (1 << 24), "too many servers");
+        anyhow::ensure!(s.slots > 0, "no slots");
+        anyhow::ensure!(s.measured > 0, "nothing to measure");
+        anyhow::ensure!(
+            s.arrival_rate > 0.0 && s.mean_service > 0.0,
+            "rates must be positive"
+        );
+        anyhow::ensure!(
+            s.groups.iter().all(|g| g.speed > 0.0),
+            "speeds must be positive"
+        );
+        match s.selector {
+            Selector::Protocol(p) => anyhow::ensure!(
+                (1..=n).contains(&p.fanout),
+                "fan-out must be 1..={n}, not {}",
+                p.fanout
+            ),
+            Selector::IdealJsq(d) => anyhow::ensure!((1..=n).contains(&d), "d must be 1..={n}"),
+            Selector::Random => {}
+        }
+        let mut seeder = ChaCha20Rng::seed_from_u64(s.seed ^ 0x5eed_5eed);
+        let keypair = StaticKeypair::generate(&mut seeder);
+        let key = keypair.public();
+        let base = Instant::now();
+        let mut servers = Vec::with_capacity(n);
+        let mut group_of = Vec::with_capacity(n);
+        for (gi, g) in s.groups.iter().enumerate() {
+            for _ in 0..g.servers {
+                let i = servers.len();
+                let ep = match s.selector {
+                    Selector::Protocol(p) => {
+                        let mut cfg = ServerConfig::new(keypair.clone());
+                        cfg.capacity = Some(p.capacity);
+                        cfg.answer = p.answer;
+                        cfg.reservation = p.reservation;
+                        let rng = Box::new(ChaCha20Rng::seed_from_u64(seeder.next_u64()));
+                        Some(ServerEndpoint::new(base, cfg, rng))
+                    }
+                    _ => None,
+                };
+                servers.push(Server {
+                    ep,
+                    addr: server_addr(i),
+                    speed: g.speed,
+                    jobs: 0,
+                    busy: 0,
+                    waiting: VecDeque::new(),
+                    wakes: Vec::new(),
+                    landed: VecDeque::new(),
+                    busy_ns: 0.0,
+                    last: 0,
+                    herd: (u64::MAX, 0),
+                    herd_uniform: (u64::MAX, 0),
+                });
+                group_of.push(gi);
+            }
+        }
+        let out = Outcome {
+            busy: vec![0.0; n],
+            group_of,
+            queue_hist: vec![Vec::new(); s.groups.len()],
+            ..Outcome::default()
+        };
+        Ok(Self {
+            s,
+            base,
+            q: Queue::default(),
+            servers,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            trace: ChaCha8Rng::seed_from_u64(s.seed),
+            rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x0123_4567_89ab_cdef),
+            herd_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x4e7d_0000_0000_0001),
+            key,
+            key_id: key.key_id(),
+            buf: vec![0u8; MAX_DATAGRAM_LEN].into_boxed_slice(),
+            measuring: false,
+            measured_arrivals: 0,
+            measured_done: 0,
+            last_arrival: 0,
+            out,
+        })
+    }
+
+    fn at(&self, t: Nanos) -> Instant {
+        self.base + Duration::from_nanos(t)
+    }
+
+    fn since(&self, i: Instant) -> Nanos {
+        i.saturating_duration_since(self.base).as_nanos() as Nanos
+    }
+
+    /// One network leg.
+    fn leg(&mut self) -> Nanos {
+        let j = if self.s.net_jitter == 0 {
+            0
+        } else {
+            self.rng.gen_range(0..self.s.net_jitter)
+        };
+        self.s.net_base + j
+    }
+
+    fn alloc(&mut self, arrived: Nanos, work: f64, half: Option<usize>) -> u32 {
+        let fresh = Session {
+            gen_: 0,
+            phase: Phase::Racing,
+            arrived,
+            work,
+            half,
+            race: None,
+            race_timer: None,
+            races: 0,
+            probes: 0,
+            retransmitted: false,
+            offers: Vec::new(),
+            selected_at: arrived,
+            server: 0,
+            reservation_until: 0,
+            job_arrived: arrived,
+        };
+        match self.free.pop() {
+            Some(slot) => {
+                let old = &mut self.sessions[slot as usize];
+                let gen_ = old.gen_.wrapping_add(1);
+                let mut offers = std::mem::take(&mut old.offers);
+                offers.clear();
+                *old = Session {
+                    gen_,
+                    offers,
+                    ..fresh
+                };
+                slot
+            }
+            None => {
+                self.sessions.push(fresh);
+                (self.sessions.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release(&mut self, slot: u32) {
+        let s = &mut self.sessions[slot as usize];
+        s.phase = Phase::Free;
+        s.race = None;
+        s.race_timer = None;
+        self.free.push(slot);
+    }
+
+    /// Whether session `slot` is live and of generation `gen_` (modulo the port span if `wrap`).
+    fn live(&self, slot: u32, gen_: u32, wrap: bool) -> bool {
+        self.sessions.get(slot as usize).is_some_and(|s| {
+            s.phase != Phase::Free
+                && if wrap {
+                    s.gen_ % CLIENT_PORT_SPAN == gen_
+                } else {
+                    s.gen_ == gen_
+                }
+        })
+    }
+
+    /// Utilisation bookkeeping up to `now`, clipped to the measurement window.
+    fn account(&mut self, server: u32, now: Nanos) {
+        let lo = self.s.warmup;
+        let hi = if self.measuring || self.measured_arrivals == 0 {
+            Nanos::MAX
+        } else {
+            self.last_arrival
+        };
+        let srv = &mut self.servers[server as usize];
+        let from = srv.last.max(lo);
+        let to = now.min(hi);
+        if to > from {
+            srv.busy_ns += f64::from(srv.busy) * (to - from) as f64;
+        }
+        srv.last = now;
+    }
+
+    fn seed_initial_state(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ 0x1417_1a15_7a7e_0000);
+        let mut starts = Vec::new();
+        for server in 0..self.servers.len() {
+            let group = self.out.group_of[server];
+            let k = draw_from_tail(&mut rng, &self.s.groups[group].initial_tail);
+            for _ in 0..k {
+                let work = exp_sample(&mut rng, self.s.mean_service);
+                let slot = self.alloc(0, work, None);
+                starts.push((server as u32, slot));
+            }
+        }
+        for (server, slot) in starts {
+            self.job_lands(0, server, slot);
+        }
+    }
+
+    fn run(&mut self, progress: Option<&indicatif::ProgressBar>) -> anyhow::Result<()> {
+        self.seed_initial_state();
+        for server in 0..self.servers.len() as u32 {
+            self.sync_load(server, 0);
+            self.schedule_wake(server, 0);
+        }
+        let first = exp_sample(&mut self.trace, 1.0 / self.s.arrival_rate);
+        self.q.push(first as Nanos, Kind::Arrival);
+        if self.s.sample_every > 0 {
+            self.q.push(self.s.warmup, Kind::Sample);
+        }
+        // A generous bound against a run that never ends: a session needs a few dozen events.
+        let warmup_sessions = (self.s.warmup as f64 * self.s.arrival_rate) as u64;
+        let budget = 2_000 * (self.s.measured + warmup_sessions + 1_000);
+        let mut tick = 0u64;
+        while let Some((now, kind)) = self.q.pop() {
+            self.out.events += 1;
+            anyhow::ensure!(
+                self.out.events <= budget,
+                "event budget exhausted ({budget} events at t = {now} ns): the run does not end"
+            );
+            self.out.end = now;
+            match kind {
+                Kind::Arrival => {
+                    self.on_arrival(now);
+                    tick += 1;
+                    if tick % 4096 == 0 {
+                        if let Some(p) = progress {
+                            p.inc(4096);
+                        }
+                    }
+                }
+                Kind::Probe {
+                    server,
+                    client,
+                    data,
+                } => self.on_probe(now, server, client, &data),
+                Kind::Offer {
+                    server,
+                    to,
+                    sent,
+                    data,
+                } => self.on_offer(now, server, to, sent, &data),
+                Kind::RaceTimer { slot, gen_ } => self.on_race_timer(now, slot, gen_),
+                Kind::Wake { server } => self.on_wake(now, server),
+                Kind::Init { server, slot, gen_ } => {
+                    if self.live(slot, gen_, false) {
+                        self.on_init(now, server, slot);
+                    }
+                }
+                Kind::Refused { slot, gen_ } => {
+                    if self.live(slot, gen_, false) {
+                        self.on_refused(now, slot);
+                    }
+                }
+                Kind::Depart { server, slot } => self.on_depart(now, server, slot),
+                Kind::Sample => self.on_sample(now),
+            }
+            if !self.measuring && self.measured_done >= self.s.measured {
+                break;
+            }
+        }
+        if let Some(p) = progress {
+            p.inc(tick % 4096);
+        }
+        anyhow::ensure!(
+            self.measured_done >= self.s.measured,
+            "the run ended with {} of {} measured sessions unfinished",
+            self.s.measured - self.measured_done,
+            self.s.measured
+        );
+        Ok(())
+    }
+
+    fn on_arrival(&mut self, now: Nanos) {
+        let work = exp_sample(&mut self.trace, self.s.mean_service);
+        let next = exp_sample(&mut self.trace, 1.0 / self.s.arrival_rate);
+        self.out.simulated += 1;
+        let mut half = None;
+        if now >= self.s.warmup {
+            half = Some(usize::from(self.measured_arrivals >= self.s.measured / 2));
+            self.measuring = true;
+            self.measured_arrivals += 1;
+            self.last_arrival = now;
+            if self.measured_arrivals >= self.s.measured {
+                // The last measured arrival: close the utilisation window, stop arriving.
+                for server in 0..self.servers.len() as u32 {
+                    self.account(server, now);
+                }
+                self.measuring = false;
+            }
+        }
+        if self.measuring || half.is_none() {
+            self.q.push(now + (next as Nanos).max(1), Kind::Arrival);
+        }
+        let slot = self.alloc(now, work, half);
+        match self.s.selector {
+            Selector::Protocol(_) => self.start_race(now, slot, None),
+            Selector::Random => {
+                let server = self.rng.gen_range(0..self.servers.len()) as u32;
+                self.decide_direct(now, slot, server);
+            }
+            Selector::IdealJsq(d) => {
+                let server = self.shortest_of(d);
+                self.decide_direct(now, slot, server);
+            }
+        }
+    }
+
+    fn on_sample(&mut self, now: Nanos) {
+        // From the warm-up's end (it is first scheduled then) to the last measured arrival.
+        if !self.measuring && self.measured_arrivals > 0 {
+            return;
+        }
+        for (i, srv) in self.servers.iter().enumerate() {
+            let hist = &mut self.out.queue_hist[self.out.group_of[i]];
+            let k = srv.jobs as usize;
+            if hist.len() <= k {
+                hist.resize(k + 1, 0);
+            }
+            hist[k] += 1;
+        }
+        let next = now + self.s.sample_every;
+        self.q.push_timer(now, next, Kind::Sample);
+    }
+
+    /// `d` distinct uniformly random server indexes, none equal to `except`.
+    fn pick_distinct(&mut self, d: usize, except: Option<u32>) -> Vec<u32> {
+        let n = self.servers.len();
+        let avail = n - usize::from(except.is_some());
+        let d = d.min(avail).max(1);
+        if d * 4 > avail {
+            let mut all: Vec<u32> = (0..n as u32).filter(|i| Some(*i) != except).collect();
+            for i in 0..d.min(all.len()) {
+                let j = self.rng.gen_range(i..all.len());
+                all.swap(i, j);
+            }
+            all.truncate(d);
+            return all;
+        }
+        let mut picked: Vec<u32> = Vec::with_capacity(d);
+        while picked.len() < d {
+            let i = self.rng.gen_range(0..n) as u32;
+            if Some(i) != except && !picked.contains(&i) {
+                picked.push(i);
+            }
+        }
+        picked
+    }
+
+    fn shortest_of(&mut self, d: usize) -> u32 {
+        let picks = self.pick_distinct(d, None);
+        let mut best = picks[0];
+        let mut ties = 1u32;
+        for &i in &picks[1..] {
+            let (a, b) = (
+                self.servers[i as usize].jobs,
+                self.servers[best as usize].jobs,
+            );
+            if a < b {
+                best = i;
+                ties = 1;
+            } else if a == b {
+                ties += 1;
+                if self.rng.gen_range(0..ties) == 0 {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+
+    fn record_pick(&mut self, now: Nanos, server: u32) {
+        if now < self.s.warmup || !self.measuring {
+            return;
+        }
+        let bin = now / self.s.herd_window.max(1);
+        let bump = |h: &mut (u64, u32)| {
+            if h.0 == bin {
+                h.1 += 1;
+            } else {
+                *h = (bin, 1);
+            }
+            h.1
+        };
+        let c = bump(&mut self.servers[server as usize].herd);
+        self.out.herd_max = self.out.herd_max.max(c);
+        let r = self.herd_rng.gen_range(0..self.servers.len());
+        let c = bump(&mut self.servers[r].herd_uniform);
+        self.out.herd_max_uniform = self.out.herd_max_uniform.max(c);
+    }
+
+    /// The session is done (completed or failed): count its probes and races.
+    fn count_probes(&mut self, slot: u32) {
+        let sess = &self.sessions[slot as usize];
+        let probes = sess.probes + sess.race.as_ref().map_or(0, |r| r.probes_sent());
+        self.out.probes += probes;
+        self.out.races += u64::from(sess.races);
+        self.out.retransmitted += u64::from(sess.retransmitted);
+    }
+
+    fn fail(&mut self, slot: u32) {
+        if self.sessions[slot as usize].measured() {
+            self.out.failed += 1;
+            self.count_probes(slot);
+            self.measured_done += 1;
+        }
+        self.release(slot);
+    }
+
+    fn complete(&mut self, now: Nanos, slot: u32) {
+        let Some(half) = self.sessions[slot as usize].half else {
+            return self.release(slot);
+        };
+        let reply = self.leg();
+        let sess = &self.sessions[slot as usize];
+        let e2e = (now + reply - sess.arrived) as f64;
+        let in_system = (now - sess.job_arrived) as f64;
+        let selection = sess.selected_at - sess.arrived;
+        let to_server = (sess.job_arrived - sess.arrived) as f64;
+        let o = &mut self.out;
+        o.completed += 1;
+        o.sum_e2e += e2e;
+        o.halves[half].0 += e2e;
+        o.halves[half].1 += 1;
+        o.sum_in_system += in_system;
+        o.sum_selection += selection as f64;
+        o.sum_to_server += to_server;
+        o.max_selection = o.max_selection.max(selection);
+        if self.s.keep_latencies {
+            o.e2e.push(e2e);
+            o.selection.push(selection as f64);
+        }
+        self.count_probes(slot);
+        self.measured_done += 1;
+        self.release(slot);
+    }
+
+    fn finish(mut self) -> Outcome {
+        self.out.measured = self.measured_arrivals;
+        self.out.window = self.last_arrival.saturating_sub(self.s.warmup) as f64;
+        let mut totals = ServerTotals::default();
+        for (i, srv) in self.servers.iter().enumerate() {
+            self.out.busy[i] = srv.busy_ns;
+            if let Some(ep) = srv.ep.as_ref() {
+                let st = ep.stats();
+                totals.probes_received += st.probes_received;
+                totals.offers_sent += st.offers_sent;
+                totals.probes_withheld_full += st.probes_withheld_full;
+                totals.probes_held += st.probes_held;
+                totals.probes_dropped_hold_expired += st.probes_dropped_hold_expired;
+                totals.probes_dropped_queue_full += st.probes_dropped_queue_full;
+            }
+        }
+        self.out.server = totals;
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip() {
+        for i in [0usize, 1, 249, 250, 9_999] {
+            assert_eq!(server_index(server_addr(i), 10_000), Some(i as u32));
+        }
+        assert_eq!(server_index(server_addr(10_000), 10_000), None);
+        let a = client_addr(123_456, 40_003);
+        assert_eq!(client_slot(SocketAddr::V4(a)), Some((123_456, 3)));
+        assert_eq!(client_slot(server_addr(3)), None);
+    }
+
+    #[test]
+    fn histogram_tail() {
+        // Values 0, 1, 1, 3.
+        let t = tail_of_histogram(&[1, 2, 0, 1]);
+        assert_eq!(t, vec![0.75, 0.25, 0.25]);
+        assert!(tail_of_histogram(&[]).is_empty());
+        assert!(tail_of_histogram(&[5]).is_empty());
+    }
+}

@@ -1,0 +1,365 @@
+//! `sim`: the discrete-event simulator of `BENCHMARKS.md` §3. It drives the real `volley-proto`
+//! state machines — the client's [`volley_proto::client::race::Race`] and the server's
+//! [`volley_proto::ServerEndpoint`] — on a virtual clock, with no sockets and no tokio, at
+//! 10,000 servers.
+//!
+//! It first reproduces Mitzenmacher's supermarket table ([`supermarket`]), with the protocol
+//! making the join-the-shortest-of-d choice, then runs volley's own policies at fleet scale
+//! ([`policies`]) and reports the metrics `select` reports. [`engine`] is the event loop and says
+//! exactly what is real protocol and what is modelled; in short:
+//!
+//! - real: probe encoding, the race (tags, earliest / window decision, retransmission, deadline,
+//!   late offers), the server's answer policy (immediate / paced / gated), withholding when full,
+//!   held probes and their timers, reservations, cookies in offers, load hints;
+//! - modelled: the network (fixed delay + uniform jitter, no loss), the work (exponential, FIFO
+//!   slots), the INIT refusal when full (the same rule as the endpoint's), re-racing after a
+//!   refusal (as `Connection` does);
+//! - skipped: the Noise handshake and the session's packets. `Connection` is not used because
+//!   winning a race starts the handshake (an X25519 key pair and DH per connect, ~100+ µs), and
+//!   because it deduplicates its pool in O(n²) (10⁸ comparisons for a 10,000-server pool).
+//!
+//! Everything is seeded (ChaCha); the same seed gives the same numbers. Arrival times and work
+//! sizes come from their own RNG stream, so every policy of one seed sees the same trace.
+
+pub mod engine;
+pub mod policies;
+pub mod queue;
+pub mod stats;
+pub mod supermarket;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use policies::Workload;
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum What {
+    /// The supermarket check, then volley's policies.
+    All,
+    /// The supermarket check only.
+    Supermarket,
+    /// volley's policies only.
+    Policies,
+    /// Speed: one 1M-session supermarket run (λ 0.9, d 2) and one 1M-session policy run
+    /// (paced/earliest d=3, half-slow, load 0.95).
+    Bench,
+}
+
+/// `volley-lab sim` flags.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// What to run.
+    #[arg(value_enum, default_value = "all")]
+    pub what: What,
+    /// A small, fast configuration for trying things: 1,000 servers and short runs (flags given
+    /// explicitly still win).
+    #[arg(long)]
+    pub quick: bool,
+    /// Servers in the fleet. Default 10,000 (1,000 with --quick).
+    #[arg(long)]
+    pub servers: Option<usize>,
+    /// Seeds, comma-separated; each cell / run is repeated per seed.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub seeds: Vec<u64>,
+    /// Supermarket: measured sessions per cell and seed. Default 2,000,000 (200,000 --quick).
+    #[arg(long)]
+    pub sessions: Option<u64>,
+    /// Supermarket: measured sessions for the slow-mixing cells (d = 1, λ ≥ 0.85: M/M/1 queues
+    /// near saturation, whose averages converge slowly). Default 10,000,000 (1,000,000 --quick).
+    #[arg(long)]
+    pub hard_sessions: Option<u64>,
+    /// Supermarket: warm-up in mean service times, after starting from the stationary state.
+    #[arg(long, default_value_t = 20.0)]
+    pub warmup_units: f64,
+    /// Supermarket: arrival rates per server.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.9")]
+    pub lambdas: Vec<f64>,
+    /// Supermarket: numbers of choices.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub ds: Vec<u32>,
+    /// Policies: measured sessions per run. Default 300,000 (30,000 --quick).
+    #[arg(long)]
+    pub policy_sessions: Option<u64>,
+    /// Policies: unmeasured ms of virtual time after the start from the pilot's distribution.
+    #[arg(long, default_value_t = 100)]
+    pub warmup_ms: u64,
+    /// Policies: virtual ms the pilot runs from empty (its second half is sampled). Default 2000
+    /// (1000 --quick).
+    #[arg(long)]
+    pub pilot_ms: Option<u64>,
+    /// Policies: servers of the pilot fleet; 0 turns the pilot off (start empty). Default 1/10 of
+    /// the fleet, at least 100.
+    #[arg(long)]
+    pub pilot_servers: Option<usize>,
+    /// Policies: offered loads (≥ 1 is overload: every run is bounded by its sessions, and the
+    /// table flags it).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.85,0.95")]
+    pub loads: Vec<f64>,
+    /// Policies: workloads.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "homogeneous,half-slow"
+    )]
+    pub workloads: Vec<Workload>,
+    /// Policies: fan-outs of the protocol runs.
+    #[arg(long, value_delimiter = ',', default_value = "2,3")]
+    pub fanouts: Vec<usize>,
+    /// Policies: leave out the d = 8 extras.
+    #[arg(long)]
+    pub no_extras: bool,
+    /// Policies: only those whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Write sim.json (raw results) and sim.md (the tables) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    servers: usize,
+    seeds: Vec<u64>,
+    supermarket: Vec<supermarket::Cell>,
+    policies: Vec<policies::Record>,
+    bench: Vec<BenchRun>,
+}
+
+#[derive(Debug, Serialize)]
+struct BenchRun {
+    name: String,
+    measured: u64,
+    simulated: u64,
+    events: u64,
+    wall_s: f64,
+    sessions_per_s: f64,
+}
+
+fn bar(len: u64, msg: String, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} sessions, {elapsed}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(msg);
+    pb
+}
+
+/// Runs `volley-lab sim`.
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    let quick = args.quick;
+    let servers = args.servers.unwrap_or(if quick { 1_000 } else { 10_000 });
+    anyhow::ensure!(servers >= 2, "at least 2 servers");
+    anyhow::ensure!(!args.seeds.is_empty(), "at least one seed");
+    let sessions = args
+        .sessions
+        .unwrap_or(if quick { 200_000 } else { 2_000_000 });
+    let hard = args
+        .hard_sessions
+        .unwrap_or(if quick { 1_000_000 } else { 10_000_000 });
+    let policy_sessions = args
+        .policy_sessions
+        .unwrap_or(if quick { 30_000 } else { 300_000 });
+    let warmup = policies::Warmup {
+        pilot_servers: args.pilot_servers.unwrap_or((servers / 10).max(100)),
+        pilot: Duration::from_millis(args.pilot_ms.unwrap_or(if quick { 1_000 } else { 2_000 })),
+        warmup: Duration::from_millis(args.warmup_ms),
+    };
+    anyhow::ensure!(
+        sessions > 0 && hard > 0 && policy_sessions > 0,
+        "sessions must be > 0"
+    );
+    for &l in &args.lambdas {
+        anyhow::ensure!(l > 0.0 && l < 1.0, "λ must be in (0, 1), not {l}");
+    }
+    for &l in &args.loads {
+        anyhow::ensure!(l > 0.0 && l < 2.0, "load must be in (0, 2), not {l}");
+    }
+    let mut report = Report {
+        servers,
+        seeds: args.seeds.clone(),
+        supermarket: Vec::new(),
+        policies: Vec::new(),
+        bench: Vec::new(),
+    };
+    let mut md = String::new();
+    let started = Instant::now();
+
+    if matches!(args.what, What::All | What::Supermarket) {
+        for &lambda in &args.lambdas {
+            for &d in &args.ds {
+                anyhow::ensure!(d >= 1 && d as usize <= servers, "d must be 1..={servers}");
+                let n = if d == 1 && lambda >= 0.85 {
+                    hard
+                } else {
+                    sessions
+                };
+                let pb = bar(0, format!("supermarket λ={lambda} d={d}"), args.no_progress);
+                let cell = supermarket::run_cell(
+                    servers,
+                    lambda,
+                    d,
+                    n,
+                    args.warmup_units,
+                    &args.seeds,
+                    Some(&pb),
+                )?;
+                pb.finish_and_clear();
+                eprintln!(
+                    "supermarket λ={lambda} d={d}: {:.4} (expected {:.4}, {:+.2} %)",
+                    cell.mean,
+                    cell.expected,
+                    100.0 * cell.rel_err
+                );
+                report.supermarket.push(cell);
+            }
+        }
+        let table = supermarket::markdown(&report.supermarket, servers, args.warmup_units);
+        println!("{table}");
+        md.push_str(&table);
+        md.push('\n');
+    }
+
+    if matches!(args.what, What::All | What::Policies) {
+        let list: Vec<_> = policies::policies(&args.fanouts, !args.no_extras)
+            .into_iter()
+            .filter(|p| {
+                args.only
+                    .as_ref()
+                    .is_none_or(|o| p.name.contains(o.as_str()))
+            })
+            .collect();
+        anyhow::ensure!(!list.is_empty(), "no policy matches");
+        for &d in &args.fanouts {
+            anyhow::ensure!(d >= 1 && d <= servers, "fan-out must be 1..={servers}");
+        }
+        for &w in &args.workloads {
+            for &load in &args.loads {
+                for p in &list {
+                    for &seed in &args.seeds {
+                        let pb = bar(
+                            policy_sessions,
+                            format!("{} {load} {}", w.name(), p.name),
+                            args.no_progress,
+                        );
+                        let r = policies::run_one(
+                            servers,
+                            w,
+                            load,
+                            p,
+                            policy_sessions,
+                            &warmup,
+                            seed,
+                            Some(&pb),
+                        )
+                        .with_context(|| format!("{} load {load} {}", w.name(), p.name))?;
+                        pb.finish_and_clear();
+                        eprintln!(
+                            "{} load {load} {} seed {seed}: p99 {:.2} ms ({:.1} s)",
+                            w.name(),
+                            p.name,
+                            r.summary.p99_ms,
+                            r.summary.wall_s
+                        );
+                        report.policies.push(r);
+                    }
+                }
+            }
+        }
+        let table = policies::markdown(&report.policies, servers, policy_sessions, &warmup);
+        println!("{table}");
+        md.push_str(&table);
+        md.push('\n');
+    }
+
+    if args.what == What::Bench {
+        let n = 1_000_000;
+        let seed = args.seeds[0];
+        let s = supermarket::setup(servers, 0.9, 2, n, args.warmup_units, seed);
+        report.bench.push(bench(
+            format!("supermarket λ=0.9 d=2, {servers} servers"),
+            &s,
+            args.no_progress,
+        )?);
+        let list = policies::policies(&[3], false);
+        let p = list
+            .iter()
+            .find(|p| p.name == "paced/earliest d=3")
+            .context("policy list")?;
+        let t0 = Instant::now();
+        let initial = policies::pilot_tails(Workload::HalfSlow, 0.95, p, &warmup, seed)?;
+        eprintln!("pilot: {:.1} s", t0.elapsed().as_secs_f64());
+        let s = policies::setup(
+            servers,
+            Workload::HalfSlow,
+            0.95,
+            p,
+            n,
+            warmup.warmup,
+            seed,
+            &initial,
+        );
+        report.bench.push(bench(
+            format!("paced/earliest d=3, half-slow, load 0.95, {servers} servers"),
+            &s,
+            args.no_progress,
+        )?);
+        let mut table = String::from(
+            "### sim speed\n\n| run | measured | simulated | events | wall s | sessions/s |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for b in &report.bench {
+            table.push_str(&format!(
+                "| {} | {} | {} | {} | {:.2} | {:.0} |\n",
+                b.name, b.measured, b.simulated, b.events, b.wall_s, b.sessions_per_s
+            ));
+        }
+        println!("{table}");
+        md.push_str(&table);
+    }
+
+    eprintln!("sim finished in {:.1} s", started.elapsed().as_secs_f64());
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(dir.join("sim.json"), json)
+            .with_context(|| format!("writing {}", dir.join("sim.json").display()))?;
+        std::fs::write(dir.join("sim.md"), md)
+            .with_context(|| format!("writing {}", dir.join("sim.md").display()))?;
+        eprintln!("wrote {0}/sim.json and {0}/sim.md", dir.display());
+    }
+    Ok(())
+}
+
+fn bench(name: String, s: &engine::Setup, hidden: bool) -> anyhow::Result<BenchRun> {
+    let pb = bar(
+        s.measured + (s.warmup as f64 * s.arrival_rate) as u64,
+        name.clone(),
+        hidden,
+    );
+    let t0 = Instant::now();
+    let out = engine::run(s, Some(&pb))?;
+    let wall = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    Ok(BenchRun {
+        name,
+        measured: out.measured,
+        simulated: out.simulated,
+        events: out.events,
+        wall_s: wall,
+        sessions_per_s: out.simulated as f64 / wall.max(1e-9),
+    })
+}
