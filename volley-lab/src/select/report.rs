@@ -382,10 +382,24 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
         }
     }
     for (w, l, r) in cells {
-        let rows: Vec<&Aggregate> = aggs
+        let mut rows: Vec<&Aggregate> = aggs
             .iter()
             .filter(|a| a.workload == w && (a.load * 1000.0).round() as u64 == l && a.requests == r)
             .collect();
+        // The peers first in their fixed order, then volley's configurations by median p99.
+        let all: Vec<String> = super::policy::Policy::all()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        rows.sort_by(|a, b| {
+            let rank = |x: &Aggregate| {
+                let i = all.iter().position(|n| *n == x.policy).unwrap_or(all.len());
+                if i < 6 { i } else { 6 }
+            };
+            rank(a)
+                .cmp(&rank(b))
+                .then(a.p99_ms.median.total_cmp(&b.p99_ms.median))
+        });
         let seeds = rows.iter().map(|a| a.seeds).max().unwrap_or(0);
         let _ = writeln!(
             out,

@@ -174,17 +174,21 @@ fn select_a_silent_server_costs_round_robin_timeouts_and_volley_none() {
     );
     let volley = Policy::parse("volley-earliest-immediate-all").expect("known");
     let (v, _) = run(volley, Workload::Silent, 0.3, Requests::One);
-    // A race ignores a server that does not answer; only a session already on it when it went
-    // silent can time out (at most its share of the sessions in flight at that moment).
+    // A race ignores a server that does not answer: only sessions already on it (or whose INIT
+    // it refused as it went silent) are lost, a small fraction of what round-robin loses.
     let lost = v.iter().filter(|r| r.outcome == Outcome::Timeout).count();
-    assert!(lost <= 2 * SHAPE.slots, "volley lost {lost}");
-    let late_on_silent = v
+    assert!(
+        lost * 5 < timeouts,
+        "volley lost {lost}, round-robin {timeouts}"
+    );
+    // It went silent at 50 + 400 / 3 ms: no session is established with it 70 ms later.
+    let on_silent_later = v
         .iter()
-        .filter(|r| r.server == Some(silent) && r.outcome == Outcome::Ok)
-        .filter(|r| r.at_us > 250_000)
+        .filter(|r| r.server == Some(silent))
+        .filter(|r| r.connected_us.is_some_and(|c| c > 250_000))
         .count();
     assert_eq!(
-        late_on_silent, 0,
+        on_silent_later, 0,
         "no session chose the silent server after it went silent"
     );
 }
