@@ -179,10 +179,6 @@ async fn serve(
     }
     let _ = ready.send(Ok((addrs, load_ports, key.public(), states, start)));
     let _ = stop.await;
-    for s in &silents {
-        // Wake accept loops: they watch this flag only with their timers, so abort instead.
-        s.store(true, Ordering::Relaxed);
-    }
     for t in &tasks {
         t.abort();
     }

@@ -332,14 +332,10 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
             })
             .collect();
         let stem = format!(
-            "{}-{:.2}-r{}",
+            "{}-{:.2}-{}",
             cell.workload.name(),
             cell.load,
-            if cell.requests == Requests::One {
-                "1"
-            } else {
-                "10"
-            }
+            cell.requests.tag()
         );
         let title = format!(
             "{} fleet, load {:.2}, {} request(s)/session, {} seed(s) pooled",
@@ -598,14 +594,10 @@ fn one_run(
 
 fn write_records(out: &Path, s: &RunSummary, records: &[policy::Record]) -> anyhow::Result<()> {
     let name = format!(
-        "{}-{:.2}-r{}-{}-seed{}.jsonl",
+        "{}-{:.2}-{}-{}-seed{}.jsonl",
         s.workload.name(),
         s.load,
-        if s.requests == Requests::One {
-            "1"
-        } else {
-            "10"
-        },
+        s.requests.tag(),
         s.policy,
         s.seed
     );

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// One policy's series.
@@ -64,19 +65,9 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::R
             .filter(|(k, x)| x.is_finite() && (k % step == 0 || *k + 1 == s.latencies.len()))
             .map(|(k, &x)| (x.max(lo), (k + 1) as f64 / n))
             .collect();
-        let st = style(i);
-        chart
-            .draw_series(LineSeries::new(points, st))?
-            .label(s.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+        line(&mut chart, i, s.name, points)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(())
 }
@@ -118,12 +109,38 @@ pub fn utilisation(
             .enumerate()
             .map(|(x, &srv)| (x as f64, s.utilisation.get(srv).copied().unwrap_or(0.0)))
             .collect();
-        let st = style(i);
-        chart
-            .draw_series(LineSeries::new(points, st))?
-            .label(s.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+        line(&mut chart, i, s.name, points)?;
     }
+    legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>;
+
+/// One series as a line, with its legend entry.
+fn line<X>(
+    chart: &mut Chart<'_, X>,
+    i: usize,
+    name: &str,
+    points: Vec<(f64, f64)>,
+) -> anyhow::Result<()>
+where
+    X: Ranged<ValueType = f64>,
+{
+    let st = style(i);
+    chart
+        .draw_series(LineSeries::new(points, st))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+    Ok(())
+}
+
+/// The legend, bottom right.
+fn legend<X>(chart: &mut Chart<'_, X>) -> anyhow::Result<()>
+where
+    X: Ranged<ValueType = f64>,
+{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -131,6 +148,5 @@ pub fn utilisation(
         .border_style(BLACK)
         .label_font(("sans-serif", 11))
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -219,6 +219,8 @@ pub struct RunCtx {
     pub ewma_default_rtt: Duration,
     pub ewma_decay: Duration,
     pub seed: u64,
+    /// Bytes of one volley probe, as the clients send them.
+    probe_size: u32,
     index: HashMap<SocketAddr, u16>,
 }
 
@@ -250,6 +252,7 @@ impl RunCtx {
             ewma_default_rtt,
             ewma_decay: Duration::from_secs(10),
             seed,
+            probe_size: ClientConfig::new(Vec::new()).probe_size as u32,
             index,
         }
     }
@@ -278,7 +281,6 @@ async fn run_session(ctx: Arc<RunCtx>, client: Client, pool: Vec<SocketAddr>, jo
         probe_bytes: 0,
         answer_us: None,
     };
-    let probe_size = ClientConfig::new(Vec::new()).probe_size as u32;
     let mut session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return rec,
@@ -287,7 +289,7 @@ async fn run_session(ctx: Arc<RunCtx>, client: Client, pool: Vec<SocketAddr>, jo
     if let Some(report) = session.report() {
         rec.server = report.server.and_then(|a| ctx.index.get(&a).copied());
         rec.probes = report.stats.probes_sent as u32;
-        rec.probe_bytes = rec.probes * probe_size;
+        rec.probe_bytes = rec.probes * ctx.probe_size;
         rec.answer_us = report.answer_time.map(|d| d.as_micros() as u32);
     }
     for (seq, &work) in job.work_us.iter().enumerate() {

@@ -193,6 +193,13 @@ impl Requests {
             Requests::About10 => "~10",
         }
     }
+    /// The file-name tag: `r1` or `r10`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Requests::One => "r1",
+            Requests::About10 => "r10",
+        }
+    }
 }
 
 /// The parameters a trace is drawn from.
