@@ -7,6 +7,7 @@
 //! *scheduled* arrival (no coordinated omission); sessions that time out are counted as
 //! infinitely late, not cut off.
 
+mod cpu;
 mod fleet;
 mod plot;
 pub mod policy;
@@ -363,7 +364,9 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         "# volley-lab select\n\nCommand: `{}`\n\nMachine: {} ({} CPUs{}). Fleet: {} servers × {} slots, mean work {:.0} ms (exponential), \
          sleep-based. Volley servers: capacity {}, paced max delay {:?}, gated max hold {:?}, reservation {:?}. \
          Seeds: {:?}. Warm-up {:?}; measured period per run as below; connect timeout {:?}, request timeout {:?}. Wall time {:.0} s.\n\n\
-         p99 cells: median over seeds (min–max). `timeout`: the percentile falls on a session that timed out.\n",
+         p99 cells: median over seeds (min–max). `timeout`: the percentile falls on a session that timed out. \
+         `fleet CPU` and `client CPU`: cores used in the measured period by the fleet (its thread and its servers' timer threads) \
+         and by the client thread that runs every session; at 1.00 that side is saturated and the run measures the lab, not the policy.\n",
         setup.command,
         setup.machine,
         cpus,
@@ -556,20 +559,22 @@ fn one_run(
                         .collect()
                 };
                 tokio::time::sleep_until(warm_at.into()).await;
-                let a = read(&states);
+                let (a, cpu_a) = (read(&states), cpu::sample());
                 tokio::time::sleep_until(end_at.into()).await;
-                let b = read(&states);
-                a.iter()
+                let (b, cpu_b) = (read(&states), cpu::sample());
+                let busy = a
+                    .iter()
                     .zip(b)
                     .map(|(a, b)| b.saturating_sub(*a))
-                    .collect::<Vec<u64>>()
+                    .collect::<Vec<u64>>();
+                (busy, cpu::between(&cpu_a, &cpu_b))
             })
         };
         let records = policy::drive(policy, ctx, trace.jobs.clone()).await?;
-        let busy = snap.await?;
-        anyhow::Ok((records, busy))
+        let (busy, cpu) = snap.await?;
+        anyhow::Ok((records, busy, cpu))
     })?;
-    let (records, busy_us) = records;
+    let (records, busy_us, cpu) = records;
     let stats = fleet.stop()?;
     let summary = report::summarise(
         &records,
@@ -587,6 +592,7 @@ fn one_run(
             servers: shape.servers,
             capacity_share: trace.schedule.capacity_share(&shape),
             stats: &stats,
+            cpu,
         },
     );
     Ok((summary, records))

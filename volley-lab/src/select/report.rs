@@ -58,6 +58,11 @@ pub struct RunSummary {
     pub held: u64,
     pub hold_dropped: u64,
     pub init_refused: u64,
+    /// CPU used in the measured period, in cores: the client thread (every policy's sessions),
+    /// the fleet (its thread and its servers' timer threads), and each CPU's busy share.
+    pub client_cpu: f64,
+    pub fleet_cpu: f64,
+    pub cpu_busy: Vec<f64>,
 }
 
 /// The inputs of a summary besides the records.
@@ -75,6 +80,7 @@ pub struct RunMeta<'a> {
     pub servers: usize,
     pub capacity_share: Vec<f64>,
     pub stats: &'a [ServerStats],
+    pub cpu: super::cpu::Usage,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -185,6 +191,9 @@ pub fn summarise(records: &[Record], meta: RunMeta<'_>) -> RunSummary {
         held: sum(|s| s.probes_held),
         hold_dropped: sum(|s| s.probes_dropped_hold_expired + s.probes_dropped_queue_full),
         init_refused: sum(|s| s.init_refused_full + s.init_under_load),
+        client_cpu: meta.cpu.client,
+        fleet_cpu: meta.cpu.fleet,
+        cpu_busy: meta.cpu.busy,
     }
 }
 
@@ -304,6 +313,8 @@ pub struct Aggregate {
     pub probe_bytes_per_session: Spread,
     pub answer_p50_ms: Spread,
     pub max_utilisation: Spread,
+    pub fleet_cpu: Spread,
+    pub client_cpu: Spread,
     pub recovery_s: Option<Spread>,
 }
 
@@ -346,6 +357,8 @@ pub fn aggregate(runs: &[RunSummary]) -> Vec<Aggregate> {
                 probe_bytes_per_session: s(&|r| r.probe_bytes_per_session),
                 answer_p50_ms: s(&|r| r.answer_p50_ms),
                 max_utilisation: s(&|r| r.utilisation.iter().copied().fold(0.0, f64::max)),
+                fleet_cpu: s(&|r| r.fleet_cpu),
+                client_cpu: s(&|r| r.client_cpu),
                 recovery_s: g
                     .iter()
                     .all(|r| r.recovery_s.is_some())
@@ -412,13 +425,13 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
         let recovery = rows.iter().any(|a| a.recovery_s.is_some());
         let _ = write!(
             out,
-            "| policy | p50 ms | p90 ms | p99 ms | p99.9 ms | goodput | failed | timeouts | herding | probes/session | answer p50 ms | max util |"
+            "| policy | p50 ms | p90 ms | p99 ms | p99.9 ms | goodput | failed | timeouts | herding | probes/session | answer p50 ms | max util | fleet CPU | client CPU |"
         );
         if recovery {
             out.push_str(" recovery s |");
         }
         out.push('\n');
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         if recovery {
             out.push_str("---|");
         }
@@ -426,7 +439,7 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
         for a in rows {
             let _ = write!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {:.2} | {:.2} | {:.2} |",
                 a.policy,
                 ms(a.p50_ms.median),
                 ms(a.p90_ms.median),
@@ -439,6 +452,8 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
                 a.probes_per_session.median,
                 ms(a.answer_p50_ms.median),
                 a.max_utilisation.median,
+                a.fleet_cpu.median,
+                a.client_cpu.median,
             );
             if let Some(rs) = a.recovery_s {
                 let _ = write!(out, " {:.2} ({:.2}–{:.2}) |", rs.median, rs.min, rs.max);
