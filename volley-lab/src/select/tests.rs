@@ -226,6 +226,18 @@ fn select_run_writes_the_table_the_json_and_the_plots() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).expect("json"))
             .expect("valid JSON");
     assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(2));
+    // Every run carries its CPU accounting: the client thread ran sessions, the fleet served
+    // them, and no side can use more than the whole machine.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for run in json["runs"].as_array().into_iter().flatten() {
+        let (client, fleet) = (
+            run["client_cpu"].as_f64().expect("client_cpu"),
+            run["fleet_cpu"].as_f64().expect("fleet_cpu"),
+        );
+        assert!(client > 0.0 && fleet > 0.0, "{run}");
+        assert!(client + fleet <= cpus + 0.1, "{run}");
+    }
+    assert!(md.contains("client CPU"));
     for f in ["cdf-half-slow-0.50-r1.svg", "util-half-slow-0.50-r1.svg"] {
         let svg = std::fs::read_to_string(dir.join(f)).expect("plot written");
         assert!(svg.starts_with("<svg") && svg.contains("random"), "{f}");
