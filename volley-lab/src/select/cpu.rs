@@ -7,7 +7,6 @@
 use std::time::Instant;
 
 use nix::sys::resource::{UsageWho, getrusage};
-use serde::Serialize;
 
 /// A reading at one instant.
 #[derive(Debug, Clone)]
@@ -20,7 +19,7 @@ pub struct Sample {
 }
 
 /// CPU used between two samples, in cores (1.0 = one CPU busy all the time).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Usage {
     /// The client thread: every policy's sessions, probes and selection.
     pub client: f64,
