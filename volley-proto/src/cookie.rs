@@ -49,7 +49,10 @@ pub enum CookieError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CookieCheck {
     /// Genuine, and presented from the address it was issued to.
-    Valid,
+    Valid {
+        /// Time since it was minted, in whole milliseconds of the server's clock.
+        age: Duration,
+    },
     /// Genuine, but issued to `issued_to`, not to the address it came from (R2).
     Moved {
         /// The address the cookie was minted for.
@@ -209,7 +212,9 @@ impl CookieJar {
             return Err(CookieError::BadMac);
         }
         if issued_to == encode_addr(binding.client) {
-            Ok(CookieCheck::Valid)
+            Ok(CookieCheck::Valid {
+                age: Duration::from_millis(u64::from(age)),
+            })
         } else {
             Ok(CookieCheck::Moved {
                 issued_to: crate::util::decode_addr(&issued_to),
@@ -246,7 +251,10 @@ mod tests {
         let tag = Tag([1; 16]);
         let b = binding(&tag, "192.0.2.1:5000");
         let c = jar.mint(now, &b);
-        assert_eq!(jar.verify(now, &c, &b), Ok(CookieCheck::Valid));
+        assert!(matches!(
+            jar.verify(now, &c, &b),
+            Ok(CookieCheck::Valid { .. })
+        ));
         let other_tag = Tag([2; 16]);
         assert_eq!(
             jar.verify(now, &c, &binding(&other_tag, "192.0.2.1:5000")),
@@ -284,7 +292,10 @@ mod tests {
         let b = binding(&tag, "[2001:db8::1]:5000");
         let c = jar.mint(t0 + Duration::from_secs(29), &b);
         assert!(jar.rotate_if_due(t0 + rot, &mut rng));
-        assert_eq!(jar.verify(t0 + rot, &c, &b), Ok(CookieCheck::Valid));
+        assert!(matches!(
+            jar.verify(t0 + rot, &c, &b),
+            Ok(CookieCheck::Valid { .. })
+        ));
         assert!(jar.rotate_if_due(t0 + rot * 2, &mut rng));
         assert_eq!(
             jar.verify(t0 + rot * 2, &c, &b),
@@ -311,7 +322,9 @@ mod tests {
         );
         assert_eq!(
             jar.verify(t0 + Duration::from_millis(10_000), &c, &b),
-            Ok(CookieCheck::Valid)
+            Ok(CookieCheck::Valid {
+                age: Duration::from_millis(10_000)
+            })
         );
     }
 

@@ -64,8 +64,8 @@ pub use client::{
 pub use crypto::{PublicKey, StaticKeypair};
 pub use packet::{KeyId, LoadHint, Tag};
 pub use server::{
-    AdmissionConfig, AnswerPolicy, ServerConfig, ServerEndpoint, ServerEvent, ServerLoad,
-    ServerStats, SessionId,
+    AdmissionConfig, AnswerPolicy, AppLoad, ServerConfig, ServerEndpoint, ServerEvent, ServerLoad,
+    ServerStats, ServiceModel, SessionId,
 };
 pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
 pub use util::canonical as canonical_addr;

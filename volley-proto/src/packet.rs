@@ -45,13 +45,24 @@ impl std::fmt::Debug for Tag {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct KeyId(pub [u8; KEY_ID_LEN]);
 
-/// A server's self-reported load, carried in every OFFER.
+/// A server's self-reported load, carried in every OFFER (L2, L5).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct LoadHint {
-    /// Requests (sessions) in flight at the server when it wrote the offer.
+    /// Requests in flight at the server (plus offers outstanding) when it wrote the offer.
     pub in_flight: u32,
-    /// The server's capacity; 0 means "not configured / unbounded".
+    /// The server's capacity (requests it serves at once); 0 means "not configured / unbounded".
     pub capacity: u32,
+    /// The server's estimate of how long one more request would take from arrival to
+    /// completion, in microseconds (L5); 0 means "no estimate".
+    pub expected_us: u32,
+}
+
+impl LoadHint {
+    /// The expected completion time, if the server gave one.
+    pub fn expected(&self) -> Option<std::time::Duration> {
+        (self.expected_us > 0)
+            .then(|| std::time::Duration::from_micros(u64::from(self.expected_us)))
+    }
 }
 
 /// PROBE: asks every server of a pool for an offer for `service`.
@@ -201,6 +212,7 @@ impl<'a> Packet<'a> {
                 load: LoadHint {
                     in_flight: r.u32()?,
                     capacity: r.u32()?,
+                    expected_us: r.u32()?,
                 },
                 cookie: r.vec8(1, MAX_COOKIE_LEN)?,
             }),
@@ -276,6 +288,7 @@ impl Offer<'_> {
         w.bytes(&self.server_key_id.0)?;
         w.u32(self.load.in_flight)?;
         w.u32(self.load.capacity)?;
+        w.u32(self.load.expected_us)?;
         w.vec8(self.cookie, MAX_COOKIE_LEN)?;
         Ok(w.len())
     }
@@ -375,6 +388,7 @@ mod tests {
             load: LoadHint {
                 in_flight: 3,
                 capacity: 9,
+                expected_us: 41_250,
             },
             cookie: &[5; 39],
         };

@@ -8,7 +8,8 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 use tracing::{debug, trace};
 
-use super::race::{OfferOutcome, Race, RaceTimeout, Winner};
+use super::pool::{Ejection, PoolState, ServerOutcome, SharedPoolState};
+use super::race::{OfferOutcome, Race, RaceTimeout, RaceTimers, Winner};
 use super::{ClientConfig, ClientStats};
 use crate::crypto::{self, InitiatorHandshake, PublicKey};
 use crate::packet::{Init, KeyId, LoadHint, Offer, Packet, Tag};
@@ -95,6 +96,13 @@ pub enum ClientEvent {
     },
     /// An application datagram arrived.
     Datagram(Vec<u8>),
+    /// This connection's failure ejected a server from the client's races for `length` (L7).
+    Ejected {
+        /// The server.
+        server: SocketAddr,
+        /// How long it stays out before it is readmitted on probation.
+        length: Duration,
+    },
     /// The server was lost; a new race starts if failovers remain (R5).
     ServerLost {
         /// The lost server.
@@ -122,6 +130,8 @@ struct Handshake {
     rto: Duration,
     deadline: Instant,
     cookie_changed: bool,
+    /// Whether the INIT was sent more than once (its handshake time is then ambiguous).
+    retransmitted: bool,
 }
 
 // One Connection exists per connect, so the variants' size difference costs nothing worth a Box.
@@ -132,6 +142,11 @@ enum State {
     Established {
         session: Session,
         server: SocketAddr,
+    },
+    /// Refused, waiting before racing `targets` again (L6).
+    Backoff {
+        until: Instant,
+        targets: Vec<SocketAddr>,
     },
     Done,
 }
@@ -157,6 +172,10 @@ pub struct Connection {
     redirected: Vec<SocketAddr>,
     /// How many servers REDIRECTs added over the connection's life (capped).
     redirect_added: usize,
+    /// What the client knows about its pool, shared with its other connections (L6, L7).
+    shared: SharedPoolState,
+    /// Refusals in a row (reset by an established session), for the back-off.
+    refusals: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -168,12 +187,25 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Starts racing `pool` at `now`.
+    /// Starts racing `pool` at `now`, with pool knowledge of its own.
     pub fn new(
         now: Instant,
         config: ClientConfig,
         pool_in: Vec<SocketAddr>,
         rng: Box<dyn CryptoRngCore + Send>,
+    ) -> Self {
+        let shared = PoolState::shared(config.ejection);
+        Self::with_state(now, config, pool_in, rng, shared)
+    }
+
+    /// Starts racing `pool` at `now`, sharing pool knowledge (answer times, ejected servers) with
+    /// the other connections of one client.
+    pub fn with_state(
+        now: Instant,
+        config: ClientConfig,
+        pool_in: Vec<SocketAddr>,
+        rng: Box<dyn CryptoRngCore + Send>,
+        shared: SharedPoolState,
     ) -> Self {
         let mut pool: Vec<SocketAddr> = Vec::with_capacity(pool_in.len());
         for addr in pool_in.into_iter().map(canonical) {
@@ -200,6 +232,8 @@ impl Connection {
             extra_winners: Vec::new(),
             redirected: Vec::new(),
             redirect_added: 0,
+            shared,
+            refusals: 0,
         };
         if c.pool.is_empty() || c.config.server_keys.is_empty() {
             c.events
@@ -211,7 +245,44 @@ impl Connection {
         c
     }
 
-    fn start_race(&mut self, now: Instant, mut targets: Vec<SocketAddr>) {
+    /// The pool knowledge, locked. A poisoned lock only ever guards plain numbers: use them.
+    fn shared(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool knowledge this connection shares with its client's other connections.
+    pub fn pool_state(&self) -> SharedPoolState {
+        SharedPoolState::clone(&self.shared)
+    }
+
+    /// Reports a failure of `server` to the shared pool knowledge (L7).
+    fn report_failure(&mut self, now: Instant, server: SocketAddr) {
+        let verdict = self.shared().report(now, server, ServerOutcome::Failure);
+        if let Ejection::Ejected { until } = verdict {
+            self.stats.ejections += 1;
+            let length = until.saturating_duration_since(now);
+            debug!(%server, ?length, "server ejected from races");
+            self.events
+                .push_back(ClientEvent::Ejected { server, length });
+        }
+    }
+
+    /// The probe retransmission timers of the next race: the first retransmission follows the
+    /// measured answer times (L6).
+    fn race_timers(&self) -> RaceTimers {
+        let mut t = self.config.race;
+        t.initial_rto = self.shared().answers().rto(
+            self.config.race.initial_rto,
+            self.config.min_rto,
+            self.config.race.max_rto,
+        );
+        t
+    }
+
+    fn start_race(&mut self, now: Instant, targets: Vec<SocketAddr>) {
+        // Ejected servers sit races out (L7), unless every candidate is ejected.
+        let (mut targets, left_out) = self.shared().eligible(now, targets);
+        self.stats.ejected_skipped += left_out as u64;
         // Probes leave in a random order: on a fast network the send order is a visible part of
         // the answer time, and a fixed order would hand every race to the first server listed.
         for i in (1..targets.len()).rev() {
@@ -240,12 +311,13 @@ impl Connection {
             attempt = self.attempts,
             "race started"
         );
+        let timers = self.race_timers();
         let race = Race::start(
             now,
             Tag(tag),
             &self.config.service,
             targets,
-            self.config.race,
+            timers,
             self.config.probe_size,
             self.config.policy,
         );
@@ -263,8 +335,9 @@ impl Connection {
         tag: Tag,
         winner: Winner,
         rng: Box<dyn CryptoRngCore + Send>,
+        shared: SharedPoolState,
     ) -> Self {
-        let mut c = Self::new(now, config, Vec::new(), rng);
+        let mut c = Self::with_state(now, config, Vec::new(), rng, shared);
         c.events.clear();
         for addr in pool.into_iter().map(canonical) {
             if !c.pool.contains(&addr) {
@@ -532,6 +605,11 @@ impl Connection {
     /// The race is decided: `w` won. Start the handshake with it.
     fn on_won(&mut self, now: Instant, w: Winner) {
         self.stats.offers_won += 1;
+        if let State::Racing(race) = &self.state {
+            if !race.retransmitted() {
+                self.shared().answer_sample(w.answer_time);
+            }
+        }
         self.events.push_back(ClientEvent::Selected {
             server: w.server,
             answer_time: w.answer_time,
@@ -551,6 +629,11 @@ impl Connection {
 
     fn begin_handshake(&mut self, now: Instant, tag: Tag, w: Winner) {
         let local_id = self.rng.next_u32();
+        let rto = self.shared().handshakes().rto(
+            self.config.init_rto,
+            self.config.min_rto,
+            self.config.race.max_rto,
+        );
         let mut hs = Handshake {
             tag,
             server: w.server,
@@ -561,10 +644,11 @@ impl Connection {
             init: Vec::new(),
             send_now: true,
             started: now,
-            next_retransmit: now + self.config.init_rto,
-            rto: self.config.init_rto,
+            next_retransmit: now + rto,
+            rto,
             deadline: now + self.config.handshake_timeout,
             cookie_changed: false,
+            retransmitted: false,
         };
         if self.build_init(&mut hs).is_some() {
             self.state = State::Handshaking(hs);
@@ -620,6 +704,7 @@ impl Connection {
         };
         hs.cookie = cookie.to_vec();
         hs.cookie_changed = true;
+        hs.retransmitted = true;
         hs.next_retransmit = now + hs.rto;
         self.stats.cookie_changes += 1;
         debug!(server = %from, "cookie change: retrying INIT with the fresh cookie");
@@ -642,6 +727,7 @@ impl Connection {
         let Some(state) = hs.hs.take() else { return };
         let mut payload = [0u8; MAX_NOISE_LEN];
         let server = hs.server;
+        let clean = !hs.retransmitted;
         match state.finish(noise, &mut payload) {
             Ok((4, keys)) => {
                 let remote_id =
@@ -656,6 +742,10 @@ impl Connection {
                     self.config.session,
                 );
                 self.stats.sessions_established += 1;
+                self.refusals = 0;
+                if clean {
+                    self.shared().handshake_sample(handshake_time);
+                }
                 self.events.push_back(ClientEvent::Established {
                     server,
                     handshake_time,
@@ -668,6 +758,7 @@ impl Connection {
                 // The handshake state is spent; an ACCEPT that fails Noise means the session
                 // cannot come up with this server.
                 self.stats.accepts_invalid += 1;
+                self.report_failure(now, server);
                 self.lose_server(now, server, CloseReason::IdleTimeout);
             }
         }
@@ -710,6 +801,25 @@ impl Connection {
         self.attempts += 1;
         self.stats.failovers += 1;
         self.failover_from = Some(server);
+        if reason == CloseReason::Refused && self.redirected.is_empty() {
+            // Refused with nowhere new to go: the pool is busy. Back off before racing again
+            // rather than adding a race to the load at once (L6).
+            self.refusals = self.refusals.saturating_add(1);
+            let base = self
+                .config
+                .refusal_backoff
+                .saturating_mul(1 << (self.refusals - 1).min(16))
+                .min(self.config.race.max_rto);
+            let jitter = 0.5 + (self.rng.next_u32() as f64 / f64::from(u32::MAX));
+            let until = now + base.mul_f64(jitter);
+            self.stats.refusal_backoffs += 1;
+            debug!(?until, refusals = self.refusals, "refused: backing off");
+            self.state = State::Backoff {
+                until,
+                targets: others,
+            };
+            return;
+        }
         self.start_race(now, others);
     }
 
@@ -748,7 +858,7 @@ impl Connection {
                     }
                 }
             }
-            State::Done => None,
+            State::Backoff { .. } | State::Done => None,
         }
     }
 
@@ -763,6 +873,7 @@ impl Connection {
             State::Racing(race) => race.poll_timeout(),
             State::Handshaking(hs) => Some(hs.next_retransmit.min(hs.deadline)),
             State::Established { session, .. } => session.poll_timeout(),
+            State::Backoff { until, .. } => Some(*until),
             State::Done => None,
         }
     }
@@ -789,9 +900,11 @@ impl Connection {
                 if now >= hs.deadline {
                     let server = hs.server;
                     debug!(%server, "handshake timed out");
+                    self.report_failure(now, server);
                     self.lose_server(now, server, CloseReason::IdleTimeout);
                 } else if now >= hs.next_retransmit {
                     hs.send_now = true;
+                    hs.retransmitted = true;
                     hs.rto = (hs.rto * 2).min(self.config.race.max_rto);
                     hs.next_retransmit = now + hs.rto;
                 }
@@ -800,7 +913,21 @@ impl Connection {
                 let server = *server;
                 if let Some(reason) = session.handle_timeout(now) {
                     debug!(%server, ?reason, "server lost");
+                    if reason == CloseReason::IdleTimeout {
+                        // The server went silent under the session (L7).
+                        self.report_failure(now, server);
+                    }
                     self.lose_server(now, server, reason);
+                }
+            }
+            State::Backoff { until, .. } => {
+                if now >= *until {
+                    let State::Backoff { targets, .. } =
+                        std::mem::replace(&mut self.state, State::Done)
+                    else {
+                        return;
+                    };
+                    self.start_race(now, targets);
                 }
             }
             State::Done => {}

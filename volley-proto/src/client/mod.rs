@@ -2,9 +2,11 @@
 //! session, with failover — all in one [`Connection`] state machine.
 
 mod connection;
+pub mod pool;
 pub mod race;
 
 pub use connection::{ClientEvent, ConnectError, Connection};
+pub use pool::{EjectionConfig, PoolState, ServerOutcome, SharedPoolState};
 pub use race::{RaceTimers, Winner};
 
 use std::time::Duration;
@@ -20,7 +22,9 @@ pub enum SelectionPolicy {
     #[default]
     Earliest,
     /// Collect offers for `delta` after the first valid one (or until every probed server
-    /// answered), then choose by Prequal's hot/cold rule: an offer is cold when its utilisation
+    /// answered), then choose the shortest expected delay (L5): the offer with the smallest
+    /// `expected completion + answer time` from its hint. When some offer carries no estimate,
+    /// Prequal's hot/cold rule decides instead: an offer is cold when its utilisation
     /// (`in_flight / capacity`) is below the `quantile` of the collected offers'; the cold offer
     /// with the lowest answer time wins, or, when none is cold, the lowest utilisation.
     Window {
@@ -75,10 +79,20 @@ pub struct ClientConfig {
     pub server_keys: Vec<PublicKey>,
     /// Selection policy. Default [`SelectionPolicy::Earliest`].
     pub policy: SelectionPolicy,
-    /// Probe retransmission and race deadline.
+    /// Probe retransmission and race deadline. `race.initial_rto` is the cold-start value:
+    /// once offers have come back, the first retransmission follows the answer times measured
+    /// (L6, [`pool`]).
     pub race: RaceTimers,
-    /// INIT retransmission: first after this long, doubling up to `race.max_rto`. Default 250 ms.
+    /// INIT retransmission before any handshake was timed: first after this long, doubling up
+    /// to `race.max_rto`. Default 250 ms. Once handshakes are timed, the measured value applies.
     pub init_rto: Duration,
+    /// The shortest measured retransmission timeout, for probes and INITs. Default 10 ms.
+    pub min_rto: Duration,
+    /// After a refusal naming no new server, wait this long (doubling with each refusal in a
+    /// row, up to `race.max_rto`, ±50 % jitter) before racing again (L6). Default 10 ms.
+    pub refusal_backoff: Duration,
+    /// Outlier ejection (L7).
+    pub ejection: EjectionConfig,
     /// The handshake fails when no ACCEPT arrived by then. Default 3 s.
     pub handshake_timeout: Duration,
     /// PROBEs are zero-padded to this size (at least [`crate::PROBE_MIN_LEN`]).
@@ -105,6 +119,9 @@ impl ClientConfig {
             policy: SelectionPolicy::Earliest,
             race: RaceTimers::default(),
             init_rto: Duration::from_millis(250),
+            min_rto: Duration::from_millis(10),
+            refusal_backoff: Duration::from_millis(10),
+            ejection: EjectionConfig::default(),
             handshake_timeout: Duration::from_secs(3),
             probe_size: crate::PROBE_MIN_LEN,
             session: SessionConfig::default(),
@@ -160,6 +177,12 @@ pub struct ClientStats {
     pub sessions_established: u64,
     /// Failovers: sessions lost and replaced by a new race.
     pub failovers: u64,
+    /// Races delayed by a back-off after a refusal (L6).
+    pub refusal_backoffs: u64,
+    /// Servers this connection's failures ejected from races (L7).
+    pub ejections: u64,
+    /// Candidates left out of races because they were ejected (L7).
+    pub ejected_skipped: u64,
     /// DATA packets dropped by the session (auth, replay, bad frame).
     pub data_dropped: u64,
 }

@@ -138,6 +138,21 @@ pub fn hot_cold_pick(offers: &[Winner], q: f64) -> usize {
     })
 }
 
+/// The shortest-expected-delay pick over collected offers (L5): the offer whose server expects
+/// to complete one more request soonest, counting the time its offer took to come back
+/// (`expected + answer_time`: the client pays the network too). Ties go to the offer collected
+/// first. `None` when some offer carries no estimate (then [`hot_cold_pick`] decides).
+pub fn expected_delay_pick(offers: &[Winner]) -> Option<usize> {
+    let mut best: Option<(usize, Duration)> = None;
+    for (i, w) in offers.iter().enumerate() {
+        let score = w.load.expected()? + w.answer_time;
+        if best.is_none_or(|(_, b)| score < b) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// One race over a set of servers.
 #[derive(Debug)]
 pub struct Race {
@@ -215,7 +230,8 @@ impl Race {
         self.retire();
         match self.policy {
             SelectionPolicy::Window { quantile, .. } => {
-                let i = hot_cold_pick(&candidates, quantile);
+                let i = expected_delay_pick(&candidates)
+                    .unwrap_or_else(|| hot_cold_pick(&candidates, quantile));
                 self.not_chosen = candidates.len() as u64 - 1;
                 Some(candidates.swap_remove(i))
             }
@@ -273,6 +289,11 @@ impl Race {
     /// PROBEs written so far (first sends and retransmissions).
     pub fn probes_sent(&self) -> u64 {
         self.probes_sent
+    }
+
+    /// Whether the race re-sent its probes (its answer times are then ambiguous: Karn's rule).
+    pub fn retransmitted(&self) -> bool {
+        self.probes_sent > self.targets.len() as u64
     }
 
     /// Writes the next PROBE into `buf`.

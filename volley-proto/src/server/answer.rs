@@ -1,17 +1,20 @@
-//! Answer policies (L1): how a server turns its load into the time it answers a probe.
+//! Answer policies (L1, L5, L6): how a server turns its load into the time it answers a probe.
 //!
 //! The patent's premise is that a busy server answers late or not at all. On a LAN every server
 //! answers within microseconds, so answering the moment a probe is read makes "earliest offer"
 //! measure scheduling noise. These policies make the answer time carry the load:
 //!
 //! - [`AnswerPolicy::Immediate`]: answer at once; the load shows only in the hint.
-//! - [`AnswerPolicy::Paced`]: delay the offer by `max_delay × min(E, C) / C`, where `E` is the
-//!   effective load (requests in flight plus offers outstanding) and `C` the capacity.
-//! - [`AnswerPolicy::Gated`]: answer at once while a slot is free (`E < C`); otherwise hold the
-//!   probe until one frees, dropping it beyond the queue bound or after `max_hold`.
+//! - [`AnswerPolicy::Paced`]: delay the offer by a fixed share of the server's *expected
+//!   completion time* for one more request (L5, [`super::estimate`]), capped: the earliest offer
+//!   then comes from the server expected to finish the request first, whether it is less loaded
+//!   or simply faster.
+//! - [`AnswerPolicy::Gated`]: answer at once while a slot is free; otherwise hold the probe until
+//!   one frees, and answer it anyway (a late, busy offer) when `max_hold` runs out.
 //!
-//! Every policy withholds while the server is full (requests in flight ≥ capacity), except
-//! `Gated`, whose whole point is to hold the probe and answer when a slot frees.
+//! No policy goes silent because the server is busy (L6): a busy server answers late, and its
+//! hint says how busy it is, so a race always ends in a session as soon as any server can take
+//! one. Only a server that cannot open another session at all (`max_sessions`) withholds.
 //!
 //! Held probes live in a [`HeldQueue`] of at most `max_held` fixed-size entries; each is gone the
 //! moment its offer is sent or it is dropped. Offers sent recently are counted as
@@ -29,28 +32,35 @@ use crate::packet::Tag;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AnswerPolicy {
-    /// Answer every probe at once (withhold when full); load only in the hint.
+    /// Answer every probe at once; load only in the hint.
     Immediate,
-    /// Delay each offer in proportion to the load: `max_delay × min(E, C) / C`.
+    /// Delay each offer by `min(expected / divisor, max_delay)`, where `expected` is the
+    /// server's expected completion time of one more request (L5).
     Paced {
-        /// The delay of a server whose every slot is taken. Default 5 ms.
+        /// The longest delay. Default 10 ms.
         max_delay: Duration,
+        /// The delay is this fraction's denominator of the expected completion time. Default
+        /// 32: a client waits about 3 % of what the request will take anyway.
+        divisor: u32,
     },
-    /// Answer at once while a slot is free; otherwise hold the probe until one frees.
+    /// Answer at once while a slot is free; otherwise hold the probe until one frees, and answer
+    /// it (late, busy) after `max_hold` if none did.
     Gated {
-        /// A held probe older than this is dropped. Default 200 ms.
+        /// How long a probe waits for a free slot before it is answered anyway. Default 200 ms.
         max_hold: Duration,
     },
 }
 
-/// Default [`AnswerPolicy::Paced`] `max_delay`: the extra answer time of a full server. A load
-/// step of one request then moves the answer by `5 ms / capacity` (312 µs at capacity 16), well
-/// above loopback and LAN answer-time noise (tens of µs), while a client never waits more than
-/// 5 ms longer than with `Immediate`.
-pub const DEFAULT_PACE_MAX_DELAY: Duration = Duration::from_millis(5);
-/// Default [`AnswerPolicy::Gated`] `max_hold`: just under the client's first probe
-/// retransmission (250 ms), so a held probe is gone before its retransmission arrives to take
-/// its place.
+/// Default [`AnswerPolicy::Paced`] `max_delay`. With the default divisor it is reached at an
+/// expected completion time of 320 ms; beyond that, servers are told apart by their hints only.
+pub const DEFAULT_PACE_MAX_DELAY: Duration = Duration::from_millis(10);
+/// Default [`AnswerPolicy::Paced`] `divisor`: the delay is 1/32 of the expected completion time.
+/// A request the server expects to finish in 40 ms is offered 1.25 ms late; one more request
+/// queued behind four busy slots (40 ms → 50 ms) moves the offer by 312 µs, well above loopback
+/// and LAN answer-time noise (tens of µs).
+pub const DEFAULT_PACE_DIVISOR: u32 = 32;
+/// Default [`AnswerPolicy::Gated`] `max_hold`: just under the client's cold-start probe
+/// retransmission (250 ms).
 pub const DEFAULT_GATE_MAX_HOLD: Duration = Duration::from_millis(200);
 /// Default bound on held probes.
 pub const DEFAULT_MAX_HELD: usize = 1024;
@@ -58,10 +68,11 @@ pub const DEFAULT_MAX_HELD: usize = 1024;
 pub const DEFAULT_RESERVATION: Duration = Duration::from_millis(5);
 
 impl AnswerPolicy {
-    /// `Paced` with the default `max_delay`.
+    /// `Paced` with the default `max_delay` and `divisor`.
     pub const fn paced() -> Self {
         Self::Paced {
             max_delay: DEFAULT_PACE_MAX_DELAY,
+            divisor: DEFAULT_PACE_DIVISOR,
         }
     }
 
@@ -89,16 +100,12 @@ impl Default for AnswerPolicy {
     }
 }
 
-/// The paced delay for effective load `effective` out of `capacity` slots. Linear: the delay
-/// converts load into distance, so a server `u` busy looks `u × max_delay` farther away, and
-/// servers one request apart are `max_delay / capacity` apart in answer time.
-pub fn pace_delay(max_delay: Duration, effective: u32, capacity: u32) -> Duration {
-    if capacity == 0 {
-        return Duration::ZERO;
-    }
-    let e = u64::from(effective.min(capacity));
-    let nanos = max_delay.as_nanos().min(u128::from(u64::MAX)) as u64;
-    Duration::from_nanos(nanos.saturating_mul(e) / u64::from(capacity))
+/// The paced delay for an expected completion time: `min(expected / divisor, max_delay)`.
+/// Linear in the expected completion time, so the earliest offer comes from the server expected
+/// to finish first whenever the servers' network delays differ by less than the gap between
+/// their expected completion times divided by `divisor`.
+pub fn pace_delay(expected: Duration, divisor: u32, max_delay: Duration) -> Duration {
+    (expected / divisor.max(1)).min(max_delay)
 }
 
 /// A probe held for a later offer: only what the offer needs, fixed size, no allocation.
@@ -201,16 +208,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn l1_pace_delay_is_linear_in_load_and_capped() {
-        let max = Duration::from_millis(5);
-        assert_eq!(pace_delay(max, 0, 16), Duration::ZERO);
-        assert_eq!(pace_delay(max, 4, 16), Duration::from_micros(1250));
-        assert_eq!(pace_delay(max, 16, 16), max);
-        assert_eq!(pace_delay(max, 40, 16), max, "capped at max_delay");
+    fn l5_pace_delay_is_a_share_of_the_expected_completion_capped() {
+        let ms = Duration::from_millis;
+        let max = ms(10);
+        assert_eq!(pace_delay(ms(40), 32, max), Duration::from_micros(1250));
+        assert_eq!(pace_delay(ms(80), 32, max), ms(80) / 32);
+        assert_eq!(pace_delay(ms(320), 32, max), max);
+        assert_eq!(pace_delay(ms(5000), 32, max), max, "capped at max_delay");
+        assert_eq!(pace_delay(Duration::ZERO, 32, max), Duration::ZERO);
         assert_eq!(
-            pace_delay(max, 7, 0),
-            Duration::ZERO,
-            "no capacity: no pacing"
+            pace_delay(ms(3), 0, max),
+            ms(3),
+            "a zero divisor counts as 1"
         );
     }
 

@@ -11,8 +11,9 @@ use tracing::{debug, trace};
 
 use super::admission::{Admission, Refusal};
 use super::answer::{AnswerPolicy, Held, HeldQueue, Reservations, pace_delay};
+use super::estimate::{ServiceEstimator, expected_completion};
 use super::responder::{self, InitCheck};
-use super::{ServerConfig, ServerLoad, ServerStats};
+use super::{AppLoad, ServerConfig, ServerLoad, ServerStats};
 use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
 use crate::crypto::{self, PublicKey};
@@ -60,6 +61,9 @@ struct Served {
     origin: (SocketAddr, Tag),
     /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
     accept: Vec<u8>,
+    /// Whether the offer this session came from still holds a reservation, to be released when
+    /// its first request arrives (sessions that do not count as load, L6).
+    holds_reservation: bool,
 }
 
 /// A volley server's protocol state.
@@ -79,6 +83,10 @@ pub struct ServerEndpoint {
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     app_load: u32,
+    /// The application's running total of completed requests, as last reported.
+    app_completed: u64,
+    /// The mean service time estimate (L5).
+    service: ServiceEstimator,
     /// Probes held for a later offer (L1): bounded by `max_held`, fixed-size entries.
     held: HeldQueue,
     /// Recently sent offers, counted as load (expiry times only; bounded by capacity).
@@ -119,6 +127,7 @@ impl ServerEndpoint {
         );
         let admission = Admission::new(now, config.admission.clone());
         let key_id = config.keypair.public().key_id();
+        let service = ServiceEstimator::new(now, config.service);
         Self {
             config,
             key_id,
@@ -132,6 +141,8 @@ impl ServerEndpoint {
             events: VecDeque::new(),
             stats: ServerStats::default(),
             app_load: 0,
+            app_completed: 0,
+            service,
             held: HeldQueue::default(),
             reserved: Reservations::default(),
             peer_cursor: 0,
@@ -170,25 +181,65 @@ impl ServerEndpoint {
         self.config.capacity = capacity;
     }
 
-    /// Requests in flight the application reports on top of the sessions served (L1). Call
-    /// [`ServerEndpoint::poll_transmit`] afterwards: a freed slot can release a held probe.
-    pub fn set_app_load(&mut self, in_flight: u32) {
-        self.app_load = in_flight;
+    /// Changes the hard session limit (None: unbounded).
+    pub fn set_max_sessions(&mut self, max_sessions: Option<u32>) {
+        self.config.max_sessions = max_sessions;
     }
 
-    /// The load now: sessions, application requests, outstanding offers, held probes.
+    /// What the application reports about its requests at `now` (L1, L5): in flight now, and
+    /// the running total completed. Call [`ServerEndpoint::poll_transmit`] afterwards: a freed
+    /// slot can release a held probe.
+    pub fn set_app_load(&mut self, now: Instant, load: AppLoad) {
+        // A total that went down (an application restarted its count) completes nothing.
+        let done = load.completed.saturating_sub(self.app_completed);
+        self.app_completed = load.completed;
+        self.app_load = load.in_flight;
+        self.record_service(now, done);
+    }
+
+    /// The application's running total of completed requests, as last reported.
+    pub fn app_completed(&self) -> u64 {
+        self.app_completed
+    }
+
+    /// Tells the service estimate how many requests are in service from `now`, and how many
+    /// just completed.
+    fn record_service(&mut self, now: Instant, completed: u64) {
+        let requests = self.in_flight();
+        let in_service = self.config.capacity.map_or(requests, |c| requests.min(c));
+        self.service.record(now, in_service, completed);
+    }
+
+    /// The load now: sessions, application requests, outstanding offers, held probes, and the
+    /// expected completion time of one more request.
     pub fn load(&self, now: Instant) -> ServerLoad {
+        let reserved = self.reserved.count_at(now);
+        let requests = self.in_flight();
+        let service_time = self.service.mean(now);
         ServerLoad {
             sessions: self.sessions.len() as u32,
             app: self.app_load,
-            reserved: self.reserved.count_at(now),
+            requests,
+            reserved,
             held: self.held.len() as u32,
             capacity: self.config.capacity.unwrap_or(0),
+            service_time,
+            expected: expected_completion(
+                service_time,
+                requests.saturating_add(reserved),
+                self.config.capacity,
+            ),
         }
     }
 
+    /// Requests in flight: the application's, plus the sessions when they count as load.
     fn in_flight(&self) -> u32 {
-        (self.sessions.len() as u32).saturating_add(self.app_load)
+        let sessions = if self.config.count_sessions {
+            self.sessions.len() as u32
+        } else {
+            0
+        };
+        sessions.saturating_add(self.app_load)
     }
 
     /// Requests in flight plus offers outstanding: what the answer policy and the hint weigh.
@@ -196,25 +247,53 @@ impl ServerEndpoint {
         self.in_flight().saturating_add(self.reserved.count(now))
     }
 
-    /// The load hint an offer written now carries (L2).
-    fn hint(&mut self, now: Instant) -> LoadHint {
+    /// The expected completion time of one more request with `effective` requests and offers
+    /// in flight (L5).
+    fn expected(&self, now: Instant, effective: u32) -> std::time::Duration {
+        expected_completion(self.service.mean(now), effective, self.config.capacity)
+    }
+
+    /// The load hint an offer written now carries (L2, L5); `own_reserved`: the offer's own
+    /// reservation is already counted and must be left out.
+    fn hint(&mut self, now: Instant, own_reserved: bool) -> LoadHint {
+        let mut effective = self.effective(now);
+        if own_reserved {
+            effective = effective.saturating_sub(1);
+        }
+        let expected = self.expected(now, effective);
         LoadHint {
-            in_flight: self.effective(now),
+            in_flight: effective,
             capacity: self.config.capacity.unwrap_or(0),
+            expected_us: expected.as_micros().clamp(1, u128::from(u32::MAX)) as u32,
         }
     }
 
-    fn full(&self) -> bool {
+    /// Whether every slot is taken by requests in flight (L6: such a server still answers).
+    fn busy(&self) -> bool {
         self.config.capacity.is_some_and(|c| self.in_flight() >= c)
     }
 
+    /// Whether a slot is free for one more request, counting offers outstanding (gated).
+    fn slot_free(&mut self, now: Instant) -> bool {
+        let effective = self.effective(now);
+        self.config.capacity.is_none_or(|c| effective < c)
+    }
+
+    /// Whether the server cannot open another session: the hard `max_sessions` limit.
+    fn full(&self) -> bool {
+        self.config
+            .max_sessions
+            .is_some_and(|m| self.sessions.len() as u32 >= m)
+    }
+
     /// Counts an offer as load for `config.reservation` from `from` (L4). Only with a capacity:
-    /// without one there is nothing to reserve.
+    /// without one there is nothing to reserve. At most 4 × capacity are kept (a flood of
+    /// spoofed probes raises the expected completion by at most 4 service times).
     fn reserve(&mut self, from: Instant) {
         match self.config.capacity {
             Some(c) if !self.config.reservation.is_zero() => {
-                self.reserved
-                    .add(from + self.config.reservation, c as usize);
+                let bound = (c as usize).saturating_mul(4).max(1);
+                self.reserved.add(from + self.config.reservation, bound);
             }
             _ => {}
         }
@@ -299,31 +378,32 @@ impl ServerEndpoint {
             trace!(%remote, "probe withheld: under load");
             return None;
         }
-        let effective = self.effective(now);
+        if self.full() {
+            self.stats.probes_withheld_full += 1;
+            trace!(%remote, "probe withheld: at max_sessions");
+            return None;
+        }
         // (when the offer leaves, whether it reserves at arrival)
         let (due, reserve_early) = match (self.config.answer, self.config.capacity) {
-            (AnswerPolicy::Gated { max_hold }, Some(c)) => {
-                if !self.full() && effective < c && self.held.len() == 0 {
+            (AnswerPolicy::Gated { max_hold }, Some(_)) => {
+                if self.slot_free(now) && self.held.len() == 0 {
                     (now, false)
                 } else if max_hold.is_zero() {
-                    // Nowhere to wait: a gated server without a hold withholds like the others.
-                    self.stats.probes_withheld_full += 1;
-                    trace!(%remote, "probe withheld: no free slot");
-                    return None;
+                    // Nowhere to wait: answer at once, busy (L6).
+                    (now, false)
                 } else {
                     // No free slot (or earlier probes wait first): hold until one frees.
                     (now + max_hold, false)
                 }
             }
-            (_, _) if self.full() => {
-                self.stats.probes_withheld_full += 1;
-                trace!(%remote, "probe withheld: at capacity");
-                return None;
+            (AnswerPolicy::Paced { max_delay, divisor }, Some(_)) => {
+                let effective = self.effective(now);
+                let expected = self.expected(now, effective);
+                (
+                    now + pace_delay(expected, divisor, max_delay),
+                    !self.config.reservation.is_zero(),
+                )
             }
-            (AnswerPolicy::Paced { max_delay }, Some(c)) => (
-                now + pace_delay(max_delay, effective, c),
-                !self.config.reservation.is_zero(),
-            ),
             _ => (now, false),
         };
         let held = Held {
@@ -359,12 +439,10 @@ impl ServerEndpoint {
     }
 
     fn write_offer(&mut self, now: Instant, held: &Held, out: &mut [u8]) -> Option<Transmit> {
-        let mut load = self.hint(now);
-        if held.reserved {
-            load.in_flight = load.in_flight.saturating_sub(1);
-        }
+        let load = self.hint(now, held.reserved);
+        let busy = self.busy();
         let service = self.config.services.get(usize::from(held.service))?;
-        responder::write_offer(
+        let t = responder::write_offer(
             now,
             &self.jar,
             &mut self.stats,
@@ -376,47 +454,39 @@ impl ServerEndpoint {
             self.key_id,
             load,
             out,
-        )
+        );
+        if t.is_some() && busy {
+            self.stats.offers_busy += 1;
+        }
+        t
     }
 
-    /// Sends the next held offer that is due (paced) or has a free slot (gated), dropping held
-    /// probes whose time ran out.
+    /// Sends the next held offer that is due (paced), has a free slot or has waited `max_hold`
+    /// (gated), dropping held probes the server can no longer answer (`max_sessions` reached,
+    /// under load).
     fn release_held(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
         while let Some(front) = self.held.front().copied() {
-            match self.config.answer {
-                AnswerPolicy::Gated { .. } => {
-                    // Capacity removed while probes wait: every slot is free.
-                    let c = self.config.capacity.unwrap_or(u32::MAX);
-                    if front.due <= now {
-                        self.held.pop();
-                        self.stats.probes_dropped_hold_expired += 1;
-                        trace!(remote = %front.remote, "held probe dropped: no slot in time");
-                        continue;
-                    }
-                    if self.full() || self.effective(now) >= c || self.admission.under_load(now) {
-                        return None;
-                    }
-                    self.held.pop();
-                    let t = self.write_offer(now, &front, out);
-                    if t.is_some() {
-                        self.reserve(now);
-                        return t;
-                    }
-                    continue;
+            let gated = matches!(self.config.answer, AnswerPolicy::Gated { .. });
+            let due = front.due <= now;
+            if gated {
+                // Gated: a free slot releases the first in line; `due` is its hold's end, when
+                // it is answered anyway (busy, L6). Capacity removed: every slot is free.
+                if !due && (!self.slot_free(now) || self.admission.under_load(now) || self.full()) {
+                    return None;
                 }
-                _ => {
-                    if front.due > now {
-                        return None;
-                    }
-                    self.held.pop();
-                    if self.full() || self.admission.under_load(now) {
-                        self.stats.probes_dropped_hold_expired += 1;
-                        trace!(remote = %front.remote, "held probe dropped: full before due");
-                        continue;
-                    }
-                }
+            } else if !due {
+                return None;
+            }
+            self.held.pop();
+            if self.full() || self.admission.under_load(now) {
+                self.stats.probes_dropped_hold_expired += 1;
+                trace!(remote = %front.remote, "held probe dropped: full or under load");
+                continue;
             }
             if let Some(t) = self.write_offer(now, &front, out) {
+                if gated {
+                    self.reserve(now);
+                }
                 return Some(t);
             }
         }
@@ -437,7 +507,7 @@ impl ServerEndpoint {
             self.stats.init_unknown_service += 1;
             return None;
         }
-        match responder::check_init(
+        let cookie_age = match responder::check_init(
             now,
             &self.jar,
             &mut self.stats,
@@ -449,8 +519,8 @@ impl ServerEndpoint {
         ) {
             InitCheck::Drop => return None,
             InitCheck::Reply(t) => return Some(t),
-            InitCheck::Proceed => {}
-        }
+            InitCheck::Proceed { age } => age,
+        };
         // Duplicate filter, consulted only after the MAC (R1): same client, same race → same ACCEPT.
         if let Some(id) = self.by_origin.get(&(remote, init.tag)) {
             let served = self.sessions.get(id)?;
@@ -471,9 +541,15 @@ impl ServerEndpoint {
             trace!(%remote, "INIT dropped: its session already ended");
             return None;
         }
+        let mut honoured = false;
         if self.full() {
-            self.stats.init_refused_full += 1;
-            return self.refuse(remote, local, &init.tag, init_len, out);
+            // An offer made moments ago promised this client a slot: keep the promise (L6).
+            // Bounded: a server at `max_sessions` makes no new offers.
+            if cookie_age > self.config.reservation {
+                self.stats.init_refused_full += 1;
+                return self.refuse(remote, local, &init.tag, init_len, out);
+            }
+            honoured = true;
         }
         match self.admission.admit(now, remote.ip()) {
             Ok(()) => {}
@@ -525,17 +601,26 @@ impl ServerEndpoint {
             return None;
         }
         let session = Session::new(now, local_id, client_id, remote, keys, self.config.session);
+        // The offer this session came from stays outstanding until it turns into load: now if
+        // sessions count as load, else when the session's first request arrives.
+        let counts = self.config.count_sessions;
         self.sessions.insert(
             local_id,
             Served {
                 session,
                 origin: (remote, init.tag),
                 accept: out[..size].to_vec(),
+                holds_reservation: !counts,
             },
         );
         self.by_origin.insert((remote, init.tag), local_id);
-        // The offer this session came from is no longer outstanding: it is load now.
-        self.reserved.release_one();
+        if counts {
+            self.reserved.release_one();
+            self.record_service(now, 0);
+        }
+        if honoured {
+            self.stats.init_honoured_full += 1;
+        }
         self.stats.sessions_opened += 1;
         self.events.push_back(ServerEvent::Opened {
             id: local_id,
@@ -625,6 +710,10 @@ impl ServerEndpoint {
         let id = header.receiver_id;
         match served.session.handle_data(now, header, ct) {
             Ok(Delivered::Datagram(data)) => {
+                if std::mem::take(&mut served.holds_reservation) {
+                    // The session's first request: its offer is load now.
+                    self.reserved.release_one();
+                }
                 self.events.push_back(ServerEvent::Datagram { id, data })
             }
             Ok(Delivered::Keepalive) => self.ready.push_back(id),
@@ -649,6 +738,9 @@ impl ServerEndpoint {
                 self.stats.sessions_idle_timeout += 1;
             }
             self.stats.sessions_closed += 1;
+            if self.config.count_sessions {
+                self.record_service(now, 1);
+            }
             self.events.push_back(ServerEvent::Closed { id, reason });
             debug!(id, ?reason, "session closed");
         }
@@ -711,8 +803,8 @@ impl ServerEndpoint {
             .values()
             .filter_map(|s| s.session.poll_timeout())
             .min();
-        // Held probes: a paced offer's send time or a gated probe's drop time; while gated probes
-        // wait, an expiring reservation may free their slot.
+        // Held probes: a paced offer's send time or the end of a gated probe's hold; while gated
+        // probes wait, an expiring reservation may free their slot.
         let held = self.held.next_due();
         let gated_wait = match self.config.answer {
             AnswerPolicy::Gated { .. } if held.is_some() => self.reserved.next_expiry(),
@@ -725,17 +817,11 @@ impl ServerEndpoint {
             .min()
     }
 
-    /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts, held
-    /// probes. Call [`ServerEndpoint::poll_transmit`] afterwards: held offers that came due leave
-    /// from there.
+    /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts. Call
+    /// [`ServerEndpoint::poll_transmit`] afterwards: held offers that came due (paced) or whose
+    /// hold ended (gated) leave from there.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.reserved.count(now);
-        if matches!(self.config.answer, AnswerPolicy::Gated { .. }) {
-            while self.held.front().is_some_and(|h| h.due <= now) {
-                self.held.pop();
-                self.stats.probes_dropped_hold_expired += 1;
-            }
-        }
         if self.jar.rotate_if_due(now, &mut *self.rng) {
             self.admission.sweep(now);
             self.ended_origins.retain(|_, until| now < *until);

@@ -4,11 +4,13 @@
 pub mod admission;
 pub mod answer;
 mod endpoint;
+pub mod estimate;
 pub mod responder;
 
 pub use admission::AdmissionConfig;
 pub use answer::AnswerPolicy;
 pub use endpoint::{ServerEndpoint, ServerEvent, SessionId};
+pub use estimate::ServiceModel;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,9 +25,25 @@ pub struct ServerConfig {
     pub keypair: StaticKeypair,
     /// Service names this server answers probes for. Default `["echo"]`.
     pub services: Vec<Vec<u8>>,
-    /// Most sessions served at once; at capacity offers are withheld and initiations refused.
-    /// `None` (default) is unbounded.
+    /// Requests the server serves at once (its parallel slots); requests beyond it wait their
+    /// turn. It is the `c` of the expected-completion model (L5, [`estimate`]) and the
+    /// denominator of the load hint's utilisation. A server never goes silent for being at
+    /// capacity: it answers later (L6). `None` (default): unbounded, and every policy answers at
+    /// once.
     pub capacity: Option<u32>,
+    /// Most sessions open at once: a hard limit (memory, descriptors), not a load level. At it,
+    /// probes are withheld and INITs refused with a REDIRECT — except an INIT answering an offer
+    /// made within the last `reservation`, which that offer promised (L6). `None` (default):
+    /// unbounded.
+    pub max_sessions: Option<u32>,
+    /// Whether open sessions count as requests in flight (for services where a session is the
+    /// unit of work, such as one proxied connection per session). Default false: load is the
+    /// requests the application reports ([`ServerEndpoint::set_app_load`]), so idle sessions do
+    /// not fill a server (L6).
+    pub count_sessions: bool,
+    /// Where the mean service time of the expected-completion estimate comes from (L5).
+    /// Default: measured, 1 s window, 10 ms prior.
+    pub service: ServiceModel,
     /// How long a cookie stays valid after it was minted. Default 10 s: long enough for an
     /// INIT's whole retransmission schedule (3 s), short enough to bound replay.
     pub cookie_lifetime: Duration,
@@ -35,8 +53,8 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Rate limits and under-load mode.
     pub admission: AdmissionConfig,
-    /// How load turns into answer time (L1). Default [`AnswerPolicy::Paced`] with a 5 ms
-    /// `max_delay`; without a capacity every policy answers at once.
+    /// How load turns into answer time (L1, L5). Default [`AnswerPolicy::Paced`]: 1/32 of the
+    /// expected completion time, at most 10 ms. Without a capacity every policy answers at once.
     pub answer: AnswerPolicy,
     /// Most probes held at once by `Paced` or `Gated`; beyond it a probe is dropped
     /// (`probes_dropped_queue_full`). Default 1,024 (about 80 KiB).
@@ -60,6 +78,9 @@ impl ServerConfig {
             keypair,
             services: vec![b"echo".to_vec()],
             capacity: None,
+            max_sessions: None,
+            count_sessions: false,
+            service: ServiceModel::default(),
             cookie_lifetime: Duration::from_secs(10),
             cookie_rotation: Duration::from_secs(30),
             session: SessionConfig::default(),
@@ -100,7 +121,7 @@ pub struct ServerStats {
     pub offers_sent: u64,
     /// PROBEs for a service this server does not run.
     pub probes_unknown_service: u64,
-    /// PROBEs not answered because the server is at capacity.
+    /// PROBEs not answered because the server is at `max_sessions`.
     pub probes_withheld_full: u64,
     /// PROBEs not answered because of under-load mode.
     pub probes_withheld_under_load: u64,
@@ -108,9 +129,12 @@ pub struct ServerStats {
     pub probes_held: u64,
     /// PROBEs dropped because the held queue was full (`max_held`).
     pub probes_dropped_queue_full: u64,
-    /// Held PROBEs dropped unanswered: `Gated` found no free slot within `max_hold`, or the
-    /// server became full or under load before a `Paced` offer was due.
+    /// Held PROBEs dropped unanswered: the server reached `max_sessions` or went under load
+    /// while they were held.
     pub probes_dropped_hold_expired: u64,
+    /// OFFERs sent while every slot was taken (requests in flight ≥ capacity): busy servers
+    /// answer late rather than not at all (L6). Included in `offers_sent`.
+    pub offers_busy: u64,
     /// Well-formed INITs.
     pub inits_received: u64,
     /// INITs for a service this server does not run.
@@ -129,8 +153,11 @@ pub struct ServerStats {
     pub init_duplicate: u64,
     /// INIT dropped: its (address, tag) opened a session that has since ended; a replay (R1).
     pub init_after_close: u64,
-    /// INIT refused at capacity (a REDIRECT with no addresses tells the client).
+    /// INIT refused at `max_sessions` (a REDIRECT tells the client).
     pub init_refused_full: u64,
+    /// INIT accepted at `max_sessions` because it answers an offer made within the last
+    /// `reservation`: the offer promised the slot (L6). Included in `sessions_opened`.
+    pub init_honoured_full: u64,
     /// REDIRECTs sent (refusals of INITs whose cookie verified: full or under load).
     pub redirects_sent: u64,
     /// INIT refused by the per-source rate limit.
@@ -160,7 +187,8 @@ pub struct ServerStats {
     pub amplification_suppressed: u64,
 }
 
-/// The server's load right now (L1, L2): what its answer policy and load hints are computed from.
+/// The server's load right now (L1, L2, L5): what its answer policy and load hints are computed
+/// from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerLoad {
@@ -168,22 +196,40 @@ pub struct ServerLoad {
     pub sessions: u32,
     /// Requests in flight the application reported.
     pub app: u32,
+    /// Requests in flight as the server weighs them: `app`, plus `sessions` when
+    /// [`ServerConfig::count_sessions`] is set.
+    pub requests: u32,
     /// Offers sent recently and not yet taken (see [`ServerConfig::reservation`]).
     pub reserved: u32,
     /// Probes held for a later offer.
     pub held: u32,
     /// Configured capacity; 0 when unbounded.
     pub capacity: u32,
+    /// The estimated mean service time of one request (L5).
+    pub service_time: std::time::Duration,
+    /// The expected completion time of one more request now (L5).
+    pub expected: std::time::Duration,
 }
 
 impl ServerLoad {
-    /// Requests in flight: sessions plus application load.
+    /// Requests in flight.
     pub fn in_flight(&self) -> u32 {
-        self.sessions.saturating_add(self.app)
+        self.requests
     }
 
     /// What the answer policy weighs: requests in flight plus outstanding offers.
     pub fn effective(&self) -> u32 {
-        self.in_flight().saturating_add(self.reserved)
+        self.requests.saturating_add(self.reserved)
     }
+}
+
+/// What the application reports about its requests (L1, L5): how many are in flight now, and
+/// how many have completed since the server started (a running total). The server measures its
+/// service time from the two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppLoad {
+    /// Requests in flight (queued or in service) now.
+    pub in_flight: u32,
+    /// Requests completed so far, a running total that never goes down.
+    pub completed: u64,
 }

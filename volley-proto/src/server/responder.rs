@@ -61,7 +61,10 @@ pub enum InitCheck {
     /// Reply with this (a COOKIE_CHANGE), already written into `out`.
     Reply(Transmit),
     /// The cookie is genuine and bound to this source: go on to admission and the handshake.
-    Proceed,
+    Proceed {
+        /// How long ago the cookie (the offer) was minted.
+        age: std::time::Duration,
+    },
 }
 
 /// Validates an INIT's cookie, cheapest first (length → key id → age → MAC). A genuine cookie from
@@ -84,7 +87,7 @@ pub fn check_init(
         service: init.service,
     };
     match jar.verify(now, init.cookie, &binding) {
-        Ok(CookieCheck::Valid) => InitCheck::Proceed,
+        Ok(CookieCheck::Valid { age }) => InitCheck::Proceed { age },
         Ok(CookieCheck::Moved { issued_to }) => {
             let cookie = jar.mint(now, &binding);
             let Ok(size) = (CookieChange {

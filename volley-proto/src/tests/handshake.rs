@@ -263,7 +263,10 @@ fn r4_a_server_that_claims_the_pinned_key_without_holding_it_never_gets_a_sessio
         assert!(events.contains(&ClientEvent::Selected {
             server: server_addr(0),
             answer_time: Duration::from_micros(1_200),
-            load: Default::default(),
+            load: crate::LoadHint {
+                expected_us: 10_000,
+                ..Default::default()
+            },
         }));
         assert!(events.iter().any(|e| matches!(e,
             ClientEvent::Established { server, failover_from: Some(from), .. }

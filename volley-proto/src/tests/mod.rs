@@ -4,10 +4,13 @@ mod abuse;
 mod cookies;
 mod handshake;
 mod malformed;
+mod outcomes;
+mod overload;
 mod policies;
 mod race;
 mod responder;
 mod retransmit;
 mod session_life;
+mod signal;
 #[allow(dead_code)]
 pub mod util;

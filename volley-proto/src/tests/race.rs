@@ -240,7 +240,8 @@ fn c3_answer_times_reflect_each_servers_round_trip() {
             answer_time: ms(2),
             load: LoadHint {
                 in_flight: 0,
-                capacity: 0
+                capacity: 0,
+                expected_us: 10_000,
             },
         }));
         let mut late: Vec<_> = events

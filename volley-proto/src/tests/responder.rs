@@ -69,7 +69,8 @@ fn s1_each_probe_gets_an_offer_with_its_tag_and_a_cookie_minted_for_it() {
                 load,
                 LoadHint {
                     in_flight: 0,
-                    capacity: 0
+                    capacity: 0,
+                    expected_us: 10_000,
                 }
             );
             assert!(
@@ -274,6 +275,8 @@ fn r6_probes_below_the_minimum_size_get_nothing() {
     }
 }
 
+/// A server that cannot open another session (`max_sessions`) withholds its offers: probing it
+/// is pointless. (Being busy is not being full: a busy server answers late, L6.)
 #[test]
 fn l1_a_full_server_withholds_offers_so_the_next_client_lands_elsewhere() {
     for seed in seeds(5) {
@@ -281,7 +284,7 @@ fn l1_a_full_server_withholds_offers_so_the_next_client_lands_elsewhere() {
         let mut sim = Sim::new(seed);
         let key = sim.add_servers(2, |i, cfg| {
             if i == 0 {
-                cfg.capacity = Some(1);
+                cfg.max_sessions = Some(1);
             }
         });
         sim.set_latency(server_addr(0), 1);
@@ -295,7 +298,8 @@ fn l1_a_full_server_withholds_offers_so_the_next_client_lands_elsewhere() {
             ClientEvent::Selected {
                 load: LoadHint {
                     in_flight: 0,
-                    capacity: 1
+                    capacity: 0,
+                    expected_us: 10_000,
                 },
                 ..
             }
@@ -329,9 +333,11 @@ fn l1_an_init_arriving_at_a_full_server_is_refused_and_the_client_fails_over() {
         let mut sim = Sim::new(seed);
         let key = sim.add_servers(2, |i, cfg| {
             if i == 0 {
-                cfg.capacity = Some(1);
-                // Answer at once, so both clients get its offer and one INIT finds it full.
+                cfg.max_sessions = Some(1);
+                // Answer at once, so both clients get its offer and one INIT finds it full; no
+                // reservations, so that INIT was not promised a slot (L6 honours those).
                 cfg.answer = AnswerPolicy::Immediate;
+                cfg.reservation = Duration::ZERO;
             }
         });
         sim.set_latency(server_addr(0), 1);
@@ -351,8 +357,8 @@ fn l1_an_init_arriving_at_a_full_server_is_refused_and_the_client_fails_over() {
         ];
         servers.sort();
         assert_eq!(servers, [server_addr(0), server_addr(1)]);
-        // The loser was told (REDIRECT) and re-raced at once: no INIT retransmission, no 3 s
-        // handshake timeout — it is up within a few round trips of virtual time.
+        // The loser was told (REDIRECT) and re-raced after a short back-off (L6): no INIT
+        // retransmission, no 3 s handshake timeout — it is up within a few round trips.
         assert_eq!(s0.redirects_sent, s0.init_refused_full);
         let refused = if sim.clients[c0].conn.server() == Some(server_addr(1)) {
             c0

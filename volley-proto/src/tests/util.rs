@@ -241,6 +241,25 @@ impl Sim {
         i
     }
 
+    /// Adds a connection of an existing client instance: it races `pool` sharing `state` (answer
+    /// times, ejected servers) with that instance's other connections; returns its index.
+    pub fn add_client_shared(
+        &mut self,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        state: crate::client::SharedPoolState,
+    ) -> usize {
+        let i = self.clients.len();
+        let rng = self.child_rng();
+        let conn = Connection::with_state(self.now, config, pool, rng, state);
+        self.clients.push(SimClient {
+            addr: client_addr(i),
+            conn,
+            events: Vec::new(),
+        });
+        i
+    }
+
     /// Adds a client at a chosen address racing `pool`; returns its index.
     pub fn add_client_at(
         &mut self,
@@ -275,7 +294,8 @@ impl Sim {
             .expect("the race chose its servers");
         let addr = self.clients[i].addr;
         let rng = self.child_rng();
-        let conn = Connection::from_winner(self.now, config, pool, tag, winner, rng);
+        let shared = self.clients[i].conn.pool_state();
+        let conn = Connection::from_winner(self.now, config, pool, tag, winner, rng, shared);
         self.clients.push(SimClient {
             addr,
             conn,
@@ -514,6 +534,21 @@ impl Sim {
         self.clients[i].conn.server().is_some()
     }
 
+    /// Sets server `i`'s application load to `in_flight` requests at the current time (the
+    /// running total of completions unchanged).
+    pub fn set_app(&mut self, i: usize, in_flight: u32) {
+        let now = self.now;
+        let ep = &mut self.servers[i].endpoint;
+        let completed = ep.app_completed();
+        ep.set_app_load(
+            now,
+            crate::server::AppLoad {
+                in_flight,
+                completed,
+            },
+        );
+    }
+
     /// Index of the server at `addr`.
     pub fn server_index(&self, addr: SocketAddr) -> usize {
         self.servers
@@ -634,6 +669,18 @@ impl Bench {
         }
     }
 
+    /// Sets the application load to `in_flight` requests now (completions unchanged).
+    pub fn set_app(&mut self, in_flight: u32) {
+        let completed = self.server.app_completed();
+        self.server.set_app_load(
+            self.now,
+            crate::server::AppLoad {
+                in_flight,
+                completed,
+            },
+        );
+    }
+
     /// Moves virtual time to `start + at`.
     pub fn at(&mut self, at: Duration) {
         self.now = self.start + at;
@@ -741,6 +788,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         probes_held: _,
         probes_dropped_queue_full,
         probes_dropped_hold_expired,
+        offers_busy: _,
         inits_received: _,
         init_unknown_service,
         init_cookie_malformed,
@@ -750,6 +798,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         cookie_changes_sent: _,
         init_duplicate: _,
         init_refused_full,
+        init_honoured_full: _,
         init_rate_limited,
         init_under_load,
         init_handshake_failed,
@@ -808,6 +857,8 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         };
     }
     delta!(
+        offers_busy,
+        init_honoured_full,
         probes_held,
         probes_dropped_queue_full,
         probes_dropped_hold_expired,
@@ -874,6 +925,9 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         accepts_invalid,
         sessions_established: _,
         failovers: _,
+        refusal_backoffs: _,
+        ejections: _,
+        ejected_skipped: _,
         data_dropped,
     } = *s;
     offers_late
@@ -901,6 +955,9 @@ pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
         };
     }
     delta!(
+        refusal_backoffs,
+        ejections,
+        ejected_skipped,
         redirects,
         redirect_servers_added,
         redirect_servers_ignored,
