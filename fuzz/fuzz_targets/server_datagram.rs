@@ -33,7 +33,7 @@ use volley_fuzz::{
 };
 use volley_proto::packet::{Packet, Tag, kind};
 use volley_proto::{
-    AnswerPolicy, CloseCode, INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, ServerEvent, SessionId,
+    AnswerPolicy, AppLoad, CloseCode, INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, ServerEvent, SessionId,
 };
 
 const MAX_HELD: usize = 16;
@@ -84,6 +84,8 @@ fuzz_target!(|data: &[u8]| {
     let mut resp = [0u8; MAX_DATAGRAM_LEN];
     let mut verified: HashSet<SocketAddr> = HashSet::new();
     let mut opened: Vec<SessionId> = Vec::new();
+    // The application's running total of completed requests (API call 2).
+    let mut completed = 0u64;
     let mut templates: Vec<&[u8]> = Vec::new();
     if mode % 3 >= 1 {
         templates.push(&rec.init);
@@ -113,8 +115,18 @@ fuzz_target!(|data: &[u8]| {
             let arg0 = arg.first().copied().unwrap_or(0);
             match op % 6 {
                 0 => server.set_capacity(Some(u32::from(arg0))),
-                1 => server.set_capacity(None),
-                2 => server.set_app_load(u32::from(arg0)),
+                1 if arg0 % 2 == 0 => server.set_capacity(None),
+                1 => server.set_max_sessions((arg0 > 1).then_some(u32::from(arg0 / 4))),
+                2 => {
+                    completed += u64::from(arg.get(1).copied().unwrap_or(0));
+                    server.set_app_load(
+                        now,
+                        AppLoad {
+                            in_flight: u32::from(arg0),
+                            completed,
+                        },
+                    );
+                }
                 3 => server.close_all(CloseCode::GOING_AWAY),
                 4 => {
                     for &id in &opened {

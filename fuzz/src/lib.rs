@@ -187,7 +187,8 @@ pub struct Recorded {
     pub init: Vec<u8>,
     /// The server's COOKIE_CHANGE for that INIT arriving from [`client_addr_moved`].
     pub cookie_change: Vec<u8>,
-    /// The server's REDIRECT refusing that INIT while it was at capacity (19 bytes, no addresses).
+    /// The server's REDIRECT refusing that INIT while it was at its session limit (19 bytes, no
+    /// addresses).
     pub redirect: Vec<u8>,
     /// The server's ACCEPT.
     pub accept: Vec<u8>,
@@ -247,12 +248,14 @@ fn record() -> Recorded {
         "a cookie change creates no state"
     );
 
-    server.set_capacity(Some(0));
+    // At its session limit, and later than the offer's reservation (which would honour it).
+    server.set_max_sessions(Some(0));
+    let late = t0 + Duration::from_millis(6);
     let t = server
-        .handle(t0, client_addr(), server_addr(), &init, &mut resp)
+        .handle(late, client_addr(), server_addr(), &init, &mut resp)
         .expect("redirect");
     let redirect = resp[..t.size].to_vec();
-    server.set_capacity(None);
+    server.set_max_sessions(None);
     assert_eq!(server.session_count(), 0, "a refusal creates no state");
 
     let t = server

@@ -15,8 +15,8 @@ use volley_proto::client::{DEFAULT_HOT_QUANTILE, DEFAULT_WINDOW};
 pub enum Policy {
     /// The earliest valid offer wins.
     Earliest,
-    /// Collect offers for --window-ms after the first, then prefer a lightly loaded server
-    /// (by the offers' load hints) that answered early.
+    /// Collect offers for --window-ms after the first (or until every server answered), then
+    /// take the server expected to complete a request soonest (the offers' load hints).
     Window,
 }
 
@@ -60,17 +60,19 @@ fn ms(d: Duration) -> String {
 }
 
 fn load(hint: Option<LoadHint>) -> String {
-    match hint {
-        Some(LoadHint {
-            in_flight,
-            capacity: 0,
-        }) => format!("load {in_flight:>3}/-  "),
-        Some(LoadHint {
-            in_flight,
-            capacity,
-        }) => format!("load {in_flight:>3}/{capacity:<3}"),
-        None => "load   ?    ".to_string(),
-    }
+    let Some(h) = hint else {
+        return "load   ?    expected     ?    ".to_string();
+    };
+    let slots = if h.capacity == 0 {
+        "-  ".to_string()
+    } else {
+        format!("{:<3}", h.capacity)
+    };
+    let expected = match h.expected() {
+        Some(e) => format!("{:>8.3} ms", e.as_secs_f64() * 1e3),
+        None => "       ?   ".to_string(),
+    };
+    format!("load {:>3}/{slots} expected {expected}", h.in_flight)
 }
 
 fn config(args: &Args) -> anyhow::Result<ClientConfig> {

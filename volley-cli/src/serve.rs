@@ -1,22 +1,26 @@
 //! `volley serve --listen ADDR --key FILE [--service NAME] [--capacity N] [--answer POLICY]
-//! [--peer ADDR]...`
+//! [--max-sessions N] [--peer ADDR]...`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
-use volley::{AnswerPolicy, Server, ServerConfig, ServerHandle, ServerStats};
-use volley_proto::server::answer::{DEFAULT_GATE_MAX_HOLD, DEFAULT_PACE_MAX_DELAY};
+use volley::{AnswerPolicy, Server, ServerConfig, ServerHandle, ServerStats, ServiceModel};
+use volley_proto::server::answer::{
+    DEFAULT_GATE_MAX_HOLD, DEFAULT_PACE_DIVISOR, DEFAULT_PACE_MAX_DELAY,
+};
 
 /// How the server turns load into answer time (L1).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// Answer every probe at once; the load shows only in the offer's hint.
     Immediate,
-    /// Delay each offer in proportion to the load (up to --pace-max-ms when full).
+    /// Delay each offer by a share of the expected completion time of one more request (1/32 by
+    /// default, up to --pace-max-ms).
     Paced,
-    /// Answer at once while a slot is free; otherwise hold the probe until one frees.
+    /// Answer at once while a slot is free; otherwise hold the probe until one frees (or, after
+    /// --max-hold-ms, answer it anyway, busy).
     Gated,
 }
 
@@ -31,20 +35,38 @@ pub struct Args {
     /// Service name to answer probes for.
     #[arg(long, default_value = "echo")]
     service: String,
-    /// Most requests in flight (sessions) at once; when full, probes are not answered (gated:
-    /// held) and session initiations are refused.
+    /// Requests served at once (parallel slots); more wait their turn. The server estimates how
+    /// long one more request would take from its requests in flight, these slots and the service
+    /// time it measures, and answers probes later the longer that is. Each echoed datagram is one
+    /// request.
     #[arg(long)]
     capacity: Option<u32>,
     /// How load turns into answer time [default: paced with --capacity; immediate without,
-    /// since pacing and gating measure load against the capacity].
+    /// since pacing and gating need the slots to estimate a queue].
     #[arg(long, value_enum)]
     answer: Option<Answer>,
+    /// Most sessions open at once (a hard limit): at it, probes are not answered and new
+    /// sessions are refused (except those an offer just promised). Default: unbounded.
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<u32>,
+    /// Count every open session as a request in flight (for services where a session is the
+    /// unit of work); by default only requests count, so idle sessions fill nothing.
+    #[arg(long)]
+    count_sessions: bool,
+    /// State the mean service time of one request, in milliseconds, instead of measuring it.
+    #[arg(long, value_name = "MS")]
+    service_ms: Option<f64>,
     // Help texts built from the library's defaults, so they cannot drift.
     #[arg(long, value_name = "MS", help = format!(
-        "With --answer paced: the answer delay of a full server, in milliseconds [default: {}]",
+        "With --answer paced: the longest answer delay, in milliseconds [default: {}]",
         DEFAULT_PACE_MAX_DELAY.as_secs_f64() * 1e3
     ))]
     pace_max_ms: Option<f64>,
+    #[arg(long, value_name = "N", help = format!(
+        "With --answer paced: the answer delay is the expected completion time divided by N \
+         [default: {DEFAULT_PACE_DIVISOR}]"
+    ))]
+    pace_divisor: Option<u32>,
     #[arg(long, value_name = "MS", help = format!(
         "With --answer gated: how long a probe may wait for a free slot, in milliseconds \
          [default: {}]",
@@ -52,7 +74,7 @@ pub struct Args {
     ))]
     max_hold_ms: Option<f64>,
     /// Another server of the pool, named in the REDIRECT that refuses a session when this one
-    /// is full (repeat for several).
+    /// is at --max-sessions (repeat for several).
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<SocketAddr>,
     /// Print a load line this often, in seconds, when something changed.
@@ -72,7 +94,7 @@ fn millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
 fn answer_policy(args: &Args) -> anyhow::Result<AnswerPolicy> {
     let answer = match (args.answer, args.capacity) {
         (Some(a @ (Answer::Paced | Answer::Gated)), None) => bail!(
-            "--answer {} needs --capacity: it measures load against the capacity",
+            "--answer {} needs --capacity: it estimates the queue from the slots",
             if a == Answer::Paced { "paced" } else { "gated" }
         ),
         (Some(a), _) => a,
@@ -82,16 +104,23 @@ fn answer_policy(args: &Args) -> anyhow::Result<AnswerPolicy> {
     if args.pace_max_ms.is_some() && answer != Answer::Paced {
         bail!("--pace-max-ms applies to --answer paced only");
     }
+    if args.pace_divisor.is_some() && answer != Answer::Paced {
+        bail!("--pace-divisor applies to --answer paced only");
+    }
+    if args.pace_divisor == Some(0) {
+        bail!("--pace-divisor must be at least 1");
+    }
     if args.max_hold_ms.is_some() && answer != Answer::Gated {
         bail!("--max-hold-ms applies to --answer gated only");
     }
     Ok(match answer {
         Answer::Immediate => AnswerPolicy::Immediate,
-        Answer::Paced => match args.pace_max_ms {
-            Some(ms) => AnswerPolicy::Paced {
-                max_delay: millis("--pace-max-ms", ms)?,
+        Answer::Paced => AnswerPolicy::Paced {
+            max_delay: match args.pace_max_ms {
+                Some(ms) => millis("--pace-max-ms", ms)?,
+                None => DEFAULT_PACE_MAX_DELAY,
             },
-            None => AnswerPolicy::paced(),
+            divisor: args.pace_divisor.unwrap_or(DEFAULT_PACE_DIVISOR),
         },
         Answer::Gated => match args.max_hold_ms {
             Some(ms) => AnswerPolicy::Gated {
@@ -104,9 +133,10 @@ fn answer_policy(args: &Args) -> anyhow::Result<AnswerPolicy> {
 
 fn describe(policy: AnswerPolicy) -> String {
     match policy {
-        AnswerPolicy::Paced { max_delay } => {
-            format!("paced, up to {:.1} ms", max_delay.as_secs_f64() * 1e3)
-        }
+        AnswerPolicy::Paced { max_delay, divisor } => format!(
+            "paced, 1/{divisor} of the expected completion, up to {:.1} ms",
+            max_delay.as_secs_f64() * 1e3
+        ),
         AnswerPolicy::Gated { max_hold } => {
             format!("gated, hold up to {:.0} ms", max_hold.as_secs_f64() * 1e3)
         }
@@ -123,13 +153,17 @@ fn load_line(handle: &ServerHandle, stats: &ServerStats) -> String {
         l.capacity.to_string()
     };
     format!(
-        "load: sessions {} app {} reserved {} held {} / capacity {capacity} | offers {} \
-         probes held {} dropped (queue full {}, hold expired {}) withheld (full) {}",
+        "load: requests {} (sessions {}) reserved {} held {} / capacity {capacity}, service \
+         {:.1} ms, expected {:.1} ms | offers {} (busy {}) probes held {} dropped (queue full \
+         {}, hold expired {}) withheld (max sessions) {}",
+        l.requests,
         l.sessions,
-        l.app,
         l.reserved,
         l.held,
+        l.service_time.as_secs_f64() * 1e3,
+        l.expected.as_secs_f64() * 1e3,
         stats.offers_sent,
+        stats.offers_busy,
         stats.probes_held,
         stats.probes_dropped_queue_full,
         stats.probes_dropped_hold_expired,
@@ -151,6 +185,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(key);
     config.services = vec![args.service.clone().into_bytes()];
     config.capacity = args.capacity;
+    config.max_sessions = args.max_sessions;
+    config.count_sessions = args.count_sessions;
+    if let Some(ms) = args.service_ms {
+        ensure!(
+            ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0,
+            "--service-ms must be above 0 and at most 3600000"
+        );
+        config.service = ServiceModel::Fixed(Duration::from_secs_f64(ms / 1e3));
+    }
     config.answer = answer_policy(&args)?;
     config.peers = args.peers.clone();
     let answer = config.answer;
@@ -200,8 +243,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Ok(s) = stats_rx.await {
         println!("volley serve: stopped. {}", load_line(&handle, &s));
         println!(
-            "volley serve: probes {} offers {} sessions opened {} closed {} refused (full) {} \
-             redirects {} cookie rejects {} rate-limited {} malformed {}",
+            "volley serve: probes {} offers {} sessions opened {} closed {} refused (max \
+             sessions) {} redirects {} cookie rejects {} rate-limited {} malformed {}",
             s.probes_received,
             s.offers_sent,
             s.sessions_opened,

@@ -55,17 +55,23 @@ fn small_warmup() -> Warmup {
         pilot_servers: 100,
         pilot: std::time::Duration::from_millis(1_000),
         warmup: std::time::Duration::from_millis(50),
+        local_warmup: std::time::Duration::from_millis(300),
     }
 }
 
 fn policy(name: &str) -> policies::Policy {
     policies::policies(&[2, 3], false)
         .into_iter()
+        .chain(policies::sweep())
         .find(|p| p.name == name)
         .unwrap_or_else(|| panic!("no policy {name}"))
 }
 
 fn run(name: &str, seed: u64) -> policies::Record {
+    run_clients(name, seed, 1)
+}
+
+fn run_clients(name: &str, seed: u64, clients: usize) -> policies::Record {
     policies::run_one(
         500,
         Workload::HalfSlow,
@@ -74,6 +80,7 @@ fn run(name: &str, seed: u64) -> policies::Record {
         20_000,
         &small_warmup(),
         seed,
+        clients,
         None,
     )
     .expect("the run ends")
@@ -86,7 +93,7 @@ fn run(name: &str, seed: u64) -> policies::Record {
 fn sim_paced_earliest_beats_immediate_earliest_on_half_slow_fleet() {
     let paced = run("paced/earliest d=2", 3);
     let immediate = run("immediate/earliest d=2", 3);
-    let jsq = run("jsq2-ideal (ref)", 3);
+    let jsq = run("jsq2-exact (ref)", 3);
     let random = run("random (ref)", 3);
     for r in [&paced, &immediate, &jsq, &random] {
         assert_eq!(r.summary.failed, 0, "{}", r.policy);
@@ -145,4 +152,38 @@ fn sim_is_deterministic_for_a_seed() {
     let y = engine::run(&s, None).expect("the run ends");
     assert_eq!(x.sum_in_system, y.sum_in_system);
     assert_eq!(x.events, y.events);
+}
+
+/// BENCHMARKS.md §3: balancers with a local view drift towards random as the clients multiply
+/// (each sees a sliver of the traffic), while volley's race reads live state whatever the number
+/// of clients. 500 servers; one client against 500.
+#[test]
+fn sim_local_view_p2c_degrades_with_independent_clients_and_volley_does_not() {
+    let p2c_one = run_clients("p2c-pending", 4, 1);
+    let p2c_many = run_clients("p2c-pending", 4, 500);
+    let volley_one = run_clients("volley immediate/window d=3", 4, 1);
+    let volley_many = run_clients("volley immediate/window d=3", 4, 500);
+    let sed = run_clients("sed3-exact (ref)", 4, 500);
+    let p99 = |r: &policies::Record| r.summary.p99_ms;
+    eprintln!(
+        "p99 p2c-pending M=1 {:.1} M=500 {:.1}; volley M=1 {:.1} M=500 {:.1}; sed3 {:.1}",
+        p99(&p2c_one),
+        p99(&p2c_many),
+        p99(&volley_one),
+        p99(&volley_many),
+        p99(&sed)
+    );
+    assert!(
+        p99(&p2c_many) > 1.5 * p99(&p2c_one),
+        "p2c with 500 clients should be much worse than central"
+    );
+    let drift = (p99(&volley_many) - p99(&volley_one)).abs() / p99(&volley_one);
+    assert!(
+        drift < 0.15,
+        "volley moved {:.0} % with the clients",
+        drift * 100.0
+    );
+    assert!(p99(&volley_many) < 0.7 * p99(&p2c_many));
+    // Near the exact shortest-expected-delay reference of the same fan-out.
+    assert!(p99(&volley_many) < 1.2 * p99(&sed));
 }

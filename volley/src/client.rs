@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
-use volley_proto::client::{DEFAULT_WINDOW, Winner};
+use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome, SharedPoolState, Winner};
 use volley_proto::{
     ClientConfig, ClientEvent, ClientStats, CloseCode, CloseReason, ConnectError, Connection,
     LoadHint, MAX_DATAGRAM_LEN, SelectionPolicy,
@@ -19,7 +19,7 @@ use volley_proto::{
 
 use crate::error::Error;
 use crate::server::sleep_until;
-use crate::session::{Cmd, INCOMING_QUEUE, Session, Status};
+use crate::session::{Cmd, INCOMING_QUEUE, Incoming, Session, Status};
 use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
 
 /// What became of an offer the client received.
@@ -77,16 +77,37 @@ pub struct ConnectReport {
 }
 
 /// Connects to volley pools.
+///
+/// One `Client` (and its clones) is one client instance: its connections share what they learn
+/// about the pool — answer and handshake times, which set the retransmission timers (L6), and
+/// which servers failed, which are ejected from races for a while (L7). Independent `Client`s
+/// share nothing.
 #[derive(Debug, Clone)]
 pub struct Client {
     config: ClientConfig,
+    pool: SharedPoolState,
 }
 
 impl Client {
     /// A client with this configuration (pinned keys, service, timers, selection policy,
-    /// fan-out).
+    /// fan-out, ejection).
     pub fn new(config: ClientConfig) -> Self {
-        Self { config }
+        let pool = PoolState::shared(config.ejection);
+        Self { config, pool }
+    }
+
+    /// Reports what became of a request served by `server` (L7): failures in a row eject it
+    /// from this client's races for a back-off; a success ends a probation. Sessions report
+    /// for their own server with [`Session::report_failure`] and [`Session::report_success`].
+    pub fn report(&self, server: SocketAddr, outcome: ServerOutcome) {
+        let mut state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        state.report(Instant::now(), server, outcome);
+    }
+
+    /// Whether `server` is ejected from this client's races now (L7).
+    pub fn is_ejected(&self, server: SocketAddr) -> bool {
+        let state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        state.is_ejected(Instant::now(), &server)
     }
 
     /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
@@ -126,6 +147,7 @@ impl Client {
         let plan = (k > 1).then(|| SiblingPlan {
             config: sibling,
             pool: pool.to_vec(),
+            state: SharedPoolState::clone(&self.pool),
         });
         self.open(pool, main, plan).await
     }
@@ -147,7 +169,13 @@ impl Client {
         };
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
         let now = Instant::now();
-        let conn = Connection::new(now, config, pool.to_vec(), rng());
+        let conn = Connection::with_state(
+            now,
+            config,
+            pool.to_vec(),
+            rng(),
+            SharedPoolState::clone(&self.pool),
+        );
         let (ready_tx, ready_rx) = oneshot::channel();
         // Session handles send their commands here, tagged with their member id. Only the
         // handles hold senders: when the last one is dropped the driver closes everything.
@@ -168,13 +196,16 @@ impl Client {
         let mut first_error = None;
         for (id, outcome) in outcomes {
             match outcome {
-                Ok(parts) => sessions.push(Session::new(
-                    id,
-                    cmd_tx.clone(),
-                    parts.incoming,
-                    parts.status,
-                    Some(parts.report),
-                )),
+                Ok(parts) => sessions.push(
+                    Session::new(
+                        id,
+                        cmd_tx.clone(),
+                        parts.incoming,
+                        parts.status,
+                        Some(parts.report),
+                    )
+                    .with_pool(SharedPoolState::clone(&self.pool)),
+                ),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -197,11 +228,12 @@ fn rng() -> Box<rand::rngs::StdRng> {
 struct SiblingPlan {
     config: ClientConfig,
     pool: Vec<SocketAddr>,
+    state: SharedPoolState,
 }
 
 /// The receiving ends of one member's channels, handed to its [`Session`].
 struct Parts {
-    incoming: mpsc::Receiver<Vec<u8>>,
+    incoming: mpsc::Receiver<Incoming>,
     status: watch::Receiver<Status>,
     report: Arc<Mutex<ConnectReport>>,
 }
@@ -217,7 +249,7 @@ struct Member {
     /// Handed out with the ready message.
     parts: Option<Parts>,
     report: Arc<Mutex<ConnectReport>>,
-    incoming: mpsc::Sender<Vec<u8>>,
+    incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<Status>,
     /// Whether this member's race was decided at least once (the main one: siblings may start).
     selected: bool,
@@ -296,15 +328,21 @@ impl Member {
                     }
                     self.outcome.get_or_insert(Ok(()));
                 }
-                ClientEvent::Datagram(d) => {
+                ClientEvent::Datagram(data) => {
                     // A full queue means the application is slow: drop, as UDP would.
-                    let dropped = self.incoming.try_send(d).is_err();
+                    let dropped = self
+                        .incoming
+                        .try_send(Incoming { data, guard: None })
+                        .is_err();
                     if dropped {
                         debug!("application slow: datagram dropped");
                     }
                 }
                 ClientEvent::ServerLost { server, reason } => {
                     info!(%server, ?reason, "server lost; racing the rest of the pool");
+                }
+                ClientEvent::Ejected { server, length } => {
+                    info!(%server, ?length, "server failed: ejected from races");
                 }
                 ClientEvent::Failed(e) => {
                     self.outcome.get_or_insert(Err(e));
@@ -495,8 +533,15 @@ impl Driver {
         for w in extra {
             let report = sibling_report(&w);
             let server = w.server;
-            let conn =
-                Connection::from_winner(now, plan.config.clone(), plan.pool.clone(), tag, w, rng());
+            let conn = Connection::from_winner(
+                now,
+                plan.config.clone(),
+                plan.pool.clone(),
+                tag,
+                w,
+                rng(),
+                SharedPoolState::clone(&plan.state),
+            );
             debug!(%server, "n-best: opening a sibling session");
             self.add_member(conn, server, report);
         }

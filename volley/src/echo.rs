@@ -1,4 +1,5 @@
-//! The default service: echo every session datagram back to its sender.
+//! The default service: echo every session datagram back to its sender, each one counted as a
+//! request in flight until its echo is sent (L5).
 
 use std::future::Future;
 
@@ -26,8 +27,10 @@ pub async fn serve_with(
                 // One task per session: sessions are independent and may block on a slow peer.
                 tokio::spawn(async move {
                     let peer = session.remote();
-                    while let Ok(data) = session.recv().await {
-                        if session.send(&data).await.is_err() {
+                    // Each datagram is a request: the server counts it until it is echoed.
+                    while let Ok(request) = session.recv_request().await {
+                        let data = request.data().to_vec();
+                        if request.reply(&session, &data).await.is_err() {
                             break;
                         }
                     }

@@ -5,11 +5,14 @@
 //! not at all); the earliest offer wins and the client opens a Noise-encrypted [`Session`] with that
 //! server by presenting its cookie. A [`Server`] keeps no state until that cookie checks out.
 //!
-//! Servers turn load into answer time by their [`AnswerPolicy`] (L1): sessions count as load on
-//! their own, and the application adds requests in flight with a [`LoadGuard`] per request
-//! ([`Server::load_guard`], or [`ServerHandle::load_guard`] from other tasks). Clients choose by
-//! their [`SelectionPolicy`] (earliest, window, fan-out); [`Client::connect_n`] opens sessions
-//! with the `k` best servers of one race.
+//! Servers turn load into answer time by their [`AnswerPolicy`] (L1, L5): a server estimates
+//! how long one more request would take — its requests in flight, its slots, the service time it
+//! measured — and paces its offers and fills its load hint with that. Requests are counted for
+//! you when a server session receives them with [`Session::recv_request`]; other work counts with
+//! a [`LoadGuard`] per request ([`Server::load_guard`], [`ServerHandle::load_guard`]). Clients
+//! choose by their [`SelectionPolicy`] (earliest, window, fan-out), learn from outcomes
+//! ([`Session::report_failure`], L7), and [`Client::connect_n`] opens sessions with the `k` best
+//! servers of one race.
 //!
 //! This crate is the tokio runtime around the sans-IO core in [`volley_proto`]: it owns the UDP
 //! sockets and the timers and drives the state machines. It does not discover pools or persist
@@ -44,9 +47,10 @@ mod timer;
 pub use client::{Client, ConnectReport, OfferFate, OfferSeen};
 pub use error::Error;
 pub use server::{LoadGuard, Server, ServerHandle};
-pub use session::Session;
+pub use session::{Request, Session};
+pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
-    AdmissionConfig, AnswerPolicy, ClientConfig, ClientStats, CloseCode, CloseReason, ConnectError,
-    LoadHint, MAX_APP_DATAGRAM, PublicKey, SelectionPolicy, ServerConfig, ServerLoad, ServerStats,
-    SessionConfig, StaticKeypair,
+    AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientStats, CloseCode, CloseReason,
+    ConnectError, LoadHint, MAX_APP_DATAGRAM, PublicKey, SelectionPolicy, ServerConfig, ServerLoad,
+    ServerStats, ServiceModel, SessionConfig, StaticKeypair,
 };

@@ -1,9 +1,10 @@
 //! The server runtime: one task owns the socket and the [`ServerEndpoint`]; the application
-//! reports its load through [`LoadGuard`]s and [`Server::set_app_load`] (L1).
+//! reports its load through [`LoadGuard`]s — taken for it by [`Session::recv_request`] — and
+//! [`Server::set_app_load`] (L1, L5).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +14,12 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
-    AnswerPolicy, CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig,
+    AnswerPolicy, AppLoad, CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig,
     ServerEndpoint, ServerEvent, ServerLoad, ServerStats,
 };
 
 use crate::error::Error;
-use crate::session::{Cmd, INCOMING_QUEUE, Session, Status};
+use crate::session::{Cmd, INCOMING_QUEUE, Incoming, Session, Status};
 use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
 use crate::timer::PreciseTimer;
 
@@ -29,6 +30,7 @@ const ACCEPT_QUEUE: usize = 1024;
 enum Control {
     Shutdown(oneshot::Sender<()>),
     Capacity(Option<u32>),
+    MaxSessions(Option<u32>),
 }
 
 /// What the driver publishes after every wake-up, for the handles to read.
@@ -43,8 +45,12 @@ struct Published {
 struct Shared {
     /// [`LoadGuard`]s alive: requests in flight the application is serving.
     guards: AtomicU32,
+    /// [`LoadGuard`]s dropped so far: requests completed.
+    guards_done: AtomicU64,
     /// The last [`Server::set_app_load`] value.
     app: AtomicU32,
+    /// The running total of completions in the last [`Server::set_app_load`] value.
+    app_done: AtomicU64,
     /// Wakes the driver when either count changes. A `Notify` keeps one permit when the driver
     /// is busy elsewhere, so no change is missed, and many changes cost one wake-up.
     changed: Notify,
@@ -52,11 +58,19 @@ struct Shared {
 }
 
 impl Shared {
-    /// The application load the endpoint weighs: the value set plus the guards alive.
-    fn app_load(&self) -> u32 {
-        self.app
-            .load(Ordering::Acquire)
-            .saturating_add(self.guards.load(Ordering::Acquire))
+    /// The application load the endpoint weighs: the value set plus the guards alive, and the
+    /// completions of both.
+    fn app_load(&self) -> AppLoad {
+        AppLoad {
+            in_flight: self
+                .app
+                .load(Ordering::Acquire)
+                .saturating_add(self.guards.load(Ordering::Acquire)),
+            completed: self
+                .app_done
+                .load(Ordering::Acquire)
+                .saturating_add(self.guards_done.load(Ordering::Acquire)),
+        }
     }
 
     fn published(&self) -> std::sync::MutexGuard<'_, Published> {
@@ -72,20 +86,23 @@ impl Shared {
         }
     }
 
-    fn set_app_load(&self, in_flight: u32) {
-        self.app.store(in_flight, Ordering::Release);
+    fn set_app_load(&self, load: AppLoad) {
+        self.app.store(load.in_flight, Ordering::Release);
+        self.app_done.store(load.completed, Ordering::Release);
         self.changed.notify_one();
     }
 }
 
-/// One request in flight (L1): while it is alive the server counts one more unit of
-/// application load, which delays (`Paced`), holds (`Gated`) or withholds its offers and raises
-/// the load hint (L2). Take one per request with [`Server::load_guard`] or
-/// [`ServerHandle::load_guard`] and drop it when the request is done; the drop wakes the
-/// server so that a freed slot releases a held probe at once.
+/// One request in flight (L1, L5): while it is alive the server counts one more request, which
+/// raises its expected completion time — so it delays (`Paced`) or holds (`Gated`) its offers —
+/// and its load hint (L2); its drop counts one completion, from which the server measures its
+/// service time. [`Session::recv_request`] takes one per request for you; take your own with
+/// [`Server::load_guard`] or [`ServerHandle::load_guard`] for work the runtime cannot see, and
+/// drop it when the request is done. The drop wakes the server, so that a freed slot releases
+/// a held probe at once.
 ///
-/// Sessions count as load on their own; guards are for the work done inside them (or outside
-/// volley altogether). Guards outliving the server are harmless.
+/// Idle sessions are not load (unless [`ServerConfig::count_sessions`]). Guards outliving the
+/// server are harmless.
 #[derive(Debug)]
 #[must_use = "the load is counted only while the guard is alive"]
 pub struct LoadGuard {
@@ -94,6 +111,7 @@ pub struct LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
+        self.shared.guards_done.fetch_add(1, Ordering::AcqRel);
         self.shared.guards.fetch_sub(1, Ordering::AcqRel);
         self.shared.changed.notify_one();
     }
@@ -105,6 +123,7 @@ impl Drop for LoadGuard {
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl ServerHandle {
@@ -114,8 +133,8 @@ impl ServerHandle {
     }
 
     /// See [`Server::set_app_load`].
-    pub fn set_app_load(&self, in_flight: u32) {
-        self.shared.set_app_load(in_flight);
+    pub fn set_app_load(&self, load: AppLoad) {
+        self.shared.set_app_load(load);
     }
 
     /// See [`Server::load`].
@@ -126,6 +145,16 @@ impl ServerHandle {
     /// See [`Server::stats`].
     pub fn stats(&self) -> ServerStats {
         self.shared.published().stats
+    }
+
+    /// See [`Server::set_capacity`].
+    pub fn set_capacity(&self, capacity: Option<u32>) {
+        let _ = self.control.send(Control::Capacity(capacity));
+    }
+
+    /// See [`Server::set_max_sessions`].
+    pub fn set_max_sessions(&self, max_sessions: Option<u32>) {
+        let _ = self.control.send(Control::MaxSessions(max_sessions));
     }
 }
 
@@ -149,7 +178,7 @@ impl Server {
         // Paced offers need sub-millisecond timing (see `timer`); deadlines further away than
         // the longest pace are other timers, for which tokio's millisecond is plenty.
         let precise = match config.answer {
-            AnswerPolicy::Paced { max_delay } => match PreciseTimer::new() {
+            AnswerPolicy::Paced { max_delay, .. } => match PreciseTimer::new() {
                 Ok(timer) => Some((timer, max_delay + Duration::from_millis(1))),
                 Err(e) => {
                     tracing::warn!(error = %e, "no timer thread: paced offers keep 1 ms timing");
@@ -218,6 +247,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             shared: Arc::clone(&self.shared),
+            control: self.control.clone(),
         }
     }
 
@@ -232,16 +262,22 @@ impl Server {
         s.sessions_opened.saturating_sub(s.sessions_closed) as usize
     }
 
-    /// Changes the capacity: at capacity, probes are withheld and initiations refused.
+    /// Changes the capacity (the requests served at once, L5).
     pub fn set_capacity(&self, capacity: Option<u32>) {
         let _ = self.control.send(Control::Capacity(capacity));
     }
 
-    /// Reports application load (requests in flight) on top of the sessions served, for
-    /// applications that count load themselves. The server weighs this value plus the
-    /// [`LoadGuard`]s alive; lowering it can release held probes at once.
-    pub fn set_app_load(&self, in_flight: u32) {
-        self.shared.set_app_load(in_flight);
+    /// Changes the session limit: at it, probes are withheld and initiations refused (except
+    /// those answering an offer just made).
+    pub fn set_max_sessions(&self, max_sessions: Option<u32>) {
+        let _ = self.control.send(Control::MaxSessions(max_sessions));
+    }
+
+    /// Reports application load for applications that count it themselves: requests in flight
+    /// now and the running total completed. The server weighs this plus the [`LoadGuard`]s
+    /// alive; lowering it can release held probes at once.
+    pub fn set_app_load(&self, load: AppLoad) {
+        self.shared.set_app_load(load);
     }
 
     /// Closes every session with GOING_AWAY (clients fail over), sends those CLOSEs, and stops.
@@ -268,8 +304,11 @@ impl Drop for Server {
 }
 
 struct SessionSlot {
-    incoming: mpsc::Sender<Vec<u8>>,
+    incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<Status>,
+    /// Set by the application's first [`Session::recv_request`]: from then on every datagram
+    /// is a request and gets a [`LoadGuard`] the moment it arrives.
+    requests: Arc<AtomicBool>,
 }
 
 struct Driver {
@@ -327,10 +366,11 @@ impl Driver {
                 // Application load changed (a guard taken or dropped): the flush at the top of
                 // the loop then sends any held offer a freed slot releases.
                 _ = self.shared.changed.notified() => {
-                    self.endpoint.set_app_load(self.shared.app_load());
+                    self.endpoint.set_app_load(Instant::now(), self.shared.app_load());
                 }
                 control = self.control.recv() => match control {
                     Some(Control::Capacity(c)) => self.endpoint.set_capacity(c),
+                    Some(Control::MaxSessions(m)) => self.endpoint.set_max_sessions(m),
                     Some(Control::Shutdown(done)) => {
                         self.shutdown(&cmd_tx, &mut tbuf).await;
                         let _ = done.send(());
@@ -391,7 +431,9 @@ impl Driver {
                         remote,
                         closed: None,
                     });
-                    let session = Session::new(id, cmd_tx.clone(), in_rx, st_rx, None);
+                    let requests = Arc::new(AtomicBool::new(false));
+                    let session = Session::new(id, cmd_tx.clone(), in_rx, st_rx, None)
+                        .with_requests(Arc::clone(&requests));
                     if self.accept.try_send(session).is_err() {
                         debug!(id, "accept queue full: session refused");
                         self.endpoint.close(id, CloseCode::GOING_AWAY);
@@ -402,12 +444,19 @@ impl Driver {
                         SessionSlot {
                             incoming: in_tx,
                             status: st_tx,
+                            requests,
                         },
                     );
                 }
                 ServerEvent::Datagram { id, data } => {
                     if let Some(slot) = self.sessions.get(&id) {
-                        if slot.incoming.try_send(data).is_err() {
+                        // A request counts from the moment it arrives, queueing included.
+                        let guard = slot
+                            .requests
+                            .load(Ordering::Acquire)
+                            .then(|| self.shared.guard());
+                        if slot.incoming.try_send(Incoming { data, guard }).is_err() {
+                            // (Its guard, if any, drops here: a request never served.)
                             trace!(id, "application slow: datagram dropped");
                         }
                     }

@@ -8,8 +8,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use volley::{
-    AnswerPolicy, Client, ClientConfig, Error, LoadHint, OfferFate, SelectionPolicy, Server,
-    ServerConfig, ServerHandle, SessionConfig, StaticKeypair,
+    AnswerPolicy, AppLoad, Client, ClientConfig, Error, LoadHint, OfferFate, SelectionPolicy,
+    Server, ServerConfig, ServerHandle, ServiceModel, SessionConfig, StaticKeypair,
 };
 use volley_proto::packet::Packet;
 
@@ -292,6 +292,7 @@ async fn l1_gated_server_holds_the_probe_until_a_load_guard_drops() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
     let (addr, server) = serve(&key, |c| {
         c.capacity = Some(1);
+        c.service = ServiceModel::Fixed(Duration::from_millis(40));
         c.answer = AnswerPolicy::gated();
     })
     .await;
@@ -315,7 +316,8 @@ async fn l1_gated_server_holds_the_probe_until_a_load_guard_drops() {
         r.load,
         Some(LoadHint {
             in_flight: 0,
-            capacity: 1
+            capacity: 1,
+            expected_us: 40_000,
         })
     );
     assert_eq!(r.stats.probes_sent, 1, "answered before any retransmission");
@@ -323,21 +325,27 @@ async fn l1_gated_server_holds_the_probe_until_a_load_guard_drops() {
     let stats = server.stats();
     assert_eq!(stats.probes_held, 1);
     assert_eq!(stats.probes_dropped_hold_expired, 0);
-    assert_eq!(server.load().sessions, 1, "the session counts as load");
+    // The echo was a request while it was served; the idle session is not load (L6).
+    until("echo completed", || server.load().requests == 0).await;
+    assert_eq!(server.load().sessions, 1);
 }
 
 #[tokio::test]
 async fn l1_paced_answer_time_grows_with_load_guards() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    // Paced at half the expected completion, so that the gaps dwarf loopback noise.
     let paced = |c: &mut ServerConfig| {
-        c.capacity = Some(16);
+        c.capacity = Some(4);
+        c.service = ServiceModel::Fixed(Duration::from_millis(40));
         c.answer = AnswerPolicy::Paced {
-            max_delay: Duration::from_millis(40),
+            max_delay: Duration::from_millis(100),
+            divisor: 2,
         };
     };
     let (busy, busy_h) = serve(&key, paced).await;
     let (idle, _) = serve(&key, paced).await;
-    // Half full: the busy server answers 20 ms late.
+    // Eight requests on four slots: the busy server expects 90 ms and answers 45 ms late; the
+    // idle one expects 40 ms and answers 20 ms late.
     let guards: Vec<_> = (0..8).map(|_| busy_h.load_guard()).collect();
     until("guards counted", || busy_h.load().app == 8).await;
     let s = timeout(
@@ -354,14 +362,15 @@ async fn l1_paced_answer_time_grows_with_load_guards() {
     .await;
     let late = s.report().unwrap().offers[1];
     assert_eq!((late.server, late.fate), (busy, OfferFate::Late));
-    assert!(late.answer_time >= Duration::from_millis(20), "{late:?}");
+    assert!(late.answer_time >= Duration::from_millis(45), "{late:?}");
     assert_eq!(
         late.load,
         Some(LoadHint {
             in_flight: 8,
-            capacity: 16
+            capacity: 4,
+            expected_us: 90_000,
         }),
-        "L2: the hint carries the guards"
+        "L2, L5: the hint carries the guards and the expected completion"
     );
     drop(guards);
     until("guards released", || busy_h.load().app == 0).await;
@@ -371,7 +380,8 @@ async fn l1_paced_answer_time_grows_with_load_guards() {
 async fn l3_window_policy_picks_the_cold_server() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
     let immediate = |c: &mut ServerConfig| {
-        c.capacity = Some(16);
+        c.capacity = Some(4);
+        c.service = ServiceModel::Fixed(Duration::from_millis(40));
         c.answer = AnswerPolicy::Immediate;
     };
     let mut pool = Vec::new();
@@ -382,8 +392,12 @@ async fn l3_window_policy_picks_the_cold_server() {
         handles.push(h);
     }
     // Immediate servers all answer at once: only the hints tell them apart.
-    handles[0].set_app_load(12);
-    handles[2].set_app_load(12);
+    let busy = AppLoad {
+        in_flight: 12,
+        completed: 0,
+    };
+    handles[0].set_app_load(busy);
+    handles[2].set_app_load(busy);
     until("loads applied", || {
         handles[0].load().app == 12 && handles[2].load().app == 12
     })
@@ -397,7 +411,7 @@ async fn l3_window_policy_picks_the_cold_server() {
             .unwrap();
         assert_eq!(s.remote(), pool[1], "the cold server wins every time");
         let r = s.report().unwrap();
-        assert_eq!(r.load.map(|l| l.capacity), Some(16));
+        assert_eq!(r.load.map(|l| l.capacity), Some(4));
         assert_eq!(r.stats.offers_not_chosen, 2);
         // Every offer is in the report with its hint, the one that closed the window too.
         assert_eq!(r.offers.len(), 3, "{:?}", r.offers);
@@ -412,7 +426,7 @@ async fn l3_window_policy_picks_the_cold_server() {
         echoes(&mut s, b"window").await;
         sessions.push(s);
     }
-    until("sessions counted", || handles[1].load().sessions == 3).await;
+    until("sessions open", || handles[1].load().sessions == 3).await;
 }
 
 #[tokio::test]
@@ -506,8 +520,9 @@ async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
     let (peer, peer_h) = serve(&key, |_| {}).await;
     let (full, full_h) = serve(&key, |c| {
-        c.capacity = Some(1);
         c.answer = AnswerPolicy::Immediate;
+        // Its offers promise nothing (no reservation), so a refused INIT is not honoured.
+        c.reservation = Duration::ZERO;
         c.peers = vec![peer];
     })
     .await;
@@ -515,10 +530,11 @@ async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
     let (relay, init_seen, gate) = init_gate(full).await;
     let client = client_for(&key, SelectionPolicy::Earliest);
     let connecting = tokio::spawn(async move { client.connect(&[relay]).await });
-    // `full` has offered; before the INIT reaches it, one request takes its only slot.
+    // `full` has offered; before the INIT reaches it, it reaches its session limit.
     timeout(BOUND, init_seen).await.unwrap().unwrap();
-    let guard = full_h.load_guard();
-    until("guard counted", || full_h.load().app == 1).await;
+    full_h.set_max_sessions(Some(0));
+    // (The control message is processed before the gated INIT: same driver, sent first.)
+    tokio::time::sleep(Duration::from_millis(20)).await;
     gate.send(()).unwrap();
     let mut s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
     assert_eq!(s.remote(), peer, "followed the REDIRECT");
@@ -531,5 +547,4 @@ async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
     assert!(full_h.stats().init_refused_full >= 1);
     assert_eq!(full_h.stats().sessions_opened, 0);
     assert_eq!(peer_h.stats().sessions_opened, 1);
-    drop(guard);
 }

@@ -4,7 +4,9 @@
 //!
 //! Request (client to server, over the session): `seq: u32, work_us: u32` (big-endian). Reply:
 //! `seq: u32, status: u8` (0 done, 1 failed). A request waits FIFO for one of the server's slots,
-//! then sleeps `work_us / speed` (the speed at its start), then is answered.
+//! then sleeps `work_us / speed` (the speed at its start), then is answered. Sessions receive
+//! requests with `recv_request`, so each volley server counts its requests in flight from their
+//! arrival to their reply and measures its service time from them (L5) with no other help.
 //!
 //! Load port: any datagram is answered with its first 8 bytes, then `in_flight: u32,
 //! latency_us: u32` — the requests queued or in service, and the server's estimate of a new
@@ -240,10 +242,10 @@ async fn accept_loop(server: Server, ctx: Ctx, tx: oneshot::Sender<ServerStats>)
                 tokio::select! {
                     s = server.accept() => s,
                     _ = tokio::time::sleep_until(at.into()) => {
-                        // Silent from now on: a capacity of zero withholds every probe and
+                        // Silent from now on: a session limit of zero withholds every probe and
                         // refuses every initiation; the handlers stop answering requests.
                         ctx.silent.store(true, Ordering::Relaxed);
-                        server.set_capacity(Some(0));
+                        server.set_max_sessions(Some(0));
                         continue;
                     }
                 }
@@ -256,7 +258,8 @@ async fn accept_loop(server: Server, ctx: Ctx, tx: oneshot::Sender<ServerStats>)
 }
 
 async fn handle_session(mut session: volley::Session, ctx: Ctx) {
-    while let Ok(req) = session.recv().await {
+    while let Ok(request) = session.recv_request().await {
+        let req = request.data();
         if req.len() < 8 {
             continue;
         }
@@ -265,7 +268,7 @@ async fn handle_session(mut session: volley::Session, ctx: Ctx) {
         let speed = match ctx.behaviour() {
             Behaviour::Silent => continue,
             Behaviour::Sinkhole => {
-                let _ = session.send(&reply(seq, 1)).await;
+                let _ = request.reply(&session, &reply(seq, 1)).await;
                 continue;
             }
             Behaviour::Work(s) => s,
@@ -298,7 +301,7 @@ async fn handle_session(mut session: volley::Session, ctx: Ctx) {
         if ctx.silent.load(Ordering::Relaxed) {
             continue;
         }
-        let _ = session.send(&reply(seq, 0)).await;
+        let _ = request.reply(&session, &reply(seq, 0)).await;
     }
 }
 

@@ -1,11 +1,13 @@
 //! `select`: the side-by-side selection benchmark of `BENCHMARKS.md` §2.
 //!
 //! A fleet of 16 volley servers × 4 sleep-based slots runs on one core, the clients on the other.
-//! For every cell (workload, load, requests per session) and seed, one trace is drawn — Poisson
-//! arrivals, every request's work, every speed change — and each policy replays it against a
-//! fresh fleet, one policy after the other in a seeded shuffled order. Latency runs from the
-//! *scheduled* arrival (no coordinated omission); sessions that time out are counted as
-//! infinitely late, not cut off.
+//! For every cell (workload, load, requests per session, independent clients M) and seed, one
+//! trace is drawn — Poisson arrivals, the client each arrives at, every request's work, every
+//! speed change — and each policy replays it against a fresh fleet, one policy after the other in
+//! a seeded shuffled order. Latency runs from the *scheduled* arrival (no coordinated omission);
+//! sessions that time out are counted as infinitely late, not cut off. A run whose client thread
+//! or fleet used more than [`CPU_LIMIT`] of a core in its measured period measured the lab, not
+//! the policy: it is marked `invalid (cpu)` and left out of every figure.
 
 mod cpu;
 mod fleet;
@@ -39,12 +41,22 @@ use workload::{FleetShape, Requests, TraceSpec, Workload};
 pub const LOADS: [f64; 5] = [0.5, 0.7, 0.85, 0.95, 1.05];
 
 /// The volley configurations run in every cell of the full matrix (the whole volley cross
-/// product runs on the headline cell, half-slow at 0.85).
+/// product runs on the headline cell, half-slow at 0.85, M = 16). The first is volley's primary
+/// configuration, fixed before any run: the goals are computed for it.
 pub const CORE_VOLLEY: [&str; 3] = [
+    "volley-window-immediate-d3",
     "volley-earliest-paced-d3",
-    "volley-earliest-paced-all",
-    "volley-window-immediate-all",
+    "volley-window-paced-d3",
 ];
+
+/// The independent clients of the headline (BENCHMARKS.md §2): one per server.
+pub const HEADLINE_CLIENTS: usize = 16;
+/// The other client counts the headline cell runs at in the full matrix: central, and many.
+pub const HEADLINE_SWEEP: [usize; 3] = [1, 16, 64];
+
+/// Above this share of a core, the client or fleet side of a run was saturated: the run is
+/// invalid (BENCHMARKS.md §2).
+pub const CPU_LIMIT: f64 = 0.85;
 
 #[derive(Debug, clap::Args)]
 pub struct SelectArgs {
@@ -79,6 +91,10 @@ pub struct SelectArgs {
     /// How long two servers stay at 0.2x in the recovery workload, s.
     #[arg(long, default_value_t = 10.0)]
     pub recovery_drop_s: f64,
+    /// Independent client instances, each with its own balancer state (default: 16; the full
+    /// matrix also runs the headline cell at 1 and 64). Several values run each cell at each.
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Vec<usize>,
     /// Servers in the fleet (§2 fixes 16; smaller fleets are for trying the tool).
     #[arg(long, default_value_t = 16)]
     pub servers: usize,
@@ -86,14 +102,17 @@ pub struct SelectArgs {
     #[arg(long, default_value_t = 4)]
     pub slots: usize,
     /// Mean work of a request at full speed, ms (exponential).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 40.0)]
     pub mean_work_ms: f64,
-    /// Volley servers' capacity (requests in flight before probes are withheld or held).
-    #[arg(long, default_value_t = 16)]
-    pub capacity: u32,
+    /// Volley servers' capacity: the requests they serve at once (default: the slots).
+    #[arg(long)]
+    pub capacity: Option<u32>,
     /// Paced servers' longest delay, ms.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub pace_max_ms: f64,
+    /// Paced servers' divisor: the delay is the expected completion time divided by this.
+    #[arg(long, default_value_t = 32)]
+    pub pace_divisor: u32,
     /// Gated servers' longest hold, ms.
     #[arg(long, default_value_t = 200.0)]
     pub max_hold_ms: f64,
@@ -109,6 +128,10 @@ pub struct SelectArgs {
     /// Write every session's record (JSON lines, one file per run) under OUT/records/.
     #[arg(long)]
     pub records: bool,
+    /// A run whose client thread or fleet used more than this share of a core is invalid
+    /// (BENCHMARKS.md §2 fixes 0.85; a higher value is for trying the tool on a slow build).
+    #[arg(long, default_value_t = CPU_LIMIT)]
+    pub cpu_limit: f64,
 }
 
 /// One cell of the matrix and the policies run in it.
@@ -117,6 +140,7 @@ struct Cell {
     workload: Workload,
     load: f64,
     requests: Requests,
+    clients: usize,
     policies: Vec<Policy>,
     measure: Duration,
 }
@@ -159,14 +183,16 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         args.servers >= 2 && args.slots >= 1,
         "a fleet needs at least 2 servers of 1 slot"
     );
+    anyhow::ensure!(args.cpu_limit > 0.0, "--cpu-limit must be positive");
     let shape = FleetShape {
         servers: args.servers,
         slots: args.slots,
         mean_work: Duration::from_secs_f64(args.mean_work_ms / 1e3),
     };
     let knobs = VolleyKnobs {
-        capacity: args.capacity,
+        capacity: args.capacity.unwrap_or(args.slots as u32),
         pace_max: Duration::from_secs_f64(args.pace_max_ms / 1e3),
+        pace_divisor: args.pace_divisor,
         max_hold: Duration::from_secs_f64(args.max_hold_ms / 1e3),
         reservation: Duration::from_secs_f64(args.reservation_ms / 1e3),
     };
@@ -175,13 +201,13 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         .collect();
     let (warmup, measure) = if args.quick {
         (
-            Duration::from_millis(args.warmup_ms.unwrap_or(200)),
-            Duration::from_millis(args.measure_ms.unwrap_or(700)),
+            Duration::from_millis(args.warmup_ms.unwrap_or(500)),
+            Duration::from_millis(args.measure_ms.unwrap_or(1500)),
         )
     } else {
         (
-            Duration::from_millis(args.warmup_ms.unwrap_or(300)),
-            Duration::from_millis(args.measure_ms.unwrap_or(1000)),
+            Duration::from_millis(args.warmup_ms.unwrap_or(1000)),
+            Duration::from_millis(args.measure_ms.unwrap_or(5000)),
         )
     };
     let recovery_drop = Duration::from_secs_f64(if args.quick {
@@ -226,7 +252,8 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         .build()?;
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
     let mut runs: Vec<RunSummary> = Vec::new();
-    // Pooled latencies and sorted utilisation for the plots, per (cell, policy).
+    // Pooled latencies and sorted utilisation for the plots, per (cell, policy); invalid runs
+    // are left out.
     let mut pooled: HashMap<(usize, String), Pooled> = HashMap::new();
     for &seed in &seeds {
         for (ci, cell) in cells.iter().enumerate() {
@@ -245,16 +272,41 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ ci as u64));
             for policy in order {
                 bar.set_message(format!(
-                    "seed {seed} {} {:.2} {} {}",
+                    "seed {seed} {} {:.2} {} M={} {}",
                     cell.workload.name(),
                     cell.load,
                     cell.requests.name(),
+                    cell.clients,
                     policy.name()
                 ));
-                let (summary, records) =
-                    one_run(&rt, shape, &trace, &spec, policy, &knobs, &key, pin, seed)?;
+                let (summary, records) = one_run(
+                    &rt,
+                    shape,
+                    &trace,
+                    &spec,
+                    policy,
+                    &knobs,
+                    &key,
+                    (pin, args.cpu_limit),
+                    seed,
+                    cell.clients,
+                )?;
                 if args.records {
                     write_records(&args.out, &summary, &records)?;
+                }
+                if summary.invalid_cpu {
+                    bar.println(format!(
+                        "invalid (cpu): seed {seed} {} {:.2} M={} {}: client {:.2}, fleet {:.2} cores",
+                        cell.workload.name(),
+                        cell.load,
+                        cell.clients,
+                        summary.policy,
+                        summary.client_cpu,
+                        summary.fleet_cpu
+                    ));
+                    runs.push(summary);
+                    bar.inc(1);
+                    continue;
                 }
                 let entry = pooled.entry((ci, summary.policy.clone())).or_default();
                 entry
@@ -333,16 +385,18 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
             })
             .collect();
         let stem = format!(
-            "{}-{:.2}-{}",
+            "{}-{:.2}-{}-m{}",
             cell.workload.name(),
             cell.load,
-            cell.requests.tag()
+            cell.requests.tag(),
+            cell.clients
         );
         let title = format!(
-            "{} fleet, load {:.2}, {} request(s)/session, {} seed(s) pooled",
+            "{} fleet, load {:.2}, {} request(s)/session, M = {} client(s), {} seed(s) pooled",
             cell.workload.name(),
             cell.load,
             cell.requests.name(),
+            cell.clients,
             seeds.len()
         );
         let cdf = format!("cdf-{stem}.svg");
@@ -362,11 +416,13 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
     }
     let mut md = format!(
         "# volley-lab select\n\nCommand: `{}`\n\nMachine: {} ({} CPUs{}). Fleet: {} servers × {} slots, mean work {:.0} ms (exponential), \
-         sleep-based. Volley servers: capacity {}, paced max delay {:?}, gated max hold {:?}, reservation {:?}. \
+         sleep-based. Volley servers: capacity {}, paced 1/{} of the expected completion up to {:?}, gated max hold {:?}, reservation {:?}. \
          Seeds: {:?}. Warm-up {:?}; measured period per run as below; connect timeout {:?}, request timeout {:?}. Wall time {:.0} s.\n\n\
-         p99 cells: median over seeds (min–max). `timeout`: the percentile falls on a session that timed out. \
+         M: independent clients, each with its own balancer state (M = 1: central). \
+         p99 cells: median over the valid seeds (min–max). `timeout`: the percentile falls on a session that timed out. \
          `fleet CPU` and `client CPU`: cores used in the measured period by the fleet (its thread and its servers' timer threads) \
-         and by the client thread that runs every session; at 1.00 that side is saturated and the run measures the lab, not the policy.\n",
+         and by the client thread that runs every session; a run where either exceeded {} measured the lab, not the policy: \
+         it is `invalid (cpu)` and left out of every figure (`valid` counts the seeds kept).\n",
         setup.command,
         setup.machine,
         cpus,
@@ -379,6 +435,7 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         shape.slots,
         args.mean_work_ms,
         knobs.capacity,
+        knobs.pace_divisor,
         knobs.pace_max,
         knobs.max_hold,
         knobs.reservation,
@@ -386,12 +443,30 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         warmup,
         CONNECT_TIMEOUT,
         REQUEST_TIMEOUT,
-        setup.wall_s
+        setup.wall_s,
+        args.cpu_limit
     );
+    md.push_str(&report::goals(&runs, CORE_VOLLEY[0]));
     md.push_str(&report::markdown(&aggregates));
     md.push_str("\n## Plots\n\n");
     for (cdf, ut) in &plots {
         md.push_str(&format!("- [{cdf}]({cdf}), [{ut}]({ut})\n"));
+    }
+    // p99 against the number of clients, for every cell run at several.
+    for (w, l, r, ms) in report::swept_cells(&aggregates) {
+        let stem = format!("p99-vs-clients-{}-{:.2}-{}.svg", w.name(), l, r.tag());
+        let series = report::p99_by_clients(&aggregates, w, l, r);
+        plot::p99_vs_clients(
+            &args.out.join(&stem),
+            &format!(
+                "p99 against independent clients — {} fleet, load {l:.2}, {} request(s)/session, median of valid seeds",
+                w.name(),
+                r.name()
+            ),
+            &ms,
+            &series,
+        )?;
+        md.push_str(&format!("- [{stem}]({stem})\n"));
     }
     std::fs::write(args.out.join("results.md"), &md)?;
     let json = serde_json::to_string_pretty(&Output {
@@ -441,6 +516,20 @@ fn plan(
     };
     let mut core = Policy::peers();
     core.extend(CORE_VOLLEY.iter().filter_map(|n| Policy::parse(n)));
+    anyhow::ensure!(
+        args.clients.iter().all(|&c| (1..=1024).contains(&c)),
+        "--clients must be 1..=1024"
+    );
+    let explicit_clients = !args.clients.is_empty();
+    let clients_for = |headline: bool| -> Vec<usize> {
+        if explicit_clients {
+            args.clients.clone()
+        } else if headline && !args.quick {
+            HEADLINE_SWEEP.to_vec()
+        } else {
+            vec![HEADLINE_CLIENTS]
+        }
+    };
     let workloads: Vec<Workload> = if args.workloads.is_empty() {
         Workload::ALL.to_vec()
     } else {
@@ -478,22 +567,25 @@ fn plan(
             loads.clone()
         };
         for l in cell_loads {
-            let policies = match &explicit {
-                Some(p) => p.clone(),
-                None if headline(w, l) && !args.quick => Policy::all(),
-                None => core.clone(),
-            };
-            cells.push(Cell {
-                workload: w,
-                load: l,
-                requests: Requests::One,
-                policies,
-                measure: if w == Workload::Recovery {
-                    recovery_measure
-                } else {
-                    measure
-                },
-            });
+            for m in clients_for(headline(w, l)) {
+                let policies = match &explicit {
+                    Some(p) => p.clone(),
+                    None if headline(w, l) && m == HEADLINE_CLIENTS && !args.quick => Policy::all(),
+                    None => core.clone(),
+                };
+                cells.push(Cell {
+                    workload: w,
+                    load: l,
+                    requests: Requests::One,
+                    clients: m,
+                    policies,
+                    measure: if w == Workload::Recovery {
+                        recovery_measure
+                    } else {
+                        measure
+                    },
+                });
+            }
         }
     }
     if args.long_sessions && !args.quick {
@@ -502,13 +594,16 @@ fn plan(
             .filter(|w| matches!(w, Workload::Homogeneous | Workload::HalfSlow))
         {
             if loads.iter().any(|l| (l - 0.85).abs() < 1e-9) {
-                cells.push(Cell {
-                    workload: w,
-                    load: 0.85,
-                    requests: Requests::About10,
-                    policies: explicit.clone().unwrap_or_else(|| core.clone()),
-                    measure: measure * 3,
-                });
+                for m in clients_for(false) {
+                    cells.push(Cell {
+                        workload: w,
+                        load: 0.85,
+                        requests: Requests::About10,
+                        clients: m,
+                        policies: explicit.clone().unwrap_or_else(|| core.clone()),
+                        measure: measure * 2,
+                    });
+                }
             }
         }
     }
@@ -525,8 +620,9 @@ fn one_run(
     policy: Policy,
     knobs: &VolleyKnobs,
     key: &StaticKeypair,
-    pin: bool,
+    (pin, cpu_limit): (bool, f64),
     seed: u64,
+    clients: usize,
 ) -> anyhow::Result<(RunSummary, Vec<policy::Record>)> {
     let fleet = Fleet::start(
         shape,
@@ -537,6 +633,8 @@ fn one_run(
     )?;
     let mean_session = shape.mean_work.mul_f64(spec.requests.mean());
     let ctx = Arc::new(RunCtx::new(
+        clients,
+        Arc::new(trace.schedule.clone()),
         fleet.addrs.clone(),
         fleet.load_ports.clone(),
         fleet.key,
@@ -582,6 +680,7 @@ fn one_run(
             workload: spec.workload,
             load: spec.load,
             requests: spec.requests,
+            clients,
             policy: policy.name(),
             seed,
             warmup: trace.warmup,
@@ -593,6 +692,7 @@ fn one_run(
             capacity_share: trace.schedule.capacity_share(&shape),
             stats: &stats,
             cpu,
+            cpu_limit,
         },
     );
     Ok((summary, records))
@@ -600,10 +700,11 @@ fn one_run(
 
 fn write_records(out: &Path, s: &RunSummary, records: &[policy::Record]) -> anyhow::Result<()> {
     let name = format!(
-        "{}-{:.2}-{}-{}-seed{}.jsonl",
+        "{}-{:.2}-{}-m{}-{}-seed{}.jsonl",
         s.workload.name(),
         s.load,
         s.requests.tag(),
+        s.clients,
         s.policy,
         s.seed
     );

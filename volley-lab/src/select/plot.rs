@@ -1,4 +1,5 @@
-//! SVG plots with `plotters`: the latency CDF per policy and the utilisation per server.
+//! SVG plots with `plotters`: the latency CDF per policy, the utilisation per server, and p99
+//! against the number of independent clients.
 
 use std::path::Path;
 
@@ -16,11 +17,15 @@ pub struct Series<'a> {
 
 fn style(i: usize) -> ShapeStyle {
     let color = Palette99::pick(i).to_rgba();
-    // Volley's policies come after the six peers: draw the peers thicker so they stand out.
+    // Volley's policies come after the peers: draw the peers thicker so they stand out.
     ShapeStyle {
         color,
         filled: false,
-        stroke_width: if i < 6 { 3 } else { 1 },
+        stroke_width: if i < super::policy::Policy::peers().len() {
+            3
+        } else {
+            1
+        },
     }
 }
 
@@ -112,6 +117,66 @@ pub fn utilisation(
         line(&mut chart, i, s.name, points)?;
     }
     legend(&mut chart)?;
+    root.present()?;
+    Ok(())
+}
+
+/// p99 (log y axis; timeouts drawn at the top) against the number of independent clients (log x
+/// axis), one line per policy.
+pub fn p99_vs_clients(
+    path: &Path,
+    title: &str,
+    clients: &[usize],
+    series: &[(String, Vec<(usize, f64)>)],
+) -> anyhow::Result<()> {
+    let finite = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|(_, y)| *y))
+        .filter(|y| y.is_finite());
+    let (mut lo, mut hi) = (f64::MAX, 1.0f64);
+    for y in finite {
+        lo = lo.min(y);
+        hi = hi.max(y);
+    }
+    let lo = if lo.is_finite() && lo > 0.0 {
+        lo * 0.8
+    } else {
+        1.0
+    };
+    let top = hi * 1.5;
+    let xmax = clients.iter().copied().max().unwrap_or(1).max(2) as f64;
+    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((0.8f64..xmax * 1.25).log_scale(), (lo..top).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("independent clients M (log scale; M = 1 is a central balancer)")
+        .y_desc("p99 end to end, ms (log scale; timeouts at the top)")
+        .draw()?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .map(|(m, y)| (*m as f64, if y.is_finite() { *y } else { top * 0.99 }))
+            .collect();
+        let st = style(i);
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, st)))?;
+        chart
+            .draw_series(LineSeries::new(pts, st))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 11))
+        .draw()?;
     root.present()?;
     Ok(())
 }

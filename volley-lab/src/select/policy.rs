@@ -2,6 +2,12 @@
 //! its server, is a real volley session: a probe, an offer, a Noise handshake, then the
 //! session's requests — so the data path is identical and only the choice of server differs.
 //!
+//! **Independent clients** (BENCHMARKS.md §2). A run has `clients` client instances that share
+//! nothing, and each session arrives at one of them (drawn with the trace, uniformly). Each has
+//! its own balancer state: its own round-robin cursor, its own tower `Balance`, its own Prequal
+//! pool and probe socket, its own volley `Client` (whose outcome reports, L7, stay its own).
+//! With one client the balancer is *central*: it sees every request of the run.
+//!
 //! - `random`, `round-robin`: the client picks; it then probes just that server.
 //! - `p2c-pending`, `p2c-peakewma`: `tower::balance::p2c::Balance` over one service per server,
 //!   each wrapped in `tower::load::PendingRequests` or `tower::load::PeakEwma`; a call is a
@@ -11,10 +17,14 @@
 //!   its in-flight count raised by each use), and the hot/cold rule: among answers whose
 //!   in-flight count is at most the pool's 0.75 quantile, the lowest latency estimate; when none
 //!   is, the lowest in-flight count.
-//! - `oracle`: one central queue in the client feeding every slot of the fleet: a session
-//!   starts only when a slot is free, on a uniformly drawn free slot.
+//! - `oracle`: one central queue feeding every slot of the fleet: a session starts only when a
+//!   slot is free, on a uniformly drawn free slot. Central whatever the number of clients.
+//! - `oracle-sed`: the same queue, feeding the free slot with the shortest expected completion:
+//!   the fastest server with a free slot, from the schedule's true speeds (the sinkhole and the
+//!   silent server count at speed 1: the oracle knows speeds, not failures).
 //! - `volley-…`: one race over the pool (or `fanout` of it) with the client's selection policy,
-//!   servers answering by the answer policy with a capacity.
+//!   servers answering by the answer policy. Sessions report each request's outcome to their
+//!   client (`Session::report_failure`, `report_success`): the sinkhole's failures eject it (L7).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -38,7 +48,7 @@ use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 use volley::{AnswerPolicy, Client, ClientConfig, PublicKey, SelectionPolicy};
 
 use super::fleet::Answering;
-use super::workload::Job;
+use super::workload::{Behaviour, Job, Schedule};
 
 /// How a volley client picks among offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -67,6 +77,7 @@ pub enum Policy {
     P2cPeakEwma,
     Prequal,
     Oracle,
+    OracleSed,
     /// `fanout` None: every server.
     Volley {
         pick: Pick,
@@ -102,6 +113,7 @@ impl Policy {
             Policy::P2cPeakEwma,
             Policy::Prequal,
             Policy::Oracle,
+            Policy::OracleSed,
         ]
     }
 
@@ -117,6 +129,7 @@ impl Policy {
             Policy::P2cPeakEwma => "p2c-peakewma".into(),
             Policy::Prequal => "prequal".into(),
             Policy::Oracle => "oracle".into(),
+            Policy::OracleSed => "oracle-sed".into(),
             Policy::Volley {
                 pick,
                 answer,
@@ -154,6 +167,7 @@ impl Policy {
                     Answer::Immediate => AnswerPolicy::Immediate,
                     Answer::Paced => AnswerPolicy::Paced {
                         max_delay: lab.pace_max,
+                        divisor: lab.pace_divisor,
                     },
                     Answer::Gated => AnswerPolicy::Gated {
                         max_hold: lab.max_hold,
@@ -175,6 +189,7 @@ impl Policy {
 pub struct VolleyKnobs {
     pub capacity: u32,
     pub pace_max: Duration,
+    pub pace_divisor: u32,
     pub max_hold: Duration,
     pub reservation: Duration,
 }
@@ -208,6 +223,10 @@ pub struct Record {
 
 /// What every session of a run shares.
 pub struct RunCtx {
+    /// Independent client instances.
+    pub clients: usize,
+    /// The speed schedule (for `oracle-sed`), from `t0`.
+    pub schedule: Arc<Schedule>,
     pub addrs: Vec<SocketAddr>,
     pub load_ports: Vec<SocketAddr>,
     pub key: PublicKey,
@@ -227,6 +246,8 @@ pub struct RunCtx {
 impl RunCtx {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        clients: usize,
+        schedule: Arc<Schedule>,
         addrs: Vec<SocketAddr>,
         load_ports: Vec<SocketAddr>,
         key: PublicKey,
@@ -242,6 +263,8 @@ impl RunCtx {
             .map(|(i, a)| (*a, i as u16))
             .collect();
         Self {
+            clients: clients.max(1),
+            schedule,
             addrs,
             load_ports,
             key,
@@ -305,9 +328,12 @@ async fn run_session(ctx: Arc<RunCtx>, client: Client, pool: Vec<SocketAddr>, jo
             match tokio::time::timeout_at(deadline, session.recv()).await {
                 Ok(Ok(d)) if d.len() >= 5 && d[..4] == req[..4] => {
                     if d[4] != 0 {
+                        // The application tells its client (L7).
+                        session.report_failure();
                         rec.outcome = Outcome::Failed;
                         return rec;
                     }
+                    session.report_success();
                     break;
                 }
                 Ok(Ok(_)) => continue,
@@ -316,6 +342,7 @@ async fn run_session(ctx: Arc<RunCtx>, client: Client, pool: Vec<SocketAddr>, jo
                     return rec;
                 }
                 Err(_) => {
+                    session.report_failure();
                     rec.outcome = Outcome::Timeout;
                     return rec;
                 }
@@ -328,30 +355,37 @@ async fn run_session(ctx: Arc<RunCtx>, client: Client, pool: Vec<SocketAddr>, jo
     rec
 }
 
-/// Runs `policy` over `jobs` in open loop; returns every session's record once all ended.
+/// Runs `policy` over `jobs` in open loop, each job at its own client; returns every session's
+/// record once all ended.
 pub async fn drive(
     policy: Policy,
     ctx: Arc<RunCtx>,
     jobs: Vec<Job>,
 ) -> anyhow::Result<Vec<Record>> {
+    let m = ctx.clients;
+    let n = ctx.addrs.len();
     let handles = match policy {
         Policy::Random | Policy::RoundRobin => {
-            let client = ctx.client(SelectionPolicy::Earliest, None);
-            let n = ctx.addrs.len();
-            let mut next = (ctx.seed as usize) % n;
+            let clients: Vec<Client> = (0..m)
+                .map(|_| ctx.client(SelectionPolicy::Earliest, None))
+                .collect();
+            // Each client's cursor starts at its own seeded server.
+            let mut starts = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x0c0_25e5);
+            let mut cursors: Vec<usize> = (0..m).map(|_| starts.gen_range(0..n)).collect();
             let mut handles = Vec::with_capacity(jobs.len());
             for job in jobs {
                 tokio::time::sleep_until((ctx.t0 + job.at).into()).await;
+                let c = job.client(m);
                 let i = if policy == Policy::Random {
                     (job.coin % n as u64) as usize
                 } else {
-                    next = (next + 1) % n;
-                    next
+                    cursors[c] = (cursors[c] + 1) % n;
+                    cursors[c]
                 };
                 let pool = vec![ctx.addrs[i]];
                 handles.push(tokio::spawn(run_session(
                     Arc::clone(&ctx),
-                    client.clone(),
+                    clients[c].clone(),
                     pool,
                     job,
                 )));
@@ -359,40 +393,55 @@ pub async fn drive(
             handles
         }
         Policy::P2cPending => {
-            let services: Vec<_> = (0..ctx.addrs.len())
-                .map(|i| {
-                    PendingRequests::new(SessionSvc::new(&ctx, i), CompleteOnResponse::default())
+            let per_client = (0..m)
+                .map(|_| {
+                    (0..n)
+                        .map(|i| {
+                            PendingRequests::new(
+                                SessionSvc::new(&ctx, i),
+                                CompleteOnResponse::default(),
+                            )
+                        })
+                        .collect()
                 })
                 .collect();
-            balanced(&ctx, services, jobs).await?
+            balanced(&ctx, per_client, jobs).await?
         }
         Policy::P2cPeakEwma => {
-            let services: Vec<_> = (0..ctx.addrs.len())
-                .map(|i| {
-                    PeakEwma::new(
-                        SessionSvc::new(&ctx, i),
-                        ctx.ewma_default_rtt,
-                        ctx.ewma_decay.as_nanos() as f64,
-                        CompleteOnResponse::default(),
-                    )
+            let per_client = (0..m)
+                .map(|_| {
+                    (0..n)
+                        .map(|i| {
+                            PeakEwma::new(
+                                SessionSvc::new(&ctx, i),
+                                ctx.ewma_default_rtt,
+                                ctx.ewma_decay.as_nanos() as f64,
+                                CompleteOnResponse::default(),
+                            )
+                        })
+                        .collect()
                 })
                 .collect();
-            balanced(&ctx, services, jobs).await?
+            balanced(&ctx, per_client, jobs).await?
         }
         Policy::Prequal => prequal(&ctx, jobs).await?,
-        Policy::Oracle => return oracle(&ctx, jobs).await,
+        Policy::Oracle => return oracle(&ctx, jobs, false).await,
+        Policy::OracleSed => return oracle(&ctx, jobs, true).await,
         Policy::Volley { pick, fanout, .. } => {
             let sel = match pick {
                 Pick::Earliest => SelectionPolicy::Earliest,
                 Pick::Window => SelectionPolicy::window(),
             };
-            let client = ctx.client(sel, fanout.map(usize::from));
+            let clients: Vec<Client> = (0..m)
+                .map(|_| ctx.client(sel, fanout.map(usize::from)))
+                .collect();
             let mut handles = Vec::with_capacity(jobs.len());
             for job in jobs {
                 tokio::time::sleep_until((ctx.t0 + job.at).into()).await;
+                let c = job.client(m);
                 handles.push(tokio::spawn(run_session(
                     Arc::clone(&ctx),
-                    client.clone(),
+                    clients[c].clone(),
                     ctx.addrs.clone(),
                     job,
                 )));
@@ -457,9 +506,11 @@ impl tower::util::rng::Rng for TowerRng {
     }
 }
 
+/// One tower `Balance` per client, each over its own services and its own seeded generator;
+/// every job goes through its client's balancer.
 async fn balanced<S>(
     ctx: &Arc<RunCtx>,
-    services: Vec<S>,
+    per_client: Vec<Vec<S>>,
     jobs: Vec<Job>,
 ) -> anyhow::Result<Vec<JoinHandle<Record>>>
 where
@@ -468,13 +519,23 @@ where
     S::Future: Send + 'static,
     <S as tower::load::Load>::Metric: std::fmt::Debug,
 {
-    let mut balance = Balance::from_rng(
-        ServiceList::new::<Job>(services),
-        TowerRng(ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x9c2)),
-    );
+    let mut balancers: Vec<_> = per_client
+        .into_iter()
+        .enumerate()
+        .map(|(c, services)| {
+            Balance::from_rng(
+                ServiceList::new::<Job>(services),
+                TowerRng(ChaCha8Rng::seed_from_u64(
+                    ctx.seed ^ 0x9c2 ^ (c as u64) << 20,
+                )),
+            )
+        })
+        .collect();
+    let m = balancers.len();
     let mut handles = Vec::with_capacity(jobs.len());
     for job in jobs {
         tokio::time::sleep_until((ctx.t0 + job.at).into()).await;
+        let balance = &mut balancers[job.client(m)];
         poll_fn(|cx| balance.poll_ready(cx))
             .await
             .map_err(|e| anyhow::anyhow!("p2c not ready: {e}"))?;
@@ -500,8 +561,9 @@ where
     Ok(handles)
 }
 
-/// The central queue: sessions wait in the client until a slot is free anywhere.
-async fn oracle(ctx: &Arc<RunCtx>, jobs: Vec<Job>) -> anyhow::Result<Vec<Record>> {
+/// The central queue: sessions wait in the client until a slot is free anywhere, then go to a
+/// uniformly drawn free slot or, `sed`, to a free slot of the fastest server that has one.
+async fn oracle(ctx: &Arc<RunCtx>, jobs: Vec<Job>, sed: bool) -> anyhow::Result<Vec<Record>> {
     let n = ctx.addrs.len();
     let mut free = vec![ctx.slots; n];
     let mut total_free = ctx.slots * n;
@@ -514,12 +576,35 @@ async fn oracle(ctx: &Arc<RunCtx>, jobs: Vec<Job>) -> anyhow::Result<Vec<Record>
     loop {
         while total_free > 0 && !queue.is_empty() {
             let Some(job) = queue.pop_front() else { break };
-            let mut r = rng.gen_range(0..total_free);
-            let mut i = 0;
-            while r >= free[i] {
-                r -= free[i];
-                i += 1;
-            }
+            let i = if sed {
+                // The fastest server with a free slot (ties: uniform).
+                let at = ctx.t0.elapsed();
+                let speed = |k: usize| match ctx.schedule.behaviour(k, at) {
+                    Behaviour::Work(s) => s,
+                    Behaviour::Sinkhole | Behaviour::Silent => 1.0,
+                };
+                let mut best: Vec<usize> = Vec::new();
+                let mut top = f64::NEG_INFINITY;
+                for k in (0..n).filter(|&k| free[k] > 0) {
+                    let s = speed(k);
+                    if s > top + 1e-12 {
+                        top = s;
+                        best.clear();
+                    }
+                    if (s - top).abs() <= 1e-12 {
+                        best.push(k);
+                    }
+                }
+                best[rng.gen_range(0..best.len())]
+            } else {
+                let mut r = rng.gen_range(0..total_free);
+                let mut i = 0;
+                while r >= free[i] {
+                    r -= free[i];
+                    i += 1;
+                }
+                i
+            };
             free[i] -= 1;
             total_free -= 1;
             let ctx2 = Arc::clone(ctx);
@@ -576,59 +661,75 @@ const PREQUAL_MAX_AGE: Duration = Duration::from_millis(100);
 const PREQUAL_REUSE: u8 = 2;
 const PREQUAL_HOT_QUANTILE: f64 = 0.75;
 
+/// One client's Prequal state: its probe socket and its pool, filled by its receiver task.
+struct PrequalClient {
+    socket: Arc<UdpSocket>,
+    pool: Arc<Mutex<VecDeque<Probed>>>,
+    receiver: JoinHandle<()>,
+    session_client: Client,
+}
+
 async fn prequal(ctx: &Arc<RunCtx>, jobs: Vec<Job>) -> anyhow::Result<Vec<JoinHandle<Record>>> {
-    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let pool: Arc<Mutex<VecDeque<Probed>>> = Arc::new(Mutex::new(VecDeque::new()));
-    let receiver = {
-        let socket = Arc::clone(&socket);
-        let pool = Arc::clone(&pool);
-        let n = ctx.addrs.len();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            loop {
-                let Ok((len, _)) = socket.recv_from(&mut buf).await else {
-                    continue;
-                };
-                if len < 16 {
-                    continue;
-                }
-                let server = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if server >= n {
-                    continue;
-                }
-                let rif = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-                let latency_us = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
-                let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
-                p.retain(|e| e.server != server);
-                if p.len() >= PREQUAL_POOL {
-                    p.pop_front();
-                }
-                p.push_back(Probed {
-                    server,
-                    rif,
-                    latency_us,
-                    at: Instant::now(),
-                    uses: 0,
-                });
-            }
-        })
-    };
-    let client = ctx.client(SelectionPolicy::Earliest, None);
-    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x9e0a1);
     let n = ctx.addrs.len();
+    let mut clients = Vec::with_capacity(ctx.clients);
+    for _ in 0..ctx.clients {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let pool: Arc<Mutex<VecDeque<Probed>>> = Arc::new(Mutex::new(VecDeque::new()));
+        let receiver = {
+            let socket = Arc::clone(&socket);
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                loop {
+                    let Ok((len, _)) = socket.recv_from(&mut buf).await else {
+                        continue;
+                    };
+                    if len < 16 {
+                        continue;
+                    }
+                    let server = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if server >= n {
+                        continue;
+                    }
+                    let rif = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                    let latency_us = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]);
+                    let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+                    p.retain(|e| e.server != server);
+                    if p.len() >= PREQUAL_POOL {
+                        p.pop_front();
+                    }
+                    p.push_back(Probed {
+                        server,
+                        rif,
+                        latency_us,
+                        at: Instant::now(),
+                        uses: 0,
+                    });
+                }
+            })
+        };
+        clients.push(PrequalClient {
+            socket,
+            pool,
+            receiver,
+            session_client: ctx.client(SelectionPolicy::Earliest, None),
+        });
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x9e0a1);
     let probe_bytes = (PREQUAL_PROBES_PER_ARRIVAL * (8 + 16)) as u32;
     let mut handles = Vec::with_capacity(jobs.len());
     for job in jobs {
         tokio::time::sleep_until((ctx.t0 + job.at).into()).await;
+        let me = &clients[job.client(ctx.clients)];
         // Probes for later arrivals go out now; this arrival uses what the pool holds.
         for _ in 0..PREQUAL_PROBES_PER_ARRIVAL {
             let s = rng.gen_range(0..n);
             let mut msg = [0u8; 8];
             msg[..4].copy_from_slice(&(s as u32).to_be_bytes());
-            let _ = socket.try_send_to(&msg, ctx.load_ports[s]);
+            let _ = me.socket.try_send_to(&msg, ctx.load_ports[s]);
         }
         let pick = {
-            let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = me.pool.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             p.retain(|e| now.duration_since(e.at) <= PREQUAL_MAX_AGE);
             prequal_pick(&mut p)
@@ -636,14 +737,16 @@ async fn prequal(ctx: &Arc<RunCtx>, jobs: Vec<Job>) -> anyhow::Result<Vec<JoinHa
         let i = pick.unwrap_or_else(|| rng.gen_range(0..n));
         let ctx2 = Arc::clone(ctx);
         let pool = vec![ctx.addrs[i]];
-        let client = client.clone();
+        let client = me.session_client.clone();
         handles.push(tokio::spawn(async move {
             let mut rec = run_session(ctx2, client, pool, job).await;
             rec.probe_bytes += probe_bytes;
             rec
         }));
     }
-    receiver.abort();
+    for c in clients {
+        c.receiver.abort();
+    }
     Ok(handles)
 }
 
@@ -688,7 +791,7 @@ mod tests {
     #[test]
     fn policy_names_round_trip_and_cover_the_matrix() {
         let all = Policy::all();
-        assert_eq!(all.len(), 6 + 2 * 3 * 3);
+        assert_eq!(all.len(), 7 + 2 * 3 * 3);
         for p in &all {
             assert_eq!(Policy::parse(&p.name()), Some(*p), "{}", p.name());
         }

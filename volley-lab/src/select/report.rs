@@ -19,8 +19,14 @@ pub struct RunSummary {
     pub workload: Workload,
     pub load: f64,
     pub requests: Requests,
+    /// Independent clients.
+    pub clients: usize,
     pub policy: String,
     pub seed: u64,
+    /// The client thread or the fleet used more than the CPU limit ([`super::CPU_LIMIT`] unless
+    /// `--cpu-limit` says otherwise) of a core in the measured period: the run measured the lab,
+    /// and no figure counts it.
+    pub invalid_cpu: bool,
     /// Sessions scheduled in the measured period.
     pub sessions: usize,
     pub ok: usize,
@@ -57,6 +63,8 @@ pub struct RunSummary {
     pub withheld: u64,
     pub held: u64,
     pub hold_dropped: u64,
+    /// Offers sent while every slot was busy (answered late, not withheld: L6).
+    pub busy_offers: u64,
     pub init_refused: u64,
     /// CPU used in the measured period, in cores: the client thread (every policy's sessions),
     /// the fleet (its thread and its servers' timer threads), and each CPU's busy share.
@@ -70,6 +78,7 @@ pub struct RunMeta<'a> {
     pub workload: Workload,
     pub load: f64,
     pub requests: Requests,
+    pub clients: usize,
     pub policy: String,
     pub seed: u64,
     pub warmup: Duration,
@@ -81,6 +90,8 @@ pub struct RunMeta<'a> {
     pub capacity_share: Vec<f64>,
     pub stats: &'a [ServerStats],
     pub cpu: super::cpu::Usage,
+    /// Above this share of a core on either side the run is invalid.
+    pub cpu_limit: f64,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -166,8 +177,10 @@ pub fn summarise(records: &[Record], meta: RunMeta<'_>) -> RunSummary {
         workload: meta.workload,
         load: meta.load,
         requests: meta.requests,
+        clients: meta.clients,
         policy: meta.policy,
         seed: meta.seed,
+        invalid_cpu: meta.cpu.client > meta.cpu_limit || meta.cpu.fleet > meta.cpu_limit,
         sessions: measured.len(),
         ok,
         failed,
@@ -190,6 +203,7 @@ pub fn summarise(records: &[Record], meta: RunMeta<'_>) -> RunSummary {
         withheld: sum(|s| s.probes_withheld_full + s.probes_withheld_under_load),
         held: sum(|s| s.probes_held),
         hold_dropped: sum(|s| s.probes_dropped_hold_expired + s.probes_dropped_queue_full),
+        busy_offers: sum(|s| s.offers_busy),
         init_refused: sum(|s| s.init_refused_full + s.init_under_load),
         client_cpu: meta.cpu.client,
         fleet_cpu: meta.cpu.fleet,
@@ -293,14 +307,18 @@ impl Spread {
     }
 }
 
-/// One policy in one cell, over seeds.
+/// One policy in one cell, over its valid seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Aggregate {
     pub workload: Workload,
     pub load: f64,
     pub requests: Requests,
+    pub clients: usize,
     pub policy: String,
+    /// Valid runs (the figures are over these).
     pub seeds: usize,
+    /// Runs in all, valid or not.
+    pub runs: usize,
     pub p50_ms: Spread,
     pub p90_ms: Spread,
     pub p99_ms: Spread,
@@ -318,17 +336,24 @@ pub struct Aggregate {
     pub recovery_s: Option<Spread>,
 }
 
-/// Groups runs by cell and policy, keeping first-seen order.
+/// A cell: workload, load (‰), requests, clients.
+type CellKey = (Workload, u64, Requests, usize);
+
+fn cell_of(r: &RunSummary) -> CellKey {
+    (
+        r.workload,
+        (r.load * 1000.0).round() as u64,
+        r.requests,
+        r.clients,
+    )
+}
+
+/// Groups runs by cell and policy, keeping first-seen order; the figures are over valid runs.
 pub fn aggregate(runs: &[RunSummary]) -> Vec<Aggregate> {
-    let mut order: Vec<(Workload, u64, Requests, String)> = Vec::new();
-    let mut groups: HashMap<(Workload, u64, Requests, String), Vec<&RunSummary>> = HashMap::new();
+    let mut order: Vec<(CellKey, String)> = Vec::new();
+    let mut groups: HashMap<(CellKey, String), Vec<&RunSummary>> = HashMap::new();
     for r in runs {
-        let key = (
-            r.workload,
-            (r.load * 1000.0).round() as u64,
-            r.requests,
-            r.policy.clone(),
-        );
+        let key = (cell_of(r), r.policy.clone());
         if !groups.contains_key(&key) {
             order.push(key.clone());
         }
@@ -337,14 +362,17 @@ pub fn aggregate(runs: &[RunSummary]) -> Vec<Aggregate> {
     order
         .into_iter()
         .map(|key| {
-            let g = &groups[&key];
+            let all = &groups[&key];
+            let g: Vec<&RunSummary> = all.iter().copied().filter(|r| !r.invalid_cpu).collect();
             let s = |f: &dyn Fn(&RunSummary) -> f64| Spread::of(g.iter().map(|r| f(r)));
             Aggregate {
-                workload: key.0,
-                load: g[0].load,
-                requests: key.2,
-                policy: key.3.clone(),
+                workload: key.0.0,
+                load: all[0].load,
+                requests: key.0.2,
+                clients: key.0.3,
+                policy: key.1.clone(),
                 seeds: g.len(),
+                runs: all.len(),
                 p50_ms: s(&|r| r.p50_ms),
                 p90_ms: s(&|r| r.p90_ms),
                 p99_ms: s(&|r| r.p99_ms),
@@ -357,15 +385,272 @@ pub fn aggregate(runs: &[RunSummary]) -> Vec<Aggregate> {
                 probe_bytes_per_session: s(&|r| r.probe_bytes_per_session),
                 answer_p50_ms: s(&|r| r.answer_p50_ms),
                 max_utilisation: s(&|r| r.utilisation.iter().copied().fold(0.0, f64::max)),
-                fleet_cpu: s(&|r| r.fleet_cpu),
-                client_cpu: s(&|r| r.client_cpu),
-                recovery_s: g
-                    .iter()
-                    .all(|r| r.recovery_s.is_some())
+                fleet_cpu: Spread::of(all.iter().map(|r| r.fleet_cpu)),
+                client_cpu: Spread::of(all.iter().map(|r| r.client_cpu)),
+                recovery_s: (!g.is_empty() && g.iter().all(|r| r.recovery_s.is_some()))
                     .then(|| s(&|r| r.recovery_s.unwrap_or(f64::NAN))),
             }
         })
         .collect()
+}
+
+/// The cells run at more than one client count, with those counts in order.
+pub fn swept_cells(aggs: &[Aggregate]) -> Vec<(Workload, f64, Requests, Vec<usize>)> {
+    let mut out: Vec<(Workload, f64, Requests, Vec<usize>)> = Vec::new();
+    for a in aggs {
+        let found = out.iter_mut().find(|(w, l, r, _)| {
+            *w == a.workload && (*l - a.load).abs() < 1e-9 && *r == a.requests
+        });
+        match found {
+            Some((_, _, _, ms)) => {
+                if !ms.contains(&a.clients) {
+                    ms.push(a.clients);
+                }
+            }
+            None => out.push((a.workload, a.load, a.requests, vec![a.clients])),
+        }
+    }
+    out.retain(|(.., ms)| ms.len() > 1);
+    for (.., ms) in &mut out {
+        ms.sort_unstable();
+    }
+    out
+}
+
+/// Per policy of a swept cell: the median p99 at each client count of `swept_cells` (None where
+/// the policy has no valid run there).
+pub fn p99_by_clients(
+    aggs: &[Aggregate],
+    w: Workload,
+    l: f64,
+    r: Requests,
+) -> Vec<(String, Vec<(usize, f64)>)> {
+    let mut out: Vec<(String, Vec<(usize, f64)>)> = Vec::new();
+    for a in aggs
+        .iter()
+        .filter(|a| a.workload == w && (a.load - l).abs() < 1e-9 && a.requests == r)
+    {
+        if a.seeds == 0 {
+            continue;
+        }
+        match out.iter_mut().find(|(p, _)| *p == a.policy) {
+            Some((_, v)) => v.push((a.clients, a.p99_ms.median)),
+            None => out.push((a.policy.clone(), vec![(a.clients, a.p99_ms.median)])),
+        }
+    }
+    out.retain(|(_, v)| v.len() > 1);
+    for (_, v) in &mut out {
+        v.sort_by_key(|(m, _)| *m);
+    }
+    out
+}
+
+/// The per-seed ratio `a / b` of a figure of two policies in one cell, over the seeds where both
+/// ran validly. Infinite when `a` is a timeout and `b` is not.
+fn ratios(
+    runs: &[RunSummary],
+    cell: CellKey,
+    a: &str,
+    b: &[&str],
+    f: impl Fn(&RunSummary) -> f64,
+) -> Vec<f64> {
+    let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let find = |seed: u64, p: &str| {
+        runs.iter()
+            .find(|r| cell_of(r) == cell && r.seed == seed && r.policy == p && !r.invalid_cpu)
+    };
+    seeds
+        .into_iter()
+        .filter_map(|seed| {
+            let x = find(seed, a)?;
+            // The better (lower) of the reference policies, each run validly.
+            let ys: Vec<f64> = b.iter().filter_map(|p| find(seed, p)).map(&f).collect();
+            if ys.len() != b.len() {
+                return None;
+            }
+            let y = ys.into_iter().fold(f64::INFINITY, f64::min);
+            let xv = f(x);
+            Some(if xv.is_infinite() && y.is_infinite() {
+                1.0
+            } else {
+                xv / y
+            })
+        })
+        .collect()
+}
+
+fn ratio_cell(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "no valid pair".into();
+    }
+    let s = Spread::of(v.iter().copied());
+    let f = |x: f64| {
+        if x.is_infinite() {
+            "∞".to_string()
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    format!(
+        "{} ({}–{}), {} seeds",
+        f(s.median),
+        f(s.min),
+        f(s.max),
+        v.len()
+    )
+}
+
+fn met(v: &[f64], ok: impl Fn(f64) -> bool) -> &'static str {
+    if v.is_empty() {
+        "—"
+    } else if ok(Spread::of(v.iter().copied()).median) {
+        if v.iter().all(|x| ok(*x)) {
+            "yes"
+        } else {
+            "yes (median; not every seed)"
+        }
+    } else {
+        "**no**"
+    }
+}
+
+/// The goals of BENCHMARKS.md §2 for `primary` (volley's configuration fixed before the run),
+/// as per-seed ratios, median (min–max) over the seeds where every policy involved ran validly.
+pub fn goals(runs: &[RunSummary], primary: &str) -> String {
+    let p2c = ["p2c-pending", "p2c-peakewma"];
+    let balancers = [
+        "random",
+        "round-robin",
+        "p2c-pending",
+        "p2c-peakewma",
+        "prequal",
+    ];
+    let headline = (
+        Workload::HalfSlow,
+        850,
+        Requests::One,
+        super::HEADLINE_CLIENTS,
+    );
+    let central = (Workload::HalfSlow, 850, Requests::One, 1);
+    let p99 = |r: &RunSummary| r.p99_ms;
+    let mut out = format!(
+        "\n## Goals (BENCHMARKS.md §2) for `{primary}`\n\nPer-seed ratios, median (min–max) \
+         over the seeds where both sides ran validly. Lower is better unless said.\n\n\
+         | goal | measured | met? |\n|---|---|---|\n"
+    );
+    let mut row = |goal: &str, v: Vec<f64>, ok: &dyn Fn(f64) -> bool| {
+        let _ = writeln!(out, "| {goal} | {} | {} |", ratio_cell(&v), met(&v, ok));
+    };
+    let has = |cell: CellKey| runs.iter().any(|r| cell_of(r) == cell);
+    if has(headline) {
+        row(
+            "headline (half-slow, 0.85, M = 16): p99 ÷ the better tower p2c ≤ 0.5",
+            ratios(runs, headline, primary, &p2c, p99),
+            &|x| x <= 0.5,
+        );
+        row(
+            "headline: p99 ÷ Prequal-style ≤ 0.85",
+            ratios(runs, headline, primary, &["prequal"], p99),
+            &|x| x <= 0.85,
+        );
+        row(
+            "headline: p99 ÷ SED oracle ≤ 1.1",
+            ratios(runs, headline, primary, &["oracle-sed"], p99),
+            &|x| x <= 1.1,
+        );
+        let herd: Vec<f64> = runs
+            .iter()
+            .filter(|r| cell_of(r) == headline && r.policy == primary && !r.invalid_cpu)
+            .map(|r| r.herding)
+            .collect();
+        row(
+            "headline: herding ≤ 1.5 (1 = as uniform random picks)",
+            herd,
+            &|x| x <= 1.5,
+        );
+        let probes: Vec<f64> = runs
+            .iter()
+            .filter(|r| cell_of(r) == headline && r.policy == primary && !r.invalid_cpu)
+            .map(|r| r.probes_per_session)
+            .collect();
+        row("headline: probes per session ≤ 3", probes, &|x| x <= 3.0);
+    }
+    if has(central) {
+        row(
+            "central (M = 1), same cell: p99 ÷ tower p2c PeakEwma ≤ 0.9",
+            ratios(runs, central, primary, &["p2c-peakewma"], p99),
+            &|x| x <= 0.9,
+        );
+    }
+    // Every workload and load at M = 16.
+    let mut cells: Vec<CellKey> = Vec::new();
+    for r in runs {
+        let c = cell_of(r);
+        if c.3 == super::HEADLINE_CLIENTS && c.2 == Requests::One && !cells.contains(&c) {
+            cells.push(c);
+        }
+    }
+    if !cells.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nEvery workload and load at M = 16: p99 ÷ the better tower p2c (goal ≤ 1.0), timed-out \
+             sessions against the best of the five balancers (goal: no more), and on the sinkhole \
+             failed sessions ÷ the fewer of tower p2c's (goal ≤ 1.0). Medians over seeds of \
+             per-seed values.\n\n| cell | p99 ÷ better p2c | met? | timeouts − best balancer's | met? | failed ÷ p2c's | met? |\n|---|---|---|---|---|---|---|"
+        );
+        for c in cells {
+            let r = ratios(runs, c, primary, &p2c, p99);
+            let excess: Vec<f64> = {
+                let mut v = Vec::new();
+                let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+                seeds.sort_unstable();
+                seeds.dedup();
+                for seed in seeds {
+                    let get = |p: &str| {
+                        runs.iter().find(|r| {
+                            cell_of(r) == c && r.seed == seed && r.policy == p && !r.invalid_cpu
+                        })
+                    };
+                    let Some(x) = get(primary) else { continue };
+                    let best: Vec<f64> = balancers
+                        .iter()
+                        .filter_map(|p| get(p))
+                        .map(|r| r.timeouts as f64)
+                        .collect();
+                    if best.len() == balancers.len() {
+                        v.push(x.timeouts as f64 - best.into_iter().fold(f64::INFINITY, f64::min));
+                    }
+                }
+                v
+            };
+            let fails = if c.0 == Workload::Sinkhole {
+                let f = ratios(runs, c, primary, &p2c, |r| r.failed as f64);
+                format!("{} | {}", ratio_cell(&f), met(&f, |x| x <= 1.0))
+            } else {
+                "— | —".into()
+            };
+            let excess_cell = if excess.is_empty() {
+                "no valid pair".to_string()
+            } else {
+                let s = Spread::of(excess.iter().copied());
+                format!("{:+.0} ({:+.0}–{:+.0})", s.median, s.min, s.max)
+            };
+            let _ = writeln!(
+                out,
+                "| {} {:.2} | {} | {} | {} | {} | {} |",
+                c.0.name(),
+                c.1 as f64 / 1000.0,
+                ratio_cell(&r),
+                met(&r, |x| x <= 1.0),
+                excess_cell,
+                met(&excess, |x| x <= 0.0),
+                fails
+            );
+        }
+    }
+    out
 }
 
 fn ms(x: f64) -> String {
@@ -387,17 +672,28 @@ fn spread_ms(s: &Spread) -> String {
 /// The Markdown tables: one per cell, policies as rows.
 pub fn markdown(aggs: &[Aggregate]) -> String {
     let mut out = String::new();
-    let mut cells: Vec<(Workload, u64, Requests)> = Vec::new();
+    let mut cells: Vec<CellKey> = Vec::new();
     for a in aggs {
-        let c = (a.workload, (a.load * 1000.0).round() as u64, a.requests);
+        let c = (
+            a.workload,
+            (a.load * 1000.0).round() as u64,
+            a.requests,
+            a.clients,
+        );
         if !cells.contains(&c) {
             cells.push(c);
         }
     }
-    for (w, l, r) in cells {
+    let peers = super::policy::Policy::peers().len();
+    for (w, l, r, m) in cells {
         let mut rows: Vec<&Aggregate> = aggs
             .iter()
-            .filter(|a| a.workload == w && (a.load * 1000.0).round() as u64 == l && a.requests == r)
+            .filter(|a| {
+                a.workload == w
+                    && (a.load * 1000.0).round() as u64 == l
+                    && a.requests == r
+                    && a.clients == m
+            })
             .collect();
         // The peers first in their fixed order, then volley's configurations by median p99.
         let all: Vec<String> = super::policy::Policy::all()
@@ -407,40 +703,55 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
         rows.sort_by(|a, b| {
             let rank = |x: &Aggregate| {
                 let i = all.iter().position(|n| *n == x.policy).unwrap_or(all.len());
-                if i < 6 { i } else { 6 }
+                i.min(peers)
             };
             rank(a)
                 .cmp(&rank(b))
                 .then(a.p99_ms.median.total_cmp(&b.p99_ms.median))
         });
-        let seeds = rows.iter().map(|a| a.seeds).max().unwrap_or(0);
+        let seeds = rows.iter().map(|a| a.runs).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "\n#### {} · load {:.2} · {} request(s) per session · {} seed(s)\n",
+            "\n#### {} · load {:.2} · {} request(s) per session · M = {} client(s) · {} seed(s)\n",
             w.name(),
             l as f64 / 1000.0,
             r.name(),
+            m,
             seeds
         );
         let recovery = rows.iter().any(|a| a.recovery_s.is_some());
         let _ = write!(
             out,
-            "| policy | p50 ms | p90 ms | p99 ms | p99.9 ms | goodput | failed | timeouts | herding | probes/session | answer p50 ms | max util | fleet CPU | client CPU |"
+            "| policy | valid | p50 ms | p90 ms | p99 ms | p99.9 ms | goodput | failed | timeouts | herding | probes/session | answer p50 ms | max util | fleet CPU | client CPU |"
         );
         if recovery {
             out.push_str(" recovery s |");
         }
         out.push('\n');
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         if recovery {
             out.push_str("---|");
         }
         out.push('\n');
         for a in rows {
+            if a.seeds == 0 {
+                let _ = writeln!(
+                    out,
+                    "| {} | 0/{} | invalid (cpu) | | | | | | | | | | | {:.2} | {:.2} |{}",
+                    a.policy,
+                    a.runs,
+                    a.fleet_cpu.median,
+                    a.client_cpu.median,
+                    if recovery { " |" } else { "" }
+                );
+                continue;
+            }
             let _ = write!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {}/{} | {} | {} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {:.2} | {:.2} | {:.2} |",
                 a.policy,
+                a.seeds,
+                a.runs,
                 ms(a.p50_ms.median),
                 ms(a.p90_ms.median),
                 spread_ms(&a.p99_ms),
@@ -479,6 +790,75 @@ mod tests {
         assert!(percentile(&v, 0.999).is_infinite());
         let s = Spread::of([3.0, 1.0, 2.0, f64::NAN, 5.0]);
         assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 5.0));
+    }
+
+    fn summary(policy: &str, seed: u64, p99: f64, cpu: f64) -> RunSummary {
+        RunSummary {
+            workload: Workload::HalfSlow,
+            load: 0.85,
+            requests: Requests::One,
+            clients: crate::select::HEADLINE_CLIENTS,
+            policy: policy.into(),
+            seed,
+            invalid_cpu: cpu > crate::select::CPU_LIMIT,
+            sessions: 100,
+            ok: 100,
+            failed: 0,
+            timeouts: 0,
+            p50_ms: p99 / 4.0,
+            p90_ms: p99 / 2.0,
+            p99_ms: p99,
+            p999_ms: p99,
+            mean_ms: p99 / 4.0,
+            goodput: 1.0,
+            connect_p50_ms: 1.0,
+            answer_p50_ms: 0.3,
+            probes_per_session: 3.0,
+            probe_bytes_per_session: 768.0,
+            herding: 1.0,
+            utilisation: vec![0.8],
+            capacity_share: vec![1.0],
+            work_share: vec![1.0],
+            recovery_s: None,
+            withheld: 0,
+            held: 0,
+            hold_dropped: 0,
+            busy_offers: 0,
+            init_refused: 0,
+            client_cpu: cpu,
+            fleet_cpu: 0.3,
+            cpu_busy: vec![],
+        }
+    }
+
+    #[test]
+    fn select_runs_over_the_cpu_limit_are_invalid_and_left_out() {
+        let runs = vec![
+            summary("p2c-pending", 1, 400.0, 0.5),
+            summary("p2c-peakewma", 1, 300.0, 0.5),
+            summary("volley-x", 1, 240.0, 0.5),
+            summary("p2c-pending", 2, 500.0, 0.5),
+            summary("p2c-peakewma", 2, 380.0, 0.5),
+            // A saturated client thread: not a figure, and not a ratio either.
+            summary("volley-x", 2, 9000.0, 0.97),
+        ];
+        let aggs = aggregate(&runs);
+        let v = aggs.iter().find(|a| a.policy == "volley-x").unwrap();
+        assert_eq!((v.seeds, v.runs), (1, 2));
+        assert_eq!(v.p99_ms.median, 240.0, "the invalid run is left out");
+        // Only seed 1 pairs validly: 240 / min(400, 300).
+        let r = ratios(
+            &runs,
+            (Workload::HalfSlow, 850, Requests::One, 16),
+            "volley-x",
+            &["p2c-pending", "p2c-peakewma"],
+            |r| r.p99_ms,
+        );
+        assert_eq!(r, vec![0.8]);
+        let all_bad = vec![summary("p2c-pending", 1, 9.0, 0.99)];
+        let md = markdown(&aggregate(&all_bad));
+        assert!(md.contains("invalid (cpu)"), "{md}");
+        assert!(goals(&runs, "volley-x").contains("0.80 (0.80–0.80), 1 seeds"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::fleet::Fleet;
 use super::policy::{self, Outcome, Policy, RunCtx, VolleyKnobs};
-use super::workload::{FleetShape, Requests, TraceSpec, Workload};
+use super::workload::{Behaviour, FleetShape, Requests, Schedule, TraceSpec, Workload};
 use volley::StaticKeypair;
 
 const SHAPE: FleetShape = FleetShape {
@@ -16,20 +16,34 @@ const SHAPE: FleetShape = FleetShape {
 };
 
 const KNOBS: VolleyKnobs = VolleyKnobs {
-    capacity: 8,
+    capacity: 2,
     pace_max: Duration::from_millis(5),
+    pace_divisor: 32,
     max_hold: Duration::from_millis(200),
     reservation: Duration::from_millis(1),
 };
 
-/// Runs `policy` over a fresh tiny fleet; returns the records and the fleet's sinkhole or
-/// silent server.
+/// Runs `policy` over a fresh tiny fleet with one client; returns the records and the fleet's
+/// sinkhole or silent server.
 fn run(
     policy: Policy,
     workload: Workload,
     load: f64,
     requests: Requests,
 ) -> (Vec<policy::Record>, Option<usize>) {
+    let (records, schedule) = run_with(policy, workload, load, requests, 1);
+    (records, schedule.odd_one)
+}
+
+/// Runs `policy` over a fresh tiny fleet with `clients` independent clients; returns the
+/// records and the speed schedule.
+fn run_with(
+    policy: Policy,
+    workload: Workload,
+    load: f64,
+    requests: Requests,
+    clients: usize,
+) -> (Vec<policy::Record>, Schedule) {
     let spec = TraceSpec {
         shape: SHAPE,
         workload,
@@ -51,6 +65,8 @@ fn run(
     )
     .expect("fleet starts");
     let ctx = Arc::new(RunCtx::new(
+        clients,
+        Arc::new(trace.schedule.clone()),
         fleet.addrs.clone(),
         fleet.load_ports.clone(),
         fleet.key,
@@ -68,9 +84,8 @@ fn run(
         .block_on(policy::drive(policy, ctx, trace.jobs.clone()))
         .expect("drive");
     assert_eq!(records.len(), trace.jobs.len(), "one record per session");
-    let odd = trace.schedule.odd_one;
     fleet.stop().expect("fleet stops");
-    (records, odd)
+    (records, trace.schedule)
 }
 
 #[test]
@@ -80,7 +95,8 @@ fn select_every_policy_completes_its_sessions_on_a_small_fleet() {
         Policy::parse("volley-window-immediate-all").expect("known"),
         Policy::parse("volley-earliest-gated-d2").expect("known"),
     ]) {
-        let (records, _) = run(policy, Workload::Homogeneous, 0.3, Requests::One);
+        // Three independent clients: every balancer runs one instance per client.
+        let (records, _) = run_with(policy, Workload::Homogeneous, 0.3, Requests::One, 3);
         let ok = records.iter().filter(|r| r.outcome == Outcome::Ok).count();
         assert!(
             records.len() > 50,
@@ -164,6 +180,59 @@ fn select_sinkhole_failures_are_counted_and_come_from_the_sinkhole() {
 }
 
 #[test]
+fn select_the_sed_oracle_fills_the_fast_servers_first() {
+    // Half the fleet at half speed, light load: a fast server nearly always has a free slot, so
+    // the SED oracle hardly uses a slow one, while the uniform oracle uses them half the time.
+    let (records, schedule) =
+        run_with(Policy::OracleSed, Workload::HalfSlow, 0.1, Requests::One, 1);
+    let slow = |s: u16| schedule.behaviour(s as usize, Duration::ZERO) == Behaviour::Work(0.5);
+    let on_slow = records
+        .iter()
+        .filter(|r| r.server.is_some_and(slow))
+        .count();
+    assert!(
+        on_slow * 20 <= records.len(),
+        "{on_slow} of {} on slow servers",
+        records.len()
+    );
+    let (records, schedule) = run_with(Policy::Oracle, Workload::HalfSlow, 0.1, Requests::One, 1);
+    let slow = |s: u16| schedule.behaviour(s as usize, Duration::ZERO) == Behaviour::Work(0.5);
+    let on_slow = records
+        .iter()
+        .filter(|r| r.server.is_some_and(slow))
+        .count();
+    assert!(on_slow * 4 > records.len(), "uniform oracle: {on_slow}");
+}
+
+#[test]
+fn l7_select_volley_clients_eject_the_sinkhole_their_sessions_report() {
+    // Each request the sinkhole fails is reported by the session (`report_failure`): two in a
+    // row eject it from that client's races for a second, longer than the run. Only the
+    // sessions that chose it before the second report came back can fail (a handful, more on a
+    // busy machine); round-robin sends it a quarter of all sessions.
+    let volley = Policy::parse("volley-window-immediate-all").expect("known");
+    let (records, odd) = run(volley, Workload::Sinkhole, 0.3, Requests::One);
+    let sink = odd.expect("a sinkhole") as u16;
+    let failed = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .count();
+    assert!(failed <= 15, "{failed} sessions failed on the sinkhole");
+    let (rr, _) = run(Policy::RoundRobin, Workload::Sinkhole, 0.3, Requests::One);
+    let rr_failed = rr.iter().filter(|r| r.outcome == Outcome::Failed).count();
+    assert!(
+        rr_failed > 5 * failed.max(1),
+        "round-robin {rr_failed}, volley {failed}"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Failed)
+            .all(|r| r.server == Some(sink))
+    );
+}
+
+#[test]
 fn select_a_silent_server_costs_round_robin_timeouts_and_volley_none() {
     let (rr, odd) = run(Policy::RoundRobin, Workload::Silent, 0.3, Requests::One);
     let silent = odd.expect("a silent server") as u16;
@@ -205,27 +274,32 @@ fn select_run_writes_the_table_the_json_and_the_plots() {
         workloads: vec![Workload::HalfSlow],
         loads: vec![0.5],
         policies: vec!["random".into(), "volley-earliest-paced-d2".into()],
+        clients: vec![1, 2],
         measure_ms: Some(300),
         warmup_ms: Some(50),
         recovery_drop_s: 1.0,
         servers: 4,
         slots: 2,
         mean_work_ms: 2.0,
-        capacity: 8,
+        capacity: None,
         pace_max_ms: 5.0,
+        pace_divisor: 32,
         max_hold_ms: 200.0,
         reservation_ms: 1.0,
         long_sessions: false,
         no_pin: true,
         records: true,
+        // A debug build's client thread is slow; this test checks the machinery, not validity.
+        cpu_limit: 1e9,
     };
     super::run(args).expect("select runs");
     let md = std::fs::read_to_string(dir.join("results.md")).expect("results.md");
     assert!(md.contains("| random |") && md.contains("| volley-earliest-paced-d2 |"));
+    assert!(md.contains("M = 1 client(s)") && md.contains("M = 2 client(s)"));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).expect("json"))
             .expect("valid JSON");
-    assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(2));
+    assert_eq!(json["runs"].as_array().map(|a| a.len()), Some(4));
     // Every run carries its CPU accounting: the client thread ran sessions, the fleet served
     // them, and no side can use more than the whole machine.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -238,13 +312,17 @@ fn select_run_writes_the_table_the_json_and_the_plots() {
         assert!(client + fleet <= cpus + 0.1, "{run}");
     }
     assert!(md.contains("client CPU"));
-    for f in ["cdf-half-slow-0.50-r1.svg", "util-half-slow-0.50-r1.svg"] {
+    for f in [
+        "cdf-half-slow-0.50-r1-m1.svg",
+        "util-half-slow-0.50-r1-m2.svg",
+        "p99-vs-clients-half-slow-0.50-r1.svg",
+    ] {
         let svg = std::fs::read_to_string(dir.join(f)).expect("plot written");
         assert!(svg.starts_with("<svg") && svg.contains("random"), "{f}");
     }
     let records = std::fs::read_dir(dir.join("records"))
         .expect("records")
         .count();
-    assert_eq!(records, 2);
+    assert_eq!(records, 4);
     let _ = std::fs::remove_dir_all(&dir);
 }

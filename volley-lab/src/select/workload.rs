@@ -157,6 +157,15 @@ pub struct Job {
     pub work_us: Vec<u32>,
     /// A uniform draw for policies that need one per session (random pick, fan-out subset).
     pub coin: u64,
+    /// A uniform draw that assigns the session to one of the run's independent clients.
+    pub client_coin: u64,
+}
+
+impl Job {
+    /// Which of `clients` independent clients this session arrives at.
+    pub fn client(&self, clients: usize) -> usize {
+        (self.client_coin % clients.max(1) as u64) as usize
+    }
 }
 
 /// Everything a run replays.
@@ -286,6 +295,7 @@ impl TraceSpec {
                 at,
                 work_us,
                 coin: rng.r#gen(),
+                client_coin: rng.r#gen(),
             });
         }
         Trace {
@@ -313,7 +323,7 @@ mod tests {
             shape: FleetShape {
                 servers: 16,
                 slots: 4,
-                mean_work: Duration::from_millis(20),
+                mean_work: Duration::from_millis(40),
             },
             workload,
             load,
@@ -336,8 +346,18 @@ mod tests {
                 .zip(&b.jobs)
                 .all(|(x, y)| x.at == y.at && x.work_us == y.work_us)
         );
-        // Half the fleet at 0.5x: 16 x 4 slots x 0.75 / 20 ms = 2400 requests/s at load 1.
-        assert!((a.rate - 0.85 * 2400.0).abs() < 1e-6, "rate {}", a.rate);
+        // Half the fleet at 0.5x: 16 x 4 slots x 0.75 / 40 ms = 1200 requests/s at load 1.
+        assert!((a.rate - 0.85 * 1200.0).abs() < 1e-6, "rate {}", a.rate);
+        // Spread uniformly over independent clients.
+        let mut per = [0usize; 16];
+        for j in &a.jobs {
+            per[j.client(16)] += 1;
+        }
+        let fair = a.jobs.len() as f64 / 16.0;
+        assert!(
+            per.iter().all(|&n| (n as f64 - fair).abs() < 0.25 * fair),
+            "{per:?}"
+        );
         let offered: f64 = a
             .jobs
             .iter()

@@ -4,16 +4,18 @@
 //! 10,000 servers.
 //!
 //! It first reproduces Mitzenmacher's supermarket table ([`supermarket`]), with the protocol
-//! making the join-the-shortest-of-d choice, then runs volley's own policies at fleet scale
-//! ([`policies`]) and reports the metrics `select` reports. [`engine`] is the event loop and says
-//! exactly what is real protocol and what is modelled; in short:
+//! making the join-the-shortest-of-d choice, then sweeps the number of independent clients at
+//! 10,000 servers for volley and the peers as users run them, each client with its own view
+//! (`sim sweep`, BENCHMARKS.md §3), and runs volley's own policies at fleet scale
+//! (`sim policies`, [`policies`]), reporting the metrics `select` reports. [`engine`] is the
+//! event loop and says exactly what is real protocol and what is modelled; in short:
 //!
 //! - real: probe encoding, the race (tags, earliest / window decision, retransmission, deadline,
-//!   late offers), the server's answer policy (immediate / paced / gated), withholding when full,
-//!   held probes and their timers, reservations, cookies in offers, load hints;
+//!   late offers), the server's answer policy (immediate / paced / gated) and its expected
+//!   completion estimate (measured service time, L5), held probes and their timers,
+//!   reservations, cookies in offers, load hints;
 //! - modelled: the network (fixed delay + uniform jitter, no loss), the work (exponential, FIFO
-//!   slots), the INIT refusal when full (the same rule as the endpoint's), re-racing after a
-//!   refusal (as `Connection` does);
+//!   slots), the peers' rules and state ([`engine`]'s `peers`);
 //! - skipped: the Noise handshake and the session's packets. `Connection` is not used because
 //!   winning a race starts the handshake (an X25519 key pair and DH per connect, ~100+ µs), and
 //!   because it deduplicates its pool in O(n²) (10⁸ comparisons for a 10,000-server pool).
@@ -39,11 +41,14 @@ use policies::Workload;
 /// What to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum What {
-    /// The supermarket check, then volley's policies.
+    /// The supermarket check, then the sweep over clients.
     All,
     /// The supermarket check only.
     Supermarket,
-    /// volley's policies only.
+    /// volley and the peers against the number of independent clients (BENCHMARKS.md §3):
+    /// p99 at M = 1, N/100, N/10 and N clients, half-slow, loads 0.85 and 0.95.
+    Sweep,
+    /// volley's own policies (answer × selection × fan-out) with the references.
     Policies,
     /// Speed: one 1M-session supermarket run (λ 0.9, d 2) and one 1M-session policy run
     /// (paced/earliest d=3, half-slow, load 0.95).
@@ -96,18 +101,23 @@ pub struct SimArgs {
     /// the fleet, at least 100.
     #[arg(long)]
     pub pilot_servers: Option<usize>,
-    /// Policies: offered loads (≥ 1 is overload: every run is bounded by its sessions, and the
-    /// table flags it).
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.7,0.85,0.95")]
+    /// Sweep and policies: the local-view peers' unmeasured start, virtual ms (they start
+    /// empty). Default 3000 (1000 --quick).
+    #[arg(long)]
+    pub local_warmup_ms: Option<u64>,
+    /// Sweep and policies: offered loads (≥ 1 is overload: every run is bounded by its
+    /// sessions, and the table flags it). Default: 0.85,0.95 for the sweep, 0.5,0.7,0.85,0.95
+    /// for policies.
+    #[arg(long, value_delimiter = ',')]
     pub loads: Vec<f64>,
-    /// Policies: workloads.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "homogeneous,half-slow"
-    )]
+    /// Sweep and policies: workloads. Default: half-slow for the sweep, homogeneous,half-slow
+    /// for policies.
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub workloads: Vec<Workload>,
+    /// Sweep and policies: numbers of independent clients. Default: 1, N/100, N/10 and N for
+    /// the sweep (N servers), 1 for policies.
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Vec<usize>,
     /// Policies: fan-outs of the protocol runs.
     #[arg(long, value_delimiter = ',', default_value = "2,3")]
     pub fanouts: Vec<usize>,
@@ -130,6 +140,7 @@ struct Report {
     servers: usize,
     seeds: Vec<u64>,
     supermarket: Vec<supermarket::Cell>,
+    sweep: Vec<policies::Record>,
     policies: Vec<policies::Record>,
     bench: Vec<BenchRun>,
 }
@@ -169,7 +180,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         .unwrap_or(if quick { 200_000 } else { 2_000_000 });
     let hard = args
         .hard_sessions
-        .unwrap_or(if quick { 1_000_000 } else { 10_000_000 });
+        .unwrap_or(if quick { 3_000_000 } else { 10_000_000 });
     let policy_sessions = args
         .policy_sessions
         .unwrap_or(if quick { 30_000 } else { 300_000 });
@@ -177,7 +188,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         pilot_servers: args.pilot_servers.unwrap_or((servers / 10).max(100)),
         pilot: Duration::from_millis(args.pilot_ms.unwrap_or(if quick { 1_000 } else { 2_000 })),
         warmup: Duration::from_millis(args.warmup_ms),
+        local_warmup: Duration::from_millis(args.local_warmup_ms.unwrap_or(if quick {
+            1_000
+        } else {
+            3_000
+        })),
     };
+    for &c in &args.clients {
+        anyhow::ensure!(c >= 1, "clients must be at least 1");
+    }
     anyhow::ensure!(
         sessions > 0 && hard > 0 && policy_sessions > 0,
         "sessions must be > 0"
@@ -188,10 +207,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     for &l in &args.loads {
         anyhow::ensure!(l > 0.0 && l < 2.0, "load must be in (0, 2), not {l}");
     }
+    let or = |given: &Vec<f64>, default: &[f64]| {
+        if given.is_empty() {
+            default.to_vec()
+        } else {
+            given.clone()
+        }
+    };
     let mut report = Report {
         servers,
         seeds: args.seeds.clone(),
         supermarket: Vec::new(),
+        sweep: Vec::new(),
         policies: Vec::new(),
         bench: Vec::new(),
     };
@@ -233,7 +260,61 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         md.push('\n');
     }
 
-    if matches!(args.what, What::All | What::Policies) {
+    if matches!(args.what, What::All | What::Sweep) {
+        let list: Vec<_> = policies::sweep()
+            .into_iter()
+            .filter(|p| {
+                args.only
+                    .as_ref()
+                    .is_none_or(|o| p.name.contains(o.as_str()))
+            })
+            .collect();
+        anyhow::ensure!(!list.is_empty(), "no policy matches");
+        let clients = if args.clients.is_empty() {
+            vec![1, (servers / 100).max(1), (servers / 10).max(1), servers]
+        } else {
+            args.clients.clone()
+        };
+        let workloads = if args.workloads.is_empty() {
+            vec![Workload::HalfSlow]
+        } else {
+            args.workloads.clone()
+        };
+        let mut records = Vec::new();
+        for &w in &workloads {
+            for &load in &or(&args.loads, &[0.85, 0.95]) {
+                for &c in &clients {
+                    for p in &list {
+                        for &seed in &args.seeds {
+                            let r = one(
+                                &args,
+                                servers,
+                                w,
+                                load,
+                                p,
+                                policy_sessions,
+                                &warmup,
+                                seed,
+                                c,
+                            )?;
+                            records.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        let table = format!(
+            "{}\n{}",
+            policies::sweep_markdown(&records),
+            policies::markdown(&records, servers, policy_sessions, &warmup)
+        );
+        println!("{table}");
+        md.push_str(&table);
+        md.push('\n');
+        report.sweep = records;
+    }
+
+    if args.what == What::Policies {
         let list: Vec<_> = policies::policies(&args.fanouts, !args.no_extras)
             .into_iter()
             .filter(|p| {
@@ -246,35 +327,34 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         for &d in &args.fanouts {
             anyhow::ensure!(d >= 1 && d <= servers, "fan-out must be 1..={servers}");
         }
-        for &w in &args.workloads {
-            for &load in &args.loads {
-                for p in &list {
-                    for &seed in &args.seeds {
-                        let pb = bar(
-                            policy_sessions,
-                            format!("{} {load} {}", w.name(), p.name),
-                            args.no_progress,
-                        );
-                        let r = policies::run_one(
-                            servers,
-                            w,
-                            load,
-                            p,
-                            policy_sessions,
-                            &warmup,
-                            seed,
-                            Some(&pb),
-                        )
-                        .with_context(|| format!("{} load {load} {}", w.name(), p.name))?;
-                        pb.finish_and_clear();
-                        eprintln!(
-                            "{} load {load} {} seed {seed}: p99 {:.2} ms ({:.1} s)",
-                            w.name(),
-                            p.name,
-                            r.summary.p99_ms,
-                            r.summary.wall_s
-                        );
-                        report.policies.push(r);
+        let clients = if args.clients.is_empty() {
+            vec![1]
+        } else {
+            args.clients.clone()
+        };
+        let workloads = if args.workloads.is_empty() {
+            vec![Workload::Homogeneous, Workload::HalfSlow]
+        } else {
+            args.workloads.clone()
+        };
+        for &w in &workloads {
+            for &load in &or(&args.loads, &[0.5, 0.7, 0.85, 0.95]) {
+                for &c in &clients {
+                    for p in &list {
+                        for &seed in &args.seeds {
+                            let r = one(
+                                &args,
+                                servers,
+                                w,
+                                load,
+                                p,
+                                policy_sessions,
+                                &warmup,
+                                seed,
+                                c,
+                            )?;
+                            report.policies.push(r);
+                        }
                     }
                 }
             }
@@ -311,6 +391,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             warmup.warmup,
             seed,
             &initial,
+            1,
         );
         report.bench.push(bench(
             format!("paced/earliest d=3, half-slow, load 0.95, {servers} servers"),
@@ -342,6 +423,48 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         eprintln!("wrote {0}/sim.json and {0}/sim.md", dir.display());
     }
     Ok(())
+}
+
+/// One run of the sweep or the policies, with its progress bar and a line on stderr.
+#[allow(clippy::too_many_arguments)]
+fn one(
+    args: &SimArgs,
+    servers: usize,
+    w: Workload,
+    load: f64,
+    p: &policies::Policy,
+    sessions: u64,
+    warmup: &policies::Warmup,
+    seed: u64,
+    clients: usize,
+) -> anyhow::Result<policies::Record> {
+    let pb = bar(
+        sessions,
+        format!("{} {load} M={clients} {}", w.name(), p.name),
+        args.no_progress,
+    );
+    let r = policies::run_one(
+        servers,
+        w,
+        load,
+        p,
+        sessions,
+        warmup,
+        seed,
+        clients,
+        Some(&pb),
+    )
+    .with_context(|| format!("{} load {load} {} M={clients}", w.name(), p.name))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "{} load {load} M={clients} {} seed {seed}: p99 {:.2} ms, drift {:+.1} % ({:.1} s)",
+        w.name(),
+        p.name,
+        r.summary.p99_ms,
+        r.summary.drift * 100.0,
+        r.summary.wall_s
+    );
+    Ok(r)
 }
 
 fn bench(name: String, s: &engine::Setup, hidden: bool) -> anyhow::Result<BenchRun> {

@@ -1,31 +1,34 @@
-//! volley's own policies at fleet scale, with the shape of `select`'s fleet: every server has 4
-//! slots and a capacity of 16 sessions (4 in service + 12 queued; the 17th session's INIT is
-//! refused and its client races again), work is exponential with a mean of 20 ms of virtual time
-//! at speed 1 (sleep-like: a slot is simply occupied), and the network is 50 µs one way plus a
-//! uniform jitter below 10 µs.
+//! volley's policies and the peers' at fleet scale, with the shape of `select`'s fleet: every
+//! server has 4 slots, work is exponential with a mean of 40 ms of virtual time at speed 1
+//! (sleep-like: a slot is simply occupied), and the network is 50 µs one way plus a uniform
+//! jitter below 10 µs.
 //!
-//! Policies: every answer policy (immediate, paced, gated; protocol defaults: paced
-//! `max_delay` 5 ms, gated `max_hold` 200 ms, reservation 5 ms) × client policy (earliest;
-//! window with the defaults 2 ms and quantile 0.75) × fan-out d = 2, 3, plus d = 8 for two of
-//! them; and two references that run no protocol: `random` (one uniformly random server, no load
-//! information) and `jsq2-ideal` (the shorter of two random queues by their true length, no
-//! delay). The references have no capacity: their queues are unbounded.
+//! volley: answer policy (immediate, paced, gated; protocol defaults: paced 1/32 of the expected
+//! completion up to 10 ms, gated `max_hold` 200 ms, reservation 5 ms, the service time measured)
+//! × client policy (earliest; window with the defaults 2 ms and quantile 0.75) × fan-out. The
+//! endpoints' capacity is the 4 slots. The peers (`engine::peers`), each client with only its own
+//! state: round-robin, tower-style p2c over pending requests and over peak-EWMA, Prequal-style
+//! probing; and references with exact, instant knowledge: random, JSQ(d), SED(d).
 //!
-//! Warm-up. Started empty, a fleet at load 0.95 is still filling after a second of virtual time
-//! (50 mean service times, 1.9 M sessions at 10,000 servers): policies that spread sessions
-//! without regard to load relax like an M/M/4 queue near saturation, over seconds. So every
-//! run but `random` starts from an estimate of its steady state: a **pilot** run of the same
-//! policy on a smaller fleet (`pilot_servers`, same workload, load and shape) starts empty, runs
-//! `pilot` of virtual time, and samples every server's number of jobs each millisecond over its
-//! second half; the full fleet then draws each server's initial jobs from that distribution (per
-//! speed group), runs `warmup` unmeasured (which also settles the protocol's transient state:
-//! held probes, reservations), and is measured. The fleet is a mean-field system (each session
-//! sees d random servers), so its queue-length distribution hardly depends on the fleet's size;
-//! the table's `drift` column (second half vs first half of the measured sessions) shows what is
-//! left of any trend. `random` starts from each server's exact M/M/4 stationary distribution
-//! when that server's ρ < 1; on the half-slow fleet the slow servers' ρ under random assignment
-//! is 1.5 × load, so from load 0.67 up they are unstable: they start empty, their queues grow
-//! for the whole run, and the figures depend on the run's length (flagged in the table).
+//! **Clients.** Every arrival belongs to one of `clients` independent clients, drawn uniformly.
+//! Only the local-view peers care: volley's race and the references choose from live or exact
+//! state whatever the client.
+//!
+//! Warm-up. Started empty, a fleet at load 0.95 is still filling after a second of virtual time:
+//! policies that spread sessions without regard to load relax like an M/M/4 queue near
+//! saturation, over seconds. So volley's runs and the exact references start from an estimate of
+//! their steady state: a **pilot** run of the same policy on a smaller fleet (`pilot_servers`,
+//! same workload, load and shape) starts empty, runs `pilot` of virtual time, and samples every
+//! server's number of jobs each millisecond over its second half; the full fleet then draws each
+//! server's initial jobs from that distribution (per speed group), runs `warmup` unmeasured
+//! (which also settles the protocol's transient state: held probes, reservations, measured
+//! service times), and is measured. The local-view peers need their own state to mature too (a
+//! client's view of 10,000 servers fills slowly), and it cannot be carried over from a pilot: they
+//! start empty and run `local_warmup` (default 3 s of virtual time, 75 mean service times)
+//! unmeasured. The table's `drift` column (second half vs first half of the measured sessions)
+//! shows what is left of any trend; a policy that overloads some servers has queues that grow for
+//! the whole run (flagged `unstable` when known in advance: random and round-robin on the
+//! half-slow fleet from load 2/3).
 //!
 //! Load = arrival rate ÷ the fleet's service rate (Σ slots × speed ÷ mean work).
 
@@ -33,17 +36,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use volley_proto::client::race::RaceTimers;
-use volley_proto::{AnswerPolicy, SelectionPolicy};
+use volley_proto::{AnswerPolicy, SelectionPolicy, ServiceModel};
 
-use super::engine::{self, Group, ProtocolSetup, Selector, Setup, tail_of_histogram};
+use super::engine::{self, Group, P2cMetric, ProtocolSetup, Selector, Setup, tail_of_histogram};
 use super::stats::{self, Summary};
 
-/// Slots per server.
+/// Slots per server (and the endpoints' capacity).
 pub const SLOTS: u32 = 4;
-/// Sessions a server takes (in service + queued).
-pub const CAPACITY: u32 = 16;
 /// Mean work at speed 1, ns.
-pub const MEAN_SERVICE: f64 = 20e6;
+pub const MEAN_SERVICE: f64 = 40e6;
+/// The decay of tower's peak-EWMA in its examples (and `select`).
+pub const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// One-way network delay, fixed part, ns.
 pub const NET_BASE: u64 = 50_000;
 /// One-way network jitter bound, ns.
@@ -92,11 +95,81 @@ fn protocol(answer: AnswerPolicy, client: SelectionPolicy, fanout: usize) -> Sel
         answer,
         client,
         fanout,
-        capacity: CAPACITY,
+        capacity: SLOTS,
+        service: ServiceModel::default(),
         reservation: volley_proto::server::answer::DEFAULT_RESERVATION,
         timers: RaceTimers::default(),
-        max_failovers: 8,
     })
+}
+
+/// Whether a selector keeps state per client (and so starts empty, with the long warm-up).
+pub fn is_local(selector: &Selector) -> bool {
+    matches!(
+        selector,
+        Selector::RoundRobin | Selector::P2c(_) | Selector::Prequal
+    )
+}
+
+/// The peers of BENCHMARKS.md §3, each client with its own state, and the exact references.
+pub fn peers() -> Vec<Policy> {
+    let default_rtt = Duration::from_nanos(MEAN_SERVICE as u64);
+    vec![
+        Policy {
+            name: "random".into(),
+            selector: Selector::Random,
+        },
+        Policy {
+            name: "round-robin".into(),
+            selector: Selector::RoundRobin,
+        },
+        Policy {
+            name: "p2c-pending".into(),
+            selector: Selector::P2c(P2cMetric::Pending),
+        },
+        Policy {
+            name: "p2c-peakewma".into(),
+            selector: Selector::P2c(P2cMetric::PeakEwma {
+                default_rtt,
+                decay: EWMA_DECAY,
+            }),
+        },
+        Policy {
+            name: "prequal".into(),
+            selector: Selector::Prequal,
+        },
+        Policy {
+            name: "jsq2-exact (ref)".into(),
+            selector: Selector::IdealJsq(2),
+        },
+        Policy {
+            name: "sed3-exact (ref)".into(),
+            selector: Selector::IdealSed(3),
+        },
+    ]
+}
+
+/// The sweep over clients (BENCHMARKS.md §3): the peers, the references, and volley's core
+/// configurations.
+pub fn sweep() -> Vec<Policy> {
+    let mut v = peers();
+    for (name, answer, client) in [
+        (
+            "volley paced/earliest d=3",
+            AnswerPolicy::paced(),
+            SelectionPolicy::Earliest,
+        ),
+        (
+            "volley immediate/window d=3",
+            AnswerPolicy::Immediate,
+            SelectionPolicy::window(),
+        ),
+    ] {
+        v.push(Policy {
+            name: name.into(),
+            selector: protocol(answer, client, 3),
+        });
+    }
+    v
 }
 
 /// The policy list: the two references, every answer × client policy at each of `fanouts`,
@@ -108,8 +181,12 @@ pub fn policies(fanouts: &[usize], extras: bool) -> Vec<Policy> {
             selector: Selector::Random,
         },
         Policy {
-            name: "jsq2-ideal (ref)".into(),
+            name: "jsq2-exact (ref)".into(),
             selector: Selector::IdealJsq(2),
+        },
+        Policy {
+            name: "sed3-exact (ref)".into(),
+            selector: Selector::IdealSed(3),
         },
     ];
     let answers = [
@@ -194,6 +271,7 @@ pub fn setup(
     warmup: Duration,
     seed: u64,
     initial: &[Vec<f64>],
+    clients: usize,
 ) -> Setup {
     let speeds = workload.speeds();
     let per_group = servers / speeds.len();
@@ -234,6 +312,7 @@ pub fn setup(
         net_base: NET_BASE,
         net_jitter: NET_JITTER,
         selector: policy.selector,
+        clients,
         seed,
         herd_window: HERD_WINDOW,
         keep_latencies: true,
@@ -241,7 +320,8 @@ pub fn setup(
     }
 }
 
-/// Whether `random` on this workload and load leaves some servers unstable.
+/// Whether a load-blind spread (random, round-robin) on this workload and load leaves some
+/// servers unstable.
 pub fn random_unstable(workload: Workload, load: f64) -> bool {
     let mean_speed = workload.speeds().iter().sum::<f64>() / workload.speeds().len() as f64;
     let min_speed = workload
@@ -261,10 +341,12 @@ pub struct Record {
     pub load: f64,
     /// Policy name.
     pub policy: String,
+    /// Independent clients.
+    pub clients: usize,
     /// Seed.
     pub seed: u64,
-    /// Whether the run is unstable (load ≥ 1, or `random` with servers beyond their capacity):
-    /// queues grow, figures depend on the run's length.
+    /// Whether the run is unstable (load ≥ 1, or a load-blind spread with servers beyond their
+    /// capacity): queues grow, figures depend on the run's length.
     pub unstable: bool,
     /// Metrics.
     pub summary: Summary,
@@ -279,6 +361,8 @@ pub struct Warmup {
     pub pilot: Duration,
     /// Unmeasured time of the full run after its start from the pilot's distribution.
     pub warmup: Duration,
+    /// Unmeasured time of a run of a local-view peer, which starts empty.
+    pub local_warmup: Duration,
 }
 
 /// The pilot of a run (see the module docs): per group, P(jobs ≥ i) over the second half of a
@@ -290,7 +374,10 @@ pub fn pilot_tails(
     warmup: &Warmup,
     seed: u64,
 ) -> anyhow::Result<Vec<Vec<f64>>> {
-    if warmup.pilot_servers == 0 || matches!(policy.selector, Selector::Random) {
+    if warmup.pilot_servers == 0
+        || matches!(policy.selector, Selector::Random)
+        || is_local(&policy.selector)
+    {
         return Ok(Vec::new());
     }
     let half = warmup.pilot / 2;
@@ -303,6 +390,7 @@ pub fn pilot_tails(
         half,
         seed ^ 0x9170_7000,
         &[],
+        1,
     );
     s.measured = ((half.as_nanos() as f64 * s.arrival_rate) as u64).max(1);
     s.keep_latencies = false;
@@ -315,7 +403,8 @@ pub fn pilot_tails(
         .collect())
 }
 
-/// Runs one policy on one workload and load: the pilot, then the measured run.
+/// Runs one policy on one workload and load with `clients` independent clients: the pilot,
+/// then the measured run.
 #[allow(clippy::too_many_arguments)]
 pub fn run_one(
     servers: usize,
@@ -325,19 +414,18 @@ pub fn run_one(
     sessions: u64,
     warmup: &Warmup,
     seed: u64,
+    clients: usize,
     progress: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<Record> {
     let t0 = Instant::now();
     let initial = pilot_tails(workload, load, policy, warmup, seed)?;
+    let warm = if is_local(&policy.selector) {
+        warmup.local_warmup
+    } else {
+        warmup.warmup
+    };
     let s = setup(
-        servers,
-        workload,
-        load,
-        policy,
-        sessions,
-        warmup.warmup,
-        seed,
-        &initial,
+        servers, workload, load, policy, sessions, warm, seed, &initial, clients,
     );
     if let Some(pb) = progress {
         pb.set_length(s.measured + (s.warmup as f64 * s.arrival_rate) as u64);
@@ -348,9 +436,11 @@ pub fn run_one(
         workload,
         load,
         policy: policy.name.clone(),
+        clients,
         seed,
         unstable: load >= 1.0
-            || (matches!(policy.selector, Selector::Random) && random_unstable(workload, load)),
+            || (matches!(policy.selector, Selector::Random | Selector::RoundRobin)
+                && random_unstable(workload, load)),
         summary: stats::summarise(out, SLOTS, wall),
     })
 }
@@ -363,14 +453,15 @@ fn f(x: f64, digits: usize) -> String {
     }
 }
 
-/// One Markdown table per (workload, load).
+/// One Markdown table per (workload, load, clients).
 pub fn markdown(records: &[Record], servers: usize, sessions: u64, warmup: &Warmup) -> String {
     let mut s = format!(
-        "### volley's policies: {servers} servers × {SLOTS} slots (capacity {CAPACITY} sessions), \
-         work exp. mean {} ms, network {} µs + U[0, {} µs) one way, protocol defaults (paced \
-         max_delay 5 ms, gated max_hold 200 ms, reservation {} ms, window 2 ms / q 0.75, probe \
-         retransmission 250 ms); {sessions} measured sessions per run, started from a {} ms \
-         pilot on {} servers, then {} ms unmeasured\n\n",
+        "### volley and the peers: {servers} servers × {SLOTS} slots, work exp. mean {} ms, \
+         network {} µs + U[0, {} µs) one way, protocol defaults (paced 1/32 of the expected \
+         completion up to 10 ms, gated max_hold 200 ms, reservation {} ms, window 2 ms, service \
+         time measured, probe retransmission 250 ms); {sessions} measured sessions per run; volley \
+         and the exact references started from a {} ms pilot on {} servers, then {} ms \
+         unmeasured; the local-view peers started empty, then {} ms unmeasured\n\n",
         MEAN_SERVICE / 1e6,
         NET_BASE / 1000,
         NET_JITTER / 1000,
@@ -378,35 +469,45 @@ pub fn markdown(records: &[Record], servers: usize, sessions: u64, warmup: &Warm
         warmup.pilot.as_millis(),
         warmup.pilot_servers,
         warmup.warmup.as_millis(),
+        warmup.local_warmup.as_millis(),
     );
     s.push_str(
         "Latency: end to end (arrival → reply, selection included), ms. sel: mean selection time \
          (probe RTT + answer delay + retries), ms. util max/mean: busiest server's utilisation over \
          the mean; util groups: mean utilisation per group (half-slow: fast / slow). herd: most \
-         picks of one server within 1 ms / the same for uniform random picks. retx: share of \
-         sessions whose probes timed out and were re-sent (250 ms). refused: INITs refused (full) \
-         per session. failed: sessions with no server. drift: mean latency of the second half of \
-         the measured sessions vs the first, relative (steady state: near 0).\n",
+         picks of one server within 1 ms / the same for uniform random picks. probes/sess: volley \
+         probes, or Prequal's load probes, per session. retx: share of sessions whose probes timed \
+         out and were re-sent. failed: sessions with no server. drift: mean latency of the second \
+         half of the measured sessions vs the first, relative (steady state: near 0).\n",
     );
     let seeded = records.iter().any(|r| r.seed != records[0].seed);
-    let mut keys: Vec<(Workload, f64)> = Vec::new();
+    let mut keys: Vec<(Workload, f64, usize)> = Vec::new();
     for r in records {
-        if !keys.iter().any(|(w, l)| *w == r.workload && *l == r.load) {
-            keys.push((r.workload, r.load));
+        if !keys
+            .iter()
+            .any(|(w, l, c)| *w == r.workload && *l == r.load && *c == r.clients)
+        {
+            keys.push((r.workload, r.load, r.clients));
         }
     }
-    for (w, l) in keys {
-        s.push_str(&format!("\n#### {} fleet, load {l}\n\n", w.name()));
+    for (w, l, c) in keys {
+        s.push_str(&format!(
+            "\n#### {} fleet, load {l}, {c} client(s)\n\n",
+            w.name()
+        ));
         s.push_str(
             "| policy | p50 | p90 | p99 | p99.9 | mean | sel | util max/mean | util groups | herd | \
-             probes/sess | retx | refused | failed | drift |\n",
+             probes/sess | retx | failed | drift |\n",
         );
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for r in records.iter().filter(|r| r.workload == w && r.load == l) {
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in records
+            .iter()
+            .filter(|r| r.workload == w && r.load == l && r.clients == c)
+        {
             let m = &r.summary;
             let groups: Vec<String> = m.util_by_group.iter().map(|u| f(*u, 2)).collect();
             s.push_str(&format!(
-                "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |\n",
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |\n",
                 r.policy,
                 match (r.unstable, seeded) {
                     (false, false) => String::new(),
@@ -426,7 +527,6 @@ pub fn markdown(records: &[Record], servers: usize, sessions: u64, warmup: &Warm
                 m.herd_max_uniform,
                 f(m.probes_per_session, 2),
                 f(m.retransmit_share * 100.0, 3) + " %",
-                f(m.refused_per_session, 4),
                 m.failed,
                 f(m.drift * 100.0, 1) + " %",
             ));
@@ -439,6 +539,79 @@ pub fn markdown(records: &[Record], servers: usize, sessions: u64, warmup: &Warm
         records.len(),
         simulated as f64 / wall.max(1e-9)
     ));
+    s
+}
+
+/// The sweep's pivot: p99 (ms) per policy against the number of clients, one table per
+/// (workload, load); the median over seeds with the min–max, `†` where a seed's run drifted by
+/// more than 10 % (queues still growing) or is unstable.
+pub fn sweep_markdown(records: &[Record]) -> String {
+    let mut clients: Vec<usize> = records.iter().map(|r| r.clients).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let mut cells: Vec<(Workload, f64)> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for r in records {
+        if !cells.iter().any(|(w, l)| *w == r.workload && *l == r.load) {
+            cells.push((r.workload, r.load));
+        }
+        if !names.contains(&r.policy) {
+            names.push(r.policy.clone());
+        }
+    }
+    let mut s = String::new();
+    for (w, l) in cells {
+        s.push_str(&format!(
+            "\n#### p99 end to end (ms) against independent clients: {} fleet, load {l}\n\n",
+            w.name()
+        ));
+        s.push_str("| policy |");
+        for c in &clients {
+            s.push_str(&format!(" M = {c} |"));
+        }
+        s.push('\n');
+        s.push('|');
+        s.push_str(&"---|".repeat(clients.len() + 1));
+        s.push('\n');
+        for name in &names {
+            s.push_str(&format!("| {name} |"));
+            for c in &clients {
+                let runs: Vec<&Record> = records
+                    .iter()
+                    .filter(|r| {
+                        r.workload == w && r.load == l && r.clients == *c && &r.policy == name
+                    })
+                    .collect();
+                if runs.is_empty() {
+                    s.push_str(" |");
+                    continue;
+                }
+                let mut p99: Vec<f64> = runs.iter().map(|r| r.summary.p99_ms).collect();
+                p99.sort_by(f64::total_cmp);
+                let mid = p99[p99.len() / 2];
+                let flag = runs
+                    .iter()
+                    .any(|r| r.unstable || r.summary.drift.abs() > 0.10);
+                let dagger = if flag { " †" } else { "" };
+                if p99.len() > 1 {
+                    s.push_str(&format!(
+                        " {} ({}–{}){dagger} |",
+                        f(mid, 1),
+                        f(p99[0], 1),
+                        f(p99[p99.len() - 1], 1)
+                    ));
+                } else {
+                    s.push_str(&format!(" {}{dagger} |", f(mid, 1)));
+                }
+            }
+            s.push('\n');
+        }
+    }
+    s.push_str(
+        "\n† a run of this cell was unstable or still drifting (second half of the measured \
+         sessions more than 10 % slower or faster than the first): queues growing, figures \
+         depend on the run's length.\n",
+    );
     s
 }
 

@@ -12,7 +12,7 @@ pub struct Summary {
     pub sessions: u64,
     /// Of those, completed.
     pub completed: u64,
-    /// Of those, failed (race deadline with no offer, or refused on every race).
+    /// Of those, failed (race deadline with no offer).
     pub failed: u64,
     /// Failed because the race deadline passed with no offer.
     pub failed_no_offer: u64,
@@ -39,14 +39,13 @@ pub struct Summary {
     pub selection_max_ms: f64,
     /// Mean time from arrival to the job reaching its server (selection + INIT leg + re-races).
     pub to_server_mean_ms: f64,
-    /// PROBEs per measured session (retransmissions and re-races included).
+    /// Probes per measured session: volley's PROBEs (retransmissions included), or Prequal's
+    /// load probes.
     pub probes_per_session: f64,
-    /// Races per measured session (1 unless refused and re-raced).
+    /// Races per measured session (volley; 1: nothing is refused in the simulator).
     pub races_per_session: f64,
     /// Share of measured sessions whose race retransmitted (a probe timeout: no offer in time).
     pub retransmit_share: f64,
-    /// INITs refused (server full) per measured session.
-    pub refused_per_session: f64,
     /// Void late offers per measured session.
     pub late_offers_per_session: f64,
     /// Mean slot utilisation over the measurement window.
@@ -123,10 +122,9 @@ pub fn summarise(mut o: Outcome, slots: u32, wall_s: f64) -> Summary {
         selection_p99_ms: quantile_sorted(&o.selection, 0.99) / MS,
         selection_max_ms: o.max_selection as f64 / MS,
         to_server_mean_ms: ratio(o.sum_to_server, o.completed) / MS,
-        probes_per_session: ratio(o.probes as f64, finished),
+        probes_per_session: ratio((o.probes + o.load_probes) as f64, finished),
         races_per_session: ratio(o.races as f64, finished),
         retransmit_share: ratio(o.retransmitted as f64, finished),
-        refused_per_session: ratio(o.refused as f64, o.measured),
         late_offers_per_session: ratio(o.offers_late as f64, o.measured),
         util_mean,
         util_max_over_mean: if util_mean > 0.0 {

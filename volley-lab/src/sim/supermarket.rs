@@ -4,14 +4,16 @@
 //!
 //! "Joins the shortest" is decided by the protocol, not by the simulator reading queue lengths:
 //! the session races `d` random [`volley_proto::ServerEndpoint`]s with the `Earliest` policy, and
-//! each server answers `Paced` with its queue length as its app load. The pace step
-//! (`PACE_MAX_DELAY / CAPACITY` = 100 ns) is larger than the largest sum of the two legs' jitter
-//! (2 × 20 ns), so the earliest offer always comes from a shortest queue, and among equally short
-//! queues the jitter picks uniformly. Capacity (10,000) is far above any queue reached, so no probe
-//! is ever withheld, and reservations are off (`reservation = 0`), since they would count an offer
-//! as load for a while and so perturb pure JSQ(d). The selection overhead (probe legs of 1 µs plus
-//! at most a queue-length × 100 ns pace delay, then the INIT leg) is measured and reported; it is
-//! ~10⁻⁶ of the mean service time.
+//! each server answers `Paced` by its expected completion time (L5) with its queue length as its
+//! app load. The servers have one slot and state their service time (one unit,
+//! `ServiceModel::Fixed`), so a server with `n` jobs expects `(n + 1)` units; the pace divisor
+//! (`PACE_DIVISOR` = 10⁷) turns each unit into 100 ns of answer delay, larger than the largest
+//! sum of the two legs' jitter (2 × 20 ns), so the earliest offer always comes from a shortest
+//! queue, and among equally short queues the jitter picks uniformly. The delay cap (1 ms, 10⁴
+//! queued jobs) is never reached. Reservations are off (`reservation = 0`), since they would count
+//! an offer as load for a while and so perturb pure JSQ(d). The selection overhead (probe legs of
+//! 1 µs plus the pace delay, then the INIT leg) is measured and reported; it is ~10⁻⁶ of the mean
+//! service time.
 //!
 //! Time in system is measured at the server (INIT arrival → departure), in mean service times.
 //!
@@ -26,17 +28,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use volley_proto::client::race::RaceTimers;
-use volley_proto::{AnswerPolicy, SelectionPolicy};
+use volley_proto::{AnswerPolicy, SelectionPolicy, ServiceModel};
 
 use super::engine::{self, Group, ProtocolSetup, Selector, Setup};
 use super::stats::{self, Summary};
 
 /// One mean service time, ns.
 pub const UNIT: f64 = 1e9;
-/// Paced `max_delay` of the supermarket servers.
+/// Paced `max_delay` of the supermarket servers: never reached.
 pub const PACE_MAX_DELAY: Duration = Duration::from_millis(1);
-/// Capacity of the supermarket servers: never reached, sets the pace step.
-pub const CAPACITY: u32 = 10_000;
+/// Paced `divisor`: one unit of expected completion (one job ahead) is 100 ns of answer delay.
+pub const PACE_DIVISOR: u32 = 10_000_000;
 /// One-way delay, fixed part (ns).
 pub const NET_BASE: u64 = 1_000;
 /// One-way delay, jitter bound (ns): two legs' worth stays below the 100 ns pace step.
@@ -99,14 +101,16 @@ pub fn setup(servers: usize, lambda: f64, d: u32, sessions: u64, warmup: f64, se
         selector: Selector::Protocol(ProtocolSetup {
             answer: AnswerPolicy::Paced {
                 max_delay: PACE_MAX_DELAY,
+                divisor: PACE_DIVISOR,
             },
             client: SelectionPolicy::Earliest,
             fanout: d as usize,
-            capacity: CAPACITY,
+            capacity: 1,
+            service: ServiceModel::Fixed(Duration::from_nanos(UNIT as u64)),
             reservation: Duration::ZERO,
             timers: RaceTimers::default(),
-            max_failovers: 8,
         }),
+        clients: 1,
         seed,
         herd_window: 1_000_000,
         keep_latencies: false,

@@ -86,7 +86,9 @@ pub struct ClientConfig {
     /// INIT retransmission before any handshake was timed: first after this long, doubling up
     /// to `race.max_rto`. Default 250 ms. Once handshakes are timed, the measured value applies.
     pub init_rto: Duration,
-    /// The shortest measured retransmission timeout, for probes and INITs. Default 10 ms.
+    /// The shortest measured retransmission timeout, for probes and INITs. Default 20 ms: above
+    /// the longest default paced delay (10 ms) plus a LAN round trip, so that a busy server's
+    /// late answer is not mistaken for a loss.
     pub min_rto: Duration,
     /// After a refusal naming no new server, wait this long (doubling with each refusal in a
     /// row, up to `race.max_rto`, ±50 % jitter) before racing again (L6). Default 10 ms.
@@ -119,7 +121,7 @@ impl ClientConfig {
             policy: SelectionPolicy::Earliest,
             race: RaceTimers::default(),
             init_rto: Duration::from_millis(250),
-            min_rto: Duration::from_millis(10),
+            min_rto: Duration::from_millis(20),
             refusal_backoff: Duration::from_millis(10),
             ejection: EjectionConfig::default(),
             handshake_timeout: Duration::from_secs(3),

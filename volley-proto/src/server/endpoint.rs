@@ -197,6 +197,13 @@ impl ServerEndpoint {
         self.record_service(now, done);
     }
 
+    /// An offer of this server turned into load without a session this endpoint opened — for a
+    /// simulator that skips the handshake and hands each request straight to the application:
+    /// releases one reservation, as that session's first request would (L6).
+    pub fn release_reservation(&mut self) {
+        self.reserved.release_one();
+    }
+
     /// The application's running total of completed requests, as last reported.
     pub fn app_completed(&self) -> u64 {
         self.app_completed
@@ -543,9 +550,10 @@ impl ServerEndpoint {
         }
         let mut honoured = false;
         if self.full() {
-            // An offer made moments ago promised this client a slot: keep the promise (L6).
-            // Bounded: a server at `max_sessions` makes no new offers.
-            if cookie_age > self.config.reservation {
+            // An offer made moments ago (within its reservation) promised this client a slot:
+            // keep the promise (L6). Bounded: a server at `max_sessions` makes no new offers.
+            // With reservations off, offers promise nothing.
+            if cookie_age >= self.config.reservation {
                 self.stats.init_refused_full += 1;
                 return self.refuse(remote, local, &init.tag, init_len, out);
             }

@@ -1,5 +1,4 @@
-//! The client side of a session: the real race, its timers, its decision, and re-racing after a
-//! refusal.
+//! The client side of a session: the real race, its timers and its decision.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,12 +15,12 @@ use super::{
 const SERVICE: &[u8] = b"echo";
 
 impl World<'_> {
-    /// Starts a race for `slot` against `fanout` random servers (never `except`).
-    pub(super) fn start_race(&mut self, now: Nanos, slot: u32, except: Option<u32>) {
+    /// Starts a race for `slot` against `fanout` random servers.
+    pub(super) fn start_race(&mut self, now: Nanos, slot: u32) {
         let Selector::Protocol(p) = self.s.selector else {
             return;
         };
-        let picks = self.pick_distinct(p.fanout, except);
+        let picks = self.pick_distinct(p.fanout, None);
         let targets: Vec<SocketAddr> = picks.iter().map(|i| server_addr(*i as usize)).collect();
         let mut tag = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut self.rng, &mut tag);
@@ -203,18 +202,5 @@ impl World<'_> {
         self.record_pick(now, server);
         let at = now + self.leg();
         self.q.push(at, Kind::Init { server, slot, gen_ });
-    }
-
-    /// The server refused the INIT (full): race again without it, as `Connection` does.
-    pub(super) fn on_refused(&mut self, now: Nanos, slot: u32) {
-        let Selector::Protocol(p) = self.s.selector else {
-            return;
-        };
-        let sess = &self.sessions[slot as usize];
-        if sess.races > p.max_failovers {
-            return self.fail(slot);
-        }
-        let except = sess.server;
-        self.start_race(now, slot, Some(except));
     }
 }

@@ -1,40 +1,37 @@
 //! The event loop: a fleet of FIFO multi-slot queues, each fronted by a real
 //! [`ServerEndpoint`], and arriving sessions that pick a server by running a real
-//! [`volley_proto::client::race::Race`] against `fanout` of them — on a virtual clock, with no
-//! sockets.
+//! [`volley_proto::client::race::Race`] against `fanout` of them — or by one of the peers'
+//! rules, each client with its own state ([`peers`]) — on a virtual clock, with no sockets.
 //!
 //! Time is `u64` nanoseconds from a fixed `Instant` base; the protocol sees `base + t`. Events
 //! are ordered by (time, sequence number) ([`super::queue`]), so a seed fixes the whole run.
 //!
 //! One session's life under [`Selector::Protocol`] ([`client`] and [`server`] hold the handlers):
 //!
-//! 1. **Arrival** (Poisson, fleet-wide): draw its work from the trace RNG, start a `Race` with a
-//!    fresh tag against `fanout` servers drawn uniformly without replacement, and put each PROBE
-//!    the race writes on the wire (one-way delay `net_base + U[0, net_jitter)` per datagram).
-//! 2. **PROBE at a server**: `ServerEndpoint::handle` answers now, later (paced, gated: the held
-//!    probe leaves through `poll_transmit` when the endpoint's own `poll_timeout` comes due) or
-//!    never (withheld when full). Every OFFER goes back on the wire.
+//! 1. **Arrival** (Poisson, fleet-wide; it belongs to one of `clients` independent clients drawn
+//!    uniformly): draw its work from the trace RNG, start a `Race` with a fresh tag against
+//!    `fanout` servers drawn uniformly without replacement, and put each PROBE the race writes
+//!    on the wire (one-way delay `net_base + U[0, net_jitter)` per datagram).
+//! 2. **PROBE at a server**: `ServerEndpoint::handle` answers now or later (paced, gated: the
+//!    held probe leaves through `poll_transmit` when the endpoint's own `poll_timeout` comes
+//!    due). Every OFFER goes back on the wire.
 //! 3. **OFFER at the client**: decoded and handed to `Race::handle_offer`; the race's own
 //!    outcome (won, collected, late, …) decides. Race timers (probe retransmission, collection
 //!    window, deadline) are the race's `poll_timeout`/`handle_timeout`.
 //! 4. **Decided**: the Noise handshake is skipped (an X25519 operation per side would cost more
-//!    than the whole rest of a session). The INIT leg is one network delay; at the server, a
-//!    session beyond `capacity` sessions is refused as `ServerEndpoint` refuses an INIT when full
-//!    (REDIRECT without peers), and the client races again without that server, at most
-//!    `max_failovers` times, as `Connection` does. Otherwise the session is a job: served FIFO
-//!    by one of the server's slots for `work / speed`, then the reply takes one network delay.
+//!    than the whole rest of a session). The INIT leg is one network delay; then the session is
+//!    a job: served FIFO by one of the server's slots for `work / speed`, then the reply takes
+//!    one network delay.
 //!
 //! The server's load as the protocol sees it is the number of jobs there (in service and
-//! queued), given with `set_app_load`. Because no handshake runs, no session opens inside the
-//! endpoint, so the reservation an offer took is never released by its session as
-//! `ServerEndpoint` does on a real INIT (`Reservations::release_one`). The engine compensates:
-//! while the winning offer's reservation (sent + `reservation`) is still live, its job is left
-//! out of the app load, so that requests in flight plus offers outstanding count the job once,
-//! as in the real stack. (Side effect: within that window the endpoint's own "full" check sees
-//! one request fewer.)
+//! queued), reported with `set_app_load` together with the running count of jobs completed, from
+//! which the endpoint measures its service time (L5). No session opens inside the endpoint, so
+//! the reservation an offer took is released when its job lands
+//! (`ServerEndpoint::release_reservation`), as the session's first request releases it in the
+//! real stack.
 //!
-//! The reference selectors ([`Selector::Random`], [`Selector::IdealJsq`]) choose at arrival with
-//! no protocol, no delay and perfect knowledge of queue lengths, and impose no capacity.
+//! The other selectors choose at arrival with no protocol: [`Selector::Random`], and the
+//! local-view peers and exact references of [`peers`].
 //!
 //! Measurement: sessions arriving after `warmup` are measured, `measured` of them; arrivals stop
 //! after the last one and the run ends when every measured session has finished (with FIFO
@@ -43,9 +40,10 @@
 
 mod client;
 mod model;
+mod peers;
 mod server;
 
-pub use model::{Group, Outcome, ProtocolSetup, Selector, ServerTotals, Setup};
+pub use model::{Group, Outcome, P2cMetric, ProtocolSetup, Selector, ServerTotals, Setup};
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -57,6 +55,8 @@ use rand_core::{RngCore, SeedableRng};
 use volley_proto::client::race::Race;
 use volley_proto::packet::KeyId;
 use volley_proto::{MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, StaticKeypair};
+
+use peers::Peer;
 
 pub use super::queue::Nanos;
 use super::queue::Queue;
@@ -87,9 +87,15 @@ enum Kind {
         slot: u32,
         gen_: u32,
     },
-    Refused {
-        slot: u32,
-        gen_: u32,
+    LoadProbe {
+        client: u32,
+        server: u32,
+    },
+    LoadReply {
+        client: u32,
+        server: u32,
+        rif: u32,
+        latency_ns: u64,
     },
     Depart {
         server: u32,
@@ -107,8 +113,10 @@ struct Server {
     waiting: VecDeque<u32>,
     /// Times of this server's pending Wake events (a handful at most).
     wakes: Vec<Nanos>,
-    /// Reservation expiries of offers whose job has landed (see the module docs).
-    landed: VecDeque<Nanos>,
+    /// Jobs completed (the running total the endpoint is told).
+    completed: u64,
+    /// Exponentially weighted mean of its jobs' service times (Prequal's latency estimate).
+    service_ewma_ns: f64,
     busy_ns: f64,
     last: Nanos,
     herd: (u64, u32),
@@ -125,6 +133,8 @@ enum Phase {
 
 struct Session {
     gen_: u32,
+    /// The client it belongs to.
+    client: u32,
     phase: Phase,
     arrived: Nanos,
     work: f64,
@@ -232,6 +242,8 @@ struct World<'a> {
     trace: ChaCha8Rng,
     /// Selection and network randomness.
     rng: ChaCha8Rng,
+    /// Each client's own state, for the local-view selectors.
+    peers: Vec<Peer>,
     /// Reference picks for the herding baseline.
     herd_rng: ChaCha8Rng,
     key: PublicKey,
@@ -259,14 +271,26 @@ impl<'a> World<'a> {
             s.groups.iter().all(|g| g.speed > 0.0),
             "speeds must be positive"
         );
+        anyhow::ensure!(s.clients >= 1, "at least one client");
+        anyhow::ensure!(n >= 2, "at least two servers");
         match s.selector {
-            Selector::Protocol(p) => anyhow::ensure!(
-                (1..=n).contains(&p.fanout),
-                "fan-out must be 1..={n}, not {}",
-                p.fanout
-            ),
-            Selector::IdealJsq(d) => anyhow::ensure!((1..=n).contains(&d), "d must be 1..={n}"),
-            Selector::Random => {}
+            Selector::Protocol(p) => {
+                anyhow::ensure!(
+                    (1..=n).contains(&p.fanout),
+                    "fan-out must be 1..={n}, not {}",
+                    p.fanout
+                );
+                anyhow::ensure!(
+                    p.capacity == s.slots,
+                    "the endpoints' capacity ({}) must be the servers' slots ({})",
+                    p.capacity,
+                    s.slots
+                );
+            }
+            Selector::IdealJsq(d) | Selector::IdealSed(d) => {
+                anyhow::ensure!((1..=n).contains(&d), "d must be 1..={n}")
+            }
+            Selector::Random | Selector::RoundRobin | Selector::P2c(_) | Selector::Prequal => {}
         }
         let mut seeder = ChaCha20Rng::seed_from_u64(s.seed ^ 0x5eed_5eed);
         let keypair = StaticKeypair::generate(&mut seeder);
@@ -281,6 +305,7 @@ impl<'a> World<'a> {
                     Selector::Protocol(p) => {
                         let mut cfg = ServerConfig::new(keypair.clone());
                         cfg.capacity = Some(p.capacity);
+                        cfg.service = p.service;
                         cfg.answer = p.answer;
                         cfg.reservation = p.reservation;
                         let rng = Box::new(ChaCha20Rng::seed_from_u64(seeder.next_u64()));
@@ -296,7 +321,8 @@ impl<'a> World<'a> {
                     busy: 0,
                     waiting: VecDeque::new(),
                     wakes: Vec::new(),
-                    landed: VecDeque::new(),
+                    completed: 0,
+                    service_ewma_ns: 0.0,
                     busy_ns: 0.0,
                     last: 0,
                     herd: (u64::MAX, 0),
@@ -311,6 +337,18 @@ impl<'a> World<'a> {
             queue_hist: vec![Vec::new(); s.groups.len()],
             ..Outcome::default()
         };
+        let local = matches!(
+            s.selector,
+            Selector::RoundRobin | Selector::P2c(_) | Selector::Prequal
+        );
+        let mut starts = ChaCha8Rng::seed_from_u64(s.seed ^ 0x9ee2_0000_0000_0001);
+        let peers = if local {
+            (0..s.clients)
+                .map(|_| Peer::starting_at(starts.gen_range(0..n as u32)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             s,
             base,
@@ -320,6 +358,7 @@ impl<'a> World<'a> {
             free: Vec::new(),
             trace: ChaCha8Rng::seed_from_u64(s.seed),
             rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x0123_4567_89ab_cdef),
+            peers,
             herd_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x4e7d_0000_0000_0001),
             key,
             key_id: key.key_id(),
@@ -350,9 +389,10 @@ impl<'a> World<'a> {
         self.s.net_base + j
     }
 
-    fn alloc(&mut self, arrived: Nanos, work: f64, half: Option<usize>) -> u32 {
+    fn alloc(&mut self, arrived: Nanos, work: f64, half: Option<usize>, client: u32) -> u32 {
         let fresh = Session {
             gen_: 0,
+            client,
             phase: Phase::Racing,
             arrived,
             work,
@@ -433,7 +473,7 @@ impl<'a> World<'a> {
             let k = draw_from_tail(&mut rng, &self.s.groups[group].initial_tail);
             for _ in 0..k {
                 let work = exp_sample(&mut rng, self.s.mean_service);
-                let slot = self.alloc(0, work, None);
+                let slot = self.alloc(0, work, None, 0);
                 starts.push((server as u32, slot));
             }
         }
@@ -492,11 +532,13 @@ impl<'a> World<'a> {
                         self.on_init(now, server, slot);
                     }
                 }
-                Kind::Refused { slot, gen_ } => {
-                    if self.live(slot, gen_, false) {
-                        self.on_refused(now, slot);
-                    }
-                }
+                Kind::LoadProbe { client, server } => self.on_load_probe(now, client, server),
+                Kind::LoadReply {
+                    client,
+                    server,
+                    rif,
+                    latency_ns,
+                } => self.on_load_reply(now, client, server, rif, latency_ns),
                 Kind::Depart { server, slot } => self.on_depart(now, server, slot),
                 Kind::Sample => self.on_sample(now),
             }
@@ -537,18 +579,23 @@ impl<'a> World<'a> {
         if self.measuring || half.is_none() {
             self.q.push(now + (next as Nanos).max(1), Kind::Arrival);
         }
-        let slot = self.alloc(now, work, half);
-        match self.s.selector {
-            Selector::Protocol(_) => self.start_race(now, slot, None),
-            Selector::Random => {
-                let server = self.rng.gen_range(0..self.servers.len()) as u32;
-                self.decide_direct(now, slot, server);
-            }
-            Selector::IdealJsq(d) => {
-                let server = self.shortest_of(d);
-                self.decide_direct(now, slot, server);
-            }
-        }
+        let client = if self.s.clients > 1 {
+            self.rng.gen_range(0..self.s.clients as u32)
+        } else {
+            0
+        };
+        let slot = self.alloc(now, work, half, client);
+        let server = match self.s.selector {
+            Selector::Protocol(_) => return self.start_race(now, slot),
+            Selector::Random => self.rng.gen_range(0..self.servers.len()) as u32,
+            Selector::RoundRobin => self.pick_round_robin(client),
+            Selector::P2c(metric) => self.pick_p2c(now, client, metric),
+            Selector::Prequal => self.pick_prequal(now, client, half.is_some()),
+            Selector::IdealJsq(d) => self.shortest_of(d),
+            Selector::IdealSed(d) => self.shortest_expected_of(d),
+        };
+        self.peer_sent(client, server);
+        self.decide_direct(now, slot, server);
     }
 
     fn on_sample(&mut self, now: Nanos) {
@@ -653,10 +700,21 @@ impl<'a> World<'a> {
     }
 
     fn complete(&mut self, now: Nanos, slot: u32) {
+        let reply = self.leg();
+        let (client, server, selected_at) = {
+            let sess = &self.sessions[slot as usize];
+            (sess.client, sess.server, sess.selected_at)
+        };
+        // The client's own view learns of the reply (p2c's pending count and response time).
+        self.peer_done(
+            now + reply,
+            client,
+            server,
+            (now + reply - selected_at) as f64,
+        );
         let Some(half) = self.sessions[slot as usize].half else {
             return self.release(slot);
         };
-        let reply = self.leg();
         let sess = &self.sessions[slot as usize];
         let e2e = (now + reply - sess.arrived) as f64;
         let in_system = (now - sess.job_arrived) as f64;
@@ -690,9 +748,8 @@ impl<'a> World<'a> {
                 let st = ep.stats();
                 totals.probes_received += st.probes_received;
                 totals.offers_sent += st.offers_sent;
-                totals.probes_withheld_full += st.probes_withheld_full;
                 totals.probes_held += st.probes_held;
-                totals.probes_dropped_hold_expired += st.probes_dropped_hold_expired;
+                totals.offers_busy += st.offers_busy;
                 totals.probes_dropped_queue_full += st.probes_dropped_queue_full;
             }
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use volley_proto::client::race::RaceTimers;
-use volley_proto::{AnswerPolicy, SelectionPolicy};
+use volley_proto::{AnswerPolicy, SelectionPolicy, ServiceModel};
 
 use super::Nanos;
 
@@ -17,14 +17,31 @@ pub struct ProtocolSetup {
     pub client: SelectionPolicy,
     /// Servers probed per race.
     pub fanout: usize,
-    /// `ServerConfig::capacity` (sessions); also where INITs are refused.
+    /// `ServerConfig::capacity`: the slots of the expected-completion model (L5). The engine's
+    /// servers have exactly this many slots.
     pub capacity: u32,
+    /// `ServerConfig::service`: where the servers' service time comes from.
+    pub service: ServiceModel,
     /// `ServerConfig::reservation`.
     pub reservation: Duration,
     /// The race's retransmission and deadline timers.
     pub timers: RaceTimers,
-    /// Races after a refusal before the session fails (`ClientConfig::max_failovers`).
-    pub max_failovers: u32,
+}
+
+/// What a local-view balancer weighs (tower's `Load` implementations).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum P2cMetric {
+    /// The client's own requests pending at each server (tower `PendingRequests`).
+    Pending,
+    /// The client's own peak-EWMA of each server's response time, times its pending requests
+    /// plus one (tower `PeakEwma`, the same update rule): `default_rtt` for a server it has not
+    /// heard from, decaying with time constant `decay`.
+    PeakEwma {
+        /// Estimate of a server never measured.
+        default_rtt: Duration,
+        /// Time constant of the decay.
+        decay: Duration,
+    },
 }
 
 /// How an arriving session chooses its server.
@@ -32,11 +49,24 @@ pub struct ProtocolSetup {
 pub enum Selector {
     /// The real protocol: a `Race` against `fanout` `ServerEndpoint`s.
     Protocol(ProtocolSetup),
-    /// Reference: one uniformly random server, no load information, no protocol, no capacity.
+    /// One uniformly random server, no load information, no protocol.
     Random,
+    /// Each client sends to the next server in its own order (its own cursor, starting at a
+    /// random server).
+    RoundRobin,
+    /// Power of two choices over each client's own view (tower's p2c with a `Load`): two
+    /// distinct random servers, the lower cost wins (ties: the first drawn).
+    P2c(P2cMetric),
+    /// Prequal-style asynchronous probing, each client with its own probe pool (see
+    /// `engine::peers`).
+    Prequal,
     /// Reference: the shortest of `d` random queues by their true length at arrival (ties
-    /// uniform), no protocol, no delay, no capacity.
+    /// uniform), exact and instant knowledge, no protocol.
     IdealJsq(usize),
+    /// Reference: the shortest expected delay among `d` random servers, from their true queue
+    /// lengths and speeds: `(work mean / speed) × max(1, (jobs + 1) / slots)` (ties uniform),
+    /// exact and instant knowledge, no protocol.
+    IdealSed(usize),
 }
 
 /// A group of identical servers.
@@ -72,6 +102,9 @@ pub struct Setup {
     pub net_jitter: Nanos,
     /// The selector.
     pub selector: Selector,
+    /// Independent clients; each arrival belongs to one drawn uniformly at random. Selectors
+    /// with a local view (round-robin, p2c, Prequal) keep one state per client.
+    pub clients: usize,
     /// Seed of everything.
     pub seed: u64,
     /// Herding window.
@@ -90,7 +123,7 @@ pub struct Outcome {
     pub measured: u64,
     /// Measured sessions completed.
     pub completed: u64,
-    /// Measured sessions failed: no offer before the race deadline, or refused on every race.
+    /// Measured sessions failed: no offer before the race deadline.
     pub failed: u64,
     /// Of those: race deadline passed with no offer.
     pub failed_no_offer: u64,
@@ -119,8 +152,8 @@ pub struct Outcome {
     pub races: u64,
     /// Measured sessions whose race retransmitted its probes at least once.
     pub retransmitted: u64,
-    /// INITs of measured sessions refused because the server was full.
-    pub refused: u64,
+    /// Load probes (Prequal) sent for measured sessions.
+    pub load_probes: u64,
     /// Offers to measured sessions after their race was decided (void).
     pub offers_late: u64,
     /// Offers the client side did not take for any other reason (unknown tag after a re-race,
@@ -153,12 +186,10 @@ pub struct ServerTotals {
     pub probes_received: u64,
     /// OFFERs sent.
     pub offers_sent: u64,
-    /// PROBEs withheld at capacity.
-    pub probes_withheld_full: u64,
     /// PROBEs held for a later offer.
     pub probes_held: u64,
-    /// Held PROBEs dropped (gated: no slot in time; paced: full before due).
-    pub probes_dropped_hold_expired: u64,
+    /// OFFERs sent while every slot was busy (answered late rather than not at all, L6).
+    pub offers_busy: u64,
     /// PROBEs dropped, held queue full.
     pub probes_dropped_queue_full: u64,
 }

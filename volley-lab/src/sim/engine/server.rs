@@ -3,19 +3,23 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use super::{Kind, Nanos, Phase, Selector, World};
+use volley_proto::AppLoad;
+
+use super::{Kind, Nanos, Phase, World};
 
 impl World<'_> {
-    /// Hands the endpoint its app load: jobs there, minus those whose offer's reservation still
-    /// counts them (see the module docs).
+    /// Hands the endpoint its app load: the jobs there and the running total completed.
     pub(super) fn sync_load(&mut self, server: u32, now: Nanos) {
+        let at = self.at(now);
         let srv = &mut self.servers[server as usize];
-        while srv.landed.front().is_some_and(|t| *t <= now) {
-            srv.landed.pop_front();
-        }
-        let app = srv.jobs.saturating_sub(srv.landed.len() as u32);
         if let Some(ep) = srv.ep.as_mut() {
-            ep.set_app_load(app);
+            ep.set_app_load(
+                at,
+                AppLoad {
+                    in_flight: srv.jobs,
+                    completed: srv.completed,
+                },
+            );
         }
     }
 
@@ -91,23 +95,9 @@ impl World<'_> {
         self.drain_server(now, server);
     }
 
-    /// The INIT (or the reference selector's job) arrives: refused when full, else a job.
+    /// The INIT (or another selector's request) arrives: a job. (volley's servers have no
+    /// session limit here, so nothing is refused.)
     pub(super) fn on_init(&mut self, now: Nanos, server: u32, slot: u32) {
-        let capacity = match self.s.selector {
-            Selector::Protocol(p) => p.capacity,
-            _ => u32::MAX,
-        };
-        if self.servers[server as usize].jobs >= capacity {
-            // As ServerEndpoint refuses an INIT when full: a REDIRECT back to the client.
-            let sess = &self.sessions[slot as usize];
-            if sess.measured() {
-                self.out.refused += 1;
-            }
-            let gen_ = sess.gen_;
-            let at = now + self.leg();
-            self.q.push(at, Kind::Refused { slot, gen_ });
-            return;
-        }
         self.job_lands(now, server, slot);
     }
 
@@ -120,7 +110,10 @@ impl World<'_> {
         let srv = &mut self.servers[server as usize];
         srv.jobs += 1;
         if until > now {
-            srv.landed.push_back(until);
+            // The offer it came from is load now (its first request, in the real stack).
+            if let Some(ep) = srv.ep.as_mut() {
+                ep.release_reservation();
+            }
         }
         if srv.busy < self.s.slots {
             srv.busy += 1;
@@ -134,12 +127,16 @@ impl World<'_> {
 
     pub(super) fn on_depart(&mut self, now: Nanos, server: u32, slot: u32) {
         self.account(server, now);
+        let service = self.sessions[slot as usize].work / self.servers[server as usize].speed;
         let srv = &mut self.servers[server as usize];
         srv.jobs = srv.jobs.saturating_sub(1);
         srv.busy = srv.busy.saturating_sub(1);
-        if srv.landed.len() > srv.jobs as usize {
-            srv.landed.pop_front();
-        }
+        srv.completed += 1;
+        srv.service_ewma_ns = if srv.service_ewma_ns == 0.0 {
+            service
+        } else {
+            (srv.service_ewma_ns * 7.0 + service) / 8.0
+        };
         if let Some(next) = srv.waiting.pop_front() {
             srv.busy += 1;
             let speed = srv.speed;
