@@ -548,3 +548,83 @@ async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
     assert_eq!(full_h.stats().sessions_opened, 0);
     assert_eq!(peer_h.stats().sessions_opened, 1);
 }
+
+#[tokio::test]
+async fn l5_recv_request_counts_each_request_from_arrival_to_reply() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = fast_session();
+    cfg.capacity = Some(4);
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    // The application holds each request until told to answer it.
+    let (go_tx, mut go_rx) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        let mut s = server.accept().await.expect("a session");
+        while let Ok(req) = s.recv_request().await {
+            if go_rx.recv().await.is_none() {
+                break;
+            }
+            let data = req.data().to_vec();
+            req.reply(&s, &data).await.unwrap();
+        }
+    });
+    let mut s = timeout(
+        BOUND,
+        client_for(&key, SelectionPolicy::Earliest).connect(&[addr]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // An open session with no request is no load (L6).
+    until("session open", || handle.load().sessions == 1).await;
+    assert_eq!(handle.load().requests, 0);
+    s.send(b"one").await.unwrap();
+    s.send(b"two").await.unwrap();
+    // Both count from their arrival, the queued one included — no guard in the application.
+    until("two requests in flight", || handle.load().requests == 2).await;
+    go_tx.send(()).await.unwrap();
+    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"one");
+    until("one completed", || handle.load().requests == 1).await;
+    go_tx.send(()).await.unwrap();
+    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"two");
+    until("both completed", || handle.load().requests == 0).await;
+    // The completions are what the service-time estimate learns from: it moved off the prior.
+    assert_ne!(
+        handle.load().service_time,
+        volley_proto::server::estimate::DEFAULT_SERVICE_PRIOR
+    );
+}
+
+#[tokio::test]
+async fn l7_sessions_reporting_failures_eject_their_server_from_the_clients_races() {
+    let f = fleet(2).await;
+    let client = client_for(&f.key, SelectionPolicy::Earliest);
+    let s = timeout(BOUND, client.connect(&f.addrs))
+        .await
+        .unwrap()
+        .unwrap();
+    let bad = s.remote();
+    let good = *f.addrs.iter().find(|a| **a != bad).unwrap();
+    // The application saw two requests fail there.
+    s.report_failure();
+    assert!(!client.is_ejected(bad), "one failure is not enough");
+    s.report_failure();
+    assert!(client.is_ejected(bad));
+    // The next connects race only the other server, for the ejection's second.
+    for _ in 0..3 {
+        let s2 = timeout(BOUND, client.connect(&f.addrs))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s2.remote(), good);
+        let r = s2.report().unwrap();
+        assert_eq!(r.stats.ejected_skipped, 1);
+        assert_eq!(r.offers.len(), 1, "the ejected server was not probed");
+    }
+    // Another client instance shares nothing: it still races both.
+    let other = client_for(&f.key, SelectionPolicy::Earliest);
+    assert!(!other.is_ejected(bad));
+}

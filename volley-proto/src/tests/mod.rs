@@ -14,3 +14,4 @@ mod session_life;
 mod signal;
 #[allow(dead_code)]
 pub mod util;
+mod vectors;
