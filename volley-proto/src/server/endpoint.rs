@@ -89,7 +89,7 @@ pub struct ServerEndpoint {
     service: ServiceEstimator,
     /// Probes held for a later offer (L1): bounded by `max_held`, fixed-size entries.
     held: HeldQueue,
-    /// Recently sent offers, counted as load (expiry times only; bounded by capacity).
+    /// Recently sent offers, counted as load (expiry times only; at most 4 × capacity).
     reserved: Reservations,
     /// Where the next REDIRECT starts naming peers, so refusals spread over them.
     peer_cursor: usize,
