@@ -11,6 +11,7 @@
 
 mod cpu;
 mod fleet;
+mod journal;
 mod plot;
 pub mod policy;
 pub mod report;
@@ -125,6 +126,13 @@ pub struct SelectArgs {
     /// Do not pin the fleet and the clients to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Continue the run whose journal is in OUT: runs it already holds are not redone (the
+    /// settings must match). Without it, a new run replaces OUT's journal.
+    #[arg(long)]
+    pub resume: bool,
+    /// Run nothing: write the report from OUT's journal (a partial run says how partial).
+    #[arg(long, conflicts_with = "records")]
+    pub report_only: bool,
     /// Write every session's record (JSON lines, one file per run) under OUT/records/.
     #[arg(long)]
     pub records: bool,
@@ -226,21 +234,55 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
     if args.records {
         std::fs::create_dir_all(args.out.join("records"))?;
     }
-    let total: u64 = (cells.iter().map(|c| c.policies.len()).sum::<usize>() * seeds.len()) as u64;
-    let wall: f64 = cells
+    let settings = serde_json::json!({
+        "shape": shape,
+        "knobs": knobs,
+        "warmup_ms": warmup.as_millis() as u64,
+        "measure_ms": measure.as_millis() as u64,
+        "recovery_drop_ms": recovery_drop.as_millis() as u64,
+        "cpu_limit": args.cpu_limit,
+        "pinned": pin,
+    });
+    let (mut journal, done) =
+        journal::Journal::open(&args.out, settings, args.resume || args.report_only)?;
+    let mut done: HashMap<journal::RunKey, journal::Entry> =
+        done.into_iter().map(|e| (e.key(), e)).collect();
+    let planned: usize = cells.iter().map(|c| c.policies.len()).sum::<usize>() * seeds.len();
+    let key_of = |cell: &Cell, policy: &Policy, seed: u64| {
+        journal::RunKey::new(
+            cell.workload,
+            cell.load,
+            cell.requests,
+            cell.clients,
+            &policy.name(),
+            seed,
+        )
+    };
+    let (missing, missing_s) = cells
         .iter()
-        .map(|c| c.policies.len() as f64 * (warmup + c.measure).as_secs_f64())
-        .sum::<f64>()
-        * seeds.len() as f64;
+        .flat_map(|c| seeds.iter().map(move |&s| (c, s)))
+        .flat_map(|(c, s)| c.policies.iter().map(move |p| (c, s, p)))
+        .filter(|(c, s, p)| !done.contains_key(&key_of(c, p, *s)))
+        .fold((0u64, 0.0f64), |(n, t), (c, _, _)| {
+            (n + 1, t + (warmup + c.measure).as_secs_f64())
+        });
+    let held = planned as u64 - missing;
+    let (to_run, to_run_s) = if args.report_only {
+        (0, 0.0)
+    } else {
+        (missing, missing_s)
+    };
     eprintln!(
-        "volley-lab select: {} cells, {} runs over {} seed(s), about {:.0} s of arrivals; results in {}",
+        "volley-lab select: {} cells, {} runs over {} seed(s); {} in the journal, {} to run, about {:.0} s of arrivals; results in {}",
         cells.len(),
-        total,
+        planned,
         seeds.len(),
-        wall,
+        held,
+        to_run,
+        to_run_s,
         args.out.display()
     );
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new(to_run);
     bar.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} runs (eta {eta}) {msg}",
@@ -255,8 +297,10 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
     // Pooled latencies and sorted utilisation for the plots, per (cell, policy); invalid runs
     // are left out.
     let mut pooled: HashMap<(usize, String), Pooled> = HashMap::new();
-    for &seed in &seeds {
-        for (ci, cell) in cells.iter().enumerate() {
+    // Cell by cell, every seed of a cell before the next cell: the most important cells come
+    // first (see `plan`), so an interrupted run has them complete.
+    for (ci, cell) in cells.iter().enumerate() {
+        for &seed in &seeds {
             let spec = TraceSpec {
                 shape,
                 workload: cell.workload,
@@ -267,10 +311,21 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
                 measure: cell.measure,
                 recovery_drop,
             };
-            let trace = spec.draw();
             let mut order = cell.policies.clone();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ ci as u64));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                seed ^ cell_salt(cell.workload, cell.load, cell.requests, cell.clients),
+            ));
+            let mut trace = None;
             for policy in order {
+                if let Some(entry) = done.remove(&key_of(cell, &policy, seed)) {
+                    let latencies = entry.latencies();
+                    pool(&mut pooled, ci, entry.summary, latencies, &mut runs);
+                    continue;
+                }
+                if args.report_only {
+                    continue;
+                }
+                let trace = trace.get_or_insert_with(|| spec.draw());
                 bar.set_message(format!(
                     "seed {seed} {} {:.2} {} M={} {}",
                     cell.workload.name(),
@@ -282,7 +337,7 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
                 let (summary, records) = one_run(
                     &rt,
                     shape,
-                    &trace,
+                    &*trace,
                     &spec,
                     policy,
                     &knobs,
@@ -304,25 +359,10 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
                         summary.client_cpu,
                         summary.fleet_cpu
                     ));
-                    runs.push(summary);
-                    bar.inc(1);
-                    continue;
                 }
-                let entry = pooled.entry((ci, summary.policy.clone())).or_default();
-                entry
-                    .0
-                    .extend(report::latencies(&records, warmup, trace.end));
-                let mut idx: Vec<usize> = (0..summary.utilisation.len()).collect();
-                idx.sort_by(|&a, &b| {
-                    summary.capacity_share[a]
-                        .total_cmp(&summary.capacity_share[b])
-                        .then(a.cmp(&b))
-                });
-                entry
-                    .1
-                    .push(idx.iter().map(|&i| summary.utilisation[i]).collect());
-                entry.2 = idx.iter().map(|&i| summary.capacity_share[i]).collect();
-                runs.push(summary);
+                let latencies = report::latencies(&records, warmup, trace.end);
+                journal.append(&journal::Entry::new(summary.clone(), &latencies))?;
+                pool(&mut pooled, ci, summary, latencies, &mut runs);
                 bar.inc(1);
             }
         }
@@ -446,6 +486,17 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         setup.wall_s,
         args.cpu_limit
     );
+    if held > 0 && !args.report_only {
+        md.push_str(&format!(
+            "\nResumed: {held} of the {planned} runs came from the journal of an earlier invocation; the wall time above is this invocation's.\n"
+        ));
+    }
+    if runs.len() < planned {
+        md.push_str(&format!(
+            "\n**Partial run: {} of the {planned} planned runs are done** (cells in plan order: the headline first);              every figure below covers those runs only, and a cell with fewer seeds than planned says so in `valid`.              `--resume` completes it.\n",
+            runs.len()
+        ));
+    }
     md.push_str(&report::goals(&runs, CORE_VOLLEY[0]));
     md.push_str(&report::markdown(&aggregates));
     md.push_str("\n## Plots\n\n");
@@ -483,6 +534,64 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Adds one run to the figures: its summary, and unless it was invalid its latencies and
+/// utilisation to the pooled plots of its cell.
+fn pool(
+    pooled: &mut HashMap<(usize, String), Pooled>,
+    ci: usize,
+    summary: RunSummary,
+    latencies: Vec<f64>,
+    runs: &mut Vec<RunSummary>,
+) {
+    if !summary.invalid_cpu {
+        let entry = pooled.entry((ci, summary.policy.clone())).or_default();
+        entry.0.extend(latencies);
+        let mut idx: Vec<usize> = (0..summary.utilisation.len()).collect();
+        idx.sort_by(|&a, &b| {
+            summary.capacity_share[a]
+                .total_cmp(&summary.capacity_share[b])
+                .then(a.cmp(&b))
+        });
+        entry
+            .1
+            .push(idx.iter().map(|&i| summary.utilisation[i]).collect());
+        entry.2 = idx.iter().map(|&i| summary.capacity_share[i]).collect();
+    }
+    runs.push(summary);
+}
+
+/// What a cell's policy order is shuffled with (besides the seed): the cell itself, not its
+/// place in the plan, so filtering the matrix does not change the order of a cell's runs.
+fn cell_salt(workload: Workload, load: f64, requests: Requests, clients: usize) -> u64 {
+    let w = Workload::ALL
+        .iter()
+        .position(|&x| x == workload)
+        .unwrap_or(0) as u64;
+    let r = match requests {
+        Requests::One => 1,
+        Requests::About10 => 10,
+    };
+    (w << 48) ^ (((load * 1000.0).round() as u64) << 32) ^ (r << 24) ^ clients as u64
+}
+
+/// Where a cell comes in the run: the headline cell (half-slow, 0.85) at M = 16, then at the
+/// other client counts, then every workload at 0.85, then the other loads from the most
+/// telling (near and past capacity) down, then the sessions of ~10 requests.
+fn priority(cell: &Cell) -> (u8, u8) {
+    let at = |l: f64| (cell.load - l).abs() < 1e-9;
+    if cell.requests != Requests::One {
+        return (9, 0);
+    }
+    if cell.workload == Workload::HalfSlow && at(0.85) {
+        return (0, u8::from(cell.clients != HEADLINE_CLIENTS));
+    }
+    let rank = [0.85, 0.95, 1.05, 0.7, 0.5]
+        .iter()
+        .position(|&l| at(l))
+        .map_or(8, |k| k as u8 + 1);
+    (rank, 0)
 }
 
 /// The matrix of the mode, filtered by the flags.
@@ -608,6 +717,7 @@ fn plan(
         }
     }
     anyhow::ensure!(!cells.is_empty(), "nothing to run");
+    cells.sort_by_key(priority);
     Ok(cells)
 }
 

@@ -6,17 +6,20 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use volley::ServerStats;
 
 use super::policy::{Outcome, Record};
 use super::workload::{Requests, Schedule, Workload};
 
 /// Everything measured in one run (one policy, one cell, one seed), over the sessions scheduled
-/// in the measured period.
-#[derive(Debug, Clone, Serialize)]
+/// in the measured period. Scalars that can be undefined or infinite (a percentile that falls on
+/// a timed-out session, a median of nothing) are written as the strings `"inf"` and `"nan"` in
+/// JSON, so the journal reads back exactly what was measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub workload: Workload,
+    #[serde(with = "float")]
     pub load: f64,
     pub requests: Requests,
     /// Independent clients.
@@ -33,22 +36,33 @@ pub struct RunSummary {
     pub failed: usize,
     pub timeouts: usize,
     /// End-to-end latency from the scheduled arrival to the last reply, ms; sessions that
-    /// timed out count as infinitely late (`null` in JSON), failed ones are left out.
+    /// timed out count as infinitely late (`"inf"` in JSON), failed ones are left out.
+    #[serde(with = "float")]
     pub p50_ms: f64,
+    #[serde(with = "float")]
     pub p90_ms: f64,
+    #[serde(with = "float")]
     pub p99_ms: f64,
+    #[serde(with = "float")]
     pub p999_ms: f64,
+    #[serde(with = "float")]
     pub mean_ms: f64,
     /// Successful sessions over sessions scheduled.
+    #[serde(with = "float")]
     pub goodput: f64,
     /// Scheduled arrival to session established, median, ms.
+    #[serde(with = "float")]
     pub connect_p50_ms: f64,
     /// The winning offer's answer time (probe RTT plus pacing), median, ms.
+    #[serde(with = "float")]
     pub answer_p50_ms: f64,
+    #[serde(with = "float")]
     pub probes_per_session: f64,
+    #[serde(with = "float")]
     pub probe_bytes_per_session: f64,
     /// Most picks on one server within 1 ms, summed over windows, over the same sum expected of
     /// uniform random picks (1 = as random; lower = spread better than random).
+    #[serde(with = "float")]
     pub herding: f64,
     /// Per server: slot time worked over slot time available in the measured period.
     pub utilisation: Vec<f64>,
@@ -68,7 +82,9 @@ pub struct RunSummary {
     pub init_refused: u64,
     /// CPU used in the measured period, in cores: the client thread (every policy's sessions),
     /// the fleet (its thread and its servers' timer threads), and each CPU's busy share.
+    #[serde(with = "float")]
     pub client_cpu: f64,
+    #[serde(with = "float")]
     pub fleet_cpu: f64,
     pub cpu_busy: Vec<f64>,
 }
@@ -775,6 +791,47 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
         }
     }
     out
+}
+
+/// JSON for a float that may be infinite or undefined: a number when finite, else `"inf"`,
+/// `"-inf"` or `"nan"` (`null` reads as `nan`).
+pub mod float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("nan")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(x) => Ok(x),
+            Repr::Text(t) => match t.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"inf\", \"-inf\" or \"nan\", got {other:?}"
+                ))),
+            },
+            Repr::Null(()) => Ok(f64::NAN),
+        }
+    }
 }
 
 #[cfg(test)]

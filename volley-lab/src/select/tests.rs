@@ -288,6 +288,8 @@ fn select_run_writes_the_table_the_json_and_the_plots() {
         reservation_ms: 1.0,
         long_sessions: false,
         no_pin: true,
+        resume: false,
+        report_only: false,
         records: true,
         // A debug build's client thread is slow; this test checks the machinery, not validity.
         cpu_limit: 1e9,
@@ -324,5 +326,86 @@ fn select_run_writes_the_table_the_json_and_the_plots() {
         .expect("records")
         .count();
     assert_eq!(records, 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn select_resume_runs_only_what_the_journal_lacks() {
+    let dir = std::env::temp_dir().join(format!("volley-lab-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = |policies: &[&str], resume: bool, report_only: bool| super::SelectArgs {
+        out: dir.clone(),
+        quick: true,
+        seeds: Some(1),
+        first_seed: 3,
+        workloads: vec![Workload::Homogeneous],
+        loads: vec![0.5],
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+        clients: vec![2],
+        measure_ms: Some(200),
+        warmup_ms: Some(50),
+        recovery_drop_s: 1.0,
+        servers: 3,
+        slots: 2,
+        mean_work_ms: 2.0,
+        capacity: None,
+        pace_max_ms: 5.0,
+        pace_divisor: 32,
+        max_hold_ms: 200.0,
+        reservation_ms: 1.0,
+        long_sessions: false,
+        no_pin: true,
+        resume,
+        report_only,
+        records: false,
+        cpu_limit: 1e9,
+    };
+    let journal = dir.join(super::journal::FILE);
+    let lines = || {
+        std::fs::read_to_string(&journal)
+            .expect("journal")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    super::run(args(&["random"], false, false)).expect("first run");
+    let first = lines();
+    assert_eq!(first.len(), 2, "a header and one run");
+    // A run cut short mid-write leaves a partial line: it is skipped and redone.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .expect("open");
+    std::io::Write::write_all(&mut f, b"{\"summary\":{\"workl").expect("write");
+    drop(f);
+    super::run(args(&["random", "round-robin"], true, false)).expect("resumed run");
+    let second = lines();
+    let entries: Vec<super::journal::Entry> = second
+        .iter()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let policies: Vec<&str> = entries.iter().map(|e| e.summary.policy.as_str()).collect();
+    assert_eq!(
+        policies,
+        ["random", "round-robin"],
+        "the random run kept, round-robin run once, the partial line skipped: {second:#?}"
+    );
+    assert_eq!(second[1], first[1], "the journal's run is not redone");
+    let md = std::fs::read_to_string(dir.join("results.md")).expect("results.md");
+    assert!(md.contains("| random |") && md.contains("| round-robin |"));
+    assert!(md.contains("Resumed: 1 of the 2 runs"), "{md}");
+    assert!(!md.contains("Partial run"));
+    // Report only: a plan larger than the journal is reported as partial and nothing runs.
+    super::run(args(&["random", "round-robin", "p2c-pending"], false, true)).expect("report");
+    assert_eq!(lines().len(), second.len(), "report-only appends nothing");
+    let md = std::fs::read_to_string(dir.join("results.md")).expect("results.md");
+    assert!(md.contains("Partial run: 2 of the 3 planned runs"), "{md}");
+    assert!(!md.contains("| p2c-pending |"));
+    // Other settings: the journal is refused rather than mixed.
+    let mut other = args(&["random"], true, false);
+    other.slots = 3;
+    assert!(super::run(other).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }

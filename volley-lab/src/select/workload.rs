@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The fleet's shape: `BENCHMARKS.md` §2 fixes 16 servers of 4 slots.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -18,7 +18,7 @@ pub struct FleetShape {
 }
 
 /// A fleet behaviour from `BENCHMARKS.md` §2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Every server at speed 1.
@@ -181,7 +181,7 @@ pub struct Trace {
 }
 
 /// How many requests a session makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Requests {
     /// One request per session.
     One,
