@@ -3,7 +3,7 @@
 //! journal holds and runs only the rest; `--report-only` writes the report from the journal alone.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -139,10 +139,21 @@ impl Journal {
                     ),
                 }
             }
+            // What follows starts on a fresh line, even after a partial write.
+            let partial = {
+                let mut f = File::open(&path)?;
+                let mut last = [b'\n'];
+                if f.metadata()?.len() > 0 {
+                    f.seek(SeekFrom::End(-1))?;
+                    f.read_exact(&mut last)?;
+                }
+                last[0] != b'\n'
+            };
             let file = OpenOptions::new().append(true).open(&path)?;
             let mut j = Journal { file, path };
-            // Ensure what follows starts on a fresh line even after a partial write.
-            j.file.write_all(b"\n")?;
+            if partial {
+                j.file.write_all(b"\n")?;
+            }
             if entries.is_empty() {
                 j.file.set_len(0)?;
                 j.write_line(&serde_json::to_string(&Header { settings })?)?;
