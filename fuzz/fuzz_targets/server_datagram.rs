@@ -182,26 +182,37 @@ fuzz_target!(|data: &[u8]| {
                     canonical(remote),
                     "answer not sent to the source"
                 );
-                match Packet::decode(&resp[..t.size]).expect("the server's answer decodes") {
-                    Packet::Offer(_) => assert!(decodes_as_probe, "OFFER for a non-PROBE"),
-                    Packet::CookieChange(_) => {
-                        assert!(
-                            t.size <= datagram.len(),
-                            "COOKIE_CHANGE larger than the INIT"
-                        )
-                    }
-                    Packet::Accept(_) => {
-                        verified.insert(t.destination);
-                    }
-                    Packet::Redirect(rd) => {
-                        assert!(decodes_as_init, "REDIRECT for a non-INIT");
-                        assert!(t.size <= datagram.len(), "REDIRECT larger than the INIT");
-                        for named in rd.servers() {
-                            assert!(peers.contains(&named), "REDIRECT names a non-peer {named}");
-                            assert_ne!(named, t.destination, "REDIRECT names the client");
+                if resp[0] == 0 {
+                    // VERSIONS (PROTOCOL.md §3.9): only for a probe-sized datagram of another
+                    // version, and carrying back its first 32 bytes.
+                    assert!(datagram.len() >= 256, "VERSIONS to a short datagram");
+                    assert!(datagram[0] > 1, "VERSIONS to version {}", datagram[0]);
+                    assert_eq!(&resp[3..t.size], &datagram[..32], "VERSIONS echo");
+                } else {
+                    match Packet::decode(&resp[..t.size]).expect("the server's answer decodes") {
+                        Packet::Offer(_) => assert!(decodes_as_probe, "OFFER for a non-PROBE"),
+                        Packet::CookieChange(_) => {
+                            assert!(
+                                t.size <= datagram.len(),
+                                "COOKIE_CHANGE larger than the INIT"
+                            )
                         }
+                        Packet::Accept(_) => {
+                            verified.insert(t.destination);
+                        }
+                        Packet::Redirect(rd) => {
+                            assert!(decodes_as_init, "REDIRECT for a non-INIT");
+                            assert!(t.size <= datagram.len(), "REDIRECT larger than the INIT");
+                            for named in rd.servers() {
+                                assert!(
+                                    peers.contains(&named),
+                                    "REDIRECT names a non-peer {named}"
+                                );
+                                assert_ne!(named, t.destination, "REDIRECT names the client");
+                            }
+                        }
+                        other => panic!("unexpected answer {other:?}"),
                     }
-                    other => panic!("unexpected answer {other:?}"),
                 }
             }
             let accepted = answer.is_some_and(|t| resp[1] == kind::ACCEPT && t.size >= 2);

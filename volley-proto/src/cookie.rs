@@ -149,6 +149,16 @@ impl CookieJar {
         true
     }
 
+    /// A secret value derived from the jar's first key (HMAC over a label), for keyed hashing
+    /// elsewhere in the server (the per-source PROBE buckets): secret as the key, and drawn
+    /// without taking anything more from the RNG.
+    pub fn derive_secret(&self, label: &[u8]) -> u64 {
+        let tag = hmac::sign(&self.current.key, label);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tag.as_ref()[..8]);
+        u64::from_le_bytes(b)
+    }
+
     fn stamp(&self, now: Instant) -> u32 {
         // Milliseconds since the jar was made, modulo 2^32; ages are computed with wrapping
         // subtraction, which is exact for any age below ~49 days (lifetimes are seconds).

@@ -102,4 +102,8 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// How many bytes of the caller's buffer to send.
     pub size: usize,
+    /// The local address to send from: a server's answers go out from the address the client
+    /// reached (the one its cookie and session are bound to), which a socket bound to a wildcard
+    /// address (`0.0.0.0`, `::`) must set per datagram (IP_PKTINFO). None: the socket's own.
+    pub source: Option<SocketAddr>,
 }

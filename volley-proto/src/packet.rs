@@ -345,6 +345,25 @@ impl Redirect<'_> {
     }
 }
 
+/// Bytes of the answered datagram a VERSIONS message carries back (PROTOCOL.md §3.9).
+pub const VERSIONS_ECHO_LEN: usize = 32;
+
+/// Writes the version-independent VERSIONS message answering `datagram`, a datagram of another
+/// protocol version (PROTOCOL.md §3.9): `00`, the number of versions this side speaks, those
+/// versions (here only 1), then the first [`VERSIONS_ECHO_LEN`] bytes of `datagram`, by which
+/// its sender recognises the answer whatever its version's format.
+pub fn encode_versions(datagram: &[u8], buf: &mut [u8]) -> Result<usize, EncodeError> {
+    let echo = datagram
+        .get(..VERSIONS_ECHO_LEN)
+        .ok_or(EncodeError::FieldTooLong)?;
+    let mut w = Writer::new(buf);
+    w.u8(0)?;
+    w.u8(1)?;
+    w.u8(VERSION)?;
+    w.bytes(echo)?;
+    Ok(w.len())
+}
+
 impl DataHeader {
     /// Writes the 14-byte DATA header.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {

@@ -407,6 +407,15 @@ impl Connection {
         s
     }
 
+    /// The established session's own counters (packets, drops, pings); None while racing,
+    /// handshaking or done. They start from zero with each new session (after a failover).
+    pub fn session_stats(&self) -> Option<crate::session::SessionStats> {
+        match &self.state {
+            State::Established { session, .. } => Some(session.stats()),
+            _ => None,
+        }
+    }
+
     /// The server of the established session, if any.
     pub fn server(&self) -> Option<SocketAddr> {
         match &self.state {
@@ -838,12 +847,17 @@ impl Connection {
                 Some(Transmit {
                     destination: hs.server,
                     size,
+                    source: None,
                 })
             }
             State::Established { session, server } => {
                 let destination = *server;
                 match session.poll_transmit(buf) {
-                    Some(size) => Some(Transmit { destination, size }),
+                    Some(size) => Some(Transmit {
+                        destination,
+                        size,
+                        source: None,
+                    }),
                     None => {
                         if session.is_drained() {
                             let reason = session

@@ -309,7 +309,11 @@ impl Race {
         // Only now that it is written: a too-small buffer must not lose this server's probe.
         self.queued.pop();
         self.probes_sent += 1;
-        Some(Transmit { destination, size })
+        Some(Transmit {
+            destination,
+            size,
+            source: None,
+        })
     }
 
     /// When the race next needs `handle_timeout` (retransmission or deadline), while undecided.

@@ -2,14 +2,15 @@
 //! and owns the session table. State is created only after a cookie verified, admission passed
 //! and the Noise message authenticated (S2, S3).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use rand_core::CryptoRngCore;
 use tracing::{debug, trace};
 
-use super::admission::{Admission, Refusal};
+use super::admission::{Admission, ProbeRefusal, Refusal};
 use super::answer::{AnswerPolicy, Held, HeldQueue, Reservations, pace_delay};
 use super::estimate::{ServiceEstimator, expected_completion};
 use super::responder::{self, InitCheck};
@@ -22,7 +23,7 @@ use crate::packet::{
     Tag,
 };
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
-use crate::util::{canonical, encode_addr};
+use crate::util::{IdMap, canonical, encode_addr};
 use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
 
 /// A server-side session handle: the id the client puts in DATA.
@@ -57,6 +58,8 @@ pub enum ServerEvent {
 
 struct Served {
     session: Session,
+    /// The server address the INIT arrived on: the session's packets leave from it.
+    local: SocketAddr,
     /// (client address, tag) of the INIT that opened it, for the duplicate filter.
     origin: (SocketAddr, Tag),
     /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
@@ -73,7 +76,13 @@ pub struct ServerEndpoint {
     rng: Box<dyn CryptoRngCore + Send>,
     jar: CookieJar,
     admission: Admission,
-    sessions: HashMap<SessionId, Served>,
+    sessions: IdMap<Served>,
+    /// Session deadlines (keepalive, idle timeout), earliest first: one entry per open session at
+    /// or before its real deadline. A session's deadlines only move later (activity postpones
+    /// them), so an entry that comes due early is re-filed at the real deadline; entries of ended
+    /// sessions are dropped when they come due. A wake-up costs O(log n) per due session, not a
+    /// scan of every session.
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     by_origin: HashMap<(SocketAddr, Tag), SessionId>,
     /// (client address, tag) of sessions that ended, until their cookies can no longer verify:
     /// a replayed INIT must not open a second session (R1). Only MAC-verified INITs ever land
@@ -125,7 +134,8 @@ impl ServerEndpoint {
             config.cookie_lifetime,
             &mut *rng,
         );
-        let admission = Admission::new(now, config.admission.clone());
+        let salt = jar.derive_secret(b"volley/1 probe buckets");
+        let admission = Admission::new(now, config.admission.clone(), salt);
         let key_id = config.keypair.public().key_id();
         let service = ServiceEstimator::new(now, config.service);
         Self {
@@ -134,7 +144,8 @@ impl ServerEndpoint {
             rng,
             jar,
             admission,
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
+            timers: BinaryHeap::new(),
             by_origin: HashMap::new(),
             ended_origins: HashMap::new(),
             ready: VecDeque::new(),
@@ -174,6 +185,15 @@ impl ServerEndpoint {
             + self.ready.len()
             + self.events.len()
             + self.held.len()
+    }
+
+    /// The runtime reports whether datagrams are waiting beyond what it reads in one wake-up
+    /// (its socket has a backlog). While sessions are open that presses the server (PROTOCOL.md
+    /// §7.7): per-source PROBE and INIT limits engage, so that a PROBE flood from a few sources
+    /// is dropped cheaply instead of crowding out the sessions' DATA.
+    pub fn set_backlog(&mut self, backlog: bool) {
+        let pressing = backlog && !self.sessions.is_empty();
+        self.admission.set_backlog(pressing);
     }
 
     /// Changes the capacity (None: unbounded).
@@ -338,6 +358,9 @@ impl ServerEndpoint {
                     _ => s.malformed_length += 1,
                 }
                 trace!(%remote, error = %e, "dropped: malformed");
+                if let DecodeError::UnsupportedVersion(v) = e {
+                    return self.answer_versions(now, remote, local, v, datagram, response);
+                }
                 return None;
             }
         };
@@ -361,6 +384,43 @@ impl ServerEndpoint {
                 None
             }
         }
+    }
+
+    /// A probe-sized datagram of another version gets VERSIONS (PROTOCOL.md §3.9): version 1
+    /// is all this server speaks. Never for version 0 (itself a VERSIONS: two servers must not
+    /// answer each other), never to a datagram shorter than a PROBE (no amplification), and
+    /// charged to the PROBE budget like a PROBE.
+    fn answer_versions(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        version: u8,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        if version == 0 || datagram.len() < crate::PROBE_MIN_LEN {
+            return None;
+        }
+        match self.admission.admit_probe(now, remote.ip()) {
+            Ok(()) => {}
+            Err(ProbeRefusal::OverBudget) => {
+                self.stats.probes_over_budget += 1;
+                return None;
+            }
+            Err(ProbeRefusal::RateLimited) => {
+                self.stats.probes_rate_limited += 1;
+                return None;
+            }
+        }
+        let size = crate::packet::encode_versions(datagram, out).ok()?;
+        self.stats.versions_sent += 1;
+        trace!(%remote, version, "other version: VERSIONS sent");
+        Some(Transmit {
+            destination: remote,
+            size,
+            source: Some(local),
+        })
     }
 
     /// PROBE → OFFER now, later, or never, by the answer policy (L1). Nothing about the probe is
@@ -389,6 +449,19 @@ impl ServerEndpoint {
             self.stats.probes_withheld_full += 1;
             trace!(%remote, "probe withheld: at max_sessions");
             return None;
+        }
+        match self.admission.admit_probe(now, remote.ip()) {
+            Ok(()) => {}
+            Err(ProbeRefusal::OverBudget) => {
+                self.stats.probes_over_budget += 1;
+                trace!(%remote, "probe dropped: probe budget spent");
+                return None;
+            }
+            Err(ProbeRefusal::RateLimited) => {
+                self.stats.probes_rate_limited += 1;
+                trace!(%remote, "probe dropped: source over its rate while pressed");
+                return None;
+            }
         }
         // (when the offer leaves, whether it reserves at arrival)
         let (due, reserve_early) = match (self.config.answer, self.config.capacity) {
@@ -537,6 +610,7 @@ impl ServerEndpoint {
             return Some(Transmit {
                 destination: remote,
                 size,
+                source: Some(local),
             });
         }
         if self
@@ -609,6 +683,9 @@ impl ServerEndpoint {
             return None;
         }
         let session = Session::new(now, local_id, client_id, remote, keys, self.config.session);
+        if let Some(due) = session.poll_timeout() {
+            self.timers.push(Reverse((due, local_id)));
+        }
         // The offer this session came from stays outstanding until it turns into load: now if
         // sessions count as load, else when the session's first request arrives.
         let counts = self.config.count_sessions;
@@ -616,6 +693,7 @@ impl ServerEndpoint {
             local_id,
             Served {
                 session,
+                local,
                 origin: (remote, init.tag),
                 accept: out[..size].to_vec(),
                 holds_reservation: !counts,
@@ -638,6 +716,7 @@ impl ServerEndpoint {
         Some(Transmit {
             destination: remote,
             size,
+            source: Some(local),
         })
     }
 
@@ -686,6 +765,7 @@ impl ServerEndpoint {
         Some(Transmit {
             destination: remote,
             size,
+            source: Some(local),
         })
     }
 
@@ -754,6 +834,11 @@ impl ServerEndpoint {
         }
     }
 
+    /// One open session's counters (packets, drops, pings).
+    pub fn session_stats(&self, id: SessionId) -> Option<crate::session::SessionStats> {
+        self.sessions.get(&id).map(|s| s.session.stats())
+    }
+
     /// Queues a datagram on a session.
     pub fn send(&mut self, id: SessionId, data: &[u8]) -> Result<(), SendError> {
         let served = self.sessions.get_mut(&id).ok_or(SendError::Closed)?;
@@ -790,7 +875,11 @@ impl ServerEndpoint {
             if let Some(size) = served.session.poll_transmit(buf) {
                 let destination = served.session.remote();
                 self.ready.push_front(id);
-                return Some(Transmit { destination, size });
+                return Some(Transmit {
+                    destination,
+                    size,
+                    source: Some(served.local),
+                });
             }
             if served.session.is_drained() {
                 self.finish(now, id);
@@ -806,11 +895,7 @@ impl ServerEndpoint {
 
     /// When [`ServerEndpoint::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self
-            .sessions
-            .values()
-            .filter_map(|s| s.session.poll_timeout())
-            .min();
+        let sessions = self.timers.peek().map(|Reverse((due, _))| *due);
         // Held probes: a paced offer's send time or the end of a gated probe's hold; while gated
         // probes wait, an expiring reservation may free their slot.
         let held = self.held.next_due();
@@ -835,19 +920,40 @@ impl ServerEndpoint {
             self.ended_origins.retain(|_, until| now < *until);
             debug!("cookie keys rotated");
         }
-        let mut dead = Vec::new();
-        for (id, served) in &mut self.sessions {
-            match served.session.handle_timeout(now) {
-                Some(_) => dead.push(*id),
-                None => {
-                    if served.session.has_pending() {
-                        self.ready.push_back(*id);
-                    }
+        while let Some(&Reverse((due, id))) = self.timers.peek() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(served) = self.sessions.get_mut(&id) else {
+                continue; // the session ended since this entry was filed
+            };
+            match served.session.poll_timeout() {
+                // Closed: it leaves through `poll_transmit` once drained.
+                None => continue,
+                Some(real) if real > now => {
+                    // Activity postponed it: file it again at its real deadline.
+                    self.timers.push(Reverse((real, id)));
+                    continue;
                 }
+                Some(_) => {}
+            }
+            if served.session.handle_timeout(now).is_some() {
+                self.finish(now, id);
+                continue;
+            }
+            if served.session.has_pending() {
+                self.ready.push_back(id);
+            }
+            if let Some(next) = served.session.poll_timeout() {
+                self.timers.push(Reverse((next, id)));
             }
         }
-        for id in dead {
-            self.finish(now, id);
-        }
+    }
+
+    /// Entries in the session timer heap (open sessions plus ended ones not yet due), for tests
+    /// and benchmarks of the timer cost.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
     }
 }

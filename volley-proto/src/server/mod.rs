@@ -107,6 +107,9 @@ pub struct ServerStats {
     pub malformed_truncated: u64,
     /// Dropped: unsupported version byte.
     pub malformed_version: u64,
+    /// VERSIONS sent: answers to probe-sized datagrams of another protocol version, naming
+    /// version 1 (PROTOCOL.md §3.9). Those datagrams are also counted in `malformed_version`.
+    pub versions_sent: u64,
     /// Dropped: unknown type byte.
     pub malformed_type: u64,
     /// Dropped: a length field out of range or trailing bytes.
@@ -125,6 +128,10 @@ pub struct ServerStats {
     pub probes_withheld_full: u64,
     /// PROBEs not answered because of under-load mode.
     pub probes_withheld_under_load: u64,
+    /// PROBEs dropped: the global PROBE budget was spent (§7.7).
+    pub probes_over_budget: u64,
+    /// PROBEs dropped: the server was pressed and their source prefix over its rate (§7.7).
+    pub probes_rate_limited: u64,
     /// PROBEs held for a later offer (`Paced` delay, or `Gated` with no free slot).
     pub probes_held: u64,
     /// PROBEs dropped because the held queue was full (`max_held`).

@@ -51,6 +51,7 @@ pub fn write_offer(
     Some(Transmit {
         destination: remote,
         size,
+        source: Some(local),
     })
 }
 
@@ -107,6 +108,7 @@ pub fn check_init(
             InitCheck::Reply(Transmit {
                 destination: remote,
                 size,
+                source: Some(local),
             })
         }
         Err(e) => {

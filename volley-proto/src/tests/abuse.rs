@@ -17,28 +17,45 @@ fn src(ip: [u8; 4], port: u16) -> SocketAddr {
 fn r8_an_init_flood_from_one_source_is_rate_limited_while_others_get_in() {
     for seed in seeds(3) {
         let _g = SeedGuard(seed);
-        let mut b = Bench::new(seed, |_| {});
-        let flooder = [198, 51, 100, 7];
-        // 60 genuine INITs (distinct races, valid cookies) from one IP, all at once.
-        let inits: Vec<_> = (0..60u16)
-            .map(|i| {
-                (
-                    src(flooder, 40_000 + i),
-                    b.init_from(src(flooder, 40_000 + i)).1,
-                )
-            })
-            .collect();
-        let mut answered = 0;
-        for (from, init) in &inits {
-            if let Some(reply) = b.handle(*from, init) {
-                assert_eq!(reply[1], kind::ACCEPT);
-                answered += 1;
+        // A handshake budget of 200/s: the server is pressed once fewer than 100 are left.
+        let mut b = Bench::new(seed, |c| {
+            c.admission = AdmissionConfig {
+                handshakes_per_sec: 200,
+                ..AdmissionConfig::default()
             }
+        });
+        let genuine = |b: &mut Bench, ip: [u8; 4], n: u16| -> Vec<(SocketAddr, Vec<u8>)> {
+            (0..n)
+                .map(|i| (src(ip, 40_000 + i), b.init_from(src(ip, 40_000 + i)).1))
+                .collect()
+        };
+        // An idle server never throttles one busy honest source: 60 INITs at once all get in.
+        let busy = genuine(&mut b, [192, 0, 2, 50], 60);
+        assert!(
+            busy.iter()
+                .all(|(from, init)| b.handle(*from, init).is_some_and(|r| r[1] == kind::ACCEPT))
+        );
+        // 50 more from 50 sources leave 90 of 200 tokens: pressed.
+        for i in 0..50u8 {
+            let (from, init) = genuine(&mut b, [192, 0, 2, 100 + i], 1).remove(0);
+            assert_eq!(b.handle(from, &init).expect("admitted")[1], kind::ACCEPT);
         }
+        assert_eq!(b.server.stats().init_rate_limited, 0);
+        // Now 60 genuine INITs (distinct races, valid cookies) from one IP, all at once.
+        let flooder = [198, 51, 100, 7];
+        let inits = genuine(&mut b, flooder, 60);
+        let answered = inits
+            .iter()
+            .filter(|(from, init)| {
+                b.handle(*from, init)
+                    .inspect(|r| assert_eq!(r[1], kind::ACCEPT))
+                    .is_some()
+            })
+            .count();
         // The default burst is 40.
         assert_eq!(answered, 40);
         let s = *b.server.stats();
-        assert_eq!((s.init_rate_limited, s.sessions_opened), (20, 40));
+        assert_eq!((s.init_rate_limited, s.sessions_opened), (20, 150));
         assert!(
             b.server_transmits()
                 .iter()
@@ -51,7 +68,8 @@ fn r8_an_init_flood_from_one_source_is_rate_limited_while_others_get_in() {
             b.handle(other, &init).expect("other source refused")[1],
             kind::ACCEPT
         );
-        // The limit is a rate, not a ban: a second later 20 more are let in.
+        // The limit engages only while the server is pressed: a second later the budget is
+        // full again and the 20 refused get in.
         b.now += Duration::from_secs(1);
         let later = inits[40..]
             .iter()
@@ -179,4 +197,44 @@ fn r8_under_load_mode_withholds_offers_and_refuses_inits() {
             kind::ACCEPT
         );
     }
+}
+
+#[test]
+fn r8_a_probe_flood_is_bounded_by_the_probe_budget_and_per_source_while_pressed() {
+    let mut b = Bench::new(1, |c| {
+        c.admission = AdmissionConfig {
+            probes_per_sec: 1_000,
+            probes_per_source_per_sec: 100,
+            probes_per_source_burst: 200,
+            ..AdmissionConfig::default()
+        }
+    });
+    let mut conn = b.client();
+    let probe = transmits(&mut conn, b.now).remove(0).1;
+    // One source, idle server: the first 501 are answered (the server is pressed once fewer
+    // than 500 tokens are left), then its bucket (burst 200) applies.
+    let one = src([198, 51, 100, 7], 40_000);
+    let answered = (0..1_000)
+        .filter(|_| b.handle(one, &probe).is_some())
+        .count();
+    assert_eq!(answered, 501 + 200);
+    let s = *b.server.stats();
+    assert_eq!((s.offers_sent, s.probes_rate_limited), (701, 299));
+    // Spoofed sources take the rest of the budget and no more.
+    let spread = (0..1_000u32)
+        .filter(|i| {
+            let ip = [10, (i >> 16) as u8, (i >> 8) as u8, *i as u8];
+            b.handle(src(ip, 40_000), &probe).is_some()
+        })
+        .count();
+    assert!(spread <= 299, "{spread}");
+    let s = *b.server.stats();
+    // Every probe is accounted for: answered, over the budget, or (a spoofed source that shares
+    // the flooder's bucket) rate-limited.
+    assert_eq!(
+        spread as u64 + s.probes_over_budget + (s.probes_rate_limited - 299),
+        1_000
+    );
+    assert!(s.probes_over_budget >= 650, "{}", s.probes_over_budget);
+    assert_eq!(b.server.retained_state(), 0, "no per-probe state (S2)");
 }

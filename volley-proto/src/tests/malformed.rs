@@ -239,9 +239,9 @@ fn corpus(cap: &Captured, rng: &mut ChaCha20Rng) -> Vec<Class> {
         malformed,
     ));
 
-    // Wrong version byte on every real kind.
+    // Wrong version byte on every real kind. (A probe-sized datagram of another version is
+    // answered with VERSIONS: its own test below.)
     let all = [
-        &cap.probe,
         &cap.offer,
         &cap.init,
         &cap.accept,
@@ -458,6 +458,10 @@ fn corpus(cap: &Captured, rng: &mut ChaCha20Rng) -> Vec<Class> {
             if i % 3 == 2 && d.len() >= 2 {
                 d[1] = known[(rng.next_u32() % 6) as usize];
             }
+            if d.first().is_some_and(|v| *v > VERSION) {
+                // Probe-sized datagrams of another version get VERSIONS (their own test).
+                d.truncate(crate::PROBE_MIN_LEN - 1);
+            }
             d
         })
         .collect();
@@ -613,4 +617,34 @@ fn r8_malformed_corpus_is_counted_and_unanswered_by_clients() {
         );
         assert_eq!(conn.server(), Some(server_addr(0)));
     }
+}
+
+#[test]
+fn r6_a_probe_sized_datagram_of_another_version_gets_a_smaller_versions_answer() {
+    let cap = capture(3);
+    let mut b = Bench::new(3, |_| {});
+    let from = attacker();
+    let mut answered = 0;
+    for v in (0..=255u8).filter(|v| *v != VERSION) {
+        let mut d = cap.probe.clone();
+        d[0] = v;
+        match b.handle(from, &d) {
+            Some(reply) => {
+                // 00, one version (1), then the datagram's first 32 bytes; well below its size.
+                assert_ne!(v, 0, "version 0 (a VERSIONS itself) is never answered");
+                assert_eq!(&reply[..3], &[0, 1, VERSION]);
+                assert_eq!(&reply[3..], &d[..32]);
+                assert!(reply.len() * 7 < d.len());
+                answered += 1;
+            }
+            None => assert_eq!(v, 0),
+        }
+        // Shorter than a PROBE: never answered.
+        assert!(b.handle(from, &d[..255]).is_none());
+    }
+    assert_eq!(answered, 254);
+    let s = *b.server.stats();
+    assert_eq!(s.versions_sent, 254);
+    assert_eq!(s.malformed_version, 2 * 255);
+    assert_eq!(b.server.retained_state(), 0);
 }

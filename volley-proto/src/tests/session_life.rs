@@ -302,3 +302,70 @@ fn r5_client_counters_never_go_down_across_a_failover() {
         let _ = client_delta(&after, &before);
     }
 }
+
+#[test]
+fn r5_server_session_timers_fire_in_deadline_order_without_a_scan() {
+    // 50 sessions opened 1 ms apart; keepalives come due 1 s after each one's last authentic
+    // packet and idle timeouts 5 s after it. The server files one timer entry per session and
+    // fires exactly the sessions that are due, including one whose deadlines a DATA postponed.
+    let mut b = Bench::new(7, |_| {});
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        b.at(Duration::from_millis(i as u64));
+        let from = client_addr(i);
+        let (mut conn, init) = b.init_from(from);
+        let accept = b.handle(from, &init).expect("an ACCEPT");
+        conn.handle(b.now, b.addr, &accept);
+        assert!(conn.server().is_some(), "session {i} established");
+        clients.push((from, conn));
+    }
+    assert_eq!(b.server.session_count(), 50);
+    assert_eq!(b.server.timer_entries(), 50, "one timer entry per session");
+    assert_eq!(
+        b.server.poll_timeout(),
+        Some(b.start + Duration::from_secs(1)),
+        "the earliest keepalive: session 0's"
+    );
+
+    // Session 20 speaks at 500 ms: its keepalive moves to 1.5 s, its idle timeout to 5.5 s.
+    b.at(Duration::from_millis(500));
+    let (from, conn) = &mut clients[20];
+    conn.send_datagram(b"hi").unwrap();
+    let data = transmits(conn, b.now);
+    assert_eq!(data.len(), 1);
+    assert!(b.handle(*from, &data[0].1).is_none());
+
+    let pinged = |b: &mut Bench| -> Vec<usize> {
+        let mut to: Vec<usize> = b
+            .server_transmits()
+            .iter()
+            .map(|(dst, _)| clients_index(*dst))
+            .collect();
+        to.sort_unstable();
+        to
+    };
+    fn clients_index(addr: std::net::SocketAddr) -> usize {
+        (0..50).find(|i| client_addr(*i) == addr).expect("a client")
+    }
+
+    b.at(Duration::from_millis(1010));
+    b.server.handle_timeout(b.now);
+    assert_eq!(pinged(&mut b), (0..=10).collect::<Vec<_>>());
+    b.at(Duration::from_millis(1030));
+    b.server.handle_timeout(b.now);
+    let expected: Vec<usize> = (11..=30).filter(|i| *i != 20).collect();
+    assert_eq!(pinged(&mut b), expected, "session 20 was postponed");
+    assert_eq!(b.server.timer_entries(), 50);
+
+    // Nobody answers the pings: at 5.02 s sessions 0..=20 have idled out, except 20.
+    b.at(Duration::from_millis(5020));
+    b.server.handle_timeout(b.now);
+    b.server_transmits();
+    assert_eq!(b.server.session_count(), 30);
+    assert_eq!(
+        b.server.timer_entries(),
+        30,
+        "ended sessions leave the heap"
+    );
+    assert_eq!(b.server.stats().sessions_idle_timeout, 20);
+}

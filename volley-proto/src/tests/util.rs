@@ -776,6 +776,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         malformed_too_long,
         malformed_truncated,
         malformed_version,
+        versions_sent: _,
         malformed_type,
         malformed_length,
         probe_too_short,
@@ -785,6 +786,8 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         probes_unknown_service,
         probes_withheld_full,
         probes_withheld_under_load,
+        probes_over_budget,
+        probes_rate_limited,
         probes_held: _,
         probes_dropped_queue_full,
         probes_dropped_hold_expired,
@@ -825,6 +828,8 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + probes_unknown_service
         + probes_withheld_full
         + probes_withheld_under_load
+        + probes_over_budget
+        + probes_rate_limited
         + probes_dropped_queue_full
         + probes_dropped_hold_expired
         + init_unknown_service
@@ -857,6 +862,9 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         };
     }
     delta!(
+        versions_sent,
+        probes_over_budget,
+        probes_rate_limited,
         offers_busy,
         init_honoured_full,
         probes_held,

@@ -61,6 +61,7 @@ fn unhex(s: &str) -> Vec<u8> {
 const STATIC_PRIVATE: &str = "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
 const STATIC_PUBLIC: &str = "07a37cbc142093c8b755dc1b10e86cb426374ad16aa853ed0bdfc0b2b86d1c7c";
 const KEY_ID: &str = "9f9c17a469b951b3";
+const VERSIONS: &str = "0001010201000102030405060708090a0b0c0d0e0f046563686f000000000000000000";
 const PROBE_HEAD: &str = "0101000102030405060708090a0b0c0d0e0f046563686f";
 const OFFER: &str = "0102000102030405060708090a0b0c0d0e0f9f9c17a469b951b3000000030000006400002ab9277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce";
 const PROLOGUE: &str = "4507b2384b2301983c7f055c26642e8ddd018d39658cbff9d7a20d001b2537bb";
@@ -233,6 +234,16 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     let t = server.poll_transmit(late, &mut out).expect("server DATA");
     got.push(("server data", hex(&out[..t.size])));
 
+    // VERSIONS (§3.9): the §11.1 PROBE with version byte 2, answered by a fresh v1 server.
+    let mut other = probe.clone();
+    other[0] = 2;
+    let mut v1 = ServerEndpoint::new(at, server_config(vec![]), Box::new(Counting(0x11)));
+    let t = v1
+        .handle(at, client, local, &other, &mut out)
+        .expect("a VERSIONS");
+    assert_eq!(t.destination, client);
+    got.push(("versions", hex(&out[..t.size])));
+
     let expected = [
         ("static public", STATIC_PUBLIC),
         ("key id", KEY_ID),
@@ -250,6 +261,7 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         ("server ephemeral public", SERVER_EPHEMERAL_PUBLIC),
         ("client data", DATA_CLIENT),
         ("server data", DATA_SERVER),
+        ("versions", VERSIONS),
     ];
     for (name, value) in &got {
         println!("{name}: {value}");
