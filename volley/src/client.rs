@@ -19,7 +19,7 @@ use volley_proto::{
 
 use crate::error::Error;
 use crate::server::sleep_until;
-use crate::session::{Cmd, INCOMING_QUEUE, Incoming, Session, Status};
+use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Session, Status};
 use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
 
 /// What became of an offer the client received.
@@ -179,7 +179,7 @@ impl Client {
         let (ready_tx, ready_rx) = oneshot::channel();
         // Session handles send their commands here, tagged with their member id. Only the
         // handles hold senders: when the last one is dropped the driver closes everything.
-        let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             socket,
             members: Vec::new(),
@@ -200,6 +200,7 @@ impl Client {
                     Session::new(
                         id,
                         cmd_tx.clone(),
+                        parts.link,
                         parts.incoming,
                         parts.status,
                         Some(parts.report),
@@ -233,6 +234,7 @@ struct SiblingPlan {
 
 /// The receiving ends of one member's channels, handed to its [`Session`].
 struct Parts {
+    link: Arc<Link>,
     incoming: mpsc::Receiver<Incoming>,
     status: watch::Receiver<Status>,
     report: Arc<Mutex<ConnectReport>>,
@@ -249,6 +251,10 @@ struct Member {
     /// Handed out with the ready message.
     parts: Option<Parts>,
     report: Arc<Mutex<ConnectReport>>,
+    link: Arc<Link>,
+    /// The send queue holds datagrams the connection could not take yet (racing again after a
+    /// failover, or its queue full): retried at every wake-up.
+    blocked: bool,
     incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<Status>,
     /// Whether this member's race was decided at least once (the main one: siblings may start).
@@ -261,6 +267,12 @@ fn lock(report: &Mutex<ConnectReport>) -> MutexGuard<'_, ConnectReport> {
 }
 
 impl Member {
+    /// Moves the handle's queued datagrams into the connection, as many as it takes now.
+    fn drain(&mut self) {
+        let conn = &mut self.conn;
+        self.blocked = self.link.drain(|d| conn.send_datagram(d)) == Drained::Blocked;
+    }
+
     /// Drains the connection's events into the report, status and channels.
     fn events(&mut self) {
         let stats = self.conn.stats();
@@ -330,13 +342,14 @@ impl Member {
                 }
                 ClientEvent::Datagram(data) => {
                     // A full queue means the application is slow: drop, as UDP would.
-                    let dropped = self
+                    let delivered = self
                         .incoming
                         .try_send(Incoming { data, guard: None })
-                        .is_err();
-                    if dropped {
+                        .is_ok();
+                    if !delivered {
                         debug!("application slow: datagram dropped");
                     }
+                    self.link.count_received(delivered);
                 }
                 ClientEvent::ServerLost { server, reason } => {
                     info!(%server, ?reason, "server lost; racing the rest of the pool");
@@ -346,6 +359,7 @@ impl Member {
                 }
                 ClientEvent::Failed(e) => {
                     self.outcome.get_or_insert(Err(e));
+                    self.link.close();
                     let reason = match e {
                         ConnectError::Refused(_) => CloseReason::Refused,
                         _ => CloseReason::IdleTimeout,
@@ -355,6 +369,7 @@ impl Member {
                     });
                 }
                 ClientEvent::Closed(reason) => {
+                    self.link.close();
                     self.status.send_modify(|s| {
                         s.closed.get_or_insert(reason);
                     });
@@ -373,13 +388,14 @@ struct Driver {
     /// `NBest`: siblings still to be opened when the main race is decided.
     plan: Option<SiblingPlan>,
     ready: Option<oneshot::Sender<Vec<Outcome>>>,
-    cmd: mpsc::Receiver<Cmd>,
+    cmd: mpsc::UnboundedReceiver<Cmd>,
 }
 
 impl Driver {
     fn add_member(&mut self, conn: Connection, remote: SocketAddr, report: ConnectReport) {
         let id = self.members.len() as u32;
         let report = Arc::new(Mutex::new(report));
+        let link = Arc::new(Link::default());
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
         let (st_tx, st_rx) = watch::channel(Status {
             remote,
@@ -390,11 +406,14 @@ impl Driver {
             conn,
             outcome: None,
             parts: Some(Parts {
+                link: Arc::clone(&link),
                 incoming: in_rx,
                 status: st_rx,
                 report: Arc::clone(&report),
             }),
             report,
+            link,
+            blocked: false,
             incoming: in_tx,
             status: st_tx,
             selected: false,
@@ -408,10 +427,16 @@ impl Driver {
         loop {
             let now = Instant::now();
             for m in &mut self.members {
+                if m.blocked {
+                    m.drain();
+                }
                 while let Some(t) = m.conn.poll_transmit(now, &mut tbuf) {
                     send_to(&self.socket, &tbuf[..t.size], t.destination).await;
                 }
                 m.events();
+                if let Some(stats) = m.conn.session_stats() {
+                    m.link.set_protocol_stats(stats);
+                }
             }
             if self.open_siblings(now) {
                 // Their INITs go out now, not at the next wake-up.
@@ -441,10 +466,9 @@ impl Driver {
                     }
                 }
                 cmd = self.cmd.recv(), if handles_open => match cmd {
-                    Some(Cmd::Send { id, data }) => {
-                        let sent = self.member(id).map(|m| m.conn.send_datagram(&data));
-                        if let Some(Err(e)) = sent {
-                            debug!(id, error = %e, "send dropped");
+                    Some(Cmd::Ready { id }) => {
+                        if let Some(m) = self.member(id) {
+                            m.drain();
                         }
                     }
                     Some(Cmd::Close { id, code }) => {
@@ -474,6 +498,7 @@ impl Driver {
         self.plan = None;
         for m in &mut self.members {
             m.events();
+            m.link.close();
             m.status.send_modify(|s| {
                 s.closed
                     .get_or_insert(CloseReason::Local(CloseCode::NORMAL));

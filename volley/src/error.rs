@@ -19,6 +19,10 @@ pub enum Error {
     /// An argument out of its documented range (API misuse); the message names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// The session's send queue is full ([`crate::Session::try_send`]); the datagram was not
+    /// queued. [`crate::Session::send`] waits for room instead.
+    #[error("send queue full")]
+    QueueFull,
     /// A datagram larger than [`crate::MAX_APP_DATAGRAM`] bytes.
     #[error("datagram larger than {} bytes", volley_proto::MAX_APP_DATAGRAM)]
     TooLarge,

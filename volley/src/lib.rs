@@ -43,11 +43,12 @@ mod server;
 mod session;
 mod socket;
 mod timer;
+pub mod udp;
 
 pub use client::{Client, ConnectReport, OfferFate, OfferSeen};
 pub use error::Error;
 pub use server::{LoadGuard, Server, ServerHandle};
-pub use session::{Request, Session};
+pub use session::{Request, SEND_QUEUE, Session, SessionStats};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
     AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientStats, CloseCode, CloseReason,

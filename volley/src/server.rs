@@ -14,18 +14,22 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
-    AnswerPolicy, AppLoad, CloseCode, CloseReason, MAX_DATAGRAM_LEN, PublicKey, ServerConfig,
-    ServerEndpoint, ServerEvent, ServerLoad, ServerStats,
+    AnswerPolicy, AppLoad, CloseCode, CloseReason, PublicKey, ServerConfig, ServerEndpoint,
+    ServerEvent, ServerLoad, ServerStats,
 };
 
 use crate::error::Error;
-use crate::session::{Cmd, INCOMING_QUEUE, Incoming, Session, Status};
-use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
+use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Session, Status};
+use crate::socket::transient;
 use crate::timer::PreciseTimer;
+use crate::udp::{self, RecvBatch, SendBatch};
 
 /// Sessions accepted by the driver but not yet taken by [`Server::accept`]; beyond this, new
 /// sessions are closed at once (the application is not keeping up).
 const ACCEPT_QUEUE: usize = 1024;
+
+/// Receive batches read per wake-up before output is flushed (2 × [`udp::BATCH`] datagrams).
+const RECV_ROUNDS: usize = 2;
 
 enum Control {
     Shutdown(oneshot::Sender<()>),
@@ -174,6 +178,7 @@ impl Server {
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, Error> {
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
+        udp::enable_local_addr(&socket)?;
         let public = config.keypair.public();
         // Paced offers need sub-millisecond timing (see `timer`); deadlines further away than
         // the longest pace are other timers, for which tokio's millisecond is plenty.
@@ -202,7 +207,9 @@ impl Server {
             control: control_rx,
             shared: Arc::clone(&shared),
             sessions: HashMap::new(),
+            blocked: Vec::new(),
             precise,
+            tx: SendBatch::default(),
         };
         let task = tokio::spawn(driver.run());
         info!(%local, key = %public.to_hex(), "volley server listening");
@@ -304,6 +311,7 @@ impl Drop for Server {
 }
 
 struct SessionSlot {
+    link: Arc<Link>,
     incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<Status>,
     /// Set by the application's first [`Session::recv_request`]: from then on every datagram
@@ -319,19 +327,22 @@ struct Driver {
     control: mpsc::UnboundedReceiver<Control>,
     shared: Arc<Shared>,
     sessions: HashMap<u32, SessionSlot>,
+    /// Sessions whose send queue the core could not take whole; retried after each flush.
+    blocked: Vec<u32>,
     /// Paced servers: the precise timer and the horizon within which it is used.
     precise: Option<(PreciseTimer, Duration)>,
+    /// Datagrams on their way out, sent a batch per system call.
+    tx: SendBatch,
 }
 
 impl Driver {
     async fn run(mut self) {
         // Session handles send their commands here; the driver keeps a sender so the channel
         // outlives any one session.
-        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(4096);
-        let mut rbuf: RecvBuf = [0; MAX_DATAGRAM_LEN + 1];
-        let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
+        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
+        let mut rx = RecvBatch::new(self.local.ip().is_unspecified());
         loop {
-            self.flush(&cmd_tx, &mut tbuf).await;
+            self.flush(&cmd_tx).await;
             let next = self.endpoint.poll_timeout();
             // Near deadlines (paced offers) also arm the precise timer; tokio's sleep stays as
             // the backstop either way.
@@ -347,12 +358,33 @@ impl Driver {
                         tracing::error!(error = %e, "socket failed; server stops");
                         break;
                     }
-                    for _ in 0..RECV_BATCH {
-                        match self.socket.try_recv_from(&mut rbuf) {
-                            Ok((n, from)) => {
+                    // A few batches at most before output is flushed, so that one busy socket
+                    // cannot starve timers or transmits. Every round full: the socket has a
+                    // backlog, which the endpoint weighs (PROTOCOL.md §7.7).
+                    let mut full_rounds = 0;
+                    for _ in 0..RECV_ROUNDS {
+                        match rx.recv(&self.socket) {
+                            Ok(n) => {
+                                if n == udp::BATCH {
+                                    full_rounds += 1;
+                                }
                                 let now = Instant::now();
-                                if let Some(t) = self.endpoint.handle(now, from, self.local, &rbuf[..n], &mut tbuf) {
-                                    send_to(&self.socket, &tbuf[..t.size], t.destination).await;
+                                // Sessions' DATA and INITs first, PROBEs last (PROTOCOL.md §7.7):
+                                // a PROBE flood delays the rest by one batch at most.
+                                let is_probe = |d: &[u8]| d.get(1) == Some(&volley_proto::packet::kind::PROBE);
+                                let ordered = rx
+                                    .iter()
+                                    .filter(|(_, d)| !is_probe(d))
+                                    .chain(rx.iter().filter(|(_, d)| is_probe(d)));
+                                for (meta, data) in ordered {
+                                    if self.tx.is_full() {
+                                        self.tx.flush(&self.socket).await;
+                                    }
+                                    let local = udp::local_of(self.local, &meta);
+                                    if let Some(t) = self.endpoint.handle(now, meta.from, local, data, self.tx.slot()) {
+                                        let source = udp::source_ip(self.local, t.source);
+                                        self.tx.commit(t.size, t.destination, source);
+                                    }
                                 }
                             }
                             Err(e) if transient(&e) => {
@@ -361,6 +393,8 @@ impl Driver {
                             Err(e) => { debug!(error = %e, "recv failed"); break; }
                         }
                     }
+                    self.endpoint.set_backlog(full_rounds == RECV_ROUNDS);
+                    self.tx.flush(&self.socket).await;
                 }
                 Some(cmd) = cmd_rx.recv() => self.command(cmd),
                 // Application load changed (a guard taken or dropped): the flush at the top of
@@ -372,12 +406,12 @@ impl Driver {
                     Some(Control::Capacity(c)) => self.endpoint.set_capacity(c),
                     Some(Control::MaxSessions(m)) => self.endpoint.set_max_sessions(m),
                     Some(Control::Shutdown(done)) => {
-                        self.shutdown(&cmd_tx, &mut tbuf).await;
+                        self.shutdown(&cmd_tx).await;
                         let _ = done.send(());
                         break;
                     }
                     None => {
-                        self.shutdown(&cmd_tx, &mut tbuf).await;
+                        self.shutdown(&cmd_tx).await;
                         break;
                     }
                 },
@@ -392,14 +426,15 @@ impl Driver {
         }
     }
 
-    async fn shutdown(&mut self, cmd_tx: &mpsc::Sender<Cmd>, tbuf: &mut [u8; MAX_DATAGRAM_LEN]) {
+    async fn shutdown(&mut self, cmd_tx: &mpsc::UnboundedSender<Cmd>) {
         info!(
             sessions = self.endpoint.session_count(),
             "shutting down: closing sessions (going away)"
         );
         self.endpoint.close_all(CloseCode::GOING_AWAY);
-        self.flush(cmd_tx, tbuf).await;
+        self.flush(cmd_tx).await;
         for (_, slot) in self.sessions.drain() {
+            slot.link.close();
             slot.status.send_modify(|s| {
                 s.closed
                     .get_or_insert(CloseReason::Local(CloseCode::GOING_AWAY));
@@ -409,19 +444,50 @@ impl Driver {
 
     fn command(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Send { id, data } => {
-                if let Err(e) = self.endpoint.send(id, &data) {
-                    trace!(id, error = %e, "send dropped");
-                }
-            }
+            Cmd::Ready { id } => self.drain(id),
             Cmd::Close { id, code } => self.endpoint.close(id, code),
         }
     }
 
-    async fn flush(&mut self, cmd_tx: &mpsc::Sender<Cmd>, tbuf: &mut [u8; MAX_DATAGRAM_LEN]) {
+    /// Moves a session's queued datagrams into the core, as many as it has room for.
+    fn drain(&mut self, id: u32) {
+        let Some(slot) = self.sessions.get(&id) else {
+            return; // ended: its handle already sees it closed
+        };
+        let endpoint = &mut self.endpoint;
+        if slot.link.drain(|d| endpoint.send(id, d)) == Drained::Blocked {
+            self.blocked.push(id);
+        }
+    }
+
+    /// Sends everything the core has queued, a batch per system call.
+    async fn send_transmits(&mut self, now: Instant) {
+        loop {
+            if self.tx.is_full() {
+                self.tx.flush(&self.socket).await;
+            }
+            let Some(t) = self.endpoint.poll_transmit(now, self.tx.slot()) else {
+                break;
+            };
+            let source = udp::source_ip(self.local, t.source);
+            self.tx.commit(t.size, t.destination, source);
+        }
+        self.tx.flush(&self.socket).await;
+    }
+
+    async fn flush(&mut self, cmd_tx: &mpsc::UnboundedSender<Cmd>) {
         let now = Instant::now();
-        while let Some(t) = self.endpoint.poll_transmit(now, tbuf) {
-            send_to(&self.socket, &tbuf[..t.size], t.destination).await;
+        // A few rounds at most: the core's queues hold more than a session's send queue, so a
+        // blocked session is normally through in one; any still blocked wait for the next wake.
+        for _ in 0..4 {
+            self.send_transmits(now).await;
+            // The core's queues are empty now: sessions it turned away get their turn.
+            if self.blocked.is_empty() {
+                break;
+            }
+            for id in std::mem::take(&mut self.blocked) {
+                self.drain(id);
+            }
         }
         while let Some(event) = self.endpoint.poll_event() {
             match event {
@@ -432,8 +498,10 @@ impl Driver {
                         closed: None,
                     });
                     let requests = Arc::new(AtomicBool::new(false));
-                    let session = Session::new(id, cmd_tx.clone(), in_rx, st_rx, None)
-                        .with_requests(Arc::clone(&requests));
+                    let link = Arc::new(Link::default());
+                    let session =
+                        Session::new(id, cmd_tx.clone(), Arc::clone(&link), in_rx, st_rx, None)
+                            .with_requests(Arc::clone(&requests));
                     if self.accept.try_send(session).is_err() {
                         debug!(id, "accept queue full: session refused");
                         self.endpoint.close(id, CloseCode::GOING_AWAY);
@@ -442,6 +510,7 @@ impl Driver {
                     self.sessions.insert(
                         id,
                         SessionSlot {
+                            link,
                             incoming: in_tx,
                             status: st_tx,
                             requests,
@@ -455,14 +524,20 @@ impl Driver {
                             .requests
                             .load(Ordering::Acquire)
                             .then(|| self.shared.guard());
-                        if slot.incoming.try_send(Incoming { data, guard }).is_err() {
+                        let delivered = slot.incoming.try_send(Incoming { data, guard }).is_ok();
+                        if !delivered {
                             // (Its guard, if any, drops here: a request never served.)
                             trace!(id, "application slow: datagram dropped");
+                        }
+                        slot.link.count_received(delivered);
+                        if let Some(stats) = self.endpoint.session_stats(id) {
+                            slot.link.set_protocol_stats(stats);
                         }
                     }
                 }
                 ServerEvent::Closed { id, reason } => {
                     if let Some(slot) = self.sessions.remove(&id) {
+                        slot.link.close();
                         slot.status.send_modify(|s| s.closed = Some(reason));
                     }
                 }
@@ -470,9 +545,7 @@ impl Driver {
             }
         }
         // Events can queue packets (a session refused for a full accept queue is closed): send them.
-        while let Some(t) = self.endpoint.poll_transmit(now, tbuf) {
-            send_to(&self.socket, &tbuf[..t.size], t.destination).await;
-        }
+        self.send_transmits(now).await;
         let load = self.endpoint.load(now);
         let mut published = self.shared.published();
         published.stats = *self.endpoint.stats();

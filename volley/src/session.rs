@@ -1,23 +1,154 @@
 //! The application's handle on one encrypted session, client or server side.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use volley_proto::client::{ServerOutcome, SharedPoolState};
-use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM};
+use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError};
 
 use crate::client::ConnectReport;
 use crate::error::Error;
 use crate::server::LoadGuard;
 
-/// Requests from session handles to their driver task.
+/// Requests from session handles to their driver task. The channel is unbounded but holds at
+/// most a few messages per session: `Ready` is sent only when a session's send queue goes from
+/// empty to non-empty, `Close` at most twice (an explicit close and the drop).
 #[derive(Debug)]
 pub(crate) enum Cmd {
-    Send { id: u32, data: Vec<u8> },
-    Close { id: u32, code: CloseCode },
+    /// The session's send queue has datagrams for the driver.
+    Ready {
+        id: u32,
+    },
+    Close {
+        id: u32,
+        code: CloseCode,
+    },
+}
+
+/// Datagrams one session may have waiting for its driver. A full queue makes
+/// [`Session::send`] wait and [`Session::try_send`] fail, for this session only.
+pub const SEND_QUEUE: usize = 256;
+
+/// A session's counters, as seen by its handle ([`Session::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Datagrams the application queued with `send`/`try_send`.
+    pub datagrams_sent: u64,
+    /// Datagrams waiting in the send queue now.
+    pub send_queued: usize,
+    /// Datagrams that arrived and were queued for the application.
+    pub datagrams_received: u64,
+    /// Datagrams that arrived while the receive queue was full (the application was slow) and
+    /// were dropped.
+    pub received_dropped: u64,
+    /// Datagrams still queued when the session ended, never sent.
+    pub send_discarded: u64,
+    /// The protocol session's own counters (packets, authentication and replay drops, pings);
+    /// on the client they start again from zero after a failover.
+    pub protocol: volley_proto::session::SessionStats,
+}
+
+#[derive(Debug, Default)]
+struct OutState {
+    queue: VecDeque<Vec<u8>>,
+    /// A `Ready` is in the channel or the driver holds the session as blocked.
+    signalled: bool,
+    closed: bool,
+    stats: SessionStats,
+}
+
+/// The state a session handle shares with its driver: the bounded send queue and the counters.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    state: Mutex<OutState>,
+    /// Notified when the queue shrinks or the session closes.
+    room: Notify,
+}
+
+/// What [`Link::drain`] left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// The queue is empty.
+    Empty,
+    /// The core took what it could; call again after its transmits are flushed (or once the
+    /// session is established again, on a client racing after a failover).
+    Blocked,
+}
+
+impl Link {
+    fn state(&self) -> MutexGuard<'_, OutState> {
+        // Plain data behind the lock; a panic elsewhere cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Driver side: moves queued datagrams into the protocol core with `push` until the queue is
+    /// empty or the core refuses one for lack of room (or for not being established yet).
+    pub(crate) fn drain(&self, mut push: impl FnMut(&[u8]) -> Result<(), SendError>) -> Drained {
+        let mut st = self.state();
+        let mut moved = false;
+        let outcome = loop {
+            let Some(data) = st.queue.front() else {
+                st.signalled = false;
+                break Drained::Empty;
+            };
+            match push(data) {
+                Ok(()) => {
+                    st.queue.pop_front();
+                    moved = true;
+                }
+                Err(SendError::QueueFull | SendError::NotEstablished) => break Drained::Blocked,
+                Err(e) => {
+                    // Closed (or a size the handle already refused): nothing more can leave.
+                    tracing::trace!(error = %e, "send queue discarded");
+                    st.stats.send_discarded += st.queue.len() as u64;
+                    st.queue.clear();
+                    st.signalled = false;
+                    moved = true;
+                    break Drained::Empty;
+                }
+            }
+        };
+        st.stats.send_queued = st.queue.len();
+        drop(st);
+        if moved {
+            self.room.notify_waiters();
+        }
+        outcome
+    }
+
+    /// Driver side: the session has ended; queued datagrams are discarded and waiting senders
+    /// wake to an error.
+    pub(crate) fn close(&self) {
+        let mut st = self.state();
+        st.closed = true;
+        st.stats.send_discarded += st.queue.len() as u64;
+        st.queue.clear();
+        st.stats.send_queued = 0;
+        drop(st);
+        self.room.notify_waiters();
+    }
+
+    /// Driver side: one datagram delivered to the application, or dropped for a full queue.
+    pub(crate) fn count_received(&self, delivered: bool) {
+        let mut st = self.state();
+        if delivered {
+            st.stats.datagrams_received += 1;
+        } else {
+            st.stats.received_dropped += 1;
+        }
+    }
+
+    /// Driver side: the protocol session's counters as of now.
+    pub(crate) fn set_protocol_stats(&self, stats: volley_proto::session::SessionStats) {
+        self.state().stats.protocol = stats;
+    }
 }
 
 /// What a session handle can see of its state; updated by the driver.
@@ -76,7 +207,8 @@ impl Request {
 #[derive(Debug)]
 pub struct Session {
     id: u32,
-    cmd: mpsc::Sender<Cmd>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    link: Arc<Link>,
     incoming: mpsc::Receiver<Incoming>,
     status: watch::Receiver<Status>,
     report: Option<Arc<Mutex<ConnectReport>>>,
@@ -89,7 +221,8 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(
         id: u32,
-        cmd: mpsc::Sender<Cmd>,
+        cmd: mpsc::UnboundedSender<Cmd>,
+        link: Arc<Link>,
         incoming: mpsc::Receiver<Incoming>,
         status: watch::Receiver<Status>,
         report: Option<Arc<Mutex<ConnectReport>>>,
@@ -97,6 +230,7 @@ impl Session {
         Self {
             id,
             cmd,
+            link,
             incoming,
             status,
             report,
@@ -124,21 +258,78 @@ impl Session {
         )
     }
 
-    /// Sends one datagram (at most [`MAX_APP_DATAGRAM`] bytes).
+    /// Queues one datagram (at most [`MAX_APP_DATAGRAM`] bytes) for sending, waiting while this
+    /// session's send queue ([`SEND_QUEUE`] datagrams) is full. `Ok` means the datagram is
+    /// queued and will be sealed and sent unless the session ends first (then it is counted in
+    /// [`SessionStats::send_discarded`]); as with UDP, delivery is not guaranteed. A full queue
+    /// on one session never holds up another. Errors: [`Error::TooLarge`], [`Error::Closed`].
     pub async fn send(&self, data: &[u8]) -> Result<(), Error> {
+        loop {
+            let mut room = pin!(self.link.room.notified());
+            // Registered before the check, so a drain between the check and the await is seen.
+            room.as_mut().enable();
+            match self.try_send(data) {
+                Err(Error::QueueFull) => room.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Queues one datagram without waiting: like [`Session::send`], but a full send queue is
+    /// [`Error::QueueFull`] (the datagram was not queued; retry later or drop it).
+    pub fn try_send(&self, data: &[u8]) -> Result<(), Error> {
         if data.len() > MAX_APP_DATAGRAM {
             return Err(Error::TooLarge);
         }
-        if self.status.borrow().closed.is_some() {
+        let mut st = self.link.state();
+        if st.closed || self.status.borrow().closed.is_some() {
+            drop(st);
             return Err(self.closed_error());
         }
-        self.cmd
-            .send(Cmd::Send {
-                id: self.id,
-                data: data.to_vec(),
-            })
-            .await
-            .map_err(|_| self.closed_error())
+        if st.queue.len() >= SEND_QUEUE {
+            return Err(Error::QueueFull);
+        }
+        st.queue.push_back(data.to_vec());
+        st.stats.datagrams_sent += 1;
+        st.stats.send_queued = st.queue.len();
+        let wake = !std::mem::replace(&mut st.signalled, true);
+        drop(st);
+        if wake && self.cmd.send(Cmd::Ready { id: self.id }).is_err() {
+            // The driver is gone: the session is over.
+            self.link.close();
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// This session's counters.
+    pub fn stats(&self) -> SessionStats {
+        self.link.state().stats
+    }
+
+    /// Resolves when the session has ended, with why.
+    pub async fn closed(&self) -> CloseReason {
+        let mut status = self.status.clone();
+        match status.wait_for(|s| s.closed.is_some()).await {
+            Ok(s) => s.closed.unwrap_or(CloseReason::Local(CloseCode::NORMAL)),
+            // The driver is gone without saying: as good as a local close.
+            Err(_) => self
+                .status
+                .borrow()
+                .closed
+                .unwrap_or(CloseReason::Local(CloseCode::NORMAL)),
+        }
+    }
+
+    /// Polls for the next datagram, for use in hand-written futures and streams: `Ready(Ok)`
+    /// with a datagram, `Ready(Err)` once the session has ended and nothing is left, `Pending`
+    /// otherwise (the waker is woken when that changes). Like [`Session::recv`].
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>, Error>> {
+        match self.incoming.poll_recv(cx) {
+            Poll::Ready(Some(d)) => Poll::Ready(Ok(d.data)),
+            Poll::Ready(None) => Poll::Ready(Err(self.closed_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Receives the next datagram; an error once the session has ended and nothing is left.
@@ -211,7 +402,7 @@ impl Session {
 
     /// Closes the session with `code`; the peer is told.
     pub fn close_with(&self, code: CloseCode) {
-        let _ = self.cmd.try_send(Cmd::Close { id: self.id, code });
+        let _ = self.cmd.send(Cmd::Close { id: self.id, code });
     }
 
     /// Closes the session normally.

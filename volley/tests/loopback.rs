@@ -628,3 +628,121 @@ async fn l7_sessions_reporting_failures_eject_their_server_from_the_clients_race
     let other = client_for(&f.key, SelectionPolicy::Earliest);
     assert!(!other.is_ejected(bad));
 }
+
+#[tokio::test]
+async fn r5_send_queue_is_per_session_and_reports_full_and_closed() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = fast_session();
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let pool = vec![server.local_addr()];
+    let client = client_for(&key, SelectionPolicy::Earliest);
+    let a = timeout(BOUND, client.connect(&pool))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut sa = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+    let b = timeout(BOUND, client.connect(&pool))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut sb = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+
+    // The test task does not yield, so the (current-thread) drivers drain nothing meanwhile:
+    // session a's queue fills to exactly SEND_QUEUE and then says so; b's is untouched.
+    for i in 0..volley::SEND_QUEUE {
+        a.try_send(&(i as u32).to_be_bytes()).unwrap();
+    }
+    assert!(matches!(a.try_send(b"one too many"), Err(Error::QueueFull)));
+    assert_eq!(a.stats().send_queued, volley::SEND_QUEUE);
+    b.try_send(b"b is not held up").unwrap();
+    // `send` waits for room instead.
+    timeout(BOUND, a.send(b"last")).await.unwrap().unwrap();
+    assert_eq!(
+        timeout(BOUND, sb.recv()).await.unwrap().unwrap(),
+        b"b is not held up"
+    );
+    // What arrives comes in the order queued, through `recv` and `poll_recv` alike (a burst of
+    // 257 datagrams may overflow a kernel socket buffer, so not every one is required).
+    let mut got = Vec::new();
+    loop {
+        let odd = got.len() % 2 == 1;
+        let next = timeout(Duration::from_secs(1), async {
+            if odd {
+                std::future::poll_fn(|cx| sa.poll_recv(cx)).await
+            } else {
+                sa.recv().await
+            }
+        })
+        .await;
+        match next {
+            Ok(Ok(d)) => got.push(d),
+            _ => break,
+        }
+    }
+    let order: Vec<u32> = got
+        .iter()
+        .map(|d| match d.as_slice() {
+            b"last" => u32::MAX,
+            d => u32::from_be_bytes(d.try_into().unwrap()),
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+    assert!(got.len() > volley::SEND_QUEUE / 2, "{} arrived", got.len());
+    let st = a.stats();
+    assert_eq!(st.datagrams_sent, volley::SEND_QUEUE as u64 + 1);
+    assert_eq!(st.send_queued, 0);
+    assert!(st.protocol.packets_sent > volley::SEND_QUEUE as u64);
+    assert_eq!(sa.stats().datagrams_received, got.len() as u64);
+    assert!(sa.stats().protocol.packets_received >= got.len() as u64);
+
+    // The server ends session a: the client's `closed()` resolves with why, and sending says
+    // closed rather than pretending to queue.
+    sa.close();
+    let reason = timeout(BOUND, a.closed()).await.unwrap();
+    assert_eq!(
+        reason,
+        volley::CloseReason::Remote(volley::CloseCode::NORMAL)
+    );
+    assert!(matches!(a.try_send(b"x"), Err(Error::Closed(_))));
+    assert!(matches!(a.send(b"x").await, Err(Error::Closed(_))));
+    // b lives on.
+    b.send(b"still here").await.unwrap();
+    assert_eq!(
+        timeout(BOUND, sb.recv()).await.unwrap().unwrap(),
+        b"still here"
+    );
+}
+
+#[tokio::test]
+async fn c6_a_server_bound_to_a_wildcard_address_answers_from_the_address_probed() {
+    // The server listens on 0.0.0.0; the client probes it at 127.0.0.2 from 127.0.0.1. Without
+    // the datagram's destination address (IP_PKTINFO) the kernel would answer from 127.0.0.1,
+    // which the client never probed, and drop nothing but reach nothing.
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = fast_session();
+    let server = Server::bind("0.0.0.0:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    assert!(server.local_addr().ip().is_unspecified());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(volley::echo::serve(server, async {
+        let _ = stopped.await;
+    }));
+    let probed: SocketAddr = SocketAddr::from(([127, 0, 0, 2], port));
+    let mut s = timeout(
+        BOUND,
+        client_for(&key, SelectionPolicy::Earliest).connect(&[probed]),
+    )
+    .await
+    .unwrap()
+    .expect("a session through the wildcard-bound server");
+    assert_eq!(s.remote(), probed);
+    echoes(&mut s, b"from the address probed").await;
+    let _ = stop.send(());
+    let _ = task.await;
+}

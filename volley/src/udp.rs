@@ -1,0 +1,284 @@
+//! Batched UDP: up to [`BATCH`] datagrams per system call in each direction (`recvmmsg`,
+//! `sendmmsg`), through `nix`'s safe wrappers, with each datagram's local address
+//! (`IP_PKTINFO`/`IPV6_RECVPKTINFO`) so that a server bound to a wildcard address answers from the
+//! address the client reached — the one its cookies and sessions are bound to (PROTOCOL.md §7.1).
+//!
+//! Public so that other loops over the same sockets (the lab's bare echo, a custom driver) batch
+//! the same way. Linux only, like the rest of the runtime's socket handling. The buffers are allocated once
+//! per driver; the `mmsghdr` arrays are built per call (nix's are not `Send`, and a driver's
+//! future must be), a few hundred bytes on the stack of a synchronous function.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::libc;
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    sendmmsg, setsockopt, sockopt,
+};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use volley_proto::MAX_DATAGRAM_LEN;
+
+/// Datagrams per system call, each way (quinn-udp uses the same figure for `recvmmsg`).
+pub const BATCH: usize = 32;
+
+/// A receive slot is one byte larger than any datagram we accept, so that oversized datagrams
+/// are seen as oversized rather than silently truncated to a valid length.
+const SLOT: usize = MAX_DATAGRAM_LEN + 1;
+
+/// Asks the kernel for each datagram's local address; needed only on wildcard binds (on a
+/// specific address every datagram arrives on it).
+pub fn enable_local_addr(socket: &UdpSocket) -> io::Result<()> {
+    let local = socket.local_addr()?;
+    if !local.ip().is_unspecified() {
+        return Ok(());
+    }
+    match local {
+        SocketAddr::V4(_) => setsockopt(&socket.as_fd(), sockopt::Ipv4PacketInfo, &true)?,
+        SocketAddr::V6(_) => setsockopt(&socket.as_fd(), sockopt::Ipv6RecvPacketInfo, &true)?,
+    }
+    Ok(())
+}
+
+/// One received datagram: its length, sender and the local IP it arrived on (when known).
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    /// Bytes received (one more than [`volley_proto::MAX_DATAGRAM_LEN`]: oversized, truncated).
+    pub len: usize,
+    /// The sender.
+    pub from: SocketAddr,
+    /// The local IP it arrived on, on a socket [`enable_local_addr`] was called for.
+    pub local_ip: Option<IpAddr>,
+}
+
+/// Receive buffers for one batch.
+pub struct RecvBatch {
+    data: Vec<u8>,
+    meta: Vec<Meta>,
+    /// Whether to ask for local addresses (wildcard binds).
+    local_addr: bool,
+}
+
+impl RecvBatch {
+    /// Buffers for [`BATCH`] datagrams; `local_addr`: read each datagram's local address (the
+    /// socket must have had [`enable_local_addr`]).
+    pub fn new(local_addr: bool) -> Self {
+        Self {
+            data: vec![0; BATCH * SLOT],
+            meta: Vec::with_capacity(BATCH),
+            local_addr,
+        }
+    }
+
+    /// The datagrams of the last [`RecvBatch::recv`].
+    pub fn iter(&self) -> impl Iterator<Item = (Meta, &[u8])> + '_ {
+        self.meta
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (*m, &self.data[i * SLOT..i * SLOT + m.len.min(SLOT)]))
+    }
+
+    /// Reads up to [`BATCH`] datagrams without blocking; `WouldBlock` when there are none.
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.meta.clear();
+        let local_addr = self.local_addr;
+        let Self { data, meta, .. } = self;
+        socket.try_io(Interest::READABLE, || {
+            let cmsg = local_addr.then(|| nix::cmsg_space!(libc::in6_pktinfo));
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg);
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = data
+                .chunks_mut(SLOT)
+                .map(|c| [IoSliceMut::new(c)])
+                .collect();
+            let received = recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            for msg in received {
+                let Some(from) = msg.address.as_ref().and_then(to_std) else {
+                    continue;
+                };
+                let local_ip = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::Ipv4PacketInfo(i) => {
+                            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))))
+                        }
+                        ControlMessageOwned::Ipv6PacketInfo(i) => {
+                            Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)))
+                        }
+                        _ => None,
+                    })
+                });
+                meta.push(Meta {
+                    len: msg.bytes,
+                    from,
+                    local_ip,
+                });
+            }
+            Ok(meta.len())
+        })
+    }
+}
+
+fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+/// Datagrams waiting to be sent, in order: each with its destination and, on a wildcard bind,
+/// the local address to send from.
+pub struct SendBatch {
+    data: Vec<u8>,
+    items: Vec<(usize, SocketAddr, Option<IpAddr>)>,
+    /// The next free byte of `data`.
+    end: usize,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self {
+            data: vec![0; BATCH * MAX_DATAGRAM_LEN],
+            items: Vec::with_capacity(BATCH),
+            end: 0,
+        }
+    }
+}
+
+impl SendBatch {
+    /// Whether no more datagrams fit (send first).
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= BATCH
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The buffer the next datagram is written into (by the protocol core, in place).
+    pub fn slot(&mut self) -> &mut [u8] {
+        &mut self.data[self.end..self.end + MAX_DATAGRAM_LEN]
+    }
+
+    /// Commits the first `len` bytes of [`SendBatch::slot`] as a datagram to `to`, sent from
+    /// `source` when given (the socket is bound to a wildcard address and the datagram answers
+    /// one that arrived on a specific address).
+    pub fn commit(&mut self, len: usize, to: SocketAddr, source: Option<IpAddr>) {
+        self.items.push((len, to, source));
+        self.end += len;
+    }
+
+    /// Sends everything queued, waiting for the socket to be writable when its buffer is full.
+    /// A datagram the kernel refuses (a route error) is dropped and logged, as a lost datagram.
+    pub async fn flush(&mut self, socket: &UdpSocket) {
+        let mut sent = 0;
+        let mut offset = 0;
+        while sent < self.items.len() {
+            match socket.try_io(Interest::WRITABLE, || {
+                send_run(socket, &self.data[offset..self.end], &self.items[sent..])
+            }) {
+                Ok(n) => {
+                    offset += self.items[sent..sent + n]
+                        .iter()
+                        .map(|i| i.0)
+                        .sum::<usize>();
+                    sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if socket.writable().await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let (len, to, _) = self.items[sent];
+                    tracing::debug!(%to, error = %e, "send failed");
+                    offset += len;
+                    sent += 1;
+                }
+            }
+        }
+        self.items.clear();
+        self.end = 0;
+    }
+}
+
+/// One `sendmmsg` over the leading run of `items` that share a source address (a control
+/// message applies to a whole call). Returns how many were sent.
+fn send_run(
+    socket: &UdpSocket,
+    data: &[u8],
+    items: &[(usize, SocketAddr, Option<IpAddr>)],
+) -> io::Result<usize> {
+    let source = items[0].2;
+    let run = items.iter().take_while(|i| i.2 == source).count();
+    let mut slices: Vec<[IoSlice<'_>; 1]> = Vec::with_capacity(run);
+    let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(run);
+    let mut at = 0;
+    for (len, to, _) in &items[..run] {
+        slices.push([IoSlice::new(&data[at..at + len])]);
+        addrs.push(Some(SockaddrStorage::from(*to)));
+        at += len;
+    }
+    let v4;
+    let v6;
+    let cmsgs: Vec<ControlMessage<'_>> = match source {
+        None => Vec::new(),
+        Some(IpAddr::V4(ip)) => {
+            v4 = libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(ip).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            vec![ControlMessage::Ipv4PacketInfo(&v4)]
+        }
+        Some(IpAddr::V6(ip)) => {
+            v6 = libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: ip.octets(),
+                },
+                ipi6_ifindex: 0,
+            };
+            vec![ControlMessage::Ipv6PacketInfo(&v6)]
+        }
+    };
+    let cmsg_buf = (!cmsgs.is_empty()).then(|| nix::cmsg_space!(libc::in6_pktinfo));
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(run, cmsg_buf);
+    let sent = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter(),
+        &addrs,
+        &cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    Ok(sent.count())
+}
+
+/// The local address a datagram arrived on: the bound address, with the IP the kernel reported
+/// when the socket is bound to a wildcard address.
+pub fn local_of(bound: SocketAddr, meta: &Meta) -> SocketAddr {
+    match meta.local_ip {
+        Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+        _ => bound,
+    }
+}
+
+/// The source IP to set on a datagram the core asked to send from `source`: only on a wildcard
+/// bind (otherwise the socket's own address is already right).
+pub fn source_ip(bound: SocketAddr, source: Option<SocketAddr>) -> Option<IpAddr> {
+    source
+        .filter(|_| bound.ip().is_unspecified())
+        .map(|s| s.ip())
+}
