@@ -2,5 +2,6 @@
 //! (`../shared/BENCHMARKS.md` §2), and `sim`, the discrete-event simulator that drives the real
 //! `volley-proto` state machines on a virtual clock (§3).
 
+pub mod bench;
 pub mod select;
 pub mod sim;

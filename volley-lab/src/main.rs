@@ -19,6 +19,9 @@ enum Command {
     /// Side-by-side selection benchmark on loopback: 16 servers x 4 slots, open-loop Poisson
     /// arrivals, every policy on the same trace.
     Select(volley_lab::select::SelectArgs),
+    /// Datapath benchmark: bare batched echo vs volley's responder, forged-INIT floods and
+    /// encrypted DATA echo, server and generator pinned to one CPU each.
+    Bench(volley_lab::bench::BenchArgs),
     /// Discrete-event simulator driving the real volley-proto state machines: the supermarket
     /// check, then volley's policies at 10,000 servers.
     Sim(volley_lab::sim::SimArgs),
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Select(args) => volley_lab::select::run(args),
         Command::Sim(args) => volley_lab::sim::run(args),
+        Command::Bench(args) => volley_lab::bench::run(args),
     }
 }
