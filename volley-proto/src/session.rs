@@ -292,16 +292,31 @@ impl Session {
 
     /// Queues an application datagram.
     pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.check_send(data.len())?;
+        self.outgoing.push_back(Outgoing::Datagram(data.to_vec()));
+        Ok(())
+    }
+
+    /// Queues an application datagram the caller already owns, without copying it; on refusal
+    /// the datagram comes back with the reason.
+    pub fn send_datagram_owned(&mut self, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
+        if let Err(e) = self.check_send(data.len()) {
+            return Err((e, data));
+        }
+        self.outgoing.push_back(Outgoing::Datagram(data));
+        Ok(())
+    }
+
+    fn check_send(&self, len: usize) -> Result<(), SendError> {
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
-        if data.len() > MAX_APP_DATAGRAM {
+        if len > MAX_APP_DATAGRAM {
             return Err(SendError::TooLarge);
         }
         if self.outgoing.len() >= MAX_SEND_QUEUE {
             return Err(SendError::QueueFull);
         }
-        self.outgoing.push_back(Outgoing::Datagram(data.to_vec()));
         Ok(())
     }
 

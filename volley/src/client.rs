@@ -270,7 +270,7 @@ impl Member {
     /// Moves the handle's queued datagrams into the connection, as many as it takes now.
     fn drain(&mut self) {
         let conn = &mut self.conn;
-        self.blocked = self.link.drain(|d| conn.send_datagram(d)) == Drained::Blocked;
+        self.blocked = self.link.drain(|d| conn.send_datagram_owned(d)) == Drained::Blocked;
     }
 
     /// Drains the connection's events into the report, status and channels.

@@ -29,8 +29,8 @@ pub async fn serve_with(
                     let peer = session.remote();
                     // Each datagram is a request: the server counts it until it is echoed.
                     while let Ok(request) = session.recv_request().await {
-                        let data = request.data().to_vec();
-                        if request.reply(&session, &data).await.is_err() {
+                        // The request's own bytes go back: moved, never copied.
+                        if request.echo(&session).await.is_err() {
                             break;
                         }
                     }

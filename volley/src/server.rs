@@ -393,7 +393,7 @@ impl Driver {
                             Err(e) => { debug!(error = %e, "recv failed"); break; }
                         }
                     }
-                    self.endpoint.set_backlog(full_rounds == RECV_ROUNDS);
+                    self.endpoint.set_backlog(Instant::now(), full_rounds == RECV_ROUNDS);
                     self.tx.flush(&self.socket).await;
                 }
                 Some(cmd) = cmd_rx.recv() => self.command(cmd),
@@ -455,7 +455,7 @@ impl Driver {
             return; // ended: its handle already sees it closed
         };
         let endpoint = &mut self.endpoint;
-        if slot.link.drain(|d| endpoint.send(id, d)) == Drained::Blocked {
+        if slot.link.drain(|d| endpoint.send_owned(id, d)) == Drained::Blocked {
             self.blocked.push(id);
         }
     }

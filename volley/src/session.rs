@@ -88,26 +88,30 @@ impl Link {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Driver side: moves queued datagrams into the protocol core with `push` until the queue is
-    /// empty or the core refuses one for lack of room (or for not being established yet).
-    pub(crate) fn drain(&self, mut push: impl FnMut(&[u8]) -> Result<(), SendError>) -> Drained {
+    /// Driver side: moves queued datagrams into the protocol core with `push` (which takes
+    /// each by value and hands it back when refused) until the queue is empty or the core
+    /// refuses one for lack of room (or for not being established yet).
+    pub(crate) fn drain(
+        &self,
+        mut push: impl FnMut(Vec<u8>) -> Result<(), (SendError, Vec<u8>)>,
+    ) -> Drained {
         let mut st = self.state();
         let mut moved = false;
         let outcome = loop {
-            let Some(data) = st.queue.front() else {
+            let Some(data) = st.queue.pop_front() else {
                 st.signalled = false;
                 break Drained::Empty;
             };
             match push(data) {
-                Ok(()) => {
-                    st.queue.pop_front();
-                    moved = true;
+                Ok(()) => moved = true,
+                Err((SendError::QueueFull | SendError::NotEstablished, data)) => {
+                    st.queue.push_front(data);
+                    break Drained::Blocked;
                 }
-                Err(SendError::QueueFull | SendError::NotEstablished) => break Drained::Blocked,
-                Err(e) => {
+                Err((e, _)) => {
                     // Closed (or a size the handle already refused): nothing more can leave.
                     tracing::trace!(error = %e, "send queue discarded");
-                    st.stats.send_discarded += st.queue.len() as u64;
+                    st.stats.send_discarded += st.queue.len() as u64 + 1;
                     st.queue.clear();
                     st.signalled = false;
                     moved = true;
@@ -189,6 +193,23 @@ impl Request {
     pub async fn reply(self, session: &Session, reply: &[u8]) -> Result<(), Error> {
         let sent = session.send(reply).await;
         drop(self);
+        sent
+    }
+
+    /// Sends `reply`, a datagram the application owns, on `session` without copying it, and
+    /// completes the request.
+    pub async fn reply_vec(self, session: &Session, reply: Vec<u8>) -> Result<(), Error> {
+        let sent = session.send_vec(reply).await;
+        drop(self);
+        sent
+    }
+
+    /// Echoes the request's own bytes back on `session` without copying them, and completes
+    /// the request.
+    pub async fn echo(self, session: &Session) -> Result<(), Error> {
+        let Request { data, guard } = self;
+        let sent = session.send_vec(data).await;
+        drop(guard);
         sent
     }
 
@@ -281,15 +302,41 @@ impl Session {
         if data.len() > MAX_APP_DATAGRAM {
             return Err(Error::TooLarge);
         }
+        self.try_push(data.to_vec()).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Session::send`] for a datagram the application owns: it is moved into the send
+    /// queue and sealed from there, never copied on the way (an echo can send back the `Vec`
+    /// it received).
+    pub async fn send_vec(&self, data: Vec<u8>) -> Result<(), Error> {
+        if data.len() > MAX_APP_DATAGRAM {
+            return Err(Error::TooLarge);
+        }
+        let mut data = data;
+        loop {
+            let mut room = pin!(self.link.room.notified());
+            room.as_mut().enable();
+            match self.try_push(data) {
+                Err((Error::QueueFull, back)) => {
+                    data = back;
+                    room.await;
+                }
+                other => return other.map_err(|(e, _)| e),
+            }
+        }
+    }
+
+    /// Queues `data`, or hands it back with why not.
+    fn try_push(&self, data: Vec<u8>) -> Result<(), (Error, Vec<u8>)> {
         let mut st = self.link.state();
         if st.closed || self.status.borrow().closed.is_some() {
             drop(st);
-            return Err(self.closed_error());
+            return Err((self.closed_error(), data));
         }
         if st.queue.len() >= SEND_QUEUE {
-            return Err(Error::QueueFull);
+            return Err((Error::QueueFull, data));
         }
-        st.queue.push_back(data.to_vec());
+        st.queue.push_back(data);
         st.stats.datagrams_sent += 1;
         st.stats.send_queued = st.queue.len();
         let wake = !std::mem::replace(&mut st.signalled, true);
@@ -297,7 +344,7 @@ impl Session {
         if wake && self.cmd.send(Cmd::Ready { id: self.id }).is_err() {
             // The driver is gone: the session is over.
             self.link.close();
-            return Err(self.closed_error());
+            return Err((self.closed_error(), Vec::new()));
         }
         Ok(())
     }

@@ -438,6 +438,16 @@ impl Connection {
         }
     }
 
+    /// Queues an application datagram the caller owns, without copying it; on refusal it
+    /// comes back with the reason.
+    pub fn send_datagram_owned(&mut self, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
+        match &mut self.state {
+            State::Established { session, .. } => session.send_datagram_owned(data),
+            State::Done => Err((SendError::Closed, data)),
+            _ => Err((SendError::NotEstablished, data)),
+        }
+    }
+
     /// Closes the connection; an established session sends CLOSE first.
     pub fn close(&mut self, code: CloseCode) {
         match &mut self.state {

@@ -102,6 +102,8 @@ pub struct ServerEndpoint {
     reserved: Reservations,
     /// Where the next REDIRECT starts naming peers, so refusals spread over them.
     peer_cursor: usize,
+    /// When the last well-formed INIT arrived (handshakes compete with a PROBE flood).
+    last_init: Option<Instant>,
 }
 
 impl std::fmt::Debug for ServerEndpoint {
@@ -157,6 +159,7 @@ impl ServerEndpoint {
             held: HeldQueue::default(),
             reserved: Reservations::default(),
             peer_cursor: 0,
+            last_init: None,
         }
     }
 
@@ -188,11 +191,16 @@ impl ServerEndpoint {
     }
 
     /// The runtime reports whether datagrams are waiting beyond what it reads in one wake-up
-    /// (its socket has a backlog). While sessions are open that presses the server (PROTOCOL.md
-    /// §7.7): per-source PROBE and INIT limits engage, so that a PROBE flood from a few sources
-    /// is dropped cheaply instead of crowding out the sessions' DATA.
-    pub fn set_backlog(&mut self, backlog: bool) {
-        let pressing = backlog && !self.sessions.is_empty();
+    /// (its socket has a backlog) at `now`. While sessions are open, or an INIT arrived within
+    /// the last second, that presses the server (PROTOCOL.md §7.7): per-source PROBE and INIT
+    /// limits engage, so that a PROBE flood from a few sources is dropped cheaply instead of
+    /// crowding out sessions and handshakes. A server with nothing but PROBEs to answer is
+    /// never pressed by a backlog.
+    pub fn set_backlog(&mut self, now: Instant, backlog: bool) {
+        let handshaking = self
+            .last_init
+            .is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1));
+        let pressing = backlog && (!self.sessions.is_empty() || handshaking);
         self.admission.set_backlog(pressing);
     }
 
@@ -583,6 +591,7 @@ impl ServerEndpoint {
         out: &mut [u8],
     ) -> Option<Transmit> {
         self.stats.inits_received += 1;
+        self.last_init = Some(now);
         if !self.config.services.iter().any(|s| s == init.service) {
             self.stats.init_unknown_service += 1;
             return None;
@@ -843,6 +852,17 @@ impl ServerEndpoint {
     pub fn send(&mut self, id: SessionId, data: &[u8]) -> Result<(), SendError> {
         let served = self.sessions.get_mut(&id).ok_or(SendError::Closed)?;
         served.session.send_datagram(data)?;
+        self.ready.push_back(id);
+        Ok(())
+    }
+
+    /// Queues a datagram the caller owns on a session, without copying it; on refusal it comes
+    /// back with the reason.
+    pub fn send_owned(&mut self, id: SessionId, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
+        let Some(served) = self.sessions.get_mut(&id) else {
+            return Err((SendError::Closed, data));
+        };
+        served.session.send_datagram_owned(data)?;
         self.ready.push_back(id);
         Ok(())
     }

@@ -238,3 +238,37 @@ fn r8_a_probe_flood_is_bounded_by_the_probe_budget_and_per_source_while_pressed(
     assert!(s.probes_over_budget >= 650, "{}", s.probes_over_budget);
     assert_eq!(b.server.retained_state(), 0, "no per-probe state (S2)");
 }
+
+#[test]
+fn r8_a_socket_backlog_presses_the_server_only_when_handshakes_or_sessions_compete() {
+    let mut b = Bench::new(2, |c| {
+        c.admission = AdmissionConfig {
+            probes_per_source_per_sec: 10,
+            probes_per_source_burst: 20,
+            ..AdmissionConfig::default()
+        }
+    });
+    let mut conn = b.client();
+    let probe = transmits(&mut conn, b.now).remove(0).1;
+    let one = src([198, 51, 100, 7], 40_000);
+    // A backlog with nothing else to do: every PROBE is answered.
+    b.server.set_backlog(b.now, true);
+    assert_eq!(
+        (0..100).filter(|_| b.handle(one, &probe).is_some()).count(),
+        100
+    );
+    // An INIT arrives (a handshake competes): the same backlog now presses the server, and the
+    // flooding source gets its burst (20) and no more.
+    let other = src([203, 0, 113, 9], 40_000);
+    let (_c, init) = b.init_from(other);
+    assert!(b.handle(other, &init).is_some());
+    b.server.set_backlog(b.now, true);
+    assert_eq!(
+        (0..100).filter(|_| b.handle(one, &probe).is_some()).count(),
+        20
+    );
+    assert_eq!(b.server.stats().probes_rate_limited, 80);
+    // No backlog: not pressed, answered again.
+    b.server.set_backlog(b.now, false);
+    assert!(b.handle(one, &probe).is_some());
+}
