@@ -4,9 +4,10 @@
 //! address the client reached — the one its cookies and sessions are bound to (PROTOCOL.md §7.1).
 //!
 //! Public so that other loops over the same sockets (the lab's bare echo, a custom driver) batch
-//! the same way. Linux only, like the rest of the runtime's socket handling. The buffers are allocated once
-//! per driver; the `mmsghdr` arrays are built per call (nix's are not `Send`, and a driver's
-//! future must be), a few hundred bytes on the stack of a synchronous function.
+//! the same way. Linux only, like the rest of the runtime's socket handling. The buffers are
+//! allocated once per driver; the `mmsghdr` arrays are built per call (a few KiB): nix's are not
+//! `Send` (a driver's future must be), and the kernel rewrites each header's address and control
+//! lengths, which nix offers no way to reset for reuse.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -183,9 +184,10 @@ impl SendBatch {
         let mut sent = 0;
         let mut offset = 0;
         while sent < self.items.len() {
-            match socket.try_io(Interest::WRITABLE, || {
-                send_run(socket, &self.data[offset..self.end], &self.items[sent..])
-            }) {
+            // Straight to the kernel (MSG_DONTWAIT): tokio's readiness for a socket that has
+            // not yet been polled writable would turn the first send into a wait for the
+            // reactor. Only a real EAGAIN clears the readiness and waits.
+            match send_run(socket, &self.data[offset..self.end], &self.items[sent..]) {
                 Ok(n) => {
                     offset += self.items[sent..sent + n]
                         .iter()
@@ -194,6 +196,7 @@ impl SendBatch {
                     sent += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = socket.try_io(Interest::WRITABLE, || Err::<(), _>(e));
                     if socket.writable().await.is_err() {
                         break;
                     }

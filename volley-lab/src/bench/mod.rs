@@ -16,13 +16,17 @@
 //!   raced; latency, and the server side's CPU per established session;
 //! - `flood+data-64` / `flood+connect`: `data-64` and `connect-volley` again while the generator
 //!   also floods every server with PROBEs from another address (127.0.0.2) as fast as it can
-//!   send — the established sessions' echo rate and a legitimate client's connects under attack.
+//!   send — the established sessions' echo rate and a legitimate client's connects under attack;
+//! - `core` (once, not per repetition): the server core without sockets on one pinned thread —
+//!   handshakes per second, memory per session and the timer wake-up cost at 1,000 and 100,000
+//!   sessions (see [`core`]).
 //!
 //! CPU: each side's thread CPU (getrusage) and each CPU's busy share (/proc/stat, softirq
 //! included). A case whose generator used ≥ 0.9 of its CPU while the server did not measured the
 //! generator, not the server: it is flagged `gen-bound`.
 
 pub mod connect;
+pub mod core;
 pub mod load;
 
 use std::cell::Cell;
@@ -647,7 +651,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .filter(|c| args.cases.iter().any(|a| a == c))
             .collect()
     };
-    anyhow::ensure!(!cases.is_empty(), "no known case in {:?}", args.cases);
+    let with_core = args.cases.is_empty() || args.cases.iter().any(|c| c == "core");
+    anyhow::ensure!(
+        !cases.is_empty() || with_core,
+        "no known case in {:?}",
+        args.cases
+    );
     std::fs::create_dir_all(&args.out)?;
     let tls = Arc::new(connect::Tls::generate()?);
     let mut results = Vec::new();
@@ -673,14 +682,68 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             results.push(r);
         }
     }
-    let report = report(&args, &results);
+    let mut cores = Vec::new();
+    if with_core {
+        // On the server's CPU, alone: the generator thread is gone by now.
+        let cpu = args.server_cpu;
+        let measured = thread::spawn(move || {
+            pin_to(cpu);
+            [1_000, 100_000].map(core::run)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("core bench panicked"))?;
+        for r in measured {
+            let r = r?;
+            eprintln!(
+                "core {:>7} sessions: handshake {:.1} µs ({:.0}/s), {:.0} B/session, timer wake-up {:.0} ns",
+                r.sessions, r.handshake_us, r.handshakes_per_sec, r.bytes_per_session, r.wake_ns
+            );
+            cores.push(r);
+        }
+    }
+    let mut report = report(&args, &results);
+    report.push_str(&core_report(&cores));
     std::fs::write(args.out.join("results.md"), &report)?;
     std::fs::write(
         args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "cases": results,
+            "core": cores,
+        }))?,
     )?;
     print!("{report}");
     Ok(())
+}
+
+fn core_report(cores: &[core::CoreResult]) -> String {
+    if cores.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## The server core without sockets (one pinned thread)\n\n| sessions | server CPU per handshake | handshakes/s | bytes per session (RSS) | timer wake-up |\n|---|---|---|---|---|\n",
+    );
+    for r in cores {
+        s.push_str(&format!(
+            "| {} | {:.1} µs | {:.0} | {:.0} | {:.0} ns ({} wake-ups) |\n",
+            r.sessions,
+            r.handshake_us,
+            r.handshakes_per_sec,
+            r.bytes_per_session,
+            r.wake_ns,
+            r.wakes
+        ));
+    }
+    if let (Some(a), Some(b)) = (cores.first(), cores.last()) {
+        s.push_str(&format!(
+            "\nTimer wake-up at {} sessions ÷ at {}: {:.2} (goal ≈ 1). Handshakes/s on one core: {:.0} (goal ≥ 15,000). Bytes per idle session: {:.0} (goal ≤ 1,024).\n",
+            b.sessions,
+            a.sessions,
+            b.wake_ns / a.wake_ns,
+            b.handshakes_per_sec,
+            b.bytes_per_session
+        ));
+    }
+    s
 }
 
 fn median_min_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
