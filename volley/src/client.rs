@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
@@ -13,68 +13,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info};
 use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome, SharedPoolState, Winner};
 use volley_proto::{
-    ClientConfig, ClientEvent, ClientStats, CloseCode, CloseReason, ConnectError, Connection,
-    LoadHint, MAX_DATAGRAM_LEN, SelectionPolicy,
+    ClientConfig, ClientEvent, CloseCode, CloseReason, ConnectError, Connection, MAX_DATAGRAM_LEN,
+    SelectionPolicy,
 };
 
 use crate::error::Error;
-use crate::server::sleep_until;
+use crate::report::{ConnectReport, OfferFate, OfferSeen};
 use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Session, Status};
-use crate::socket::{RECV_BATCH, RecvBuf, send_to, transient};
-
-/// What became of an offer the client received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OfferFate {
-    /// It chose this session's server.
-    Selected,
-    /// A `Window` or `NBest` race collected it, and it did not choose this session's server
-    /// (under `NBest` it may have chosen a sibling session's).
-    Collected,
-    /// It arrived after its race was decided: void (C5).
-    Late,
-}
-
-/// One offer of a race, as the client saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct OfferSeen {
-    /// The server that offered (as probed).
-    pub server: SocketAddr,
-    /// From the race's first probe to this offer (C3).
-    pub answer_time: Duration,
-    /// The offer's load hint (L2). `None` only when the datagram could not be read again.
-    pub load: Option<LoadHint>,
-    /// What became of it.
-    pub fate: OfferFate,
-}
-
-/// What a client learned while connecting, kept current for the life of the session.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct ConnectReport {
-    /// The server of the current session.
-    pub server: Option<SocketAddr>,
-    /// Its answer time in the race that chose it (C3).
-    pub answer_time: Option<Duration>,
-    /// The load hint of the offer that chose it (L2).
-    pub load: Option<LoadHint>,
-    /// INIT to ACCEPT with it.
-    pub handshake_time: Option<Duration>,
-    /// The offers of the latest race in arrival order, with their load hints. Under
-    /// `Earliest` the winner comes first and every other offer is late. (The offer that closes
-    /// a `Window` race without winning it is counted in `stats.offers_not_chosen` only.) A
-    /// session opened from an `NBest` race's runner-up lists just its own offer.
-    pub offers: Vec<OfferSeen>,
-    /// Offers that arrived after their race was decided, voided (C5), over the connection's life.
-    pub late_offers: u64,
-    /// Servers that REDIRECTs added to the pool (R3), over the connection's life.
-    pub redirected_to: Vec<SocketAddr>,
-    /// Times the connection lost its server and moved to another (R5).
-    pub failovers: u64,
-    /// The protocol counters.
-    pub stats: ClientStats,
-}
+use crate::socket::{RECV_BATCH, RecvBuf, send_to, sleep_until, transient};
 
 /// Connects to volley pools.
 ///
@@ -101,13 +47,13 @@ impl Client {
     /// for their own server with [`Session::report_failure`] and [`Session::report_success`].
     pub fn report(&self, server: SocketAddr, outcome: ServerOutcome) {
         let mut state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        state.report(Instant::now(), server, outcome);
+        state.report(crate::socket::now(), server, outcome);
     }
 
     /// Whether `server` is ejected from this client's races now (L7).
     pub fn is_ejected(&self, server: SocketAddr) -> bool {
         let state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        state.is_ejected(Instant::now(), &server)
+        state.is_ejected(crate::socket::now(), &server)
     }
 
     /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
@@ -168,7 +114,7 @@ impl Client {
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
-        let now = Instant::now();
+        let now = crate::socket::now();
         let conn = Connection::with_state(
             now,
             config,
@@ -425,7 +371,7 @@ impl Driver {
         let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
         let mut handles_open = true;
         loop {
-            let now = Instant::now();
+            let now = crate::socket::now();
             for m in &mut self.members {
                 if m.blocked {
                     m.drain();
@@ -487,7 +433,7 @@ impl Driver {
                 _ = sleep_until(deadline) => {}
             }
             // Check the clock ourselves rather than trusting that the sleep branch fired.
-            let now = Instant::now();
+            let now = crate::socket::now();
             for m in &mut self.members {
                 if m.conn.poll_timeout().is_some_and(|t| t <= now) {
                     m.conn.handle_timeout(now);
@@ -514,7 +460,7 @@ impl Driver {
     /// Hands one datagram to the first connection that claims it, else to the main one (which
     /// counts what nobody wants), and drains that connection's events.
     fn datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let now = Instant::now();
+        let now = crate::socket::now();
         let index = if self.members.len() > 1 {
             self.members
                 .iter()

@@ -39,15 +39,19 @@
 mod client;
 pub mod echo;
 mod error;
+mod load;
+mod report;
 mod server;
 mod session;
 mod socket;
 mod timer;
 pub mod udp;
 
-pub use client::{Client, ConnectReport, OfferFate, OfferSeen};
+pub use client::Client;
 pub use error::Error;
-pub use server::{LoadGuard, Server, ServerHandle};
+pub use load::LoadGuard;
+pub use report::{ConnectReport, OfferFate, OfferSeen};
+pub use server::{Server, ServerHandle};
 pub use session::{Request, SEND_QUEUE, Session, SessionStats};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
@@ -19,8 +19,9 @@ use volley_proto::{
 };
 
 use crate::error::Error;
+use crate::load::{LoadGuard, Shared};
 use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Session, Status};
-use crate::socket::transient;
+use crate::socket::{sleep_until, transient};
 use crate::timer::PreciseTimer;
 use crate::udp::{self, RecvBatch, SendBatch};
 
@@ -35,90 +36,6 @@ enum Control {
     Shutdown(oneshot::Sender<()>),
     Capacity(Option<u32>),
     MaxSessions(Option<u32>),
-}
-
-/// What the driver publishes after every wake-up, for the handles to read.
-#[derive(Debug, Default)]
-struct Published {
-    stats: ServerStats,
-    load: ServerLoad,
-}
-
-/// State shared by the driver, the [`Server`], its [`ServerHandle`]s and [`LoadGuard`]s.
-#[derive(Debug, Default)]
-struct Shared {
-    /// [`LoadGuard`]s alive: requests in flight the application is serving.
-    guards: AtomicU32,
-    /// [`LoadGuard`]s dropped so far: requests completed.
-    guards_done: AtomicU64,
-    /// The last [`Server::set_app_load`] value.
-    app: AtomicU32,
-    /// The running total of completions in the last [`Server::set_app_load`] value.
-    app_done: AtomicU64,
-    /// Wakes the driver when either count changes. A `Notify` keeps one permit when the driver
-    /// is busy elsewhere, so no change is missed, and many changes cost one wake-up.
-    changed: Notify,
-    published: Mutex<Published>,
-}
-
-impl Shared {
-    /// The application load the endpoint weighs: the value set plus the guards alive, and the
-    /// completions of both.
-    fn app_load(&self) -> AppLoad {
-        AppLoad {
-            in_flight: self
-                .app
-                .load(Ordering::Acquire)
-                .saturating_add(self.guards.load(Ordering::Acquire)),
-            completed: self
-                .app_done
-                .load(Ordering::Acquire)
-                .saturating_add(self.guards_done.load(Ordering::Acquire)),
-        }
-    }
-
-    fn published(&self) -> std::sync::MutexGuard<'_, Published> {
-        // The lock only guards plain copies; a panic elsewhere cannot leave it inconsistent.
-        self.published.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn guard(self: &Arc<Self>) -> LoadGuard {
-        self.guards.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
-        LoadGuard {
-            shared: Arc::clone(self),
-        }
-    }
-
-    fn set_app_load(&self, load: AppLoad) {
-        self.app.store(load.in_flight, Ordering::Release);
-        self.app_done.store(load.completed, Ordering::Release);
-        self.changed.notify_one();
-    }
-}
-
-/// One request in flight (L1, L5): while it is alive the server counts one more request, which
-/// raises its expected completion time — so it delays (`Paced`) or holds (`Gated`) its offers —
-/// and its load hint (L2); its drop counts one completion, from which the server measures its
-/// service time. [`Session::recv_request`] takes one per request for you; take your own with
-/// [`Server::load_guard`] or [`ServerHandle::load_guard`] for work the runtime cannot see, and
-/// drop it when the request is done. The drop wakes the server, so that a freed slot releases
-/// a held probe at once.
-///
-/// Idle sessions are not load (unless [`ServerConfig::count_sessions`]). Guards outliving the
-/// server are harmless.
-#[derive(Debug)]
-#[must_use = "the load is counted only while the guard is alive"]
-pub struct LoadGuard {
-    shared: Arc<Shared>,
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.shared.guards_done.fetch_add(1, Ordering::AcqRel);
-        self.shared.guards.fetch_sub(1, Ordering::AcqRel);
-        self.shared.changed.notify_one();
-    }
 }
 
 /// A cloneable handle on a running server's load and counters, for request handlers and
@@ -193,7 +110,7 @@ impl Server {
             _ => None,
         };
         let rng = Box::new(rand::rngs::StdRng::from_entropy());
-        let endpoint = ServerEndpoint::new(Instant::now(), config, rng);
+        let endpoint = ServerEndpoint::new(crate::socket::now(), config, rng);
         // The accept queue decouples the driver from a slow application; the control channel is
         // unbounded because it carries a handful of rare messages.
         let (accept_tx, accept) = mpsc::channel(ACCEPT_QUEUE);
@@ -347,7 +264,8 @@ impl Driver {
             // Near deadlines (paced offers) also arm the precise timer; tokio's sleep stays as
             // the backstop either way.
             let precise = self.precise.as_ref().map(|(timer, horizon)| {
-                let near = next.filter(|t| t.saturating_duration_since(Instant::now()) <= *horizon);
+                let near =
+                    next.filter(|t| t.saturating_duration_since(crate::socket::now()) <= *horizon);
                 timer.arm(near);
                 (timer, near.is_some())
             });
@@ -368,7 +286,7 @@ impl Driver {
                                 if n == udp::BATCH {
                                     full_rounds += 1;
                                 }
-                                let now = Instant::now();
+                                let now = crate::socket::now();
                                 // Sessions' DATA and INITs first, PROBEs last (PROTOCOL.md §7.7):
                                 // a PROBE flood delays the rest by one batch at most.
                                 let is_probe = |d: &[u8]| d.get(1) == Some(&volley_proto::packet::kind::PROBE);
@@ -393,14 +311,14 @@ impl Driver {
                             Err(e) => { debug!(error = %e, "recv failed"); break; }
                         }
                     }
-                    self.endpoint.set_backlog(Instant::now(), full_rounds == RECV_ROUNDS);
+                    self.endpoint.set_backlog(crate::socket::now(), full_rounds == RECV_ROUNDS);
                     self.tx.flush(&self.socket).await;
                 }
                 Some(cmd) = cmd_rx.recv() => self.command(cmd),
                 // Application load changed (a guard taken or dropped): the flush at the top of
                 // the loop then sends any held offer a freed slot releases.
                 _ = self.shared.changed.notified() => {
-                    self.endpoint.set_app_load(Instant::now(), self.shared.app_load());
+                    self.endpoint.set_app_load(crate::socket::now(), self.shared.app_load());
                 }
                 control = self.control.recv() => match control {
                     Some(Control::Capacity(c)) => self.endpoint.set_capacity(c),
@@ -419,7 +337,7 @@ impl Driver {
                 _ = fired(precise) => {}
             }
             // Check the clock ourselves rather than trusting that the sleep branch fired.
-            let now = Instant::now();
+            let now = crate::socket::now();
             if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
                 self.endpoint.handle_timeout(now);
             }
@@ -476,7 +394,7 @@ impl Driver {
     }
 
     async fn flush(&mut self, cmd_tx: &mpsc::UnboundedSender<Cmd>) {
-        let now = Instant::now();
+        let now = crate::socket::now();
         // A few rounds at most: the core's queues hold more than a session's send queue, so a
         // blocked session is normally through in one; any still blocked wait for the next wake.
         for _ in 0..4 {
@@ -558,13 +476,5 @@ async fn fired(precise: Option<(&PreciseTimer, bool)>) {
     match precise {
         Some((timer, true)) => timer.fired().await,
         _ => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none.
-pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

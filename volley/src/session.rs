@@ -6,15 +6,14 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, watch};
 use volley_proto::client::{ServerOutcome, SharedPoolState};
 use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError};
 
-use crate::client::ConnectReport;
 use crate::error::Error;
-use crate::server::LoadGuard;
+use crate::load::LoadGuard;
+use crate::report::ConnectReport;
 
 /// Requests from session handles to their driver task. The channel is unbounded but holds at
 /// most a few messages per session: `Ready` is sent only when a session's send queue goes from
@@ -425,7 +424,7 @@ impl Session {
         if let Some(pool) = &self.pool {
             let server = self.remote();
             let mut state = pool.lock().unwrap_or_else(|e| e.into_inner());
-            state.report(Instant::now(), server, outcome);
+            state.report(crate::socket::now(), server, outcome);
         }
     }
 

@@ -14,6 +14,12 @@ pub const RECV_BATCH: usize = 64;
 /// datagrams are seen as oversized rather than silently truncated to a valid length.
 pub type RecvBuf = [u8; MAX_DATAGRAM_LEN + 1];
 
+/// The drivers' clock: tokio's, so that a test on a paused runtime (`start_paused`) moves the
+/// protocol's timers with virtual time; the same as `std::time::Instant::now()` otherwise.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Sends, logging but otherwise ignoring errors: UDP sends fail transiently (buffer full,
 /// ICMP unreachable reported on a later call) and the protocol's retransmissions cover them.
 pub async fn send_to(socket: &UdpSocket, data: &[u8], to: SocketAddr) {
@@ -31,4 +37,12 @@ pub fn transient(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

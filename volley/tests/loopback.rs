@@ -746,3 +746,43 @@ async fn c6_a_server_bound_to_a_wildcard_address_answers_from_the_address_probed
     let _ = stop.send(());
     let _ = task.await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
+    // The drivers read tokio's clock: with time paused, a 30 s idle timeout after the server
+    // vanishes passes in virtual time, and the test takes milliseconds of real time.
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let slow = SessionConfig {
+        keepalive_interval: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+    };
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = slow;
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let pool = vec![server.local_addr()];
+    let task = tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    let mut ccfg = ClientConfig::new(vec![key.public()]);
+    ccfg.session = slow;
+    ccfg.max_failovers = 0;
+    let mut s = Client::new(ccfg).connect(&pool).await.unwrap();
+    echoes(&mut s, b"before").await;
+    task.abort();
+    let real = Instant::now();
+    let virtual_start = tokio::time::Instant::now();
+    let reason = timeout(Duration::from_secs(120), s.closed())
+        .await
+        .expect("the idle timeout fired in virtual time");
+    assert_eq!(reason, volley::CloseReason::IdleTimeout);
+    let waited = virtual_start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(40),
+        "{waited:?} of virtual time"
+    );
+    assert!(
+        real.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        real.elapsed()
+    );
+}
