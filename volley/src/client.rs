@@ -1,8 +1,9 @@
 //! The client runtime: [`Client::connect`] races a pool and returns a [`Session`] with the
-//! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race (L3). One
-//! driver task per call owns the UDP socket and every connection on it, and keeps them alive
-//! afterwards (keepalive, failover).
+//! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race (L3). A
+//! client endpoint — one UDP socket and one driver task per address family — serves every
+//! connection of a client and keeps them alive afterwards (keepalive, failover).
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info};
+use tracing::{debug, info, trace};
 use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome, SharedPoolState, Winner};
 use volley_proto::{
     ClientConfig, ClientEvent, CloseCode, CloseReason, ConnectError, Connection, MAX_DATAGRAM_LEN,
@@ -28,10 +29,25 @@ use crate::socket::{RECV_BATCH, RecvBuf, send_to, sleep_until, transient};
 /// about the pool — answer and handshake times, which set the retransmission timers (L6), and
 /// which servers failed, which are ejected from races for a while (L7). Independent `Client`s
 /// share nothing.
+///
+/// A client serves all its connections from one UDP socket per address family (and loopback or
+/// not), with one driver task: the first `connect` to a pool of that kind binds it (an
+/// ephemeral port), or [`Client::with_socket`] hands one in.
 #[derive(Debug, Clone)]
 pub struct Client {
     config: ClientConfig,
     pool: SharedPoolState,
+    endpoints: Arc<Mutex<HashMap<IpAddr, Endpoint>>>,
+}
+
+/// The kind of local address a pool is reached from: loopback or any, IPv4 or IPv6.
+fn bind_ip(remote: IpAddr) -> IpAddr {
+    match remote {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 impl Client {
@@ -39,7 +55,64 @@ impl Client {
     /// fan-out, ejection).
     pub fn new(config: ClientConfig) -> Self {
         let pool = PoolState::shared(config.ejection);
-        Self { config, pool }
+        Self {
+            config,
+            pool,
+            endpoints: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A client whose connections of `socket`'s address family use `socket` (bring your own:
+    /// one with `SO_REUSEPORT`, a fixed port, or one handed over by systemd). A socket bound to
+    /// a loopback address serves loopback pools only; one bound to a wildcard or another
+    /// address serves every pool of its family. Call within a tokio runtime.
+    pub fn with_socket(config: ClientConfig, socket: std::net::UdpSocket) -> Result<Self, Error> {
+        let client = Self::new(config);
+        let local = socket.local_addr()?;
+        socket.set_nonblocking(true)?;
+        let endpoint = Endpoint::start(UdpSocket::from_std(socket)?);
+        let mut endpoints = lock_endpoints(&client.endpoints);
+        let family = |loopback: bool| match (local.ip(), loopback) {
+            (IpAddr::V4(_), true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            (IpAddr::V4(_), false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (IpAddr::V6(_), true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            (IpAddr::V6(_), false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        endpoints.insert(family(true), endpoint.clone());
+        if !local.ip().is_loopback() {
+            endpoints.insert(family(false), endpoint);
+        }
+        drop(endpoints);
+        Ok(client)
+    }
+
+    /// The local address connections to `remote` are made from, once a connect has bound it
+    /// (or [`Client::with_socket`] gave it).
+    pub fn local_addr(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        lock_endpoints(&self.endpoints)
+            .get(&bind_ip(remote.ip()))
+            .map(|e| e.local)
+    }
+
+    /// The endpoint for pools reached from `ip`'s kind of address: the one running, or a new
+    /// one on a fresh ephemeral socket.
+    async fn endpoint(&self, remote: IpAddr) -> Result<Endpoint, Error> {
+        let key = bind_ip(remote);
+        if let Some(e) = lock_endpoints(&self.endpoints).get(&key) {
+            if !e.opens.is_closed() {
+                return Ok(e.clone());
+            }
+        }
+        let socket = UdpSocket::bind(SocketAddr::new(key, 0)).await?;
+        let endpoint = Endpoint::start(socket);
+        // Two connects may race to create it: the first one stored wins, the other's driver
+        // ends with nothing to serve once its handle is dropped.
+        let mut endpoints = lock_endpoints(&self.endpoints);
+        let e = endpoints.entry(key).or_insert_with(|| endpoint.clone());
+        if e.opens.is_closed() {
+            *e = endpoint;
+        }
+        Ok(e.clone())
     }
 
     /// Reports what became of a request served by `server` (L7): failures in a row eject it
@@ -57,8 +130,7 @@ impl Client {
     }
 
     /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
-    /// server. Binds a fresh UDP socket on an ephemeral port of the pool's address family.
-    /// Under [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`].
+    /// server, on this client's socket for the pool's address family. Under [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`].
     pub async fn connect(&self, pool: &[SocketAddr]) -> Result<Session, Error> {
         let mut sessions = self.open(pool, self.config.clone(), None).await?;
         sessions
@@ -98,8 +170,8 @@ impl Client {
         self.open(pool, main, plan).await
     }
 
-    /// Binds a socket, starts a driver with the main connection (and siblings per `plan`), and
-    /// waits until every connection is established or failed.
+    /// Hands the main connection (and siblings per `plan`) to the endpoint's driver and waits
+    /// until every one is established or failed.
     async fn open(
         &self,
         pool: &[SocketAddr],
@@ -107,37 +179,22 @@ impl Client {
         plan: Option<SiblingPlan>,
     ) -> Result<Vec<Session>, Error> {
         let first = pool.first().ok_or(ConnectError::NothingToRace)?;
-        let bind_ip = match first.ip() {
-            IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
-        let now = crate::socket::now();
-        let conn = Connection::with_state(
-            now,
-            config,
-            pool.to_vec(),
-            rng(),
-            SharedPoolState::clone(&self.pool),
-        );
+        let endpoint = self.endpoint(first.ip()).await?;
         let (ready_tx, ready_rx) = oneshot::channel();
-        // Session handles send their commands here, tagged with their member id. Only the
-        // handles hold senders: when the last one is dropped the driver closes everything.
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let mut driver = Driver {
-            socket,
-            members: Vec::new(),
+        let open = Open {
+            config,
+            pool: pool.to_vec(),
             plan,
-            ready: Some(ready_tx),
-            cmd: cmd_rx,
+            state: SharedPoolState::clone(&self.pool),
+            ready: ready_tx,
         };
-        driver.add_member(conn, *first, ConnectReport::default());
-        tokio::spawn(driver.run());
+        if endpoint.opens.send(open).is_err() {
+            return Err(Error::Connect(ConnectError::NothingToRace));
+        }
         let outcomes = ready_rx
             .await
             .map_err(|_| Error::Connect(ConnectError::NothingToRace))?;
+        let cmd_tx = endpoint.cmd;
         let mut sessions = Vec::new();
         let mut first_error = None;
         for (id, outcome) in outcomes {
@@ -169,6 +226,67 @@ impl Client {
 
 fn rng() -> Box<rand::rngs::StdRng> {
     Box::new(rand::rngs::StdRng::from_entropy())
+}
+
+fn lock_endpoints(
+    m: &Mutex<HashMap<IpAddr, Endpoint>>,
+) -> MutexGuard<'_, HashMap<IpAddr, Endpoint>> {
+    // Plain handles behind the lock; a panic elsewhere cannot leave it inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A client endpoint: one UDP socket and the driver task serving every connection on it.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    local: SocketAddr,
+    opens: mpsc::UnboundedSender<Open>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Endpoint {
+    fn start(socket: UdpSocket) -> Self {
+        let local = socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        let (opens, opens_rx) = mpsc::unbounded_channel();
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            socket,
+            members: BTreeMap::new(),
+            groups: Vec::new(),
+            next_id: 0,
+            opens: opens_rx,
+            cmd: cmd_rx,
+        };
+        tokio::spawn(driver.run());
+        Self { local, opens, cmd }
+    }
+}
+
+/// A connect for the driver: race `pool`, and tell `ready` when every connection of the group
+/// is established or failed.
+struct Open {
+    config: ClientConfig,
+    pool: Vec<SocketAddr>,
+    plan: Option<SiblingPlan>,
+    state: SharedPoolState,
+    ready: oneshot::Sender<Vec<Outcome>>,
+}
+
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Open")
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connections of one `connect` (one) or `connect_n` (the main one and its siblings).
+struct Group {
+    ids: Vec<u32>,
+    /// `NBest`: siblings still to be opened when the main race is decided.
+    plan: Option<SiblingPlan>,
+    ready: Option<oneshot::Sender<Vec<Outcome>>>,
 }
 
 /// How an `NBest` group opens its sibling connections once the main race is decided.
@@ -205,6 +323,8 @@ struct Member {
     status: watch::Sender<Status>,
     /// Whether this member's race was decided at least once (the main one: siblings may start).
     selected: bool,
+    /// Whether its group's caller has been told how it went (it may leave the driver once done).
+    reported: bool,
 }
 
 fn lock(report: &Mutex<ConnectReport>) -> MutexGuard<'_, ConnectReport> {
@@ -326,20 +446,23 @@ impl Member {
     }
 }
 
-/// Owns one socket and every connection on it: one for `connect`, the main connection and its
-/// `NBest` siblings for `connect_n`.
+/// Owns one socket and every connection on it: every `connect` and `connect_n` of a client
+/// for pools of this kind. Datagrams go to the connection that claims them (race tag, handshake,
+/// session id): a scan of the connections per datagram, fine for the hundreds a client holds
+/// and not for a proxy's hundreds of thousands (an index by tag and session id would be).
 struct Driver {
     socket: UdpSocket,
-    members: Vec<Member>,
-    /// `NBest`: siblings still to be opened when the main race is decided.
-    plan: Option<SiblingPlan>,
-    ready: Option<oneshot::Sender<Vec<Outcome>>>,
+    members: BTreeMap<u32, Member>,
+    groups: Vec<Group>,
+    next_id: u32,
+    opens: mpsc::UnboundedReceiver<Open>,
     cmd: mpsc::UnboundedReceiver<Cmd>,
 }
 
 impl Driver {
-    fn add_member(&mut self, conn: Connection, remote: SocketAddr, report: ConnectReport) {
-        let id = self.members.len() as u32;
+    fn add_member(&mut self, conn: Connection, remote: SocketAddr, report: ConnectReport) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
         let report = Arc::new(Mutex::new(report));
         let link = Arc::new(Link::default());
         let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
@@ -347,32 +470,53 @@ impl Driver {
             remote,
             closed: None,
         });
-        self.members.push(Member {
+        self.members.insert(
             id,
-            conn,
-            outcome: None,
-            parts: Some(Parts {
-                link: Arc::clone(&link),
-                incoming: in_rx,
-                status: st_rx,
-                report: Arc::clone(&report),
-            }),
-            report,
-            link,
-            blocked: false,
-            incoming: in_tx,
-            status: st_tx,
-            selected: false,
+            Member {
+                id,
+                conn,
+                outcome: None,
+                parts: Some(Parts {
+                    link: Arc::clone(&link),
+                    incoming: in_rx,
+                    status: st_rx,
+                    report: Arc::clone(&report),
+                }),
+                report,
+                link,
+                blocked: false,
+                incoming: in_tx,
+                status: st_tx,
+                selected: false,
+                reported: false,
+            },
+        );
+        id
+    }
+
+    /// Starts a group: its main connection now, its siblings when the main race is decided.
+    fn start(&mut self, open: Open, now: Instant) {
+        let Some(first) = open.pool.first().copied() else {
+            let _ = open.ready.send(Vec::new());
+            return;
+        };
+        let conn = Connection::with_state(now, open.config, open.pool, rng(), open.state);
+        let id = self.add_member(conn, first, ConnectReport::default());
+        self.groups.push(Group {
+            ids: vec![id],
+            plan: open.plan,
+            ready: Some(open.ready),
         });
     }
 
     async fn run(mut self) {
         let mut rbuf: RecvBuf = [0; MAX_DATAGRAM_LEN + 1];
         let mut tbuf = [0u8; MAX_DATAGRAM_LEN];
+        let mut opens_open = true;
         let mut handles_open = true;
         loop {
             let now = crate::socket::now();
-            for m in &mut self.members {
+            for m in self.members.values_mut() {
                 if m.blocked {
                     m.drain();
                 }
@@ -389,12 +533,15 @@ impl Driver {
                 continue;
             }
             self.report_ready();
-            if self.members.iter().all(|m| m.conn.is_done()) {
+            self.reap();
+            if (!opens_open || !handles_open) && self.members.is_empty() {
+                // Nothing is served and nothing more can come (the client is gone, or every
+                // handle and the client are).
                 break;
             }
             let deadline = self
                 .members
-                .iter()
+                .values()
                 .filter_map(|m| m.conn.poll_timeout())
                 .min()
                 .map(tokio::time::Instant::from_std);
@@ -411,21 +558,25 @@ impl Driver {
                         }
                     }
                 }
+                open = self.opens.recv(), if opens_open => match open {
+                    Some(open) => self.start(open, now),
+                    None => opens_open = false,
+                },
                 cmd = self.cmd.recv(), if handles_open => match cmd {
                     Some(Cmd::Ready { id }) => {
-                        if let Some(m) = self.member(id) {
+                        if let Some(m) = self.members.get_mut(&id) {
                             m.drain();
                         }
                     }
                     Some(Cmd::Close { id, code }) => {
-                        if let Some(m) = self.member(id) {
+                        if let Some(m) = self.members.get_mut(&id) {
                             m.conn.close(code);
                         }
                     }
                     None => {
-                        // Every handle is gone: close politely.
+                        // Every handle and the client are gone: close politely.
                         handles_open = false;
-                        for m in &mut self.members {
+                        for m in self.members.values_mut() {
                             m.conn.close(CloseCode::NORMAL);
                         }
                     }
@@ -434,15 +585,17 @@ impl Driver {
             }
             // Check the clock ourselves rather than trusting that the sleep branch fired.
             let now = crate::socket::now();
-            for m in &mut self.members {
+            for m in self.members.values_mut() {
                 if m.conn.poll_timeout().is_some_and(|t| t <= now) {
                     m.conn.handle_timeout(now);
                 }
             }
         }
         // Nothing more will be opened: whoever waits hears what became of each member.
-        self.plan = None;
-        for m in &mut self.members {
+        for g in &mut self.groups {
+            g.plan = None;
+        }
+        for m in self.members.values_mut() {
             m.events();
             m.link.close();
             m.status.send_modify(|s| {
@@ -453,101 +606,133 @@ impl Driver {
         self.report_ready();
     }
 
-    fn member(&mut self, id: u32) -> Option<&mut Member> {
-        self.members.get_mut(id as usize)
-    }
-
-    /// Hands one datagram to the first connection that claims it, else to the main one (which
-    /// counts what nobody wants), and drains that connection's events.
+    /// Hands one datagram to the connection that claims it — or, when none does, to the oldest
+    /// one, which counts what nobody wants — and drains that connection's events.
     fn datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
         let now = crate::socket::now();
-        let index = if self.members.len() > 1 {
+        let id = if self.members.len() > 1 {
             self.members
-                .iter()
-                .position(|m| m.conn.claims(from, datagram))
-                .unwrap_or(0)
+                .values()
+                .find(|m| m.conn.claims(from, datagram))
+                .map(|m| m.id)
         } else {
-            0
+            None
         };
-        let Some(m) = self.members.get_mut(index) else {
+        let m = match id {
+            Some(id) => self.members.get_mut(&id),
+            None => self.members.values_mut().next(),
+        };
+        let Some(m) = m else {
+            trace!(%from, "datagram for no connection");
             return;
         };
         m.conn.handle(now, from, datagram);
         m.events();
     }
 
-    /// `NBest`: once the main race is decided, opens a sibling connection with each extra
+    /// `NBest`: once a group's main race is decided, opens a sibling connection with each extra
     /// winner, on this socket (the cookies are bound to its address). Only the first race's
     /// runners-up are used; a later race of the main connection (after a refusal or failover)
     /// serves the main session alone. True when siblings were added.
     fn open_siblings(&mut self, now: Instant) -> bool {
-        let Some(main) = self.members.first_mut() else {
-            return false;
-        };
-        let decided = main.selected;
-        let failed = matches!(main.outcome, Some(Err(_)));
-        let extra = main.conn.take_extra_winners();
-        let tag = main.conn.decided_tag();
-        if !decided {
-            if failed {
-                self.plan = None;
+        let mut added = false;
+        for g in 0..self.groups.len() {
+            let main_id = self.groups[g].ids[0];
+            let Some(main) = self.members.get_mut(&main_id) else {
+                self.groups[g].plan = None;
+                continue;
+            };
+            let decided = main.selected;
+            let failed = matches!(main.outcome, Some(Err(_)));
+            let extra = main.conn.take_extra_winners();
+            let tag = main.conn.decided_tag();
+            if !decided {
+                if failed {
+                    self.groups[g].plan = None;
+                }
+                continue;
             }
-            return false;
-        }
-        let Some(plan) = self.plan.take() else {
-            return false;
-        };
-        let Some(tag) = tag else {
-            return false;
-        };
-        let added = !extra.is_empty();
-        for w in extra {
-            let report = sibling_report(&w);
-            let server = w.server;
-            let conn = Connection::from_winner(
-                now,
-                plan.config.clone(),
-                plan.pool.clone(),
-                tag,
-                w,
-                rng(),
-                SharedPoolState::clone(&plan.state),
-            );
-            debug!(%server, "n-best: opening a sibling session");
-            self.add_member(conn, server, report);
+            let Some(plan) = self.groups[g].plan.take() else {
+                continue;
+            };
+            let Some(tag) = tag else {
+                continue;
+            };
+            for w in extra {
+                let report = sibling_report(&w);
+                let server = w.server;
+                let conn = Connection::from_winner(
+                    now,
+                    plan.config.clone(),
+                    plan.pool.clone(),
+                    tag,
+                    w,
+                    rng(),
+                    SharedPoolState::clone(&plan.state),
+                );
+                debug!(%server, "n-best: opening a sibling session");
+                let id = self.add_member(conn, server, report);
+                self.groups[g].ids.push(id);
+                added = true;
+            }
         }
         added
     }
 
-    /// Once every member is established or failed (and no sibling is still to come), tells
-    /// the caller, handing over each member's receiving ends.
+    /// Once every member of a group is established or failed (and no sibling is still to
+    /// come), tells its caller, handing over each member's receiving ends.
     fn report_ready(&mut self) {
-        if self.ready.is_none()
-            || self.plan.is_some()
-            || self
-                .members
+        for g in &mut self.groups {
+            if g.ready.is_none()
+                || g.plan.is_some()
+                || g.ids.iter().any(|id| {
+                    self.members
+                        .get(id)
+                        .is_some_and(|m| m.outcome.is_none() && !m.conn.is_done())
+                })
+            {
+                continue;
+            }
+            let Some(ready) = g.ready.take() else {
+                continue;
+            };
+            let outcomes = g
+                .ids
                 .iter()
-                .any(|m| m.outcome.is_none() && !m.conn.is_done())
-        {
-            return;
+                .map(|id| {
+                    let outcome = match self.members.get_mut(id) {
+                        Some(m) => {
+                            m.reported = true;
+                            match (m.outcome, m.parts.take()) {
+                                (Some(Ok(())), Some(parts)) => Ok(parts),
+                                (Some(Err(e)), _) => Err(e),
+                                // Closed before it came up: only a local close does that.
+                                _ => Err(ConnectError::NothingToRace),
+                            }
+                        }
+                        None => Err(ConnectError::NothingToRace),
+                    };
+                    (*id, outcome)
+                })
+                .collect();
+            let _ = ready.send(outcomes);
         }
-        let Some(ready) = self.ready.take() else {
-            return;
-        };
-        let outcomes = self
-            .members
-            .iter_mut()
-            .map(|m| {
-                let outcome = match (m.outcome, m.parts.take()) {
-                    (Some(Ok(())), Some(parts)) => Ok(parts),
-                    (Some(Err(e)), _) => Err(e),
-                    // Closed before it came up: only a local close does that.
-                    _ => Err(ConnectError::NothingToRace),
-                };
-                (m.id, outcome)
-            })
-            .collect();
-        let _ = ready.send(outcomes);
+        self.groups.retain(|g| g.ready.is_some());
+    }
+
+    /// Lets go of connections that are over and whose caller has heard of them.
+    fn reap(&mut self) {
+        self.members.retain(|_, m| {
+            let keep = !(m.reported && m.conn.is_done());
+            if !keep {
+                m.link.close();
+                m.status.send_modify(|s| {
+                    s.closed
+                        .get_or_insert(CloseReason::Local(CloseCode::NORMAL));
+                });
+            }
+            keep
+        });
     }
 }
 

@@ -93,7 +93,18 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (use port 0 for any) and starts serving.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, Error> {
-        let socket = UdpSocket::bind(addr).await?;
+        Self::serve(UdpSocket::bind(addr).await?, config)
+    }
+
+    /// Serves on a socket the caller made (bring your own: one with `SO_REUSEPORT` so that
+    /// several servers share a port, or one handed over by systemd). It is made non-blocking;
+    /// call within a tokio runtime.
+    pub fn from_socket(socket: std::net::UdpSocket, config: ServerConfig) -> Result<Self, Error> {
+        socket.set_nonblocking(true)?;
+        Self::serve(UdpSocket::from_std(socket)?, config)
+    }
+
+    fn serve(socket: UdpSocket, config: ServerConfig) -> Result<Self, Error> {
         let local = socket.local_addr()?;
         udp::enable_local_addr(&socket)?;
         let public = config.keypair.public();

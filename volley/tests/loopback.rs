@@ -786,3 +786,123 @@ async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
         real.elapsed()
     );
 }
+
+#[tokio::test]
+async fn c1_one_client_endpoint_serves_every_connection_from_one_socket() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = fast_session();
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap();
+    let pool = vec![server.local_addr()];
+    let client = client_for(&key, SelectionPolicy::Earliest);
+    assert_eq!(
+        client.local_addr(pool[0]),
+        None,
+        "nothing bound before a connect"
+    );
+    // Ten at once and ten one after another, from one client.
+    let mut sessions = Vec::new();
+    let together =
+        futures_like_join(std::iter::repeat_with(|| client.connect(&pool)).take(10)).await;
+    for s in together {
+        sessions.push(s.unwrap());
+    }
+    for _ in 0..10 {
+        sessions.push(
+            timeout(BOUND, client.connect(&pool))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let local = client
+        .local_addr(pool[0])
+        .expect("bound by the first connect");
+    let mut accepted = Vec::new();
+    for _ in 0..20 {
+        let s = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+        assert_eq!(s.remote(), local, "every session comes from the one socket");
+        accepted.push(s);
+    }
+    // And each is its own session over that socket: every datagram reaches exactly one server
+    // session, and every server session gets exactly one.
+    for (i, s) in sessions.iter().enumerate() {
+        s.send(format!("session {i}").as_bytes()).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for s in &mut accepted {
+        got.push(String::from_utf8(timeout(BOUND, s.recv()).await.unwrap().unwrap()).unwrap());
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("session {i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Bring your own socket.
+    let own = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let own_addr = own.local_addr().unwrap();
+    let mut ccfg = ClientConfig::new(vec![key.public()]);
+    ccfg.session = fast_session();
+    let byo = Client::with_socket(ccfg, own).unwrap();
+    let _s = timeout(BOUND, byo.connect(&pool)).await.unwrap().unwrap();
+    let s = loop {
+        let s = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+        if s.remote() == own_addr {
+            break s;
+        }
+    };
+    assert_eq!(s.remote(), own_addr);
+}
+
+/// Awaits every future of `futs` concurrently (no extra crate for one test).
+async fn futures_like_join<F: std::future::Future>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.map(Box::pin).collect();
+    let mut out = Vec::new();
+    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
+
+#[tokio::test]
+async fn c6_a_server_serves_on_a_socket_the_caller_made() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = std_socket.local_addr().unwrap();
+    let server = Server::from_socket(std_socket, ServerConfig::new(key.clone())).unwrap();
+    assert_eq!(server.local_addr(), addr);
+    let task = tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    let mut s = timeout(
+        BOUND,
+        client_for(&key, SelectionPolicy::Earliest).connect(&[addr]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    echoes(&mut s, b"on the caller's socket").await;
+    task.abort();
+}
