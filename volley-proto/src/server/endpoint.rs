@@ -2,8 +2,7 @@
 //! and owns the session table. State is created only after a cookie verified, admission passed
 //! and the Noise message authenticated (S2, S3).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use super::admission::{Admission, ProbeRefusal, Refusal};
 use super::answer::{AnswerPolicy, Held, HeldQueue, Reservations, pace_delay};
 use super::estimate::{ServiceEstimator, expected_completion};
 use super::responder::{self, InitCheck};
+use super::sessions::{Served, SessionTable};
 use super::{AppLoad, ServerConfig, ServerLoad, ServerStats};
 use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
@@ -23,7 +23,7 @@ use crate::packet::{
     Tag,
 };
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
-use crate::util::{IdMap, canonical, encode_addr};
+use crate::util::{canonical, encode_addr};
 use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
 
 /// A server-side session handle: the id the client puts in DATA.
@@ -56,19 +56,6 @@ pub enum ServerEvent {
     },
 }
 
-struct Served {
-    session: Session,
-    /// The server address the INIT arrived on: the session's packets leave from it.
-    local: SocketAddr,
-    /// (client address, tag) of the INIT that opened it, for the duplicate filter.
-    origin: (SocketAddr, Tag),
-    /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
-    accept: Vec<u8>,
-    /// Whether the offer this session came from still holds a reservation, to be released when
-    /// its first request arrives (sessions that do not count as load, L6).
-    holds_reservation: bool,
-}
-
 /// A volley server's protocol state.
 pub struct ServerEndpoint {
     config: ServerConfig,
@@ -76,19 +63,8 @@ pub struct ServerEndpoint {
     rng: Box<dyn CryptoRngCore + Send>,
     jar: CookieJar,
     admission: Admission,
-    sessions: IdMap<Served>,
-    /// Session deadlines (keepalive, idle timeout), earliest first: one entry per open session at
-    /// or before its real deadline. A session's deadlines only move later (activity postpones
-    /// them), so an entry that comes due early is re-filed at the real deadline; entries of ended
-    /// sessions are dropped when they come due. A wake-up costs O(log n) per due session, not a
-    /// scan of every session.
-    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
-    by_origin: HashMap<(SocketAddr, Tag), SessionId>,
-    /// (client address, tag) of sessions that ended, until their cookies can no longer verify:
-    /// a replayed INIT must not open a second session (R1). Only MAC-verified INITs ever land
-    /// here; swept at each cookie rotation.
-    ended_origins: HashMap<(SocketAddr, Tag), Instant>,
-    ready: VecDeque<SessionId>,
+    /// Established sessions, their timers, the duplicate-INIT filter and the ended list.
+    sessions: SessionTable,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     app_load: u32,
@@ -146,11 +122,7 @@ impl ServerEndpoint {
             rng,
             jar,
             admission,
-            sessions: IdMap::default(),
-            timers: BinaryHeap::new(),
-            by_origin: HashMap::new(),
-            ended_origins: HashMap::new(),
-            ready: VecDeque::new(),
+            sessions: SessionTable::default(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
             app_load: 0,
@@ -182,12 +154,7 @@ impl ServerEndpoint {
     /// duplicate filter. S2 says this stays 0 however many probes arrive while no session exists
     /// and no probe is held.
     pub fn retained_state(&self) -> usize {
-        self.sessions.len()
-            + self.by_origin.len()
-            + self.ended_origins.len()
-            + self.ready.len()
-            + self.events.len()
-            + self.held.len()
+        self.sessions.retained() + self.events.len() + self.held.len()
     }
 
     /// The runtime reports whether datagrams are waiting beyond what it reads in one wake-up
@@ -611,8 +578,7 @@ impl ServerEndpoint {
             InitCheck::Proceed { age } => age,
         };
         // Duplicate filter, consulted only after the MAC (R1): same client, same race → same ACCEPT.
-        if let Some(id) = self.by_origin.get(&(remote, init.tag)) {
-            let served = self.sessions.get(id)?;
+        if let Some(served) = self.sessions.by_origin(&(remote, init.tag)) {
             self.stats.init_duplicate += 1;
             let size = served.accept.len();
             out.get_mut(..size)?.copy_from_slice(&served.accept);
@@ -622,11 +588,7 @@ impl ServerEndpoint {
                 source: Some(local),
             });
         }
-        if self
-            .ended_origins
-            .get(&(remote, init.tag))
-            .is_some_and(|until| now < *until)
-        {
+        if self.sessions.ended_recently(now, &(remote, init.tag)) {
             self.stats.init_after_close += 1;
             trace!(%remote, "INIT dropped: its session already ended");
             return None;
@@ -692,9 +654,6 @@ impl ServerEndpoint {
             return None;
         }
         let session = Session::new(now, local_id, client_id, remote, keys, self.config.session);
-        if let Some(due) = session.poll_timeout() {
-            self.timers.push(Reverse((due, local_id)));
-        }
         // The offer this session came from stays outstanding until it turns into load: now if
         // sessions count as load, else when the session's first request arrives.
         let counts = self.config.count_sessions;
@@ -708,7 +667,6 @@ impl ServerEndpoint {
                 holds_reservation: !counts,
             },
         );
-        self.by_origin.insert((remote, init.tag), local_id);
         if counts {
             self.reserved.release_one();
             self.record_service(now, 0);
@@ -781,7 +739,7 @@ impl ServerEndpoint {
     fn fresh_session_id(&mut self) -> SessionId {
         loop {
             let id = self.rng.next_u32();
-            if id != 0 && !self.sessions.contains_key(&id) {
+            if id != 0 && !self.sessions.contains(id) {
                 return id;
             }
         }
@@ -794,7 +752,7 @@ impl ServerEndpoint {
         header: crate::packet::DataHeader,
         ct: &[u8],
     ) {
-        let Some(served) = self.sessions.get_mut(&header.receiver_id) else {
+        let Some(served) = self.sessions.get_mut(header.receiver_id) else {
             self.stats.data_unknown_session += 1;
             trace!(%remote, "DATA dropped: unknown session");
             return;
@@ -813,7 +771,7 @@ impl ServerEndpoint {
                 }
                 self.events.push_back(ServerEvent::Datagram { id, data })
             }
-            Ok(Delivered::Keepalive) => self.ready.push_back(id),
+            Ok(Delivered::Keepalive) => self.sessions.mark_ready(id),
             Ok(Delivered::Closed(_)) => self.finish(now, id),
             Err(DataDrop::Auth) => self.stats.data_auth_failed += 1,
             Err(DataDrop::Replay) => self.stats.data_replayed += 1,
@@ -823,10 +781,8 @@ impl ServerEndpoint {
     }
 
     fn finish(&mut self, now: Instant, id: SessionId) {
-        if let Some(served) = self.sessions.remove(&id) {
-            self.by_origin.remove(&served.origin);
-            let until = now + self.config.cookie_lifetime;
-            self.ended_origins.insert(served.origin, until);
+        let until = now + self.config.cookie_lifetime;
+        if let Some(served) = self.sessions.remove(id, until) {
             let reason = served
                 .session
                 .close_reason()
@@ -845,39 +801,39 @@ impl ServerEndpoint {
 
     /// One open session's counters (packets, drops, pings).
     pub fn session_stats(&self, id: SessionId) -> Option<crate::session::SessionStats> {
-        self.sessions.get(&id).map(|s| s.session.stats())
+        self.sessions.get(id).map(|s| s.session.stats())
     }
 
     /// Queues a datagram on a session.
     pub fn send(&mut self, id: SessionId, data: &[u8]) -> Result<(), SendError> {
-        let served = self.sessions.get_mut(&id).ok_or(SendError::Closed)?;
+        let served = self.sessions.get_mut(id).ok_or(SendError::Closed)?;
         served.session.send_datagram(data)?;
-        self.ready.push_back(id);
+        self.sessions.mark_ready(id);
         Ok(())
     }
 
     /// Queues a datagram the caller owns on a session, without copying it; on refusal it comes
     /// back with the reason.
     pub fn send_owned(&mut self, id: SessionId, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
-        let Some(served) = self.sessions.get_mut(&id) else {
+        let Some(served) = self.sessions.get_mut(id) else {
             return Err((SendError::Closed, data));
         };
         served.session.send_datagram_owned(data)?;
-        self.ready.push_back(id);
+        self.sessions.mark_ready(id);
         Ok(())
     }
 
     /// Closes one session; its CLOSE frame goes out with the next transmits.
     pub fn close(&mut self, id: SessionId, code: CloseCode) {
-        if let Some(served) = self.sessions.get_mut(&id) {
+        if let Some(served) = self.sessions.get_mut(id) {
             served.session.close(code);
-            self.ready.push_back(id);
+            self.sessions.mark_ready(id);
         }
     }
 
     /// Closes every session (shutdown): `GOING_AWAY` tells clients to race the pool again.
     pub fn close_all(&mut self, code: CloseCode) {
-        let ids: Vec<_> = self.sessions.keys().copied().collect();
+        let ids = self.sessions.ids();
         for id in ids {
             self.close(id, code);
         }
@@ -888,17 +844,18 @@ impl ServerEndpoint {
         if let Some(t) = self.release_held(now, buf) {
             return Some(t);
         }
-        while let Some(id) = self.ready.pop_front() {
-            let Some(served) = self.sessions.get_mut(&id) else {
+        while let Some(id) = self.sessions.pop_ready() {
+            let Some(served) = self.sessions.get_mut(id) else {
                 continue;
             };
             if let Some(size) = served.session.poll_transmit(buf) {
                 let destination = served.session.remote();
-                self.ready.push_front(id);
+                let source = served.local;
+                self.sessions.unpop_ready(id);
                 return Some(Transmit {
                     destination,
                     size,
-                    source: Some(served.local),
+                    source: Some(source),
                 });
             }
             if served.session.is_drained() {
@@ -915,7 +872,7 @@ impl ServerEndpoint {
 
     /// When [`ServerEndpoint::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self.timers.peek().map(|Reverse((due, _))| *due);
+        let sessions = self.sessions.next_deadline();
         // Held probes: a paced offer's send time or the end of a gated probe's hold; while gated
         // probes wait, an expiring reservation may free their slot.
         let held = self.held.next_due();
@@ -937,43 +894,17 @@ impl ServerEndpoint {
         self.reserved.count(now);
         if self.jar.rotate_if_due(now, &mut *self.rng) {
             self.admission.sweep(now);
-            self.ended_origins.retain(|_, until| now < *until);
+            self.sessions.sweep_ended(now);
             debug!("cookie keys rotated");
         }
-        while let Some(&Reverse((due, id))) = self.timers.peek() {
-            if due > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(served) = self.sessions.get_mut(&id) else {
-                continue; // the session ended since this entry was filed
-            };
-            match served.session.poll_timeout() {
-                // Closed: it leaves through `poll_transmit` once drained.
-                None => continue,
-                Some(real) if real > now => {
-                    // Activity postponed it: file it again at its real deadline.
-                    self.timers.push(Reverse((real, id)));
-                    continue;
-                }
-                Some(_) => {}
-            }
-            if served.session.handle_timeout(now).is_some() {
-                self.finish(now, id);
-                continue;
-            }
-            if served.session.has_pending() {
-                self.ready.push_back(id);
-            }
-            if let Some(next) = served.session.poll_timeout() {
-                self.timers.push(Reverse((next, id)));
-            }
+        for id in self.sessions.fire_timers(now) {
+            self.finish(now, id);
         }
     }
 
     /// Entries in the session timer heap (open sessions plus ended ones not yet due), for tests
     /// and benchmarks of the timer cost.
     pub fn timer_entries(&self) -> usize {
-        self.timers.len()
+        self.sessions.timer_entries()
     }
 }

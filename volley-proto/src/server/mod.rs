@@ -6,6 +6,7 @@ pub mod answer;
 mod endpoint;
 pub mod estimate;
 pub mod responder;
+mod sessions;
 
 pub use admission::AdmissionConfig;
 pub use answer::AnswerPolicy;

@@ -1,0 +1,171 @@
+//! The server's session table: established sessions by their locally drawn id, their timers,
+//! the duplicate-INIT filter and the list of recently ended sessions (R1), and the sessions with
+//! packets to send. Everything the endpoint keeps per session lives here.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::endpoint::SessionId;
+use crate::packet::Tag;
+use crate::session::Session;
+use crate::util::IdMap;
+
+/// (client address, tag) of the INIT that opened a session.
+pub(crate) type Origin = (SocketAddr, Tag);
+
+/// One established session and what the endpoint remembers about how it began.
+pub(crate) struct Served {
+    pub(crate) session: Session,
+    /// The server address the INIT arrived on: the session's packets leave from it.
+    pub(crate) local: SocketAddr,
+    /// (client address, tag) of the INIT that opened it, for the duplicate filter.
+    pub(crate) origin: Origin,
+    /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
+    pub(crate) accept: Vec<u8>,
+    /// Whether the offer this session came from still holds a reservation, to be released when
+    /// its first request arrives (sessions that do not count as load, L6).
+    pub(crate) holds_reservation: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct SessionTable {
+    sessions: IdMap<Served>,
+    /// Session deadlines (keepalive, idle timeout), earliest first: one entry per open session at
+    /// or before its real deadline. A session's deadlines only move later (activity postpones
+    /// them), so an entry that comes due early is re-filed at the real deadline; entries of ended
+    /// sessions are dropped when they come due. A wake-up costs O(log n) per due session, not a
+    /// scan of every session.
+    timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    by_origin: HashMap<Origin, SessionId>,
+    /// (client address, tag) of sessions that ended, until their cookies can no longer verify:
+    /// a replayed INIT must not open a second session (R1). Only MAC-verified INITs ever land
+    /// here; swept at each cookie rotation.
+    ended: HashMap<Origin, Instant>,
+    /// Sessions that may have packets to send.
+    ready: VecDeque<SessionId>,
+}
+
+impl SessionTable {
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Entries kept across all the maps and queues (for the endpoint's `retained_state`).
+    pub(crate) fn retained(&self) -> usize {
+        self.sessions.len() + self.by_origin.len() + self.ended.len() + self.ready.len()
+    }
+
+    pub(crate) fn contains(&self, id: SessionId) -> bool {
+        self.sessions.contains_key(&id)
+    }
+
+    pub(crate) fn get(&self, id: SessionId) -> Option<&Served> {
+        self.sessions.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: SessionId) -> Option<&mut Served> {
+        self.sessions.get_mut(&id)
+    }
+
+    pub(crate) fn ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    /// The open session a previous INIT with this origin created (duplicate filter).
+    pub(crate) fn by_origin(&self, origin: &Origin) -> Option<&Served> {
+        self.by_origin
+            .get(origin)
+            .and_then(|id| self.sessions.get(id))
+    }
+
+    /// Whether a session with this origin ended less than a cookie lifetime before `now`.
+    pub(crate) fn ended_recently(&self, now: Instant, origin: &Origin) -> bool {
+        self.ended.get(origin).is_some_and(|until| now < *until)
+    }
+
+    /// Adds a session, files its first deadline and remembers its origin.
+    pub(crate) fn insert(&mut self, id: SessionId, served: Served) {
+        if let Some(due) = served.session.poll_timeout() {
+            self.timers.push(Reverse((due, id)));
+        }
+        self.by_origin.insert(served.origin, id);
+        self.sessions.insert(id, served);
+    }
+
+    /// Removes a session; its origin stays on the ended list until `until`.
+    pub(crate) fn remove(&mut self, id: SessionId, until: Instant) -> Option<Served> {
+        let served = self.sessions.remove(&id)?;
+        self.by_origin.remove(&served.origin);
+        self.ended.insert(served.origin, until);
+        Some(served)
+    }
+
+    /// Forgets ended origins whose cookies can no longer verify.
+    pub(crate) fn sweep_ended(&mut self, now: Instant) {
+        self.ended.retain(|_, until| now < *until);
+    }
+
+    pub(crate) fn mark_ready(&mut self, id: SessionId) {
+        self.ready.push_back(id);
+    }
+
+    pub(crate) fn pop_ready(&mut self) -> Option<SessionId> {
+        self.ready.pop_front()
+    }
+
+    /// Puts `id` back at the front: it may have more to send.
+    pub(crate) fn unpop_ready(&mut self, id: SessionId) {
+        self.ready.push_front(id);
+    }
+
+    /// The earliest filed session deadline (possibly early: see `timers`).
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((due, _))| *due)
+    }
+
+    pub(crate) fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Fires every session timer due at `now` (keepalives queue a PING, and such sessions are
+    /// marked ready); returns the sessions that died of idleness, for the endpoint to finish.
+    pub(crate) fn fire_timers(&mut self, now: Instant) -> Vec<SessionId> {
+        let mut dead = Vec::new();
+        while let Some(&Reverse((due, id))) = self.timers.peek() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(served) = self.sessions.get_mut(&id) else {
+                continue; // the session ended since this entry was filed
+            };
+            match served.session.poll_timeout() {
+                // Closed: it leaves through `poll_transmit` once drained.
+                None => continue,
+                Some(real) if real > now => {
+                    // Activity postponed it: file it again at its real deadline.
+                    self.timers.push(Reverse((real, id)));
+                    continue;
+                }
+                Some(_) => {}
+            }
+            if served.session.handle_timeout(now).is_some() {
+                dead.push(id);
+                continue;
+            }
+            if served.session.has_pending() {
+                self.ready.push_back(id);
+            }
+            if let Some(next) = served.session.poll_timeout() {
+                self.timers.push(Reverse((next, id)));
+            }
+        }
+        dead
+    }
+}
