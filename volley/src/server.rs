@@ -325,7 +325,14 @@ impl Driver {
                     self.endpoint.set_backlog(crate::socket::now(), full_rounds == RECV_ROUNDS);
                     self.tx.flush(&self.socket).await;
                 }
-                Some(cmd) = cmd_rx.recv() => self.command(cmd),
+                Some(cmd) = cmd_rx.recv() => {
+                    // Every command already queued, then one flush for all of them: a busy
+                    // server's sessions send one `Ready` per reply.
+                    self.command(cmd);
+                    while let Ok(cmd) = cmd_rx.try_recv() {
+                        self.command(cmd);
+                    }
+                }
                 // Application load changed (a guard taken or dropped): the flush at the top of
                 // the loop then sends any held offer a freed slot releases.
                 _ = self.shared.changed.notified() => {
