@@ -3,14 +3,16 @@
 //! [`Server::set_app_load`] (L1, L5).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
@@ -332,11 +334,19 @@ impl Driver {
                     while let Ok(cmd) = cmd_rx.try_recv() {
                         self.command(cmd);
                     }
+                    // A reply usually drops its request's guard too: take that change now
+                    // rather than on another wake-up.
+                    if take_permit(&self.shared.changed) {
+                        self.endpoint.set_app_load(crate::socket::now(), self.shared.app_load());
+                    }
                 }
                 // Application load changed (a guard taken or dropped): the flush at the top of
                 // the loop then sends any held offer a freed slot releases.
                 _ = self.shared.changed.notified() => {
                     self.endpoint.set_app_load(crate::socket::now(), self.shared.app_load());
+                    while let Ok(cmd) = cmd_rx.try_recv() {
+                        self.command(cmd);
+                    }
                 }
                 control = self.control.recv() => match control {
                     Some(Control::Capacity(c)) => self.endpoint.set_capacity(c),
@@ -487,6 +497,14 @@ impl Driver {
         published.stats = *self.endpoint.stats();
         published.load = load;
     }
+}
+
+/// Takes `notify`'s stored permit if it has one (a change already signalled), without waiting.
+fn take_permit(notify: &Notify) -> bool {
+    let notified = std::pin::pin!(notify.notified());
+    notified
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
 }
 
 /// Resolves when an armed precise timer fires; never when there is none or it is not armed.
