@@ -415,7 +415,7 @@ impl Member {
                     if !delivered {
                         debug!("application slow: datagram dropped");
                     }
-                    self.link.count_received(delivered);
+                    self.link.count_received(delivered, None);
                 }
                 ClientEvent::ServerLost { server, reason } => {
                     info!(%server, ?reason, "server lost; racing the rest of the pool");

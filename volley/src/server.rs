@@ -475,10 +475,8 @@ impl Driver {
                             // (Its guard, if any, drops here: a request never served.)
                             trace!(id, "application slow: datagram dropped");
                         }
-                        slot.link.count_received(delivered);
-                        if let Some(stats) = self.endpoint.session_stats(id) {
-                            slot.link.set_protocol_stats(stats);
-                        }
+                        slot.link
+                            .count_received(delivered, self.endpoint.session_stats(id));
                     }
                 }
                 ServerEvent::Closed { id, reason } => {

@@ -138,9 +138,18 @@ impl Link {
         self.room.notify_waiters();
     }
 
-    /// Driver side: one datagram delivered to the application, or dropped for a full queue.
-    pub(crate) fn count_received(&self, delivered: bool) {
+    /// Driver side: one datagram delivered to the application, or dropped for a full queue;
+    /// with the protocol session's counters as of now when the driver has them at hand (one
+    /// lock for both).
+    pub(crate) fn count_received(
+        &self,
+        delivered: bool,
+        protocol: Option<volley_proto::session::SessionStats>,
+    ) {
         let mut st = self.state();
+        if let Some(p) = protocol {
+            st.stats.protocol = p;
+        }
         if delivered {
             st.stats.datagrams_received += 1;
         } else {

@@ -71,6 +71,16 @@ pub struct Connects {
     pub latency: Histogram<u64>,
 }
 
+impl Connects {
+    fn new() -> Self {
+        Self {
+            count: 0,
+            failed: 0,
+            latency: histogram(),
+        }
+    }
+}
+
 /// Sequential volley connects over `pool` until `end`; those finishing after `measure_from`
 /// are recorded.
 pub async fn volley_connects(
@@ -82,11 +92,7 @@ pub async fn volley_connects(
     let mut config = ClientConfig::new(vec![key]);
     config.fanout = None;
     let client = Client::new(config);
-    let mut out = Connects {
-        count: 0,
-        failed: 0,
-        latency: histogram(),
-    };
+    let mut out = Connects::new();
     while Instant::now() < end {
         let t = Instant::now();
         match tokio::time::timeout(Duration::from_secs(5), client.connect(&pool)).await {
@@ -114,11 +120,7 @@ pub async fn quinn_connects(
     end: Instant,
 ) -> anyhow::Result<Connects> {
     let endpoint = quinn_client(tls)?;
-    let mut out = Connects {
-        count: 0,
-        failed: 0,
-        latency: histogram(),
-    };
+    let mut out = Connects::new();
     while Instant::now() < end {
         let t = Instant::now();
         let attempts = servers

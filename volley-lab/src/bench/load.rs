@@ -5,13 +5,11 @@
 //! Requests carry their send time (µs since the run's start) in bytes the reply returns: a
 //! PROBE's tag, an echo's first 8 bytes, a session datagram's first 8 bytes.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
 use volley::udp::{RecvBatch, SendBatch};
 use volley_proto::client::{ClientEvent, Connection};
@@ -38,6 +36,17 @@ pub struct PortResult {
     pub sent: u64,
     pub lost_windows: u64,
     pub latency: Histogram<u64>,
+}
+
+impl PortResult {
+    fn new() -> Self {
+        Self {
+            replies: 0,
+            sent: 0,
+            lost_windows: 0,
+            latency: histogram(),
+        }
+    }
 }
 
 /// The shared clock and phase of one run.
@@ -121,12 +130,7 @@ pub async fn closed_loop(
     let mut rng = rand::thread_rng();
     let mut rx = RecvBatch::new(false);
     let mut tx = SendBatch::default();
-    let mut res = PortResult {
-        replies: 0,
-        sent: 0,
-        lost_windows: 0,
-        latency: histogram(),
-    };
+    let mut res = PortResult::new();
     let mut outstanding = 0usize;
     let mut last_reply = Instant::now();
     loop {
@@ -248,12 +252,7 @@ pub async fn session_loop(
     );
     let mut rx = RecvBatch::new(false);
     let mut tx = SendBatch::default();
-    let mut res = PortResult {
-        replies: 0,
-        sent: 0,
-        lost_windows: 0,
-        latency: histogram(),
-    };
+    let mut res = PortResult::new();
     let mut payload = vec![0u8; len.max(8)];
     let mut established = false;
     let mut outstanding = 0usize;
@@ -332,22 +331,9 @@ pub async fn session_loop(
     Ok(res)
 }
 
-/// Results of every port, merged.
-#[derive(Debug)]
-pub struct Merged {
-    pub replies: u64,
-    pub sent: u64,
-    pub lost_windows: u64,
-    pub latency: Histogram<u64>,
-}
-
-pub fn merge(results: Vec<PortResult>) -> Merged {
-    let mut m = Merged {
-        replies: 0,
-        sent: 0,
-        lost_windows: 0,
-        latency: histogram(),
-    };
+/// Every port's results, merged into one.
+pub fn merge(results: Vec<PortResult>) -> PortResult {
+    let mut m = PortResult::new();
     for r in results {
         m.replies += r.replies;
         m.sent += r.sent;
@@ -356,8 +342,3 @@ pub fn merge(results: Vec<PortResult>) -> Merged {
     }
     m
 }
-
-/// A cell for results produced by local tasks.
-pub type Slot<T> = Rc<RefCell<Option<T>>>;
-
-use rand::SeedableRng;

@@ -39,13 +39,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::resource::UsageWho;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use volley::udp::{RecvBatch, SendBatch};
 use volley::{AnswerPolicy, PublicKey, Server, ServerConfig, ServerStats, StaticKeypair};
 
+use crate::select::cpu::{cpu_us, proc_stat};
 use crate::select::pin_to;
 use load::{Phase, Request};
 
@@ -218,35 +219,7 @@ pub struct CaseResult {
 }
 
 fn thread_cpu_us() -> u64 {
-    match getrusage(UsageWho::RUSAGE_THREAD) {
-        Ok(u) => {
-            let us =
-                |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
-            us(u.user_time()) + us(u.system_time())
-        }
-        Err(_) => 0,
-    }
-}
-
-/// Per-CPU (busy, total) ticks.
-fn proc_stat() -> Vec<(u64, u64)> {
-    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .map(|l| {
-            let f: Vec<u64> = l
-                .split_whitespace()
-                .skip(1)
-                .take(8)
-                .map(|x| x.parse().unwrap_or(0))
-                .collect();
-            let total: u64 = f.iter().sum();
-            let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-            (total - idle, total)
-        })
-        .collect()
+    cpu_us(UsageWho::RUSAGE_THREAD)
 }
 
 fn busy(a: &[(u64, u64)], b: &[(u64, u64)], cpu: usize) -> f64 {

@@ -29,7 +29,8 @@ pub struct Usage {
     pub busy: Vec<f64>,
 }
 
-fn cpu_us(who: UsageWho) -> u64 {
+/// CPU time (user + system) of `who`, in µs.
+pub(crate) fn cpu_us(who: UsageWho) -> u64 {
     match getrusage(who) {
         Ok(u) => {
             let us =
@@ -41,7 +42,7 @@ fn cpu_us(who: UsageWho) -> u64 {
 }
 
 /// Per-CPU (busy, total) ticks from `/proc/stat`'s `cpuN` lines.
-fn proc_stat() -> Vec<(u64, u64)> {
+pub(crate) fn proc_stat() -> Vec<(u64, u64)> {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
         return Vec::new();
     };

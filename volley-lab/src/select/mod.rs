@@ -9,7 +9,7 @@
 //! or fleet used more than [`CPU_LIMIT`] of a core in its measured period measured the lab, not
 //! the policy: it is marked `invalid (cpu)` and left out of every figure.
 
-mod cpu;
+pub(crate) mod cpu;
 mod fleet;
 mod journal;
 mod plot;
