@@ -1,39 +1,45 @@
-//! The handshake's CPU cost, side by side in one run: an ephemeral X25519 public key as volley
-//! computes it (with the precomputed basepoint table the workspace enables), the Edwards-form
-//! basepoint multiplication inside it with the table and without it (what snow's dependency gets
-//! with no features: the key then costs the difference more), and a whole NK handshake (INIT
-//! written, answered, ACCEPT read).
+//! The handshake's CPU cost, side by side in one run: X25519 as volley computes it (AWS-LC,
+//! plugged into snow) against curve25519-dalek, which snow uses by default — a public key from a
+//! private one and a shared secret — and a whole NK handshake (INIT written, answered, ACCEPT
+//! read), and the responder's half of it alone (what `handshakes/s/core` counts).
 //!
 //! `cargo bench -p volley-lab --bench handshake`
 
+use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use criterion::{Criterion, criterion_group, criterion_main};
-use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
-use curve25519_dalek::scalar::Scalar;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use std::hint::black_box;
 use volley_proto::StaticKeypair;
 use volley_proto::crypto::{InitiatorHandshake, respond};
 
-fn ephemeral_key(c: &mut Criterion) {
+fn x25519(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let mut bytes = [0u8; 32];
-    rng.fill_bytes(&mut bytes);
-    let scalar = Scalar::from_bytes_mod_order(bytes);
-    let mut g = c.benchmark_group("ephemeral key");
-    g.bench_function(
-        "X25519 public key, with the table (what volley does)",
-        |b| b.iter(|| MontgomeryPoint::mul_base_clamped(black_box(bytes))),
-    );
-    g.bench_function("Edwards basepoint multiplication, with the table", |b| {
-        b.iter(|| EdwardsPoint::mul_base(black_box(&scalar)))
+    let (mut mine, mut theirs) = ([0u8; 32], [0u8; 32]);
+    rng.fill_bytes(&mut mine);
+    rng.fill_bytes(&mut theirs);
+    let mut g = c.benchmark_group("X25519");
+    g.bench_function("public key, AWS-LC (volley)", |b| {
+        b.iter(|| {
+            PrivateKey::from_private_key(&X25519, black_box(&mine))
+                .unwrap()
+                .compute_public_key()
+                .unwrap()
+        })
     });
-    g.bench_function(
-        "Edwards basepoint multiplication, variable-base (without the table)",
-        |b| b.iter(|| black_box(&scalar) * ED25519_BASEPOINT_POINT),
-    );
+    g.bench_function("public key, curve25519-dalek with its table", |b| {
+        b.iter(|| MontgomeryPoint::mul_base_clamped(black_box(mine)))
+    });
+    let their_public = MontgomeryPoint::mul_base_clamped(theirs);
+    let key = PrivateKey::from_private_key(&X25519, &mine).unwrap();
+    let peer = UnparsedPublicKey::new(&X25519, their_public.0);
+    g.bench_function("shared secret, AWS-LC (volley)", |b| {
+        b.iter(|| agreement::agree(&key, black_box(&peer), (), |s| Ok(s[0])).unwrap())
+    });
+    g.bench_function("shared secret, curve25519-dalek", |b| {
+        b.iter(|| black_box(their_public).mul_clamped(black_box(mine)))
+    });
     g.finish();
 }
 
@@ -65,11 +71,37 @@ fn nk_handshake(c: &mut Criterion) {
             black_box(init.finish(&m2[..n2], &mut p2).expect("finish"))
         })
     });
+    // The server's share alone (what `handshakes/s/core` counts): read INIT, write ACCEPT.
+    let (mut m1, mut m2, mut p1) = ([0u8; 256], [0u8; 256], [0u8; 256]);
+    let (_init, n1) = InitiatorHandshake::start(
+        &server.public(),
+        &prologue,
+        &[1, 2, 3, 4],
+        &mut m1,
+        &mut rng,
+    )
+    .expect("start");
+    c.bench_function("NK handshake, responder only", |b| {
+        b.iter(|| {
+            black_box(
+                respond(
+                    &server,
+                    &prologue,
+                    black_box(&m1[..n1]),
+                    &mut p1,
+                    &mut rng,
+                    |_| [9, 9, 9, 9],
+                    &mut m2,
+                )
+                .expect("respond"),
+            )
+        })
+    });
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(3));
-    targets = ephemeral_key, nk_handshake
+    targets = x25519, nk_handshake
 }
 criterion_main!(benches);
