@@ -1,10 +1,12 @@
 //! The server side: a stateless [`responder`] for PROBE and INIT, [`admission`] control, and the
 //! [`ServerEndpoint`] that owns established sessions.
 
+mod accept;
 pub mod admission;
 pub mod answer;
 mod endpoint;
 pub mod estimate;
+mod offers;
 pub mod responder;
 mod sessions;
 
