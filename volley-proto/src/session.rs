@@ -5,6 +5,7 @@
 //! The session never sends to any address but the one fixed at the handshake, and DATA from any
 //! other source is dropped by the endpoint before it reaches here.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -180,7 +181,7 @@ impl ReplayWindow {
 
 #[derive(Debug)]
 enum Outgoing {
-    Datagram(Vec<u8>),
+    Datagram(Bytes),
     Ping,
     Pong,
     Close(CloseCode),
@@ -189,8 +190,8 @@ enum Outgoing {
 /// What an authentic DATA packet delivered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivered {
-    /// An application datagram.
-    Datagram(Vec<u8>),
+    /// An application datagram: the buffer it was decrypted in, handed over without a copy.
+    Datagram(Bytes),
     /// A keepalive frame (nothing for the application).
     Keepalive,
     /// The peer closed the session.
@@ -293,13 +294,14 @@ impl Session {
     /// Queues an application datagram.
     pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
         self.check_send(data.len())?;
-        self.outgoing.push_back(Outgoing::Datagram(data.to_vec()));
+        self.outgoing
+            .push_back(Outgoing::Datagram(Bytes::copy_from_slice(data)));
         Ok(())
     }
 
     /// Queues an application datagram the caller already owns, without copying it; on refusal
     /// the datagram comes back with the reason.
-    pub fn send_datagram_owned(&mut self, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
+    pub fn send_datagram_owned(&mut self, data: Bytes) -> Result<(), (SendError, Bytes)> {
         if let Err(e) = self.check_send(data.len()) {
             return Err((e, data));
         }
@@ -350,31 +352,37 @@ impl Session {
             trace!(counter = header.counter, "DATA dropped: replay");
             return Err(DataDrop::Replay);
         }
+        if ciphertext.len() > MAX_DATAGRAM_LEN {
+            self.stats.dropped_auth += 1;
+            return Err(DataDrop::Auth);
+        }
         let mut aad = [0u8; DATA_HEADER_LEN];
         let _ = header.encode(&mut aad);
-        let mut scratch = [0u8; MAX_DATAGRAM_LEN];
-        let Some(buf) = scratch.get_mut(..ciphertext.len()) else {
-            return Err(DataDrop::Auth);
-        };
-        buf.copy_from_slice(ciphertext);
-        let plain = match self.keys.open(header.counter, &aad, buf) {
-            Ok(p) => p,
+        // Opened in place in the buffer that, for a datagram frame, becomes the delivered
+        // datagram: one copy of the ciphertext, none of the plaintext.
+        let mut buf = ciphertext.to_vec();
+        let plain_len = match self.keys.open(header.counter, &aad, &mut buf) {
+            Ok(p) => p.len(),
             Err(_) => {
                 self.stats.dropped_auth += 1;
                 trace!("DATA dropped: authentication failed");
                 return Err(DataDrop::Auth);
             }
         };
+        buf.truncate(plain_len);
         // Authentic from here on: the peer is alive, whatever the frame says.
         self.replay.commit(header.counter);
         self.stats.packets_received += 1;
         self.last_recv = now;
         self.next_ping = now + self.config.keepalive_interval;
-        let (&ty, body) = plain.split_first().ok_or(DataDrop::BadFrame)?;
+        let (&ty, body) = buf.split_first().ok_or(DataDrop::BadFrame)?;
         match (ty, body.len()) {
             (frame::DATAGRAM, _) => {
                 self.stats.datagrams_received += 1;
-                Ok(Delivered::Datagram(body.to_vec()))
+                // The frame type goes; the body moves down one byte within the same buffer.
+                buf.copy_within(1.., 0);
+                buf.truncate(plain_len - 1);
+                Ok(Delivered::Datagram(Bytes::from(buf)))
             }
             (frame::PING, 0) => {
                 if self.outgoing.len() < MAX_SEND_QUEUE {
@@ -585,7 +593,7 @@ mod tests {
         assert_eq!(a.poll_transmit(&mut small), None);
         assert_eq!(
             deliver(&mut a, &mut b, t0),
-            vec![Ok(Delivered::Datagram(vec![7u8; 100]))]
+            vec![Ok(Delivered::Datagram(vec![7u8; 100].into()))]
         );
     }
 
@@ -598,7 +606,7 @@ mod tests {
         assert_eq!(
             deliver(&mut a, &mut b, t0),
             vec![
-                Ok(Delivered::Datagram(b"last".to_vec())),
+                Ok(Delivered::Datagram(bytes::Bytes::from_static(b"last"))),
                 Ok(Delivered::Closed(CloseCode::GOING_AWAY))
             ]
         );
@@ -633,7 +641,7 @@ mod tests {
         };
         assert_eq!(
             b.handle_data(t0, h, ct),
-            Ok(Delivered::Datagram(b"secret".to_vec()))
+            Ok(Delivered::Datagram(bytes::Bytes::from_static(b"secret")))
         );
         assert_eq!(b.handle_data(t0, h, ct), Err(DataDrop::Replay));
         assert_eq!(b.stats().dropped_replay, 1);

@@ -31,7 +31,7 @@
 //! });
 //! let mut session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
 //! session.send(b"hello").await?;
-//! assert_eq!(session.recv().await?, b"hello");
+//! assert_eq!(&session.recv().await?[..], b"hello");
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
@@ -47,6 +47,7 @@ mod socket;
 mod timer;
 pub mod udp;
 
+pub use bytes::Bytes;
 pub use client::Client;
 pub use error::Error;
 pub use load::LoadGuard;

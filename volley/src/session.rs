@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use volley_proto::client::{ServerOutcome, SharedPoolState};
 use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError};
@@ -56,7 +57,7 @@ pub struct SessionStats {
 
 #[derive(Debug, Default)]
 struct OutState {
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Bytes>,
     /// A `Ready` is in the channel or the driver holds the session as blocked.
     signalled: bool,
     closed: bool,
@@ -92,7 +93,7 @@ impl Link {
     /// refuses one for lack of room (or for not being established yet).
     pub(crate) fn drain(
         &self,
-        mut push: impl FnMut(Vec<u8>) -> Result<(), (SendError, Vec<u8>)>,
+        mut push: impl FnMut(Bytes) -> Result<(), (SendError, Bytes)>,
     ) -> Drained {
         let mut st = self.state();
         let mut moved = false;
@@ -177,7 +178,7 @@ pub(crate) const INCOMING_QUEUE: usize = 1024;
 /// the [`LoadGuard`] taken when it arrived.
 #[derive(Debug)]
 pub(crate) struct Incoming {
-    pub data: Vec<u8>,
+    pub data: Bytes,
     pub guard: Option<LoadGuard>,
 }
 
@@ -187,7 +188,7 @@ pub(crate) struct Incoming {
 #[derive(Debug)]
 #[must_use = "the request counts as in flight until it is dropped"]
 pub struct Request {
-    data: Vec<u8>,
+    data: Bytes,
     guard: Option<LoadGuard>,
 }
 
@@ -207,7 +208,13 @@ impl Request {
     /// Sends `reply`, a datagram the application owns, on `session` without copying it, and
     /// completes the request.
     pub async fn reply_vec(self, session: &Session, reply: Vec<u8>) -> Result<(), Error> {
-        let sent = session.send_vec(reply).await;
+        self.reply_bytes(session, Bytes::from(reply)).await
+    }
+
+    /// Sends `reply` ([`Bytes`], e.g. a slice of the request itself) on `session` without
+    /// copying it, and completes the request.
+    pub async fn reply_bytes(self, session: &Session, reply: Bytes) -> Result<(), Error> {
+        let sent = session.send_bytes(reply).await;
         drop(self);
         sent
     }
@@ -216,13 +223,13 @@ impl Request {
     /// the request.
     pub async fn echo(self, session: &Session) -> Result<(), Error> {
         let Request { data, guard } = self;
-        let sent = session.send_vec(data).await;
+        let sent = session.send_bytes(data).await;
         drop(guard);
         sent
     }
 
     /// The bytes, with the request still counted until the returned guard is dropped.
-    pub fn into_parts(self) -> (Vec<u8>, Option<LoadGuard>) {
+    pub fn into_parts(self) -> (Bytes, Option<LoadGuard>) {
         (self.data, self.guard)
     }
 }
@@ -310,13 +317,20 @@ impl Session {
         if data.len() > MAX_APP_DATAGRAM {
             return Err(Error::TooLarge);
         }
-        self.try_push(data.to_vec()).map_err(|(e, _)| e)
+        self.try_push(Bytes::copy_from_slice(data))
+            .map_err(|(e, _)| e)
     }
 
     /// Like [`Session::send`] for a datagram the application owns: it is moved into the send
-    /// queue and sealed from there, never copied on the way (an echo can send back the `Vec`
-    /// it received).
+    /// queue and sealed from there, never copied on the way.
     pub async fn send_vec(&self, data: Vec<u8>) -> Result<(), Error> {
+        self.send_bytes(Bytes::from(data)).await
+    }
+
+    /// Like [`Session::send`] for [`Bytes`]: moved into the send queue and sealed from there,
+    /// never copied on the way (an echo sends back the `Bytes` it received — the very buffer
+    /// the datagram was decrypted in).
+    pub async fn send_bytes(&self, data: Bytes) -> Result<(), Error> {
         if data.len() > MAX_APP_DATAGRAM {
             return Err(Error::TooLarge);
         }
@@ -335,7 +349,7 @@ impl Session {
     }
 
     /// Queues `data`, or hands it back with why not.
-    fn try_push(&self, data: Vec<u8>) -> Result<(), (Error, Vec<u8>)> {
+    fn try_push(&self, data: Bytes) -> Result<(), (Error, Bytes)> {
         let mut st = self.link.state();
         if st.closed || self.status.borrow().closed.is_some() {
             drop(st);
@@ -352,7 +366,7 @@ impl Session {
         if wake && self.cmd.send(Cmd::Ready { id: self.id }).is_err() {
             // The driver is gone: the session is over.
             self.link.close();
-            return Err((self.closed_error(), Vec::new()));
+            return Err((self.closed_error(), Bytes::new()));
         }
         Ok(())
     }
@@ -379,7 +393,7 @@ impl Session {
     /// Polls for the next datagram, for use in hand-written futures and streams: `Ready(Ok)`
     /// with a datagram, `Ready(Err)` once the session has ended and nothing is left, `Pending`
     /// otherwise (the waker is woken when that changes). Like [`Session::recv`].
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>, Error>> {
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Error>> {
         match self.incoming.poll_recv(cx) {
             Poll::Ready(Some(d)) => Poll::Ready(Ok(d.data)),
             Poll::Ready(None) => Poll::Ready(Err(self.closed_error())),
@@ -391,7 +405,7 @@ impl Session {
     ///
     /// On a server session that has switched to requests ([`Session::recv_request`]), a datagram
     /// received this way counts as a request completed at once.
-    pub async fn recv(&mut self) -> Result<Vec<u8>, Error> {
+    pub async fn recv(&mut self) -> Result<Bytes, Error> {
         match self.incoming.recv().await {
             Some(d) => Ok(d.data),
             None => Err(self.closed_error()),

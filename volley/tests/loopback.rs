@@ -114,7 +114,7 @@ async fn c6_connect_and_exchange_encrypted_datagrams() {
         let msg = format!("datagram {i}");
         s.send(msg.as_bytes()).await.unwrap();
         assert_eq!(
-            timeout(BOUND, s.recv()).await.unwrap().unwrap(),
+            &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],
             msg.as_bytes()
         );
     }
@@ -159,7 +159,10 @@ async fn r5_killed_server_is_detected_and_client_fails_over() {
         .unwrap();
     let first = s.remote();
     s.send(b"before").await.unwrap();
-    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"before");
+    assert_eq!(
+        &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],
+        b"before"
+    );
     f.kill(f.index(first));
     // The client notices by idle timeout and races the two survivors.
     wait_for_failover(&s, first).await;
@@ -167,7 +170,10 @@ async fn r5_killed_server_is_detected_and_client_fails_over() {
     assert_ne!(second, first);
     assert!(f.addrs.contains(&second));
     s.send(b"after").await.unwrap();
-    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"after");
+    assert_eq!(
+        &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],
+        b"after"
+    );
     let r = s.report().unwrap();
     assert_eq!(r.failovers, 1);
     assert_eq!(r.server, Some(second));
@@ -185,7 +191,7 @@ async fn r5_graceful_shutdown_sends_clients_elsewhere() {
     wait_for_failover(&s, first).await;
     s.send(b"still here").await.unwrap();
     assert_eq!(
-        timeout(BOUND, s.recv()).await.unwrap().unwrap(),
+        &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],
         b"still here"
     );
 }
@@ -586,10 +592,16 @@ async fn l5_recv_request_counts_each_request_from_arrival_to_reply() {
     // Both count from their arrival, the queued one included — no guard in the application.
     until("two requests in flight", || handle.load().requests == 2).await;
     go_tx.send(()).await.unwrap();
-    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"one");
+    assert_eq!(
+        &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],
+        b"one"
+    );
     until("one completed", || handle.load().requests == 1).await;
     go_tx.send(()).await.unwrap();
-    assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), b"two");
+    assert_eq!(
+        &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],
+        b"two"
+    );
     until("both completed", || handle.load().requests == 0).await;
     // The completions are what the service-time estimate learns from: it moved off the prior.
     assert_ne!(
@@ -661,7 +673,7 @@ async fn r5_send_queue_is_per_session_and_reports_full_and_closed() {
     // `send` waits for room instead.
     timeout(BOUND, a.send(b"last")).await.unwrap().unwrap();
     assert_eq!(
-        timeout(BOUND, sb.recv()).await.unwrap().unwrap(),
+        &timeout(BOUND, sb.recv()).await.unwrap().unwrap()[..],
         b"b is not held up"
     );
     // What arrives comes in the order queued, through `recv` and `poll_recv` alike (a burst of
@@ -684,7 +696,7 @@ async fn r5_send_queue_is_per_session_and_reports_full_and_closed() {
     }
     let order: Vec<u32> = got
         .iter()
-        .map(|d| match d.as_slice() {
+        .map(|d| match &d[..] {
             b"last" => u32::MAX,
             d => u32::from_be_bytes(d.try_into().unwrap()),
         })
@@ -711,7 +723,7 @@ async fn r5_send_queue_is_per_session_and_reports_full_and_closed() {
     // b lives on.
     b.send(b"still here").await.unwrap();
     assert_eq!(
-        timeout(BOUND, sb.recv()).await.unwrap().unwrap(),
+        &timeout(BOUND, sb.recv()).await.unwrap().unwrap()[..],
         b"still here"
     );
 }
@@ -833,7 +845,9 @@ async fn c1_one_client_endpoint_serves_every_connection_from_one_socket() {
     }
     let mut got = Vec::new();
     for s in &mut accepted {
-        got.push(String::from_utf8(timeout(BOUND, s.recv()).await.unwrap().unwrap()).unwrap());
+        got.push(
+            String::from_utf8(timeout(BOUND, s.recv()).await.unwrap().unwrap().to_vec()).unwrap(),
+        );
     }
     got.sort();
     let mut want: Vec<String> = (0..20).map(|i| format!("session {i}")).collect();

@@ -1,5 +1,6 @@
 //! One client connection: race → handshake → session, and back to a race when the server dies.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -94,8 +95,8 @@ pub enum ClientEvent {
         /// The server this connection failed over from, if this is a failover.
         failover_from: Option<SocketAddr>,
     },
-    /// An application datagram arrived.
-    Datagram(Vec<u8>),
+    /// An application datagram arrived (the buffer it was decrypted in).
+    Datagram(Bytes),
     /// This connection's failure ejected a server from the client's races for `length` (L7).
     Ejected {
         /// The server.
@@ -440,7 +441,7 @@ impl Connection {
 
     /// Queues an application datagram the caller owns, without copying it; on refusal it
     /// comes back with the reason.
-    pub fn send_datagram_owned(&mut self, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
+    pub fn send_datagram_owned(&mut self, data: Bytes) -> Result<(), (SendError, Bytes)> {
         match &mut self.state {
             State::Established { session, .. } => session.send_datagram_owned(data),
             State::Done => Err((SendError::Closed, data)),

@@ -6,6 +6,7 @@
 //! INIT acceptance in [`super::accept`], the session table in [`super::sessions`]; this file holds
 //! the state, the dispatch of each datagram, and the session-facing API (send, close, poll).
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -44,8 +45,8 @@ pub enum ServerEvent {
     Datagram {
         /// The session.
         id: SessionId,
-        /// The plaintext.
-        data: Vec<u8>,
+        /// The plaintext (the buffer it was decrypted in).
+        data: Bytes,
     },
     /// A session ended.
     Closed {
@@ -355,7 +356,7 @@ impl ServerEndpoint {
 
     /// Queues a datagram the caller owns on a session, without copying it; on refusal it comes
     /// back with the reason.
-    pub fn send_owned(&mut self, id: SessionId, data: Vec<u8>) -> Result<(), (SendError, Vec<u8>)> {
+    pub fn send_owned(&mut self, id: SessionId, data: Bytes) -> Result<(), (SendError, Bytes)> {
         let Some(served) = self.sessions.get_mut(id) else {
             return Err((SendError::Closed, data));
         };

@@ -53,7 +53,9 @@ fn c6_session_with_earliest_server_carries_encrypted_datagrams() {
             .unwrap();
         assert!(sim.run_until(Duration::from_secs(1), |s| {
             s.client_events(c)
-                .contains(&ClientEvent::Datagram(b"ping over volley".to_vec()))
+                .contains(&ClientEvent::Datagram(bytes::Bytes::from_static(
+                    b"ping over volley",
+                )))
         }));
         assert_eq!(sim.servers[1].endpoint.session_count(), 1);
         assert_eq!(sim.servers[0].endpoint.session_count(), 0);
@@ -130,10 +132,9 @@ fn s4_accept_carries_a_fresh_key_share_and_session_payload_is_never_cleartext() 
         assert!(sim.echo(c, payload, Duration::from_secs(1)), "no echo");
         // Both sides derived the same keys: the server decrypted it, the client the echo.
         assert!(
-            sim.servers[s]
-                .events
-                .iter()
-                .any(|e| matches!(e, ServerEvent::Datagram { data, .. } if data == payload))
+            sim.servers[s].events.iter().any(
+                |e| matches!(e, ServerEvent::Datagram { data, .. } if data[..] == payload[..])
+            )
         );
         let accepts = sim.sent_of(kind::ACCEPT);
         assert_eq!(accepts.len(), 1);
@@ -223,7 +224,10 @@ fn s4_data_tampered_in_flight_is_dropped_and_never_delivered() {
             .into_iter()
             .filter(|e| matches!(e, ClientEvent::Datagram(_)))
             .collect();
-        assert_eq!(delivered, vec![ClientEvent::Datagram(b"m3".to_vec())]);
+        assert_eq!(
+            delivered,
+            vec![ClientEvent::Datagram(bytes::Bytes::from_static(b"m3"))]
+        );
     }
 }
 
