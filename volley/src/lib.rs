@@ -41,6 +41,7 @@ pub mod echo;
 mod error;
 mod load;
 mod report;
+mod runtime;
 mod server;
 mod session;
 mod socket;

@@ -17,22 +17,19 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace};
 use volley_proto::{
     AnswerPolicy, AppLoad, CloseCode, CloseReason, PublicKey, ServerConfig, ServerEndpoint,
-    ServerEvent, ServerLoad, ServerStats,
+    ServerEvent, ServerLoad, ServerStats, Transmit,
 };
 
 use crate::error::Error;
 use crate::load::{LoadGuard, Shared};
+use crate::runtime;
 use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Session, Status};
-use crate::socket::{sleep_until, transient};
 use crate::timer::PreciseTimer;
-use crate::udp::{self, RecvBatch, SendBatch};
+use crate::udp;
 
 /// Sessions accepted by the driver but not yet taken by [`Server::accept`]; beyond this, new
 /// sessions are closed at once (the application is not keeping up).
 const ACCEPT_QUEUE: usize = 1024;
-
-/// Receive batches read per wake-up before output is flushed (2 × [`udp::BATCH`] datagrams).
-const RECV_ROUNDS: usize = 2;
 
 enum Control {
     Shutdown(oneshot::Sender<()>),
@@ -129,19 +126,20 @@ impl Server {
         let (accept_tx, accept) = mpsc::channel(ACCEPT_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
-        let driver = Driver {
-            socket,
-            local,
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let side = ServerSide {
             endpoint,
             accept: accept_tx,
             control: control_rx,
             shared: Arc::clone(&shared),
+            cmd_tx,
             sessions: HashMap::new(),
             blocked: Vec::new(),
             precise,
-            tx: SendBatch::default(),
+            precise_armed: false,
+            stopping: None,
         };
-        let task = tokio::spawn(driver.run());
+        let task = tokio::spawn(runtime::Driver::new(socket, cmd_rx, side).run());
         info!(%local, key = %public.to_hex(), "volley server listening");
         Ok(Self {
             local,
@@ -249,136 +247,229 @@ struct SessionSlot {
     requests: Arc<AtomicBool>,
 }
 
-struct Driver {
-    socket: UdpSocket,
-    local: SocketAddr,
+/// The server's part of the shared driver ([`runtime::Side`]): one [`ServerEndpoint`], the
+/// sessions handed to the application, its load reports and control messages.
+struct ServerSide {
     endpoint: ServerEndpoint,
     accept: mpsc::Sender<Session>,
     control: mpsc::UnboundedReceiver<Control>,
     shared: Arc<Shared>,
+    /// Handed to each new session: its commands come back to the driver through it.
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
     sessions: HashMap<u32, SessionSlot>,
     /// Sessions whose send queue the core could not take whole; retried after each flush.
     blocked: Vec<u32>,
     /// Paced servers: the precise timer and the horizon within which it is used.
     precise: Option<(PreciseTimer, Duration)>,
-    /// Datagrams on their way out, sent a batch per system call.
-    tx: SendBatch,
+    /// Whether the precise timer is armed for the next deadline.
+    precise_armed: bool,
+    /// A graceful shutdown's caller, told once the CLOSEs are out.
+    stopping: Option<oneshot::Sender<()>>,
 }
 
-impl Driver {
-    async fn run(mut self) {
-        // Session handles send their commands here; the driver keeps a sender so the channel
-        // outlives any one session.
-        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
-        let mut rx = RecvBatch::new(self.local.ip().is_unspecified());
-        loop {
-            self.flush(&cmd_tx).await;
-            let next = self.endpoint.poll_timeout();
-            // Near deadlines (paced offers) also arm the precise timer; tokio's sleep stays as
-            // the backstop either way.
-            let precise = self.precise.as_ref().map(|(timer, horizon)| {
-                let near =
-                    next.filter(|t| t.saturating_duration_since(crate::socket::now()) <= *horizon);
-                timer.arm(near);
-                (timer, near.is_some())
-            });
-            let deadline = next.map(tokio::time::Instant::from_std);
-            tokio::select! {
-                ready = self.socket.readable() => {
-                    if let Err(e) = ready {
-                        tracing::error!(error = %e, "socket failed; server stops");
-                        break;
-                    }
-                    // A few batches at most before output is flushed, so that one busy socket
-                    // cannot starve timers or transmits. Every round full: the socket has a
-                    // backlog, which the endpoint weighs (PROTOCOL.md §7.7).
-                    let mut full_rounds = 0;
-                    for _ in 0..RECV_ROUNDS {
-                        match rx.recv(&self.socket) {
-                            Ok(n) => {
-                                if n == udp::BATCH {
-                                    full_rounds += 1;
-                                }
-                                let now = crate::socket::now();
-                                // Sessions' DATA and INITs first, PROBEs last (PROTOCOL.md §7.7):
-                                // a PROBE flood delays the rest by one batch at most.
-                                let is_probe = |d: &[u8]| d.get(1) == Some(&volley_proto::packet::kind::PROBE);
-                                let ordered = rx
-                                    .iter()
-                                    .filter(|(_, d)| !is_probe(d))
-                                    .chain(rx.iter().filter(|(_, d)| is_probe(d)));
-                                for (meta, data) in ordered {
-                                    if self.tx.is_full() {
-                                        self.tx.flush(&self.socket).await;
-                                    }
-                                    let local = udp::local_of(self.local, &meta);
-                                    if let Some(t) = self.endpoint.handle(now, meta.from, local, data, self.tx.slot()) {
-                                        let source = udp::source_ip(self.local, t.source);
-                                        self.tx.commit(t.size, t.destination, source);
-                                    }
-                                }
-                            }
-                            Err(e) if transient(&e) => {
-                                if e.kind() == std::io::ErrorKind::WouldBlock { break; }
-                            }
-                            Err(e) => { debug!(error = %e, "recv failed"); break; }
-                        }
-                    }
-                    self.endpoint.set_backlog(crate::socket::now(), full_rounds == RECV_ROUNDS);
-                    self.tx.flush(&self.socket).await;
+/// What wakes a server besides its socket, its sessions and its core's deadline.
+enum ServerWake {
+    Control(Option<Control>),
+    /// A load guard was taken or dropped (or `set_app_load` called).
+    Load,
+    /// The precise timer fired (a paced offer is due).
+    Timer,
+}
+
+impl ServerSide {
+    /// Moves a session's queued datagrams into the core, as many as it has room for. True when
+    /// any moved.
+    fn drain(&mut self, id: u32) -> bool {
+        let Some(slot) = self.sessions.get(&id) else {
+            return false; // ended: its handle already sees it closed
+        };
+        let endpoint = &mut self.endpoint;
+        let (drained, moved) = slot.link.drain(|d| endpoint.send_owned(id, d));
+        if drained == Drained::Blocked {
+            self.blocked.push(id);
+        }
+        moved
+    }
+
+    fn event(&mut self, event: ServerEvent) {
+        match event {
+            ServerEvent::Opened { id, remote } => {
+                let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
+                let (st_tx, st_rx) = watch::channel(Status {
+                    remote,
+                    closed: None,
+                });
+                let requests = Arc::new(AtomicBool::new(false));
+                let link = Arc::new(Link::default());
+                let session = Session::new(
+                    id,
+                    self.cmd_tx.clone(),
+                    Arc::clone(&link),
+                    in_rx,
+                    st_rx,
+                    None,
+                )
+                .with_requests(Arc::clone(&requests));
+                if self.accept.try_send(session).is_err() {
+                    debug!(id, "accept queue full: session refused");
+                    self.endpoint.close(id, CloseCode::GOING_AWAY);
+                    return;
                 }
-                Some(cmd) = cmd_rx.recv() => {
-                    // Every command already queued, then one flush for all of them: a busy
-                    // server's sessions send one `Ready` per reply.
-                    self.command(cmd);
-                    while let Ok(cmd) = cmd_rx.try_recv() {
-                        self.command(cmd);
-                    }
-                    // A reply usually drops its request's guard too: take that change now
-                    // rather than on another wake-up.
-                    if take_permit(&self.shared.changed) {
-                        self.endpoint.set_app_load(crate::socket::now(), self.shared.app_load());
-                    }
-                }
-                // Application load changed (a guard taken or dropped): the flush at the top of
-                // the loop then sends any held offer a freed slot releases.
-                _ = self.shared.changed.notified() => {
-                    self.endpoint.set_app_load(crate::socket::now(), self.shared.app_load());
-                    while let Ok(cmd) = cmd_rx.try_recv() {
-                        self.command(cmd);
-                    }
-                }
-                control = self.control.recv() => match control {
-                    Some(Control::Capacity(c)) => self.endpoint.set_capacity(c),
-                    Some(Control::MaxSessions(m)) => self.endpoint.set_max_sessions(m),
-                    Some(Control::Shutdown(done)) => {
-                        self.shutdown(&cmd_tx).await;
-                        let _ = done.send(());
-                        break;
-                    }
-                    None => {
-                        self.shutdown(&cmd_tx).await;
-                        break;
-                    }
-                },
-                _ = sleep_until(deadline) => {}
-                _ = fired(precise) => {}
+                self.sessions.insert(
+                    id,
+                    SessionSlot {
+                        link,
+                        incoming: in_tx,
+                        status: st_tx,
+                        requests,
+                    },
+                );
             }
-            // Check the clock ourselves rather than trusting that the sleep branch fired.
-            let now = crate::socket::now();
-            if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-                self.endpoint.handle_timeout(now);
+            ServerEvent::Datagram { id, data } => {
+                if let Some(slot) = self.sessions.get(&id) {
+                    // A request counts from the moment it arrives, queueing included.
+                    let guard = slot
+                        .requests
+                        .load(Ordering::Acquire)
+                        .then(|| self.shared.guard());
+                    let delivered = slot.incoming.try_send(Incoming { data, guard }).is_ok();
+                    if !delivered {
+                        // (Its guard, if any, drops here: a request never served.)
+                        trace!(id, "application slow: datagram dropped");
+                    }
+                    slot.link
+                        .count_received(delivered, self.endpoint.session_stats(id));
+                }
+            }
+            ServerEvent::Closed { id, reason } => {
+                if let Some(slot) = self.sessions.remove(&id) {
+                    slot.link.close();
+                    slot.status.send_modify(|s| s.closed = Some(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl runtime::Side for ServerSide {
+    type Wake = ServerWake;
+
+    fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        self.endpoint.handle(now, from, local, data, out)
+    }
+
+    /// Sessions' DATA and INITs first, PROBEs last (PROTOCOL.md §7.7): a PROBE flood delays
+    /// the rest by one batch at most.
+    fn first_pass(&self, data: &[u8]) -> bool {
+        data.get(1) != Some(&volley_proto::packet::kind::PROBE)
+    }
+
+    /// Every round full: the socket has a backlog, which the endpoint weighs (§7.7).
+    fn backlog(&mut self, now: Instant, backlog: bool) {
+        self.endpoint.set_backlog(now, backlog);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        self.endpoint.poll_transmit(now, out)
+    }
+
+    fn after_flush(&mut self, now: Instant) -> bool {
+        // The core's queues are empty now: sessions it turned away get their turn.
+        let mut more = false;
+        for id in std::mem::take(&mut self.blocked) {
+            more |= self.drain(id);
+        }
+        while let Some(event) = self.endpoint.poll_event() {
+            // A session refused for a full accept queue is closed: its CLOSE is to send.
+            more |= matches!(event, ServerEvent::Opened { .. });
+            self.event(event);
+        }
+        let load = self.endpoint.load(now);
+        let mut published = self.shared.published();
+        published.stats = *self.endpoint.stats();
+        published.load = load;
+        more
+    }
+
+    fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let next = self.endpoint.poll_timeout();
+        // Near deadlines (paced offers) also arm the precise timer; tokio's sleep stays as the
+        // backstop either way.
+        if let Some((timer, horizon)) = &self.precise {
+            let near = next.filter(|t| t.saturating_duration_since(now) <= *horizon);
+            timer.arm(near);
+            self.precise_armed = near.is_some();
+        }
+        next
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.endpoint.handle_timeout(now);
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Ready { id } => {
+                self.drain(id);
+            }
+            Cmd::Close { id, code } => self.endpoint.close(id, code),
+        }
+        // A reply usually drops its request's guard too: take that change now rather than on
+        // another wake-up.
+        if take_permit(&self.shared.changed) {
+            self.endpoint
+                .set_app_load(crate::socket::now(), self.shared.app_load());
+        }
+    }
+
+    fn wake(&mut self) -> impl Future<Output = ServerWake> + Send {
+        let precise = self
+            .precise
+            .as_ref()
+            .map(|(timer, _)| (timer, self.precise_armed));
+        let control = &mut self.control;
+        let changed = &self.shared.changed;
+        async move {
+            tokio::select! {
+                c = control.recv() => ServerWake::Control(c),
+                // Application load changed (a guard taken or dropped): the flush that follows
+                // sends any held offer a freed slot releases.
+                _ = changed.notified() => ServerWake::Load,
+                _ = fired(precise) => ServerWake::Timer,
             }
         }
     }
 
-    async fn shutdown(&mut self, cmd_tx: &mpsc::UnboundedSender<Cmd>) {
-        info!(
-            sessions = self.endpoint.session_count(),
-            "shutting down: closing sessions (going away)"
-        );
-        self.endpoint.close_all(CloseCode::GOING_AWAY);
-        self.flush(cmd_tx).await;
+    fn on_wake(&mut self, now: Instant, wake: ServerWake) -> runtime::Flow {
+        match wake {
+            ServerWake::Control(Some(Control::Capacity(c))) => self.endpoint.set_capacity(c),
+            ServerWake::Control(Some(Control::MaxSessions(m))) => self.endpoint.set_max_sessions(m),
+            ServerWake::Control(Some(Control::Shutdown(done))) => {
+                self.stopping = Some(done);
+                self.begin_shutdown();
+                return runtime::Flow::Stop;
+            }
+            ServerWake::Control(None) => {
+                self.begin_shutdown();
+                return runtime::Flow::Stop;
+            }
+            ServerWake::Load => self.endpoint.set_app_load(now, self.shared.app_load()),
+            ServerWake::Timer => {}
+        }
+        runtime::Flow::Continue
+    }
+
+    /// After the last flush (the CLOSEs are out): every session still known ends, and the
+    /// shutdown's caller hears of it.
+    fn finish(&mut self) {
         for (_, slot) in self.sessions.drain() {
             slot.link.close();
             slot.status.send_modify(|s| {
@@ -386,114 +477,19 @@ impl Driver {
                     .get_or_insert(CloseReason::Local(CloseCode::GOING_AWAY));
             });
         }
-    }
-
-    fn command(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Ready { id } => self.drain(id),
-            Cmd::Close { id, code } => self.endpoint.close(id, code),
+        if let Some(done) = self.stopping.take() {
+            let _ = done.send(());
         }
     }
+}
 
-    /// Moves a session's queued datagrams into the core, as many as it has room for.
-    fn drain(&mut self, id: u32) {
-        let Some(slot) = self.sessions.get(&id) else {
-            return; // ended: its handle already sees it closed
-        };
-        let endpoint = &mut self.endpoint;
-        if slot.link.drain(|d| endpoint.send_owned(id, d)) == Drained::Blocked {
-            self.blocked.push(id);
-        }
-    }
-
-    /// Sends everything the core has queued, a batch per system call.
-    async fn send_transmits(&mut self, now: Instant) {
-        loop {
-            if self.tx.is_full() {
-                self.tx.flush(&self.socket).await;
-            }
-            let Some(t) = self.endpoint.poll_transmit(now, self.tx.slot()) else {
-                break;
-            };
-            let source = udp::source_ip(self.local, t.source);
-            self.tx.commit(t.size, t.destination, source);
-        }
-        self.tx.flush(&self.socket).await;
-    }
-
-    async fn flush(&mut self, cmd_tx: &mpsc::UnboundedSender<Cmd>) {
-        let now = crate::socket::now();
-        // A few rounds at most: the core's queues hold more than a session's send queue, so a
-        // blocked session is normally through in one; any still blocked wait for the next wake.
-        for _ in 0..4 {
-            self.send_transmits(now).await;
-            // The core's queues are empty now: sessions it turned away get their turn.
-            if self.blocked.is_empty() {
-                break;
-            }
-            for id in std::mem::take(&mut self.blocked) {
-                self.drain(id);
-            }
-        }
-        while let Some(event) = self.endpoint.poll_event() {
-            match event {
-                ServerEvent::Opened { id, remote } => {
-                    let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
-                    let (st_tx, st_rx) = watch::channel(Status {
-                        remote,
-                        closed: None,
-                    });
-                    let requests = Arc::new(AtomicBool::new(false));
-                    let link = Arc::new(Link::default());
-                    let session =
-                        Session::new(id, cmd_tx.clone(), Arc::clone(&link), in_rx, st_rx, None)
-                            .with_requests(Arc::clone(&requests));
-                    if self.accept.try_send(session).is_err() {
-                        debug!(id, "accept queue full: session refused");
-                        self.endpoint.close(id, CloseCode::GOING_AWAY);
-                        continue;
-                    }
-                    self.sessions.insert(
-                        id,
-                        SessionSlot {
-                            link,
-                            incoming: in_tx,
-                            status: st_tx,
-                            requests,
-                        },
-                    );
-                }
-                ServerEvent::Datagram { id, data } => {
-                    if let Some(slot) = self.sessions.get(&id) {
-                        // A request counts from the moment it arrives, queueing included.
-                        let guard = slot
-                            .requests
-                            .load(Ordering::Acquire)
-                            .then(|| self.shared.guard());
-                        let delivered = slot.incoming.try_send(Incoming { data, guard }).is_ok();
-                        if !delivered {
-                            // (Its guard, if any, drops here: a request never served.)
-                            trace!(id, "application slow: datagram dropped");
-                        }
-                        slot.link
-                            .count_received(delivered, self.endpoint.session_stats(id));
-                    }
-                }
-                ServerEvent::Closed { id, reason } => {
-                    if let Some(slot) = self.sessions.remove(&id) {
-                        slot.link.close();
-                        slot.status.send_modify(|s| s.closed = Some(reason));
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Events can queue packets (a session refused for a full accept queue is closed): send them.
-        self.send_transmits(now).await;
-        let load = self.endpoint.load(now);
-        let mut published = self.shared.published();
-        published.stats = *self.endpoint.stats();
-        published.load = load;
+impl ServerSide {
+    fn begin_shutdown(&mut self) {
+        info!(
+            sessions = self.endpoint.session_count(),
+            "shutting down: closing sessions (going away)"
+        );
+        self.endpoint.close_all(CloseCode::GOING_AWAY);
     }
 }
 

@@ -90,11 +90,12 @@ impl Link {
 
     /// Driver side: moves queued datagrams into the protocol core with `push` (which takes
     /// each by value and hands it back when refused) until the queue is empty or the core
-    /// refuses one for lack of room (or for not being established yet).
+    /// refuses one for lack of room (or for not being established yet). Also says whether any
+    /// datagram moved.
     pub(crate) fn drain(
         &self,
         mut push: impl FnMut(Bytes) -> Result<(), (SendError, Bytes)>,
-    ) -> Drained {
+    ) -> (Drained, bool) {
         let mut st = self.state();
         let mut moved = false;
         let outcome = loop {
@@ -124,7 +125,7 @@ impl Link {
         if moved {
             self.room.notify_waiters();
         }
-        outcome
+        (outcome, moved)
     }
 
     /// Driver side: the session has ended; queued datagrams are discarded and waiting senders

@@ -870,6 +870,58 @@ async fn c1_one_client_endpoint_serves_every_connection_from_one_socket() {
     assert_eq!(s.remote(), own_addr);
 }
 
+#[tokio::test]
+async fn c1_one_client_endpoint_routes_hundreds_of_concurrent_races_and_sessions() {
+    // 300 races at once from one socket (300 live tags), then 300 sessions exchanging at once
+    // (300 receiver ids): each datagram must reach its own connection through the endpoint's
+    // index, and each session hear only its own echoes.
+    const N: usize = 300;
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let (addr, handle) = serve(&key, |_| {}).await;
+    let pool = vec![addr];
+    let client = client_for(&key, SelectionPolicy::Earliest);
+    let mut sessions: Vec<volley::Session> = timeout(
+        BOUND,
+        futures_like_join(std::iter::repeat_with(|| client.connect(&pool)).take(N)),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|s| s.unwrap())
+    .collect();
+    assert!(sessions.iter().all(|s| s.remote() == addr));
+    until("every session open on the server", || {
+        handle.stats().sessions_opened == N as u64
+    })
+    .await;
+    // In waves of 50, so that no burst outgrows a default socket buffer on loopback (this
+    // test is about routing, not about loss).
+    for round in 0..3u8 {
+        for (w, wave) in sessions.chunks_mut(50).enumerate() {
+            let msg = |i: usize| [&((w * 50 + i) as u32).to_be_bytes()[..], &[round]].concat();
+            for (i, s) in wave.iter().enumerate() {
+                s.send(&msg(i)).await.unwrap();
+            }
+            let echoes = timeout(BOUND, futures_like_join(wave.iter_mut().map(|s| s.recv())))
+                .await
+                .unwrap();
+            for (i, echo) in echoes.into_iter().enumerate() {
+                assert_eq!(
+                    &echo.unwrap()[..],
+                    &msg(i)[..],
+                    "session {} heard another's datagram in round {round}",
+                    w * 50 + i
+                );
+            }
+        }
+    }
+    assert_eq!(
+        handle.stats().sessions_opened,
+        N as u64,
+        "one session per connect"
+    );
+}
+
 /// Awaits every future of `futs` concurrently (no extra crate for one test).
 async fn futures_like_join<F: std::future::Future>(
     futs: impl Iterator<Item = F>,

@@ -152,6 +152,30 @@ enum State {
     Done,
 }
 
+/// What identifies the client connection a datagram is for, read from the datagram alone: the
+/// race tag (OFFER, COOKIE_CHANGE, REDIRECT) or the receiver id (ACCEPT, DATA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKey {
+    /// A race's tag.
+    Tag(Tag),
+    /// The client's own session id.
+    Receiver(u32),
+}
+
+impl RouteKey {
+    /// The key `datagram` carries; None for anything a client does not take (or cannot decode).
+    pub fn of(datagram: &[u8]) -> Option<Self> {
+        match Packet::decode(datagram).ok()? {
+            Packet::Offer(o) => Some(Self::Tag(o.tag)),
+            Packet::CookieChange(cc) => Some(Self::Tag(cc.tag)),
+            Packet::Redirect(rd) => Some(Self::Tag(rd.tag)),
+            Packet::Accept(a) => Some(Self::Receiver(a.receiver_id)),
+            Packet::Data(h, _) => Some(Self::Receiver(h.receiver_id)),
+            _ => None,
+        }
+    }
+}
+
 /// A client connection's protocol state. Drive it with `handle`, `handle_timeout`, and the
 /// `poll_*` methods after every input.
 pub struct Connection {
@@ -360,6 +384,29 @@ impl Connection {
         match &self.state {
             State::Handshaking(hs) => Some(hs.tag),
             _ => self.decided.as_ref().and_then(|r| r.retired_tag()),
+        }
+    }
+
+    /// The keys a datagram for this connection can carry (see [`RouteKey::of`]): its live and
+    /// retired race tags, its handshake's tag and receiver id, or its session's receiver id.
+    /// A runtime serving many connections on one socket indexes them by these — refreshed after
+    /// every call into the connection — and confirms a hit with [`Connection::claims`].
+    pub fn route_keys(&self) -> [Option<RouteKey>; 2] {
+        let retired = self
+            .decided
+            .as_ref()
+            .and_then(|r| r.retired_tag())
+            .map(RouteKey::Tag);
+        match &self.state {
+            State::Racing(r) => [r.live_tag().map(RouteKey::Tag), retired],
+            State::Handshaking(hs) => [
+                Some(RouteKey::Tag(hs.tag)),
+                Some(RouteKey::Receiver(hs.local_id)),
+            ],
+            State::Established { session, .. } => {
+                [retired, Some(RouteKey::Receiver(session.local_id()))]
+            }
+            State::Backoff { .. } | State::Done => [retired, None],
         }
     }
 

@@ -5,7 +5,7 @@ mod connection;
 pub mod pool;
 pub mod race;
 
-pub use connection::{ClientEvent, ConnectError, Connection};
+pub use connection::{ClientEvent, ConnectError, Connection, RouteKey};
 pub use pool::{EjectionConfig, PoolState, ServerOutcome, SharedPoolState};
 pub use race::{RaceTimers, Winner};
 

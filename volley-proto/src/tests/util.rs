@@ -402,6 +402,18 @@ impl Sim {
     /// `NBest` group): then the one that [`Connection::claims`] the datagram gets it, and the
     /// first at that address when none does (so that it is counted as a stray there).
     fn client_for(&self, src: SocketAddr, dst: SocketAddr, data: &[u8]) -> Option<usize> {
+        // A runtime's index by route key must find every connection that claims a datagram:
+        // checked on every datagram of every simulation.
+        for c in self.clients.iter().filter(|c| c.addr == dst) {
+            if c.conn.claims(src, data) {
+                let key = crate::client::RouteKey::of(data);
+                assert!(
+                    key.is_some() && c.conn.route_keys().contains(&key),
+                    "a claimed datagram's route key {key:?} is not among {:?}",
+                    c.conn.route_keys()
+                );
+            }
+        }
         let mut at = (0..self.clients.len()).filter(|&i| self.clients[i].addr == dst);
         let first = at.next()?;
         if self.clients[first].conn.claims(src, data) {

@@ -1,0 +1,227 @@
+//! The client runtime: [`Client::connect`] races a pool and returns a [`Session`] with the
+//! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race (L3). A
+//! client endpoint — one UDP socket and one driver task per address family — serves every
+//! connection of a client and keeps them alive afterwards (keepalive, failover).
+
+mod endpoint;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome, SharedPoolState};
+use volley_proto::{ClientConfig, ConnectError, SelectionPolicy};
+
+use crate::error::Error;
+use crate::session::Session;
+use endpoint::{Endpoint, Open, SiblingPlan};
+
+/// Connects to volley pools.
+///
+/// One `Client` (and its clones) is one client instance: its connections share what they learn
+/// about the pool — answer and handshake times, which set the retransmission timers (L6), and
+/// which servers failed, which are ejected from races for a while (L7). Independent `Client`s
+/// share nothing.
+///
+/// A client serves all its connections from one UDP socket per address family (and loopback or
+/// not), with one driver task: the first `connect` to a pool of that kind binds it (an
+/// ephemeral port), or [`Client::with_socket`] hands one in.
+#[derive(Debug, Clone)]
+pub struct Client {
+    config: ClientConfig,
+    pool: SharedPoolState,
+    endpoints: Arc<Mutex<HashMap<IpAddr, Endpoint>>>,
+}
+
+/// The kind of local address a pool is reached from: loopback or any, IPv4 or IPv6.
+fn bind_ip(remote: IpAddr) -> IpAddr {
+    match remote {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+impl Client {
+    /// A client with this configuration (pinned keys, service, timers, selection policy,
+    /// fan-out, ejection).
+    pub fn new(config: ClientConfig) -> Self {
+        let pool = PoolState::shared(config.ejection);
+        Self {
+            config,
+            pool,
+            endpoints: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A client whose connections of `socket`'s address family use `socket` (bring your own:
+    /// one with `SO_REUSEPORT`, a fixed port, or one handed over by systemd). A socket bound to
+    /// a loopback address serves loopback pools only; one bound to a wildcard or another
+    /// address serves every pool of its family. Call within a tokio runtime.
+    pub fn with_socket(config: ClientConfig, socket: std::net::UdpSocket) -> Result<Self, Error> {
+        let client = Self::new(config);
+        let local = socket.local_addr()?;
+        socket.set_nonblocking(true)?;
+        let endpoint = Endpoint::start(UdpSocket::from_std(socket)?);
+        let mut endpoints = lock_endpoints(&client.endpoints);
+        let family = |loopback: bool| match (local.ip(), loopback) {
+            (IpAddr::V4(_), true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            (IpAddr::V4(_), false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (IpAddr::V6(_), true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            (IpAddr::V6(_), false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        endpoints.insert(family(true), endpoint.clone());
+        if !local.ip().is_loopback() {
+            endpoints.insert(family(false), endpoint);
+        }
+        drop(endpoints);
+        Ok(client)
+    }
+
+    /// The local address connections to `remote` are made from, once a connect has bound it
+    /// (or [`Client::with_socket`] gave it).
+    pub fn local_addr(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        lock_endpoints(&self.endpoints)
+            .get(&bind_ip(remote.ip()))
+            .map(|e| e.local)
+    }
+
+    /// The endpoint for pools reached from `ip`'s kind of address: the one running, or a new
+    /// one on a fresh ephemeral socket.
+    async fn endpoint(&self, remote: IpAddr) -> Result<Endpoint, Error> {
+        let key = bind_ip(remote);
+        if let Some(e) = lock_endpoints(&self.endpoints).get(&key) {
+            if !e.opens.is_closed() {
+                return Ok(e.clone());
+            }
+        }
+        let socket = UdpSocket::bind(SocketAddr::new(key, 0)).await?;
+        let endpoint = Endpoint::start(socket);
+        // Two connects may race to create it: the first one stored wins, the other's driver
+        // ends with nothing to serve once its handle is dropped.
+        let mut endpoints = lock_endpoints(&self.endpoints);
+        let e = endpoints.entry(key).or_insert_with(|| endpoint.clone());
+        if e.opens.is_closed() {
+            *e = endpoint;
+        }
+        Ok(e.clone())
+    }
+
+    /// Reports what became of a request served by `server` (L7): failures in a row eject it
+    /// from this client's races for a back-off; a success ends a probation. Sessions report
+    /// for their own server with [`Session::report_failure`] and [`Session::report_success`].
+    pub fn report(&self, server: SocketAddr, outcome: ServerOutcome) {
+        let mut state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        state.report(crate::socket::now(), server, outcome);
+    }
+
+    /// Whether `server` is ejected from this client's races now (L7).
+    pub fn is_ejected(&self, server: SocketAddr) -> bool {
+        let state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        state.is_ejected(crate::socket::now(), &server)
+    }
+
+    /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
+    /// server, on this client's socket for the pool's address family. Under [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`].
+    pub async fn connect(&self, pool: &[SocketAddr]) -> Result<Session, Error> {
+        let mut sessions = self.open(pool, self.config.clone(), None).await?;
+        sessions
+            .pop()
+            .ok_or(Error::Connect(ConnectError::NothingToRace))
+    }
+
+    /// Opens sessions with the `k` best servers of one race (L3, `NBest`): one probe per
+    /// server, the `k` earliest offers (collected for at most the configured window after the
+    /// first, [`volley_proto::client::DEFAULT_WINDOW`] unless the policy names one) each get a
+    /// handshake, all from one socket served by one driver task.
+    ///
+    /// Returns when every chosen server is established or has failed: the sessions that came
+    /// up, best first — fewer than `k` when fewer servers answered or some handshakes failed
+    /// (each failed one re-races the rest of the pool first, so two sessions can end up on one
+    /// server). An error only when none came up. Each session fails over on its own; a session
+    /// that fails over races with the configured policy (`Earliest` when that is `NBest`).
+    pub async fn connect_n(&self, pool: &[SocketAddr], k: usize) -> Result<Vec<Session>, Error> {
+        if k == 0 {
+            return Err(Error::InvalidArgument("connect_n needs k of at least 1"));
+        }
+        let delta = match self.config.policy {
+            SelectionPolicy::Window { delta, .. } | SelectionPolicy::NBest { delta, .. } => delta,
+            _ => DEFAULT_WINDOW,
+        };
+        let mut main = self.config.clone();
+        main.policy = SelectionPolicy::NBest { k, delta };
+        let mut sibling = self.config.clone();
+        if matches!(sibling.policy, SelectionPolicy::NBest { .. }) {
+            sibling.policy = SelectionPolicy::Earliest;
+        }
+        let plan = (k > 1).then(|| SiblingPlan {
+            config: sibling,
+            pool: pool.to_vec(),
+            state: SharedPoolState::clone(&self.pool),
+        });
+        self.open(pool, main, plan).await
+    }
+
+    /// Hands the main connection (and siblings per `plan`) to the endpoint's driver and waits
+    /// until every one is established or failed.
+    async fn open(
+        &self,
+        pool: &[SocketAddr],
+        config: ClientConfig,
+        plan: Option<SiblingPlan>,
+    ) -> Result<Vec<Session>, Error> {
+        let first = pool.first().ok_or(ConnectError::NothingToRace)?;
+        let endpoint = self.endpoint(first.ip()).await?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let open = Open {
+            config,
+            pool: pool.to_vec(),
+            plan,
+            state: SharedPoolState::clone(&self.pool),
+            ready: ready_tx,
+        };
+        if endpoint.opens.send(open).is_err() {
+            return Err(Error::Connect(ConnectError::NothingToRace));
+        }
+        let outcomes = ready_rx
+            .await
+            .map_err(|_| Error::Connect(ConnectError::NothingToRace))?;
+        let cmd_tx = endpoint.cmd;
+        let mut sessions = Vec::new();
+        let mut first_error = None;
+        for (id, outcome) in outcomes {
+            match outcome {
+                Ok(parts) => sessions.push(
+                    Session::new(
+                        id,
+                        cmd_tx.clone(),
+                        parts.link,
+                        parts.incoming,
+                        parts.status,
+                        Some(parts.report),
+                    )
+                    .with_pool(SharedPoolState::clone(&self.pool)),
+                ),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if sessions.is_empty() {
+            return Err(Error::Connect(
+                first_error.unwrap_or(ConnectError::NothingToRace),
+            ));
+        }
+        Ok(sessions)
+    }
+}
+
+fn lock_endpoints(
+    m: &Mutex<HashMap<IpAddr, Endpoint>>,
+) -> MutexGuard<'_, HashMap<IpAddr, Endpoint>> {
+    // Plain handles behind the lock; a panic elsewhere cannot leave it inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
