@@ -9,14 +9,15 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 use tracing::{debug, trace};
 
+use super::handshake::{Accepted, ExpectAccept};
 use super::pool::{Ejection, PoolState, ServerOutcome, SharedPoolState};
 use super::race::{OfferOutcome, Race, RaceTimeout, RaceTimers, Winner};
 use super::{ClientConfig, ClientStats};
-use crate::crypto::{self, InitiatorHandshake, PublicKey};
-use crate::packet::{Init, KeyId, LoadHint, Offer, Packet, Tag};
+use crate::crypto::PublicKey;
+use crate::packet::{KeyId, LoadHint, Offer, Packet, Tag};
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError, Session};
 use crate::util::canonical;
-use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN, TAG_LEN, Transmit};
+use crate::{TAG_LEN, Transmit};
 
 /// Why a connection gave up. Terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -117,29 +118,13 @@ pub enum ClientEvent {
     Closed(CloseReason),
 }
 
-struct Handshake {
-    tag: Tag,
-    server: SocketAddr,
-    key: PublicKey,
-    cookie: Vec<u8>,
-    local_id: u32,
-    hs: Option<InitiatorHandshake>,
-    init: Vec<u8>,
-    send_now: bool,
-    started: Instant,
-    next_retransmit: Instant,
-    rto: Duration,
-    deadline: Instant,
-    cookie_changed: bool,
-    /// Whether the INIT was sent more than once (its handshake time is then ambiguous).
-    retransmitted: bool,
-}
-
 // One Connection exists per connect, so the variants' size difference costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
 enum State {
-    Racing(Race),
-    Handshaking(Handshake),
+    /// Racing: waiting for offers.
+    ExpectOffer(Race),
+    /// Waiting for the winner's ACCEPT.
+    ExpectAccept(ExpectAccept),
     Established {
         session: Session,
         server: SocketAddr,
@@ -346,7 +331,7 @@ impl Connection {
             self.config.probe_size,
             self.config.policy,
         );
-        self.state = State::Racing(race);
+        self.state = State::ExpectOffer(race);
     }
 
     /// A connection that skips the race: it opens a session with `winner`, an offer another
@@ -382,7 +367,7 @@ impl Connection {
     /// The tag of the race that chose this connection's current server, once decided.
     pub fn decided_tag(&self) -> Option<Tag> {
         match &self.state {
-            State::Handshaking(hs) => Some(hs.tag),
+            State::ExpectAccept(hs) => Some(hs.tag),
             _ => self.decided.as_ref().and_then(|r| r.retired_tag()),
         }
     }
@@ -398,8 +383,8 @@ impl Connection {
             .and_then(|r| r.retired_tag())
             .map(RouteKey::Tag);
         match &self.state {
-            State::Racing(r) => [r.live_tag().map(RouteKey::Tag), retired],
-            State::Handshaking(hs) => [
+            State::ExpectOffer(r) => [r.live_tag().map(RouteKey::Tag), retired],
+            State::ExpectAccept(hs) => [
                 Some(RouteKey::Tag(hs.tag)),
                 Some(RouteKey::Receiver(hs.local_id)),
             ],
@@ -420,7 +405,7 @@ impl Connection {
         };
         let race_tag = |tag: &Tag| {
             let live = match &self.state {
-                State::Racing(r) => r.live_tag() == Some(*tag),
+                State::ExpectOffer(r) => r.live_tag() == Some(*tag),
                 _ => false,
             };
             live || self
@@ -430,11 +415,13 @@ impl Connection {
         };
         match (&packet, &self.state) {
             (Packet::Offer(o), _) => race_tag(&o.tag),
-            (Packet::CookieChange(cc), State::Handshaking(hs)) => {
+            (Packet::CookieChange(cc), State::ExpectAccept(hs)) => {
                 from == hs.server && cc.tag == hs.tag
             }
-            (Packet::Redirect(rd), State::Handshaking(hs)) => from == hs.server && rd.tag == hs.tag,
-            (Packet::Accept(a), State::Handshaking(hs)) => a.receiver_id == hs.local_id,
+            (Packet::Redirect(rd), State::ExpectAccept(hs)) => {
+                from == hs.server && rd.tag == hs.tag
+            }
+            (Packet::Accept(a), State::ExpectAccept(hs)) => a.receiver_id == hs.local_id,
             (Packet::Data(h, _), State::Established { session, .. }) => {
                 h.receiver_id == session.local_id()
             }
@@ -445,7 +432,7 @@ impl Connection {
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         let mut s = self.stats;
-        if let State::Racing(race) = &self.state {
+        if let State::ExpectOffer(race) = &self.state {
             s.probes_sent += race.probes_sent();
         }
         if let State::Established { session, .. } = &self.state {
@@ -528,7 +515,7 @@ impl Connection {
             Packet::CookieChange(cc) => self.on_cookie_change(now, from, cc.tag, cc.cookie),
             Packet::Redirect(rd) => {
                 match &self.state {
-                    State::Handshaking(hs) if from == hs.server && rd.tag == hs.tag => {}
+                    State::ExpectAccept(hs) if from == hs.server && rd.tag == hs.tag => {}
                     _ => {
                         self.stats.unexpected += 1;
                         return;
@@ -581,7 +568,7 @@ impl Connection {
         let pinned = &self.pinned;
         let lookup = |id: &KeyId| pinned.iter().find(|(k, _)| k == id).map(|(_, key)| *key);
         let live = match &mut self.state {
-            State::Racing(race) => race.handle_offer(now, from, offer, &lookup),
+            State::ExpectOffer(race) => race.handle_offer(now, from, offer, &lookup),
             _ => OfferOutcome::UnknownTag,
         };
         if !matches!(live, OfferOutcome::UnknownTag | OfferOutcome::Unprobed) {
@@ -593,7 +580,7 @@ impl Connection {
             .map(|prev| prev.handle_offer(now, from, offer, &lookup))
         {
             Some(late @ OfferOutcome::Late { .. }) => late,
-            Some(other) if !matches!(self.state, State::Racing(_)) => other,
+            Some(other) if !matches!(self.state, State::ExpectOffer(_)) => other,
             _ => live,
         }
     }
@@ -642,7 +629,7 @@ impl Connection {
                     load,
                 });
                 let decided = match &mut self.state {
-                    State::Racing(race) => race.decide_if_complete(),
+                    State::ExpectOffer(race) => race.decide_if_complete(),
                     _ => None,
                 };
                 if let Some(winner) = decided {
@@ -672,7 +659,7 @@ impl Connection {
     /// The race is decided: `w` won. Start the handshake with it.
     fn on_won(&mut self, now: Instant, w: Winner) {
         self.stats.offers_won += 1;
-        if let State::Racing(race) = &self.state {
+        if let State::ExpectOffer(race) = &self.state {
             if !race.retransmitted() {
                 self.shared().answer_sample(w.answer_time);
             }
@@ -683,7 +670,7 @@ impl Connection {
             load: w.load,
         });
         debug!(server = %w.server, answer_time = ?w.answer_time, "offer won");
-        let State::Racing(mut race) = std::mem::replace(&mut self.state, State::Done) else {
+        let State::ExpectOffer(mut race) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
         let tag = self.current_tag(&race);
@@ -701,27 +688,20 @@ impl Connection {
             self.config.min_rto,
             self.config.race.max_rto,
         );
-        let mut hs = Handshake {
+        let server = w.server;
+        match ExpectAccept::start(
+            now,
             tag,
-            server: w.server,
-            key: w.key,
-            cookie: w.cookie,
+            w,
             local_id,
-            hs: None,
-            init: Vec::new(),
-            send_now: true,
-            started: now,
-            next_retransmit: now + rto,
             rto,
-            deadline: now + self.config.handshake_timeout,
-            cookie_changed: false,
-            retransmitted: false,
-        };
-        if self.build_init(&mut hs).is_some() {
-            self.state = State::Handshaking(hs);
-        } else {
+            self.config.handshake_timeout,
+            &self.config.service,
+            &mut *self.rng,
+        ) {
+            Some(hs) => self.state = State::ExpectAccept(hs),
             // Cannot happen with sane inputs (bad pinned key?); treat as lost server.
-            self.lose_server(now, w.server, CloseReason::IdleTimeout);
+            None => self.lose_server(now, server, CloseReason::IdleTimeout),
         }
     }
 
@@ -730,60 +710,30 @@ impl Connection {
             .expect("a decided race has a retired tag")
     }
 
-    fn build_init(&mut self, hs: &mut Handshake) -> Option<()> {
-        let prologue = crypto::prologue(&self.config.service, &hs.tag, &hs.cookie);
-        let mut msg1 = [0u8; MAX_NOISE_LEN];
-        let (state, n) = InitiatorHandshake::start(
-            &hs.key,
-            &prologue,
-            &hs.local_id.to_be_bytes(),
-            &mut msg1,
-            &mut *self.rng,
-        )
-        .ok()?;
-        let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let size = Init {
-            tag: hs.tag,
-            service: &self.config.service,
-            cookie: &hs.cookie,
-            noise: &msg1[..n],
-        }
-        .encode(&mut buf)
-        .ok()?;
-        hs.hs = Some(state);
-        hs.init = buf[..size].to_vec();
-        hs.send_now = true;
-        Some(())
-    }
-
     fn on_cookie_change(&mut self, now: Instant, from: SocketAddr, tag: Tag, cookie: &[u8]) {
         // Check before taking the state out: a COOKIE_CHANGE in any other state (anyone can send
         // one) must leave the race or session untouched.
         match &self.state {
-            State::Handshaking(hs) if from == hs.server && tag == hs.tag && !hs.cookie_changed => {}
+            State::ExpectAccept(hs) if from == hs.server && tag == hs.tag && !hs.cookie_changed => {
+            }
             _ => {
                 self.stats.cookie_changes_ignored += 1;
                 return;
             }
         }
-        let State::Handshaking(mut hs) = std::mem::replace(&mut self.state, State::Done) else {
+        let State::ExpectAccept(hs) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
-        hs.cookie = cookie.to_vec();
-        hs.cookie_changed = true;
-        hs.retransmitted = true;
-        hs.next_retransmit = now + hs.rto;
         self.stats.cookie_changes += 1;
         debug!(server = %from, "cookie change: retrying INIT with the fresh cookie");
-        if self.build_init(&mut hs).is_some() {
-            self.state = State::Handshaking(hs);
-        } else {
-            self.lose_server(now, from, CloseReason::IdleTimeout);
+        match hs.with_cookie(now, cookie, &self.config.service, &mut *self.rng) {
+            Some(hs) => self.state = State::ExpectAccept(hs),
+            None => self.lose_server(now, from, CloseReason::IdleTimeout),
         }
     }
 
     fn on_accept(&mut self, now: Instant, from: SocketAddr, receiver_id: u32, noise: &[u8]) {
-        let State::Handshaking(hs) = &mut self.state else {
+        let State::ExpectAccept(hs) = &self.state else {
             self.stats.unexpected += 1;
             return;
         };
@@ -791,23 +741,17 @@ impl Connection {
             self.stats.unexpected += 1;
             return;
         }
-        let Some(state) = hs.hs.take() else { return };
-        let mut payload = [0u8; MAX_NOISE_LEN];
+        let State::ExpectAccept(hs) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
         let server = hs.server;
-        let clean = !hs.retransmitted;
-        match state.finish(noise, &mut payload) {
-            Ok((4, keys)) => {
-                let remote_id =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                let handshake_time = now.saturating_duration_since(hs.started);
-                let session = Session::new(
-                    now,
-                    hs.local_id,
-                    remote_id,
-                    server,
-                    keys,
-                    self.config.session,
-                );
+        match hs.finish(now, noise, self.config.session) {
+            Some(Accepted {
+                session,
+                server,
+                handshake_time,
+                clean,
+            }) => {
                 self.stats.sessions_established += 1;
                 self.refusals = 0;
                 if clean {
@@ -821,7 +765,7 @@ impl Connection {
                 debug!(%server, ?handshake_time, "session established");
                 self.state = State::Established { session, server };
             }
-            _ => {
+            None => {
                 // The handshake state is spent; an ACCEPT that fails Noise means the session
                 // cannot come up with this server.
                 self.stats.accepts_invalid += 1;
@@ -842,7 +786,7 @@ impl Connection {
     fn lose_server(&mut self, now: Instant, server: SocketAddr, reason: CloseReason) {
         let was_established = matches!(self.state, State::Established { .. });
         match &self.state {
-            State::Racing(race) => self.stats.probes_sent += race.probes_sent(),
+            State::ExpectOffer(race) => self.stats.probes_sent += race.probes_sent(),
             State::Established { session, .. } => self.keep_session_stats(session.stats()),
             _ => {}
         }
@@ -893,14 +837,14 @@ impl Connection {
     /// Writes the next datagram to send into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes).
     pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         match &mut self.state {
-            State::Racing(race) => race.poll_transmit(buf),
-            State::Handshaking(hs) => {
+            State::ExpectOffer(race) => race.poll_transmit(buf),
+            State::ExpectAccept(hs) => {
                 if !hs.send_now {
                     return None;
                 }
                 hs.send_now = false;
-                let size = hs.init.len();
-                buf.get_mut(..size)?.copy_from_slice(&hs.init);
+                let size = hs.init().len();
+                buf.get_mut(..size)?.copy_from_slice(hs.init());
                 self.stats.inits_sent += 1;
                 Some(Transmit {
                     destination: hs.server,
@@ -942,8 +886,8 @@ impl Connection {
     /// When [`Connection::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Racing(race) => race.poll_timeout(),
-            State::Handshaking(hs) => Some(hs.next_retransmit.min(hs.deadline)),
+            State::ExpectOffer(race) => race.poll_timeout(),
+            State::ExpectAccept(hs) => Some(hs.next_retransmit.min(hs.deadline)),
             State::Established { session, .. } => session.poll_timeout(),
             State::Backoff { until, .. } => Some(*until),
             State::Done => None,
@@ -954,13 +898,15 @@ impl Connection {
     /// idle timeout (R5).
     pub fn handle_timeout(&mut self, now: Instant) {
         match &mut self.state {
-            State::Racing(race) => match race.handle_timeout(now) {
+            State::ExpectOffer(race) => match race.handle_timeout(now) {
                 RaceTimeout::Pending => {}
                 RaceTimeout::Decided(w) => self.on_won(now, w),
                 RaceTimeout::Expired => {
                     let deadline = self.config.race.deadline;
                     self.stats.probes_sent += race.probes_sent();
-                    if let State::Racing(race) = std::mem::replace(&mut self.state, State::Done) {
+                    if let State::ExpectOffer(race) =
+                        std::mem::replace(&mut self.state, State::Done)
+                    {
                         self.decided = Some(race);
                     }
                     debug!("race failed: no offer");
@@ -968,7 +914,7 @@ impl Connection {
                         .push_back(ClientEvent::Failed(ConnectError::NoOffer(deadline)));
                 }
             },
-            State::Handshaking(hs) => {
+            State::ExpectAccept(hs) => {
                 if now >= hs.deadline {
                     let server = hs.server;
                     debug!(%server, "handshake timed out");

@@ -2,6 +2,7 @@
 //! session, with failover — all in one [`Connection`] state machine.
 
 mod connection;
+mod handshake;
 pub mod pool;
 pub mod race;
 

@@ -1,0 +1,159 @@
+//! The client's handshake with the race's winner (C6, R1, R2, S4): the state that waits for an
+//! ACCEPT, named for what it waits for as rustls names its states. It is built only with its
+//! INIT written (so there is no handshake without one to send), a COOKIE_CHANGE consumes it for a
+//! new one with a fresh Noise message, and an ACCEPT consumes it for the session or for nothing:
+//! the Noise state is spent either way, and no half-used state is left behind.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_core::CryptoRngCore;
+
+use super::race::Winner;
+use crate::crypto::{self, InitiatorHandshake, PublicKey};
+use crate::packet::{Init, Tag};
+use crate::session::{Session, SessionConfig};
+use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN};
+
+/// Waiting for the winner's ACCEPT, with the INIT to (re)send.
+pub(super) struct ExpectAccept {
+    /// The race's tag, carried in the INIT and bound into the prologue.
+    pub(super) tag: Tag,
+    pub(super) server: SocketAddr,
+    key: PublicKey,
+    /// This side's session id: the ACCEPT's `receiver_id`.
+    pub(super) local_id: u32,
+    noise: InitiatorHandshake,
+    init: Vec<u8>,
+    /// The INIT is due now (first send, retransmission, new cookie).
+    pub(super) send_now: bool,
+    pub(super) started: Instant,
+    pub(super) next_retransmit: Instant,
+    pub(super) rto: Duration,
+    pub(super) deadline: Instant,
+    /// A COOKIE_CHANGE was followed once; a second one is ignored (R2).
+    pub(super) cookie_changed: bool,
+    /// Whether the INIT was sent more than once (its handshake time is then ambiguous).
+    pub(super) retransmitted: bool,
+}
+
+/// What an authentic ACCEPT gave.
+pub(super) struct Accepted {
+    pub(super) session: Session,
+    pub(super) server: SocketAddr,
+    /// From the first INIT to the ACCEPT.
+    pub(super) handshake_time: Duration,
+    /// One INIT, one ACCEPT: the time is an RTT sample.
+    pub(super) clean: bool,
+}
+
+impl ExpectAccept {
+    /// The handshake with race winner `w`, its INIT written; None only if the INIT cannot be
+    /// built (an unusable pinned key).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start(
+        now: Instant,
+        tag: Tag,
+        w: Winner,
+        local_id: u32,
+        rto: Duration,
+        timeout: Duration,
+        service: &[u8],
+        rng: &mut dyn CryptoRngCore,
+    ) -> Option<Self> {
+        let (noise, init) = write_init(&w.key, tag, &w.cookie, local_id, service, rng)?;
+        Some(Self {
+            tag,
+            server: w.server,
+            key: w.key,
+            local_id,
+            noise,
+            init,
+            send_now: true,
+            started: now,
+            next_retransmit: now + rto,
+            rto,
+            deadline: now + timeout,
+            cookie_changed: false,
+            retransmitted: false,
+        })
+    }
+
+    /// The server moved our cookie (R2): the same handshake with `cookie` and a fresh Noise
+    /// message, sent at once. None if the INIT cannot be built.
+    pub(super) fn with_cookie(
+        self,
+        now: Instant,
+        cookie: &[u8],
+        service: &[u8],
+        rng: &mut dyn CryptoRngCore,
+    ) -> Option<Self> {
+        let (noise, init) = write_init(&self.key, self.tag, cookie, self.local_id, service, rng)?;
+        Some(Self {
+            noise,
+            init,
+            send_now: true,
+            next_retransmit: now + self.rto,
+            cookie_changed: true,
+            retransmitted: true,
+            ..self
+        })
+    }
+
+    /// The INIT as last written.
+    pub(super) fn init(&self) -> &[u8] {
+        &self.init
+    }
+
+    /// Reads the ACCEPT's Noise message: the session, or None when it fails Noise or its
+    /// payload is not the 4-byte server session id (the state is spent either way).
+    pub(super) fn finish(
+        self,
+        now: Instant,
+        noise: &[u8],
+        config: SessionConfig,
+    ) -> Option<Accepted> {
+        let mut payload = [0u8; MAX_NOISE_LEN];
+        let (n, keys) = self.noise.finish(noise, &mut payload).ok()?;
+        let remote_id = <[u8; 4]>::try_from(payload.get(..n)?).ok()?;
+        let session = Session::new(
+            now,
+            self.local_id,
+            u32::from_be_bytes(remote_id),
+            self.server,
+            keys,
+            config,
+        );
+        Some(Accepted {
+            session,
+            server: self.server,
+            handshake_time: now.saturating_duration_since(self.started),
+            clean: !self.retransmitted,
+        })
+    }
+}
+
+/// Noise message 1 towards `key` in an INIT for `tag` and `cookie`.
+fn write_init(
+    key: &PublicKey,
+    tag: Tag,
+    cookie: &[u8],
+    local_id: u32,
+    service: &[u8],
+    rng: &mut dyn CryptoRngCore,
+) -> Option<(InitiatorHandshake, Vec<u8>)> {
+    let prologue = crypto::prologue(service, &tag, cookie);
+    let mut msg1 = [0u8; MAX_NOISE_LEN];
+    let (noise, n) =
+        InitiatorHandshake::start(key, &prologue, &local_id.to_be_bytes(), &mut msg1, rng).ok()?;
+    let mut buf = [0u8; MAX_DATAGRAM_LEN];
+    let size = Init {
+        tag,
+        service,
+        cookie,
+        noise: &msg1[..n],
+    }
+    .encode(&mut buf)
+    .ok()?;
+    Some((noise, buf[..size].to_vec()))
+}
