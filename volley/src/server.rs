@@ -139,7 +139,7 @@ impl Server {
             precise_armed: false,
             stopping: None,
         };
-        let task = tokio::spawn(runtime::Driver::new(socket, cmd_rx, side).run());
+        let task = tokio::spawn(runtime::Driver::new(socket, cmd_rx, side, true).run());
         info!(%local, key = %public.to_hex(), "volley server listening");
         Ok(Self {
             local,

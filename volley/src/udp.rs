@@ -3,6 +3,12 @@
 //! (`IP_PKTINFO`/`IPV6_RECVPKTINFO`) so that a server bound to a wildcard address answers from the
 //! address the client reached — the one its cookies and sessions are bound to (PROTOCOL.md §7.1).
 //!
+//! Where the kernel has them, segmentation offload too (as quinn-udp does): a run of
+//! equal-sized datagrams to one destination goes down the stack as one UDP GSO send
+//! (`UDP_SEGMENT`), and a socket with UDP GRO (`UDP_GRO`) receives a coalesced run as one buffer,
+//! which [`RecvBatch::iter`] splits back into datagrams. On loopback the two together carry a
+//! burst through the stack once instead of once per datagram.
+//!
 //! Public so that other loops over the same sockets (the lab's bare echo, a custom driver) batch
 //! the same way. Linux only, like the rest of the runtime's socket handling. The buffers are
 //! allocated once per driver; the `mmsghdr` arrays are built per call (a few KiB): nix's are not
@@ -29,6 +35,24 @@ pub const BATCH: usize = 32;
 /// are seen as oversized rather than silently truncated to a valid length.
 const SLOT: usize = MAX_DATAGRAM_LEN + 1;
 
+/// A receive slot with GRO holds the largest coalesced buffer the kernel delivers (64 KiB): a
+/// smaller one would truncate a run.
+const GRO_SLOT: usize = 1 << 16;
+
+/// Most datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
+const MAX_SEGMENTS: usize = 64;
+
+/// Turns on UDP GRO: the kernel may deliver a run of datagrams from one sender as one buffer.
+/// False where the kernel does not have it (the socket then works as before).
+pub fn enable_gro(socket: &UdpSocket) -> bool {
+    setsockopt(&socket.as_fd(), sockopt::UdpGroSegment, &true).is_ok()
+}
+
+/// Whether the kernel takes UDP GSO sends on this socket (`UDP_SEGMENT`; nothing is changed).
+pub fn gso_supported(socket: &UdpSocket) -> bool {
+    setsockopt(&socket.as_fd(), sockopt::UdpGsoSegment, &0).is_ok()
+}
+
 /// Asks the kernel for each datagram's local address; needed only on wildcard binds (on a
 /// specific address every datagram arrives on it).
 pub fn enable_local_addr(socket: &UdpSocket) -> io::Result<()> {
@@ -48,6 +72,9 @@ pub fn enable_local_addr(socket: &UdpSocket) -> io::Result<()> {
 pub struct Meta {
     /// Bytes received (one more than [`volley_proto::MAX_DATAGRAM_LEN`]: oversized, truncated).
     pub len: usize,
+    /// With GRO, the size of each datagram coalesced into these bytes (the last may be
+    /// shorter); equal to `len` otherwise.
+    pub stride: usize,
     /// The sender.
     pub from: SocketAddr,
     /// The local IP it arrived on, on a socket [`enable_local_addr`] was called for.
@@ -60,37 +87,58 @@ pub struct RecvBatch {
     meta: Vec<Meta>,
     /// Whether to ask for local addresses (wildcard binds).
     local_addr: bool,
+    /// Bytes per slot: [`SLOT`], or 64 KiB with GRO.
+    slot: usize,
+    gro: bool,
 }
 
 impl RecvBatch {
     /// Buffers for [`BATCH`] datagrams; `local_addr`: read each datagram's local address (the
     /// socket must have had [`enable_local_addr`]).
     pub fn new(local_addr: bool) -> Self {
+        Self::with_gro(local_addr, false)
+    }
+
+    /// Like [`RecvBatch::new`], for a socket [`enable_gro`] succeeded on when `gro` (64 KiB per
+    /// slot, 2 MiB in all).
+    pub fn with_gro(local_addr: bool, gro: bool) -> Self {
+        let slot = if gro { GRO_SLOT } else { SLOT };
         Self {
-            data: vec![0; BATCH * SLOT],
+            data: vec![0; BATCH * slot],
             meta: Vec::with_capacity(BATCH),
             local_addr,
+            slot,
+            gro,
         }
     }
 
-    /// The datagrams of the last [`RecvBatch::recv`].
+    /// The datagrams of the last [`RecvBatch::recv`], a GRO buffer split back into its
+    /// datagrams (each with its own `len`).
     pub fn iter(&self) -> impl Iterator<Item = (Meta, &[u8])> + '_ {
-        self.meta
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (*m, &self.data[i * SLOT..i * SLOT + m.len.min(SLOT)]))
+        self.meta.iter().enumerate().flat_map(move |(i, m)| {
+            let bytes = &self.data[i * self.slot..i * self.slot + m.len.min(self.slot)];
+            bytes.chunks(m.stride.max(1)).map(move |d| {
+                let meta = Meta {
+                    len: d.len(),
+                    stride: d.len(),
+                    ..*m
+                };
+                (meta, d)
+            })
+        })
     }
 
-    /// Reads up to [`BATCH`] datagrams without blocking; `WouldBlock` when there are none.
+    /// Reads up to [`BATCH`] buffers without blocking (with GRO, each may hold several
+    /// datagrams); `WouldBlock` when there are none. Returns the buffers read.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.meta.clear();
-        let local_addr = self.local_addr;
+        let (local_addr, gro, slot) = (self.local_addr, self.gro, self.slot);
         let Self { data, meta, .. } = self;
         socket.try_io(Interest::READABLE, || {
-            let cmsg = local_addr.then(|| nix::cmsg_space!(libc::in6_pktinfo));
+            let cmsg = (local_addr || gro).then(|| nix::cmsg_space!(libc::in6_pktinfo, i32));
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg);
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = data
-                .chunks_mut(SLOT)
+                .chunks_mut(slot)
                 .map(|c| [IoSliceMut::new(c)])
                 .collect();
             let received = recvmmsg(
@@ -105,19 +153,29 @@ impl RecvBatch {
                 let Some(from) = msg.address.as_ref().and_then(to_std) else {
                     continue;
                 };
-                let local_ip = msg.cmsgs().ok().and_then(|mut c| {
-                    c.find_map(|m| match m {
-                        ControlMessageOwned::Ipv4PacketInfo(i) => {
-                            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))))
+                let mut local_ip = None;
+                let mut stride = msg.bytes;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        match c {
+                            ControlMessageOwned::Ipv4PacketInfo(i) => {
+                                local_ip = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                                    i.ipi_addr.s_addr,
+                                ))));
+                            }
+                            ControlMessageOwned::Ipv6PacketInfo(i) => {
+                                local_ip = Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)));
+                            }
+                            ControlMessageOwned::UdpGroSegments(size) if size > 0 => {
+                                stride = size as usize;
+                            }
+                            _ => {}
                         }
-                        ControlMessageOwned::Ipv6PacketInfo(i) => {
-                            Some(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr)))
-                        }
-                        _ => None,
-                    })
-                });
+                    }
+                }
                 meta.push(Meta {
                     len: msg.bytes,
+                    stride,
                     from,
                     local_ip,
                 });
@@ -142,6 +200,8 @@ pub struct SendBatch {
     items: Vec<(usize, SocketAddr, Option<IpAddr>)>,
     /// The next free byte of `data`.
     end: usize,
+    /// Whether runs to one destination go as one GSO send.
+    gso: bool,
 }
 
 impl Default for SendBatch {
@@ -150,11 +210,22 @@ impl Default for SendBatch {
             data: vec![0; BATCH * MAX_DATAGRAM_LEN],
             items: Vec::with_capacity(BATCH),
             end: 0,
+            gso: false,
         }
     }
 }
 
 impl SendBatch {
+    /// A batch that sends runs of equal-sized datagrams to one destination as one GSO send,
+    /// for a socket [`gso_supported`] said yes for (turned off again by itself if the kernel
+    /// refuses a GSO send, e.g. on a device without checksum offload).
+    pub fn with_gso(gso: bool) -> Self {
+        Self {
+            gso,
+            ..Self::default()
+        }
+    }
+
     /// Whether no more datagrams fit (send first).
     pub fn is_full(&self) -> bool {
         self.items.len() >= BATCH
@@ -187,13 +258,29 @@ impl SendBatch {
             // Straight to the kernel (MSG_DONTWAIT): tokio's readiness for a socket that has
             // not yet been polled writable would turn the first send into a wait for the
             // reactor. Only a real EAGAIN clears the readiness and waits.
-            match send_run(socket, &self.data[offset..self.end], &self.items[sent..]) {
+            let gso = self.gso;
+            match send_run(
+                socket,
+                &self.data[offset..self.end],
+                &self.items[sent..],
+                gso,
+            ) {
                 Ok(n) => {
                     offset += self.items[sent..sent + n]
                         .iter()
                         .map(|i| i.0)
                         .sum::<usize>();
                     sent += n;
+                }
+                Err(e)
+                    if gso
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT)
+                        ) =>
+                {
+                    tracing::debug!(error = %e, "GSO send refused: sending one by one from now on");
+                    self.gso = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let _ = socket.try_io(Interest::WRITABLE, || Err::<(), _>(e));
@@ -215,25 +302,61 @@ impl SendBatch {
 }
 
 /// One `sendmmsg` over the leading run of `items` that share a source address (a control
-/// message applies to a whole call). Returns how many were sent.
+/// message applies to a whole call). With `gso`, consecutive items of one size to one
+/// destination are one message with `UDP_SEGMENT` (the kernel splits it); the call's messages
+/// then share that segment size, each either such a run or one datagram no larger. Returns how
+/// many items were sent.
 fn send_run(
     socket: &UdpSocket,
     data: &[u8],
     items: &[(usize, SocketAddr, Option<IpAddr>)],
+    gso: bool,
 ) -> io::Result<usize> {
     let source = items[0].2;
     let run = items.iter().take_while(|i| i.2 == source).count();
-    let mut slices: Vec<[IoSlice<'_>; 1]> = Vec::with_capacity(run);
-    let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(run);
+    let items = &items[..run];
+    // Messages: (first item, items in it, bytes).
+    let mut messages: Vec<(usize, usize, usize)> = Vec::with_capacity(run);
+    let mut segment = None;
+    let mut i = 0;
+    while i < items.len() {
+        let (len, to, _) = items[i];
+        let mut count = 1;
+        let mut bytes = len;
+        if gso {
+            while i + count < items.len()
+                && count < MAX_SEGMENTS
+                && items[i + count].1 == to
+                && items[i + count].0 <= len
+                && bytes + items[i + count].0 <= GRO_SLOT - 1024
+            {
+                bytes += items[i + count].0;
+                count += 1;
+                if items[i + count - 1].0 < len {
+                    break; // a shorter datagram ends a run
+                }
+            }
+            // Every message of the call shares one segment size.
+            let size = *segment.get_or_insert(len);
+            if (count > 1 && len != size) || (count == 1 && len > size) {
+                break;
+            }
+        }
+        messages.push((i, count, bytes));
+        i += count;
+    }
+    let segmented = messages.iter().any(|m| m.1 > 1);
+    let mut slices: Vec<[IoSlice<'_>; 1]> = Vec::with_capacity(messages.len());
+    let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(messages.len());
     let mut at = 0;
-    for (len, to, _) in &items[..run] {
-        slices.push([IoSlice::new(&data[at..at + len])]);
-        addrs.push(Some(SockaddrStorage::from(*to)));
-        at += len;
+    for &(first, _, bytes) in &messages {
+        slices.push([IoSlice::new(&data[at..at + bytes])]);
+        addrs.push(Some(SockaddrStorage::from(items[first].1)));
+        at += bytes;
     }
     let v4;
     let v6;
-    let cmsgs: Vec<ControlMessage<'_>> = match source {
+    let mut cmsgs: Vec<ControlMessage<'_>> = match source {
         None => Vec::new(),
         Some(IpAddr::V4(ip)) => {
             v4 = libc::in_pktinfo {
@@ -255,8 +378,21 @@ fn send_run(
             vec![ControlMessage::Ipv6PacketInfo(&v6)]
         }
     };
-    let cmsg_buf = (!cmsgs.is_empty()).then(|| nix::cmsg_space!(libc::in6_pktinfo));
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(run, cmsg_buf);
+    let segment_size = segment.unwrap_or(0) as u16;
+    if segmented {
+        cmsgs.push(ControlMessage::UdpGsoSegments(&segment_size));
+    }
+    // Exactly the space of the messages present: nix hands the kernel the whole buffer as
+    // control data, and unused space would read as a malformed header (EINVAL).
+    let cmsg_buf = match (source, segmented) {
+        (None, false) => None,
+        (None, true) => Some(nix::cmsg_space!(u16)),
+        (Some(IpAddr::V4(_)), false) => Some(nix::cmsg_space!(libc::in_pktinfo)),
+        (Some(IpAddr::V4(_)), true) => Some(nix::cmsg_space!(libc::in_pktinfo, u16)),
+        (Some(IpAddr::V6(_)), false) => Some(nix::cmsg_space!(libc::in6_pktinfo)),
+        (Some(IpAddr::V6(_)), true) => Some(nix::cmsg_space!(libc::in6_pktinfo, u16)),
+    };
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(messages.len(), cmsg_buf);
     let sent = sendmmsg(
         socket.as_raw_fd(),
         &mut headers,
@@ -266,7 +402,7 @@ fn send_run(
         MsgFlags::MSG_DONTWAIT,
     )
     .map_err(io::Error::from)?;
-    Ok(sent.count())
+    Ok(messages.iter().take(sent.count()).map(|m| m.1).sum())
 }
 
 /// The local address a datagram arrived on: the bound address, with the IP the kernel reported

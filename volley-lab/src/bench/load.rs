@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
-use volley::udp::{RecvBatch, SendBatch};
+use volley::udp::{self, RecvBatch, SendBatch};
 use volley_proto::client::{ClientEvent, Connection};
 use volley_proto::packet::{Init, Packet, Probe, Tag};
 use volley_proto::{ClientConfig, PublicKey};
@@ -128,7 +128,9 @@ pub async fn closed_loop(
     phase: Phase,
 ) -> PortResult {
     let mut rng = rand::thread_rng();
-    let mut rx = RecvBatch::new(false);
+    // GRO on the generator's receive side only cuts its own cost; its sends stay one datagram
+    // each (no GSO), as independent clients' would be.
+    let mut rx = RecvBatch::with_gro(false, udp::enable_gro(&socket));
     let mut tx = SendBatch::default();
     let mut res = PortResult::new();
     let mut outstanding = 0usize;
@@ -191,7 +193,9 @@ pub async fn closed_loop(
 /// Replies are read and discarded (the server counts what it handled).
 pub async fn open_loop(socket: UdpSocket, server: SocketAddr, req: Request, phase: Phase) -> u64 {
     let mut rng = rand::thread_rng();
-    let mut rx = RecvBatch::new(false);
+    // GRO on the generator's receive side only cuts its own cost; its sends stay one datagram
+    // each (no GSO), as independent clients' would be.
+    let mut rx = RecvBatch::with_gro(false, udp::enable_gro(&socket));
     let mut tx = SendBatch::default();
     let mut sent = 0u64;
     while Instant::now() < phase.end {
@@ -250,7 +254,9 @@ pub async fn session_loop(
         vec![server],
         rng,
     );
-    let mut rx = RecvBatch::new(false);
+    // GRO on the generator's receive side only cuts its own cost; its sends stay one datagram
+    // each (no GSO), as independent clients' would be.
+    let mut rx = RecvBatch::with_gro(false, udp::enable_gro(&socket));
     let mut tx = SendBatch::default();
     let mut res = PortResult::new();
     let mut payload = vec![0u8; len.max(8)];

@@ -43,7 +43,7 @@ use nix::sys::resource::UsageWho;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use volley::udp::{RecvBatch, SendBatch};
+use volley::udp::{self, RecvBatch, SendBatch};
 use volley::{AnswerPolicy, PublicKey, Server, ServerConfig, ServerStats, StaticKeypair};
 
 use crate::select::cpu::{cpu_us, proc_stat};
@@ -387,10 +387,11 @@ impl ServerThread {
     }
 }
 
-/// The bare echo: every datagram straight back, a batch per system call each way.
+/// The bare echo: every datagram straight back, a batch per system call each way, with GRO and
+/// GSO where the kernel has them — the same socket handling as volley's server driver.
 async fn bare_echo(socket: UdpSocket, echoed: Rc<Cell<u64>>) {
-    let mut rx = RecvBatch::new(false);
-    let mut tx = SendBatch::default();
+    let mut rx = RecvBatch::with_gro(false, udp::enable_gro(&socket));
+    let mut tx = SendBatch::with_gso(udp::gso_supported(&socket));
     loop {
         if socket.readable().await.is_err() {
             return;

@@ -61,7 +61,7 @@ impl Endpoint {
             tx_progress: false,
             blocked: Vec::new(),
         };
-        tokio::spawn(runtime::Driver::new(socket, cmd_rx, side).run());
+        tokio::spawn(runtime::Driver::new(socket, cmd_rx, side, false).run());
         Self { local, opens, cmd }
     }
 }
