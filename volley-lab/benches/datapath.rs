@@ -1,7 +1,7 @@
 //! The datapath's per-datagram CPU costs (BENCHMARKS.md §1), for comparison with the anchors of
 //! this kind of machine: HMAC-SHA256 ≈ 0.15 µs, ChaCha20-Poly1305 seal of 64 B ≈ 0.2 µs, and a
 //! user-space budget per probe of ≤ 0.5 µs. Decode of a PROBE and a DATA header, a cookie
-//! minted and verified, an OFFER encoded, 64 bytes sealed and opened, and a whole PROBE → OFFER
+//! minted and verified, an OFFER encoded, 64 and 1,200 bytes sealed and opened, and a whole PROBE → OFFER
 //! through the server endpoint.
 //!
 //! `cargo bench -p volley-lab --bench datapath`
@@ -95,20 +95,22 @@ fn offer(c: &mut Criterion) {
 fn aead(c: &mut Criterion) {
     let keys = SessionKeys::new(&[1; 32], &[1; 32]);
     let aad = [0u8; 14];
-    let mut g = c.benchmark_group("ChaCha20-Poly1305, 64 B");
-    let mut buf = [0u8; 64 + 16];
-    g.bench_function("seal", |b| {
-        b.iter(|| keys.seal(1, &aad, black_box(&mut buf), 64).unwrap())
-    });
-    let mut sealed = [0u8; 64 + 16];
-    keys.seal(1, &aad, &mut sealed, 64).unwrap();
-    g.bench_function("open", |b| {
-        b.iter(|| {
-            let mut x = sealed;
-            keys.open(1, &aad, black_box(&mut x)).is_ok()
-        })
-    });
-    g.finish();
+    for len in [64usize, 1200] {
+        let mut g = c.benchmark_group(format!("ChaCha20-Poly1305, {len} B"));
+        let mut buf = vec![0u8; len + 16];
+        g.bench_function("seal", |b| {
+            b.iter(|| keys.seal(1, &aad, black_box(&mut buf), len).unwrap())
+        });
+        let mut sealed = vec![0u8; len + 16];
+        keys.seal(1, &aad, &mut sealed, len).unwrap();
+        g.bench_function("open", |b| {
+            b.iter(|| {
+                let mut x = sealed.clone();
+                keys.open(1, &aad, black_box(&mut x)).is_ok()
+            })
+        });
+        g.finish();
+    }
 }
 
 fn responder(c: &mut Criterion) {
