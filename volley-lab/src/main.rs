@@ -25,6 +25,9 @@ enum Command {
     /// Discrete-event simulator driving the real volley-proto state machines: the supermarket
     /// check, then volley's policies at 10,000 servers.
     Sim(volley_lab::sim::SimArgs),
+    /// (Internal) the child server of `bench`'s memory measurement.
+    #[command(hide = true)]
+    MemoryServer,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Select(args) => volley_lab::select::run(args),
         Command::Sim(args) => volley_lab::sim::run(args),
         Command::Bench(args) => volley_lab::bench::run(args),
+        Command::MemoryServer => volley_lab::bench::memory::serve_child(),
     }
 }

@@ -19,7 +19,9 @@
 //!   send — the established sessions' echo rate and a legitimate client's connects under attack;
 //! - `core` (once, not per repetition): the server core without sockets on one pinned thread —
 //!   handshakes per second, memory per session and the timer wake-up cost at 1,000 and 100,000
-//!   sessions (see [`core`]).
+//!   sessions (see [`core`]);
+//! - `memory` (once): a whole server — runtime, core and the echo service's task per session — in
+//!   a child process, its resident memory per idle session over 100,000 sessions (see [`memory`]).
 //!
 //! CPU: each side's thread CPU (getrusage) and each CPU's busy share (/proc/stat, softirq
 //! included). A case whose generator used ≥ 0.9 of its CPU while the server did not measured the
@@ -28,6 +30,7 @@
 pub mod connect;
 pub mod core;
 pub mod load;
+pub mod memory;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -626,8 +629,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect()
     };
     let with_core = args.cases.is_empty() || args.cases.iter().any(|c| c == "core");
+    let with_memory = args.cases.is_empty() || args.cases.iter().any(|c| c == "memory");
     anyhow::ensure!(
-        !cases.is_empty() || with_core,
+        !cases.is_empty() || with_core || with_memory,
         "no known case in {:?}",
         args.cases
     );
@@ -675,14 +679,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             cores.push(r);
         }
     }
+    let mut memory = None;
+    if with_memory {
+        // The child server is not pinned (it starts its own runtime); the connecting client is,
+        // to the generator's CPU.
+        let r = memory::run(100_000, args.generator_cpu)?;
+        eprintln!(
+            "memory {} sessions: {:.0} B/session (RSS {} → {} bytes, connects {:.1} s)",
+            r.sessions, r.bytes_per_session, r.rss_warm, r.rss_end, r.connect_seconds
+        );
+        memory = Some(r);
+    }
     let mut report = report(&args, &results);
     report.push_str(&core_report(&cores));
+    if let Some(m) = &memory {
+        report.push_str(&format!(
+            "\n## A whole server (runtime, core, echo service), child process\n\nAfter {} sessions beyond a warm-up of 1,000: {:.0} bytes of resident memory per idle session (VmRSS {} → {} bytes; {} sessions open; connects took {:.1} s). Goal ≤ 1,024.\n",
+            m.sessions, m.bytes_per_session, m.rss_warm, m.rss_end, m.server_sessions, m.connect_seconds
+        ));
+    }
     std::fs::write(args.out.join("results.md"), &report)?;
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "cases": results,
             "core": cores,
+            "memory": memory,
         }))?,
     )?;
     print!("{report}");
