@@ -23,7 +23,7 @@ use volley_proto::{
 use crate::error::Error;
 use crate::load::{LoadGuard, Shared};
 use crate::runtime;
-use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Session, Status};
+use crate::session::{Cmd, Drained, Incoming, Link, Session, Status};
 use crate::timer::PreciseTimer;
 use crate::udp;
 
@@ -240,7 +240,6 @@ impl Drop for Server {
 
 struct SessionSlot {
     link: Arc<Link>,
-    incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<Status>,
     /// Set by the application's first [`Session::recv_request`]: from then on every datagram
     /// is a request and gets a [`LoadGuard`] the moment it arrives.
@@ -294,22 +293,14 @@ impl ServerSide {
     fn event(&mut self, event: ServerEvent) {
         match event {
             ServerEvent::Opened { id, remote } => {
-                let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
                 let (st_tx, st_rx) = watch::channel(Status {
                     remote,
                     closed: None,
                 });
                 let requests = Arc::new(AtomicBool::new(false));
                 let link = Arc::new(Link::default());
-                let session = Session::new(
-                    id,
-                    self.cmd_tx.clone(),
-                    Arc::clone(&link),
-                    in_rx,
-                    st_rx,
-                    None,
-                )
-                .with_requests(Arc::clone(&requests));
+                let session = Session::new(id, self.cmd_tx.clone(), Arc::clone(&link), st_rx, None)
+                    .with_requests(Arc::clone(&requests));
                 if self.accept.try_send(session).is_err() {
                     debug!(id, "accept queue full: session refused");
                     self.endpoint.close(id, CloseCode::GOING_AWAY);
@@ -319,7 +310,6 @@ impl ServerSide {
                     id,
                     SessionSlot {
                         link,
-                        incoming: in_tx,
                         status: st_tx,
                         requests,
                     },
@@ -332,7 +322,7 @@ impl ServerSide {
                         .requests
                         .load(Ordering::Acquire)
                         .then(|| self.shared.guard());
-                    let delivered = slot.incoming.try_send(Incoming { data, guard }).is_ok();
+                    let delivered = slot.link.deliver(Incoming { data, guard });
                     if !delivered {
                         // (Its guard, if any, drops here: a request never served.)
                         trace!(id, "application slow: datagram dropped");
@@ -479,6 +469,16 @@ impl runtime::Side for ServerSide {
         }
         if let Some(done) = self.stopping.take() {
             let _ = done.send(());
+        }
+    }
+}
+
+/// A driver stopped without a shutdown (the `Server` dropped, its task aborted): every session
+/// handle sees its session end once it has read what arrived.
+impl Drop for ServerSide {
+    fn drop(&mut self) {
+        for slot in self.sessions.values() {
+            slot.link.close();
         }
     }
 }

@@ -2,12 +2,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, mpsc, watch};
 use volley_proto::client::{ServerOutcome, SharedPoolState};
 use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError};
@@ -64,12 +65,25 @@ struct OutState {
     stats: SessionStats,
 }
 
-/// The state a session handle shares with its driver: the bounded send queue and the counters.
+/// Datagrams received for the application, and whether more can come.
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: VecDeque<Incoming>,
+    closed: bool,
+}
+
+/// The state a session handle shares with its driver: the bounded send queue, the bounded
+/// receive queue and the counters. Both queues allocate only while they hold something, so an
+/// idle session costs this struct and nothing more (a channel per session would hold a block of
+/// slots from its creation).
 #[derive(Debug, Default)]
 pub(crate) struct Link {
     state: Mutex<OutState>,
-    /// Notified when the queue shrinks or the session closes.
+    /// Notified when the send queue shrinks or the session closes.
     room: Notify,
+    inbox: Mutex<Inbox>,
+    /// Notified (one permit) when a datagram arrives or the session closes.
+    arrived: Arc<Notify>,
 }
 
 /// What [`Link::drain`] left behind.
@@ -138,6 +152,57 @@ impl Link {
         st.stats.send_queued = 0;
         drop(st);
         self.room.notify_waiters();
+        // What was received stays readable; then the handle sees the end.
+        self.inbox().closed = true;
+        self.arrived.notify_one();
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        // Plain data behind the lock; a panic elsewhere cannot leave it inconsistent.
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Driver side: queues a received datagram for the application. False (and the datagram
+    /// dropped, its guard with it) when [`INCOMING_QUEUE`] are already waiting: the application
+    /// is slow, and a datagram is dropped as UDP would drop it.
+    pub(crate) fn deliver(&self, incoming: Incoming) -> bool {
+        let mut inbox = self.inbox();
+        if inbox.closed || inbox.queue.len() >= INCOMING_QUEUE {
+            return false;
+        }
+        inbox.queue.push_back(incoming);
+        drop(inbox);
+        self.arrived.notify_one();
+        true
+    }
+
+    /// Handle side: the next received datagram, `Ready(None)` once closed and empty.
+    fn poll_incoming(
+        &self,
+        waiting: &mut Option<Pin<Box<OwnedNotified>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Incoming>> {
+        loop {
+            {
+                let mut inbox = self.inbox();
+                if let Some(incoming) = inbox.queue.pop_front() {
+                    *waiting = None;
+                    return Poll::Ready(Some(incoming));
+                }
+                if inbox.closed {
+                    *waiting = None;
+                    return Poll::Ready(None);
+                }
+            }
+            // One permit is stored when `deliver` or `close` ran since the last wait, so nothing
+            // that happened between the check above and this registration is missed.
+            let notified =
+                waiting.get_or_insert_with(|| Box::pin(Arc::clone(&self.arrived).notified_owned()));
+            match notified.as_mut().poll(cx) {
+                Poll::Ready(()) => *waiting = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// Driver side: one datagram delivered to the application, or dropped for a full queue;
@@ -246,7 +311,8 @@ pub struct Session {
     id: u32,
     cmd: mpsc::UnboundedSender<Cmd>,
     link: Arc<Link>,
-    incoming: mpsc::Receiver<Incoming>,
+    /// The wait for the next received datagram, while one is pending.
+    waiting: Option<Pin<Box<OwnedNotified>>>,
     status: watch::Receiver<Status>,
     report: Option<Arc<Mutex<ConnectReport>>>,
     /// Server side: switches the driver to request mode (a guard per datagram).
@@ -260,7 +326,6 @@ impl Session {
         id: u32,
         cmd: mpsc::UnboundedSender<Cmd>,
         link: Arc<Link>,
-        incoming: mpsc::Receiver<Incoming>,
         status: watch::Receiver<Status>,
         report: Option<Arc<Mutex<ConnectReport>>>,
     ) -> Self {
@@ -268,7 +333,7 @@ impl Session {
             id,
             cmd,
             link,
-            incoming,
+            waiting: None,
             status,
             report,
             requests: None,
@@ -395,7 +460,7 @@ impl Session {
     /// with a datagram, `Ready(Err)` once the session has ended and nothing is left, `Pending`
     /// otherwise (the waker is woken when that changes). Like [`Session::recv`].
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Error>> {
-        match self.incoming.poll_recv(cx) {
+        match self.link.poll_incoming(&mut self.waiting, cx) {
             Poll::Ready(Some(d)) => Poll::Ready(Ok(d.data)),
             Poll::Ready(None) => Poll::Ready(Err(self.closed_error())),
             Poll::Pending => Poll::Pending,
@@ -407,7 +472,7 @@ impl Session {
     /// On a server session that has switched to requests ([`Session::recv_request`]), a datagram
     /// received this way counts as a request completed at once.
     pub async fn recv(&mut self) -> Result<Bytes, Error> {
-        match self.incoming.recv().await {
+        match std::future::poll_fn(|cx| self.link.poll_incoming(&mut self.waiting, cx)).await {
             Some(d) => Ok(d.data),
             None => Err(self.closed_error()),
         }
@@ -425,7 +490,7 @@ impl Session {
         if let Some(flag) = &self.requests {
             flag.store(true, Ordering::Release);
         }
-        match self.incoming.recv().await {
+        match std::future::poll_fn(|cx| self.link.poll_incoming(&mut self.waiting, cx)).await {
             Some(Incoming { data, guard }) => Ok(Request { data, guard }),
             None => Err(self.closed_error()),
         }
@@ -486,5 +551,74 @@ impl Drop for Session {
         if self.status.borrow().closed.is_none() {
             self.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> (Session, Arc<Link>) {
+        let (cmd, _) = mpsc::unbounded_channel();
+        let link = Arc::new(Link::default());
+        let (_, status) = watch::channel(Status {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            closed: None,
+        });
+        (Session::new(1, cmd, Arc::clone(&link), status, None), link)
+    }
+
+    fn datagram(i: u32) -> Incoming {
+        Incoming {
+            data: Bytes::copy_from_slice(&i.to_be_bytes()),
+            guard: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn r5_receive_queue_is_bounded_ordered_and_ends_after_what_arrived() {
+        let (mut s, link) = session();
+        for i in 0..INCOMING_QUEUE as u32 {
+            assert!(link.deliver(datagram(i)));
+        }
+        assert!(
+            !link.deliver(datagram(u32::MAX)),
+            "one past the bound is refused"
+        );
+        for i in 0..3u32 {
+            assert_eq!(&s.recv().await.unwrap()[..], &i.to_be_bytes());
+        }
+        // A closed session still hands over what arrived, then reports the end.
+        link.close();
+        assert!(
+            !link.deliver(datagram(7)),
+            "nothing arrives after the close"
+        );
+        let mut left = 0;
+        while s.recv().await.is_ok() {
+            left += 1;
+        }
+        assert_eq!(left, INCOMING_QUEUE - 3);
+    }
+
+    #[tokio::test]
+    async fn r5_a_waiting_receiver_wakes_for_a_datagram_and_for_the_close() {
+        let (mut s, link) = session();
+        let l = Arc::clone(&link);
+        let waiter = tokio::spawn(async move {
+            let first = s.recv().await.unwrap();
+            let end = s.recv().await;
+            (first, end.is_err())
+        });
+        tokio::task::yield_now().await;
+        assert!(link.deliver(datagram(42)));
+        tokio::task::yield_now().await;
+        l.close();
+        let (first, ended) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first[..], &42u32.to_be_bytes());
+        assert!(ended);
     }
 }

@@ -25,7 +25,7 @@ use volley_proto::{
 
 use crate::report::{ConnectReport, OfferFate, OfferSeen};
 use crate::runtime::{self, Flow};
-use crate::session::{Cmd, Drained, INCOMING_QUEUE, Incoming, Link, Status};
+use crate::session::{Cmd, Drained, Incoming, Link, Status};
 
 pub(super) fn rng() -> Box<rand::rngs::StdRng> {
     Box::new(rand::rngs::StdRng::from_entropy())
@@ -102,7 +102,6 @@ pub(super) struct SiblingPlan {
 /// The receiving ends of one member's channels, handed to its [`Session`].
 pub(super) struct Parts {
     pub(super) link: Arc<Link>,
-    pub(super) incoming: mpsc::Receiver<Incoming>,
     pub(super) status: watch::Receiver<Status>,
     pub(super) report: Arc<Mutex<ConnectReport>>,
 }
@@ -122,7 +121,6 @@ struct Member {
     /// The send queue holds datagrams the connection could not take yet (racing again after a
     /// failover, or its queue full): retried at every wake-up.
     blocked: bool,
-    incoming: mpsc::Sender<Incoming>,
     status: watch::Sender<Status>,
     /// Whether this member's race was decided at least once (the main one: siblings may start).
     selected: bool,
@@ -222,10 +220,7 @@ impl Member {
                 }
                 ClientEvent::Datagram(data) => {
                     // A full queue means the application is slow: drop, as UDP would.
-                    let delivered = self
-                        .incoming
-                        .try_send(Incoming { data, guard: None })
-                        .is_ok();
+                    let delivered = self.link.deliver(Incoming { data, guard: None });
                     if !delivered {
                         debug!("application slow: datagram dropped");
                     }
@@ -355,7 +350,6 @@ impl ClientSide {
         self.next_id = self.next_id.wrapping_add(1);
         let report = Arc::new(Mutex::new(report));
         let link = Arc::new(Link::default());
-        let (in_tx, in_rx) = mpsc::channel(INCOMING_QUEUE);
         let (st_tx, st_rx) = watch::channel(Status {
             remote,
             closed: None,
@@ -368,14 +362,12 @@ impl ClientSide {
                 outcome: None,
                 parts: Some(Parts {
                     link: Arc::clone(&link),
-                    incoming: in_rx,
                     status: st_rx,
                     report: Arc::clone(&report),
                 }),
                 report,
                 link,
                 blocked: false,
-                incoming: in_tx,
                 status: st_tx,
                 selected: false,
                 reported: false,
@@ -534,6 +526,16 @@ impl ClientSide {
                     .get_or_insert(CloseReason::Local(CloseCode::NORMAL));
             });
             self.unindex(id, m.keys);
+        }
+    }
+}
+
+/// A driver that stops (its task aborted with the runtime): every session handle sees its
+/// session end once it has read what arrived.
+impl Drop for ClientSide {
+    fn drop(&mut self) {
+        for m in self.members.values() {
+            m.link.close();
         }
     }
 }

@@ -199,7 +199,6 @@ impl Client {
                         id,
                         cmd_tx.clone(),
                         parts.link,
-                        parts.incoming,
                         parts.status,
                         Some(parts.report),
                     )
