@@ -137,6 +137,14 @@ enum State {
     Done,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(id) = self.session_id.take() {
+            self.shared().release_session_id(id);
+        }
+    }
+}
+
 /// What identifies the client connection a datagram is for, read from the datagram alone: the
 /// race tag (OFFER, COOKIE_CHANGE, REDIRECT) or the receiver id (ACCEPT, DATA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,6 +194,9 @@ pub struct Connection {
     shared: SharedPoolState,
     /// Refusals in a row (reset by an established session), for the back-off.
     refusals: u32,
+    /// The session id this connection holds in the shared state (its handshake's or session's),
+    /// given back when another replaces it or the connection is dropped.
+    session_id: Option<u32>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -244,6 +255,7 @@ impl Connection {
             redirect_added: 0,
             shared,
             refusals: 0,
+            session_id: None,
         };
         if c.pool.is_empty() || c.config.server_keys.is_empty() {
             c.events
@@ -682,7 +694,17 @@ impl Connection {
     }
 
     fn begin_handshake(&mut self, now: Instant, tag: Tag, w: Winner) {
-        let local_id = self.rng.next_u32();
+        // Unique among the client's connections (they may share a socket); the previous
+        // handshake's or session's id is free again.
+        let local_id = {
+            let shared = SharedPoolState::clone(&self.shared);
+            let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = self.session_id.take() {
+                state.release_session_id(old);
+            }
+            state.draw_session_id(&mut *self.rng)
+        };
+        self.session_id = Some(local_id);
         let rto = self.shared().handshakes().rto(
             self.config.init_rto,
             self.config.min_rto,

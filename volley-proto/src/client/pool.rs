@@ -21,7 +21,7 @@
 //! `failure_window` without failure, ends the probation. A race whose every candidate is ejected
 //! races them all anyway (a client never strands itself).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -138,6 +138,9 @@ pub struct PoolState {
     answers: RttEstimator,
     handshakes: RttEstimator,
     servers: HashMap<SocketAddr, Health>,
+    /// The client session ids (ACCEPT's and DATA's `receiver_id`) this client's connections
+    /// hold: drawn unique, so that connections sharing a socket never claim each other's DATA.
+    session_ids: HashSet<u32>,
 }
 
 impl PoolState {
@@ -152,6 +155,21 @@ impl PoolState {
     /// A fresh state behind a lock, for sharing among connections.
     pub fn shared(ejection: EjectionConfig) -> SharedPoolState {
         Arc::new(Mutex::new(Self::new(ejection)))
+    }
+
+    /// A random session id no connection of this client holds, now held until released.
+    pub fn draw_session_id(&mut self, rng: &mut dyn rand_core::RngCore) -> u32 {
+        loop {
+            let id = rng.next_u32();
+            if self.session_ids.insert(id) {
+                return id;
+            }
+        }
+    }
+
+    /// Gives back an id from [`PoolState::draw_session_id`].
+    pub fn release_session_id(&mut self, id: u32) {
+        self.session_ids.remove(&id);
     }
 
     /// The answer-time estimator (offers, from the race's first probe).
@@ -265,5 +283,41 @@ impl PoolState {
         }
         let left_out = candidates.len() - kept.len();
         (kept, left_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yields the given values in turn.
+    struct Script(Vec<u32>);
+
+    impl rand_core::RngCore for Script {
+        fn next_u32(&mut self) -> u32 {
+            self.0.remove(0)
+        }
+        fn next_u64(&mut self) -> u64 {
+            u64::from(self.next_u32())
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            dest.fill(0);
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            dest.fill(0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn c6_client_session_ids_are_unique_among_a_clients_connections() {
+        // Two connections of one client share a socket: an id drawn twice would let one claim
+        // the other's DATA. A draw that repeats a held id draws again; a released id is free.
+        let mut state = PoolState::default();
+        let mut rng = Script(vec![5, 5, 7, 5]);
+        assert_eq!(state.draw_session_id(&mut rng), 5);
+        assert_eq!(state.draw_session_id(&mut rng), 7, "5 is held");
+        state.release_session_id(5);
+        assert_eq!(state.draw_session_id(&mut rng), 5, "5 was given back");
     }
 }
