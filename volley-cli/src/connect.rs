@@ -86,7 +86,7 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     ensure!(
         args.timeout > 0.0 && args.timeout < 3600.0,
-        "--timeout must be between 0 and 3600 seconds"
+        "--timeout must be above 0 and below 3600 seconds"
     );
     let window = match args.window_ms {
         None => DEFAULT_WINDOW,
@@ -139,6 +139,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.timeout,
             args.servers.len()
         ),
+        Err(volley::Error::Connect(volley::ConnectError::UnpinnedKey(n))) => bail!(
+            "servers answered, but with a key other than --server-key ({n} offers from unpinned \
+             keys): check the key (`volley pubkey KEYFILE` prints a key file's public key)"
+        ),
         Err(e) => return Err(e.into()),
     };
     let connect_time = started.elapsed();
@@ -158,10 +162,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let report = main.report().context("client session has a report")?;
     print_race(&args, main, &report, &sessions);
     if sessions.len() > 1 {
-        println!("sessions:   {} (n-best)", sessions.len());
+        say!("sessions:   {} (n-best)", sessions.len());
         for s in &sessions {
             let r = s.report().unwrap_or_default();
-            println!(
+            say!(
                 "  session   {:<22} answered in {:>10}  {}  handshake {}",
                 s.remote().to_string(),
                 r.answer_time.map_or("—".to_string(), ms),
@@ -170,9 +174,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     } else if let Some(h) = report.handshake_time {
-        println!("handshake:  {}", ms(h));
+        say!("handshake:  {}", ms(h));
     }
-    println!(
+    say!(
         "connect:    {} (race + handshake{})",
         ms(connect_time),
         if sessions.len() > 1 { "s" } else { "" }
@@ -202,7 +206,7 @@ fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[S
         Some(k) => format!("n-best {k}"),
         None => format!("{:?}", args.policy).to_lowercase(),
     };
-    println!("winner:     {}  (policy {policy})", main.remote());
+    say!("winner:     {}  (policy {policy})", main.remote());
     for o in &report.offers {
         let note = match o.fate {
             OfferFate::Selected => "selected",
@@ -213,7 +217,7 @@ fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[S
             OfferFate::Late => "late, voided",
             _ => "",
         };
-        println!(
+        say!(
             "  offer     {:<22} answered in {:>10}  {}  ({note})",
             o.server.to_string(),
             ms(o.answer_time),
@@ -230,12 +234,12 @@ fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[S
         .iter()
         .filter(|s| !report.offers.iter().any(|o| o.server == **s))
     {
-        println!("  offer     {server:<22} {unanswered}");
+        say!("  offer     {server:<22} {unanswered}");
     }
     for to in &report.redirected_to {
-        println!("  redirect  {to:<22} (named by a refusing server, added to the race)");
+        say!("  redirect  {to:<22} (named by a refusing server, added to the race)");
     }
-    println!("late offers voided: {}", report.late_offers);
+    say!("late offers voided: {}", report.late_offers);
 }
 
 async fn exchange(session: &mut Session, text: &str, label: String) -> anyhow::Result<()> {
@@ -250,8 +254,8 @@ async fn exchange(session: &mut Session, text: &str, label: String) -> anyhow::R
         }
     }
     let reply = reply.with_context(|| format!("no reply to --send within 3 s{label}"))?;
-    println!("sent:       {text:?}{label}");
-    println!(
+    say!("sent:       {text:?}{label}");
+    say!(
         "reply:      {:?} in {}",
         String::from_utf8_lossy(&reply),
         ms(sent.elapsed())

@@ -136,12 +136,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
     ];
     let slots = args.capacity as usize * n;
-    println!(
+    say!(
         "volley demo: {n} servers on loopback, {} slots each; work {:.0} ms on average at speed 1 \
          (exponential).",
-        args.capacity, args.work_ms
+        args.capacity,
+        args.work_ms
     );
-    println!(
+    say!(
         "Each column: a fresh fleet answering by that policy; {} clients each send one request \
          and wait for its reply.\nClients take the earliest offer (* window: immediate servers, \
          the offer with the shortest expected completion).",
@@ -149,7 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let labels: Vec<&str> = scenarios.iter().map(|s| s.label).collect();
 
-    println!("\n{} clients at a time:", args.concurrency);
+    say!("\n{} clients at a time:", args.concurrency);
     let mut results = Vec::new();
     for s in &scenarios {
         results.push(run_fleet(&args, args.concurrency, &key, s).await?);
@@ -183,7 +184,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // More clients than slots: every server is busy, and a busy server answers late rather
     // than not at all, so requests queue at the servers instead of failing.
     let saturated = (2 * slots).max(args.concurrency + 1);
-    println!("\n{saturated} clients at a time (twice the fleet's {slots} slots):");
+    say!("\n{saturated} clients at a time (twice the fleet's {slots} slots):");
     let mut results = Vec::new();
     for s in &scenarios {
         results.push(run_fleet(&args, saturated, &key, s).await?);
@@ -191,16 +192,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     print_row("", &labels);
     print_costs(&results);
 
-    println!();
-    println!(
+    say!();
+    say!(
         "request: from the client's connect to its reply (the race, the handshake, the wait for \
          a slot and the work)."
     );
-    println!(
+    say!(
         "chosen: expected: the expected completion time the winning offer's server announced \
          (its measured service time × its queue)."
     );
-    println!(
+    say!(
         "Paced servers answer after 1/{} of their expected completion time, so the earliest \
          offer comes from the server expected to finish first: fast and lightly loaded;\n\
          immediate servers answer at once, so the earliest offer is loopback noise; gated \
@@ -208,7 +209,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
          whatever their speed.",
         volley_proto::server::answer::DEFAULT_PACE_DIVISOR
     );
-    println!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    say!("finished in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -252,7 +253,7 @@ fn print_row(label: &str, cells: &[impl AsRef<str>]) {
     for c in cells {
         line.push_str(&format!(" {:>10}", c.as_ref()));
     }
-    println!("{}", line.trim_end());
+    say!("{}", line.trim_end());
 }
 
 /// A server's application: requests wait for one of its slots, then sleep their work divided by

@@ -31,9 +31,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut file = opts
-        .open(&args.out)
-        .with_context(|| format!("cannot create {} (exists? use --force)", args.out.display()))?;
+    let mut file = opts.open(&args.out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "{} exists: keeping it (use --force to overwrite it)",
+                args.out.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot create {}", args.out.display()))
+        }
+    })?;
     #[cfg(unix)]
     {
         // `mode` applies only when the file is created; tighten an overwritten one too.
@@ -41,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     writeln!(file, "{}", key.private_hex())?;
-    println!("{}", key.public().to_hex());
+    say!("{}", key.public().to_hex());
     Ok(())
 }
 

@@ -1,9 +1,22 @@
-//! `volley`: keygen, serve, connect, demo. Each subcommand lives in its own module; this file only
+//! `volley`: keygen, pubkey, serve, connect, demo. Each subcommand lives in its own module; this file only
 //! parses arguments, sets up logging and maps errors to one line and an exit code.
+
+/// `println!` that never panics: when stdout is closed (`volley serve | head -1`) the process
+/// ends quietly with status 0, as a Unix tool that dies of SIGPIPE would end; another write
+/// error ends it with one line on stderr and status 1.
+macro_rules! say {
+    () => {
+        $crate::say_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::say_line(format_args!($($arg)*))
+    };
+}
 
 mod connect;
 mod demo;
 mod keygen;
+mod pubkey;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +33,8 @@ struct Cli {
 enum Command {
     /// Write a new server secret key to a file (mode 0600) and print its public key.
     Keygen(keygen::Args),
+    /// Print the public key of a key file written by `keygen`.
+    Pubkey(pubkey::Args),
     /// Serve the echo service until SIGINT or SIGTERM.
     Serve(serve::Args),
     /// Race servers, open a session with the winner (or the K best), optionally send a datagram.
@@ -41,9 +56,12 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: not in a log file, a pipe or a journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Keygen(a) => keygen::run(a),
+        Command::Pubkey(a) => pubkey::run(a),
         Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve::run(a))),
         Command::Connect(a) => runtime().and_then(|rt| rt.block_on(connect::run(a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
@@ -51,6 +69,24 @@ fn main() {
     if let Err(e) = result {
         eprintln!("volley: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Writes one line to stdout (see [`say!`]).
+pub(crate) fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("volley: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

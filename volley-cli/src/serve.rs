@@ -182,6 +182,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.load_every.is_finite() && args.load_every >= 0.1,
         "--load-every must be at least 0.1 s"
     );
+    ensure!(
+        args.capacity != Some(0),
+        "--capacity must be at least 1 (leave it out for no limit)"
+    );
+    ensure!(
+        args.max_sessions != Some(0),
+        "--max-sessions must be at least 1 (leave it out for no limit)"
+    );
     let mut config = ServerConfig::new(key);
     config.services = vec![args.service.clone().into_bytes()];
     config.capacity = args.capacity;
@@ -198,7 +206,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.peers = args.peers.clone();
     let answer = config.answer;
     let server = Server::bind(args.listen, config).await?;
-    println!(
+    say!(
         "volley serve: listening on {} (service {}, capacity {}, answer {}{}), public key {}",
         server.local_addr(),
         args.service,
@@ -234,15 +242,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = every.tick() => {
                 let line = load_line(&handle, &handle.stats());
                 if line != last {
-                    println!("volley serve: {line}");
+                    say!("volley serve: {line}");
                     last = line;
                 }
             }
         }
     }
     if let Ok(s) = stats_rx.await {
-        println!("volley serve: stopped. {}", load_line(&handle, &s));
-        println!(
+        say!("volley serve: stopped. {}", load_line(&handle, &s));
+        say!(
             "volley serve: probes {} offers {} sessions opened {} closed {} refused (max \
              sessions) {} redirects {} cookie rejects {} rate-limited {} malformed {}",
             s.probes_received,

@@ -7,11 +7,21 @@ use volley_proto::{CloseReason, ConnectError};
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A socket operation failed (bind, local address). Check the address and permissions.
-    #[error("socket: {0}")]
+    /// Binding a socket to `addr` failed (in use, not a local address, no permission).
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another socket operation failed (local address, non-blocking mode).
+    #[error("socket error")]
     Io(#[from] std::io::Error),
     /// The connection could not be made: nobody answered, or no session could be established.
-    #[error("connect failed: {0}")]
+    /// (The cause is the error's `source`, as with every variant that wraps one.)
+    #[error("connect failed")]
     Connect(#[from] ConnectError),
     /// The session has ended; open a new one.
     #[error("session closed: {0:?}")]

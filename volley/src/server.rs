@@ -92,7 +92,10 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (use port 0 for any) and starts serving.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, Error> {
-        Self::serve(UdpSocket::bind(addr).await?, config)
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Self::serve(socket, config)
     }
 
     /// Serves on a socket the caller made (bring your own: one with `SO_REUSEPORT` so that

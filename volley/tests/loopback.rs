@@ -77,18 +77,19 @@ impl Fleet {
     }
 }
 
-/// Connecting to `pool` pinning `key` must fail cleanly with NoOffer after a short deadline.
-async fn expect_no_offer(key: volley::PublicKey, pool: &[SocketAddr]) {
+/// Connecting to `pool` pinning `key` must fail cleanly after a short deadline, with the error
+/// of the race that found no usable offer.
+async fn connect_fails(key: volley::PublicKey, pool: &[SocketAddr]) -> volley::ConnectError {
     let mut cfg = ClientConfig::new(vec![key]);
     cfg.race.deadline = Duration::from_millis(500);
     let err = timeout(BOUND, Client::new(cfg).connect(pool))
         .await
         .unwrap()
         .unwrap_err();
-    assert!(
-        matches!(err, Error::Connect(volley::ConnectError::NoOffer(_))),
-        "{err:?}"
-    );
+    match err {
+        Error::Connect(e) => e,
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Waits (bounded) until the client's session has moved off `from`.
@@ -200,7 +201,12 @@ async fn r5_graceful_shutdown_sends_clients_elsewhere() {
 async fn r4_unpinned_key_gets_no_session() {
     let f = fleet(2).await;
     let stranger = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    expect_no_offer(stranger.public(), &f.addrs).await;
+    // The servers answered, with keys the client does not pin: that is what it says.
+    let err = connect_fails(stranger.public(), &f.addrs).await;
+    assert!(
+        matches!(err, volley::ConnectError::UnpinnedKey(n) if n >= 2),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +215,15 @@ async fn c1_nothing_listening_fails_cleanly() {
     let addr = sock.local_addr().unwrap();
     drop(sock);
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    expect_no_offer(key.public(), &[addr]).await;
+    let err = connect_fails(key.public(), &[addr]).await;
+    assert!(matches!(err, volley::ConnectError::NoOffer(_)), "{err:?}");
+    // A pool of both families is refused at once rather than raced on one of them.
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let mixed = [addr, "[::1]:9".parse().unwrap()];
+    assert!(matches!(
+        client.connect(&mixed).await,
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]

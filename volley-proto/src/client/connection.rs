@@ -38,6 +38,11 @@ pub enum ConnectError {
     /// The pool is empty, or no server key is pinned.
     #[error("no servers or no pinned server keys")]
     NothingToRace,
+    /// Servers answered before the race deadline, but every offer named a key this client
+    /// does not pin (`offers_unknown_key`; the count of such offers in the last race): the
+    /// client was given the wrong server key, or the servers the wrong key file.
+    #[error("{0} offers came from servers whose keys are not pinned, and none from a pinned one")]
+    UnpinnedKey(u32),
 }
 
 /// What the application should know. Every outcome of C3–C6 and R5 shows up here.
@@ -197,6 +202,8 @@ pub struct Connection {
     /// The session id this connection holds in the shared state (its handshake's or session's),
     /// given back when another replaces it or the connection is dropped.
     session_id: Option<u32>,
+    /// `stats.offers_unknown_key` when the current race started.
+    unknown_key_at_race: u64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -256,6 +263,7 @@ impl Connection {
             shared,
             refusals: 0,
             session_id: None,
+            unknown_key_at_race: 0,
         };
         if c.pool.is_empty() || c.config.server_keys.is_empty() {
             c.events
@@ -302,6 +310,7 @@ impl Connection {
     }
 
     fn start_race(&mut self, now: Instant, targets: Vec<SocketAddr>) {
+        self.unknown_key_at_race = self.stats.offers_unknown_key;
         // Ejected servers sit races out (L7), unless every candidate is ejected.
         let (mut targets, left_out) = self.shared().eligible(now, targets);
         self.stats.ejected_skipped += left_out as u64;
@@ -931,9 +940,15 @@ impl Connection {
                     {
                         self.decided = Some(race);
                     }
-                    debug!("race failed: no offer");
-                    self.events
-                        .push_back(ClientEvent::Failed(ConnectError::NoOffer(deadline)));
+                    let unpinned = self.stats.offers_unknown_key - self.unknown_key_at_race;
+                    let error = if unpinned > 0 {
+                        debug!(unpinned, "race failed: only offers from unpinned keys");
+                        ConnectError::UnpinnedKey(unpinned.min(u64::from(u32::MAX)) as u32)
+                    } else {
+                        debug!("race failed: no offer");
+                        ConnectError::NoOffer(deadline)
+                    };
+                    self.events.push_back(ClientEvent::Failed(error));
                 }
             },
             State::ExpectAccept(hs) => {

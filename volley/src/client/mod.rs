@@ -98,7 +98,10 @@ impl Client {
                 return Ok(e.clone());
             }
         }
-        let socket = UdpSocket::bind(SocketAddr::new(key, 0)).await?;
+        let addr = SocketAddr::new(key, 0);
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
         let endpoint = Endpoint::start(socket);
         // Two connects may race to create it: the first one stored wins, the other's driver
         // ends with nothing to serve once its handle is dropped.
@@ -125,7 +128,9 @@ impl Client {
     }
 
     /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
-    /// server, on this client's socket for the pool's address family. Under [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`].
+    /// server, on this client's socket for the pool's address family. Under
+    /// [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`]. A pool
+    /// that mixes IPv4 and IPv6 addresses is refused ([`Error::InvalidArgument`]).
     pub async fn connect(&self, pool: &[SocketAddr]) -> Result<Session, Error> {
         let mut sessions = self.open(pool, self.config.clone(), None).await?;
         sessions
@@ -174,7 +179,17 @@ impl Client {
         plan: Option<SiblingPlan>,
     ) -> Result<Vec<Session>, Error> {
         let first = pool.first().ok_or(ConnectError::NothingToRace)?;
-        let endpoint = self.endpoint(first.ip()).await?;
+        // One socket serves a race: a pool of both families cannot be raced from it (the other
+        // family's probes could not be sent), so it is refused rather than half raced.
+        if pool.iter().any(|a| a.is_ipv4() != first.is_ipv4()) {
+            return Err(Error::InvalidArgument(
+                "the pool mixes IPv4 and IPv6 addresses; race each family with its own connect",
+            ));
+        }
+        // A socket bound to loopback reaches only loopback: any other address in the pool
+        // takes the family's wildcard socket, which reaches both.
+        let reach = pool.iter().find(|a| !a.ip().is_loopback()).unwrap_or(first);
+        let endpoint = self.endpoint(reach.ip()).await?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let open = Open {
             config,

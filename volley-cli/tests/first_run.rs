@@ -1,0 +1,190 @@
+//! The first run, as a new user meets it: the `volley` binary's messages for the usual mistakes,
+//! run as a process (loopback only, every wait bounded).
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn volley() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_volley"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    volley().args(args).output().expect("volley runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fresh directory under the target dir for this test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn keygen(dir: &std::path::Path) -> (String, String) {
+    let key = dir.join("server.key");
+    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (
+        key.to_str().unwrap().to_string(),
+        text(&out.stdout).trim().to_string(),
+    )
+}
+
+/// A free loopback UDP port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `volley serve` on `addr`, once it has said it listens.
+fn serve(key: &str, addr: &str) -> Child {
+    let mut child = volley()
+        .args(["serve", "--listen", addr, "--key", key])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    child
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn keygen_keeps_an_existing_key_and_says_how_to_replace_it_and_pubkey_reads_it_back() {
+    let dir = scratch("keygen");
+    let (key, public) = keygen(&dir);
+    let again = run(&["keygen", "--out", &key]);
+    assert!(!again.status.success());
+    let err = text(&again.stderr);
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    // A missing directory is not an "exists" problem: no --force hint.
+    let missing = dir.join("no/such/dir/k.key");
+    let out = run(&["keygen", "--out", missing.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && !err.contains("--force"), "{err}");
+    // pubkey prints the public key keygen printed.
+    let out = run(&["pubkey", &key]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), public);
+}
+
+#[test]
+fn serve_refuses_a_capacity_of_zero_and_names_an_address_in_use_once() {
+    let dir = scratch("serve-errors");
+    let (key, _) = keygen(&dir);
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        &key,
+        "--capacity",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--capacity must be at least 1"));
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["serve", "--listen", &addr, "--key", &key]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot bind {addr}")), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "said once: {err}");
+}
+
+#[test]
+fn connect_with_the_wrong_server_key_says_so_rather_than_no_answer() {
+    let dir = scratch("wrong-key");
+    let (key, public) = keygen(&dir);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = serve(&key, &addr);
+    let wrong = "1".repeat(64);
+    let out = run(&["connect", "--server-key", &wrong, "--timeout", "1", &addr]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("key other than --server-key"), "{err}");
+    // And the right key works.
+    let out = run(&["connect", "--server-key", &public, "--send", "hi", &addr]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("reply:"));
+    // A pool of both families is refused, not half raced.
+    let out = run(&["connect", "--server-key", &public, &addr, "[::1]:9"]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mixes IPv4 and IPv6"),
+        "{err}"
+    );
+    stop(server);
+}
+
+#[test]
+fn serve_into_a_closed_pipe_ends_quietly() {
+    // `volley serve | head -1`: the reader goes away after the first line.
+    let dir = scratch("closed-stdout");
+    let (key, _) = keygen(&dir);
+    let mut child = volley()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &key,
+            "--load-every",
+            "0.1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    drop(stdout);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve kept running into a closed pipe"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "status {status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn the_tours_key_file_is_ignored_by_git() {
+    let ignore =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.gitignore")).unwrap();
+    assert!(
+        ignore
+            .lines()
+            .any(|l| l.trim() == "*.key" || l.trim() == "/server.key"),
+        "the README's tour writes server.key in the checkout"
+    );
+}
