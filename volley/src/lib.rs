@@ -21,7 +21,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), volley::Error> {
 //! use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
-//! let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+//! let key = StaticKeypair::generate(&mut volley::OsRng);
 //! let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
 //! let pool = vec![server.local_addr()];
 //! tokio::spawn(async move {
@@ -52,6 +52,9 @@ pub use bytes::Bytes;
 pub use client::Client;
 pub use error::Error;
 pub use load::LoadGuard;
+/// The operating system's CSPRNG, as [`StaticKeypair::generate`] takes it (re-exported so that
+/// no `rand` version has to be matched).
+pub use rand::rngs::OsRng;
 pub use report::{ConnectReport, OfferFate, OfferSeen};
 pub use server::{Server, ServerHandle};
 pub use session::{Request, SEND_QUEUE, Session, SessionStats};

@@ -1,0 +1,12 @@
+//! The README's library example is `examples/readme.rs` (which `cargo test` builds), verbatim.
+
+#[test]
+fn the_readme_library_example_is_the_built_example() {
+    let readme = include_str!("../../README.md");
+    let example = include_str!("../examples/readme.rs");
+    let block = format!("```rust\n{example}```");
+    assert!(
+        readme.contains(&block),
+        "README.md's library example differs from volley/examples/readme.rs"
+    );
+}
