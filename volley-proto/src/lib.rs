@@ -46,6 +46,7 @@
 
 pub mod client;
 pub mod coding;
+pub mod config;
 pub mod cookie;
 pub mod crypto;
 pub mod packet;
@@ -61,6 +62,7 @@ use std::net::SocketAddr;
 pub use client::{
     ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, SelectionPolicy,
 };
+pub use config::{ClientConfigBuilder, ConfigError, ServerConfigBuilder};
 pub use crypto::{PublicKey, StaticKeypair};
 pub use packet::{KeyId, LoadHint, Tag};
 pub use server::{

@@ -26,6 +26,9 @@ pub enum Error {
     /// The session has ended; open a new one.
     #[error("session closed: {0:?}")]
     Closed(CloseReason),
+    /// A configuration setting out of range ([`volley_proto::ConfigError`] names it).
+    #[error("invalid configuration")]
+    Config(#[from] volley_proto::ConfigError),
     /// An argument out of its documented range (API misuse); the message names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),

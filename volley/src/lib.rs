@@ -60,7 +60,8 @@ pub use server::{Server, ServerHandle};
 pub use session::{Request, SEND_QUEUE, Session, SessionStats};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
-    AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientStats, CloseCode, CloseReason,
-    ConnectError, LoadHint, MAX_APP_DATAGRAM, PublicKey, SelectionPolicy, ServerConfig, ServerLoad,
-    ServerStats, ServiceModel, SessionConfig, StaticKeypair,
+    AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientConfigBuilder, ClientStats,
+    CloseCode, CloseReason, ConfigError, ConnectError, LoadHint, MAX_APP_DATAGRAM, PublicKey,
+    SelectionPolicy, ServerConfig, ServerConfigBuilder, ServerLoad, ServerStats, ServiceModel,
+    SessionConfig, StaticKeypair,
 };

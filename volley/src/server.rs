@@ -90,7 +90,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` (use port 0 for any) and starts serving.
+    /// Binds `addr` (use port 0 for any) and starts serving. Errors: [`Error::Config`] when
+    /// `config` does not validate ([`ServerConfig::validate`]), [`Error::Bind`].
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, Error> {
         let socket = UdpSocket::bind(addr)
             .await
@@ -107,6 +108,7 @@ impl Server {
     }
 
     fn serve(socket: UdpSocket, config: ServerConfig) -> Result<Self, Error> {
+        config.validate()?;
         let local = socket.local_addr()?;
         udp::enable_local_addr(&socket)?;
         let public = config.keypair.public();

@@ -986,3 +986,30 @@ async fn c6_a_server_serves_on_a_socket_the_caller_made() {
     echoes(&mut s, b"on the caller's socket").await;
     task.abort();
 }
+
+#[tokio::test]
+async fn d6_server_and_client_refuse_a_configuration_that_does_not_validate() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.capacity = Some(0);
+    let err = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Config(volley::ConfigError::Zero("capacity"))),
+        "{err:?}"
+    );
+    let (addr, _h) = serve(&key, |_| {}).await;
+    let mut ccfg = ClientConfig::new(vec![key.public()]);
+    ccfg.handshake_timeout = Duration::ZERO;
+    let err = Client::new(ccfg)
+        .connect(&[addr])
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Config(volley::ConfigError::ZeroDuration(_))),
+        "{err:?}"
+    );
+}

@@ -178,6 +178,7 @@ impl Client {
         config: ClientConfig,
         plan: Option<SiblingPlan>,
     ) -> Result<Vec<Session>, Error> {
+        config.validate()?;
         let first = pool.first().ok_or(ConnectError::NothingToRace)?;
         // One socket serves a race: a pool of both families cannot be raced from it (the other
         // family's probes could not be sent), so it is refused rather than half raced.
