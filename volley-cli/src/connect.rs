@@ -2,6 +2,7 @@
 //! [--send TEXT] ADDR...`
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -11,7 +12,8 @@ use volley::{
 use volley_proto::client::{DEFAULT_HOT_QUANTILE, DEFAULT_WINDOW};
 
 /// How the client chooses among offers (L3).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum Policy {
     /// The earliest valid offer wins.
     Earliest,
@@ -22,15 +24,21 @@ pub enum Policy {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A pinned server public key (hex, from `volley keygen`). Repeat for fleets with several keys.
-    #[arg(long = "server-key", required = true)]
+    /// A TOML file with any of these settings (names as the flags', with `_` for `-`;
+    /// `server_keys` and `servers` as lists); flags given as well override it. See
+    /// examples/connect.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// A pinned server public key (hex, from `volley keygen` or `volley pubkey`). Repeat for
+    /// fleets with several keys.
+    #[arg(long = "server-key", required_unless_present = "config")]
     server_keys: Vec<String>,
-    /// Service to ask for.
-    #[arg(long, default_value = "echo")]
-    service: String,
-    /// How to choose among the offers.
-    #[arg(long, value_enum, default_value_t = Policy::Earliest)]
-    policy: Policy,
+    /// Service to ask for [default: echo].
+    #[arg(long)]
+    service: Option<String>,
+    /// How to choose among the offers [default: earliest].
+    #[arg(long, value_enum)]
+    policy: Option<Policy>,
     // Help built from the library's default, so it cannot drift.
     #[arg(long, value_name = "MS", help = format!(
         "With --policy window or --n-best: how long to collect offers after the first, in \
@@ -47,12 +55,55 @@ pub struct Args {
     /// Send this text over the session and print the reply.
     #[arg(long)]
     send: Option<String>,
-    /// Give up when no server answered within this many seconds.
-    #[arg(long, default_value_t = 3.0)]
-    timeout: f64,
+    /// Give up when no server answered within this many seconds [default: 3].
+    #[arg(long)]
+    timeout: Option<f64>,
     /// Servers to race.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "config")]
     servers: Vec<SocketAddr>,
+}
+
+/// The settings a `connect` config file may hold: the flags' names, every one optional.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    server_keys: Option<Vec<String>>,
+    service: Option<String>,
+    policy: Option<Policy>,
+    window_ms: Option<f64>,
+    fanout: Option<usize>,
+    n_best: Option<usize>,
+    send: Option<String>,
+    timeout: Option<f64>,
+    servers: Option<Vec<SocketAddr>>,
+}
+
+impl Args {
+    /// The file's settings under the flags': a flag given wins (lists: a flag list replaces
+    /// the file's).
+    fn merge(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.take() else {
+            return Ok(self);
+        };
+        let file: File = crate::config_file::read(&path)?;
+        if self.server_keys.is_empty() {
+            self.server_keys = file.server_keys.unwrap_or_default();
+        }
+        if self.servers.is_empty() {
+            self.servers = file.servers.unwrap_or_default();
+        }
+        self.service = self.service.or(file.service);
+        // An explicit --n-best or --policy replaces the file's choice of either.
+        if self.policy.is_none() && self.n_best.is_none() {
+            self.policy = file.policy;
+            self.n_best = file.n_best;
+        }
+        self.window_ms = self.window_ms.or(file.window_ms);
+        self.fanout = self.fanout.or(file.fanout);
+        self.send = self.send.or(file.send);
+        self.timeout = self.timeout.or(file.timeout);
+        Ok(self)
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -75,6 +126,22 @@ fn load(hint: Option<LoadHint>) -> String {
     format!("load {:>3}/{slots} expected {expected}", h.in_flight)
 }
 
+/// Flags over the config file over the defaults, checked: the client's configuration and the
+/// arguments it was built from (merged).
+pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
+    let args = args.merge()?;
+    ensure!(
+        !args.server_keys.is_empty(),
+        "--server-key (or `server_keys` in the config file) is required"
+    );
+    ensure!(
+        !args.servers.is_empty(),
+        "servers to race are required (arguments, or `servers` in the config file)"
+    );
+    let config = config(&args)?;
+    Ok((config, args))
+}
+
 fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     let keys = args
         .server_keys
@@ -84,8 +151,9 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
                 .with_context(|| format!("--server-key {k:?} is not 64 hex digits"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let timeout = args.timeout.unwrap_or(3.0);
     ensure!(
-        args.timeout > 0.0 && args.timeout < 3600.0,
+        timeout > 0.0 && timeout < 3600.0,
         "--timeout must be above 0 and below 3600 seconds"
     );
     let window = match args.window_ms {
@@ -96,11 +164,15 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         Some(_) => bail!("--window-ms must be between 0 and 10000"),
     };
     let mut config = ClientConfig::new(keys);
-    config.service = args.service.clone().into_bytes();
-    config.race.deadline = Duration::from_secs_f64(args.timeout);
-    config.handshake_timeout = Duration::from_secs_f64(args.timeout);
+    config.service = args
+        .service
+        .clone()
+        .unwrap_or_else(|| "echo".to_string())
+        .into_bytes();
+    config.race.deadline = Duration::from_secs_f64(timeout);
+    config.handshake_timeout = Duration::from_secs_f64(timeout);
     config.max_failovers = 0;
-    config.policy = match (args.policy, args.n_best) {
+    config.policy = match (args.policy.unwrap_or(Policy::Earliest), args.n_best) {
         (_, Some(k)) => {
             ensure!(k >= 1, "--n-best must be at least 1");
             SelectionPolicy::NBest { k, delta: window }
@@ -121,11 +193,14 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         ensure!(d >= 1, "--fanout must be at least 1");
         config.fanout = Some(d);
     }
+    config
+        .validate()
+        .context("the client's settings do not fit together")?;
     Ok(config)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config(&args)?;
+    let (config, args) = settings(args)?;
     let client = Client::new(config);
     let started = Instant::now();
     let connected = match args.n_best {
@@ -136,7 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(volley::Error::Connect(volley::ConnectError::NoOffer(_))) => bail!(
             "no server answered within {}s ({} probed; check addresses, --server-key and --service)",
-            args.timeout,
+            args.timeout.unwrap_or(3.0),
             args.servers.len()
         ),
         Err(volley::Error::Connect(volley::ConnectError::UnpinnedKey(n))) => bail!(
@@ -204,7 +279,7 @@ fn sessions_label(n_best: Option<usize>, s: &Session) -> String {
 fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[Session]) {
     let policy = match args.n_best {
         Some(k) => format!("n-best {k}"),
-        None => format!("{:?}", args.policy).to_lowercase(),
+        None => format!("{:?}", args.policy.unwrap_or(Policy::Earliest)).to_lowercase(),
     };
     say!("winner:     {}  (policy {policy})", main.remote());
     for o in &report.offers {

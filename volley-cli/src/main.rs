@@ -13,6 +13,7 @@ macro_rules! say {
     };
 }
 
+mod config_file;
 mod connect;
 mod demo;
 mod keygen;

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use volley::{AnswerPolicy, Server, ServerConfig, ServerHandle, ServerStats, ServiceModel};
 use volley_proto::server::answer::{
     DEFAULT_GATE_MAX_HOLD, DEFAULT_PACE_DIVISOR, DEFAULT_PACE_MAX_DELAY,
 };
 
 /// How the server turns load into answer time (L1).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum Answer {
     /// Answer every probe at once; the load shows only in the offer's hint.
     Immediate,
@@ -26,15 +27,19 @@ pub enum Answer {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A TOML file with any of these settings (names as the flags', with `_` for `-`); flags
+    /// given as well override it. See examples/serve.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:7001.
+    #[arg(long, required_unless_present = "config")]
+    listen: Option<SocketAddr>,
+    /// Secret key file written by `volley keygen` (in a config file: relative to the file).
+    #[arg(long, required_unless_present = "config")]
+    key: Option<PathBuf>,
+    /// Service name to answer probes for [default: echo].
     #[arg(long)]
-    listen: SocketAddr,
-    /// Secret key file written by `volley keygen`.
-    #[arg(long)]
-    key: PathBuf,
-    /// Service name to answer probes for.
-    #[arg(long, default_value = "echo")]
-    service: String,
+    service: Option<String>,
     /// Requests served at once (parallel slots); more wait their turn. The server estimates how
     /// long one more request would take from its requests in flight, these slots and the service
     /// time it measures, and answers probes later the longer that is. Each echoed datagram is one
@@ -77,9 +82,65 @@ pub struct Args {
     /// is at --max-sessions (repeat for several).
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<SocketAddr>,
-    /// Print a load line this often, in seconds, when something changed.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    load_every: f64,
+    /// Send a keepalive after this many milliseconds without traffic [default: 1000].
+    #[arg(long, value_name = "MS")]
+    keepalive_ms: Option<f64>,
+    /// End a session after this many milliseconds without traffic [default: 5000].
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<f64>,
+    /// Print a load line this often, in seconds, when something changed [default: 5].
+    #[arg(long, value_name = "SECS")]
+    load_every: Option<f64>,
+}
+
+/// The settings a `serve` config file may hold: the flags' names, every one optional.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    listen: Option<SocketAddr>,
+    key: Option<PathBuf>,
+    service: Option<String>,
+    capacity: Option<u32>,
+    answer: Option<Answer>,
+    max_sessions: Option<u32>,
+    count_sessions: Option<bool>,
+    service_ms: Option<f64>,
+    pace_max_ms: Option<f64>,
+    pace_divisor: Option<u32>,
+    max_hold_ms: Option<f64>,
+    peers: Option<Vec<SocketAddr>>,
+    keepalive_ms: Option<f64>,
+    idle_timeout_ms: Option<f64>,
+    load_every: Option<f64>,
+}
+
+impl Args {
+    /// The file's settings under the flags': a flag given wins.
+    fn merge(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.take() else {
+            return Ok(self);
+        };
+        let file: File = crate::config_file::read(&path)?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        self.listen = self.listen.or(file.listen);
+        self.key = self.key.or_else(|| file.key.map(|k| dir.join(k)));
+        self.service = self.service.or(file.service);
+        self.capacity = self.capacity.or(file.capacity);
+        self.answer = self.answer.or(file.answer);
+        self.max_sessions = self.max_sessions.or(file.max_sessions);
+        self.count_sessions |= file.count_sessions.unwrap_or(false);
+        self.service_ms = self.service_ms.or(file.service_ms);
+        self.pace_max_ms = self.pace_max_ms.or(file.pace_max_ms);
+        self.pace_divisor = self.pace_divisor.or(file.pace_divisor);
+        self.max_hold_ms = self.max_hold_ms.or(file.max_hold_ms);
+        if self.peers.is_empty() {
+            self.peers = file.peers.unwrap_or_default();
+        }
+        self.keepalive_ms = self.keepalive_ms.or(file.keepalive_ms);
+        self.idle_timeout_ms = self.idle_timeout_ms.or(file.idle_timeout_ms);
+        self.load_every = self.load_every.or(file.load_every);
+        Ok(self)
+    }
 }
 
 fn millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
@@ -171,15 +232,31 @@ fn load_line(handle: &ServerHandle, stats: &ServerStats) -> String {
     )
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let key = crate::keygen::read_key(&args.key)?;
+/// What `serve` runs with: the server's configuration (validated), where to listen, and how
+/// often to print the load.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: ServerConfig,
+    pub listen: SocketAddr,
+    pub service: String,
+    pub load_every: f64,
+}
+
+/// Flags over the config file over the defaults, checked.
+pub fn settings(args: Args) -> anyhow::Result<Settings> {
+    let args = args.merge()?;
+    let listen = args
+        .listen
+        .context("--listen (or `listen` in the config file) is required")?;
+    let key_path = args
+        .key
+        .clone()
+        .context("--key (or `key` in the config file) is required")?;
+    let key = crate::keygen::read_key(&key_path)?;
+    let service = args.service.clone().unwrap_or_else(|| "echo".to_string());
+    let load_every = args.load_every.unwrap_or(5.0);
     ensure!(
-        !args.service.is_empty() && args.service.len() <= volley_proto::MAX_SERVICE_LEN,
-        "service name must be 1 to {} bytes",
-        volley_proto::MAX_SERVICE_LEN
-    );
-    ensure!(
-        args.load_every.is_finite() && args.load_every >= 0.1,
+        load_every.is_finite() && load_every >= 0.1,
         "--load-every must be at least 0.1 s"
     );
     ensure!(
@@ -191,7 +268,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "--max-sessions must be at least 1 (leave it out for no limit)"
     );
     let mut config = ServerConfig::new(key);
-    config.services = vec![args.service.clone().into_bytes()];
+    config.services = vec![service.clone().into_bytes()];
     config.capacity = args.capacity;
     config.max_sessions = args.max_sessions;
     config.count_sessions = args.count_sessions;
@@ -202,23 +279,56 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         config.service = ServiceModel::Fixed(Duration::from_secs_f64(ms / 1e3));
     }
+    if let Some(ms) = args.keepalive_ms {
+        config.session.keepalive_interval = positive_millis("--keepalive-ms", ms)?;
+    }
+    if let Some(ms) = args.idle_timeout_ms {
+        config.session.idle_timeout = positive_millis("--idle-timeout-ms", ms)?;
+    }
     config.answer = answer_policy(&args)?;
     config.peers = args.peers.clone();
+    config
+        .validate()
+        .context("the server's settings do not fit together")?;
+    Ok(Settings {
+        config,
+        listen,
+        service,
+        load_every,
+    })
+}
+
+fn positive_millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
+    ensure!(
+        ms.is_finite() && ms > 0.0 && ms <= 86_400_000.0,
+        "{flag} must be above 0 and at most 86400000 ms"
+    );
+    Ok(Duration::from_secs_f64(ms / 1e3))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Settings {
+        config,
+        listen,
+        service,
+        load_every,
+    } = settings(args)?;
     let answer = config.answer;
-    let server = Server::bind(args.listen, config).await?;
+    let capacity = config.capacity;
+    let peers = config.peers.clone();
+    let server = Server::bind(listen, config).await?;
     say!(
         "volley serve: listening on {} (service {}, capacity {}, answer {}{}), public key {}",
         server.local_addr(),
-        args.service,
-        args.capacity
-            .map_or("unbounded".to_string(), |c| c.to_string()),
+        service,
+        capacity.map_or("unbounded".to_string(), |c| c.to_string()),
         describe(answer),
-        if args.peers.is_empty() {
+        if peers.is_empty() {
             String::new()
         } else {
             format!(
                 ", redirects to {}",
-                args.peers
+                peers
                     .iter()
                     .map(SocketAddr::to_string)
                     .collect::<Vec<_>>()
@@ -233,7 +343,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stats_tx.send(s);
     });
     tokio::pin!(serving);
-    let mut every = tokio::time::interval(Duration::from_secs_f64(args.load_every));
+    let mut every = tokio::time::interval(Duration::from_secs_f64(load_every));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last = String::new();
     loop {

@@ -1,0 +1,169 @@
+//! Reading TOML config files for `serve` and `connect`: unknown settings are refused (a typo
+//! must not pass silently), and every error names the file.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Parses `path` as the settings `T` (a struct with `deny_unknown_fields`).
+pub fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Parses TOML text as the settings `T`.
+pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    Ok(toml::from_str(text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: crate::serve::Args,
+    }
+
+    #[derive(Parser)]
+    struct Connect {
+        #[command(flatten)]
+        args: crate::connect::Args,
+    }
+
+    fn examples() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
+    }
+
+    /// A copy of a shipped example in a fresh directory, with a key file beside it.
+    fn staged(name: &str) -> PathBuf {
+        // Unit tests have no CARGO_TARGET_TMPDIR: the system's temp dir, one folder per call.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("volley-config-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = volley::StaticKeypair::generate(&mut volley::OsRng);
+        std::fs::write(dir.join("server.key"), key.private_hex()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        std::fs::copy(examples().join(name), dir.join(name)).unwrap();
+        dir.join(name)
+    }
+
+    fn serve(argv: &[&str]) -> anyhow::Result<crate::serve::Settings> {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(argv);
+        crate::serve::settings(Serve::try_parse_from(all)?.args)
+    }
+
+    fn connect(argv: &[&str]) -> anyhow::Result<volley::ClientConfig> {
+        let mut all = vec!["connect"];
+        all.extend_from_slice(argv);
+        Ok(crate::connect::settings(Connect::try_parse_from(all)?.args)?.0)
+    }
+
+    #[test]
+    fn d4_every_shipped_example_config_parses_and_validates() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(examples()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let name = path.file_name().unwrap().to_str().unwrap().to_string();
+                let staged = staged(&name);
+                let staged = staged.to_str().unwrap();
+                match name.split('.').next().unwrap() {
+                    "serve" => {
+                        let s = serve(&["--config", staged]).unwrap();
+                        s.config.validate().unwrap();
+                    }
+                    "connect" => {
+                        connect(&["--config", staged]).unwrap().validate().unwrap();
+                    }
+                    other => panic!("examples/{name}: no test knows `{other}` configs"),
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "examples/ holds the serve and connect configs");
+    }
+
+    #[test]
+    fn d4_flags_override_the_file_and_unknown_or_bad_settings_are_named() {
+        let path = staged("serve.toml");
+        let path = path.to_str().unwrap();
+        let s = serve(&["--config", path]).unwrap();
+        assert_eq!(s.config.capacity, Some(16));
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7001");
+        let s = serve(&[
+            "--config",
+            path,
+            "--capacity",
+            "4",
+            "--listen",
+            "127.0.0.1:9",
+        ])
+        .unwrap();
+        assert_eq!(s.config.capacity, Some(4), "the flag wins");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9");
+        let err = serve(&["--config", path, "--capacity", "0"]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--capacity must be at least 1"),
+            "{err:#}"
+        );
+
+        let dir = std::path::Path::new(path).parent().unwrap();
+        let typo = dir.join("typo.toml");
+        std::fs::write(
+            &typo,
+            "listen = \"127.0.0.1:1\"\nkey = \"server.key\"\ncapacty = 4\n",
+        )
+        .unwrap();
+        let err = serve(&["--config", typo.to_str().unwrap()]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("capacty") && text.contains("typo.toml"),
+            "{text}"
+        );
+
+        let timers = dir.join("timers.toml");
+        std::fs::write(
+            &timers,
+            "listen = \"127.0.0.1:1\"\nkey = \"server.key\"\nkeepalive_ms = 5000\nidle_timeout_ms = 1000\n",
+        )
+        .unwrap();
+        let err = serve(&["--config", timers.to_str().unwrap()]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("idle timeout must be longer"),
+            "{err:#}"
+        );
+
+        let cpath = staged("connect.toml");
+        let cpath = cpath.to_str().unwrap();
+        let c = connect(&["--config", cpath]).unwrap();
+        assert_eq!(c.fanout, Some(2));
+        assert!(matches!(c.policy, volley::SelectionPolicy::Window { .. }));
+        let c = connect(&["--config", cpath, "--n-best", "2"]).unwrap();
+        assert!(matches!(
+            c.policy,
+            volley::SelectionPolicy::NBest { k: 2, .. }
+        ));
+        let err = connect(&["--config", cpath, "--fanout", "1"]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("fan-out of at least 2"),
+            "{err:#}"
+        );
+    }
+}
