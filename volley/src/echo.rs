@@ -3,8 +3,6 @@
 
 use std::future::Future;
 
-use tracing::debug;
-
 use crate::server::Server;
 
 /// Serves echo sessions on `server` until `shutdown` resolves, then shuts the server down
@@ -15,31 +13,19 @@ pub async fn serve(server: Server, shutdown: impl Future<Output = ()>) {
 
 /// Like [`serve`], and hands the server's final counters to `on_stop` after shutdown.
 pub async fn serve_with(
-    mut server: Server,
+    server: Server,
     shutdown: impl Future<Output = ()>,
     on_stop: impl FnOnce(crate::ServerStats),
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            session = server.accept() => {
-                let Some(mut session) = session else { break };
-                // One task per session: sessions are independent and may block on a slow peer.
-                tokio::spawn(async move {
-                    let peer = session.remote();
-                    // Each datagram is a request: the server counts it until it is echoed.
-                    while let Ok(request) = session.recv_request().await {
-                        // The request's own bytes go back: moved, never copied.
-                        if request.echo(&session).await.is_err() {
-                            break;
-                        }
-                    }
-                    debug!(%peer, "echo session ended");
-                });
+    let stats = crate::handler::serve_sessions(server, shutdown, |mut session| async move {
+        // Each datagram is a request: the server counts it until it is echoed.
+        while let Ok(request) = session.recv_request().await {
+            // The request's own bytes go back: moved, never copied.
+            if request.echo(&session).await.is_err() {
+                break;
             }
-            _ = &mut shutdown => break,
         }
-    }
-    let stats = server.shutdown().await;
+    })
+    .await;
     on_stop(stats);
 }

@@ -39,6 +39,7 @@
 mod client;
 pub mod echo;
 mod error;
+pub mod handler;
 mod load;
 mod report;
 mod runtime;

@@ -1,0 +1,135 @@
+//! Serving requests without bookkeeping (D6): a handler — an async function, or a tower
+//! `Service` — is called once per datagram a session receives, and its answer, if any, is sent
+//! back on the same session. The server counts every request as in flight from its arrival
+//! until its reply has been queued (the handler's time included), and measures its service time
+//! from those completions (L5): load reporting needs no `LoadGuard`s in application code.
+//!
+//! One task per session; a session's requests are handled one after another, in arrival order
+//! (requests of different sessions run concurrently). A request that arrives while the previous
+//! one is being handled waits in the session's receive queue — and counts as load meanwhile, so
+//! a slow handler shows up in the server's answer times.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::server::Server;
+use crate::session::Session;
+
+/// One request as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The session's peer (its current address).
+    pub peer: SocketAddr,
+    /// The datagram.
+    pub data: Bytes,
+}
+
+/// Serves every session of `server` with `handler` until `shutdown` resolves, then shuts the
+/// server down gracefully (clients are told to go elsewhere) and returns its final counters.
+/// `handler` returns the reply, or `None` for a request that gets none.
+pub async fn serve<H, Fut>(
+    server: Server,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> crate::ServerStats
+where
+    H: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Option<Bytes>> + Send + 'static,
+{
+    serve_sessions(server, shutdown, move |mut session| {
+        let handler = handler.clone();
+        async move {
+            while let Ok(request) = session.recv_request().await {
+                let (data, guard) = request.into_parts();
+                let call = Call {
+                    peer: session.remote(),
+                    data,
+                };
+                let reply = handler(call).await;
+                if let Some(reply) = reply {
+                    if session.send_bytes(reply).await.is_err() {
+                        break;
+                    }
+                }
+                // Completed: the reply is queued (or there is none).
+                drop(guard);
+            }
+        }
+    })
+    .await
+}
+
+/// Like [`serve`], with a tower `Service` per server (cloned for each session, as tower services
+/// are): `poll_ready` is honoured before each call — a request waiting for a service that is
+/// not ready counts as load — and an error ends that request without a reply (logged).
+pub async fn serve_service<S>(
+    server: Server,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> crate::ServerStats
+where
+    S: tower_service::Service<Call, Response = Option<Bytes>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display + Send,
+{
+    serve_sessions(server, shutdown, move |mut session| {
+        let mut service = service.clone();
+        async move {
+            while let Ok(request) = session.recv_request().await {
+                let (data, guard) = request.into_parts();
+                let call = Call {
+                    peer: session.remote(),
+                    data,
+                };
+                if let Err(e) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
+                    debug!(error = %e, "service not available: session ends");
+                    break;
+                }
+                match service.call(call).await {
+                    Ok(Some(reply)) => {
+                        if session.send_bytes(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => debug!(error = %e, "request failed: no reply"),
+                }
+                drop(guard);
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts sessions until `shutdown`, each served by its own task running `session_task`; then
+/// a graceful shutdown.
+pub(crate) async fn serve_sessions<T, Fut>(
+    mut server: Server,
+    shutdown: impl Future<Output = ()>,
+    session_task: T,
+) -> crate::ServerStats
+where
+    T: Fn(Session) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            session = server.accept() => {
+                let Some(session) = session else { break };
+                let peer = session.remote();
+                // One task per session: sessions are independent and may block on a slow peer.
+                let task = session_task(session);
+                tokio::spawn(async move {
+                    task.await;
+                    debug!(%peer, "session ended");
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    server.shutdown().await
+}
