@@ -17,8 +17,10 @@ mod config_file;
 mod connect;
 mod demo;
 mod keygen;
+mod proxy;
 mod pubkey;
 mod serve;
+mod target;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +42,8 @@ enum Command {
     Serve(serve::Args),
     /// Race servers, open a session with the winner (or the K best), optionally send a datagram.
     Connect(connect::Args),
+    /// Put volley in front of a UDP service: applications send here, each flow races the pool.
+    Proxy(proxy::Args),
     /// Race clients against an in-process fleet with uneven load on loopback, once per answer
     /// policy, and show where the sessions went.
     Demo(demo::Args),
@@ -48,7 +52,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let default = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Proxy(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -65,6 +69,7 @@ fn main() {
         Command::Pubkey(a) => pubkey::run(a),
         Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve::run(a))),
         Command::Connect(a) => runtime().and_then(|rt| rt.block_on(connect::run(a))),
+        Command::Proxy(a) => runtime().and_then(|rt| rt.block_on(proxy::run(a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
     };
     if let Err(e) = result {

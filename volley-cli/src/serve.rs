@@ -91,6 +91,10 @@ pub struct Args {
     /// Print a load line this often, in seconds, when something changed [default: 5].
     #[arg(long, value_name = "SECS")]
     load_every: Option<f64>,
+    /// Forward each session's datagrams to this UDP service (udp://HOST:PORT) and its answers
+    /// back, instead of echoing: the server side of `volley proxy`.
+    #[arg(long, value_name = "TARGET")]
+    forward: Option<crate::target::Target>,
 }
 
 /// The settings a `serve` config file may hold: the flags' names, every one optional.
@@ -112,6 +116,7 @@ pub struct File {
     keepalive_ms: Option<f64>,
     idle_timeout_ms: Option<f64>,
     load_every: Option<f64>,
+    forward: Option<String>,
 }
 
 impl Args {
@@ -139,6 +144,13 @@ impl Args {
         self.keepalive_ms = self.keepalive_ms.or(file.keepalive_ms);
         self.idle_timeout_ms = self.idle_timeout_ms.or(file.idle_timeout_ms);
         self.load_every = self.load_every.or(file.load_every);
+        if self.forward.is_none() {
+            self.forward = file
+                .forward
+                .map(|f| f.parse())
+                .transpose()
+                .map_err(|e: String| anyhow::anyhow!("forward: {e}"))?;
+        }
         Ok(self)
     }
 }
@@ -240,6 +252,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub service: String,
     pub load_every: f64,
+    /// `--forward`: the backend (resolved when serving starts).
+    pub forward: Option<crate::target::Target>,
 }
 
 /// Flags over the config file over the defaults, checked.
@@ -290,11 +304,13 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     config
         .validate()
         .context("the server's settings do not fit together")?;
+    let forward = args.forward.clone();
     Ok(Settings {
         config,
         listen,
         service,
         load_every,
+        forward,
     })
 }
 
@@ -312,7 +328,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         listen,
         service,
         load_every,
+        forward,
     } = settings(args)?;
+    let forward = match forward {
+        Some(crate::target::Target::Udp(backend)) => {
+            Some(crate::target::resolve_one(&backend).await?)
+        }
+        None => None,
+    };
     let answer = config.answer;
     let capacity = config.capacity;
     let peers = config.peers.clone();
@@ -339,9 +362,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let handle = server.handle();
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
-    let serving = volley::echo::serve_with(server, shutdown_signal(), move |s| {
-        let _ = stats_tx.send(s);
-    });
+    let serving = async move {
+        let stats = match forward {
+            Some(backend) => {
+                say!("volley serve: forwarding each session to udp://{backend}");
+                volley::proxy::forward::udp(server, backend, shutdown_signal()).await
+            }
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                volley::echo::serve_with(server, shutdown_signal(), move |s| {
+                    let _ = tx.send(s);
+                })
+                .await;
+                match rx.await {
+                    Ok(s) => s,
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = stats_tx.send(stats);
+    };
     tokio::pin!(serving);
     let mut every = tokio::time::interval(Duration::from_secs_f64(load_every));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -385,7 +425,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

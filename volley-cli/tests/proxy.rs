@@ -1,0 +1,123 @@
+//! `volley proxy` and `volley serve --forward` as processes, in front of a UDP service that is
+//! not ours (a Python program), on loopback (D1).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BACKEND: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    data, addr = s.recvfrom(65535)
+    s.sendto(b"backend says " + data, addr)
+"#;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and returns it with its first line of stdout.
+fn start(cmd: &mut Command) -> (Killed, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Killed(child), line)
+}
+
+fn volley() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_volley"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn d1_volley_proxy_and_serve_forward_carry_a_real_udp_service() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("proxy-e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("server.key");
+    let out = volley()
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let (_backend, port) = start(Command::new("python3").args(["-c", BACKEND]));
+    let backend = format!("udp://127.0.0.1:{}", port.trim());
+    let servers: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut _serving = Vec::new();
+    for s in &servers {
+        let (child, line) = start(volley().args([
+            "serve",
+            "--listen",
+            s,
+            "--key",
+            key.to_str().unwrap(),
+            "--forward",
+            &backend,
+        ]));
+        assert!(line.contains("listening on"), "{line}");
+        _serving.push(child);
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut proxy, line) = start(volley().args([
+        "proxy",
+        "--listen",
+        &format!("udp://{listen}"),
+        "--server-key",
+        &public,
+        &servers[0],
+        &servers[1],
+    ]));
+    assert!(line.contains("volley proxy: udp://"), "{line}");
+
+    // Two applications, unaware of volley: each gets its own answers.
+    for i in 0..2 {
+        let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+        app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for round in 0..3 {
+            let text = format!("app {i} round {round}");
+            app.send_to(text.as_bytes(), &listen).unwrap();
+            let mut buf = [0u8; 512];
+            let (n, from) = app
+                .recv_from(&mut buf)
+                .expect("an answer through both proxies");
+            assert_eq!(from.to_string(), listen, "answers come from the proxy");
+            assert_eq!(
+                String::from_utf8_lossy(&buf[..n]),
+                format!("backend says {text}")
+            );
+        }
+    }
+    // The proxy runs until told to stop; it must not have exited meanwhile.
+    assert!(proxy.0.try_wait().unwrap().is_none());
+    let mut rest = String::new();
+    let _ = proxy.0.kill();
+    let _ = proxy.0.stdout.as_mut().unwrap().read_to_string(&mut rest);
+}

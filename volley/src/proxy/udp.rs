@@ -1,0 +1,165 @@
+//! The client side of the UDP proxy: one local socket; each flow — each application source
+//! address — gets its own volley session, raced over the pool when the flow's first datagram
+//! arrives, and is forgotten after [`UdpProxyConfig::idle_timeout`] without traffic either way.
+//! A new flow that cannot connect drops what it queued and is tried again on its next datagram;
+//! a flow whose server goes away fails over with its session (R5).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::client::Client;
+use crate::error::Error;
+
+/// How the client side of a UDP proxy behaves.
+#[derive(Debug, Clone)]
+pub struct UdpProxyConfig {
+    /// A flow with no datagram either way for this long ends (its session closes). Default 60 s.
+    pub idle_timeout: Duration,
+    /// Datagrams a flow queues while its session comes up; beyond, they are dropped. Default 64.
+    pub queue: usize,
+    /// Most flows at once; datagrams of new flows beyond it are dropped. Default 65,536.
+    pub max_flows: usize,
+}
+
+impl Default for UdpProxyConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(60),
+            queue: 64,
+            max_flows: 65_536,
+        }
+    }
+}
+
+/// What the proxy counted, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UdpProxyStats {
+    /// Flows started (first datagrams from a new source).
+    pub flows: u64,
+    /// Flows whose session could not be opened.
+    pub connect_failures: u64,
+    /// Datagrams dropped: a flow's queue full, or too many flows.
+    pub dropped: u64,
+}
+
+enum FlowEvent {
+    Ended(SocketAddr, bool),
+}
+
+/// Serves the UDP proxy on `socket` until `shutdown` resolves: flows from the applications
+/// that send to it race `pool` with `client`.
+pub async fn run(
+    socket: UdpSocket,
+    client: Client,
+    pool: Vec<SocketAddr>,
+    config: UdpProxyConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<UdpProxyStats, Error> {
+    if pool.is_empty() {
+        return Err(Error::InvalidArgument("the proxy's pool is empty"));
+    }
+    let socket = Arc::new(socket);
+    let pool: Arc<[SocketAddr]> = pool.into();
+    let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut stats = UdpProxyStats::default();
+    let mut buf = vec![0u8; 65_536];
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, from) = match received {
+                    Ok(r) => r,
+                    Err(e) if crate::socket::transient(&e) => continue,
+                    Err(e) => return Err(Error::Io(e)),
+                };
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                if let Some(flow) = flows.get(&from) {
+                    if flow.try_send(data).is_err() {
+                        stats.dropped += 1;
+                    }
+                    continue;
+                }
+                if flows.len() >= config.max_flows {
+                    stats.dropped += 1;
+                    continue;
+                }
+                stats.flows += 1;
+                let (tx, rx) = mpsc::channel(config.queue.max(1));
+                let _ = tx.try_send(data);
+                flows.insert(from, tx);
+                tokio::spawn(flow(
+                    from,
+                    rx,
+                    Arc::clone(&socket),
+                    client.clone(),
+                    Arc::clone(&pool),
+                    config.idle_timeout,
+                    events_tx.clone(),
+                ));
+            }
+            Some(FlowEvent::Ended(app, connected)) = events.recv() => {
+                flows.remove(&app);
+                if !connected {
+                    stats.connect_failures += 1;
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    info!(?stats, "udp proxy stops");
+    Ok(stats)
+}
+
+/// One flow: a session with the race's winner, datagrams both ways, until idle.
+async fn flow(
+    app: SocketAddr,
+    mut from_app: mpsc::Receiver<Bytes>,
+    socket: Arc<UdpSocket>,
+    client: Client,
+    pool: Arc<[SocketAddr]>,
+    idle_timeout: Duration,
+    events: mpsc::UnboundedSender<FlowEvent>,
+) {
+    let mut session = match client.connect(&pool).await {
+        Ok(s) => s,
+        Err(e) => {
+            info!(%app, error = %e, "flow: no session; its datagrams are dropped");
+            let _ = events.send(FlowEvent::Ended(app, false));
+            return;
+        }
+    };
+    debug!(%app, server = %session.remote(), "flow: session up");
+    loop {
+        tokio::select! {
+            data = from_app.recv() => {
+                let Some(data) = data else { break };
+                if session.send_bytes(data).await.is_err() {
+                    break;
+                }
+            }
+            reply = session.recv() => {
+                match reply {
+                    Ok(reply) => {
+                        let _ = socket.send_to(&reply, app).await;
+                    }
+                    Err(_) => break,
+                }
+            }
+            _ = tokio::time::sleep(idle_timeout) => {
+                debug!(%app, "flow: idle, ended");
+                break;
+            }
+        }
+    }
+    let _ = events.send(FlowEvent::Ended(app, true));
+}

@@ -1,0 +1,141 @@
+//! The UDP proxy end to end on loopback (D1): applications → client-side proxy → volley
+//! sessions → server-side forwarders → a UDP service, and back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use volley::proxy::udp::{UdpProxyConfig, UdpProxyStats};
+use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A UDP service that answers each datagram upper-cased, and counts what it saw per source.
+async fn backend() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n].to_ascii_uppercase(), from).await;
+        }
+    });
+    addr
+}
+
+async fn forwarder(
+    key: &StaticKeypair,
+    backend: SocketAddr,
+) -> (SocketAddr, ServerHandle, oneshot::Sender<()>) {
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(volley::proxy::forward::udp(server, backend, async {
+        let _ = stopped.await;
+    }));
+    (addr, handle, stop)
+}
+
+async fn ask(app: &UdpSocket, proxy: SocketAddr, text: &str) -> String {
+    app.send_to(text.as_bytes(), proxy).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = timeout(BOUND, app.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8(buf[..n].to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn d1_udp_proxy_carries_each_flow_on_its_own_session_and_new_flows_fail_over() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let service = backend().await;
+    let (a, ha, stop_a) = forwarder(&key, service).await;
+    let (b, hb, _stop_b) = forwarder(&key, service).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let running = tokio::spawn(volley::proxy::udp::run(
+        socket,
+        client,
+        vec![a, b],
+        UdpProxyConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..UdpProxyConfig::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Three applications, three flows, each answered on its own.
+    let apps = [
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    for round in 0..3 {
+        for (i, app) in apps.iter().enumerate() {
+            let text = format!("flow {i} round {round}");
+            assert_eq!(ask(app, proxy, &text).await, text.to_uppercase());
+        }
+    }
+    let opened = ha.stats().sessions_opened + hb.stats().sessions_opened;
+    assert_eq!(opened, 3, "one session per flow, kept across its datagrams");
+    // A server goes away: new flows race what is left.
+    drop(stop_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(ask(&late, proxy, "after").await, "AFTER");
+    // Flows idle out; the next datagram of an application starts a new one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ask(&apps[0], proxy, "again").await, "AGAIN");
+    let _ = stop.send(());
+    let stats: UdpProxyStats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
+    assert_eq!(stats.flows, 5, "{stats:?}");
+    assert_eq!(stats.connect_failures, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn d1_a_forwarded_datagram_is_load_until_the_backend_answers() {
+    // A backend that answers only when told: the request counts meanwhile.
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = service.local_addr().unwrap();
+    let (addr, handle, _stop) = forwarder(&key, backend_addr).await;
+    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+        .connect(&[addr])
+        .await
+        .unwrap();
+    session.send(b"question").await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = timeout(BOUND, service.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"question");
+    timeout(BOUND, async {
+        while handle.load().requests != 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the forwarded request counts as load");
+    service.send_to(b"answer", from).await.unwrap();
+    let reply = timeout(BOUND, session.recv()).await.unwrap().unwrap();
+    assert_eq!(&reply[..], b"answer");
+    timeout(BOUND, async {
+        while handle.load().requests != 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("answered: no longer load");
+}
