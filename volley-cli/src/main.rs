@@ -28,8 +28,17 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "volley", version, about)]
 struct Cli {
+    /// Log lines as plain text or one JSON object per line (levels and targets from RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Plain,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,15 +64,18 @@ fn main() {
         Command::Serve(_) | Command::Proxy(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
         // Colour codes only on a terminal: not in a log file, a pipe or a journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Plain => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let result = match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Pubkey(a) => pubkey::run(a),

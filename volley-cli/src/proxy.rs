@@ -27,6 +27,10 @@ pub struct Args {
     /// End a flow after this many seconds without a datagram either way.
     #[arg(long, default_value_t = 60.0)]
     idle_timeout: f64,
+    /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at
+    /// http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// The servers: IP:PORT or HOST:PORT (every address of a name joins the pool).
     #[arg(required = true, value_name = "POOL")]
     servers: Vec<String>,
@@ -94,11 +98,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs_f64(args.idle_timeout),
         ..UdpProxyConfig::default()
     };
-    let stats = volley::proxy::udp::run(
+    let metrics = std::sync::Arc::new(volley::proxy::udp::UdpProxyMetrics::default());
+    let _endpoint = match args.metrics {
+        Some(addr) => {
+            let endpoint = volley::metrics::serve(
+                addr,
+                volley::metrics::proxy_registry(std::sync::Arc::clone(&metrics)),
+            )
+            .await?;
+            say!(
+                "volley proxy: metrics at http://{}/metrics",
+                endpoint.local_addr()
+            );
+            Some(endpoint)
+        }
+        None => None,
+    };
+    let stats = volley::proxy::udp::run_with_metrics(
         socket,
         Client::new(config),
         pool,
         proxy,
+        metrics,
         crate::serve::shutdown_signal(),
     )
     .await?;

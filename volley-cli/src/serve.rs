@@ -95,6 +95,10 @@ pub struct Args {
     /// back, instead of echoing: the server side of `volley proxy`.
     #[arg(long, value_name = "TARGET")]
     forward: Option<crate::target::Target>,
+    /// Serve Prometheus metrics (every counter, load gauges, the answer-delay histogram) at
+    /// http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// The settings a `serve` config file may hold: the flags' names, every one optional.
@@ -117,6 +121,7 @@ pub struct File {
     idle_timeout_ms: Option<f64>,
     load_every: Option<f64>,
     forward: Option<String>,
+    metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -144,6 +149,7 @@ impl Args {
         self.keepalive_ms = self.keepalive_ms.or(file.keepalive_ms);
         self.idle_timeout_ms = self.idle_timeout_ms.or(file.idle_timeout_ms);
         self.load_every = self.load_every.or(file.load_every);
+        self.metrics = self.metrics.or(file.metrics);
         if self.forward.is_none() {
             self.forward = file
                 .forward
@@ -254,6 +260,8 @@ pub struct Settings {
     pub load_every: f64,
     /// `--forward`: the backend (resolved when serving starts).
     pub forward: Option<crate::target::Target>,
+    /// `--metrics`: where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Flags over the config file over the defaults, checked.
@@ -305,12 +313,14 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         .validate()
         .context("the server's settings do not fit together")?;
     let forward = args.forward.clone();
+    let metrics = args.metrics;
     Ok(Settings {
         config,
         listen,
         service,
         load_every,
         forward,
+        metrics,
     })
 }
 
@@ -329,6 +339,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         service,
         load_every,
         forward,
+        metrics,
     } = settings(args)?;
     let forward = match forward {
         Some(crate::target::Target::Udp(backend)) => {
@@ -361,6 +372,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server.public_key().to_hex()
     );
     let handle = server.handle();
+    let _metrics = match metrics {
+        Some(addr) => {
+            let endpoint =
+                volley::metrics::serve(addr, volley::metrics::server_registry(handle.clone()))
+                    .await?;
+            say!(
+                "volley serve: metrics at http://{}/metrics",
+                endpoint.local_addr()
+            );
+            Some(endpoint)
+        }
+        None => None,
+    };
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
     let serving = async move {
         let stats = match forward {

@@ -188,3 +188,40 @@ fn the_tours_key_file_is_ignored_by_git() {
         "the README's tour writes server.key in the checkout"
     );
 }
+
+#[test]
+fn d5_logs_are_json_lines_on_request_and_plain_without_colour_codes_off_a_terminal() {
+    let dir = scratch("logs");
+    let (key, _) = keygen(&dir);
+    for (format, check) in [
+        (
+            "json",
+            (|l: &str| l.starts_with('{') && l.contains("\"level\":\"INFO\"")) as fn(&str) -> bool,
+        ),
+        ("plain", |l: &str| {
+            l.contains("INFO") && !l.contains('\u{1b}')
+        }),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_volley"))
+            .env("RUST_LOG", "info")
+            .args([
+                "--log-format",
+                format,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--key",
+                &key,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        stop(child);
+        assert!(check(&line), "{format}: {line:?}");
+    }
+}

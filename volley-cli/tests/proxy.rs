@@ -45,6 +45,17 @@ fn volley() -> Command {
     c
 }
 
+fn scrape(addr: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    s.read_to_string(&mut page).unwrap();
+    page
+}
+
 fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -86,12 +97,18 @@ fn d1_volley_proxy_and_serve_forward_carry_a_real_udp_service() {
         _serving.push(child);
     }
     let listen = format!("127.0.0.1:{}", free_port());
+    let metrics = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
     let (mut proxy, line) = start(volley().args([
         "proxy",
         "--listen",
         &format!("udp://{listen}"),
         "--server-key",
         &public,
+        "--metrics",
+        &metrics,
         &servers[0],
         &servers[1],
     ]));
@@ -115,6 +132,17 @@ fn d1_volley_proxy_and_serve_forward_carry_a_real_udp_service() {
             );
         }
     }
+    // D5: the proxy's metrics, scraped over HTTP.
+    let page = scrape(&metrics);
+    assert!(page.contains("volley_proxy_flows_total 2"), "{page}");
+    assert!(
+        page.contains("volley_proxy_connect_failures_total 0"),
+        "{page}"
+    );
+    assert!(
+        page.contains("volley_proxy_answer_time_seconds_count 2"),
+        "{page}"
+    );
     // The proxy runs until told to stop; it must not have exited meanwhile.
     assert!(proxy.0.try_wait().unwrap().is_none());
     let mut rest = String::new();

@@ -41,6 +41,7 @@ pub mod echo;
 mod error;
 pub mod handler;
 mod load;
+pub mod metrics;
 pub mod proxy;
 mod report;
 mod runtime;

@@ -13,6 +13,7 @@ use volley_proto::{AppLoad, ServerLoad, ServerStats};
 pub(crate) struct Published {
     pub(crate) stats: ServerStats,
     pub(crate) load: ServerLoad,
+    pub(crate) answer_delays: volley_proto::server::AnswerDelays,
 }
 
 /// State shared by the driver, the [`Server`](crate::Server), its [`ServerHandle`](crate::ServerHandle)s and [`LoadGuard`]s.

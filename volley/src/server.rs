@@ -67,6 +67,11 @@ impl ServerHandle {
         self.shared.published().stats
     }
 
+    /// See [`Server::answer_delays`].
+    pub fn answer_delays(&self) -> volley_proto::server::AnswerDelays {
+        self.shared.published().answer_delays
+    }
+
     /// See [`Server::set_capacity`].
     pub fn set_capacity(&self, capacity: Option<u32>) {
         let _ = self.control.send(Control::Capacity(capacity));
@@ -174,6 +179,11 @@ impl Server {
     /// A snapshot of the counters, as of the driver's last wake-up.
     pub fn stats(&self) -> ServerStats {
         self.shared.published().stats
+    }
+
+    /// How long answered probes waited for their offers, as of the driver's last wake-up.
+    pub fn answer_delays(&self) -> volley_proto::server::AnswerDelays {
+        self.shared.published().answer_delays
     }
 
     /// The load as of the driver's last wake-up: sessions, application load (guards plus
@@ -391,6 +401,7 @@ impl runtime::Side for ServerSide {
         let mut published = self.shared.published();
         published.stats = *self.endpoint.stats();
         published.load = load;
+        published.answer_delays = *self.endpoint.answer_delays();
         more
     }
 

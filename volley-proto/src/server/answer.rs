@@ -120,6 +120,8 @@ pub(crate) struct Held {
     pub probe_len: u16,
     /// When to send (paced) — or, gated, when to drop it unsent.
     pub due: Instant,
+    /// When the probe arrived (for the answer-delay histogram).
+    pub arrived: Instant,
     /// Whether its reservation was taken already (paced reserves on arrival), so that the
     /// offer's load hint does not count the offer itself.
     pub reserved: bool,
@@ -224,6 +226,22 @@ mod tests {
     }
 
     #[test]
+    fn l1_answer_delays_fall_in_their_buckets() {
+        let mut d = AnswerDelays::default();
+        d.record(Duration::ZERO);
+        d.record(Duration::from_micros(50));
+        d.record(Duration::from_micros(51));
+        d.record(Duration::from_millis(3));
+        d.record(Duration::from_secs(2));
+        assert_eq!(d.buckets[0], 2, "at once and 50 µs: the first bucket");
+        assert_eq!(d.buckets[1], 1);
+        assert_eq!(d.buckets[6], 1, "3 ms: ≤ 5 ms");
+        assert_eq!(d.buckets[ANSWER_DELAY_BOUNDS_US.len()], 1, "overflow");
+        assert_eq!(d.count, 5);
+        assert_eq!(d.sum_us, 50 + 51 + 3_000 + 2_000_000);
+    }
+
+    #[test]
     fn s2_held_queue_is_bounded_and_ordered() {
         let now = Instant::now();
         let held = |ms: u64| Held {
@@ -233,6 +251,7 @@ mod tests {
             service: 0,
             probe_len: 256,
             due: now + Duration::from_millis(ms),
+            arrived: now,
             reserved: false,
         };
         let mut q = HeldQueue::default();
@@ -257,5 +276,39 @@ mod tests {
         r.release_one();
         assert_eq!(r.count(now), 3);
         assert_eq!(r.count(now + hold), 0, "expired");
+    }
+}
+
+/// Upper bounds of the answer-delay histogram's buckets, in microseconds (a last bucket holds
+/// the rest): from "at once" to past the longest default hold.
+pub const ANSWER_DELAY_BOUNDS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 250_000,
+];
+
+/// How long the server took to answer the probes it answered: from a probe's arrival to its
+/// OFFER, per bucket of [`ANSWER_DELAY_BOUNDS_US`] (not cumulative; the last entry is the
+/// overflow), with their sum and count. What the answer policy did to answer times (L1), as an
+/// operator sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerDelays {
+    /// Offers per bucket.
+    pub buckets: [u64; ANSWER_DELAY_BOUNDS_US.len() + 1],
+    /// Sum of the delays, microseconds.
+    pub sum_us: u64,
+    /// Offers counted.
+    pub count: u64,
+}
+
+impl AnswerDelays {
+    /// Counts one offer answered `delay` after its probe arrived.
+    pub fn record(&mut self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        let i = ANSWER_DELAY_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(ANSWER_DELAY_BOUNDS_US.len());
+        self.buckets[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
     }
 }

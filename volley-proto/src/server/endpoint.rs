@@ -15,7 +15,7 @@ use rand_core::CryptoRngCore;
 use tracing::{debug, trace};
 
 use super::admission::Admission;
-use super::answer::{AnswerPolicy, HeldQueue, Reservations};
+use super::answer::{AnswerDelays, AnswerPolicy, HeldQueue, Reservations};
 use super::estimate::{ServiceEstimator, expected_completion};
 use super::sessions::SessionTable;
 use super::{AppLoad, ServerConfig, ServerLoad, ServerStats};
@@ -79,6 +79,8 @@ pub struct ServerEndpoint {
     pub(super) reserved: Reservations,
     /// Where the next REDIRECT starts naming peers, so refusals spread over them.
     pub(super) peer_cursor: usize,
+    /// From each probe's arrival to its OFFER (L1), for operators.
+    pub(super) answer_delays: AnswerDelays,
     /// When the last well-formed INIT arrived (handshakes compete with a PROBE flood).
     pub(super) last_init: Option<Instant>,
 }
@@ -132,8 +134,14 @@ impl ServerEndpoint {
             held: HeldQueue::default(),
             reserved: Reservations::default(),
             peer_cursor: 0,
+            answer_delays: AnswerDelays::default(),
             last_init: None,
         }
+    }
+
+    /// How long the answered probes waited for their offers (a histogram).
+    pub fn answer_delays(&self) -> &AnswerDelays {
+        &self.answer_delays
     }
 
     /// The static public key clients must pin.

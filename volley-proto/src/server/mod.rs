@@ -11,7 +11,7 @@ pub mod responder;
 mod sessions;
 
 pub use admission::AdmissionConfig;
-pub use answer::AnswerPolicy;
+pub use answer::{ANSWER_DELAY_BOUNDS_US, AnswerDelays, AnswerPolicy};
 pub use endpoint::{ServerEndpoint, ServerEvent, SessionId};
 pub use estimate::ServiceModel;
 
@@ -197,6 +197,66 @@ pub struct ServerStats {
     pub amplification_suppressed: u64,
 }
 
+impl ServerStats {
+    /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
+    /// then cannot miss one (a test checks the list against the struct).
+    pub fn counters(&self) -> [(&'static str, u64); 45] {
+        [
+            ("datagrams_received", self.datagrams_received),
+            ("dropped_reflector_port", self.dropped_reflector_port),
+            ("malformed_too_long", self.malformed_too_long),
+            ("malformed_truncated", self.malformed_truncated),
+            ("malformed_version", self.malformed_version),
+            ("versions_sent", self.versions_sent),
+            ("malformed_type", self.malformed_type),
+            ("malformed_length", self.malformed_length),
+            ("probe_too_short", self.probe_too_short),
+            ("unexpected_message", self.unexpected_message),
+            ("probes_received", self.probes_received),
+            ("offers_sent", self.offers_sent),
+            ("probes_unknown_service", self.probes_unknown_service),
+            ("probes_withheld_full", self.probes_withheld_full),
+            (
+                "probes_withheld_under_load",
+                self.probes_withheld_under_load,
+            ),
+            ("probes_over_budget", self.probes_over_budget),
+            ("probes_rate_limited", self.probes_rate_limited),
+            ("probes_held", self.probes_held),
+            ("probes_dropped_queue_full", self.probes_dropped_queue_full),
+            (
+                "probes_dropped_hold_expired",
+                self.probes_dropped_hold_expired,
+            ),
+            ("offers_busy", self.offers_busy),
+            ("inits_received", self.inits_received),
+            ("init_unknown_service", self.init_unknown_service),
+            ("init_cookie_malformed", self.init_cookie_malformed),
+            ("init_cookie_unknown_key", self.init_cookie_unknown_key),
+            ("init_cookie_expired", self.init_cookie_expired),
+            ("init_cookie_bad_mac", self.init_cookie_bad_mac),
+            ("cookie_changes_sent", self.cookie_changes_sent),
+            ("init_duplicate", self.init_duplicate),
+            ("init_after_close", self.init_after_close),
+            ("init_refused_full", self.init_refused_full),
+            ("init_honoured_full", self.init_honoured_full),
+            ("redirects_sent", self.redirects_sent),
+            ("init_rate_limited", self.init_rate_limited),
+            ("init_under_load", self.init_under_load),
+            ("init_handshake_failed", self.init_handshake_failed),
+            ("sessions_opened", self.sessions_opened),
+            ("sessions_closed", self.sessions_closed),
+            ("sessions_idle_timeout", self.sessions_idle_timeout),
+            ("data_unknown_session", self.data_unknown_session),
+            ("data_wrong_source", self.data_wrong_source),
+            ("data_auth_failed", self.data_auth_failed),
+            ("data_replayed", self.data_replayed),
+            ("data_bad_frame", self.data_bad_frame),
+            ("amplification_suppressed", self.amplification_suppressed),
+        ]
+    }
+}
+
 /// The server's load right now (L1, L2, L5): what its answer policy and load hints are computed
 /// from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -242,4 +302,31 @@ pub struct AppLoad {
     pub in_flight: u32,
     /// Requests completed so far, a running total that never goes down.
     pub completed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn d5_every_server_counter_is_listed_for_exporters() {
+        // The struct's fields as Debug prints them, against `counters()`: a field added
+        // without listing it fails here.
+        let debug = format!("{:?}", ServerStats::default());
+        let inner = debug
+            .trim_start_matches("ServerStats {")
+            .trim_end_matches('}')
+            .trim()
+            .trim_end_matches(", ..");
+        let fields: Vec<&str> = inner
+            .split(", ")
+            .map(|kv| kv.split(':').next().unwrap().trim())
+            .collect();
+        let listed: Vec<&str> = ServerStats::default()
+            .counters()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(fields, listed);
+    }
 }

@@ -200,6 +200,7 @@ impl ServerEndpoint {
             service: service as u16,
             probe_len: probe_len.min(usize::from(u16::MAX)) as u16,
             due,
+            arrived: now,
             reserved: reserve_early,
         };
         if due == now {
@@ -247,8 +248,12 @@ impl ServerEndpoint {
             load,
             out,
         );
-        if t.is_some() && busy {
-            self.stats.offers_busy += 1;
+        if t.is_some() {
+            if busy {
+                self.stats.offers_busy += 1;
+            }
+            self.answer_delays
+                .record(now.saturating_duration_since(held.arrived));
         }
         t
     }

@@ -10,7 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -55,6 +58,49 @@ enum FlowEvent {
     Ended(SocketAddr, bool),
 }
 
+/// The proxy's live figures, for metrics ([`crate::metrics::proxy_registry`]): the counters of
+/// [`UdpProxyStats`] as they grow, and the answer and handshake times of its flows' races.
+#[derive(Debug)]
+pub struct UdpProxyMetrics {
+    flows: AtomicU64,
+    connect_failures: AtomicU64,
+    dropped: AtomicU64,
+    open: AtomicU64,
+    pub(crate) answer_times: Histogram,
+    pub(crate) handshake_times: Histogram,
+}
+
+impl Default for UdpProxyMetrics {
+    fn default() -> Self {
+        // 100 µs to ~1.6 s, doubling.
+        let buckets = || Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
+        Self {
+            flows: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            answer_times: buckets(),
+            handshake_times: buckets(),
+        }
+    }
+}
+
+impl UdpProxyMetrics {
+    /// The counters now.
+    pub fn stats(&self) -> UdpProxyStats {
+        UdpProxyStats {
+            flows: self.flows.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flows with a session now.
+    pub fn open_flows(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
 /// Serves the UDP proxy on `socket` until `shutdown` resolves: flows from the applications
 /// that send to it race `pool` with `client`.
 pub async fn run(
@@ -64,6 +110,20 @@ pub async fn run(
     config: UdpProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<UdpProxyStats, Error> {
+    let metrics = Arc::new(UdpProxyMetrics::default());
+    run_with_metrics(socket, client, pool, config, metrics, shutdown).await
+}
+
+/// Like [`run`], counting into `metrics` as it goes (serve them with
+/// [`crate::metrics::proxy_registry`]).
+pub async fn run_with_metrics(
+    socket: UdpSocket,
+    client: Client,
+    pool: Vec<SocketAddr>,
+    config: UdpProxyConfig,
+    metrics: Arc<UdpProxyMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<UdpProxyStats, Error> {
     if pool.is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
     }
@@ -71,7 +131,6 @@ pub async fn run(
     let pool: Arc<[SocketAddr]> = pool.into();
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut stats = UdpProxyStats::default();
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
     loop {
@@ -85,51 +144,65 @@ pub async fn run(
                 let data = Bytes::copy_from_slice(&buf[..n]);
                 if let Some(flow) = flows.get(&from) {
                     if flow.try_send(data).is_err() {
-                        stats.dropped += 1;
+                        metrics.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
                 }
                 if flows.len() >= config.max_flows {
-                    stats.dropped += 1;
+                    metrics.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                stats.flows += 1;
+                metrics.flows.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(config.queue.max(1));
                 let _ = tx.try_send(data);
                 flows.insert(from, tx);
                 tokio::spawn(flow(
                     from,
                     rx,
-                    Arc::clone(&socket),
-                    client.clone(),
-                    Arc::clone(&pool),
-                    config.idle_timeout,
-                    events_tx.clone(),
+                    Shared {
+                        socket: Arc::clone(&socket),
+                        client: client.clone(),
+                        pool: Arc::clone(&pool),
+                        idle_timeout: config.idle_timeout,
+                        events: events_tx.clone(),
+                        metrics: Arc::clone(&metrics),
+                    },
                 ));
             }
             Some(FlowEvent::Ended(app, connected)) = events.recv() => {
                 flows.remove(&app);
                 if !connected {
-                    stats.connect_failures += 1;
+                    metrics.connect_failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
             _ = &mut shutdown => break,
         }
     }
+    let stats = metrics.stats();
     info!(?stats, "udp proxy stops");
     Ok(stats)
 }
 
-/// One flow: a session with the race's winner, datagrams both ways, until idle.
-async fn flow(
-    app: SocketAddr,
-    mut from_app: mpsc::Receiver<Bytes>,
+/// What every flow of one proxy shares.
+struct Shared {
     socket: Arc<UdpSocket>,
     client: Client,
     pool: Arc<[SocketAddr]>,
     idle_timeout: Duration,
     events: mpsc::UnboundedSender<FlowEvent>,
-) {
+    metrics: Arc<UdpProxyMetrics>,
+}
+
+/// One flow: a session with the race's winner, datagrams both ways, until idle.
+async fn flow(app: SocketAddr, mut from_app: mpsc::Receiver<Bytes>, shared: Shared) {
+    let Shared {
+        socket,
+        client,
+        pool,
+        idle_timeout,
+        events,
+        metrics,
+    } = shared;
     let mut session = match client.connect(&pool).await {
         Ok(s) => s,
         Err(e) => {
@@ -139,6 +212,15 @@ async fn flow(
         }
     };
     debug!(%app, server = %session.remote(), "flow: session up");
+    if let Some(report) = session.report() {
+        if let Some(t) = report.answer_time {
+            metrics.answer_times.observe(t.as_secs_f64());
+        }
+        if let Some(t) = report.handshake_time {
+            metrics.handshake_times.observe(t.as_secs_f64());
+        }
+    }
+    metrics.open.fetch_add(1, Ordering::Relaxed);
     loop {
         tokio::select! {
             data = from_app.recv() => {
@@ -161,5 +243,6 @@ async fn flow(
             }
         }
     }
+    metrics.open.fetch_sub(1, Ordering::Relaxed);
     let _ = events.send(FlowEvent::Ended(app, true));
 }
