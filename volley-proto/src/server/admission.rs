@@ -26,16 +26,18 @@ pub const DEFAULT_REFLECTOR_PORTS: &[u16] = &[
 /// Admission settings.
 #[derive(Debug, Clone)]
 pub struct AdmissionConfig {
-    /// Session initiations per second allowed from one source IP. Default 20.
+    /// Session initiations per second allowed from one source prefix while the server is
+    /// pressed. Default 1,000: a proxy host opening flows for many applications stays within
+    /// it, and one abusive prefix gets at most ~5 % of a core of handshakes.
     pub inits_per_source_per_sec: u32,
-    /// Burst allowed above that rate. Default 40.
+    /// Burst allowed above that rate. Default 2,000.
     pub inits_per_source_burst: u32,
     /// Most source IPs tracked at once; beyond it new sources are refused until entries go idle.
     /// Default 65,536.
     pub max_tracked_sources: usize,
     /// Noise handshakes per second the server performs before it enters under-load mode, where
-    /// it withholds offers and refuses initiations. Default 5,000 (a handshake costs ~55 µs of server
-    /// CPU on the reference machine: about a quarter of a core).
+    /// it withholds offers and refuses initiations. Default 15,000 (a handshake costs ~55 µs of
+    /// server CPU on the reference machine: about 80 % of a core).
     pub handshakes_per_sec: u32,
     /// Source ports dropped unread. Default [`DEFAULT_REFLECTOR_PORTS`].
     pub reflector_ports: Vec<u16>,
@@ -54,10 +56,10 @@ pub struct AdmissionConfig {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
-            inits_per_source_per_sec: 20,
-            inits_per_source_burst: 40,
+            inits_per_source_per_sec: 1_000,
+            inits_per_source_burst: 2_000,
             max_tracked_sources: 65_536,
-            handshakes_per_sec: 5_000,
+            handshakes_per_sec: 15_000,
             reflector_ports: DEFAULT_REFLECTOR_PORTS.to_vec(),
             probes_per_sec: 1_000_000,
             probes_per_source_per_sec: 1_000,
