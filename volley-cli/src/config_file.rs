@@ -35,6 +35,12 @@ mod tests {
         args: crate::connect::Args,
     }
 
+    #[derive(Parser)]
+    struct Proxy {
+        #[command(flatten)]
+        args: crate::proxy::Args,
+    }
+
     fn examples() -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
     }
@@ -92,12 +98,35 @@ mod tests {
                     "connect" => {
                         connect(&["--config", staged]).unwrap().validate().unwrap();
                     }
+                    "proxy" => {
+                        let args = Proxy::try_parse_from(["proxy", "--config", staged])
+                            .unwrap()
+                            .args;
+                        let (config, args) = crate::proxy::settings(args).unwrap();
+                        config.validate().unwrap();
+                        // A flag wins over the file.
+                        let over = Proxy::try_parse_from([
+                            "proxy",
+                            "--config",
+                            staged,
+                            "--service",
+                            "dns",
+                        ])
+                        .unwrap()
+                        .args;
+                        let (over, _) = crate::proxy::settings(over).unwrap();
+                        assert_eq!(over.service, b"dns");
+                        assert!(format!("{args:?}").contains("127.0.0.1:5300"));
+                    }
                     other => panic!("examples/{name}: no test knows `{other}` configs"),
                 }
                 seen += 1;
             }
         }
-        assert!(seen >= 2, "examples/ holds the serve and connect configs");
+        assert!(
+            seen >= 3,
+            "examples/ holds the serve, connect and proxy configs"
+        );
     }
 
     #[test]

@@ -14,29 +14,88 @@ use crate::target::{Target, resolve};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A TOML file with any of these settings (names as the flags', with `_` for `-`;
+    /// `server_keys` and `servers` as lists); flags given as well override it. See
+    /// examples/proxy.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     /// Where applications send: udp://IP:PORT (or udp://HOST:PORT).
-    #[arg(long)]
-    listen: Target,
+    #[arg(long, required_unless_present = "config")]
+    listen: Option<Target>,
     /// A pinned server public key (hex, from `volley keygen` or `volley pubkey`). Repeat for
     /// fleets with several keys.
-    #[arg(long = "server-key", required = true)]
+    #[arg(long = "server-key", required_unless_present = "config")]
     server_keys: Vec<String>,
-    /// Service to ask for (as the servers' --service).
-    #[arg(long, default_value = "echo")]
-    service: String,
-    /// End a flow after this many seconds without a datagram either way.
-    #[arg(long, default_value_t = 60.0)]
-    idle_timeout: f64,
+    /// Service to ask for (as the servers' --service) [default: echo].
+    #[arg(long)]
+    service: Option<String>,
+    /// End a flow after this many seconds without a datagram either way [default: 60].
+    #[arg(long)]
+    idle_timeout: Option<f64>,
     /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// The servers: IP:PORT or HOST:PORT (every address of a name joins the pool).
-    #[arg(required = true, value_name = "POOL")]
+    #[arg(required_unless_present = "config", value_name = "POOL")]
     servers: Vec<String>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// The settings a `proxy` config file may hold: the flags' names, every one optional.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    listen: Option<String>,
+    server_keys: Option<Vec<String>>,
+    service: Option<String>,
+    idle_timeout: Option<f64>,
+    metrics: Option<std::net::SocketAddr>,
+    servers: Option<Vec<String>>,
+}
+
+impl Args {
+    /// The file's settings under the flags': a flag given wins (lists: a flag list replaces
+    /// the file's).
+    pub fn merge(mut self) -> anyhow::Result<Self> {
+        let Some(path) = self.config.take() else {
+            return Ok(self);
+        };
+        let file: File = crate::config_file::read(&path)?;
+        if self.listen.is_none() {
+            self.listen = file
+                .listen
+                .map(|l| l.parse())
+                .transpose()
+                .map_err(|e: String| anyhow::anyhow!("listen: {e}"))?;
+        }
+        if self.server_keys.is_empty() {
+            self.server_keys = file.server_keys.unwrap_or_default();
+        }
+        if self.servers.is_empty() {
+            self.servers = file.servers.unwrap_or_default();
+        }
+        self.service = self.service.or(file.service);
+        self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
+        self.metrics = self.metrics.or(file.metrics);
+        Ok(self)
+    }
+}
+
+/// The merged settings checked: the client configuration, with the arguments.
+pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
+    let args = args.merge()?;
+    ensure!(
+        args.listen.is_some(),
+        "--listen (or `listen` in the config file) is required"
+    );
+    ensure!(
+        !args.server_keys.is_empty(),
+        "--server-key (or `server_keys` in the config file) is required"
+    );
+    ensure!(
+        !args.servers.is_empty(),
+        "servers are required (arguments, or `servers` in the config file)"
+    );
     let keys = args
         .server_keys
         .iter()
@@ -45,10 +104,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("--server-key {k:?} is not 64 hex digits"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let idle = args.idle_timeout.unwrap_or(60.0);
     ensure!(
-        args.idle_timeout.is_finite() && args.idle_timeout > 0.0 && args.idle_timeout <= 86_400.0,
+        idle.is_finite() && idle > 0.0 && idle <= 86_400.0,
         "--idle-timeout must be above 0 and at most 86400 seconds"
     );
+    let mut config = ClientConfig::new(keys);
+    config.service = args
+        .service
+        .clone()
+        .unwrap_or_else(|| "echo".to_string())
+        .into_bytes();
+    config
+        .validate()
+        .context("the client's settings do not fit together")?;
+    Ok((config, args))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (config, args) = settings(args)?;
     let mut pool = Vec::new();
     for s in &args.servers {
         pool.extend(resolve(s).await?);
@@ -74,12 +148,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "names resolved to both families: racing the first address's family"
         );
     }
-    let mut config = ClientConfig::new(keys);
-    config.service = args.service.clone().into_bytes();
-    config
-        .validate()
-        .context("the client's settings do not fit together")?;
-    let Target::Udp(listen) = &args.listen;
+    let Some(Target::Udp(listen)) = &args.listen else {
+        anyhow::bail!("--listen is required");
+    };
     let listen = crate::target::resolve_one(listen).await?;
     let socket = UdpSocket::bind(listen)
         .await
@@ -92,10 +163,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(" "),
-        args.service
+        String::from_utf8_lossy(&config.service)
     );
     let proxy = UdpProxyConfig {
-        idle_timeout: Duration::from_secs_f64(args.idle_timeout),
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)),
         ..UdpProxyConfig::default()
     };
     let metrics = std::sync::Arc::new(volley::proxy::udp::UdpProxyMetrics::default());
