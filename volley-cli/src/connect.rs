@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
 use std::time::{Duration, Instant};
+use volley::discovery::{Pool, PoolEntry, Resolver};
 
 use anyhow::{Context, bail, ensure};
 use volley::{
@@ -58,8 +60,14 @@ pub struct Args {
     /// Give up when no server answered within this many seconds [default: 3].
     #[arg(long)]
     timeout: Option<f64>,
-    /// Servers to race.
-    #[arg(required_unless_present = "config")]
+    /// Resolve server names with this DNS server (IP:PORT) instead of the system's.
+    #[arg(long, value_name = "ADDR")]
+    dns_server: Option<SocketAddr>,
+    /// Servers to race: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME.
+    #[arg(required_unless_present = "config", value_name = "SERVER")]
+    pool: Vec<String>,
+    /// The pool resolved (when the command runs).
+    #[arg(skip)]
     servers: Vec<SocketAddr>,
 }
 
@@ -75,7 +83,8 @@ pub struct File {
     n_best: Option<usize>,
     send: Option<String>,
     timeout: Option<f64>,
-    servers: Option<Vec<SocketAddr>>,
+    dns_server: Option<SocketAddr>,
+    servers: Option<Vec<String>>,
 }
 
 impl Args {
@@ -89,8 +98,9 @@ impl Args {
         if self.server_keys.is_empty() {
             self.server_keys = file.server_keys.unwrap_or_default();
         }
-        if self.servers.is_empty() {
-            self.servers = file.servers.unwrap_or_default();
+        self.dns_server = self.dns_server.or(file.dns_server);
+        if self.pool.is_empty() {
+            self.pool = file.servers.unwrap_or_default();
         }
         self.service = self.service.or(file.service);
         // An explicit --n-best or --policy replaces the file's choice of either.
@@ -135,7 +145,7 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         "--server-key (or `server_keys` in the config file) is required"
     );
     ensure!(
-        !args.servers.is_empty(),
+        !args.pool.is_empty(),
         "servers to race are required (arguments, or `servers` in the config file)"
     );
     let config = config(&args)?;
@@ -200,7 +210,28 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let (config, args) = settings(args)?;
+    let (config, mut args) = settings(args)?;
+    let entries = args
+        .pool
+        .iter()
+        .map(|s| s.parse::<PoolEntry>().map_err(|e| anyhow::anyhow!(e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    args.servers = if entries.iter().all(|e| matches!(e, PoolEntry::Addr(_))) {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                PoolEntry::Addr(a) => Some(*a),
+                _ => None,
+            })
+            .collect()
+    } else {
+        let resolver = match args.dns_server {
+            Some(server) => Resolver::with_server(server)?,
+            None => Resolver::system()?,
+        };
+        // Names that resolve to both families (`localhost`) race one of them.
+        volley::discovery::one_family(Pool::resolve(entries, resolver).await?.current())
+    };
     let client = Client::new(config);
     let started = Instant::now();
     let connected = match args.n_best {

@@ -10,7 +10,9 @@ use tokio::net::UdpSocket;
 use volley::proxy::udp::UdpProxyConfig;
 use volley::{Client, ClientConfig, PublicKey};
 
-use crate::target::{Target, resolve};
+use volley::discovery::{Pool, PoolEntry, Resolver};
+
+use crate::target::Target;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -36,7 +38,12 @@ pub struct Args {
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
-    /// The servers: IP:PORT or HOST:PORT (every address of a name joins the pool).
+    /// Resolve pool names with this DNS server (IP:PORT) instead of the system's.
+    #[arg(long, value_name = "ADDR")]
+    dns_server: Option<std::net::SocketAddr>,
+    /// The servers: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME (the SRV
+    /// record's targets and ports). Names are re-resolved as their TTLs run out; each new flow
+    /// races the pool as it is then.
     #[arg(required_unless_present = "config", value_name = "POOL")]
     servers: Vec<String>,
 }
@@ -50,6 +57,7 @@ pub struct File {
     service: Option<String>,
     idle_timeout: Option<f64>,
     metrics: Option<std::net::SocketAddr>,
+    dns_server: Option<std::net::SocketAddr>,
     servers: Option<Vec<String>>,
 }
 
@@ -77,6 +85,7 @@ impl Args {
         self.service = self.service.or(file.service);
         self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
         self.metrics = self.metrics.or(file.metrics);
+        self.dns_server = self.dns_server.or(file.dns_server);
         Ok(self)
     }
 }
@@ -123,31 +132,27 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, args) = settings(args)?;
-    let mut pool = Vec::new();
-    for s in &args.servers {
-        pool.extend(resolve(s).await?);
-    }
-    // One socket races a pool, so one family: names that resolve to both (`localhost`) keep
-    // the first address's family; literal addresses of both families are refused.
-    let family = pool[0].is_ipv4();
-    let literal_mix = args
+    let entries = args
         .servers
         .iter()
-        .filter_map(|s| s.parse::<std::net::SocketAddr>().ok())
-        .any(|a| a.is_ipv4() != family);
+        .map(|s| s.parse::<PoolEntry>().map_err(|e| anyhow::anyhow!(e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let literal: Vec<std::net::SocketAddr> = entries
+        .iter()
+        .filter_map(|e| match e {
+            PoolEntry::Addr(a) => Some(*a),
+            _ => None,
+        })
+        .collect();
     ensure!(
-        !literal_mix,
+        literal.iter().all(|a| a.is_ipv4() == literal[0].is_ipv4()),
         "the pool mixes IPv4 and IPv6 addresses; run one proxy per family"
     );
-    let before = pool.len();
-    pool.retain(|a| a.is_ipv4() == family);
-    if pool.len() < before {
-        tracing::info!(
-            kept = pool.len(),
-            left_out = before - pool.len(),
-            "names resolved to both families: racing the first address's family"
-        );
-    }
+    let resolver = match args.dns_server {
+        Some(server) => Resolver::with_server(server)?,
+        None => Resolver::system()?,
+    };
+    let pool = Pool::resolve(entries, resolver).await?;
     let Some(Target::Udp(listen)) = &args.listen else {
         anyhow::bail!("--listen is required");
     };
@@ -158,8 +163,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     say!(
         "volley proxy: udp://{} → {} server(s) ({}), service {}",
         socket.local_addr()?,
-        pool.len(),
-        pool.iter()
+        pool.current().len(),
+        pool.current()
+            .iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(" "),

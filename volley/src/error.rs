@@ -29,6 +29,9 @@ pub enum Error {
     /// A configuration setting out of range ([`volley_proto::ConfigError`] names it).
     #[error("invalid configuration")]
     Config(#[from] volley_proto::ConfigError),
+    /// A pool's names could not be resolved (D3); the message says which and why.
+    #[error("discovery: {0}")]
+    Discovery(String),
     /// An argument out of its documented range (API misuse); the message names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod discovery;
 pub mod echo;
 mod error;
 pub mod handler;

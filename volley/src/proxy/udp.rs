@@ -2,7 +2,8 @@
 //! address — gets its own volley session, raced over the pool when the flow's first datagram
 //! arrives, and is forgotten after [`UdpProxyConfig::idle_timeout`] without traffic either way.
 //! A new flow that cannot connect drops what it queued and is tried again on its next datagram;
-//! a flow whose server goes away fails over with its session (R5).
+//! a flow whose server goes away fails over with its session (R5). The pool may be a
+//! [`Pool`] kept current from DNS: each new flow races the pool as it is then.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::client::Client;
+use crate::discovery::Pool;
 use crate::error::Error;
 
 /// How the client side of a UDP proxy behaves.
@@ -106,7 +108,7 @@ impl UdpProxyMetrics {
 pub async fn run(
     socket: UdpSocket,
     client: Client,
-    pool: Vec<SocketAddr>,
+    pool: impl Into<Pool>,
     config: UdpProxyConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<UdpProxyStats, Error> {
@@ -119,16 +121,16 @@ pub async fn run(
 pub async fn run_with_metrics(
     socket: UdpSocket,
     client: Client,
-    pool: Vec<SocketAddr>,
+    pool: impl Into<Pool>,
     config: UdpProxyConfig,
     metrics: Arc<UdpProxyMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<UdpProxyStats, Error> {
-    if pool.is_empty() {
+    let pool = pool.into();
+    if pool.current().is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
     }
     let socket = Arc::new(socket);
-    let pool: Arc<[SocketAddr]> = pool.into();
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut buf = vec![0u8; 65_536];
@@ -162,7 +164,7 @@ pub async fn run_with_metrics(
                     Shared {
                         socket: Arc::clone(&socket),
                         client: client.clone(),
-                        pool: Arc::clone(&pool),
+                        pool: pool.clone(),
                         idle_timeout: config.idle_timeout,
                         events: events_tx.clone(),
                         metrics: Arc::clone(&metrics),
@@ -187,7 +189,7 @@ pub async fn run_with_metrics(
 struct Shared {
     socket: Arc<UdpSocket>,
     client: Client,
-    pool: Arc<[SocketAddr]>,
+    pool: Pool,
     idle_timeout: Duration,
     events: mpsc::UnboundedSender<FlowEvent>,
     metrics: Arc<UdpProxyMetrics>,
@@ -203,7 +205,10 @@ async fn flow(app: SocketAddr, mut from_app: mpsc::Receiver<Bytes>, shared: Shar
         events,
         metrics,
     } = shared;
-    let mut session = match client.connect(&pool).await {
+    // The pool as it is now (a DNS pool may have changed since the last flow), in one address
+    // family.
+    let servers = crate::discovery::one_family(pool.current());
+    let mut session = match client.connect(&servers).await {
         Ok(s) => s,
         Err(e) => {
             info!(%app, error = %e, "flow: no session; its datagrams are dropped");

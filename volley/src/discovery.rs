@@ -1,0 +1,342 @@
+//! Discovery (D3): a pool from addresses and DNS names, kept current. An entry is an address
+//! (`IP:PORT`), a name (`HOST:PORT`: every A and AAAA record of it), or an SRV name
+//! (`srv:_service._udp.example.com`: each target's addresses at the record's port). Names are
+//! resolved with `hickory-resolver` when the pool is made, then again as each answer's TTL runs
+//! out (at least 1 s, at most 5 min apart; a failed lookup keeps the last answer and retries in
+//! 5 s). [`Pool::current`] is what the next race uses: changes apply to races that start after
+//! them, never to a race or session under way.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::error::Error;
+
+/// The shortest and longest wait between two lookups of one name.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+const MAX_REFRESH: Duration = Duration::from_secs(300);
+/// The wait after a failed lookup.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// One entry of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEntry {
+    /// A fixed address.
+    Addr(SocketAddr),
+    /// Every address of a name (A and AAAA), at `port`.
+    Host {
+        /// The name.
+        name: String,
+        /// The port.
+        port: u16,
+    },
+    /// The targets of an SRV name, at their records' ports.
+    Srv(String),
+}
+
+impl FromStr for PoolEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("srv:") {
+            if name.is_empty() {
+                return Err("srv: needs a name, e.g. srv:_echo._udp.example.com".into());
+            }
+            return Ok(Self::Srv(name.to_string()));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self::Addr(addr));
+        }
+        let (name, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not IP:PORT, HOST:PORT or srv:NAME"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{s}`: the port is not a number up to 65535"))?;
+        if name.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        Ok(Self::Host {
+            name: name.to_string(),
+            port,
+        })
+    }
+}
+
+/// The DNS resolver a pool uses.
+#[derive(Clone)]
+pub struct Resolver(Arc<TokioResolver>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+impl Resolver {
+    /// The system's resolver configuration (`/etc/resolv.conf`).
+    pub fn system() -> Result<Self, Error> {
+        let resolver = TokioResolver::builder_tokio()
+            .map_err(|e| Error::Discovery(e.to_string()))?
+            .build()
+            .map_err(|e| Error::Discovery(e.to_string()))?;
+        Ok(Self(Arc::new(resolver)))
+    }
+
+    /// One name server (UDP, then TCP), e.g. a cluster's DNS or a test's.
+    pub fn with_server(server: SocketAddr) -> Result<Self, Error> {
+        let mut udp = ConnectionConfig::udp();
+        udp.port = server.port();
+        let mut tcp = ConnectionConfig::tcp();
+        tcp.port = server.port();
+        let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            TokioRuntimeProvider::default(),
+        );
+        // Answers are re-read when their TTL runs out: the resolver's cache must not hold them
+        // longer.
+        builder.options_mut().positive_max_ttl = Some(MAX_REFRESH);
+        let resolver = builder
+            .build()
+            .map_err(|e| Error::Discovery(e.to_string()))?;
+        Ok(Self(Arc::new(resolver)))
+    }
+
+    /// The addresses `entry` names now, and until when the answer is good.
+    async fn lookup(&self, entry: &PoolEntry) -> Result<(Vec<SocketAddr>, Instant), String> {
+        let now = Instant::now();
+        match entry {
+            PoolEntry::Addr(a) => Ok((vec![*a], now + Duration::from_secs(86_400 * 365))),
+            PoolEntry::Host { name, port } => {
+                let found = self
+                    .0
+                    .lookup_ip(name.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let until = Instant::from_std(found.valid_until());
+                let addrs = found.iter().map(|ip| SocketAddr::new(ip, *port)).collect();
+                Ok((addrs, until))
+            }
+            PoolEntry::Srv(name) => {
+                let found = self
+                    .0
+                    .srv_lookup(name.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut until = Instant::from_std(found.valid_until());
+                let mut addrs = Vec::new();
+                for record in found.answers() {
+                    let RData::SRV(srv) = &record.data else {
+                        continue;
+                    };
+                    let target = srv.target.to_string();
+                    let ips = self
+                        .0
+                        .lookup_ip(target.as_str())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    until = until.min(Instant::from_std(ips.valid_until()));
+                    addrs.extend(ips.iter().map(|ip: IpAddr| SocketAddr::new(ip, srv.port)));
+                }
+                Ok((addrs, until))
+            }
+        }
+    }
+}
+
+/// A pool kept current from its entries; cheap to clone (clones share the resolution task).
+#[derive(Debug, Clone)]
+pub struct Pool {
+    current: watch::Receiver<Vec<SocketAddr>>,
+    _task: Arc<Task>,
+}
+
+#[derive(Debug)]
+struct Task(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Pool {
+    /// A pool of fixed addresses (nothing to resolve).
+    pub fn fixed(addrs: Vec<SocketAddr>) -> Self {
+        let (_tx, current) = watch::channel(addrs);
+        Self {
+            current,
+            _task: Arc::new(Task(None)),
+        }
+    }
+
+    /// Resolves every entry once (an error if nothing resolves to any address), then keeps the
+    /// pool current in a background task for as long as a clone of it lives.
+    pub async fn resolve(entries: Vec<PoolEntry>, resolver: Resolver) -> Result<Self, Error> {
+        if entries.is_empty() {
+            return Err(Error::InvalidArgument("the pool has no entries"));
+        }
+        let mut known: Vec<(Vec<SocketAddr>, Instant)> = Vec::with_capacity(entries.len());
+        let mut failures = Vec::new();
+        for e in &entries {
+            match resolver.lookup(e).await {
+                Ok((addrs, until)) => known.push((addrs, refresh_at(until))),
+                Err(err) => {
+                    failures.push(format!("{e:?}: {err}"));
+                    known.push((Vec::new(), Instant::now() + RETRY));
+                }
+            }
+        }
+        let addrs = union(&known);
+        if addrs.is_empty() {
+            return Err(Error::Discovery(format!(
+                "no pool entry resolved to an address ({})",
+                failures.join("; ")
+            )));
+        }
+        let (tx, current) = watch::channel(addrs);
+        let task = tokio::spawn(keep_current(entries, known, resolver, tx));
+        Ok(Self {
+            current,
+            _task: Arc::new(Task(Some(task))),
+        })
+    }
+
+    /// The pool now: what the next race should use.
+    pub fn current(&self) -> Vec<SocketAddr> {
+        self.current.borrow().clone()
+    }
+
+    /// Waits until the pool changes.
+    pub async fn changed(&mut self) {
+        let _ = self.current.changed().await;
+    }
+}
+
+impl From<Vec<SocketAddr>> for Pool {
+    fn from(addrs: Vec<SocketAddr>) -> Self {
+        Self::fixed(addrs)
+    }
+}
+
+/// The addresses of one family, for one race (a race runs on one socket): the IPv4 ones when
+/// there are any — names like `localhost` resolve to both, and servers listen on IPv4 more often
+/// than not — else the IPv6 ones.
+pub fn one_family(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    if addrs.iter().any(SocketAddr::is_ipv4) {
+        addrs.retain(SocketAddr::is_ipv4);
+    }
+    addrs
+}
+
+fn refresh_at(valid_until: Instant) -> Instant {
+    let now = Instant::now();
+    valid_until.clamp(now + MIN_REFRESH, now + MAX_REFRESH)
+}
+
+/// Every address once, in entry order.
+fn union(known: &[(Vec<SocketAddr>, Instant)]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for (addrs, _) in known {
+        for a in addrs {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+    }
+    out
+}
+
+async fn keep_current(
+    entries: Vec<PoolEntry>,
+    mut known: Vec<(Vec<SocketAddr>, Instant)>,
+    resolver: Resolver,
+    tx: watch::Sender<Vec<SocketAddr>>,
+) {
+    loop {
+        let Some(next) = known.iter().map(|(_, t)| *t).min() else {
+            return;
+        };
+        tokio::time::sleep_until(next).await;
+        let now = Instant::now();
+        for (entry, slot) in entries.iter().zip(known.iter_mut()) {
+            if slot.1 > now {
+                continue;
+            }
+            match resolver.lookup(entry).await {
+                Ok((addrs, until)) => *slot = (addrs, refresh_at(until)),
+                Err(e) => {
+                    debug!(?entry, error = %e, "lookup failed: keeping the last answer");
+                    slot.1 = now + RETRY;
+                }
+            }
+        }
+        let addrs = union(&known);
+        if addrs.is_empty() {
+            // Every name failed or went empty: keep racing the last servers known.
+            continue;
+        }
+        tx.send_if_modified(|current| {
+            if *current == addrs {
+                return false;
+            }
+            info!(from = ?current, to = ?addrs, "pool changed");
+            *current = addrs;
+            true
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn d3_pool_entries_parse_addresses_names_and_srv() {
+        assert_eq!(
+            "127.0.0.1:7001".parse(),
+            Ok(PoolEntry::Addr("127.0.0.1:7001".parse().unwrap()))
+        );
+        assert_eq!(
+            "[::1]:7001".parse(),
+            Ok(PoolEntry::Addr("[::1]:7001".parse().unwrap()))
+        );
+        assert_eq!(
+            "pool.example.com:7001".parse(),
+            Ok(PoolEntry::Host {
+                name: "pool.example.com".into(),
+                port: 7001
+            })
+        );
+        assert_eq!(
+            "srv:_echo._udp.example.com".parse(),
+            Ok(PoolEntry::Srv("_echo._udp.example.com".into()))
+        );
+        assert!("pool.example.com".parse::<PoolEntry>().is_err());
+        assert!("pool.example.com:99999".parse::<PoolEntry>().is_err());
+        assert!("srv:".parse::<PoolEntry>().is_err());
+    }
+
+    #[test]
+    fn d3_a_race_takes_one_family_ipv4_first() {
+        let v4: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        assert_eq!(one_family(vec![v6, v4]), vec![v4]);
+        assert_eq!(one_family(vec![v6]), vec![v6]);
+    }
+}

@@ -1,0 +1,135 @@
+//! Discovery against a real DNS server on loopback (D3): an in-process `hickory-server`
+//! answering for `pool.test.` with a 1 s TTL, whose record set changes during the test.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server as DnsServer;
+use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+use volley::discovery::{Pool, PoolEntry, Resolver};
+use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+fn name(s: &str) -> Name {
+    Name::from_str(s).unwrap()
+}
+
+/// A DNS server for `pool.test.` on loopback; the zone handler, to change its records.
+async fn dns(a: Ipv4Addr, srv_port: u16) -> (SocketAddr, Arc<InMemoryZoneHandler>) {
+    let origin = name("pool.test.");
+    let mut zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+    let soa = SOA::new(
+        name("ns.pool.test."),
+        name("admin.pool.test."),
+        1,
+        60,
+        60,
+        60,
+        1,
+    );
+    zone.upsert_mut(Record::from_rdata(origin.clone(), 1, RData::SOA(soa)), 1);
+    zone.upsert_mut(
+        Record::from_rdata(name("servers.pool.test."), 1, RData::A(A(a))),
+        1,
+    );
+    zone.upsert_mut(
+        Record::from_rdata(
+            name("_echo._udp.pool.test."),
+            1,
+            RData::SRV(SRV::new(0, 0, srv_port, name("servers.pool.test."))),
+        ),
+        1,
+    );
+    let zone = Arc::new(zone);
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::new(&origin), vec![zone.clone()]);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut server = DnsServer::new(catalog);
+    server.register_socket(socket);
+    tokio::spawn(async move {
+        let _ = server.block_until_done().await;
+    });
+    (addr, zone)
+}
+
+/// Replaces `servers.pool.test.`'s A record.
+async fn move_servers(zone: &InMemoryZoneHandler, to: Ipv4Addr, serial: u32) {
+    let key = RrKey::new(LowerName::new(&name("servers.pool.test.")), RecordType::A);
+    zone.records_mut().await.remove(&key);
+    assert!(
+        zone.upsert(
+            Record::from_rdata(name("servers.pool.test."), 1, RData::A(A(to))),
+            serial
+        )
+        .await
+    );
+}
+
+async fn echo_server(key: &StaticKeypair, at: SocketAddr) -> SocketAddr {
+    let server = Server::bind(at, ServerConfig::new(key.clone()))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    addr
+}
+
+#[tokio::test]
+async fn d3_a_dns_pool_follows_its_records_as_their_ttl_runs_out_and_races_use_it() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    // Two servers on one port, on two loopback addresses: the name moves from one to the other.
+    let first = echo_server(&key, "127.0.0.2:0".parse().unwrap()).await;
+    let port = first.port();
+    let second = echo_server(&key, SocketAddr::new(IpAddr::from([127, 0, 0, 3]), port)).await;
+    let (dns_addr, zone) = dns(Ipv4Addr::new(127, 0, 0, 2), port).await;
+    let resolver = Resolver::with_server(dns_addr).unwrap();
+
+    let entries = vec![PoolEntry::Host {
+        name: "servers.pool.test.".into(),
+        port,
+    }];
+    let mut pool = Pool::resolve(entries, resolver.clone()).await.unwrap();
+    assert_eq!(pool.current(), vec![first]);
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let s = client.connect(&pool.current()).await.unwrap();
+    assert_eq!(s.remote(), first);
+
+    // The record set changes; within a TTL or two the pool follows, and the next race with it.
+    move_servers(&zone, Ipv4Addr::new(127, 0, 0, 3), 2).await;
+    timeout(BOUND, async {
+        while pool.current() != vec![second] {
+            pool.changed().await;
+        }
+    })
+    .await
+    .expect("the pool follows the new record");
+    let s2 = client.connect(&pool.current()).await.unwrap();
+    assert_eq!(s2.remote(), second);
+    // The session made before the change is untouched.
+    assert_eq!(s.remote(), first);
+
+    // SRV: the targets' addresses at the record's port.
+    let srv = Pool::resolve(vec!["srv:_echo._udp.pool.test.".parse().unwrap()], resolver)
+        .await
+        .unwrap();
+    assert_eq!(srv.current(), vec![second]);
+}
+
+#[tokio::test]
+async fn d3_a_pool_whose_names_resolve_nowhere_is_an_error_that_says_so() {
+    let (dns_addr, _zone) = dns(Ipv4Addr::new(127, 0, 0, 2), 1).await;
+    let resolver = Resolver::with_server(dns_addr).unwrap();
+    let err = Pool::resolve(vec!["nothing.pool.test.:7001".parse().unwrap()], resolver)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, volley::Error::Discovery(_)), "{err:?}");
+}
