@@ -113,3 +113,96 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+#[cfg(test)]
+mod packaging_tests {
+    //! The packaging examples stay true: their volley command lines parse with this binary's
+    //! own parser, and the Kubernetes manifest holds a headless service the proxy resolves.
+
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn example(path: &str) -> String {
+        std::fs::read_to_string(format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+    }
+
+    #[test]
+    fn d4_the_systemd_unit_runs_a_command_line_volley_accepts() {
+        let unit = example("systemd/volley-serve.service");
+        for section in ["[Unit]", "[Service]", "[Install]"] {
+            assert!(unit.contains(section), "{section}");
+        }
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let mut argv: Vec<String> = exec
+            .split_whitespace()
+            .map(|a| a.replace("${CREDENTIALS_DIRECTORY}", "/run/credentials/volley"))
+            .collect();
+        assert_eq!(argv[0], "/usr/local/bin/volley");
+        argv[0] = "volley".into();
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(cli.command, Command::Serve(_)));
+    }
+
+    #[test]
+    fn d3_the_kubernetes_example_races_a_headless_service_with_arguments_volley_accepts() {
+        let docs = yaml_rust2::YamlLoader::load_from_str(&example("kubernetes/volley.yaml"))
+            .expect("valid YAML");
+        let service = docs
+            .iter()
+            .find(|d| d["kind"].as_str() == Some("Service"))
+            .expect("a Service");
+        assert_eq!(
+            service["spec"]["clusterIP"].as_str(),
+            Some("None"),
+            "headless"
+        );
+        let name = service["metadata"]["name"].as_str().unwrap();
+        let port = service["spec"]["ports"][0]["port"].as_i64().unwrap();
+        let mut parsed = Vec::new();
+        for d in docs
+            .iter()
+            .filter(|d| d["kind"].as_str() == Some("Deployment"))
+        {
+            for c in d["spec"]["template"]["spec"]["containers"]
+                .as_vec()
+                .unwrap()
+            {
+                if !c["image"].as_str().unwrap_or("").contains("/volley:") {
+                    continue;
+                }
+                let mut argv = vec!["volley".to_string()];
+                argv.extend(
+                    c["args"]
+                        .as_vec()
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.as_str().unwrap().to_string()),
+                );
+                let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+                if let Command::Proxy(_) = cli.command {
+                    let pool = argv.last().unwrap();
+                    assert_eq!(
+                        pool,
+                        &format!("{name}.default.svc.cluster.local:{port}"),
+                        "the proxy races the headless service's name"
+                    );
+                    assert!(pool.parse::<volley::discovery::PoolEntry>().is_ok());
+                }
+                parsed.push(
+                    argv[argv
+                        .iter()
+                        .position(|a| a == "serve" || a == "proxy")
+                        .unwrap()]
+                    .clone(),
+                );
+            }
+        }
+        parsed.sort();
+        assert_eq!(parsed, ["proxy", "serve"]);
+    }
+}
