@@ -57,7 +57,8 @@ pub struct UdpProxyStats {
 }
 
 enum FlowEvent {
-    Ended(SocketAddr, bool),
+    /// The flow (application address, flow number) ended; whether it had a session.
+    Ended(SocketAddr, u64, bool),
 }
 
 /// The proxy's live figures, for metrics ([`crate::metrics::proxy_registry`]): the counters of
@@ -131,7 +132,9 @@ pub async fn run_with_metrics(
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
     }
     let socket = Arc::new(socket);
-    let mut flows: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    // Each flow's number tells a late end apart from the flow that replaced it.
+    let mut flows: HashMap<SocketAddr, (u64, mpsc::Sender<Bytes>)> = HashMap::new();
+    let mut next_flow = 0u64;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
@@ -144,12 +147,23 @@ pub async fn run_with_metrics(
                     Err(e) => return Err(Error::Io(e)),
                 };
                 let data = Bytes::copy_from_slice(&buf[..n]);
-                if let Some(flow) = flows.get(&from) {
-                    if flow.try_send(data).is_err() {
-                        metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                let data = if let Some((_, flow)) = flows.get(&from) {
+                    match flow.try_send(data) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        // The flow just ended (idle) and its end is not yet processed: this
+                        // datagram starts the next one.
+                        Err(mpsc::error::TrySendError::Closed(data)) => {
+                            flows.remove(&from);
+                            data
+                        }
                     }
-                    continue;
-                }
+                } else {
+                    data
+                };
                 if flows.len() >= config.max_flows {
                     metrics.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -157,9 +171,12 @@ pub async fn run_with_metrics(
                 metrics.flows.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(config.queue.max(1));
                 let _ = tx.try_send(data);
-                flows.insert(from, tx);
+                let number = next_flow;
+                next_flow += 1;
+                flows.insert(from, (number, tx));
                 tokio::spawn(flow(
                     from,
+                    number,
                     rx,
                     Shared {
                         socket: Arc::clone(&socket),
@@ -171,8 +188,10 @@ pub async fn run_with_metrics(
                     },
                 ));
             }
-            Some(FlowEvent::Ended(app, connected)) = events.recv() => {
-                flows.remove(&app);
+            Some(FlowEvent::Ended(app, number, connected)) = events.recv() => {
+                if flows.get(&app).is_some_and(|(n, _)| *n == number) {
+                    flows.remove(&app);
+                }
                 if !connected {
                     metrics.connect_failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -196,7 +215,7 @@ struct Shared {
 }
 
 /// One flow: a session with the race's winner, datagrams both ways, until idle.
-async fn flow(app: SocketAddr, mut from_app: mpsc::Receiver<Bytes>, shared: Shared) {
+async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>, shared: Shared) {
     let Shared {
         socket,
         client,
@@ -212,7 +231,7 @@ async fn flow(app: SocketAddr, mut from_app: mpsc::Receiver<Bytes>, shared: Shar
         Ok(s) => s,
         Err(e) => {
             info!(%app, error = %e, "flow: no session; its datagrams are dropped");
-            let _ = events.send(FlowEvent::Ended(app, false));
+            let _ = events.send(FlowEvent::Ended(app, number, false));
             return;
         }
     };
@@ -249,5 +268,5 @@ async fn flow(app: SocketAddr, mut from_app: mpsc::Receiver<Bytes>, shared: Shar
         }
     }
     metrics.open.fetch_sub(1, Ordering::Relaxed);
-    let _ = events.send(FlowEvent::Ended(app, true));
+    let _ = events.send(FlowEvent::Ended(app, number, true));
 }
