@@ -8,6 +8,9 @@
 //! reads the child's VmRSS: after a warm-up of 1,000 sessions, and after `n` more. The growth ÷ `n`
 //! is the figure (allocator slack included).
 //!
+//! `VOLLEY_MEMORY_DEBUG=1` makes the child print its counters to stderr every 2 s (to see why a
+//! run failed: refusals, timeouts).
+//!
 //! Both sides use a 15 s keepalive and a 60 s idle timeout ([`IDLE`]): with the defaults (1 s,
 //! 5 s) 100,000 idle sessions exchange about 200,000 keepalive datagrams a second each way, more
 //! than one core serves next to the handshakes, and sessions time out before the run ends.
