@@ -333,7 +333,7 @@ impl Redirect<'_> {
     /// Writes the redirect.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let count = self.servers.len() / REDIRECT_ADDR_LEN;
-        if self.servers.len() % REDIRECT_ADDR_LEN != 0 || count > MAX_REDIRECT_ADDRS {
+        if !self.servers.len().is_multiple_of(REDIRECT_ADDR_LEN) || count > MAX_REDIRECT_ADDRS {
             return Err(EncodeError::FieldTooLong);
         }
         let mut w = Writer::new(buf);

@@ -49,10 +49,10 @@ where
                     data,
                 };
                 let reply = handler(call).await;
-                if let Some(reply) = reply {
-                    if session.send_bytes(reply).await.is_err() {
-                        break;
-                    }
+                if let Some(reply) = reply
+                    && session.send_bytes(reply).await.is_err()
+                {
+                    break;
                 }
                 // Completed: the reply is queued (or there is none).
                 drop(guard);

@@ -222,15 +222,14 @@ pub async fn fetch_cookie(socket: &UdpSocket, server: SocketAddr) -> anyhow::Res
         let mut reply = [0u8; volley_proto::MAX_DATAGRAM_LEN];
         if let Ok(Ok((m, _))) =
             tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut reply)).await
+            && let Ok(Packet::Offer(o)) = Packet::decode(&reply[..m])
         {
-            if let Ok(Packet::Offer(o)) = Packet::decode(&reply[..m]) {
-                let mut cookie = o.cookie.to_vec();
-                // Flip the MAC's last byte: genuine length, key id and age; a MAC that fails.
-                if let Some(last) = cookie.last_mut() {
-                    *last ^= 0xff;
-                }
-                return Ok(cookie);
+            let mut cookie = o.cookie.to_vec();
+            // Flip the MAC's last byte: genuine length, key id and age; a MAC that fails.
+            if let Some(last) = cookie.last_mut() {
+                *last ^= 0xff;
             }
+            return Ok(cookie);
         }
     }
     anyhow::bail!("no OFFER from {server}")

@@ -830,10 +830,10 @@ fn write_records(out: &Path, s: &RunSummary, records: &[policy::Record]) -> anyh
 /// Pins the calling thread to one CPU (best effort: a failure only costs isolation).
 pub(crate) fn pin_to(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            tracing::warn!(cpu, error = %e, "could not pin thread");
-        }
+    if set.set(cpu).is_ok()
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!(cpu, error = %e, "could not pin thread");
     }
 }
 

@@ -97,12 +97,13 @@ impl Schedule {
                 _ => {}
             }
         }
-        if self.workload == Workload::Recovery && self.slowed.contains(&i) {
-            if let (Some(at), Some(len)) = (self.event_at, self.event_len) {
-                if t >= at && t < at + len {
-                    return Behaviour::Work(0.2);
-                }
-            }
+        if self.workload == Workload::Recovery
+            && self.slowed.contains(&i)
+            && let (Some(at), Some(len)) = (self.event_at, self.event_len)
+            && t >= at
+            && t < at + len
+        {
+            return Behaviour::Work(0.2);
         }
         let per_second = &self.speeds[i];
         let s = (t.as_secs() as usize).min(per_second.len().saturating_sub(1));

@@ -163,10 +163,10 @@ impl<K> Queue<K> {
     pub fn pop(&mut self) -> Option<(Nanos, K)> {
         let mut best: Option<(u128, Option<usize>)> = self.heap.min_key().map(|k| (k, None));
         for (i, (_, lane)) in self.lanes.iter().enumerate() {
-            if let Some(e) = lane.front() {
-                if best.is_none_or(|(b, _)| e.key < b) {
-                    best = Some((e.key, Some(i)));
-                }
+            if let Some(e) = lane.front()
+                && best.is_none_or(|(b, _)| e.key < b)
+            {
+                best = Some((e.key, Some(i)));
             }
         }
         let e = match best?.1 {

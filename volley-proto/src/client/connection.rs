@@ -680,10 +680,10 @@ impl Connection {
     /// The race is decided: `w` won. Start the handshake with it.
     fn on_won(&mut self, now: Instant, w: Winner) {
         self.stats.offers_won += 1;
-        if let State::ExpectOffer(race) = &self.state {
-            if !race.retransmitted() {
-                self.shared().answer_sample(w.answer_time);
-            }
+        if let State::ExpectOffer(race) = &self.state
+            && !race.retransmitted()
+        {
+            self.shared().answer_sample(w.answer_time);
         }
         self.events.push_back(ClientEvent::Selected {
             server: w.server,

@@ -433,10 +433,10 @@ impl Sim {
                 continue;
             }
             while let Some(ev) = self.servers[si].endpoint.poll_event() {
-                if let ServerEvent::Datagram { id, data } = &ev {
-                    if self.servers[si].echo {
-                        let _ = self.servers[si].endpoint.send(*id, data);
-                    }
+                if let ServerEvent::Datagram { id, data } = &ev
+                    && self.servers[si].echo
+                {
+                    let _ = self.servers[si].endpoint.send(*id, data);
                 }
                 self.servers[si].events.push(ev);
             }

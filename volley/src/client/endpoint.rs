@@ -285,11 +285,11 @@ struct ClientSide {
 
 impl ClientSide {
     fn touch(&mut self, id: u32) {
-        if let Some(m) = self.members.get_mut(&id) {
-            if !m.dirty {
-                m.dirty = true;
-                self.dirty.push(id);
-            }
+        if let Some(m) = self.members.get_mut(&id)
+            && !m.dirty
+        {
+            m.dirty = true;
+            self.dirty.push(id);
         }
     }
 
@@ -583,16 +583,15 @@ impl runtime::Side for ClientSide {
                 self.tx_progress = false;
                 continue;
             };
-            if self.tx_turn < TRANSMIT_TURN {
-                if let Some(t) = self
+            if self.tx_turn < TRANSMIT_TURN
+                && let Some(t) = self
                     .members
                     .get_mut(&id)
                     .and_then(|m| m.conn.poll_transmit(now, out))
-                {
-                    self.tx_turn += 1;
-                    self.tx_progress = true;
-                    return Some(t);
-                }
+            {
+                self.tx_turn += 1;
+                self.tx_progress = true;
+                return Some(t);
             }
             self.tx_cursor += 1;
             self.tx_turn = 0;

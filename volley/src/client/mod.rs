@@ -93,10 +93,10 @@ impl Client {
     /// one on a fresh ephemeral socket.
     async fn endpoint(&self, remote: IpAddr) -> Result<Endpoint, Error> {
         let key = bind_ip(remote);
-        if let Some(e) = lock_endpoints(&self.endpoints).get(&key) {
-            if !e.opens.is_closed() {
-                return Ok(e.clone());
-            }
+        if let Some(e) = lock_endpoints(&self.endpoints).get(&key)
+            && !e.opens.is_closed()
+        {
+            return Ok(e.clone());
         }
         let addr = SocketAddr::new(key, 0);
         let socket = UdpSocket::bind(addr)

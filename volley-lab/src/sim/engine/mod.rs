@@ -508,10 +508,10 @@ impl<'a> World<'a> {
                 Kind::Arrival => {
                     self.on_arrival(now);
                     tick += 1;
-                    if tick % 4096 == 0 {
-                        if let Some(p) = progress {
-                            p.inc(4096);
-                        }
+                    if tick.is_multiple_of(4096)
+                        && let Some(p) = progress
+                    {
+                        p.inc(4096);
                     }
                 }
                 Kind::Probe {
