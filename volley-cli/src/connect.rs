@@ -5,12 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use std::time::{Duration, Instant};
-use volley::discovery::{Pool, PoolEntry, Resolver};
 
 use anyhow::{Context, bail, ensure};
-use volley::{
-    Client, ClientConfig, ConnectReport, LoadHint, OfferFate, PublicKey, SelectionPolicy, Session,
-};
+use volley::{Client, ClientConfig, ConnectReport, LoadHint, OfferFate, SelectionPolicy, Session};
 use volley_proto::client::{DEFAULT_HOT_QUANTILE, DEFAULT_WINDOW};
 
 /// How the client chooses among offers (L3).
@@ -153,14 +150,7 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
 }
 
 fn config(args: &Args) -> anyhow::Result<ClientConfig> {
-    let keys = args
-        .server_keys
-        .iter()
-        .map(|k| {
-            PublicKey::from_hex(k)
-                .with_context(|| format!("--server-key {k:?} is not 64 hex digits"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = crate::target::server_keys(&args.server_keys)?;
     let timeout = args.timeout.unwrap_or(3.0);
     ensure!(
         timeout > 0.0 && timeout < 3600.0,
@@ -211,27 +201,12 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, mut args) = settings(args)?;
-    let entries = args
-        .pool
-        .iter()
-        .map(|s| s.parse::<PoolEntry>().map_err(|e| anyhow::anyhow!(e)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    args.servers = if entries.iter().all(|e| matches!(e, PoolEntry::Addr(_))) {
-        entries
-            .iter()
-            .filter_map(|e| match e {
-                PoolEntry::Addr(a) => Some(*a),
-                _ => None,
-            })
-            .collect()
-    } else {
-        let resolver = match args.dns_server {
-            Some(server) => Resolver::with_server(server)?,
-            None => Resolver::system()?,
-        };
-        // Names that resolve to both families (`localhost`) race one of them.
-        volley::discovery::one_family(Pool::resolve(entries, resolver).await?.current())
-    };
+    // Names that resolve to both families (`localhost`) race one of them.
+    args.servers = volley::discovery::one_family(
+        crate::target::pool(&args.pool, args.dns_server)
+            .await?
+            .current(),
+    );
     let client = Client::new(config);
     let started = Instant::now();
     let connected = match args.n_best {

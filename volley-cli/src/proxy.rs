@@ -8,9 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use tokio::net::UdpSocket;
 use volley::proxy::udp::UdpProxyConfig;
-use volley::{Client, ClientConfig, PublicKey};
-
-use volley::discovery::{Pool, PoolEntry, Resolver};
+use volley::{Client, ClientConfig};
 
 use crate::target::Target;
 
@@ -105,14 +103,7 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         !args.servers.is_empty(),
         "servers are required (arguments, or `servers` in the config file)"
     );
-    let keys = args
-        .server_keys
-        .iter()
-        .map(|k| {
-            PublicKey::from_hex(k)
-                .with_context(|| format!("--server-key {k:?} is not 64 hex digits"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = crate::target::server_keys(&args.server_keys)?;
     let idle = args.idle_timeout.unwrap_or(60.0);
     ensure!(
         idle.is_finite() && idle > 0.0 && idle <= 86_400.0,
@@ -132,27 +123,7 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, args) = settings(args)?;
-    let entries = args
-        .servers
-        .iter()
-        .map(|s| s.parse::<PoolEntry>().map_err(|e| anyhow::anyhow!(e)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let literal: Vec<std::net::SocketAddr> = entries
-        .iter()
-        .filter_map(|e| match e {
-            PoolEntry::Addr(a) => Some(*a),
-            _ => None,
-        })
-        .collect();
-    ensure!(
-        literal.iter().all(|a| a.is_ipv4() == literal[0].is_ipv4()),
-        "the pool mixes IPv4 and IPv6 addresses; run one proxy per family"
-    );
-    let resolver = match args.dns_server {
-        Some(server) => Resolver::with_server(server)?,
-        None => Resolver::system()?,
-    };
-    let pool = Pool::resolve(entries, resolver).await?;
+    let pool = crate::target::pool(&args.servers, args.dns_server).await?;
     let Some(Target::Udp(listen)) = &args.listen else {
         anyhow::bail!("--listen is required");
     };

@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
+use volley::PublicKey;
+use volley::discovery::{Pool, PoolEntry, Resolver};
 
 /// A proxy endpoint: only UDP for now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,4 +43,43 @@ pub async fn resolve(host_port: &str) -> anyhow::Result<Vec<SocketAddr>> {
 /// The first address `host_port` names.
 pub async fn resolve_one(host_port: &str) -> anyhow::Result<SocketAddr> {
     Ok(resolve(host_port).await?[0])
+}
+
+/// `--server-key` values (64 hex digits each) as keys.
+pub fn server_keys(keys: &[String]) -> anyhow::Result<Vec<PublicKey>> {
+    keys.iter()
+        .map(|k| {
+            PublicKey::from_hex(k)
+                .with_context(|| format!("--server-key {k:?} is not 64 hex digits"))
+        })
+        .collect()
+}
+
+/// A pool from `IP:PORT`, `HOST:PORT` and `srv:NAME` entries: fixed when every entry is an
+/// address, else kept current through `dns_server` (or the system's resolver). Literal
+/// addresses of both families are refused (a race runs on one socket).
+pub async fn pool(entries: &[String], dns_server: Option<SocketAddr>) -> anyhow::Result<Pool> {
+    let entries = entries
+        .iter()
+        .map(|s| s.parse::<PoolEntry>().map_err(|e| anyhow::anyhow!(e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let literal: Vec<SocketAddr> = entries
+        .iter()
+        .filter_map(|e| match e {
+            PoolEntry::Addr(a) => Some(*a),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        literal.iter().all(|a| a.is_ipv4() == literal[0].is_ipv4()),
+        "the pool mixes IPv4 and IPv6 addresses; use one family per command"
+    );
+    if literal.len() == entries.len() {
+        return Ok(Pool::fixed(literal));
+    }
+    let resolver = match dns_server {
+        Some(server) => Resolver::with_server(server)?,
+        None => Resolver::system()?,
+    };
+    Ok(Pool::resolve(entries, resolver).await?)
 }

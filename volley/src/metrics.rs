@@ -165,17 +165,26 @@ pub fn render(registry: &Registry) -> String {
     text
 }
 
+/// Requests the metrics endpoint serves at once.
+const MAX_REQUESTS: usize = 16;
+
 /// Serves `GET /metrics` on `addr` until the task is dropped: the handle's `local_addr` says
 /// where. Anything else gets 404; a request that does not arrive whole within 5 s, or is
-/// larger than 8 KiB, is dropped.
+/// larger than 8 KiB, is dropped; at most 16 are served at once.
 pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoint, Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
     let local = listener.local_addr()?;
     let registry = Arc::new(registry);
+    // Scrapers are few: a bound on requests at once keeps a connection flood from piling up
+    // tasks (a connection beyond it waits in the listen queue, then is dropped by its client).
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
     let task = tokio::spawn(async move {
         loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
@@ -184,6 +193,7 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoi
                 if let Err(e) = answer(stream, &registry).await {
                     debug!(%peer, error = %e, "metrics request dropped");
                 }
+                drop(permit);
             });
         }
     });

@@ -24,6 +24,9 @@ use crate::session::Session;
 /// How long a forwarded datagram counts as a request without a datagram back.
 pub const UDP_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Requests of one session counted at once (a bound on its bookkeeping, not on its traffic).
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Serves every session of `server` by forwarding its datagrams to the UDP service at `backend`
 /// until `shutdown` resolves; then shuts the server down gracefully and returns its counters.
 pub async fn udp(
@@ -61,6 +64,10 @@ async fn relay(mut session: Session, backend: SocketAddr) {
                 let (data, guard) = request.into_parts();
                 if socket.send(&data).await.is_err() {
                     continue; // the backend refused it (ICMP): a lost datagram
+                }
+                // A one-way flood keeps at most MAX_IN_FLIGHT entries: the oldest stops counting.
+                if in_flight.len() >= MAX_IN_FLIGHT {
+                    in_flight.pop_front();
                 }
                 in_flight.push_back((Instant::now() + UDP_REQUEST_TIMEOUT, guard));
             }
