@@ -1,12 +1,14 @@
-//! `volley proxy --listen udp://ADDR --server-key PUB [--service NAME] POOL...`: the client side
-//! of the UDP proxy (D1). Applications send to ADDR as if it were the service; each flow races
-//! the pool and rides its own encrypted session to the server-side proxy
-//! (`volley serve --forward udp://BACKEND`).
+//! `volley proxy --listen udp://ADDR | tcp://ADDR --server-key PUB [--service NAME] POOL...`:
+//! the client side of the UDP proxy (D1) and the TCP proxy (D2). Applications send to (or
+//! connect to) ADDR as if it were the service; each UDP flow or TCP connection races the pool
+//! and rides its own encrypted session (for TCP, a stream keyed from it) to the server-side
+//! proxy (`volley serve --forward udp://BACKEND | tcp://BACKEND`).
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
+use volley::proxy::tcp::TcpProxyConfig;
 use volley::proxy::udp::UdpProxyConfig;
 use volley::{Client, ClientConfig};
 
@@ -19,7 +21,7 @@ pub struct Args {
     /// examples/proxy.toml.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
-    /// Where applications send: udp://IP:PORT (or udp://HOST:PORT).
+    /// Where applications send or connect: udp://IP:PORT or tcp://IP:PORT (or HOST:PORT).
     #[arg(long, required_unless_present = "config")]
     listen: Option<Target>,
     /// A pinned server public key (hex, from `volley keygen` or `volley pubkey`). Repeat for
@@ -29,7 +31,8 @@ pub struct Args {
     /// Service to ask for (as the servers' --service) [default: echo].
     #[arg(long)]
     service: Option<String>,
-    /// End a flow after this many seconds without a datagram either way [default: 60].
+    /// End a flow (UDP) or connection (TCP) after this many seconds without a byte either way
+    /// [default: 60 for UDP, 300 for TCP].
     #[arg(long)]
     idle_timeout: Option<f64>,
     /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at
@@ -124,29 +127,18 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, args) = settings(args)?;
     let pool = crate::target::pool(&args.servers, args.dns_server).await?;
-    let Some(Target::Udp(listen)) = &args.listen else {
+    let Some(target) = &args.listen else {
         anyhow::bail!("--listen is required");
     };
-    let listen = crate::target::resolve_one(listen).await?;
-    let socket = UdpSocket::bind(listen)
-        .await
-        .with_context(|| format!("cannot bind {listen}"))?;
-    say!(
-        "volley proxy: udp://{} → {} server(s) ({}), service {}",
-        socket.local_addr()?,
-        pool.current().len(),
-        pool.current()
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-        String::from_utf8_lossy(&config.service)
-    );
-    let proxy = UdpProxyConfig {
-        idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)),
-        ..UdpProxyConfig::default()
-    };
-    let metrics = std::sync::Arc::new(volley::proxy::udp::UdpProxyMetrics::default());
+    let listen = crate::target::resolve_one(target.host_port()).await?;
+    let servers = pool
+        .current()
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let service = String::from_utf8_lossy(&config.service).into_owned();
+    let metrics = std::sync::Arc::new(volley::proxy::ProxyMetrics::default());
     let _endpoint = match args.metrics {
         Some(addr) => {
             let endpoint = volley::metrics::serve(
@@ -154,23 +146,60 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 volley::metrics::proxy_registry(std::sync::Arc::clone(&metrics)),
             )
             .await?;
-            say!(
-                "volley proxy: metrics at http://{}/metrics",
-                endpoint.local_addr()
-            );
             Some(endpoint)
         }
         None => None,
     };
-    let stats = volley::proxy::udp::run_with_metrics(
-        socket,
-        Client::new(config),
-        pool,
-        proxy,
-        metrics,
-        crate::serve::shutdown_signal(),
-    )
-    .await?;
+    let stats = match target {
+        Target::Udp(_) => {
+            let socket = UdpSocket::bind(listen)
+                .await
+                .with_context(|| format!("cannot bind {listen}"))?;
+            say!(
+                "volley proxy: udp://{} → {} server(s) ({servers}), service {service}",
+                socket.local_addr()?,
+                pool.current().len(),
+            );
+            say_metrics(&_endpoint);
+            let proxy = UdpProxyConfig {
+                idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)),
+                ..UdpProxyConfig::default()
+            };
+            volley::proxy::udp::run_with_metrics(
+                socket,
+                Client::new(config),
+                pool,
+                proxy,
+                metrics,
+                crate::serve::shutdown_signal(),
+            )
+            .await?
+        }
+        Target::Tcp(_) => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot bind {listen}"))?;
+            say!(
+                "volley proxy: tcp://{} → {} server(s) ({servers}), service {service}",
+                listener.local_addr()?,
+                pool.current().len(),
+            );
+            say_metrics(&_endpoint);
+            let proxy = TcpProxyConfig {
+                idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)),
+                ..TcpProxyConfig::default()
+            };
+            volley::proxy::tcp::run_with_metrics(
+                listener,
+                Client::new(config),
+                pool,
+                proxy,
+                metrics,
+                crate::serve::shutdown_signal(),
+            )
+            .await?
+        }
+    };
     say!(
         "volley proxy: stopped. flows {} connect failures {} dropped {}",
         stats.flows,
@@ -178,4 +207,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats.dropped
     );
     Ok(())
+}
+
+fn say_metrics(endpoint: &Option<volley::metrics::MetricsEndpoint>) {
+    if let Some(endpoint) = endpoint {
+        say!(
+            "volley proxy: metrics at http://{}/metrics",
+            endpoint.local_addr()
+        );
+    }
 }

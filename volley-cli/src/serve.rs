@@ -91,8 +91,10 @@ pub struct Args {
     /// Print a load line this often, in seconds, when something changed [default: 5].
     #[arg(long, value_name = "SECS")]
     load_every: Option<f64>,
-    /// Forward each session's datagrams to this UDP service (udp://HOST:PORT) and its answers
-    /// back, instead of echoing: the server side of `volley proxy`.
+    /// Forward each session to this service instead of echoing: the server side of `volley
+    /// proxy`. udp://HOST:PORT: each session's datagrams go to the UDP service and its answers
+    /// back. tcp://HOST:PORT: each session's stream (TCP on --listen's address, keyed from the
+    /// session) is spliced to a connection of its own to the TCP service.
     #[arg(long, value_name = "TARGET")]
     forward: Option<crate::target::Target>,
     /// Serve Prometheus metrics (every counter, load gauges, the answer-delay histogram) at
@@ -342,15 +344,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
     } = settings(args)?;
     let forward = match forward {
-        Some(crate::target::Target::Udp(backend)) => {
-            Some(crate::target::resolve_one(&backend).await?)
-        }
+        Some(target) => Some((
+            target.clone(),
+            crate::target::resolve_one(target.host_port()).await?,
+        )),
         None => None,
     };
     let answer = config.answer;
     let capacity = config.capacity;
     let peers = config.peers.clone();
     let server = Server::bind(listen, config).await?;
+    // The TCP forwarder's streams arrive on the server's own address, for TCP.
+    let streams = match &forward {
+        Some((crate::target::Target::Tcp(_), _)) => {
+            Some(volley::proxy::forward::stream_listener(&server).await?)
+        }
+        _ => None,
+    };
     say!(
         "volley serve: listening on {} (service {}, capacity {}, answer {}{}), public key {}",
         server.local_addr(),
@@ -387,12 +397,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
     let serving = async move {
-        let stats = match forward {
-            Some(backend) => {
+        let stats = match (forward, streams) {
+            (Some((_, backend)), Some(listener)) => {
+                say!(
+                    "volley serve: forwarding each session's stream (tcp://{}) to tcp://{backend}",
+                    server.local_addr()
+                );
+                let s =
+                    volley::proxy::forward::tcp_on(server, listener, backend, shutdown_signal())
+                        .await;
+                say!(
+                    "volley serve: streams {} refused {} backend failures {} broken {}",
+                    s.streams,
+                    s.refused,
+                    s.backend_failures,
+                    s.broken
+                );
+                s.server
+            }
+            (Some((_, backend)), None) => {
                 say!("volley serve: forwarding each session to udp://{backend}");
                 volley::proxy::forward::udp(server, backend, shutdown_signal()).await
             }
-            None => {
+            (None, _) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 volley::echo::serve_with(server, shutdown_signal(), move |s| {
                     let _ = tx.send(s);

@@ -1,4 +1,4 @@
-//! `udp://HOST:PORT` targets of `proxy --listen` and `serve --forward`, and `HOST:PORT` pool
+//! `udp://HOST:PORT` and `tcp://HOST:PORT` targets of `proxy --listen` and `serve --forward`, and `HOST:PORT` pool
 //! entries: names are resolved when the command starts (every address of a name is used).
 
 use std::net::SocketAddr;
@@ -7,11 +7,22 @@ use anyhow::{Context, bail, ensure};
 use volley::PublicKey;
 use volley::discovery::{Pool, PoolEntry, Resolver};
 
-/// A proxy endpoint: only UDP for now.
+/// A proxy endpoint: `udp://HOST:PORT` or `tcp://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// `udp://HOST:PORT`.
     Udp(String),
+    /// `tcp://HOST:PORT`.
+    Tcp(String),
+}
+
+impl Target {
+    /// The `HOST:PORT` part.
+    pub fn host_port(&self) -> &str {
+        match self {
+            Self::Udp(a) | Self::Tcp(a) => a,
+        }
+    }
 }
 
 impl std::str::FromStr for Target {
@@ -20,10 +31,12 @@ impl std::str::FromStr for Target {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.split_once("://") {
             Some(("udp", rest)) if !rest.is_empty() => Ok(Self::Udp(rest.to_string())),
+            Some(("tcp", rest)) if !rest.is_empty() => Ok(Self::Tcp(rest.to_string())),
             Some((scheme, _)) => Err(format!(
-                "`{scheme}://` is not a proxy scheme volley has; use udp://HOST:PORT"
+                "`{scheme}://` is not a proxy scheme volley has; use udp://HOST:PORT or \
+                 tcp://HOST:PORT"
             )),
-            None => Err(format!("`{s}` has no scheme; write udp://{s}")),
+            None => Err(format!("`{s}` has no scheme; write udp://{s} or tcp://{s}")),
         }
     }
 }

@@ -149,3 +149,98 @@ fn d1_volley_proxy_and_serve_forward_carry_a_real_udp_service() {
     let _ = proxy.0.kill();
     let _ = proxy.0.stdout.as_mut().unwrap().read_to_string(&mut rest);
 }
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn d2_curl_reaches_a_real_http_server_through_volley_proxy_and_serve_forward() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("proxy-tcp-e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "hello through volley\n").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(site.join("big.bin"), &big).unwrap();
+    let key = dir.join("server.key");
+    let out = volley()
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    // A real HTTP server (Python's), unaware of volley.
+    let http_port = free_tcp_port().to_string();
+    let (_http, line) = start(Command::new("python3").args([
+        "-u",
+        "-m",
+        "http.server",
+        &http_port,
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        site.to_str().unwrap(),
+    ]));
+    assert!(line.contains("Serving HTTP"), "{line}");
+    let backend = format!("tcp://127.0.0.1:{http_port}");
+    let servers: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_tcp_port()))
+        .collect();
+    let mut _serving = Vec::new();
+    for s in &servers {
+        let (child, line) = start(volley().args([
+            "serve",
+            "--listen",
+            s,
+            "--key",
+            key.to_str().unwrap(),
+            "--forward",
+            &backend,
+        ]));
+        assert!(line.contains("listening on"), "{line}");
+        _serving.push(child);
+    }
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
+    let (mut proxy, line) = start(volley().args([
+        "proxy",
+        "--listen",
+        &format!("tcp://{listen}"),
+        "--server-key",
+        &public,
+        &servers[0],
+        &servers[1],
+    ]));
+    assert!(line.contains("volley proxy: tcp://"), "{line}");
+
+    // A real HTTP client (curl), unaware of volley.
+    let curl = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--max-time",
+                "20",
+                &format!("http://{listen}/{path}"),
+            ])
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    for _ in 0..3 {
+        assert_eq!(curl("hello.txt"), b"hello through volley\n");
+    }
+    assert!(curl("big.bin") == big, "3 MB body arrives byte for byte");
+    assert!(proxy.0.try_wait().unwrap().is_none());
+}

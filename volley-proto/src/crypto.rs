@@ -428,6 +428,19 @@ impl SessionKeys {
         Ok(len + crate::AEAD_TAG_LEN)
     }
 
+    /// The stream keys of this session (§13.1), for a side in `role` (which tells which of
+    /// this side's keys is `k1`, client → server).
+    pub fn stream_keys(&self, role: crate::stream::Role) -> crate::stream::StreamKeys {
+        match role {
+            crate::stream::Role::Client => {
+                crate::stream::StreamKeys::derive(&self.seal, &self.open)
+            }
+            crate::stream::Role::Server => {
+                crate::stream::StreamKeys::derive(&self.open, &self.seal)
+            }
+        }
+    }
+
     /// Decrypts ciphertext‖tag in place; returns the plaintext.
     pub fn open<'b>(
         &self,

@@ -52,6 +52,7 @@ pub mod crypto;
 pub mod packet;
 pub mod server;
 pub mod session;
+pub mod stream;
 mod util;
 
 #[cfg(test)]

@@ -261,6 +261,16 @@ impl Session {
         }
     }
 
+    /// The stream keys of this session for a side in `role` (D2, `crate::stream`).
+    pub fn stream_keys(&self, role: crate::stream::Role) -> crate::stream::StreamKeys {
+        self.keys.stream_keys(role)
+    }
+
+    /// The peer's session id (the receiver id of DATA we send).
+    pub fn remote_id(&self) -> u32 {
+        self.remote_id
+    }
+
     /// Our session id (the receiver id of DATA sent to us).
     pub fn local_id(&self) -> u32 {
         self.local_id

@@ -107,9 +107,9 @@ pub fn server_registry(server: ServerHandle) -> Registry {
     registry
 }
 
-/// A registry with a UDP proxy's metrics: flows, connect failures, drops, open flows, and the
+/// A registry with a proxy's metrics (UDP or TCP): flows, connect failures, drops, open flows, and the
 /// answer and handshake times of the flows' races.
-pub fn proxy_registry(proxy: Arc<crate::proxy::udp::UdpProxyMetrics>) -> Registry {
+pub fn proxy_registry(proxy: Arc<crate::proxy::ProxyMetrics>) -> Registry {
     let mut registry = Registry::with_prefix("volley_proxy");
     registry.register(
         "answer_time_seconds",
@@ -126,21 +126,25 @@ pub fn proxy_registry(proxy: Arc<crate::proxy::udp::UdpProxyMetrics>) -> Registr
 }
 
 #[derive(Debug)]
-struct ProxyCollector(Arc<crate::proxy::udp::UdpProxyMetrics>);
+struct ProxyCollector(Arc<crate::proxy::ProxyMetrics>);
 
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.stats();
         for (name, help, value) in [
-            ("flows", "Flows started (a new application source)", s.flows),
+            (
+                "flows",
+                "Flows started (a new UDP source, an accepted TCP connection)",
+                s.flows,
+            ),
             (
                 "connect_failures",
-                "Flows whose session could not be opened",
+                "Flows whose session (or TCP stream) could not be opened",
                 s.connect_failures,
             ),
             (
                 "dropped",
-                "Datagrams dropped (a flow's queue full, too many flows)",
+                "UDP datagrams dropped (a flow's queue full, too many flows); TCP connections refused (too many open)",
                 s.dropped,
             ),
         ] {

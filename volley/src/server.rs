@@ -427,6 +427,9 @@ impl runtime::Side for ServerSide {
                 self.drain(id);
             }
             Cmd::Close { id, code } => self.endpoint.close(id, code),
+            Cmd::Ticket { id, reply } => {
+                let _ = reply.send(self.endpoint.stream_ticket(id));
+            }
         }
         // A reply usually drops its request's guard too: take that change now rather than on
         // another wake-up.

@@ -30,6 +30,11 @@ pub(crate) enum Cmd {
         id: u32,
         code: CloseCode,
     },
+    /// The session's stream ticket (D2), or None if it is not established.
+    Ticket {
+        id: u32,
+        reply: tokio::sync::oneshot::Sender<Option<volley_proto::stream::StreamTicket>>,
+    },
 }
 
 /// Datagrams one session may have waiting for its driver. A full queue makes
@@ -533,6 +538,21 @@ impl Session {
         self.report
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// What a stream (D2, [`crate::proxy::tcp`]) on this session needs: the server's session
+    /// id, the peer's address and the stream keys derived from the session's keys. On the client
+    /// it names the current server (a failover gives another ticket). [`Error::Closed`] once the
+    /// session has ended or while it is not established.
+    pub async fn stream_ticket(&self) -> Result<volley_proto::stream::StreamTicket, Error> {
+        let (reply, ticket) = tokio::sync::oneshot::channel();
+        if self.cmd.send(Cmd::Ticket { id: self.id, reply }).is_err() {
+            return Err(self.closed_error());
+        }
+        match ticket.await {
+            Ok(Some(t)) => Ok(t),
+            _ => Err(self.closed_error()),
+        }
     }
 
     /// Closes the session with `code`; the peer is told.

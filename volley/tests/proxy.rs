@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-use volley::proxy::udp::{UdpProxyConfig, UdpProxyStats};
+use volley::proxy::ProxyStats;
+use volley::proxy::udp::UdpProxyConfig;
 use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -98,7 +99,7 @@ async fn d1_udp_proxy_carries_each_flow_on_its_own_session_and_new_flows_fail_ov
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(ask(&apps[0], proxy, "again").await, "AGAIN");
     let _ = stop.send(());
-    let stats: UdpProxyStats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
+    let stats: ProxyStats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
     assert_eq!(stats.flows, 5, "{stats:?}");
     assert_eq!(stats.connect_failures, 0, "{stats:?}");
 }

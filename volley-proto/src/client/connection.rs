@@ -472,6 +472,20 @@ impl Connection {
         }
     }
 
+    /// What the client side needs to open a stream (D2) on the established session: the
+    /// server's session id and address and the stream keys. None unless established; a
+    /// failover gives a new ticket (another server, other keys).
+    pub fn stream_ticket(&self) -> Option<crate::stream::StreamTicket> {
+        match &self.state {
+            State::Established { session, server } => Some(crate::stream::StreamTicket {
+                session_id: session.remote_id(),
+                peer: *server,
+                keys: session.stream_keys(crate::stream::Role::Client),
+            }),
+            _ => None,
+        }
+    }
+
     /// The server of the established session, if any.
     pub fn server(&self) -> Option<SocketAddr> {
         match &self.state {

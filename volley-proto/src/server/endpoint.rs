@@ -354,6 +354,16 @@ impl ServerEndpoint {
         self.sessions.get(id).map(|s| s.session.stats())
     }
 
+    /// What the server side needs to accept a stream (D2) for an open session: its id, the
+    /// client's address and the stream keys. None once the session is gone.
+    pub fn stream_ticket(&self, id: SessionId) -> Option<crate::stream::StreamTicket> {
+        self.sessions.get(id).map(|s| crate::stream::StreamTicket {
+            session_id: id,
+            peer: s.session.remote(),
+            keys: s.session.stream_keys(crate::stream::Role::Server),
+        })
+    }
+
     /// Queues a datagram on a session.
     pub fn send(&mut self, id: SessionId, data: &[u8]) -> Result<(), SendError> {
         let served = self.sessions.get_mut(id).ok_or(SendError::Closed)?;

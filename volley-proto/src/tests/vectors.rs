@@ -307,3 +307,133 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         b"hi",
     );
 }
+
+/// §13.5: the stream keys and first bytes of a TCP stream (D2) on the session of §11.
+const STREAM_C2S: &str = "ea88a36908d7c3daff6c8b25860d86461ad9b7ad9c82caabb38fafedaf2af40a";
+const STREAM_S2C: &str = "2096e9e2680de7fae4895d52618b37849d81a2a910a59fa3b0f1b56e49738250";
+const STREAM_HELLO_CLIENT: &str = "564c595301a0a1a2a39bc64107160319eace6dc281fe92c773";
+const STREAM_HELLO_SERVER: &str = "564c595301a0a1a2a34992699576934336d2432521bfc09824";
+const STREAM_RECORD_CLIENT: &str =
+    "0022b6f9481d0e1f8214c03aad384deaa9d8f748fa18b87713a5c8a65e5bfe70b63bc4cc";
+const STREAM_END_SERVER: &str = "0010e7d7bfc09426203292c3d8bbef144897";
+
+#[test]
+fn d2_protocol_md_stream_vectors_are_what_the_code_produces() {
+    use crate::stream::{RECORD_HEADER_LEN, Role, StreamKeys};
+    let k = |h: &str| -> [u8; 32] { unhex(h).try_into().expect("32 bytes") };
+    // Both sides derive the same stream keys from their own view of the session keys.
+    let client = SessionKeys::new(&k(K1), &k(K2)).stream_keys(Role::Client);
+    let server = SessionKeys::new(&k(K2), &k(K1)).stream_keys(Role::Server);
+    let direct = StreamKeys::derive(&k(K1), &k(K2));
+    let id: u32 = 0xa0a1_a2a3;
+    let hello_client = client.hello(Role::Client, id);
+    assert_eq!(hello_client, server.hello(Role::Client, id));
+    assert_eq!(hello_client, direct.hello(Role::Client, id));
+    server
+        .check_hello(Role::Client, id, &hello_client)
+        .expect("the server accepts the client's HELLO");
+    let hello_server = server.hello(Role::Server, id);
+    client
+        .check_hello(Role::Server, id, &hello_server)
+        .expect("the client accepts the server's HELLO");
+    let record = |keys: &StreamKeys, me: Role, plain: &[u8]| {
+        let mut buf = vec![0u8; RECORD_HEADER_LEN + plain.len() + crate::AEAD_TAG_LEN];
+        buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + plain.len()].copy_from_slice(plain);
+        let n = keys.sealer(me).seal(&mut buf, plain.len()).expect("seal");
+        assert_eq!(n, buf.len());
+        buf
+    };
+    let rec_client = record(&client, Role::Client, b"GET / HTTP/1.0\r\n\r\n");
+    let end_server = record(&server, Role::Server, b"");
+    // And each opens on the other side.
+    let mut r = rec_client.clone();
+    let plain = server
+        .opener(Role::Server)
+        .open([r[0], r[1]], &mut r[RECORD_HEADER_LEN..])
+        .expect("opens")
+        .to_vec();
+    assert_eq!(plain, b"GET / HTTP/1.0\r\n\r\n");
+    let mut e = end_server.clone();
+    assert!(
+        client
+            .opener(Role::Client)
+            .open([e[0], e[1]], &mut e[RECORD_HEADER_LEN..])
+            .expect("opens")
+            .is_empty()
+    );
+    // The raw keys, through a HELLO sealed by hand with each.
+    let by_hand = |key_hex: &str| {
+        use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &unhex(key_hex)).unwrap());
+        let mut head = Vec::from(&b"VLYS"[..]);
+        head.push(1);
+        head.extend_from_slice(&id.to_be_bytes());
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::from(&head),
+                &mut [],
+            )
+            .unwrap();
+        head.extend_from_slice(tag.as_ref());
+        hex(&head)
+    };
+    let got = [
+        ("stream c2s", hex(&derive_raw(&k(K1), &k(K2)).0)),
+        ("stream s2c", hex(&derive_raw(&k(K1), &k(K2)).1)),
+        ("hello client", hex(&hello_client)),
+        ("hello server", hex(&hello_server)),
+        ("record client", hex(&rec_client)),
+        ("end server", hex(&end_server)),
+    ];
+    for (name, value) in &got {
+        println!("{name}: {value}");
+    }
+    assert_eq!(
+        by_hand(&got[0].1),
+        got[2].1,
+        "the c2s key seals the client HELLO"
+    );
+    assert_eq!(
+        by_hand(&got[1].1),
+        got[3].1,
+        "the s2c key seals the server HELLO"
+    );
+    let want = [
+        STREAM_C2S,
+        STREAM_S2C,
+        STREAM_HELLO_CLIENT,
+        STREAM_HELLO_SERVER,
+        STREAM_RECORD_CLIENT,
+        STREAM_END_SERVER,
+    ];
+    for ((name, value), want) in got.iter().zip(want) {
+        assert_eq!(value, want, "{name}");
+        assert!(
+            DOC.contains(want),
+            "docs/PROTOCOL.md §13.5 lacks {name} {want}"
+        );
+    }
+}
+
+/// HKDF-SHA256 as §13.1 states it, written out with HMAC (RFC 5869), independently of the
+/// code under test.
+fn derive_raw(k1: &[u8; 32], k2: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+    use ring::hmac;
+    let mut ikm = k1.to_vec();
+    ikm.extend_from_slice(k2);
+    let prk = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"volley/1 stream"), &ikm);
+    let prk = hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref());
+    let expand = |info: &[u8]| {
+        let mut msg = info.to_vec();
+        msg.push(1);
+        let t = hmac::sign(&prk, &msg);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&t.as_ref()[..32]);
+        out
+    };
+    (
+        expand(b"volley/1 stream c2s"),
+        expand(b"volley/1 stream s2c"),
+    )
+}

@@ -693,6 +693,9 @@ impl runtime::Side for ClientSide {
                     self.touch(id);
                 }
             }
+            Cmd::Ticket { id, reply } => {
+                let _ = reply.send(self.members.get(&id).and_then(|m| m.conn.stream_ticket()));
+            }
         }
     }
 

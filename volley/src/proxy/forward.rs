@@ -1,25 +1,44 @@
-//! The server side of the UDP proxy: each session's datagrams are sent to the backend from a
-//! socket of the session's own (so the backend tells sessions apart by source port, as it tells
+//! The server side of the proxies: [`udp`] and [`tcp`].
+//!
+//! UDP: each session's datagrams are sent to the backend from a socket of the session's own (so the backend tells sessions apart by source port, as it tells
 //! clients apart), and every datagram the backend sends to that socket goes back on the session.
 //!
 //! Load, counted with no help from the backend: each datagram is a request in flight from its
 //! arrival until the backend's next datagram on that session (request/response services: DNS,
 //! RPC, game state queries) or [`UDP_REQUEST_TIMEOUT`], whichever comes first — so a flow that
 //! only sends does not fill the server.
+//!
+//! TCP: the server also listens for TCP on its UDP socket's address. Each new session waits
+//! (up to [`STREAM_WAIT`]) for the client side's stream; a stream is accepted only when its
+//! HELLO names an open session of this server that has no stream yet and its tag checks out
+//! with that session's keys — a TCP peer without a session never reaches the backend. Then the
+//! server connects to the backend, answers with its own HELLO and splices. The stream is a
+//! request in flight (a [`LoadGuard`]) from its HELLO to its end. Stream and session end
+//! together: a stream that ends closes its session, and a session that ends resets its stream
+//! (unless the client closed it normally: then the stream's last records get
+//! [`STREAM_SETUP_TIMEOUT`] to arrive).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
-use tokio::time::Instant;
-use tracing::debug;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::{Instant, timeout};
+use tracing::{debug, trace};
+use volley_proto::stream::{HELLO_LEN, Role, StreamKeys, hello_session};
 
+use crate::error::Error;
 use crate::load::LoadGuard;
-use crate::server::Server;
+use crate::proxy::tcp::{STREAM_SETUP_TIMEOUT, StreamFailure, reset, splice};
+use crate::server::{Server, ServerHandle};
 use crate::session::Session;
+use volley_proto::{CloseCode, CloseReason};
 
 /// How long a forwarded datagram counts as a request without a datagram back.
 pub const UDP_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -94,5 +113,252 @@ async fn relay(mut session: Session, backend: SocketAddr) {
                 }
             }
         }
+    }
+}
+
+/// How long a new session waits for its stream before it is closed.
+pub const STREAM_WAIT: Duration = Duration::from_secs(10);
+
+/// TCP connections at once that have not yet sent a valid HELLO; beyond, new ones are closed at
+/// once (a connection flood costs a bounded number of tasks).
+pub const MAX_PENDING_STREAMS: usize = 1024;
+
+/// What the TCP forwarder counted, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpForwardStats {
+    /// The server's own counters.
+    pub server: crate::ServerStats,
+    /// Streams accepted (HELLO checked out) and spliced to the backend.
+    pub streams: u64,
+    /// TCP connections refused: no HELLO in time, bad magic or version, unknown session, a
+    /// tag that did not check out, or too many pending.
+    pub refused: u64,
+    /// Streams closed because the backend could not be reached.
+    pub backend_failures: u64,
+    /// Streams that ended broken (truncated, forged record, reset) rather than cleanly.
+    pub broken: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    streams: AtomicU64,
+    refused: AtomicU64,
+    backend_failures: AtomicU64,
+    broken: AtomicU64,
+}
+
+/// How long a HELLO for an id not (yet) known waits for its session to register: the client
+/// side may send it the moment the ACCEPT arrives, before this side's session task has run.
+pub const HELLO_WAIT_FOR_SESSION: Duration = Duration::from_secs(1);
+
+/// Sessions waiting for their stream: the keys to check a HELLO with, and where to hand the
+/// stream; `registered` wakes HELLOs that arrived first.
+#[derive(Default)]
+struct WaitingSessions {
+    sessions: Mutex<HashMap<u32, (StreamKeys, oneshot::Sender<TcpStream>)>>,
+    registered: tokio::sync::Notify,
+}
+
+type Waiting = Arc<WaitingSessions>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves every session of `server` by splicing its stream to the TCP service at `backend`,
+/// until `shutdown` resolves; then shuts the server down gracefully. Listens for streams on TCP
+/// at the server's own address ([`Error::Bind`] if that port is taken for TCP).
+pub async fn tcp(
+    server: Server,
+    backend: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<TcpForwardStats, Error> {
+    let listener = stream_listener(&server).await?;
+    Ok(tcp_on(server, listener, backend, shutdown).await)
+}
+
+/// The TCP listener for `server`'s streams: its own address, for TCP ([`Error::Bind`] if that
+/// port is taken for TCP).
+pub async fn stream_listener(server: &Server) -> Result<TcpListener, Error> {
+    let addr = server.local_addr();
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Like [`tcp`], with streams accepted on `listener` (from [`stream_listener`], or any other
+/// the client side is told about).
+pub async fn tcp_on(
+    server: Server,
+    listener: TcpListener,
+    backend: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> TcpForwardStats {
+    let waiting: Waiting = Arc::default();
+    let counters = Arc::new(Counters::default());
+    let acceptor = tokio::spawn(accept_streams(
+        listener,
+        Arc::clone(&waiting),
+        Arc::clone(&counters),
+    ));
+    let handle = server.handle();
+    let stats = {
+        let counters = Arc::clone(&counters);
+        crate::handler::serve_sessions(server, shutdown, move |session| {
+            serve_stream(
+                session,
+                backend,
+                Arc::clone(&waiting),
+                handle.clone(),
+                Arc::clone(&counters),
+            )
+        })
+        .await
+    };
+    acceptor.abort();
+    TcpForwardStats {
+        server: stats,
+        streams: counters.streams.load(Ordering::Relaxed),
+        refused: counters.refused.load(Ordering::Relaxed),
+        backend_failures: counters.backend_failures.load(Ordering::Relaxed),
+        broken: counters.broken.load(Ordering::Relaxed),
+    }
+}
+
+async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<Counters>) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_STREAMS));
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(error = %e, "forward: accept failed");
+                // A shortage (fds) passes; do not spin on it.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            trace!(%peer, "forward: too many pending streams, closed");
+            continue;
+        };
+        let waiting = Arc::clone(&waiting);
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            if !take_hello(conn, &waiting).await {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                trace!(%peer, "forward: stream refused");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads a HELLO and hands the connection to its session; false if it was refused.
+async fn take_hello(mut conn: TcpStream, waiting: &Waiting) -> bool {
+    let mut hello = [0u8; HELLO_LEN];
+    match timeout(STREAM_SETUP_TIMEOUT, conn.read_exact(&mut hello)).await {
+        Ok(Ok(_)) => {}
+        _ => return false,
+    }
+    let Ok(id) = hello_session(&hello) else {
+        return false;
+    };
+    let give_up = Instant::now() + HELLO_WAIT_FOR_SESSION;
+    let deliver = loop {
+        let registered = waiting.registered.notified();
+        tokio::pin!(registered);
+        // Registered before the look-up, so a session added between the two is not missed.
+        registered.as_mut().enable();
+        {
+            let mut sessions = lock(&waiting.sessions);
+            if let Some((keys, _)) = sessions.get(&id) {
+                if keys.check_hello(Role::Client, id, &hello).is_err() {
+                    return false;
+                }
+                // One stream per session: the entry goes with the first valid HELLO.
+                match sessions.remove(&id) {
+                    Some((_, deliver)) => break deliver,
+                    None => return false,
+                }
+            }
+        }
+        if tokio::time::timeout_at(give_up, registered).await.is_err() {
+            return false;
+        }
+    };
+    let _ = conn.set_nodelay(true);
+    deliver.send(conn).is_ok()
+}
+
+async fn serve_stream(
+    session: Session,
+    backend: SocketAddr,
+    waiting: Waiting,
+    handle: ServerHandle,
+    counters: Arc<Counters>,
+) {
+    let Ok(ticket) = session.stream_ticket().await else {
+        return;
+    };
+    let id = ticket.session_id;
+    let (deliver, delivered) = oneshot::channel();
+    lock(&waiting.sessions).insert(id, (ticket.keys.clone(), deliver));
+    waiting.registered.notify_waiters();
+    let stream = tokio::select! {
+        s = delivered => s.ok(),
+        _ = tokio::time::sleep(STREAM_WAIT) => None,
+        _ = session.closed() => None,
+    };
+    lock(&waiting.sessions).remove(&id);
+    let Some(mut stream) = stream else {
+        trace!(id, "forward: no stream came for the session");
+        return; // dropping the session closes it
+    };
+    let _guard = handle.load_guard();
+    counters.streams.fetch_add(1, Ordering::Relaxed);
+    let mut upstream = match timeout(STREAM_SETUP_TIMEOUT, TcpStream::connect(backend)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            // No HELLO back: the client side races again.
+            counters.backend_failures.fetch_add(1, Ordering::Relaxed);
+            debug!(%backend, "forward: backend unreachable");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if stream
+        .write_all(&ticket.keys.hello(Role::Server, id))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ended = {
+        let spliced = splice(&mut stream, &mut upstream, &ticket.keys, Role::Server, None);
+        tokio::pin!(spliced);
+        tokio::select! {
+            r = &mut spliced => r,
+            reason = session.closed() => {
+                if reason == CloseReason::Remote(CloseCode::NORMAL) {
+                    // The client side closes its session once its stream is done, so the
+                    // stream's last records may still be on their way: let them land.
+                    match timeout(STREAM_SETUP_TIMEOUT, &mut spliced).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StreamFailure::SessionEnded),
+                    }
+                } else {
+                    // Idle (the client is gone), going away, or the client's error.
+                    Err(StreamFailure::SessionEnded)
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        counters.broken.fetch_add(1, Ordering::Relaxed);
+        debug!(id, error = %e, "forward: stream broken");
+        reset(&stream);
+        reset(&upstream);
     }
 }

@@ -11,10 +11,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -22,6 +21,7 @@ use tracing::{debug, info};
 use crate::client::Client;
 use crate::discovery::Pool;
 use crate::error::Error;
+use crate::proxy::{ProxyMetrics, ProxyStats};
 
 /// How the client side of a UDP proxy behaves.
 #[derive(Debug, Clone)]
@@ -44,64 +44,9 @@ impl Default for UdpProxyConfig {
     }
 }
 
-/// What the proxy counted, returned when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UdpProxyStats {
-    /// Flows started (first datagrams from a new source).
-    pub flows: u64,
-    /// Flows whose session could not be opened.
-    pub connect_failures: u64,
-    /// Datagrams dropped: a flow's queue full, or too many flows.
-    pub dropped: u64,
-}
-
 enum FlowEvent {
     /// The flow (application address, flow number) ended; whether it had a session.
     Ended(SocketAddr, u64, bool),
-}
-
-/// The proxy's live figures, for metrics ([`crate::metrics::proxy_registry`]): the counters of
-/// [`UdpProxyStats`] as they grow, and the answer and handshake times of its flows' races.
-#[derive(Debug)]
-pub struct UdpProxyMetrics {
-    flows: AtomicU64,
-    connect_failures: AtomicU64,
-    dropped: AtomicU64,
-    open: AtomicU64,
-    pub(crate) answer_times: Histogram,
-    pub(crate) handshake_times: Histogram,
-}
-
-impl Default for UdpProxyMetrics {
-    fn default() -> Self {
-        // 100 µs to ~1.6 s, doubling.
-        let buckets = || Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
-        Self {
-            flows: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            open: AtomicU64::new(0),
-            answer_times: buckets(),
-            handshake_times: buckets(),
-        }
-    }
-}
-
-impl UdpProxyMetrics {
-    /// The counters now.
-    pub fn stats(&self) -> UdpProxyStats {
-        UdpProxyStats {
-            flows: self.flows.load(Ordering::Relaxed),
-            connect_failures: self.connect_failures.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Flows with a session now.
-    pub fn open_flows(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
 }
 
 /// Serves the UDP proxy on `socket` until `shutdown` resolves: flows from the applications
@@ -112,8 +57,8 @@ pub async fn run(
     pool: impl Into<Pool>,
     config: UdpProxyConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<UdpProxyStats, Error> {
-    let metrics = Arc::new(UdpProxyMetrics::default());
+) -> Result<ProxyStats, Error> {
+    let metrics = Arc::new(ProxyMetrics::default());
     run_with_metrics(socket, client, pool, config, metrics, shutdown).await
 }
 
@@ -124,9 +69,9 @@ pub async fn run_with_metrics(
     client: Client,
     pool: impl Into<Pool>,
     config: UdpProxyConfig,
-    metrics: Arc<UdpProxyMetrics>,
+    metrics: Arc<ProxyMetrics>,
     shutdown: impl Future<Output = ()>,
-) -> Result<UdpProxyStats, Error> {
+) -> Result<ProxyStats, Error> {
     let pool = pool.into();
     if pool.current().is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
@@ -211,7 +156,7 @@ struct Shared {
     pool: Pool,
     idle_timeout: Duration,
     events: mpsc::UnboundedSender<FlowEvent>,
-    metrics: Arc<UdpProxyMetrics>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// One flow: a session with the race's winner, datagrams both ways, until idle.

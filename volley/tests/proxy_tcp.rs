@@ -1,0 +1,325 @@
+//! The TCP proxy end to end on loopback (D2): applications → client-side proxy → a volley
+//! session and an encrypted stream per connection → server-side forwarders → a TCP service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use volley::proxy::ProxyStats;
+use volley::proxy::forward::TcpForwardStats;
+use volley::proxy::tcp::TcpProxyConfig;
+use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
+use volley_proto::stream::{HELLO_LEN, Role, StreamKeys};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A TCP echo service: each connection gets back what it sent, and is closed (write side) after
+/// the client's end. Counts the connections it accepted.
+async fn backend() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+type Forwarder = (
+    SocketAddr,
+    ServerHandle,
+    oneshot::Sender<()>,
+    JoinHandle<TcpForwardStats>,
+);
+
+async fn forwarder(key: &StaticKeypair, backend: SocketAddr) -> Forwarder {
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let listener = volley::proxy::forward::stream_listener(&server)
+        .await
+        .unwrap();
+    let task = tokio::spawn(volley::proxy::forward::tcp_on(
+        server,
+        listener,
+        backend,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, handle, stop, task)
+}
+
+async fn proxy(
+    key: &StaticKeypair,
+    pool: Vec<SocketAddr>,
+    config: TcpProxyConfig,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<Result<ProxyStats, volley::Error>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let task = tokio::spawn(volley::proxy::tcp::run(
+        listener,
+        client,
+        pool,
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop, task)
+}
+
+/// Sends `data` through a new connection to `proxy`, ends the write side, and reads everything
+/// back until the end.
+async fn round_trip(proxy: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    let (mut r, mut w) = conn.split();
+    let send = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = r.read_to_end(&mut back);
+    let (_, got) = timeout(BOUND, async { tokio::join!(send, recv) })
+        .await
+        .unwrap();
+    got.unwrap();
+    back
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 4 s: {what}");
+}
+
+#[tokio::test]
+async fn d2_tcp_proxy_relays_each_connection_on_its_own_session_and_counts_it_as_load() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (service, accepted) = backend().await;
+    let (a, ha, _stop_a, _) = forwarder(&key, service).await;
+    let (b, hb, _stop_b, _) = forwarder(&key, service).await;
+    let (proxy, stop, running) = proxy(&key, vec![a, b], TcpProxyConfig::default()).await;
+
+    // Bulk both ways, byte for byte, with the half-close carried through (the backend answers
+    // the end of our bytes with the end of its own).
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    assert_eq!(round_trip(proxy, &data).await, data);
+    assert_eq!(round_trip(proxy, b"").await, b"");
+
+    // An open connection is a request in flight on its server, until it ends.
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    timeout(BOUND, conn.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    eventually("the open connection counts as load", || {
+        ha.load().app + hb.load().app == 1
+    })
+    .await;
+    drop(conn);
+    eventually("the closed connection no longer counts", || {
+        ha.load().app + hb.load().app == 0
+    })
+    .await;
+    let opened = ha.stats().sessions_opened + hb.stats().sessions_opened;
+    assert_eq!(opened, 3, "one session per connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    let _ = stop.send(());
+    let stats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
+    assert_eq!(stats.flows, 3, "{stats:?}");
+    assert_eq!(stats.connect_failures, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn d2_a_tcp_peer_without_a_session_never_reaches_the_backend() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (service, accepted) = backend().await;
+    let (server, _handle, stop, task) = forwarder(&key, service).await;
+    // Refused at once, whatever the peer sends: answered by a close, never by the backend.
+    let refused = |mut conn: TcpStream| async move {
+        let mut buf = [0u8; 64];
+        let n = timeout(BOUND, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "a refused stream gets no bytes");
+    };
+    // Not a HELLO at all.
+    let mut conn = TcpStream::connect(server).await.unwrap();
+    conn.write_all(&[0x47; HELLO_LEN]).await.unwrap();
+    refused(conn).await;
+
+    // A real session, and HELLOs that do not prove it.
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
+        .connect(&[server])
+        .await
+        .unwrap();
+    let ticket = session.stream_ticket().await.unwrap();
+    assert_eq!(ticket.peer, server);
+    let wrong_keys = StreamKeys::derive(&[9; 32], &[8; 32]);
+    for hello in [
+        wrong_keys.hello(Role::Client, ticket.session_id),
+        ticket.keys.hello(Role::Client, ticket.session_id ^ 1),
+        ticket.keys.hello(Role::Server, ticket.session_id),
+    ] {
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&hello).await.unwrap();
+        refused(conn).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "no stream reached the backend"
+    );
+
+    // The right HELLO works, once: the server answers with its own, checkable HELLO.
+    let good = ticket.keys.hello(Role::Client, ticket.session_id);
+    let mut conn = TcpStream::connect(server).await.unwrap();
+    conn.write_all(&good).await.unwrap();
+    let mut answer = [0u8; HELLO_LEN];
+    timeout(BOUND, conn.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    ticket
+        .keys
+        .check_hello(Role::Server, ticket.session_id, &answer)
+        .unwrap();
+    eventually("the backend got the stream", || {
+        accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // A replay of the same HELLO is refused: one stream per session.
+    let mut replay = TcpStream::connect(server).await.unwrap();
+    replay.write_all(&good).await.unwrap();
+    refused(replay).await;
+    // Records that do not authenticate break the stream (and the backend's connection).
+    conn.write_all(&[0, 20]).await.unwrap();
+    conn.write_all(&[0u8; 20]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = timeout(BOUND, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    drop(session);
+    let _ = stop.send(());
+    let stats = timeout(BOUND, task).await.unwrap().unwrap();
+    assert_eq!(stats.streams, 1, "{stats:?}");
+    assert_eq!(stats.refused, 5, "{stats:?}");
+    assert_eq!(stats.broken, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn d2_new_tcp_connections_fail_over_when_a_server_or_its_backend_goes_away() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (service, _) = backend().await;
+    // A's backend is a port nobody listens on: its streams fail before A's HELLO, and the
+    // connection races again without A.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let (a, _ha, _stop_a, task_a) = forwarder(&key, dead_addr).await;
+    let (b, hb, stop_b, _) = forwarder(&key, service).await;
+    let (c, hc, _stop_c, _) = forwarder(&key, service).await;
+    let (proxy, stop, running) = proxy(
+        &key,
+        vec![a, b, c],
+        TcpProxyConfig {
+            attempts: 3,
+            ..TcpProxyConfig::default()
+        },
+    )
+    .await;
+    for i in 0..6 {
+        let text = format!("connection {i}");
+        assert_eq!(round_trip(proxy, text.as_bytes()).await, text.as_bytes());
+    }
+    // B goes away: every new connection is served by C.
+    let _ = stop_b.send(());
+    assert!(
+        hb.stats().sessions_opened > 0,
+        "B served before it went away"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = hc.stats().sessions_opened;
+    for i in 0..4 {
+        let text = format!("after {i}");
+        assert_eq!(round_trip(proxy, text.as_bytes()).await, text.as_bytes());
+    }
+    assert!(hc.stats().sessions_opened >= before + 4);
+    let _ = stop.send(());
+    let stats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
+    assert_eq!(stats.flows, 10, "{stats:?}");
+    assert_eq!(stats.connect_failures, 0, "{stats:?}");
+    drop(_stop_a);
+    let a_stats = timeout(BOUND, task_a).await.unwrap().unwrap();
+    assert_eq!(a_stats.streams, a_stats.backend_failures, "{a_stats:?}");
+}
+
+#[tokio::test]
+async fn d2_an_idle_tcp_connection_is_closed() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (service, _) = backend().await;
+    let (a, ha, _stop_a, _) = forwarder(&key, service).await;
+    let (proxy, _stop, _running) = proxy(
+        &key,
+        vec![a],
+        TcpProxyConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..TcpProxyConfig::default()
+        },
+    )
+    .await;
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    conn.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        timeout(BOUND, conn.read(&mut buf)).await.unwrap().unwrap(),
+        1
+    );
+    // Quiet for longer than the idle timeout: the proxy ends the connection.
+    let n = timeout(BOUND, conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    eventually("the server's session and load are released", || {
+        ha.load().app == 0 && ha.load().sessions == 0
+    })
+    .await;
+}
