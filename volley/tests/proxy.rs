@@ -140,3 +140,33 @@ async fn d1_a_forwarded_datagram_is_load_until_the_backend_answers() {
     .await
     .expect("answered: no longer load");
 }
+
+#[tokio::test]
+async fn d1_a_datagram_too_large_for_a_session_is_dropped_and_its_flow_goes_on() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let service = backend().await;
+    let (a, _ha, _stop_a) = forwarder(&key, service).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let running = tokio::spawn(volley::proxy::udp::run(
+        socket,
+        client,
+        vec![a],
+        UdpProxyConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(ask(&app, proxy, "before").await, "BEFORE");
+    app.send_to(&[b'x'; volley::MAX_APP_DATAGRAM + 1], proxy)
+        .await
+        .unwrap();
+    assert_eq!(ask(&app, proxy, "after").await, "AFTER");
+    let _ = stop.send(());
+    let stats: ProxyStats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
+    assert_eq!(stats.dropped, 1, "{stats:?}");
+    assert_eq!(stats.flows, 1, "the flow went on: {stats:?}");
+}

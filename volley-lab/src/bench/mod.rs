@@ -31,6 +31,7 @@ pub mod connect;
 pub mod core;
 pub mod load;
 pub mod memory;
+pub mod proxy;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -80,6 +81,18 @@ pub struct BenchArgs {
     /// Directory for results.md and results.json.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
+    /// Another suite instead of the datapath cases.
+    #[command(subcommand)]
+    pub suite: Option<Suite>,
+}
+
+/// The other suites of `volley-lab bench`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Suite {
+    /// The proxies (BENCHMARKS.md §4): UDP and TCP backends reached directly and through
+    /// `volley proxy` and `volley serve --forward`, on loopback: requests/s, added latency, TCP
+    /// bulk throughput.
+    Proxy(proxy::ProxyBenchArgs),
 }
 
 const CASES: [&str; 13] = [
@@ -619,6 +632,9 @@ async fn generate(
 
 /// The whole benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(Suite::Proxy(proxy)) = args.suite {
+        return proxy::run(proxy);
+    }
     let cases: Vec<&str> = if args.cases.is_empty() {
         CASES.to_vec()
     } else {

@@ -74,7 +74,8 @@ async fn relay(mut session: Session, backend: SocketAddr) {
     }
     // Requests in flight, oldest first, each with when it stops counting regardless.
     let mut in_flight: VecDeque<(Instant, Option<LoadGuard>)> = VecDeque::new();
-    let mut buf = vec![0u8; 65_536];
+    // The backend's answers are read a batch per system call when several are waiting.
+    let mut rx = crate::udp::RecvBatch::new(false);
     loop {
         let expiry = in_flight.front().map(|(t, _)| *t);
         tokio::select! {
@@ -90,20 +91,34 @@ async fn relay(mut session: Session, backend: SocketAddr) {
                 }
                 in_flight.push_back((Instant::now() + UDP_REQUEST_TIMEOUT, guard));
             }
-            received = socket.recv(&mut buf) => {
-                match received {
-                    Ok(n) => {
-                        // The answer to the oldest request, as far as load goes.
-                        in_flight.pop_front();
-                        if session.send_bytes(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if crate::socket::transient(&e) => {}
+            ready = socket.readable() => {
+                if ready.is_err() {
+                    break;
+                }
+                let mut failed = false;
+                match rx.recv(&socket) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if crate::socket::transient(&e) => continue,
                     Err(e) => {
                         debug!(error = %e, "forward: backend socket failed");
                         break;
                     }
+                }
+                for (_, data) in rx.iter() {
+                    // The answer to the oldest request, as far as load goes.
+                    in_flight.pop_front();
+                    if data.len() > crate::MAX_APP_DATAGRAM {
+                        trace!(len = data.len(), "forward: backend datagram too large, dropped");
+                        continue;
+                    }
+                    if session.send_bytes(Bytes::copy_from_slice(data)).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    break;
                 }
             }
             _ = crate::socket::sleep_until(expiry) => {

@@ -25,8 +25,8 @@ pub struct ProxyStats {
     pub flows: u64,
     /// Flows whose session (or, for TCP, whose stream to the server) could not be opened.
     pub connect_failures: u64,
-    /// UDP: datagrams dropped (a flow's queue full, too many flows). TCP: connections refused
-    /// at once (too many open).
+    /// UDP: datagrams dropped (a flow's queue full, too many flows, larger than a session
+    /// carries). TCP: connections refused at once (too many open).
     pub dropped: u64,
 }
 /// The proxy's live figures, for metrics ([`crate::metrics::proxy_registry`]): the counters of

@@ -81,57 +81,67 @@ pub async fn run_with_metrics(
     let mut flows: HashMap<SocketAddr, (u64, mpsc::Sender<Bytes>)> = HashMap::new();
     let mut next_flow = 0u64;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut buf = vec![0u8; 65_536];
+    // Datagrams are read a batch per system call (recvmmsg) when several are waiting.
+    let mut rx = crate::udp::RecvBatch::new(false);
+    let shared = |events: &mpsc::UnboundedSender<FlowEvent>| Shared {
+        socket: Arc::clone(&socket),
+        client: client.clone(),
+        pool: pool.clone(),
+        idle_timeout: config.idle_timeout,
+        events: events.clone(),
+        metrics: Arc::clone(&metrics),
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let (n, from) = match received {
-                    Ok(r) => r,
-                    Err(e) if crate::socket::transient(&e) => continue,
-                    Err(e) => return Err(Error::Io(e)),
-                };
-                let data = Bytes::copy_from_slice(&buf[..n]);
-                let data = if let Some((_, flow)) = flows.get(&from) {
-                    match flow.try_send(data) {
-                        Ok(()) => continue,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+            ready = socket.readable() => {
+                ready.map_err(Error::Io)?;
+                // A few batches, then the other branches get a turn.
+                for _ in 0..4 {
+                    match rx.recv(&socket) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if crate::socket::transient(&e) => continue,
+                        Err(e) => return Err(Error::Io(e)),
+                    }
+                    for (meta, data) in rx.iter() {
+                        let from = meta.from;
+                        if data.len() > crate::MAX_APP_DATAGRAM {
+                            // Larger than a session carries: dropped, the flow goes on.
                             metrics.dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        // The flow just ended (idle) and its end is not yet processed: this
-                        // datagram starts the next one.
-                        Err(mpsc::error::TrySendError::Closed(data)) => {
-                            flows.remove(&from);
+                        let data = Bytes::copy_from_slice(data);
+                        let data = if let Some((_, flow)) = flows.get(&from) {
+                            match flow.try_send(data) {
+                                Ok(()) => continue,
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                // The flow just ended (idle) and its end is not yet processed:
+                                // this datagram starts the next one.
+                                Err(mpsc::error::TrySendError::Closed(data)) => {
+                                    flows.remove(&from);
+                                    data
+                                }
+                            }
+                        } else {
                             data
+                        };
+                        if flows.len() >= config.max_flows {
+                            metrics.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
                         }
+                        metrics.flows.fetch_add(1, Ordering::Relaxed);
+                        let (tx, rx) = mpsc::channel(config.queue.max(1));
+                        let _ = tx.try_send(data);
+                        let number = next_flow;
+                        next_flow += 1;
+                        flows.insert(from, (number, tx));
+                        tokio::spawn(flow(from, number, rx, shared(&events_tx)));
                     }
-                } else {
-                    data
-                };
-                if flows.len() >= config.max_flows {
-                    metrics.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
                 }
-                metrics.flows.fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = mpsc::channel(config.queue.max(1));
-                let _ = tx.try_send(data);
-                let number = next_flow;
-                next_flow += 1;
-                flows.insert(from, (number, tx));
-                tokio::spawn(flow(
-                    from,
-                    number,
-                    rx,
-                    Shared {
-                        socket: Arc::clone(&socket),
-                        client: client.clone(),
-                        pool: pool.clone(),
-                        idle_timeout: config.idle_timeout,
-                        events: events_tx.clone(),
-                        metrics: Arc::clone(&metrics),
-                    },
-                ));
             }
             Some(FlowEvent::Ended(app, number, connected)) = events.recv() => {
                 if flows.get(&app).is_some_and(|(n, _)| *n == number) {
