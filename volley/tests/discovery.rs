@@ -133,3 +133,58 @@ async fn d3_a_pool_whose_names_resolve_nowhere_is_an_error_that_says_so() {
         .unwrap_err();
     assert!(matches!(err, volley::Error::Discovery(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn d1_a_dns_client_gets_its_answers_from_a_dns_server_through_the_udp_proxy() {
+    // A real DNS server (hickory's) behind `serve --forward`, and a real DNS client (hickory's
+    // resolver, as volley's discovery uses it) asking the client-side proxy as if it were the
+    // DNS server: neither knows volley is there.
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (dns_addr, _zone) = dns(Ipv4Addr::new(192, 0, 2, 77), 53).await;
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
+    let forwarder = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(volley::proxy::forward::udp(
+        server,
+        dns_addr,
+        std::future::pending(),
+    ));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    tokio::spawn(volley::proxy::udp::run(
+        socket,
+        Client::new(ClientConfig::new(vec![key.public()])),
+        vec![forwarder],
+        volley::proxy::udp::UdpProxyConfig::default(),
+        std::future::pending(),
+    ));
+    let resolver = Resolver::with_server(proxy).unwrap();
+    let pool = timeout(
+        BOUND,
+        Pool::resolve(
+            vec!["servers.pool.test.:7001".parse().unwrap()],
+            resolver.clone(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(pool.current(), vec!["192.0.2.77:7001".parse().unwrap()]);
+    let srv = timeout(
+        BOUND,
+        Pool::resolve(vec!["srv:_echo._udp.pool.test.".parse().unwrap()], resolver),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(srv.current(), vec!["192.0.2.77:53".parse().unwrap()]);
+    assert!(
+        handle.stats().sessions_opened >= 1,
+        "the queries rode volley sessions"
+    );
+}
