@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -382,11 +383,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server.public_key().to_hex()
     );
     let handle = server.handle();
+    let stream_counters = Arc::new(volley::proxy::forward::StreamCounters::default());
     let _metrics = match metrics {
         Some(addr) => {
-            let endpoint =
-                volley::metrics::serve(addr, volley::metrics::server_registry(handle.clone()))
-                    .await?;
+            let mut registry = volley::metrics::server_registry(handle.clone());
+            if streams.is_some() {
+                volley::metrics::register_forward(&mut registry, Arc::clone(&stream_counters));
+            }
+            let endpoint = volley::metrics::serve(addr, registry).await?;
             say!(
                 "volley serve: metrics at http://{}/metrics",
                 endpoint.local_addr()
@@ -403,9 +407,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "volley serve: forwarding each session's stream (tcp://{}) to tcp://{backend}",
                     server.local_addr()
                 );
-                let s =
-                    volley::proxy::forward::tcp_on(server, listener, backend, shutdown_signal())
-                        .await;
+                let s = volley::proxy::forward::tcp_with_counters(
+                    server,
+                    listener,
+                    backend,
+                    stream_counters,
+                    shutdown_signal(),
+                )
+                .await;
                 say!(
                     "volley serve: streams {} refused {} backend failures {} broken {}",
                     s.streams,

@@ -193,7 +193,9 @@ fn d2_curl_reaches_a_real_http_server_through_volley_proxy_and_serve_forward() {
         .map(|_| format!("127.0.0.1:{}", free_tcp_port()))
         .collect();
     let mut _serving = Vec::new();
+    let mut metrics = Vec::new();
     for s in &servers {
+        let m = format!("127.0.0.1:{}", free_tcp_port());
         let (child, line) = start(volley().args([
             "serve",
             "--listen",
@@ -202,9 +204,12 @@ fn d2_curl_reaches_a_real_http_server_through_volley_proxy_and_serve_forward() {
             key.to_str().unwrap(),
             "--forward",
             &backend,
+            "--metrics",
+            &m,
         ]));
         assert!(line.contains("listening on"), "{line}");
         _serving.push(child);
+        metrics.push(m);
     }
     let listen = format!("127.0.0.1:{}", free_tcp_port());
     let (mut proxy, line) = start(volley().args([
@@ -242,5 +247,24 @@ fn d2_curl_reaches_a_real_http_server_through_volley_proxy_and_serve_forward() {
         assert_eq!(curl("hello.txt"), b"hello through volley\n");
     }
     assert!(curl("big.bin") == big, "3 MB body arrives byte for byte");
+    // D5: the forwarders' stream counters, scraped over HTTP: four streams in all, none refused.
+    let counter = |page: &str, name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing: {page}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let pages: Vec<String> = metrics.iter().map(|m| scrape(m)).collect();
+    let streams: u64 = pages
+        .iter()
+        .map(|p| counter(p, "volley_forward_streams_total"))
+        .sum();
+    assert_eq!(streams, 4);
+    for p in &pages {
+        assert_eq!(counter(p, "volley_forward_refused_total"), 0);
+        assert_eq!(counter(p, "volley_forward_broken_total"), 0);
+    }
     assert!(proxy.0.try_wait().unwrap().is_none());
 }

@@ -107,6 +107,35 @@ pub fn server_registry(server: ServerHandle) -> Registry {
     registry
 }
 
+/// Adds a TCP forwarder's stream counters to `registry` (a server's, from [`server_registry`]):
+/// `volley_forward_<name>_total` and the `volley_forward_open_streams` gauge.
+pub fn register_forward(
+    registry: &mut Registry,
+    counters: Arc<crate::proxy::forward::StreamCounters>,
+) {
+    registry.register_collector(Box::new(ForwardCollector(counters)));
+}
+
+#[derive(Debug)]
+struct ForwardCollector(Arc<crate::proxy::forward::StreamCounters>);
+
+impl Collector for ForwardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in self.0.counters() {
+            let full = format!("volley_forward_{name}");
+            let metric = encoder.encode_descriptor(&full, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "volley_forward_open_streams",
+            "Streams open now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.open() as i64).encode(metric)
+    }
+}
+
 /// A registry with a proxy's metrics (UDP or TCP): flows, connect failures, drops, open flows, and the
 /// answer and handshake times of the flows' races.
 pub fn proxy_registry(proxy: Arc<crate::proxy::ProxyMetrics>) -> Registry {

@@ -155,13 +155,51 @@ pub struct TcpForwardStats {
     pub broken: u64,
 }
 
-#[derive(Default)]
-struct Counters {
+/// The TCP forwarder's counters as they grow (the stream fields of [`TcpForwardStats`]), for
+/// metrics ([`crate::metrics::register_forward`]).
+#[derive(Debug, Default)]
+pub struct StreamCounters {
     streams: AtomicU64,
     refused: AtomicU64,
     backend_failures: AtomicU64,
     broken: AtomicU64,
+    open: AtomicU64,
 }
+
+impl StreamCounters {
+    /// (name, help, value) of every counter, for metrics.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 4] {
+        [
+            (
+                "streams",
+                "Streams accepted (HELLO checked out) and spliced to the backend",
+                self.streams.load(Ordering::Relaxed),
+            ),
+            (
+                "refused",
+                "TCP connections refused before a valid HELLO",
+                self.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "backend_failures",
+                "Streams closed because the backend could not be reached",
+                self.backend_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "broken",
+                "Streams that ended broken (truncated, forged record, reset, session ended)",
+                self.broken.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+type Counters = StreamCounters;
 
 /// How long a HELLO for an id not (yet) known waits for its session to register: the client
 /// side may send it the moment the ACCEPT arrives, before this side's session task has run.
@@ -210,8 +248,19 @@ pub async fn tcp_on(
     backend: SocketAddr,
     shutdown: impl Future<Output = ()>,
 ) -> TcpForwardStats {
+    tcp_with_counters(server, listener, backend, Arc::default(), shutdown).await
+}
+
+/// Like [`tcp_on`], counting into `counters` as it goes (serve them with
+/// [`crate::metrics::register_forward`]).
+pub async fn tcp_with_counters(
+    server: Server,
+    listener: TcpListener,
+    backend: SocketAddr,
+    counters: Arc<StreamCounters>,
+    shutdown: impl Future<Output = ()>,
+) -> TcpForwardStats {
     let waiting: Waiting = Arc::default();
-    let counters = Arc::new(Counters::default());
     let acceptor = tokio::spawn(accept_streams(
         listener,
         Arc::clone(&waiting),
@@ -333,6 +382,8 @@ async fn serve_stream(
     };
     let _guard = handle.load_guard();
     counters.streams.fetch_add(1, Ordering::Relaxed);
+    counters.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenStream(&counters);
     let mut upstream = match timeout(STREAM_SETUP_TIMEOUT, TcpStream::connect(backend)).await {
         Ok(Ok(s)) => s,
         _ => {
@@ -375,5 +426,14 @@ async fn serve_stream(
         debug!(id, error = %e, "forward: stream broken");
         reset(&stream);
         reset(&upstream);
+    }
+}
+
+/// Counts a stream open until dropped.
+struct OpenStream<'a>(&'a StreamCounters);
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
