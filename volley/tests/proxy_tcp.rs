@@ -323,3 +323,34 @@ async fn d2_an_idle_tcp_connection_is_closed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn d2_silent_connections_from_one_address_cannot_shut_out_other_clients() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (service, _) = backend().await;
+    let (a, _ha, _stop_a, _) = forwarder(&key, service).await;
+    // 127.0.0.2 opens as many connections as one address may keep pending, and sends nothing.
+    let from = |_: usize| async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(a).await.unwrap()
+    };
+    let mut silent = Vec::new();
+    for i in 0..volley::proxy::forward::MAX_PENDING_STREAMS_PER_SOURCE {
+        silent.push(from(i).await);
+    }
+    // Let the acceptor take them all, then one more from that address is closed at once
+    // (long before the 5 s HELLO timeout).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = from(0).await;
+    let mut buf = [0u8; 8];
+    let n = timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Everyone else still gets through.
+    let (proxy, _stop, _running) = proxy(&key, vec![a], TcpProxyConfig::default()).await;
+    assert_eq!(round_trip(proxy, b"still served").await, b"still served");
+    drop(silent);
+}

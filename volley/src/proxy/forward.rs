@@ -138,6 +138,9 @@ pub const STREAM_WAIT: Duration = Duration::from_secs(10);
 /// once (a connection flood costs a bounded number of tasks).
 pub const MAX_PENDING_STREAMS: usize = 1024;
 
+/// Of those, at most this many from one IP address.
+pub const MAX_PENDING_STREAMS_PER_SOURCE: usize = 64;
+
 /// What the TCP forwarder counted, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -292,6 +295,7 @@ pub async fn tcp_with_counters(
 
 async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<Counters>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_STREAMS));
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -307,6 +311,13 @@ async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<C
             trace!(%peer, "forward: too many pending streams, closed");
             continue;
         };
+        // One address cannot take every pending slot (connections that send nothing are held
+        // until the HELLO times out).
+        let Some(slot) = PerSource::take(&per_source, peer.ip()) else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            trace!(%peer, "forward: too many pending streams from this address, closed");
+            continue;
+        };
         let waiting = Arc::clone(&waiting);
         let counters = Arc::clone(&counters);
         tokio::spawn(async move {
@@ -314,8 +325,42 @@ async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<C
                 counters.refused.fetch_add(1, Ordering::Relaxed);
                 trace!(%peer, "forward: stream refused");
             }
+            drop(slot);
             drop(permit);
         });
+    }
+}
+
+/// A pending connection's place in its source address's count.
+struct PerSource {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut map = lock(counts);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PENDING_STREAMS_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerSource {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

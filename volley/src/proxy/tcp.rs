@@ -110,6 +110,8 @@ pub async fn run_with_metrics(
                     Ok(a) => a,
                     Err(e) if crate::socket::transient(&e) || accept_transient(&e) => {
                         debug!(error = %e, "tcp proxy: accept failed");
+                        // A shortage (fds, memory) passes; do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                     Err(e) => return Err(Error::Io(e)),
