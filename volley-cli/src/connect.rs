@@ -54,7 +54,8 @@ pub struct Args {
     /// Send this text over the session and print the reply.
     #[arg(long)]
     send: Option<String>,
-    /// Give up when no server answered within this many seconds [default: 3].
+    /// Give up after this many seconds in all — the race, the handshake and --send's
+    /// exchange [default: 3].
     #[arg(long)]
     timeout: Option<f64>,
     /// Resolve server names with this DNS server (IP:PORT) instead of the system's.
@@ -149,6 +150,9 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
     Ok((config, args))
 }
 
+/// The longest one INIT is retried (the library's default handshake timeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     let keys = crate::target::server_keys(&args.server_keys)?;
     let timeout = args.timeout.unwrap_or(3.0);
@@ -169,8 +173,12 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         .clone()
         .unwrap_or_else(|| "echo".to_string())
         .into_bytes();
+    // --timeout bounds the whole command (race, handshake, --send; R10): the race may take all
+    // of it, one INIT's retries at most HANDSHAKE_TIMEOUT (a server drops a half-open session
+    // after its 5 s idle timeout; later retries of that INIT could never succeed), after which
+    // `run` races again while time is left.
     config.race.deadline = Duration::from_secs_f64(timeout);
-    config.handshake_timeout = Duration::from_secs_f64(timeout);
+    config.handshake_timeout = Duration::from_secs_f64(timeout).min(HANDSHAKE_TIMEOUT);
     config.max_failovers = 0;
     config.policy = match (args.policy.unwrap_or(Policy::Earliest), args.n_best) {
         (_, Some(k)) => {
@@ -209,9 +217,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let client = Client::new(config);
     let started = Instant::now();
-    let connected = match args.n_best {
-        Some(k) => client.connect_n(&args.servers, k).await,
-        None => client.connect(&args.servers).await.map(|s| vec![s]),
+    let deadline = started + Duration::from_secs_f64(args.timeout.unwrap_or(3.0));
+    // Race again after a handshake that timed out, while the deadline allows (R10).
+    let connected = loop {
+        let attempt = async {
+            match args.n_best {
+                Some(k) => client.connect_n(&args.servers, k).await,
+                None => client.connect(&args.servers).await.map(|s| vec![s]),
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Err(_) => bail!(
+                "no session within {} s (--timeout; {} server(s) probed)",
+                args.timeout.unwrap_or(3.0),
+                args.servers.len()
+            ),
+            Ok(Err(volley::Error::Connect(volley::ConnectError::HandshakeTimeout(_))))
+                if Instant::now() < deadline => {}
+            Ok(r) => break r,
+        }
     };
     let mut sessions = match connected {
         Ok(s) => s,
@@ -232,7 +256,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let expected = args
         .fanout
         .map_or(args.servers.len(), |d| d.min(args.servers.len()));
-    let wait_until = Instant::now() + Duration::from_millis(100);
+    let wait_until = (Instant::now() + Duration::from_millis(100)).min(deadline);
     while main
         .report()
         .is_some_and(|r| r.offers.len() < expected && r.redirected_to.is_empty())
@@ -264,7 +288,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     if let Some(text) = &args.send {
         for s in &mut sessions {
-            exchange(s, text, sessions_label(args.n_best, s)).await?;
+            exchange(s, text, sessions_label(args.n_best, s), deadline).await?;
         }
     }
     for s in &sessions {
@@ -323,18 +347,36 @@ fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[S
     say!("late offers voided: {}", report.late_offers);
 }
 
-async fn exchange(session: &mut Session, text: &str, label: String) -> anyhow::Result<()> {
+async fn exchange(
+    session: &mut Session,
+    text: &str,
+    label: String,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     let sent = Instant::now();
     let mut reply = None;
-    // Datagrams are unreliable: try a few times before giving up.
-    for _ in 0..3 {
+    // Datagrams are unreliable: send again when no reply came within a few round trips (the
+    // handshake's time measured one), doubling, until the deadline (R10).
+    let rtt = session
+        .report()
+        .and_then(|r| r.handshake_time)
+        .unwrap_or(Duration::from_millis(100));
+    let mut wait = (rtt * 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    while Instant::now() < deadline {
         session.send(text.as_bytes()).await?;
-        if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), session.recv()).await {
+        let until = (Instant::now() + wait).min(deadline);
+        if let Ok(r) = tokio::time::timeout_at(until.into(), session.recv()).await {
             reply = Some(r?);
             break;
         }
+        wait = (wait * 2).min(Duration::from_secs(1));
     }
-    let reply = reply.with_context(|| format!("no reply to --send within 3 s{label}"))?;
+    let reply = reply.with_context(|| {
+        format!(
+            "no reply to --send within --timeout ({:.1} s in all){label}",
+            (deadline - sent).as_secs_f64()
+        )
+    })?;
     say!("sent:       {text:?}{label}");
     say!(
         "reply:      {:?} in {}",

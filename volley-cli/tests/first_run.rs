@@ -225,3 +225,54 @@ fn d5_logs_are_json_lines_on_request_and_plain_without_colour_codes_off_a_termin
         assert!(check(&line), "{format}: {line:?}");
     }
 }
+
+#[test]
+fn r10_connect_timeout_bounds_the_whole_command_send_included() {
+    // A server whose service never answers (it forwards to a port nobody reads): the race and the
+    // handshake succeed, then --send waits for a reply that never comes. --timeout 2 bounds it
+    // all (before R10, --send added its own 3 s after the connect).
+    let dir = scratch("r10-timeout");
+    let (key, public) = keygen(&dir);
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend = format!("udp://{}", silent.local_addr().unwrap());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = volley()
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--key",
+            &key,
+            "--forward",
+            &backend,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let started = Instant::now();
+    let out = run(&[
+        "connect",
+        "--server-key",
+        &public,
+        "--timeout",
+        "2",
+        "--send",
+        "anyone there?",
+        &addr,
+    ]);
+    let took = started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no reply to --send within --timeout"), "{err}");
+    // 2 s in all, with a margin for process start-up; a 3 s --send after the connect would not fit.
+    assert!(took < Duration::from_millis(2_900), "took {took:?}");
+    assert!(took >= Duration::from_secs(2), "gave up early: {took:?}");
+}

@@ -67,6 +67,15 @@ fn session(s: &SessionConfig) -> Result<(), ConfigError> {
              peer is declared gone",
         ));
     }
+    if s.liveness_probes > 0 {
+        positive("the minimum probe timeout", s.min_probe_timeout)?;
+        positive("the initial probe timeout", s.initial_probe_timeout)?;
+        if s.max_probe_timeout < s.min_probe_timeout {
+            return Err(ConfigError::Conflict(
+                "the maximum probe timeout must not be below the minimum",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -237,6 +246,13 @@ impl ClientConfig {
                 "the shortest retransmission timeout is longer than the longest",
             ));
         }
+        if self.handshake_timeout >= self.session.idle_timeout {
+            return Err(ConfigError::Conflict(
+                "the handshake timeout must be shorter than the session idle timeout: a server \
+                 drops a half-open session (INIT answered, no DATA yet) after its idle timeout, \
+                 and an INIT retried past that is a replay it never answers (R10)",
+            ));
+        }
         if self.probe_size < crate::PROBE_MIN_LEN || self.probe_size > crate::MAX_DATAGRAM_LEN {
             return Err(ConfigError::Conflict(
                 "probes are padded to between PROBE_MIN_LEN and MAX_DATAGRAM_LEN bytes",
@@ -338,6 +354,7 @@ mod tests {
             b().session(SessionConfig {
                 keepalive_interval: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(5),
+                ..SessionConfig::default()
             })
             .build(),
             Err(ConfigError::Conflict(_))
@@ -402,5 +419,37 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(ok.fanout, Some(3));
+    }
+
+    #[test]
+    fn r10_an_init_may_not_be_retried_past_the_idle_timeout_that_ends_its_half_open_session() {
+        let b = || ClientConfig::builder([key().public()]);
+        // The default session idle timeout is 5 s: a handshake timeout of 5 s or more would
+        // retry an INIT whose half-open session the server has already ended.
+        for secs in [5, 10] {
+            let err = b()
+                .handshake_timeout(Duration::from_secs(secs))
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Conflict(m) if m.contains("half-open")),
+                "{err:?}"
+            );
+        }
+        assert!(
+            b().handshake_timeout(Duration::from_secs(4))
+                .build()
+                .is_ok()
+        );
+        // A longer idle timeout allows a longer handshake.
+        assert!(
+            b().handshake_timeout(Duration::from_secs(10))
+                .session(SessionConfig {
+                    idle_timeout: Duration::from_secs(30),
+                    ..SessionConfig::default()
+                })
+                .build()
+                .is_ok()
+        );
     }
 }

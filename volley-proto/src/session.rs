@@ -60,6 +60,9 @@ pub enum CloseReason {
     Remote(CloseCode),
     /// Nothing authentic arrived for the idle timeout: the peer is gone.
     IdleTimeout,
+    /// This side sent and heard nothing back, through every liveness probe (R9): the peer is
+    /// gone (crashed, partitioned), detected in a time scaled by the measured RTT.
+    Unresponsive,
     /// The packet counter reached [`MAX_COUNTER`].
     CounterExhausted,
     /// The selected server refused the session (REDIRECT: full or under load).
@@ -102,13 +105,25 @@ pub enum DataDrop {
     Closed,
 }
 
-/// Keepalive and idle timers.
+/// Keepalive, idle and liveness timers.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
     /// Send a PING when nothing has arrived for this long (and again each interval). Default 1 s.
     pub keepalive_interval: Duration,
     /// Declare the peer gone when nothing authentic arrived for this long. Default 5 s.
     pub idle_timeout: Duration,
+    /// Liveness (R9): when a datagram was sent and nothing authentic has arrived for one probe
+    /// timeout (PTO), send a PING, and again every PTO; after this many unanswered probes the
+    /// peer is gone ([`CloseReason::Unresponsive`]). 0 turns liveness checks off. Default 12.
+    pub liveness_probes: u32,
+    /// The PTO's floor. PTO = smoothed RTT + 4 × its variation (RFC 6298), between this and
+    /// [`SessionConfig::max_probe_timeout`]. Default 50 ms.
+    pub min_probe_timeout: Duration,
+    /// The PTO's ceiling. Default 1 s.
+    pub max_probe_timeout: Duration,
+    /// The PTO before any RTT is known (a client's session starts with its handshake time as
+    /// the first sample; a server's with none). Default 200 ms.
+    pub initial_probe_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -116,6 +131,10 @@ impl Default for SessionConfig {
         Self {
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
+            liveness_probes: 12,
+            min_probe_timeout: Duration::from_millis(50),
+            max_probe_timeout: Duration::from_secs(1),
+            initial_probe_timeout: Duration::from_millis(200),
         }
     }
 }
@@ -213,8 +232,10 @@ pub struct SessionStats {
     pub dropped_replay: u64,
     /// Dropped: malformed frame inside an authentic packet.
     pub dropped_bad_frame: u64,
-    /// PINGs sent.
+    /// PINGs sent (keepalives and liveness probes).
     pub pings_sent: u64,
+    /// Of those, liveness probes: PINGs sent because a datagram went unanswered (R9).
+    pub liveness_probes: u64,
 }
 
 /// An established, encrypted session with one peer.
@@ -232,6 +253,38 @@ pub struct Session {
     outgoing: VecDeque<Outgoing>,
     closed: Option<CloseReason>,
     stats: SessionStats,
+    /// R9: RTT estimate from PING → PONG (and, on a client, the handshake).
+    rtt: RttEstimate,
+    /// When the first datagram went out since the last authentic packet arrived.
+    unanswered_since: Option<Instant>,
+    /// Liveness probes sent in this silence, and when the last went out.
+    probes: u32,
+    last_probe: Option<Instant>,
+    /// When the oldest unanswered PING went out (an RTT sample when its PONG comes).
+    ping_sent: Option<Instant>,
+}
+
+/// Smoothed RTT and its variation (RFC 6298), in microseconds; none until the first sample.
+#[derive(Debug, Clone, Copy, Default)]
+struct RttEstimate {
+    srtt_us: Option<u64>,
+    rttvar_us: u64,
+}
+
+impl RttEstimate {
+    fn sample(&mut self, rtt: Duration) {
+        let r = rtt.as_micros().min(u128::from(u32::MAX)) as u64;
+        match self.srtt_us {
+            None => {
+                self.srtt_us = Some(r);
+                self.rttvar_us = r / 2;
+            }
+            Some(srtt) => {
+                self.rttvar_us = (3 * self.rttvar_us + srtt.abs_diff(r)) / 4;
+                self.srtt_us = Some((7 * srtt + r) / 8);
+            }
+        }
+    }
 }
 
 impl Session {
@@ -258,7 +311,45 @@ impl Session {
             outgoing: VecDeque::new(),
             closed: None,
             stats: SessionStats::default(),
+            rtt: RttEstimate::default(),
+            unanswered_since: None,
+            probes: 0,
+            last_probe: None,
+            ping_sent: None,
         }
+    }
+
+    /// Feeds an RTT measured outside the session (a client's handshake time).
+    pub fn rtt_sample(&mut self, rtt: Duration) {
+        self.rtt.sample(rtt);
+    }
+
+    /// The smoothed RTT, once measured.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt_us.map(Duration::from_micros)
+    }
+
+    /// The liveness probe timeout now (R9): smoothed RTT + 4 × variation, clamped; the initial
+    /// value before any sample.
+    pub fn probe_timeout(&self) -> Duration {
+        let c = &self.config;
+        match self.rtt.srtt_us {
+            None => c.initial_probe_timeout,
+            Some(srtt) => Duration::from_micros(srtt + 4 * self.rtt.rttvar_us.max(250)),
+        }
+        .clamp(
+            c.min_probe_timeout,
+            c.max_probe_timeout.max(c.min_probe_timeout),
+        )
+    }
+
+    /// When the next liveness step is due: the first probe, the next one, or the verdict.
+    fn liveness_deadline(&self) -> Option<Instant> {
+        if self.config.liveness_probes == 0 {
+            return None;
+        }
+        let since = self.unanswered_since?;
+        Some(self.last_probe.unwrap_or(since) + self.probe_timeout())
     }
 
     /// The stream keys of this session for a side in `role` (D2, `crate::stream`).
@@ -385,6 +476,10 @@ impl Session {
         self.stats.packets_received += 1;
         self.last_recv = now;
         self.next_ping = now + self.config.keepalive_interval;
+        // Heard from the peer: whatever went unanswered is answered.
+        self.unanswered_since = None;
+        self.probes = 0;
+        self.last_probe = None;
         let (&ty, body) = buf.split_first().ok_or(DataDrop::BadFrame)?;
         match (ty, body.len()) {
             (frame::DATAGRAM, _) => {
@@ -400,7 +495,12 @@ impl Session {
                 }
                 Ok(Delivered::Keepalive)
             }
-            (frame::PONG, 0) => Ok(Delivered::Keepalive),
+            (frame::PONG, 0) => {
+                if let Some(sent) = self.ping_sent.take() {
+                    self.rtt.sample(now.saturating_duration_since(sent));
+                }
+                Ok(Delivered::Keepalive)
+            }
             (frame::CLOSE, 2) => {
                 let code = CloseCode(u16::from_be_bytes([body[0], body[1]]));
                 self.closed = Some(CloseReason::Remote(code));
@@ -420,10 +520,10 @@ impl Session {
         if self.closed.is_some() {
             return None;
         }
-        Some(
-            self.next_ping
-                .min(self.last_recv + self.config.idle_timeout),
-        )
+        let t = self
+            .next_ping
+            .min(self.last_recv + self.config.idle_timeout);
+        Some(self.liveness_deadline().map_or(t, |l| l.min(t)))
     }
 
     /// Fires timers due at `now`. Returns the reason if the session just died of idleness.
@@ -435,6 +535,22 @@ impl Session {
             self.closed = Some(CloseReason::IdleTimeout);
             self.outgoing.clear();
             return self.closed;
+        }
+        if self.liveness_deadline().is_some_and(|t| now >= t) {
+            if self.probes >= self.config.liveness_probes {
+                self.closed = Some(CloseReason::Unresponsive);
+                self.outgoing.clear();
+                return self.closed;
+            }
+            self.probes += 1;
+            self.last_probe = Some(now);
+            if self.outgoing.len() < MAX_SEND_QUEUE {
+                self.outgoing.push_back(Outgoing::Ping);
+                self.stats.pings_sent += 1;
+                self.stats.liveness_probes += 1;
+            }
+            // A probe stands in for the keepalive.
+            self.next_ping = now + self.config.keepalive_interval;
         }
         if now >= self.next_ping {
             self.next_ping = now + self.config.keepalive_interval;
@@ -448,7 +564,7 @@ impl Session {
 
     /// Writes the next DATA packet into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes); returns its
     /// length, or None when nothing is queued. Call until None after every input.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         loop {
             let out = self.outgoing.pop_front()?;
             if self.next_counter >= MAX_COUNTER {
@@ -498,6 +614,14 @@ impl Session {
             match self.keys.seal(header.counter, head, body, len) {
                 Ok(n) => {
                     self.next_counter += 1;
+                    match &out {
+                        // A datagram wants an answer (of some kind) within a PTO (R9).
+                        Outgoing::Datagram(_) if self.unanswered_since.is_none() => {
+                            self.unanswered_since = Some(now);
+                        }
+                        Outgoing::Ping if self.ping_sent.is_none() => self.ping_sent = Some(now),
+                        _ => {}
+                    }
                     self.stats.packets_sent += 1;
                     return Some(h + n);
                 }
@@ -561,7 +685,7 @@ mod tests {
     ) -> Vec<Result<Delivered, DataDrop>> {
         let mut out = vec![];
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        while let Some(n) = from.poll_transmit(&mut buf) {
+        while let Some(n) = from.poll_transmit(now, &mut buf) {
             let crate::packet::Packet::Data(h, ct) =
                 crate::packet::Packet::decode(&buf[..n]).unwrap()
             else {
@@ -600,7 +724,7 @@ mod tests {
         let (mut a, mut b) = pair(t0);
         a.send_datagram(&[7u8; 100]).unwrap();
         let mut small = [0u8; 64];
-        assert_eq!(a.poll_transmit(&mut small), None);
+        assert_eq!(a.poll_transmit(t0, &mut small), None);
         assert_eq!(
             deliver(&mut a, &mut b, t0),
             vec![Ok(Delivered::Datagram(vec![7u8; 100].into()))]
@@ -633,7 +757,7 @@ mod tests {
         let (mut a, mut b) = pair(t0);
         a.send_datagram(b"secret").unwrap();
         let mut buf = [0u8; MAX_DATAGRAM_LEN];
-        let n = a.poll_transmit(&mut buf).unwrap();
+        let n = a.poll_transmit(t0, &mut buf).unwrap();
         assert!(
             !buf[..n].windows(6).any(|w| w == b"secret"),
             "plaintext on the wire"

@@ -19,6 +19,7 @@ fn fast_session() -> SessionConfig {
     SessionConfig {
         keepalive_interval: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(600),
+        ..SessionConfig::default()
     }
 }
 
@@ -58,6 +59,8 @@ impl Fleet {
     fn client(&self) -> Client {
         let mut cfg = ClientConfig::new(vec![self.key.public()]);
         cfg.session = fast_session();
+        // Shorter than the fast idle timeout (R10: an INIT is not retried past it).
+        cfg.handshake_timeout = Duration::from_millis(500);
         Client::new(cfg)
     }
 
@@ -286,6 +289,8 @@ async fn serve(
 fn client_for(key: &StaticKeypair, policy: SelectionPolicy) -> Client {
     let mut cfg = ClientConfig::new(vec![key.public()]);
     cfg.session = fast_session();
+    // Shorter than the fast idle timeout (R10: an INIT is not retried past it).
+    cfg.handshake_timeout = Duration::from_millis(500);
     cfg.policy = policy;
     Client::new(cfg)
 }
@@ -781,6 +786,7 @@ async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
     let slow = SessionConfig {
         keepalive_interval: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
+        ..SessionConfig::default()
     };
     let mut cfg = ServerConfig::new(key.clone());
     cfg.session = slow;
@@ -873,6 +879,8 @@ async fn c1_one_client_endpoint_serves_every_connection_from_one_socket() {
     let own_addr = own.local_addr().unwrap();
     let mut ccfg = ClientConfig::new(vec![key.public()]);
     ccfg.session = fast_session();
+    // Shorter than the fast idle timeout (R10: an INIT is not retried past it).
+    ccfg.handshake_timeout = Duration::from_millis(500);
     let byo = Client::with_socket(ccfg, own).unwrap();
     let _s = timeout(BOUND, byo.connect(&pool)).await.unwrap().unwrap();
     let s = loop {

@@ -46,6 +46,10 @@ const WARM_UP: usize = 1_000;
 const IDLE: volley::SessionConfig = volley::SessionConfig {
     keepalive_interval: Duration::from_secs(15),
     idle_timeout: Duration::from_secs(60),
+    liveness_probes: 12,
+    min_probe_timeout: Duration::from_millis(50),
+    max_probe_timeout: Duration::from_secs(1),
+    initial_probe_timeout: Duration::from_millis(200),
 };
 /// Connects in flight. Kept below what fills two receive batches at once: a server whose socket
 /// backs up while handshakes are active engages its per-source INIT limit (PROTOCOL.md §7.7),

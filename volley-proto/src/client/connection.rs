@@ -880,7 +880,7 @@ impl Connection {
     }
 
     /// Writes the next datagram to send into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes).
-    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         match &mut self.state {
             State::ExpectOffer(race) => race.poll_transmit(buf),
             State::ExpectAccept(hs) => {
@@ -899,7 +899,7 @@ impl Connection {
             }
             State::Established { session, server } => {
                 let destination = *server;
-                match session.poll_transmit(buf) {
+                match session.poll_transmit(now, buf) {
                     Some(size) => Some(Transmit {
                         destination,
                         size,
@@ -982,7 +982,7 @@ impl Connection {
                 let server = *server;
                 if let Some(reason) = session.handle_timeout(now) {
                     debug!(%server, ?reason, "server lost");
-                    if reason == CloseReason::IdleTimeout {
+                    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Unresponsive) {
                         // The server went silent under the session (L7).
                         self.report_failure(now, server);
                     }

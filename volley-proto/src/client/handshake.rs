@@ -116,7 +116,7 @@ impl ExpectAccept {
         let mut payload = [0u8; MAX_NOISE_LEN];
         let (n, keys) = self.noise.finish(noise, &mut payload).ok()?;
         let remote_id = <[u8; 4]>::try_from(payload.get(..n)?).ok()?;
-        let session = Session::new(
+        let mut session = Session::new(
             now,
             self.local_id,
             u32::from_be_bytes(remote_id),
@@ -124,6 +124,11 @@ impl ExpectAccept {
             keys,
             config,
         );
+        if !self.retransmitted {
+            // INIT → ACCEPT is one round trip (plus the server's handshake): the session's first
+            // RTT sample, for its liveness checks (R9).
+            session.rtt_sample(now.saturating_duration_since(self.started));
+        }
         Some(Accepted {
             session,
             server: self.server,

@@ -337,8 +337,10 @@ impl ServerEndpoint {
                 .session
                 .close_reason()
                 .unwrap_or(CloseReason::IdleTimeout);
-            if reason == CloseReason::IdleTimeout {
-                self.stats.sessions_idle_timeout += 1;
+            match reason {
+                CloseReason::IdleTimeout => self.stats.sessions_idle_timeout += 1,
+                CloseReason::Unresponsive => self.stats.sessions_unresponsive += 1,
+                _ => {}
             }
             self.stats.sessions_closed += 1;
             if self.config.count_sessions {
@@ -408,7 +410,7 @@ impl ServerEndpoint {
             let Some(served) = self.sessions.get_mut(id) else {
                 continue;
             };
-            if let Some(size) = served.session.poll_transmit(buf) {
+            if let Some(size) = served.session.poll_transmit(now, buf) {
                 let destination = served.session.remote();
                 let source = served.local;
                 self.sessions.unpop_ready(id);

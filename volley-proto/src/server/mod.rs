@@ -182,6 +182,8 @@ pub struct ServerStats {
     pub sessions_closed: u64,
     /// Sessions ended by idle timeout.
     pub sessions_idle_timeout: u64,
+    /// Sessions ended because the client stopped answering liveness probes (R9).
+    pub sessions_unresponsive: u64,
     /// DATA for no known session.
     pub data_unknown_session: u64,
     /// DATA for a session, from an address other than the session's.
@@ -200,7 +202,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 45] {
+    pub fn counters(&self) -> [(&'static str, u64); 46] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -247,6 +249,7 @@ impl ServerStats {
             ("sessions_opened", self.sessions_opened),
             ("sessions_closed", self.sessions_closed),
             ("sessions_idle_timeout", self.sessions_idle_timeout),
+            ("sessions_unresponsive", self.sessions_unresponsive),
             ("data_unknown_session", self.data_unknown_session),
             ("data_wrong_source", self.data_wrong_source),
             ("data_auth_failed", self.data_auth_failed),

@@ -369,3 +369,154 @@ fn r5_server_session_timers_fire_in_deadline_order_without_a_scan() {
     );
     assert_eq!(b.server.stats().sessions_idle_timeout, 20);
 }
+
+/// Sends a datagram every 50 ms until `done` or `limit`; returns when it stopped.
+fn send_every_50ms(
+    sim: &mut Sim,
+    c: usize,
+    limit: Duration,
+    mut done: impl FnMut(&Sim) -> bool,
+) -> bool {
+    let start = sim.now;
+    let mut n = 0u32;
+    while sim.now - start < limit {
+        let _ = sim.clients[c]
+            .conn
+            .send_datagram(format!("tick {n}").as_bytes());
+        n += 1;
+        if sim.run_until(Duration::from_millis(50), &mut done) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn r9_a_server_killed_under_a_sending_session_is_left_in_under_a_second() {
+    for seed in seeds(10) {
+        let _g = SeedGuard(seed);
+        // Servers at 5 ms one way (a 10 ms path), the client's at 0.2 ms.
+        let (mut sim, c, s) = fleet(seed);
+        for i in 0..3 {
+            sim.set_latency(server_addr(i), 5);
+        }
+        let dead = sim.servers[s].addr;
+        assert!(sim.echo(c, b"warm", Duration::from_secs(1)));
+        // A session sending every 50 ms, answered; then its server dies (kill -9: no CLOSE).
+        assert!(!send_every_50ms(
+            &mut sim,
+            c,
+            Duration::from_millis(500),
+            |_| false
+        ));
+        let killed = sim.now;
+        let echoes = |sim: &Sim| {
+            sim.clients[c]
+                .events
+                .iter()
+                .filter(|(t, e)| *t > killed && matches!(e, ClientEvent::Datagram(_)))
+                .count()
+        };
+        sim.servers[s].alive = false;
+        assert!(
+            send_every_50ms(&mut sim, c, Duration::from_secs(3), |sim| echoes(sim) > 0),
+            "replies never resumed"
+        );
+        let resumed = sim.now - killed;
+        assert!(
+            resumed < Duration::from_secs(1),
+            "replies resumed after {resumed:?}"
+        );
+        let lost = events_since(&sim, c, killed)
+            .into_iter()
+            .find(|(_, e)| matches!(e, ClientEvent::ServerLost { .. }))
+            .expect("no ServerLost");
+        assert_eq!(
+            lost.1,
+            ClientEvent::ServerLost {
+                server: dead,
+                reason: CloseReason::Unresponsive
+            }
+        );
+        assert_ne!(sim.clients[c].conn.server(), Some(dead));
+    }
+}
+
+#[test]
+fn r9_liveness_scales_with_the_measured_rtt() {
+    // The same death on a 200 ms path is detected later than on a 10 ms path, and a 10 ms path
+    // does not wait for the 5 s idle timeout.
+    let detect = |one_way_ms: u64| {
+        let mut sim = Sim::new(7);
+        let key = sim.add_servers(2, |_, _| {});
+        for i in 0..2 {
+            sim.set_latency(server_addr(i), one_way_ms);
+        }
+        let pool = sim.pool();
+        let c = sim.add_client(ClientConfig::new(vec![key]), pool);
+        sim.establish(c, Duration::from_secs(5));
+        assert!(sim.echo(c, b"warm", Duration::from_secs(5)));
+        let s = sim.server_index(sim.clients[c].conn.server().unwrap());
+        sim.servers[s].alive = false;
+        let killed = sim.now;
+        assert!(send_every_50ms(
+            &mut sim,
+            c,
+            Duration::from_secs(10),
+            |sim| {
+                sim.clients[c]
+                    .events
+                    .iter()
+                    .any(|(t, e)| *t > killed && matches!(e, ClientEvent::ServerLost { .. }))
+            }
+        ));
+        sim.now - killed
+    };
+    let fast = detect(5);
+    let slow = detect(100);
+    assert!(fast < Duration::from_millis(800), "{fast:?}");
+    assert!(slow > fast * 2, "{slow:?} against {fast:?}");
+    assert!(
+        slow < Duration::from_secs(5),
+        "{slow:?}: not the idle timeout"
+    );
+}
+
+#[test]
+fn r9_a_live_server_on_a_lossy_path_is_not_declared_dead() {
+    // 30 % loss each way for a minute of traffic every 50 ms: answers get lost, probes go out,
+    // and the session stays with its server.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c, s) = fleet(seed);
+        let server = sim.servers[s].addr;
+        let client = sim.clients[c].addr;
+        for addr in [server, client] {
+            let mut link = sim.links.get(&addr).copied().unwrap_or(sim.link);
+            link.loss = 0.3;
+            sim.links.insert(addr, link);
+        }
+        assert!(!send_every_50ms(
+            &mut sim,
+            c,
+            Duration::from_secs(60),
+            |_| false
+        ));
+        let stats = sim.clients[c].conn.stats();
+        assert_eq!(stats.failovers, 0, "seed {seed}: {stats:?}");
+        assert_eq!(sim.clients[c].conn.server(), Some(server));
+        let probes = sim.clients[c].conn.session_stats().unwrap().liveness_probes;
+        assert!(probes > 0, "lost answers must have triggered probes");
+    }
+}
+
+#[test]
+fn r9_a_session_that_does_not_send_costs_only_its_keepalives() {
+    let (mut sim, c, s) = fleet(1);
+    sim.run_for(Duration::from_secs(10));
+    let ss = sim.clients[c].conn.session_stats().unwrap();
+    assert_eq!(ss.liveness_probes, 0);
+    assert!(ss.pings_sent <= 11, "{ss:?}");
+    assert!(sim.established(c));
+    assert_eq!(sim.server_index(sim.clients[c].conn.server().unwrap()), s);
+}
