@@ -356,12 +356,13 @@ async fn exchange(
     let sent = Instant::now();
     let mut reply = None;
     // Datagrams are unreliable: send again when no reply came within a few round trips (the
-    // handshake's time measured one), doubling, until the deadline (R10).
+    // handshake's time measured one), doubling to at most 250 ms (a lost datagram is not
+    // congestion), until the deadline (R10).
     let rtt = session
         .report()
         .and_then(|r| r.handshake_time)
         .unwrap_or(Duration::from_millis(100));
-    let mut wait = (rtt * 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut wait = (rtt * 3).clamp(Duration::from_millis(30), Duration::from_millis(250));
     while Instant::now() < deadline {
         session.send(text.as_bytes()).await?;
         let until = (Instant::now() + wait).min(deadline);
@@ -369,7 +370,7 @@ async fn exchange(
             reply = Some(r?);
             break;
         }
-        wait = (wait * 2).min(Duration::from_secs(1));
+        wait = (wait * 2).min(Duration::from_millis(250));
     }
     let reply = reply.with_context(|| {
         format!(

@@ -3,5 +3,6 @@
 //! `volley-proto` state machines on a virtual clock (§3).
 
 pub mod bench;
+pub mod chaos;
 pub mod select;
 pub mod sim;

@@ -22,6 +22,10 @@ enum Command {
     /// Datapath benchmark: bare batched echo vs volley's responder, forged-INIT floods and
     /// encrypted DATA echo, server and generator pinned to one CPU each.
     Bench(volley_lab::bench::BenchArgs),
+    /// Faults on real sockets (BENCHMARKS.md §5): `volley serve` processes behind seeded UDP
+    /// fault relays (delay, jitter, loss, duplication, blackhole), connects cold and warm, and a
+    /// server killed, stopped and partitioned under a session.
+    Chaos(volley_lab::chaos::ChaosArgs),
     /// Discrete-event simulator driving the real volley-proto state machines: the supermarket
     /// check, then volley's policies at 10,000 servers.
     Sim(volley_lab::sim::SimArgs),
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Select(args) => volley_lab::select::run(args),
         Command::Sim(args) => volley_lab::sim::run(args),
         Command::Bench(args) => volley_lab::bench::run(args),
+        Command::Chaos(args) => volley_lab::chaos::run(args),
         Command::MemoryServer => volley_lab::bench::memory::serve_child(),
     }
 }
