@@ -12,6 +12,7 @@ mod responder;
 mod retransmit;
 mod session_life;
 mod signal;
+mod stateful;
 #[allow(dead_code)]
 pub mod util;
 mod vectors;
