@@ -260,8 +260,11 @@ pub struct Session {
     /// Liveness probes sent in this silence, and when the last went out.
     probes: u32,
     last_probe: Option<Instant>,
-    /// When the oldest unanswered PING went out (an RTT sample when its PONG comes).
+    /// When the only unanswered PING went out (an RTT sample when its PONG comes).
     ping_sent: Option<Instant>,
+    /// Another PING went out before a PONG came: the next PONG's sample would be ambiguous
+    /// (Karn's rule), so it is not taken.
+    ping_ambiguous: bool,
 }
 
 /// Smoothed RTT and its variation (RFC 6298), in microseconds; none until the first sample.
@@ -316,6 +319,7 @@ impl Session {
             probes: 0,
             last_probe: None,
             ping_sent: None,
+            ping_ambiguous: false,
         }
     }
 
@@ -496,9 +500,12 @@ impl Session {
                 Ok(Delivered::Keepalive)
             }
             (frame::PONG, 0) => {
-                if let Some(sent) = self.ping_sent.take() {
+                if let Some(sent) = self.ping_sent.take()
+                    && !self.ping_ambiguous
+                {
                     self.rtt.sample(now.saturating_duration_since(sent));
                 }
+                self.ping_ambiguous = false;
                 Ok(Delivered::Keepalive)
             }
             (frame::CLOSE, 2) => {
@@ -619,7 +626,12 @@ impl Session {
                         Outgoing::Datagram(_) if self.unanswered_since.is_none() => {
                             self.unanswered_since = Some(now);
                         }
-                        Outgoing::Ping if self.ping_sent.is_none() => self.ping_sent = Some(now),
+                        Outgoing::Ping => {
+                            if self.ping_sent.is_some() {
+                                self.ping_ambiguous = true;
+                            }
+                            self.ping_sent = Some(now);
+                        }
                         _ => {}
                     }
                     self.stats.packets_sent += 1;
@@ -716,6 +728,37 @@ mod tests {
             Some(CloseReason::IdleTimeout)
         );
         assert_eq!(a.send_datagram(b"x"), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn r9_rtt_samples_come_from_unambiguous_ping_pong_round_trips() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        assert_eq!(a.srtt(), None);
+        // A keepalive PING answered 10 ms later: the first sample.
+        let t1 = t0 + Duration::from_secs(1);
+        a.handle_timeout(t1);
+        deliver(&mut a, &mut b, t1);
+        let t2 = t1 + Duration::from_millis(10);
+        deliver(&mut b, &mut a, t2);
+        assert_eq!(a.srtt(), Some(Duration::from_millis(10)));
+        // A PING lost, a second sent a second later, its PONG after 500 ms: which PING does it
+        // answer? Ambiguous, so no sample (Karn's rule).
+        let t3 = t2 + Duration::from_secs(1);
+        a.handle_timeout(t3);
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        while a.poll_transmit(t3, &mut buf).is_some() {}
+        let t4 = t3 + Duration::from_secs(1);
+        a.handle_timeout(t4);
+        deliver(&mut a, &mut b, t4);
+        deliver(&mut b, &mut a, t4 + Duration::from_millis(500));
+        assert_eq!(a.srtt(), Some(Duration::from_millis(10)));
+        // The next clean round trip samples again.
+        let t5 = t4 + Duration::from_millis(1_500);
+        a.handle_timeout(t5);
+        deliver(&mut a, &mut b, t5);
+        deliver(&mut b, &mut a, t5 + Duration::from_millis(18));
+        assert_eq!(a.srtt(), Some(Duration::from_millis(11)));
     }
 
     #[test]
