@@ -217,7 +217,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let client = Client::new(config);
     let started = Instant::now();
+    // The race's own deadline is the same length but starts a moment later; the margin lets a
+    // race that got no offer fail with its own diagnosis (no answer, unpinned key) first.
     let deadline = started + Duration::from_secs_f64(args.timeout.unwrap_or(3.0));
+    let connect_deadline = deadline + Duration::from_millis(50);
     // Race again after a handshake that timed out, while the deadline allows (R10).
     let connected = loop {
         let attempt = async {
@@ -226,9 +229,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => client.connect(&args.servers).await.map(|s| vec![s]),
             }
         };
-        match tokio::time::timeout_at(deadline.into(), attempt).await {
+        match tokio::time::timeout_at(connect_deadline.into(), attempt).await {
             Err(_) => bail!(
-                "no session within {} s (--timeout; {} server(s) probed)",
+                "no session within {} s (--timeout; {} server(s) probed; check addresses, \
+                 --server-key and --service)",
                 args.timeout.unwrap_or(3.0),
                 args.servers.len()
             ),

@@ -276,3 +276,24 @@ fn r10_connect_timeout_bounds_the_whole_command_send_included() {
     assert!(took < Duration::from_millis(2_900), "took {took:?}");
     assert!(took >= Duration::from_secs(2), "gave up early: {took:?}");
 }
+
+#[test]
+fn r10_connect_to_a_silent_address_says_no_server_answered_within_the_timeout() {
+    // Nothing listens there: the race's own diagnosis, within --timeout, not a generic timeout.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let out = run(&[
+        "connect",
+        "--server-key",
+        &"1".repeat(64),
+        "--timeout",
+        "1",
+        &addr,
+    ]);
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no server answered within 1s"), "{err}");
+    assert!(took < Duration::from_millis(1_900), "took {took:?}");
+}
