@@ -394,7 +394,9 @@ impl std::fmt::Debug for SessionKeys {
     }
 }
 
-fn nonce(counter: u64) -> Nonce {
+/// The 96-bit nonce of a counter: 32 zero bits, then the counter little-endian (DATA, §4.6,
+/// and stream records, §13.3).
+pub(crate) fn nonce(counter: u64) -> Nonce {
     // Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());

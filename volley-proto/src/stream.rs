@@ -18,11 +18,12 @@
 
 use std::net::SocketAddr;
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{self, Aad, LessSafeKey, UnboundKey};
 use ring::hkdf;
 use thiserror::Error;
 
 use crate::AEAD_TAG_LEN;
+use crate::crypto::nonce;
 
 /// The first four bytes of a stream HELLO: `VLYS`.
 pub const STREAM_MAGIC: [u8; 4] = *b"VLYS";
@@ -92,13 +93,6 @@ fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
         .and_then(|okm| okm.fill(&mut out))
         .expect("32 bytes is within HKDF-SHA256's limit");
     out
-}
-
-fn nonce(counter: u64) -> Nonce {
-    // As DATA's encoding: 32 zero bits, then the counter little-endian (96 bits, GCM's nonce).
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(n)
 }
 
 fn bind(key: &[u8; 32]) -> LessSafeKey {

@@ -48,6 +48,7 @@ use volley::{Client, ClientConfig, PublicKey, Server, ServerConfig, StaticKeypai
 use super::{busy, median_min_max, thread_cpu_us};
 use crate::select::cpu::proc_stat;
 use crate::select::pin_to;
+use crate::sim::stats::quantile_sorted;
 
 /// Arguments of `volley-lab bench proxy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -528,15 +529,7 @@ async fn run_case(
         counted.ops as f64 / secs
     };
     counted.latencies.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        if counted.latencies.is_empty() {
-            f64::NAN
-        } else {
-            let i = ((p * counted.latencies.len() as f64).ceil() as usize)
-                .clamp(1, counted.latencies.len());
-            counted.latencies[i - 1]
-        }
-    };
+    let q = |p: f64| quantile_sorted(&counted.latencies, p);
     Ok(ProxyCaseResult {
         case: case.to_string(),
         rep,

@@ -32,6 +32,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use volley::{Client, ClientConfig, PublicKey};
 
+use crate::sim::stats::quantile_sorted;
 use relay::{Netem, Relay};
 
 /// Arguments of `volley-lab chaos`.
@@ -135,14 +136,6 @@ fn spawn_serve(volley: &Path, key: &Path, addr: SocketAddr) -> anyhow::Result<Se
     // Keep reading so that its load lines never fill the pipe.
     std::thread::spawn(move || for _ in lines {});
     Ok(ServeProcess { child, addr })
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[i - 1]
 }
 
 /// Runs the measurement and writes `results.md` and `results.json` into `args.out`.
@@ -319,9 +312,9 @@ fn cell(
         loss_pct: loss,
         connects,
         ok,
-        p50_ms: percentile(&times, 0.5),
-        p90_ms: percentile(&times, 0.9),
-        p99_ms: percentile(&times, 0.99),
+        p50_ms: quantile_sorted(&times, 0.5),
+        p90_ms: quantile_sorted(&times, 0.9),
+        p99_ms: quantile_sorted(&times, 0.99),
         max_ms: times.last().copied().unwrap_or(f64::NAN),
         misrouted,
     }
@@ -568,7 +561,7 @@ fn report(args: &ChaosArgs, r: &Results) -> String {
         s.push_str(&format!(
             "| {case} | {} | {:.0} ms | {:.0} ms | {never} |\n",
             v.len() + never,
-            percentile(&v, 0.5),
+            quantile_sorted(&v, 0.5),
             v.last().copied().unwrap_or(f64::NAN)
         ));
     }
