@@ -26,6 +26,10 @@ enum Command {
     /// fault relays (delay, jitter, loss, duplication, blackhole), connects cold and warm, and a
     /// server killed, stopped and partitioned under a session.
     Chaos(volley_lab::chaos::ChaosArgs),
+    /// The long run (BENCHMARKS.md §5): `volley serve` processes, library clients and a
+    /// `volley proxy` at moderate load for --minutes, with restarts and key rotations; memory,
+    /// descriptors, sessions, failovers and counter consistency over time, and a plot.
+    Soak(volley_lab::soak::SoakArgs),
     /// Discrete-event simulator driving the real volley-proto state machines: the supermarket
     /// check, then volley's policies at 10,000 servers.
     Sim(volley_lab::sim::SimArgs),
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => volley_lab::sim::run(args),
         Command::Bench(args) => volley_lab::bench::run(args),
         Command::Chaos(args) => volley_lab::chaos::run(args),
+        Command::Soak(args) => volley_lab::soak::run(args),
         Command::MemoryServer => volley_lab::bench::memory::serve_child(),
     }
 }

@@ -27,14 +27,14 @@ struct ServerCollector(ServerHandle);
 
 impl Collector for ServerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self.0.stats();
+        // One snapshot for everything, so that the counters and the gauges agree.
+        let (stats, load, delays) = self.0.snapshot();
         for (name, value) in stats.counters() {
             let help = format!("volley server counter {name} (volley::ServerStats::{name})");
             let full = format!("volley_server_{name}");
             let metric = encoder.encode_descriptor(&full, &help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;
         }
-        let load = self.0.load();
         let gauges: [(&str, &str, f64); 8] = [
             ("sessions", "Sessions open", f64::from(load.sessions)),
             (
@@ -78,7 +78,6 @@ impl Collector for ServerCollector {
             let metric = encoder.encode_descriptor(&full, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(metric)?;
         }
-        let delays = self.0.answer_delays();
         let mut buckets: Vec<(f64, u64)> = ANSWER_DELAY_BOUNDS_US
             .iter()
             .zip(delays.buckets)

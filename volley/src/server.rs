@@ -67,6 +67,13 @@ impl ServerHandle {
         self.shared.published().stats
     }
 
+    /// Counters, load and answer delays from one published snapshot (so that, say,
+    /// `sessions_opened - sessions_closed` is the `sessions` of the same moment).
+    pub(crate) fn snapshot(&self) -> (ServerStats, ServerLoad, volley_proto::server::AnswerDelays) {
+        let p = self.shared.published();
+        (p.stats, p.load, p.answer_delays)
+    }
+
     /// See [`Server::answer_delays`].
     pub fn answer_delays(&self) -> volley_proto::server::AnswerDelays {
         self.shared.published().answer_delays

@@ -105,10 +105,12 @@ struct Results {
     failures: Vec<Failure>,
 }
 
-/// A `volley serve` process, killed when dropped.
-struct ServeProcess {
-    child: Child,
-    addr: SocketAddr,
+/// A `volley serve` (or `volley proxy`) process, killed when dropped.
+pub(crate) struct ServeProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    /// Its metrics endpoint, when it was started with `--metrics`.
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 impl Drop for ServeProcess {
@@ -119,9 +121,25 @@ impl Drop for ServeProcess {
 }
 
 fn spawn_serve(volley: &Path, key: &Path, addr: SocketAddr) -> anyhow::Result<ServeProcess> {
+    let mut args = vec![
+        "serve".into(),
+        "--listen".into(),
+        addr.to_string(),
+        "--key".into(),
+    ];
+    args.push(key.display().to_string());
+    spawn_volley(volley, &args, addr)
+}
+
+/// Runs `volley ARGS…` and waits for its start-up lines: the one saying it listens and, when
+/// `--metrics` is among the arguments, the one naming the metrics address.
+pub(crate) fn spawn_volley(
+    volley: &Path,
+    args: &[String],
+    addr: SocketAddr,
+) -> anyhow::Result<ServeProcess> {
     let mut child = Command::new(volley)
-        .args(["serve", "--listen", &addr.to_string(), "--key"])
-        .arg(key)
+        .args(args)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -129,13 +147,26 @@ fn spawn_serve(volley: &Path, key: &Path, addr: SocketAddr) -> anyhow::Result<Se
         .with_context(|| format!("cannot run {}", volley.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    if !first.contains("listening on") {
-        bail!("volley serve on {addr} did not start: {first}");
+    let want_metrics = args.iter().any(|a| a == "--metrics");
+    let (mut listening, mut metrics) = (false, None);
+    while !listening || (want_metrics && metrics.is_none()) {
+        let Some(line) = lines.next().transpose()? else {
+            bail!("volley {} on {addr} did not start", args.join(" "));
+        };
+        if line.contains("listening on") || line.contains(" → ") {
+            listening = true;
+        }
+        if let Some(rest) = line.split("metrics at http://").nth(1) {
+            metrics = rest.trim_end_matches("/metrics").parse().ok();
+        }
     }
     // Keep reading so that its load lines never fill the pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(ServeProcess { child, addr })
+    Ok(ServeProcess {
+        child,
+        addr,
+        metrics,
+    })
 }
 
 /// Runs the measurement and writes `results.md` and `results.json` into `args.out`.
@@ -175,7 +206,8 @@ struct Fleet {
     public: PublicKey,
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// A free loopback UDP port (bound and released: a restarted server reuses it).
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
@@ -321,7 +353,11 @@ fn cell(
 }
 
 /// Sends `text` and waits for its echo, resending at RTT-scaled intervals until `deadline`.
-async fn exchange(session: &mut volley::Session, text: &[u8], deadline: Instant) -> bool {
+pub(crate) async fn exchange(
+    session: &mut volley::Session,
+    text: &[u8],
+    deadline: Instant,
+) -> bool {
     let rtt = session
         .report()
         .and_then(|r| r.handshake_time)
