@@ -728,11 +728,22 @@ impl Connection {
             state.draw_session_id(&mut *self.rng)
         };
         self.session_id = Some(local_id);
-        let rto = self.shared().handshakes().rto(
-            self.config.init_rto,
-            self.config.min_rto,
-            self.config.race.max_rto,
-        );
+        // Before any handshake is timed, the answer times stand in (the race just measured
+        // this path: an offer's answer time is its round trip plus the server's answer delay,
+        // never less than the round trip), and only then the cold-start value (R10).
+        let rto = {
+            let shared = self.shared();
+            let estimator = if shared.handshakes().smoothed().is_some() {
+                shared.handshakes()
+            } else {
+                shared.answers()
+            };
+            estimator.rto(
+                self.config.init_rto,
+                self.config.min_rto,
+                self.config.race.max_rto,
+            )
+        };
         let server = w.server;
         match ExpectAccept::start(
             now,

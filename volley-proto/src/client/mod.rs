@@ -84,8 +84,9 @@ pub struct ClientConfig {
     /// once offers have come back, the first retransmission follows the answer times measured
     /// (L6, [`pool`]).
     pub race: RaceTimers,
-    /// INIT retransmission before any handshake was timed: first after this long, doubling up
-    /// to `race.max_rto`. Default 250 ms. Once handshakes are timed, the measured value applies.
+    /// INIT retransmission before anything was timed: first after this long, doubling up to
+    /// `race.max_rto`. Default 250 ms. Once handshakes are timed, the measured value applies;
+    /// before that, the value from the measured answer times (the race's own, usually).
     pub init_rto: Duration,
     /// The shortest measured retransmission timeout, for probes and INITs. Default 20 ms: above
     /// the longest default paced delay (10 ms) plus a LAN round trip, so that a busy server's

@@ -9,7 +9,9 @@
 //! handshake times (INIT to ACCEPT) feed two estimators in the manner of RFC 6298: `srtt`,
 //! `rttvar`, and a timeout of `srtt + max(1 ms, 4 × rttvar)`, clamped to
 //! `[min_rto, max_rto]`. A race or handshake that retransmitted gives no sample (Karn's rule).
-//! Before the first sample the configured cold-start values apply (250 ms).
+//! Before the first sample the configured cold-start values apply (250 ms), except that an INIT
+//! sent before any handshake was timed takes its timeout from the answer times when they have a
+//! sample (an answer time is never shorter than the round trip).
 //!
 //! **Ejection** (in the manner of Envoy's outlier detection and Finagle's failure accrual).
 //! Failures are: a handshake that timed out or whose ACCEPT failed, a session whose server went

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::util::*;
 use crate::client::{ClientConfig, ClientEvent, ConnectError};
 use crate::packet::kind;
+use crate::server::AnswerPolicy;
 use crate::session::CloseReason;
 
 fn ms(v: u64) -> Duration {
@@ -16,6 +17,11 @@ fn ms(v: u64) -> Duration {
 
 /// The 250 ms → 1 s doubling schedule within a 3 s deadline.
 const SCHEDULE: [u64; 5] = [0, 250, 750, 1750, 2750];
+
+/// The INITs of a client whose race has just measured an answer time (R10): the first
+/// retransmission after the timeout from that sample — the 20 ms floor on the simulator's 0.4 ms
+/// round trip — doubling to 1 s, within the 3 s handshake timeout.
+const INIT_SCHEDULE: [u64; 8] = [0, 20, 60, 140, 300, 620, 1260, 2260];
 
 #[test]
 fn r1_probes_are_retransmitted_with_backoff_until_the_deadline() {
@@ -79,19 +85,22 @@ fn r1_inits_are_retransmitted_with_backoff_and_each_duplicate_gets_the_same_acce
         let inits = sim.sent_of(kind::INIT);
         let first = inits[0].at;
         let times: Vec<_> = inits.iter().map(|i| i.at - first).collect();
-        assert_eq!(times, SCHEDULE.map(ms)[..5].to_vec());
+        assert_eq!(times, INIT_SCHEDULE.map(ms).to_vec());
         assert!(
             inits.iter().all(|i| i.data == inits[0].data),
             "a retransmitted INIT changed"
         );
         let accepts = sim.sent_of(kind::ACCEPT);
-        assert_eq!(accepts.len(), 5);
+        assert_eq!(accepts.len(), INIT_SCHEDULE.len());
         assert!(
             accepts.iter().all(|a| a.data == accepts[0].data),
             "duplicate INIT got another ACCEPT"
         );
         let stats = sim.servers[0].endpoint.stats();
-        assert_eq!((stats.sessions_opened, stats.init_duplicate), (1, 4));
+        assert_eq!(
+            (stats.sessions_opened, stats.init_duplicate),
+            (1, INIT_SCHEDULE.len() as u64 - 1)
+        );
         assert_eq!(sim.servers[0].endpoint.session_count(), 1);
         assert!(sim.echo(c, b"late but fine", Duration::from_secs(1)));
     }
@@ -117,7 +126,7 @@ fn r1_a_handshake_that_never_completes_gives_up_after_its_timeout() {
         let first = inits[0].at;
         assert_eq!(
             inits.iter().map(|i| i.at - first).collect::<Vec<_>>(),
-            SCHEDULE.map(ms).to_vec()
+            INIT_SCHEDULE.map(ms).to_vec()
         );
         let server = server_addr(0);
         let tail: Vec<_> = sim.client_events(c).into_iter().rev().take(2).collect();
@@ -132,6 +141,63 @@ fn r1_a_handshake_that_never_completes_gives_up_after_its_timeout() {
             ]
         );
         assert!(sim.clients[c].conn.is_done());
+    }
+}
+
+#[test]
+fn r10_a_cold_client_times_its_first_init_from_the_race_it_just_ran() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let mut sim = Sim::new(seed);
+        // A 10 ms round trip to a server that answers at once: the race measures 10 ms.
+        sim.link = Link::ms(5);
+        let key = sim.add_servers(1, |_, cfg| cfg.answer = AnswerPolicy::Immediate);
+        let pool = sim.pool();
+        // The first INIT is lost.
+        let dropped = Rc::new(RefCell::new(false));
+        let d2 = Rc::clone(&dropped);
+        sim.filter = Some(Box::new(move |_, d| {
+            if d.data[1] == kind::INIT && !*d2.borrow() {
+                *d2.borrow_mut() = true;
+                Verdict::Drop
+            } else {
+                Verdict::Pass
+            }
+        }));
+        let c = sim.add_client(ClientConfig::new(vec![key]), pool.clone());
+        sim.establish(c, Duration::from_secs(5));
+        assert!(*dropped.borrow());
+        let inits = sim.sent_of(kind::INIT);
+        assert_eq!(inits.len(), 2);
+        // One sample x = 10 ms: srtt 10 ms, rttvar 5 ms, timeout 10 + 4 × 5 = 30 ms — not the
+        // cold 250 ms a client that had measured nothing would wait.
+        assert_eq!(inits[1].at - inits[0].at, ms(30));
+
+        // A race that retransmitted measured nothing (Karn): its INIT waits the cold 250 ms.
+        let mut sim = Sim::new(seed);
+        sim.link = Link::ms(5);
+        let key = sim.add_servers(1, |_, cfg| cfg.answer = AnswerPolicy::Immediate);
+        let pool = sim.pool();
+        let (offer_lost, init_lost) = (Rc::new(RefCell::new(false)), Rc::new(RefCell::new(false)));
+        let (o2, i2) = (Rc::clone(&offer_lost), Rc::clone(&init_lost));
+        sim.filter = Some(Box::new(move |_, d| {
+            let lost = match d.data[1] {
+                kind::OFFER => &o2,
+                kind::INIT => &i2,
+                _ => return Verdict::Pass,
+            };
+            if *lost.borrow() {
+                Verdict::Pass
+            } else {
+                *lost.borrow_mut() = true;
+                Verdict::Drop
+            }
+        }));
+        let c = sim.add_client(ClientConfig::new(vec![key]), pool);
+        sim.establish(c, Duration::from_secs(5));
+        let inits = sim.sent_of(kind::INIT);
+        assert_eq!(inits.len(), 2);
+        assert_eq!(inits[1].at - inits[0].at, ms(250));
     }
 }
 
