@@ -56,7 +56,10 @@ pub struct ChaosArgs {
     /// The deadline of each connect (and its exchange), seconds.
     #[arg(long, default_value_t = 5.0)]
     pub deadline: f64,
-    /// Rounds of each failure case.
+    /// Fleet sizes to run the connect cells with.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub servers: Vec<usize>,
+    /// Rounds of each failure case (0: none).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// The relays' seed.
@@ -88,6 +91,9 @@ pub struct Cell {
     pub max_ms: f64,
     /// Connects whose session went to a server other than one of the relays'.
     pub misrouted: usize,
+    /// Cold connects that failed: their index, how long the process ran (ms), its exit status
+    /// and the last line it wrote to stderr.
+    pub failed: Vec<(usize, f64, String, String)>,
 }
 
 /// One failure round.
@@ -249,7 +255,7 @@ fn netem(args: &ChaosArgs, loss_pct: f64) -> Netem {
 
 async fn measure(args: &ChaosArgs, volley: &Path) -> anyhow::Result<Results> {
     let mut cells = Vec::new();
-    for n in [1usize, 3] {
+    for &n in &args.servers {
         let fleet = fleet(args, volley, n).await?;
         let pool: Vec<SocketAddr> = fleet.relays.iter().map(|r| r.addr).collect();
         let client = Client::new(ClientConfig::new(vec![fleet.public]));
@@ -271,7 +277,11 @@ async fn measure(args: &ChaosArgs, volley: &Path) -> anyhow::Result<Results> {
             cells.push(warm);
         }
     }
-    let failures = failures(args, volley).await?;
+    let failures = if args.rounds > 0 {
+        failures(args, volley).await?
+    } else {
+        Vec::new()
+    };
     Ok(Results { cells, failures })
 }
 
@@ -284,6 +294,7 @@ async fn cold_cell(
 ) -> anyhow::Result<Cell> {
     let mut times = Vec::new();
     let mut ok = 0;
+    let mut failed = Vec::new();
     let key = fleet.public.to_hex();
     let deadline = format!("{}", args.deadline);
     for i in 0..args.connects {
@@ -301,6 +312,7 @@ async fn cold_cell(
         for a in pool {
             cmd.arg(a.to_string());
         }
+        let started = Instant::now();
         let out = tokio::time::timeout(Duration::from_secs_f64(args.deadline + 5.0), cmd.output())
             .await
             .context("volley connect hung past its deadline")??;
@@ -312,12 +324,26 @@ async fn cold_cell(
             .and_then(|v| v.parse::<f64>().ok());
         if out.status.success() && stdout.contains("reply:") {
             ok += 1;
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            let f = (
+                i,
+                started.elapsed().as_secs_f64() * 1e3,
+                out.status.to_string(),
+                last.unwrap_or_default().to_string(),
+            );
+            eprintln!(
+                "cold connect {} failed after {:.0} ms ({}): {}",
+                f.0, f.1, f.2, f.3
+            );
+            failed.push(f);
         }
         if let Some(ms) = connect_ms {
             times.push(ms);
         }
     }
-    Ok(cell(
+    let mut c = cell(
         "cold",
         fleet.relays.len(),
         loss,
@@ -325,7 +351,9 @@ async fn cold_cell(
         ok,
         times,
         0,
-    ))
+    );
+    c.failed = failed;
+    Ok(c)
 }
 
 fn cell(
@@ -349,6 +377,7 @@ fn cell(
         p99_ms: quantile_sorted(&times, 0.99),
         max_ms: times.last().copied().unwrap_or(f64::NAN),
         misrouted,
+        failed: Vec::new(),
     }
 }
 
@@ -579,6 +608,23 @@ fn report(args: &ChaosArgs, r: &Results) -> String {
             c.max_ms,
             c.misrouted
         ));
+    }
+    let failed: Vec<_> = r
+        .cells
+        .iter()
+        .flat_map(|c| c.failed.iter().map(move |f| (c, f)))
+        .collect();
+    if !failed.is_empty() {
+        s.push_str("\nCold connects that failed (servers, loss, index, how long the process ran, exit, its last line):\n\n");
+        for (c, (i, ms, status, line)) in failed {
+            s.push_str(&format!(
+                "- {} server(s), {} %: #{i} after {ms:.0} ms, {status}: `{line}`\n",
+                c.servers, c.loss_pct
+            ));
+        }
+    }
+    if r.failures.is_empty() {
+        return s;
     }
     s.push_str("\n## Failures (3 servers, clean path, a session sending every 50 ms)\n\nFrom the fault to the first echo after it.\n\n| case | rounds | resumed: median | max | never (10 s) |\n|---|---|---|---|---|\n");
     for case in ["kill -9", "graceful (SIGTERM)", "partition (3 s)"] {

@@ -287,16 +287,20 @@ async fn scrape(addr: SocketAddr) -> Option<HashMap<String, f64>> {
     let body = tokio::time::timeout(Duration::from_secs(2), fetch)
         .await
         .ok()??;
-    let (_, text) = body.split_once("\r\n\r\n")?;
-    Some(
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.contains('{'))
-            .filter_map(|l| {
-                let (name, value) = l.split_once(' ')?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect(),
-    )
+    let (head, text) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| parse_metrics(text))
+}
+
+/// The samples of an OpenMetrics text that carry no labels, by name.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Whether `session` is with a server of `pool` that its latest race selected.
@@ -908,4 +912,43 @@ fn report(args: &SoakArgs, r: &Results) -> String {
         r.closed_total,
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_samples_without_labels_are_read_by_name() {
+        let text = "# HELP volley_server_sessions Sessions open\n# TYPE volley_server_sessions gauge\nvolley_server_sessions 7\nvolley_server_sessions_opened_total 12\nvolley_server_answer_delay_seconds_bucket{le=\"0.001\"} 3\n# EOF\n";
+        let m = parse_metrics(text);
+        assert_eq!(m.get("volley_server_sessions"), Some(&7.0));
+        assert_eq!(m.get("volley_server_sessions_opened_total"), Some(&12.0));
+        assert_eq!(m.len(), 2, "{m:?}");
+    }
+
+    #[test]
+    fn flatness_measures_spread_and_drift_after_the_warm_up() {
+        let samples: Vec<Sample> = (0u32..12)
+            .map(|i| Sample {
+                t_s: f64::from(i),
+                lab: ProcSample {
+                    rss_kb: 1000 + u64::from(i) * 10,
+                    ..ProcSample::default()
+                },
+                ..Sample::default()
+            })
+            .collect();
+        let refs: Vec<&Sample> = samples.iter().collect();
+        let f = flatness("lab", &refs, |s| s.lab.rss_kb as f64);
+        assert_eq!((f.samples, f.min, f.max), (12, 1000.0, 1110.0));
+        // Spread: 110 over the median (1050 or 1060 by nearest rank).
+        assert!((f.spread - 110.0 / f.median).abs() < 1e-12);
+        assert!(f.median == 1050.0 || f.median == 1060.0, "{}", f.median);
+        // Drift: the last two samples' median against the first two's, about +10 %.
+        assert!(f.drift > 0.08 && f.drift < 0.12, "{}", f.drift);
+        let flat: Vec<&Sample> = samples.iter().take(1).collect();
+        let f = flatness("lab", &flat, |_| 5.0);
+        assert_eq!((f.spread, f.drift.is_nan()), (0.0, true));
+    }
 }
