@@ -403,9 +403,12 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
     let mut next_sample = start;
     let mut samples = Vec::new();
     let mut restarts: Vec<Restart> = Vec::new();
-    let (mut scrapes, mut inconsistent) = (0u64, 0u64);
-    // The last scrape of each server's current incarnation, and the totals of the ended ones.
-    let mut last_counts = vec![(0u64, 0u64); args.servers];
+    let mut tally = Tally {
+        scrapes: 0,
+        inconsistent: 0,
+        last_counts: vec![(0, 0); args.servers],
+    };
+    // The totals of each server's ended incarnations.
     let mut ended_counts = vec![(0u64, 0u64); args.servers];
     let mut k = 0usize;
     while Instant::now() < end {
@@ -420,9 +423,7 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
                 &proxy,
                 &totals,
                 restarts.len() as u64,
-                &mut scrapes,
-                &mut inconsistent,
-                &mut last_counts,
+                &mut tally,
             )
             .await;
             eprintln!(
@@ -443,7 +444,7 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
                 s.misrouted,
                 s.proxy_requests,
                 s.proxy_failures,
-                inconsistent,
+                tally.inconsistent,
             );
             samples.push(s);
         }
@@ -456,11 +457,11 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
                 "SIGTERM"
             };
             k += 1;
-            restarts.push(restart(start, &mut fleet, i, how, &mut last_counts).await?);
-            let (o, c) = last_counts[i];
+            restarts.push(restart(start, &mut fleet, i, how, &mut tally.last_counts).await?);
+            let (o, c) = tally.last_counts[i];
             ended_counts[i].0 += o;
             ended_counts[i].1 += c;
-            last_counts[i] = (0, 0);
+            tally.last_counts[i] = (0, 0);
         }
     }
     // Everyone leaves; then nothing may be left open.
@@ -476,18 +477,16 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
         &proxy,
         &totals,
         restarts.len() as u64,
-        &mut scrapes,
-        &mut inconsistent,
-        &mut last_counts,
+        &mut tally,
     )
     .await;
     samples.push(last.clone());
     let left_open = last.servers.iter().map(|s| s.sessions).collect();
     let opened_total = (0..args.servers)
-        .map(|i| ended_counts[i].0 + last_counts[i].0)
+        .map(|i| ended_counts[i].0 + tally.last_counts[i].0)
         .collect();
     let closed_total = (0..args.servers)
-        .map(|i| ended_counts[i].1 + last_counts[i].1)
+        .map(|i| ended_counts[i].1 + tally.last_counts[i].1)
         .collect();
     drop(proxy);
     drop(fleet);
@@ -518,8 +517,8 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
         proxy_flows: args.proxy_flows,
         restarts,
         flatness,
-        inconsistent_scrapes: inconsistent,
-        scrapes,
+        inconsistent_scrapes: tally.inconsistent,
+        scrapes: tally.scrapes,
         left_open,
         opened_total,
         closed_total,
@@ -527,16 +526,22 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
     })
 }
 
-#[allow(clippy::too_many_arguments)] // the run's running state, threaded through
+/// What the scrapes have found so far.
+struct Tally {
+    scrapes: u64,
+    /// Scrapes whose opened - closed was not the open sessions.
+    inconsistent: u64,
+    /// Per server: (opened, closed) at the last scrape of its current incarnation.
+    last_counts: Vec<(u64, u64)>,
+}
+
 async fn sample(
     start: Instant,
     fleet: &Fleet,
     proxy: &ServeProcess,
     totals: &Totals,
     restarts: u64,
-    scrapes: &mut u64,
-    inconsistent: &mut u64,
-    last_counts: &mut [(u64, u64)],
+    tally: &mut Tally,
 ) -> Sample {
     let mut servers = Vec::new();
     for (i, s) in fleet.servers.iter().enumerate() {
@@ -554,12 +559,12 @@ async fn sample(
             out.opened = get("volley_server_sessions_opened_total");
             out.closed = get("volley_server_sessions_closed_total");
             out.scraped = true;
-            *scrapes += 1;
+            tally.scrapes += 1;
             if out.opened.checked_sub(out.closed) != Some(out.sessions) {
-                *inconsistent += 1;
+                tally.inconsistent += 1;
                 tracing::warn!(server = i, ?out, "opened - closed is not the open sessions");
             }
-            last_counts[i] = (out.opened, out.closed);
+            tally.last_counts[i] = (out.opened, out.closed);
         }
         servers.push(out);
     }
