@@ -255,14 +255,7 @@ pub fn run(args: ProxyBenchArgs) -> anyhow::Result<()> {
     let _ = ctl.send(Ctl::Stop);
     let _ = server.join();
     let results = results?;
-    let md = report(&args, &results);
-    std::fs::write(args.out.join("results.md"), &md)?;
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    print!("{md}");
-    Ok(())
+    crate::chaos::write_results(&args.out, &report(&args, &results), &results)
 }
 
 async fn server_host(

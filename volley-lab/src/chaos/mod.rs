@@ -175,10 +175,10 @@ pub(crate) fn spawn_volley(
     })
 }
 
-/// Runs the measurement and writes `results.md` and `results.json` into `args.out`.
-pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
-    let volley = match &args.volley {
-        Some(p) => p.clone(),
+/// The `volley` binary: `given`, or the one beside this executable; it must exist.
+pub(crate) fn volley_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let volley = match given {
+        Some(p) => p.to_path_buf(),
         None => std::env::current_exe()?
             .parent()
             .context("no directory")?
@@ -189,20 +189,45 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         "{} not found: build it first (cargo build --release -p volley-cli) or pass --volley",
         volley.display()
     );
+    Ok(volley)
+}
+
+/// Writes `md` to `out/results.md` and `results` to `out/results.json`, and prints `md`.
+pub(crate) fn write_results(out: &Path, md: &str, results: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::write(out.join("results.md"), md)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)?,
+    )?;
+    print!("{md}");
+    Ok(())
+}
+
+/// The public key of the secret key file `file`, which `volley keygen` writes first if it is
+/// missing.
+pub(crate) fn keygen(volley: &Path, file: &Path) -> anyhow::Result<PublicKey> {
+    if !file.exists() {
+        let out = Command::new(volley)
+            .args(["keygen", "--out"])
+            .arg(file)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "keygen failed");
+    }
+    let out = Command::new(volley).arg("pubkey").arg(file).output()?;
+    PublicKey::from_hex(String::from_utf8_lossy(&out.stdout).trim())
+        .map_err(|e| anyhow::anyhow!("pubkey: {e}"))
+}
+
+/// Runs the measurement and writes `results.md` and `results.json` into `args.out`.
+pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let volley = volley_binary(args.volley.as_deref())?;
     std::fs::create_dir_all(&args.out)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let results = rt.block_on(measure(&args, &volley))?;
-    let md = report(&args, &results);
-    std::fs::write(args.out.join("results.md"), &md)?;
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    print!("{md}");
-    Ok(())
+    write_results(&args.out, &report(&args, &results), &results)
 }
 
 struct Fleet {
@@ -219,16 +244,7 @@ pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
 
 async fn fleet(args: &ChaosArgs, volley: &Path, n: usize) -> anyhow::Result<Fleet> {
     let key_file = args.out.join("server.key");
-    if !key_file.exists() {
-        let out = Command::new(volley)
-            .args(["keygen", "--out"])
-            .arg(&key_file)
-            .output()?;
-        anyhow::ensure!(out.status.success(), "keygen failed");
-    }
-    let out = Command::new(volley).arg("pubkey").arg(&key_file).output()?;
-    let public = PublicKey::from_hex(String::from_utf8_lossy(&out.stdout).trim())
-        .map_err(|e| anyhow::anyhow!("pubkey: {e}"))?;
+    let public = keygen(volley, &key_file)?;
     let mut servers = Vec::new();
     let mut relays = Vec::new();
     for i in 0..n {

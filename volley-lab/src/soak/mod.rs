@@ -26,17 +26,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use volley::{Client, ClientConfig, OfferFate, PublicKey, Session};
+use volley::{Client, ClientConfig, OfferFate, Session};
 
-use crate::chaos::{ServeProcess, exchange, free_port, spawn_volley};
+use crate::chaos::{
+    ServeProcess, exchange, free_port, keygen, spawn_volley, volley_binary, write_results,
+};
 use crate::sim::stats::quantile_sorted;
 
 mod plot;
@@ -111,6 +111,8 @@ pub struct ProcSample {
     pub pid: u32,
     pub rss_kb: u64,
     pub fds: u64,
+    /// CPU time used so far (user + system), seconds.
+    pub cpu_s: f64,
 }
 
 /// One server's figures at a sample.
@@ -182,6 +184,8 @@ struct Results {
     proxy_flows: usize,
     restarts: Vec<Restart>,
     flatness: Vec<Flatness>,
+    /// Share of one core per sample interval after the warm-up, per process: (name, median, max).
+    cpu: Vec<(String, f64, f64)>,
     /// Scrapes whose opened - closed was not the open sessions.
     inconsistent_scrapes: u64,
     scrapes: u64,
@@ -200,45 +204,14 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
         args.minutes > 0.0 && args.sample_every > 0.0 && args.restart_every > 0.0,
         "--minutes, --sample-every and --restart-every must be positive"
     );
-    let volley = match &args.volley {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .join("volley"),
-    };
-    anyhow::ensure!(
-        volley.exists(),
-        "{} not found: build it first (cargo build --release -p volley-cli) or pass --volley",
-        volley.display()
-    );
+    let volley = volley_binary(args.volley.as_deref())?;
     std::fs::create_dir_all(&args.out)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let results = rt.block_on(soak(&args, &volley))?;
-    let md = report(&args, &results);
-    std::fs::write(args.out.join("results.md"), &md)?;
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
-    print!("{md}");
-    Ok(())
-}
-
-fn keygen(volley: &Path, file: &Path) -> anyhow::Result<PublicKey> {
-    if !file.exists() {
-        let out = Command::new(volley)
-            .args(["keygen", "--out"])
-            .arg(file)
-            .output()?;
-        anyhow::ensure!(out.status.success(), "keygen failed");
-    }
-    let out = Command::new(volley).arg("pubkey").arg(file).output()?;
-    PublicKey::from_hex(String::from_utf8_lossy(&out.stdout).trim())
-        .map_err(|e| anyhow::anyhow!("pubkey: {e}"))
+    write_results(&args.out, &report(&args, &results), &results)
 }
 
 fn spawn_server(volley: &Path, key: &Path, addr: SocketAddr) -> anyhow::Result<ServeProcess> {
@@ -270,7 +243,24 @@ fn proc_sample(pid: u32) -> ProcSample {
         })
         .unwrap_or(0);
     let fds = std::fs::read_dir(dir.join("fd")).map_or(0, |d| d.count() as u64);
-    ProcSample { pid, rss_kb, fds }
+    // utime and stime, fields 14 and 15 of /proc/PID/stat, counted after the parenthesised
+    // command name; in USER_HZ ticks, which Linux fixes at 100 for /proc.
+    let cpu_s = std::fs::read_to_string(dir.join("stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let utime: u64 = f.next()?.parse().ok()?;
+            let stime: u64 = f.next()?.parse().ok()?;
+            Some((utime + stime) as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    ProcSample {
+        pid,
+        rss_kb,
+        fds,
+        cpu_s,
+    }
 }
 
 /// `GET /metrics`: every sample line without labels, by name.
@@ -509,6 +499,11 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
         flatness("lab (clients) RSS (kB)", &steady, |s| s.lab.rss_kb as f64),
         flatness("lab (clients) open fds", &steady, |s| s.lab.fds as f64),
     ];
+    let cpu = vec![
+        cpu_share("server 0", &steady, |s| s.servers[0].proc),
+        cpu_share("proxy", &steady, |s| s.proxy),
+        cpu_share("lab (clients)", &steady, |s| s.lab),
+    ];
     plot::draw(&args.out.join("soak.svg"), &samples, &restarts, warm_up)?;
     Ok(Results {
         minutes: args.minutes,
@@ -517,6 +512,7 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
         proxy_flows: args.proxy_flows,
         restarts,
         flatness,
+        cpu,
         inconsistent_scrapes: tally.inconsistent,
         scrapes: tally.scrapes,
         left_open,
@@ -677,6 +673,26 @@ async fn request(session: &mut Session, text: &[u8], totals: &Totals) -> bool {
     ok
 }
 
+/// Counts the failovers `session` made since it last had `seen`, and, when it has just been
+/// answered (`answered`) on a new server, checks that server against its race.
+fn count_failovers(
+    session: &Session,
+    seen: &mut u64,
+    answered: bool,
+    pool: &[SocketAddr],
+    totals: &Totals,
+) {
+    let now = session.report().map_or(0, |r| r.failovers);
+    if now > *seen {
+        Totals::add(&totals.failovers, now - *seen);
+        *seen = now;
+        if answered && !routed_right(session, pool) {
+            Totals::add(&totals.misrouted, 1);
+            tracing::warn!(remote = %session.remote(), "failed over to a server not selected");
+        }
+    }
+}
+
 /// A long-lived session sending a request every 100 ms, failing over as servers go.
 async fn long_session(
     client: Client,
@@ -697,15 +713,7 @@ async fn long_session(
             tick.tick().await;
             n += 1;
             let ok = request(&mut session, format!("long {c} {n}").as_bytes(), &totals).await;
-            let now = session.report().map_or(0, |r| r.failovers);
-            if now > failovers {
-                Totals::add(&totals.failovers, now - failovers);
-                failovers = now;
-                if ok && !routed_right(&session, &pool) {
-                    Totals::add(&totals.misrouted, 1);
-                    tracing::warn!(remote = %session.remote(), "failed over to a server not selected");
-                }
-            }
+            count_failovers(&session, &mut failovers, ok, &pool, &totals);
             if session.close_reason().is_some() {
                 Totals::add(&totals.sessions_lost, 1);
                 tracing::info!(reason = ?session.close_reason(), "long session ended");
@@ -733,14 +741,7 @@ async fn churn(
         for _ in 0..20 {
             n += 1;
             let ok = request(&mut session, format!("churn {c} {n}").as_bytes(), &totals).await;
-            let now = session.report().map_or(0, |r| r.failovers);
-            if now > failovers {
-                Totals::add(&totals.failovers, now - failovers);
-                failovers = now;
-                if ok && !routed_right(&session, &pool) {
-                    Totals::add(&totals.misrouted, 1);
-                }
-            }
+            count_failovers(&session, &mut failovers, ok, &pool, &totals);
             if !ok || stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -827,31 +828,58 @@ fn flatness(what: &str, samples: &[&Sample], f: impl Fn(&Sample) -> f64) -> Flat
     }
 }
 
+/// The median and largest share of one core a process used per sample interval.
+fn cpu_share(
+    what: &str,
+    samples: &[&Sample],
+    f: impl Fn(&Sample) -> ProcSample,
+) -> (String, f64, f64) {
+    let mut shares: Vec<f64> = samples
+        .windows(2)
+        .filter(|w| f(w[0]).pid == f(w[1]).pid && w[1].t_s > w[0].t_s)
+        .map(|w| (f(w[1]).cpu_s - f(w[0]).cpu_s) / (w[1].t_s - w[0].t_s))
+        .collect();
+    shares.sort_by(f64::total_cmp);
+    (
+        what.to_string(),
+        quantile_sorted(&shares, 0.5),
+        shares.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
 fn write_csv(path: &Path, samples: &[Sample]) -> anyhow::Result<()> {
     let n = samples.first().map_or(0, |s| s.servers.len());
     let mut out = String::from("t_s");
     for i in 0..n {
         out.push_str(&format!(
-            ",s{i}_incarnation,s{i}_rss_kb,s{i}_fds,s{i}_sessions,s{i}_opened,s{i}_closed"
+            ",s{i}_incarnation,s{i}_rss_kb,s{i}_fds,s{i}_cpu_s,s{i}_sessions,s{i}_opened,s{i}_closed"
         ));
     }
-    out.push_str(",proxy_rss_kb,proxy_fds,proxy_flows,proxy_open_flows,lab_rss_kb,lab_fds,connects,connect_failures,misrouted,requests,request_failures,failovers,sessions_lost,proxy_requests,proxy_failures,restarts\n");
+    out.push_str(",proxy_rss_kb,proxy_fds,proxy_cpu_s,proxy_flows,proxy_open_flows,lab_rss_kb,lab_fds,lab_cpu_s,connects,connect_failures,misrouted,requests,request_failures,failovers,sessions_lost,proxy_requests,proxy_failures,restarts\n");
     for s in samples {
         out.push_str(&format!("{:.1}", s.t_s));
         for v in &s.servers {
             out.push_str(&format!(
-                ",{},{},{},{},{},{}",
-                v.incarnation, v.proc.rss_kb, v.proc.fds, v.sessions, v.opened, v.closed
+                ",{},{},{},{:.2},{},{},{}",
+                v.incarnation,
+                v.proc.rss_kb,
+                v.proc.fds,
+                v.proc.cpu_s,
+                v.sessions,
+                v.opened,
+                v.closed
             ));
         }
         out.push_str(&format!(
-            ",{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            ",{},{},{:.2},{},{},{},{},{:.2},{},{},{},{},{},{},{},{},{},{}\n",
             s.proxy.rss_kb,
             s.proxy.fds,
+            s.proxy.cpu_s,
             s.proxy_flows,
             s.proxy_open_flows,
             s.lab.rss_kb,
             s.lab.fds,
+            s.lab.cpu_s,
             s.connects,
             s.connect_failures,
             s.misrouted,
@@ -892,6 +920,10 @@ fn report(args: &SoakArgs, r: &Results) -> String {
             f.spread * 100.0,
             f.drift * 100.0
         ));
+    }
+    s.push_str("\n## CPU (share of one core per sample interval, after the warm-up)\n\n| process | median | max |\n|---|---|---|\n");
+    for (what, median, max) in &r.cpu {
+        s.push_str(&format!("| {what} | {median:.2} | {max:.2} |\n"));
     }
     s.push_str(&format!(
         "\n## Counters\n\n- restarts: {} ({} kill -9, {} SIGTERM)\n- library connects: {} ({} failed within {} s)\n- requests: {} ({} not echoed within {} s)\n- failovers of open sessions: {}; long sessions that ended and reconnected: {}\n- proxy requests: {} ({} not echoed within 5 s); proxy flows: {}\n- sessions with a server other than their race selected (or outside the pool): {}\n- scrapes where opened − closed ≠ open sessions: {} of {}\n- sessions left open once every client had gone: {:?}\n- sessions opened over all incarnations, per server: {:?}; closed: {:?}\n",
