@@ -16,9 +16,9 @@
 //! hint says how busy it is, so a race always ends in a session as soon as any server can take
 //! one. Only a server that cannot open another session at all (`max_sessions`) withholds.
 //!
-//! Held probes live in a [`HeldQueue`] of at most `max_held` fixed-size entries; each is gone the
+//! Held probes live in a `HeldQueue` of at most `max_held` fixed-size entries; each is gone the
 //! moment its offer is sent or it is dropped. Offers sent recently are counted as
-//! [`Reservations`] — one aggregate ring of expiry times, no per-client data — so that a burst of
+//! `Reservations` — one aggregate ring of expiry times, no per-client data — so that a burst of
 //! simultaneous probes sees the load rise with every offer made and the burst spreads over the
 //! fleet instead of herding onto the one least-loaded server (L4).
 
@@ -64,7 +64,7 @@ pub const DEFAULT_PACE_DIVISOR: u32 = 32;
 pub const DEFAULT_GATE_MAX_HOLD: Duration = Duration::from_millis(200);
 /// Default bound on held probes.
 pub const DEFAULT_MAX_HELD: usize = 1024;
-/// Default time an offer counts as load after it is sent (see [`Reservations`]).
+/// Default time an offer counts as load after it is sent (see `Reservations`).
 pub const DEFAULT_RESERVATION: Duration = Duration::from_millis(5);
 
 impl AnswerPolicy {

@@ -1,10 +1,9 @@
-//! The server endpoint: routes datagrams to the stateless responder or to an established session,
-//! and owns the session table. State is created only after a cookie verified, admission passed
-//! and the Noise message authenticated (S2, S3).
-//!
-//! The endpoint is split by idea: PROBE answering and the load behind it in [`super::offers`],
-//! INIT acceptance in [`super::accept`], the session table in [`super::sessions`]; this file holds
-//! the state, the dispatch of each datagram, and the session-facing API (send, close, poll).
+//! The server endpoint: routes each datagram to the [`OfferDesk`] (PROBE), the [`Acceptor`]
+//! (INIT) or an established session (DATA), and owns what they share — the settings, the cookie
+//! jar, admission, counters, the [`Load`] and the [`SessionTable`]. State is created only after a
+//! cookie verified, admission passed and the Noise message authenticated (S2, S3); only the
+//! endpoint adds a session to the table or removes one. This file holds the dispatch and the
+//! session-facing API (send, close, poll).
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -14,21 +13,21 @@ use std::time::Instant;
 use rand_core::CryptoRngCore;
 use tracing::{debug, trace};
 
+use super::acceptor::{Acceptor, InitOutcome};
 use super::admission::Admission;
-use super::answer::{AnswerDelays, AnswerPolicy, HeldQueue, Reservations};
-use super::estimate::{ServiceEstimator, expected_completion};
-use super::sessions::SessionTable;
+use super::answer::{AnswerDelays, AnswerPolicy};
+use super::context::Context;
+use super::load::Load;
+use super::offers::OfferDesk;
+use super::sessions::{SessionId, SessionTable};
 use super::{AppLoad, ServerConfig, ServerLoad, ServerStats};
 use crate::Transmit;
 use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
 use crate::crypto::PublicKey;
-use crate::packet::{KeyId, Packet};
+use crate::packet::Packet;
 use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError};
 use crate::util::canonical;
-
-/// A server-side session handle: the id the client puts in DATA.
-pub type SessionId = u32;
 
 /// Something the application should know.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,30 +58,20 @@ pub enum ServerEvent {
 
 /// A volley server's protocol state.
 pub struct ServerEndpoint {
-    pub(super) config: ServerConfig,
-    pub(super) key_id: KeyId,
-    pub(super) rng: Box<dyn CryptoRngCore + Send>,
-    pub(super) jar: CookieJar,
-    pub(super) admission: Admission,
+    config: ServerConfig,
+    rng: Box<dyn CryptoRngCore + Send>,
+    jar: CookieJar,
+    admission: Admission,
     /// Established sessions, their timers, the duplicate-INIT filter and the ended list.
-    pub(super) sessions: SessionTable,
-    pub(super) events: VecDeque<ServerEvent>,
-    pub(super) stats: ServerStats,
-    pub(super) app_load: u32,
-    /// The application's running total of completed requests, as last reported.
-    pub(super) app_completed: u64,
-    /// The mean service time estimate (L5).
-    pub(super) service: ServiceEstimator,
-    /// Probes held for a later offer (L1): bounded by `max_held`, fixed-size entries.
-    pub(super) held: HeldQueue,
-    /// Recently sent offers, counted as load (expiry times only; at most 4 × capacity).
-    pub(super) reserved: Reservations,
-    /// Where the next REDIRECT starts naming peers, so refusals spread over them.
-    pub(super) peer_cursor: usize,
-    /// From each probe's arrival to its OFFER (L1), for operators.
-    pub(super) answer_delays: AnswerDelays,
-    /// When the last well-formed INIT arrived (handshakes compete with a PROBE flood).
-    pub(super) last_init: Option<Instant>,
+    sessions: SessionTable,
+    events: VecDeque<ServerEvent>,
+    stats: ServerStats,
+    /// Requests in flight, offers outstanding, the service-time estimate.
+    load: Load,
+    /// PROBE answering: held probes and their answer delays.
+    desk: OfferDesk,
+    /// INIT acceptance.
+    acceptor: Acceptor,
 }
 
 impl std::fmt::Debug for ServerEndpoint {
@@ -117,31 +106,40 @@ impl ServerEndpoint {
         );
         let salt = jar.derive_secret(b"volley/1 probe buckets");
         let admission = Admission::new(now, config.admission.clone(), salt);
-        let key_id = config.keypair.public().key_id();
-        let service = ServiceEstimator::new(now, config.service);
+        let desk = OfferDesk::new(config.keypair.public().key_id());
+        let load = Load::new(now, &config);
         Self {
             config,
-            key_id,
             rng,
             jar,
             admission,
             sessions: SessionTable::default(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
-            app_load: 0,
-            app_completed: 0,
-            service,
-            held: HeldQueue::default(),
-            reserved: Reservations::default(),
-            peer_cursor: 0,
-            answer_delays: AnswerDelays::default(),
-            last_init: None,
+            load,
+            desk,
+            acceptor: Acceptor::default(),
         }
+    }
+
+    /// The parts the offer desk works with, lent for one call, and the desk.
+    fn desk(&mut self) -> (Context<'_>, &mut OfferDesk) {
+        (
+            Context {
+                config: &self.config,
+                jar: &self.jar,
+                admission: &mut self.admission,
+                stats: &mut self.stats,
+                load: &mut self.load,
+                sessions: &self.sessions,
+            },
+            &mut self.desk,
+        )
     }
 
     /// How long the answered probes waited for their offers (a histogram).
     pub fn answer_delays(&self) -> &AnswerDelays {
-        &self.answer_delays
+        self.desk.answer_delays()
     }
 
     /// The static public key clients must pin.
@@ -163,7 +161,7 @@ impl ServerEndpoint {
     /// duplicate filter. S2 says this stays 0 however many probes arrive while no session exists
     /// and no probe is held.
     pub fn retained_state(&self) -> usize {
-        self.sessions.retained() + self.events.len() + self.held.len()
+        self.sessions.retained() + self.events.len() + self.desk.held()
     }
 
     /// The runtime reports whether datagrams are waiting beyond what it reads in one wake-up
@@ -173,10 +171,7 @@ impl ServerEndpoint {
     /// crowding out sessions and handshakes. A server with nothing but PROBEs to answer is
     /// never pressed by a backlog.
     pub fn set_backlog(&mut self, now: Instant, backlog: bool) {
-        let handshaking = self
-            .last_init
-            .is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1));
-        let pressing = backlog && (!self.sessions.is_empty() || handshaking);
+        let pressing = backlog && (!self.sessions.is_empty() || self.acceptor.handshaking(now));
         self.admission.set_backlog(pressing);
     }
 
@@ -194,45 +189,27 @@ impl ServerEndpoint {
     /// the running total completed. Call [`ServerEndpoint::poll_transmit`] afterwards: a freed
     /// slot can release a held probe.
     pub fn set_app_load(&mut self, now: Instant, load: AppLoad) {
-        // A total that went down (an application restarted its count) completes nothing.
-        let done = load.completed.saturating_sub(self.app_completed);
-        self.app_completed = load.completed;
-        self.app_load = load.in_flight;
-        self.record_service(now, done);
+        self.load
+            .set_app_load(now, &self.config, self.sessions.len(), load);
     }
 
     /// An offer of this server turned into load without a session this endpoint opened — for a
     /// simulator that skips the handshake and hands each request straight to the application:
     /// releases one reservation, as that session's first request would (L6).
     pub fn release_reservation(&mut self) {
-        self.reserved.release_one();
+        self.load.release_reservation();
     }
 
     /// The application's running total of completed requests, as last reported.
     pub fn app_completed(&self) -> u64 {
-        self.app_completed
+        self.load.app_completed()
     }
 
     /// The load now: sessions, application requests, outstanding offers, held probes, and the
     /// expected completion time of one more request.
     pub fn load(&self, now: Instant) -> ServerLoad {
-        let reserved = self.reserved.count_at(now);
-        let requests = self.in_flight();
-        let service_time = self.service.mean(now);
-        ServerLoad {
-            sessions: self.sessions.len() as u32,
-            app: self.app_load,
-            requests,
-            reserved,
-            held: self.held.len() as u32,
-            capacity: self.config.capacity.unwrap_or(0),
-            service_time,
-            expected: expected_completion(
-                service_time,
-                requests.saturating_add(reserved),
-                self.config.capacity,
-            ),
-        }
+        self.load
+            .snapshot(now, &self.config, self.sessions.len(), self.desk.held())
     }
 
     /// Handles one datagram from `remote` that arrived on local address `local`. A stateless answer
@@ -268,14 +245,26 @@ impl ServerEndpoint {
                 }
                 trace!(%remote, error = %e, "dropped: malformed");
                 if let DecodeError::UnsupportedVersion(v) = e {
-                    return self.answer_versions(now, remote, local, v, datagram, response);
+                    let (mut cx, _) = self.desk();
+                    return OfferDesk::answer_versions(
+                        &mut cx, now, remote, local, v, datagram, response,
+                    );
                 }
                 return None;
             }
         };
         match packet {
             Packet::Probe(probe) => {
-                self.handle_probe(now, remote, local, &probe, datagram.len(), response)
+                let (mut cx, desk) = self.desk();
+                desk.handle_probe(
+                    &mut cx,
+                    now,
+                    remote,
+                    local,
+                    &probe,
+                    datagram.len(),
+                    response,
+                )
             }
             Packet::Init(init) => {
                 self.handle_init(now, remote, local, &init, datagram.len(), response)
@@ -293,6 +282,58 @@ impl ServerEndpoint {
                 None
             }
         }
+    }
+
+    /// Hands an INIT to the acceptor and opens the session it accepts.
+    fn handle_init(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        init: &crate::packet::Init<'_>,
+        init_len: usize,
+        response: &mut [u8],
+    ) -> Option<Transmit> {
+        let mut cx = Context {
+            config: &self.config,
+            jar: &self.jar,
+            admission: &mut self.admission,
+            stats: &mut self.stats,
+            load: &mut self.load,
+            sessions: &self.sessions,
+        };
+        let outcome = self.acceptor.handle_init(
+            &mut cx,
+            &mut *self.rng,
+            now,
+            remote,
+            local,
+            init,
+            init_len,
+            response,
+        );
+        let (id, served, honoured, accept) = match outcome {
+            InitOutcome::Answer(answer) => return answer,
+            InitOutcome::Open {
+                id,
+                served,
+                honoured,
+                accept,
+            } => (id, served, honoured, accept),
+        };
+        self.sessions.insert(id, served);
+        if self.config.count_sessions {
+            // The session itself is the load its offer promised.
+            self.load.release_reservation();
+            self.load
+                .record_service(now, &self.config, self.sessions.len(), 0);
+        }
+        if honoured {
+            self.stats.init_honoured_full += 1;
+        }
+        self.stats.sessions_opened += 1;
+        self.events.push_back(ServerEvent::Opened { id, remote });
+        Some(accept)
     }
 
     fn handle_data(
@@ -317,7 +358,7 @@ impl ServerEndpoint {
             Ok(Delivered::Datagram(data)) => {
                 if std::mem::take(&mut served.holds_reservation) {
                     // The session's first request: its offer is load now.
-                    self.reserved.release_one();
+                    self.load.release_reservation();
                 }
                 self.events.push_back(ServerEvent::Datagram { id, data })
             }
@@ -344,7 +385,8 @@ impl ServerEndpoint {
             }
             self.stats.sessions_closed += 1;
             if self.config.count_sessions {
-                self.record_service(now, 1);
+                self.load
+                    .record_service(now, &self.config, self.sessions.len(), 1);
             }
             self.events.push_back(ServerEvent::Closed { id, reason });
             debug!(id, ?reason, "session closed");
@@ -403,7 +445,8 @@ impl ServerEndpoint {
 
     /// Writes the next queued session packet into `buf`. Call until None after every input.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        if let Some(t) = self.release_held(now, buf) {
+        let (mut cx, desk) = self.desk();
+        if let Some(t) = desk.release_held(&mut cx, now, buf) {
             return Some(t);
         }
         while let Some(id) = self.sessions.pop_ready() {
@@ -437,9 +480,9 @@ impl ServerEndpoint {
         let sessions = self.sessions.next_deadline();
         // Held probes: a paced offer's send time or the end of a gated probe's hold; while gated
         // probes wait, an expiring reservation may free their slot.
-        let held = self.held.next_due();
+        let held = self.desk.next_due();
         let gated_wait = match self.config.answer {
-            AnswerPolicy::Gated { .. } if held.is_some() => self.reserved.next_expiry(),
+            AnswerPolicy::Gated { .. } if held.is_some() => self.load.next_expiry(),
             _ => None,
         };
         [sessions, held, gated_wait]
@@ -453,7 +496,7 @@ impl ServerEndpoint {
     /// [`ServerEndpoint::poll_transmit`] afterwards: held offers that came due (paced) or whose
     /// hold ended (gated) leave from there.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.reserved.count(now);
+        self.load.expire(now);
         if self.jar.rotate_if_due(now, &mut *self.rng) {
             self.admission.sweep(now);
             self.sessions.sweep_ended(now);

@@ -1,19 +1,24 @@
-//! The server side: a stateless [`responder`] for PROBE and INIT, [`admission`] control, and the
-//! [`ServerEndpoint`] that owns established sessions.
+//! The server side: the [`ServerEndpoint`] dispatches each datagram to its offer desk (PROBE →
+//! OFFER by the [`answer`] policy and the load), its acceptor (INIT → session, after the
+//! stateless cookie check of the [`responder`] and [`admission`] control) or an established
+//! session, and owns the session table.
 
-mod accept;
+mod acceptor;
 pub mod admission;
 pub mod answer;
+mod context;
 mod endpoint;
 pub mod estimate;
+mod load;
 mod offers;
 pub mod responder;
 mod sessions;
 
 pub use admission::AdmissionConfig;
 pub use answer::{ANSWER_DELAY_BOUNDS_US, AnswerDelays, AnswerPolicy};
-pub use endpoint::{ServerEndpoint, ServerEvent, SessionId};
+pub use endpoint::{ServerEndpoint, ServerEvent};
 pub use estimate::ServiceModel;
+pub use sessions::SessionId;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -7,10 +7,12 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::endpoint::SessionId;
 use crate::packet::Tag;
 use crate::session::Session;
 use crate::util::IdMap;
+
+/// A server-side session handle: the id the client puts in DATA.
+pub type SessionId = u32;
 
 /// (client address, tag) of the INIT that opened a session.
 pub(crate) type Origin = (SocketAddr, Tag);

@@ -1,0 +1,681 @@
+//! One client connection: race → handshake → session, and back to a race when the server dies.
+//!
+//! The states are types named for what they wait for: a [`Race`] waits for offers, an
+//! [`ExpectAccept`] for the winner's ACCEPT, a [`crate::session::Session`] carries the datagrams ([`State`]
+//! holds the phase and answers what can be read of it). Where the
+//! connection goes after losing its server is decided by its [`Failover`]; what the client knows
+//! about its whole pool (answer times, ejected servers, session ids in use) is a [`PoolState`]
+//! the caller passes into every call that learns or uses it — the core holds no lock.
+
+mod events;
+mod failover;
+mod state;
+
+pub use events::{ClientEvent, ConnectError};
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand_core::CryptoRngCore;
+use tracing::{debug, trace};
+
+use super::handshake::{Accepted, ExpectAccept};
+use super::pool::{Ejection, PoolState, ServerOutcome};
+use super::race::{OfferOutcome, Race, RaceTimeout, Winner, classify_offer};
+use super::route::{RouteKey, RouteView};
+use super::{ClientConfig, ClientStats};
+use crate::crypto::PublicKey;
+use crate::packet::{KeyId, Offer, Packet, Tag};
+use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError};
+use crate::util::canonical;
+use crate::{TAG_LEN, Transmit};
+use failover::{Failover, Next};
+use state::State;
+
+/// A client connection's protocol state. Drive it with `handle`, `handle_timeout`, and the
+/// `poll_*` methods after every input; pass the client's [`PoolState`] to the calls that take it
+/// (one state for all the connections of one client instance).
+pub struct Connection {
+    config: ClientConfig,
+    /// The pinned keys with their key ids, hashed once rather than per offer.
+    pinned: Vec<(KeyId, PublicKey)>,
+    rng: Box<dyn CryptoRngCore + Send>,
+    state: State,
+    /// The last decided race, kept only to classify late offers (its tag is retired).
+    decided: Option<Race>,
+    events: VecDeque<ClientEvent>,
+    stats: ClientStats,
+    /// The pool, REDIRECT additions, failovers left and refusal back-off.
+    failover: Failover,
+    /// `NBest`: the servers chosen besides this connection's, for sibling connections.
+    extra_winners: Vec<Winner>,
+    /// The session id this connection holds in the pool state (its handshake's or session's),
+    /// given back when another replaces it or by [`Connection::retire`].
+    session_id: Option<u32>,
+    /// `stats.offers_unknown_key` when the current race started.
+    unknown_key_at_race: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("pool", &self.failover.pool())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Starts racing `servers` at `now`. `pool` is the client's knowledge of its pool, shared by
+    /// all its connections (answer times set the retransmission timers, ejected servers sit
+    /// races out, session ids stay unique).
+    pub fn new(
+        now: Instant,
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        rng: Box<dyn CryptoRngCore + Send>,
+        pool: &mut PoolState,
+    ) -> Self {
+        let mut c = Self::idle(config, servers, rng);
+        if c.failover.pool().is_empty() || c.config.server_keys.is_empty() {
+            c.events
+                .push_back(ClientEvent::Failed(ConnectError::NothingToRace));
+        } else {
+            let targets = c.failover.pool().to_vec();
+            c.start_race(now, targets, pool);
+        }
+        c
+    }
+
+    /// A connection that skips the race: it opens a session with `winner`, an offer another
+    /// connection's `NBest` race chose (see [`Connection::take_extra_winners`]). It must send from
+    /// the same address as that race (the cookie is bound to it); `tag` is that race's tag. On
+    /// losing its server it races `servers` like any connection.
+    pub fn from_winner(
+        now: Instant,
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        tag: Tag,
+        winner: Winner,
+        rng: Box<dyn CryptoRngCore + Send>,
+        pool: &mut PoolState,
+    ) -> Self {
+        let mut c = Self::idle(config, servers, rng);
+        c.begin_handshake(now, tag, winner, pool);
+        c
+    }
+
+    /// A connection that has not started anything yet.
+    fn idle(
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        rng: Box<dyn CryptoRngCore + Send>,
+    ) -> Self {
+        let pinned = config
+            .server_keys
+            .iter()
+            .map(|k| (k.key_id(), *k))
+            .collect();
+        Self {
+            config,
+            pinned,
+            rng,
+            state: State::Done,
+            decided: None,
+            events: VecDeque::new(),
+            stats: ClientStats::default(),
+            failover: Failover::new(servers),
+            extra_winners: Vec::new(),
+            session_id: None,
+            unknown_key_at_race: 0,
+        }
+    }
+
+    /// Gives back what the connection holds in `pool` (its session id), so that a later
+    /// connection may draw it. Call when letting go of a connection; one dropped without it
+    /// only keeps its 4-byte id out of use.
+    pub fn retire(mut self, pool: &mut PoolState) {
+        if let Some(id) = self.session_id.take() {
+            pool.release_session_id(id);
+        }
+    }
+
+    /// Reports a failure of `server` to the pool knowledge (L7).
+    fn report_failure(&mut self, now: Instant, server: SocketAddr, pool: &mut PoolState) {
+        if let Ejection::Ejected { until } = pool.report(now, server, ServerOutcome::Failure) {
+            self.stats.ejections += 1;
+            let length = until.saturating_duration_since(now);
+            debug!(%server, ?length, "server ejected from races");
+            self.events
+                .push_back(ClientEvent::Ejected { server, length });
+        }
+    }
+
+    fn start_race(&mut self, now: Instant, candidates: Vec<SocketAddr>, pool: &mut PoolState) {
+        self.unknown_key_at_race = self.stats.offers_unknown_key;
+        let (targets, left_out) =
+            self.failover
+                .targets(now, candidates, pool, self.config.fanout, &mut *self.rng);
+        self.stats.ejected_skipped += left_out as u64;
+        let mut tag = [0u8; TAG_LEN];
+        self.rng.fill_bytes(&mut tag);
+        self.stats.races += 1;
+        let attempt = self.failover.attempts();
+        self.events.push_back(ClientEvent::RaceStarted {
+            attempt,
+            servers: targets.len(),
+        });
+        debug!(servers = targets.len(), attempt, "race started");
+        let race = Race::start(
+            now,
+            Tag(tag),
+            &self.config.service,
+            targets,
+            pool.race_timers(&self.config),
+            self.config.probe_size,
+            self.config.policy,
+        );
+        self.state = State::ExpectOffer(race);
+    }
+
+    /// `NBest`: the offers chosen besides this connection's own, best first. Empty for other
+    /// policies and after the first call.
+    pub fn take_extra_winners(&mut self) -> Vec<Winner> {
+        std::mem::take(&mut self.extra_winners)
+    }
+
+    /// The tag of the race that chose this connection's current server, once decided.
+    pub fn decided_tag(&self) -> Option<Tag> {
+        self.state.decided_tag(self.decided.as_ref())
+    }
+
+    /// What identifies this connection's datagrams now (see [`RouteView`]).
+    pub fn route_view(&self) -> RouteView<'_> {
+        self.state.route_view(self.decided.as_ref())
+    }
+
+    /// The keys a datagram for this connection can carry ([`RouteView::keys`]).
+    pub fn route_keys(&self) -> [Option<RouteKey>; 2] {
+        self.route_view().keys()
+    }
+
+    /// Whether `datagram` from `from` belongs to this connection ([`RouteView::claims`]).
+    pub fn claims(&self, from: SocketAddr, datagram: &[u8]) -> bool {
+        self.route_view().claims(from, datagram)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        let mut s = self.stats;
+        s.probes_sent += self.state.probes_sent();
+        if let Some(ss) = self.state.session_stats() {
+            s.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
+        }
+        s
+    }
+
+    /// The established session's own counters (packets, drops, pings); None while racing,
+    /// handshaking or done. They start from zero with each new session (after a failover).
+    pub fn session_stats(&self) -> Option<crate::session::SessionStats> {
+        self.state.session_stats()
+    }
+
+    /// What the client side needs to open a stream (D2) on the established session: the
+    /// server's session id and address and the stream keys. None unless established; a
+    /// failover gives a new ticket (another server, other keys).
+    pub fn stream_ticket(&self) -> Option<crate::stream::StreamTicket> {
+        self.state.stream_ticket()
+    }
+
+    /// The server of the established session, if any.
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.state.server()
+    }
+
+    /// Whether the connection is over (failed or closed) and has nothing left to send.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Queues an application datagram on the session.
+    pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.state.send_datagram(data)
+    }
+
+    /// Queues an application datagram the caller owns, without copying it; on refusal it
+    /// comes back with the reason.
+    pub fn send_datagram_owned(&mut self, data: Bytes) -> Result<(), (SendError, Bytes)> {
+        self.state.send_datagram_owned(data)
+    }
+
+    /// Closes the connection; an established session sends CLOSE first.
+    pub fn close(&mut self, code: CloseCode) {
+        match &mut self.state {
+            State::Established { session, .. } => session.close(code),
+            State::Done => {}
+            _ => {
+                self.state = State::Done;
+                self.events
+                    .push_back(ClientEvent::Closed(CloseReason::Local(code)));
+            }
+        }
+    }
+
+    /// Handles one datagram from `from`. Never panics on any input.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        pool: &mut PoolState,
+    ) {
+        let from = canonical(from);
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                trace!(%from, error = %e, "dropped: malformed");
+                return;
+            }
+        };
+        match packet {
+            Packet::Offer(offer) => {
+                let outcome = self.classify_offer(now, from, &offer);
+                self.on_offer(now, outcome, pool);
+            }
+            Packet::CookieChange(cc) => self.on_cookie_change(now, from, cc.tag, cc.cookie, pool),
+            Packet::Redirect(rd) => {
+                if !matches!(&self.state, State::ExpectAccept(hs) if hs.is_refusal(from, rd.tag)) {
+                    self.stats.unexpected += 1;
+                    return;
+                }
+                self.stats.redirects += 1;
+                let (added, ignored) = self
+                    .failover
+                    .follow_redirect(rd.servers(), self.config.max_redirect_servers);
+                self.stats.redirect_servers_added += added.len() as u64;
+                self.stats.redirect_servers_ignored += ignored;
+                debug!(server = %from, ?added, "selected server refused; racing the rest of the pool");
+                if !added.is_empty() {
+                    self.events
+                        .push_back(ClientEvent::Redirected { from, added });
+                }
+                self.lose_server(now, from, CloseReason::Refused, pool);
+            }
+            Packet::Accept(accept) => {
+                self.on_accept(now, from, accept.receiver_id, accept.noise, pool)
+            }
+            Packet::Data(header, ct) => {
+                let State::Established { session, server } = &mut self.state else {
+                    self.stats.unexpected += 1;
+                    return;
+                };
+                if from != *server || header.receiver_id != session.local_id() {
+                    self.stats.unexpected += 1;
+                    return;
+                }
+                let server = *server;
+                match session.handle_data(now, header, ct) {
+                    Ok(Delivered::Datagram(d)) => self.events.push_back(ClientEvent::Datagram(d)),
+                    Ok(Delivered::Keepalive) => {}
+                    Ok(Delivered::Closed(code)) => {
+                        self.lose_server(now, server, CloseReason::Remote(code), pool);
+                    }
+                    Err(DataDrop::Closed) => {}
+                    Err(_) => {}
+                }
+            }
+            Packet::Probe(_) | Packet::Init(_) => {
+                self.stats.unexpected += 1;
+            }
+        }
+    }
+
+    /// Asks the live race and the last decided one about an offer ([`classify_offer`]).
+    fn classify_offer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        offer: &Offer<'_>,
+    ) -> OfferOutcome {
+        let pinned = &self.pinned;
+        let lookup = |id: &KeyId| pinned.iter().find(|(k, _)| k == id).map(|(_, key)| *key);
+        let live = match &mut self.state {
+            State::ExpectOffer(race) => Some(race),
+            _ => None,
+        };
+        classify_offer(live, self.decided.as_mut(), now, from, offer, &lookup)
+    }
+
+    fn on_offer(&mut self, now: Instant, outcome: OfferOutcome, pool: &mut PoolState) {
+        match outcome {
+            OfferOutcome::Won(w) => self.on_won(now, w, pool),
+            OfferOutcome::Collected {
+                server,
+                answer_time,
+                load,
+            } => {
+                trace!(%server, ?answer_time, "offer collected");
+                self.events.push_back(ClientEvent::Collected {
+                    server,
+                    answer_time,
+                    load,
+                });
+                let decided = match &mut self.state {
+                    State::ExpectOffer(race) => race.decide_if_complete(),
+                    _ => None,
+                };
+                if let Some(winner) = decided {
+                    self.on_won(now, winner, pool);
+                }
+            }
+            OfferOutcome::Duplicate => self.stats.offers_duplicate += 1,
+            OfferOutcome::Late {
+                server,
+                answer_time,
+                load,
+            } => {
+                self.stats.offers_late += 1;
+                trace!(%server, ?answer_time, "late offer voided");
+                self.events.push_back(ClientEvent::LateOffer {
+                    server,
+                    answer_time,
+                    load,
+                });
+            }
+            OfferOutcome::UnknownTag => self.stats.offers_unknown_tag += 1,
+            OfferOutcome::Unprobed => self.stats.offers_unprobed_source += 1,
+            OfferOutcome::UnknownKey => self.stats.offers_unknown_key += 1,
+        }
+    }
+
+    /// The race is decided: `w` won. Start the handshake with it.
+    fn on_won(&mut self, now: Instant, w: Winner, pool: &mut PoolState) {
+        self.stats.offers_won += 1;
+        if let State::ExpectOffer(race) = &self.state
+            && !race.retransmitted()
+        {
+            pool.answer_sample(w.answer_time);
+        }
+        self.events.push_back(ClientEvent::Selected {
+            server: w.server,
+            answer_time: w.answer_time,
+            load: w.load,
+        });
+        debug!(server = %w.server, answer_time = ?w.answer_time, "offer won");
+        let State::ExpectOffer(mut race) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let tag = race
+            .retired_tag()
+            .expect("a decided race has a retired tag");
+        self.stats.probes_sent += race.probes_sent();
+        self.stats.offers_not_chosen += race.not_chosen();
+        self.extra_winners = race.take_runners_up();
+        self.decided = Some(race);
+        self.begin_handshake(now, tag, w, pool);
+    }
+
+    fn begin_handshake(&mut self, now: Instant, tag: Tag, w: Winner, pool: &mut PoolState) {
+        // Unique among the client's connections (they may share a socket); the previous
+        // handshake's or session's id is free again.
+        if let Some(old) = self.session_id.take() {
+            pool.release_session_id(old);
+        }
+        let local_id = pool.draw_session_id(&mut *self.rng);
+        self.session_id = Some(local_id);
+        let rto = pool.init_rto(&self.config);
+        let server = w.server;
+        match ExpectAccept::start(
+            now,
+            tag,
+            w,
+            local_id,
+            rto,
+            self.config.handshake_timeout,
+            &self.config.service,
+            &mut *self.rng,
+        ) {
+            Some(hs) => self.state = State::ExpectAccept(hs),
+            // Cannot happen with sane inputs (bad pinned key?); treat as lost server.
+            None => self.lose_server(now, server, CloseReason::IdleTimeout, pool),
+        }
+    }
+
+    fn on_cookie_change(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        tag: Tag,
+        cookie: &[u8],
+        pool: &mut PoolState,
+    ) {
+        // Check before taking the state out: a COOKIE_CHANGE in any other state (anyone can send
+        // one) must leave the race or session untouched.
+        if !matches!(&self.state, State::ExpectAccept(hs) if hs.follows_cookie_change(from, tag)) {
+            self.stats.cookie_changes_ignored += 1;
+            return;
+        }
+        let State::ExpectAccept(hs) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        self.stats.cookie_changes += 1;
+        debug!(server = %from, "cookie change: retrying INIT with the fresh cookie");
+        match hs.with_cookie(now, cookie, &self.config.service, &mut *self.rng) {
+            Some(hs) => self.state = State::ExpectAccept(hs),
+            None => self.lose_server(now, from, CloseReason::IdleTimeout, pool),
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        receiver_id: u32,
+        noise: &[u8],
+        pool: &mut PoolState,
+    ) {
+        if !matches!(&self.state, State::ExpectAccept(hs) if hs.is_accept(from, receiver_id)) {
+            self.stats.unexpected += 1;
+            return;
+        }
+        let State::ExpectAccept(hs) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let server = hs.server();
+        match hs.finish(now, noise, self.config.session) {
+            Some(Accepted {
+                session,
+                server,
+                handshake_time,
+                clean,
+            }) => {
+                self.stats.sessions_established += 1;
+                if clean {
+                    pool.handshake_sample(handshake_time);
+                }
+                self.events.push_back(ClientEvent::Established {
+                    server,
+                    handshake_time,
+                    failover_from: self.failover.established(),
+                });
+                debug!(%server, ?handshake_time, "session established");
+                self.state = State::Established { session, server };
+            }
+            None => {
+                // The handshake state is spent; an ACCEPT that fails Noise means the session
+                // cannot come up with this server.
+                self.stats.accepts_invalid += 1;
+                self.report_failure(now, server, pool);
+                self.lose_server(now, server, CloseReason::IdleTimeout, pool);
+            }
+        }
+    }
+
+    /// Folds a session's drop counters into the connection's as the session ends, so that
+    /// [`Connection::stats`] never goes down.
+    fn keep_session_stats(&mut self, ss: crate::session::SessionStats) {
+        self.stats.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
+    }
+
+    /// The server is gone (idle timeout, GOING_AWAY, failed handshake): re-race the rest of the
+    /// pool if failovers remain, else fail.
+    fn lose_server(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        reason: CloseReason,
+        pool: &mut PoolState,
+    ) {
+        let was_established = matches!(self.state, State::Established { .. });
+        match &self.state {
+            State::ExpectOffer(race) => self.stats.probes_sent += race.probes_sent(),
+            State::Established { session, .. } => self.keep_session_stats(session.stats()),
+            _ => {}
+        }
+        self.state = State::Done;
+        if reason == CloseReason::Remote(CloseCode::NORMAL) {
+            self.events.push_back(ClientEvent::Closed(reason));
+            return;
+        }
+        self.events
+            .push_back(ClientEvent::ServerLost { server, reason });
+        let refused = reason == CloseReason::Refused;
+        match self
+            .failover
+            .after_loss(now, server, refused, &self.config, &mut *self.rng)
+        {
+            Next::GiveUp => {
+                let err = if refused {
+                    ConnectError::Refused(server)
+                } else if was_established {
+                    ConnectError::ServerLost(server)
+                } else {
+                    ConnectError::HandshakeTimeout(server)
+                };
+                self.events.push_back(ClientEvent::Failed(err));
+            }
+            Next::Backoff { until, targets } => {
+                self.stats.failovers += 1;
+                self.stats.refusal_backoffs += 1;
+                debug!(
+                    ?until,
+                    refusals = self.failover.refusals(),
+                    "refused: backing off"
+                );
+                self.state = State::Backoff { until, targets };
+            }
+            Next::Race(targets) => {
+                self.stats.failovers += 1;
+                self.start_race(now, targets, pool);
+            }
+        }
+    }
+
+    /// Writes the next datagram to send into `buf` (at least [`crate::MAX_DATAGRAM_LEN`] bytes).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        match &mut self.state {
+            State::ExpectOffer(race) => race.poll_transmit(buf),
+            State::ExpectAccept(hs) => {
+                let t = hs.poll_transmit(buf)?;
+                self.stats.inits_sent += 1;
+                Some(t)
+            }
+            State::Established { session, server } => {
+                let destination = *server;
+                match session.poll_transmit(now, buf) {
+                    Some(size) => Some(Transmit {
+                        destination,
+                        size,
+                        source: None,
+                    }),
+                    None => {
+                        if session.is_drained() {
+                            let reason = session
+                                .close_reason()
+                                .unwrap_or(CloseReason::Local(CloseCode::NORMAL));
+                            let stats = session.stats();
+                            self.keep_session_stats(stats);
+                            self.state = State::Done;
+                            self.events.push_back(ClientEvent::Closed(reason));
+                        }
+                        None
+                    }
+                }
+            }
+            State::Backoff { .. } | State::Done => None,
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Connection::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.state.poll_timeout()
+    }
+
+    /// Fires timers due at `now`: probe and INIT retransmission (R1), deadlines, keepalive and
+    /// idle timeout (R5).
+    pub fn handle_timeout(&mut self, now: Instant, pool: &mut PoolState) {
+        match &mut self.state {
+            State::ExpectOffer(race) => match race.handle_timeout(now) {
+                RaceTimeout::Pending => {}
+                RaceTimeout::Decided(w) => self.on_won(now, w, pool),
+                RaceTimeout::Expired => self.race_failed(),
+            },
+            State::ExpectAccept(hs) => {
+                if hs.handle_timeout(now, self.config.race.max_rto) {
+                    let server = hs.server();
+                    debug!(%server, "handshake timed out");
+                    self.report_failure(now, server, pool);
+                    self.lose_server(now, server, CloseReason::IdleTimeout, pool);
+                }
+            }
+            State::Established { session, server } => {
+                let server = *server;
+                if let Some(reason) = session.handle_timeout(now) {
+                    debug!(%server, ?reason, "server lost");
+                    if matches!(reason, CloseReason::IdleTimeout | CloseReason::Unresponsive) {
+                        // The server went silent under the session (L7).
+                        self.report_failure(now, server, pool);
+                    }
+                    self.lose_server(now, server, reason, pool);
+                }
+            }
+            State::Backoff { until, .. } => {
+                if now >= *until {
+                    let State::Backoff { targets, .. } =
+                        std::mem::replace(&mut self.state, State::Done)
+                    else {
+                        return;
+                    };
+                    self.start_race(now, targets, pool);
+                }
+            }
+            State::Done => {}
+        }
+    }
+
+    /// The race's deadline passed with no offer it could take: the connection fails, saying
+    /// whether only unpinned keys answered.
+    fn race_failed(&mut self) {
+        let State::ExpectOffer(race) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        self.stats.probes_sent += race.probes_sent();
+        self.decided = Some(race);
+        let unpinned = self.stats.offers_unknown_key - self.unknown_key_at_race;
+        let error = if unpinned > 0 {
+            debug!(unpinned, "race failed: only offers from unpinned keys");
+            ConnectError::UnpinnedKey(unpinned.min(u64::from(u32::MAX)) as u32)
+        } else {
+            debug!("race failed: no offer");
+            ConnectError::NoOffer(self.config.race.deadline)
+        };
+        self.events.push_back(ClientEvent::Failed(error));
+    }
+}
