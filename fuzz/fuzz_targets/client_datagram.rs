@@ -23,11 +23,11 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use volley_fuzz::{
-    Input, advance, backup_server_addr, canonical, client_addr, new_client_with, patched, recorded,
-    server_addr,
+    Client, Input, advance, backup_server_addr, canonical, client_addr, new_client_with, patched,
+    recorded, server_addr,
 };
 use volley_proto::packet::{Packet, kind};
-use volley_proto::{CloseCode, Connection, MAX_DATAGRAM_LEN, PROBE_MIN_LEN, SelectionPolicy};
+use volley_proto::{CloseCode, MAX_DATAGRAM_LEN, PROBE_MIN_LEN, SelectionPolicy};
 
 fn source(selector: u8) -> SocketAddr {
     match selector & 7 {
@@ -43,7 +43,7 @@ fn source(selector: u8) -> SocketAddr {
 }
 
 /// Sends everything queued, checking it: only to the pool, PROBEs padded, all decodable.
-fn drain(client: &mut Connection, now: Instant, pool: &[SocketAddr]) {
+fn drain(client: &mut Client, now: Instant, pool: &[SocketAddr]) {
     let mut buf = [0u8; MAX_DATAGRAM_LEN];
     let mut sent = 0;
     while let Some(t) = client.poll_transmit(now, &mut buf) {

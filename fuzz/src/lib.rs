@@ -2,17 +2,19 @@
 //! and seeded keys every target uses, and genuine datagrams recorded once from a real exchange so
 //! that targets can mutate them (a fuzzer cannot forge a cookie MAC or a Noise message by itself).
 //!
-//! Everything is seeded: a fresh [`ServerEndpoint`] or [`Connection`] built here draws exactly the
+//! Everything is seeded: a fresh [`ServerEndpoint`] or [`Client`] connection built here draws exactly the
 //! same keys, tags, session ids and ephemerals as the ones the recording was made with, so the
 //! recorded OFFER, INIT, ACCEPT and DATA stay genuine for every fresh instance. The tests at the
 //! bottom prove that (run them with `cargo test --manifest-path fuzz/Cargo.toml`).
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+use volley_proto::client::PoolState;
 use volley_proto::{
     ClientConfig, ClientEvent, CloseCode, Connection, MAX_DATAGRAM_LEN, ServerConfig,
     ServerEndpoint, ServerEvent, StaticKeypair,
@@ -76,21 +78,59 @@ pub fn new_server_with(now: Instant, tweak: impl FnOnce(&mut ServerConfig)) -> S
     )
 }
 
+/// A client connection with the pool knowledge of its own client instance: the calls that take a
+/// [`PoolState`] get this one; everything else is the connection's (through `Deref`).
+#[derive(Debug)]
+pub struct Client {
+    /// The connection.
+    pub conn: Connection,
+    /// Its client instance's pool knowledge.
+    pub pool: PoolState,
+}
+
+impl Client {
+    /// [`Connection::handle`] with this client's pool knowledge.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.conn.handle(now, from, datagram, &mut self.pool);
+    }
+
+    /// [`Connection::handle_timeout`] with this client's pool knowledge.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now, &mut self.pool);
+    }
+}
+
+impl Deref for Client {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
 /// A fresh client connection racing `[server_addr(), backup_server_addr()]`, started at `now`.
-pub fn new_client(now: Instant) -> Connection {
+pub fn new_client(now: Instant) -> Client {
     new_client_with(now, |_| {})
 }
 
 /// [`new_client`] with its configuration adjusted by `tweak`.
-pub fn new_client_with(now: Instant, tweak: impl FnOnce(&mut ClientConfig)) -> Connection {
+pub fn new_client_with(now: Instant, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
     let mut config = ClientConfig::new(vec![server_keypair().public()]);
     tweak(&mut config);
-    Connection::new(
+    let mut pool = PoolState::new(config.ejection);
+    let conn = Connection::new(
         now,
         config,
         vec![server_addr(), backup_server_addr()],
         Box::new(ChaCha20Rng::seed_from_u64(CLIENT_RNG_SEED)),
-    )
+        &mut pool,
+    );
+    Client { conn, pool }
 }
 
 /// A cursor over the fuzzer's bytes. Running out is not an error: reads return `None` or fewer
@@ -198,7 +238,7 @@ pub struct Recorded {
     pub server_data: Vec<Vec<u8>>,
 }
 
-fn drain_client(client: &mut Connection, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+fn drain_client(client: &mut Client, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut out = Vec::new();
     let mut buf = [0u8; MAX_DATAGRAM_LEN];
     while let Some(t) = client.poll_transmit(now, &mut buf) {
@@ -372,9 +412,9 @@ mod tests {
         );
         let events: Vec<_> = std::iter::from_fn(|| server.poll_event()).collect();
         assert!(
-            events
-                .iter()
-                .any(|e| matches!(e, ServerEvent::Datagram { data, .. } if data == b"hello"))
+            events.iter().any(
+                |e| matches!(e, ServerEvent::Datagram { data, .. } if data[..] == b"hello"[..])
+            )
         );
     }
 
@@ -398,7 +438,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|e| matches!(e, ClientEvent::Datagram(d) if d == b"hi"))
+                .any(|e| matches!(e, ClientEvent::Datagram(d) if d[..] == b"hi"[..]))
         );
     }
 

@@ -14,7 +14,7 @@
 //! peer sent a small-order point — fails the handshake (RFC 7748 §6.1).
 
 use rand_core::{CryptoRngCore, RngCore, SeedableRng};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{self, Aad};
 use ring::digest;
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ use snow::resolvers::{CryptoResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use thiserror::Error;
 
+use crate::aead::{bind, nonce};
 use crate::packet::KeyId;
 
 /// The Noise protocol name of volley v1.
@@ -384,23 +385,10 @@ pub struct SessionKeys {
     open: [u8; 32],
 }
 
-fn bind(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key).expect("32-byte key"))
-}
-
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SessionKeys(<redacted>)")
     }
-}
-
-/// The 96-bit nonce of a counter: 32 zero bits, then the counter little-endian (DATA, §4.6,
-/// and stream records, §13.3).
-pub(crate) fn nonce(counter: u64) -> Nonce {
-    // Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::assume_unique_for_key(n)
 }
 
 impl SessionKeys {
@@ -423,7 +411,7 @@ impl SessionKeys {
         if in_out.len() < len + crate::AEAD_TAG_LEN {
             return Err(CryptoError::Open);
         }
-        let tag = bind(&self.seal)
+        let tag = bind(&aead::CHACHA20_POLY1305, &self.seal)
             .seal_in_place_separate_tag(nonce(counter), Aad::from(aad), &mut in_out[..len])
             .map_err(|_| CryptoError::Open)?;
         in_out[len..len + crate::AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
@@ -450,7 +438,7 @@ impl SessionKeys {
         aad: &[u8],
         in_out: &'b mut [u8],
     ) -> Result<&'b mut [u8], CryptoError> {
-        bind(&self.open)
+        bind(&aead::CHACHA20_POLY1305, &self.open)
             .open_in_place(nonce(counter), Aad::from(aad), in_out)
             .map_err(|_| CryptoError::Open)
     }

@@ -42,14 +42,16 @@
 //! }
 //! assert_eq!(server.retained_state(), 0, "nothing kept after the offer");
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
+mod aead;
 pub mod client;
 pub mod coding;
 pub mod config;
 pub mod cookie;
 pub mod crypto;
 pub mod packet;
+mod rtt;
 pub mod server;
 pub mod session;
 pub mod stream;

@@ -18,12 +18,12 @@
 
 use std::net::SocketAddr;
 
-use ring::aead::{self, Aad, LessSafeKey, UnboundKey};
+use ring::aead::{self, Aad, LessSafeKey};
 use ring::hkdf;
 use thiserror::Error;
 
 use crate::AEAD_TAG_LEN;
-use crate::crypto::nonce;
+use crate::aead::nonce;
 
 /// The first four bytes of a stream HELLO: `VLYS`.
 pub const STREAM_MAGIC: [u8; 4] = *b"VLYS";
@@ -96,7 +96,7 @@ fn expand(prk: &hkdf::Prk, info: &[u8]) -> [u8; 32] {
 }
 
 fn bind(key: &[u8; 32]) -> LessSafeKey {
-    LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, key).expect("32-byte key"))
+    crate::aead::bind(&aead::AES_256_GCM, key)
 }
 
 impl StreamKeys {

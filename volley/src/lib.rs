@@ -48,6 +48,7 @@ mod report;
 mod runtime;
 mod server;
 mod session;
+mod shared_pool;
 mod socket;
 mod timer;
 pub mod udp;

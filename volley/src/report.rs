@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use volley_proto::{ClientStats, LoadHint};
+use volley_proto::{ClientStats, CloseReason, LoadHint};
 
 /// What became of an offer the client received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub struct ConnectReport {
     pub redirected_to: Vec<SocketAddr>,
     /// Times the connection lost its server and moved to another (R5).
     pub failovers: u64,
+    /// Every server the connection lost, in order, and why: a server that shut down gracefully
+    /// says `Remote(GOING_AWAY)`, one that went silent `Unresponsive` or `IdleTimeout`, one that
+    /// refused the session `Refused`. At most one more than the failovers allowed.
+    pub losses: Vec<(SocketAddr, CloseReason)>,
     /// The protocol counters.
     pub stats: ClientStats,
 }

@@ -10,12 +10,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{Notify, mpsc, watch};
-use volley_proto::client::{ServerOutcome, SharedPoolState};
+use volley_proto::client::ServerOutcome;
 use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError};
 
 use crate::error::Error;
 use crate::load::LoadGuard;
 use crate::report::ConnectReport;
+use crate::shared_pool::{SharedPool, lock_pool};
 
 /// Requests from session handles to their driver task. The channel is unbounded but holds at
 /// most a few messages per session: `Ready` is sent only when a session's send queue goes from
@@ -323,7 +324,7 @@ pub struct Session {
     /// Server side: switches the driver to request mode (a guard per datagram).
     requests: Option<Arc<AtomicBool>>,
     /// Client side: the client's pool knowledge, for outcome reports (L7).
-    pool: Option<SharedPoolState>,
+    pool: Option<SharedPool>,
 }
 
 impl Session {
@@ -351,7 +352,7 @@ impl Session {
         self
     }
 
-    pub(crate) fn with_pool(mut self, pool: SharedPoolState) -> Self {
+    pub(crate) fn with_pool(mut self, pool: SharedPool) -> Self {
         self.pool = Some(pool);
         self
     }
@@ -517,8 +518,7 @@ impl Session {
     fn report_outcome(&self, outcome: ServerOutcome) {
         if let Some(pool) = &self.pool {
             let server = self.remote();
-            let mut state = pool.lock().unwrap_or_else(|e| e.into_inner());
-            state.report(crate::socket::now(), server, outcome);
+            lock_pool(pool).report(crate::socket::now(), server, outcome);
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use volley_proto::client::Connection;
+use volley_proto::client::{Connection, PoolState};
 use volley_proto::{
     AnswerPolicy, ClientConfig, MAX_DATAGRAM_LEN, ServerConfig, ServerEndpoint, StaticKeypair,
 };
@@ -76,11 +76,13 @@ pub fn run(n: usize) -> anyhow::Result<CoreResult> {
     for i in 0..n {
         let now = t0 + Duration::from_nanos(step * i as u64);
         let from = client_addr(i);
+        let mut pool = PoolState::default();
         let mut conn = Connection::new(
             now,
             ClientConfig::new(vec![key.public()]),
             vec![local],
             Box::new(ChaCha20Rng::seed_from_u64(i as u64)),
+            &mut pool,
         );
         // PROBE → OFFER → INIT → ACCEPT.
         for _ in 0..2 {
@@ -94,7 +96,7 @@ pub fn run(n: usize) -> anyhow::Result<CoreResult> {
                 handshake += started.elapsed();
             }
             let reply = reply.ok_or_else(|| anyhow::anyhow!("session {i}: no answer"))?;
-            conn.handle(now, local, &out[..reply.size]);
+            conn.handle(now, local, &out[..reply.size], &mut pool);
         }
         anyhow::ensure!(conn.server().is_some(), "session {i} not established");
         while server.poll_event().is_some() {}

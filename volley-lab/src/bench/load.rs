@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
 use volley::udp::{self, RecvBatch, SendBatch};
-use volley_proto::client::{ClientEvent, Connection};
+use volley_proto::client::{ClientEvent, Connection, PoolState};
 use volley_proto::packet::{Init, Packet, Probe, Tag};
 use volley_proto::{ClientConfig, PublicKey};
 
@@ -247,11 +247,13 @@ pub async fn session_loop(
     phase: Phase,
 ) -> anyhow::Result<PortResult> {
     let rng = Box::new(rand::rngs::StdRng::from_entropy());
+    let mut pool = PoolState::default();
     let mut conn = Connection::new(
         Instant::now(),
         ClientConfig::new(vec![key]),
         vec![server],
         rng,
+        &mut pool,
     );
     // GRO on the generator's receive side only cuts its own cost; its sends stay one datagram
     // each (no GSO), as independent clients' would be.
@@ -272,7 +274,7 @@ pub async fn session_loop(
             anyhow::bail!("no session with {server}");
         }
         if conn.poll_timeout().is_some_and(|t| t <= now) {
-            conn.handle_timeout(now);
+            conn.handle_timeout(now, &mut pool);
         }
         while let Some(event) = conn.poll_event() {
             match event {
@@ -329,7 +331,7 @@ pub async fn session_loop(
         if rx.recv(&socket).is_ok() {
             let now = Instant::now();
             for (meta, d) in rx.iter() {
-                conn.handle(now, meta.from, d);
+                conn.handle(now, meta.from, d, &mut pool);
             }
         }
     }

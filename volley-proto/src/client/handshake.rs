@@ -13,28 +13,28 @@ use super::race::Winner;
 use crate::crypto::{self, InitiatorHandshake, PublicKey};
 use crate::packet::{Init, Tag};
 use crate::session::{Session, SessionConfig};
-use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN};
+use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN, Transmit};
 
 /// Waiting for the winner's ACCEPT, with the INIT to (re)send.
 pub(super) struct ExpectAccept {
     /// The race's tag, carried in the INIT and bound into the prologue.
-    pub(super) tag: Tag,
-    pub(super) server: SocketAddr,
+    tag: Tag,
+    server: SocketAddr,
     key: PublicKey,
     /// This side's session id: the ACCEPT's `receiver_id`.
-    pub(super) local_id: u32,
+    local_id: u32,
     noise: InitiatorHandshake,
     init: Vec<u8>,
     /// The INIT is due now (first send, retransmission, new cookie).
-    pub(super) send_now: bool,
-    pub(super) started: Instant,
-    pub(super) next_retransmit: Instant,
-    pub(super) rto: Duration,
-    pub(super) deadline: Instant,
+    send_now: bool,
+    started: Instant,
+    next_retransmit: Instant,
+    rto: Duration,
+    deadline: Instant,
     /// A COOKIE_CHANGE was followed once; a second one is ignored (R2).
-    pub(super) cookie_changed: bool,
+    cookie_changed: bool,
     /// Whether the INIT was sent more than once (its handshake time is then ambiguous).
-    pub(super) retransmitted: bool,
+    retransmitted: bool,
 }
 
 /// What an authentic ACCEPT gave.
@@ -100,9 +100,71 @@ impl ExpectAccept {
         })
     }
 
-    /// The INIT as last written.
-    pub(super) fn init(&self) -> &[u8] {
-        &self.init
+    /// The selected server.
+    pub(super) fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The race's tag.
+    pub(super) fn tag(&self) -> Tag {
+        self.tag
+    }
+
+    /// This side's session id, which the ACCEPT names.
+    pub(super) fn local_id(&self) -> u32 {
+        self.local_id
+    }
+
+    /// Whether a COOKIE_CHANGE from `from` for `tag` is this handshake's, and one it follows:
+    /// only from the selected server, for this race, and only once (R2).
+    pub(super) fn follows_cookie_change(&self, from: SocketAddr, tag: Tag) -> bool {
+        from == self.server && tag == self.tag && !self.cookie_changed
+    }
+
+    /// Whether a REDIRECT from `from` for `tag` is the selected server refusing this handshake.
+    pub(super) fn is_refusal(&self, from: SocketAddr, tag: Tag) -> bool {
+        from == self.server && tag == self.tag
+    }
+
+    /// Whether an ACCEPT from `from` naming `receiver_id` answers this handshake.
+    pub(super) fn is_accept(&self, from: SocketAddr, receiver_id: u32) -> bool {
+        from == self.server && receiver_id == self.local_id
+    }
+
+    /// The INIT, into `buf`, when one is due (the first, a retransmission, or one with a new
+    /// cookie).
+    pub(super) fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        if !self.send_now {
+            return None;
+        }
+        let size = self.init.len();
+        buf.get_mut(..size)?.copy_from_slice(&self.init);
+        self.send_now = false;
+        Some(Transmit {
+            destination: self.server,
+            size,
+            source: None,
+        })
+    }
+
+    /// The next retransmission or the deadline, whichever is first.
+    pub(super) fn poll_timeout(&self) -> Instant {
+        self.next_retransmit.min(self.deadline)
+    }
+
+    /// Fires the handshake's timers at `now`: a retransmission is due (the timeout doubles,
+    /// up to `max_rto`), or the deadline passed — then it returns true: the handshake failed.
+    pub(super) fn handle_timeout(&mut self, now: Instant, max_rto: Duration) -> bool {
+        if now >= self.deadline {
+            return true;
+        }
+        if now >= self.next_retransmit {
+            self.send_now = true;
+            self.retransmitted = true;
+            self.rto = (self.rto * 2).min(max_rto);
+            self.next_retransmit = now + self.rto;
+        }
+        false
     }
 
     /// Reads the ACCEPT's Noise message: the session, or None when it fails Noise or its

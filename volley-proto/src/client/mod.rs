@@ -1,14 +1,18 @@
 //! The client side: a [`race::Race`] over the pool, then the handshake with the winner, then the
-//! session, with failover — all in one [`Connection`] state machine.
+//! session, with failover — all in one [`Connection`] state machine per connect. What a client
+//! learns across its connections is its [`PoolState`] ([`pool`]); which connection a datagram is
+//! for, a runtime reads with [`RouteKey::of`] ([`route`]).
 
 mod connection;
 mod handshake;
 pub mod pool;
 pub mod race;
+pub mod route;
 
-pub use connection::{ClientEvent, ConnectError, Connection, RouteKey};
-pub use pool::{EjectionConfig, PoolState, ServerOutcome, SharedPoolState};
+pub use connection::{ClientEvent, ConnectError, Connection};
+pub use pool::{EjectionConfig, PoolState, ServerOutcome};
 pub use race::{RaceTimers, Winner};
+pub use route::RouteKey;
 
 use std::time::Duration;
 

@@ -1,9 +1,12 @@
 //! What a client learns about its pool across connections: how long servers take to answer
 //! (probe and INIT retransmission timers, L6) and which servers fail (outlier ejection, L7).
 //!
-//! One [`PoolState`] belongs to one client instance and is shared by all its connections
-//! ([`SharedPoolState`]); independent clients share nothing. It holds no addresses beyond the
-//! servers it has heard about, and its per-server entries are bounded by the pool.
+//! One [`PoolState`] belongs to one client instance and serves all its connections: each call
+//! into a [`super::Connection`] that may learn or use something about the pool takes it as
+//! `&mut PoolState`, so the core holds no lock and no shared pointer — how a runtime shares it
+//! among its tasks is the runtime's business. Independent clients share nothing. It holds no
+//! addresses beyond the servers it has heard about, and its per-server entries are bounded by
+//! the pool.
 //!
 //! **Timers.** Answer times of won and collected offers (from the race's first probe) and
 //! handshake times (INIT to ACCEPT) feed two estimators in the manner of RFC 6298: `srtt`,
@@ -25,11 +28,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// One client's pool knowledge, shared by its connections.
-pub type SharedPoolState = Arc<Mutex<PoolState>>;
+pub use crate::rtt::RttEstimator;
 
 /// Outlier ejection settings (L7). See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,47 +65,6 @@ pub enum ServerOutcome {
     Success,
     /// The handshake or the session failed, or the application's request did.
     Failure,
-}
-
-/// A smoothed round-trip estimator (RFC 6298 §2).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RttEstimator {
-    srtt: Option<Duration>,
-    rttvar: Duration,
-}
-
-impl RttEstimator {
-    /// Takes one sample.
-    pub fn sample(&mut self, rtt: Duration) {
-        match self.srtt {
-            None => {
-                self.srtt = Some(rtt);
-                self.rttvar = rtt / 2;
-            }
-            Some(srtt) => {
-                let diff = srtt.abs_diff(rtt);
-                self.rttvar = (self.rttvar * 3 + diff) / 4;
-                self.srtt = Some((srtt * 7 + rtt) / 8);
-            }
-        }
-    }
-
-    /// The smoothed value, once there is a sample.
-    pub fn smoothed(&self) -> Option<Duration> {
-        self.srtt
-    }
-
-    /// The retransmission timeout: `cold` before any sample, else
-    /// `srtt + max(1 ms, 4 × rttvar)` clamped to `[min, max]`.
-    pub fn rto(&self, cold: Duration, min: Duration, max: Duration) -> Duration {
-        match self.srtt {
-            None => cold,
-            Some(srtt) => {
-                let var = (self.rttvar * 4).max(Duration::from_millis(1));
-                (srtt + var).clamp(min, max.max(min))
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -154,11 +114,6 @@ impl PoolState {
         }
     }
 
-    /// A fresh state behind a lock, for sharing among connections.
-    pub fn shared(ejection: EjectionConfig) -> SharedPoolState {
-        Arc::new(Mutex::new(Self::new(ejection)))
-    }
-
     /// A random session id no connection of this client holds, now held until released.
     pub fn draw_session_id(&mut self, rng: &mut dyn rand_core::RngCore) -> u32 {
         loop {
@@ -182,6 +137,30 @@ impl PoolState {
     /// The handshake-time estimator (INIT to ACCEPT).
     pub fn handshakes(&self) -> &RttEstimator {
         &self.handshakes
+    }
+
+    /// The probe retransmission timers of a client's next race: the first retransmission
+    /// follows the measured answer times (L6), `config.race.initial_rto` before any.
+    pub fn race_timers(&self, config: &super::ClientConfig) -> super::RaceTimers {
+        let mut t = config.race;
+        t.initial_rto =
+            self.answers
+                .rto(config.race.initial_rto, config.min_rto, config.race.max_rto);
+        t
+    }
+
+    /// The first INIT retransmission timeout of a client's next handshake: from the handshake
+    /// times measured; before any handshake is timed, from the answer times (the race just
+    /// measured this path: an offer's answer time is its round trip plus the server's answer
+    /// delay, never less than the round trip); and only then `config.init_rto`, the cold-start
+    /// value (R10).
+    pub fn init_rto(&self, config: &super::ClientConfig) -> Duration {
+        let estimator = if self.handshakes.smoothed().is_some() {
+            &self.handshakes
+        } else {
+            &self.answers
+        };
+        estimator.rto(config.init_rto, config.min_rto, config.race.max_rto)
     }
 
     /// Records a valid offer's answer time from a race that did not retransmit.

@@ -407,3 +407,29 @@ impl Race {
         OfferOutcome::UnknownTag
     }
 }
+
+/// Classifies an offer against the live race, if one is running, and the last decided race when
+/// the live one does not know it: during a failover race the previous race's stragglers are
+/// late, not strangers (C5). `pinned` finds the key for a key id.
+pub fn classify_offer(
+    live: Option<&mut Race>,
+    decided: Option<&mut Race>,
+    now: Instant,
+    from: SocketAddr,
+    offer: &Offer<'_>,
+    pinned: &impl Fn(&KeyId) -> Option<PublicKey>,
+) -> OfferOutcome {
+    let racing = live.is_some();
+    let first = match live {
+        Some(race) => race.handle_offer(now, from, offer, pinned),
+        None => OfferOutcome::UnknownTag,
+    };
+    if !matches!(first, OfferOutcome::UnknownTag | OfferOutcome::Unprobed) {
+        return first;
+    }
+    match decided.map(|prev| prev.handle_offer(now, from, offer, pinned)) {
+        Some(late @ OfferOutcome::Late { .. }) => late,
+        Some(other) if !racing => other,
+        _ => first,
+    }
+}

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::util::*;
-use crate::client::{ClientConfig, ClientStats, Connection};
+use crate::client::{ClientConfig, ClientStats, Connection, PoolState};
 use crate::packet::{Init, Packet, kind};
 use crate::server::ServerStats;
 use crate::{MAX_COOKIE_LEN, MAX_DATAGRAM_LEN, VERSION};
@@ -532,6 +532,7 @@ fn r8_malformed_corpus_is_counted_and_unanswered_by_the_server() {
 
 fn feed_client(
     conn: &mut Connection,
+    pool: &mut PoolState,
     now: Instant,
     classes: &[Class],
     pick: impl Fn(&Class) -> Option<ClientCounter>,
@@ -541,7 +542,7 @@ fn feed_client(
     for c in classes {
         let before = conn.stats();
         for d in &c.datagrams {
-            conn.handle(now, server_addr(0), d);
+            conn.handle(now, server_addr(0), d, pool);
             assert!(
                 transmits(conn, now).is_empty(),
                 "{}: client answered {d:02x?}",
@@ -581,16 +582,18 @@ fn r8_malformed_corpus_is_counted_and_unanswered_by_clients() {
 
         // A client in the middle of its own race over the same pool.
         let key = cap.sim.servers[0].endpoint.public_key();
+        let mut pool = PoolState::default();
         let mut racing = Connection::new(
             now,
             ClientConfig::new(vec![key]),
             cap.sim.pool(),
             Box::new(ChaCha20Rng::seed_from_u64(rng.next_u64())),
+            &mut pool,
         );
         let probes = transmits(&mut racing, now);
         assert_eq!(probes.len(), 2, "its own probes");
         let _ = events(&mut racing);
-        feed_client(&mut racing, now, &classes, |c| c.racing);
+        feed_client(&mut racing, &mut pool, now, &classes, |c| c.racing);
         assert!(events(&mut racing).is_empty(), "the corpus moved the race");
         // The race is intact: a genuine offer still wins it.
         let (to, probe) = probes.iter().find(|(to, _)| *to == server_addr(1)).unwrap();
@@ -600,15 +603,17 @@ fn r8_malformed_corpus_is_counted_and_unanswered_by_clients() {
             .endpoint
             .handle(now, me, *to, probe, &mut out)
             .expect("offer");
-        racing.handle(now, *to, &out[..t.size]);
+        racing.handle(now, *to, &out[..t.size], &mut pool);
         let inits = transmits(&mut racing, now);
         assert_eq!(inits.len(), 1, "the race did not survive the corpus");
         assert_eq!((inits[0].0, inits[0].1[1]), (server_addr(1), kind::INIT));
 
         // The client whose exchange the corpus came from, in its session.
-        let conn = &mut cap.sim.clients[0].conn;
+        let client = &mut cap.sim.clients[0];
+        let conn = &mut client.conn;
+        let pool = &mut cap.sim.pools[client.instance];
         let _ = events(conn);
-        feed_client(conn, now, &classes, |c| c.established);
+        feed_client(conn, pool, now, &classes, |c| c.established);
         assert!(
             events(conn)
                 .iter()

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod cookies;
+mod docs;
 mod handshake;
 mod malformed;
 mod outcomes;

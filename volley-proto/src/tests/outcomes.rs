@@ -93,29 +93,23 @@ fn against_a_sinkhole(seed: u64, report: bool) -> (usize, usize, Sim) {
     }
     let pool = sim.pool();
     let cfg = ClientConfig::new(vec![key]);
-    let state = PoolState::shared(cfg.ejection);
+    let state = sim.add_instance(cfg.ejection);
     let (mut on_sinkhole, mut sessions) = (0, 0);
     // One connect every 50 ms for 5 s.
     for _ in 0..100 {
-        let c = sim.add_client_shared(cfg.clone(), pool.clone(), state.clone());
+        let c = sim.add_client_shared(cfg.clone(), pool.clone(), state);
         sim.establish(c, secs(1));
         sessions += 1;
         if sim.clients[c].conn.server() == Some(server_addr(0)) {
             on_sinkhole += 1;
             if report {
                 let now = sim.now;
-                state
-                    .lock()
-                    .unwrap()
-                    .report(now, server_addr(0), ServerOutcome::Failure);
+                sim.pools[state].report(now, server_addr(0), ServerOutcome::Failure);
             }
         } else if report {
             let now = sim.now;
             let server = sim.clients[c].conn.server().unwrap();
-            state
-                .lock()
-                .unwrap()
-                .report(now, server, ServerOutcome::Success);
+            sim.pools[state].report(now, server, ServerOutcome::Success);
         }
         sim.clients[c].conn.close(CloseCode::NORMAL);
         sim.run_for(ms(50));
@@ -167,10 +161,10 @@ fn l7_a_handshake_that_times_out_is_a_failure() {
         }));
         let pool = sim.pool();
         let cfg = ClientConfig::new(vec![key]);
-        let state = PoolState::shared(cfg.ejection);
+        let state = sim.add_instance(cfg.ejection);
         let mut ejected = Vec::new();
         for _ in 0..3 {
-            let c = sim.add_client_shared(cfg.clone(), pool.clone(), state.clone());
+            let c = sim.add_client_shared(cfg.clone(), pool.clone(), state);
             sim.establish(c, secs(10));
             assert_ne!(sim.clients[c].conn.server(), Some(server_addr(0)));
             ejected.extend(sim.client_events(c).into_iter().filter_map(|e| match e {
@@ -200,8 +194,8 @@ fn l7_a_session_whose_server_goes_silent_is_a_failure() {
         sim.set_latency(server_addr(0), 0);
         let pool = sim.pool();
         let cfg = ClientConfig::new(vec![key]);
-        let state = PoolState::shared(cfg.ejection);
-        let c = sim.add_client_shared(cfg.clone(), pool.clone(), state.clone());
+        let state = sim.add_instance(cfg.ejection);
+        let c = sim.add_client_shared(cfg.clone(), pool.clone(), state);
         sim.establish(c, secs(1));
         assert_eq!(sim.clients[c].conn.server(), Some(server_addr(0)));
         // Server 0 dies; the session idles out and fails over: one failure recorded.
@@ -209,7 +203,7 @@ fn l7_a_session_whose_server_goes_silent_is_a_failure() {
         sim.run_for(secs(7));
         assert_eq!(sim.clients[c].conn.server(), Some(server_addr(1)));
         let now = sim.now;
-        let mut st = state.lock().unwrap();
+        let st = &mut sim.pools[state];
         // One more failure (the next handshake with it, say) ejects it.
         assert!(matches!(
             st.report(now, server_addr(0), ServerOutcome::Failure),

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::util::*;
-use crate::client::{ClientConfig, ClientEvent, PoolState};
+use crate::client::{ClientConfig, ClientEvent};
 use crate::packet::kind;
 use crate::server::answer::{DEFAULT_GATE_MAX_HOLD, DEFAULT_PACE_MAX_DELAY};
 use crate::server::{AnswerPolicy, AppLoad, ServerEvent, ServiceModel, SessionId};
@@ -123,19 +123,18 @@ fn l6_probe_retransmission_follows_the_answer_times_measured() {
         let key = sim.add_servers(2, |_, cfg| cfg.answer = AnswerPolicy::Immediate);
         let pool = sim.pool();
         let cfg = ClientConfig::new(vec![key]);
-        let state = PoolState::shared(cfg.ejection);
+        let state = sim.add_instance(cfg.ejection);
         // A few connects teach the client its answer times.
         for _ in 0..4 {
-            let c = sim.add_client_shared(cfg.clone(), pool.clone(), state.clone());
+            let c = sim.add_client_shared(cfg.clone(), pool.clone(), state);
             sim.establish(c, Duration::from_secs(1));
             sim.clients[c].conn.close(CloseCode::NORMAL);
         }
         sim.run_for(ms(50));
-        let rto = state.lock().unwrap().answers().rto(
-            cfg.race.initial_rto,
-            cfg.min_rto,
-            cfg.race.max_rto,
-        );
+        let rto =
+            sim.pools[state]
+                .answers()
+                .rto(cfg.race.initial_rto, cfg.min_rto, cfg.race.max_rto);
         assert!(rto < ms(30), "{rto:?}");
         // Now the first round of offers is lost: the client re-probes after the measured
         // timeout, not after the cold 250 ms.
@@ -147,7 +146,7 @@ fn l6_probe_retransmission_follows_the_answer_times_measured() {
                 Verdict::Pass
             }
         }));
-        let c = sim.add_client_shared(cfg.clone(), pool.clone(), state.clone());
+        let c = sim.add_client_shared(cfg.clone(), pool.clone(), state);
         sim.establish(c, Duration::from_secs(1));
         let took = sim.clients[c]
             .events

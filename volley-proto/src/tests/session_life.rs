@@ -315,7 +315,7 @@ fn r5_server_session_timers_fire_in_deadline_order_without_a_scan() {
         let from = client_addr(i);
         let (mut conn, init) = b.init_from(from);
         let accept = b.handle(from, &init).expect("an ACCEPT");
-        conn.handle(b.now, b.addr, &accept);
+        conn.handle(b.now, b.addr, &accept, &mut b.pool);
         assert!(conn.server().is_some(), "session {i} established");
         clients.push((from, conn));
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::client::{ClientConfig, ClientEvent, ClientStats, Connection};
+use crate::client::{ClientConfig, ClientEvent, ClientStats, Connection, PoolState};
 use crate::crypto::{PublicKey, StaticKeypair};
 use crate::packet::{Packet, kind};
 use crate::server::{ServerConfig, ServerEndpoint, ServerEvent, ServerStats};
@@ -122,6 +122,8 @@ pub struct SimClient {
     pub addr: SocketAddr,
     /// The protocol state.
     pub conn: Connection,
+    /// The client instance it belongs to: its index in [`Sim::pools`].
+    pub instance: usize,
     /// Every event it produced, with the time.
     pub events: Vec<(Instant, ClientEvent)>,
 }
@@ -156,6 +158,8 @@ pub struct Sim {
     pub servers: Vec<SimServer>,
     /// Clients.
     pub clients: Vec<SimClient>,
+    /// Each client instance's pool knowledge, shared by its connections.
+    pub pools: Vec<PoolState>,
     /// Default link behaviour.
     pub link: Link,
     /// Link behaviour towards specific destinations (overrides `link`).
@@ -189,6 +193,7 @@ impl Sim {
             rng: ChaCha20Rng::seed_from_u64(seed),
             servers: Vec::new(),
             clients: Vec::new(),
+            pools: Vec::new(),
             link: Link::default(),
             links: HashMap::new(),
             filter: None,
@@ -228,54 +233,63 @@ impl Sim {
         kp.public()
     }
 
-    /// Adds a client racing `pool`; returns its index.
-    pub fn add_client(&mut self, config: ClientConfig, pool: Vec<SocketAddr>) -> usize {
-        let i = self.clients.len();
-        let rng = self.child_rng();
-        let conn = Connection::new(self.now, config, pool, rng);
-        self.clients.push(SimClient {
-            addr: client_addr(i),
-            conn,
-            events: Vec::new(),
-        });
-        i
+    /// A new client instance: pool knowledge its connections share. Returns its index.
+    pub fn add_instance(&mut self, ejection: crate::client::EjectionConfig) -> usize {
+        self.pools.push(PoolState::new(ejection));
+        self.pools.len() - 1
     }
 
-    /// Adds a connection of an existing client instance: it races `pool` sharing `state` (answer
-    /// times, ejected servers) with that instance's other connections; returns its index.
+    /// Adds a client racing `pool`, an instance of its own; returns its index.
+    pub fn add_client(&mut self, config: ClientConfig, pool: Vec<SocketAddr>) -> usize {
+        let addr = client_addr(self.clients.len());
+        self.add_client_at(config, pool, addr)
+    }
+
+    /// Adds a connection of client instance `instance` (see [`Sim::add_instance`]): it races
+    /// `pool` sharing that instance's knowledge (answer times, ejected servers) with its other
+    /// connections; returns its index.
     pub fn add_client_shared(
         &mut self,
         config: ClientConfig,
         pool: Vec<SocketAddr>,
-        state: crate::client::SharedPoolState,
+        instance: usize,
     ) -> usize {
-        let i = self.clients.len();
-        let rng = self.child_rng();
-        let conn = Connection::with_state(self.now, config, pool, rng, state);
-        self.clients.push(SimClient {
-            addr: client_addr(i),
-            conn,
-            events: Vec::new(),
-        });
-        i
+        let addr = client_addr(self.clients.len());
+        self.push_client(config, pool, addr, instance)
     }
 
-    /// Adds a client at a chosen address racing `pool`; returns its index.
+    /// Adds a client at a chosen address racing `pool`, an instance of its own; returns its index.
     pub fn add_client_at(
         &mut self,
         config: ClientConfig,
         pool: Vec<SocketAddr>,
         addr: SocketAddr,
     ) -> usize {
-        let i = self.clients.len();
+        let instance = self.add_instance(config.ejection);
+        self.push_client(config, pool, addr, instance)
+    }
+
+    fn push_client(
+        &mut self,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        addr: SocketAddr,
+        instance: usize,
+    ) -> usize {
         let rng = self.child_rng();
-        let conn = Connection::new(self.now, config, pool, rng);
+        let conn = Connection::new(self.now, config, pool, rng, &mut self.pools[instance]);
         self.clients.push(SimClient {
             addr,
             conn,
+            instance,
             events: Vec::new(),
         });
-        i
+        self.clients.len() - 1
+    }
+
+    /// The pool knowledge of client `i`'s instance.
+    pub fn pool_state(&self, i: usize) -> &PoolState {
+        &self.pools[self.clients[i].instance]
     }
 
     /// Adds a sibling of client `i` at the same address: a connection opening a session with
@@ -294,11 +308,13 @@ impl Sim {
             .expect("the race chose its servers");
         let addr = self.clients[i].addr;
         let rng = self.child_rng();
-        let shared = self.clients[i].conn.pool_state();
-        let conn = Connection::from_winner(self.now, config, pool, tag, winner, rng, shared);
+        let instance = self.clients[i].instance;
+        let state = &mut self.pools[instance];
+        let conn = Connection::from_winner(self.now, config, pool, tag, winner, rng, state);
         self.clients.push(SimClient {
             addr,
             conn,
+            instance,
             events: Vec::new(),
         });
         self.clients.len() - 1
@@ -394,7 +410,9 @@ impl Sim {
             }
         } else if let Some(ci) = self.client_for(d.src, d.dst, &d.data) {
             let now = self.now;
-            self.clients[ci].conn.handle(now, d.src, &d.data);
+            let c = &mut self.clients[ci];
+            c.conn
+                .handle(now, d.src, &d.data, &mut self.pools[c.instance]);
         }
     }
 
@@ -492,7 +510,7 @@ impl Sim {
         }
         for c in &mut self.clients {
             if c.conn.poll_timeout().is_some_and(|t| t <= now) {
-                c.conn.handle_timeout(now);
+                c.conn.handle_timeout(now, &mut self.pools[c.instance]);
             }
         }
         self.flush();
@@ -655,6 +673,8 @@ pub struct Bench {
     pub addr: SocketAddr,
     /// The server's static public key.
     pub key: PublicKey,
+    /// The pool knowledge of the hand-driven clients.
+    pub pool: PoolState,
 }
 
 impl Bench {
@@ -678,6 +698,7 @@ impl Bench {
             server,
             addr: server_addr(0),
             key,
+            pool: PoolState::default(),
         }
     }
 
@@ -706,6 +727,7 @@ impl Bench {
             ClientConfig::new(vec![self.key]),
             vec![self.addr],
             rng,
+            &mut self.pool,
         )
     }
 
@@ -748,7 +770,7 @@ impl Bench {
         let probe = probes[0].1.clone();
         let offer = self.handle(from, &probe).expect("an offer");
         assert_eq!(offer[1], kind::OFFER);
-        conn.handle(self.now, self.addr, &offer);
+        conn.handle(self.now, self.addr, &offer, &mut self.pool);
         (conn, probe, offer)
     }
 

@@ -125,11 +125,13 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
             completed: 0,
         },
     );
+    let mut pool = crate::client::PoolState::default();
     let mut conn = Connection::new(
         at,
         ClientConfig::new(vec![public]),
         vec![local],
         Box::new(Counting(0x00)),
+        &mut pool,
     );
     let mut buf = [0u8; MAX_DATAGRAM_LEN];
     let t = conn.poll_transmit(at, &mut buf).expect("a probe");
@@ -148,7 +150,7 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     let offer = out[..t.size].to_vec();
     assert_eq!(offer.len(), 78);
     got.push(("offer", hex(&offer)));
-    conn.handle(due, local, &offer);
+    conn.handle(due, local, &offer, &mut pool);
     let t = conn.poll_transmit(due, &mut buf).expect("the INIT");
     let init = buf[..t.size].to_vec();
     assert_eq!(init.len(), 117);
@@ -222,7 +224,7 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
             None => panic!("no session"),
         }
     };
-    conn.handle(late, local, &accept);
+    conn.handle(late, local, &accept, &mut pool);
     assert!(
         std::iter::from_fn(|| conn.poll_event())
             .any(|e| matches!(e, ClientEvent::Established { .. }))

@@ -2,8 +2,18 @@
 //! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race (L3). A
 //! client endpoint — one UDP socket and one driver task per address family — serves every
 //! connection of a client and keeps them alive afterwards (keepalive, failover).
+//!
+//! The pieces: [`endpoint`] (the handle on one socket's driver), [`open`] (what a connect asks
+//! of the driver and gets back), [`driver`] (the driver's side of the shared loop), [`member`]
+//! (one connection and its session handle), [`demux`] (which connection a datagram is for),
+//! [`nbest`] (a connect's group of connections).
 
+mod demux;
+mod driver;
 mod endpoint;
+mod member;
+mod nbest;
+mod open;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -11,12 +21,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
-use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome, SharedPoolState};
+use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome};
 use volley_proto::{ClientConfig, ConnectError, SelectionPolicy};
 
 use crate::error::Error;
 use crate::session::Session;
-use endpoint::{Endpoint, Open, SiblingPlan};
+use crate::shared_pool::{SharedPool, lock_pool};
+use endpoint::Endpoint;
+use open::{Open, SiblingPlan};
 
 /// Connects to volley pools.
 ///
@@ -31,7 +43,7 @@ use endpoint::{Endpoint, Open, SiblingPlan};
 #[derive(Debug, Clone)]
 pub struct Client {
     config: ClientConfig,
-    pool: SharedPoolState,
+    pool: SharedPool,
     endpoints: Arc<Mutex<HashMap<IpAddr, Endpoint>>>,
 }
 
@@ -49,7 +61,7 @@ impl Client {
     /// A client with this configuration (pinned keys, service, timers, selection policy,
     /// fan-out, ejection).
     pub fn new(config: ClientConfig) -> Self {
-        let pool = PoolState::shared(config.ejection);
+        let pool = Arc::new(Mutex::new(PoolState::new(config.ejection)));
         Self {
             config,
             pool,
@@ -65,7 +77,10 @@ impl Client {
         let client = Self::new(config);
         let local = socket.local_addr()?;
         socket.set_nonblocking(true)?;
-        let endpoint = Endpoint::start(UdpSocket::from_std(socket)?);
+        let endpoint = Endpoint::start(
+            UdpSocket::from_std(socket)?,
+            SharedPool::clone(&client.pool),
+        );
         let mut endpoints = lock_endpoints(&client.endpoints);
         let family = |loopback: bool| match (local.ip(), loopback) {
             (IpAddr::V4(_), true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -102,7 +117,7 @@ impl Client {
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
-        let endpoint = Endpoint::start(socket);
+        let endpoint = Endpoint::start(socket, SharedPool::clone(&self.pool));
         // Two connects may race to create it: the first one stored wins, the other's driver
         // ends with nothing to serve once its handle is dropped.
         let mut endpoints = lock_endpoints(&self.endpoints);
@@ -117,14 +132,12 @@ impl Client {
     /// from this client's races for a back-off; a success ends a probation. Sessions report
     /// for their own server with [`Session::report_failure`] and [`Session::report_success`].
     pub fn report(&self, server: SocketAddr, outcome: ServerOutcome) {
-        let mut state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        state.report(crate::socket::now(), server, outcome);
+        lock_pool(&self.pool).report(crate::socket::now(), server, outcome);
     }
 
     /// Whether `server` is ejected from this client's races now (L7).
     pub fn is_ejected(&self, server: SocketAddr) -> bool {
-        let state = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        state.is_ejected(crate::socket::now(), &server)
+        lock_pool(&self.pool).is_ejected(crate::socket::now(), &server)
     }
 
     /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
@@ -165,7 +178,6 @@ impl Client {
         let plan = (k > 1).then(|| SiblingPlan {
             config: sibling,
             pool: pool.to_vec(),
-            state: SharedPoolState::clone(&self.pool),
         });
         self.open(pool, main, plan).await
     }
@@ -196,7 +208,6 @@ impl Client {
             config,
             pool: pool.to_vec(),
             plan,
-            state: SharedPoolState::clone(&self.pool),
             ready: ready_tx,
         };
         if endpoint.opens.send(open).is_err() {
@@ -218,7 +229,7 @@ impl Client {
                         parts.status,
                         Some(parts.report),
                     )
-                    .with_pool(SharedPoolState::clone(&self.pool)),
+                    .with_pool(SharedPool::clone(&self.pool)),
                 ),
                 Err(e) => {
                     first_error.get_or_insert(e);

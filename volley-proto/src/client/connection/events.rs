@@ -1,0 +1,115 @@
+//! What a connection tells its application: every outcome of the race, the handshake and the
+//! session as a [`ClientEvent`], and why it gave up as a [`ConnectError`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::packet::LoadHint;
+use crate::session::CloseReason;
+
+/// Why a connection gave up. Terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No server answered the probe before the race deadline.
+    #[error("no server answered within {0:?}")]
+    NoOffer(Duration),
+    /// The selected server never accepted, and no other server remained to race.
+    #[error("handshake with {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The selected server refused (full or under load), and no other server remained to race.
+    #[error("{0} refused the session (full) and no other server remains")]
+    Refused(SocketAddr),
+    /// The session's server was lost, and no other server (or failover) remained.
+    #[error("lost server {0} and no other server remains")]
+    ServerLost(SocketAddr),
+    /// The pool is empty, or no server key is pinned.
+    #[error("no servers or no pinned server keys")]
+    NothingToRace,
+    /// Servers answered before the race deadline, but every offer named a key this client
+    /// does not pin (`offers_unknown_key`; the count of such offers in the last race): the
+    /// client was given the wrong server key, or the servers the wrong key file.
+    #[error("{0} offers came from servers whose keys are not pinned, and none from a pinned one")]
+    UnpinnedKey(u32),
+}
+
+/// What the application should know. Every outcome of C3–C6 and R5 shows up here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// A race started (`attempt` 0 is the first; more follow failovers).
+    RaceStarted {
+        /// 0 for the first race.
+        attempt: u32,
+        /// How many servers it probes.
+        servers: usize,
+    },
+    /// The earliest valid offer won (C3, C4).
+    Selected {
+        /// The winner.
+        server: SocketAddr,
+        /// Its answer time (C3).
+        answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
+    },
+    /// A `Window` or `NBest` race collected a valid offer; the choice comes when the window
+    /// closes (L3).
+    Collected {
+        /// Who offered.
+        server: SocketAddr,
+        /// Its answer time.
+        answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
+    },
+    /// The selected server refused and named other servers; those not known before joined the
+    /// pool and the next race (R3).
+    Redirected {
+        /// The refusing server.
+        from: SocketAddr,
+        /// The addresses added to the pool.
+        added: Vec<SocketAddr>,
+    },
+    /// An offer arrived after the race was decided: void (C5). Its answer time is still reported.
+    LateOffer {
+        /// Who answered late.
+        server: SocketAddr,
+        /// Its answer time.
+        answer_time: Duration,
+        /// Its load hint.
+        load: LoadHint,
+    },
+    /// The session is up.
+    Established {
+        /// The server.
+        server: SocketAddr,
+        /// From INIT sent to ACCEPT received.
+        handshake_time: Duration,
+        /// The server this connection failed over from, if this is a failover.
+        failover_from: Option<SocketAddr>,
+    },
+    /// An application datagram arrived (the buffer it was decrypted in).
+    Datagram(Bytes),
+    /// This connection's failure ejected a server from the client's races for `length` (L7).
+    Ejected {
+        /// The server.
+        server: SocketAddr,
+        /// How long it stays out before it is readmitted on probation.
+        length: Duration,
+    },
+    /// The server was lost; a new race starts if failovers remain (R5).
+    ServerLost {
+        /// The lost server.
+        server: SocketAddr,
+        /// How it was lost.
+        reason: CloseReason,
+    },
+    /// The connection failed for good.
+    Failed(ConnectError),
+    /// The connection is closed (locally, or by the server for good).
+    Closed(CloseReason),
+}

@@ -1,0 +1,72 @@
+//! Why a session ends, and why it refuses a datagram or a packet: the close codes carried on the
+//! wire, the reasons a session reports, and the errors of sending and receiving.
+
+use thiserror::Error;
+
+use super::MAX_APP_DATAGRAM;
+
+/// A close code carried in a CLOSE frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    /// The application is done with the session.
+    pub const NORMAL: CloseCode = CloseCode(0);
+    /// The server is shutting down; a client should race the pool again.
+    pub const GOING_AWAY: CloseCode = CloseCode(1);
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// This side closed it.
+    Local(CloseCode),
+    /// The peer sent CLOSE.
+    Remote(CloseCode),
+    /// Nothing authentic arrived for the idle timeout: the peer is gone.
+    IdleTimeout,
+    /// This side sent and heard nothing back, through every liveness probe (R9): the peer is
+    /// gone (crashed, partitioned), detected in a time scaled by the measured RTT.
+    Unresponsive,
+    /// The packet counter reached [`super::MAX_COUNTER`].
+    CounterExhausted,
+    /// The selected server refused the session (REDIRECT: full or under load).
+    Refused,
+}
+
+/// Why `send_datagram` refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Larger than [`MAX_APP_DATAGRAM`].
+    #[error("datagram larger than {MAX_APP_DATAGRAM} bytes")]
+    TooLarge,
+    /// [`super::MAX_SEND_QUEUE`] packets already wait: poll transmits first.
+    #[error("send queue full")]
+    QueueFull,
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+    /// No session is established yet (the connection is racing or handshaking).
+    #[error("no session established yet")]
+    NotEstablished,
+}
+
+/// Why an incoming DATA packet was dropped. Each has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DataDrop {
+    /// AEAD open failed.
+    #[error("authentication failed")]
+    Auth,
+    /// Counter already seen or older than the window.
+    #[error("replayed or too old")]
+    Replay,
+    /// Authentic, but the frame inside is malformed.
+    #[error("malformed frame")]
+    BadFrame,
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+}

@@ -1,0 +1,198 @@
+//! One connection on a client driver ([`Member`]): the protocol [`Connection`] and what connects
+//! it to its application — the session handle's queues ([`Link`]), its status and the
+//! [`ConnectReport`] built from the connection's events.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tracing::{debug, info};
+use volley_proto::client::RouteKey;
+use volley_proto::{ClientEvent, CloseReason, ConnectError, Connection};
+
+use super::open::Parts;
+use crate::report::{ConnectReport, OfferFate, OfferSeen};
+use crate::session::{Drained, Incoming, Link, Status};
+
+/// One connection of a group: the main one of a connect, or an `NBest` sibling.
+pub(super) struct Member {
+    pub(super) id: u32,
+    pub(super) conn: Connection,
+    /// Established (Ok) or failed for good (Err), once known.
+    pub(super) outcome: Option<Result<(), ConnectError>>,
+    /// Handed out with the ready message.
+    pub(super) parts: Option<Parts>,
+    report: Arc<Mutex<ConnectReport>>,
+    pub(super) link: Arc<Link>,
+    /// The send queue holds datagrams the connection could not take yet (racing again after a
+    /// failover, or its queue full): retried at every wake-up.
+    pub(super) blocked: bool,
+    status: watch::Sender<Status>,
+    /// Whether this member's race was decided at least once (the main one: siblings may start).
+    pub(super) selected: bool,
+    /// Whether its group's caller has been told how it went (it may leave the driver once done).
+    pub(super) reported: bool,
+    /// The deadline last entered in the timer heap.
+    pub(super) deadline: Option<Instant>,
+    /// The route keys last entered in the index.
+    pub(super) keys: [Option<RouteKey>; 2],
+    /// Touched since the last flush: its transmits, events and timer are to be taken.
+    pub(super) dirty: bool,
+    /// Listed among the driver's blocked members.
+    pub(super) in_blocked: bool,
+}
+
+fn lock(report: &Mutex<ConnectReport>) -> MutexGuard<'_, ConnectReport> {
+    // The lock guards plain data; a panic elsewhere cannot leave it inconsistent.
+    report.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Member {
+    /// A member for `conn`, whose session handle will first see `remote` as its peer.
+    pub(super) fn new(
+        id: u32,
+        conn: Connection,
+        remote: SocketAddr,
+        report: ConnectReport,
+    ) -> Self {
+        let report = Arc::new(Mutex::new(report));
+        let link = Arc::new(Link::default());
+        let (status, status_rx) = watch::channel(Status {
+            remote,
+            closed: None,
+        });
+        Self {
+            id,
+            conn,
+            outcome: None,
+            parts: Some(Parts {
+                link: Arc::clone(&link),
+                status: status_rx,
+                report: Arc::clone(&report),
+            }),
+            report,
+            link,
+            blocked: false,
+            status,
+            selected: false,
+            reported: false,
+            deadline: None,
+            keys: [None, None],
+            dirty: false,
+            in_blocked: false,
+        }
+    }
+
+    /// Moves the handle's queued datagrams into the connection, as many as it takes now. True
+    /// when any moved.
+    pub(super) fn drain(&mut self) -> bool {
+        let conn = &mut self.conn;
+        let (drained, moved) = self.link.drain(|d| conn.send_datagram_owned(d));
+        self.blocked = drained == Drained::Blocked;
+        moved
+    }
+
+    /// The session is over for its handle: it sees `reason` unless it already saw another.
+    pub(super) fn end(&self, reason: CloseReason) {
+        self.link.close();
+        self.status.send_modify(|s| {
+            s.closed.get_or_insert(reason);
+        });
+    }
+
+    /// Drains the connection's events into the report, status and channels.
+    pub(super) fn events(&mut self) {
+        let stats = self.conn.stats();
+        let mut report = lock(&self.report);
+        report.stats = stats;
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                ClientEvent::RaceStarted { .. } => report.offers.clear(),
+                ClientEvent::Collected {
+                    server,
+                    answer_time,
+                    load,
+                } => report.offers.push(OfferSeen {
+                    server,
+                    answer_time,
+                    load: Some(load),
+                    fate: OfferFate::Collected,
+                }),
+                ClientEvent::Selected {
+                    server,
+                    answer_time,
+                    load,
+                } => {
+                    self.selected = true;
+                    match report.offers.iter_mut().find(|o| o.server == server) {
+                        Some(o) => o.fate = OfferFate::Selected,
+                        None => report.offers.push(OfferSeen {
+                            server,
+                            answer_time,
+                            load: Some(load),
+                            fate: OfferFate::Selected,
+                        }),
+                    }
+                    report.answer_time = Some(answer_time);
+                    report.load = Some(load);
+                }
+                ClientEvent::LateOffer {
+                    server,
+                    answer_time,
+                    load,
+                } => {
+                    report.offers.push(OfferSeen {
+                        server,
+                        answer_time,
+                        load: Some(load),
+                        fate: OfferFate::Late,
+                    });
+                    report.late_offers += 1;
+                }
+                ClientEvent::Redirected { from, added } => {
+                    info!(%from, ?added, "server refused and redirected us");
+                    report.redirected_to.extend(added);
+                }
+                ClientEvent::Established {
+                    server,
+                    handshake_time,
+                    failover_from,
+                } => {
+                    report.server = Some(server);
+                    report.handshake_time = Some(handshake_time);
+                    self.status.send_modify(|s| s.remote = server);
+                    if let Some(from) = failover_from {
+                        report.failovers += 1;
+                        info!(%from, to = %server, "failover: session moved to a new server");
+                    }
+                    self.outcome.get_or_insert(Ok(()));
+                }
+                ClientEvent::Datagram(data) => {
+                    // A full queue means the application is slow: drop, as UDP would.
+                    let delivered = self.link.deliver(Incoming { data, guard: None });
+                    if !delivered {
+                        debug!("application slow: datagram dropped");
+                    }
+                    self.link.count_received(delivered, None);
+                }
+                ClientEvent::ServerLost { server, reason } => {
+                    info!(%server, ?reason, "server lost; racing the rest of the pool");
+                    report.losses.push((server, reason));
+                }
+                ClientEvent::Ejected { server, length } => {
+                    info!(%server, ?length, "server failed: ejected from races");
+                }
+                ClientEvent::Failed(e) => {
+                    self.outcome.get_or_insert(Err(e));
+                    self.end(match e {
+                        ConnectError::Refused(_) => CloseReason::Refused,
+                        _ => CloseReason::IdleTimeout,
+                    });
+                }
+                ClientEvent::Closed(reason) => self.end(reason),
+                _ => {}
+            }
+        }
+    }
+}
