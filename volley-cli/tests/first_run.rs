@@ -1,66 +1,28 @@
 //! The first run, as a new user meets it: the `volley` binary's messages for the usual mistakes,
 //! run as a process (loopback only, every wait bounded).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn volley() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_volley"));
-    c.env("RUST_LOG", "warn");
-    c
-}
+use common::{free_port, keygen, ready, run, scratch, text, volley};
 
-fn run(args: &[&str]) -> Output {
-    volley().args(args).output().expect("volley runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A fresh directory under the target dir for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn keygen(dir: &std::path::Path) -> (String, String) {
-    let key = dir.join("server.key");
-    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    (
-        key.to_str().unwrap().to_string(),
-        text(&out.stdout).trim().to_string(),
-    )
-}
-
-/// A free loopback UDP port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `volley serve` on `addr`, once it has said it listens.
+/// `volley serve` on `addr`, once its ready file says it listens.
 fn serve(key: &str, addr: &str) -> Child {
+    let ready_file = std::path::Path::new(key).with_extension("ready");
+    let _ = std::fs::remove_file(&ready_file);
     let mut child = volley()
-        .args(["serve", "--listen", addr, "--key", key])
-        .stdout(Stdio::piped())
+        .args(["serve", "--listen", addr, "--key", key, "--ready-file"])
+        .arg(&ready_file)
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "{line}");
+    let said = ready(&mut child, &ready_file);
+    assert_eq!(said["udp"], addr, "{said}");
     child
 }
 
