@@ -24,6 +24,9 @@ use anyhow::Context as _;
 use serde::Serialize;
 use volley::{Client, ClientConfig, PublicKey, Server, ServerConfig, StaticKeypair};
 
+use crate::harness::footprint;
+use crate::harness::process::pin_to;
+
 /// What one measurement found.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryResult {
@@ -56,14 +59,9 @@ const IDLE: volley::SessionConfig = volley::SessionConfig {
 /// and every connect here comes from one address.
 const IN_FLIGHT: usize = 16;
 
+/// Resident memory of process `pid`, bytes.
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
+    let kb = footprint::rss_kb(pid).ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
     Ok(kb * 1024)
 }
 
@@ -136,7 +134,7 @@ pub fn run(n: usize, cpu: usize) -> anyhow::Result<MemoryResult> {
         .ok_or_else(|| anyhow::anyhow!("child said {line:?}"))?
         .parse()?;
     let key = PublicKey::from_hex(parts.next().unwrap_or_default())?;
-    crate::select::pin_to(cpu);
+    pin_to(cpu);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
