@@ -278,6 +278,27 @@ mod tests {
     }
 
     #[test]
+    fn a_process_is_started_once_its_ready_file_appears_and_killed_when_dropped() {
+        // A stand-in for `volley serve` that writes its ready file as volley does (aside, then
+        // renamed) a moment after it starts, then stays up.
+        let script = r#"sleep 0.2
+printf '{"command":"serve","pid":%d,"udp":"127.0.0.1:7001","tcp":null,"metrics":"127.0.0.1:9100","public_key":"00"}\n' $$ > "$2.tmp"
+mv "$2.tmp" "$2"
+exec sleep 60"#;
+        let args = ["-c".to_string(), script.to_string(), "serve".to_string()];
+        let mut started = VolleyProcess::start(Path::new("sh"), &args).expect("ready");
+        assert_eq!(started.addr, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(started.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(started.child.try_wait().unwrap().is_none(), "still serving");
+        let pid = started.pid();
+        drop(started);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "killed and reaped"
+        );
+    }
+
+    #[test]
     fn a_process_that_ends_before_it_is_ready_is_reported_with_its_status() {
         // `false` ignores its arguments and exits 1 at once: it never writes a ready file.
         let err = VolleyProcess::start(Path::new("false"), &["serve".into()])
