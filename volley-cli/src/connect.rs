@@ -410,10 +410,14 @@ mod tests {
         args: Args,
     }
 
-    fn args(argv: &[&str]) -> Args {
+    /// Runs `volley connect ARGV…`, which must fail: its error, and the virtual time it took.
+    async fn failing(argv: &[&str]) -> (String, Duration) {
         let mut all = vec!["connect"];
         all.extend_from_slice(argv);
-        Connect::try_parse_from(all).expect("valid flags").args
+        let args = Connect::try_parse_from(all).expect("valid flags").args;
+        let started = Instant::now();
+        let err = run(args).await.expect_err("connect fails");
+        (format!("{err:#}"), started.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
@@ -421,21 +425,9 @@ mod tests {
         // Bound and never read: probes go nowhere.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = silent.local_addr().unwrap().to_string();
-        let started = Instant::now();
-        let err = run(args(&[
-            "--server-key",
-            &"1".repeat(64),
-            "--timeout",
-            "1",
-            &addr,
-        ]))
-        .await
-        .expect_err("nothing answers");
-        let took = started.elapsed();
-        assert!(
-            format!("{err:#}").contains("no server answered within 1s"),
-            "{err:#}"
-        );
+        let (err, took) =
+            failing(&["--server-key", &"1".repeat(64), "--timeout", "1", &addr]).await;
+        assert!(err.contains("no server answered within 1s"), "{err}");
         // The race's own deadline, inside the command's 50 ms margin.
         assert!(
             took >= Duration::from_secs(1) && took < Duration::from_millis(1_050),
@@ -462,24 +454,19 @@ mod tests {
                 held.push(session);
             }
         });
-        let started = Instant::now();
-        let err = run(args(&[
+        let key = key.public().to_hex();
+        let (err, took) = failing(&[
             "--server-key",
-            &key.public().to_hex(),
+            &key,
             "--timeout",
             "2",
             "--send",
             "anyone there?",
             &addr,
-        ]))
-        .await
-        .expect_err("no reply comes");
-        let took = started.elapsed();
+        ])
+        .await;
         holder.abort();
-        assert!(
-            format!("{err:#}").contains("no reply to --send within --timeout"),
-            "{err:#}"
-        );
+        assert!(err.contains("no reply to --send within --timeout"), "{err}");
         assert!(
             took >= Duration::from_secs(2) && took < Duration::from_millis(2_100),
             "{took:?} of virtual time"

@@ -5,24 +5,18 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{finish, free_port, keygen, ready, run, scratch, text, volley};
+use common::{Killed, finish, free_port, keygen, run, scratch, start_ready, text, volley};
 
 /// `volley serve` on `addr`, once its ready file says it listens.
-fn serve(key: &str, addr: &str) -> Child {
-    let ready_file = std::path::Path::new(key).with_extension("ready");
+fn serve(key: &str, addr: &str) -> Killed {
+    let ready_file = Path::new(key).with_extension("ready");
     let _ = std::fs::remove_file(&ready_file);
-    let mut child = volley()
-        .args(["serve", "--listen", addr, "--key", key, "--ready-file"])
-        .arg(&ready_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let said = ready(&mut child, &ready_file);
+    let (server, said) = start_ready(&["serve", "--listen", addr, "--key", key], &ready_file);
     assert_eq!(said["udp"], addr, "{said}");
-    child
+    server
 }
 
 fn stop(mut child: Child) {
@@ -95,7 +89,7 @@ fn connect_with_the_wrong_server_key_says_so_rather_than_no_answer() {
         !out.status.success() && err.contains("mixes IPv4 and IPv6"),
         "{err}"
     );
-    stop(server);
+    drop(server);
 }
 
 #[test]
@@ -187,9 +181,8 @@ fn r10_connect_send_to_a_service_that_never_answers_says_no_reply_within_the_tim
     let (key, public) = keygen(&dir);
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let backend = format!("udp://{}", silent.local_addr().unwrap());
-    let ready_file = dir.join("serve.ready");
-    let mut server = volley()
-        .args([
+    let (server, said) = start_ready(
+        &[
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -197,17 +190,10 @@ fn r10_connect_send_to_a_service_that_never_answers_says_no_reply_within_the_tim
             &key,
             "--forward",
             &backend,
-            "--ready-file",
-        ])
-        .arg(&ready_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = ready(&mut server, &ready_file)["udp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        ],
+        &dir.join("serve.ready"),
+    );
+    let addr = said["udp"].as_str().unwrap().to_string();
     let out = run(&[
         "connect",
         "--server-key",
@@ -218,7 +204,7 @@ fn r10_connect_send_to_a_service_that_never_answers_says_no_reply_within_the_tim
         "anyone there?",
         &addr,
     ]);
-    stop(server);
+    drop(server);
     assert!(!out.status.success());
     assert!(text(&out.stdout).contains("connect:"), "connected first");
     let err = text(&out.stderr);

@@ -5,22 +5,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Stdio;
 
-use common::{HANG_GUARD, Killed, keygen, ready, run, scrape, scratch, text, volley};
+use common::{HANG_GUARD, keygen, run, scrape, scratch, start_ready, text};
 
-/// Starts `volley ARGS… --ready-file PATH` and returns it with what it wrote there.
-fn start_ready(args: &[&str], path: &std::path::Path) -> (Killed, serde_json::Value) {
-    let mut child = volley()
-        .args(args)
-        .arg("--ready-file")
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("volley starts");
-    let said = ready(&mut child, path);
-    (Killed(child), said)
+/// A proxy's `listen`: `SCHEME://IP:PORT`.
+fn listening(said: &serde_json::Value, scheme: &str) -> SocketAddr {
+    said["listen"]
+        .as_str()
+        .and_then(|l| l.strip_prefix(scheme)?.strip_prefix("://"))
+        .unwrap_or_else(|| panic!("{scheme}://…, not {}", said["listen"]))
+        .parse()
+        .unwrap()
 }
 
 fn addr(v: &serde_json::Value) -> SocketAddr {
@@ -85,12 +80,7 @@ fn serve_and_proxy_on_port_0_name_their_real_udp_addresses_in_the_ready_file() {
     );
     assert_eq!(said["command"], "proxy");
     assert_eq!(said["pid"], proxy.0.id());
-    let listen: SocketAddr = said["listen"]
-        .as_str()
-        .and_then(|l| l.strip_prefix("udp://"))
-        .unwrap_or_else(|| panic!("udp://…, not {}", said["listen"]))
-        .parse()
-        .unwrap();
+    let listen = listening(&said, "udp");
     assert_ne!(listen.port(), 0);
     // A datagram through the proxy comes back from the server's echo service.
     let app = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -151,12 +141,7 @@ fn a_forwarding_server_and_a_tcp_proxy_name_their_stream_listeners() {
         &dir.join("proxy.json"),
     );
     assert!(said["metrics"].is_null());
-    let listen: SocketAddr = said["listen"]
-        .as_str()
-        .and_then(|l| l.strip_prefix("tcp://"))
-        .unwrap_or_else(|| panic!("tcp://…, not {}", said["listen"]))
-        .parse()
-        .unwrap();
+    let listen = listening(&said, "tcp");
     let mut conn = TcpStream::connect(listen).unwrap();
     conn.set_read_timeout(Some(HANG_GUARD)).unwrap();
     conn.write_all(b"a stream through volley").unwrap();

@@ -150,6 +150,20 @@ pub fn ready(child: &mut Child, path: &Path) -> serde_json::Value {
     }
 }
 
+/// Starts `volley ARGS… --ready-file PATH` and returns it with what it wrote there.
+pub fn start_ready(args: &[&str], path: &Path) -> (Killed, serde_json::Value) {
+    let mut child = volley()
+        .args(args)
+        .arg("--ready-file")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("volley starts");
+    let said = ready(&mut child, path);
+    (Killed(child), said)
+}
+
 /// The page `GET /metrics` returns from `addr`.
 pub fn scrape(addr: &str) -> String {
     use std::io::Write;
