@@ -8,7 +8,9 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{Killed, finish, free_port, keygen, run, scratch, start_ready, text, volley};
+use common::{
+    Killed, finish, forwarding_server, free_port, keygen, run, scratch, start_ready, text, volley,
+};
 
 /// `volley serve` on `addr`, once its ready file says it listens.
 fn serve(key: &str, addr: &str) -> Killed {
@@ -181,18 +183,7 @@ fn r10_connect_send_to_a_service_that_never_answers_says_no_reply_within_the_tim
     let (key, public) = keygen(&dir);
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let backend = format!("udp://{}", silent.local_addr().unwrap());
-    let (server, said) = start_ready(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--key",
-            &key,
-            "--forward",
-            &backend,
-        ],
-        &dir.join("serve.ready"),
-    );
+    let (server, said) = forwarding_server(&key, &backend, &dir.join("serve.ready"));
     let addr = said["udp"].as_str().unwrap().to_string();
     let out = run(&[
         "connect",

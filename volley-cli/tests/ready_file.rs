@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
-use common::{HANG_GUARD, keygen, run, scrape, scratch, start_ready, text};
+use common::{HANG_GUARD, forwarding_server, keygen, run, scrape, scratch, start_ready, text};
 
 /// A proxy's `listen`: `SCHEME://IP:PORT`.
 fn listening(said: &serde_json::Value, scheme: &str) -> SocketAddr {
@@ -113,16 +113,9 @@ fn a_forwarding_server_and_a_tcp_proxy_name_their_stream_listeners() {
             });
         }
     });
-    let (_serve, said) = start_ready(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--key",
-            &key,
-            "--forward",
-            &format!("tcp://{backend_addr}"),
-        ],
+    let (_serve, said) = forwarding_server(
+        &key,
+        &format!("tcp://{backend_addr}"),
         &dir.join("serve.json"),
     );
     let udp = addr(&said["udp"]);

@@ -164,6 +164,13 @@ pub fn start_ready(args: &[&str], path: &Path) -> (Killed, serde_json::Value) {
     (Killed(child), said)
 }
 
+/// `volley serve --forward BACKEND` on a port of the kernel's choosing, once ready, and what its
+/// ready file (`path`) says.
+pub fn forwarding_server(key: &str, backend: &str, path: &Path) -> (Killed, serde_json::Value) {
+    let listen = ["serve", "--listen", "127.0.0.1:0", "--key", key];
+    start_ready(&[&listen[..], &["--forward", backend]].concat(), path)
+}
+
 /// The page `GET /metrics` returns from `addr`.
 pub fn scrape(addr: &str) -> String {
     use std::io::Write;
