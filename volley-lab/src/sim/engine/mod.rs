@@ -36,7 +36,9 @@
 //! Measurement: sessions arriving after `warmup` are measured, `measured` of them; arrivals stop
 //! after the last one and the run ends when every measured session has finished (with FIFO
 //! service a later arrival cannot change an earlier session's time). Utilisation and herding are
-//! counted over the arrival window of the measured sessions.
+//! counted over the arrival window of the measured sessions ([`measure`] keeps the counts).
+//!
+//! [`addr`] holds the simulated network's addresses and [`draw`] the run's random draws.
 
 mod addr;
 mod client;
