@@ -11,6 +11,7 @@
 
 mod fleet;
 mod journal;
+mod output;
 mod plan;
 mod plot;
 pub mod policy;
@@ -150,5 +151,5 @@ pub fn run(args: SelectArgs) -> anyhow::Result<()> {
         args.resume || args.report_only,
     )?;
     let runs = run::run_all(&args, &plan, &mut journal, done)?;
-    report::write(&args, &plan, runs, started)
+    output::write(&args, &plan, runs, started)
 }

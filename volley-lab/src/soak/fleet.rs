@@ -10,7 +10,7 @@ use serde::Serialize;
 use volley::PublicKey;
 
 use super::SoakArgs;
-use super::sample::{scrape, session_counts};
+use super::metrics::{scrape, session_counts};
 use crate::harness::process::{EPHEMERAL, VolleyProcess, keygen};
 
 /// A restart of one server.

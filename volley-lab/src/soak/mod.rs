@@ -25,6 +25,7 @@
 
 mod fleet;
 mod load;
+mod metrics;
 mod plot;
 mod report;
 mod sample;
