@@ -2,7 +2,7 @@
 //! the plumbing they share. Each experiment is a `volley-lab` subcommand and writes its results
 //! into an output folder (`docs/BENCHMARKS.md` says what each measures and why).
 //!
-//! - [`bench`]: the datapath on real sockets, the server and the load generator pinned to one CPU
+//! - [`bench`](mod@bench): the datapath on real sockets, the server and the load generator pinned to one CPU
 //!   each (§1), and `bench proxy`, UDP and TCP services reached directly and through volley's
 //!   proxies (§4).
 //! - [`select`]: the side-by-side selection benchmark on loopback: every policy replays the same

@@ -11,7 +11,7 @@
 //! `VOLLEY_MEMORY_DEBUG=1` makes the child print its counters to stderr every 2 s (to see why a
 //! run failed: refusals, timeouts).
 //!
-//! Both sides use a 15 s keepalive and a 60 s idle timeout ([`IDLE`]): with the defaults (1 s,
+//! Both sides use a 15 s keepalive and a 60 s idle timeout (`IDLE`): with the defaults (1 s,
 //! 5 s) 100,000 idle sessions exchange about 200,000 keepalive datagrams a second each way, more
 //! than one core serves next to the handshakes, and sessions time out before the run ends.
 
@@ -66,7 +66,7 @@ fn rss_of(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// The child: serves echo sessions on 127.0.0.1 with default settings but for the session timers
-/// ([`IDLE`]) and the per-source INIT limit, prints its address and
+/// (`IDLE`) and the per-source INIT limit, prints its address and
 /// public key, and stops when its stdin closes.
 pub fn serve_child() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

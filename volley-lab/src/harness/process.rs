@@ -72,7 +72,7 @@ pub struct VolleyProcess {
 
 impl VolleyProcess {
     /// Runs `volley ARGS… --ready-file PATH` and waits until PATH says every listener is bound;
-    /// a process that ends first, or that takes longer than [`READY_WAIT`], did not start.
+    /// a process that ends first, or that takes longer than `READY_WAIT` (30 s), did not start.
     pub fn start(volley: &Path, args: &[String]) -> Result<VolleyProcess, StartError> {
         let command = args.join(" ");
         let ready_file = fresh_ready_file();

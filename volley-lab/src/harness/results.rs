@@ -24,7 +24,7 @@ pub fn write(out: &Path, md: &str, results: &impl Serialize) -> anyhow::Result<(
     write_json(&out.join("results.json"), results)
 }
 
-/// [`write`], then prints `md` on stdout.
+/// [`write`](fn@write), then prints `md` on stdout.
 pub fn publish(out: &Path, md: &str, results: &impl Serialize) -> anyhow::Result<()> {
     write(out, md, results)?;
     print!("{md}");

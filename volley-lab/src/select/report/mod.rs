@@ -1,6 +1,6 @@
-//! What a select run reports: each run's figures ([`summary`]), grouped by cell and policy over
-//! seeds ([`aggregate`]), the goals of `docs/BENCHMARKS.md` §2 read from them ([`goals`]), the
-//! tables ([`tables`]), and the JSON form of undefined and infinite figures ([`float`]).
+//! What a select run reports: each run's figures (`summary`), grouped by cell and policy over
+//! seeds (`aggregate`), the goals of `docs/BENCHMARKS.md` §2 read from them (`goals`), the
+//! tables (`tables`), and the JSON form of undefined and infinite figures ([`float`]).
 
 mod aggregate;
 pub mod float;

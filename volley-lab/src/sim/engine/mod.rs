@@ -1,12 +1,12 @@
 //! The event loop: a fleet of FIFO multi-slot queues, each fronted by a real
 //! [`ServerEndpoint`], and arriving sessions that pick a server by running a real
 //! [`volley_proto::client::race::Race`] against `fanout` of them — or by one of the peers'
-//! rules, each client with its own state ([`peers`]) — on a virtual clock, with no sockets.
+//! rules, each client with its own state (`peers`) — on a virtual clock, with no sockets.
 //!
 //! Time is `u64` nanoseconds from a fixed `Instant` base; the protocol sees `base + t`. Events
 //! are ordered by (time, sequence number) ([`super::queue`]), so a seed fixes the whole run.
 //!
-//! One session's life under [`Selector::Protocol`] ([`client`] and [`server`] hold the handlers):
+//! One session's life under [`Selector::Protocol`] (`client` and `server` hold the handlers):
 //!
 //! 1. **Arrival** (Poisson, fleet-wide; it belongs to one of `clients` independent clients drawn
 //!    uniformly): draw its work from the trace RNG, start a `Race` with a fresh tag against
@@ -31,14 +31,14 @@
 //! real stack.
 //!
 //! The other selectors choose at arrival with no protocol: [`Selector::Random`], and the
-//! local-view peers and exact references of [`peers`].
+//! local-view peers and exact references of `peers`.
 //!
 //! Measurement: sessions arriving after `warmup` are measured, `measured` of them; arrivals stop
 //! after the last one and the run ends when every measured session has finished (with FIFO
 //! service a later arrival cannot change an earlier session's time). Utilisation and herding are
-//! counted over the arrival window of the measured sessions ([`measure`] keeps the counts).
+//! counted over the arrival window of the measured sessions (`measure` keeps the counts).
 //!
-//! [`addr`] holds the simulated network's addresses and [`draw`] the run's random draws.
+//! `addr` holds the simulated network's addresses and `draw` the run's random draws.
 
 mod addr;
 mod client;
