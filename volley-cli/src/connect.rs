@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
+// Tokio's clock, as the volley runtime's: on a paused runtime (the tests) the whole command,
+// deadlines included, runs in virtual time.
+use tokio::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use volley::{Client, ClientConfig, ConnectReport, LoadHint, OfferFate, SelectionPolicy, Session};
@@ -229,7 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => client.connect(&args.servers).await.map(|s| vec![s]),
             }
         };
-        match tokio::time::timeout_at(connect_deadline.into(), attempt).await {
+        match tokio::time::timeout_at(connect_deadline, attempt).await {
             Err(_) => bail!(
                 "no session within {} s (--timeout; {} server(s) probed; check addresses, \
                  --server-key and --service)",
@@ -370,7 +373,7 @@ async fn exchange(
     while Instant::now() < deadline {
         session.send(text.as_bytes()).await?;
         let until = (Instant::now() + wait).min(deadline);
-        if let Ok(r) = tokio::time::timeout_at(until.into(), session.recv()).await {
+        if let Ok(r) = tokio::time::timeout_at(until, session.recv()).await {
             reply = Some(r?);
             break;
         }
@@ -389,4 +392,84 @@ async fn exchange(
         ms(sent.elapsed())
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! `--timeout` bounds the whole command (R10), shown on a paused runtime: every wait, the
+    //! client's and the server's timers included, runs in virtual time, so the elapsed time is
+    //! the program's own arithmetic, not the machine's speed.
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Connect {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// Runs `volley connect ARGV…`, which must fail: its error, and the virtual time it took.
+    async fn failing(argv: &[&str]) -> (String, Duration) {
+        let mut all = vec!["connect"];
+        all.extend_from_slice(argv);
+        let args = Connect::try_parse_from(all).expect("valid flags").args;
+        let started = Instant::now();
+        let err = run(args).await.expect_err("connect fails");
+        (format!("{err:#}"), started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn r10_connect_to_a_silent_address_gives_up_at_the_timeout_in_virtual_time() {
+        // Bound and never read: probes go nowhere.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let (err, took) =
+            failing(&["--server-key", &"1".repeat(64), "--timeout", "1", &addr]).await;
+        assert!(err.contains("no server answered within 1s"), "{err}");
+        // The race's own deadline, inside the command's 50 ms margin.
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(1_050),
+            "{took:?} of virtual time"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn r10_connect_timeout_bounds_the_whole_command_send_included() {
+        // A server that accepts every session and never answers: the race and the handshake
+        // succeed, then --send waits for a reply that never comes. --timeout 2 bounds it all
+        // (before R10, --send added its own 3 s after the connect).
+        let key = volley::StaticKeypair::generate(&mut volley::OsRng);
+        let mut server = volley::Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            volley::ServerConfig::new(key.clone()),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().to_string();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(session) = server.accept().await {
+                held.push(session);
+            }
+        });
+        let key = key.public().to_hex();
+        let (err, took) = failing(&[
+            "--server-key",
+            &key,
+            "--timeout",
+            "2",
+            "--send",
+            "anyone there?",
+            &addr,
+        ])
+        .await;
+        holder.abort();
+        assert!(err.contains("no reply to --send within --timeout"), "{err}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(2_100),
+            "{took:?} of virtual time"
+        );
+    }
 }

@@ -19,6 +19,7 @@ mod demo;
 mod keygen;
 mod proxy;
 mod pubkey;
+mod ready;
 mod serve;
 mod target;
 

@@ -47,6 +47,13 @@ pub struct Args {
     /// races the pool as it is then.
     #[arg(required_unless_present = "config", value_name = "POOL")]
     servers: Vec<String>,
+    /// Once the listener and the metrics endpoint (with --metrics) are bound, write one JSON
+    /// object to PATH (through PATH.tmp and a rename): {"command":"proxy","pid":N,
+    /// "listen":"udp://IP:PORT" or "tcp://IP:PORT","metrics":"IP:PORT" or null}, with the real
+    /// ports (port 0 resolved). A flag only, not a config file setting: it is a handshake with
+    /// whatever started this process.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<std::path::PathBuf>,
 }
 
 /// The settings a `proxy` config file may hold: the flags' names, every one optional.
@@ -161,6 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 pool.current().len(),
             );
             say_metrics(&_endpoint);
+            announce(&args, format!("udp://{}", socket.local_addr()?), &_endpoint)?;
             let proxy = UdpProxyConfig {
                 idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)),
                 ..UdpProxyConfig::default()
@@ -185,6 +193,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 pool.current().len(),
             );
             say_metrics(&_endpoint);
+            announce(
+                &args,
+                format!("tcp://{}", listener.local_addr()?),
+                &_endpoint,
+            )?;
             let proxy = TcpProxyConfig {
                 idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)),
                 ..TcpProxyConfig::default()
@@ -215,5 +228,24 @@ fn say_metrics(endpoint: &Option<volley::metrics::MetricsEndpoint>) {
             "volley proxy: metrics at http://{}/metrics",
             endpoint.local_addr()
         );
+    }
+}
+
+/// Writes `--ready-file`, when given: the proxy listens on `listen`, its metrics at `endpoint`.
+fn announce(
+    args: &Args,
+    listen: String,
+    endpoint: &Option<volley::metrics::MetricsEndpoint>,
+) -> anyhow::Result<()> {
+    match &args.ready_file {
+        Some(path) => crate::ready::write(
+            path,
+            &crate::ready::Ready::Proxy {
+                pid: std::process::id(),
+                listen,
+                metrics: endpoint.as_ref().map(|e| e.local_addr()),
+            },
+        ),
+        None => Ok(()),
     }
 }

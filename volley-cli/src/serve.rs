@@ -102,6 +102,14 @@ pub struct Args {
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Once the UDP socket, the TCP stream listener (with --forward tcp://) and the metrics
+    /// endpoint (with --metrics) are bound, write one JSON object to PATH (through PATH.tmp and
+    /// a rename): {"command":"serve","pid":N,"udp":"IP:PORT","tcp":"IP:PORT" or null,
+    /// "metrics":"IP:PORT" or null,"public_key":"HEX"}, with the real ports (port 0 resolved).
+    /// A flag only, not a config file setting: it is a handshake with whatever started this
+    /// process.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 /// The settings a `serve` config file may hold: the flags' names, every one optional.
@@ -265,6 +273,8 @@ pub struct Settings {
     pub forward: Option<crate::target::Target>,
     /// `--metrics`: where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
+    /// `--ready-file`: where to say that every listener is bound.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Flags over the config file over the defaults, checked.
@@ -324,6 +334,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         load_every,
         forward,
         metrics,
+        ready_file: args.ready_file,
     })
 }
 
@@ -343,6 +354,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         load_every,
         forward,
         metrics,
+        ready_file,
     } = settings(args)?;
     let forward = match forward {
         Some(target) => Some((
@@ -384,7 +396,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let handle = server.handle();
     let stream_counters = Arc::new(volley::proxy::forward::StreamCounters::default());
-    let _metrics = match metrics {
+    let metrics_endpoint = match metrics {
         Some(addr) => {
             let mut registry = volley::metrics::server_registry(handle.clone());
             if streams.is_some() {
@@ -399,6 +411,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(path) = &ready_file {
+        crate::ready::write(
+            path,
+            &crate::ready::Ready::Serve {
+                pid: std::process::id(),
+                udp: server.local_addr(),
+                tcp: streams.as_ref().map(|l| l.local_addr()).transpose()?,
+                metrics: metrics_endpoint.as_ref().map(|m| m.local_addr()),
+                public_key: server.public_key().to_hex(),
+            },
+        )?;
+    }
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
     let serving = async move {
         let stats = match (forward, streams) {

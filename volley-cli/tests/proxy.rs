@@ -1,10 +1,14 @@
 //! `volley proxy` and `volley serve --forward` as processes, in front of a UDP service that is
 //! not ours (a Python program), on loopback (D1).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use common::{Killed, free_port, scrape, volley};
 
 const BACKEND: &str = r#"
 import socket, sys
@@ -15,15 +19,6 @@ while True:
     data, addr = s.recvfrom(65535)
     s.sendto(b"backend says " + data, addr)
 "#;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `cmd` and returns it with its first line of stdout.
 fn start(cmd: &mut Command) -> (Killed, String) {
@@ -37,31 +32,6 @@ fn start(cmd: &mut Command) -> (Killed, String) {
         .read_line(&mut line)
         .unwrap();
     (Killed(child), line)
-}
-
-fn volley() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_volley"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn scrape(addr: &str) -> String {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    s.read_to_string(&mut page).unwrap();
-    page
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

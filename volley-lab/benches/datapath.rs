@@ -1,4 +1,4 @@
-//! The datapath's per-datagram CPU costs (BENCHMARKS.md §1), for comparison with the anchors of
+//! The datapath's per-datagram CPU costs (docs/BENCHMARKS.md §1), for comparison with the anchors of
 //! this kind of machine: HMAC-SHA256 ≈ 0.15 µs, ChaCha20-Poly1305 seal of 64 B ≈ 0.2 µs, and a
 //! user-space budget per probe of ≤ 0.5 µs. Decode of a PROBE and a DATA header, a cookie
 //! minted and verified, an OFFER encoded, 64 and 1,200 bytes sealed and opened, and a whole PROBE → OFFER

@@ -1,5 +1,9 @@
-//! `volley-lab`: `select` (the side-by-side selection benchmark on loopback) and `sim` (the
-//! discrete-event simulator on the real protocol state machines). See `docs/RESULTS.md`.
+//! `volley-lab`: volley's experiments, one subcommand each — `bench` (the datapath, and `bench
+//! proxy` for the proxies), `select` (the side-by-side selection benchmark on loopback), `sim`
+//! (the discrete-event simulator on the real protocol state machines), `chaos` (faults on real
+//! sockets) and `soak` (the long run with restarts). The library's `harness` module holds the
+//! plumbing they share and `peers` the balancers more than one of them runs. What each measures:
+//! `docs/BENCHMARKS.md`; what they found: `docs/RESULTS.md` and `docs/RELIABILITY.md`.
 
 use clap::{Parser, Subcommand};
 
@@ -22,11 +26,11 @@ enum Command {
     /// Datapath benchmark: bare batched echo vs volley's responder, forged-INIT floods and
     /// encrypted DATA echo, server and generator pinned to one CPU each.
     Bench(volley_lab::bench::BenchArgs),
-    /// Faults on real sockets (BENCHMARKS.md §5): `volley serve` processes behind seeded UDP
+    /// Faults on real sockets (docs/BENCHMARKS.md §5): `volley serve` processes behind seeded UDP
     /// fault relays (delay, jitter, loss, duplication, blackhole), connects cold and warm, and a
     /// server killed, stopped and partitioned under a session.
     Chaos(volley_lab::chaos::ChaosArgs),
-    /// The long run (BENCHMARKS.md §5): `volley serve` processes, library clients and a
+    /// The long run (docs/BENCHMARKS.md §5): `volley serve` processes, library clients and a
     /// `volley proxy` at moderate load for --minutes, with restarts and key rotations; memory,
     /// descriptors, sessions, failovers and counter consistency over time, and a plot.
     Soak(volley_lab::soak::SoakArgs),

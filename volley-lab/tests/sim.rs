@@ -154,7 +154,7 @@ fn sim_is_deterministic_for_a_seed() {
     assert_eq!(x.events, y.events);
 }
 
-/// BENCHMARKS.md §3: balancers with a local view drift towards random as the clients multiply
+/// docs/BENCHMARKS.md §3: balancers with a local view drift towards random as the clients multiply
 /// (each sees a sliver of the traffic), while volley's race reads live state whatever the number
 /// of clients. 500 servers; one client against 500.
 #[test]

@@ -20,6 +20,8 @@ use volley_proto::{
     AnswerPolicy, ClientConfig, MAX_DATAGRAM_LEN, ServerConfig, ServerEndpoint, StaticKeypair,
 };
 
+use crate::harness::footprint;
+
 /// What one population of sessions measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct CoreResult {
@@ -36,16 +38,9 @@ pub struct CoreResult {
     pub wakes: usize,
 }
 
+/// This process's resident memory, bytes (0 when unknown).
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    footprint::rss_kb(std::process::id()).map_or(0, |kb| kb * 1024)
 }
 
 fn client_addr(i: usize) -> SocketAddr {

@@ -11,7 +11,7 @@
 //! `VOLLEY_MEMORY_DEBUG=1` makes the child print its counters to stderr every 2 s (to see why a
 //! run failed: refusals, timeouts).
 //!
-//! Both sides use a 15 s keepalive and a 60 s idle timeout ([`IDLE`]): with the defaults (1 s,
+//! Both sides use a 15 s keepalive and a 60 s idle timeout (`IDLE`): with the defaults (1 s,
 //! 5 s) 100,000 idle sessions exchange about 200,000 keepalive datagrams a second each way, more
 //! than one core serves next to the handshakes, and sessions time out before the run ends.
 
@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 use volley::{Client, ClientConfig, PublicKey, Server, ServerConfig, StaticKeypair};
+
+use crate::harness::footprint;
+use crate::harness::process::pin_to;
 
 /// What one measurement found.
 #[derive(Debug, Clone, Serialize)]
@@ -56,19 +59,14 @@ const IDLE: volley::SessionConfig = volley::SessionConfig {
 /// and every connect here comes from one address.
 const IN_FLIGHT: usize = 16;
 
+/// Resident memory of process `pid`, bytes.
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
+    let kb = footprint::rss_kb(pid).ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))?;
     Ok(kb * 1024)
 }
 
 /// The child: serves echo sessions on 127.0.0.1 with default settings but for the session timers
-/// ([`IDLE`]) and the per-source INIT limit, prints its address and
+/// (`IDLE`) and the per-source INIT limit, prints its address and
 /// public key, and stops when its stdin closes.
 pub fn serve_child() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -136,7 +134,7 @@ pub fn run(n: usize, cpu: usize) -> anyhow::Result<MemoryResult> {
         .ok_or_else(|| anyhow::anyhow!("child said {line:?}"))?
         .parse()?;
     let key = PublicKey::from_hex(parts.next().unwrap_or_default())?;
-    crate::select::pin_to(cpu);
+    pin_to(cpu);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, oneshot};
 use volley::{AnswerPolicy, PublicKey, Server, ServerConfig, ServerStats, StaticKeypair};
 
 use super::workload::{Behaviour, FleetShape, Schedule};
+use crate::harness::process::pin_to;
 
 /// How the fleet's volley endpoints answer probes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -76,7 +77,7 @@ impl Fleet {
         let thread = std::thread::Builder::new().name("lab-fleet".into()).spawn(
             move || -> anyhow::Result<Vec<ServerStats>> {
                 if let Some(cpu) = pin {
-                    super::pin_to(cpu);
+                    pin_to(cpu);
                 }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+
+use crate::harness::svg::{self, canvas, labelled_line, legend};
 
 /// One policy's series.
 pub struct Series<'a> {
@@ -16,17 +17,13 @@ pub struct Series<'a> {
 }
 
 fn style(i: usize) -> ShapeStyle {
-    let color = Palette99::pick(i).to_rgba();
     // Volley's policies come after the peers: draw the peers thicker so they stand out.
-    ShapeStyle {
-        color,
-        filled: false,
-        stroke_width: if i < super::policy::Policy::peers().len() {
-            3
-        } else {
-            1
-        },
-    }
+    let width = if i < super::policy::Policy::peers().len() {
+        3
+    } else {
+        1
+    };
+    svg::stroke(i, width)
 }
 
 /// The latency CDF (log x axis) of every series.
@@ -46,8 +43,7 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::R
     } else {
         0.1
     };
-    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, (1100, 700))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
@@ -70,9 +66,9 @@ pub fn latency_cdf(path: &Path, title: &str, series: &[Series<'_>]) -> anyhow::R
             .filter(|(k, x)| x.is_finite() && (k % step == 0 || *k + 1 == s.latencies.len()))
             .map(|(k, &x)| (x.max(lo), (k + 1) as f64 / n))
             .collect();
-        line(&mut chart, i, s.name, points)?;
+        labelled_line(&mut chart, points, style(i), s.name)?;
     }
-    legend(&mut chart)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -85,8 +81,7 @@ pub fn utilisation(
     capacity_share: &[f64],
 ) -> anyhow::Result<()> {
     let n = capacity_share.len();
-    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, (1100, 700))?;
     let ymax = series
         .iter()
         .flat_map(|s| s.utilisation.iter().copied())
@@ -114,9 +109,9 @@ pub fn utilisation(
             .enumerate()
             .map(|(x, &srv)| (x as f64, s.utilisation.get(srv).copied().unwrap_or(0.0)))
             .collect();
-        line(&mut chart, i, s.name, points)?;
+        labelled_line(&mut chart, points, style(i), s.name)?;
     }
-    legend(&mut chart)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -145,8 +140,7 @@ pub fn p99_vs_clients(
     };
     let top = hi * 1.5;
     let xmax = clients.iter().copied().max().unwrap_or(1).max(2) as f64;
-    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, (1100, 700))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
@@ -165,53 +159,9 @@ pub fn p99_vs_clients(
             .collect();
         let st = style(i);
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, st)))?;
-        chart
-            .draw_series(LineSeries::new(pts, st))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
+        labelled_line(&mut chart, pts, st, name)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
-    Ok(())
-}
-
-type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>;
-
-/// One series as a line, with its legend entry.
-fn line<X>(
-    chart: &mut Chart<'_, X>,
-    i: usize,
-    name: &str,
-    points: Vec<(f64, f64)>,
-) -> anyhow::Result<()>
-where
-    X: Ranged<ValueType = f64>,
-{
-    let st = style(i);
-    chart
-        .draw_series(LineSeries::new(points, st))?
-        .label(name)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], st));
-    Ok(())
-}
-
-/// The legend, bottom right.
-fn legend<X>(chart: &mut Chart<'_, X>) -> anyhow::Result<()>
-where
-    X: Ranged<ValueType = f64>,
-{
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()?;
     Ok(())
 }

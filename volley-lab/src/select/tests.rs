@@ -1,11 +1,9 @@
 //! Small, fast checks of the benchmark's machinery on a tiny fleet (CI runs these; the benchmark
 //! itself is a command). Nothing here asserts a timing: only outcomes and counts.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::fleet::Fleet;
-use super::policy::{self, Outcome, Policy, RunCtx, VolleyKnobs};
+use super::policy::{self, Outcome, Policy, VolleyKnobs};
 use super::workload::{Behaviour, FleetShape, Requests, Schedule, TraceSpec, Workload};
 use volley::StaticKeypair;
 
@@ -56,26 +54,8 @@ fn run_with(
     };
     let trace = spec.draw();
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let fleet = Fleet::start(
-        SHAPE,
-        trace.schedule.clone(),
-        policy.answering(&KNOBS),
-        key,
-        None,
-    )
-    .expect("fleet starts");
-    let ctx = Arc::new(RunCtx::new(
-        clients,
-        Arc::new(trace.schedule.clone()),
-        fleet.addrs.clone(),
-        fleet.load_ports.clone(),
-        fleet.key,
-        fleet.start,
-        SHAPE.slots,
-        SHAPE.mean_work,
-        3,
-        (Duration::from_secs(2), Duration::from_secs(1)),
-    ));
+    let (fleet, ctx) = super::run::start_fleet(&spec, &trace, policy, &KNOBS, &key, None, clients)
+        .expect("fleet starts");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

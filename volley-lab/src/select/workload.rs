@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// The fleet's shape: `BENCHMARKS.md` §2 fixes 16 servers of 4 slots.
+/// The fleet's shape: `docs/BENCHMARKS.md` §2 fixes 16 servers of 4 slots.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct FleetShape {
     pub servers: usize,
@@ -17,7 +17,7 @@ pub struct FleetShape {
     pub mean_work: Duration,
 }
 
-/// A fleet behaviour from `BENCHMARKS.md` §2.
+/// A fleet behaviour from `docs/BENCHMARKS.md` §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {

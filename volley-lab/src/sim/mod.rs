@@ -1,4 +1,4 @@
-//! `sim`: the discrete-event simulator of `BENCHMARKS.md` §3. It drives the real `volley-proto`
+//! `sim`: the discrete-event simulator of `docs/BENCHMARKS.md` §3. It drives the real `volley-proto`
 //! state machines — the client's [`volley_proto::client::race::Race`] and the server's
 //! [`volley_proto::ServerEndpoint`] — on a virtual clock, with no sockets and no tokio, at
 //! 10,000 servers.
@@ -6,7 +6,7 @@
 //! It first reproduces Mitzenmacher's supermarket table ([`supermarket`]), with the protocol
 //! making the join-the-shortest-of-d choice, then sweeps the number of independent clients at
 //! 10,000 servers for volley and the peers as users run them, each client with its own view
-//! (`sim sweep`, BENCHMARKS.md §3), and runs volley's own policies at fleet scale
+//! (`sim sweep`, docs/BENCHMARKS.md §3), and runs volley's own policies at fleet scale
 //! (`sim policies`, [`policies`]), reporting the metrics `select` reports. [`engine`] is the
 //! event loop and says exactly what is real protocol and what is modelled; in short:
 //!
@@ -26,8 +26,9 @@
 pub mod engine;
 pub mod policies;
 pub mod queue;
-pub mod stats;
+pub mod summary;
 pub mod supermarket;
+pub mod tables;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -36,6 +37,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::harness::results;
 use policies::Workload;
 
 /// What to run.
@@ -45,7 +47,7 @@ pub enum What {
     All,
     /// The supermarket check only.
     Supermarket,
-    /// volley and the peers against the number of independent clients (BENCHMARKS.md §3):
+    /// volley and the peers against the number of independent clients (docs/BENCHMARKS.md §3):
     /// p99 at M = 1, N/100, N/10 and N clients, half-slow, loads 0.85 and 0.95.
     Sweep,
     /// volley's own policies (answer × selection × fan-out) with the references.
@@ -169,53 +171,75 @@ fn bar(len: u64, msg: String, hidden: bool) -> ProgressBar {
     pb
 }
 
-/// Runs `volley-lab sim`.
-pub fn run(args: SimArgs) -> anyhow::Result<()> {
-    let quick = args.quick;
-    let servers = args.servers.unwrap_or(if quick { 1_000 } else { 10_000 });
-    anyhow::ensure!(servers >= 2, "at least 2 servers");
-    anyhow::ensure!(!args.seeds.is_empty(), "at least one seed");
-    let sessions = args
-        .sessions
-        .unwrap_or(if quick { 200_000 } else { 2_000_000 });
-    let hard = args
-        .hard_sessions
-        .unwrap_or(if quick { 3_000_000 } else { 10_000_000 });
-    let policy_sessions = args
-        .policy_sessions
-        .unwrap_or(if quick { 30_000 } else { 300_000 });
-    let warmup = policies::Warmup {
-        pilot_servers: args.pilot_servers.unwrap_or((servers / 10).max(100)),
-        pilot: Duration::from_millis(args.pilot_ms.unwrap_or(if quick { 1_000 } else { 2_000 })),
-        warmup: Duration::from_millis(args.warmup_ms),
-        local_warmup: Duration::from_millis(args.local_warmup_ms.unwrap_or(if quick {
-            1_000
-        } else {
-            3_000
-        })),
-    };
-    for &c in &args.clients {
-        anyhow::ensure!(c >= 1, "clients must be at least 1");
-    }
-    anyhow::ensure!(
-        sessions > 0 && hard > 0 && policy_sessions > 0,
-        "sessions must be > 0"
-    );
-    for &l in &args.lambdas {
-        anyhow::ensure!(l > 0.0 && l < 1.0, "λ must be in (0, 1), not {l}");
-    }
-    for &l in &args.loads {
-        anyhow::ensure!(l > 0.0 && l < 2.0, "load must be in (0, 2), not {l}");
-    }
-    let or = |given: &Vec<f64>, default: &[f64]| {
-        if given.is_empty() {
-            default.to_vec()
-        } else {
-            given.clone()
+/// The sizes of a `sim` invocation: its flags, or the defaults of its mode (`--quick` or not).
+struct Sizes {
+    servers: usize,
+    /// Supermarket: measured sessions per cell and seed, and for the slow-mixing cells.
+    sessions: u64,
+    hard_sessions: u64,
+    /// Sweep and policies: measured sessions per run.
+    policy_sessions: u64,
+    warmup: policies::Warmup,
+}
+
+impl Sizes {
+    fn new(args: &SimArgs) -> anyhow::Result<Sizes> {
+        let quick = args.quick;
+        let servers = args.servers.unwrap_or(if quick { 1_000 } else { 10_000 });
+        anyhow::ensure!(servers >= 2, "at least 2 servers");
+        anyhow::ensure!(!args.seeds.is_empty(), "at least one seed");
+        let sessions = args
+            .sessions
+            .unwrap_or(if quick { 200_000 } else { 2_000_000 });
+        let hard_sessions =
+            args.hard_sessions
+                .unwrap_or(if quick { 3_000_000 } else { 10_000_000 });
+        let policy_sessions = args
+            .policy_sessions
+            .unwrap_or(if quick { 30_000 } else { 300_000 });
+        let warmup = policies::Warmup {
+            pilot_servers: args.pilot_servers.unwrap_or((servers / 10).max(100)),
+            pilot: Duration::from_millis(args.pilot_ms.unwrap_or(if quick {
+                1_000
+            } else {
+                2_000
+            })),
+            warmup: Duration::from_millis(args.warmup_ms),
+            local_warmup: Duration::from_millis(args.local_warmup_ms.unwrap_or(if quick {
+                1_000
+            } else {
+                3_000
+            })),
+        };
+        for &c in &args.clients {
+            anyhow::ensure!(c >= 1, "clients must be at least 1");
         }
-    };
+        anyhow::ensure!(
+            sessions > 0 && hard_sessions > 0 && policy_sessions > 0,
+            "sessions must be > 0"
+        );
+        for &l in &args.lambdas {
+            anyhow::ensure!(l > 0.0 && l < 1.0, "λ must be in (0, 1), not {l}");
+        }
+        for &l in &args.loads {
+            anyhow::ensure!(l > 0.0 && l < 2.0, "load must be in (0, 2), not {l}");
+        }
+        Ok(Sizes {
+            servers,
+            sessions,
+            hard_sessions,
+            policy_sessions,
+            warmup,
+        })
+    }
+}
+
+/// Runs `volley-lab sim`: what `args.what` names, each part's table printed as it is done, and
+/// with `--out` every figure in `sim.json` and every table in `sim.md`.
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    let sizes = Sizes::new(&args)?;
     let mut report = Report {
-        servers,
+        servers: sizes.servers,
         seeds: args.seeds.clone(),
         supermarket: Vec::new(),
         sweep: Vec::new(),
@@ -223,206 +247,239 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         bench: Vec::new(),
     };
     let mut md = String::new();
+    let mut table = |t: String, separated: bool| {
+        println!("{t}");
+        md.push_str(&t);
+        if separated {
+            md.push('\n');
+        }
+    };
     let started = Instant::now();
-
     if matches!(args.what, What::All | What::Supermarket) {
-        for &lambda in &args.lambdas {
-            for &d in &args.ds {
-                anyhow::ensure!(d >= 1 && d as usize <= servers, "d must be 1..={servers}");
-                let n = if d == 1 && lambda >= 0.85 {
-                    hard
-                } else {
-                    sessions
-                };
-                let pb = bar(0, format!("supermarket λ={lambda} d={d}"), args.no_progress);
-                let cell = supermarket::run_cell(
-                    servers,
-                    lambda,
-                    d,
-                    n,
-                    args.warmup_units,
-                    &args.seeds,
-                    Some(&pb),
-                )?;
-                pb.finish_and_clear();
-                eprintln!(
-                    "supermarket λ={lambda} d={d}: {:.4} (expected {:.4}, {:+.2} %)",
-                    cell.mean,
-                    cell.expected,
-                    100.0 * cell.rel_err
-                );
-                report.supermarket.push(cell);
-            }
-        }
-        let table = supermarket::markdown(&report.supermarket, servers, args.warmup_units);
-        println!("{table}");
-        md.push_str(&table);
-        md.push('\n');
+        report.supermarket = supermarket_cells(&args, &sizes)?;
+        table(
+            supermarket::markdown(&report.supermarket, sizes.servers, args.warmup_units),
+            true,
+        );
     }
-
     if matches!(args.what, What::All | What::Sweep) {
-        let list: Vec<_> = policies::sweep()
-            .into_iter()
-            .filter(|p| {
-                args.only
-                    .as_ref()
-                    .is_none_or(|o| p.name.contains(o.as_str()))
-            })
-            .collect();
-        anyhow::ensure!(!list.is_empty(), "no policy matches");
-        let clients = if args.clients.is_empty() {
-            vec![1, (servers / 100).max(1), (servers / 10).max(1), servers]
-        } else {
-            args.clients.clone()
-        };
-        let workloads = if args.workloads.is_empty() {
-            vec![Workload::HalfSlow]
-        } else {
-            args.workloads.clone()
-        };
-        let mut records = Vec::new();
-        for &w in &workloads {
-            for &load in &or(&args.loads, &[0.85, 0.95]) {
-                for &c in &clients {
-                    for p in &list {
-                        for &seed in &args.seeds {
-                            let r = one(
-                                &args,
-                                servers,
-                                w,
-                                load,
-                                p,
-                                policy_sessions,
-                                &warmup,
-                                seed,
-                                c,
-                            )?;
-                            records.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        let table = format!(
-            "{}\n{}",
-            policies::sweep_markdown(&records),
-            policies::markdown(&records, servers, policy_sessions, &warmup)
+        report.sweep = sweep(&args, &sizes)?;
+        table(
+            format!(
+                "{}\n{}",
+                tables::sweep_markdown(&report.sweep),
+                tables::markdown(
+                    &report.sweep,
+                    sizes.servers,
+                    sizes.policy_sessions,
+                    &sizes.warmup
+                )
+            ),
+            true,
         );
-        println!("{table}");
-        md.push_str(&table);
-        md.push('\n');
-        report.sweep = records;
     }
-
     if args.what == What::Policies {
-        let list: Vec<_> = policies::policies(&args.fanouts, !args.no_extras)
-            .into_iter()
-            .filter(|p| {
-                args.only
-                    .as_ref()
-                    .is_none_or(|o| p.name.contains(o.as_str()))
-            })
-            .collect();
-        anyhow::ensure!(!list.is_empty(), "no policy matches");
-        for &d in &args.fanouts {
-            anyhow::ensure!(d >= 1 && d <= servers, "fan-out must be 1..={servers}");
-        }
-        let clients = if args.clients.is_empty() {
-            vec![1]
-        } else {
-            args.clients.clone()
-        };
-        let workloads = if args.workloads.is_empty() {
-            vec![Workload::Homogeneous, Workload::HalfSlow]
-        } else {
-            args.workloads.clone()
-        };
-        for &w in &workloads {
-            for &load in &or(&args.loads, &[0.5, 0.7, 0.85, 0.95]) {
-                for &c in &clients {
-                    for p in &list {
-                        for &seed in &args.seeds {
-                            let r = one(
-                                &args,
-                                servers,
-                                w,
-                                load,
-                                p,
-                                policy_sessions,
-                                &warmup,
-                                seed,
-                                c,
-                            )?;
-                            report.policies.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        let table = policies::markdown(&report.policies, servers, policy_sessions, &warmup);
-        println!("{table}");
-        md.push_str(&table);
-        md.push('\n');
+        report.policies = volley_policies(&args, &sizes)?;
+        table(
+            tables::markdown(
+                &report.policies,
+                sizes.servers,
+                sizes.policy_sessions,
+                &sizes.warmup,
+            ),
+            true,
+        );
     }
-
     if args.what == What::Bench {
-        let n = 1_000_000;
-        let seed = args.seeds[0];
-        let s = supermarket::setup(servers, 0.9, 2, n, args.warmup_units, seed);
-        report.bench.push(bench(
-            format!("supermarket λ=0.9 d=2, {servers} servers"),
-            &s,
-            args.no_progress,
-        )?);
-        let list = policies::policies(&[3], false);
-        let p = list
-            .iter()
-            .find(|p| p.name == "paced/earliest d=3")
-            .context("policy list")?;
-        let t0 = Instant::now();
-        let initial = policies::pilot_tails(Workload::HalfSlow, 0.95, p, &warmup, seed)?;
-        eprintln!("pilot: {:.1} s", t0.elapsed().as_secs_f64());
-        let s = policies::setup(
-            servers,
-            Workload::HalfSlow,
-            0.95,
-            p,
-            n,
-            warmup.warmup,
-            seed,
-            &initial,
-            1,
-        );
-        report.bench.push(bench(
-            format!("paced/earliest d=3, half-slow, load 0.95, {servers} servers"),
-            &s,
-            args.no_progress,
-        )?);
-        let mut table = String::from(
-            "### sim speed\n\n| run | measured | simulated | events | wall s | sessions/s |\n\
-             |---|---|---|---|---|---|\n",
-        );
-        for b in &report.bench {
-            table.push_str(&format!(
-                "| {} | {} | {} | {} | {:.2} | {:.0} |\n",
-                b.name, b.measured, b.simulated, b.events, b.wall_s, b.sessions_per_s
-            ));
-        }
-        println!("{table}");
-        md.push_str(&table);
+        report.bench = speed(&args, &sizes)?;
+        table(speed_markdown(&report.bench), false);
     }
-
     eprintln!("sim finished in {:.1} s", started.elapsed().as_secs_f64());
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(dir.join("sim.json"), json)
-            .with_context(|| format!("writing {}", dir.join("sim.json").display()))?;
+        results::out_dir(dir)?;
+        results::write_json(&dir.join("sim.json"), &report)?;
         std::fs::write(dir.join("sim.md"), md)
             .with_context(|| format!("writing {}", dir.join("sim.md").display()))?;
         eprintln!("wrote {0}/sim.json and {0}/sim.md", dir.display());
     }
     Ok(())
+}
+
+/// `given`, or `default` when none was given.
+fn or_default<T: Clone>(given: &[T], default: &[T]) -> Vec<T> {
+    if given.is_empty() {
+        default.to_vec()
+    } else {
+        given.to_vec()
+    }
+}
+
+/// The policies of `list` whose name contains `--only`; at least one.
+fn only(args: &SimArgs, list: Vec<policies::Policy>) -> anyhow::Result<Vec<policies::Policy>> {
+    let list: Vec<_> = list
+        .into_iter()
+        .filter(|p| {
+            args.only
+                .as_ref()
+                .is_none_or(|o| p.name.contains(o.as_str()))
+        })
+        .collect();
+    anyhow::ensure!(!list.is_empty(), "no policy matches");
+    Ok(list)
+}
+
+/// The supermarket check: every λ × d cell over every seed.
+fn supermarket_cells(args: &SimArgs, sizes: &Sizes) -> anyhow::Result<Vec<supermarket::Cell>> {
+    let servers = sizes.servers;
+    let mut cells = Vec::new();
+    for &lambda in &args.lambdas {
+        for &d in &args.ds {
+            anyhow::ensure!(d >= 1 && d as usize <= servers, "d must be 1..={servers}");
+            let n = if d == 1 && lambda >= 0.85 {
+                sizes.hard_sessions
+            } else {
+                sizes.sessions
+            };
+            let pb = bar(0, format!("supermarket λ={lambda} d={d}"), args.no_progress);
+            let cell = supermarket::run_cell(
+                servers,
+                lambda,
+                d,
+                n,
+                args.warmup_units,
+                &args.seeds,
+                Some(&pb),
+            )?;
+            pb.finish_and_clear();
+            eprintln!(
+                "supermarket λ={lambda} d={d}: {:.4} (expected {:.4}, {:+.2} %)",
+                cell.mean,
+                cell.expected,
+                100.0 * cell.rel_err
+            );
+            cells.push(cell);
+        }
+    }
+    Ok(cells)
+}
+
+/// volley and the peers against the number of independent clients.
+fn sweep(args: &SimArgs, sizes: &Sizes) -> anyhow::Result<Vec<policies::Record>> {
+    let servers = sizes.servers;
+    let matrix = Matrix {
+        workloads: &or_default(&args.workloads, &[Workload::HalfSlow]),
+        loads: &or_default(&args.loads, &[0.85, 0.95]),
+        clients: &or_default(
+            &args.clients,
+            &[1, (servers / 100).max(1), (servers / 10).max(1), servers],
+        ),
+        policies: &only(args, policies::sweep())?,
+    };
+    matrix.run(args, sizes)
+}
+
+/// volley's own policies with the references.
+fn volley_policies(args: &SimArgs, sizes: &Sizes) -> anyhow::Result<Vec<policies::Record>> {
+    let list = only(args, policies::policies(&args.fanouts, !args.no_extras))?;
+    for &d in &args.fanouts {
+        anyhow::ensure!(
+            d >= 1 && d <= sizes.servers,
+            "fan-out must be 1..={}",
+            sizes.servers
+        );
+    }
+    let matrix = Matrix {
+        workloads: &or_default(
+            &args.workloads,
+            &[Workload::Homogeneous, Workload::HalfSlow],
+        ),
+        loads: &or_default(&args.loads, &[0.5, 0.7, 0.85, 0.95]),
+        clients: &or_default(&args.clients, &[1]),
+        policies: &list,
+    };
+    matrix.run(args, sizes)
+}
+
+/// The simulator's speed: one 1M-session supermarket run and one 1M-session policy run.
+fn speed(args: &SimArgs, sizes: &Sizes) -> anyhow::Result<Vec<BenchRun>> {
+    let (servers, warmup) = (sizes.servers, &sizes.warmup);
+    let n = 1_000_000;
+    let seed = args.seeds[0];
+    let mut runs = Vec::new();
+    let s = supermarket::setup(servers, 0.9, 2, n, args.warmup_units, seed);
+    runs.push(bench(
+        format!("supermarket λ=0.9 d=2, {servers} servers"),
+        &s,
+        args.no_progress,
+    )?);
+    let list = policies::policies(&[3], false);
+    let p = list
+        .iter()
+        .find(|p| p.name == "paced/earliest d=3")
+        .context("policy list")?;
+    let t0 = Instant::now();
+    let initial = policies::pilot_tails(Workload::HalfSlow, 0.95, p, warmup, seed)?;
+    eprintln!("pilot: {:.1} s", t0.elapsed().as_secs_f64());
+    let s = policies::setup(
+        servers,
+        Workload::HalfSlow,
+        0.95,
+        p,
+        n,
+        warmup.warmup,
+        seed,
+        &initial,
+        1,
+    );
+    runs.push(bench(
+        format!("paced/earliest d=3, half-slow, load 0.95, {servers} servers"),
+        &s,
+        args.no_progress,
+    )?);
+    Ok(runs)
+}
+
+fn speed_markdown(runs: &[BenchRun]) -> String {
+    let mut table = String::from(
+        "### sim speed\n\n| run | measured | simulated | events | wall s | sessions/s |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for b in runs {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.0} |\n",
+            b.name, b.measured, b.simulated, b.events, b.wall_s, b.sessions_per_s
+        ));
+    }
+    table
+}
+
+/// The runs of the sweep or the policies: every workload × load × clients × policy, at every
+/// seed, in that order.
+struct Matrix<'a> {
+    workloads: &'a [Workload],
+    loads: &'a [f64],
+    clients: &'a [usize],
+    policies: &'a [policies::Policy],
+}
+
+impl Matrix<'_> {
+    fn run(&self, args: &SimArgs, sizes: &Sizes) -> anyhow::Result<Vec<policies::Record>> {
+        let (servers, sessions, warmup) = (sizes.servers, sizes.policy_sessions, &sizes.warmup);
+        let mut records = Vec::new();
+        for &w in self.workloads {
+            for &load in self.loads {
+                for &c in self.clients {
+                    for p in self.policies {
+                        for &seed in &args.seeds {
+                            records
+                                .push(one(args, servers, w, load, p, sessions, warmup, seed, c)?);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(records)
+    }
 }
 
 /// One run of the sweep or the policies, with its progress bar and a line on stderr.

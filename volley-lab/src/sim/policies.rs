@@ -39,7 +39,7 @@ use volley_proto::client::race::RaceTimers;
 use volley_proto::{AnswerPolicy, SelectionPolicy, ServiceModel};
 
 use super::engine::{self, Group, P2cMetric, ProtocolSetup, Selector, Setup, tail_of_histogram};
-use super::stats::{self, Summary};
+use super::summary::{self, Summary};
 
 /// Slots per server (and the endpoints' capacity).
 pub const SLOTS: u32 = 4;
@@ -110,45 +110,42 @@ pub fn is_local(selector: &Selector) -> bool {
     )
 }
 
-/// The peers of BENCHMARKS.md §3, each client with its own state, and the exact references.
-pub fn peers() -> Vec<Policy> {
-    let default_rtt = Duration::from_nanos(MEAN_SERVICE as u64);
-    vec![
+impl Policy {
+    fn new(name: &str, selector: Selector) -> Policy {
         Policy {
-            name: "random".into(),
-            selector: Selector::Random,
-        },
-        Policy {
-            name: "round-robin".into(),
-            selector: Selector::RoundRobin,
-        },
-        Policy {
-            name: "p2c-pending".into(),
-            selector: Selector::P2c(P2cMetric::Pending),
-        },
-        Policy {
-            name: "p2c-peakewma".into(),
-            selector: Selector::P2c(P2cMetric::PeakEwma {
-                default_rtt,
-                decay: EWMA_DECAY,
-            }),
-        },
-        Policy {
-            name: "prequal".into(),
-            selector: Selector::Prequal,
-        },
-        Policy {
-            name: "jsq2-exact (ref)".into(),
-            selector: Selector::IdealJsq(2),
-        },
-        Policy {
-            name: "sed3-exact (ref)".into(),
-            selector: Selector::IdealSed(3),
-        },
+            name: name.into(),
+            selector,
+        }
+    }
+}
+
+/// The references with exact, instant knowledge of every queue (and, SED, every speed).
+fn exact_references() -> [Policy; 2] {
+    [
+        Policy::new("jsq2-exact (ref)", Selector::IdealJsq(2)),
+        Policy::new("sed3-exact (ref)", Selector::IdealSed(3)),
     ]
 }
 
-/// The sweep over clients (BENCHMARKS.md §3): the peers, the references, and volley's core
+/// The peers of docs/BENCHMARKS.md §3, each client with its own state, and the exact references.
+pub fn peers() -> Vec<Policy> {
+    let default_rtt = Duration::from_nanos(MEAN_SERVICE as u64);
+    let peak_ewma = P2cMetric::PeakEwma {
+        default_rtt,
+        decay: EWMA_DECAY,
+    };
+    let mut v = vec![
+        Policy::new("random", Selector::Random),
+        Policy::new("round-robin", Selector::RoundRobin),
+        Policy::new("p2c-pending", Selector::P2c(P2cMetric::Pending)),
+        Policy::new("p2c-peakewma", Selector::P2c(peak_ewma)),
+        Policy::new("prequal", Selector::Prequal),
+    ];
+    v.extend(exact_references());
+    v
+}
+
+/// The sweep over clients (docs/BENCHMARKS.md §3): the peers, the references, and volley's core
 /// configurations.
 pub fn sweep() -> Vec<Policy> {
     let mut v = peers();
@@ -164,10 +161,7 @@ pub fn sweep() -> Vec<Policy> {
             SelectionPolicy::window(),
         ),
     ] {
-        v.push(Policy {
-            name: name.into(),
-            selector: protocol(answer, client, 3),
-        });
+        v.push(Policy::new(name, protocol(answer, client, 3)));
     }
     v
 }
@@ -175,20 +169,8 @@ pub fn sweep() -> Vec<Policy> {
 /// The policy list: the two references, every answer × client policy at each of `fanouts`,
 /// and the d = 8 extras when `extras`.
 pub fn policies(fanouts: &[usize], extras: bool) -> Vec<Policy> {
-    let mut v = vec![
-        Policy {
-            name: "random (ref)".into(),
-            selector: Selector::Random,
-        },
-        Policy {
-            name: "jsq2-exact (ref)".into(),
-            selector: Selector::IdealJsq(2),
-        },
-        Policy {
-            name: "sed3-exact (ref)".into(),
-            selector: Selector::IdealSed(3),
-        },
-    ];
+    let mut v = vec![Policy::new("random (ref)", Selector::Random)];
+    v.extend(exact_references());
     let answers = [
         AnswerPolicy::Immediate,
         AnswerPolicy::paced(),
@@ -201,22 +183,22 @@ pub fn policies(fanouts: &[usize], extras: bool) -> Vec<Policy> {
     for answer in answers {
         for (cname, client) in clients {
             for &d in fanouts {
-                v.push(Policy {
-                    name: format!("{}/{cname} d={d}", answer.name()),
-                    selector: protocol(answer, client, d),
-                });
+                v.push(Policy::new(
+                    &format!("{}/{cname} d={d}", answer.name()),
+                    protocol(answer, client, d),
+                ));
             }
         }
     }
     if extras {
-        v.push(Policy {
-            name: "paced/earliest d=8".into(),
-            selector: protocol(AnswerPolicy::paced(), SelectionPolicy::Earliest, 8),
-        });
-        v.push(Policy {
-            name: "immediate/window d=8".into(),
-            selector: protocol(AnswerPolicy::Immediate, SelectionPolicy::window(), 8),
-        });
+        v.push(Policy::new(
+            "paced/earliest d=8",
+            protocol(AnswerPolicy::paced(), SelectionPolicy::Earliest, 8),
+        ));
+        v.push(Policy::new(
+            "immediate/window d=8",
+            protocol(AnswerPolicy::Immediate, SelectionPolicy::window(), 8),
+        ));
     }
     v
 }
@@ -441,178 +423,8 @@ pub fn run_one(
         unstable: load >= 1.0
             || (matches!(policy.selector, Selector::Random | Selector::RoundRobin)
                 && random_unstable(workload, load)),
-        summary: stats::summarise(out, SLOTS, wall),
+        summary: summary::summarise(out, SLOTS, wall),
     })
-}
-
-fn f(x: f64, digits: usize) -> String {
-    if x.is_nan() {
-        "–".into()
-    } else {
-        format!("{x:.digits$}")
-    }
-}
-
-/// One Markdown table per (workload, load, clients).
-pub fn markdown(records: &[Record], servers: usize, sessions: u64, warmup: &Warmup) -> String {
-    let mut s = format!(
-        "### volley and the peers: {servers} servers × {SLOTS} slots, work exp. mean {} ms, \
-         network {} µs + U[0, {} µs) one way, protocol defaults (paced 1/32 of the expected \
-         completion up to 10 ms, gated max_hold 200 ms, reservation {} ms, window 2 ms, service \
-         time measured, probe retransmission 250 ms); {sessions} measured sessions per run; volley \
-         and the exact references started from a {} ms pilot on {} servers, then {} ms \
-         unmeasured; the local-view peers started empty, then {} ms unmeasured\n\n",
-        MEAN_SERVICE / 1e6,
-        NET_BASE / 1000,
-        NET_JITTER / 1000,
-        volley_proto::server::answer::DEFAULT_RESERVATION.as_millis(),
-        warmup.pilot.as_millis(),
-        warmup.pilot_servers,
-        warmup.warmup.as_millis(),
-        warmup.local_warmup.as_millis(),
-    );
-    s.push_str(
-        "Latency: end to end (arrival → reply, selection included), ms. sel: mean selection time \
-         (probe RTT + answer delay + retries), ms. util max/mean: busiest server's utilisation over \
-         the mean; util groups: mean utilisation per group (half-slow: fast / slow). herd: most \
-         picks of one server within 1 ms / the same for uniform random picks. probes/sess: volley \
-         probes, or Prequal's load probes, per session. retx: share of sessions whose probes timed \
-         out and were re-sent. failed: sessions with no server. drift: mean latency of the second \
-         half of the measured sessions vs the first, relative (steady state: near 0).\n",
-    );
-    let seeded = records.iter().any(|r| r.seed != records[0].seed);
-    let mut keys: Vec<(Workload, f64, usize)> = Vec::new();
-    for r in records {
-        if !keys
-            .iter()
-            .any(|(w, l, c)| *w == r.workload && *l == r.load && *c == r.clients)
-        {
-            keys.push((r.workload, r.load, r.clients));
-        }
-    }
-    for (w, l, c) in keys {
-        s.push_str(&format!(
-            "\n#### {} fleet, load {l}, {c} client(s)\n\n",
-            w.name()
-        ));
-        s.push_str(
-            "| policy | p50 | p90 | p99 | p99.9 | mean | sel | util max/mean | util groups | herd | \
-             probes/sess | retx | failed | drift |\n",
-        );
-        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for r in records
-            .iter()
-            .filter(|r| r.workload == w && r.load == l && r.clients == c)
-        {
-            let m = &r.summary;
-            let groups: Vec<String> = m.util_by_group.iter().map(|u| f(*u, 2)).collect();
-            s.push_str(&format!(
-                "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} |\n",
-                r.policy,
-                match (r.unstable, seeded) {
-                    (false, false) => String::new(),
-                    (true, false) => " (unstable)".into(),
-                    (false, true) => format!(" (seed {})", r.seed),
-                    (true, true) => format!(" (seed {}, unstable)", r.seed),
-                },
-                f(m.p50_ms, 2),
-                f(m.p90_ms, 2),
-                f(m.p99_ms, 2),
-                f(m.p999_ms, 2),
-                f(m.mean_ms, 2),
-                f(m.selection_mean_ms, 3),
-                f(m.util_max_over_mean, 2),
-                groups.join(" / "),
-                m.herd_max,
-                m.herd_max_uniform,
-                f(m.probes_per_session, 2),
-                f(m.retransmit_share * 100.0, 3) + " %",
-                m.failed,
-                f(m.drift * 100.0, 1) + " %",
-            ));
-        }
-    }
-    let wall: f64 = records.iter().map(|r| r.summary.wall_s).sum();
-    let simulated: u64 = records.iter().map(|r| r.summary.simulated).sum();
-    s.push_str(&format!(
-        "\n{} runs, {simulated} sessions simulated in {wall:.1} s ({:.0} sessions/s).\n",
-        records.len(),
-        simulated as f64 / wall.max(1e-9)
-    ));
-    s
-}
-
-/// The sweep's pivot: p99 (ms) per policy against the number of clients, one table per
-/// (workload, load); the median over seeds with the min–max, `†` where a seed's run drifted by
-/// more than 10 % (queues still growing) or is unstable.
-pub fn sweep_markdown(records: &[Record]) -> String {
-    let mut clients: Vec<usize> = records.iter().map(|r| r.clients).collect();
-    clients.sort_unstable();
-    clients.dedup();
-    let mut cells: Vec<(Workload, f64)> = Vec::new();
-    let mut names: Vec<String> = Vec::new();
-    for r in records {
-        if !cells.iter().any(|(w, l)| *w == r.workload && *l == r.load) {
-            cells.push((r.workload, r.load));
-        }
-        if !names.contains(&r.policy) {
-            names.push(r.policy.clone());
-        }
-    }
-    let mut s = String::new();
-    for (w, l) in cells {
-        s.push_str(&format!(
-            "\n#### p99 end to end (ms) against independent clients: {} fleet, load {l}\n\n",
-            w.name()
-        ));
-        s.push_str("| policy |");
-        for c in &clients {
-            s.push_str(&format!(" M = {c} |"));
-        }
-        s.push('\n');
-        s.push('|');
-        s.push_str(&"---|".repeat(clients.len() + 1));
-        s.push('\n');
-        for name in &names {
-            s.push_str(&format!("| {name} |"));
-            for c in &clients {
-                let runs: Vec<&Record> = records
-                    .iter()
-                    .filter(|r| {
-                        r.workload == w && r.load == l && r.clients == *c && &r.policy == name
-                    })
-                    .collect();
-                if runs.is_empty() {
-                    s.push_str(" |");
-                    continue;
-                }
-                let mut p99: Vec<f64> = runs.iter().map(|r| r.summary.p99_ms).collect();
-                p99.sort_by(f64::total_cmp);
-                let mid = p99[p99.len() / 2];
-                let flag = runs
-                    .iter()
-                    .any(|r| r.unstable || r.summary.drift.abs() > 0.10);
-                let dagger = if flag { " †" } else { "" };
-                if p99.len() > 1 {
-                    s.push_str(&format!(
-                        " {} ({}–{}){dagger} |",
-                        f(mid, 1),
-                        f(p99[0], 1),
-                        f(p99[p99.len() - 1], 1)
-                    ));
-                } else {
-                    s.push_str(&format!(" {}{dagger} |", f(mid, 1)));
-                }
-            }
-            s.push('\n');
-        }
-    }
-    s.push_str(
-        "\n† a run of this cell was unstable or still drifting (second half of the measured \
-         sessions more than 10 % slower or faster than the first): queues growing, figures \
-         depend on the run's length.\n",
-    );
-    s
 }
 
 #[cfg(test)]

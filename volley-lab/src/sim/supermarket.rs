@@ -31,7 +31,8 @@ use volley_proto::client::race::RaceTimers;
 use volley_proto::{AnswerPolicy, SelectionPolicy, ServiceModel};
 
 use super::engine::{self, Group, ProtocolSetup, Selector, Setup};
-use super::stats::{self, Summary};
+use super::summary::{self, Summary};
+use crate::harness::stats::mean_sd_min_max;
 
 /// One mean service time, ns.
 pub const UNIT: f64 = 1e9;
@@ -189,11 +190,11 @@ pub fn run_cell(
             seed,
             mean,
             overhead,
-            summary: stats::summarise(out, 1, wall),
+            summary: summary::summarise(out, 1, wall),
         });
     }
     let means: Vec<f64> = runs.iter().map(|r| r.mean).collect();
-    let (mean, sd, min, max) = stats::spread(&means);
+    let (mean, sd, min, max) = mean_sd_min_max(&means);
     let expected = expected(lambda, d);
     let rel_err = (mean - expected) / expected;
     Ok(Cell {

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::{Restart, Sample};
+use super::fleet::Restart;
+use super::sample::Sample;
+use crate::harness::svg::{canvas, labelled_line, legend, stroke};
 
 type Series = (String, Vec<(f64, f64)>);
 
@@ -16,8 +18,7 @@ pub fn draw(
     restarts: &[Restart],
     warm_up_s: f64,
 ) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (1400, 900)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path, (1400, 900))?;
     let panels = root.split_evenly((2, 2));
     let n = samples.first().map_or(0, |s| s.servers.len());
     let t = |s: &Sample| s.t_s / 60.0;
@@ -174,18 +175,8 @@ fn panel(
         BLACK.mix(0.5).stroke_width(1),
     ))?;
     for (i, (name, points)) in series.iter().enumerate() {
-        let style = Palette99::pick(i).to_rgba().stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), style))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        labelled_line(&mut chart, points.clone(), stroke(i, 2), name)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }

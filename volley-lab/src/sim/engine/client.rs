@@ -7,9 +7,8 @@ use volley_proto::client::race::{OfferOutcome, Race, RaceTimeout, Winner};
 use volley_proto::packet::{KeyId, Packet};
 use volley_proto::{PROBE_MIN_LEN, Tag};
 
-use super::{
-    Kind, Nanos, Phase, Selector, World, client_addr, client_slot, server_addr, server_index,
-};
+use super::addr::{client_addr, client_slot, server_addr, server_index};
+use super::{Kind, Nanos, Phase, Selector, World};
 
 /// The service every race asks for (the endpoint's default).
 const SERVICE: &[u8] = b"echo";

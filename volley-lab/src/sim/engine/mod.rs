@@ -1,12 +1,12 @@
 //! The event loop: a fleet of FIFO multi-slot queues, each fronted by a real
 //! [`ServerEndpoint`], and arriving sessions that pick a server by running a real
 //! [`volley_proto::client::race::Race`] against `fanout` of them — or by one of the peers'
-//! rules, each client with its own state ([`peers`]) — on a virtual clock, with no sockets.
+//! rules, each client with its own state (`peers`) — on a virtual clock, with no sockets.
 //!
 //! Time is `u64` nanoseconds from a fixed `Instant` base; the protocol sees `base + t`. Events
 //! are ordered by (time, sequence number) ([`super::queue`]), so a seed fixes the whole run.
 //!
-//! One session's life under [`Selector::Protocol`] ([`client`] and [`server`] hold the handlers):
+//! One session's life under [`Selector::Protocol`] (`client` and `server` hold the handlers):
 //!
 //! 1. **Arrival** (Poisson, fleet-wide; it belongs to one of `clients` independent clients drawn
 //!    uniformly): draw its work from the trace RNG, start a `Race` with a fresh tag against
@@ -31,14 +31,19 @@
 //! real stack.
 //!
 //! The other selectors choose at arrival with no protocol: [`Selector::Random`], and the
-//! local-view peers and exact references of [`peers`].
+//! local-view peers and exact references of `peers`.
 //!
 //! Measurement: sessions arriving after `warmup` are measured, `measured` of them; arrivals stop
 //! after the last one and the run ends when every measured session has finished (with FIFO
 //! service a later arrival cannot change an earlier session's time). Utilisation and herding are
-//! counted over the arrival window of the measured sessions.
+//! counted over the arrival window of the measured sessions (`measure` keeps the counts).
+//!
+//! `addr` holds the simulated network's addresses and `draw` the run's random draws.
 
+mod addr;
 mod client;
+mod draw;
+mod measure;
 mod model;
 mod peers;
 mod server;
@@ -46,7 +51,7 @@ mod server;
 pub use model::{Group, Outcome, P2cMetric, ProtocolSetup, Selector, ServerTotals, Setup};
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -56,6 +61,9 @@ use volley_proto::client::race::Race;
 use volley_proto::packet::KeyId;
 use volley_proto::{MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, StaticKeypair};
 
+use addr::{CLIENT_PORT_SPAN, server_addr};
+use draw::draw_from_tail;
+pub use draw::{exp_sample, tail_of_histogram};
 use peers::Peer;
 
 pub use super::queue::Nanos;
@@ -157,71 +165,6 @@ impl Session {
     fn measured(&self) -> bool {
         self.half.is_some()
     }
-}
-
-const SERVER_BASE: u32 = 0x0A00_0001; // 10.0.0.1
-const CLIENT_BASE: u32 = 0x6440_0000; // 100.64.0.0
-const CLIENT_PORT_BASE: u16 = 20_000;
-const CLIENT_PORT_SPAN: u32 = 40_000;
-
-fn server_addr(i: usize) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::from(SERVER_BASE.wrapping_add(i as u32)),
-        4433,
-    ))
-}
-
-fn server_index(addr: SocketAddr, n: usize) -> Option<u32> {
-    let SocketAddr::V4(a) = addr else { return None };
-    let i = u32::from(*a.ip()).checked_sub(SERVER_BASE)?;
-    ((i as usize) < n).then_some(i)
-}
-
-/// A session's address: its slot in the IP, its generation in the port, so that an offer to a
-/// finished session is not taken by the next one in the same slot.
-fn client_addr(slot: u32, gen_: u32) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(CLIENT_BASE.wrapping_add(slot)),
-        CLIENT_PORT_BASE + (gen_ % CLIENT_PORT_SPAN) as u16,
-    )
-}
-
-/// (slot, generation modulo the port span) of a client address.
-fn client_slot(addr: SocketAddr) -> Option<(u32, u32)> {
-    let SocketAddr::V4(a) = addr else { return None };
-    let slot = u32::from(*a.ip()).checked_sub(CLIENT_BASE)?;
-    let g = u32::from(a.port().checked_sub(CLIENT_PORT_BASE)?);
-    Some((slot, g))
-}
-
-/// An exponential sample with the given mean.
-pub fn exp_sample(rng: &mut impl Rng, mean: f64) -> f64 {
-    let u: f64 = rng.r#gen();
-    -(1.0 - u).ln() * mean
-}
-
-/// A draw from a tail distribution: the number of `i ≥ 1` with `tail[i-1] > u`.
-fn draw_from_tail(rng: &mut impl Rng, tail: &[f64]) -> u32 {
-    let u: f64 = rng.r#gen();
-    tail.iter().take_while(|s| **s > u).count() as u32
-}
-
-/// P(N ≥ i), i ≥ 1, of a histogram of N (index = value).
-pub fn tail_of_histogram(hist: &[u64]) -> Vec<f64> {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return Vec::new();
-    }
-    let mut tail = Vec::new();
-    let mut at_least = total;
-    for h in hist.iter().take(hist.len().saturating_sub(1)) {
-        at_least -= h;
-        if at_least == 0 {
-            break;
-        }
-        tail.push(at_least as f64 / total as f64);
-    }
-    tail
 }
 
 /// Runs one simulation. `progress` is advanced by arrivals.
@@ -448,23 +391,6 @@ impl<'a> World<'a> {
         })
     }
 
-    /// Utilisation bookkeeping up to `now`, clipped to the measurement window.
-    fn account(&mut self, server: u32, now: Nanos) {
-        let lo = self.s.warmup;
-        let hi = if self.measuring || self.measured_arrivals == 0 {
-            Nanos::MAX
-        } else {
-            self.last_arrival
-        };
-        let srv = &mut self.servers[server as usize];
-        let from = srv.last.max(lo);
-        let to = now.min(hi);
-        if to > from {
-            srv.busy_ns += f64::from(srv.busy) * (to - from) as f64;
-        }
-        srv.last = now;
-    }
-
     fn seed_initial_state(&mut self) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ 0x1417_1a15_7a7e_0000);
         let mut starts = Vec::new();
@@ -637,148 +563,5 @@ impl<'a> World<'a> {
             }
         }
         picked
-    }
-
-    fn shortest_of(&mut self, d: usize) -> u32 {
-        let picks = self.pick_distinct(d, None);
-        let mut best = picks[0];
-        let mut ties = 1u32;
-        for &i in &picks[1..] {
-            let (a, b) = (
-                self.servers[i as usize].jobs,
-                self.servers[best as usize].jobs,
-            );
-            if a < b {
-                best = i;
-                ties = 1;
-            } else if a == b {
-                ties += 1;
-                if self.rng.gen_range(0..ties) == 0 {
-                    best = i;
-                }
-            }
-        }
-        best
-    }
-
-    fn record_pick(&mut self, now: Nanos, server: u32) {
-        if now < self.s.warmup || !self.measuring {
-            return;
-        }
-        let bin = now / self.s.herd_window.max(1);
-        let bump = |h: &mut (u64, u32)| {
-            if h.0 == bin {
-                h.1 += 1;
-            } else {
-                *h = (bin, 1);
-            }
-            h.1
-        };
-        let c = bump(&mut self.servers[server as usize].herd);
-        self.out.herd_max = self.out.herd_max.max(c);
-        let r = self.herd_rng.gen_range(0..self.servers.len());
-        let c = bump(&mut self.servers[r].herd_uniform);
-        self.out.herd_max_uniform = self.out.herd_max_uniform.max(c);
-    }
-
-    /// The session is done (completed or failed): count its probes and races.
-    fn count_probes(&mut self, slot: u32) {
-        let sess = &self.sessions[slot as usize];
-        let probes = sess.probes + sess.race.as_ref().map_or(0, |r| r.probes_sent());
-        self.out.probes += probes;
-        self.out.races += u64::from(sess.races);
-        self.out.retransmitted += u64::from(sess.retransmitted);
-    }
-
-    fn fail(&mut self, slot: u32) {
-        if self.sessions[slot as usize].measured() {
-            self.out.failed += 1;
-            self.count_probes(slot);
-            self.measured_done += 1;
-        }
-        self.release(slot);
-    }
-
-    fn complete(&mut self, now: Nanos, slot: u32) {
-        let reply = self.leg();
-        let (client, server, selected_at) = {
-            let sess = &self.sessions[slot as usize];
-            (sess.client, sess.server, sess.selected_at)
-        };
-        // The client's own view learns of the reply (p2c's pending count and response time).
-        self.peer_done(
-            now + reply,
-            client,
-            server,
-            (now + reply - selected_at) as f64,
-        );
-        let Some(half) = self.sessions[slot as usize].half else {
-            return self.release(slot);
-        };
-        let sess = &self.sessions[slot as usize];
-        let e2e = (now + reply - sess.arrived) as f64;
-        let in_system = (now - sess.job_arrived) as f64;
-        let selection = sess.selected_at - sess.arrived;
-        let to_server = (sess.job_arrived - sess.arrived) as f64;
-        let o = &mut self.out;
-        o.completed += 1;
-        o.sum_e2e += e2e;
-        o.halves[half].0 += e2e;
-        o.halves[half].1 += 1;
-        o.sum_in_system += in_system;
-        o.sum_selection += selection as f64;
-        o.sum_to_server += to_server;
-        o.max_selection = o.max_selection.max(selection);
-        if self.s.keep_latencies {
-            o.e2e.push(e2e);
-            o.selection.push(selection as f64);
-        }
-        self.count_probes(slot);
-        self.measured_done += 1;
-        self.release(slot);
-    }
-
-    fn finish(mut self) -> Outcome {
-        self.out.measured = self.measured_arrivals;
-        self.out.window = self.last_arrival.saturating_sub(self.s.warmup) as f64;
-        let mut totals = ServerTotals::default();
-        for (i, srv) in self.servers.iter().enumerate() {
-            self.out.busy[i] = srv.busy_ns;
-            if let Some(ep) = srv.ep.as_ref() {
-                let st = ep.stats();
-                totals.probes_received += st.probes_received;
-                totals.offers_sent += st.offers_sent;
-                totals.probes_held += st.probes_held;
-                totals.offers_busy += st.offers_busy;
-                totals.probes_dropped_queue_full += st.probes_dropped_queue_full;
-            }
-        }
-        self.out.server = totals;
-        self.out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_round_trip() {
-        for i in [0usize, 1, 249, 250, 9_999] {
-            assert_eq!(server_index(server_addr(i), 10_000), Some(i as u32));
-        }
-        assert_eq!(server_index(server_addr(10_000), 10_000), None);
-        let a = client_addr(123_456, 40_003);
-        assert_eq!(client_slot(SocketAddr::V4(a)), Some((123_456, 3)));
-        assert_eq!(client_slot(server_addr(3)), None);
-    }
-
-    #[test]
-    fn histogram_tail() {
-        // Values 0, 1, 1, 3.
-        let t = tail_of_histogram(&[1, 2, 0, 1]);
-        assert_eq!(t, vec![0.75, 0.25, 0.25]);
-        assert!(tail_of_histogram(&[]).is_empty());
-        assert!(tail_of_histogram(&[5]).is_empty());
     }
 }

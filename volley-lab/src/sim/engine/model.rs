@@ -116,7 +116,7 @@ pub struct Setup {
     pub sample_every: Nanos,
 }
 
-/// Raw counters and samples of one run; [`super::stats`] summarises them.
+/// Raw counters and samples of one run; [`super::super::summary`] summarises them.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// Sessions measured (arrived after warm-up).

@@ -1,5 +1,5 @@
 //! The balancers volley is compared with, as users run them: every client process balances on its
-//! own, with only what it has seen itself (BENCHMARKS.md §3).
+//! own, with only what it has seen itself (docs/BENCHMARKS.md §3).
 //!
 //! - **Round-robin**: each client's own cursor, starting at a random server.
 //! - **p2c over pending requests** (tower `PendingRequests`): two distinct random servers, the
@@ -11,33 +11,20 @@
 //!   reading it decays it towards 0 the same way (tower decays on every `load()`). A server the
 //!   client never heard from starts at `default_rtt`. Response time is measured from the
 //!   client's decision to the reply reaching it.
-//! - **Prequal** (Wydrowski et al., NSDI 2024), as `select` runs it: each arrival sends 3 load
-//!   probes to random servers (answers arrive a network round trip later and serve later
-//!   arrivals); the client keeps a pool of the 16 freshest answers, at most 100 ms old, each used
-//!   at most twice (its in-flight count raised by each use), and picks by the hot/cold rule:
-//!   among answers whose in-flight count is at most the pool's 0.75 quantile, the lowest latency
-//!   estimate; when none is, the lowest in-flight count; a random server when the pool is empty.
+//! - **Prequal** (Wydrowski et al., NSDI 2024): the rule `select` runs, the same code
+//!   ([`crate::peers::prequal`]); load probes and their answers travel one network leg each way.
 //!   A server's latency estimate is the exponentially weighted mean (α = 1/8) of its recent
 //!   service times × (1 + requests queued beyond its slots / slots).
 //! - **JSQ(d) and SED(d)**: references with exact, instant knowledge of every queue (and, for
 //!   SED, of every server's speed).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use rand::Rng;
 
 use super::{Kind, Nanos, P2cMetric, World};
-
-/// Load probes per arrival.
-const PREQUAL_PROBES: usize = 3;
-/// Answers a client's pool keeps.
-const PREQUAL_POOL: usize = 16;
-/// Oldest answer a client uses, ns.
-const PREQUAL_MAX_AGE: Nanos = 100_000_000;
-/// Uses of one answer.
-const PREQUAL_REUSE: u8 = 2;
-/// Hot/cold quantile.
-const PREQUAL_HOT_QUANTILE: f64 = 0.75;
+use crate::peers::prequal::{self, ProbePool};
 
 /// A client's peak-EWMA of one server (tower's `RttEstimate`).
 #[derive(Debug, Clone, Copy)]
@@ -60,23 +47,13 @@ impl Ewma {
     }
 }
 
-/// One answer in a client's Prequal pool.
-#[derive(Debug, Clone, Copy)]
-struct Probed {
-    server: u32,
-    rif: u32,
-    latency_ns: u64,
-    at: Nanos,
-    uses: u8,
-}
-
 /// One client's own state.
 #[derive(Debug, Default)]
 pub(super) struct Peer {
     cursor: u32,
     pending: HashMap<u32, u32>,
     ewma: HashMap<u32, Ewma>,
-    pool: VecDeque<Probed>,
+    pool: ProbePool,
 }
 
 impl Peer {
@@ -168,18 +145,18 @@ impl World<'_> {
     /// A Prequal arrival: probes for later arrivals go out now; this one picks from the pool.
     pub(super) fn pick_prequal(&mut self, now: Nanos, client: u32, measured: bool) -> u32 {
         let n = self.servers.len() as u32;
-        for _ in 0..PREQUAL_PROBES {
+        for _ in 0..prequal::PROBES_PER_ARRIVAL {
             let server = self.rng.gen_range(0..n);
             let at = now + self.leg();
             self.q.push(at, Kind::LoadProbe { client, server });
         }
         if measured {
-            self.out.load_probes += PREQUAL_PROBES as u64;
+            self.out.load_probes += prequal::PROBES_PER_ARRIVAL as u64;
         }
-        let peer = &mut self.peers[client as usize];
-        peer.pool
-            .retain(|e| now.saturating_sub(e.at) <= PREQUAL_MAX_AGE);
-        match prequal_pick(&mut peer.pool) {
+        match self.peers[client as usize]
+            .pool
+            .pick(Duration::from_nanos(now))
+        {
             Some(s) => s,
             None => self.rng.gen_range(0..n),
         }
@@ -215,18 +192,32 @@ impl World<'_> {
         rif: u32,
         latency_ns: u64,
     ) {
-        let pool = &mut self.peers[client as usize].pool;
-        pool.retain(|e| e.server != server);
-        if pool.len() >= PREQUAL_POOL {
-            pool.pop_front();
+        self.peers[client as usize]
+            .pool
+            .insert(server, rif, latency_ns, Duration::from_nanos(now));
+    }
+
+    /// The shortest of `d` random queues by their true length (ties uniform).
+    pub(super) fn shortest_of(&mut self, d: usize) -> u32 {
+        let picks = self.pick_distinct(d, None);
+        let mut best = picks[0];
+        let mut ties = 1u32;
+        for &i in &picks[1..] {
+            let (a, b) = (
+                self.servers[i as usize].jobs,
+                self.servers[best as usize].jobs,
+            );
+            if a < b {
+                best = i;
+                ties = 1;
+            } else if a == b {
+                ties += 1;
+                if self.rng.gen_range(0..ties) == 0 {
+                    best = i;
+                }
+            }
         }
-        pool.push_back(Probed {
-            server,
-            rif,
-            latency_ns,
-            at: now,
-            uses: 0,
-        });
+        best
     }
 
     /// The shortest expected delay of `d` random servers, from their true queues and speeds.
@@ -257,40 +248,6 @@ impl World<'_> {
     }
 }
 
-/// The hot/cold rule over a client's pool; the chosen entry's load rises and its uses count.
-fn prequal_pick(pool: &mut VecDeque<Probed>) -> Option<u32> {
-    if pool.is_empty() {
-        return None;
-    }
-    let mut rifs: Vec<u32> = pool.iter().map(|e| e.rif).collect();
-    rifs.sort_unstable();
-    let pos = PREQUAL_HOT_QUANTILE * (rifs.len() - 1) as f64;
-    let lo = f64::from(rifs[pos.floor() as usize]);
-    let hi = f64::from(rifs[pos.ceil() as usize]);
-    let threshold = lo + (hi - lo) * (pos - pos.floor());
-    let cold = pool
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| f64::from(e.rif) <= threshold)
-        .min_by_key(|(_, e)| (e.latency_ns, e.rif))
-        .map(|(k, _)| k);
-    let k = match cold {
-        Some(k) => k,
-        None => pool
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| e.rif)
-            .map(|(k, _)| k)?,
-    };
-    let server = pool[k].server;
-    pool[k].rif += 1;
-    pool[k].uses += 1;
-    if pool[k].uses >= PREQUAL_REUSE {
-        pool.remove(k);
-    }
-    Some(server)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,30 +267,5 @@ mod tests {
         // Reading (a zero sample) decays it towards 0.
         let read = e.update(0.0, 10 + 2_000, 1_000.0);
         assert!((read - want * (-1.0f64).exp()).abs() < 1e-9);
-    }
-
-    #[test]
-    fn prequal_prefers_a_cold_fast_server_and_spends_its_answers() {
-        let e = |server, rif, latency_ns| Probed {
-            server,
-            rif,
-            latency_ns,
-            at: 0,
-            uses: 0,
-        };
-        let mut pool: VecDeque<Probed> = [
-            e(0, 2, 900),
-            e(1, 1, 300),
-            e(2, 3, 800),
-            e(3, 9, 100),
-            e(4, 2, 700),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(prequal_pick(&mut pool), Some(1));
-        assert_eq!(prequal_pick(&mut pool), Some(1));
-        assert!(pool.iter().all(|p| p.server != 1));
-        assert_eq!(prequal_pick(&mut pool), Some(4));
-        assert_eq!(prequal_pick(&mut VecDeque::new()), None);
     }
 }

@@ -1,8 +1,11 @@
-//! CPU accounting over a run's measured period, to tell a lab that ran out of CPU from a
-//! policy that queued badly. Read on the client's thread (the one that drives every session):
-//! its own CPU time, the whole process's (the rest is the fleet's thread and its servers' timer
-//! threads), and each CPU's busy share from `/proc/stat` (softirq included: on loopback that is
-//! where packets are delivered).
+//! CPU accounting over a measured period, to tell a lab that ran out of CPU from the thing it
+//! measures: a thread's and the whole process's CPU time (getrusage), each CPU's busy share from
+//! `/proc/stat` (softirq included: on loopback that is where packets are delivered), and another
+//! process's CPU time from `/proc/PID/stat`.
+//!
+//! [`sample`] and [`between`] split a process in two: the calling thread (`select`'s client
+//! thread, which drives every session) and the rest (its fleet's thread and its servers' timer
+//! threads).
 
 use std::time::Instant;
 
@@ -30,7 +33,7 @@ pub struct Usage {
 }
 
 /// CPU time (user + system) of `who`, in µs.
-pub(crate) fn cpu_us(who: UsageWho) -> u64 {
+pub fn cpu_us(who: UsageWho) -> u64 {
     match getrusage(who) {
         Ok(u) => {
             let us =
@@ -41,8 +44,13 @@ pub(crate) fn cpu_us(who: UsageWho) -> u64 {
     }
 }
 
+/// CPU time of the calling thread, in µs.
+pub fn thread_cpu_us() -> u64 {
+    cpu_us(UsageWho::RUSAGE_THREAD)
+}
+
 /// Per-CPU (busy, total) ticks from `/proc/stat`'s `cpuN` lines.
-pub(crate) fn proc_stat() -> Vec<(u64, u64)> {
+pub fn proc_stat() -> Vec<(u64, u64)> {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
         return Vec::new();
     };
@@ -67,13 +75,62 @@ fn parse_proc_stat(text: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Reads the clocks now; call it on the client's thread.
+/// The busy share of one CPU between two of its `/proc/stat` readings (busy, total); `None`
+/// when no tick passed.
+pub fn busy_share(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
+    let total = b.1.saturating_sub(a.1);
+    (total > 0).then(|| b.0.saturating_sub(a.0) as f64 / total as f64)
+}
+
+/// The busy share of CPU `cpu` between two [`proc_stat`] readings; `NaN` when unknown.
+pub fn cpu_busy(a: &[(u64, u64)], b: &[(u64, u64)], cpu: usize) -> f64 {
+    match (a.get(cpu), b.get(cpu)) {
+        (Some(x), Some(y)) => busy_share(*x, *y).unwrap_or(f64::NAN),
+        _ => f64::NAN,
+    }
+}
+
+/// The CPU time (user + system) process `pid` has used so far, in seconds, from
+/// `/proc/PID/stat`; `None` when it cannot be read (the process is gone).
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(super::footprint::proc_dir(pid).join("stat")).ok()?;
+    parse_process_cpu_s(&text)
+}
+
+/// utime and stime, fields 14 and 15 of /proc/PID/stat, counted after the parenthesised
+/// command name (which may hold spaces); in USER_HZ ticks, which Linux fixes at 100 for /proc.
+fn parse_process_cpu_s(stat: &str) -> Option<f64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Reads the clocks now; call it on the thread [`Usage::client`] is to count.
 pub fn sample() -> Sample {
     Sample {
         at: Instant::now(),
         process_us: cpu_us(UsageWho::RUSAGE_SELF),
         thread_us: cpu_us(UsageWho::RUSAGE_THREAD),
         cpus: proc_stat(),
+    }
+}
+
+impl Sample {
+    /// Seconds from this sample to `later`.
+    pub fn seconds_to(&self, later: &Sample) -> f64 {
+        later.at.saturating_duration_since(self.at).as_secs_f64()
+    }
+
+    /// The cores the sampling thread used from this sample to `later`.
+    pub fn thread_cores_to(&self, later: &Sample) -> f64 {
+        later.thread_us.saturating_sub(self.thread_us) as f64 / 1e6 / self.seconds_to(later)
+    }
+
+    /// CPU `cpu`'s busy share from this sample to `later`; `NaN` when unknown.
+    pub fn cpu_busy_to(&self, later: &Sample, cpu: usize) -> f64 {
+        cpu_busy(&self.cpus, &later.cpus, cpu)
     }
 }
 
@@ -89,14 +146,7 @@ pub fn between(a: &Sample, b: &Sample) -> Usage {
             .cpus
             .iter()
             .zip(&b.cpus)
-            .map(|(x, y)| {
-                let total = y.1.saturating_sub(x.1);
-                if total == 0 {
-                    0.0
-                } else {
-                    y.0.saturating_sub(x.0) as f64 / total as f64
-                }
-            })
+            .map(|(x, y)| busy_share(*x, *y).unwrap_or(0.0))
             .collect(),
     }
 }
@@ -112,6 +162,15 @@ mod tests {
                     cpu1 5 0 5 40 0 0 0 0 0 0\n\
                     intr 1 2 3\n";
         assert_eq!(parse_proc_stat(text), vec![(10, 50), (10, 50)]);
+    }
+
+    #[test]
+    fn process_cpu_time_is_utime_and_stime_after_the_command_name() {
+        // A command name with a space and a parenthesis in it.
+        let stat = "4242 (volley (x) y) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 1 0";
+        assert_eq!(parse_process_cpu_s(stat), Some(4.0));
+        assert_eq!(parse_process_cpu_s("garbage"), None);
+        assert!(process_cpu_s(std::process::id()).is_some());
     }
 
     #[test]

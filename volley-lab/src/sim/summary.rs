@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::engine::{Outcome, ServerTotals};
+use crate::harness::stats::quantile;
 
 /// One run, summarised. Times in milliseconds of virtual time unless named otherwise.
 #[derive(Debug, Clone, Serialize)]
@@ -72,15 +73,6 @@ pub struct Summary {
     pub sessions_per_s: f64,
 }
 
-/// The `q` quantile of sorted values (nearest rank), `NaN` when empty.
-pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn ratio(a: f64, b: u64) -> f64 {
     if b == 0 { f64::NAN } else { a / b as f64 }
 }
@@ -111,15 +103,15 @@ pub fn summarise(mut o: Outcome, slots: u32, wall_s: f64) -> Summary {
         failed: o.failed,
         failed_no_offer: o.failed_no_offer,
         mean_ms: ratio(o.sum_e2e, o.completed) / MS,
-        p50_ms: quantile_sorted(&o.e2e, 0.5) / MS,
-        p90_ms: quantile_sorted(&o.e2e, 0.9) / MS,
-        p99_ms: quantile_sorted(&o.e2e, 0.99) / MS,
-        p999_ms: quantile_sorted(&o.e2e, 0.999) / MS,
+        p50_ms: quantile(&o.e2e, 0.5) / MS,
+        p90_ms: quantile(&o.e2e, 0.9) / MS,
+        p99_ms: quantile(&o.e2e, 0.99) / MS,
+        p999_ms: quantile(&o.e2e, 0.999) / MS,
         drift: (ratio(o.halves[1].0, o.halves[1].1) - ratio(o.halves[0].0, o.halves[0].1))
             / ratio(o.sum_e2e, o.completed),
         in_system_ms: ratio(o.sum_in_system, o.completed) / MS,
         selection_mean_ms: ratio(o.sum_selection, o.completed) / MS,
-        selection_p99_ms: quantile_sorted(&o.selection, 0.99) / MS,
+        selection_p99_ms: quantile(&o.selection, 0.99) / MS,
         selection_max_ms: o.max_selection as f64 / MS,
         to_server_mean_ms: ratio(o.sum_to_server, o.completed) / MS,
         probes_per_session: ratio((o.probes + o.load_probes) as f64, finished),
@@ -148,44 +140,5 @@ pub fn summarise(mut o: Outcome, slots: u32, wall_s: f64) -> Summary {
         } else {
             f64::NAN
         },
-    }
-}
-
-/// Mean, sample standard deviation, min and max of `xs`.
-pub fn spread(xs: &[f64]) -> (f64, f64, f64, f64) {
-    let n = xs.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
-    }
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    let sd = if n > 1 {
-        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    } else {
-        f64::NAN
-    };
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (mean, sd, min, max)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantile_is_nearest_rank() {
-        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile_sorted(&xs, 0.5), 50.0);
-        assert_eq!(quantile_sorted(&xs, 0.99), 99.0);
-        assert_eq!(quantile_sorted(&xs, 1.0), 100.0);
-        assert_eq!(quantile_sorted(&xs, 0.0), 1.0);
-        assert!(quantile_sorted(&[], 0.5).is_nan());
-    }
-
-    #[test]
-    fn spread_of_known_values() {
-        let (m, sd, lo, hi) = spread(&[1.0, 2.0, 3.0]);
-        assert_eq!((m, lo, hi), (2.0, 1.0, 3.0));
-        assert!((sd - 1.0).abs() < 1e-12);
     }
 }
