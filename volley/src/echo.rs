@@ -17,7 +17,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
     on_stop: impl FnOnce(crate::ServerStats),
 ) {
-    let stats = crate::handler::serve_sessions(server, shutdown, |mut session| async move {
+    let stats = crate::handler::serve_sessions(server, shutdown, |session| async move {
         // Each datagram is a request: the server counts it until it is echoed.
         while let Ok(request) = session.recv_request().await {
             // The request's own bytes go back: moved, never copied.

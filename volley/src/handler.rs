@@ -39,7 +39,7 @@ where
     H: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Option<Bytes>> + Send + 'static,
 {
-    serve_sessions(server, shutdown, move |mut session| {
+    serve_sessions(server, shutdown, move |session| {
         let handler = handler.clone();
         async move {
             while let Ok(request) = session.recv_request().await {
@@ -75,7 +75,7 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send,
 {
-    serve_sessions(server, shutdown, move |mut session| {
+    serve_sessions(server, shutdown, move |session| {
         let mut service = service.clone();
         async move {
             while let Ok(request) = session.recv_request().await {

@@ -29,12 +29,12 @@ async fn r5_send_queue_is_per_session_and_reports_full_and_closed() {
         .await
         .unwrap()
         .unwrap();
-    let mut sa = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+    let sa = timeout(BOUND, server.accept()).await.unwrap().unwrap();
     let b = timeout(BOUND, client.connect(&pool))
         .await
         .unwrap()
         .unwrap();
-    let mut sb = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+    let sb = timeout(BOUND, server.accept()).await.unwrap().unwrap();
 
     // The test task does not yield, so the (current-thread) drivers drain nothing meanwhile:
     // session a's queue fills to exactly SEND_QUEUE and then says so; b's is untouched.
@@ -120,7 +120,7 @@ async fn c6_a_server_bound_to_a_wildcard_address_answers_from_the_address_probed
         let _ = stopped.await;
     }));
     let probed: SocketAddr = SocketAddr::from(([127, 0, 0, 2], port));
-    let mut s = timeout(
+    let s = timeout(
         BOUND,
         client_for(&key, SelectionPolicy::Earliest).connect(&[probed]),
     )
@@ -128,7 +128,7 @@ async fn c6_a_server_bound_to_a_wildcard_address_answers_from_the_address_probed
     .unwrap()
     .expect("a session through the wildcard-bound server");
     assert_eq!(s.remote(), probed);
-    echoes(&mut s, b"from the address probed").await;
+    echoes(&s, b"from the address probed").await;
     let _ = stop.send(());
     let _ = task.await;
 }
@@ -153,8 +153,8 @@ async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
     let mut ccfg = ClientConfig::new(vec![key.public()]);
     ccfg.session = slow;
     ccfg.max_failovers = 0;
-    let mut s = Client::new(ccfg).connect(&pool).await.unwrap();
-    echoes(&mut s, b"before").await;
+    let s = Client::new(ccfg).connect(&pool).await.unwrap();
+    echoes(&s, b"before").await;
     task.abort();
     let real = Instant::now();
     let virtual_start = tokio::time::Instant::now();
@@ -339,14 +339,14 @@ async fn c6_a_server_serves_on_a_socket_the_caller_made() {
     let server = Server::from_socket(std_socket, ServerConfig::new(key.clone())).unwrap();
     assert_eq!(server.local_addr(), addr);
     let task = tokio::spawn(volley::echo::serve(server, std::future::pending()));
-    let mut s = timeout(
+    let s = timeout(
         BOUND,
         client_for(&key, SelectionPolicy::Earliest).connect(&[addr]),
     )
     .await
     .unwrap()
     .unwrap();
-    echoes(&mut s, b"on the caller's socket").await;
+    echoes(&s, b"on the caller's socket").await;
     task.abort();
 }
 

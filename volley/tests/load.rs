@@ -31,7 +31,7 @@ async fn l1_gated_server_holds_the_probe_until_a_load_guard_drops() {
     tokio::time::sleep(HOLD).await;
     let released = Instant::now();
     drop(guard);
-    let mut s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
+    let s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
     assert!(
         released.elapsed() < Duration::from_millis(150),
         "the freed slot released the held probe at once"
@@ -47,7 +47,7 @@ async fn l1_gated_server_holds_the_probe_until_a_load_guard_drops() {
         })
     );
     assert_eq!(r.stats.probes_sent, 1, "answered before any retransmission");
-    echoes(&mut s, b"released").await;
+    echoes(&s, b"released").await;
     let stats = server.stats();
     assert_eq!(stats.probes_held, 1);
     assert_eq!(stats.probes_dropped_hold_expired, 0);
@@ -115,7 +115,7 @@ async fn l5_recv_request_counts_each_request_from_arrival_to_reply() {
     // The application holds each request until told to answer it.
     let (go_tx, mut go_rx) = tokio::sync::mpsc::channel::<()>(4);
     tokio::spawn(async move {
-        let mut s = server.accept().await.expect("a session");
+        let s = server.accept().await.expect("a session");
         while let Ok(req) = s.recv_request().await {
             if go_rx.recv().await.is_none() {
                 break;
@@ -124,7 +124,7 @@ async fn l5_recv_request_counts_each_request_from_arrival_to_reply() {
             req.reply(&s, &data).await.unwrap();
         }
     });
-    let mut s = timeout(
+    let s = timeout(
         BOUND,
         client_for(&key, SelectionPolicy::Earliest).connect(&[addr]),
     )

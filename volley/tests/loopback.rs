@@ -39,7 +39,7 @@ async fn wait_for_failover(s: &volley::Session, from: SocketAddr) {
 #[tokio::test]
 async fn c6_connect_and_exchange_encrypted_datagrams() {
     let f = fleet(3).await;
-    let mut s = timeout(BOUND, f.client().connect(&f.addrs))
+    let s = timeout(BOUND, f.client().connect(&f.addrs))
         .await
         .unwrap()
         .unwrap();
@@ -87,7 +87,7 @@ async fn c5_other_servers_offers_are_voided() {
 #[tokio::test]
 async fn r5_killed_server_is_detected_and_client_fails_over() {
     let mut f = fleet(3).await;
-    let mut s = timeout(BOUND, f.client().connect(&f.addrs))
+    let s = timeout(BOUND, f.client().connect(&f.addrs))
         .await
         .unwrap()
         .unwrap();
@@ -116,7 +116,7 @@ async fn r5_killed_server_is_detected_and_client_fails_over() {
 #[tokio::test]
 async fn r5_graceful_shutdown_sends_clients_elsewhere() {
     let mut f = fleet(3).await;
-    let mut s = timeout(BOUND, f.client().connect(&f.addrs))
+    let s = timeout(BOUND, f.client().connect(&f.addrs))
         .await
         .unwrap()
         .unwrap();

@@ -38,7 +38,7 @@ async fn d5_metrics_endpoint_serves_every_counter_the_load_and_answer_delays() {
     .await
     .unwrap();
     tokio::spawn(volley::echo::serve(server, std::future::pending()));
-    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
         .connect(&[addr])
         .await
         .unwrap();

@@ -111,7 +111,7 @@ async fn d1_a_forwarded_datagram_is_load_until_the_backend_answers() {
     let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = service.local_addr().unwrap();
     let (addr, handle, _stop) = forwarder(&key, backend_addr).await;
-    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
         .connect(&[addr])
         .await
         .unwrap();

@@ -45,7 +45,7 @@ async fn l3_window_policy_picks_the_cold_server() {
     let client = client_for(&key, SelectionPolicy::window());
     let mut sessions = Vec::new();
     for _ in 0..3 {
-        let mut s = timeout(BOUND, client.connect(&pool))
+        let s = timeout(BOUND, client.connect(&pool))
             .await
             .unwrap()
             .unwrap();
@@ -63,7 +63,7 @@ async fn l3_window_policy_picks_the_cold_server() {
             .collect();
         assert_eq!(chosen.len(), 1);
         assert_eq!(chosen[0].server, pool[1]);
-        echoes(&mut s, b"window").await;
+        echoes(&s, b"window").await;
         sessions.push(s);
     }
     until("sessions open", || handles[1].load().sessions == 3).await;
@@ -176,13 +176,13 @@ async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
     // (The control message is processed before the gated INIT: same driver, sent first.)
     tokio::time::sleep(Duration::from_millis(20)).await;
     gate.send(()).unwrap();
-    let mut s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
+    let s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
     assert_eq!(s.remote(), peer, "followed the REDIRECT");
     let r = s.report().unwrap();
     assert_eq!(r.redirected_to, vec![peer]);
     assert_eq!(r.stats.redirects, 1);
     assert_eq!(r.stats.redirect_servers_added, 1);
-    echoes(&mut s, b"redirected").await;
+    echoes(&s, b"redirected").await;
     until("refusal counted", || full_h.stats().redirects_sent >= 1).await;
     assert!(full_h.stats().init_refused_full >= 1);
     assert_eq!(full_h.stats().sessions_opened, 0);

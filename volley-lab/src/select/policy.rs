@@ -304,7 +304,7 @@ async fn run_session(ctx: Arc<RunCtx>, client: Client, pool: Vec<SocketAddr>, jo
         probe_bytes: 0,
         answer_us: None,
     };
-    let mut session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
+    let session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return rec,
     };

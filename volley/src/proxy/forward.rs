@@ -56,7 +56,7 @@ pub async fn udp(
     crate::handler::serve_sessions(server, shutdown, move |session| relay(session, backend)).await
 }
 
-async fn relay(mut session: Session, backend: SocketAddr) {
+async fn relay(session: Session, backend: SocketAddr) {
     let any = match backend.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

@@ -182,7 +182,7 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
     // The pool as it is now (a DNS pool may have changed since the last flow), in one address
     // family.
     let servers = crate::discovery::one_family(pool.current());
-    let mut session = match client.connect(&servers).await {
+    let session = match client.connect(&servers).await {
         Ok(s) => s,
         Err(e) => {
             info!(%app, error = %e, "flow: no session; its datagrams are dropped");

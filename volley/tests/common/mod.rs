@@ -118,7 +118,7 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     .unwrap_or_else(|_| panic!("never: {what}"));
 }
 
-pub async fn echoes(s: &mut volley::Session, msg: &[u8]) {
+pub async fn echoes(s: &volley::Session, msg: &[u8]) {
     s.send(msg).await.unwrap();
     assert_eq!(timeout(BOUND, s.recv()).await.unwrap().unwrap(), msg);
 }
