@@ -7,8 +7,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-use volley::proxy::ProxyStats;
-use volley::proxy::udp::UdpProxyConfig;
+use volley::proxy::{ProxyStats, UdpForward, UdpProxy};
 use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -38,7 +37,7 @@ async fn forwarder(
     .unwrap();
     let (addr, handle) = (server.local_addr(), server.handle());
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(volley::proxy::forward::udp(server, backend, async {
+    tokio::spawn(UdpForward::new(server, backend).serve(async {
         let _ = stopped.await;
     }));
     (addr, handle, stop)
@@ -64,18 +63,13 @@ async fn d1_udp_proxy_carries_each_flow_on_its_own_session_and_new_flows_fail_ov
     let proxy = socket.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let client = Client::new(ClientConfig::new(vec![key.public()]));
-    let running = tokio::spawn(volley::proxy::udp::run(
-        socket,
-        client,
-        vec![a, b],
-        UdpProxyConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..UdpProxyConfig::default()
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let running = tokio::spawn(
+        UdpProxy::new(client, vec![a, b])
+            .idle_timeout(Duration::from_millis(300))
+            .serve(socket, async {
+                let _ = stopped.await;
+            }),
+    );
     // Three applications, three flows, each answered on its own.
     let apps = [
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
@@ -150,15 +144,9 @@ async fn d1_a_datagram_too_large_for_a_session_is_dropped_and_its_flow_goes_on()
     let proxy = socket.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let client = Client::new(ClientConfig::new(vec![key.public()]));
-    let running = tokio::spawn(volley::proxy::udp::run(
-        socket,
-        client,
-        vec![a],
-        UdpProxyConfig::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let running = tokio::spawn(UdpProxy::new(client, vec![a]).serve(socket, async {
+        let _ = stopped.await;
+    }));
     let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(ask(&app, proxy, "before").await, "BEFORE");
     app.send_to(&[b'x'; volley::MAX_APP_DATAGRAM + 1], proxy)

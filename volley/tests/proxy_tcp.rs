@@ -11,9 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use volley::proxy::ProxyStats;
-use volley::proxy::forward::TcpForwardStats;
-use volley::proxy::tcp::TcpProxyConfig;
+use volley::proxy::{ProxyStats, TcpForward, TcpForwardStats, TcpProxy};
 use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
 use volley_proto::stream::{HELLO_LEN, Role, StreamKeys};
 
@@ -55,24 +53,18 @@ async fn forwarder(key: &StaticKeypair, backend: SocketAddr) -> Forwarder {
     .unwrap();
     let (addr, handle) = (server.local_addr(), server.handle());
     let (stop, stopped) = oneshot::channel::<()>();
-    let listener = volley::proxy::forward::stream_listener(&server)
-        .await
-        .unwrap();
-    let task = tokio::spawn(volley::proxy::forward::tcp_on(
-        server,
-        listener,
-        backend,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let forward = TcpForward::bind(server, backend).await.unwrap();
+    let task = tokio::spawn(forward.serve(async {
+        let _ = stopped.await;
+    }));
     (addr, handle, stop, task)
 }
 
+/// A client-side proxy to `pool`, with the options `options` sets.
 async fn proxy(
     key: &StaticKeypair,
     pool: Vec<SocketAddr>,
-    config: TcpProxyConfig,
+    options: impl FnOnce(TcpProxy) -> TcpProxy,
 ) -> (
     SocketAddr,
     oneshot::Sender<()>,
@@ -82,15 +74,9 @@ async fn proxy(
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let client = Client::new(ClientConfig::new(vec![key.public()]));
-    let task = tokio::spawn(volley::proxy::tcp::run(
-        listener,
-        client,
-        pool,
-        config,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(options(TcpProxy::new(client, pool)).serve(listener, async {
+        let _ = stopped.await;
+    }));
     (addr, stop, task)
 }
 
@@ -128,7 +114,7 @@ async fn d2_tcp_proxy_relays_each_connection_on_its_own_session_and_counts_it_as
     let (service, accepted) = backend().await;
     let (a, ha, _stop_a, _) = forwarder(&key, service).await;
     let (b, hb, _stop_b, _) = forwarder(&key, service).await;
-    let (proxy, stop, running) = proxy(&key, vec![a, b], TcpProxyConfig::default()).await;
+    let (proxy, stop, running) = proxy(&key, vec![a, b], |p| p).await;
 
     // Bulk both ways, byte for byte, with the half-close carried through (the backend answers
     // the end of our bytes with the end of its own).
@@ -256,15 +242,7 @@ async fn d2_new_tcp_connections_fail_over_when_a_server_or_its_backend_goes_away
     let (a, _ha, _stop_a, task_a) = forwarder(&key, dead_addr).await;
     let (b, hb, stop_b, _) = forwarder(&key, service).await;
     let (c, hc, _stop_c, _) = forwarder(&key, service).await;
-    let (proxy, stop, running) = proxy(
-        &key,
-        vec![a, b, c],
-        TcpProxyConfig {
-            attempts: 3,
-            ..TcpProxyConfig::default()
-        },
-    )
-    .await;
+    let (proxy, stop, running) = proxy(&key, vec![a, b, c], |p| p.attempts(3)).await;
     for i in 0..6 {
         let text = format!("connection {i}");
         assert_eq!(round_trip(proxy, text.as_bytes()).await, text.as_bytes());
@@ -296,14 +274,9 @@ async fn d2_an_idle_tcp_connection_is_closed() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
     let (service, _) = backend().await;
     let (a, ha, _stop_a, _) = forwarder(&key, service).await;
-    let (proxy, _stop, _running) = proxy(
-        &key,
-        vec![a],
-        TcpProxyConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..TcpProxyConfig::default()
-        },
-    )
+    let (proxy, _stop, _running) = proxy(&key, vec![a], |p| {
+        p.idle_timeout(Duration::from_millis(300))
+    })
     .await;
     let mut conn = TcpStream::connect(proxy).await.unwrap();
     conn.write_all(b"x").await.unwrap();
@@ -336,7 +309,7 @@ async fn d2_silent_connections_from_one_address_cannot_shut_out_other_clients() 
         socket.connect(a).await.unwrap()
     };
     let mut silent = Vec::new();
-    for i in 0..volley::proxy::forward::MAX_PENDING_STREAMS_PER_SOURCE {
+    for i in 0..volley::proxy::MAX_PENDING_STREAMS_PER_SOURCE {
         silent.push(from(i).await);
     }
     // Let the acceptor take them all, then one more from that address is closed at once
@@ -350,7 +323,7 @@ async fn d2_silent_connections_from_one_address_cannot_shut_out_other_clients() 
         .unwrap_or(0);
     assert_eq!(n, 0);
     // Everyone else still gets through.
-    let (proxy, _stop, _running) = proxy(&key, vec![a], TcpProxyConfig::default()).await;
+    let (proxy, _stop, _running) = proxy(&key, vec![a], |p| p).await;
     assert_eq!(round_trip(proxy, b"still served").await, b"still served");
     drop(silent);
 }

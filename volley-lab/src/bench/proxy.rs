@@ -41,8 +41,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
-use volley::proxy::tcp::TcpProxyConfig;
-use volley::proxy::udp::UdpProxyConfig;
+use volley::proxy::{TcpForward, TcpProxy, UdpForward, UdpProxy};
 use volley::{Client, ClientConfig, PublicKey, Server, ServerConfig, StaticKeypair};
 
 use super::{busy, median_min_max, thread_cpu_us};
@@ -281,23 +280,18 @@ async fn server_host(
         let server = bind().await?;
         let fwd_udp = server.local_addr();
         let mut stop = stop_tx.subscribe();
-        tokio::spawn(volley::proxy::forward::udp(server, udp_echo, async move {
+        tokio::spawn(UdpForward::new(server, udp_echo).serve(async move {
             let _ = stop.recv().await;
         }));
         let mut tcp_fwd = Vec::new();
         for backend in [tcp_echo, tcp_sink] {
             let server = bind().await?;
             tcp_fwd.push(server.local_addr());
-            let listener = volley::proxy::forward::stream_listener(&server).await?;
+            let forward = TcpForward::bind(server, backend).await?;
             let mut stop = stop_tx.subscribe();
-            tokio::spawn(volley::proxy::forward::tcp_on(
-                server,
-                listener,
-                backend,
-                async move {
-                    let _ = stop.recv().await;
-                },
-            ));
+            tokio::spawn(forward.serve(async move {
+                let _ = stop.recv().await;
+            }));
         }
         Ok(ServerHost {
             udp_echo,
@@ -386,29 +380,21 @@ async fn client_host(
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let udp = socket.local_addr()?;
     let mut stop = stop_tx.subscribe();
-    tokio::spawn(volley::proxy::udp::run(
-        socket,
-        client(),
-        vec![host.fwd_udp],
-        UdpProxyConfig::default(),
-        async move {
+    tokio::spawn(
+        UdpProxy::new(client(), vec![host.fwd_udp]).serve(socket, async move {
             let _ = stop.recv().await;
-        },
-    ));
+        }),
+    );
     let mut tcp = Vec::new();
     for server in [host.fwd_tcp_echo, host.fwd_tcp_sink] {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         tcp.push(listener.local_addr()?);
         let mut stop = stop_tx.subscribe();
-        tokio::spawn(volley::proxy::tcp::run(
-            listener,
-            client(),
-            vec![server],
-            TcpProxyConfig::default(),
-            async move {
+        tokio::spawn(
+            TcpProxy::new(client(), vec![server]).serve(listener, async move {
                 let _ = stop.recv().await;
-            },
-        ));
+            }),
+        );
     }
     let proxied = Targets {
         udp,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use volley::{
-    Client, ClientConfig, SelectionPolicy, Server, ServerConfig, ServerHandle, SessionConfig,
-    StaticKeypair,
+    Client, ClientConfig, SelectionPolicy, Server, ServerConfig, ServerHandle, ServerStats,
+    SessionConfig, StaticKeypair,
 };
 
 /// The bound on every wait: far above what any of them takes, so that only a failure hits it.
@@ -28,7 +28,7 @@ pub fn fast_session() -> SessionConfig {
 pub struct Fleet {
     pub key: StaticKeypair,
     pub addrs: Vec<SocketAddr>,
-    tasks: Vec<Option<JoinHandle<()>>>,
+    tasks: Vec<Option<JoinHandle<ServerStats>>>,
     stops: Vec<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
