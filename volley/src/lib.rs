@@ -34,6 +34,12 @@
 //! assert_eq!(&session.recv().await?[..], b"hello");
 //! # Ok(()) }
 //! ```
+//!
+//! ## Cargo features
+//!
+//! - `unstable`: exposes internals as `volley::unstable` (the drivers' batched UDP I/O) for
+//!   benchmarks that must do the very same I/O. Outside semver: they may change or go in any
+//!   release.
 #![warn(missing_docs)]
 
 mod client;
@@ -50,7 +56,54 @@ mod server;
 mod session;
 mod socket;
 mod timer;
-pub mod udp;
+mod udp;
+
+/// Internals exposed for benchmarks and tools that must do exactly what the runtime does;
+/// enabled by the `unstable` cargo feature. **Outside semver**: anything here may change or
+/// disappear in any release. See [`udp`](unstable::udp) for an example.
+#[cfg(feature = "unstable")]
+pub mod unstable {
+    /// Batched UDP as the drivers do it: up to [`BATCH`](udp::BATCH) datagrams per system call
+    /// each way (`recvmmsg`, `sendmmsg`), with UDP GSO and GRO where the kernel has them and
+    /// each datagram's local address on wildcard binds. Linux only.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// use tokio::net::UdpSocket;
+    /// use volley::unstable::udp::{RecvBatch, SendBatch};
+    ///
+    /// let (rx, tx) = (UdpSocket::bind("127.0.0.1:0").await?, UdpSocket::bind("127.0.0.1:0").await?);
+    /// // Three datagrams written in place and sent with one system call.
+    /// let mut out = SendBatch::with_gso(false);
+    /// for i in 0..3u8 {
+    ///     out.slot()[0] = i;
+    ///     out.commit(1, rx.local_addr()?, None);
+    /// }
+    /// out.flush(&tx).await;
+    /// // Read back a batch at a time.
+    /// let mut batch = RecvBatch::new(false);
+    /// let mut got = Vec::new();
+    /// tokio::time::timeout(Duration::from_secs(5), async {
+    ///     while got.len() < 3 {
+    ///         rx.readable().await?;
+    ///         match batch.recv(&rx) {
+    ///             Ok(_) => got.extend(batch.iter().map(|(_, d)| d[0])),
+    ///             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// })
+    /// .await??;
+    /// assert_eq!(got, [0, 1, 2]);
+    /// # Ok(()) }
+    /// ```
+    pub mod udp {
+        pub use crate::udp::*;
+    }
+}
 
 pub use bytes::Bytes;
 pub use client::Client;

@@ -630,11 +630,12 @@ impl Session {
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
-    /// What a stream (D2, [`crate::proxy::tcp`]) on this session needs: the server's session
-    /// id, the peer's address and the stream keys derived from the session's keys. On the client
-    /// it names the current server (a failover gives another ticket). [`Error::Closed`] once the
-    /// session has ended or while it is not established.
-    pub async fn stream_ticket(&self) -> Result<volley_proto::stream::StreamTicket, Error> {
+    /// What a TCP proxy stream ([`crate::proxy::TcpProxy`]) on this session needs: the
+    /// server's session id, the peer's address and the stream keys derived from the session's
+    /// keys. Crate-private: the keys are the session's secrets. On the client it names the
+    /// current server (a failover gives another ticket). [`Error::Closed`] once the session has
+    /// ended or while it is not established.
+    pub(crate) async fn stream_ticket(&self) -> Result<volley_proto::stream::StreamTicket, Error> {
         let (reply, ticket) = tokio::sync::oneshot::channel();
         if self.cmd.send(Cmd::Ticket { id: self.id, reply }).is_err() {
             return Err(self.closed_error());

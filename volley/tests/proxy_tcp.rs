@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use volley::proxy::{ProxyStats, TcpForward, TcpForwardStats, TcpProxy};
 use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
-use volley_proto::stream::{HELLO_LEN, Role, StreamKeys};
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -147,87 +146,6 @@ async fn d2_tcp_proxy_relays_each_connection_on_its_own_session_and_counts_it_as
     let stats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
     assert_eq!(stats.flows, 3, "{stats:?}");
     assert_eq!(stats.connect_failures, 0, "{stats:?}");
-}
-
-#[tokio::test]
-async fn d2_a_tcp_peer_without_a_session_never_reaches_the_backend() {
-    let key = StaticKeypair::generate(&mut volley::OsRng);
-    let (service, accepted) = backend().await;
-    let (server, _handle, stop, task) = forwarder(&key, service).await;
-    // Refused at once, whatever the peer sends: answered by a close, never by the backend.
-    let refused = |mut conn: TcpStream| async move {
-        let mut buf = [0u8; 64];
-        let n = timeout(BOUND, conn.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap_or(0);
-        assert_eq!(n, 0, "a refused stream gets no bytes");
-    };
-    // Not a HELLO at all.
-    let mut conn = TcpStream::connect(server).await.unwrap();
-    conn.write_all(&[0x47; HELLO_LEN]).await.unwrap();
-    refused(conn).await;
-
-    // A real session, and HELLOs that do not prove it.
-    let session = Client::new(ClientConfig::new(vec![key.public()]))
-        .connect(&[server])
-        .await
-        .unwrap();
-    let ticket = session.stream_ticket().await.unwrap();
-    assert_eq!(ticket.peer, server);
-    let wrong_keys = StreamKeys::derive(&[9; 32], &[8; 32]);
-    for hello in [
-        wrong_keys.hello(Role::Client, ticket.session_id),
-        ticket.keys.hello(Role::Client, ticket.session_id ^ 1),
-        ticket.keys.hello(Role::Server, ticket.session_id),
-    ] {
-        let mut conn = TcpStream::connect(server).await.unwrap();
-        conn.write_all(&hello).await.unwrap();
-        refused(conn).await;
-    }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        0,
-        "no stream reached the backend"
-    );
-
-    // The right HELLO works, once: the server answers with its own, checkable HELLO.
-    let good = ticket.keys.hello(Role::Client, ticket.session_id);
-    let mut conn = TcpStream::connect(server).await.unwrap();
-    conn.write_all(&good).await.unwrap();
-    let mut answer = [0u8; HELLO_LEN];
-    timeout(BOUND, conn.read_exact(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    ticket
-        .keys
-        .check_hello(Role::Server, ticket.session_id, &answer)
-        .unwrap();
-    eventually("the backend got the stream", || {
-        accepted.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    // A replay of the same HELLO is refused: one stream per session.
-    let mut replay = TcpStream::connect(server).await.unwrap();
-    replay.write_all(&good).await.unwrap();
-    refused(replay).await;
-    // Records that do not authenticate break the stream (and the backend's connection).
-    conn.write_all(&[0, 20]).await.unwrap();
-    conn.write_all(&[0u8; 20]).await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = timeout(BOUND, conn.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    drop(session);
-    let _ = stop.send(());
-    let stats = timeout(BOUND, task).await.unwrap().unwrap();
-    assert_eq!(stats.streams, 1, "{stats:?}");
-    assert_eq!(stats.refused, 5, "{stats:?}");
-    assert_eq!(stats.broken, 1, "{stats:?}");
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ use nix::sys::resource::UsageWho;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use volley::udp::{self, RecvBatch, SendBatch};
+use volley::unstable::udp::{self, RecvBatch, SendBatch};
 use volley::{AnswerPolicy, PublicKey, Server, ServerConfig, ServerStats, StaticKeypair};
 
 use crate::select::cpu::{cpu_us, proc_stat};

@@ -624,3 +624,148 @@ impl Drop for OpenStream<'_> {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// A stream's HELLO needs the session's keys, which only the crate can reach: this test forges
+/// HELLOs from a real session's ticket.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use tokio::task::JoinHandle;
+    use volley_proto::stream::StreamKeys;
+
+    use super::*;
+    use crate::{Client, ClientConfig, ServerConfig, StaticKeypair};
+
+    const BOUND: Duration = Duration::from_secs(20);
+
+    /// A TCP echo service that counts the connections it accepted.
+    async fn backend() -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 4 s: {what}");
+    }
+
+    async fn forwarder(
+        key: &StaticKeypair,
+        backend: SocketAddr,
+    ) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<TcpForwardStats>) {
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerConfig::new(key.clone()),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let forward = TcpForward::bind(server, backend).await.unwrap();
+        let task = tokio::spawn(forward.serve(async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn d2_a_tcp_peer_without_a_session_never_reaches_the_backend() {
+        let key = StaticKeypair::generate(&mut crate::OsRng);
+        let (service, accepted) = backend().await;
+        let (server, stop, task) = forwarder(&key, service).await;
+        // Refused at once, whatever the peer sends: answered by a close, never by the backend.
+        let refused = |mut conn: TcpStream| async move {
+            let mut buf = [0u8; 64];
+            let n = timeout(BOUND, conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            assert_eq!(n, 0, "a refused stream gets no bytes");
+        };
+        // Not a HELLO at all.
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&[0x47; HELLO_LEN]).await.unwrap();
+        refused(conn).await;
+
+        // A real session, and HELLOs that do not prove it.
+        let session = Client::new(ClientConfig::new(vec![key.public()]))
+            .connect(&[server])
+            .await
+            .unwrap();
+        let ticket = session.stream_ticket().await.unwrap();
+        assert_eq!(ticket.peer, server);
+        let wrong_keys = StreamKeys::derive(&[9; 32], &[8; 32]);
+        for hello in [
+            wrong_keys.hello(Role::Client, ticket.session_id),
+            ticket.keys.hello(Role::Client, ticket.session_id ^ 1),
+            ticket.keys.hello(Role::Server, ticket.session_id),
+        ] {
+            let mut conn = TcpStream::connect(server).await.unwrap();
+            conn.write_all(&hello).await.unwrap();
+            refused(conn).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "no stream reached the backend"
+        );
+
+        // The right HELLO works, once: the server answers with its own, checkable HELLO.
+        let good = ticket.keys.hello(Role::Client, ticket.session_id);
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&good).await.unwrap();
+        let mut answer = [0u8; HELLO_LEN];
+        timeout(BOUND, conn.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        ticket
+            .keys
+            .check_hello(Role::Server, ticket.session_id, &answer)
+            .unwrap();
+        eventually("the backend got the stream", || {
+            accepted.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // A replay of the same HELLO is refused: one stream per session.
+        let mut replay = TcpStream::connect(server).await.unwrap();
+        replay.write_all(&good).await.unwrap();
+        refused(replay).await;
+        // Records that do not authenticate break the stream (and the backend's connection).
+        conn.write_all(&[0, 20]).await.unwrap();
+        conn.write_all(&[0u8; 20]).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = timeout(BOUND, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        drop(session);
+        let _ = stop.send(());
+        let stats = timeout(BOUND, task).await.unwrap().unwrap();
+        assert_eq!(stats.streams, 1, "{stats:?}");
+        assert_eq!(stats.refused, 5, "{stats:?}");
+        assert_eq!(stats.broken, 1, "{stats:?}");
+    }
+}
