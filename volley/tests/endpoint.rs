@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{BOUND, client_for, echoes, fast_session, serve, until};
 use tokio::sync::oneshot;
@@ -156,8 +156,8 @@ async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
     let s = Client::new(ccfg).connect(&pool).await.unwrap();
     echoes(&s, b"before").await;
     task.abort();
-    let real = Instant::now();
     let virtual_start = tokio::time::Instant::now();
+    // In virtual time: a driver on the real clock would not time out within it.
     let reason = timeout(Duration::from_secs(120), s.closed())
         .await
         .expect("the idle timeout fired in virtual time");
@@ -166,11 +166,6 @@ async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
     assert!(
         waited >= Duration::from_secs(30) && waited < Duration::from_secs(40),
         "{waited:?} of virtual time"
-    );
-    assert!(
-        real.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        real.elapsed()
     );
 }
 

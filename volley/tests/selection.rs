@@ -173,8 +173,24 @@ async fn r3_refusing_server_redirects_the_client_to_a_peer_outside_its_pool() {
     // `full` has offered; before the INIT reaches it, it reaches its session limit.
     timeout(BOUND, init_seen).await.unwrap().unwrap();
     full_h.set_max_sessions(Some(0));
-    // (The control message is processed before the gated INIT: same driver, sent first.)
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The limit is in force once `full` withholds a probe for it: only then does the INIT go.
+    let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut probe = [0u8; 256];
+    let n = volley_proto::packet::Probe {
+        tag: volley_proto::Tag([9; 16]),
+        service: b"echo",
+    }
+    .encode(&mut probe, 256)
+    .unwrap();
+    // (A probe the driver reads before the control message is answered: send until one is not.)
+    timeout(BOUND, async {
+        while full_h.stats().probes_withheld_full == 0 {
+            raw.send_to(&probe[..n], full).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the session limit in force");
     gate.send(()).unwrap();
     let s = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
     assert_eq!(s.remote(), peer, "followed the REDIRECT");
