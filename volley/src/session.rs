@@ -30,7 +30,7 @@ pub(crate) enum Cmd {
         id: u32,
         code: CloseCode,
     },
-    /// The session's stream ticket (D2), or None if it is not established.
+    /// The session's stream ticket (for a TCP proxy stream), or None if it is not established.
     Ticket {
         id: u32,
         reply: tokio::sync::oneshot::Sender<Option<volley_proto::stream::StreamTicket>>,
@@ -42,6 +42,14 @@ pub(crate) enum Cmd {
 pub const SEND_QUEUE: usize = 256;
 
 /// A session's counters, as seen by its handle ([`Session::stats`]).
+///
+/// ```
+/// use volley::SessionStats;
+///
+/// // Datagrams the application queued, and those lost to a full receive queue.
+/// let stats = SessionStats::default();
+/// assert_eq!((stats.datagrams_sent, stats.received_dropped), (0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionStats {
@@ -279,9 +287,37 @@ pub(crate) struct Incoming {
     pub guard: Option<LoadGuard>,
 }
 
-/// One request received on a server session (L5, L6): the datagram and the [`LoadGuard`] that
-/// has counted it as a request in flight since it arrived. The server counts the request as
-/// completed when this is dropped — after [`Request::reply`], or when you let it go.
+/// One request received on a server session ([`Session::recv_request`]): the datagram and the
+/// [`LoadGuard`] that has counted it as a request in flight since it arrived. The server counts
+/// the request as completed when this is dropped — after [`Request::reply`], or when you let it
+/// go — and learns its service time from those completions.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(async move {
+///     while let Some(session) = server.accept().await {
+///         tokio::spawn(async move {
+///             // Each request counts as load from its arrival until its reply is queued.
+///             while let Ok(request) = session.recv_request().await {
+///                 let answer = request.data().len().to_string();
+///                 if request.reply(&session, answer.as_bytes()).await.is_err() {
+///                     break;
+///                 }
+///             }
+///         });
+///     }
+/// });
+/// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+/// session.send(b"four").await?;
+/// assert_eq!(&session.recv().await?[..], b"4");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "the request counts as in flight until it is dropped"]
 pub struct Request {
@@ -325,13 +361,15 @@ impl Request {
         sent
     }
 
-    /// The bytes, with the request still counted until the returned guard is dropped.
+    /// The bytes, with the request still counted until the returned guard is dropped (for
+    /// handing the request on to other code; `None` on a client session).
     pub fn into_parts(self) -> (Bytes, Option<LoadGuard>) {
         (self.data, self.guard)
     }
 }
 
-/// An encrypted, authenticated datagram session with one peer.
+/// An encrypted, authenticated datagram session with one peer: what [`crate::Client::connect`]
+/// returns on the client side and [`crate::Server::accept`] on the server side.
 ///
 /// Datagram semantics: `send` queues one datagram for the driver, which seals and sends it; there
 /// is no retransmission and no ordering guarantee. On the client side a session survives the loss
@@ -382,7 +420,7 @@ pub struct Session {
     report: Option<Arc<Mutex<ConnectReport>>>,
     /// Server side: switches the driver to request mode (a guard per datagram).
     requests: Option<Arc<AtomicBool>>,
-    /// Client side: the client's pool knowledge, for outcome reports (L7).
+    /// Client side: the client's pool knowledge, for the outcomes the application reports.
     pool: Option<SharedPoolState>,
 }
 
@@ -430,6 +468,21 @@ impl Session {
     /// queued and will be sealed and sent unless the session ends first (then it is counted in
     /// [`SessionStats::send_discarded`]); as with UDP, delivery is not guaranteed. A full queue
     /// on one session never holds up another. Errors: [`Error::TooLarge`], [`Error::Closed`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// session.send(b"hello").await?;
+    /// assert_eq!(&session.recv().await?[..], b"hello");
+    /// assert_eq!(session.stats().datagrams_sent, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn send(&self, data: &[u8]) -> Result<(), Error> {
         loop {
             let mut room = pin!(self.link.room.notified());
@@ -444,6 +497,23 @@ impl Session {
 
     /// Queues one datagram without waiting: like [`Session::send`], but a full send queue is
     /// [`Error::QueueFull`] (the datagram was not queued; retry later or drop it).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// match session.try_send(b"now or never") {
+    ///     Ok(()) => {}
+    ///     Err(volley::Error::QueueFull) => { /* the application is ahead of the network: drop it */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn try_send(&self, data: &[u8]) -> Result<(), Error> {
         if data.len() > MAX_APP_DATAGRAM {
             return Err(Error::TooLarge);
@@ -572,7 +642,7 @@ impl Session {
         }
     }
 
-    /// Server side: receives the next datagram as a **request** (L5, L6). From the first call on,
+    /// Server side: receives the next datagram as a **request**. From the first call on,
     /// the server counts every datagram of this session as a request in flight from the moment
     /// it arrives (queueing in the application included) until the returned [`Request`] is
     /// dropped, and measures its service time from those completions — no manual
@@ -591,15 +661,34 @@ impl Session {
         }
     }
 
-    /// Client side: tells the client that this session's server served a request well (L7):
-    /// it ends a probation and resets the failure count. No effect on a server session.
+    /// Client side: tells the client that this session's server served a request well: it
+    /// ends the server's probation after an ejection and resets its failure count. No effect
+    /// on a server session.
     pub fn report_success(&self) {
         self.report_outcome(ServerOutcome::Success);
     }
 
-    /// Client side: tells the client that this session's server failed a request (L7). Failures
-    /// in a row eject the server from the client's races for a back-off (see
-    /// [`volley_proto::client::EjectionConfig`]). No effect on a server session.
+    /// Client side: tells the client that this session's server failed a request. Failures in
+    /// a row eject the server from the client's races for a back-off (see
+    /// [`volley_proto::client::EjectionConfig`]): its next connects go elsewhere. No effect on a
+    /// server session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// let client = Client::new(ClientConfig::new(vec![key.public()]));
+    /// let session = client.connect(&pool).await?;
+    /// // The application judged two answers wrong: the server is left out for a while.
+    /// session.report_failure();
+    /// session.report_failure();
+    /// assert!(client.is_ejected(session.remote()));
+    /// # Ok(()) }
+    /// ```
     pub fn report_failure(&self) {
         self.report_outcome(ServerOutcome::Failure);
     }
@@ -624,6 +713,21 @@ impl Session {
 
     /// Client side: the race and handshake figures, kept current (late offers, failovers).
     /// None on the server side.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// let report = session.report().expect("a client session");
+    /// println!("won by {:?} in {:?}", report.server, report.answer_time);
+    /// assert_eq!(report.failovers, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn report(&self) -> Option<ConnectReport> {
         self.report
             .as_ref()
