@@ -46,7 +46,7 @@ pub use forward::{
     ForwardMetrics, HELLO_WAIT_FOR_SESSION, MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_PER_SOURCE,
     STREAM_WAIT, StreamStats, TcpForward, TcpForwardStats, UDP_REQUEST_TIMEOUT, UdpForward,
 };
-pub use tcp::{RECORD_PLAINTEXT, STREAM_SETUP_TIMEOUT, TcpProxy};
+pub use tcp::{STREAM_SETUP_TIMEOUT, TcpProxy};
 pub use udp::UdpProxy;
 
 use std::sync::atomic::{AtomicU64, Ordering};

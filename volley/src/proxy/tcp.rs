@@ -33,7 +33,7 @@ use crate::proxy::{ProxyMetrics, ProxyStats};
 /// Plaintext bytes read from one side per record. Records may be larger (up to
 /// `volley_proto::stream::MAX_RECORD_PLAINTEXT`); this one sends at most this much each, which
 /// bounds a connection's buffers to about 2 × 32 KiB per side.
-pub const RECORD_PLAINTEXT: usize = 32 * 1024;
+pub(crate) const RECORD_PLAINTEXT: usize = 32 * 1024;
 
 /// How long a stream may take from TCP connect to the peer's HELLO.
 pub const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
