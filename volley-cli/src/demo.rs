@@ -282,7 +282,7 @@ fn draw(rng: &mut impl Rng, mean: Duration) -> Duration {
 
 /// Serves one session: each datagram is a request (counted by the server from its arrival,
 /// `recv_request`) carrying its work in microseconds.
-async fn serve_session(mut session: Session, app: App) {
+async fn serve_session(session: Session, app: App) {
     while let Ok(req) = session.recv_request().await {
         let us = req
             .data()
@@ -402,7 +402,7 @@ async fn run_fleet(
             while next.fetch_add(1, Ordering::Relaxed) < clients {
                 let work = draw(&mut rng, mean);
                 let t = Instant::now();
-                let Ok(mut s) = client.connect(&pool).await else {
+                let Ok(s) = client.connect(&pool).await else {
                     outcomes.push(None);
                     continue;
                 };

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use tokio::net::{TcpListener, UdpSocket};
-use volley::proxy::tcp::TcpProxyConfig;
-use volley::proxy::udp::UdpProxyConfig;
+use volley::proxy::{TcpProxy, UdpProxy};
 use volley::{Client, ClientConfig};
 
 use crate::target::Target;
@@ -148,11 +147,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = std::sync::Arc::new(volley::proxy::ProxyMetrics::default());
     let _endpoint = match args.metrics {
         Some(addr) => {
-            let endpoint = volley::metrics::serve(
-                addr,
-                volley::metrics::proxy_registry(std::sync::Arc::clone(&metrics)),
-            )
-            .await?;
+            let registry = volley::metrics::Metrics::new().proxy(std::sync::Arc::clone(&metrics));
+            let endpoint = registry.serve(addr).await?;
             Some(endpoint)
         }
         None => None,
@@ -169,19 +165,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
             say_metrics(&_endpoint);
             announce(&args, format!("udp://{}", socket.local_addr()?), &_endpoint)?;
-            let proxy = UdpProxyConfig {
-                idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)),
-                ..UdpProxyConfig::default()
-            };
-            volley::proxy::udp::run_with_metrics(
-                socket,
-                Client::new(config),
-                pool,
-                proxy,
-                metrics,
-                crate::serve::shutdown_signal(),
-            )
-            .await?
+            UdpProxy::new(Client::new(config), pool)
+                .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)))
+                .metrics(metrics)
+                .serve(socket, crate::serve::shutdown_signal())
+                .await?
         }
         Target::Tcp(_) => {
             let listener = TcpListener::bind(listen)
@@ -198,19 +186,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 format!("tcp://{}", listener.local_addr()?),
                 &_endpoint,
             )?;
-            let proxy = TcpProxyConfig {
-                idle_timeout: Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)),
-                ..TcpProxyConfig::default()
-            };
-            volley::proxy::tcp::run_with_metrics(
-                listener,
-                Client::new(config),
-                pool,
-                proxy,
-                metrics,
-                crate::serve::shutdown_signal(),
-            )
-            .await?
+            TcpProxy::new(Client::new(config), pool)
+                .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)))
+                .metrics(metrics)
+                .serve(listener, crate::serve::shutdown_signal())
+                .await?
         }
     };
     say!(

@@ -370,7 +370,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The TCP forwarder's streams arrive on the server's own address, for TCP.
     let streams = match &forward {
         Some((crate::target::Target::Tcp(_), _)) => {
-            Some(volley::proxy::forward::stream_listener(&server).await?)
+            let addr = server.local_addr();
+            let bound = tokio::net::TcpListener::bind(addr).await;
+            Some(bound.with_context(|| format!("cannot bind {addr}"))?)
         }
         _ => None,
     };
@@ -395,14 +397,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         server.public_key().to_hex()
     );
     let handle = server.handle();
-    let stream_counters = Arc::new(volley::proxy::forward::StreamCounters::default());
+    let forward_metrics = Arc::new(volley::proxy::ForwardMetrics::default());
     let metrics_endpoint = match metrics {
         Some(addr) => {
-            let mut registry = volley::metrics::server_registry(handle.clone());
+            let mut registry = volley::metrics::Metrics::new().server(handle.clone());
             if streams.is_some() {
-                volley::metrics::register_forward(&mut registry, Arc::clone(&stream_counters));
+                registry = registry.forward(Arc::clone(&forward_metrics));
             }
-            let endpoint = volley::metrics::serve(addr, registry).await?;
+            let endpoint = registry.serve(addr).await?;
             say!(
                 "volley serve: metrics at http://{}/metrics",
                 endpoint.local_addr()
@@ -431,14 +433,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "volley serve: forwarding each session's stream (tcp://{}) to tcp://{backend}",
                     server.local_addr()
                 );
-                let s = volley::proxy::forward::tcp_with_counters(
-                    server,
-                    listener,
-                    backend,
-                    stream_counters,
-                    shutdown_signal(),
-                )
-                .await;
+                let s = volley::proxy::TcpForward::from_listener(server, listener, backend)
+                    .metrics(forward_metrics)
+                    .serve(shutdown_signal())
+                    .await;
                 say!(
                     "volley serve: streams {} refused {} backend failures {} broken {}",
                     s.streams,
@@ -450,19 +448,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             (Some((_, backend)), None) => {
                 say!("volley serve: forwarding each session to udp://{backend}");
-                volley::proxy::forward::udp(server, backend, shutdown_signal()).await
+                let forward = volley::proxy::UdpForward::new(server, backend);
+                forward.serve(shutdown_signal()).await
             }
-            (None, _) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                volley::echo::serve_with(server, shutdown_signal(), move |s| {
-                    let _ = tx.send(s);
-                })
-                .await;
-                match rx.await {
-                    Ok(s) => s,
-                    Err(_) => return,
-                }
-            }
+            (None, _) => volley::echo::serve(server, shutdown_signal()).await,
         };
         let _ = stats_tx.send(stats);
     };

@@ -8,7 +8,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(volley::echo::serve(server, std::future::pending()));
 
     let client = Client::new(ClientConfig::new(vec![key.public()]));
-    let mut session = client.connect(&pool).await?;
+    let session = client.connect(&pool).await?;
     session.send(b"hello").await?;
     let reply = session.recv().await?;
     println!("{}", String::from_utf8_lossy(&reply));

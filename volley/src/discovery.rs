@@ -1,10 +1,27 @@
-//! Discovery (D3): a pool from addresses and DNS names, kept current. An entry is an address
+//! Discovery: a pool from addresses and DNS names, kept current. An entry is an address
 //! (`IP:PORT`), a name (`HOST:PORT`: every A and AAAA record of it), or an SRV name
 //! (`srv:_service._udp.example.com`: each target's addresses at the record's port). Names are
 //! resolved with `hickory-resolver` when the pool is made, then again as each answer's TTL runs
 //! out (at least 1 s, at most 5 min apart; a failed lookup keeps the last answer and retries in
 //! 5 s). [`Pool::current`] is what the next race uses: changes apply to races that start after
 //! them, never to a race or session under way.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), volley::Error> {
+//! use volley::discovery::{Pool, PoolEntry, Resolver};
+//!
+//! // Entries as a user types them; a fixed address resolves without asking DNS.
+//! let entries: Vec<PoolEntry> = ["127.0.0.1:7001", "127.0.0.1:7002"]
+//!     .iter()
+//!     .map(|e| e.parse().unwrap())
+//!     .collect();
+//! let resolver = Resolver::with_server("127.0.0.1:53".parse().unwrap())?; // or ::system()
+//! let pool = Pool::resolve(entries, resolver).await?;
+//! assert_eq!(pool.current().len(), 2);
+//! // `Client::connect(&pool.current())` races the pool as it is now.
+//! # Ok(()) }
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -27,7 +44,20 @@ const MAX_REFRESH: Duration = Duration::from_secs(300);
 /// The wait after a failed lookup.
 const RETRY: Duration = Duration::from_secs(5);
 
-/// One entry of a pool.
+/// One entry of a pool, as [`Pool::resolve`] takes it; parsed from `IP:PORT`, `HOST:PORT` or
+/// `srv:NAME`.
+///
+/// ```
+/// use volley::discovery::PoolEntry;
+///
+/// assert_eq!("127.0.0.1:7001".parse(), Ok(PoolEntry::Addr("127.0.0.1:7001".parse().unwrap())));
+/// assert_eq!(
+///     "pool.example.com:7001".parse(),
+///     Ok(PoolEntry::Host { name: "pool.example.com".into(), port: 7001 })
+/// );
+/// assert_eq!("srv:_echo._udp.example.com".parse(), Ok(PoolEntry::Srv("_echo._udp.example.com".into())));
+/// assert!("pool.example.com".parse::<PoolEntry>().is_err()); // no port
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolEntry {
     /// A fixed address.
@@ -72,7 +102,19 @@ impl FromStr for PoolEntry {
     }
 }
 
-/// The DNS resolver a pool uses.
+/// The DNS resolver a pool uses: the system's, or one name server of your choosing.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::discovery::{Pool, Resolver};
+///
+/// // A cluster's DNS server; `Resolver::system()` reads /etc/resolv.conf instead.
+/// let cluster = Resolver::with_server("127.0.0.1:53".parse().unwrap())?;
+/// let pool = Pool::resolve(vec!["127.0.0.1:7001".parse().unwrap()], cluster).await?;
+/// assert_eq!(pool.current().len(), 1);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Resolver(Arc<TokioResolver>);
 
@@ -155,6 +197,25 @@ impl Resolver {
 }
 
 /// A pool kept current from its entries; cheap to clone (clones share the resolution task).
+/// A `Vec<SocketAddr>` converts into a fixed pool, so the proxies take either.
+///
+/// A pool of names needs a DNS server to resolve them, which this example cannot count on;
+/// it resolves addresses, which need none (the crate's tests run a DNS server for names).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::discovery::{Pool, PoolEntry, Resolver};
+///
+/// let fixed = Pool::fixed(vec!["127.0.0.1:7001".parse().unwrap()]);
+/// assert_eq!(fixed.current(), vec!["127.0.0.1:7001".parse().unwrap()]);
+///
+/// let entries = vec![PoolEntry::Addr("127.0.0.1:7002".parse().unwrap())];
+/// let resolver = Resolver::with_server("127.0.0.1:53".parse().unwrap())?;
+/// let resolved = Pool::resolve(entries, resolver).await?;
+/// assert_eq!(resolved.current(), vec!["127.0.0.1:7002".parse().unwrap()]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Pool {
     current: watch::Receiver<Vec<SocketAddr>>,
@@ -234,6 +295,15 @@ impl From<Vec<SocketAddr>> for Pool {
 /// The addresses of one family, for one race (a race runs on one socket): the IPv4 ones when
 /// there are any — names like `localhost` resolve to both, and servers listen on IPv4 more often
 /// than not — else the IPv6 ones.
+///
+/// ```
+/// use volley::discovery::one_family;
+///
+/// let v4 = "127.0.0.1:7001".parse().unwrap();
+/// let v6 = "[::1]:7001".parse().unwrap();
+/// assert_eq!(one_family(vec![v6, v4]), vec![v4]);
+/// assert_eq!(one_family(vec![v6]), vec![v6]);
+/// ```
 pub fn one_family(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     if addrs.iter().any(SocketAddr::is_ipv4) {
         addrs.retain(SocketAddr::is_ipv4);

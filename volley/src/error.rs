@@ -4,6 +4,22 @@ use thiserror::Error;
 use volley_proto::{CloseReason, ConnectError};
 
 /// What can go wrong using a [`crate::Client`], [`crate::Server`] or [`crate::Session`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use volley::{Client, ClientConfig, Error, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+/// let client = Client::new(ClientConfig::new(vec![key]));
+/// // A pool of both address families cannot be raced from one socket.
+/// let mixed = ["127.0.0.1:7001".parse().unwrap(), "[::1]:7001".parse().unwrap()];
+/// match client.connect(&mixed).await {
+///     Err(Error::InvalidArgument(why)) => println!("refused: {why}"),
+///     other => panic!("{other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -29,7 +45,8 @@ pub enum Error {
     /// A configuration setting out of range ([`volley_proto::ConfigError`] names it).
     #[error("invalid configuration")]
     Config(#[from] volley_proto::ConfigError),
-    /// A pool's names could not be resolved (D3); the message says which and why.
+    /// A pool's names could not be resolved ([`crate::discovery`]); the message says which and
+    /// why.
     #[error("discovery: {0}")]
     Discovery(String),
     /// An argument out of its documented range (API misuse); the message names it.

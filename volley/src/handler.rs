@@ -1,13 +1,33 @@
-//! Serving requests without bookkeeping (D6): a handler — an async function, or a tower
-//! `Service` — is called once per datagram a session receives, and its answer, if any, is sent
-//! back on the same session. The server counts every request as in flight from its arrival
-//! until its reply has been queued (the handler's time included), and measures its service time
-//! from those completions (L5): load reporting needs no `LoadGuard`s in application code.
+//! Serving requests without bookkeeping: a handler — an async function, or a tower `Service` —
+//! is called once per datagram a session receives, and its answer, if any, is sent back on the
+//! same session. The server counts every request as in flight from its arrival until its reply
+//! has been queued (the handler's time included), and measures its service time from those
+//! completions: load reporting needs no `LoadGuard`s in application code.
 //!
 //! One task per session; a session's requests are handled one after another, in arrival order
 //! (requests of different sessions run concurrently). A request that arrives while the previous
 //! one is being handled waits in the session's receive queue — and counts as load meanwhile, so
 //! a slow handler shows up in the server's answer times.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), volley::Error> {
+//! use volley::handler::Call;
+//! use volley::{Bytes, Server, ServerConfig, StaticKeypair};
+//!
+//! let key = StaticKeypair::generate(&mut volley::OsRng);
+//! let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key)).await?;
+//! // A handler: the reply to each request, or `None` for none.
+//! let reverse = |call: Call| async move {
+//!     let mut data = call.data.to_vec();
+//!     data.reverse();
+//!     Some(Bytes::from(data))
+//! };
+//! // Serves until the shutdown future resolves (here at once) and returns the counters.
+//! let stats = volley::handler::serve(server, reverse, async {}).await;
+//! assert_eq!(stats.sessions_opened, 0);
+//! # Ok(()) }
+//! ```
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +38,17 @@ use tracing::debug;
 use crate::server::Server;
 use crate::session::Session;
 
-/// One request as a handler sees it.
+/// One request as a handler sees it: who sent it and what.
+///
+/// ```
+/// use volley::Bytes;
+/// use volley::handler::Call;
+///
+/// // What a handler gets, and how it answers: here, the reply names the peer.
+/// let call = Call { peer: "127.0.0.1:5000".parse().unwrap(), data: Bytes::from_static(b"who am I?") };
+/// let reply = Some(Bytes::from(call.peer.to_string()));
+/// assert_eq!(reply.as_deref(), Some(&b"127.0.0.1:5000"[..]));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Call {
     /// The session's peer (its current address).
@@ -30,6 +60,24 @@ pub struct Call {
 /// Serves every session of `server` with `handler` until `shutdown` resolves, then shuts the
 /// server down gracefully (clients are told to go elsewhere) and returns its final counters.
 /// `handler` returns the reply, or `None` for a request that gets none.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::handler::Call;
+/// use volley::{Bytes, Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// let upper_case = |call: Call| async move { Some(Bytes::from(call.data.to_ascii_uppercase())) };
+/// tokio::spawn(volley::handler::serve(server, upper_case, std::future::pending()));
+///
+/// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+/// session.send(b"hello").await?;
+/// assert_eq!(&session.recv().await?[..], b"HELLO");
+/// # Ok(()) }
+/// ```
 pub async fn serve<H, Fut>(
     server: Server,
     handler: H,
@@ -39,7 +87,7 @@ where
     H: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Option<Bytes>> + Send + 'static,
 {
-    serve_sessions(server, shutdown, move |mut session| {
+    serve_sessions(server, shutdown, move |session| {
         let handler = handler.clone();
         async move {
             while let Ok(request) = session.recv_request().await {
@@ -65,6 +113,44 @@ where
 /// Like [`serve`], with a tower `Service` per server (cloned for each session, as tower services
 /// are): `poll_ready` is honoured before each call — a request waiting for a service that is
 /// not ready counts as load — and an error ends that request without a reply (logged).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use std::convert::Infallible;
+/// use std::future::{Ready, ready};
+/// use std::task::{Context, Poll};
+/// use volley::handler::Call;
+/// use volley::{Bytes, Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// /// A tower service that answers with the request's length.
+/// #[derive(Clone)]
+/// struct Length;
+///
+/// impl tower_service::Service<Call> for Length {
+///     type Response = Option<Bytes>;
+///     type Error = Infallible;
+///     type Future = Ready<Result<Option<Bytes>, Infallible>>;
+///
+///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+///         Poll::Ready(Ok(()))
+///     }
+///
+///     fn call(&mut self, call: Call) -> Self::Future {
+///         ready(Ok(Some(Bytes::from(call.data.len().to_string()))))
+///     }
+/// }
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(volley::handler::serve_service(server, Length, std::future::pending()));
+///
+/// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+/// session.send(b"four").await?;
+/// assert_eq!(&session.recv().await?[..], b"4");
+/// # Ok(()) }
+/// ```
 pub async fn serve_service<S>(
     server: Server,
     service: S,
@@ -75,7 +161,7 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send,
 {
-    serve_sessions(server, shutdown, move |mut session| {
+    serve_sessions(server, shutdown, move |session| {
         let mut service = service.clone();
         async move {
             while let Ok(request) = session.recv_request().await {

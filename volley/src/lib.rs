@@ -1,39 +1,67 @@
 //! # volley
 //!
 //! Client-driven server load distribution over UDP. A [`Client`] fires one tagged probe at every
-//! server of a pool at once; each server answers statelessly with an offer (or, when busy, late or
-//! not at all); the earliest offer wins and the client opens a Noise-encrypted [`Session`] with that
-//! server by presenting its cookie. A [`Server`] keeps no state until that cookie checks out.
+//! server of a pool at once; each server answers statelessly with an offer — at once when it is
+//! idle, later (or, when full, not at all) the busier it is; the earliest offer wins and the
+//! client opens a Noise-encrypted [`Session`] with that server by presenting the offer's cookie.
+//! A [`Server`] keeps no state for a client until that cookie checks out. No load balancer sits
+//! in between: the servers' answer times are the balancing.
 //!
-//! Servers turn load into answer time by their [`AnswerPolicy`] (L1, L5): a server estimates
-//! how long one more request would take — its requests in flight, its slots, the service time it
-//! measured — and paces its offers and fills its load hint with that. Requests are counted for
-//! you when a server session receives them with [`Session::recv_request`]; other work counts with
-//! a [`LoadGuard`] per request ([`Server::load_guard`], [`ServerHandle::load_guard`]). Clients
-//! choose by their [`SelectionPolicy`] (earliest, window, fan-out), learn from outcomes
-//! ([`Session::report_failure`], L7), and [`Client::connect_n`] opens sessions with the `k` best
-//! servers of one race.
-//!
-//! This crate is the tokio runtime around the sans-IO core in [`volley_proto`]: it owns the UDP
-//! sockets and the timers and drives the state machines. It does not discover pools or persist
-//! anything.
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), volley::Error> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), volley::Error> {
 //! use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+//!
+//! // Two echo servers sharing one key, which the client pins.
 //! let key = StaticKeypair::generate(&mut volley::OsRng);
-//! let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
-//! let pool = vec![server.local_addr()];
-//! tokio::spawn(async move {
-//!     while let Some(mut s) = server.accept().await {
-//!         tokio::spawn(async move { while let Ok(d) = s.recv().await { let _ = s.send(&d).await; } });
-//!     }
-//! });
-//! let mut session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+//! let mut pool = Vec::new();
+//! for _ in 0..2 {
+//!     let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+//!     pool.push(server.local_addr());
+//!     tokio::spawn(volley::echo::serve(server, std::future::pending()));
+//! }
+//!
+//! let client = Client::new(ClientConfig::new(vec![key.public()]));
+//! let session = client.connect(&pool).await?; // the earliest offer of the two wins
 //! session.send(b"hello").await?;
 //! assert_eq!(&session.recv().await?[..], b"hello");
+//! assert!(pool.contains(&session.remote()));
 //! # Ok(()) }
 //! ```
+//!
+//! ## Servers: load becomes answer time
+//!
+//! A server estimates how long one more request would take — its requests in flight, its
+//! capacity (requests served at once) and the service time it measures — and its
+//! [`AnswerPolicy`] turns that into when it answers a probe: `Paced` delays each offer by a
+//! share of that time, `Gated` holds probes while every slot is busy, `Immediate` answers at
+//! once and lets the offer's load hint speak. Requests are counted for you when a server session
+//! receives them with [`Session::recv_request`], or when a [`handler`] serves them; other work
+//! counts with a [`LoadGuard`] per request ([`Server::load_guard`], [`ServerHandle::load_guard`]).
+//!
+//! ## Clients: choose, learn, fail over
+//!
+//! A client chooses by its [`SelectionPolicy`] (the earliest offer, the best hint within a
+//! window, or several servers at once with [`Client::connect_n`]), learns from what the
+//! application reports ([`Session::report_failure`] ejects a failing server from its races for
+//! a while), and moves a session to another server of the pool when its server goes away.
+//! [`Session::report`] says what the race and the handshake saw ([`ConnectReport`]).
+//!
+//! ## Around them
+//!
+//! - [`echo`] and [`handler`]: serve sessions without writing the accept loop.
+//! - [`proxy`]: put volley in front of an unchanged UDP or TCP service and its clients.
+//! - [`discovery`]: pools from DNS names, kept current.
+//! - [`metrics`]: Prometheus metrics of servers, forwarders and proxies.
+//!
+//! This crate is the tokio runtime around the sans-IO protocol core in [`volley_proto`]: it
+//! owns the UDP sockets and the timers and drives the state machines. It persists nothing.
+//!
+//! ## Cargo features
+//!
+//! - `unstable`: exposes internals as `volley::unstable` (the drivers' batched UDP I/O) for
+//!   benchmarks that must do the very same I/O. Outside semver: they may change or go in any
+//!   release.
 #![warn(missing_docs)]
 
 mod client;
@@ -51,7 +79,54 @@ mod session;
 mod shared_pool;
 mod socket;
 mod timer;
-pub mod udp;
+mod udp;
+
+/// Internals exposed for benchmarks and tools that must do exactly what the runtime does;
+/// enabled by the `unstable` cargo feature. **Outside semver**: anything here may change or
+/// disappear in any release. See [`udp`](unstable::udp) for an example.
+#[cfg(feature = "unstable")]
+pub mod unstable {
+    /// Batched UDP as the drivers do it: up to [`BATCH`](udp::BATCH) datagrams per system call
+    /// each way (`recvmmsg`, `sendmmsg`), with UDP GSO and GRO where the kernel has them and
+    /// each datagram's local address on wildcard binds. Linux only.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// use tokio::net::UdpSocket;
+    /// use volley::unstable::udp::{RecvBatch, SendBatch};
+    ///
+    /// let (rx, tx) = (UdpSocket::bind("127.0.0.1:0").await?, UdpSocket::bind("127.0.0.1:0").await?);
+    /// // Three datagrams written in place and sent with one system call.
+    /// let mut out = SendBatch::with_gso(false);
+    /// for i in 0..3u8 {
+    ///     out.slot()[0] = i;
+    ///     out.commit(1, rx.local_addr()?, None);
+    /// }
+    /// out.flush(&tx).await;
+    /// // Read back a batch at a time.
+    /// let mut batch = RecvBatch::new(false);
+    /// let mut got = Vec::new();
+    /// tokio::time::timeout(Duration::from_secs(5), async {
+    ///     while got.len() < 3 {
+    ///         rx.readable().await?;
+    ///         match batch.recv(&rx) {
+    ///             Ok(_) => got.extend(batch.iter().map(|(_, d)| d[0])),
+    ///             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+    ///             Err(e) => return Err(e),
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// })
+    /// .await??;
+    /// assert_eq!(got, [0, 1, 2]);
+    /// # Ok(()) }
+    /// ```
+    pub mod udp {
+        pub use crate::udp::*;
+    }
+}
 
 pub use bytes::Bytes;
 pub use client::Client;

@@ -69,16 +69,36 @@ impl Shared {
     }
 }
 
-/// One request in flight (L1, L5): while it is alive the server counts one more request, which
-/// raises its expected completion time — so it delays (`Paced`) or holds (`Gated`) its offers —
-/// and its load hint (L2); its drop counts one completion, from which the server measures its
-/// service time. [`Session::recv_request`](crate::Session::recv_request) takes one per request for you; take your own with
+/// One request in flight: while it is alive the server counts one more request, which raises
+/// its expected completion time — so it delays (`Paced`) or holds (`Gated`) its offers — and
+/// the load hint its offers carry; its drop counts one completion, from which the server
+/// measures its service time. [`Session::recv_request`](crate::Session::recv_request) takes one per request for you; take your own with
 /// [`Server::load_guard`](crate::Server::load_guard) or [`ServerHandle::load_guard`](crate::ServerHandle::load_guard) for work the runtime cannot see, and
 /// drop it when the request is done. The drop wakes the server, so that a freed slot releases
 /// a held probe at once.
 ///
 /// Idle sessions are not load (unless [`ServerConfig::count_sessions`](volley_proto::ServerConfig::count_sessions)). Guards outliving the
 /// server are harmless.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::{Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let mut config = ServerConfig::new(key);
+/// config.capacity = Some(8); // requests served at once
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).await?;
+/// let handle = server.handle();
+///
+/// // A request that arrived some other way (say, over HTTP) is load while it is served.
+/// let work = tokio::spawn(async move {
+///     let _guard = handle.load_guard();
+///     // ... serve the request ...
+/// });
+/// work.await.unwrap();
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "the load is counted only while the guard is alive"]
 pub struct LoadGuard {

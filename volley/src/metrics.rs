@@ -1,7 +1,29 @@
-//! Prometheus metrics (D5): a [`Registry`] holding a server's counters, load gauges and
-//! answer-delay histogram — read from the server's published snapshot at each scrape — and
-//! [`serve`], a small HTTP endpoint answering `GET /metrics` in the OpenMetrics text format.
-//! Every name starts with `volley_`.
+//! Prometheus metrics: [`Metrics`] gathers what a server, a TCP forwarder or a proxy counts —
+//! read afresh at each scrape — and serves it on a small HTTP endpoint answering
+//! `GET /metrics` in the OpenMetrics text format. Every name starts with `volley_`:
+//!
+//! - a server ([`Metrics::server`]): every counter of [`crate::ServerStats`] as
+//!   `volley_server_<name>_total`, its load as gauges (`volley_server_sessions`,
+//!   `volley_server_requests`, `volley_server_capacity`, …) and the answer-delay histogram
+//!   `volley_server_answer_delay_seconds`;
+//! - a TCP forwarder ([`Metrics::forward`]): `volley_forward_<name>_total` for each field of
+//!   [`crate::proxy::StreamStats`] and the gauge `volley_forward_open_streams`;
+//! - a proxy ([`Metrics::proxy`]): `volley_proxy_<name>_total` for each field of
+//!   [`crate::proxy::ProxyStats`], the gauge `volley_proxy_open_flows`, and the histograms
+//!   `volley_proxy_answer_time_seconds` and `volley_proxy_handshake_time_seconds`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use volley::metrics::Metrics;
+//! use volley::proxy::ProxyMetrics;
+//!
+//! // What `volley proxy --metrics` serves: one proxy's figures.
+//! let proxy = Arc::new(ProxyMetrics::default());
+//! let metrics = Metrics::new().proxy(Arc::clone(&proxy));
+//! let text = metrics.render();
+//! assert!(text.contains("volley_proxy_flows_total 0"));
+//! assert!(text.contains("volley_proxy_open_flows 0"));
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,24 +121,92 @@ impl Collector for ServerCollector {
     }
 }
 
-/// A registry with `server`'s metrics; add your own to it before serving it.
-pub fn server_registry(server: ServerHandle) -> Registry {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(ServerCollector(server)));
-    registry
+/// What a metrics endpoint serves: the figures of the servers, forwarders and proxies
+/// registered with it (each once), and any metrics of your own
+/// ([`Metrics::registry_mut`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::metrics::Metrics;
+/// use volley::{Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key)).await?;
+/// let metrics = Metrics::new().server(server.handle());
+/// assert!(metrics.render().contains("volley_server_sessions_opened_total 0"));
+/// // Served over HTTP at http://ADDR/metrics while `endpoint` lives.
+/// let endpoint = metrics.serve("127.0.0.1:0".parse().unwrap()).await?;
+/// assert_eq!(endpoint.local_addr().ip().to_string(), "127.0.0.1");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct Metrics {
+    registry: Registry,
 }
 
-/// Adds a TCP forwarder's stream counters to `registry` (a server's, from [`server_registry`]):
-/// `volley_forward_<name>_total` and the `volley_forward_open_streams` gauge.
-pub fn register_forward(
-    registry: &mut Registry,
-    counters: Arc<crate::proxy::forward::StreamCounters>,
-) {
-    registry.register_collector(Box::new(ForwardCollector(counters)));
+impl Metrics {
+    /// Nothing registered yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a server's counters, load gauges and answer-delay histogram, read from `server`
+    /// at each scrape (`volley_server_…`).
+    pub fn server(mut self, server: ServerHandle) -> Self {
+        self.registry
+            .register_collector(Box::new(ServerCollector(server)));
+        self
+    }
+
+    /// Adds a TCP forwarder's stream counters and open streams, from the `metrics` handed to
+    /// [`crate::proxy::TcpForward::metrics`] (`volley_forward_…`).
+    pub fn forward(mut self, metrics: Arc<crate::proxy::ForwardMetrics>) -> Self {
+        self.registry
+            .register_collector(Box::new(ForwardCollector(metrics)));
+        self
+    }
+
+    /// Adds a proxy's flows, failures, drops, open flows and the answer and handshake times of
+    /// its flows' races, from the `metrics` handed to [`crate::proxy::UdpProxy::metrics`] or
+    /// [`crate::proxy::TcpProxy::metrics`] (`volley_proxy_…`).
+    pub fn proxy(mut self, metrics: Arc<crate::proxy::ProxyMetrics>) -> Self {
+        let registry = self.registry.sub_registry_with_prefix("volley_proxy");
+        registry.register(
+            "answer_time_seconds",
+            "From a flow's race start to the winning offer",
+            metrics.answer_times.clone(),
+        );
+        registry.register(
+            "handshake_time_seconds",
+            "From INIT to ACCEPT for each flow's session",
+            metrics.handshake_times.clone(),
+        );
+        registry.register_collector(Box::new(ProxyCollector(metrics)));
+        self
+    }
+
+    /// The underlying `prometheus-client` registry, to add metrics of your own before serving.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The OpenMetrics text of everything registered, as a scrape would get it.
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+
+    /// Serves `GET /metrics` on `addr` (port 0 for any) until the returned endpoint is dropped;
+    /// its [`MetricsEndpoint::local_addr`] says where. Anything else gets 404; a request that
+    /// does not arrive whole within 5 s, or is larger than 8 KiB, is dropped; at most 16 are
+    /// served at once. [`Error::Bind`] if `addr` cannot be bound.
+    pub async fn serve(self, addr: SocketAddr) -> Result<MetricsEndpoint, Error> {
+        serve(addr, self.registry).await
+    }
 }
 
 #[derive(Debug)]
-struct ForwardCollector(Arc<crate::proxy::forward::StreamCounters>);
+struct ForwardCollector(Arc<crate::proxy::ForwardMetrics>);
 
 impl Collector for ForwardCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -131,26 +221,8 @@ impl Collector for ForwardCollector {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.0.open() as i64).encode(metric)
+        ConstGauge::new(self.0.open_streams() as i64).encode(metric)
     }
-}
-
-/// A registry with a proxy's metrics (UDP or TCP): flows, connect failures, drops, open flows, and the
-/// answer and handshake times of the flows' races.
-pub fn proxy_registry(proxy: Arc<crate::proxy::ProxyMetrics>) -> Registry {
-    let mut registry = Registry::with_prefix("volley_proxy");
-    registry.register(
-        "answer_time_seconds",
-        "From a flow's race start to the winning offer",
-        proxy.answer_times.clone(),
-    );
-    registry.register(
-        "handshake_time_seconds",
-        "From INIT to ACCEPT for each flow's session",
-        proxy.handshake_times.clone(),
-    );
-    registry.register_collector(Box::new(ProxyCollector(proxy)));
-    registry
 }
 
 #[derive(Debug)]
@@ -190,7 +262,7 @@ impl Collector for ProxyCollector {
 }
 
 /// The OpenMetrics text of `registry`.
-pub fn render(registry: &Registry) -> String {
+fn render(registry: &Registry) -> String {
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, registry);
@@ -200,10 +272,8 @@ pub fn render(registry: &Registry) -> String {
 /// Requests the metrics endpoint serves at once.
 const MAX_REQUESTS: usize = 16;
 
-/// Serves `GET /metrics` on `addr` until the task is dropped: the handle's `local_addr` says
-/// where. Anything else gets 404; a request that does not arrive whole within 5 s, or is
-/// larger than 8 KiB, is dropped; at most 16 are served at once.
-pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoint, Error> {
+/// Serves `GET /metrics` for `registry` on `addr`: see [`Metrics::serve`].
+async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoint, Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
@@ -232,7 +302,22 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoi
     Ok(MetricsEndpoint { local, task })
 }
 
-/// A running metrics endpoint; dropping it stops it.
+/// A running metrics endpoint ([`Metrics::serve`]); dropping it stops it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use volley::metrics::Metrics;
+///
+/// let endpoint = Metrics::new().serve("127.0.0.1:0".parse().unwrap()).await?;
+/// let mut scrape = tokio::net::TcpStream::connect(endpoint.local_addr()).await?;
+/// scrape.write_all(b"GET /metrics HTTP/1.1\r\nHost: volley\r\n\r\n").await?;
+/// let mut page = String::new();
+/// scrape.read_to_string(&mut page).await?;
+/// assert!(page.starts_with("HTTP/1.1 200 OK"));
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct MetricsEndpoint {
     local: SocketAddr,
@@ -240,7 +325,7 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Where it listens.
+    /// Where it listens: scrape `http://{local_addr}/metrics`.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }

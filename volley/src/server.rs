@@ -1,6 +1,6 @@
 //! The server runtime: one task owns the socket and the [`ServerEndpoint`]; the application
 //! reports its load through [`LoadGuard`]s — taken for it by [`Session::recv_request`] — and
-//! [`Server::set_app_load`] (L1, L5).
+//! [`Server::set_app_load`], and the server turns that load into when it answers probes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +40,26 @@ enum Control {
 /// A cloneable handle on a running server's load and counters, for request handlers and
 /// monitors that do not own the [`Server`] (which `accept` needs `&mut`, and
 /// [`crate::echo::serve`] consumes).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::{Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let mut config = ServerConfig::new(key);
+/// config.capacity = Some(4);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).await?;
+/// let handle = server.handle();
+/// tokio::spawn(volley::echo::serve(server, std::future::pending()));
+///
+/// // From any task: work the runtime cannot see counts while its guard lives ...
+/// let guard = handle.load_guard();
+/// drop(guard);
+/// // ... and the counters and load as the server last published them.
+/// assert_eq!(handle.stats().sessions_opened, 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
@@ -90,7 +110,39 @@ impl ServerHandle {
     }
 }
 
-/// A volley server bound to one UDP socket.
+/// A volley server bound to one UDP socket: it answers the probes of clients with offers —
+/// sooner the less loaded it is — and hands each session a client opens to
+/// [`Server::accept`].
+///
+/// Serve sessions with your own accept loop, or let [`crate::echo::serve`],
+/// [`crate::handler::serve`] or a [`crate::proxy`] forwarder run it. Dropping a `Server` stops it
+/// where it stands (its clients find out by their timeouts); [`Server::shutdown`] tells them to
+/// go elsewhere first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// let client = tokio::spawn(async move {
+///     let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+///     session.send(b"question").await?;
+///     session.recv().await
+/// });
+///
+/// // An accept loop of one session: each datagram is a request, answered in upper case.
+/// let session = server.accept().await.unwrap();
+/// let request = session.recv_request().await?;
+/// let answer = request.data().to_ascii_uppercase();
+/// request.reply(&session, &answer).await?;
+/// assert_eq!(&client.await.unwrap()?[..], b"QUESTION");
+/// let stats = server.shutdown().await;
+/// assert_eq!(stats.sessions_opened, 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Server {
     local: SocketAddr,
@@ -104,6 +156,18 @@ pub struct Server {
 impl Server {
     /// Binds `addr` (use port 0 for any) and starts serving. Errors: [`Error::Config`] when
     /// `config` does not validate ([`ServerConfig::validate`]), [`Error::Bind`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key)).await?;
+    /// assert_eq!(server.local_addr().ip().to_string(), "127.0.0.1");
+    /// assert_ne!(server.local_addr().port(), 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> Result<Self, Error> {
         let socket = UdpSocket::bind(addr)
             .await
@@ -114,6 +178,19 @@ impl Server {
     /// Serves on a socket the caller made (bring your own: one with `SO_REUSEPORT` so that
     /// several servers share a port, or one handed over by systemd). It is made non-blocking;
     /// call within a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Server, ServerConfig, StaticKeypair};
+    ///
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let addr = socket.local_addr()?;
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let server = Server::from_socket(socket, ServerConfig::new(key))?;
+    /// assert_eq!(server.local_addr(), addr);
+    /// # Ok(()) }
+    /// ```
     pub fn from_socket(socket: std::net::UdpSocket, config: ServerConfig) -> Result<Self, Error> {
         socket.set_nonblocking(true)?;
         Self::serve(UdpSocket::from_std(socket)?, config)
@@ -178,7 +255,9 @@ impl Server {
         self.public
     }
 
-    /// The next established session; None once the server has shut down.
+    /// The next established session; None once the server has shut down. Sessions that
+    /// arrive while none is being accepted wait in a queue (1024 of them; beyond, new sessions
+    /// are closed at once). See [`Server`] for an example.
     pub async fn accept(&mut self) -> Option<Session> {
         self.accept.recv().await
     }
@@ -200,7 +279,7 @@ impl Server {
     }
 
     /// A cloneable handle for taking [`LoadGuard`]s and reading load and counters from other
-    /// tasks.
+    /// tasks (see [`ServerHandle`]).
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             shared: Arc::clone(&self.shared),
@@ -209,6 +288,19 @@ impl Server {
     }
 
     /// Counts one request in flight until the guard is dropped. See [`LoadGuard`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key)).await?;
+    /// let guard = server.load_guard(); // a request the runtime cannot see begins
+    /// // ... serve it ...
+    /// drop(guard); // and ends: the server learns its service time from it
+    /// # Ok(()) }
+    /// ```
     pub fn load_guard(&self) -> LoadGuard {
         self.shared.guard()
     }
@@ -219,7 +311,8 @@ impl Server {
         s.sessions_opened.saturating_sub(s.sessions_closed) as usize
     }
 
-    /// Changes the capacity (the requests served at once, L5).
+    /// Changes the capacity (the requests served at once), which the server weighs its
+    /// requests in flight against.
     pub fn set_capacity(&self, capacity: Option<u32>) {
         let _ = self.control.send(Control::Capacity(capacity));
     }
@@ -239,6 +332,18 @@ impl Server {
 
     /// Closes every session with GOING_AWAY (clients fail over), sends those CLOSEs, and stops.
     /// Returns the final counters.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key)).await?;
+    /// let stats = server.shutdown().await;
+    /// assert_eq!(stats.sessions_closed, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(mut self) -> ServerStats {
         let (tx, rx) = oneshot::channel();
         if self.control.send(Control::Shutdown(tx)).is_ok() {

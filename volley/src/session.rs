@@ -31,7 +31,7 @@ pub(crate) enum Cmd {
         id: u32,
         code: CloseCode,
     },
-    /// The session's stream ticket (D2), or None if it is not established.
+    /// The session's stream ticket (for a TCP proxy stream), or None if it is not established.
     Ticket {
         id: u32,
         reply: tokio::sync::oneshot::Sender<Option<volley_proto::stream::StreamTicket>>,
@@ -43,6 +43,14 @@ pub(crate) enum Cmd {
 pub const SEND_QUEUE: usize = 256;
 
 /// A session's counters, as seen by its handle ([`Session::stats`]).
+///
+/// ```
+/// use volley::SessionStats;
+///
+/// // Datagrams the application queued, and those lost to a full receive queue.
+/// let stats = SessionStats::default();
+/// assert_eq!((stats.datagrams_sent, stats.received_dropped), (0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionStats {
@@ -88,7 +96,11 @@ pub(crate) struct Link {
     /// Notified when the send queue shrinks or the session closes.
     room: Notify,
     inbox: Mutex<Inbox>,
-    /// Notified (one permit) when a datagram arrives or the session closes.
+    /// Notified (every waiter) when a datagram arrives or the session closes. Every waiter
+    /// wakes, not one: with several receivers on one session (an `Arc<Session>` shared by
+    /// tasks), a wake-up handed to one waiter that then stops waiting — a `recv` dropped in a
+    /// `select!`, a `poll_recv` caller that polls no more — would otherwise be lost to the rest.
+    /// A waiter that finds the queue empty waits again.
     arrived: Arc<Notify>,
 }
 
@@ -160,7 +172,7 @@ impl Link {
         self.room.notify_waiters();
         // What was received stays readable; then the handle sees the end.
         self.inbox().closed = true;
-        self.arrived.notify_one();
+        self.arrived.notify_waiters();
     }
 
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
@@ -178,35 +190,57 @@ impl Link {
         }
         inbox.queue.push_back(incoming);
         drop(inbox);
-        self.arrived.notify_one();
+        self.arrived.notify_waiters();
         true
     }
 
-    /// Handle side: the next received datagram, `Ready(None)` once closed and empty.
+    /// Handle side, without waiting: the next received datagram (`Some(Some)`), the end once
+    /// closed and empty (`Some(None)`), or nothing yet (`None`). Each datagram is popped under
+    /// the inbox's lock, so receivers racing for it get it once between them.
+    fn take_incoming(&self) -> Option<Option<Incoming>> {
+        let mut inbox = self.inbox();
+        match inbox.queue.pop_front() {
+            Some(incoming) => Some(Some(incoming)),
+            None if inbox.closed => Some(None),
+            None => None,
+        }
+    }
+
+    /// Handle side: the next received datagram, `None` once closed and empty. Any number of
+    /// tasks may wait at once.
+    async fn next_incoming(&self) -> Option<Incoming> {
+        loop {
+            // Made before the check: a `notify_waiters` from then on completes it even though
+            // it is not polled yet, so a datagram queued between the check and the wait is not
+            // missed.
+            let arrived = self.arrived.notified();
+            if let Some(next) = self.take_incoming() {
+                return next;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Handle side, for [`Session::poll_recv`]: like [`Link::next_incoming`] with the wait kept
+    /// in `waiting` between polls.
     fn poll_incoming(
         &self,
         waiting: &mut Option<Pin<Box<OwnedNotified>>>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Incoming>> {
         loop {
-            {
-                let mut inbox = self.inbox();
-                if let Some(incoming) = inbox.queue.pop_front() {
-                    *waiting = None;
-                    return Poll::Ready(Some(incoming));
-                }
-                if inbox.closed {
-                    *waiting = None;
-                    return Poll::Ready(None);
-                }
+            if let Some(next) = self.take_incoming() {
+                *waiting = None;
+                return Poll::Ready(next);
             }
-            // One permit is stored when `deliver` or `close` ran since the last wait, so nothing
-            // that happened between the check above and this registration is missed.
-            let notified =
-                waiting.get_or_insert_with(|| Box::pin(Arc::clone(&self.arrived).notified_owned()));
-            match notified.as_mut().poll(cx) {
-                Poll::Ready(()) => *waiting = None,
-                Poll::Pending => return Poll::Pending,
+            match waiting {
+                // A new wait counts wake-ups from its creation: check the queue again before
+                // polling it, so nothing queued before it was made is missed.
+                None => *waiting = Some(Box::pin(Arc::clone(&self.arrived).notified_owned())),
+                Some(notified) => match notified.as_mut().poll(cx) {
+                    Poll::Ready(()) => *waiting = None,
+                    Poll::Pending => return Poll::Pending,
+                },
             }
         }
     }
@@ -254,9 +288,37 @@ pub(crate) struct Incoming {
     pub guard: Option<LoadGuard>,
 }
 
-/// One request received on a server session (L5, L6): the datagram and the [`LoadGuard`] that
-/// has counted it as a request in flight since it arrived. The server counts the request as
-/// completed when this is dropped — after [`Request::reply`], or when you let it go.
+/// One request received on a server session ([`Session::recv_request`]): the datagram and the
+/// [`LoadGuard`] that has counted it as a request in flight since it arrived. The server counts
+/// the request as completed when this is dropped — after [`Request::reply`], or when you let it
+/// go — and learns its service time from those completions.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(async move {
+///     while let Some(session) = server.accept().await {
+///         tokio::spawn(async move {
+///             // Each request counts as load from its arrival until its reply is queued.
+///             while let Ok(request) = session.recv_request().await {
+///                 let answer = request.data().len().to_string();
+///                 if request.reply(&session, answer.as_bytes()).await.is_err() {
+///                     break;
+///                 }
+///             }
+///         });
+///     }
+/// });
+/// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+/// session.send(b"four").await?;
+/// assert_eq!(&session.recv().await?[..], b"4");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "the request counts as in flight until it is dropped"]
 pub struct Request {
@@ -300,30 +362,66 @@ impl Request {
         sent
     }
 
-    /// The bytes, with the request still counted until the returned guard is dropped.
+    /// The bytes, with the request still counted until the returned guard is dropped (for
+    /// handing the request on to other code; `None` on a client session).
     pub fn into_parts(self) -> (Bytes, Option<LoadGuard>) {
         (self.data, self.guard)
     }
 }
 
-/// An encrypted, authenticated datagram session with one peer.
+/// An encrypted, authenticated datagram session with one peer: what [`crate::Client::connect`]
+/// returns on the client side and [`crate::Server::accept`] on the server side.
 ///
 /// Datagram semantics: `send` queues one datagram for the driver, which seals and sends it; there
 /// is no retransmission and no ordering guarantee. On the client side a session survives the loss
 /// of its server by failing over to another server of the pool (see [`Session::report`]).
 /// Dropping the handle closes the session.
+///
+/// Every method takes `&self`: share a session in an [`Arc`] and let one task receive while
+/// another sends, as with tokio's `UdpSocket`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use std::sync::Arc;
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(volley::echo::serve(server, std::future::pending()));
+///
+/// let session = Arc::new(Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?);
+/// let reader = {
+///     let session = Arc::clone(&session);
+///     tokio::spawn(async move {
+///         let mut echoed = 0;
+///         while echoed < 3 && session.recv().await.is_ok() {
+///             echoed += 1;
+///         }
+///         echoed
+///     })
+/// };
+/// for i in 0..3u8 {
+///     session.send(&[i]).await?;
+/// }
+/// assert_eq!(reader.await.unwrap(), 3);
+/// session.close();
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Session {
     id: u32,
     cmd: mpsc::UnboundedSender<Cmd>,
     link: Arc<Link>,
-    /// The wait for the next received datagram, while one is pending.
-    waiting: Option<Pin<Box<OwnedNotified>>>,
+    /// [`Session::poll_recv`]'s wait for the next received datagram, kept between its polls
+    /// (`recv` and `recv_request` keep theirs in their own futures).
+    waiting: Mutex<Option<Pin<Box<OwnedNotified>>>>,
     status: watch::Receiver<Status>,
     report: Option<Arc<Mutex<ConnectReport>>>,
     /// Server side: switches the driver to request mode (a guard per datagram).
     requests: Option<Arc<AtomicBool>>,
-    /// Client side: the client's pool knowledge, for outcome reports (L7).
+    /// Client side: the client's pool knowledge, for the outcomes the application reports.
     pool: Option<SharedPool>,
 }
 
@@ -339,7 +437,7 @@ impl Session {
             id,
             cmd,
             link,
-            waiting: None,
+            waiting: Mutex::new(None),
             status,
             report,
             requests: None,
@@ -371,6 +469,21 @@ impl Session {
     /// queued and will be sealed and sent unless the session ends first (then it is counted in
     /// [`SessionStats::send_discarded`]); as with UDP, delivery is not guaranteed. A full queue
     /// on one session never holds up another. Errors: [`Error::TooLarge`], [`Error::Closed`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// session.send(b"hello").await?;
+    /// assert_eq!(&session.recv().await?[..], b"hello");
+    /// assert_eq!(session.stats().datagrams_sent, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn send(&self, data: &[u8]) -> Result<(), Error> {
         loop {
             let mut room = pin!(self.link.room.notified());
@@ -385,6 +498,23 @@ impl Session {
 
     /// Queues one datagram without waiting: like [`Session::send`], but a full send queue is
     /// [`Error::QueueFull`] (the datagram was not queued; retry later or drop it).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// match session.try_send(b"now or never") {
+    ///     Ok(()) => {}
+    ///     Err(volley::Error::QueueFull) => { /* the application is ahead of the network: drop it */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn try_send(&self, data: &[u8]) -> Result<(), Error> {
         if data.len() > MAX_APP_DATAGRAM {
             return Err(Error::TooLarge);
@@ -465,8 +595,14 @@ impl Session {
     /// Polls for the next datagram, for use in hand-written futures and streams: `Ready(Ok)`
     /// with a datagram, `Ready(Err)` once the session has ended and nothing is left, `Pending`
     /// otherwise (the waker is woken when that changes). Like [`Session::recv`].
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Error>> {
-        match self.link.poll_incoming(&mut self.waiting, cx) {
+    ///
+    /// As with tokio's `UdpSocket::poll_recv`, the session keeps one waker for this method:
+    /// when several tasks call it on one session, only the most recent caller's waker is woken.
+    /// Tasks that receive at once should each use [`Session::recv`], which has no such limit.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Error>> {
+        // Plain data behind the lock; a panic elsewhere cannot leave it inconsistent.
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match self.link.poll_incoming(&mut waiting, cx) {
             Poll::Ready(Some(d)) => Poll::Ready(Ok(d.data)),
             Poll::Ready(None) => Poll::Ready(Err(self.closed_error())),
             Poll::Pending => Poll::Pending,
@@ -475,42 +611,85 @@ impl Session {
 
     /// Receives the next datagram; an error once the session has ended and nothing is left.
     ///
+    /// Takes `&self`: one task may receive while others send on the same session (share it in
+    /// an [`Arc`]), and several tasks may receive at once — each datagram goes to exactly one
+    /// of them. Cancel safe: a `recv` dropped before it completes (in a `select!`) loses no
+    /// datagram.
+    ///
     /// On a server session that has switched to requests ([`Session::recv_request`]), a datagram
     /// received this way counts as a request completed at once.
-    pub async fn recv(&mut self) -> Result<Bytes, Error> {
-        match std::future::poll_fn(|cx| self.link.poll_incoming(&mut self.waiting, cx)).await {
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// session.send(b"ping").await?;
+    /// let reply = session.recv().await?;
+    /// assert_eq!(&reply[..], b"ping");
+    /// // Once the session is closed and nothing is left to read, `recv` says why.
+    /// session.close();
+    /// assert!(matches!(session.recv().await, Err(volley::Error::Closed(_))));
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv(&self) -> Result<Bytes, Error> {
+        match self.link.next_incoming().await {
             Some(d) => Ok(d.data),
             None => Err(self.closed_error()),
         }
     }
 
-    /// Server side: receives the next datagram as a **request** (L5, L6). From the first call on,
+    /// Server side: receives the next datagram as a **request**. From the first call on,
     /// the server counts every datagram of this session as a request in flight from the moment
     /// it arrives (queueing in the application included) until the returned [`Request`] is
     /// dropped, and measures its service time from those completions — no manual
     /// [`LoadGuard`]s. Use it for request/response services; a datagram that was already queued
-    /// before the first call is counted from the call.
+    /// before the first call is counted from the call. Cancel safe, like [`Session::recv`].
     ///
-    /// On a client session it behaves like [`Session::recv`], with no guard.
-    pub async fn recv_request(&mut self) -> Result<Request, Error> {
+    /// On a client session it behaves like [`Session::recv`], with no guard. See [`Request`]
+    /// for an example.
+    pub async fn recv_request(&self) -> Result<Request, Error> {
         if let Some(flag) = &self.requests {
             flag.store(true, Ordering::Release);
         }
-        match std::future::poll_fn(|cx| self.link.poll_incoming(&mut self.waiting, cx)).await {
+        match self.link.next_incoming().await {
             Some(Incoming { data, guard }) => Ok(Request { data, guard }),
             None => Err(self.closed_error()),
         }
     }
 
-    /// Client side: tells the client that this session's server served a request well (L7):
-    /// it ends a probation and resets the failure count. No effect on a server session.
+    /// Client side: tells the client that this session's server served a request well: it
+    /// ends the server's probation after an ejection and resets its failure count. No effect
+    /// on a server session.
     pub fn report_success(&self) {
         self.report_outcome(ServerOutcome::Success);
     }
 
-    /// Client side: tells the client that this session's server failed a request (L7). Failures
-    /// in a row eject the server from the client's races for a back-off (see
-    /// [`volley_proto::client::EjectionConfig`]). No effect on a server session.
+    /// Client side: tells the client that this session's server failed a request. Failures in
+    /// a row eject the server from the client's races for a back-off (see
+    /// [`volley_proto::client::EjectionConfig`]): its next connects go elsewhere. No effect on a
+    /// server session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// let client = Client::new(ClientConfig::new(vec![key.public()]));
+    /// let session = client.connect(&pool).await?;
+    /// // The application judged two answers wrong: the server is left out for a while.
+    /// session.report_failure();
+    /// session.report_failure();
+    /// assert!(client.is_ejected(session.remote()));
+    /// # Ok(()) }
+    /// ```
     pub fn report_failure(&self) {
         self.report_outcome(ServerOutcome::Failure);
     }
@@ -534,17 +713,33 @@ impl Session {
 
     /// Client side: the race and handshake figures, kept current (late offers, failovers).
     /// None on the server side.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// # use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    /// # let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// # let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// # let pool = vec![server.local_addr()];
+    /// # tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// # let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// let report = session.report().expect("a client session");
+    /// println!("won by {:?} in {:?}", report.server, report.answer_time);
+    /// assert_eq!(report.failovers, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn report(&self) -> Option<ConnectReport> {
         self.report
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
-    /// What a stream (D2, [`crate::proxy::tcp`]) on this session needs: the server's session
-    /// id, the peer's address and the stream keys derived from the session's keys. On the client
-    /// it names the current server (a failover gives another ticket). [`Error::Closed`] once the
-    /// session has ended or while it is not established.
-    pub async fn stream_ticket(&self) -> Result<volley_proto::stream::StreamTicket, Error> {
+    /// What a TCP proxy stream ([`crate::proxy::TcpProxy`]) on this session needs: the
+    /// server's session id, the peer's address and the stream keys derived from the session's
+    /// keys. Crate-private: the keys are the session's secrets. On the client it names the
+    /// current server (a failover gives another ticket). [`Error::Closed`] once the session has
+    /// ended or while it is not established.
+    pub(crate) async fn stream_ticket(&self) -> Result<volley_proto::stream::StreamTicket, Error> {
         let (reply, ticket) = tokio::sync::oneshot::channel();
         if self.cmd.send(Cmd::Ticket { id: self.id, reply }).is_err() {
             return Err(self.closed_error());
@@ -597,7 +792,7 @@ mod tests {
 
     #[tokio::test]
     async fn r5_receive_queue_is_bounded_ordered_and_ends_after_what_arrived() {
-        let (mut s, link) = session();
+        let (s, link) = session();
         for i in 0..INCOMING_QUEUE as u32 {
             assert!(link.deliver(datagram(i)));
         }
@@ -623,7 +818,7 @@ mod tests {
 
     #[tokio::test]
     async fn r5_a_waiting_receiver_wakes_for_a_datagram_and_for_the_close() {
-        let (mut s, link) = session();
+        let (s, link) = session();
         let l = Arc::clone(&link);
         let waiter = tokio::spawn(async move {
             let first = s.recv().await.unwrap();
@@ -640,5 +835,86 @@ mod tests {
             .unwrap();
         assert_eq!(&first[..], &42u32.to_be_bytes());
         assert!(ended);
+    }
+
+    #[tokio::test]
+    async fn r5_every_receiver_waiting_on_a_shared_session_wakes_for_the_close() {
+        // Two tasks wait on one `Arc<Session>`. The close must reach both: a wake-up for one
+        // waiter only would leave the other waiting for good.
+        let (s, link) = session();
+        let s = Arc::new(s);
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { s.recv().await })
+            })
+            .collect();
+        // On this current-thread runtime the spawned tasks run (and start waiting) before the
+        // test task is polled again.
+        tokio::task::yield_now().await;
+        link.close();
+        for w in waiters {
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                .await
+                .expect("a waiting receiver was not woken by the close")
+                .unwrap();
+            assert!(matches!(ended, Err(Error::Closed(_))), "{ended:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r5_two_concurrent_receivers_never_lose_or_duplicate_a_datagram() {
+        // One task receives with `recv`, another with `poll_recv`, on two worker threads, while
+        // datagrams keep arriving: together they get every datagram exactly once.
+        const N: u32 = 20_000;
+        let (s, link) = session();
+        let s = Arc::new(s);
+        let by_recv = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Ok(d) = s.recv().await {
+                    got.push(u32::from_be_bytes(d[..].try_into().unwrap()));
+                }
+                got
+            })
+        };
+        let by_poll = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while let Ok(d) = std::future::poll_fn(|cx| s.poll_recv(cx)).await {
+                    got.push(u32::from_be_bytes(d[..].try_into().unwrap()));
+                }
+                got
+            })
+        };
+        let delivered = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            for i in 0..N {
+                // A full receive queue refuses the datagram: wait for the receivers to drain it.
+                while !link.deliver(datagram(i)) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+        .await;
+        assert!(
+            delivered.is_ok(),
+            "the receivers stopped draining the queue"
+        );
+        link.close();
+        let bound = std::time::Duration::from_secs(20);
+        let mut all = tokio::time::timeout(bound, by_recv).await.unwrap().unwrap();
+        let polled = tokio::time::timeout(bound, by_poll).await.unwrap().unwrap();
+        // Each receiver sees its share in arrival order.
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        assert!(polled.windows(2).all(|w| w[0] < w[1]));
+        all.extend(polled);
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..N).collect::<Vec<_>>(),
+            "each datagram exactly once"
+        );
     }
 }

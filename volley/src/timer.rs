@@ -1,4 +1,4 @@
-//! A timer precise to tens of microseconds, for the offers a `Paced` server delays (L1).
+//! A timer precise to tens of microseconds, for the offers a `Paced` server delays.
 //!
 //! tokio's timer wheel has a 1 ms resolution and fires up to a millisecond late. Paced answer
 //! times differ by `max_delay / capacity` per request in flight (312 µs at the defaults), so on

@@ -9,8 +9,9 @@
 //! which [`RecvBatch::iter`] splits back into datagrams. On loopback the two together carry a
 //! burst through the stack once instead of once per datagram.
 //!
-//! Public so that other loops over the same sockets (the lab's bare echo, a custom driver) batch
-//! the same way. Linux only, like the rest of the runtime's socket handling. The buffers are
+//! Crate-private; the lab's bare echo and load generator, which must batch exactly as the
+//! drivers do for a fair comparison, reach it as `volley::unstable::udp` (outside semver).
+//! Linux only, like the rest of the runtime's socket handling. The buffers are
 //! allocated once per driver; the `mmsghdr` arrays are built per call (a few KiB): nix's are not
 //! `Send` (a driver's future must be), and the kernel rewrites each header's address and control
 //! lengths, which nix offers no way to reset for reuse.
@@ -231,11 +232,6 @@ impl SendBatch {
         self.items.len() >= BATCH
     }
 
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// The buffer the next datagram is written into (by the protocol core, in place).
     pub fn slot(&mut self) -> &mut [u8] {
         &mut self.data[self.end..self.end + MAX_DATAGRAM_LEN]
@@ -420,4 +416,86 @@ pub fn source_ip(bound: SocketAddr, source: Option<SocketAddr>) -> Option<IpAddr
     source
         .filter(|_| bound.ip().is_unspecified())
         .map(|s| s.ip())
+}
+
+/// Batched UDP on real loopback sockets: `sendmmsg`/`recvmmsg`, and GSO/GRO where the kernel
+/// has them — every datagram arrives whole, once, in order, whatever the kernel coalesced.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// Sends `sizes` from a batch to a receiver and returns what arrived and in how many buffers.
+    async fn burst(sizes: &[usize], gso: bool, gro: bool) -> (Vec<Vec<u8>>, usize, bool, bool) {
+        let rx_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx_sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let gro = gro && enable_gro(&rx_sock);
+        let gso = gso && gso_supported(&tx_sock);
+        let to = rx_sock.local_addr().unwrap();
+        let mut tx = SendBatch::with_gso(gso);
+        for (i, &n) in sizes.iter().enumerate() {
+            let slot = tx.slot();
+            for (j, b) in slot[..n].iter_mut().enumerate() {
+                *b = (i * 7 + j) as u8;
+            }
+            tx.commit(n, to, None);
+        }
+        tx.flush(&tx_sock).await;
+        let mut rx = RecvBatch::with_gro(false, gro);
+        let mut got = Vec::new();
+        let mut buffers = 0;
+        while got.len() < sizes.len() {
+            timeout(Duration::from_secs(5), rx_sock.readable())
+                .await
+                .expect("the burst arrives")
+                .unwrap();
+            match rx.recv(&rx_sock) {
+                Ok(n) => {
+                    buffers += n;
+                    got.extend(rx.iter().map(|(m, d)| {
+                        assert_eq!(m.len, d.len());
+                        d.to_vec()
+                    }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (got, buffers, gso, gro)
+    }
+
+    fn expected(sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 7 + j) as u8).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn gso_and_gro_carry_a_burst_whole_once_and_in_order() {
+        // Runs of equal sizes (one GSO send each), a shorter one closing a run, sizes that change.
+        let sizes: Vec<usize> = std::iter::repeat_n(1200, 12)
+            .chain([700])
+            .chain(std::iter::repeat_n(64, 10))
+            .chain([1452, 1, 1452, 1452])
+            .collect();
+        for (gso, gro) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (got, buffers, gso_on, gro_on) = burst(&sizes, gso, gro).await;
+            assert_eq!(got, expected(&sizes), "gso {gso_on}, gro {gro_on}");
+            if gso_on && gro_on {
+                // On loopback a GSO send reaches a GRO socket as one buffer.
+                assert!(
+                    buffers < sizes.len(),
+                    "{buffers} buffers for {} datagrams",
+                    sizes.len()
+                );
+            } else if !gro_on {
+                assert_eq!(buffers, sizes.len());
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use volley::discovery::{Pool, PoolEntry, Resolver};
+use volley::proxy::{UdpForward, UdpProxy};
 use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
 
 const BOUND: Duration = Duration::from_secs(20);
@@ -149,20 +150,11 @@ async fn d1_a_dns_client_gets_its_answers_from_a_dns_server_through_the_udp_prox
     .unwrap();
     let forwarder = server.local_addr();
     let handle = server.handle();
-    tokio::spawn(volley::proxy::forward::udp(
-        server,
-        dns_addr,
-        std::future::pending(),
-    ));
+    tokio::spawn(UdpForward::new(server, dns_addr).serve(std::future::pending()));
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let proxy = socket.local_addr().unwrap();
-    tokio::spawn(volley::proxy::udp::run(
-        socket,
-        Client::new(ClientConfig::new(vec![key.public()])),
-        vec![forwarder],
-        volley::proxy::udp::UdpProxyConfig::default(),
-        std::future::pending(),
-    ));
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    tokio::spawn(UdpProxy::new(client, vec![forwarder]).serve(socket, std::future::pending()));
     let resolver = Resolver::with_server(proxy).unwrap();
     let pool = timeout(
         BOUND,

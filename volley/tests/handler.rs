@@ -48,7 +48,7 @@ async fn d6_a_handler_function_is_load_from_each_requests_arrival_to_its_reply()
         },
         std::future::pending(),
     ));
-    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
         .connect(&[addr])
         .await
         .unwrap();
@@ -103,7 +103,7 @@ async fn d6_a_tower_service_answers_each_request_after_poll_ready() {
         upper,
         std::future::pending(),
     ));
-    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
         .connect(&[addr])
         .await
         .unwrap();

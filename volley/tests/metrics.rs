@@ -31,14 +31,13 @@ async fn d5_metrics_endpoint_serves_every_counter_the_load_and_answer_delays() {
         .await
         .unwrap();
     let (addr, handle) = (server.local_addr(), server.handle());
-    let endpoint = volley::metrics::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        volley::metrics::server_registry(handle.clone()),
-    )
-    .await
-    .unwrap();
+    let endpoint = volley::metrics::Metrics::new()
+        .server(handle.clone())
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     tokio::spawn(volley::echo::serve(server, std::future::pending()));
-    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
         .connect(&[addr])
         .await
         .unwrap();

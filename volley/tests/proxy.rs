@@ -2,14 +2,17 @@
 //! sessions → server-side forwarders → a UDP service, and back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use volley::proxy::ProxyStats;
-use volley::proxy::udp::UdpProxyConfig;
-use volley::{Client, ClientConfig, Server, ServerConfig, ServerHandle, StaticKeypair};
+use volley::proxy::{ProxyMetrics, ProxyStats, UdpForward, UdpProxy};
+use volley::{
+    Client, ClientConfig, Server, ServerConfig, ServerHandle, ServerStats, StaticKeypair,
+};
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -26,10 +29,14 @@ async fn backend() -> SocketAddr {
     addr
 }
 
-async fn forwarder(
-    key: &StaticKeypair,
-    backend: SocketAddr,
-) -> (SocketAddr, ServerHandle, oneshot::Sender<()>) {
+type Forwarder = (
+    SocketAddr,
+    ServerHandle,
+    oneshot::Sender<()>,
+    JoinHandle<ServerStats>,
+);
+
+async fn forwarder(key: &StaticKeypair, backend: SocketAddr) -> Forwarder {
     let server = Server::bind(
         "127.0.0.1:0".parse().unwrap(),
         ServerConfig::new(key.clone()),
@@ -38,10 +45,10 @@ async fn forwarder(
     .unwrap();
     let (addr, handle) = (server.local_addr(), server.handle());
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(volley::proxy::forward::udp(server, backend, async {
+    let task = tokio::spawn(UdpForward::new(server, backend).serve(async {
         let _ = stopped.await;
     }));
-    (addr, handle, stop)
+    (addr, handle, stop, task)
 }
 
 async fn ask(app: &UdpSocket, proxy: SocketAddr, text: &str) -> String {
@@ -58,24 +65,21 @@ async fn ask(app: &UdpSocket, proxy: SocketAddr, text: &str) -> String {
 async fn d1_udp_proxy_carries_each_flow_on_its_own_session_and_new_flows_fail_over() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
     let service = backend().await;
-    let (a, ha, stop_a) = forwarder(&key, service).await;
-    let (b, hb, _stop_b) = forwarder(&key, service).await;
+    let (a, ha, stop_a, task_a) = forwarder(&key, service).await;
+    let (b, hb, _stop_b, _) = forwarder(&key, service).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let proxy = socket.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let client = Client::new(ClientConfig::new(vec![key.public()]));
-    let running = tokio::spawn(volley::proxy::udp::run(
-        socket,
-        client,
-        vec![a, b],
-        UdpProxyConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..UdpProxyConfig::default()
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let metrics = Arc::new(ProxyMetrics::default());
+    let running = tokio::spawn(
+        UdpProxy::new(client, vec![a, b])
+            .idle_timeout(Duration::from_millis(300))
+            .metrics(Arc::clone(&metrics))
+            .serve(socket, async {
+                let _ = stopped.await;
+            }),
+    );
     // Three applications, three flows, each answered on its own.
     let apps = [
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
@@ -90,13 +94,19 @@ async fn d1_udp_proxy_carries_each_flow_on_its_own_session_and_new_flows_fail_ov
     }
     let opened = ha.stats().sessions_opened + hb.stats().sessions_opened;
     assert_eq!(opened, 3, "one session per flow, kept across its datagrams");
-    // A server goes away: new flows race what is left.
+    // A server goes away (its shutdown run to its end): new flows race what is left.
     drop(stop_a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    timeout(BOUND, task_a).await.unwrap().unwrap();
     let late = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(ask(&late, proxy, "after").await, "AFTER");
     // Flows idle out; the next datagram of an application starts a new one.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    timeout(BOUND, async {
+        while metrics.open_flows() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every flow idles out");
     assert_eq!(ask(&apps[0], proxy, "again").await, "AGAIN");
     let _ = stop.send(());
     let stats: ProxyStats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
@@ -110,8 +120,8 @@ async fn d1_a_forwarded_datagram_is_load_until_the_backend_answers() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
     let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = service.local_addr().unwrap();
-    let (addr, handle, _stop) = forwarder(&key, backend_addr).await;
-    let mut session = Client::new(ClientConfig::new(vec![key.public()]))
+    let (addr, handle, _stop, _) = forwarder(&key, backend_addr).await;
+    let session = Client::new(ClientConfig::new(vec![key.public()]))
         .connect(&[addr])
         .await
         .unwrap();
@@ -145,20 +155,14 @@ async fn d1_a_forwarded_datagram_is_load_until_the_backend_answers() {
 async fn d1_a_datagram_too_large_for_a_session_is_dropped_and_its_flow_goes_on() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
     let service = backend().await;
-    let (a, _ha, _stop_a) = forwarder(&key, service).await;
+    let (a, _ha, _stop_a, _) = forwarder(&key, service).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let proxy = socket.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let client = Client::new(ClientConfig::new(vec![key.public()]));
-    let running = tokio::spawn(volley::proxy::udp::run(
-        socket,
-        client,
-        vec![a],
-        UdpProxyConfig::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let running = tokio::spawn(UdpProxy::new(client, vec![a]).serve(socket, async {
+        let _ = stopped.await;
+    }));
     let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(ask(&app, proxy, "before").await, "BEFORE");
     app.send_to(&[b'x'; volley::MAX_APP_DATAGRAM + 1], proxy)

@@ -1,5 +1,5 @@
 //! The load generator: ≥ 16 source ports on one thread, batched I/O (`recvmmsg`/`sendmmsg`
-//! through `volley::udp`), in closed-loop (a window of requests in flight per port) or open-loop
+//! through `volley::unstable::udp`), in closed-loop (a window of requests in flight per port) or open-loop
 //! (as fast as the socket takes them) mode, with an HDR histogram of reply latencies.
 //!
 //! Requests carry their send time (µs since the run's start) in bytes the reply returns: a
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
-use volley::udp::{self, RecvBatch, SendBatch};
+use volley::unstable::udp::{self, RecvBatch, SendBatch};
 use volley_proto::client::{ClientEvent, Connection, PoolState};
 use volley_proto::packet::{Init, Packet, Probe, Tag};
 use volley_proto::{ClientConfig, PublicKey};

@@ -188,7 +188,7 @@ async fn open(
         while started < n && tasks.len() < IN_FLIGHT {
             let client = client.clone();
             tasks.spawn(async move {
-                let mut s =
+                let s =
                     tokio::time::timeout(Duration::from_secs(30), client.connect(&pool)).await??;
                 // Datagrams: a lost one is sent again (a few times, then the run fails).
                 for _ in 0..10 {

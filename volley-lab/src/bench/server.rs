@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use volley::udp::{self, RecvBatch, SendBatch};
+use volley::unstable::udp::{self, RecvBatch, SendBatch};
 use volley::{AnswerPolicy, PublicKey, Server, ServerConfig, ServerStats, StaticKeypair};
 
 use super::connect;

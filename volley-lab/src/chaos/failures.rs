@@ -52,7 +52,7 @@ pub(super) async fn failures(args: &ChaosArgs, volley: &Path) -> anyhow::Result<
             let mut n = 0u64;
             loop {
                 {
-                    let mut s = session.lock().await;
+                    let s = session.lock().await;
                     let _ = s.send(format!("tick {n}").as_bytes()).await;
                     n += 1;
                     // Collect what came back since, without blocking the next tick.

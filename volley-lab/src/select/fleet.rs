@@ -258,7 +258,7 @@ async fn accept_loop(server: Server, ctx: Ctx, tx: oneshot::Sender<ServerStats>)
     }
 }
 
-async fn handle_session(mut session: volley::Session, ctx: Ctx) {
+async fn handle_session(session: volley::Session, ctx: Ctx) {
     while let Ok(request) = session.recv_request().await {
         let req = request.data();
         if req.len() < 8 {

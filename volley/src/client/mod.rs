@@ -1,12 +1,12 @@
 //! The client runtime: [`Client::connect`] races a pool and returns a [`Session`] with the
-//! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race (L3). A
-//! client endpoint — one UDP socket and one driver task per address family — serves every
-//! connection of a client and keeps them alive afterwards (keepalive, failover).
+//! winner; [`Client::connect_n`] opens sessions with the `k` best servers of one race. A client
+//! endpoint — one UDP socket and one driver task per address family — serves every connection
+//! of a client and keeps them alive afterwards (keepalive, failover).
 //!
-//! The pieces: [`endpoint`] (the handle on one socket's driver), [`open`] (what a connect asks
-//! of the driver and gets back), [`driver`] (the driver's side of the shared loop), [`member`]
-//! (one connection and its session handle), [`demux`] (which connection a datagram is for),
-//! [`nbest`] (a connect's group of connections).
+//! The pieces: `endpoint` (the handle on one socket's driver), `open` (what a connect asks of
+//! the driver and gets back), `driver` (the driver's side of the shared loop), `member` (one
+//! connection and its session handle), `demux` (which connection a datagram is for), `nbest` (a
+//! connect's group of connections).
 
 mod demux;
 mod driver;
@@ -30,16 +30,37 @@ use crate::shared_pool::{SharedPool, lock_pool};
 use endpoint::Endpoint;
 use open::{Open, SiblingPlan};
 
-/// Connects to volley pools.
+/// Connects to volley pools: races a pool of servers and opens an encrypted [`Session`] with
+/// the winner.
 ///
 /// One `Client` (and its clones) is one client instance: its connections share what they learn
-/// about the pool — answer and handshake times, which set the retransmission timers (L6), and
-/// which servers failed, which are ejected from races for a while (L7). Independent `Client`s
-/// share nothing.
+/// about the pool — answer and handshake times, which set the retransmission timers, and which
+/// servers failed, which are left out of its races for a while. Independent `Client`s share
+/// nothing.
 ///
 /// A client serves all its connections from one UDP socket per address family (and loopback or
 /// not), with one driver task: the first `connect` to a pool of that kind binds it (an
 /// ephemeral port), or [`Client::with_socket`] hands one in.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(volley::echo::serve(server, std::future::pending()));
+///
+/// // Pin the servers' public key: offers signed by any other are ignored.
+/// let client = Client::new(ClientConfig::new(vec![key.public()]));
+/// let session = client.connect(&pool).await?;
+/// session.send(b"hello").await?;
+/// assert_eq!(&session.recv().await?[..], b"hello");
+/// // Every connection of this client shares one socket.
+/// assert!(client.local_addr(pool[0]).is_some());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Client {
     config: ClientConfig,
@@ -59,7 +80,17 @@ fn bind_ip(remote: IpAddr) -> IpAddr {
 
 impl Client {
     /// A client with this configuration (pinned keys, service, timers, selection policy,
-    /// fan-out, ejection).
+    /// fan-out, ejection). Nothing is bound until the first connect.
+    ///
+    /// ```
+    /// use volley::{Client, ClientConfig, SelectionPolicy, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+    /// let mut config = ClientConfig::new(vec![key]);
+    /// config.policy = SelectionPolicy::window(); // the best load hint within a short window
+    /// let client = Client::new(config);
+    /// assert_eq!(client.local_addr("127.0.0.1:7001".parse().unwrap()), None);
+    /// ```
     pub fn new(config: ClientConfig) -> Self {
         let pool = Arc::new(Mutex::new(PoolState::new(config.ejection)));
         Self {
@@ -73,6 +104,20 @@ impl Client {
     /// one with `SO_REUSEPORT`, a fixed port, or one handed over by systemd). A socket bound to
     /// a loopback address serves loopback pools only; one bound to a wildcard or another
     /// address serves every pool of its family. Call within a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Client, ClientConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let local = socket.local_addr()?;
+    /// let client = Client::with_socket(ClientConfig::new(vec![key]), socket)?;
+    /// // Loopback pools are reached from the socket handed in.
+    /// assert_eq!(client.local_addr("127.0.0.1:7001".parse().unwrap()), Some(local));
+    /// # Ok(()) }
+    /// ```
     pub fn with_socket(config: ClientConfig, socket: std::net::UdpSocket) -> Result<Self, Error> {
         let client = Self::new(config);
         let local = socket.local_addr()?;
@@ -128,14 +173,28 @@ impl Client {
         Ok(e.clone())
     }
 
-    /// Reports what became of a request served by `server` (L7): failures in a row eject it
-    /// from this client's races for a back-off; a success ends a probation. Sessions report
-    /// for their own server with [`Session::report_failure`] and [`Session::report_success`].
+    /// Reports what became of a request served by `server`: failures in a row eject it from
+    /// this client's races for a back-off (it is not probed meanwhile); a success ends the
+    /// probation that follows. Sessions report for their own server with
+    /// [`Session::report_failure`] and [`Session::report_success`].
+    ///
+    /// ```
+    /// use volley::{Client, ClientConfig, ServerOutcome, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+    /// let client = Client::new(ClientConfig::new(vec![key]));
+    /// let server = "127.0.0.1:7001".parse().unwrap();
+    /// // Two failures in a row (the default threshold) eject it.
+    /// client.report(server, ServerOutcome::Failure);
+    /// assert!(!client.is_ejected(server));
+    /// client.report(server, ServerOutcome::Failure);
+    /// assert!(client.is_ejected(server));
+    /// ```
     pub fn report(&self, server: SocketAddr, outcome: ServerOutcome) {
         lock_pool(&self.pool).report(crate::socket::now(), server, outcome);
     }
 
-    /// Whether `server` is ejected from this client's races now (L7).
+    /// Whether `server` is ejected from this client's races now ([`Client::report`]).
     pub fn is_ejected(&self, server: SocketAddr) -> bool {
         lock_pool(&self.pool).is_ejected(crate::socket::now(), &server)
     }
@@ -143,7 +202,28 @@ impl Client {
     /// Races `pool` by the configured [`SelectionPolicy`] and returns a session with the chosen
     /// server, on this client's socket for the pool's address family. Under
     /// [`SelectionPolicy::NBest`] only the best server is used; see [`Client::connect_n`]. A pool
-    /// that mixes IPv4 and IPv6 addresses is refused ([`Error::InvalidArgument`]).
+    /// that mixes IPv4 and IPv6 addresses is refused ([`Error::InvalidArgument`]); a race that
+    /// finds no usable offer, or a handshake that fails, is [`Error::Connect`] with why.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let mut pool = Vec::new();
+    /// for _ in 0..3 {
+    ///     let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    ///     pool.push(server.local_addr());
+    ///     tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// }
+    /// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// // What the race saw: the winner, its answer time, the offers and their load hints.
+    /// let report = session.report().unwrap();
+    /// assert_eq!(report.server, Some(session.remote()));
+    /// assert!(report.answer_time.is_some());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(&self, pool: &[SocketAddr]) -> Result<Session, Error> {
         let mut sessions = self.open(pool, self.config.clone(), None).await?;
         sessions
@@ -151,7 +231,7 @@ impl Client {
             .ok_or(Error::Connect(ConnectError::NothingToRace))
     }
 
-    /// Opens sessions with the `k` best servers of one race (L3, `NBest`): one probe per
+    /// Opens sessions with the `k` best servers of one race (the `NBest` policy): one probe per
     /// server, the `k` earliest offers (collected for at most the configured window after the
     /// first, [`volley_proto::client::DEFAULT_WINDOW`] unless the policy names one) each get a
     /// handshake, all from one socket served by one driver task.
@@ -161,6 +241,26 @@ impl Client {
     /// (each failed one re-races the rest of the pool first, so two sessions can end up on one
     /// server). An error only when none came up. Each session fails over on its own; a session
     /// that fails over races with the configured policy (`Earliest` when that is `NBest`).
+    /// [`Error::InvalidArgument`] when `k` is 0.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let mut pool = Vec::new();
+    /// for _ in 0..3 {
+    ///     let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    ///     pool.push(server.local_addr());
+    ///     tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    /// }
+    /// let client = Client::new(ClientConfig::new(vec![key.public()]));
+    /// let sessions = client.connect_n(&pool, 2).await?;
+    /// assert_eq!(sessions.len(), 2);
+    /// assert_ne!(sessions[0].remote(), sessions[1].remote());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_n(&self, pool: &[SocketAddr], k: usize) -> Result<Vec<Session>, Error> {
         if k == 0 {
             return Err(Error::InvalidArgument("connect_n needs k of at least 1"));

@@ -1,7 +1,8 @@
-//! The server side of the proxies: [`udp`] and [`tcp`].
+//! The server side of the proxies: [`UdpForward`] and [`TcpForward`].
 //!
-//! UDP: each session's datagrams are sent to the backend from a socket of the session's own (so the backend tells sessions apart by source port, as it tells
-//! clients apart), and every datagram the backend sends to that socket goes back on the session.
+//! UDP: each session's datagrams are sent to the backend from a socket of the session's own (so
+//! the backend tells sessions apart by source port, as it tells clients apart), and every
+//! datagram the backend sends to that socket goes back on the session.
 //!
 //! Load, counted with no help from the backend: each datagram is a request in flight from its
 //! arrival until the backend's next datagram on that session (request/response services: DNS,
@@ -46,17 +47,66 @@ pub const UDP_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests of one session counted at once (a bound on its bookkeeping, not on its traffic).
 const MAX_IN_FLIGHT: usize = 1024;
 
-/// Serves every session of `server` by forwarding its datagrams to the UDP service at `backend`
-/// until `shutdown` resolves; then shuts the server down gracefully and returns its counters.
-pub async fn udp(
+/// The server side of the UDP proxy: serves every session of a [`Server`] by forwarding its
+/// datagrams to a UDP service (the backend) and the backend's datagrams back on the session.
+///
+/// Each session talks to the backend from a UDP socket of its own, so the backend tells
+/// sessions apart by source port as it tells clients apart. Load is counted with no help from
+/// the backend: each datagram is a request in flight from its arrival until the backend's next
+/// datagram on that session, or [`UDP_REQUEST_TIMEOUT`], whichever comes first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use tokio::net::UdpSocket;
+/// use volley::proxy::UdpForward;
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// // A UDP service that answers in upper case.
+/// let service = UdpSocket::bind("127.0.0.1:0").await?;
+/// let backend = service.local_addr()?;
+/// tokio::spawn(async move {
+///     let mut buf = [0u8; 1500];
+///     while let Ok((n, from)) = service.recv_from(&mut buf).await {
+///         let _ = service.send_to(&buf[..n].to_ascii_uppercase(), from).await;
+///     }
+/// });
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(UdpForward::new(server, backend).serve(std::future::pending()));
+///
+/// // A volley client reaches the service through the forwarder.
+/// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+/// session.send(b"hello").await?;
+/// assert_eq!(&session.recv().await?[..], b"HELLO");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a forwarder does nothing until it is served"]
+pub struct UdpForward {
     server: Server,
     backend: SocketAddr,
-    shutdown: impl Future<Output = ()>,
-) -> crate::ServerStats {
-    crate::handler::serve_sessions(server, shutdown, move |session| relay(session, backend)).await
 }
 
-async fn relay(mut session: Session, backend: SocketAddr) {
+impl UdpForward {
+    /// A forwarder from `server`'s sessions to the UDP service at `backend`.
+    pub fn new(server: Server, backend: SocketAddr) -> Self {
+        Self { server, backend }
+    }
+
+    /// Forwards every session until `shutdown` resolves; then shuts the server down gracefully
+    /// (clients are told to go elsewhere) and returns its final counters.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> crate::ServerStats {
+        let backend = self.backend;
+        crate::handler::serve_sessions(self.server, shutdown, move |session| {
+            relay(session, backend)
+        })
+        .await
+    }
+}
+
+async fn relay(session: Session, backend: SocketAddr) {
     let any = match backend.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -141,7 +191,15 @@ pub const MAX_PENDING_STREAMS: usize = 1024;
 /// Of those, at most this many from one IP address.
 pub const MAX_PENDING_STREAMS_PER_SOURCE: usize = 64;
 
-/// What the TCP forwarder counted, returned when it stops.
+/// What a [`TcpForward`] counted, returned when it stops (see [`TcpForward`] for an example).
+///
+/// ```
+/// use volley::proxy::TcpForwardStats;
+///
+/// let stats = TcpForwardStats::default();
+/// // The server's own counters come with the streams'.
+/// assert_eq!((stats.server.sessions_opened, stats.streams), (0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TcpForwardStats {
@@ -158,10 +216,43 @@ pub struct TcpForwardStats {
     pub broken: u64,
 }
 
-/// The TCP forwarder's counters as they grow (the stream fields of [`TcpForwardStats`]), for
-/// metrics ([`crate::metrics::register_forward`]).
+/// What a TCP forwarder counted so far ([`ForwardMetrics::stats`]): the stream fields of
+/// [`TcpForwardStats`].
+///
+/// ```
+/// use volley::proxy::ForwardMetrics;
+///
+/// let stats = ForwardMetrics::default().stats();
+/// assert_eq!((stats.refused, stats.broken), (0, 0));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamStats {
+    /// Streams accepted (HELLO checked out) and spliced to the backend.
+    pub streams: u64,
+    /// TCP connections refused before a valid HELLO.
+    pub refused: u64,
+    /// Streams closed because the backend could not be reached.
+    pub backend_failures: u64,
+    /// Streams that ended broken rather than cleanly.
+    pub broken: u64,
+}
+
+/// A TCP forwarder's live figures: its stream counters as they grow and the streams open now.
+/// Hand one to [`TcpForward::metrics`] to watch a running forwarder, or to serve it with
+/// [`crate::metrics::Metrics::forward`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use volley::proxy::ForwardMetrics;
+///
+/// let metrics = Arc::new(ForwardMetrics::default());
+/// // ... TcpForward::bind(server, backend).await?.metrics(Arc::clone(&metrics)) ...
+/// assert_eq!(metrics.stats().streams, 0);
+/// assert_eq!(metrics.open_streams(), 0);
+/// ```
 #[derive(Debug, Default)]
-pub struct StreamCounters {
+pub struct ForwardMetrics {
     streams: AtomicU64,
     refused: AtomicU64,
     backend_failures: AtomicU64,
@@ -169,40 +260,51 @@ pub struct StreamCounters {
     open: AtomicU64,
 }
 
-impl StreamCounters {
-    /// (name, help, value) of every counter, for metrics.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 4] {
+impl ForwardMetrics {
+    /// The counters now.
+    pub fn stats(&self) -> StreamStats {
+        StreamStats {
+            streams: self.streams.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            backend_failures: self.backend_failures.load(Ordering::Relaxed),
+            broken: self.broken.load(Ordering::Relaxed),
+        }
+    }
+
+    /// (name, help, value) of every counter, for the metrics endpoint.
+    pub(crate) fn counters(&self) -> [(&'static str, &'static str, u64); 4] {
+        let s = self.stats();
         [
             (
                 "streams",
                 "Streams accepted (HELLO checked out) and spliced to the backend",
-                self.streams.load(Ordering::Relaxed),
+                s.streams,
             ),
             (
                 "refused",
                 "TCP connections refused before a valid HELLO",
-                self.refused.load(Ordering::Relaxed),
+                s.refused,
             ),
             (
                 "backend_failures",
                 "Streams closed because the backend could not be reached",
-                self.backend_failures.load(Ordering::Relaxed),
+                s.backend_failures,
             ),
             (
                 "broken",
                 "Streams that ended broken (truncated, forged record, reset, session ended)",
-                self.broken.load(Ordering::Relaxed),
+                s.broken,
             ),
         ]
     }
 
     /// Streams open now.
-    pub fn open(&self) -> u64 {
+    pub fn open_streams(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
 }
 
-type Counters = StreamCounters;
+type Counters = ForwardMetrics;
 
 /// How long a HELLO for an id not (yet) known waits for its session to register: the client
 /// side may send it the moment the ACCEPT arrives, before this side's session task has run.
@@ -222,74 +324,114 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Serves every session of `server` by splicing its stream to the TCP service at `backend`,
-/// until `shutdown` resolves; then shuts the server down gracefully. Listens for streams on TCP
-/// at the server's own address ([`Error::Bind`] if that port is taken for TCP).
-pub async fn tcp(
-    server: Server,
-    backend: SocketAddr,
-    shutdown: impl Future<Output = ()>,
-) -> Result<TcpForwardStats, Error> {
-    let listener = stream_listener(&server).await?;
-    Ok(tcp_on(server, listener, backend, shutdown).await)
-}
-
-/// The TCP listener for `server`'s streams: its own address, for TCP ([`Error::Bind`] if that
-/// port is taken for TCP).
-pub async fn stream_listener(server: &Server) -> Result<TcpListener, Error> {
-    let addr = server.local_addr();
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
-}
-
-/// Like [`tcp`], with streams accepted on `listener` (from [`stream_listener`], or any other
-/// the client side is told about).
-pub async fn tcp_on(
-    server: Server,
-    listener: TcpListener,
-    backend: SocketAddr,
-    shutdown: impl Future<Output = ()>,
-) -> TcpForwardStats {
-    tcp_with_counters(server, listener, backend, Arc::default(), shutdown).await
-}
-
-/// Like [`tcp_on`], counting into `counters` as it goes (serve them with
-/// [`crate::metrics::register_forward`]).
-pub async fn tcp_with_counters(
+/// The server side of the TCP proxy: serves every session of a [`Server`] by splicing the
+/// session's stream — a TCP connection to the server's own address, encrypted with keys from
+/// the session — to a connection of its own to a TCP service (the backend).
+///
+/// A stream is accepted only when its HELLO names an open session of this server that has no
+/// stream yet and checks out with that session's keys: a TCP peer without a session never
+/// reaches the backend. Each stream counts as a request in flight on the server until it ends.
+/// See [`crate::proxy::TcpProxy`] for the client side and a whole example.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use std::sync::Arc;
+/// use volley::proxy::{ForwardMetrics, TcpForward};
+/// use volley::{Server, ServerConfig, StaticKeypair};
+///
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key)).await?;
+/// let backend = "127.0.0.1:8080".parse().unwrap(); // the TCP service
+/// let metrics = Arc::new(ForwardMetrics::default());
+/// // Listens for streams on TCP at the server's own address.
+/// let forward = TcpForward::bind(server, backend).await?.metrics(Arc::clone(&metrics));
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let running = tokio::spawn(forward.serve(async { let _ = stopped.await; }));
+/// let _ = stop.send(());
+/// let stats = running.await.unwrap();
+/// assert_eq!(stats.streams, metrics.stats().streams);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a forwarder does nothing until it is served"]
+pub struct TcpForward {
     server: Server,
     listener: TcpListener,
     backend: SocketAddr,
-    counters: Arc<StreamCounters>,
-    shutdown: impl Future<Output = ()>,
-) -> TcpForwardStats {
-    let waiting: Waiting = Arc::default();
-    let acceptor = tokio::spawn(accept_streams(
-        listener,
-        Arc::clone(&waiting),
-        Arc::clone(&counters),
-    ));
-    let handle = server.handle();
-    let stats = {
-        let counters = Arc::clone(&counters);
-        crate::handler::serve_sessions(server, shutdown, move |session| {
-            serve_stream(
-                session,
-                backend,
-                Arc::clone(&waiting),
-                handle.clone(),
-                Arc::clone(&counters),
-            )
-        })
-        .await
-    };
-    acceptor.abort();
-    TcpForwardStats {
-        server: stats,
-        streams: counters.streams.load(Ordering::Relaxed),
-        refused: counters.refused.load(Ordering::Relaxed),
-        backend_failures: counters.backend_failures.load(Ordering::Relaxed),
-        broken: counters.broken.load(Ordering::Relaxed),
+    metrics: Option<Arc<ForwardMetrics>>,
+}
+
+impl TcpForward {
+    /// A forwarder from `server`'s sessions to the TCP service at `backend`, listening for
+    /// streams on TCP at the server's own address (where the client side looks for them).
+    /// [`Error::Bind`] if that port is taken for TCP.
+    pub async fn bind(server: Server, backend: SocketAddr) -> Result<Self, Error> {
+        let addr = server.local_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Ok(Self::from_listener(server, listener, backend))
+    }
+
+    /// Like [`TcpForward::bind`], with streams accepted on a listener the caller made (bound
+    /// early to report a taken port before anything else starts, or any other address the
+    /// client side is told about).
+    pub fn from_listener(server: Server, listener: TcpListener, backend: SocketAddr) -> Self {
+        Self {
+            server,
+            listener,
+            backend,
+            metrics: None,
+        }
+    }
+
+    /// Counts into `metrics` as the forwarder runs (to watch it, or to serve it with
+    /// [`crate::metrics::Metrics::forward`]).
+    pub fn metrics(mut self, metrics: Arc<ForwardMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Forwards every session's stream until `shutdown` resolves; then shuts the server down
+    /// gracefully and returns its final counters with the forwarder's.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> TcpForwardStats {
+        let Self {
+            server,
+            listener,
+            backend,
+            metrics,
+        } = self;
+        let counters = metrics.unwrap_or_default();
+        let waiting: Waiting = Arc::default();
+        let acceptor = tokio::spawn(accept_streams(
+            listener,
+            Arc::clone(&waiting),
+            Arc::clone(&counters),
+        ));
+        let handle = server.handle();
+        let stats = {
+            let counters = Arc::clone(&counters);
+            crate::handler::serve_sessions(server, shutdown, move |session| {
+                serve_stream(
+                    session,
+                    backend,
+                    Arc::clone(&waiting),
+                    handle.clone(),
+                    Arc::clone(&counters),
+                )
+            })
+            .await
+        };
+        acceptor.abort();
+        let s = counters.stats();
+        TcpForwardStats {
+            server: stats,
+            streams: s.streams,
+            refused: s.refused,
+            backend_failures: s.backend_failures,
+            broken: s.broken,
+        }
     }
 }
 
@@ -475,10 +617,155 @@ async fn serve_stream(
 }
 
 /// Counts a stream open until dropped.
-struct OpenStream<'a>(&'a StreamCounters);
+struct OpenStream<'a>(&'a ForwardMetrics);
 
 impl Drop for OpenStream<'_> {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream's HELLO needs the session's keys, which only the crate can reach: this test forges
+/// HELLOs from a real session's ticket.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use tokio::task::JoinHandle;
+    use volley_proto::stream::StreamKeys;
+
+    use super::*;
+    use crate::{Client, ClientConfig, ServerConfig, StaticKeypair};
+
+    const BOUND: Duration = Duration::from_secs(20);
+
+    /// A TCP echo service that counts the connections it accepted.
+    async fn backend() -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 4 s: {what}");
+    }
+
+    async fn forwarder(
+        key: &StaticKeypair,
+        backend: SocketAddr,
+    ) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<TcpForwardStats>) {
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerConfig::new(key.clone()),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let forward = TcpForward::bind(server, backend).await.unwrap();
+        let task = tokio::spawn(forward.serve(async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, task)
+    }
+
+    #[tokio::test]
+    async fn d2_a_tcp_peer_without_a_session_never_reaches_the_backend() {
+        let key = StaticKeypair::generate(&mut crate::OsRng);
+        let (service, accepted) = backend().await;
+        let (server, stop, task) = forwarder(&key, service).await;
+        // Refused at once, whatever the peer sends: answered by a close, never by the backend.
+        let refused = |mut conn: TcpStream| async move {
+            let mut buf = [0u8; 64];
+            let n = timeout(BOUND, conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            assert_eq!(n, 0, "a refused stream gets no bytes");
+        };
+        // Not a HELLO at all.
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&[0x47; HELLO_LEN]).await.unwrap();
+        refused(conn).await;
+
+        // A real session, and HELLOs that do not prove it.
+        let session = Client::new(ClientConfig::new(vec![key.public()]))
+            .connect(&[server])
+            .await
+            .unwrap();
+        let ticket = session.stream_ticket().await.unwrap();
+        assert_eq!(ticket.peer, server);
+        let wrong_keys = StreamKeys::derive(&[9; 32], &[8; 32]);
+        for hello in [
+            wrong_keys.hello(Role::Client, ticket.session_id),
+            ticket.keys.hello(Role::Client, ticket.session_id ^ 1),
+            ticket.keys.hello(Role::Server, ticket.session_id),
+        ] {
+            let mut conn = TcpStream::connect(server).await.unwrap();
+            conn.write_all(&hello).await.unwrap();
+            refused(conn).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "no stream reached the backend"
+        );
+
+        // The right HELLO works, once: the server answers with its own, checkable HELLO.
+        let good = ticket.keys.hello(Role::Client, ticket.session_id);
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&good).await.unwrap();
+        let mut answer = [0u8; HELLO_LEN];
+        timeout(BOUND, conn.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        ticket
+            .keys
+            .check_hello(Role::Server, ticket.session_id, &answer)
+            .unwrap();
+        eventually("the backend got the stream", || {
+            accepted.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // A replay of the same HELLO is refused: one stream per session.
+        let mut replay = TcpStream::connect(server).await.unwrap();
+        replay.write_all(&good).await.unwrap();
+        refused(replay).await;
+        // Records that do not authenticate break the stream (and the backend's connection).
+        conn.write_all(&[0, 20]).await.unwrap();
+        conn.write_all(&[0u8; 20]).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = timeout(BOUND, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        drop(session);
+        let _ = stop.send(());
+        let stats = timeout(BOUND, task).await.unwrap().unwrap();
+        assert_eq!(stats.streams, 1, "{stats:?}");
+        assert_eq!(stats.refused, 5, "{stats:?}");
+        assert_eq!(stats.broken, 1, "{stats:?}");
     }
 }

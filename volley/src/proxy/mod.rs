@@ -1,23 +1,68 @@
-//! Proxies (D1, D2): put volley in front of a service without changing it.
+//! Proxies: put volley in front of a service without changing it, or its clients.
 //!
-//! - [`udp::run`], the client side for UDP: a local UDP socket that applications talk to as if
-//!   it were the service; each of their flows (a source address) races the pool and rides its own
-//!   volley session.
-//! - [`forward::udp`], the server side for UDP: each session's datagrams go to the real backend
-//!   from a socket of their own, and the backend's datagrams come back on the session.
-//! - [`tcp::run`] and [`forward::tcp`], the same for TCP: each accepted connection races the
-//!   pool for a session, and its bytes cross between the proxies on a TCP stream encrypted with
-//!   keys from that session (`volley_proto::stream`).
+//! Each side is a builder: options first, then `serve` until a shutdown future resolves, which
+//! returns what it counted.
+//!
+//! - [`UdpProxy`], the client side for UDP: a local UDP socket that applications talk to as if
+//!   it were the service; each of their flows (a source address) races the pool and rides its
+//!   own volley session.
+//! - [`UdpForward`], the server side for UDP: each session's datagrams go to the real service
+//!   from a socket of their own, and the service's datagrams come back on the session.
+//! - [`TcpProxy`] and [`TcpForward`], the same for TCP: each accepted connection races the pool
+//!   for a session, and its bytes cross between the two sides on a TCP stream encrypted with
+//!   keys from that session.
+//!
+//! To watch them run or serve their figures as Prometheus metrics, hand a proxy a
+//! [`ProxyMetrics`] and a TCP forwarder a [`ForwardMetrics`] (see [`crate::metrics::Metrics`]).
+//! `UdpProxy`'s example shows both UDP sides at work, `TcpProxy`'s both TCP sides.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), volley::Error> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use volley::proxy::{ProxyMetrics, UdpProxy};
+//! use volley::{Client, ClientConfig, StaticKeypair};
+//!
+//! let key = StaticKeypair::generate(&mut volley::OsRng).public();
+//! let client = Client::new(ClientConfig::new(vec![key]));
+//! let metrics = Arc::new(ProxyMetrics::default());
+//! let proxy = UdpProxy::new(client, vec!["127.0.0.1:7001".parse().unwrap()])
+//!     .idle_timeout(Duration::from_secs(30))
+//!     .max_flows(1_000)
+//!     .metrics(Arc::clone(&metrics));
+//! let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+//! // Serves until the shutdown future resolves: here, at once.
+//! let stats = proxy.serve(socket, async {}).await?;
+//! assert_eq!(stats, metrics.stats());
+//! # Ok(()) }
+//! ```
 
-pub mod forward;
-pub mod tcp;
-pub mod udp;
+mod forward;
+mod tcp;
+mod udp;
+
+pub use forward::{
+    ForwardMetrics, HELLO_WAIT_FOR_SESSION, MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_PER_SOURCE,
+    STREAM_WAIT, StreamStats, TcpForward, TcpForwardStats, UDP_REQUEST_TIMEOUT, UdpForward,
+};
+pub use tcp::{STREAM_SETUP_TIMEOUT, TcpProxy};
+pub use udp::UdpProxy;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-/// What the proxy counted, returned when it stops.
+/// What a proxy ([`UdpProxy`] or [`TcpProxy`]) counted, returned when it stops and readable
+/// while it runs from its [`ProxyMetrics`] (see [`UdpProxy`] for an example).
+///
+/// ```
+/// use volley::proxy::ProxyStats;
+///
+/// let stats = ProxyStats::default();
+/// // Flows that never got a session, and datagrams or connections turned away.
+/// assert_eq!((stats.connect_failures, stats.dropped), (0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProxyStats {
@@ -29,8 +74,20 @@ pub struct ProxyStats {
     /// carries). TCP: connections refused at once (too many open).
     pub dropped: u64,
 }
-/// The proxy's live figures, for metrics ([`crate::metrics::proxy_registry`]): the counters of
-/// [`ProxyStats`] as they grow, and the answer and handshake times of its flows' races.
+/// A proxy's live figures: the counters of [`ProxyStats`] as they grow, the flows open now, and
+/// the answer and handshake times of its flows' races. Hand one to [`UdpProxy::metrics`] or
+/// [`TcpProxy::metrics`] to watch a running proxy, or to serve it with
+/// [`crate::metrics::Metrics::proxy`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use volley::proxy::ProxyMetrics;
+///
+/// let metrics = Arc::new(ProxyMetrics::default());
+/// // ... UdpProxy::new(client, pool).metrics(Arc::clone(&metrics)).serve(socket, shutdown) ...
+/// assert_eq!(metrics.stats().flows, 0);
+/// assert_eq!(metrics.open_flows(), 0);
+/// ```
 #[derive(Debug)]
 pub struct ProxyMetrics {
     pub(crate) flows: AtomicU64,

@@ -1,13 +1,13 @@
-//! The TCP proxy (D2). Client side: [`run`] accepts connections on a local TCP listener; each
-//! races the pool for a volley session, opens a TCP stream to the winner (the same address as
-//! its UDP socket), proves the session with a HELLO and relays the application's bytes as
+//! The TCP proxy. Client side, [`TcpProxy`]: accepts connections on a local TCP listener;
+//! each races the pool for a volley session, opens a TCP stream to the winner (the same address
+//! as its UDP socket), proves the session with a HELLO and relays the application's bytes as
 //! encrypted records (`volley_proto::stream`, `docs/PROTOCOL.md` §13). Server side:
-//! [`crate::proxy::forward::tcp`], which accepts only streams whose HELLO checks out against an
+//! [`crate::proxy::TcpForward`], which accepts only streams whose HELLO checks out against an
 //! open session and splices them to the backend.
 //!
 //! A connection whose stream to the winner fails before the server's HELLO (refused, backend
 //! down behind it, timed out) reports the server as failed and races again without it, up to
-//! [`TcpProxyConfig::attempts`] times; an established stream is never moved (its bytes are in
+//! [`TcpProxy::attempts`] times; an established stream is never moved (its bytes are in
 //! flight): if its server goes away the application's connection is reset, and its next
 //! connection races a pool without that server.
 
@@ -33,20 +33,71 @@ use crate::proxy::{ProxyMetrics, ProxyStats};
 /// Plaintext bytes read from one side per record. Records may be larger (up to
 /// `volley_proto::stream::MAX_RECORD_PLAINTEXT`); this one sends at most this much each, which
 /// bounds a connection's buffers to about 2 × 32 KiB per side.
-pub const RECORD_PLAINTEXT: usize = 32 * 1024;
+pub(crate) const RECORD_PLAINTEXT: usize = 32 * 1024;
 
 /// How long a stream may take from TCP connect to the peer's HELLO.
 pub const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How the client side of a TCP proxy behaves.
+/// The client side of a TCP proxy: applications connect to a local TCP listener as if it were
+/// the service; each connection races the pool for a volley session and rides an encrypted
+/// stream, keyed from that session, to the winning server's [`crate::proxy::TcpForward`].
+///
+/// Built with options, then [`TcpProxy::serve`]d on a listener:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tokio::net::{TcpListener, TcpStream};
+/// use volley::proxy::{TcpForward, TcpProxy};
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// // The service: a plain TCP echo that knows nothing of volley.
+/// let service = TcpListener::bind("127.0.0.1:0").await?;
+/// let backend = service.local_addr()?;
+/// tokio::spawn(async move {
+///     while let Ok((mut conn, _)) = service.accept().await {
+///         tokio::spawn(async move {
+///             let (mut r, mut w) = conn.split();
+///             let _ = tokio::io::copy(&mut r, &mut w).await;
+///         });
+///     }
+/// });
+/// // The server side splices each session's stream to it.
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// let forward = TcpForward::bind(server, backend).await?;
+/// tokio::spawn(forward.serve(std::future::pending()));
+///
+/// // The client side: the application connects to `proxy` instead of `backend`.
+/// let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// let proxy = listener.local_addr()?;
+/// let client = Client::new(ClientConfig::new(vec![key.public()]));
+/// tokio::spawn(TcpProxy::new(client, pool).attempts(3).serve(listener, std::future::pending()));
+///
+/// let mut conn = TcpStream::connect(proxy).await?;
+/// conn.write_all(b"hello").await?;
+/// let mut buf = [0u8; 5];
+/// conn.read_exact(&mut buf).await?;
+/// assert_eq!(&buf, b"hello");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a proxy does nothing until it is served"]
+pub struct TcpProxy {
+    client: Client,
+    pool: Pool,
+    config: TcpProxyConfig,
+    metrics: Option<Arc<ProxyMetrics>>,
+}
+
+/// The options of a [`TcpProxy`], with their defaults.
 #[derive(Debug, Clone)]
-pub struct TcpProxyConfig {
-    /// A connection with no byte either way for this long is closed. Default 300 s.
-    pub idle_timeout: Duration,
-    /// Most connections relayed at once; connections beyond are closed at once. Default 10,000.
-    pub max_connections: usize,
-    /// Races per connection when the winner's stream cannot be set up. Default 2.
-    pub attempts: u32,
+struct TcpProxyConfig {
+    idle_timeout: Duration,
+    max_connections: usize,
+    attempts: u32,
 }
 
 impl Default for TcpProxyConfig {
@@ -56,6 +107,70 @@ impl Default for TcpProxyConfig {
             max_connections: 10_000,
             attempts: 2,
         }
+    }
+}
+
+impl TcpProxy {
+    /// A proxy whose connections race `pool` (fixed addresses, or a [`Pool`] kept current from
+    /// DNS) with `client`, with the default options.
+    pub fn new(client: Client, pool: impl Into<Pool>) -> Self {
+        Self {
+            client,
+            pool: pool.into(),
+            config: TcpProxyConfig::default(),
+            metrics: None,
+        }
+    }
+
+    /// A connection with no byte either way for this long is closed. Default 300 s.
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.config.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Most connections relayed at once; connections beyond are closed at once and counted.
+    /// Default 10,000.
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.config.max_connections = max_connections;
+        self
+    }
+
+    /// Races per connection when the winner's stream cannot be set up (each leaves out the
+    /// servers that failed before). Default 2, at least 1.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.config.attempts = attempts;
+        self
+    }
+
+    /// Counts into `metrics` as the proxy runs (to watch it, or to serve it with
+    /// [`crate::metrics::Metrics::proxy`]). Without it, the proxy counts for itself only.
+    pub fn metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves the proxy on `listener` until `shutdown` resolves, and returns what it counted.
+    /// [`Error::InvalidArgument`] when the pool is empty, [`Error::Io`] when the listener fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ProxyStats, Error> {
+        let Self {
+            client,
+            pool,
+            config,
+            metrics,
+        } = self;
+        run(
+            listener,
+            client,
+            pool,
+            config,
+            metrics.unwrap_or_default(),
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -74,30 +189,14 @@ pub(crate) enum StreamFailure {
     SessionEnded,
 }
 
-/// Serves the TCP proxy on `listener` until `shutdown` resolves: each connection races `pool`
-/// with `client` for a session and rides a stream to the winner.
-pub async fn run(
+async fn run(
     listener: TcpListener,
     client: Client,
-    pool: impl Into<Pool>,
-    config: TcpProxyConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<ProxyStats, Error> {
-    let metrics = Arc::new(ProxyMetrics::default());
-    run_with_metrics(listener, client, pool, config, metrics, shutdown).await
-}
-
-/// Like [`run`], counting into `metrics` as it goes (serve them with
-/// [`crate::metrics::proxy_registry`]).
-pub async fn run_with_metrics(
-    listener: TcpListener,
-    client: Client,
-    pool: impl Into<Pool>,
+    pool: Pool,
     config: TcpProxyConfig,
     metrics: Arc<ProxyMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProxyStats, Error> {
-    let pool = pool.into();
     if pool.current().is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
     }

@@ -1,8 +1,8 @@
-//! The client side of the UDP proxy: one local socket; each flow — each application source
-//! address — gets its own volley session, raced over the pool when the flow's first datagram
-//! arrives, and is forgotten after [`UdpProxyConfig::idle_timeout`] without traffic either way.
-//! A new flow that cannot connect drops what it queued and is tried again on its next datagram;
-//! a flow whose server goes away fails over with its session (R5). The pool may be a
+//! The client side of the UDP proxy ([`UdpProxy`]): one local socket; each flow — each
+//! application source address — gets its own volley session, raced over the pool when the
+//! flow's first datagram arrives, and is forgotten after its idle timeout without traffic
+//! either way. A new flow that cannot connect drops what it queued and is tried again on its
+//! next datagram; a flow whose server goes away fails over with its session. The pool may be a
 //! [`Pool`] kept current from DNS: each new flow races the pool as it is then.
 
 use std::collections::HashMap;
@@ -23,15 +23,72 @@ use crate::discovery::Pool;
 use crate::error::Error;
 use crate::proxy::{ProxyMetrics, ProxyStats};
 
-/// How the client side of a UDP proxy behaves.
+/// The client side of a UDP proxy: applications send their datagrams to a local UDP socket as
+/// if it were the service, and each of their flows (a source address) races the pool for a
+/// volley session of its own; the answers come back from the same socket.
+///
+/// Built with options, then [`UdpProxy::serve`]d on a socket:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), volley::Error> {
+/// use std::time::Duration;
+/// use tokio::net::UdpSocket;
+/// use volley::proxy::{UdpForward, UdpProxy};
+/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+///
+/// // The service: a plain UDP echo that knows nothing of volley.
+/// let service = UdpSocket::bind("127.0.0.1:0").await?;
+/// let backend = service.local_addr()?;
+/// tokio::spawn(async move {
+///     let mut buf = [0u8; 1500];
+///     while let Ok((n, from)) = service.recv_from(&mut buf).await {
+///         let _ = service.send_to(&buf[..n], from).await;
+///     }
+/// });
+/// // The server side forwards each session to it.
+/// let key = StaticKeypair::generate(&mut volley::OsRng);
+/// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+/// let pool = vec![server.local_addr()];
+/// tokio::spawn(UdpForward::new(server, backend).serve(std::future::pending()));
+///
+/// // The client side: the application talks to `proxy` instead of `backend`.
+/// let socket = UdpSocket::bind("127.0.0.1:0").await?;
+/// let proxy = socket.local_addr()?;
+/// let client = Client::new(ClientConfig::new(vec![key.public()]));
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let running = tokio::spawn(
+///     UdpProxy::new(client, pool)
+///         .idle_timeout(Duration::from_secs(10))
+///         .serve(socket, async { let _ = stopped.await; }),
+/// );
+///
+/// let app = UdpSocket::bind("127.0.0.1:0").await?;
+/// app.send_to(b"hello", proxy).await?;
+/// let mut buf = [0u8; 64];
+/// let (n, _) = app.recv_from(&mut buf).await?;
+/// assert_eq!(&buf[..n], b"hello");
+///
+/// let _ = stop.send(());
+/// let stats = running.await.unwrap()?;
+/// assert_eq!(stats.flows, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a proxy does nothing until it is served"]
+pub struct UdpProxy {
+    client: Client,
+    pool: Pool,
+    config: UdpProxyConfig,
+    metrics: Option<Arc<ProxyMetrics>>,
+}
+
+/// The options of a [`UdpProxy`], with their defaults.
 #[derive(Debug, Clone)]
-pub struct UdpProxyConfig {
-    /// A flow with no datagram either way for this long ends (its session closes). Default 60 s.
-    pub idle_timeout: Duration,
-    /// Datagrams a flow queues while its session comes up; beyond, they are dropped. Default 64.
-    pub queue: usize,
-    /// Most flows at once; datagrams of new flows beyond it are dropped. Default 65,536.
-    pub max_flows: usize,
+struct UdpProxyConfig {
+    idle_timeout: Duration,
+    queue: usize,
+    max_flows: usize,
 }
 
 impl Default for UdpProxyConfig {
@@ -44,35 +101,84 @@ impl Default for UdpProxyConfig {
     }
 }
 
+impl UdpProxy {
+    /// A proxy whose flows race `pool` (fixed addresses, or a [`Pool`] kept current from DNS)
+    /// with `client`, with the default options.
+    pub fn new(client: Client, pool: impl Into<Pool>) -> Self {
+        Self {
+            client,
+            pool: pool.into(),
+            config: UdpProxyConfig::default(),
+            metrics: None,
+        }
+    }
+
+    /// A flow with no datagram either way for this long ends, and its session closes; the
+    /// application's next datagram starts a new flow. Default 60 s.
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.config.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Datagrams a flow holds while its session comes up (and while the session's own send
+    /// queue is full); beyond, they are dropped and counted. Default 64, at least 1.
+    pub fn queue(mut self, queue: usize) -> Self {
+        self.config.queue = queue;
+        self
+    }
+
+    /// Most flows at once; datagrams that would start another are dropped and counted.
+    /// Default 65,536.
+    pub fn max_flows(mut self, max_flows: usize) -> Self {
+        self.config.max_flows = max_flows;
+        self
+    }
+
+    /// Counts into `metrics` as the proxy runs (to watch it, or to serve it with
+    /// [`crate::metrics::Metrics::proxy`]). Without it, the proxy counts for itself only.
+    pub fn metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves the proxy on `socket` until `shutdown` resolves, and returns what it counted.
+    /// [`Error::InvalidArgument`] when the pool is empty, [`Error::Io`] when the socket fails.
+    pub async fn serve(
+        self,
+        socket: UdpSocket,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ProxyStats, Error> {
+        let Self {
+            client,
+            pool,
+            config,
+            metrics,
+        } = self;
+        run(
+            socket,
+            client,
+            pool,
+            config,
+            metrics.unwrap_or_default(),
+            shutdown,
+        )
+        .await
+    }
+}
+
 enum FlowEvent {
     /// The flow (application address, flow number) ended; whether it had a session.
     Ended(SocketAddr, u64, bool),
 }
 
-/// Serves the UDP proxy on `socket` until `shutdown` resolves: flows from the applications
-/// that send to it race `pool` with `client`.
-pub async fn run(
+async fn run(
     socket: UdpSocket,
     client: Client,
-    pool: impl Into<Pool>,
-    config: UdpProxyConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<ProxyStats, Error> {
-    let metrics = Arc::new(ProxyMetrics::default());
-    run_with_metrics(socket, client, pool, config, metrics, shutdown).await
-}
-
-/// Like [`run`], counting into `metrics` as it goes (serve them with
-/// [`crate::metrics::proxy_registry`]).
-pub async fn run_with_metrics(
-    socket: UdpSocket,
-    client: Client,
-    pool: impl Into<Pool>,
+    pool: Pool,
     config: UdpProxyConfig,
     metrics: Arc<ProxyMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ProxyStats, Error> {
-    let pool = pool.into();
     if pool.current().is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
     }
@@ -182,7 +288,7 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
     // The pool as it is now (a DNS pool may have changed since the last flow), in one address
     // family.
     let servers = crate::discovery::one_family(pool.current());
-    let mut session = match client.connect(&servers).await {
+    let session = match client.connect(&servers).await {
         Ok(s) => s,
         Err(e) => {
             info!(%app, error = %e, "flow: no session; its datagrams are dropped");

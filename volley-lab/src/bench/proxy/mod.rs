@@ -42,8 +42,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use volley::proxy::tcp::TcpProxyConfig;
-use volley::proxy::udp::UdpProxyConfig;
+use volley::proxy::{TcpProxy, UdpProxy};
 use volley::{Client, ClientConfig};
 
 use crate::harness::cpu;
@@ -185,29 +184,21 @@ async fn client_host(
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let udp = socket.local_addr()?;
     let mut stop = stop_tx.subscribe();
-    tokio::spawn(volley::proxy::udp::run(
-        socket,
-        client(),
-        vec![host.fwd_udp],
-        UdpProxyConfig::default(),
-        async move {
+    tokio::spawn(
+        UdpProxy::new(client(), vec![host.fwd_udp]).serve(socket, async move {
             let _ = stop.recv().await;
-        },
-    ));
+        }),
+    );
     let mut tcp = Vec::new();
     for server in [host.fwd_tcp_echo, host.fwd_tcp_sink] {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         tcp.push(listener.local_addr()?);
         let mut stop = stop_tx.subscribe();
-        tokio::spawn(volley::proxy::tcp::run(
-            listener,
-            client(),
-            vec![server],
-            TcpProxyConfig::default(),
-            async move {
+        tokio::spawn(
+            TcpProxy::new(client(), vec![server]).serve(listener, async move {
                 let _ = stop.recv().await;
-            },
-        ));
+            }),
+        );
     }
     let proxied = Targets {
         udp,

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
+use volley::proxy::{TcpForward, UdpForward};
 use volley::{PublicKey, Server, ServerConfig, StaticKeypair};
 
 use crate::harness::cpu::thread_cpu_us;
@@ -60,23 +61,18 @@ pub(super) async fn server_host(
         let server = bind().await?;
         let fwd_udp = server.local_addr();
         let mut stop = stop_tx.subscribe();
-        tokio::spawn(volley::proxy::forward::udp(server, udp_echo, async move {
+        tokio::spawn(UdpForward::new(server, udp_echo).serve(async move {
             let _ = stop.recv().await;
         }));
         let mut tcp_fwd = Vec::new();
         for backend in [tcp_echo, tcp_sink] {
             let server = bind().await?;
             tcp_fwd.push(server.local_addr());
-            let listener = volley::proxy::forward::stream_listener(&server).await?;
+            let forward = TcpForward::bind(server, backend).await?;
             let mut stop = stop_tx.subscribe();
-            tokio::spawn(volley::proxy::forward::tcp_on(
-                server,
-                listener,
-                backend,
-                async move {
-                    let _ = stop.recv().await;
-                },
-            ));
+            tokio::spawn(forward.serve(async move {
+                let _ = stop.recv().await;
+            }));
         }
         Ok(ServerHost {
             udp_echo,

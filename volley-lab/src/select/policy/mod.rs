@@ -309,7 +309,7 @@ pub(super) async fn run_session(
     job: Job,
 ) -> Record {
     let mut rec = Record::unconnected(job.at.as_micros() as u64, Outcome::Timeout);
-    let mut session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
+    let session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return rec,
     };
