@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use common::{BOUND, fleet};
 use tokio::time::timeout;
-use volley::{Client, ClientConfig, Error, OfferFate, Server, ServerConfig, StaticKeypair};
+use volley::{
+    Client, ClientConfig, CloseCode, CloseReason, Error, OfferFate, Server, ServerConfig,
+    StaticKeypair,
+};
 
 /// Connecting to `pool` pinning `key` must fail cleanly after a short deadline, with the error
 /// of the race that found no usable offer.
@@ -123,6 +126,12 @@ async fn r5_graceful_shutdown_sends_clients_elsewhere() {
     let first = s.remote();
     f.stop(f.index(first)).await;
     wait_for_failover(&s, first).await;
+    // The server said why it went — GOING_AWAY — so the client moved on at once rather than
+    // after hearing nothing for a while.
+    assert_eq!(
+        s.report().unwrap().losses,
+        vec![(first, CloseReason::Remote(CloseCode::GOING_AWAY))]
+    );
     s.send(b"still here").await.unwrap();
     assert_eq!(
         &timeout(BOUND, s.recv()).await.unwrap().unwrap()[..],

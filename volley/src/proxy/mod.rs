@@ -38,16 +38,18 @@
 //! # Ok(()) }
 //! ```
 
-mod forward;
 mod tcp;
+mod tcp_forward;
 mod udp;
+mod udp_forward;
 
-pub use forward::{
-    ForwardMetrics, HELLO_WAIT_FOR_SESSION, MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_PER_SOURCE,
-    STREAM_WAIT, StreamStats, TcpForward, TcpForwardStats, UDP_REQUEST_TIMEOUT, UdpForward,
-};
 pub use tcp::{STREAM_SETUP_TIMEOUT, TcpProxy};
+pub use tcp_forward::{
+    ForwardMetrics, HELLO_WAIT_FOR_SESSION, MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_PER_SOURCE,
+    STREAM_WAIT, StreamStats, TcpForward, TcpForwardStats,
+};
 pub use udp::UdpProxy;
+pub use udp_forward::{UDP_REQUEST_TIMEOUT, UdpForward};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,42 +1,29 @@
-//! The application's handle on one encrypted session, client or server side.
+//! The application's handle on one encrypted session, client or server side ([`Session`]), the
+//! requests a server session receives ([`Request`]), and the queues a handle shares with its
+//! driver (`link`).
 
-use std::collections::VecDeque;
+mod link;
+mod request;
+
+use link::Pushed;
+pub(crate) use link::{Cmd, Drained, Incoming, Link, Status};
+pub use request::Request;
+
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use volley_proto::client::ServerOutcome;
-use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError};
+use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM};
 
 use crate::error::Error;
-use crate::load::LoadGuard;
 use crate::report::ConnectReport;
 use crate::shared_pool::{SharedPool, lock_pool};
-
-/// Requests from session handles to their driver task. The channel is unbounded but holds at
-/// most a few messages per session: `Ready` is sent only when a session's send queue goes from
-/// empty to non-empty, `Close` at most twice (an explicit close and the drop).
-#[derive(Debug)]
-pub(crate) enum Cmd {
-    /// The session's send queue has datagrams for the driver.
-    Ready {
-        id: u32,
-    },
-    Close {
-        id: u32,
-        code: CloseCode,
-    },
-    /// The session's stream ticket (for a TCP proxy stream), or None if it is not established.
-    Ticket {
-        id: u32,
-        reply: tokio::sync::oneshot::Sender<Option<volley_proto::stream::StreamTicket>>,
-    },
-}
 
 /// Datagrams one session may have waiting for its driver. A full queue makes
 /// [`Session::send`] wait and [`Session::try_send`] fail, for this session only.
@@ -68,305 +55,6 @@ pub struct SessionStats {
     /// The protocol session's own counters (packets, authentication and replay drops, pings);
     /// on the client they start again from zero after a failover.
     pub protocol: volley_proto::session::SessionStats,
-}
-
-#[derive(Debug, Default)]
-struct OutState {
-    queue: VecDeque<Bytes>,
-    /// A `Ready` is in the channel or the driver holds the session as blocked.
-    signalled: bool,
-    closed: bool,
-    stats: SessionStats,
-}
-
-/// Datagrams received for the application, and whether more can come.
-#[derive(Debug, Default)]
-struct Inbox {
-    queue: VecDeque<Incoming>,
-    closed: bool,
-}
-
-/// The state a session handle shares with its driver: the bounded send queue, the bounded
-/// receive queue and the counters. Both queues allocate only while they hold something, so an
-/// idle session costs this struct and nothing more (a channel per session would hold a block of
-/// slots from its creation).
-#[derive(Debug, Default)]
-pub(crate) struct Link {
-    state: Mutex<OutState>,
-    /// Notified when the send queue shrinks or the session closes.
-    room: Notify,
-    inbox: Mutex<Inbox>,
-    /// Notified (every waiter) when a datagram arrives or the session closes. Every waiter
-    /// wakes, not one: with several receivers on one session (an `Arc<Session>` shared by
-    /// tasks), a wake-up handed to one waiter that then stops waiting — a `recv` dropped in a
-    /// `select!`, a `poll_recv` caller that polls no more — would otherwise be lost to the rest.
-    /// A waiter that finds the queue empty waits again.
-    arrived: Arc<Notify>,
-}
-
-/// What [`Link::drain`] left behind.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Drained {
-    /// The queue is empty.
-    Empty,
-    /// The core took what it could; call again after its transmits are flushed (or once the
-    /// session is established again, on a client racing after a failover).
-    Blocked,
-}
-
-impl Link {
-    fn state(&self) -> MutexGuard<'_, OutState> {
-        // Plain data behind the lock; a panic elsewhere cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Driver side: moves queued datagrams into the protocol core with `push` (which takes
-    /// each by value and hands it back when refused) until the queue is empty or the core
-    /// refuses one for lack of room (or for not being established yet). Also says whether any
-    /// datagram moved.
-    pub(crate) fn drain(
-        &self,
-        mut push: impl FnMut(Bytes) -> Result<(), (SendError, Bytes)>,
-    ) -> (Drained, bool) {
-        let mut st = self.state();
-        let mut moved = false;
-        let outcome = loop {
-            let Some(data) = st.queue.pop_front() else {
-                st.signalled = false;
-                break Drained::Empty;
-            };
-            match push(data) {
-                Ok(()) => moved = true,
-                Err((SendError::QueueFull | SendError::NotEstablished, data)) => {
-                    st.queue.push_front(data);
-                    break Drained::Blocked;
-                }
-                Err((e, _)) => {
-                    // Closed (or a size the handle already refused): nothing more can leave.
-                    tracing::trace!(error = %e, "send queue discarded");
-                    st.stats.send_discarded += st.queue.len() as u64 + 1;
-                    st.queue.clear();
-                    st.signalled = false;
-                    moved = true;
-                    break Drained::Empty;
-                }
-            }
-        };
-        st.stats.send_queued = st.queue.len();
-        drop(st);
-        if moved {
-            self.room.notify_waiters();
-        }
-        (outcome, moved)
-    }
-
-    /// Driver side: the session has ended; queued datagrams are discarded and waiting senders
-    /// wake to an error.
-    pub(crate) fn close(&self) {
-        let mut st = self.state();
-        st.closed = true;
-        st.stats.send_discarded += st.queue.len() as u64;
-        st.queue.clear();
-        st.stats.send_queued = 0;
-        drop(st);
-        self.room.notify_waiters();
-        // What was received stays readable; then the handle sees the end.
-        self.inbox().closed = true;
-        self.arrived.notify_waiters();
-    }
-
-    fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        // Plain data behind the lock; a panic elsewhere cannot leave it inconsistent.
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Driver side: queues a received datagram for the application. False (and the datagram
-    /// dropped, its guard with it) when [`INCOMING_QUEUE`] are already waiting: the application
-    /// is slow, and a datagram is dropped as UDP would drop it.
-    pub(crate) fn deliver(&self, incoming: Incoming) -> bool {
-        let mut inbox = self.inbox();
-        if inbox.closed || inbox.queue.len() >= INCOMING_QUEUE {
-            return false;
-        }
-        inbox.queue.push_back(incoming);
-        drop(inbox);
-        self.arrived.notify_waiters();
-        true
-    }
-
-    /// Handle side, without waiting: the next received datagram (`Some(Some)`), the end once
-    /// closed and empty (`Some(None)`), or nothing yet (`None`). Each datagram is popped under
-    /// the inbox's lock, so receivers racing for it get it once between them.
-    fn take_incoming(&self) -> Option<Option<Incoming>> {
-        let mut inbox = self.inbox();
-        match inbox.queue.pop_front() {
-            Some(incoming) => Some(Some(incoming)),
-            None if inbox.closed => Some(None),
-            None => None,
-        }
-    }
-
-    /// Handle side: the next received datagram, `None` once closed and empty. Any number of
-    /// tasks may wait at once.
-    async fn next_incoming(&self) -> Option<Incoming> {
-        loop {
-            // Made before the check: a `notify_waiters` from then on completes it even though
-            // it is not polled yet, so a datagram queued between the check and the wait is not
-            // missed.
-            let arrived = self.arrived.notified();
-            if let Some(next) = self.take_incoming() {
-                return next;
-            }
-            arrived.await;
-        }
-    }
-
-    /// Handle side, for [`Session::poll_recv`]: like [`Link::next_incoming`] with the wait kept
-    /// in `waiting` between polls.
-    fn poll_incoming(
-        &self,
-        waiting: &mut Option<Pin<Box<OwnedNotified>>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Incoming>> {
-        loop {
-            if let Some(next) = self.take_incoming() {
-                *waiting = None;
-                return Poll::Ready(next);
-            }
-            match waiting {
-                // A new wait counts wake-ups from its creation: check the queue again before
-                // polling it, so nothing queued before it was made is missed.
-                None => *waiting = Some(Box::pin(Arc::clone(&self.arrived).notified_owned())),
-                Some(notified) => match notified.as_mut().poll(cx) {
-                    Poll::Ready(()) => *waiting = None,
-                    Poll::Pending => return Poll::Pending,
-                },
-            }
-        }
-    }
-
-    /// Driver side: one datagram delivered to the application, or dropped for a full queue;
-    /// with the protocol session's counters as of now when the driver has them at hand (one
-    /// lock for both).
-    pub(crate) fn count_received(
-        &self,
-        delivered: bool,
-        protocol: Option<volley_proto::session::SessionStats>,
-    ) {
-        let mut st = self.state();
-        if let Some(p) = protocol {
-            st.stats.protocol = p;
-        }
-        if delivered {
-            st.stats.datagrams_received += 1;
-        } else {
-            st.stats.received_dropped += 1;
-        }
-    }
-
-    /// Driver side: the protocol session's counters as of now.
-    pub(crate) fn set_protocol_stats(&self, stats: volley_proto::session::SessionStats) {
-        self.state().stats.protocol = stats;
-    }
-}
-
-/// What a session handle can see of its state; updated by the driver.
-#[derive(Debug, Clone)]
-pub(crate) struct Status {
-    pub remote: SocketAddr,
-    pub closed: Option<CloseReason>,
-}
-
-/// How many received datagrams wait for the application before newer ones are dropped.
-pub(crate) const INCOMING_QUEUE: usize = 1024;
-
-/// A received datagram on its way to the application; on a server session in request mode, with
-/// the [`LoadGuard`] taken when it arrived.
-#[derive(Debug)]
-pub(crate) struct Incoming {
-    pub data: Bytes,
-    pub guard: Option<LoadGuard>,
-}
-
-/// One request received on a server session ([`Session::recv_request`]): the datagram and the
-/// [`LoadGuard`] that has counted it as a request in flight since it arrived. The server counts
-/// the request as completed when this is dropped — after [`Request::reply`], or when you let it
-/// go — and learns its service time from those completions.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), volley::Error> {
-/// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
-///
-/// let key = StaticKeypair::generate(&mut volley::OsRng);
-/// let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
-/// let pool = vec![server.local_addr()];
-/// tokio::spawn(async move {
-///     while let Some(session) = server.accept().await {
-///         tokio::spawn(async move {
-///             // Each request counts as load from its arrival until its reply is queued.
-///             while let Ok(request) = session.recv_request().await {
-///                 let answer = request.data().len().to_string();
-///                 if request.reply(&session, answer.as_bytes()).await.is_err() {
-///                     break;
-///                 }
-///             }
-///         });
-///     }
-/// });
-/// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
-/// session.send(b"four").await?;
-/// assert_eq!(&session.recv().await?[..], b"4");
-/// # Ok(()) }
-/// ```
-#[derive(Debug)]
-#[must_use = "the request counts as in flight until it is dropped"]
-pub struct Request {
-    data: Bytes,
-    guard: Option<LoadGuard>,
-}
-
-impl Request {
-    /// The request's bytes.
-    pub fn data(&self) -> &[u8] {
-        &self.data
-    }
-
-    /// Sends `reply` on `session` and completes the request.
-    pub async fn reply(self, session: &Session, reply: &[u8]) -> Result<(), Error> {
-        let sent = session.send(reply).await;
-        drop(self);
-        sent
-    }
-
-    /// Sends `reply`, a datagram the application owns, on `session` without copying it, and
-    /// completes the request.
-    pub async fn reply_vec(self, session: &Session, reply: Vec<u8>) -> Result<(), Error> {
-        self.reply_bytes(session, Bytes::from(reply)).await
-    }
-
-    /// Sends `reply` ([`Bytes`], e.g. a slice of the request itself) on `session` without
-    /// copying it, and completes the request.
-    pub async fn reply_bytes(self, session: &Session, reply: Bytes) -> Result<(), Error> {
-        let sent = session.send_bytes(reply).await;
-        drop(self);
-        sent
-    }
-
-    /// Echoes the request's own bytes back on `session` without copying them, and completes
-    /// the request.
-    pub async fn echo(self, session: &Session) -> Result<(), Error> {
-        let Request { data, guard } = self;
-        let sent = session.send_bytes(data).await;
-        drop(guard);
-        sent
-    }
-
-    /// The bytes, with the request still counted until the returned guard is dropped (for
-    /// handing the request on to other code; `None` on a client session).
-    pub fn into_parts(self) -> (Bytes, Option<LoadGuard>) {
-        (self.data, self.guard)
-    }
 }
 
 /// An encrypted, authenticated datagram session with one peer: what [`crate::Client::connect`]
@@ -486,7 +174,7 @@ impl Session {
     /// ```
     pub async fn send(&self, data: &[u8]) -> Result<(), Error> {
         loop {
-            let mut room = pin!(self.link.room.notified());
+            let mut room = pin!(self.link.room().notified());
             // Registered before the check, so a drain between the check and the await is seen.
             room.as_mut().enable();
             match self.try_send(data) {
@@ -538,7 +226,7 @@ impl Session {
         }
         let mut data = data;
         loop {
-            let mut room = pin!(self.link.room.notified());
+            let mut room = pin!(self.link.room().notified());
             room.as_mut().enable();
             match self.try_push(data) {
                 Err((Error::QueueFull, back)) => {
@@ -552,30 +240,27 @@ impl Session {
 
     /// Queues `data`, or hands it back with why not.
     fn try_push(&self, data: Bytes) -> Result<(), (Error, Bytes)> {
-        let mut st = self.link.state();
-        if st.closed || self.status.borrow().closed.is_some() {
-            drop(st);
+        if self.status.borrow().closed.is_some() {
             return Err((self.closed_error(), data));
         }
-        if st.queue.len() >= SEND_QUEUE {
-            return Err((Error::QueueFull, data));
+        match self.link.push(data, SEND_QUEUE) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                if self.cmd.send(Cmd::Ready { id: self.id }).is_err() {
+                    // The driver is gone: the session is over.
+                    self.link.close();
+                    return Err((self.closed_error(), Bytes::new()));
+                }
+                Ok(())
+            }
+            Err((Pushed::Closed, data)) => Err((self.closed_error(), data)),
+            Err((Pushed::Full, data)) => Err((Error::QueueFull, data)),
         }
-        st.queue.push_back(data);
-        st.stats.datagrams_sent += 1;
-        st.stats.send_queued = st.queue.len();
-        let wake = !std::mem::replace(&mut st.signalled, true);
-        drop(st);
-        if wake && self.cmd.send(Cmd::Ready { id: self.id }).is_err() {
-            // The driver is gone: the session is over.
-            self.link.close();
-            return Err((self.closed_error(), Bytes::new()));
-        }
-        Ok(())
     }
 
     /// This session's counters.
     pub fn stats(&self) -> SessionStats {
-        self.link.state().stats
+        self.link.stats()
     }
 
     /// Resolves when the session has ended, with why.
@@ -657,7 +342,7 @@ impl Session {
             flag.store(true, Ordering::Release);
         }
         match self.link.next_incoming().await {
-            Some(Incoming { data, guard }) => Ok(Request { data, guard }),
+            Some(Incoming { data, guard }) => Ok(Request::new(data, guard)),
             None => Err(self.closed_error()),
         }
     }
@@ -771,6 +456,7 @@ impl Drop for Session {
 
 #[cfg(test)]
 mod tests {
+    use super::link::INCOMING_QUEUE;
     use super::*;
 
     fn session() -> (Session, Arc<Link>) {
