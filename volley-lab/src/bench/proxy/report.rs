@@ -20,7 +20,7 @@ const COMPARISONS: [(&str, &str, &str, Compare); 10] = [
         "UDP requests/s, proxy ÷ direct",
         "udp-proxy",
         "udp-direct",
-        Compare::Ratio(Some(0.5)),
+        Compare::Ratio(Some(0.7)),
     ),
     (
         "UDP added p50 latency per request (µs)",

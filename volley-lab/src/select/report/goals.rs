@@ -36,10 +36,14 @@ pub fn goals(runs: &[RunSummary], primary: &str) -> String {
     };
     let has = |cell: CellKey| runs.iter().any(|r| cell_of(r) == cell);
     if has(headline) {
+        // Read against the best peer and the SED oracle: no policy that does not know a
+        // request's work before starting it can go below the floor the slow half's exponential
+        // work sets on this cell (docs/BENCHMARKS.md §2), so a bound under the peers is only
+        // meaningful as a fraction of the best of them.
         row(
-            "headline (half-slow, 0.85, M = 16): p99 ÷ the better tower p2c ≤ 0.5",
-            ratios(runs, headline, primary, &P2C, p99),
-            &|x| x <= 0.5,
+            "headline (half-slow, 0.85, M = 16): p99 ÷ the best of the five balancers ≤ 0.85",
+            ratios(runs, headline, primary, &BALANCERS, p99),
+            &|x| x <= 0.85,
         );
         row(
             "headline: p99 ÷ Prequal-style ≤ 0.85",
