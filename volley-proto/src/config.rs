@@ -36,7 +36,7 @@ pub enum ConfigError {
     /// Two settings that contradict each other; the message says which and why.
     #[error("{0}")]
     Conflict(&'static str),
-    /// A client with no server key pinned can accept no offer (R4).
+    /// A client with no server key pinned can accept no offer.
     #[error("a client needs at least one pinned server key")]
     NoServerKey,
     /// A fraction outside 0..=1.
@@ -146,12 +146,12 @@ impl ServerConfigBuilder {
         self.0.services = names.into_iter().map(|s| s.as_ref().to_vec()).collect();
         self
     }
-    /// Requests served at once (L5).
+    /// Requests served at once.
     pub fn capacity(mut self, capacity: u32) -> Self {
         self.0.capacity = Some(capacity);
         self
     }
-    /// The hard session limit (L6).
+    /// The hard session limit.
     pub fn max_sessions(mut self, max: u32) -> Self {
         self.0.max_sessions = Some(max);
         self
@@ -161,12 +161,12 @@ impl ServerConfigBuilder {
         self.0.count_sessions = yes;
         self
     }
-    /// How load turns into answer time (L1).
+    /// How load turns into answer time.
     pub fn answer(mut self, answer: AnswerPolicy) -> Self {
         self.0.answer = answer;
         self
     }
-    /// Where the service time comes from (L5).
+    /// Where the service time comes from.
     pub fn service_model(mut self, model: ServiceModel) -> Self {
         self.0.service = model;
         self
@@ -176,7 +176,7 @@ impl ServerConfigBuilder {
         self.0.session = session;
         self
     }
-    /// Servers named in REDIRECTs (R3).
+    /// Servers named in REDIRECTs.
     pub fn peers(mut self, peers: impl IntoIterator<Item = SocketAddr>) -> Self {
         self.0.peers = peers.into_iter().collect();
         self
@@ -273,7 +273,7 @@ impl ClientConfigBuilder {
         self.0.service = name.as_ref().to_vec();
         self
     }
-    /// How the race picks (L3).
+    /// How the race picks.
     pub fn policy(mut self, policy: SelectionPolicy) -> Self {
         self.0.policy = policy;
         self

@@ -1,4 +1,4 @@
-//! Stateless cookies (S1, S3, R2, R7).
+//! Stateless cookies.
 //!
 //! A cookie is `key_id(1) | issued(4) | client(18) | mac(16)` = [`COOKIE_LEN`] bytes, where
 //! `mac = HMAC-SHA256(key, "volley/1 cookie" | key_id | issued | client | server | tag |
@@ -6,7 +6,7 @@
 //! truncated to 16 bytes. It is a MAC, not a ciphertext: the server keeps nothing after minting it
 //! and re-derives the MAC on presentation. `client` is the address the cookie was issued to, so a
 //! genuine cookie arriving from another address (NAT rebinding) is told apart from a forged one at
-//! the cost of the same single MAC, and answered with a fresh cookie (R2).
+//! the cost of the same single MAC, and answered with a fresh cookie.
 //!
 //! Two keys live at a time, current and previous, rotated on a timer; they come from the injected
 //! RNG, are never persisted and never printed (the `Debug` impl redacts them).
@@ -53,7 +53,7 @@ pub enum CookieCheck {
         /// Time since it was minted, in whole milliseconds of the server's clock.
         age: Duration,
     },
-    /// Genuine, but issued to `issued_to`, not to the address it came from (R2).
+    /// Genuine, but issued to `issued_to`, not to the address it came from.
     Moved {
         /// The address the cookie was minted for.
         issued_to: SocketAddr,

@@ -1,4 +1,4 @@
-//! Noise glue and the session key schedule (R4, S4).
+//! Noise glue and the session key schedule.
 //!
 //! The handshake is `Noise_NK_25519_ChaChaPoly_SHA256` (via `snow`): the client knows the server's
 //! static key in advance (pinned), sends `-> e, es` in INIT and receives `<- e, ee` in ACCEPT. The

@@ -45,7 +45,7 @@ impl std::fmt::Debug for Tag {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct KeyId(pub [u8; KEY_ID_LEN]);
 
-/// A server's self-reported load, carried in every OFFER (L2, L5).
+/// A server's self-reported load, carried in every OFFER.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct LoadHint {
     /// Requests in flight at the server (plus offers outstanding) when it wrote the offer.
@@ -53,7 +53,7 @@ pub struct LoadHint {
     /// The server's capacity (requests it serves at once); 0 means "not configured / unbounded".
     pub capacity: u32,
     /// The server's estimate of how long one more request would take from arrival to
-    /// completion, in microseconds (L5); 0 means "no estimate".
+    /// completion, in microseconds; 0 means "no estimate".
     pub expected_us: u32,
 }
 

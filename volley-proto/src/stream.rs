@@ -1,4 +1,4 @@
-//! Streams (D2): a TCP byte stream between the two proxies, encrypted and authenticated with
+//! Streams: a TCP byte stream between the two proxies, encrypted and authenticated with
 //! keys derived from one volley session (`docs/PROTOCOL.md` §13).
 //!
 //! After the race and the handshake, the client side opens a TCP connection to the server's

@@ -1,5 +1,5 @@
-//! The client's handshake with the race's winner (C6, R1, R2, S4): the state that waits for an
-//! ACCEPT, named for what it waits for as rustls names its states. It is built only with its
+//! The client's handshake with the race's winner: the state that waits for an ACCEPT, named
+//! for what it waits for as rustls names its states. It is built only with its
 //! INIT written (so there is no handshake without one to send), a COOKIE_CHANGE consumes it for a
 //! new one with a fresh Noise message, and an ACCEPT consumes it for the session or for nothing:
 //! the Noise state is spent either way, and no half-used state is left behind.
@@ -31,7 +31,7 @@ pub(super) struct ExpectAccept {
     next_retransmit: Instant,
     rto: Duration,
     deadline: Instant,
-    /// A COOKIE_CHANGE was followed once; a second one is ignored (R2).
+    /// A COOKIE_CHANGE was followed once; a second one is ignored.
     cookie_changed: bool,
     /// Whether the INIT was sent more than once (its handshake time is then ambiguous).
     retransmitted: bool,
@@ -79,8 +79,9 @@ impl ExpectAccept {
         })
     }
 
-    /// The server moved our cookie (R2): the same handshake with `cookie` and a fresh Noise
-    /// message, sent at once. None if the INIT cannot be built.
+    /// The server moved our cookie (our address changed, as after a NAT rebinding): the same
+    /// handshake with `cookie` and a fresh Noise message, sent at once. None if the INIT cannot
+    /// be built.
     pub(super) fn with_cookie(
         self,
         now: Instant,
@@ -116,7 +117,7 @@ impl ExpectAccept {
     }
 
     /// Whether a COOKIE_CHANGE from `from` for `tag` is this handshake's, and one it follows:
-    /// only from the selected server, for this race, and only once (R2).
+    /// only from the selected server, for this race, and only once.
     pub(super) fn follows_cookie_change(&self, from: SocketAddr, tag: Tag) -> bool {
         from == self.server && tag == self.tag && !self.cookie_changed
     }

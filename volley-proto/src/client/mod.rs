@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::crypto::PublicKey;
 use crate::session::SessionConfig;
 
-/// How the client picks among offers (C4, L3).
+/// How the client picks among offers.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]
 pub enum SelectionPolicy {
@@ -27,7 +27,7 @@ pub enum SelectionPolicy {
     #[default]
     Earliest,
     /// Collect offers for `delta` after the first valid one (or until every probed server
-    /// answered), then choose the shortest expected delay (L5): the offer with the smallest
+    /// answered), then choose the shortest expected delay: the offer with the smallest
     /// `expected completion + answer time` from its hint. When some offer carries no estimate,
     /// Prequal's hot/cold rule decides instead: an offer is cold when its utilisation
     /// (`in_flight / capacity`) is below the `quantile` of the collected offers'; the cold offer
@@ -80,13 +80,13 @@ pub struct ClientConfig {
     /// The service to ask for. Default `echo`.
     pub service: Vec<u8>,
     /// Pinned server static keys (one pool key, or one per server). Offers naming any other key
-    /// are ignored (R4).
+    /// are ignored.
     pub server_keys: Vec<PublicKey>,
     /// Selection policy. Default [`SelectionPolicy::Earliest`].
     pub policy: SelectionPolicy,
     /// Probe retransmission and race deadline. `race.initial_rto` is the cold-start value:
     /// once offers have come back, the first retransmission follows the answer times measured
-    /// (L6, [`pool`]).
+    /// ([`pool`]).
     pub race: RaceTimers,
     /// INIT retransmission before anything was timed: first after this long, doubling up to
     /// `race.max_rto`. Default 250 ms. Once handshakes are timed, the measured value applies;
@@ -97,9 +97,9 @@ pub struct ClientConfig {
     /// late answer is not mistaken for a loss.
     pub min_rto: Duration,
     /// After a refusal naming no new server, wait this long (doubling with each refusal in a
-    /// row, up to `race.max_rto`, ±50 % jitter) before racing again (L6). Default 10 ms.
+    /// row, up to `race.max_rto`, ±50 % jitter) before racing again. Default 10 ms.
     pub refusal_backoff: Duration,
-    /// Outlier ejection (L7).
+    /// Outlier ejection: servers that keep failing are left out of races for a while.
     pub ejection: EjectionConfig,
     /// The handshake fails when no ACCEPT arrived by then. Default 3 s.
     pub handshake_timeout: Duration,
@@ -107,13 +107,13 @@ pub struct ClientConfig {
     pub probe_size: usize,
     /// Session keepalive and idle timers.
     pub session: SessionConfig,
-    /// How many times a connection re-races the pool after losing its server (R5). Default 8;
+    /// How many times a connection re-races the pool after losing its server. Default 8;
     /// 0 turns failover off.
     pub max_failovers: u32,
-    /// Probe a random subset of this many servers per race instead of all (L3, L4): fewer probes
+    /// Probe a random subset of this many servers per race instead of all: fewer probes
     /// per connect, and clients racing at once see different subsets. `None` (default): all.
     pub fanout: Option<usize>,
-    /// Most servers a connection adds to its pool from REDIRECTs, over its life (R3). Default 8;
+    /// Most servers a connection adds to its pool from REDIRECTs, over its life. Default 8;
     /// 0 ignores redirect addresses.
     pub max_redirect_servers: usize,
 }
@@ -150,13 +150,13 @@ pub struct ClientStats {
     pub probes_sent: u64,
     /// Offers that won a race.
     pub offers_won: u64,
-    /// Offers with a retired tag: void (C5).
+    /// Offers with a retired tag: void.
     pub offers_late: u64,
-    /// Offers with an unknown tag (C2).
+    /// Offers with an unknown tag.
     pub offers_unknown_tag: u64,
-    /// Offers from an address not probed (C2).
+    /// Offers from an address not probed.
     pub offers_unprobed_source: u64,
-    /// Offers naming an unpinned server key (R4).
+    /// Offers naming an unpinned server key.
     pub offers_unknown_key: u64,
     /// Datagrams that did not decode.
     pub malformed: u64,
@@ -165,13 +165,13 @@ pub struct ClientStats {
     pub unexpected: u64,
     /// INIT datagrams sent, retransmissions included.
     pub inits_sent: u64,
-    /// COOKIE_CHANGEs acted on (R2).
+    /// COOKIE_CHANGEs acted on: the server saw this client's address change (a NAT rebinding).
     pub cookie_changes: u64,
     /// COOKIE_CHANGEs ignored (not from the selected server, wrong tag, or a second one).
     pub cookie_changes_ignored: u64,
     /// REDIRECTs from the selected server acted on: it refused, the pool was raced again.
     pub redirects: u64,
-    /// Addresses from REDIRECTs added to the pool (R3).
+    /// Addresses from REDIRECTs added to the pool.
     pub redirect_servers_added: u64,
     /// Addresses from REDIRECTs not added: already known, unusable, or over the cap.
     pub redirect_servers_ignored: u64,
@@ -185,11 +185,11 @@ pub struct ClientStats {
     pub sessions_established: u64,
     /// Failovers: sessions lost and replaced by a new race.
     pub failovers: u64,
-    /// Races delayed by a back-off after a refusal (L6).
+    /// Races delayed by a back-off after a refusal.
     pub refusal_backoffs: u64,
-    /// Servers this connection's failures ejected from races (L7).
+    /// Servers this connection's failures ejected from races.
     pub ejections: u64,
-    /// Candidates left out of races because they were ejected (L7).
+    /// Candidates left out of races because they were ejected.
     pub ejected_skipped: u64,
     /// DATA packets dropped by the session (auth, replay, bad frame).
     pub data_dropped: u64,

@@ -1,5 +1,5 @@
 //! What a client learns about its pool across connections: how long servers take to answer
-//! (probe and INIT retransmission timers, L6) and which servers fail (outlier ejection, L7).
+//! (probe and INIT retransmission timers) and which servers fail (outlier ejection).
 //!
 //! One [`PoolState`] belongs to one client instance and serves all its connections: each call
 //! into a [`super::Connection`] that may learn or use something about the pool takes it as
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::rtt::RttEstimator;
 
-/// Outlier ejection settings (L7). See the module docs.
+/// Outlier ejection settings. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EjectionConfig {
     /// Failures in a row (no success between, each within `failure_window` of the previous)
@@ -57,7 +57,7 @@ impl Default for EjectionConfig {
     }
 }
 
-/// What became of a server, as reported by the connection or the application (L7).
+/// What became of a server, as reported by the connection or the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerOutcome {
@@ -140,7 +140,7 @@ impl PoolState {
     }
 
     /// The probe retransmission timers of a client's next race: the first retransmission
-    /// follows the measured answer times (L6), `config.race.initial_rto` before any.
+    /// follows the measured answer times, `config.race.initial_rto` before any.
     pub fn race_timers(&self, config: &super::ClientConfig) -> super::RaceTimers {
         let mut t = config.race;
         t.initial_rto =
@@ -153,7 +153,7 @@ impl PoolState {
     /// times measured; before any handshake is timed, from the answer times (the race just
     /// measured this path: an offer's answer time is its round trip plus the server's answer
     /// delay, never less than the round trip); and only then `config.init_rto`, the cold-start
-    /// value (R10).
+    /// value.
     pub fn init_rto(&self, config: &super::ClientConfig) -> Duration {
         let estimator = if self.handshakes.smoothed().is_some() {
             &self.handshakes

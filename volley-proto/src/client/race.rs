@@ -1,8 +1,8 @@
-//! The probe race (C1–C5, R1, L3): one tag, one PROBE to every target at once, re-sent with
-//! backoff until the race is decided or the deadline passes. Under [`SelectionPolicy::Earliest`]
-//! the earliest valid offer wins and the tag is retired on the spot, so later offers are void.
-//! Under `Window` and `NBest` the race collects offers for a short window after the first one,
-//! then decides and retires the tag.
+//! The probe race: one tag, one PROBE to every target at once, re-sent with backoff until the
+//! race is decided or the deadline passes. Under [`SelectionPolicy::Earliest`] the earliest valid
+//! offer wins and the tag is retired on the spot, so later offers are void. Under `Window` and
+//! `NBest` the race collects offers for a short window after the first one, then decides and
+//! retires the tag.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ pub struct Winner {
     pub key: PublicKey,
     /// The cookie to present in INIT.
     pub cookie: Vec<u8>,
-    /// Time from the race's first probe to this offer (C3).
+    /// Time from the race's first probe to this offer.
     pub answer_time: Duration,
     /// The server's load hint.
     pub load: LoadHint,
@@ -55,7 +55,7 @@ pub struct Winner {
 pub enum OfferOutcome {
     /// It is the earliest valid offer: the race is decided.
     Won(Winner),
-    /// It carries the retired tag of a decided race: void, counted as late (C5).
+    /// It carries the retired tag of a decided race: void, counted as late.
     Late {
         /// Who answered late.
         server: SocketAddr,
@@ -64,11 +64,11 @@ pub enum OfferOutcome {
         /// Its load hint (unauthenticated, like every hint).
         load: LoadHint,
     },
-    /// Its tag is neither live nor retired (C2).
+    /// Its tag is neither live nor retired.
     UnknownTag,
-    /// It came from an address this race did not probe (C2).
+    /// It came from an address this race did not probe.
     Unprobed,
-    /// Its server key id is not pinned (R4): ignored, the race goes on.
+    /// Its server key id is not pinned: ignored, the race goes on.
     UnknownKey,
     /// A valid offer collected by a `Window` or `NBest` race that is not decided yet.
     Collected {
@@ -116,7 +116,7 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
 }
 
-/// Prequal's hot/cold rule over collected offers (L3): an offer is cold when its utilisation is
+/// Prequal's hot/cold rule over collected offers: an offer is cold when its utilisation is
 /// below the `q`-quantile of the offers' utilisations; among cold offers the lowest answer time
 /// wins, and when none is cold, the lowest utilisation (ties: the earliest). Returns an index
 /// into `offers`, which must not be empty and is in arrival order.
@@ -138,7 +138,7 @@ pub fn hot_cold_pick(offers: &[Winner], q: f64) -> usize {
     })
 }
 
-/// The shortest-expected-delay pick over collected offers (L5): the offer whose server expects
+/// The shortest-expected-delay pick over collected offers: the offer whose server expects
 /// to complete one more request soonest, counting the time its offer took to come back
 /// (`expected + answer_time`: the client pays the network too). Ties go to the offer collected
 /// first. `None` when some offer carries no estimate (then [`hot_cold_pick`] decides).
@@ -410,7 +410,7 @@ impl Race {
 
 /// Classifies an offer against the live race, if one is running, and the last decided race when
 /// the live one does not know it: during a failover race the previous race's stragglers are
-/// late, not strangers (C5). `pinned` finds the key for a key id.
+/// late, not strangers. `pinned` finds the key for a key id.
 pub fn classify_offer(
     live: Option<&mut Race>,
     decided: Option<&mut Race>,

@@ -1,5 +1,5 @@
-//! The acceptor: the checks between a cookie-bearing INIT and a new session (S2, S3, L6) — the
-//! stateless cookie check of [`super::responder`], the duplicate and ended-session filters, the
+//! The acceptor: the checks between a cookie-bearing INIT and a new session — the stateless
+//! cookie check of [`super::responder`], the duplicate and ended-session filters, the
 //! `max_sessions` limit and the offers it honours, admission, then Noise. It decides and builds;
 //! the endpoint adds the session it hands back to its table. A refusal is a REDIRECT naming
 //! peers, never state.
@@ -34,7 +34,7 @@ pub(super) enum InitOutcome {
     Open {
         id: SessionId,
         served: Served,
-        /// Accepted at `max_sessions` because it answers an offer just made (L6).
+        /// Accepted at `max_sessions` because it answers an offer just made.
         honoured: bool,
         accept: Transmit,
     },
@@ -191,8 +191,8 @@ impl Acceptor {
 
     /// Tells a client whose cookie verified (so its address is proven) that this server will not
     /// take it, so it re-races elsewhere at once: a REDIRECT naming up to
-    /// [`MAX_REDIRECT_ADDRS`] of the configured peers (R3), as many as fit within the INIT's
-    /// size. Successive refusals start at successive peers, so redirected clients spread.
+    /// [`MAX_REDIRECT_ADDRS`] of the configured peers, as many as fit within the INIT's size.
+    /// Successive refusals start at successive peers, so redirected clients spread.
     fn refuse(
         &mut self,
         cx: &mut Context<'_>,

@@ -1,4 +1,4 @@
-//! Admission control (R8): reflector source ports; a global budget of PROBEs and one of Noise
+//! Admission control: reflector source ports; a global budget of PROBEs and one of Noise
 //! handshakes (whose exhaustion is the server's under-load mode); and per-source limits on both,
 //! which engage only while the server is *pressed* — either budget below half — so that an idle
 //! server never throttles one busy honest client (WireGuard's rule). Sources are keyed by
@@ -9,7 +9,7 @@
 //! verified (the address answered an OFFER), and the table is bounded. PROBEs come from
 //! addresses nobody has proven, so their per-source limit lives in a fixed array of buckets
 //! indexed by a salted hash of the prefix, allocated once: a probe changes a counter, it never
-//! creates an entry (S2).
+//! creates an entry.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -1,4 +1,4 @@
-//! Answer policies (L1, L5, L6): how a server turns its load into the time it answers a probe.
+//! Answer policies: how a server turns its load into the time it answers a probe.
 //!
 //! The patent's premise is that a busy server answers late or not at all. On a LAN every server
 //! answers within microseconds, so answering the moment a probe is read makes "earliest offer"
@@ -6,13 +6,13 @@
 //!
 //! - [`AnswerPolicy::Immediate`]: answer at once; the load shows only in the hint.
 //! - [`AnswerPolicy::Paced`]: delay the offer by a fixed share of the server's *expected
-//!   completion time* for one more request (L5, [`super::estimate`]), capped: the earliest offer
-//!   then comes from the server expected to finish the request first, whether it is less loaded
-//!   or simply faster.
+//!   completion time* for one more request ([`super::estimate`]), capped: the earliest offer then
+//!   comes from the server expected to finish the request first, whether it is less loaded or
+//!   simply faster.
 //! - [`AnswerPolicy::Gated`]: answer at once while a slot is free; otherwise hold the probe until
 //!   one frees, and answer it anyway (a late, busy offer) when `max_hold` runs out.
 //!
-//! No policy goes silent because the server is busy (L6): a busy server answers late, and its
+//! No policy goes silent because the server is busy: a busy server answers late, and its
 //! hint says how busy it is, so a race always ends in a session as soon as any server can take
 //! one. Only a server that cannot open another session at all (`max_sessions`) withholds.
 //!
@@ -20,7 +20,7 @@
 //! moment its offer is sent or it is dropped. Offers sent recently are counted as
 //! `Reservations` — one aggregate ring of expiry times, no per-client data — so that a burst of
 //! simultaneous probes sees the load rise with every offer made and the burst spreads over the
-//! fleet instead of herding onto the one least-loaded server (L4).
+//! fleet instead of herding onto the one least-loaded server.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -28,14 +28,14 @@ use std::time::{Duration, Instant};
 
 use crate::packet::Tag;
 
-/// How a server times its offers (L1). See the module docs.
+/// How a server times its offers. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AnswerPolicy {
     /// Answer every probe at once; load only in the hint.
     Immediate,
     /// Delay each offer by `min(expected / divisor, max_delay)`, where `expected` is the
-    /// server's expected completion time of one more request (L5).
+    /// server's expected completion time of one more request.
     Paced {
         /// The longest delay. Default 10 ms.
         max_delay: Duration,
@@ -116,7 +116,7 @@ pub(crate) struct Held {
     pub tag: Tag,
     /// Index into the server's service list.
     pub service: u16,
-    /// Bytes of the probe, the offer's size bound (R6).
+    /// Bytes of the probe, the offer's size bound (an offer is never larger than its probe).
     pub probe_len: u16,
     /// When to send (paced) — or, gated, when to drop it unsent.
     pub due: Instant,
@@ -287,8 +287,8 @@ pub const ANSWER_DELAY_BOUNDS_US: [u64; 10] = [
 
 /// How long the server took to answer the probes it answered: from a probe's arrival to its
 /// OFFER, per bucket of [`ANSWER_DELAY_BOUNDS_US`] (not cumulative; the last entry is the
-/// overflow), with their sum and count. What the answer policy did to answer times (L1), as an
-/// operator sees it.
+/// overflow), with their sum and count. What the answer policy did to answer times, as an operator
+/// sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AnswerDelays {
     /// Offers per bucket.

@@ -1,8 +1,8 @@
 //! The server endpoint: routes each datagram to the [`OfferDesk`] (PROBE), the [`Acceptor`]
 //! (INIT) or an established session (DATA), and owns what they share — the settings, the cookie
 //! jar, admission, counters, the [`Load`] and the [`SessionTable`]. State is created only after a
-//! cookie verified, admission passed and the Noise message authenticated (S2, S3); only the
-//! endpoint adds a session to the table or removes one. This file holds the dispatch and the
+//! cookie verified, admission passed and the Noise message authenticated; only the endpoint
+//! adds a session to the table or removes one. This file holds the dispatch and the
 //! session-facing API (send, close, poll).
 
 use bytes::Bytes;
@@ -158,8 +158,8 @@ impl ServerEndpoint {
     }
 
     /// Per-probe state the endpoint holds: held probes, queued transmits and events, and the
-    /// duplicate filter. S2 says this stays 0 however many probes arrive while no session exists
-    /// and no probe is held.
+    /// duplicate filter. It stays 0 however many probes arrive while no session exists and no
+    /// probe is held: answering a probe leaves nothing behind.
     pub fn retained_state(&self) -> usize {
         self.sessions.retained() + self.events.len() + self.desk.held()
     }
@@ -185,8 +185,8 @@ impl ServerEndpoint {
         self.config.max_sessions = max_sessions;
     }
 
-    /// What the application reports about its requests at `now` (L1, L5): in flight now, and
-    /// the running total completed. Call [`ServerEndpoint::poll_transmit`] afterwards: a freed
+    /// What the application reports about its requests at `now`: in flight now, and the running
+    /// total completed. Call [`ServerEndpoint::poll_transmit`] afterwards: a freed
     /// slot can release a held probe.
     pub fn set_app_load(&mut self, now: Instant, load: AppLoad) {
         self.load
@@ -195,7 +195,7 @@ impl ServerEndpoint {
 
     /// An offer of this server turned into load without a session this endpoint opened — for a
     /// simulator that skips the handshake and hands each request straight to the application:
-    /// releases one reservation, as that session's first request would (L6).
+    /// releases one reservation, as that session's first request would.
     pub fn release_reservation(&mut self) {
         self.load.release_reservation();
     }
@@ -398,8 +398,9 @@ impl ServerEndpoint {
         self.sessions.get(id).map(|s| s.session.stats())
     }
 
-    /// What the server side needs to accept a stream (D2) for an open session: its id, the
-    /// client's address and the stream keys. None once the session is gone.
+    /// What the server side needs to accept a stream (one proxied TCP connection,
+    /// [`crate::stream`]) for an open session: its id, the client's address and the stream
+    /// keys. None once the session is gone.
     pub fn stream_ticket(&self, id: SessionId) -> Option<crate::stream::StreamTicket> {
         self.sessions.get(id).map(|s| crate::stream::StreamTicket {
             session_id: id,
@@ -492,7 +493,7 @@ impl ServerEndpoint {
             .min()
     }
 
-    /// Fires every timer due at `now`: cookie rotation (R7), keepalives, idle timeouts. Call
+    /// Fires every timer due at `now`: cookie rotation, keepalives, idle timeouts. Call
     /// [`ServerEndpoint::poll_transmit`] afterwards: held offers that came due (paced) or whose
     /// hold ended (gated) leave from there.
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -1,4 +1,4 @@
-//! The speed-aware load signal (L5): how long one more request would take at this server, from
+//! The speed-aware load signal: how long one more request would take at this server, from
 //! what the server observes — its requests in flight, its parallel slots, and how fast it has
 //! been completing requests.
 //!
@@ -31,8 +31,9 @@
 //! first completions arrive and fades as they accumulate. Busy time accrues *while* requests are
 //! in service, so when a server slows down `S` starts rising at once, without waiting for the
 //! slow requests to complete. The forgetting clock runs only while some request is in service:
-//! a server that idles keeps its last estimate rather than drifting back to the prior. This is the same idea as Prequal's latency-per-requests-in-flight estimate (Wydrowski
-//! et al., NSDI 2024), reduced to one number per server by the queueing model above.
+//! a server that idles keeps its last estimate rather than drifting back to the prior. This is
+//! the same idea as Prequal's latency-per-requests-in-flight estimate (Wydrowski et al., NSDI
+//! 2024), reduced to one number per server by the queueing model above.
 //!
 //! An operator who knows the service time can state it instead ([`ServiceModel::Fixed`]).
 
@@ -43,7 +44,7 @@ pub const DEFAULT_SERVICE_WINDOW: Duration = Duration::from_secs(1);
 /// Default prior of [`ServiceModel::Measured`]: what a server with no completions yet assumes.
 pub const DEFAULT_SERVICE_PRIOR: Duration = Duration::from_millis(10);
 
-/// Where a server's mean service time comes from (L5). See the module docs.
+/// Where a server's mean service time comes from. See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServiceModel {

@@ -1,4 +1,4 @@
-//! The server's load (L1, L2, L4–L6): the requests in flight the application reported, the
+//! The server's load: the requests in flight the application reported, the
 //! offers outstanding (reservations) and the service-time estimate, and what follows from them —
 //! the expected completion of one more request, the load hint an OFFER carries, whether a slot is
 //! free. The settings (capacity, whether sessions count, the reservation length) are the
@@ -18,7 +18,7 @@ pub(super) struct Load {
     app: u32,
     /// The application's running total of completed requests, as last reported.
     app_completed: u64,
-    /// The mean service time estimate (L5).
+    /// The mean service time estimate.
     service: ServiceEstimator,
     /// Recently sent offers, counted as load (expiry times only; at most 4 × capacity).
     reserved: Reservations,
@@ -56,12 +56,12 @@ impl Load {
     }
 
     /// The expected completion time of one more request with `effective` requests and offers
-    /// in flight (L5).
+    /// in flight.
     pub(super) fn expected(&self, now: Instant, config: &ServerConfig, effective: u32) -> Duration {
         expected_completion(self.service.mean(now), effective, config.capacity)
     }
 
-    /// The load hint an offer written now carries (L2, L5); `own_reserved`: the offer's own
+    /// The load hint an offer written now carries; `own_reserved`: the offer's own
     /// reservation is already counted and must be left out.
     pub(super) fn hint(
         &mut self,
@@ -82,7 +82,7 @@ impl Load {
         }
     }
 
-    /// Whether every slot is taken by requests in flight (L6: such a server still answers).
+    /// Whether every slot is taken by requests in flight (such a server still answers).
     pub(super) fn busy(&self, config: &ServerConfig, sessions: usize) -> bool {
         config
             .capacity
@@ -100,9 +100,10 @@ impl Load {
         config.capacity.is_none_or(|c| effective < c)
     }
 
-    /// Counts an offer as load for `config.reservation` from `from` (L4). Only with a capacity:
-    /// without one there is nothing to reserve. At most 4 × capacity are kept (a flood of
-    /// spoofed probes raises the expected completion by at most 4 service times).
+    /// Counts an offer as load for `config.reservation` from `from`, so that a burst of
+    /// simultaneous probes sees the load rise. Only with a capacity: without one there is
+    /// nothing to reserve. At most 4 × capacity are kept (a flood of spoofed probes raises the
+    /// expected completion by at most 4 service times).
     pub(super) fn reserve(&mut self, config: &ServerConfig, from: Instant) {
         match config.capacity {
             Some(c) if !config.reservation.is_zero() => {
@@ -142,7 +143,7 @@ impl Load {
         self.service.record(now, in_service, completed);
     }
 
-    /// What the application reports about its requests at `now` (L1, L5).
+    /// What the application reports about its requests at `now`.
     pub(super) fn set_app_load(
         &mut self,
         now: Instant,

@@ -29,27 +29,26 @@ use crate::session::SessionConfig;
 /// How a server behaves. Build with [`ServerConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The static key the handshake proves (R4).
+    /// The static key the handshake proves; clients pin its public half.
     pub keypair: StaticKeypair,
     /// Service names this server answers probes for. Default `["echo"]`.
     pub services: Vec<Vec<u8>>,
     /// Requests the server serves at once (its parallel slots); requests beyond it wait their
-    /// turn. It is the `c` of the expected-completion model (L5, [`estimate`]) and the
+    /// turn. It is the `c` of the expected-completion model ([`estimate`]) and the
     /// denominator of the load hint's utilisation. A server never goes silent for being at
-    /// capacity: it answers later (L6). `None` (default): unbounded, and every policy answers at
+    /// capacity: it answers later. `None` (default): unbounded, and every policy answers at
     /// once.
     pub capacity: Option<u32>,
     /// Most sessions open at once: a hard limit (memory, descriptors), not a load level. At it,
     /// probes are withheld and INITs refused with a REDIRECT — except an INIT answering an offer
-    /// made within the last `reservation`, which that offer promised (L6). `None` (default):
-    /// unbounded.
+    /// made within the last `reservation`, which that offer promised. `None` (default): unbounded.
     pub max_sessions: Option<u32>,
     /// Whether open sessions count as requests in flight (for services where a session is the
     /// unit of work, such as one proxied connection per session). Default false: load is the
     /// requests the application reports ([`ServerEndpoint::set_app_load`]), so idle sessions do
-    /// not fill a server (L6).
+    /// not fill a server.
     pub count_sessions: bool,
-    /// Where the mean service time of the expected-completion estimate comes from (L5).
+    /// Where the mean service time of the expected-completion estimate comes from.
     /// Default: measured, 1 s window, 10 ms prior.
     pub service: ServiceModel,
     /// How long a cookie stays valid after it was minted. Default 10 s: long enough for an
@@ -61,7 +60,7 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Rate limits and under-load mode.
     pub admission: AdmissionConfig,
-    /// How load turns into answer time (L1, L5). Default [`AnswerPolicy::Paced`]: 1/32 of the
+    /// How load turns into answer time. Default [`AnswerPolicy::Paced`]: 1/32 of the
     /// expected completion time, at most 10 ms. Without a capacity every policy answers at once.
     pub answer: AnswerPolicy,
     /// Most probes held at once by `Paced` or `Gated`; beyond it a probe is dropped
@@ -69,11 +68,11 @@ pub struct ServerConfig {
     pub max_held: usize,
     /// How long a sent offer counts as load (an outstanding promise of a slot) unless its INIT
     /// arrives first. Default 5 ms: a few LAN round trips, long enough that a burst of
-    /// simultaneous probes sees the load rise with every offer (no herding, L4), short enough
+    /// simultaneous probes sees the load rise with every offer (no herding), short enough
     /// that offers lost to other servers (race rate × this, per server) stay a small offset.
     /// Set it near your clients' round-trip time. Zero turns reservations off.
     pub reservation: Duration,
-    /// Other servers of the pool this server names in a REDIRECT when it refuses an INIT (R3).
+    /// Other servers of the pool this server names in a REDIRECT when it refuses an INIT.
     /// Default none. At most [`crate::packet::MAX_REDIRECT_ADDRS`] are named, fewer when the
     /// REDIRECT would outgrow the INIT.
     pub peers: Vec<SocketAddr>,
@@ -101,7 +100,7 @@ impl ServerConfig {
     }
 }
 
-/// Every outcome the server counts. Each drop or refusal has its own counter (R8).
+/// Every outcome the server counts. Each drop or refusal has its own counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerStats {
@@ -148,7 +147,7 @@ pub struct ServerStats {
     /// while they were held.
     pub probes_dropped_hold_expired: u64,
     /// OFFERs sent while every slot was taken (requests in flight ≥ capacity): busy servers
-    /// answer late rather than not at all (L6). Included in `offers_sent`.
+    /// answer late rather than not at all. Included in `offers_sent`.
     pub offers_busy: u64,
     /// Well-formed INITs.
     pub inits_received: u64,
@@ -162,16 +161,16 @@ pub struct ServerStats {
     pub init_cookie_expired: u64,
     /// INIT refused: cookie MAC did not verify (forged or tampered).
     pub init_cookie_bad_mac: u64,
-    /// INIT with a genuine cookie from another address: COOKIE_CHANGE sent (R2).
+    /// INIT with a genuine cookie from another address (a NAT rebinding): COOKIE_CHANGE sent.
     pub cookie_changes_sent: u64,
-    /// Duplicate INIT answered again with the stored ACCEPT (R1).
+    /// Duplicate INIT (a retransmission) answered again with the stored ACCEPT.
     pub init_duplicate: u64,
-    /// INIT dropped: its (address, tag) opened a session that has since ended; a replay (R1).
+    /// INIT dropped: its (address, tag) opened a session that has since ended; a replay.
     pub init_after_close: u64,
     /// INIT refused at `max_sessions` (a REDIRECT tells the client).
     pub init_refused_full: u64,
     /// INIT accepted at `max_sessions` because it answers an offer made within the last
-    /// `reservation`: the offer promised the slot (L6). Included in `sessions_opened`.
+    /// `reservation`: the offer promised the slot. Included in `sessions_opened`.
     pub init_honoured_full: u64,
     /// REDIRECTs sent (refusals of INITs whose cookie verified: full or under load).
     pub redirects_sent: u64,
@@ -187,7 +186,7 @@ pub struct ServerStats {
     pub sessions_closed: u64,
     /// Sessions ended by idle timeout.
     pub sessions_idle_timeout: u64,
-    /// Sessions ended because the client stopped answering liveness probes (R9).
+    /// Sessions ended because the client stopped answering liveness probes.
     pub sessions_unresponsive: u64,
     /// DATA for no known session.
     pub data_unknown_session: u64,
@@ -265,8 +264,7 @@ impl ServerStats {
     }
 }
 
-/// The server's load right now (L1, L2, L5): what its answer policy and load hints are computed
-/// from.
+/// The server's load right now: what its answer policy and load hints are computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerLoad {
@@ -283,9 +281,9 @@ pub struct ServerLoad {
     pub held: u32,
     /// Configured capacity; 0 when unbounded.
     pub capacity: u32,
-    /// The estimated mean service time of one request (L5).
+    /// The estimated mean service time of one request.
     pub service_time: std::time::Duration,
-    /// The expected completion time of one more request now (L5).
+    /// The expected completion time of one more request now.
     pub expected: std::time::Duration,
 }
 
@@ -301,9 +299,9 @@ impl ServerLoad {
     }
 }
 
-/// What the application reports about its requests (L1, L5): how many are in flight now, and
-/// how many have completed since the server started (a running total). The server measures its
-/// service time from the two.
+/// What the application reports about its requests: how many are in flight now, and how many
+/// have completed since the server started (a running total). The server measures its service
+/// time from the two.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppLoad {
     /// Requests in flight (queued or in service) now.

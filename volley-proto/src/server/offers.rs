@@ -1,6 +1,6 @@
-//! The offer desk: how load turns into an answer to a PROBE (L1, L2, L4–L6). The answer policy's
-//! decision (now, later from the held queue, or not at all), the OFFER itself with the load hint
-//! it carries, the reservation it makes, and VERSIONS for probes of other versions. Everything
+//! The offer desk: how load turns into an answer to a PROBE. The answer policy's decision (now,
+//! later from the held queue, or not at all), the OFFER itself with the load hint it carries,
+//! the reservation it makes, and VERSIONS for probes of other versions. Everything
 //! here is stateless towards the prober: a held probe is a fixed-size entry in a bounded queue, an
 //! offer a reservation's expiry time.
 
@@ -20,9 +20,9 @@ use crate::packet::{KeyId, Probe};
 pub(super) struct OfferDesk {
     /// The server's key id, named in every offer.
     key_id: KeyId,
-    /// Probes held for a later offer (L1): bounded by `max_held`, fixed-size entries.
+    /// Probes held for a later offer: bounded by `max_held`, fixed-size entries.
     held: HeldQueue,
-    /// From each probe's arrival to its OFFER (L1), for operators.
+    /// From each probe's arrival to its OFFER, for operators.
     answer_delays: AnswerDelays,
 }
 
@@ -87,8 +87,8 @@ impl OfferDesk {
         })
     }
 
-    /// PROBE → OFFER now, later, or never, by the answer policy (L1). Nothing about the probe is
-    /// kept unless it is held, and a held probe is a fixed-size entry in a bounded queue.
+    /// PROBE → OFFER now, later, or never, by the answer policy. Nothing about the probe is kept
+    /// unless it is held, and a held probe is a fixed-size entry in a bounded queue.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_probe(
         &mut self,

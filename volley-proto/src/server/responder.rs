@@ -1,6 +1,6 @@
-//! The stateless responder (S1–S3): OFFER writing and INIT validation, writing any answer
-//! straight into the caller's buffer. Nothing here allocates or remembers anything about a
-//! probe; the only state it reads is the cookie jar and the admission counters.
+//! The stateless responder: OFFER writing and INIT validation, writing any answer straight
+//! into the caller's buffer. Nothing here allocates or remembers anything about a probe; the only
+//! state it reads is the cookie jar and the admission counters.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -14,7 +14,8 @@ use crate::packet::{CookieChange, Init, KeyId, LoadHint, Offer, Tag};
 
 /// Writes an OFFER for a probe into `out`: a fresh cookie bound to `remote`, `local`, the tag and
 /// the service, the server's key id and its load hint. Nothing is remembered. The offer is never
-/// larger than the probe (R6); `None` if it would be (counted) or does not fit `out`.
+/// larger than the probe (no amplification); `None` if it would be (counted) or does not fit
+/// `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn write_offer(
     now: Instant,

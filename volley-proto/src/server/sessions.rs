@@ -1,6 +1,6 @@
 //! The server's session table: established sessions by their locally drawn id, their timers,
-//! the duplicate-INIT filter and the list of recently ended sessions (R1), and the sessions with
-//! packets to send. Everything the endpoint keeps per session lives here.
+//! the duplicate-INIT filter and the list of recently ended sessions, and the sessions with packets
+//! to send. Everything the endpoint keeps per session lives here.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -27,7 +27,7 @@ pub(crate) struct Served {
     /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
     pub(crate) accept: Vec<u8>,
     /// Whether the offer this session came from still holds a reservation, to be released when
-    /// its first request arrives (sessions that do not count as load, L6).
+    /// its first request arrives (sessions that do not count as load).
     pub(crate) holds_reservation: bool,
 }
 
@@ -42,8 +42,8 @@ pub(crate) struct SessionTable {
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     by_origin: HashMap<Origin, SessionId>,
     /// (client address, tag) of sessions that ended, until their cookies can no longer verify:
-    /// a replayed INIT must not open a second session (R1). Only MAC-verified INITs ever land
-    /// here; swept at each cookie rotation.
+    /// a replayed INIT must not open a second session. Only MAC-verified INITs ever land here;
+    /// swept at each cookie rotation.
     ended: HashMap<Origin, Instant>,
     /// Sessions that may have packets to send.
     ready: VecDeque<SessionId>,

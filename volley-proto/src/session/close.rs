@@ -26,7 +26,7 @@ pub enum CloseReason {
     Remote(CloseCode),
     /// Nothing authentic arrived for the idle timeout: the peer is gone.
     IdleTimeout,
-    /// This side sent and heard nothing back, through every liveness probe (R9): the peer is
+    /// This side sent and heard nothing back, through every liveness probe: the peer is
     /// gone (crashed, partitioned), detected in a time scaled by the measured RTT.
     Unresponsive,
     /// The packet counter reached [`super::MAX_COUNTER`].

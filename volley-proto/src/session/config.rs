@@ -9,7 +9,7 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Declare the peer gone when nothing authentic arrived for this long. Default 5 s.
     pub idle_timeout: Duration,
-    /// Liveness (R9): when a datagram was sent and nothing authentic has arrived for one probe
+    /// Liveness: when a datagram was sent and nothing authentic has arrived for one probe
     /// timeout (PTO), send a PING, and again every PTO; after this many unanswered probes the
     /// peer is gone ([`super::CloseReason::Unresponsive`]). 0 turns liveness checks off. Default 12.
     pub liveness_probes: u32,

@@ -1,4 +1,4 @@
-//! An established session, the same on both sides (S4, R5): DATA sealing and opening, the replay
+//! An established session, the same on both sides: DATA sealing and opening, the replay
 //! window, keepalive, idle timeout and orderly close.
 //!
 //! Plaintext of every DATA packet is one frame: a type byte and its body (`docs/PROTOCOL.md` §5).
@@ -81,7 +81,7 @@ pub struct SessionStats {
     pub dropped_bad_frame: u64,
     /// PINGs sent (keepalives and liveness probes).
     pub pings_sent: u64,
-    /// Of those, liveness probes: PINGs sent because a datagram went unanswered (R9).
+    /// Of those, liveness probes: PINGs sent because a datagram went unanswered.
     pub liveness_probes: u64,
 }
 
@@ -100,7 +100,8 @@ pub struct Session {
     outgoing: VecDeque<Outgoing>,
     closed: Option<CloseReason>,
     stats: SessionStats,
-    /// R9: RTT estimate from PING → PONG (and, on a client, the handshake).
+    /// RTT estimate from PING → PONG (and, on a client, the handshake), which sets the liveness
+    /// probe timeout.
     rtt: RttEstimator,
     /// When the first datagram went out since the last authentic packet arrived.
     unanswered_since: Option<Instant>,
@@ -157,7 +158,7 @@ impl Session {
         self.rtt.smoothed()
     }
 
-    /// The liveness probe timeout now (R9): smoothed RTT + 4 × variation, clamped; the initial
+    /// The liveness probe timeout now: smoothed RTT + 4 × variation, clamped; the initial
     /// value before any sample.
     pub fn probe_timeout(&self) -> Duration {
         let c = &self.config;
@@ -180,7 +181,7 @@ impl Session {
         Some(self.last_probe.unwrap_or(since) + self.probe_timeout())
     }
 
-    /// The stream keys of this session for a side in `role` (D2, `crate::stream`).
+    /// The stream keys of this session for a side in `role` (`crate::stream`).
     pub fn stream_keys(&self, role: crate::stream::Role) -> crate::stream::StreamKeys {
         self.keys.stream_keys(role)
     }

@@ -1,4 +1,4 @@
-//! The replay window (R5): which DATA counters a session has already accepted.
+//! The replay window: which DATA counters a session has already accepted.
 
 /// Width of the replay window, in packets.
 pub const REPLAY_WINDOW: u64 = 1024;

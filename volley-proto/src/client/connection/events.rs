@@ -36,7 +36,8 @@ pub enum ConnectError {
     UnpinnedKey(u32),
 }
 
-/// What the application should know. Every outcome of C3–C6 and R5 shows up here.
+/// What the application should know. Every outcome of the race (answer times, the winner, late
+/// offers), the handshake and the session's life, failover included, shows up here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientEvent {
@@ -47,17 +48,17 @@ pub enum ClientEvent {
         /// How many servers it probes.
         servers: usize,
     },
-    /// The earliest valid offer won (C3, C4).
+    /// The earliest valid offer won.
     Selected {
         /// The winner.
         server: SocketAddr,
-        /// Its answer time (C3).
+        /// Its answer time.
         answer_time: Duration,
         /// Its load hint.
         load: LoadHint,
     },
     /// A `Window` or `NBest` race collected a valid offer; the choice comes when the window
-    /// closes (L3).
+    /// closes.
     Collected {
         /// Who offered.
         server: SocketAddr,
@@ -67,14 +68,14 @@ pub enum ClientEvent {
         load: LoadHint,
     },
     /// The selected server refused and named other servers; those not known before joined the
-    /// pool and the next race (R3).
+    /// pool and the next race.
     Redirected {
         /// The refusing server.
         from: SocketAddr,
         /// The addresses added to the pool.
         added: Vec<SocketAddr>,
     },
-    /// An offer arrived after the race was decided: void (C5). Its answer time is still reported.
+    /// An offer arrived after the race was decided: void. Its answer time is still reported.
     LateOffer {
         /// Who answered late.
         server: SocketAddr,
@@ -94,14 +95,14 @@ pub enum ClientEvent {
     },
     /// An application datagram arrived (the buffer it was decrypted in).
     Datagram(Bytes),
-    /// This connection's failure ejected a server from the client's races for `length` (L7).
+    /// This connection's failure ejected a server from the client's races for `length`.
     Ejected {
         /// The server.
         server: SocketAddr,
         /// How long it stays out before it is readmitted on probation.
         length: Duration,
     },
-    /// The server was lost; a new race starts if failovers remain (R5).
+    /// The server was lost; a new race starts if failovers remain.
     ServerLost {
         /// The lost server.
         server: SocketAddr,

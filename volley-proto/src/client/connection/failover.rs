@@ -1,7 +1,7 @@
-//! Where a connection races (R3, R5, L3, L6, L7): the pool, the servers REDIRECTs added to it,
-//! the targets of each race (ejected servers left out, a random order, the fan-out), and after a
-//! loss whether to race again, back off first, or give up. A [`Failover`] decides; the
-//! connection carries the decision out.
+//! Where a connection races: the pool, the servers REDIRECTs added to it, the targets of each
+//! race (ejected servers left out, a random order, the fan-out), and after a loss whether to race
+//! again, back off first, or give up. A [`Failover`] decides; the connection carries the decision
+//! out.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,7 +17,7 @@ use crate::util::canonical;
 pub(super) enum Next {
     /// Race these servers now.
     Race(Vec<SocketAddr>),
-    /// Refused with nowhere new to go: wait until `until`, then race `targets` (L6).
+    /// Refused with nowhere new to go: wait until `until`, then race `targets`.
     Backoff {
         until: Instant,
         targets: Vec<SocketAddr>,
@@ -32,7 +32,7 @@ pub(super) struct Failover {
     /// The servers the connection races: the pool it was given (canonical, each once), then the
     /// servers REDIRECTs added.
     pool: Vec<SocketAddr>,
-    /// Servers REDIRECTs just added, probed first in the next race (R3).
+    /// Servers REDIRECTs just added, probed first in the next race.
     redirected: Vec<SocketAddr>,
     /// How many servers REDIRECTs added over the connection's life (capped).
     redirect_added: usize,
@@ -79,12 +79,12 @@ impl Failover {
     }
 
     /// The servers the next race probes, in the order the probes leave, out of `candidates`,
-    /// and how many were left out for being ejected. Ejected servers sit races out (L7), unless
+    /// and how many were left out for being ejected. Ejected servers sit races out, unless
     /// every candidate is ejected. The order is random: on a fast network the send order is a
     /// visible part of the answer time, and a fixed order would hand every race to the first
-    /// server listed. With a fan-out of `d` (L3) the first `d` of the shuffle are a uniform
+    /// server listed. With a fan-out of `d` the first `d` of the shuffle are a uniform
     /// random subset. Servers a REDIRECT named since the last race go first (and are never cut
-    /// by the fan-out), so the refusal's advice is followed (R3).
+    /// by the fan-out), so the refusal's advice is followed.
     pub(super) fn targets(
         &mut self,
         now: Instant,
@@ -116,7 +116,7 @@ impl Failover {
         self.from.take()
     }
 
-    /// Adds a REDIRECT's addresses to the pool (R3): only usable unicast addresses of the pool's
+    /// Adds a REDIRECT's addresses to the pool: only usable unicast addresses of the pool's
     /// address family not known already, and no more than `max` over the connection's life. The
     /// client never probes an address it did not choose to add. Returns the addresses added
     /// and how many were ignored.
@@ -149,7 +149,7 @@ impl Failover {
 
     /// `server` is lost (`refused`: it refused the session). Race the rest of the pool if
     /// failovers remain — after a jittered back-off when it refused and no REDIRECT named
-    /// anywhere new (L6) — else give up.
+    /// anywhere new — else give up.
     pub(super) fn after_loss(
         &mut self,
         now: Instant,

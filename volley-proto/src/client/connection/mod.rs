@@ -141,7 +141,7 @@ impl Connection {
         }
     }
 
-    /// Reports a failure of `server` to the pool knowledge (L7).
+    /// Reports a failure of `server` to the pool knowledge.
     fn report_failure(&mut self, now: Instant, server: SocketAddr, pool: &mut PoolState) {
         if let Ejection::Ejected { until } = pool.report(now, server, ServerOutcome::Failure) {
             self.stats.ejections += 1;
@@ -221,9 +221,10 @@ impl Connection {
         self.state.session_stats()
     }
 
-    /// What the client side needs to open a stream (D2) on the established session: the
-    /// server's session id and address and the stream keys. None unless established; a
-    /// failover gives a new ticket (another server, other keys).
+    /// What the client side needs to open a stream (one proxied TCP connection,
+    /// [`crate::stream`]) on the established session: the server's session id and address and
+    /// the stream keys. None unless established; a failover gives a new ticket (another server,
+    /// other keys).
     pub fn stream_ticket(&self) -> Option<crate::stream::StreamTicket> {
         self.state.stream_ticket()
     }
@@ -618,8 +619,8 @@ impl Connection {
         self.state.poll_timeout()
     }
 
-    /// Fires timers due at `now`: probe and INIT retransmission (R1), deadlines, keepalive and
-    /// idle timeout (R5).
+    /// Fires timers due at `now`: probe and INIT retransmission, deadlines, keepalive and idle
+    /// timeout.
     pub fn handle_timeout(&mut self, now: Instant, pool: &mut PoolState) {
         match &mut self.state {
             State::ExpectOffer(race) => match race.handle_timeout(now) {

@@ -25,7 +25,7 @@ pub(super) enum State {
         session: Session,
         server: SocketAddr,
     },
-    /// Refused, waiting before racing `targets` again (L6).
+    /// Refused, waiting before racing `targets` again.
     Backoff {
         until: Instant,
         targets: Vec<SocketAddr>,
