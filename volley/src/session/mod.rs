@@ -332,8 +332,9 @@ impl Session {
     /// the server counts every datagram of this session as a request in flight from the moment
     /// it arrives (queueing in the application included) until the returned [`Request`] is
     /// dropped, and measures its service time from those completions — no manual
-    /// [`LoadGuard`](crate::LoadGuard)s. Use it for request/response services; a datagram that was already queued
-    /// before the first call is counted from the call. Cancel safe, like [`Session::recv`].
+    /// [`LoadGuard`](crate::LoadGuard)s. Use it for request/response services; a datagram that
+    /// was already queued before the first call is counted from the call. Cancel safe, like
+    /// [`Session::recv`].
     ///
     /// On a client session it behaves like [`Session::recv`], with no guard. See [`Request`]
     /// for an example.
