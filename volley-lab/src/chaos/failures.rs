@@ -42,7 +42,9 @@ pub(super) async fn failures(args: &ChaosArgs, volley: &Path) -> anyhow::Result<
     let session = client.connect(&pool).await?;
     // A sender every 50 ms and a receiver noting when each echo came.
     let echoes: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
-    let session = Arc::new(tokio::sync::Mutex::new(session));
+    // Shared by the sender task and this loop (which reads the serving address): a session's
+    // methods all take `&self`.
+    let session = Arc::new(session);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sender = {
         let session = Arc::clone(&session);
@@ -51,18 +53,15 @@ pub(super) async fn failures(args: &ChaosArgs, volley: &Path) -> anyhow::Result<
         tokio::spawn(async move {
             let mut n = 0u64;
             loop {
-                {
-                    let s = session.lock().await;
-                    let _ = s.send(format!("tick {n}").as_bytes()).await;
-                    n += 1;
-                    // Collect what came back since, without blocking the next tick.
-                    let until = Instant::now() + Duration::from_millis(50);
-                    while let Ok(Ok(_)) = tokio::time::timeout_at(until.into(), s.recv()).await {
-                        echoes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(Instant::now());
-                    }
+                let _ = session.send(format!("tick {n}").as_bytes()).await;
+                n += 1;
+                // Collect what came back since, without blocking the next tick.
+                let until = Instant::now() + Duration::from_millis(50);
+                while let Ok(Ok(_)) = tokio::time::timeout_at(until.into(), session.recv()).await {
+                    echoes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Instant::now());
                 }
                 if *stop.borrow_and_update() {
                     break;
@@ -70,12 +69,11 @@ pub(super) async fn failures(args: &ChaosArgs, volley: &Path) -> anyhow::Result<
             }
         })
     };
-    let serving = |s: &volley::Session| s.remote();
     let mut out = Vec::new();
     for case in CASES {
         for round in 0..args.rounds {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let relay_addr = serving(&*session.lock().await);
+            let relay_addr = session.remote();
             let i = pool
                 .iter()
                 .position(|a| *a == relay_addr)
