@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{BOUND, client_for, echoes, fast_session, serve, until};
+use common::{BOUND, bind, client_for, echoes, fast_session, serve, until};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use volley::{
@@ -18,11 +18,7 @@ use volley::{
 #[tokio::test]
 async fn r5_send_queue_is_per_session_and_reports_full_and_closed() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut cfg = ServerConfig::new(key.clone());
-    cfg.session = fast_session();
-    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let mut server = bind(&key, |_| {}).await;
     let pool = vec![server.local_addr()];
     let client = client_for(&key, SelectionPolicy::Earliest);
     let a = timeout(BOUND, client.connect(&pool))
@@ -172,11 +168,7 @@ async fn r5_on_a_paused_runtime_the_idle_timeout_runs_in_virtual_time() {
 #[tokio::test]
 async fn c1_one_client_endpoint_serves_every_connection_from_one_socket() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut cfg = ServerConfig::new(key.clone());
-    cfg.session = fast_session();
-    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let mut server = bind(&key, |_| {}).await;
     let pool = vec![server.local_addr()];
     let client = client_for(&key, SelectionPolicy::Earliest);
     assert_eq!(

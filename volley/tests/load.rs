@@ -5,11 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOUND, client_for, echoes, fast_session, serve, until};
+use common::{BOUND, bind, client_for, echoes, serve, until};
 use tokio::time::timeout;
 use volley::{
-    AnswerPolicy, LoadHint, OfferFate, SelectionPolicy, Server, ServerConfig, ServiceModel,
-    StaticKeypair,
+    AnswerPolicy, LoadHint, OfferFate, SelectionPolicy, ServerConfig, ServiceModel, StaticKeypair,
 };
 
 #[tokio::test]
@@ -109,12 +108,7 @@ async fn l1_paced_answer_time_grows_with_load_guards() {
 #[tokio::test]
 async fn l5_recv_request_counts_each_request_from_arrival_to_reply() {
     let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
-    let mut cfg = ServerConfig::new(key.clone());
-    cfg.session = fast_session();
-    cfg.capacity = Some(4);
-    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let mut server = bind(&key, |c| c.capacity = Some(4)).await;
     let (addr, handle) = (server.local_addr(), server.handle());
     // The application holds each request until told to answer it.
     let (go_tx, mut go_rx) = tokio::sync::mpsc::channel::<()>(4);

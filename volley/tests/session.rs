@@ -6,10 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{BOUND, client_for, fast_session, serve};
+use common::{BOUND, bind, client_for, serve};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
-use volley::{Error, SelectionPolicy, Server, ServerConfig, Session, StaticKeypair};
+use volley::{Error, SelectionPolicy, Session, StaticKeypair};
 
 /// Datagrams each way: few enough that loopback loses none of them.
 const N: u32 = 64;
@@ -64,11 +64,7 @@ async fn r5_a_client_session_is_read_by_one_task_and_written_by_another_at_once(
 #[tokio::test]
 async fn r5_a_server_session_is_read_by_one_task_and_written_by_another_at_once() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
-    let mut cfg = ServerConfig::new(key.clone());
-    cfg.session = fast_session();
-    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let mut server = bind(&key, |_| {}).await;
     let pool = vec![server.local_addr()];
     let client = client_for(&key, SelectionPolicy::Earliest);
     let up = Arc::new(

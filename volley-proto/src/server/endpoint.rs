@@ -74,6 +74,14 @@ pub struct ServerEndpoint {
     acceptor: Acceptor,
 }
 
+/// What [`ServerEndpoint::lend`] lends: disjoint borrows of the endpoint's parts.
+struct Lent<'a> {
+    cx: Context<'a>,
+    desk: &'a mut OfferDesk,
+    acceptor: &'a mut Acceptor,
+    rng: &'a mut (dyn CryptoRngCore + Send),
+}
+
 impl std::fmt::Debug for ServerEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerEndpoint")
@@ -122,10 +130,11 @@ impl ServerEndpoint {
         }
     }
 
-    /// The parts the offer desk works with, lent for one call, and the desk.
-    fn desk(&mut self) -> (Context<'_>, &mut OfferDesk) {
-        (
-            Context {
+    /// The endpoint's parts lent for one call: what the offer desk and the acceptor work with,
+    /// the two of them, and the RNG.
+    fn lend(&mut self) -> Lent<'_> {
+        Lent {
+            cx: Context {
                 config: &self.config,
                 jar: &self.jar,
                 admission: &mut self.admission,
@@ -133,8 +142,10 @@ impl ServerEndpoint {
                 load: &mut self.load,
                 sessions: &self.sessions,
             },
-            &mut self.desk,
-        )
+            desk: &mut self.desk,
+            acceptor: &mut self.acceptor,
+            rng: &mut *self.rng,
+        }
     }
 
     /// How long the answered probes waited for their offers (a histogram).
@@ -245,7 +256,7 @@ impl ServerEndpoint {
                 }
                 trace!(%remote, error = %e, "dropped: malformed");
                 if let DecodeError::UnsupportedVersion(v) = e {
-                    let (mut cx, _) = self.desk();
+                    let Lent { mut cx, .. } = self.lend();
                     return OfferDesk::answer_versions(
                         &mut cx, now, remote, local, v, datagram, response,
                     );
@@ -255,7 +266,7 @@ impl ServerEndpoint {
         };
         match packet {
             Packet::Probe(probe) => {
-                let (mut cx, desk) = self.desk();
+                let Lent { mut cx, desk, .. } = self.lend();
                 desk.handle_probe(
                     &mut cx,
                     now,
@@ -294,24 +305,14 @@ impl ServerEndpoint {
         init_len: usize,
         response: &mut [u8],
     ) -> Option<Transmit> {
-        let mut cx = Context {
-            config: &self.config,
-            jar: &self.jar,
-            admission: &mut self.admission,
-            stats: &mut self.stats,
-            load: &mut self.load,
-            sessions: &self.sessions,
-        };
-        let outcome = self.acceptor.handle_init(
-            &mut cx,
-            &mut *self.rng,
-            now,
-            remote,
-            local,
-            init,
-            init_len,
-            response,
-        );
+        let Lent {
+            mut cx,
+            acceptor,
+            rng,
+            ..
+        } = self.lend();
+        let outcome =
+            acceptor.handle_init(&mut cx, rng, now, remote, local, init, init_len, response);
         let (id, served, honoured, accept) = match outcome {
             InitOutcome::Answer(answer) => return answer,
             InitOutcome::Open {
@@ -446,7 +447,7 @@ impl ServerEndpoint {
 
     /// Writes the next queued session packet into `buf`. Call until None after every input.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let (mut cx, desk) = self.desk();
+        let Lent { mut cx, desk, .. } = self.lend();
         if let Some(t) = desk.release_held(&mut cx, now, buf) {
             return Some(t);
         }

@@ -82,17 +82,23 @@ impl Fleet {
     }
 }
 
+/// A server with `key` on an ephemeral loopback port, fast session timers, configured by
+/// `tweak`; the test accepts its sessions.
+pub async fn bind(key: &StaticKeypair, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut cfg = ServerConfig::new(key.clone());
+    cfg.session = fast_session();
+    tweak(&mut cfg);
+    Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .unwrap()
+}
+
 /// Starts one echo server with `key`, configured by `tweak`, serving until the test ends.
 pub async fn serve(
     key: &StaticKeypair,
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> (SocketAddr, ServerHandle) {
-    let mut cfg = ServerConfig::new(key.clone());
-    cfg.session = fast_session();
-    tweak(&mut cfg);
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap();
+    let server = bind(key, tweak).await;
     let (addr, handle) = (server.local_addr(), server.handle());
     tokio::spawn(volley::echo::serve(server, std::future::pending()));
     (addr, handle)

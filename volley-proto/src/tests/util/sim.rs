@@ -278,6 +278,11 @@ impl Sim {
     ) -> usize {
         let rng = self.child_rng();
         let conn = Connection::new(self.now, config, pool, rng, &mut self.pools[instance]);
+        self.push(conn, addr, instance)
+    }
+
+    /// Adds `conn`, of client instance `instance`, at `addr`; returns its index.
+    fn push(&mut self, conn: Connection, addr: SocketAddr, instance: usize) -> usize {
         self.clients.push(SimClient {
             addr,
             conn,
@@ -311,13 +316,7 @@ impl Sim {
         let instance = self.clients[i].instance;
         let state = &mut self.pools[instance];
         let conn = Connection::from_winner(self.now, config, pool, tag, winner, rng, state);
-        self.clients.push(SimClient {
-            addr,
-            conn,
-            instance,
-            events: Vec::new(),
-        });
-        self.clients.len() - 1
+        self.push(conn, addr, instance)
     }
 
     /// Every server address.
