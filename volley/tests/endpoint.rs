@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{BOUND, bind, client_for, echoes, fast_session, serve, until};
+use common::{BOUND, bind, client_for, connect, echoes, fast_session, serve, until};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use volley::{
@@ -116,13 +116,7 @@ async fn c6_a_server_bound_to_a_wildcard_address_answers_from_the_address_probed
         let _ = stopped.await;
     }));
     let probed: SocketAddr = SocketAddr::from(([127, 0, 0, 2], port));
-    let s = timeout(
-        BOUND,
-        client_for(&key, SelectionPolicy::Earliest).connect(&[probed]),
-    )
-    .await
-    .unwrap()
-    .expect("a session through the wildcard-bound server");
+    let s = connect(&key, &[probed]).await;
     assert_eq!(s.remote(), probed);
     echoes(&s, b"from the address probed").await;
     let _ = stop.send(());
@@ -326,13 +320,7 @@ async fn c6_a_server_serves_on_a_socket_the_caller_made() {
     let server = Server::from_socket(std_socket, ServerConfig::new(key.clone())).unwrap();
     assert_eq!(server.local_addr(), addr);
     let task = tokio::spawn(volley::echo::serve(server, std::future::pending()));
-    let s = timeout(
-        BOUND,
-        client_for(&key, SelectionPolicy::Earliest).connect(&[addr]),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let s = connect(&key, &[addr]).await;
     echoes(&s, b"on the caller's socket").await;
     task.abort();
 }

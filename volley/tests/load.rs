@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BOUND, bind, client_for, echoes, serve, until};
+use common::{BOUND, bind, client_for, connect, echoes, serve, until};
 use tokio::time::timeout;
 use volley::{
     AnswerPolicy, LoadHint, OfferFate, SelectionPolicy, ServerConfig, ServiceModel, StaticKeypair,
@@ -77,13 +77,7 @@ async fn l1_paced_answer_time_grows_with_load_guards() {
     // idle one expects 40 ms and answers 20 ms late.
     let guards: Vec<_> = (0..8).map(|_| busy_h.load_guard()).collect();
     until("guards counted", || busy_h.load().app == 8).await;
-    let s = timeout(
-        BOUND,
-        client_for(&key, SelectionPolicy::Earliest).connect(&[busy, idle]),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let s = connect(&key, &[busy, idle]).await;
     assert_eq!(s.remote(), idle, "the idle server answers first");
     until("the busy server's late offer", || {
         s.report().unwrap().offers.len() == 2
@@ -122,13 +116,7 @@ async fn l5_recv_request_counts_each_request_from_arrival_to_reply() {
             req.reply(&s, &data).await.unwrap();
         }
     });
-    let s = timeout(
-        BOUND,
-        client_for(&key, SelectionPolicy::Earliest).connect(&[addr]),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let s = connect(&key, &[addr]).await;
     // An open session with no request is no load (L6).
     until("session open", || handle.load().sessions == 1).await;
     assert_eq!(handle.load().requests, 0);

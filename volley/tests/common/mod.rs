@@ -113,6 +113,17 @@ pub fn client_for(key: &StaticKeypair, policy: SelectionPolicy) -> Client {
     Client::new(cfg)
 }
 
+/// A session from a fresh client pinning `key`, racing `pool` by the earliest offer (bounded).
+pub async fn connect(key: &StaticKeypair, pool: &[SocketAddr]) -> volley::Session {
+    tokio::time::timeout(
+        BOUND,
+        client_for(key, SelectionPolicy::Earliest).connect(pool),
+    )
+    .await
+    .expect("connect within the bound")
+    .expect("a session")
+}
+
 /// Waits (bounded) until `cond` holds; the server publishes its load after every wake-up.
 pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     timeout(BOUND, async {
