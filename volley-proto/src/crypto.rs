@@ -1,17 +1,21 @@
 //! Noise glue and the session key schedule.
 //!
-//! The handshake is `Noise_NK_25519_ChaChaPoly_SHA256` (via `snow`): the client knows the server's
-//! static key in advance (pinned), sends `-> e, es` in INIT and receives `<- e, ee` in ACCEPT. The
-//! prologue binds the handshake to the race: `SHA-256("volley/1 prologue" | service | tag | cookie)`.
-//! After message 2 both sides take Noise's `Split()` keys and use them directly as
-//! ChaCha20-Poly1305 keys (via `ring`) for DATA, with an explicit 64-bit counter as the nonce and
-//! the DATA header as associated data. Randomness for Noise ephemerals comes from the injected RNG.
+//! The handshake is `Noise_IK_25519_ChaChaPoly_SHA256` (via `snow`): the client knows the server's
+//! static key in advance (pinned) and proves its own, sending `-> e, es, s, ss` in INIT and
+//! receiving `<- e, ee, se` in ACCEPT. The server learns and authenticates the client's key from
+//! message 1 and decides (its allow-list) before it writes message 2 or keeps anything. The
+//! prologue binds the handshake to the race: `SHA-256("volley/2 prologue" | service | tag |
+//! cookie)`. After message 2 both sides take Noise's `Split()` keys and use them directly as DATA
+//! keys of the suite the handshake chose (ChaCha20-Poly1305 or AES-256-GCM, via `ring`), with an
+//! explicit 64-bit counter as the nonce and the DATA header as associated data; each direction's
+//! key is replaced by a KDF of itself at every key update ([`DirectionKey::next`]). Randomness
+//! for Noise ephemerals comes from the injected RNG.
 //!
 //! X25519 itself comes from `aws-lc-rs` (AWS-LC's formally verified s2n-bignum code with its
 //! ADX/BMI2 paths), plugged into snow as its `Dh`: one shared secret costs about 21 µs there
-//! against 50 µs for the curve25519-dalek that snow uses by default, and a handshake needs two on
-//! each side (`cargo bench -p volley-lab --bench handshake`). A shared secret of all zeros — the
-//! peer sent a small-order point — fails the handshake (RFC 7748 §6.1).
+//! against 50 µs for the curve25519-dalek that snow uses by default
+//! (`cargo bench -p volley-lab --bench handshake`). A shared secret of all zeros — the peer sent a
+//! small-order point — fails the handshake (RFC 7748 §6.1).
 
 use rand_core::{CryptoRngCore, RngCore, SeedableRng};
 use ring::aead::{self, Aad};
@@ -22,12 +26,13 @@ use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use snow::resolvers::{CryptoResolver, RingResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 use thiserror::Error;
+use zeroize::Zeroize;
 
 use crate::aead::{bind, nonce};
 use crate::packet::KeyId;
 
-/// The Noise protocol name of volley v1.
-pub const NOISE_PARAMS: &str = "Noise_NK_25519_ChaChaPoly_SHA256";
+/// The Noise protocol name of volley v2.
+pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 /// Length of an X25519 public or private key.
 pub const KEY_LEN: usize = 32;
 
@@ -80,7 +85,8 @@ impl PublicKey {
     }
 }
 
-/// A server's static key pair. `Debug` never shows the private half.
+/// A static key pair (a server's, or a client's). `Debug` never shows the private half; the
+/// private half is erased on drop.
 #[derive(Clone)]
 pub struct StaticKeypair {
     private: [u8; KEY_LEN],
@@ -88,6 +94,12 @@ pub struct StaticKeypair {
     /// The private half as AWS-LC holds it, built once: building it computes the public key
     /// (a basepoint multiplication), which every handshake would otherwise repeat.
     agreement: Arc<PrivateKey>,
+}
+
+impl Drop for StaticKeypair {
+    fn drop(&mut self) {
+        self.private.zeroize();
+    }
 }
 
 impl std::fmt::Debug for StaticKeypair {
@@ -165,7 +177,7 @@ fn params() -> snow::params::NoiseParams {
 /// The handshake prologue: binds service, tag and cookie into the Noise transcript.
 pub fn prologue(service: &[u8], tag: &crate::packet::Tag, cookie: &[u8]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(b"volley/1 prologue");
+    ctx.update(b"volley/2 prologue");
     ctx.update(&[service.len() as u8]);
     ctx.update(service);
     ctx.update(&tag.0);
@@ -310,6 +322,117 @@ impl CryptoResolver for SeededResolver {
     }
 }
 
+/// The DATA cipher suite of a session (PROTOCOL.md §4.6), chosen in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Suite {
+    /// ChaCha20-Poly1305 (RFC 8439): every implementation supports it.
+    ChaCha20Poly1305,
+    /// AES-256-GCM: chosen when both ends have AES hardware.
+    Aes256Gcm,
+}
+
+/// Suite bit of ChaCha20-Poly1305 in INIT's `suites` byte; always set.
+pub const SUITE_CHACHA20_POLY1305: u8 = 0x01;
+/// Suite bit of AES-256-GCM in INIT's `suites` byte.
+pub const SUITE_AES_256_GCM: u8 = 0x02;
+
+impl Suite {
+    /// The suite's identifier in ACCEPT's payload.
+    pub fn id(self) -> u8 {
+        match self {
+            Suite::ChaCha20Poly1305 => SUITE_CHACHA20_POLY1305,
+            Suite::Aes256Gcm => SUITE_AES_256_GCM,
+        }
+    }
+
+    /// The suite an ACCEPT names, if it is one of ours.
+    pub fn from_id(id: u8) -> Option<Self> {
+        match id {
+            SUITE_CHACHA20_POLY1305 => Some(Suite::ChaCha20Poly1305),
+            SUITE_AES_256_GCM => Some(Suite::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    fn algorithm(self) -> &'static aead::Algorithm {
+        match self {
+            Suite::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+            Suite::Aes256Gcm => &aead::AES_256_GCM,
+        }
+    }
+}
+
+/// Which DATA suites a side offers (client) or accepts (server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CipherPolicy {
+    /// AES-256-GCM when this machine has AES instructions (x86-64 AES-NI and PCLMULQDQ,
+    /// aarch64 AES and PMULL), ChaCha20-Poly1305 otherwise. The default.
+    #[default]
+    Auto,
+    /// ChaCha20-Poly1305 only.
+    ChaCha20Poly1305,
+    /// Offer and accept AES-256-GCM whatever the hardware (for tests and benchmarks).
+    PreferAes,
+}
+
+impl CipherPolicy {
+    /// Whether this side offers (client) or takes (server) AES-256-GCM.
+    pub fn wants_aes(self) -> bool {
+        match self {
+            CipherPolicy::Auto => aes_hardware(),
+            CipherPolicy::ChaCha20Poly1305 => false,
+            CipherPolicy::PreferAes => true,
+        }
+    }
+
+    /// INIT's `suites` byte under this policy.
+    pub fn offer(self) -> u8 {
+        SUITE_CHACHA20_POLY1305
+            | if self.wants_aes() {
+                SUITE_AES_256_GCM
+            } else {
+                0
+            }
+    }
+
+    /// The server's choice from a client's `suites` byte: AES-256-GCM when both want it,
+    /// ChaCha20-Poly1305 otherwise. None when the client offered neither.
+    pub fn choose(self, offered: u8) -> Option<Suite> {
+        if offered & SUITE_AES_256_GCM != 0 && self.wants_aes() {
+            Some(Suite::Aes256Gcm)
+        } else if offered & SUITE_CHACHA20_POLY1305 != 0 {
+            Some(Suite::ChaCha20Poly1305)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether this CPU has the instructions that make AES-GCM fast and constant-time.
+pub fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Bytes of INIT's Noise payload: client session id (4) ‖ suites (1).
+pub const INIT_PAYLOAD_LEN: usize = 5;
+/// Bytes of ACCEPT's Noise payload: server session id (4) ‖ suite (1).
+pub const ACCEPT_PAYLOAD_LEN: usize = 5;
+
 /// The client's side of the handshake, between INIT and ACCEPT.
 pub struct InitiatorHandshake {
     hs: snow::HandshakeState,
@@ -322,81 +445,197 @@ impl std::fmt::Debug for InitiatorHandshake {
 }
 
 impl InitiatorHandshake {
-    /// Starts NK towards `server` and writes message 1 carrying `payload` into `out`.
+    /// Starts IK towards `server` as `client` (its static key) and writes message 1 carrying
+    /// `payload` into `out`.
     pub fn start(
+        client: &StaticKeypair,
         server: &PublicKey,
         prologue: &[u8; 32],
         payload: &[u8],
         out: &mut [u8],
         rng: &mut dyn CryptoRngCore,
     ) -> Result<(Self, usize), CryptoError> {
-        let mut hs =
-            snow::Builder::with_resolver(params(), Box::new(SeededResolver::new(rng, None)))
-                .remote_public_key(&server.0)?
-                .prologue(prologue)?
-                .build_initiator()?;
+        let mut hs = snow::Builder::with_resolver(
+            params(),
+            Box::new(SeededResolver::new(rng, Some(client))),
+        )
+        .local_private_key(&client.private)?
+        .remote_public_key(&server.0)?
+        .prologue(prologue)?
+        .build_initiator()?;
         let n = hs.write_message(payload, out)?;
         Ok((Self { hs }, n))
     }
 
     /// Reads message 2, writing its payload into `payload`; returns the payload length and the
-    /// session keys.
+    /// raw split keys: `k1` (client → server), `k2` (server → client).
     pub fn finish(
         mut self,
         msg2: &[u8],
         payload: &mut [u8],
-    ) -> Result<(usize, SessionKeys), CryptoError> {
+    ) -> Result<(usize, RawSplit), CryptoError> {
         let n = self.hs.read_message(msg2, payload)?;
         let (i2r, r2i) = self.hs.dangerously_get_raw_split();
-        Ok((n, SessionKeys::new(&i2r, &r2i)))
+        Ok((n, RawSplit { k1: i2r, k2: r2i }))
     }
 }
 
-/// The server's side: reads message 1, writes message 2, in one call after the cookie checked out.
+/// The two raw outputs of Noise `Split()`: `k1` encrypts client → server, `k2` server →
+/// client. Erased when dropped.
+pub struct RawSplit {
+    /// Client → server.
+    pub k1: [u8; 32],
+    /// Server → client.
+    pub k2: [u8; 32],
+}
+
+impl Drop for RawSplit {
+    fn drop(&mut self) {
+        self.k1.zeroize();
+        self.k2.zeroize();
+    }
+}
+
+impl std::fmt::Debug for RawSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawSplit(<redacted>)")
+    }
+}
+
+/// What the server decided after reading message 1 and learning the client's static key.
+pub enum Verdict {
+    /// Go on: write message 2 with this payload.
+    Accept([u8; ACCEPT_PAYLOAD_LEN]),
+    /// Stop here: no message 2, nothing kept.
+    Refuse,
+}
+
+/// What [`respond`] gives back.
+pub enum Response {
+    /// Message 1 authenticated, the client's key is `client`, and message 2 (of `msg2_len`
+    /// bytes) was written with these keys.
+    Accepted {
+        /// The client's static key, authenticated by message 1.
+        client: PublicKey,
+        /// Length of message 2 in the caller's buffer.
+        msg2_len: usize,
+        /// The raw split keys.
+        split: RawSplit,
+    },
+    /// Message 1 authenticated, but the verdict was [`Verdict::Refuse`].
+    Refused {
+        /// The client's static key.
+        client: PublicKey,
+    },
+}
+
+/// The server's side: reads message 1 (payload into `payload1`), learns and authenticates the
+/// client's static key, asks `verdict` what to do with it, and if accepted writes message 2.
 pub fn respond(
     keypair: &StaticKeypair,
     prologue: &[u8; 32],
     msg1: &[u8],
     payload1: &mut [u8],
     rng: &mut dyn CryptoRngCore,
-    payload2: impl FnOnce(&[u8]) -> [u8; 4],
+    verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
     msg2: &mut [u8],
-) -> Result<(usize, usize, SessionKeys), CryptoError> {
+) -> Result<Response, CryptoError> {
     let resolver = SeededResolver::new(rng, Some(keypair));
     let mut hs = snow::Builder::with_resolver(params(), Box::new(resolver))
         .local_private_key(&keypair.private)?
         .prologue(prologue)?
         .build_responder()?;
     let n1 = hs.read_message(msg1, payload1)?;
-    let p2 = payload2(&payload1[..n1]);
-    let n2 = hs.write_message(&p2, msg2)?;
-    let (i2r, r2i) = hs.dangerously_get_raw_split();
-    Ok((n1, n2, SessionKeys::new(&r2i, &i2r)))
-}
-
-/// One direction's AEAD keys of an established session.
-///
-/// Kept as the two raw 32-byte ChaCha20-Poly1305 keys (64 bytes) rather than two ring
-/// `LessSafeKey`s (over 1 KiB together: ring sizes every key for an AES schedule); each seal or
-/// open binds its key on the spot, which for ChaCha20 is a copy of 32 bytes. At 100,000
-/// sessions that is the difference between about 2 KiB and 1 KiB per session.
-pub struct SessionKeys {
-    seal: [u8; 32],
-    open: [u8; 32],
-}
-
-impl std::fmt::Debug for SessionKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionKeys(<redacted>)")
+    let client = hs
+        .get_remote_static()
+        .and_then(|k| <[u8; KEY_LEN]>::try_from(k).ok())
+        .map(PublicKey)
+        .ok_or(CryptoError::Handshake(snow::Error::Dh))?;
+    match verdict(&client, &payload1[..n1]) {
+        Verdict::Refuse => Ok(Response::Refused { client }),
+        Verdict::Accept(p2) => {
+            let msg2_len = hs.write_message(&p2, msg2)?;
+            let (i2r, r2i) = hs.dangerously_get_raw_split();
+            Ok(Response::Accepted {
+                client,
+                msg2_len,
+                split: RawSplit { k1: i2r, k2: r2i },
+            })
+        }
     }
 }
 
-impl SessionKeys {
-    /// `seal` encrypts what this side sends; `open` decrypts what it receives.
-    pub fn new(seal: &[u8; 32], open: &[u8; 32]) -> Self {
+/// One direction's DATA key at one key epoch (PROTOCOL.md §4.6, §5.5).
+///
+/// ChaCha20-Poly1305 keys are kept raw (32 bytes) and bound for each seal or open, which for
+/// ChaCha20 is a copy; AES-256-GCM keys are expanded once (the key schedule and the GHASH table
+/// are too costly per packet) and boxed, so that a ChaCha20 session does not carry their size.
+/// The raw key is erased on drop.
+pub struct DirectionKey {
+    suite: Suite,
+    raw: [u8; 32],
+    expanded: Option<Box<aead::LessSafeKey>>,
+}
+
+impl std::fmt::Debug for DirectionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DirectionKey({:?}, <redacted>)", self.suite)
+    }
+}
+
+impl Drop for DirectionKey {
+    fn drop(&mut self) {
+        self.raw.zeroize();
+    }
+}
+
+/// The label of the key update KDF (PROTOCOL.md §5.5).
+pub const KEY_UPDATE_LABEL: &[u8] = b"volley/2 key update";
+
+impl DirectionKey {
+    /// The key `raw` for `suite`.
+    pub fn new(suite: Suite, raw: &[u8; 32]) -> Self {
+        let expanded = match suite {
+            Suite::ChaCha20Poly1305 => None,
+            Suite::Aes256Gcm => Some(Box::new(bind(suite.algorithm(), raw))),
+        };
         Self {
-            seal: *seal,
-            open: *open,
+            suite,
+            raw: *raw,
+            expanded,
+        }
+    }
+
+    /// The suite.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The next epoch's key: HKDF-Expand(PRK = this key, info = "volley/2 key update", 32),
+    /// i.e. HMAC-SHA256(key, "volley/2 key update" ‖ 0x01).
+    pub fn next(&self) -> Self {
+        self.advance(1)
+    }
+
+    /// The key `steps` epochs on (`steps` ≥ 1), expanded once at the end.
+    pub fn advance(&self, steps: u32) -> Self {
+        let mut raw = self.raw;
+        for _ in 0..steps.max(1) {
+            let mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &raw);
+            let mut ctx = ring::hmac::Context::with_key(&mac);
+            ctx.update(KEY_UPDATE_LABEL);
+            ctx.update(&[1]);
+            raw.copy_from_slice(ctx.sign().as_ref());
+        }
+        let next = Self::new(self.suite, &raw);
+        raw.zeroize();
+        next
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&aead::LessSafeKey) -> R) -> R {
+        match &self.expanded {
+            Some(k) => f(k),
+            None => f(&bind(self.suite.algorithm(), &self.raw)),
         }
     }
 
@@ -411,24 +650,13 @@ impl SessionKeys {
         if in_out.len() < len + crate::AEAD_TAG_LEN {
             return Err(CryptoError::Open);
         }
-        let tag = bind(&aead::CHACHA20_POLY1305, &self.seal)
-            .seal_in_place_separate_tag(nonce(counter), Aad::from(aad), &mut in_out[..len])
+        let tag = self
+            .with(|k| {
+                k.seal_in_place_separate_tag(nonce(counter), Aad::from(aad), &mut in_out[..len])
+            })
             .map_err(|_| CryptoError::Open)?;
         in_out[len..len + crate::AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
         Ok(len + crate::AEAD_TAG_LEN)
-    }
-
-    /// The stream keys of this session (§13.1), for a side in `role` (which tells which of
-    /// this side's keys is `k1`, client → server).
-    pub fn stream_keys(&self, role: crate::stream::Role) -> crate::stream::StreamKeys {
-        match role {
-            crate::stream::Role::Client => {
-                crate::stream::StreamKeys::derive(&self.seal, &self.open)
-            }
-            crate::stream::Role::Server => {
-                crate::stream::StreamKeys::derive(&self.open, &self.seal)
-            }
-        }
     }
 
     /// Decrypts ciphertext‖tag in place; returns the plaintext.
@@ -438,9 +666,52 @@ impl SessionKeys {
         aad: &[u8],
         in_out: &'b mut [u8],
     ) -> Result<&'b mut [u8], CryptoError> {
-        bind(&aead::CHACHA20_POLY1305, &self.open)
-            .open_in_place(nonce(counter), Aad::from(aad), in_out)
+        self.with(|k| k.open_in_place(nonce(counter), Aad::from(aad), in_out))
             .map_err(|_| CryptoError::Open)
+    }
+}
+
+/// An established session's keys at the handshake: the epoch-0 key each way and the stream
+/// keys (§13.1, derived once from the epoch-0 keys, so that rekeying DATA leaves streams
+/// alone).
+pub struct SessionKeys {
+    /// Encrypts what this side sends (epoch 0).
+    pub seal: DirectionKey,
+    /// Decrypts what this side receives (epoch 0).
+    pub open: DirectionKey,
+    /// The session's stream keys.
+    pub stream: crate::stream::StreamKeys,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeys(<redacted>)")
+    }
+}
+
+impl SessionKeys {
+    /// The keys of a side in `role` from the handshake's split, for `suite`.
+    pub fn from_split(split: &RawSplit, suite: Suite, role: crate::stream::Role) -> Self {
+        let stream = crate::stream::StreamKeys::derive(&split.k1, &split.k2);
+        let (seal, open) = match role {
+            crate::stream::Role::Client => (&split.k1, &split.k2),
+            crate::stream::Role::Server => (&split.k2, &split.k1),
+        };
+        Self {
+            seal: DirectionKey::new(suite, seal),
+            open: DirectionKey::new(suite, open),
+            stream,
+        }
+    }
+
+    /// `seal` encrypts what this side sends; `open` decrypts what it receives. The stream keys
+    /// are derived as for a client (seal = k1).
+    pub fn new(suite: Suite, seal: &[u8; 32], open: &[u8; 32]) -> Self {
+        Self {
+            seal: DirectionKey::new(suite, seal),
+            open: DirectionKey::new(suite, open),
+            stream: crate::stream::StreamKeys::derive(seal, open),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! # volley-proto
 //!
 //! volley's protocol as pure state machines: the wire codec ([`packet`]), stateless cookies
-//! ([`cookie`]), the Noise NK key schedule ([`crypto`]), the client's probe race and connection
+//! ([`cookie`]), the Noise IK handshake and key schedule, client allow-lists ([`allow`]) ([`crypto`]), the client's probe race and connection
 //! ([`client`]), the server's stateless responder and session table ([`server`]), and the encrypted
 //! session ([`session`]).
 //!
@@ -45,6 +45,7 @@
 #![deny(missing_docs)]
 
 mod aead;
+pub mod allow;
 pub mod client;
 pub mod coding;
 pub mod config;
@@ -75,8 +76,9 @@ pub use server::{
 pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
 pub use util::canonical as canonical_addr;
 
-/// The protocol version byte of v1.
-pub const VERSION: u8 = 1;
+/// The protocol version byte: this crate speaks version 2 only (PROTOCOL.md §3.9 says what a
+/// version-1 peer gets from it).
+pub const VERSION: u8 = 2;
 /// Largest datagram sent or accepted (fits a 1500-byte IPv6 path: 1500 − 40 − 8).
 pub const MAX_DATAGRAM_LEN: usize = 1452;
 /// Smallest PROBE a server answers. Probes are padded to this so that an OFFER (or any other

@@ -1,4 +1,4 @@
-//! The v1 wire messages: decoding borrows from the datagram, encoding writes into a caller's slice.
+//! The v2 wire messages: decoding borrows from the datagram, encoding writes into a caller's slice.
 //!
 //! Layouts, limits and the meaning of each field are normative in `docs/PROTOCOL.md` §3; this module
 //! is their one implementation. Decoding never panics and never allocates.
@@ -23,8 +23,12 @@ pub mod kind {
     pub const COOKIE_CHANGE: u8 = 0x05;
     /// REDIRECT: server → client, "not here": a refusal naming up to 8 other servers (possibly none).
     pub const REDIRECT: u8 = 0x06;
-    /// DATA: an encrypted session packet, either direction.
+    /// DATA: an encrypted session packet, either direction. The type byte is `0x10 | phase`:
+    /// its low four bits carry the sender's key phase (PROTOCOL.md §3.8, §5.5), so DATA is
+    /// every type from 0x10 to 0x1F.
     pub const DATA: u8 = 0x10;
+    /// Mask of the key phase in a DATA type byte.
+    pub const KEY_PHASE_MASK: u8 = 0x0F;
 }
 
 /// A race tag: 16 random bytes naming one probe attempt.
@@ -162,6 +166,8 @@ pub struct DataHeader {
     pub receiver_id: u32,
     /// The sender's packet counter, which is also the AEAD nonce.
     pub counter: u64,
+    /// The sender's key epoch modulo 16 (the low four bits of the type byte, §5.5).
+    pub key_phase: u8,
 }
 
 /// Any decoded datagram.
@@ -241,10 +247,11 @@ impl<'a> Packet<'a> {
                     servers: r.bytes(count * REDIRECT_ADDR_LEN)?,
                 })
             }
-            kind::DATA => {
+            t if t & !kind::KEY_PHASE_MASK == kind::DATA => {
                 let header = DataHeader {
                     receiver_id: r.u32()?,
                     counter: r.u64()?,
+                    key_phase: t & kind::KEY_PHASE_MASK,
                 };
                 let ciphertext = r.rest();
                 // A frame type byte plus the AEAD tag at the least.
@@ -350,7 +357,7 @@ pub const VERSIONS_ECHO_LEN: usize = 32;
 
 /// Writes the version-independent VERSIONS message answering `datagram`, a datagram of another
 /// protocol version (PROTOCOL.md §3.9): `00`, the number of versions this side speaks, those
-/// versions (here only 1), then the first [`VERSIONS_ECHO_LEN`] bytes of `datagram`, by which
+/// versions (here only [`VERSION`]), then the first [`VERSIONS_ECHO_LEN`] bytes of `datagram`, by which
 /// its sender recognises the answer whatever its version's format.
 pub fn encode_versions(datagram: &[u8], buf: &mut [u8]) -> Result<usize, EncodeError> {
     let echo = datagram
@@ -364,11 +371,22 @@ pub fn encode_versions(datagram: &[u8], buf: &mut [u8]) -> Result<usize, EncodeE
     Ok(w.len())
 }
 
+/// Reads a VERSIONS message (PROTOCOL.md §3.9): the versions the server speaks and the echo of
+/// the datagram it answers. None if `datagram` is not one.
+pub fn decode_versions(datagram: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&marker, rest) = datagram.split_first()?;
+    let (&count, rest) = rest.split_first()?;
+    if marker != 0 || count == 0 || rest.len() != usize::from(count) + VERSIONS_ECHO_LEN {
+        return None;
+    }
+    Some(rest.split_at(usize::from(count)))
+}
+
 impl DataHeader {
     /// Writes the 14-byte DATA header.
     pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer::new(buf);
-        header(&mut w, kind::DATA)?;
+        header(&mut w, kind::DATA | (self.key_phase & kind::KEY_PHASE_MASK))?;
         w.u32(self.receiver_id)?;
         w.u64(self.counter)?;
         debug_assert_eq!(w.len(), DATA_HEADER_LEN);

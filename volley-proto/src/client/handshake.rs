@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use rand_core::CryptoRngCore;
 
 use super::race::Winner;
-use crate::crypto::{self, InitiatorHandshake, PublicKey};
+use crate::crypto::{
+    self, ACCEPT_PAYLOAD_LEN, INIT_PAYLOAD_LEN, InitiatorHandshake, PublicKey, SessionKeys,
+    StaticKeypair, Suite,
+};
 use crate::packet::{Init, Tag};
 use crate::session::{Session, SessionConfig};
+use crate::stream::Role;
 use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN, Transmit};
 
 /// Waiting for the winner's ACCEPT, with the INIT to (re)send.
@@ -21,6 +25,10 @@ pub(super) struct ExpectAccept {
     tag: Tag,
     server: SocketAddr,
     key: PublicKey,
+    /// The static key this client proves (its own, or an anonymous one).
+    identity: StaticKeypair,
+    /// INIT's `suites` byte: the DATA suites offered.
+    offered: u8,
     /// This side's session id: the ACCEPT's `receiver_id`.
     local_id: u32,
     noise: InitiatorHandshake,
@@ -56,16 +64,21 @@ impl ExpectAccept {
         tag: Tag,
         w: Winner,
         local_id: u32,
+        identity: StaticKeypair,
+        offered: u8,
         rto: Duration,
         timeout: Duration,
         service: &[u8],
         rng: &mut dyn CryptoRngCore,
     ) -> Option<Self> {
-        let (noise, init) = write_init(&w.key, tag, &w.cookie, local_id, service, rng)?;
+        let payload = init_payload(local_id, offered);
+        let (noise, init) = write_init(&identity, &w.key, tag, &w.cookie, &payload, service, rng)?;
         Some(Self {
             tag,
             server: w.server,
             key: w.key,
+            identity,
+            offered,
             local_id,
             noise,
             init,
@@ -89,7 +102,16 @@ impl ExpectAccept {
         service: &[u8],
         rng: &mut dyn CryptoRngCore,
     ) -> Option<Self> {
-        let (noise, init) = write_init(&self.key, self.tag, cookie, self.local_id, service, rng)?;
+        let payload = init_payload(self.local_id, self.offered);
+        let (noise, init) = write_init(
+            &self.identity,
+            &self.key,
+            self.tag,
+            cookie,
+            &payload,
+            service,
+            rng,
+        )?;
         Some(Self {
             noise,
             init,
@@ -168,8 +190,9 @@ impl ExpectAccept {
         false
     }
 
-    /// Reads the ACCEPT's Noise message: the session, or None when it fails Noise or its
-    /// payload is not the 4-byte server session id (the state is spent either way).
+    /// Reads the ACCEPT's Noise message: the session, or None when it fails Noise, its payload
+    /// is not the server session id and a suite, or the suite is not one this side offered
+    /// (the state is spent either way).
     pub(super) fn finish(
         self,
         now: Instant,
@@ -177,12 +200,14 @@ impl ExpectAccept {
         config: SessionConfig,
     ) -> Option<Accepted> {
         let mut payload = [0u8; MAX_NOISE_LEN];
-        let (n, keys) = self.noise.finish(noise, &mut payload).ok()?;
-        let remote_id = <[u8; 4]>::try_from(payload.get(..n)?).ok()?;
+        let (n, split) = self.noise.finish(noise, &mut payload).ok()?;
+        let p = <[u8; ACCEPT_PAYLOAD_LEN]>::try_from(payload.get(..n)?).ok()?;
+        let suite = Suite::from_id(p[4]).filter(|s| self.offered & s.id() != 0)?;
+        let keys = SessionKeys::from_split(&split, suite, Role::Client);
         let mut session = Session::new(
             now,
             self.local_id,
-            u32::from_be_bytes(remote_id),
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
             self.server,
             keys,
             config,
@@ -201,19 +226,28 @@ impl ExpectAccept {
     }
 }
 
-/// Noise message 1 towards `key` in an INIT for `tag` and `cookie`.
+/// INIT's Noise payload: the client's session id and the suites it offers.
+fn init_payload(local_id: u32, offered: u8) -> [u8; INIT_PAYLOAD_LEN] {
+    let mut p = [0u8; INIT_PAYLOAD_LEN];
+    p[..4].copy_from_slice(&local_id.to_be_bytes());
+    p[4] = offered;
+    p
+}
+
+/// Noise message 1 from `identity` towards `key` in an INIT for `tag` and `cookie`.
 fn write_init(
+    identity: &StaticKeypair,
     key: &PublicKey,
     tag: Tag,
     cookie: &[u8],
-    local_id: u32,
+    payload: &[u8],
     service: &[u8],
     rng: &mut dyn CryptoRngCore,
 ) -> Option<(InitiatorHandshake, Vec<u8>)> {
     let prologue = crypto::prologue(service, &tag, cookie);
     let mut msg1 = [0u8; MAX_NOISE_LEN];
     let (noise, n) =
-        InitiatorHandshake::start(key, &prologue, &local_id.to_be_bytes(), &mut msg1, rng).ok()?;
+        InitiatorHandshake::start(identity, key, &prologue, payload, &mut msg1, rng).ok()?;
     let mut buf = [0u8; MAX_DATAGRAM_LEN];
     let size = Init {
         tag,

@@ -82,6 +82,10 @@ pub struct ClientConfig {
     /// Pinned server static keys (one pool key, or one per server). Offers naming any other key
     /// are ignored.
     pub server_keys: Vec<PublicKey>,
+    /// This client's static key, which the handshake proves to the server (a server with an
+    /// allow-list opens sessions only for listed keys, §4.7). `None` (default): a random key,
+    /// drawn once per client ([`pool::PoolState::identity`]), which no allow-list lists.
+    pub key: Option<crate::crypto::StaticKeypair>,
     /// Selection policy. Default [`SelectionPolicy::Earliest`].
     pub policy: SelectionPolicy,
     /// Probe retransmission and race deadline. `race.initial_rto` is the cold-start value:
@@ -124,6 +128,7 @@ impl ClientConfig {
         Self {
             service: b"echo".to_vec(),
             server_keys,
+            key: None,
             policy: SelectionPolicy::Earliest,
             race: RaceTimers::default(),
             init_rto: Duration::from_millis(250),
@@ -160,6 +165,8 @@ pub struct ClientStats {
     pub offers_unknown_key: u64,
     /// Datagrams that did not decode.
     pub malformed: u64,
+    /// VERSIONS answers to this client's PROBEs naming only other protocol versions (§3.9).
+    pub versions_received: u64,
     /// Datagrams of a kind or state the client does not expect (stray ACCEPT, DATA before the
     /// session, …) or from the wrong address.
     pub unexpected: u64,

@@ -103,6 +103,10 @@ pub struct PoolState {
     /// The client session ids (ACCEPT's and DATA's `receiver_id`) this client's connections
     /// hold: drawn unique, so that connections sharing a socket never claim each other's DATA.
     session_ids: HashSet<u32>,
+    /// The static key of a client configured without one, drawn once per client: anonymous to
+    /// any allow-list, but one key for all of its connections (one X25519 key generation per
+    /// client, not per handshake).
+    anonymous: Option<crate::crypto::StaticKeypair>,
 }
 
 impl PoolState {
@@ -112,6 +116,21 @@ impl PoolState {
             ejection,
             ..Self::default()
         }
+    }
+
+    /// The static key this client's handshakes prove: [`crate::ClientConfig::key`], or a
+    /// random one drawn from `rng` the first time and kept for the client's life.
+    pub fn identity(
+        &mut self,
+        config: &crate::ClientConfig,
+        rng: &mut dyn rand_core::CryptoRngCore,
+    ) -> crate::crypto::StaticKeypair {
+        if let Some(key) = &config.key {
+            return key.clone();
+        }
+        self.anonymous
+            .get_or_insert_with(|| crate::crypto::StaticKeypair::generate(rng))
+            .clone()
     }
 
     /// A random session id no connection of this client holds, now held until released.

@@ -1,6 +1,6 @@
 //! The acceptor: the checks between a cookie-bearing INIT and a new session — the stateless
 //! cookie check of [`super::responder`], the duplicate and ended-session filters, the
-//! `max_sessions` limit and the offers it honours, admission, then Noise. It decides and builds;
+//! `max_sessions` limit and the offers it honours, admission, then Noise IK and the allow-list. It decides and builds;
 //! the endpoint adds the session it hands back to its table. A refusal is a REDIRECT naming
 //! peers, never state.
 
@@ -14,9 +14,11 @@ use super::admission::Refusal;
 use super::context::Context;
 use super::responder::{self, InitCheck};
 use super::sessions::{Served, SessionId};
-use crate::crypto;
+use crate::allow::AllowEntry;
+use crate::crypto::{self, ACCEPT_PAYLOAD_LEN, INIT_PAYLOAD_LEN, Response, SessionKeys, Verdict};
 use crate::packet::{Accept, Init, MAX_REDIRECT_ADDRS, REDIRECT_ADDR_LEN, Redirect, Tag};
 use crate::session::Session;
+use crate::stream::Role;
 use crate::util::encode_addr;
 use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
 
@@ -133,29 +135,66 @@ impl Acceptor {
         let local_id = fresh_session_id(cx, rng);
         let mut payload1 = [0u8; MAX_NOISE_LEN];
         let mut msg2 = [0u8; MAX_NOISE_LEN];
-        let mut client_id = None;
+        let mut opened = None;
+        let allow = cx.config.allow.as_deref();
+        let cipher = cx.config.session.cipher;
         let result = crypto::respond(
             &cx.config.keypair,
             &prologue,
             init.noise,
             &mut payload1,
             rng,
-            |p| {
-                if let Ok(id) = <[u8; 4]>::try_from(p) {
-                    client_id = Some(u32::from_be_bytes(id));
-                }
-                local_id.to_be_bytes()
+            |client, p| {
+                // The client's key is authenticated here (message 1 decrypted under ss); only
+                // now can the allow-list be asked, and a refusal writes nothing and keeps nothing.
+                let entry = match allow {
+                    None => AllowEntry {
+                        key: *client,
+                        name: None,
+                    },
+                    Some(list) => match list.get(client) {
+                        Some(entry) => entry,
+                        None => return Verdict::Refuse,
+                    },
+                };
+                let Ok(p) = <[u8; INIT_PAYLOAD_LEN]>::try_from(p) else {
+                    return Verdict::Refuse;
+                };
+                let client_id = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+                let Some(suite) = cipher.choose(p[4]) else {
+                    return Verdict::Refuse;
+                };
+                opened = Some((client_id, suite, entry));
+                let mut p2 = [0u8; ACCEPT_PAYLOAD_LEN];
+                p2[..4].copy_from_slice(&local_id.to_be_bytes());
+                p2[4] = suite.id();
+                Verdict::Accept(p2)
             },
             &mut msg2,
         );
-        let (keys, n2, client_id) = match (result, client_id) {
-            (Ok((_, n2, keys)), Some(cid)) => (keys, n2, cid),
+        let (split, n2, client_id, suite, client) = match (result, opened) {
+            (
+                Ok(Response::Accepted {
+                    split, msg2_len, ..
+                }),
+                Some((cid, suite, entry)),
+            ) => (split, msg2_len, cid, suite, entry),
+            (Ok(Response::Refused { client }), None)
+                if allow.is_some_and(|l| !l.contains(&client)) =>
+            {
+                // Nothing an unlisted client could not have had without trying: no ACCEPT, no
+                // error, no state (§4.7).
+                cx.stats.inits_unauthorized += 1;
+                trace!(%remote, "INIT dropped: client key not on the allow-list");
+                return InitOutcome::Answer(None);
+            }
             _ => {
                 cx.stats.init_handshake_failed += 1;
                 trace!(%remote, "INIT dropped: handshake failed");
                 return InitOutcome::Answer(None);
             }
         };
+        let keys = SessionKeys::from_split(&split, suite, Role::Server);
         let Ok(size) = (Accept {
             receiver_id: client_id,
             noise: &msg2[..n2],
@@ -167,8 +206,9 @@ impl Acceptor {
             cx.stats.amplification_suppressed += 1;
             return InitOutcome::Answer(None);
         }
-        let session = Session::new(now, local_id, client_id, remote, keys, cx.config.session);
-        debug!(%remote, id = local_id, "session opened");
+        let session = Session::new(now, local_id, client_id, remote, keys, cx.config.session)
+            .with_migration();
+        debug!(%remote, id = local_id, client = %client.key.to_hex(), name = client.name.as_deref().unwrap_or(""), "session opened");
         InitOutcome::Open {
             id: local_id,
             served: Served {
@@ -176,6 +216,7 @@ impl Acceptor {
                 local,
                 origin: (remote, init.tag),
                 accept: out[..size].to_vec(),
+                client,
                 // The offer this session came from stays outstanding until it turns into load:
                 // now if sessions count as load, else when the session's first request arrives.
                 holds_reservation: !cx.config.count_sessions,

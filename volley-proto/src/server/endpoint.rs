@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand_core::CryptoRngCore;
@@ -22,6 +23,7 @@ use super::offers::OfferDesk;
 use super::sessions::{SessionId, SessionTable};
 use super::{AppLoad, ServerConfig, ServerLoad, ServerStats};
 use crate::Transmit;
+use crate::allow::{AllowEntry, AllowList};
 use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
 use crate::crypto::PublicKey;
@@ -39,6 +41,8 @@ pub enum ServerEvent {
         id: SessionId,
         /// The client's address.
         remote: SocketAddr,
+        /// The client's authenticated static key, and its allow-list name.
+        client: AllowEntry,
     },
     /// A datagram arrived on a session.
     Datagram {
@@ -322,6 +326,7 @@ impl ServerEndpoint {
                 accept,
             } => (id, served, honoured, accept),
         };
+        let client = served.client.clone();
         self.sessions.insert(id, served);
         if self.config.count_sessions {
             // The session itself is the load its offer promised.
@@ -333,7 +338,8 @@ impl ServerEndpoint {
             self.stats.init_honoured_full += 1;
         }
         self.stats.sessions_opened += 1;
-        self.events.push_back(ServerEvent::Opened { id, remote });
+        self.events
+            .push_back(ServerEvent::Opened { id, remote, client });
         Some(accept)
     }
 
@@ -349,21 +355,32 @@ impl ServerEndpoint {
             trace!(%remote, "DATA dropped: unknown session");
             return;
         };
-        if served.session.remote() != remote {
-            self.stats.data_wrong_source += 1;
-            trace!(%remote, "DATA dropped: wrong source for session");
-            return;
-        }
         let id = header.receiver_id;
-        match served.session.handle_data(now, header, ct) {
+        let before = served.session.stats();
+        let result = served.session.handle_data(now, remote, header, ct);
+        let after = served.session.stats();
+        if after.migrations > before.migrations {
+            self.stats.sessions_migrated += 1;
+            debug!(id, %remote, "session moved to a new client address");
+        }
+        if result.is_ok() && remote != served.session.remote() {
+            self.stats.data_new_address += 1;
+        }
+        // The session's first request: its offer is load now.
+        let first_request = matches!(result, Ok(Delivered::Datagram(_)))
+            && std::mem::take(&mut served.holds_reservation);
+        if served.session.has_pending() {
+            // A PONG, a PATH_CHALLENGE or a PATH_RESPONSE to send.
+            self.sessions.mark_ready(id);
+        }
+        if first_request {
+            self.load.release_reservation();
+        }
+        match result {
             Ok(Delivered::Datagram(data)) => {
-                if std::mem::take(&mut served.holds_reservation) {
-                    // The session's first request: its offer is load now.
-                    self.load.release_reservation();
-                }
                 self.events.push_back(ServerEvent::Datagram { id, data })
             }
-            Ok(Delivered::Keepalive) => self.sessions.mark_ready(id),
+            Ok(Delivered::Keepalive) => {}
             Ok(Delivered::Closed(_)) => self.finish(now, id),
             Err(DataDrop::Auth) => self.stats.data_auth_failed += 1,
             Err(DataDrop::Replay) => self.stats.data_replayed += 1,
@@ -382,6 +399,7 @@ impl ServerEndpoint {
             match reason {
                 CloseReason::IdleTimeout => self.stats.sessions_idle_timeout += 1,
                 CloseReason::Unresponsive => self.stats.sessions_unresponsive += 1,
+                CloseReason::Local(CloseCode::REVOKED) => self.stats.sessions_revoked += 1,
                 _ => {}
             }
             self.stats.sessions_closed += 1;
@@ -406,8 +424,51 @@ impl ServerEndpoint {
         self.sessions.get(id).map(|s| crate::stream::StreamTicket {
             session_id: id,
             peer: s.session.remote(),
-            keys: s.session.stream_keys(crate::stream::Role::Server),
+            keys: s.session.stream_keys(),
         })
+    }
+
+    /// The authenticated client of an open session: its static key and allow-list name.
+    pub fn client(&self, id: SessionId) -> Option<&AllowEntry> {
+        self.sessions.get(id).map(|s| &s.client)
+    }
+
+    /// The client's address of an open session (where the handshake came from, or where the
+    /// client validly moved to).
+    pub fn remote(&self, id: SessionId) -> Option<SocketAddr> {
+        self.sessions.get(id).map(|s| s.session.remote())
+    }
+
+    /// The allow-list in force (None: any client).
+    pub fn allow_list(&self) -> Option<&Arc<AllowList>> {
+        self.config.allow.as_ref()
+    }
+
+    /// Replaces the allow-list (None: any client may connect) at once: new INITs are judged by
+    /// it, and every open session whose client key it no longer lists is closed with
+    /// [`CloseCode::REVOKED`] (its CLOSE goes out with the next transmits; counted in
+    /// `sessions_revoked` when it ends). Returns how many sessions were revoked. A session's
+    /// name follows the new list.
+    pub fn set_allow_list(&mut self, allow: Option<Arc<AllowList>>) -> usize {
+        let mut revoked = 0;
+        for id in self.sessions.ids() {
+            let Some(served) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            match allow.as_deref().map(|l| l.get(&served.client.key)) {
+                None => {}
+                Some(Some(entry)) => served.client = entry,
+                Some(None) => {
+                    if served.session.close_reason().is_none() {
+                        debug!(id, client = %served.client.key.to_hex(), "session revoked");
+                        revoked += 1;
+                    }
+                    self.close(id, CloseCode::REVOKED);
+                }
+            }
+        }
+        self.config.allow = allow;
+        revoked
     }
 
     /// Queues a datagram on a session.
@@ -455,8 +516,8 @@ impl ServerEndpoint {
             let Some(served) = self.sessions.get_mut(id) else {
                 continue;
             };
-            if let Some(size) = served.session.poll_transmit(now, buf) {
-                let destination = served.session.remote();
+            if let Some(t) = served.session.poll_transmit(now, buf) {
+                let (size, destination) = (t.size, t.destination);
                 let source = served.local;
                 self.sessions.unpop_ready(id);
                 return Some(Transmit {

@@ -21,8 +21,10 @@ pub use estimate::ServiceModel;
 pub use sessions::SessionId;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::allow::AllowList;
 use crate::crypto::StaticKeypair;
 use crate::session::SessionConfig;
 
@@ -76,6 +78,10 @@ pub struct ServerConfig {
     /// Default none. At most [`crate::packet::MAX_REDIRECT_ADDRS`] are named, fewer when the
     /// REDIRECT would outgrow the INIT.
     pub peers: Vec<SocketAddr>,
+    /// The client keys this server opens sessions for (§4.7). `None` (default): any client
+    /// that completes the handshake, anonymous or not. Change it on a running server with
+    /// [`ServerEndpoint::set_allow_list`].
+    pub allow: Option<Arc<AllowList>>,
 }
 
 impl ServerConfig {
@@ -96,6 +102,7 @@ impl ServerConfig {
             max_held: answer::DEFAULT_MAX_HELD,
             reservation: answer::DEFAULT_RESERVATION,
             peers: Vec::new(),
+            allow: None,
         }
     }
 }
@@ -178,8 +185,11 @@ pub struct ServerStats {
     pub init_rate_limited: u64,
     /// INIT refused in under-load mode (a REDIRECT with no addresses tells the client).
     pub init_under_load: u64,
-    /// INIT whose Noise message failed (wrong server key, bad payload).
+    /// INIT whose Noise message failed (wrong server key, bad payload, no common suite).
     pub init_handshake_failed: u64,
+    /// INIT from a client whose authenticated key is not on the allow-list: dropped, nothing
+    /// sent, nothing kept.
+    pub inits_unauthorized: u64,
     /// Sessions opened.
     pub sessions_opened: u64,
     /// Sessions ended (any reason).
@@ -188,10 +198,15 @@ pub struct ServerStats {
     pub sessions_idle_timeout: u64,
     /// Sessions ended because the client stopped answering liveness probes.
     pub sessions_unresponsive: u64,
+    /// Sessions ended because a reloaded allow-list no longer lists their client's key.
+    pub sessions_revoked: u64,
+    /// Sessions that moved to a new, validated client address.
+    pub sessions_migrated: u64,
     /// DATA for no known session.
     pub data_unknown_session: u64,
-    /// DATA for a session, from an address other than the session's.
-    pub data_wrong_source: u64,
+    /// Authentic DATA for a session from an address other than the session's: a path
+    /// validation of that address started (the newest packet) or went on.
+    pub data_new_address: u64,
     /// DATA that failed authentication.
     pub data_auth_failed: u64,
     /// DATA rejected by the replay window.
@@ -206,7 +221,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 46] {
+    pub fn counters(&self) -> [(&'static str, u64); 49] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -250,12 +265,15 @@ impl ServerStats {
             ("init_rate_limited", self.init_rate_limited),
             ("init_under_load", self.init_under_load),
             ("init_handshake_failed", self.init_handshake_failed),
+            ("inits_unauthorized", self.inits_unauthorized),
             ("sessions_opened", self.sessions_opened),
             ("sessions_closed", self.sessions_closed),
             ("sessions_idle_timeout", self.sessions_idle_timeout),
             ("sessions_unresponsive", self.sessions_unresponsive),
+            ("sessions_revoked", self.sessions_revoked),
+            ("sessions_migrated", self.sessions_migrated),
             ("data_unknown_session", self.data_unknown_session),
-            ("data_wrong_source", self.data_wrong_source),
+            ("data_new_address", self.data_new_address),
             ("data_auth_failed", self.data_auth_failed),
             ("data_replayed", self.data_replayed),
             ("data_bad_frame", self.data_bad_frame),

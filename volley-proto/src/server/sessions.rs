@@ -26,6 +26,8 @@ pub(crate) struct Served {
     pub(crate) origin: Origin,
     /// The ACCEPT sent, re-sent verbatim to a duplicate INIT.
     pub(crate) accept: Vec<u8>,
+    /// The client's authenticated static key, and its allow-list name.
+    pub(crate) client: crate::allow::AllowEntry,
     /// Whether the offer this session came from still holds a reservation, to be released when
     /// its first request arrives (sessions that do not count as load).
     pub(crate) holds_reservation: bool,

@@ -14,6 +14,9 @@ impl CloseCode {
     pub const NORMAL: CloseCode = CloseCode(0);
     /// The server is shutting down; a client should race the pool again.
     pub const GOING_AWAY: CloseCode = CloseCode(1);
+    /// The server no longer allows the client's key (its allow-list was reloaded without it).
+    /// A client reports it and does not race again with that key.
+    pub const REVOKED: CloseCode = CloseCode(2);
 }
 
 /// Why a session ended.
@@ -69,4 +72,7 @@ pub enum DataDrop {
     /// The session is closed.
     #[error("session closed")]
     Closed,
+    /// From an address that is not the session's (and the session does not migrate).
+    #[error("not from the session's address")]
+    WrongSource,
 }

@@ -1,6 +1,16 @@
-//! A session's timers: keepalive, idle timeout and liveness probes.
+//! A session's timers and key policy: keepalive, idle timeout, liveness probes, key updates
+//! and the cipher suites it offers or takes.
 
 use std::time::Duration;
+
+use crate::crypto::CipherPolicy;
+
+/// Default [`SessionConfig::rekey_after_packets`]: 2^23, the confidentiality limit RFC 9001
+/// §6.6 sets for AES-GCM packets under one key (ChaCha20-Poly1305's is far higher; one number
+/// serves both suites).
+pub const DEFAULT_REKEY_AFTER_PACKETS: u64 = 1 << 23;
+/// Default [`SessionConfig::rekey_after_time`]: WireGuard's REKEY_AFTER_TIME.
+pub const DEFAULT_REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 
 /// Keepalive, idle and liveness timers.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +31,14 @@ pub struct SessionConfig {
     /// The PTO before any RTT is known (a client's session starts with its handshake time as
     /// the first sample; a server's with none). Default 200 ms.
     pub initial_probe_timeout: Duration,
+    /// Update the sending key after this many packets under it (§5.5). Default 2^23.
+    pub rekey_after_packets: u64,
+    /// Update the sending key when it is this old and a packet is sent. Default 120 s. Updates
+    /// never come closer than [`super::KEY_UPDATE_MIN_INTERVAL`] (1 s), whatever these say.
+    pub rekey_after_time: Duration,
+    /// Which DATA cipher suites this side offers (client) or takes (server). Default
+    /// [`CipherPolicy::Auto`]: AES-256-GCM where the CPU has AES instructions.
+    pub cipher: CipherPolicy,
 }
 
 impl Default for SessionConfig {
@@ -32,6 +50,9 @@ impl Default for SessionConfig {
             min_probe_timeout: Duration::from_millis(50),
             max_probe_timeout: Duration::from_secs(1),
             initial_probe_timeout: Duration::from_millis(200),
+            rekey_after_packets: DEFAULT_REKEY_AFTER_PACKETS,
+            rekey_after_time: DEFAULT_REKEY_AFTER_TIME,
+            cipher: CipherPolicy::Auto,
         }
     }
 }

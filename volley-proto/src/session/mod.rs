@@ -1,9 +1,11 @@
 //! An established session, the same on both sides: DATA sealing and opening, the replay
-//! window, keepalive, idle timeout and orderly close.
+//! window, key updates, keepalive, idle timeout, orderly close, and (on a server) address
+//! migration.
 //!
 //! Plaintext of every DATA packet is one frame: a type byte and its body (`docs/PROTOCOL.md` §5).
-//! The session never sends to any address but the one fixed at the handshake, and DATA from any
-//! other source is dropped by the endpoint before it reaches here.
+//! A client's session only ever talks to its server's address and drops DATA from any other
+//! source. A server's session follows its client to a new address once the client proved it
+//! is there ([`path`]): until then it sends there nothing but bounded PATH_CHALLENGEs.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -12,18 +14,24 @@ use std::time::{Duration, Instant};
 
 use tracing::trace;
 
-use crate::crypto::SessionKeys;
+use crate::crypto::{SessionKeys, Suite};
 use crate::packet::DataHeader;
 use crate::rtt::RttEstimator;
 use crate::{AEAD_TAG_LEN, DATA_HEADER_LEN, MAX_DATAGRAM_LEN};
 
 mod close;
 mod config;
+mod keys;
+pub mod path;
 mod replay;
 
 pub use close::{CloseCode, CloseReason, DataDrop, SendError};
 pub use config::SessionConfig;
+pub use keys::{KEY_PHASES, KEY_UPDATE_MIN_INTERVAL, MAX_PHASE_JUMP, PREVIOUS_KEY_LIFETIME};
 pub use replay::{REPLAY_WINDOW, ReplayWindow};
+
+use keys::{Opened, RecvKeys, SendKeys};
+use path::{PATH_DATA_LEN, PathCheck};
 
 /// Frame type bytes (first plaintext byte of DATA).
 pub mod frame {
@@ -35,6 +43,10 @@ pub mod frame {
     pub const PONG: u8 = 0x02;
     /// Orderly close: a big-endian u16 close code follows.
     pub const CLOSE: u8 = 0x03;
+    /// Path validation request (server → client): 8 bytes the answer must echo.
+    pub const PATH_CHALLENGE: u8 = 0x04;
+    /// Path validation answer (client → server): the challenge's 8 bytes.
+    pub const PATH_RESPONSE: u8 = 0x05;
 }
 
 /// Largest application datagram a session carries: a full-size DATA packet less header, frame
@@ -42,7 +54,7 @@ pub mod frame {
 pub const MAX_APP_DATAGRAM: usize = MAX_DATAGRAM_LEN - DATA_HEADER_LEN - 1 - AEAD_TAG_LEN;
 /// How many packets a session queues for sending before `send_datagram` refuses.
 pub const MAX_SEND_QUEUE: usize = 1024;
-/// Counters at or beyond this are never used; the session closes instead (rekey is not in v1).
+/// Counters at or beyond this are never used; the session closes instead.
 pub const MAX_COUNTER: u64 = 1 << 60;
 
 #[derive(Debug)]
@@ -51,6 +63,19 @@ enum Outgoing {
     Ping,
     Pong,
     Close(CloseCode),
+    PathChallenge([u8; PATH_DATA_LEN]),
+    PathResponse([u8; PATH_DATA_LEN]),
+}
+
+/// One DATA packet written by [`Session::poll_transmit`].
+#[must_use = "a SessionTransmit describes bytes that must be sent"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTransmit {
+    /// Bytes at the start of the caller's buffer.
+    pub size: usize,
+    /// Where to send them: the session's address, or the address being validated (a
+    /// PATH_CHALLENGE).
+    pub destination: SocketAddr,
 }
 
 /// What an authentic DATA packet delivered.
@@ -83,6 +108,21 @@ pub struct SessionStats {
     pub pings_sent: u64,
     /// Of those, liveness probes: PINGs sent because a datagram went unanswered.
     pub liveness_probes: u64,
+    /// Dropped: from an address that is not the session's (a client's session; a server's
+    /// follows its client, [`path`]).
+    pub dropped_wrong_source: u64,
+    /// Key updates of the sending direction (§5.5).
+    pub key_updates_sent: u64,
+    /// Key updates of the receiving direction the peer made and this side followed.
+    pub key_updates_received: u64,
+    /// Authentic packets opened with the previous receive key (reordered across an update).
+    pub opened_with_previous_key: u64,
+    /// PATH_CHALLENGEs sent to a new client address.
+    pub path_challenges_sent: u64,
+    /// PATH_CHALLENGEs not sent: the address had not sent enough to pay for them (3×).
+    pub path_challenges_unpaid: u64,
+    /// Address migrations completed (a validated new client address).
+    pub migrations: u64,
 }
 
 /// An established, encrypted session with one peer.
@@ -91,7 +131,10 @@ pub struct Session {
     local_id: u32,
     remote_id: u32,
     remote: SocketAddr,
-    keys: SessionKeys,
+    send: SendKeys,
+    recv: RecvKeys,
+    stream: crate::stream::StreamKeys,
+    suite: Suite,
     next_counter: u64,
     replay: ReplayWindow,
     config: SessionConfig,
@@ -113,6 +156,10 @@ pub struct Session {
     /// Another PING went out before a PONG came: the next PONG's sample would be ambiguous
     /// (Karn's rule), so it is not taken.
     ping_ambiguous: bool,
+    /// Whether this side follows its peer to a new address (a server's sessions do).
+    migrates: bool,
+    /// A new peer address being validated.
+    path: Option<PathCheck>,
 }
 
 impl Session {
@@ -126,11 +173,15 @@ impl Session {
         keys: SessionKeys,
         config: SessionConfig,
     ) -> Self {
+        let suite = keys.seal.suite();
         Self {
             local_id,
             remote_id,
             remote,
-            keys,
+            send: SendKeys::new(now, keys.seal),
+            recv: RecvKeys::new(keys.open),
+            stream: keys.stream,
+            suite,
             next_counter: 0,
             replay: ReplayWindow::default(),
             config,
@@ -145,7 +196,31 @@ impl Session {
             last_probe: None,
             ping_sent: None,
             ping_ambiguous: false,
+            migrates: false,
+            path: None,
         }
+    }
+
+    /// Lets the session follow its peer to a new address after validating it (a server's
+    /// sessions; PROTOCOL.md §5.6).
+    pub fn with_migration(mut self) -> Self {
+        self.migrates = true;
+        self
+    }
+
+    /// The DATA cipher suite the handshake chose.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// The current key epochs: (sending, receiving).
+    pub fn key_epochs(&self) -> (u32, u32) {
+        (self.send.epoch(), self.recv.epoch())
+    }
+
+    /// The address being validated, while a migration is pending.
+    pub fn pending_path(&self) -> Option<SocketAddr> {
+        self.path.as_ref().map(|p| p.addr())
     }
 
     /// Feeds an RTT measured outside the session (a client's handshake time).
@@ -181,9 +256,9 @@ impl Session {
         Some(self.last_probe.unwrap_or(since) + self.probe_timeout())
     }
 
-    /// The stream keys of this session for a side in `role` (`crate::stream`).
-    pub fn stream_keys(&self, role: crate::stream::Role) -> crate::stream::StreamKeys {
-        self.keys.stream_keys(role)
+    /// The stream keys of this session (`crate::stream`), derived at the handshake.
+    pub fn stream_keys(&self) -> crate::stream::StreamKeys {
+        self.stream.clone()
     }
 
     /// The peer's session id (the receiver id of DATA we send).
@@ -196,7 +271,8 @@ impl Session {
         self.local_id
     }
 
-    /// The peer's address, fixed at the handshake.
+    /// The peer's address: where the handshake came from, or the last validated address the
+    /// client moved to.
     pub fn remote(&self) -> SocketAddr {
         self.remote
     }
@@ -261,15 +337,21 @@ impl Session {
         }
     }
 
-    /// Opens one DATA packet from the session's peer.
+    /// Opens one DATA packet that arrived from `from`.
     pub fn handle_data(
         &mut self,
         now: Instant,
+        from: SocketAddr,
         header: DataHeader,
         ciphertext: &[u8],
     ) -> Result<Delivered, DataDrop> {
         if self.closed.is_some() {
             return Err(DataDrop::Closed);
+        }
+        if from != self.remote && !self.migrates {
+            self.stats.dropped_wrong_source += 1;
+            trace!(%from, "DATA dropped: not from the session's address");
+            return Err(DataDrop::WrongSource);
         }
         // Counters at or past MAX_COUNTER are never sent by a conforming peer: forged, and
         // refused before any AEAD work.
@@ -288,17 +370,27 @@ impl Session {
         }
         let mut aad = [0u8; DATA_HEADER_LEN];
         let _ = header.encode(&mut aad);
+        let newest = self.replay.highest().is_none_or(|h| header.counter > h);
         // Opened in place in the buffer that, for a datagram frame, becomes the delivered
         // datagram: one copy of the ciphertext, none of the plaintext.
         let mut buf = ciphertext.to_vec();
-        let plain_len = match self.keys.open(header.counter, &aad, &mut buf) {
-            Ok(p) => p.len(),
-            Err(_) => {
-                self.stats.dropped_auth += 1;
-                trace!("DATA dropped: authentication failed");
-                return Err(DataDrop::Auth);
-            }
+        let Some((plain_len, opened)) = self.recv.open(
+            now,
+            header.key_phase,
+            header.counter,
+            newest,
+            &aad,
+            &mut buf,
+        ) else {
+            self.stats.dropped_auth += 1;
+            trace!("DATA dropped: authentication failed");
+            return Err(DataDrop::Auth);
         };
+        match opened {
+            Opened::Switched => self.stats.key_updates_received += 1,
+            Opened::Previous => self.stats.opened_with_previous_key += 1,
+            Opened::Current => {}
+        }
         buf.truncate(plain_len);
         // Authentic from here on: the peer is alive, whatever the frame says.
         self.replay.commit(header.counter);
@@ -309,6 +401,9 @@ impl Session {
         self.unanswered_since = None;
         self.probes = 0;
         self.last_probe = None;
+        if from != self.remote {
+            self.heard_from_new_address(now, from, header.counter, newest, ciphertext.len());
+        }
         let (&ty, body) = buf.split_first().ok_or(DataDrop::BadFrame)?;
         match (ty, body.len()) {
             (frame::DATAGRAM, _) => {
@@ -339,6 +434,26 @@ impl Session {
                 self.outgoing.clear();
                 Ok(Delivered::Closed(code))
             }
+            (frame::PATH_CHALLENGE, PATH_DATA_LEN) => {
+                let mut data = [0u8; PATH_DATA_LEN];
+                data.copy_from_slice(body);
+                if self.outgoing.len() < MAX_SEND_QUEUE {
+                    self.outgoing.push_back(Outgoing::PathResponse(data));
+                }
+                Ok(Delivered::Keepalive)
+            }
+            (frame::PATH_RESPONSE, PATH_DATA_LEN) => {
+                if let Some(check) = &self.path
+                    && check.answered_by(from, body)
+                {
+                    debug_assert!(self.migrates);
+                    self.remote = from;
+                    self.path = None;
+                    self.stats.migrations += 1;
+                    trace!(%from, "session moved to a validated address");
+                }
+                Ok(Delivered::Keepalive)
+            }
             _ => {
                 self.stats.dropped_bad_frame += 1;
                 trace!(ty, "DATA dropped: malformed frame");
@@ -347,15 +462,59 @@ impl Session {
         }
     }
 
-    /// The next timer: keepalive or idle deadline. None once closed.
+    /// An authentic packet from an address other than the session's: count what it sent (the
+    /// 3× budget), and if it is the newest packet so far, validate that address (a replayed or
+    /// reordered packet moves nothing).
+    fn heard_from_new_address(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        counter: u64,
+        newest: bool,
+        ciphertext_len: usize,
+    ) {
+        let size = DATA_HEADER_LEN + ciphertext_len;
+        match &mut self.path {
+            Some(check) if check.addr() == from => check.received(size),
+            _ if newest => {
+                let mut check = PathCheck::new(now, from, counter, self.probe_timeout());
+                check.received(size);
+                self.path = Some(check);
+                self.queue_challenge();
+            }
+            _ => {}
+        }
+    }
+
+    fn queue_challenge(&mut self) {
+        if let Some(check) = &self.path
+            && self.outgoing.len() < MAX_SEND_QUEUE
+        {
+            self.outgoing
+                .push_back(Outgoing::PathChallenge(check.challenge()));
+        }
+    }
+
+    /// The next timer: keepalive, idle deadline, liveness, a path challenge's retry, or the
+    /// erasure of the previous receive key. None once closed.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.closed.is_some() {
             return None;
         }
-        let t = self
+        let mut t = self
             .next_ping
             .min(self.last_recv + self.config.idle_timeout);
-        Some(self.liveness_deadline().map_or(t, |l| l.min(t)))
+        for other in [
+            self.liveness_deadline(),
+            self.path.as_ref().map(|p| p.next_at()),
+            self.recv.previous_until(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            t = t.min(other);
+        }
+        Some(t)
     }
 
     /// Fires timers due at `now`. Returns the reason if the session just died of idleness.
@@ -367,6 +526,18 @@ impl Session {
             self.closed = Some(CloseReason::IdleTimeout);
             self.outgoing.clear();
             return self.closed;
+        }
+        self.recv.expire(now);
+        let pto = self.probe_timeout();
+        if let Some(check) = &mut self.path
+            && now >= check.next_at()
+        {
+            if check.retry(now, pto) {
+                self.queue_challenge();
+            } else {
+                trace!(addr = %check.addr(), "path validation failed: the session stays");
+                self.path = None;
+            }
         }
         if self.liveness_deadline().is_some_and(|t| now >= t) {
             if self.probes >= self.config.liveness_probes {
@@ -395,8 +566,9 @@ impl Session {
     }
 
     /// Writes the next DATA packet into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes); returns its
-    /// length, or None when nothing is queued. Call until None after every input.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+    /// length and destination, or None when nothing is queued. Call until None after every
+    /// input.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<SessionTransmit> {
         loop {
             let out = self.outgoing.pop_front()?;
             if self.next_counter >= MAX_COUNTER {
@@ -408,15 +580,39 @@ impl Session {
                 Outgoing::Datagram(d) => 1 + d.len(),
                 Outgoing::Ping | Outgoing::Pong => 1,
                 Outgoing::Close(_) => 3,
+                Outgoing::PathChallenge(_) | Outgoing::PathResponse(_) => 1 + PATH_DATA_LEN,
             };
             if buf.len() < DATA_HEADER_LEN + plain_len + AEAD_TAG_LEN {
                 // The caller's buffer is too small (it should be MAX_DATAGRAM_LEN): keep the frame.
                 self.outgoing.push_front(out);
                 return None;
             }
+            let destination = match (&out, &mut self.path) {
+                (Outgoing::PathChallenge(data), Some(check)) if check.challenge() == *data => {
+                    // Only as much to an unvalidated address as it sent us, three times over.
+                    if !check.pay(DATA_HEADER_LEN + plain_len + AEAD_TAG_LEN) {
+                        self.stats.path_challenges_unpaid += 1;
+                        continue;
+                    }
+                    self.stats.path_challenges_sent += 1;
+                    check.addr()
+                }
+                // A challenge for a check since replaced or abandoned.
+                (Outgoing::PathChallenge(_), _) => continue,
+                _ => self.remote,
+            };
+            if self.send.before_seal(
+                now,
+                self.config.rekey_after_packets,
+                self.config.rekey_after_time,
+            ) {
+                self.stats.key_updates_sent += 1;
+                trace!(epoch = self.send.epoch(), "sending key updated");
+            }
             let header = DataHeader {
                 receiver_id: self.remote_id,
                 counter: self.next_counter,
+                key_phase: self.send.phase(),
             };
             let Ok(h) = header.encode(buf) else {
                 self.outgoing.push_front(out);
@@ -442,10 +638,19 @@ impl Session {
                     body[1..3].copy_from_slice(&code.0.to_be_bytes());
                     3
                 }
+                Outgoing::PathChallenge(data) | Outgoing::PathResponse(data) => {
+                    body[0] = match out {
+                        Outgoing::PathChallenge(_) => frame::PATH_CHALLENGE,
+                        _ => frame::PATH_RESPONSE,
+                    };
+                    body[1..1 + PATH_DATA_LEN].copy_from_slice(data);
+                    1 + PATH_DATA_LEN
+                }
             };
-            match self.keys.seal(header.counter, head, body, len) {
+            match self.send.key().seal(header.counter, head, body, len) {
                 Ok(n) => {
                     self.next_counter += 1;
+                    self.send.sealed();
                     match &out {
                         // A datagram wants an answer (of some kind) within a PTO (R9).
                         Outgoing::Datagram(_) if self.unanswered_since.is_none() => {
@@ -460,7 +665,10 @@ impl Session {
                         _ => {}
                     }
                     self.stats.packets_sent += 1;
-                    return Some(h + n);
+                    return Some(SessionTransmit {
+                        size: h + n,
+                        destination,
+                    });
                 }
                 Err(_) => continue,
             }

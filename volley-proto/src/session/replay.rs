@@ -25,6 +25,11 @@ impl ReplayWindow {
         ((i / 64) as usize, 1u64 << (i % 64))
     }
 
+    /// The highest authentic counter so far.
+    pub fn highest(&self) -> Option<u64> {
+        self.highest
+    }
+
     /// Whether `counter` would be accepted (not seen, not older than the window).
     pub fn check(&self, counter: u64) -> bool {
         match self.highest {

@@ -102,7 +102,7 @@ impl ServerSide {
 
     fn event(&mut self, event: ServerEvent) {
         match event {
-            ServerEvent::Opened { id, remote } => {
+            ServerEvent::Opened { id, remote, client } => {
                 let (st_tx, st_rx) = watch::channel(Status {
                     remote,
                     closed: None,
@@ -110,7 +110,8 @@ impl ServerSide {
                 let requests = Arc::new(AtomicBool::new(false));
                 let link = Arc::new(Link::default());
                 let session = Session::new(id, self.cmd_tx.clone(), Arc::clone(&link), st_rx, None)
-                    .with_requests(Arc::clone(&requests));
+                    .with_requests(Arc::clone(&requests))
+                    .with_client(client);
                 if self.accept.try_send(session).is_err() {
                     debug!(id, "accept queue full: session refused");
                     self.endpoint.close(id, CloseCode::GOING_AWAY);

@@ -18,8 +18,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{mpsc, watch};
+use volley_proto::allow::AllowEntry;
 use volley_proto::client::ServerOutcome;
-use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM};
+use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, PublicKey};
 
 use crate::error::Error;
 use crate::report::ConnectReport;
@@ -111,6 +112,8 @@ pub struct Session {
     requests: Option<Arc<AtomicBool>>,
     /// Client side: the client's pool knowledge, for the outcomes the application reports.
     pool: Option<SharedPool>,
+    /// Server side: the client's authenticated static key and its allow-list name.
+    client: Option<AllowEntry>,
 }
 
 impl Session {
@@ -130,7 +133,13 @@ impl Session {
             report,
             requests: None,
             pool: None,
+            client: None,
         }
+    }
+
+    pub(crate) fn with_client(mut self, client: AllowEntry) -> Self {
+        self.client = Some(client);
+        self
     }
 
     pub(crate) fn with_requests(mut self, flag: Arc<AtomicBool>) -> Self {
@@ -387,7 +396,19 @@ impl Session {
         }
     }
 
-    /// The peer's address (for a client: the current server, which changes on failover).
+    /// Server side: the client's static key, as the handshake authenticated it (an anonymous
+    /// client's is a random key of its process). None on a client's session.
+    pub fn client_key(&self) -> Option<PublicKey> {
+        self.client.as_ref().map(|c| c.key)
+    }
+
+    /// Server side: the name the allow-list gives the client's key, if it gives one.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client.as_ref().and_then(|c| c.name.as_deref())
+    }
+
+    /// The peer's address (for a client: the current server, which changes on failover; for a
+    /// server: the client's, which follows the client when it moves, PROTOCOL.md §5.6).
     pub fn remote(&self) -> SocketAddr {
         self.status.borrow().remote
     }

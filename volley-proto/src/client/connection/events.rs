@@ -17,9 +17,22 @@ pub enum ConnectError {
     /// No server answered the probe before the race deadline.
     #[error("no server answered within {0:?}")]
     NoOffer(Duration),
-    /// The selected server never accepted, and no other server remained to race.
-    #[error("handshake with {0} timed out")]
-    HandshakeTimeout(SocketAddr),
+    /// Servers answered the probes, but the handshakes went unanswered (the count; the last
+    /// server named): a server with an allow-list says nothing to a client whose key it does not
+    /// list, so this is what an unlisted client sees — or every INIT and ACCEPT was lost.
+    /// The connection gives up after two in a row rather than racing the pool again.
+    #[error(
+        "the servers answered but accepted no session for this client key ({1} handshake(s) unanswered, last with {0}): is the key on their allow-list?"
+    )]
+    HandshakeTimeout(SocketAddr, u32),
+    /// The server ended the session because this client's key is no longer allowed (CLOSE
+    /// `REVOKED`).
+    #[error("{0} revoked this client's key: it is no longer on the server's allow-list")]
+    Revoked(SocketAddr),
+    /// No offer came, and a server answered with VERSIONS (§3.9): it speaks only other protocol
+    /// versions, the highest of which is named.
+    #[error("{0} speaks protocol version {1} (and no later one), this client speaks only version {v}: upgrade the older side", v = crate::VERSION)]
+    VersionMismatch(SocketAddr, u8),
     /// The selected server refused (full or under load), and no other server remained to race.
     #[error("{0} refused the session (full) and no other server remains")]
     Refused(SocketAddr),

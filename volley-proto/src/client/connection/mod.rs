@@ -32,6 +32,9 @@ use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError};
 use crate::util::canonical;
 use crate::{TAG_LEN, Transmit};
 use failover::{Failover, Next};
+
+/// Unanswered handshakes in a row after which a connection gives up (see `lose_server`).
+const UNANSWERED_HANDSHAKES: u32 = 2;
 use state::State;
 
 /// A client connection's protocol state. Drive it with `handle`, `handle_timeout`, and the
@@ -56,6 +59,10 @@ pub struct Connection {
     session_id: Option<u32>,
     /// `stats.offers_unknown_key` when the current race started.
     unknown_key_at_race: u64,
+    /// Handshakes in a row whose server offered but never accepted (reset by an ACCEPT).
+    handshakes_unanswered: u32,
+    /// A server of the live race that answered with VERSIONS naming only other versions.
+    other_versions: Option<(SocketAddr, u8)>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -129,6 +136,8 @@ impl Connection {
             extra_winners: Vec::new(),
             session_id: None,
             unknown_key_at_race: 0,
+            handshakes_unanswered: 0,
+            other_versions: None,
         }
     }
 
@@ -277,6 +286,9 @@ impl Connection {
             Err(e) => {
                 self.stats.malformed += 1;
                 trace!(%from, error = %e, "dropped: malformed");
+                if let Some((versions, echo)) = crate::packet::decode_versions(datagram) {
+                    self.on_versions(from, versions, echo);
+                }
                 return;
             }
         };
@@ -312,12 +324,12 @@ impl Connection {
                     self.stats.unexpected += 1;
                     return;
                 };
-                if from != *server || header.receiver_id != session.local_id() {
+                if header.receiver_id != session.local_id() {
                     self.stats.unexpected += 1;
                     return;
                 }
                 let server = *server;
-                match session.handle_data(now, header, ct) {
+                match session.handle_data(now, from, header, ct) {
                     Ok(Delivered::Datagram(d)) => self.events.push_back(ClientEvent::Datagram(d)),
                     Ok(Delivered::Keepalive) => {}
                     Ok(Delivered::Closed(code)) => {
@@ -330,6 +342,25 @@ impl Connection {
             Packet::Probe(_) | Packet::Init(_) => {
                 self.stats.unexpected += 1;
             }
+        }
+    }
+
+    /// A VERSIONS answer: kept (for the error the race gives if no offer comes) only when it
+    /// echoes a PROBE of the live race, sent to `from`.
+    fn on_versions(&mut self, from: SocketAddr, versions: &[u8], echo: &[u8]) {
+        let State::ExpectOffer(race) = &self.state else {
+            return;
+        };
+        let ours = race.live_tag().is_some_and(|tag| {
+            echo.first() == Some(&crate::VERSION)
+                && echo.get(1) == Some(&crate::packet::kind::PROBE)
+                && echo.get(2..2 + TAG_LEN) == Some(&tag.0[..])
+        }) && race.targets().contains(&from);
+        if ours && !versions.contains(&crate::VERSION) {
+            debug!(%from, ?versions, "server speaks other protocol versions");
+            self.stats.versions_received += 1;
+            let highest = versions.iter().copied().max().unwrap_or(0);
+            self.other_versions = Some((from, highest));
         }
     }
 
@@ -428,11 +459,14 @@ impl Connection {
         self.session_id = Some(local_id);
         let rto = pool.init_rto(&self.config);
         let server = w.server;
+        let identity = pool.identity(&self.config, &mut *self.rng);
         match ExpectAccept::start(
             now,
             tag,
             w,
             local_id,
+            identity,
+            self.config.session.cipher.offer(),
             rto,
             self.config.handshake_timeout,
             &self.config.service,
@@ -493,6 +527,7 @@ impl Connection {
                 clean,
             }) => {
                 self.stats.sessions_established += 1;
+                self.handshakes_unanswered = 0;
                 if clean {
                     pool.handshake_sample(handshake_time);
                 }
@@ -540,20 +575,35 @@ impl Connection {
             self.events.push_back(ClientEvent::Closed(reason));
             return;
         }
+        if reason == CloseReason::Remote(CloseCode::REVOKED) {
+            // The server no longer lets this key in; the rest of the pool shares its list.
+            debug!(%server, "session revoked: this client key is no longer allowed");
+            self.events
+                .push_back(ClientEvent::ServerLost { server, reason });
+            self.events
+                .push_back(ClientEvent::Failed(ConnectError::Revoked(server)));
+            return;
+        }
         self.events
             .push_back(ClientEvent::ServerLost { server, reason });
         let refused = reason == CloseReason::Refused;
-        match self
-            .failover
-            .after_loss(now, server, refused, &self.config, &mut *self.rng)
-        {
+        // Two handshakes in a row that servers answered with an OFFER but never with an ACCEPT
+        // is what a client whose key is not allowed sees (a server with an allow-list says
+        // nothing to it, §4.7); racing the pool again would only repeat it.
+        let next = if !was_established && self.handshakes_unanswered >= UNANSWERED_HANDSHAKES {
+            Next::GiveUp
+        } else {
+            self.failover
+                .after_loss(now, server, refused, &self.config, &mut *self.rng)
+        };
+        match next {
             Next::GiveUp => {
                 let err = if refused {
                     ConnectError::Refused(server)
                 } else if was_established {
                     ConnectError::ServerLost(server)
                 } else {
-                    ConnectError::HandshakeTimeout(server)
+                    ConnectError::HandshakeTimeout(server, self.handshakes_unanswered)
                 };
                 self.events.push_back(ClientEvent::Failed(err));
             }
@@ -583,28 +633,25 @@ impl Connection {
                 self.stats.inits_sent += 1;
                 Some(t)
             }
-            State::Established { session, server } => {
-                let destination = *server;
-                match session.poll_transmit(now, buf) {
-                    Some(size) => Some(Transmit {
-                        destination,
-                        size,
-                        source: None,
-                    }),
-                    None => {
-                        if session.is_drained() {
-                            let reason = session
-                                .close_reason()
-                                .unwrap_or(CloseReason::Local(CloseCode::NORMAL));
-                            let stats = session.stats();
-                            self.keep_session_stats(stats);
-                            self.state = State::Done;
-                            self.events.push_back(ClientEvent::Closed(reason));
-                        }
-                        None
+            State::Established { session, .. } => match session.poll_transmit(now, buf) {
+                Some(t) => Some(Transmit {
+                    destination: t.destination,
+                    size: t.size,
+                    source: None,
+                }),
+                None => {
+                    if session.is_drained() {
+                        let reason = session
+                            .close_reason()
+                            .unwrap_or(CloseReason::Local(CloseCode::NORMAL));
+                        let stats = session.stats();
+                        self.keep_session_stats(stats);
+                        self.state = State::Done;
+                        self.events.push_back(ClientEvent::Closed(reason));
                     }
+                    None
                 }
-            }
+            },
             State::Backoff { .. } | State::Done => None,
         }
     }
@@ -631,6 +678,7 @@ impl Connection {
             State::ExpectAccept(hs) => {
                 if hs.handle_timeout(now, self.config.race.max_rto) {
                     let server = hs.server();
+                    self.handshakes_unanswered += 1;
                     debug!(%server, "handshake timed out");
                     self.report_failure(now, server, pool);
                     self.lose_server(now, server, CloseReason::IdleTimeout, pool);
@@ -670,7 +718,9 @@ impl Connection {
         self.stats.probes_sent += race.probes_sent();
         self.decided = Some(race);
         let unpinned = self.stats.offers_unknown_key - self.unknown_key_at_race;
-        let error = if unpinned > 0 {
+        let error = if let Some((server, versions)) = self.other_versions.take() {
+            ConnectError::VersionMismatch(server, versions)
+        } else if unpinned > 0 {
             debug!(unpinned, "race failed: only offers from unpinned keys");
             ConnectError::UnpinnedKey(unpinned.min(u64::from(u32::MAX)) as u32)
         } else {

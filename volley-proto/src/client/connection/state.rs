@@ -12,7 +12,7 @@ use super::super::race::Race;
 use super::super::route::RouteView;
 use crate::packet::Tag;
 use crate::session::{SendError, Session, SessionStats};
-use crate::stream::{Role, StreamTicket};
+use crate::stream::StreamTicket;
 
 // One Connection exists per connect, so the variants' size difference costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
@@ -81,7 +81,7 @@ impl State {
             Self::Established { session, server } => Some(StreamTicket {
                 session_id: session.remote_id(),
                 peer: *server,
-                keys: session.stream_keys(Role::Client),
+                keys: session.stream_keys(),
             }),
             _ => None,
         }
