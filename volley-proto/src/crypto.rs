@@ -754,38 +754,92 @@ mod tests {
         }
     }
 
-    #[test]
-    fn nk_handshake_derives_matching_keys() {
-        let mut rng = ChaCha20Rng::seed_from_u64(9);
-        let server = StaticKeypair::generate(&mut rng);
-        let pro = [3u8; 32];
+    /// Runs IK between `client` and `server` (as the client believes it is `server_pub`)
+    /// under `pro`, the server deciding by `verdict`.
+    fn run_ik(
+        client: &StaticKeypair,
+        server_pub: &PublicKey,
+        server: &StaticKeypair,
+        pro: [u8; 32],
+        verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
+        rng: &mut ChaCha20Rng,
+    ) -> Result<(Response, Option<InitiatorHandshake>, Vec<u8>), CryptoError> {
         let mut m1 = [0u8; 256];
         let (init, n1) =
-            InitiatorHandshake::start(&server.public(), &pro, &[1, 2, 3, 4], &mut m1, &mut rng)
-                .unwrap();
+            InitiatorHandshake::start(client, server_pub, &pro, &[1, 2, 3, 4, 5], &mut m1, rng)?;
         let mut p1 = [0u8; 256];
         let mut m2 = [0u8; 256];
-        let (np1, n2, server_keys) = respond(
+        let r = respond(server, &pro, &m1[..n1], &mut p1, rng, verdict, &mut m2)?;
+        let n2 = match &r {
+            Response::Accepted { msg2_len, .. } => *msg2_len,
+            Response::Refused { .. } => 0,
+        };
+        Ok((r, Some(init), m2[..n2].to_vec()))
+    }
+
+    #[test]
+    fn a1_ik_authenticates_the_client_key_and_derives_matching_keys() {
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let server = StaticKeypair::generate(&mut rng);
+        let client = StaticKeypair::generate(&mut rng);
+        let mut seen = None;
+        let (r, init, m2) = run_ik(
+            &client,
+            &server.public(),
             &server,
-            &pro,
-            &m1[..n1],
-            &mut p1,
+            [3; 32],
+            |k, p| {
+                seen = Some((*k, p.to_vec()));
+                Verdict::Accept([9, 9, 9, 9, 1])
+            },
             &mut rng,
-            |_| [9, 9, 9, 9],
-            &mut m2,
         )
         .unwrap();
-        assert_eq!(&p1[..np1], &[1, 2, 3, 4]);
+        assert_eq!(seen, Some((client.public(), vec![1, 2, 3, 4, 5])));
+        let Response::Accepted {
+            client: k, split, ..
+        } = r
+        else {
+            panic!("refused")
+        };
+        assert_eq!(k, client.public());
+        // 101-byte message 1 (e, encrypted s, payload) and 53-byte message 2.
+        assert_eq!(m2.len(), 32 + 5 + 16);
         let mut p2 = [0u8; 256];
-        let (np2, client_keys) = init.finish(&m2[..n2], &mut p2).unwrap();
-        assert_eq!(&p2[..np2], &[9, 9, 9, 9]);
-        let mut buf = [0u8; 64];
-        buf[..5].copy_from_slice(b"hello");
-        let n = client_keys.seal(7, b"hdr", &mut buf, 5).unwrap();
-        assert_eq!(
-            server_keys.open(7, b"hdr", &mut buf[..n]).unwrap(),
-            b"hello"
-        );
+        let (np2, csplit) = init.unwrap().finish(&m2, &mut p2).unwrap();
+        assert_eq!(&p2[..np2], &[9, 9, 9, 9, 1]);
+        assert_eq!((csplit.k1, csplit.k2), (split.k1, split.k2));
+        for suite in [Suite::ChaCha20Poly1305, Suite::Aes256Gcm] {
+            let c = SessionKeys::from_split(&csplit, suite, crate::stream::Role::Client);
+            let s = SessionKeys::from_split(&split, suite, crate::stream::Role::Server);
+            let mut buf = [0u8; 64];
+            buf[..5].copy_from_slice(b"hello");
+            let n = c.seal.seal(7, b"hdr", &mut buf, 5).unwrap();
+            assert_eq!(s.open.open(7, b"hdr", &mut buf[..n]).unwrap(), b"hello");
+            let n = s.seal.seal(8, b"hdr", &mut buf, 2).unwrap();
+            assert!(
+                s.open.open(8, b"hdr", &mut buf[..n]).is_err(),
+                "directions differ"
+            );
+        }
+    }
+
+    #[test]
+    fn a1_a_refused_client_gets_no_message_2() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let server = StaticKeypair::generate(&mut rng);
+        let client = StaticKeypair::generate(&mut rng);
+        let (r, _, m2) = run_ik(
+            &client,
+            &server.public(),
+            &server,
+            [0; 32],
+            |_, _| Verdict::Refuse,
+            &mut rng,
+        )
+        .unwrap();
+        assert!(matches!(r, Response::Refused { client: k } if k == client.public()));
+        assert!(m2.is_empty());
     }
 
     #[test]
@@ -793,25 +847,15 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(10);
         let server = StaticKeypair::generate(&mut rng);
         let other = StaticKeypair::generate(&mut rng);
+        let client = StaticKeypair::generate(&mut rng);
+        let accept = |_: &PublicKey, _: &[u8]| Verdict::Accept([0; 5]);
+        assert!(run_ik(&client, &other.public(), &server, [0; 32], accept, &mut rng).is_err());
         let mut m1 = [0u8; 256];
         let (_, n1) =
-            InitiatorHandshake::start(&other.public(), &[0; 32], &[], &mut m1, &mut rng).unwrap();
+            InitiatorHandshake::start(&client, &server.public(), &[0; 32], &[], &mut m1, &mut rng)
+                .unwrap();
         let mut p = [0u8; 256];
         let mut m2 = [0u8; 256];
-        assert!(
-            respond(
-                &server,
-                &[0; 32],
-                &m1[..n1],
-                &mut p,
-                &mut rng,
-                |_| [0; 4],
-                &mut m2
-            )
-            .is_err()
-        );
-        let (_, n1) =
-            InitiatorHandshake::start(&server.public(), &[0; 32], &[], &mut m1, &mut rng).unwrap();
         assert!(
             respond(
                 &server,
@@ -819,11 +863,43 @@ mod tests {
                 &m1[..n1],
                 &mut p,
                 &mut rng,
-                |_| [0; 4],
+                accept,
                 &mut m2
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a6_suites_are_chosen_by_both_sides() {
+        use CipherPolicy::*;
+        assert_eq!(PreferAes.choose(PreferAes.offer()), Some(Suite::Aes256Gcm));
+        assert_eq!(
+            ChaCha20Poly1305.choose(PreferAes.offer()),
+            Some(Suite::ChaCha20Poly1305)
+        );
+        assert_eq!(
+            PreferAes.choose(ChaCha20Poly1305.offer()),
+            Some(Suite::ChaCha20Poly1305)
+        );
+        assert_eq!(PreferAes.choose(0), None);
+        assert_eq!(PreferAes.choose(SUITE_AES_256_GCM), Some(Suite::Aes256Gcm));
+        assert_eq!(ChaCha20Poly1305.choose(SUITE_AES_256_GCM), None);
+        assert_eq!(Auto.offer() & SUITE_AES_256_GCM != 0, aes_hardware());
+    }
+
+    #[test]
+    fn a3_key_updates_form_a_chain_and_advance_skips_steps() {
+        let k = DirectionKey::new(Suite::Aes256Gcm, &[5; 32]);
+        let two = k.next().next();
+        assert_eq!(k.advance(2).raw, two.raw);
+        assert_ne!(k.next().raw, k.raw);
+        let mut buf = [0u8; 32];
+        let n = two.seal(1, b"", &mut buf, 3).unwrap();
+        // (A failed open leaves its buffer unspecified: try each key on a copy.)
+        let mut copy = buf;
+        assert!(k.open(1, b"", &mut copy[..n]).is_err());
+        assert!(k.advance(2).open(1, b"", &mut buf[..n]).is_ok());
     }
 
     #[test]

@@ -466,6 +466,7 @@ mod tests {
         let h = DataHeader {
             receiver_id: 5,
             counter: 1 << 40,
+            key_phase: 11,
         };
         let n = h.encode(&mut buf).unwrap();
         buf[n..n + 17].fill(0xAA);

@@ -253,8 +253,9 @@ fn s3_cookies_tampered_in_flight_never_open_a_session() {
         assert!(
             sim.sent_of(kind::ACCEPT).is_empty() && sim.sent_of(kind::COOKIE_CHANGE).is_empty()
         );
-        assert!(sim.client_events(c).contains(&ClientEvent::Failed(
-            ConnectError::HandshakeTimeout(server_addr(0))
+        assert!(sim.client_events(c).iter().any(|e| matches!(
+            e,
+            ClientEvent::Failed(ConnectError::HandshakeTimeout(a, _)) if *a == server_addr(0)
         )));
     }
 }
@@ -364,8 +365,9 @@ fn r2_a_client_that_moves_again_gets_no_second_retry() {
         assert_eq!(cs.cookie_changes, 1);
         assert_eq!(cs.cookie_changes_ignored, s.cookie_changes_sent - 1);
         assert!(cs.cookie_changes_ignored >= 1);
-        assert!(sim.client_events(c).contains(&ClientEvent::Failed(
-            ConnectError::HandshakeTimeout(server_addr(0))
+        assert!(sim.client_events(c).iter().any(|e| matches!(
+            e,
+            ClientEvent::Failed(ConnectError::HandshakeTimeout(a, _)) if *a == server_addr(0)
         )));
     }
 }

@@ -133,7 +133,7 @@ fn r1_a_handshake_that_never_completes_gives_up_after_its_timeout() {
         assert_eq!(
             tail,
             vec![
-                ClientEvent::Failed(ConnectError::HandshakeTimeout(server)),
+                ClientEvent::Failed(ConnectError::HandshakeTimeout(server, 1)),
                 ClientEvent::ServerLost {
                     server,
                     reason: CloseReason::IdleTimeout

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 
 use crate::client::{ClientConfig, ClientEvent, Connection};
-use crate::crypto::{PublicKey, SessionKeys, StaticKeypair};
+use crate::crypto::{CipherPolicy, PublicKey, SessionKeys, StaticKeypair, Suite};
 use crate::packet::{DataHeader, Packet};
 use crate::server::{AppLoad, ServerConfig, ServerEndpoint, ServerEvent};
 use crate::{DATA_HEADER_LEN, MAX_DATAGRAM_LEN};
@@ -59,28 +59,41 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// The values of §11, as the document gives them.
 const STATIC_PRIVATE: &str = "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
+const CLIENT_STATIC_PRIVATE: &str =
+    "2122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40";
+const CLIENT_STATIC_PUBLIC: &str =
+    "5869aff450549732cbaaed5e5df9b30a6da31cb0e5742bad5ad4a1a768f1a67b";
+const K1_NEXT: &str = "2485c266330f84e1cfe9637be8ed31939ac21a27d7f0a962da3645c70ac10e2d";
+const DATA_CLIENT_AES: &str =
+    "0210a0a1a2a30000000000000000f03eda2f4d951015439b9d8eaf837f9cd33987be2f5a";
+const DATA_CLIENT_UPDATED: &str =
+    "0211a0a1a2a300000000000000013098b97b804759f26fbb145ae8cccf65073278d626ff";
+const PATH_CHALLENGE: &str =
+    "021010111213000000000000000130df18eb2d3804032a9cc26c3990ce1f29d0143822eae1ad57";
+const PATH_RESPONSE: &str =
+    "0211a0a1a2a30000000000000002d754f42bea87ab9faa4917eed1148fd1cfe5a58086eb340c01";
 const STATIC_PUBLIC: &str = "07a37cbc142093c8b755dc1b10e86cb426374ad16aa853ed0bdfc0b2b86d1c7c";
 const KEY_ID: &str = "9f9c17a469b951b3";
-const VERSIONS: &str = "0001010201000102030405060708090a0b0c0d0e0f046563686f000000000000000000";
-const PROBE_HEAD: &str = "0101000102030405060708090a0b0c0d0e0f046563686f";
-const OFFER: &str = "0102000102030405060708090a0b0c0d0e0f9f9c17a469b951b3000000030000006400002ab9277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce";
-const PROLOGUE: &str = "4507b2384b2301983c7f055c26642e8ddd018d39658cbff9d7a20d001b2537bb";
+const VERSIONS: &str = "0001020101000102030405060708090a0b0c0d0e0f046563686f000000000000000000";
+const PROBE_HEAD: &str = "0201000102030405060708090a0b0c0d0e0f046563686f";
+const OFFER: &str = "0202000102030405060708090a0b0c0d0e0f9f9c17a469b951b3000000030000006400002ab9277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce";
+const PROLOGUE: &str = "adc154c911229170263d118627965647f3b7228e22167229275d839258031c99";
 const CLIENT_EPHEMERAL: &str = "e7ad4226fd3729be8da6414be78a0cb827f15d71a0437d5f09d0ff4fab570332";
 const CLIENT_EPHEMERAL_PUBLIC: &str =
     "f8c95fdeab7f35b1e113e6714f2923f4d76878e87a9305151e13ccd6773f4c2e";
-const INIT: &str = "0103000102030405060708090a0b0c0d0e0f046563686f277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce0034f8c95fdeab7f35b1e113e6714f2923f4d76878e87a9305151e13ccd6773f4c2e7489dfce4f60675d803feef492884f6f2a900b5a";
-const COOKIE_CHANGE: &str = "0105000102030405060708090a0b0c0d0e0f277f000005dc00000000000000000000ffffc0000201c3516d30060ae6a492c731e2fce7b487ff50";
-const REDIRECT_EMPTY: &str = "0106000102030405060708090a0b0c0d0e0f00";
-const REDIRECT_PEERS: &str = "0106000102030405060708090a0b0c0d0e0f0200000000000000000000ffffc633640b115100000000000000000000ffffc633640c1151";
+const INIT: &str = "0203000102030405060708090a0b0c0d0e0f046563686f277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce0065f8c95fdeab7f35b1e113e6714f2923f4d76878e87a9305151e13ccd6773f4c2ebe831d5a0e6148789917c69011a043197c5884de633e3fbff8c9dab4d5754b903d93b0d0e74cdf65d9d03c9d533e93593262b62d7c586496af7a2db8114c9783137b19ebfb";
+const COOKIE_CHANGE: &str = "0205000102030405060708090a0b0c0d0e0f277f000005dc00000000000000000000ffffc0000201c3516d30060ae6a492c731e2fce7b487ff50";
+const REDIRECT_EMPTY: &str = "0206000102030405060708090a0b0c0d0e0f00";
+const REDIRECT_PEERS: &str = "0206000102030405060708090a0b0c0d0e0f0200000000000000000000ffffc633640b115100000000000000000000ffffc633640c1151";
 const SERVER_EPHEMERAL: &str = "b8560243aa01635aeb06d92e358b7823c861c6e1837b2a2128bd555fde948a17";
 const SERVER_EPHEMERAL_PUBLIC: &str =
     "e648a49eb2ae30c9e626c69473aa0bbc590cde46450f8783feb1c59c01e5f843";
-const ACCEPT: &str = "0104101112130034e648a49eb2ae30c9e626c69473aa0bbc590cde46450f8783feb1c59c01e5f8438f25c4658b5f543e4a773389dd55cf932bc3c59c";
-const K1: &str = "212fe747927e533af3a8ffe43e46d4fd26cf6c3e5f6d12490083909783e0d2fa";
-const K2: &str = "58cf7598d5de56b200644aa232180c81b059b3070def7fad105c47f786df4829";
+const ACCEPT: &str = "0204101112130035e648a49eb2ae30c9e626c69473aa0bbc590cde46450f8783feb1c59c01e5f84375c2c0bfab55dd4c96ff37c5f65d0bd1d01d7f6f54";
+const K1: &str = "b486efe92c27258786bb493d93303d5204496396ea867070c7c1f24150bcc986";
+const K2: &str = "19aa6207d25ef3a935385590bb84aa87c393adc1c325f5f5657d399e36f6e6ea";
 const DATA_CLIENT: &str =
-    "0110a0a1a2a30000000000000000391247a837efc58cc98bec1c6ef55ed9a3453d453e80";
-const DATA_SERVER: &str = "01101011121300000000000000005776d61e5067161174a9aa8640f8a06b5822ff";
+    "0210a0a1a2a300000000000000009a3deeaf2f7ec68322730c88632e7df123b77e7b525b";
+const DATA_SERVER: &str = "02101011121300000000000000006cffccae40e73a3d34b75c474da51558bfe302";
 
 /// A snow ephemeral drawn as the code draws it: ChaCha20 seeded by 32 bytes of the injected RNG.
 fn ephemeral(seed_first_byte: u8) -> [u8; 32] {
@@ -126,9 +139,19 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         },
     );
     let mut pool = crate::client::PoolState::default();
+    let mut client_private = [0u8; 32];
+    client_private.copy_from_slice(&unhex(CLIENT_STATIC_PRIVATE));
+    let client_key = StaticKeypair::from_private(client_private);
+    got.push(("client static public", hex(&client_key.public().0)));
+    let mut client_config = ClientConfig::new(vec![public]);
+    client_config.key = Some(client_key);
+    // ChaCha20-Poly1305 only, so that the vectors do not depend on this machine's AES
+    // instructions; one key update per packet (but at most one a second, §5.5).
+    client_config.session.cipher = CipherPolicy::ChaCha20Poly1305;
+    client_config.session.rekey_after_packets = 1;
     let mut conn = Connection::new(
         at,
-        ClientConfig::new(vec![public]),
+        client_config,
         vec![local],
         Box::new(Counting(0x00)),
         &mut pool,
@@ -153,7 +176,7 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     conn.handle(due, local, &offer, &mut pool);
     let t = conn.poll_transmit(due, &mut buf).expect("the INIT");
     let init = buf[..t.size].to_vec();
-    assert_eq!(init.len(), 117);
+    assert_eq!(init.len(), 166);
     got.push(("init", hex(&init)));
     let cookie = match Packet::decode(&init) {
         Ok(Packet::Init(i)) => i.cookie.to_vec(),
@@ -217,6 +240,43 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         "server ephemeral public",
         hex(&StaticKeypair::from_private(e).public().0),
     ));
+    // The same handshake through the Noise API alone, with the same draws: its message 1 is the
+    // INIT's, and its split gives §11's k1 and k2.
+    {
+        let (init_noise, prologue) = match Packet::decode(&init) {
+            Ok(Packet::Init(i)) => (
+                i.noise.to_vec(),
+                crate::crypto::prologue(i.service, &i.tag, i.cookie),
+            ),
+            other => panic!("{other:?}"),
+        };
+        let accept_noise = match Packet::decode(&accept) {
+            Ok(Packet::Accept(a)) => a.noise.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let mut m1 = [0u8; 256];
+        let mut client_private = [0u8; 32];
+        client_private.copy_from_slice(&unhex(CLIENT_STATIC_PRIVATE));
+        let (hs, n1) = crate::crypto::InitiatorHandshake::start(
+            &StaticKeypair::from_private(client_private),
+            &public,
+            &prologue,
+            &[0x10, 0x11, 0x12, 0x13, 0x01],
+            &mut m1,
+            &mut Counting(0x14),
+        )
+        .expect("message 1");
+        assert_eq!(m1[..n1], init_noise[..], "the INIT's Noise message");
+        let mut p2 = [0u8; 256];
+        let (n2, split) = hs.finish(&accept_noise, &mut p2).expect("message 2");
+        assert_eq!(
+            &p2[..n2],
+            &[0xa0, 0xa1, 0xa2, 0xa3, 0x01],
+            "server id, ChaCha20-Poly1305"
+        );
+        got.push(("k1", hex(&split.k1)));
+        got.push(("k2", hex(&split.k2)));
+    }
     let id = loop {
         match server.poll_event() {
             Some(ServerEvent::Opened { id, .. }) => break id,
@@ -236,11 +296,43 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     let t = server.poll_transmit(late, &mut out).expect("server DATA");
     got.push(("server data", hex(&out[..t.size])));
 
-    // VERSIONS (§3.9): the §11.1 PROBE with version byte 2, answered by a fresh v1 server.
+    // §5.5: one second on, the client's next packet is sealed under its updated key (phase 1);
+    // §5.6: it arrives from a new address, so the server challenges that address and the client
+    // answers.
+    let later = late + Duration::from_secs(1);
+    conn.send_datagram(b"moved").unwrap();
+    let t = conn
+        .poll_transmit(later, &mut buf)
+        .expect("client DATA, key updated");
+    let updated = buf[..t.size].to_vec();
+    got.push(("client data updated", hex(&updated)));
+    assert!(
+        server
+            .handle(later, moved, local, &updated, &mut out)
+            .is_none()
+    );
+    let t = server
+        .poll_transmit(later, &mut out)
+        .expect("PATH_CHALLENGE");
+    assert_eq!(t.destination, moved);
+    got.push(("path challenge", hex(&out[..t.size])));
+    let challenge = out[..t.size].to_vec();
+    conn.handle(later, local, &challenge, &mut pool);
+    let t = conn.poll_transmit(later, &mut buf).expect("PATH_RESPONSE");
+    got.push(("path response", hex(&buf[..t.size])));
+    let response = buf[..t.size].to_vec();
+    assert!(
+        server
+            .handle(later, moved, local, &response, &mut out)
+            .is_none()
+    );
+    assert_eq!(server.remote(id), Some(moved), "the session moved");
+
+    // VERSIONS (§3.9): the §11.1 PROBE with version byte 1, answered by a fresh v2 server.
     let mut other = probe.clone();
-    other[0] = 2;
-    let mut v1 = ServerEndpoint::new(at, server_config(vec![]), Box::new(Counting(0x11)));
-    let t = v1
+    other[0] = 1;
+    let mut v2 = ServerEndpoint::new(at, server_config(vec![]), Box::new(Counting(0x11)));
+    let t = v2
         .handle(at, client, local, &other, &mut out)
         .expect("a VERSIONS");
     assert_eq!(t.destination, client);
@@ -264,68 +356,131 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         ("client data", DATA_CLIENT),
         ("server data", DATA_SERVER),
         ("versions", VERSIONS),
+        ("client static public", CLIENT_STATIC_PUBLIC),
+        ("client data updated", DATA_CLIENT_UPDATED),
+        ("path challenge", PATH_CHALLENGE),
+        ("path response", PATH_RESPONSE),
+        ("k1", K1),
+        ("k2", K2),
     ];
     for (name, value) in &got {
         println!("{name}: {value}");
+    }
+    if std::env::var_os("VOLLEY_PRINT_VECTORS").is_some() {
+        // Regenerating: the values that depend on the ones above, then stop.
+        let k = |h: &str| -> [u8; 32] { unhex(h).try_into().expect("32 bytes") };
+        let find = |n: &str| got.iter().find(|(m, _)| *m == n).unwrap().1.clone();
+        let k1 = k(&find("k1"));
+        let keys = SessionKeys::new(Suite::Aes256Gcm, &k1, &k1);
+        let mut wire = [0u8; MAX_DATAGRAM_LEN];
+        let n = DataHeader {
+            receiver_id: 0xa0a1_a2a3,
+            counter: 0,
+            key_phase: 0,
+        }
+        .encode(&mut wire)
+        .unwrap();
+        wire[n] = 0;
+        wire[n + 1..n + 6].copy_from_slice(b"hello");
+        let (aad, body) = wire.split_at_mut(n);
+        let m = keys.seal.seal(0, aad, body, 6).unwrap();
+        println!("client data aes: {}", hex(&wire[..n + m]));
+        println!(
+            "k1 next: {}",
+            hex(&{
+                use ring::hmac;
+                let mut msg = b"volley/2 key update".to_vec();
+                msg.push(1);
+                hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &k1), &msg)
+                    .as_ref()
+                    .to_vec()
+            })
+        );
+        return;
     }
     for (name, want) in expected {
         let have = &got.iter().find(|(n, _)| *n == name).expect("generated").1;
         assert_eq!(have, want, "{name}: the code produced another value");
         assert!(DOC.contains(want), "{name}: not in docs/PROTOCOL.md §11");
     }
-    for k in [K1, K2, STATIC_PRIVATE] {
+    for k in [K1, K2, STATIC_PRIVATE, CLIENT_STATIC_PRIVATE] {
         assert!(DOC.contains(k), "{k} not in docs/PROTOCOL.md §11");
     }
 
     // The document's split keys are the ones that sealed the DATA: k1 client → server, k2 server
-    // → client (a swap would fail here).
+    // → client (a swap would fail here); with AES-256-GCM the same keys seal §11.6's AES packet;
+    // and k1's successor, written out with HMAC as §5.5 states it, sealed the updated packet.
     let k = |h: &str| -> [u8; 32] { unhex(h).try_into().expect("32 bytes") };
-    let reseal = |keys: SessionKeys, data: &str, receiver: u32, plain: &[u8]| {
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(plain);
-        let header = DataHeader {
-            receiver_id: receiver,
-            counter: 0,
+    let reseal =
+        |key: &[u8; 32], suite: Suite, receiver: u32, counter: u64, phase: u8, plain: &[u8]| {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(plain);
+            let header = DataHeader {
+                receiver_id: receiver,
+                counter,
+                key_phase: phase,
+            };
+            let mut wire = [0u8; MAX_DATAGRAM_LEN];
+            let n = header.encode(&mut wire).expect("header");
+            assert_eq!(n, DATA_HEADER_LEN);
+            let len = frame.len();
+            wire[n..n + len].copy_from_slice(&frame);
+            let (aad, body) = wire.split_at_mut(n);
+            let keys = SessionKeys::new(suite, key, key);
+            let sealed = keys.seal.seal(counter, aad, body, len).expect("seal");
+            hex(&wire[..n + sealed])
         };
-        let mut wire = [0u8; MAX_DATAGRAM_LEN];
-        let n = header.encode(&mut wire).expect("header");
-        assert_eq!(n, DATA_HEADER_LEN);
-        let len = frame.len();
-        wire[n..n + len].copy_from_slice(&frame);
-        let (aad, body) = wire.split_at_mut(n);
-        let sealed = keys.seal(0, aad, body, len).expect("seal");
-        assert_eq!(hex(&wire[..n + sealed]), data);
+    let chacha = Suite::ChaCha20Poly1305;
+    assert_eq!(
+        reseal(&k(K1), chacha, 0xa0a1_a2a3, 0, 0, b"hello"),
+        DATA_CLIENT
+    );
+    assert_eq!(
+        reseal(&k(K2), chacha, 0x1011_1213, 0, 0, b"hi"),
+        DATA_SERVER
+    );
+    let k1_next = {
+        use ring::hmac;
+        let mut msg = b"volley/2 key update".to_vec();
+        msg.push(1);
+        hex(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &k(K1)), &msg).as_ref())
     };
-    reseal(
-        SessionKeys::new(&k(K1), &k(K2)),
-        DATA_CLIENT,
-        0xa0a1_a2a3,
-        b"hello",
+    let aes = reseal(&k(K1), Suite::Aes256Gcm, 0xa0a1_a2a3, 0, 0, b"hello");
+    let extra = [("k1 next", k1_next.clone()), ("client data aes", aes)];
+    for (name, value) in &extra {
+        println!("{name}: {value}");
+    }
+    assert_eq!(
+        reseal(&k(&k1_next), chacha, 0xa0a1_a2a3, 1, 1, b"moved"),
+        DATA_CLIENT_UPDATED
     );
-    reseal(
-        SessionKeys::new(&k(K2), &k(K1)),
-        DATA_SERVER,
-        0x1011_1213,
-        b"hi",
-    );
+    for ((name, value), want) in extra.iter().zip([K1_NEXT, DATA_CLIENT_AES]) {
+        assert_eq!(value, want, "{name}");
+        assert!(DOC.contains(want), "{name}: not in docs/PROTOCOL.md §11");
+    }
 }
 
 /// §13.5: the stream keys and first bytes of a TCP stream (D2) on the session of §11.
-const STREAM_C2S: &str = "ea88a36908d7c3daff6c8b25860d86461ad9b7ad9c82caabb38fafedaf2af40a";
-const STREAM_S2C: &str = "2096e9e2680de7fae4895d52618b37849d81a2a910a59fa3b0f1b56e49738250";
-const STREAM_HELLO_CLIENT: &str = "564c595301a0a1a2a38486c269ad61bd7766b5adf5a90d6057";
-const STREAM_HELLO_SERVER: &str = "564c595301a0a1a2a3fa4083e9fe58e77006d416d56cf1adf2";
+const STREAM_C2S: &str = "71c1696eb0afaaa0074afc032d647e314c2e9b3c2f0616dd79c775e549e4df99";
+const STREAM_S2C: &str = "1d8446937619eba98d3b39efae97919d0184649ec7c2f0ffc8fe381bc2982fd4";
+const STREAM_HELLO_CLIENT: &str = "564c595301a0a1a2a32182e5b45cc200fb70ccac5e57dfe3c6";
+const STREAM_HELLO_SERVER: &str = "564c595301a0a1a2a3640365a409ff1da258b4dbb5f5c1a5e3";
 const STREAM_RECORD_CLIENT: &str =
-    "0022f902941508db31fdde318749ef54c8f3fd97d350c0688ffe1debbb35fd5084615f2f";
-const STREAM_END_SERVER: &str = "0010781c341b6111263e87aeae0c8928f3bf";
+    "002252d708f7880c0efa4113e955484d762479e3ce1f68604cf22ef11c27a9ab94140472";
+const STREAM_END_SERVER: &str = "0010bde4bbadc71d25d676cc8da36ba64b4f";
 
 #[test]
 fn d2_protocol_md_stream_vectors_are_what_the_code_produces() {
     use crate::stream::{RECORD_HEADER_LEN, Role, StreamKeys};
     let k = |h: &str| -> [u8; 32] { unhex(h).try_into().expect("32 bytes") };
     // Both sides derive the same stream keys from their own view of the session keys.
-    let client = SessionKeys::new(&k(K1), &k(K2)).stream_keys(Role::Client);
-    let server = SessionKeys::new(&k(K2), &k(K1)).stream_keys(Role::Server);
+    let chacha = crate::crypto::Suite::ChaCha20Poly1305;
+    let split = || crate::crypto::RawSplit {
+        k1: k(K1),
+        k2: k(K2),
+    };
+    let client = SessionKeys::from_split(&split(), chacha, Role::Client).stream;
+    let server = SessionKeys::from_split(&split(), chacha, Role::Server).stream;
     let direct = StreamKeys::derive(&k(K1), &k(K2));
     let id: u32 = 0xa0a1_a2a3;
     let hello_client = client.hello(Role::Client, id);

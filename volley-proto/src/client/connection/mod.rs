@@ -552,7 +552,8 @@ impl Connection {
     /// Folds a session's drop counters into the connection's as the session ends, so that
     /// [`Connection::stats`] never goes down.
     fn keep_session_stats(&mut self, ss: crate::session::SessionStats) {
-        self.stats.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
+        self.stats.data_dropped +=
+            ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame + ss.dropped_wrong_source;
     }
 
     /// The server is gone (idle timeout, GOING_AWAY, failed handshake): re-race the rest of the

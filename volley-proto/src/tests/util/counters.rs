@@ -43,12 +43,15 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         init_rate_limited,
         init_under_load,
         init_handshake_failed,
+        inits_unauthorized,
         sessions_opened: _,
         sessions_closed: _,
         sessions_idle_timeout: _,
         sessions_unresponsive: _,
+        sessions_revoked: _,
+        sessions_migrated: _,
         data_unknown_session,
-        data_wrong_source,
+        data_new_address: _,
         data_auth_failed,
         data_replayed,
         data_bad_frame,
@@ -80,8 +83,8 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + init_rate_limited
         + init_under_load
         + init_handshake_failed
+        + inits_unauthorized
         + data_unknown_session
-        + data_wrong_source
         + data_auth_failed
         + data_replayed
         + data_bad_frame
@@ -137,12 +140,15 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         init_rate_limited,
         init_under_load,
         init_handshake_failed,
+        inits_unauthorized,
         sessions_opened,
         sessions_closed,
         sessions_idle_timeout,
         sessions_unresponsive,
+        sessions_revoked,
+        sessions_migrated,
         data_unknown_session,
-        data_wrong_source,
+        data_new_address,
         data_auth_failed,
         data_replayed,
         data_bad_frame,
@@ -161,6 +167,7 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         offers_unprobed_source,
         offers_unknown_key,
         malformed,
+        versions_received: _,
         unexpected,
         inits_sent: _,
         cookie_changes: _,
@@ -219,6 +226,7 @@ pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
         offers_unprobed_source,
         offers_unknown_key,
         malformed,
+        versions_received,
         unexpected,
         inits_sent,
         cookie_changes,
