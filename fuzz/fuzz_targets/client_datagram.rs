@@ -14,8 +14,10 @@
 //!
 //! Record: selector u8 | clock step u8 (see `volley_fuzz::advance`) | length u16 (mod 1601) |
 //! that many bytes. Selector bits 0-2 pick the source address, bits 4-6 a template (0 = none: the
-//! bytes are the datagram; 1 OFFER, 2 COOKIE_CHANGE, 3 ACCEPT, 4-6 DATA, 7 REDIRECT, each patched by
-//! the bytes, see `volley_fuzz::patched`), bit 7 turns the record into an API call.
+//! bytes are the datagram; 1 OFFER, 2 COOKIE_CHANGE, 3 ACCEPT, 4 DATA "hi", 5 a PATH_CHALLENGE
+//! (DATA, key epoch 1), 6 DATA CLOSE — or, when bit 0x40 of the mode is set, a VERSIONS echoing the
+//! recorded PROBE — 7 REDIRECT, each patched by the bytes, see `volley_fuzz::patched`), bit 7 turns
+//! the record into an API call.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -66,15 +68,27 @@ fn drain(client: &mut Client, now: Instant, pool: &[SocketAddr]) {
     while client.poll_event().is_some() {}
 }
 
+/// Whether the mode byte (the input's first) has `bit` set.
+fn mode_bit(data: &[u8], bit: u8) -> bool {
+    data.first().is_some_and(|m| m & bit != 0)
+}
+
 fuzz_target!(|data: &[u8]| {
     let rec = recorded();
+    // A VERSIONS naming version 1 that echoes the recorded PROBE (PROTOCOL.md §3.9).
+    let mut versions = vec![0u8, 1, 1];
+    versions.extend_from_slice(&rec.probe[..32]);
     let templates: [&[u8]; 7] = [
         &rec.offer,
         &rec.cookie_change,
         &rec.accept,
         &rec.server_data[0],
-        &rec.server_data[1],
-        &rec.server_data[2],
+        &rec.path_challenge,
+        if mode_bit(data, 0x40) {
+            &versions
+        } else {
+            &rec.server_data[2]
+        },
         &rec.redirect,
     ];
     let mut pool = vec![server_addr(), backup_server_addr()];

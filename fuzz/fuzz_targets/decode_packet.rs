@@ -1,7 +1,8 @@
 //! `Packet::decode` on arbitrary bytes: it must never panic, and whatever decodes must re-encode
 //! (through each message's own `encode`) to bytes that decode to the same message. Every message
 //! but PROBE has exactly one encoding, so the re-encoding must also equal the input byte for byte;
-//! a PROBE re-encodes to the same tag and service at the same padded length.
+//! a PROBE re-encodes to the same tag and service at the same padded length. The same bytes go to
+//! `decode_versions`, whose split must account for every byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,6 +10,14 @@ use volley_proto::MAX_DATAGRAM_LEN;
 use volley_proto::packet::Packet;
 
 fuzz_target!(|data: &[u8]| {
+    // A VERSIONS (PROTOCOL.md §3.9) splits into its versions and the 32-byte echo, exactly.
+    if let Some((versions, echo)) = volley_proto::packet::decode_versions(data) {
+        assert_eq!(data[0], 0);
+        assert_eq!(usize::from(data[1]), versions.len());
+        assert!(!versions.is_empty());
+        assert_eq!(echo.len(), volley_proto::packet::VERSIONS_ECHO_LEN);
+        assert_eq!(2 + versions.len() + echo.len(), data.len());
+    }
     let Ok(packet) = Packet::decode(data) else {
         return;
     };

@@ -4,33 +4,41 @@
 //! - every answer goes back to the datagram's (canonical) source and is an OFFER (to a PROBE),
 //!   a COOKIE_CHANGE or a REDIRECT (to an INIT, no larger than it, naming only configured peers
 //!   and never the client itself) or an ACCEPT;
-//! - `poll_transmit` sends session traffic only to addresses that were sent an ACCEPT, and held
-//!   OFFERs only to addresses that sent a PROBE with that tag, no larger than the smallest probe;
+//! - `poll_transmit` sends session traffic only to addresses that were sent an ACCEPT or that a
+//!   session validly moved to (PROTOCOL.md §5.6), and to any other address at most 3× the DATA
+//!   bytes it sent; held OFFERs only to addresses that sent a PROBE with that tag, no larger than
+//!   the smallest probe;
+//! - with an allow-list, sessions open only for listed client keys;
 //! - a PROBE leaves no state behind (S2) beyond at most one held probe, and never more than
 //!   `max_held`; a session is created only by a datagram answered with an ACCEPT, one at a
 //!   time; the amplification bug guard never fires.
 //!
-//! Input: mode u8, then records until the input ends. (mode / 3) % 4 picks the answer policy:
+//! Input: mode u8, then records until the input ends. (mode / 12) % 3 picks the allow-list: none,
+//! the recorded client's key, or another key only. (mode / 3) % 4 picks the answer policy:
 //! 0 = default (paced, no capacity), 1 = immediate, 2 = paced, 3 = gated (1–3 with capacity 4,
 //! at most 16 held probes). mode % 3: 0 = raw datagrams only;
 //! 1 = a recorded genuine INIT (real cookie, real Noise message, from `client_addr`) and PROBE
 //! are available as templates; 2 = as 1, and the INIT was already delivered (a session is open),
-//! with the client's recorded DATA packets as further templates.
+//! with the client's recorded DATA packets (epochs 0 and 1) and its PATH_RESPONSE as further
+//! templates (the INIT is pre-delivered only when the allow-list admits the recorded client).
 //! Record: selector u8 | clock step u8 (see `volley_fuzz::advance`) | length u16 (mod 1601) |
 //! that many bytes. Selector bits 0-2 pick the source address, bit 3 the local address, bits 4-6
 //! a template (0 = none: the bytes are the datagram; k = template k-1 patched by the bytes, see
-//! `volley_fuzz::patched`), bit 7 turns the record into an API call chosen by its first byte.
+//! `volley_fuzz::patched`), bit 7 turns the record into an API call chosen by its first byte
+//! (op 6 reloads the allow-list: none, the client's key, or another key only).
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use volley_fuzz::{
-    Input, advance, canonical, client_addr, client_addr_moved, new_server_with, patched, recorded,
-    redirect_peers, server_addr,
+    Input, advance, canonical, client_addr, client_addr_moved, client_keypair, new_server_with,
+    patched, recorded, redirect_peers, server_addr, stranger_keypair,
 };
+use volley_proto::allow::AllowList;
 use volley_proto::packet::{Packet, Tag, kind};
 use volley_proto::{
     AnswerPolicy, AppLoad, CloseCode, INIT_AMPLIFICATION, MAX_DATAGRAM_LEN, ServerEvent, SessionId,
@@ -59,6 +67,17 @@ fn local(selector: u8) -> SocketAddr {
     }
 }
 
+/// The allow-list of choice `k`: none, the recorded client's key, or a stranger's only.
+fn allow(k: u8) -> Option<Arc<AllowList>> {
+    match k % 3 {
+        0 => None,
+        1 => Some(Arc::new(AllowList::from_keys([client_keypair().public()]))),
+        _ => Some(Arc::new(AllowList::from_keys(
+            [stranger_keypair().public()],
+        ))),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let Some(mode) = input.u8() else { return };
@@ -76,7 +95,12 @@ fuzz_target!(|data: &[u8]| {
             3 => cfg.answer = AnswerPolicy::gated(),
             _ => {}
         }
+        cfg.allow = allow(mode / 12);
     });
+    let admits_client = (mode / 12) % 3 != 2;
+    // DATA bytes each source sent, and DATA bytes sent to addresses no ACCEPT went to.
+    let mut data_in: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut data_out: HashMap<SocketAddr, usize> = HashMap::new();
     // (source, tag) of every well-formed PROBE, with the smallest size seen: what a held OFFER
     // may answer.
     let mut probed: HashMap<(SocketAddr, Tag), usize> = HashMap::new();
@@ -91,13 +115,14 @@ fuzz_target!(|data: &[u8]| {
         templates.push(&rec.init);
         templates.push(&rec.probe);
     }
-    if mode % 3 == 2 {
+    if mode % 3 == 2 && admits_client {
         let t = server
             .handle(now, client_addr(), server_addr(), &rec.init, &mut resp)
             .expect("recorded INIT accepted");
         assert_eq!(&resp[..t.size], &rec.accept[..], "deterministic ACCEPT");
         verified.insert(client_addr());
         templates.extend(rec.client_data.iter().map(|d| &d[..]));
+        templates.push(&rec.path_response);
     }
 
     while !input.is_empty() {
@@ -113,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
         if selector & 0x80 != 0 {
             let (&op, arg) = payload.split_first().unwrap_or((&0, &[]));
             let arg0 = arg.first().copied().unwrap_or(0);
-            match op % 6 {
+            match op % 7 {
                 0 => server.set_capacity(Some(u32::from(arg0))),
                 1 if arg0 % 2 == 0 => server.set_capacity(None),
                 1 => server.set_max_sessions((arg0 > 1).then_some(u32::from(arg0 / 4))),
@@ -133,10 +158,13 @@ fuzz_target!(|data: &[u8]| {
                         let _ = server.send(id, arg);
                     }
                 }
-                _ => {
+                5 => {
                     if let Some(&id) = opened.first() {
                         server.close(id, CloseCode(u16::from(arg0)));
                     }
+                }
+                _ => {
+                    server.set_allow_list(allow(arg0));
                 }
             }
         } else {
@@ -161,6 +189,9 @@ fuzz_target!(|data: &[u8]| {
                 *e = (*e).min(datagram.len());
             }
             let decodes_as_init = matches!(Packet::decode(&datagram), Ok(Packet::Init(_)));
+            if matches!(Packet::decode(&datagram), Ok(Packet::Data(..))) {
+                *data_in.entry(canonical(remote)).or_default() += datagram.len();
+            }
             let state_before = server.retained_state();
             let sessions_before = server.session_count();
             let answer = server.handle(now, remote, local(selector), &datagram, &mut resp);
@@ -186,7 +217,11 @@ fuzz_target!(|data: &[u8]| {
                     // VERSIONS (PROTOCOL.md §3.9): only for a probe-sized datagram of another
                     // version, and carrying back its first 32 bytes.
                     assert!(datagram.len() >= 256, "VERSIONS to a short datagram");
-                    assert!(datagram[0] > 1, "VERSIONS to version {}", datagram[0]);
+                    assert!(
+                        datagram[0] != 0 && datagram[0] != volley_proto::VERSION,
+                        "VERSIONS to version {}",
+                        datagram[0]
+                    );
                     assert_eq!(&resp[3..t.size], &datagram[..32], "VERSIONS echo");
                 } else {
                     match Packet::decode(&resp[..t.size]).expect("the server's answer decodes") {
@@ -241,11 +276,19 @@ fuzz_target!(|data: &[u8]| {
         while let Some(t) = server.poll_transmit(now, &mut buf) {
             assert!(t.size <= MAX_DATAGRAM_LEN);
             match Packet::decode(&buf[..t.size]) {
-                Ok(Packet::Data(..)) => assert!(
-                    verified.contains(&t.destination),
-                    "session traffic to unverified {}",
-                    t.destination
-                ),
+                Ok(Packet::Data(..)) if !verified.contains(&t.destination) => {
+                    // Path challenges to an address under validation: at most 3× what it sent.
+                    let out = data_out.entry(t.destination).or_default();
+                    *out += t.size;
+                    let got = data_in.get(&t.destination).copied().unwrap_or(0);
+                    assert!(
+                        *out <= 3 * got,
+                        "{} DATA bytes to unverified {} which sent {got}",
+                        *out,
+                        t.destination
+                    );
+                }
+                Ok(Packet::Data(..)) => {}
                 Ok(Packet::Offer(offer)) => {
                     let bound = probed.get(&(t.destination, offer.tag));
                     assert!(
@@ -264,12 +307,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(sent < 100_000, "poll_transmit does not terminate");
         }
         while let Some(event) = server.poll_event() {
-            if let ServerEvent::Opened { id, remote } = event {
+            if let ServerEvent::Opened { id, remote, client } = event {
                 assert!(
                     verified.contains(&remote),
                     "session opened without an ACCEPT"
                 );
+                if let Some(list) = server.allow_list() {
+                    assert!(list.contains(&client.key), "session for an unlisted key");
+                }
                 opened.push(id);
+            }
+        }
+        // A session that validly moved may send to its new address from now on.
+        for &id in &opened {
+            if let Some(remote) = server.remote(id) {
+                verified.insert(remote);
             }
         }
         assert_eq!(

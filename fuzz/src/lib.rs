@@ -26,6 +26,8 @@ pub const SERVER_KEY_SEED: u64 = 1;
 pub const SERVER_RNG_SEED: u64 = 2;
 /// Seed of the client connection's RNG (tags, session ids, ephemerals).
 pub const CLIENT_RNG_SEED: u64 = 3;
+/// Seed of the client's static key (the key its handshakes prove).
+pub const CLIENT_KEY_SEED: u64 = 4;
 
 /// The client's address as the server sees it.
 pub fn client_addr() -> SocketAddr {
@@ -54,6 +56,18 @@ pub use volley_proto::canonical_addr as canonical;
 pub fn server_keypair() -> &'static StaticKeypair {
     static KP: OnceLock<StaticKeypair> = OnceLock::new();
     KP.get_or_init(|| StaticKeypair::generate(&mut ChaCha20Rng::seed_from_u64(SERVER_KEY_SEED)))
+}
+
+/// The client's static key pair (generated once).
+pub fn client_keypair() -> &'static StaticKeypair {
+    static KP: OnceLock<StaticKeypair> = OnceLock::new();
+    KP.get_or_init(|| StaticKeypair::generate(&mut ChaCha20Rng::seed_from_u64(CLIENT_KEY_SEED)))
+}
+
+/// A key no allow-list of the targets lists with the client's.
+pub fn stranger_keypair() -> &'static StaticKeypair {
+    static KP: OnceLock<StaticKeypair> = OnceLock::new();
+    KP.get_or_init(|| StaticKeypair::generate(&mut ChaCha20Rng::seed_from_u64(5)))
 }
 
 /// A fresh server endpoint with default configuration, started at `now`.
@@ -121,6 +135,7 @@ pub fn new_client(now: Instant) -> Client {
 /// [`new_client`] with its configuration adjusted by `tweak`.
 pub fn new_client_with(now: Instant, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
     let mut config = ClientConfig::new(vec![server_keypair().public()]);
+    config.key = Some(client_keypair().clone());
     tweak(&mut config);
     let mut pool = PoolState::new(config.ejection);
     let conn = Connection::new(
@@ -232,9 +247,16 @@ pub struct Recorded {
     pub redirect: Vec<u8>,
     /// The server's ACCEPT.
     pub accept: Vec<u8>,
-    /// Client → server DATA: DATAGRAM "hello" (counter 0), PING at +1 s (1), CLOSE NORMAL (2).
+    /// Client → server DATA: DATAGRAM "hello" (counter 0, key epoch 0), PING at +1 s (1, epoch
+    /// 1: the recording updates keys after every packet), CLOSE NORMAL (3, epoch 1).
     pub client_data: Vec<Vec<u8>>,
-    /// Server → client DATA: DATAGRAM "hi" (counter 0), PING at +1 s (1), CLOSE GOING_AWAY (2).
+    /// The server's PATH_CHALLENGE to [`client_addr_moved`], after the client's PING came from
+    /// there.
+    pub path_challenge: Vec<u8>,
+    /// The client's PATH_RESPONSE to it (counter 2).
+    pub path_response: Vec<u8>,
+    /// Server → client DATA: DATAGRAM "hi", PING at +1 s, CLOSE GOING_AWAY (counters 2–4, key
+    /// epoch 1: the server's PONG and PATH_CHALLENGE came first).
     pub server_data: Vec<Vec<u8>>,
 }
 
@@ -259,8 +281,10 @@ fn drain_server(server: &mut ServerEndpoint, now: Instant) -> Vec<(SocketAddr, V
 fn record() -> Recorded {
     let t0 = Instant::now();
     let second = t0 + Duration::from_secs(1);
-    let mut server = new_server(t0);
-    let mut client = new_client(t0);
+    // Keys updated after every packet (at most once a second), so the DATA after the first
+    // second is under epoch 1.
+    let mut server = new_server_with(t0, |c| c.session.rekey_after_packets = 1);
+    let mut client = new_client_with(t0, |c| c.session.rekey_after_packets = 1);
     let mut resp = [0u8; MAX_DATAGRAM_LEN];
 
     let probe = drain_client(&mut client, t0)
@@ -325,6 +349,24 @@ fn record() -> Recorded {
             .into_iter()
             .map(|(_, d)| d),
     );
+    // The PING arrives from the client's new address: the server validates it.
+    let _ = server.handle(
+        second,
+        client_addr_moved(),
+        server_addr(),
+        &client_data[1],
+        &mut resp,
+    );
+    let path_challenge = drain_server(&mut server, second)
+        .into_iter()
+        .find(|(to, _)| *to == client_addr_moved())
+        .expect("a PATH_CHALLENGE to the new address")
+        .1;
+    client.handle(second, server_addr(), &path_challenge);
+    let path_response = drain_client(&mut client, second)
+        .pop()
+        .expect("a PATH_RESPONSE")
+        .1;
     client.close(CloseCode::NORMAL);
     client_data.extend(
         drain_client(&mut client, second)
@@ -358,6 +400,8 @@ fn record() -> Recorded {
         redirect,
         accept,
         client_data,
+        path_challenge,
+        path_response,
         server_data,
     }
 }
@@ -389,8 +433,12 @@ mod tests {
         ));
         assert!(matches!(Packet::decode(&r.accept), Ok(Packet::Accept(_))));
         for d in r.client_data.iter().chain(&r.server_data) {
-            assert_eq!(d[1], kind::DATA);
+            assert_eq!(d[1] & !kind::KEY_PHASE_MASK, kind::DATA);
         }
+        // Key epoch 0 first, epoch 1 after the first second.
+        assert_eq!(r.client_data[0][1], kind::DATA);
+        assert_eq!(r.client_data[1][1], kind::DATA | 1);
+        assert_eq!(r.server_data[1][1], kind::DATA | 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod retransmit;
 mod session_life;
 mod signal;
 mod stateful;
+mod trust;
 #[allow(dead_code)]
 pub mod util;
 mod vectors;
