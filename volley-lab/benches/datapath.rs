@@ -1,7 +1,8 @@
 //! The datapath's per-datagram CPU costs (docs/BENCHMARKS.md §1), for comparison with the anchors of
 //! this kind of machine: HMAC-SHA256 ≈ 0.15 µs, ChaCha20-Poly1305 seal of 64 B ≈ 0.2 µs, and a
 //! user-space budget per probe of ≤ 0.5 µs. Decode of a PROBE and a DATA header, a cookie
-//! minted and verified, an OFFER encoded, 64 and 1,200 bytes sealed and opened, and a whole PROBE → OFFER
+//! minted and verified, an OFFER encoded, 64 and 1,200 bytes sealed and opened under each DATA suite
+//! (ChaCha20-Poly1305, AES-256-GCM), and a whole PROBE → OFFER
 //! through the server endpoint.
 //!
 //! `cargo bench -p volley-lab --bench datapath`
@@ -14,7 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use volley_proto::cookie::{CookieBinding, CookieJar};
-use volley_proto::crypto::SessionKeys;
+use volley_proto::crypto::{SessionKeys, Suite};
 use volley_proto::packet::{DataHeader, LoadHint, Offer, Packet, Probe, Tag};
 use volley_proto::{
     AnswerPolicy, MAX_DATAGRAM_LEN, PROBE_MIN_LEN, ServerConfig, ServerEndpoint, StaticKeypair,
@@ -37,6 +38,7 @@ fn decode(c: &mut Criterion) {
     DataHeader {
         receiver_id: 9,
         counter: 1,
+        key_phase: 0,
     }
     .encode(&mut data)
     .unwrap();
@@ -93,23 +95,25 @@ fn offer(c: &mut Criterion) {
 }
 
 fn aead(c: &mut Criterion) {
-    let keys = SessionKeys::new(&[1; 32], &[1; 32]);
     let aad = [0u8; 14];
-    for len in [64usize, 1200] {
-        let mut g = c.benchmark_group(format!("ChaCha20-Poly1305, {len} B"));
-        let mut buf = vec![0u8; len + 16];
-        g.bench_function("seal", |b| {
-            b.iter(|| keys.seal(1, &aad, black_box(&mut buf), len).unwrap())
-        });
-        let mut sealed = vec![0u8; len + 16];
-        keys.seal(1, &aad, &mut sealed, len).unwrap();
-        g.bench_function("open", |b| {
-            b.iter(|| {
-                let mut x = sealed.clone();
-                keys.open(1, &aad, black_box(&mut x)).is_ok()
-            })
-        });
-        g.finish();
+    for suite in [Suite::ChaCha20Poly1305, Suite::Aes256Gcm] {
+        let keys = SessionKeys::new(suite, &[1; 32], &[1; 32]);
+        for len in [64usize, 1200] {
+            let mut g = c.benchmark_group(format!("{suite:?}, {len} B"));
+            let mut buf = vec![0u8; len + 16];
+            g.bench_function("seal", |b| {
+                b.iter(|| keys.seal.seal(1, &aad, black_box(&mut buf), len).unwrap())
+            });
+            let mut sealed = vec![0u8; len + 16];
+            keys.seal.seal(1, &aad, &mut sealed, len).unwrap();
+            g.bench_function("open", |b| {
+                b.iter(|| {
+                    let mut x = sealed.clone();
+                    keys.open.open(1, &aad, black_box(&mut x)).is_ok()
+                })
+            });
+            g.finish();
+        }
     }
 }
 

@@ -209,6 +209,130 @@ struct AwsLcX25519 {
     private: [u8; KEY_LEN],
     public: [u8; KEY_LEN],
     key: Option<Arc<PrivateKey>>,
+    /// This is the known static key (its shared secrets may come from `secrets`).
+    is_static: bool,
+    secrets: Option<Arc<StaticSecrets>>,
+}
+
+impl Drop for AwsLcX25519 {
+    fn drop(&mut self) {
+        self.private.zeroize();
+    }
+}
+
+/// The static-static secrets (`ss`, PROTOCOL.md §4.5) of clients a server accepted before, so
+/// that a client's later handshakes cost the server three X25519 operations instead of four.
+///
+/// A secret enters only after the handshake that computed it was accepted (its key passed the
+/// allow-list), at most [`StaticSecrets::MAX`] are kept (beyond, the store starts over), and a
+/// reloaded allow-list drops those of keys it no longer lists. Holding them exposes nothing the
+/// server's own private key does not: with it anyone can compute them. Erased on drop.
+#[derive(Default)]
+pub struct StaticSecrets {
+    inner: std::sync::Mutex<SecretsInner>,
+}
+
+#[derive(Default)]
+struct SecretsInner {
+    kept: std::collections::HashMap<[u8; KEY_LEN], [u8; KEY_LEN]>,
+    /// The last shared secrets computed with the static key (the `es` and `ss` of the handshake
+    /// under way), until the handshake's verdict.
+    recent: Vec<([u8; KEY_LEN], [u8; KEY_LEN])>,
+}
+
+impl Drop for SecretsInner {
+    fn drop(&mut self) {
+        for s in self.kept.values_mut() {
+            s.zeroize();
+        }
+        for (_, s) in &mut self.recent {
+            s.zeroize();
+        }
+    }
+}
+
+impl std::fmt::Debug for StaticSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticSecrets({} kept)", self.len())
+    }
+}
+
+impl StaticSecrets {
+    /// Most secrets kept.
+    pub const MAX: usize = 65_536;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SecretsInner> {
+        // A panic elsewhere cannot leave the map inconsistent: recover it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.lock().kept.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (snow hands over the peer's key in a buffer sized for its largest curve: the first 32
+    /// bytes are the X25519 key.)
+    fn get(&self, peer: &[u8]) -> Option<[u8; KEY_LEN]> {
+        let peer: [u8; KEY_LEN] = peer.get(..KEY_LEN)?.try_into().ok()?;
+        self.lock().kept.get(&peer).copied()
+    }
+
+    fn note(&self, peer: &[u8], secret: &[u8]) {
+        let (Some(Ok(peer)), Some(Ok(secret))) = (
+            peer.get(..KEY_LEN).map(<[u8; KEY_LEN]>::try_from),
+            secret.get(..KEY_LEN).map(<[u8; KEY_LEN]>::try_from),
+        ) else {
+            return;
+        };
+        let mut inner = self.lock();
+        if inner.recent.len() >= 2 {
+            let (_, mut old) = inner.recent.remove(0);
+            old.zeroize();
+        }
+        inner.recent.push((peer, secret));
+    }
+
+    /// Keeps the secret just computed with `client` (its handshake was accepted).
+    fn keep(&self, client: &PublicKey) {
+        let mut inner = self.lock();
+        let Some(i) = inner.recent.iter().position(|(p, _)| *p == client.0) else {
+            return;
+        };
+        let (peer, secret) = inner.recent.swap_remove(i);
+        if inner.kept.len() >= Self::MAX && !inner.kept.contains_key(&peer) {
+            for s in inner.kept.values_mut() {
+                s.zeroize();
+            }
+            inner.kept.clear();
+        }
+        inner.kept.insert(peer, secret);
+    }
+
+    /// Forgets the handshake under way's secrets (it was refused or failed).
+    fn forget_recent(&self) {
+        let mut inner = self.lock();
+        for (_, s) in &mut inner.recent {
+            s.zeroize();
+        }
+        inner.recent.clear();
+    }
+
+    /// Keeps only the secrets of keys `keep` says yes to (a reloaded allow-list).
+    pub fn retain(&self, keep: impl Fn(&PublicKey) -> bool) {
+        self.lock().kept.retain(|peer, secret| {
+            let yes = keep(&PublicKey(*peer));
+            if !yes {
+                secret.zeroize();
+            }
+            yes
+        });
+    }
 }
 
 impl Dh for AwsLcX25519 {
@@ -232,6 +356,7 @@ impl Dh for AwsLcX25519 {
         if let Some(known) = self.known_static.as_ref().filter(|k| k.private == private) {
             self.public = known.public.0;
             self.key = Some(known.agreement.clone());
+            self.is_static = true;
         } else {
             let (key, public) = x25519_key(&private);
             self.public = public;
@@ -258,6 +383,13 @@ impl Dh for AwsLcX25519 {
     }
 
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        let secrets = self.secrets.as_ref().filter(|_| self.is_static);
+        if let Some(secret) = secrets.and_then(|s| s.get(pubkey)) {
+            out.get_mut(..KEY_LEN)
+                .ok_or(snow::Error::Dh)?
+                .copy_from_slice(&secret);
+            return Ok(());
+        }
         let key = self.key.as_ref().ok_or(snow::Error::Dh)?;
         let peer = UnparsedPublicKey::new(&X25519, pubkey.get(..KEY_LEN).ok_or(snow::Error::Dh)?);
         // AWS-LC fails the agreement when the result is all zeros (a small-order peer point).
@@ -265,6 +397,9 @@ impl Dh for AwsLcX25519 {
             out.get_mut(..secret.len())
                 .ok_or(snow::Error::Dh)?
                 .copy_from_slice(secret);
+            if let Some(s) = secrets {
+                s.note(pubkey, secret);
+            }
             Ok(())
         })
     }
@@ -275,6 +410,7 @@ impl Dh for AwsLcX25519 {
 struct SeededResolver {
     seed: [u8; 32],
     known_static: Option<StaticKeypair>,
+    secrets: Option<Arc<StaticSecrets>>,
 }
 
 impl SeededResolver {
@@ -284,6 +420,7 @@ impl SeededResolver {
         Self {
             seed,
             known_static: known_static.cloned(),
+            secrets: None,
         }
     }
 }
@@ -310,6 +447,8 @@ impl CryptoResolver for SeededResolver {
                 private: [0; KEY_LEN],
                 public: [0; KEY_LEN],
                 key: None,
+                is_static: false,
+                secrets: self.secrets.clone(),
             })),
             _ => None,
         }
@@ -540,7 +679,47 @@ pub fn respond(
     verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
     msg2: &mut [u8],
 ) -> Result<Response, CryptoError> {
-    let resolver = SeededResolver::new(rng, Some(keypair));
+    respond_with(keypair, None, prologue, msg1, payload1, rng, verdict, msg2)
+}
+
+/// [`respond`], reusing the static-static secret of a client accepted before from `secrets` and
+/// keeping this one's if it is accepted.
+#[allow(clippy::too_many_arguments)]
+pub fn respond_with(
+    keypair: &StaticKeypair,
+    secrets: Option<&Arc<StaticSecrets>>,
+    prologue: &[u8; 32],
+    msg1: &[u8],
+    payload1: &mut [u8],
+    rng: &mut dyn CryptoRngCore,
+    verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
+    msg2: &mut [u8],
+) -> Result<Response, CryptoError> {
+    let result = respond_inner(
+        keypair, secrets, prologue, msg1, payload1, rng, verdict, msg2,
+    );
+    if let Some(s) = secrets {
+        if let Ok(Response::Accepted { client, .. }) = &result {
+            s.keep(client);
+        }
+        s.forget_recent();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond_inner(
+    keypair: &StaticKeypair,
+    secrets: Option<&Arc<StaticSecrets>>,
+    prologue: &[u8; 32],
+    msg1: &[u8],
+    payload1: &mut [u8],
+    rng: &mut dyn CryptoRngCore,
+    verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
+    msg2: &mut [u8],
+) -> Result<Response, CryptoError> {
+    let mut resolver = SeededResolver::new(rng, Some(keypair));
+    resolver.secrets = secrets.cloned();
     let mut hs = snow::Builder::with_resolver(params(), Box::new(resolver))
         .local_private_key(&keypair.private)?
         .prologue(prologue)?
@@ -822,6 +1001,67 @@ mod tests {
                 "directions differ"
             );
         }
+    }
+
+    #[test]
+    fn a1_a_known_clients_static_secret_is_reused_and_a_refused_ones_is_not_kept() {
+        let mut rng = ChaCha20Rng::seed_from_u64(13);
+        let server = StaticKeypair::generate(&mut rng);
+        let (client, stranger) = (
+            StaticKeypair::generate(&mut rng),
+            StaticKeypair::generate(&mut rng),
+        );
+        let secrets = Arc::new(StaticSecrets::default());
+        let verdict = |k: &PublicKey, _: &[u8]| {
+            if *k == client.public() {
+                Verdict::Accept([1, 2, 3, 4, 1])
+            } else {
+                Verdict::Refuse
+            }
+        };
+        for round in 0..3 {
+            for who in [&client, &stranger] {
+                let mut m1 = [0u8; 256];
+                let (init, n1) = InitiatorHandshake::start(
+                    who,
+                    &server.public(),
+                    &[0; 32],
+                    &[0; 5],
+                    &mut m1,
+                    &mut rng,
+                )
+                .unwrap();
+                let (mut p1, mut m2) = ([0u8; 256], [0u8; 256]);
+                let r = respond_with(
+                    &server,
+                    Some(&secrets),
+                    &[0; 32],
+                    &m1[..n1],
+                    &mut p1,
+                    &mut rng,
+                    verdict,
+                    &mut m2,
+                )
+                .unwrap();
+                match r {
+                    Response::Accepted {
+                        msg2_len, split, ..
+                    } => {
+                        // With the secret from the store (rounds 1, 2) the keys still match.
+                        let (_, mine) = init.finish(&m2[..msg2_len], &mut [0u8; 256]).unwrap();
+                        assert_eq!((mine.k1, mine.k2), (split.k1, split.k2), "round {round}");
+                    }
+                    Response::Refused { .. } => assert_eq!(who.public(), stranger.public()),
+                }
+            }
+            assert_eq!(
+                secrets.len(),
+                1,
+                "only the accepted client's secret is kept"
+            );
+        }
+        secrets.retain(|k| *k != client.public());
+        assert!(secrets.is_empty());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! 100,000 sessions.
 //!
 //! Sessions are opened the way the protocol opens them — a client `Connection` races the
-//! server (PROBE → OFFER → INIT → ACCEPT) — on a virtual clock, each from its own address, one
+//! server (PROBE → OFFER → INIT → ACCEPT), proving one of 1,024 client keys that are all on the
+//! server's allow-list (so the rate is that of authenticated handshakes, PROTOCOL.md §4.7) — on a
+//! virtual clock, each from its own address, one
 //! every `1 s / n` so that their keepalive deadlines are distinct. Only the server's
 //! `handle(INIT)` calls are timed for the handshake rate. The client connections are dropped
 //! as soon as their session is up, so the process's resident memory grows by what the server
@@ -43,6 +45,9 @@ fn rss_bytes() -> u64 {
     footprint::rss_kb(std::process::id()).map_or(0, |kb| kb * 1024)
 }
 
+/// Client keys the sessions prove, all on the server's allow-list.
+const CLIENT_KEYS: usize = 1_024;
+
 fn client_addr(i: usize) -> SocketAddr {
     let i = i as u32;
     SocketAddr::from((
@@ -60,6 +65,12 @@ pub fn run(n: usize) -> anyhow::Result<CoreResult> {
     // One source per session and no real time passing: no budget may bind.
     cfg.admission.handshakes_per_sec = u32::MAX;
     cfg.admission.probes_per_sec = u32::MAX;
+    let clients: Vec<StaticKeypair> = (0..CLIENT_KEYS)
+        .map(|_| StaticKeypair::generate(&mut rng))
+        .collect();
+    cfg.allow = Some(std::sync::Arc::new(
+        volley_proto::allow::AllowList::from_keys(clients.iter().map(|k| k.public())),
+    ));
     let t0 = Instant::now();
     let local: SocketAddr = "127.0.0.1:4433".parse()?;
     let mut server = ServerEndpoint::new(t0, cfg, Box::new(ChaCha20Rng::seed_from_u64(7)));
@@ -72,9 +83,11 @@ pub fn run(n: usize) -> anyhow::Result<CoreResult> {
         let now = t0 + Duration::from_nanos(step * i as u64);
         let from = client_addr(i);
         let mut pool = PoolState::default();
+        let mut client = ClientConfig::new(vec![key.public()]);
+        client.key = Some(clients[i % CLIENT_KEYS].clone());
         let mut conn = Connection::new(
             now,
-            ClientConfig::new(vec![key.public()]),
+            client,
             vec![local],
             Box::new(ChaCha20Rng::seed_from_u64(i as u64)),
             &mut pool,

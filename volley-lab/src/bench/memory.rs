@@ -53,6 +53,9 @@ const IDLE: volley::SessionConfig = volley::SessionConfig {
     min_probe_timeout: Duration::from_millis(50),
     max_probe_timeout: Duration::from_secs(1),
     initial_probe_timeout: Duration::from_millis(200),
+    rekey_after_packets: volley_proto::session::DEFAULT_REKEY_AFTER_PACKETS,
+    rekey_after_time: volley_proto::session::DEFAULT_REKEY_AFTER_TIME,
+    cipher: volley_proto::crypto::CipherPolicy::Auto,
 };
 /// Connects in flight. Kept below what fills two receive batches at once: a server whose socket
 /// backs up while handshakes are active engages its per-source INIT limit (PROTOCOL.md §7.7),

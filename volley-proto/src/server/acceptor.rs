@@ -5,6 +5,7 @@
 //! peers, never state.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand_core::CryptoRngCore;
@@ -14,8 +15,10 @@ use super::admission::Refusal;
 use super::context::Context;
 use super::responder::{self, InitCheck};
 use super::sessions::{Served, SessionId};
-use crate::allow::AllowEntry;
-use crate::crypto::{self, ACCEPT_PAYLOAD_LEN, INIT_PAYLOAD_LEN, Response, SessionKeys, Verdict};
+use crate::allow::{AllowEntry, AllowList};
+use crate::crypto::{
+    self, ACCEPT_PAYLOAD_LEN, INIT_PAYLOAD_LEN, Response, SessionKeys, StaticSecrets, Verdict,
+};
 use crate::packet::{Accept, Init, MAX_REDIRECT_ADDRS, REDIRECT_ADDR_LEN, Redirect, Tag};
 use crate::session::Session;
 use crate::stream::Role;
@@ -50,9 +53,18 @@ pub(super) struct Acceptor {
     peer_cursor: usize,
     /// When the last well-formed INIT arrived (handshakes compete with a PROBE flood).
     last_init: Option<Instant>,
+    /// Static-static secrets of clients accepted before (one X25519 fewer per handshake).
+    secrets: Arc<StaticSecrets>,
 }
 
 impl Acceptor {
+    /// Keeps only the static-static secrets of keys `list` holds (None: any key).
+    pub(super) fn retain_secrets(&self, list: Option<&AllowList>) {
+        if let Some(list) = list {
+            self.secrets.retain(|k| list.contains(k));
+        }
+    }
+
     /// Whether an INIT arrived within the last second at `now`.
     pub(super) fn handshaking(&self, now: Instant) -> bool {
         self.last_init
@@ -138,8 +150,9 @@ impl Acceptor {
         let mut opened = None;
         let allow = cx.config.allow.as_deref();
         let cipher = cx.config.session.cipher;
-        let result = crypto::respond(
+        let result = crypto::respond_with(
             &cx.config.keypair,
+            Some(&self.secrets),
             &prologue,
             init.noise,
             &mut payload1,

@@ -467,6 +467,7 @@ impl ServerEndpoint {
                 }
             }
         }
+        self.acceptor.retain_secrets(allow.as_deref());
         self.config.allow = allow;
         revoked
     }

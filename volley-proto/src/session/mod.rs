@@ -26,7 +26,7 @@ pub mod path;
 mod replay;
 
 pub use close::{CloseCode, CloseReason, DataDrop, SendError};
-pub use config::SessionConfig;
+pub use config::{DEFAULT_REKEY_AFTER_PACKETS, DEFAULT_REKEY_AFTER_TIME, SessionConfig};
 pub use keys::{KEY_PHASES, KEY_UPDATE_MIN_INTERVAL, MAX_PHASE_JUMP, PREVIOUS_KEY_LIFETIME};
 pub use replay::{REPLAY_WINDOW, ReplayWindow};
 
