@@ -136,7 +136,7 @@ fn r1_r6_s2_arbitrary_datagrams_timers_and_calls_keep_the_invariants() {
         let config = |rng: &mut ChaCha20Rng| {
             let mut cfg = ClientConfig::new(vec![key]);
             cfg.session.rekey_after_packets = 3;
-            if rng.next_u64() % 3 != 0 {
+            if !rng.next_u64().is_multiple_of(3) {
                 cfg.key = Some(pick(rng, &client_keys.iter().collect::<Vec<_>>()).clone());
             }
             cfg
