@@ -20,6 +20,8 @@
 //! - `core` (once, not per repetition): the server core without sockets on one pinned thread —
 //!   handshakes per second, memory per session and the timer wake-up cost at 1,000 and 100,000
 //!   sessions (see [`core`]);
+//! - `rekey` (once): one session echoing 10,000 datagrams a second each way for 7 s while both
+//!   sides update their keys every second: sent, echoed, rejected, updates (see [`rekey`]);
 //! - `memory` (once): a whole server — runtime, core and the echo service's task per session — in
 //!   a child process, its resident memory per idle session over 100,000 sessions (see [`memory`]).
 //!
@@ -33,6 +35,7 @@ mod generate;
 pub mod load;
 pub mod memory;
 pub mod proxy;
+pub mod rekey;
 mod report;
 mod server;
 
@@ -145,8 +148,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let with_core = args.cases.is_empty() || args.cases.iter().any(|c| c == "core");
     let with_memory = args.cases.is_empty() || args.cases.iter().any(|c| c == "memory");
+    let with_rekey = args.cases.is_empty() || args.cases.iter().any(|c| c == "rekey");
     anyhow::ensure!(
-        !cases.is_empty() || with_core || with_memory,
+        !cases.is_empty() || with_core || with_memory || with_rekey,
         "no known case in {:?}",
         args.cases
     );
@@ -194,6 +198,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             cores.push(r);
         }
     }
+    let mut rekey = None;
+    if with_rekey {
+        let r = rekey::run(10_000, 7.0, args.server_cpu, args.generator_cpu)?;
+        eprintln!(
+            "rekey {}/s for {} s: sent {}, echoed {}, rejected {}, updates client {} (server followed {}), server {} (client followed {}), opened with the previous key {}",
+            r.rate,
+            r.seconds,
+            r.sent,
+            r.echoed,
+            r.rejected,
+            r.client_updates,
+            r.server_followed,
+            r.server_updates,
+            r.client_followed,
+            r.opened_with_previous_key
+        );
+        rekey = Some(r);
+    }
     let mut memory = None;
     if with_memory {
         // The child server is not pinned (it starts its own runtime); the connecting client is,
@@ -210,6 +232,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(m) = &memory {
         md.push_str(&report::memory_markdown(m));
     }
+    if let Some(r) = &rekey {
+        md.push_str(&report::rekey_markdown(r));
+    }
     results::publish(
         &args.out,
         &md,
@@ -217,6 +242,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "cases": results,
             "core": cores,
             "memory": memory,
+            "rekey": rekey,
         }),
     )
 }

@@ -266,3 +266,33 @@ pub(super) fn markdown(args: &BenchArgs, results: &[CaseResult]) -> String {
     }
     s
 }
+
+/// The key-update run (PROTOCOL.md §5.5): goal 0 lost and 0 rejected across at least 5 updates
+/// each way.
+pub(super) fn rekey_markdown(r: &super::rekey::RekeyResult) -> String {
+    let lost = r.sent.saturating_sub(r.echoed);
+    let met = lost == 0
+        && r.rejected == 0
+        && r.client_updates.min(r.server_updates) >= 5
+        && r.client_updates == r.server_followed
+        && r.server_updates == r.client_followed;
+    format!(
+        "\n## Key updates under load\n\nOne session, {rate} datagrams/s each way for {secs} s, both \
+         sides updating once a second.\n\n| sent | echoed | lost | rejected | client updates (server followed) | \
+         server updates (client followed) | opened with the previous key | goal: 0 lost, 0 rejected, ≥ 5 updates each way |\n\
+         |---|---|---|---|---|---|---|---|\n| {sent} | {echoed} | {lost} | {rejected} | {cu} ({sf}) | {su} ({cf}) | {prev} | {met} |\n\n\
+         Datagrams dropped by a full application receive queue (not the protocol): {q}.\n",
+        rate = r.rate,
+        secs = r.seconds,
+        sent = r.sent,
+        echoed = r.echoed,
+        rejected = r.rejected,
+        cu = r.client_updates,
+        sf = r.server_followed,
+        su = r.server_updates,
+        cf = r.client_followed,
+        prev = r.opened_with_previous_key,
+        met = if met { "met" } else { "**missed**" },
+        q = r.queue_dropped,
+    )
+}
