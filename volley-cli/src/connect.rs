@@ -239,7 +239,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.timeout.unwrap_or(3.0),
                 args.servers.len()
             ),
-            Ok(Err(volley::Error::Connect(volley::ConnectError::HandshakeTimeout(_))))
+            Ok(Err(volley::Error::Connect(volley::ConnectError::HandshakeTimeout(..))))
                 if Instant::now() < deadline => {}
             Ok(r) => break r,
         }
