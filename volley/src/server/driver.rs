@@ -142,6 +142,11 @@ impl ServerSide {
                         .count_received(delivered, self.endpoint.session_stats(id));
                 }
             }
+            ServerEvent::Migrated { id, remote } => {
+                if let Some(slot) = self.sessions.get(&id) {
+                    slot.status.send_modify(|s| s.remote = remote);
+                }
+            }
             ServerEvent::Closed { id, reason } => {
                 if let Some(slot) = self.sessions.remove(&id) {
                     slot.link.close();
