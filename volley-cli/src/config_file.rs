@@ -1,4 +1,4 @@
-//! Reading TOML config files for `serve` and `connect`: unknown settings are refused (a typo
+//! Reading TOML config files for `serve`, `connect` and `proxy`: unknown settings are refused (a typo
 //! must not pass silently), and every error names the file.
 
 use std::path::Path;
@@ -127,6 +127,73 @@ mod tests {
             seen >= 3,
             "examples/ holds the serve, connect and proxy configs"
         );
+    }
+
+    #[test]
+    fn a1_client_keys_come_from_a_config_file_relative_to_it_and_a_flag_wins() {
+        // `staged` leaves a key file (mode 0600) beside the copy; any key file is a client key.
+        let path = staged("connect.toml");
+        let dir = path.parent().unwrap();
+        let key = crate::keygen::read_key(&dir.join("server.key")).unwrap();
+        let server = "1".repeat(64);
+        let with_key = dir.join("with-key.toml");
+        std::fs::write(
+            &with_key,
+            format!(
+                "server_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"server.key\"\n"
+            ),
+        )
+        .unwrap();
+        let c = connect(&["--config", with_key.to_str().unwrap()]).unwrap();
+        assert_eq!(c.key.map(|k| k.public()), Some(key.public()));
+        let c = connect(&["--config", path.to_str().unwrap()]).unwrap();
+        assert!(c.key.is_none(), "no key: anonymous");
+
+        let other = volley::StaticKeypair::generate(&mut volley::OsRng);
+        let other_path = dir.join("other.key");
+        std::fs::write(&other_path, other.private_hex()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&other_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let c = connect(&[
+            "--config",
+            with_key.to_str().unwrap(),
+            "--key",
+            other_path.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.key.map(|k| k.public()),
+            Some(other.public()),
+            "the flag wins"
+        );
+
+        let proxy = dir.join("proxy-key.toml");
+        std::fs::write(
+            &proxy,
+            format!(
+                "listen = \"udp://127.0.0.1:5300\"\nserver_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"server.key\"\n"
+            ),
+        )
+        .unwrap();
+        let args = Proxy::try_parse_from(["proxy", "--config", proxy.to_str().unwrap()])
+            .unwrap()
+            .args;
+        let (config, _) = crate::proxy::settings(args).unwrap();
+        assert_eq!(config.key.map(|k| k.public()), Some(key.public()));
+
+        // A key named in the file but missing is named too.
+        std::fs::write(
+            &with_key,
+            format!(
+                "server_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"gone.key\"\n"
+            ),
+        )
+        .unwrap();
+        let err = connect(&["--config", with_key.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("gone.key"), "{err:#}");
     }
 
     #[test]

@@ -44,9 +44,9 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Write a new server secret key to a file (mode 0600) and print its public key.
+    /// Write a new server or client secret key to a file (mode 0600) and print its public key.
     Keygen(keygen::Args),
-    /// Print the public key of a key file written by `keygen`.
+    /// Print the public key of a server or client key file written by `keygen`.
     Pubkey(pubkey::Args),
     /// Serve the echo service until SIGINT or SIGTERM.
     Serve(serve::Args),
