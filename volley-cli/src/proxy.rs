@@ -163,6 +163,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(key) => format!("client key {}", key.public().to_hex()),
         None => "an anonymous client key (no --key: no allow-list lists it)".to_string(),
     };
+    // A SIGHUP must not end the proxy (its default action): installed before anything is
+    // announced, it is logged and otherwise ignored.
+    hangups_ignored()?;
     let metrics = std::sync::Arc::new(volley::proxy::ProxyMetrics::default());
     let _endpoint = match args.metrics {
         Some(addr) => {
@@ -218,6 +221,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats.connect_failures,
         stats.dropped
     );
+    Ok(())
+}
+
+/// Takes SIGHUP over from its default action (ending the process): each one is logged and
+/// ignored. The proxy reloads nothing: its key and settings take a restart.
+fn hangups_ignored() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP received and ignored: volley proxy reloads nothing (restart it to \
+                     change its key or settings)"
+                );
+            }
+        });
+    }
     Ok(())
 }
 
