@@ -197,6 +197,46 @@ mod tests {
     }
 
     #[test]
+    fn a1_the_examples_commented_out_client_key_and_allow_list_work_uncommented() {
+        let uncomment = |path: &std::path::Path, setting: &str| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let commented = format!("# {setting} = ");
+            assert!(
+                text.contains(&commented),
+                "{}: no {commented}",
+                path.display()
+            );
+            std::fs::write(path, text.replace(&commented, &format!("{setting} = "))).unwrap();
+        };
+        let serve_toml = staged("serve.toml");
+        uncomment(&serve_toml, "allow");
+        let s = serve(&["--config", serve_toml.to_str().unwrap()]).unwrap();
+        assert_eq!(s.config.allow.map(|l| l.len()), Some(1));
+        // Both at once is refused.
+        uncomment(&serve_toml, "allow_file");
+        let err = serve(&["--config", serve_toml.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("keep one"), "{err:#}");
+
+        for name in ["connect.toml", "proxy.toml"] {
+            let path = staged(name);
+            let dir = path.parent().unwrap();
+            // Any key file is a client key: the staged server key stands in.
+            std::fs::copy(dir.join("server.key"), dir.join("client.key")).unwrap();
+            uncomment(&path, "key");
+            let config = if name == "connect.toml" {
+                connect(&["--config", path.to_str().unwrap()]).unwrap()
+            } else {
+                let args = Proxy::try_parse_from(["proxy", "--config", path.to_str().unwrap()])
+                    .unwrap()
+                    .args;
+                crate::proxy::settings(args).unwrap().0
+            };
+            let key = crate::keygen::read_key(&dir.join("client.key")).unwrap();
+            assert_eq!(config.key.map(|k| k.public()), Some(key.public()), "{name}");
+        }
+    }
+
+    #[test]
     fn d4_flags_override_the_file_and_unknown_or_bad_settings_are_named() {
         let path = staged("serve.toml");
         let path = path.to_str().unwrap();
