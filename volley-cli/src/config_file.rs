@@ -1,4 +1,4 @@
-//! Reading TOML config files for `serve` and `connect`: unknown settings are refused (a typo
+//! Reading TOML config files for `serve`, `connect` and `proxy`: unknown settings are refused (a typo
 //! must not pass silently), and every error names the file.
 
 use std::path::Path;
@@ -127,6 +127,113 @@ mod tests {
             seen >= 3,
             "examples/ holds the serve, connect and proxy configs"
         );
+    }
+
+    #[test]
+    fn a1_client_keys_come_from_a_config_file_relative_to_it_and_a_flag_wins() {
+        // `staged` leaves a key file (mode 0600) beside the copy; any key file is a client key.
+        let path = staged("connect.toml");
+        let dir = path.parent().unwrap();
+        let key = crate::keygen::read_key(&dir.join("server.key")).unwrap();
+        let server = "1".repeat(64);
+        let with_key = dir.join("with-key.toml");
+        std::fs::write(
+            &with_key,
+            format!(
+                "server_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"server.key\"\n"
+            ),
+        )
+        .unwrap();
+        let c = connect(&["--config", with_key.to_str().unwrap()]).unwrap();
+        assert_eq!(c.key.map(|k| k.public()), Some(key.public()));
+        let c = connect(&["--config", path.to_str().unwrap()]).unwrap();
+        assert!(c.key.is_none(), "no key: anonymous");
+
+        let other = volley::StaticKeypair::generate(&mut volley::OsRng);
+        let other_path = dir.join("other.key");
+        std::fs::write(&other_path, other.private_hex()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&other_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let c = connect(&[
+            "--config",
+            with_key.to_str().unwrap(),
+            "--key",
+            other_path.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.key.map(|k| k.public()),
+            Some(other.public()),
+            "the flag wins"
+        );
+
+        let proxy = dir.join("proxy-key.toml");
+        std::fs::write(
+            &proxy,
+            format!(
+                "listen = \"udp://127.0.0.1:5300\"\nserver_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"server.key\"\n"
+            ),
+        )
+        .unwrap();
+        let args = Proxy::try_parse_from(["proxy", "--config", proxy.to_str().unwrap()])
+            .unwrap()
+            .args;
+        let (config, _) = crate::proxy::settings(args).unwrap();
+        assert_eq!(config.key.map(|k| k.public()), Some(key.public()));
+
+        // A key named in the file but missing is named too.
+        std::fs::write(
+            &with_key,
+            format!(
+                "server_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"gone.key\"\n"
+            ),
+        )
+        .unwrap();
+        let err = connect(&["--config", with_key.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("gone.key"), "{err:#}");
+    }
+
+    #[test]
+    fn a1_the_examples_commented_out_client_key_and_allow_list_work_uncommented() {
+        let uncomment = |path: &std::path::Path, setting: &str| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let commented = format!("# {setting} = ");
+            assert!(
+                text.contains(&commented),
+                "{}: no {commented}",
+                path.display()
+            );
+            std::fs::write(path, text.replace(&commented, &format!("{setting} = "))).unwrap();
+        };
+        let serve_toml = staged("serve.toml");
+        uncomment(&serve_toml, "allow");
+        let s = serve(&["--config", serve_toml.to_str().unwrap()]).unwrap();
+        assert_eq!(s.config.allow.map(|l| l.len()), Some(1));
+        // Both at once is refused.
+        uncomment(&serve_toml, "allow_file");
+        let err = serve(&["--config", serve_toml.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{err:#}").contains("keep one"), "{err:#}");
+
+        for name in ["connect.toml", "proxy.toml"] {
+            let path = staged(name);
+            let dir = path.parent().unwrap();
+            // Any key file is a client key: the staged server key stands in.
+            std::fs::copy(dir.join("server.key"), dir.join("client.key")).unwrap();
+            uncomment(&path, "key");
+            let config = if name == "connect.toml" {
+                connect(&["--config", path.to_str().unwrap()]).unwrap()
+            } else {
+                let args = Proxy::try_parse_from(["proxy", "--config", path.to_str().unwrap()])
+                    .unwrap()
+                    .args;
+                crate::proxy::settings(args).unwrap().0
+            };
+            let key = crate::keygen::read_key(&dir.join("client.key")).unwrap();
+            assert_eq!(config.key.map(|k| k.public()), Some(key.public()), "{name}");
+        }
     }
 
     #[test]

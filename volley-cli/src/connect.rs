@@ -1,5 +1,5 @@
-//! `volley connect --server-key PUBKEY [--policy earliest|window] [--fanout D] [--n-best K]
-//! [--send TEXT] ADDR...`
+//! `volley connect --server-key PUBKEY [--key FILE] [--policy earliest|window] [--fanout D]
+//! [--n-best K] [--send TEXT] ADDR...`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +35,12 @@ pub struct Args {
     /// fleets with several keys.
     #[arg(long = "server-key", required_unless_present = "config")]
     server_keys: Vec<String>,
+    /// This client's secret key file (from `volley keygen`; mode 0600), which the handshake
+    /// proves: servers with an allow-list serve only the keys they list (`volley pubkey FILE`
+    /// prints the public key to list). In a config file: relative to the file. Default: a new
+    /// random key each run, which no allow-list lists.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Service to ask for [default: echo].
     #[arg(long)]
     service: Option<String>,
@@ -77,6 +83,7 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 pub struct File {
     server_keys: Option<Vec<String>>,
+    key: Option<PathBuf>,
     service: Option<String>,
     policy: Option<Policy>,
     window_ms: Option<f64>,
@@ -99,6 +106,8 @@ impl Args {
         if self.server_keys.is_empty() {
             self.server_keys = file.server_keys.unwrap_or_default();
         }
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        self.key = self.key.or_else(|| file.key.map(|k| dir.join(k)));
         self.dns_server = self.dns_server.or(file.dns_server);
         if self.pool.is_empty() {
             self.pool = file.servers.unwrap_or_default();
@@ -171,6 +180,11 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         Some(_) => bail!("--window-ms must be between 0 and 10000"),
     };
     let mut config = ClientConfig::new(keys);
+    config.key = args
+        .key
+        .as_deref()
+        .map(crate::keygen::read_key)
+        .transpose()?;
     config.service = args
         .service
         .clone()
@@ -178,10 +192,11 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         .into_bytes();
     // --timeout bounds the whole command (race, handshake, --send; R10): the race may take all
     // of it, one INIT's retries at most HANDSHAKE_TIMEOUT (a server drops a half-open session
-    // after its 5 s idle timeout; later retries of that INIT could never succeed), after which
-    // `run` races again while time is left.
+    // after its 5 s idle timeout; later retries of that INIT could never succeed) and at most
+    // half of --timeout, after which `run` races again while time is left: two unanswered
+    // handshakes fit, which is how a key the servers do not list shows (A1).
     config.race.deadline = Duration::from_secs_f64(timeout);
-    config.handshake_timeout = Duration::from_secs_f64(timeout).min(HANDSHAKE_TIMEOUT);
+    config.handshake_timeout = Duration::from_secs_f64(timeout / 2.0).min(HANDSHAKE_TIMEOUT);
     config.max_failovers = 0;
     config.policy = match (args.policy.unwrap_or(Policy::Earliest), args.n_best) {
         (_, Some(k)) => {
@@ -224,7 +239,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // race that got no offer fail with its own diagnosis (no answer, unpinned key) first.
     let deadline = started + Duration::from_secs_f64(args.timeout.unwrap_or(3.0));
     let connect_deadline = deadline + Duration::from_millis(50);
-    // Race again after a handshake that timed out, while the deadline allows (R10).
+    // Race again after a handshake that timed out, while the deadline allows (R10) — but not
+    // after two: servers that send offers and never an ACCEPT are not losing INITs, they do not
+    // take this client's key (the library's own rule for one connection).
+    let mut unanswered = 0;
     let connected = loop {
         let attempt = async {
             match args.n_best {
@@ -233,14 +251,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         match tokio::time::timeout_at(connect_deadline, attempt).await {
+            Err(_) if unanswered > 0 => bail!("{}", not_accepted(&args, unanswered)),
             Err(_) => bail!(
                 "no session within {} s (--timeout; {} server(s) probed; check addresses, \
                  --server-key and --service)",
                 args.timeout.unwrap_or(3.0),
                 args.servers.len()
             ),
-            Ok(Err(volley::Error::Connect(volley::ConnectError::HandshakeTimeout(..))))
-                if Instant::now() < deadline => {}
+            Ok(Err(volley::Error::Connect(volley::ConnectError::HandshakeTimeout(_, n)))) => {
+                unanswered += n.max(1);
+                if unanswered >= 2 || Instant::now() >= deadline {
+                    bail!("{}", not_accepted(&args, unanswered));
+                }
+            }
             Ok(r) => break r,
         }
     };
@@ -255,7 +278,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "servers answered, but with a key other than --server-key ({n} offers from unpinned \
              keys): check the key (`volley pubkey KEYFILE` prints a key file's public key)"
         ),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(explain(e)),
     };
     let connect_time = started.elapsed();
     let main = sessions.first().context("at least one session")?;
@@ -304,6 +327,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Let the driver send the CLOSEs before the runtime stops.
     tokio::time::sleep(Duration::from_millis(20)).await;
     Ok(())
+}
+
+/// Offers came, sessions did not: what a client whose key is not on the servers' allow-list
+/// sees (an unlisted INIT is dropped without an answer).
+fn not_accepted(args: &Args, unanswered: u32) -> String {
+    let key = match &args.key {
+        Some(path) => format!(
+            "is this client's public key (`volley pubkey {}`) on their --allow list?",
+            path.display()
+        ),
+        None => "this client ran without --key: its random key is on no allow-list; give it \
+                 a listed key with --key"
+            .to_string(),
+    };
+    format!(
+        "the servers answered but accepted no session for this client key ({unanswered} \
+         handshake(s) unanswered): {key}"
+    )
+}
+
+/// A library error as one line for the user; a revoked key says so.
+fn explain(e: volley::Error) -> anyhow::Error {
+    match e {
+        volley::Error::Closed(volley_proto::CloseReason::Remote(
+            volley_proto::CloseCode::REVOKED,
+        ))
+        | volley::Error::Connect(volley::ConnectError::Revoked(_)) => anyhow::anyhow!(
+            "revoked: the server ended the session because its allow-list no longer holds this \
+             client's key"
+        ),
+        other => other.into(),
+    }
 }
 
 fn sessions_label(n_best: Option<usize>, s: &Session) -> String {
@@ -371,10 +426,10 @@ async fn exchange(
         .unwrap_or(Duration::from_millis(100));
     let mut wait = (rtt * 3).clamp(Duration::from_millis(30), Duration::from_millis(250));
     while Instant::now() < deadline {
-        session.send(text.as_bytes()).await?;
+        session.send(text.as_bytes()).await.map_err(explain)?;
         let until = (Instant::now() + wait).min(deadline);
         if let Ok(r) = tokio::time::timeout_at(until, session.recv()).await {
-            reply = Some(r?);
+            reply = Some(r.map_err(explain)?);
             break;
         }
         wait = (wait * 2).min(Duration::from_millis(250));
@@ -418,6 +473,26 @@ mod tests {
         let started = Instant::now();
         let err = run(args).await.expect_err("connect fails");
         (format!("{err:#}"), started.elapsed())
+    }
+
+    #[test]
+    fn a2_a_revoked_session_reads_as_revoked() {
+        use volley_proto::{CloseCode, CloseReason};
+        for e in [
+            volley::Error::Closed(CloseReason::Remote(CloseCode::REVOKED)),
+            volley::Error::Connect(volley::ConnectError::Revoked(
+                "127.0.0.1:1".parse().unwrap(),
+            )),
+        ] {
+            let text = format!("{:#}", explain(e));
+            assert!(text.starts_with("revoked:"), "{text}");
+            assert!(text.contains("allow-list"), "{text}");
+        }
+        let other = format!(
+            "{:#}",
+            explain(volley::Error::Closed(CloseReason::IdleTimeout))
+        );
+        assert!(!other.contains("revoked"), "{other}");
     }
 
     #[tokio::test(start_paused = true)]

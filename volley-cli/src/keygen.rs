@@ -1,4 +1,5 @@
-//! `volley keygen --out FILE`
+//! `volley keygen --out FILE`: a server's key, or a client's (the same format), and reading
+//! key files back — private ones only.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,8 +9,10 @@ use volley::StaticKeypair;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Where to write the secret key (hex). Created with mode 0600; an existing file is kept
-    /// unless --force is given.
+    /// Where to write the secret key (hex): a server's (`serve --key`) or a client's (`connect
+    /// --key`, `proxy --key`). Created with mode 0600; an existing file is kept unless --force
+    /// is given. The public key is printed: pin a server's with --server-key, list a client's
+    /// in the servers' --allow file.
     #[arg(long)]
     out: PathBuf,
     /// Overwrite an existing key file.
@@ -52,18 +55,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a key file written by `keygen`.
+/// Reads a secret key file written by `keygen` (a server's or a client's).
+///
+/// A file that its group or others may read or write is refused, as ssh refuses such a private
+/// key: whoever reads it can pose as this server or client (and past a client's allow-list),
+/// whoever writes it can swap in a key of their own. A warning would scroll by in a log while
+/// the key stays exposed; an error is fixed once, with the chmod it names.
 pub fn read_key(path: &std::path::Path) -> anyhow::Result<StaticKeypair> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "key file is readable by others (mode {:o}); chmod 600 it", mode & 0o777);
-        }
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read key file {}", path.display()))?
+            .permissions()
+            .mode();
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "key file {} is open to its group or others (mode {:04o}): a secret key must be \
+             readable by its owner only; run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
     }
-    StaticKeypair::from_private_hex(&text)
-        .with_context(|| format!("{} is not a volley key file", path.display()))
+    StaticKeypair::from_private_hex(&text).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a volley key file: expected one line of 64 hex digits, a secret key \
+             written by `volley keygen`",
+            path.display()
+        )
+    })
 }

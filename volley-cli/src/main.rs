@@ -13,6 +13,7 @@ macro_rules! say {
     };
 }
 
+mod allow;
 mod config_file;
 mod connect;
 mod demo;
@@ -44,11 +45,12 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Write a new server secret key to a file (mode 0600) and print its public key.
+    /// Write a new server or client secret key to a file (mode 0600) and print its public key.
     Keygen(keygen::Args),
-    /// Print the public key of a key file written by `keygen`.
+    /// Print the public key of a server or client key file written by `keygen`.
     Pubkey(pubkey::Args),
-    /// Serve the echo service until SIGINT or SIGTERM.
+    /// Serve the echo service (or --forward to one) until SIGINT or SIGTERM; SIGHUP reloads the
+    /// allow-list.
     Serve(serve::Args),
     /// Race servers, open a session with the winner (or the K best), optionally send a datagram.
     Connect(connect::Args),

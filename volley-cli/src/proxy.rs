@@ -1,4 +1,5 @@
-//! `volley proxy --listen udp://ADDR | tcp://ADDR --server-key PUB [--service NAME] POOL...`:
+//! `volley proxy --listen udp://ADDR | tcp://ADDR --server-key PUB [--key FILE] [--service NAME]
+//! POOL...`:
 //! the client side of the UDP proxy (D1) and the TCP proxy (D2). Applications send to (or
 //! connect to) ADDR as if it were the service; each UDP flow or TCP connection races the pool
 //! and rides its own encrypted session (for TCP, a stream keyed from it) to the server-side
@@ -27,6 +28,12 @@ pub struct Args {
     /// fleets with several keys.
     #[arg(long = "server-key", required_unless_present = "config")]
     server_keys: Vec<String>,
+    /// This client's secret key file (from `volley keygen`; mode 0600), which every session
+    /// proves: servers with an allow-list serve only the keys they list (`volley pubkey FILE`
+    /// prints the public key to list). In a config file: relative to the file. Default: a random
+    /// key drawn at start, which no allow-list lists.
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     /// Service to ask for (as the servers' --service) [default: echo].
     #[arg(long)]
     service: Option<String>,
@@ -61,6 +68,7 @@ pub struct Args {
 pub struct File {
     listen: Option<String>,
     server_keys: Option<Vec<String>>,
+    key: Option<std::path::PathBuf>,
     service: Option<String>,
     idle_timeout: Option<f64>,
     metrics: Option<std::net::SocketAddr>,
@@ -89,6 +97,8 @@ impl Args {
         if self.servers.is_empty() {
             self.servers = file.servers.unwrap_or_default();
         }
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        self.key = self.key.or_else(|| file.key.map(|k| dir.join(k)));
         self.service = self.service.or(file.service);
         self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
         self.metrics = self.metrics.or(file.metrics);
@@ -119,6 +129,11 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         "--idle-timeout must be above 0 and at most 86400 seconds"
     );
     let mut config = ClientConfig::new(keys);
+    config.key = args
+        .key
+        .as_deref()
+        .map(crate::keygen::read_key)
+        .transpose()?;
     config.service = args
         .service
         .clone()
@@ -144,6 +159,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(" ");
     let service = String::from_utf8_lossy(&config.service).into_owned();
+    let identity = match &config.key {
+        Some(key) => format!("client key {}", key.public().to_hex()),
+        None => "an anonymous client key (no --key: no allow-list lists it)".to_string(),
+    };
+    // A SIGHUP must not end the proxy (its default action): installed before anything is
+    // announced, it is logged and otherwise ignored.
+    hangups_ignored()?;
     let metrics = std::sync::Arc::new(volley::proxy::ProxyMetrics::default());
     let _endpoint = match args.metrics {
         Some(addr) => {
@@ -159,7 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot bind {listen}"))?;
             say!(
-                "volley proxy: udp://{} → {} server(s) ({servers}), service {service}",
+                "volley proxy: udp://{} → {} server(s) ({servers}), service {service}, {identity}",
                 socket.local_addr()?,
                 pool.current().len(),
             );
@@ -176,7 +198,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot bind {listen}"))?;
             say!(
-                "volley proxy: tcp://{} → {} server(s) ({servers}), service {service}",
+                "volley proxy: tcp://{} → {} server(s) ({servers}), service {service}, {identity}",
                 listener.local_addr()?,
                 pool.current().len(),
             );
@@ -199,6 +221,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats.connect_failures,
         stats.dropped
     );
+    Ok(())
+}
+
+/// Takes SIGHUP over from its default action (ending the process): each one is logged and
+/// ignored. The proxy reloads nothing: its key and settings take a restart.
+fn hangups_ignored() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP received and ignored: volley proxy reloads nothing (restart it to \
+                     change its key or settings)"
+                );
+            }
+        });
+    }
     Ok(())
 }
 

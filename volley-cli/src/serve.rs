@@ -1,5 +1,5 @@
-//! `volley serve --listen ADDR --key FILE [--service NAME] [--capacity N] [--answer POLICY]
-//! [--max-sessions N] [--peer ADDR]...`
+//! `volley serve --listen ADDR --key FILE [--allow FILE] [--service NAME] [--capacity N]
+//! [--answer POLICY] [--max-sessions N] [--peer ADDR]...`
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +38,14 @@ pub struct Args {
     /// Secret key file written by `volley keygen` (in a config file: relative to the file).
     #[arg(long, required_unless_present = "config")]
     key: Option<PathBuf>,
+    /// Open sessions only for the client keys this file lists (one public key per line, from
+    /// `volley keygen`/`volley pubkey`, optionally followed by a name; `#` starts a comment).
+    /// Other clients get no session and never reach the service (they still get offers: probes
+    /// are not authenticated). SIGHUP re-reads it: sessions of keys no longer listed end at once
+    /// (revoked); a file that does not parse keeps the old list. In a config file: `allow =
+    /// ["KEY name", …]` or `allow_file = "PATH"` (relative to the file). Default: any client.
+    #[arg(long, value_name = "FILE")]
+    allow: Option<PathBuf>,
     /// Service name to answer probes for [default: echo].
     #[arg(long)]
     service: Option<String>,
@@ -110,6 +118,10 @@ pub struct Args {
     /// process.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// The config file, when it names the allow-list (`allow` or `allow_file`) and no --allow
+    /// overrides it: re-read on SIGHUP.
+    #[arg(skip)]
+    allow_config: Option<PathBuf>,
 }
 
 /// The settings a `serve` config file may hold: the flags' names, every one optional.
@@ -118,6 +130,8 @@ pub struct Args {
 pub struct File {
     listen: Option<SocketAddr>,
     key: Option<PathBuf>,
+    allow: Option<Vec<String>>,
+    allow_file: Option<PathBuf>,
     service: Option<String>,
     capacity: Option<u32>,
     answer: Option<Answer>,
@@ -145,6 +159,14 @@ impl Args {
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         self.listen = self.listen.or(file.listen);
         self.key = self.key.or_else(|| file.key.map(|k| dir.join(k)));
+        let allow = crate::allow::Settings {
+            allow: file.allow,
+            allow_file: file.allow_file,
+        };
+        // Both in one file is refused even under --allow: the file is wrong either way.
+        if allow.present(&path)? && self.allow.is_none() {
+            self.allow_config = Some(path.clone());
+        }
         self.service = self.service.or(file.service);
         self.capacity = self.capacity.or(file.capacity);
         self.answer = self.answer.or(file.answer);
@@ -275,6 +297,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `--ready-file`: where to say that every listener is bound.
     pub ready_file: Option<PathBuf>,
+    /// Where the allow-list came from (`config.allow` holds it): re-read on SIGHUP.
+    pub allow: Option<crate::allow::Source>,
 }
 
 /// Flags over the config file over the defaults, checked.
@@ -302,7 +326,13 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         args.max_sessions != Some(0),
         "--max-sessions must be at least 1 (leave it out for no limit)"
     );
+    let allow = match (&args.allow, &args.allow_config) {
+        (Some(file), _) => Some(crate::allow::Source::File(file.clone())),
+        (None, Some(config)) => Some(crate::allow::Source::Config(config.clone())),
+        (None, None) => None,
+    };
     let mut config = ServerConfig::new(key);
+    config.allow = allow.as_ref().map(|s| s.load()).transpose()?.map(Arc::new);
     config.services = vec![service.clone().into_bytes()];
     config.capacity = args.capacity;
     config.max_sessions = args.max_sessions;
@@ -335,6 +365,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         forward,
         metrics,
         ready_file: args.ready_file,
+        allow,
     })
 }
 
@@ -355,7 +386,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         forward,
         metrics,
         ready_file,
+        allow,
     } = settings(args)?;
+    // Installed before anything is announced: from the ready file on, a SIGHUP reloads the
+    // allow-list and never ends the process (its default action).
+    let mut hangups = Hangups::new()?;
     let forward = match forward {
         Some(target) => Some((
             target.clone(),
@@ -396,6 +431,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         server.public_key().to_hex()
     );
+    match (&allow, server.allow_list_len()) {
+        (Some(source), Some(keys)) => {
+            say!(
+                "volley serve: allow-list {source}: {keys} client key(s); other clients get no \
+                 session (SIGHUP reloads it)"
+            );
+            if keys == 0 {
+                tracing::warn!(%source, "the allow-list is empty: no client can open a session");
+            }
+        }
+        _ => say!(
+            "volley serve: no allow-list: any client with this server's public key gets a session"
+        ),
+    }
     let handle = server.handle();
     let forward_metrics = Arc::new(volley::proxy::ForwardMetrics::default());
     let metrics_endpoint = match metrics {
@@ -462,6 +511,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut serving => break,
+            () = hangups.next() => reload(allow.as_ref(), &handle).await,
             _ = every.tick() => {
                 let line = load_line(&handle, &handle.stats());
                 if line != last {
@@ -475,7 +525,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         say!("volley serve: stopped. {}", load_line(&handle, &s));
         say!(
             "volley serve: probes {} offers {} sessions opened {} closed {} refused (max \
-             sessions) {} redirects {} cookie rejects {} rate-limited {} malformed {}",
+             sessions) {} redirects {} cookie rejects {} rate-limited {} malformed {} \
+             unauthorized {} revoked {}",
             s.probes_received,
             s.offers_sent,
             s.sessions_opened,
@@ -492,6 +543,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 + s.malformed_type
                 + s.malformed_version
                 + s.malformed_too_long,
+            s.inits_unauthorized,
+            s.sessions_revoked,
         );
     }
     Ok(())
@@ -511,5 +564,61 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGHUP, as a stream of wake-ups (never on platforms without it).
+struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot handle SIGHUP")?,
+        })
+    }
+
+    /// The next SIGHUP.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.signal.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// SIGHUP: re-reads the allow-list from where it came from and puts it in force, or keeps the
+/// old one and says why.
+async fn reload(source: Option<&crate::allow::Source>, handle: &ServerHandle) {
+    let Some(source) = source else {
+        tracing::warn!(
+            "SIGHUP: no allow-list to reload (serve runs without --allow or `allow` in its \
+             config file; other settings take a restart); ignored"
+        );
+        return;
+    };
+    match source.load() {
+        Ok(list) => {
+            let keys = list.len();
+            let revoked = handle.set_allow_list(Some(Arc::new(list))).await;
+            say!(
+                "volley serve: allow-list reloaded from {source}: {keys} client key(s), \
+                 {revoked} session(s) revoked"
+            );
+            if keys == 0 {
+                tracing::warn!(%source, "the allow-list is empty: no client can open a session");
+            }
+        }
+        Err(e) => tracing::warn!(
+            old_keys = handle.allow_list_len().unwrap_or(0),
+            "SIGHUP: allow-list not reloaded, the old one stays in force: {e:#}"
+        ),
     }
 }

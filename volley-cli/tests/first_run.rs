@@ -220,3 +220,66 @@ fn r10_connect_to_a_silent_address_says_no_server_answered_within_the_timeout() 
     let err = text(&out.stderr);
     assert!(err.contains("no server answered within 1s"), "{err}");
 }
+
+#[cfg(unix)]
+fn chmod(path: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a1_keygen_makes_client_keys_and_a_key_file_open_to_others_or_garbled_is_refused() {
+    let dir = scratch("allow-keys");
+    let (key, public) = keygen(&dir);
+    // A client's key is a key like a server's: keygen makes it, pubkey reads it.
+    let client = dir.join("client.key");
+    std::fs::rename(&key, &client).unwrap();
+    let key = client.to_str().unwrap().to_string();
+    let out = run(&["pubkey", &key]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), public);
+    let help = text(&run(&["keygen", "--help"]).stdout);
+    assert!(help.contains("server or client"), "{help}");
+
+    #[cfg(unix)]
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        chmod(&key, mode);
+        for argv in [
+            vec!["pubkey", &key],
+            vec![
+                "connect",
+                "--server-key",
+                &public,
+                "--key",
+                &key,
+                "127.0.0.1:9",
+            ],
+            vec!["serve", "--listen", "127.0.0.1:0", "--key", &key],
+        ] {
+            let out = run(&argv);
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{argv:?} with mode {mode:o}");
+            assert!(
+                err.contains(&key)
+                    && err.contains(&format!("mode {mode:04o}"))
+                    && err.contains(&format!("chmod 600 {key}")),
+                "{argv:?}: {err}"
+            );
+        }
+    }
+    #[cfg(unix)]
+    chmod(&key, 0o600);
+    assert!(run(&["pubkey", &key]).status.success());
+
+    let garbled = dir.join("garbled.key");
+    std::fs::write(&garbled, "not a key\n").unwrap();
+    #[cfg(unix)]
+    chmod(garbled.to_str().unwrap(), 0o600);
+    let out = run(&["pubkey", garbled.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("garbled.key is not a volley key file") && err.contains("64 hex digits"),
+        "{err}"
+    );
+}

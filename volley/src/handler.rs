@@ -34,25 +34,38 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use tracing::debug;
+use volley_proto::allow::AllowEntry;
 
 use crate::server::Server;
 use crate::session::Session;
 
-/// One request as a handler sees it: who sent it and what.
+/// One request as a handler sees it: who sent it — the client's address and the static key its
+/// handshake proved, with the allow-list's name for it — and what.
 ///
 /// ```
-/// use volley::Bytes;
 /// use volley::handler::Call;
+/// use volley::{AllowEntry, Bytes, StaticKeypair};
 ///
-/// // What a handler gets, and how it answers: here, the reply names the peer.
-/// let call = Call { peer: "127.0.0.1:5000".parse().unwrap(), data: Bytes::from_static(b"who am I?") };
-/// let reply = Some(Bytes::from(call.peer.to_string()));
-/// assert_eq!(reply.as_deref(), Some(&b"127.0.0.1:5000"[..]));
+/// // What a handler gets, and how it answers: here, the reply greets the client by its
+/// // allow-list name.
+/// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+/// let call = Call {
+///     peer: "127.0.0.1:5000".parse().unwrap(),
+///     client: AllowEntry { key, name: Some("alice".into()) },
+///     data: Bytes::from_static(b"who am I?"),
+/// };
+/// let name = call.client.name.as_deref().unwrap_or("stranger");
+/// let reply = Some(Bytes::from(format!("{name} at {}", call.peer)));
+/// assert_eq!(reply.as_deref(), Some(&b"alice at 127.0.0.1:5000"[..]));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Call {
-    /// The session's peer (its current address).
+    /// The session's peer (its current address: it follows a client that moves).
     pub peer: SocketAddr,
+    /// The client's static key, as its handshake authenticated it, and the name the server's
+    /// allow-list gives it (None without a list, or for a key listed without a name). Without an
+    /// allow-list an anonymous client's key is a random one of its process.
+    pub client: AllowEntry,
     /// The datagram.
     pub data: Bytes,
 }
@@ -90,10 +103,15 @@ where
     serve_sessions(server, shutdown, move |session| {
         let handler = handler.clone();
         async move {
+            // Every server session carries its client; a handle without one serves nothing.
+            let Some(client) = session.client_entry().cloned() else {
+                return;
+            };
             while let Ok(request) = session.recv_request().await {
                 let (data, guard) = request.into_parts();
                 let call = Call {
                     peer: session.remote(),
+                    client: client.clone(),
                     data,
                 };
                 let reply = handler(call).await;
@@ -164,10 +182,14 @@ where
     serve_sessions(server, shutdown, move |session| {
         let mut service = service.clone();
         async move {
+            let Some(client) = session.client_entry().cloned() else {
+                return;
+            };
             while let Ok(request) = session.recv_request().await {
                 let (data, guard) = request.into_parts();
                 let call = Call {
                     peer: session.remote(),
+                    client: client.clone(),
                     data,
                 };
                 if let Err(e) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {

@@ -47,6 +47,41 @@
 //! a while), and moves a session to another server of the pool when its server goes away.
 //! [`Session::report`] says what the race and the handshake saw ([`ConnectReport`]).
 //!
+//! ## Only your clients
+//!
+//! Every client proves a static key in its handshake: its own ([`ClientConfig::key`]) or, without
+//! one, a random key of its process. A server with an allow-list ([`ServerConfig::allow`], an
+//! [`AllowList`]) opens sessions only for listed keys; an unlisted client's INIT goes
+//! unanswered ([`ConnectError::HandshakeTimeout`] on its side, `inits_unauthorized` on the
+//! server's). [`Server::set_allow_list`] replaces the list on a running server and ends the
+//! sessions of keys it drops ([`CloseCode::REVOKED`]). A server session names its client
+//! ([`Session::client_key`], [`Session::client_name`]).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), volley::Error> {
+//! use std::sync::Arc;
+//! use volley::{AllowList, Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+//!
+//! let server_key = StaticKeypair::generate(&mut volley::OsRng);
+//! let alice = StaticKeypair::generate(&mut volley::OsRng);
+//! let mut list = AllowList::new();
+//! list.insert(alice.public(), Some("alice"));
+//! let mut config = ServerConfig::new(server_key.clone());
+//! config.allow = Some(Arc::new(list));
+//! let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), config).await?;
+//! let pool = vec![server.local_addr()];
+//!
+//! let mut config = ClientConfig::new(vec![server_key.public()]);
+//! config.key = Some(alice.clone());
+//! let session = Client::new(config).connect(&pool).await?;
+//! let accepted = server.accept().await.unwrap();
+//! assert_eq!(accepted.client_key(), Some(alice.public()));
+//! assert_eq!(accepted.client_name(), Some("alice"));
+//! # drop(session);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Around them
 //!
 //! - [`echo`] and [`handler`]: serve sessions without writing the accept loop.
@@ -138,6 +173,7 @@ pub use rand::rngs::OsRng;
 pub use report::{ConnectReport, OfferFate, OfferSeen};
 pub use server::{Server, ServerHandle};
 pub use session::{Request, SEND_QUEUE, Session, SessionStats};
+pub use volley_proto::allow::{AllowEntry, AllowList, AllowListError};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
     AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientConfigBuilder, ClientStats,

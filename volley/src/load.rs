@@ -14,6 +14,8 @@ pub(crate) struct Published {
     pub(crate) stats: ServerStats,
     pub(crate) load: ServerLoad,
     pub(crate) answer_delays: volley_proto::server::AnswerDelays,
+    /// Keys on the allow-list in force; None when the server takes any client.
+    pub(crate) allow_list_len: Option<usize>,
 }
 
 /// State shared by the driver, the [`Server`](crate::Server), its [`ServerHandle`](crate::ServerHandle)s and [`LoadGuard`]s.

@@ -4,8 +4,10 @@
 //!
 //! - a server ([`Metrics::server`]): every counter of [`crate::ServerStats`] as
 //!   `volley_server_<name>_total`, its load as gauges (`volley_server_sessions`,
-//!   `volley_server_requests`, `volley_server_capacity`, …) and the answer-delay histogram
-//!   `volley_server_answer_delay_seconds`;
+//!   `volley_server_requests`, `volley_server_capacity`, …), the answer-delay histogram
+//!   `volley_server_answer_delay_seconds`, and with an allow-list the gauge
+//!   `volley_server_allow_list_keys` (its counters `inits_unauthorized`, `sessions_revoked` and
+//!   `sessions_migrated` are among the server's);
 //! - a TCP forwarder ([`Metrics::forward`]): `volley_forward_<name>_total` for each field of
 //!   [`crate::proxy::StreamStats`] and the gauge `volley_forward_open_streams`;
 //! - a proxy ([`Metrics::proxy`]): `volley_proxy_<name>_total` for each field of
@@ -50,7 +52,12 @@ struct ServerCollector(ServerHandle);
 impl Collector for ServerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // One snapshot for everything, so that the counters and the gauges agree.
-        let (stats, load, delays) = self.0.snapshot();
+        let crate::server::Snapshot {
+            stats,
+            load,
+            delays,
+            allow_list_len,
+        } = self.0.snapshot();
         for (name, value) in stats.counters() {
             let help = format!("volley server counter {name} (volley::ServerStats::{name})");
             let full = format!("volley_server_{name}");
@@ -99,6 +106,15 @@ impl Collector for ServerCollector {
             let full = format!("volley_server_{name}");
             let metric = encoder.encode_descriptor(&full, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(metric)?;
+        }
+        if let Some(keys) = allow_list_len {
+            let metric = encoder.encode_descriptor(
+                "volley_server_allow_list_keys",
+                "Client keys on the allow-list in force (absent: the server takes any client)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(keys as i64).encode(metric)?;
         }
         let mut buckets: Vec<(f64, u64)> = ANSWER_DELAY_BOUNDS_US
             .iter()

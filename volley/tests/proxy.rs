@@ -174,3 +174,64 @@ async fn d1_a_datagram_too_large_for_a_session_is_dropped_and_its_flow_goes_on()
     assert_eq!(stats.dropped, 1, "{stats:?}");
     assert_eq!(stats.flows, 1, "the flow went on: {stats:?}");
 }
+
+#[tokio::test]
+async fn a2_a_revoked_keys_udp_flow_ends_and_its_next_flow_gets_no_session() {
+    let server_key = StaticKeypair::generate(&mut volley::OsRng);
+    let alice = StaticKeypair::generate(&mut volley::OsRng);
+    let service = backend().await;
+    let mut config = ServerConfig::new(server_key.clone());
+    config.allow = Some(Arc::new(volley::AllowList::from_keys([alice.public()])));
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    tokio::spawn(UdpForward::new(server, service).serve(std::future::pending()));
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    let mut config = ClientConfig::new(vec![server_key.public()]);
+    config.key = Some(alice.clone());
+    config.handshake_timeout = Duration::from_millis(300);
+    let metrics = Arc::new(ProxyMetrics::default());
+    tokio::spawn(
+        UdpProxy::new(Client::new(config), vec![addr])
+            .metrics(Arc::clone(&metrics))
+            .serve(socket, std::future::pending()),
+    );
+    let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(ask(&app, proxy, "hello").await, "HELLO");
+    assert_eq!(metrics.open_flows(), 1);
+
+    // Alice leaves the list: her flow's session ends at once, and the flow with it.
+    let revoked = handle
+        .set_allow_list(Some(Arc::new(volley::AllowList::new())))
+        .await;
+    assert_eq!(revoked, 1);
+    timeout(BOUND, async {
+        while metrics.open_flows() != 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the revoked flow ends");
+    // Her next datagram starts a flow that gets no session: no answer, one connect failure.
+    app.send_to(b"again", proxy).await.unwrap();
+    timeout(BOUND, async {
+        while metrics.stats().connect_failures != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the next flow fails to connect");
+    let mut buf = [0u8; 64];
+    assert!(
+        timeout(Duration::from_millis(100), app.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "no answer without a session"
+    );
+    let stats = handle.stats();
+    assert_eq!(stats.sessions_revoked, 1, "{stats:?}");
+    assert!(stats.inits_unauthorized >= 1, "{stats:?}");
+}

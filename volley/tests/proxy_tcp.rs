@@ -261,3 +261,104 @@ async fn d2_silent_connections_from_one_address_cannot_shut_out_other_clients() 
     assert_eq!(round_trip(proxy, b"still served").await, b"still served");
     drop(silent);
 }
+
+/// A client-side proxy to `pool` whose sessions prove `client_key` (A1).
+async fn proxy_as(
+    server_key: &StaticKeypair,
+    client_key: &StaticKeypair,
+    pool: Vec<SocketAddr>,
+) -> (SocketAddr, Arc<volley::proxy::ProxyMetrics>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = ClientConfig::new(vec![server_key.public()]);
+    config.key = Some(client_key.clone());
+    // Two unanswered handshakes of 0.5 s: an unlisted key is told so quickly.
+    config.handshake_timeout = Duration::from_millis(500);
+    let metrics = Arc::new(volley::proxy::ProxyMetrics::default());
+    let proxy = TcpProxy::new(Client::new(config), pool).metrics(Arc::clone(&metrics));
+    tokio::spawn(proxy.serve(listener, std::future::pending()));
+    (addr, metrics)
+}
+
+/// Reads until the connection ends (EOF or reset) and returns what came.
+async fn read_to_end_or_reset(conn: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a1_an_unlisted_key_never_reaches_the_backend_and_a2_a_revoked_ones_connection_ends_at_once()
+ {
+    let server_key = StaticKeypair::generate(&mut volley::OsRng);
+    let (alice, mallory) = (
+        StaticKeypair::generate(&mut volley::OsRng),
+        StaticKeypair::generate(&mut volley::OsRng),
+    );
+    let (service, accepted) = backend().await;
+    let mut config = ServerConfig::new(server_key.clone());
+    config.allow = Some(Arc::new(volley::AllowList::from_keys([alice.public()])));
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    tokio::spawn(
+        TcpForward::bind(server, service)
+            .await
+            .unwrap()
+            .serve(std::future::pending()),
+    );
+
+    // Mallory's proxy gets no session: her application's connection ends with nothing, and
+    // the backend never hears of it.
+    let (mallorys, m_metrics) = proxy_as(&server_key, &mallory, vec![addr]).await;
+    let mut conn = TcpStream::connect(mallorys).await.unwrap();
+    conn.write_all(b"let me in").await.unwrap();
+    let got = timeout(BOUND, read_to_end_or_reset(&mut conn))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(m_metrics.stats().connect_failures, 1);
+    assert!(handle.stats().inits_unauthorized >= 1);
+    assert_eq!(handle.stats().sessions_opened, 0);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "no connection to the backend"
+    );
+
+    // Alice's goes through, and a connection of hers in the middle of a transfer ends as soon
+    // as her key leaves the list.
+    let (alices, _) = proxy_as(&server_key, &alice, vec![addr]).await;
+    assert_eq!(round_trip(alices, b"hello").await, b"hello");
+    let mut conn = TcpStream::connect(alices).await.unwrap();
+    conn.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    timeout(BOUND, conn.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let revoked = handle
+        .set_allow_list(Some(Arc::new(volley::AllowList::new())))
+        .await;
+    assert_eq!(revoked, 1);
+    let rest = timeout(BOUND, read_to_end_or_reset(&mut conn))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "ended {took:?} after the revocation"
+    );
+    eventually("the revocation is counted", || {
+        handle.stats().sessions_revoked == 1
+    })
+    .await;
+}

@@ -51,6 +51,13 @@ pub enum ServerEvent {
         /// The plaintext (the buffer it was decrypted in).
         data: Bytes,
     },
+    /// A session moved to a new, validated client address (its answers go there from now on).
+    Migrated {
+        /// The session.
+        id: SessionId,
+        /// The client's new address.
+        remote: SocketAddr,
+    },
     /// A session ended.
     Closed {
         /// The session.
@@ -362,6 +369,8 @@ impl ServerEndpoint {
         if after.migrations > before.migrations {
             self.stats.sessions_migrated += 1;
             debug!(id, %remote, "session moved to a new client address");
+            let remote = served.session.remote();
+            self.events.push_back(ServerEvent::Migrated { id, remote });
         }
         if result.is_ok() && remote != served.session.remote() {
             self.stats.data_new_address += 1;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, info};
 use volley_proto::client::RouteKey;
-use volley_proto::{ClientEvent, CloseReason, ConnectError, Connection};
+use volley_proto::{ClientEvent, CloseCode, CloseReason, ConnectError, Connection};
 
 use super::open::Parts;
 use crate::report::{ConnectReport, OfferFate, OfferSeen};
@@ -176,6 +176,13 @@ impl Member {
                     }
                     self.link.count_received(delivered, None);
                 }
+                ClientEvent::ServerLost {
+                    server,
+                    reason: reason @ CloseReason::Remote(CloseCode::REVOKED),
+                } => {
+                    info!(%server, "session revoked: the server's allow-list no longer holds this client's key");
+                    report.losses.push((server, reason));
+                }
                 ClientEvent::ServerLost { server, reason } => {
                     info!(%server, ?reason, "server lost; racing the rest of the pool");
                     report.losses.push((server, reason));
@@ -187,6 +194,8 @@ impl Member {
                     self.outcome.get_or_insert(Err(e));
                     self.end(match e {
                         ConnectError::Refused(_) => CloseReason::Refused,
+                        // The server said why: its allow-list no longer holds this key.
+                        ConnectError::Revoked(_) => CloseReason::Remote(CloseCode::REVOKED),
                         _ => CloseReason::IdleTimeout,
                     });
                 }

@@ -53,6 +53,11 @@ pub use udp_forward::{UDP_REQUEST_TIMEOUT, UdpForward};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use volley_proto::{CloseCode, CloseReason};
+
+use crate::error::Error;
+use crate::session::Session;
+
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// What a proxy ([`UdpProxy`] or [`TcpProxy`]) counted, returned when it stops and readable
@@ -129,4 +134,35 @@ impl ProxyMetrics {
     pub fn open_flows(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
     }
+}
+
+/// Why a proxy's connect failed, in one line an operator can act on: the connect error's own
+/// words (an unlisted key reads "the servers answered but accepted no session for this client
+/// key", not a bare "connect failed").
+pub(crate) fn connect_failure(e: &Error) -> String {
+    match e {
+        Error::Connect(c) => c.to_string(),
+        Error::Closed(reason) => closed(*reason),
+        other => other.to_string(),
+    }
+}
+
+/// How a session ended, in words; a revocation says so.
+pub(crate) fn closed(reason: CloseReason) -> String {
+    match reason {
+        CloseReason::Remote(CloseCode::REVOKED) => {
+            "revoked: the server's allow-list no longer holds this client's key".to_string()
+        }
+        other => format!("session ended ({other:?})"),
+    }
+}
+
+/// A server session's client for the logs: its key in hex, and its allow-list name if any.
+pub(crate) fn client_of(session: &Session) -> (String, &str) {
+    (
+        session
+            .client_key()
+            .map_or_else(String::new, |k| k.to_hex()),
+        session.client_name().unwrap_or(""),
+    )
 }

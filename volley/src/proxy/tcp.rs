@@ -20,10 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
-use tracing::{debug, info, trace};
+use tracing::{debug, info, trace, warn};
 use volley_proto::stream::{
     HELLO_LEN, RECORD_HEADER_LEN, RecordOpener, Role, StreamError, StreamKeys, StreamTicket,
 };
+use volley_proto::{CloseCode, CloseReason};
 
 use crate::client::Client;
 use crate::discovery::Pool;
@@ -113,6 +114,10 @@ impl Default for TcpProxyConfig {
 impl TcpProxy {
     /// A proxy whose connections race `pool` (fixed addresses, or a [`Pool`] kept current from
     /// DNS) with `client`, with the default options.
+    /// Every session proves `client`'s key ([`ClientConfig::key`](crate::ClientConfig::key)):
+    /// servers with an allow-list serve only listed keys. A key they do not list fails each
+    /// connect with [`ConnectError::HandshakeTimeout`](crate::ConnectError::HandshakeTimeout),
+    /// logged as such; a key removed from the list ends its sessions (`Remote(REVOKED)`).
     pub fn new(client: Client, pool: impl Into<Pool>) -> Self {
         Self {
             client,
@@ -187,6 +192,8 @@ pub(crate) enum StreamFailure {
     Truncated,
     #[error("the stream's session ended")]
     SessionEnded,
+    #[error("the session was revoked: the server's allow-list no longer holds the client's key")]
+    Revoked,
 }
 
 async fn run(
@@ -265,7 +272,10 @@ async fn connection(
         let session = match client.connect(&servers).await {
             Ok(s) => s,
             Err(e) => {
-                info!(error = %e, "tcp proxy: no session; connection closed");
+                info!(
+                    error = %crate::proxy::connect_failure(&e),
+                    "tcp proxy: no session; connection closed"
+                );
                 break;
             }
         };
@@ -292,17 +302,36 @@ async fn connection(
         };
         session.report_success();
         metrics.open.fetch_add(1, Ordering::Relaxed);
-        let ended = splice(
-            &mut stream,
-            &mut app,
-            &ticket.keys,
-            Role::Client,
-            Some(config.idle_timeout),
-        )
-        .await;
+        // A revoked key ends the connection at once, whatever the stream is doing (the server
+        // resets its side too); any other end of the session leaves the stream to finish.
+        let revoked = async {
+            match session.closed().await {
+                CloseReason::Remote(CloseCode::REVOKED) => {}
+                _ => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            ended = splice(
+                &mut stream,
+                &mut app,
+                &ticket.keys,
+                Role::Client,
+                Some(config.idle_timeout),
+            ) => ended,
+            () = revoked => Err(StreamFailure::Revoked),
+        };
         metrics.open.fetch_sub(1, Ordering::Relaxed);
         match ended {
             Ok(()) => trace!(server = %ticket.peer, "tcp proxy: connection done"),
+            Err(StreamFailure::Revoked) => {
+                warn!(
+                    server = %ticket.peer,
+                    "tcp proxy: session revoked (the server's allow-list no longer holds this \
+                     client's key); connection reset"
+                );
+                reset(&stream);
+                reset(&app);
+            }
             Err(e) => {
                 debug!(server = %ticket.peer, error = %e, "tcp proxy: connection reset");
                 reset(&stream);

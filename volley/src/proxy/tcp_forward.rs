@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, timeout};
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 use volley_proto::stream::{HELLO_LEN, Role, StreamKeys, hello_session};
 
 use crate::error::Error;
@@ -429,6 +429,15 @@ async fn serve_stream(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let (key, name) = crate::proxy::client_of(&session);
+    info!(
+        id,
+        client_key = %key,
+        client_name = name,
+        peer = %session.remote(),
+        %backend,
+        "forward: stream spliced to the backend"
+    );
     if stream
         .write_all(&ticket.keys.hello(Role::Server, id))
         .await
@@ -449,6 +458,10 @@ async fn serve_stream(
                         Ok(r) => r,
                         Err(_) => Err(StreamFailure::SessionEnded),
                     }
+                } else if reason == CloseReason::Local(CloseCode::REVOKED) {
+                    // The allow-list dropped the client's key: the backend connection ends now.
+                    info!(id, client_key = %key, client_name = name, "forward: session revoked, stream reset");
+                    Err(StreamFailure::Revoked)
                 } else {
                     // Idle (the client is gone), going away, or the client's error.
                     Err(StreamFailure::SessionEnded)

@@ -16,7 +16,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+use volley_proto::{CloseCode, CloseReason};
 
 use crate::client::Client;
 use crate::discovery::Pool;
@@ -104,6 +105,10 @@ impl Default for UdpProxyConfig {
 impl UdpProxy {
     /// A proxy whose flows race `pool` (fixed addresses, or a [`Pool`] kept current from DNS)
     /// with `client`, with the default options.
+    /// Every session proves `client`'s key ([`ClientConfig::key`](crate::ClientConfig::key)):
+    /// servers with an allow-list serve only listed keys. A key they do not list fails each
+    /// connect with [`ConnectError::HandshakeTimeout`](crate::ConnectError::HandshakeTimeout),
+    /// logged as such; a key removed from the list ends its sessions (`Remote(REVOKED)`).
     pub fn new(client: Client, pool: impl Into<Pool>) -> Self {
         Self {
             client,
@@ -291,7 +296,11 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
     let session = match client.connect(&servers).await {
         Ok(s) => s,
         Err(e) => {
-            info!(%app, error = %e, "flow: no session; its datagrams are dropped");
+            info!(
+                %app,
+                error = %crate::proxy::connect_failure(&e),
+                "flow: no session; its datagrams are dropped"
+            );
             let _ = events.send(FlowEvent::Ended(app, number, false));
             return;
         }
@@ -318,6 +327,10 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
                 match reply {
                     Ok(reply) => {
                         let _ = socket.send_to(&reply, app).await;
+                    }
+                    Err(Error::Closed(reason @ CloseReason::Remote(CloseCode::REVOKED))) => {
+                        warn!(%app, "flow: {}", crate::proxy::closed(reason));
+                        break;
                     }
                     Err(_) => break,
                 }

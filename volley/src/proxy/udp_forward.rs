@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use crate::load::LoadGuard;
 use crate::server::Server;
@@ -89,6 +89,14 @@ impl UdpForward {
 }
 
 async fn relay(session: Session, backend: SocketAddr) {
+    let (key, name) = crate::proxy::client_of(&session);
+    info!(
+        client_key = %key,
+        client_name = name,
+        peer = %session.remote(),
+        %backend,
+        "forward: session opened; its datagrams go to the backend"
+    );
     let any = match backend.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

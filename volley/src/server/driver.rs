@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, trace};
+use volley_proto::allow::AllowList;
 use volley_proto::{CloseCode, CloseReason, ServerEndpoint, ServerEvent, Transmit};
 
 use crate::load::Shared;
@@ -24,6 +25,8 @@ pub(super) enum Control {
     Shutdown(oneshot::Sender<()>),
     Capacity(Option<u32>),
     MaxSessions(Option<u32>),
+    /// A new allow-list (None: any client); told how many sessions it revoked.
+    AllowList(Option<Arc<AllowList>>, oneshot::Sender<usize>),
 }
 
 struct SessionSlot {
@@ -142,6 +145,11 @@ impl ServerSide {
                         .count_received(delivered, self.endpoint.session_stats(id));
                 }
             }
+            ServerEvent::Migrated { id, remote } => {
+                if let Some(slot) = self.sessions.get(&id) {
+                    slot.status.send_modify(|s| s.remote = remote);
+                }
+            }
             ServerEvent::Closed { id, reason } => {
                 if let Some(slot) = self.sessions.remove(&id) {
                     slot.link.close();
@@ -198,6 +206,7 @@ impl runtime::Side for ServerSide {
         published.stats = *self.endpoint.stats();
         published.load = load;
         published.answer_delays = *self.endpoint.answer_delays();
+        published.allow_list_len = self.endpoint.allow_list().map(|l| l.len());
         more
     }
 
@@ -257,6 +266,20 @@ impl runtime::Side for ServerSide {
         match wake {
             ServerWake::Control(Some(Control::Capacity(c))) => self.endpoint.set_capacity(c),
             ServerWake::Control(Some(Control::MaxSessions(m))) => self.endpoint.set_max_sessions(m),
+            ServerWake::Control(Some(Control::AllowList(allow, reply))) => {
+                let keys = allow.as_ref().map(|l| l.len());
+                // The revoked sessions' CLOSEs are queued now and leave with the flush that
+                // follows this wake-up; each session's handle sees `Local(REVOKED)` once its
+                // CLOSE is out.
+                let revoked = self.endpoint.set_allow_list(allow);
+                // Published before the caller hears back, so that it reads the new size.
+                self.shared.published().allow_list_len = keys;
+                match keys {
+                    Some(keys) => info!(keys, revoked, "allow-list replaced"),
+                    None => info!(revoked, "allow-list removed: any client may connect"),
+                }
+                let _ = reply.send(revoked);
+            }
             ServerWake::Control(Some(Control::Shutdown(done))) => {
                 self.stopping = Some(done);
                 self.begin_shutdown();

@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
+use volley_proto::allow::AllowList;
 use volley_proto::{
     AnswerPolicy, AppLoad, PublicKey, ServerConfig, ServerEndpoint, ServerLoad, ServerStats,
 };
@@ -82,9 +83,14 @@ impl ServerHandle {
 
     /// Counters, load and answer delays from one published snapshot (so that, say,
     /// `sessions_opened - sessions_closed` is the `sessions` of the same moment).
-    pub(crate) fn snapshot(&self) -> (ServerStats, ServerLoad, volley_proto::server::AnswerDelays) {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let p = self.shared.published();
-        (p.stats, p.load, p.answer_delays)
+        Snapshot {
+            stats: p.stats,
+            load: p.load,
+            delays: p.answer_delays,
+            allow_list_len: p.allow_list_len,
+        }
     }
 
     /// See [`Server::answer_delays`].
@@ -101,6 +107,37 @@ impl ServerHandle {
     pub fn set_max_sessions(&self, max_sessions: Option<u32>) {
         let _ = self.control.send(Control::MaxSessions(max_sessions));
     }
+
+    /// See [`Server::set_allow_list`].
+    pub async fn set_allow_list(&self, allow: Option<Arc<AllowList>>) -> usize {
+        set_allow_list(&self.control, allow).await
+    }
+
+    /// See [`Server::allow_list_len`].
+    pub fn allow_list_len(&self) -> Option<usize> {
+        self.shared.published().allow_list_len
+    }
+}
+
+/// Hands the driver a new allow-list and waits for how many sessions it revoked (0 when the
+/// driver is gone: nothing is served any more).
+async fn set_allow_list(
+    control: &mpsc::UnboundedSender<Control>,
+    allow: Option<Arc<AllowList>>,
+) -> usize {
+    let (tx, rx) = oneshot::channel();
+    if control.send(Control::AllowList(allow, tx)).is_err() {
+        return 0;
+    }
+    rx.await.unwrap_or(0)
+}
+
+/// One published moment of a server, for the metrics endpoint.
+pub(crate) struct Snapshot {
+    pub(crate) stats: ServerStats,
+    pub(crate) load: ServerLoad,
+    pub(crate) delays: volley_proto::server::AnswerDelays,
+    pub(crate) allow_list_len: Option<usize>,
 }
 
 /// A volley server bound to one UDP socket: it answers the probes of clients with offers —
@@ -194,6 +231,7 @@ impl Server {
         let local = socket.local_addr()?;
         udp::enable_local_addr(&socket)?;
         let public = config.keypair.public();
+        let allow_list_len = config.allow.as_ref().map(|l| l.len());
         // Paced offers need sub-millisecond timing (see `timer`); deadlines further away than
         // the longest pace are other timers, for which tokio's millisecond is plenty.
         let precise = match config.answer {
@@ -213,6 +251,7 @@ impl Server {
         let (accept_tx, accept) = mpsc::channel(ACCEPT_QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
+        shared.published().allow_list_len = allow_list_len;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let side = ServerSide::new(
             endpoint,
@@ -223,7 +262,15 @@ impl Server {
             precise,
         );
         let task = tokio::spawn(runtime::Driver::new(socket, cmd_rx, side, true).run());
-        info!(%local, key = %public.to_hex(), "volley server listening");
+        match allow_list_len {
+            Some(keys) => info!(
+                %local,
+                key = %public.to_hex(),
+                allowed_keys = keys,
+                "volley server listening (allow-list: only listed client keys get sessions)"
+            ),
+            None => info!(%local, key = %public.to_hex(), "volley server listening"),
+        }
         Ok(Self {
             local,
             public,
@@ -310,6 +357,44 @@ impl Server {
     /// those answering an offer just made).
     pub fn set_max_sessions(&self, max_sessions: Option<u32>) {
         let _ = self.control.send(Control::MaxSessions(max_sessions));
+    }
+
+    /// Replaces the allow-list at once (None: any client that completes the handshake gets a
+    /// session), and resolves to how many open sessions it revoked: each session whose client
+    /// key the new list does not hold is closed with [`CloseCode::REVOKED`] — its CLOSE leaves
+    /// with the driver's very next flush, its handle here sees
+    /// `CloseReason::Local(CloseCode::REVOKED)` and its client `Remote(REVOKED)` (no failover),
+    /// and it is counted in [`ServerStats::sessions_revoked`]. Sessions of keys still listed
+    /// stay open and take the new list's names. Resolves to 0 once the server has stopped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use std::sync::Arc;
+    /// use volley::{AllowList, Server, ServerConfig, StaticKeypair};
+    ///
+    /// let alice = StaticKeypair::generate(&mut volley::OsRng);
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let mut config = ServerConfig::new(key);
+    /// config.allow = Some(Arc::new(AllowList::from_keys([alice.public()])));
+    /// let server = Server::bind("127.0.0.1:0".parse().unwrap(), config).await?;
+    /// assert_eq!(server.allow_list_len(), Some(1));
+    /// // Alice is off the list now; her sessions, had she any, would end at once.
+    /// let revoked = server.set_allow_list(Some(Arc::new(AllowList::new()))).await;
+    /// assert_eq!(revoked, 0);
+    /// assert_eq!(server.allow_list_len(), Some(0));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`CloseCode::REVOKED`]: volley_proto::CloseCode::REVOKED
+    pub async fn set_allow_list(&self, allow: Option<Arc<AllowList>>) -> usize {
+        set_allow_list(&self.control, allow).await
+    }
+
+    /// How many client keys the allow-list in force holds, as of the driver's last wake-up;
+    /// None when the server takes any client.
+    pub fn allow_list_len(&self) -> Option<usize> {
+        self.shared.published().allow_list_len
     }
 
     /// Reports application load for applications that count it themselves: requests in flight

@@ -402,9 +402,15 @@ impl Session {
         self.client.as_ref().map(|c| c.key)
     }
 
-    /// Server side: the name the allow-list gives the client's key, if it gives one.
+    /// Server side: the name the allow-list gives the client's key, if it gives one (as of the
+    /// session's opening).
     pub fn client_name(&self) -> Option<&str> {
         self.client.as_ref().and_then(|c| c.name.as_deref())
+    }
+
+    /// Server side: the client's key and name together.
+    pub(crate) fn client_entry(&self) -> Option<&AllowEntry> {
+        self.client.as_ref()
     }
 
     /// The peer's address (for a client: the current server, which changes on failover; for a
