@@ -181,6 +181,11 @@ impl ServerConfigBuilder {
         self.0.peers = peers.into_iter().collect();
         self
     }
+    /// Opens sessions only for the client keys `list` holds (PROTOCOL.md §4.7).
+    pub fn allow(mut self, list: crate::allow::AllowList) -> Self {
+        self.0.allow = Some(std::sync::Arc::new(list));
+        self
+    }
     /// Any other field, set directly.
     pub fn with(mut self, change: impl FnOnce(&mut ServerConfig)) -> Self {
         change(&mut self.0);
@@ -301,6 +306,12 @@ impl ClientConfigBuilder {
     /// Re-races after losing a server (0: no failover).
     pub fn max_failovers(mut self, n: u32) -> Self {
         self.0.max_failovers = n;
+        self
+    }
+    /// The static key this client proves (PROTOCOL.md §4.5); without one, a random key per
+    /// client.
+    pub fn key(mut self, key: crate::StaticKeypair) -> Self {
+        self.0.key = Some(key);
         self
     }
     /// Any other field, set directly.

@@ -100,7 +100,7 @@ pub struct Init<'a> {
     pub service: &'a [u8],
     /// The cookie from the OFFER (or COOKIE_CHANGE).
     pub cookie: &'a [u8],
-    /// Noise NK message 1 (`-> e, es`).
+    /// Noise IK message 1 (`-> e, es, s, ss`).
     pub noise: &'a [u8],
 }
 
@@ -109,7 +109,7 @@ pub struct Init<'a> {
 pub struct Accept<'a> {
     /// The client's session id (from INIT's encrypted payload), for routing at the client.
     pub receiver_id: u32,
-    /// Noise NK message 2 (`<- e, ee`).
+    /// Noise IK message 2 (`<- e, ee, se`).
     pub noise: &'a [u8],
 }
 

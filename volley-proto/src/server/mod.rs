@@ -122,7 +122,7 @@ pub struct ServerStats {
     /// Dropped: unsupported version byte.
     pub malformed_version: u64,
     /// VERSIONS sent: answers to probe-sized datagrams of another protocol version, naming
-    /// version 1 (PROTOCOL.md §3.9). Those datagrams are also counted in `malformed_version`.
+    /// version 2 (PROTOCOL.md §3.9). Those datagrams are also counted in `malformed_version`.
     pub versions_sent: u64,
     /// Dropped: unknown type byte.
     pub malformed_type: u64,

@@ -50,7 +50,7 @@ impl OfferDesk {
         &self.answer_delays
     }
 
-    /// A probe-sized datagram of another version gets VERSIONS (PROTOCOL.md §3.9): version 1
+    /// A probe-sized datagram of another version gets VERSIONS (PROTOCOL.md §3.9): the one version this crate speaks
     /// is all this server speaks. Never for version 0 (itself a VERSIONS: two servers must not
     /// answer each other), never to a datagram shorter than a PROBE (no amplification), and
     /// charged to the PROBE budget like a PROBE.

@@ -141,7 +141,7 @@ fn s4_accept_carries_a_fresh_key_share_and_session_payload_is_never_cleartext() 
         let Ok(Packet::Accept(accept)) = Packet::decode(&accepts[0].data) else {
             panic!("bad ACCEPT")
         };
-        // Noise NK message 2: the responder's ephemeral (32) and an AEAD-sealed payload (16+).
+        // Noise IK message 2: the responder's ephemeral (32) and an AEAD-sealed payload (16+).
         assert!(
             accept.noise.len() >= 48,
             "ACCEPT carries no key share: {} bytes",
@@ -277,7 +277,7 @@ fn r4_a_server_that_claims_the_pinned_key_without_holding_it_never_gets_a_sessio
         assert!(impostor.inits_received >= 1);
         assert_eq!(
             impostor.init_handshake_failed, impostor.inits_received,
-            "NK let a wrong key through"
+            "IK let a wrong key through"
         );
         assert!(
             sim.sent_between(server_addr(0), sim.clients[c].addr)
