@@ -458,6 +458,8 @@ impl ServerEndpoint {
             if let Some(size) = served.session.poll_transmit(now, buf) {
                 let destination = served.session.remote();
                 let source = served.local;
+                // A datagram sent may want its liveness probe before the deadline filed.
+                self.sessions.refile(id);
                 self.sessions.unpop_ready(id);
                 return Some(Transmit {
                     destination,
