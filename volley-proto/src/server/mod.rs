@@ -117,6 +117,10 @@ pub struct ServerStats {
     /// VERSIONS sent: answers to probe-sized datagrams of another protocol version, naming
     /// version 1 (PROTOCOL.md §3.9). Those datagrams are also counted in `malformed_version`.
     pub versions_sent: u64,
+    /// VERSIONS not sent: the datagram was charged like a PROBE (PROTOCOL.md §3.9) and the
+    /// PROBE budget was spent, or its source prefix was over its PROBE rate (§7.7). Those
+    /// datagrams are also counted in `malformed_version`.
+    pub versions_refused: u64,
     /// Dropped: unknown type byte.
     pub malformed_type: u64,
     /// Dropped: a length field out of range or trailing bytes.
@@ -206,7 +210,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 46] {
+    pub fn counters(&self) -> [(&'static str, u64); 47] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -214,6 +218,7 @@ impl ServerStats {
             ("malformed_truncated", self.malformed_truncated),
             ("malformed_version", self.malformed_version),
             ("versions_sent", self.versions_sent),
+            ("versions_refused", self.versions_refused),
             ("malformed_type", self.malformed_type),
             ("malformed_length", self.malformed_length),
             ("probe_too_short", self.probe_too_short),
