@@ -52,7 +52,8 @@ pub struct Args {
     #[arg(long, value_enum)]
     answer: Option<Answer>,
     /// Most sessions open at once (a hard limit): at it, probes are not answered and new
-    /// sessions are refused (except those an offer just promised). Default: unbounded.
+    /// sessions are refused (except, with --capacity, those an offer just promised). Default:
+    /// unbounded.
     #[arg(long, value_name = "N")]
     max_sessions: Option<u32>,
     /// Count every open session as a request in flight (for services where a session is the

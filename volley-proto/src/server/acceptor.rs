@@ -106,8 +106,10 @@ impl Acceptor {
         if cx.full() {
             // An offer made moments ago (within its reservation) promised this client a slot:
             // keep the promise (L6). Bounded: a server at `max_sessions` makes no new offers.
-            // With reservations off, offers promise nothing.
-            if cookie_age >= cx.config.reservation {
+            // Only offers that took a reservation promise anything: none without a capacity,
+            // none with reservations off (PROTOCOL.md §7.2.3, §7.3 step 8).
+            let promised = cx.config.capacity.is_some() && cookie_age < cx.config.reservation;
+            if !promised {
                 cx.stats.init_refused_full += 1;
                 return InitOutcome::Answer(
                     self.refuse(cx, remote, local, &init.tag, init_len, out),

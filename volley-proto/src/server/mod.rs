@@ -40,8 +40,10 @@ pub struct ServerConfig {
     /// once.
     pub capacity: Option<u32>,
     /// Most sessions open at once: a hard limit (memory, descriptors), not a load level. At it,
-    /// probes are withheld and INITs refused with a REDIRECT — except an INIT answering an offer
-    /// made within the last `reservation`, which that offer promised. `None` (default): unbounded.
+    /// probes are withheld and INITs refused with a REDIRECT — except, when a `capacity` is set,
+    /// an INIT answering an offer made within the last `reservation`, which that offer
+    /// promised. Without a capacity offers promise nothing and the limit is exact. `None`
+    /// (default): unbounded.
     pub max_sessions: Option<u32>,
     /// Whether open sessions count as requests in flight (for services where a session is the
     /// unit of work, such as one proxied connection per session). Default false: load is the
