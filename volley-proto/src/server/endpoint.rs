@@ -183,7 +183,7 @@ impl ServerEndpoint {
     /// never pressed by a backlog.
     pub fn set_backlog(&mut self, now: Instant, backlog: bool) {
         let pressing = backlog && (!self.sessions.is_empty() || self.acceptor.handshaking(now));
-        self.admission.set_backlog(pressing);
+        self.admission.set_backlog(now, pressing);
     }
 
     /// Changes the capacity (None: unbounded).

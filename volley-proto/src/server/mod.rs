@@ -143,7 +143,8 @@ pub struct ServerStats {
     pub probes_withheld_under_load: u64,
     /// PROBEs dropped: the global PROBE budget was spent (§7.7).
     pub probes_over_budget: u64,
-    /// PROBEs dropped: the server was pressed and their source prefix over its rate (§7.7).
+    /// PROBEs dropped: their source prefix was over its rate while its limit applied (the
+    /// server pressed, or the prefix limited since it went over its rate while pressed, §7.7).
     pub probes_rate_limited: u64,
     /// PROBEs held for a later offer (`Paced` delay, or `Gated` with no free slot).
     pub probes_held: u64,
@@ -180,7 +181,8 @@ pub struct ServerStats {
     pub init_honoured_full: u64,
     /// REDIRECTs sent (refusals of INITs whose cookie verified: full or under load).
     pub redirects_sent: u64,
-    /// INIT refused by the per-source rate limit.
+    /// INIT refused by the per-source rate limit (§7.3 step 6a, duplicates included), or a new
+    /// source at a full source table.
     pub init_rate_limited: u64,
     /// INIT refused in under-load mode (a REDIRECT with no addresses tells the client).
     pub init_under_load: u64,

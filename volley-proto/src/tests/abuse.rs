@@ -272,9 +272,23 @@ fn r8_a_socket_backlog_presses_the_server_only_when_handshakes_or_sessions_compe
         20
     );
     assert_eq!(b.server.stats().probes_rate_limited, 80);
-    // No backlog: not pressed, answered again.
+    // The backlog clears (the flood is cheap to drop now): the server stays pressed for its
+    // quiet second, and the flooder, over its rate, stays held to it (10 a second) after that.
     b.server.set_backlog(b.now, false);
-    assert!(b.handle(one, &probe).is_some());
+    assert!(b.handle(one, &probe).is_none());
+    let fresh = src([192, 0, 2, 77], 40_000);
+    assert!(b.handle(fresh, &probe).is_some(), "within its rate");
+    b.now += Duration::from_millis(1_500);
+    assert_eq!(
+        (0..100).filter(|_| b.handle(one, &probe).is_some()).count(),
+        15
+    );
+    // Quiet for burst / rate (2 s): its whole bucket is back, no limit applies.
+    b.now += Duration::from_secs(2);
+    assert_eq!(
+        (0..100).filter(|_| b.handle(one, &probe).is_some()).count(),
+        100
+    );
 }
 
 #[test]
