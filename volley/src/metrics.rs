@@ -247,6 +247,11 @@ impl Collector for ProxyCollector {
                 "UDP datagrams dropped (a flow's queue full, too many flows); TCP connections refused (too many open)",
                 s.dropped,
             ),
+            (
+                "idle_resets",
+                "TCP connections reset after the idle timeout without a byte either way",
+                s.idle_resets,
+            ),
         ] {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;
