@@ -38,11 +38,13 @@
 //! # Ok(()) }
 //! ```
 
+mod limits;
 mod tcp;
 mod tcp_forward;
 mod udp;
 mod udp_forward;
 
+pub use limits::{ForwardLimits, Forwarding, RESERVED_FDS, raise_open_files_limit};
 pub use tcp::{STREAM_SETUP_TIMEOUT, TcpProxy};
 pub use tcp_forward::{
     ForwardMetrics, HELLO_WAIT_FOR_SESSION, MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_PER_SOURCE,

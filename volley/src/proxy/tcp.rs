@@ -457,7 +457,8 @@ where
     };
     let inbound = async {
         let mut secure_r = BufReader::with_capacity(8 * 1024, secure_r);
-        let mut body = vec![0u8; RECORD_PLAINTEXT + volley_proto::AEAD_TAG_LEN];
+        // Grown to the largest record seen: an interactive stream's are small.
+        let mut body = Vec::new();
         loop {
             let mut header = [0u8; RECORD_HEADER_LEN];
             match secure_r.read_exact(&mut header).await {

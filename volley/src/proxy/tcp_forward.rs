@@ -258,9 +258,12 @@ pub struct TcpForward {
     timers: StreamTimers,
 }
 
-/// How long a forwarder waits for things and lets them sit.
+/// How long a forwarder waits for things and lets them sit, and how many connections may wait
+/// for their HELLO.
 #[derive(Debug, Clone, Copy)]
 struct StreamTimers {
+    /// Connections waiting for their HELLO at once.
+    max_pending: usize,
     /// A stream with no progress either way for this long is reset.
     idle: Duration,
     /// A new session without its stream after this long is closed.
@@ -292,6 +295,7 @@ impl TcpForward {
             backend,
             metrics: None,
             timers: StreamTimers {
+                max_pending: MAX_PENDING_STREAMS,
                 idle: STREAM_IDLE_TIMEOUT,
                 wait: STREAM_WAIT,
             },
@@ -305,6 +309,16 @@ impl TcpForward {
     /// connections for ever.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.timers.idle = idle;
+        self
+    }
+
+    /// Most TCP connections waiting for their HELLO at once (each holds a file descriptor);
+    /// beyond, new ones are closed at once and counted as refused. One address may hold at
+    /// most [`MAX_PENDING_STREAMS_PER_SOURCE`] of them (fewer when this is lower). Default
+    /// [`MAX_PENDING_STREAMS`]; see [`crate::proxy::ForwardLimits`] to derive it from the
+    /// process's open files.
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.timers.max_pending = max_pending.max(1);
         self
     }
 
@@ -338,6 +352,7 @@ impl TcpForward {
             listener,
             Arc::clone(&waiting),
             Arc::clone(&counters),
+            timers.max_pending,
         ));
         let handle = server.handle();
         let stats = {
@@ -368,8 +383,14 @@ impl TcpForward {
     }
 }
 
-async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<Counters>) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_STREAMS));
+async fn accept_streams(
+    listener: TcpListener,
+    waiting: Waiting,
+    counters: Arc<Counters>,
+    max_pending: usize,
+) {
+    let pending = Arc::new(Semaphore::new(max_pending));
+    let per_source_limit = MAX_PENDING_STREAMS_PER_SOURCE.min(max_pending);
     let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -388,7 +409,7 @@ async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<C
         };
         // One address cannot take every pending slot (connections that send nothing are held
         // until the HELLO times out).
-        let Some(slot) = PerSource::take(&per_source, peer.ip()) else {
+        let Some(slot) = PerSource::take(&per_source, peer.ip(), per_source_limit) else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             trace!(%peer, "forward: too many pending streams from this address, closed");
             continue;
@@ -413,10 +434,10 @@ struct PerSource {
 }
 
 impl PerSource {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
         let mut map = lock(counts);
         let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_PENDING_STREAMS_PER_SOURCE {
+        if *n >= limit {
             return None;
         }
         *n += 1;
