@@ -37,8 +37,9 @@ pub struct Args {
     /// Service to ask for (as the servers' --service) [default: echo].
     #[arg(long)]
     service: Option<String>,
-    /// End a flow (UDP) or connection (TCP) after this many seconds without a byte either way
-    /// [default: 60 for UDP, 300 for TCP].
+    /// End a flow (UDP) after this many seconds without a byte either way, or reset a
+    /// connection (TCP) after this many seconds without progress either way (a slow reader
+    /// taking bytes is progress) [default: 60 for UDP, 300 for TCP].
     #[arg(long)]
     idle_timeout: Option<f64>,
     /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at

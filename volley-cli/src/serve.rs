@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use volley::proxy::{ForwardLimits, Forwarding};
 use volley::{AnswerPolicy, Server, ServerConfig, ServerHandle, ServerStats, ServiceModel};
 use volley_proto::server::answer::{
     DEFAULT_GATE_MAX_HOLD, DEFAULT_PACE_DIVISOR, DEFAULT_PACE_MAX_DELAY,
@@ -60,7 +61,10 @@ pub struct Args {
     #[arg(long, value_enum)]
     answer: Option<Answer>,
     /// Most sessions open at once (a hard limit): at it, probes are not answered and new
-    /// sessions are refused (except those an offer just promised). Default: unbounded.
+    /// sessions are refused (except, with --capacity, those an offer just promised). Default:
+    /// unbounded; with --forward, what the open-file limit holds (raised to its hard limit
+    /// first): (limit − 64) sessions for udp://, (limit − 64 − pending) / 2 for tcp://, where
+    /// pending = min(1024, (limit − 64) / 8) connections may wait for their HELLO.
     #[arg(long, value_name = "N")]
     max_sessions: Option<u32>,
     /// Count every open session as a request in flight (for services where a session is the
@@ -377,9 +381,54 @@ fn positive_millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ms / 1e3))
 }
 
+/// With `--forward`, the session limit the open files allow: raises the soft open-file limit
+/// to the hard one, derives the limits from it (`volley::proxy::ForwardLimits`: each forwarded
+/// session holds one socket for UDP, two for TCP, and 64 descriptors stay for the process), and
+/// makes the server's `max_sessions` that unless `--max-sessions` set one. None without
+/// `--forward`.
+/// Returns the limits and what to say about them (once the server says where it listens).
+fn forward_limits(
+    forward: Option<&crate::target::Target>,
+    config: &mut ServerConfig,
+) -> anyhow::Result<(Option<ForwardLimits>, Option<String>)> {
+    let Some(target) = forward else {
+        return Ok((None, None));
+    };
+    let kind = match target {
+        crate::target::Target::Tcp(_) => Forwarding::Tcp,
+        crate::target::Target::Udp(_) => Forwarding::Udp,
+    };
+    let open_files =
+        volley::proxy::raise_open_files_limit().context("reading the open-file limit")?;
+    let Some(limits) = ForwardLimits::for_open_files(kind, open_files) else {
+        bail!(
+            "the open-file limit ({open_files}) leaves no room for a forwarded session: raise it \
+             (ulimit -n) to at least {}",
+            volley::proxy::RESERVED_FDS + 4
+        );
+    };
+    let note = match config.max_sessions {
+        None => {
+            config.max_sessions = Some(limits.max_sessions);
+            Some(format!(
+                "volley serve: at most {} sessions at once (from the open-file limit {}; \
+                 --max-sessions to set it)",
+                limits.max_sessions, open_files
+            ))
+        }
+        Some(m) if m > limits.max_sessions => Some(format!(
+            "volley serve: warning: --max-sessions {m} is more than the open-file limit {} \
+             holds ({}): sessions past it may fail for want of descriptors",
+            open_files, limits.max_sessions
+        )),
+        Some(_) => None,
+    };
+    Ok((Some(limits), note))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let Settings {
-        config,
+        mut config,
         listen,
         service,
         load_every,
@@ -398,6 +447,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let (limits, limits_note) = forward_limits(forward.as_ref().map(|(t, _)| t), &mut config)?;
     let answer = config.answer;
     let capacity = config.capacity;
     let peers = config.peers.clone();
@@ -445,6 +495,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "volley serve: no allow-list: any client with this server's public key gets a session"
         ),
     }
+    if let Some(note) = limits_note {
+        say!("{note}");
+    }
     let handle = server.handle();
     let forward_metrics = Arc::new(volley::proxy::ForwardMetrics::default());
     let metrics_endpoint = match metrics {
@@ -482,10 +535,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "volley serve: forwarding each session's stream (tcp://{}) to tcp://{backend}",
                     server.local_addr()
                 );
-                let s = volley::proxy::TcpForward::from_listener(server, listener, backend)
-                    .metrics(forward_metrics)
-                    .serve(shutdown_signal())
-                    .await;
+                let mut forward =
+                    volley::proxy::TcpForward::from_listener(server, listener, backend)
+                        .metrics(forward_metrics);
+                if let Some(l) = limits {
+                    forward = forward.max_pending(l.max_pending_streams);
+                }
+                let s = forward.serve(shutdown_signal()).await;
                 say!(
                     "volley serve: streams {} refused {} backend failures {} broken {}",
                     s.streams,

@@ -40,6 +40,20 @@ pub const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD_LEN - AEAD_TAG_LEN;
 /// A direction's records are numbered 1, 2, …; a sender stops (the stream fails) before this.
 pub const MAX_STREAM_COUNTER: u64 = 1 << 60;
 
+/// The close codes of a session ended for its stream's sake (PROTOCOL.md §13.4). Code 2 is
+/// another's; these start at 3.
+impl crate::session::CloseCode {
+    /// The stream broke: a record that did not authenticate or came out of order, bytes after
+    /// END, a truncation, a reset, a timeout while it was set up.
+    pub const STREAM_BROKEN: Self = Self(3);
+    /// The stream moved no byte either way for the side's idle timeout.
+    pub const STREAM_IDLE: Self = Self(4);
+    /// Server side: no valid stream came for the session within its wait.
+    pub const NO_STREAM: Self = Self(5);
+    /// Server side: the backend could not be reached for the session's stream.
+    pub const BACKEND_UNREACHABLE: Self = Self(6);
+}
+
 /// Which end of a stream: the client side (it connects and speaks first) or the server side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -263,6 +263,11 @@ impl Collector for ProxyCollector {
                 "UDP datagrams dropped (a flow's queue full, too many flows); TCP connections refused (too many open)",
                 s.dropped,
             ),
+            (
+                "idle_resets",
+                "TCP connections reset after the idle timeout without a byte either way",
+                s.idle_resets,
+            ),
         ] {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;
@@ -402,4 +407,38 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::proxy::{ForwardMetrics, ProxyMetrics};
+
+    #[test]
+    fn a5_the_limits_counters_are_served_under_the_usual_names() {
+        let forward = Arc::new(ForwardMetrics::default());
+        let proxy = Arc::new(ProxyMetrics::default());
+        proxy.idle_resets.fetch_add(2, Ordering::Relaxed);
+        let page = Metrics::new()
+            .forward(Arc::clone(&forward))
+            .proxy(Arc::clone(&proxy))
+            .render();
+        for line in [
+            "volley_forward_idle_total 0\n",
+            "volley_forward_datagrams_dropped_total 0\n",
+            "volley_proxy_idle_resets_total 2\n",
+        ] {
+            assert!(page.contains(line), "missing {line:?} in {page}");
+        }
+        // Every server counter is served by its field's name (a test in `tests/metrics.rs`
+        // checks the page); the new one is among them.
+        assert!(
+            volley_proto::ServerStats::default()
+                .counters()
+                .iter()
+                .any(|(name, _)| *name == "versions_refused")
+        );
+    }
 }

@@ -113,6 +113,26 @@ impl RecvBatch {
         }
     }
 
+    /// Buffers for `slots` datagrams (1..=[`BATCH`]), no GRO, no local addresses: for a socket
+    /// of which there are many (one per forwarded session), each holding
+    /// `slots` × 1,453 bytes rather than a whole batch's 46 KiB.
+    pub fn with_slots(slots: usize) -> Self {
+        let slots = slots.clamp(1, BATCH);
+        Self {
+            data: vec![0; slots * SLOT],
+            meta: Vec::with_capacity(slots),
+            local_addr: false,
+            slot: SLOT,
+            gro: false,
+        }
+    }
+
+    /// Bytes of buffer it holds.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
     /// The datagrams of the last [`RecvBatch::recv`], a GRO buffer split back into its
     /// datagrams (each with its own `len`).
     pub fn iter(&self) -> impl Iterator<Item = (Meta, &[u8])> + '_ {
@@ -129,7 +149,7 @@ impl RecvBatch {
         })
     }
 
-    /// Reads up to [`BATCH`] buffers without blocking (with GRO, each may hold several
+    /// Reads up to [`BATCH`] buffers (as many as it has slots) without blocking (with GRO, each may hold several
     /// datagrams); `WouldBlock` when there are none. Returns the buffers read.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.meta.clear();
@@ -137,7 +157,7 @@ impl RecvBatch {
         let Self { data, meta, .. } = self;
         socket.try_io(Interest::READABLE, || {
             let cmsg = (local_addr || gro).then(|| nix::cmsg_space!(libc::in6_pktinfo, i32));
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg);
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(data.len() / slot, cmsg);
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> = data
                 .chunks_mut(slot)
                 .map(|c| [IoSliceMut::new(c)])

@@ -351,3 +351,50 @@ async fn d6_server_and_client_refuse_a_configuration_that_does_not_validate() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a5_datagrams_naming_no_connection_are_dropped_and_counted_by_the_client() {
+    let key = StaticKeypair::generate(&mut rand::rngs::OsRng);
+    let (addr, _h) = serve(&key, |_| {}).await;
+    let client = client_for(&key, SelectionPolicy::Earliest);
+    let session = timeout(BOUND, client.connect(&[addr]))
+        .await
+        .unwrap()
+        .unwrap();
+    echoes(&session, b"before").await;
+    assert_eq!(client.stray_datagrams(), 0);
+    // From another socket, to the client's: DATA naming no connection's id, OFFERs with tags no
+    // race drew, a PROBE (a kind a client never takes) and garbage — 100 of each.
+    let local = client.local_addr(addr).unwrap();
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut probe = [0u8; 256];
+    let n = volley_proto::packet::Probe {
+        tag: volley_proto::Tag([5; 16]),
+        service: b"echo",
+    }
+    .encode(&mut probe, 256)
+    .unwrap();
+    let mut offer = [0u8; 128];
+    for i in 0..100u32 {
+        let mut data = vec![1u8, 0x10];
+        data.extend_from_slice(&(0xdead_0000 ^ i).to_be_bytes());
+        data.extend_from_slice(&[0u8; 8 + 32]);
+        let m = volley_proto::packet::Offer {
+            tag: volley_proto::Tag([i as u8; 16]),
+            server_key_id: volley_proto::KeyId([0; 8]),
+            load: volley::LoadHint::default(),
+            cookie: &[1; 39],
+        }
+        .encode(&mut offer)
+        .unwrap();
+        for d in [&data[..], &offer[..m], &probe[..n], &[0xffu8; 40][..]] {
+            attacker.send_to(d, local).await.unwrap();
+        }
+        if i % 25 == 24 {
+            // Keep within the socket buffer.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    until("400 strays counted", || client.stray_datagrams() == 400).await;
+    echoes(&session, b"after").await;
+}

@@ -197,12 +197,41 @@ async fn d2_new_tcp_connections_fail_over_when_a_server_or_its_backend_goes_away
 }
 
 #[tokio::test]
-async fn d2_an_idle_tcp_connection_is_closed() {
+async fn a5_an_idle_tcp_relay_is_reset_on_both_sides_with_a_reason() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
-    let (service, _) = backend().await;
-    let (a, ha, _stop_a, _) = forwarder(&key, service).await;
-    let (proxy, _stop, _running) = proxy(&key, vec![a], |p| {
-        p.idle_timeout(Duration::from_millis(300))
+    // A backend that echoes, and reports how its connection ended.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service = listener.local_addr().unwrap();
+    let (ended_tx, ended) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let end = loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => conn.write_all(&buf[..n]).await.unwrap(),
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        let _ = ended_tx.send(end);
+    });
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
+    let (a, ha) = (server.local_addr(), server.handle());
+    let forward_metrics = Arc::new(volley::proxy::ForwardMetrics::default());
+    let forward = TcpForward::bind(server, service)
+        .await
+        .unwrap()
+        .metrics(Arc::clone(&forward_metrics));
+    tokio::spawn(forward.serve(std::future::pending()));
+    let proxy_metrics = Arc::new(volley::proxy::ProxyMetrics::default());
+    let metrics = Arc::clone(&proxy_metrics);
+    let (proxy, _stop, _running) = proxy(&key, vec![a], move |p| {
+        p.idle_timeout(Duration::from_millis(300)).metrics(metrics)
     })
     .await;
     let mut conn = TcpStream::connect(proxy).await.unwrap();
@@ -212,12 +241,23 @@ async fn d2_an_idle_tcp_connection_is_closed() {
         timeout(BOUND, conn.read(&mut buf)).await.unwrap().unwrap(),
         1
     );
-    // Quiet for longer than the idle timeout: the proxy ends the connection.
-    let n = timeout(BOUND, conn.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    // Quiet for longer than the idle timeout: the application's connection is reset, not
+    // ended — it must not take a cut relay for a complete one ...
+    let end = timeout(BOUND, conn.read(&mut buf)).await.unwrap();
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    // ... and so is the backend's, by the server side, told why by the session's CLOSE.
+    assert_eq!(
+        timeout(BOUND, ended).await.unwrap().unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    eventually("the reason counted on both sides", || {
+        proxy_metrics.stats().idle_resets == 1 && forward_metrics.stats().idle == 1
+    })
+    .await;
+    assert_eq!(forward_metrics.stats().broken, 0);
     eventually("the server's session and load are released", || {
         ha.load().app == 0 && ha.load().sessions == 0
     })

@@ -91,6 +91,7 @@ async fn generate(
         })
     };
     let flood = case.starts_with("flood");
+    let mut flood_sent_abuse = 0;
     let mut floods = Vec::new();
     if flood_too {
         for s in &servers {
@@ -104,7 +105,15 @@ async fn generate(
         }
     }
     let mut connects = None;
-    if case.starts_with("connect") || case.starts_with("race8") {
+    let mut abused = None;
+    if case.starts_with("abuse") {
+        sockets.clear();
+        let key = key.context("volley servers")?;
+        let run = super::abuse::run(server, key, phase, case == "abuse").await?;
+        flood_sent_abuse = run.flood_sent;
+        connects = Some(run.connects);
+        abused = Some(run.figures);
+    } else if case.starts_with("connect") || case.starts_with("race8") {
         sockets.clear();
         connects = Some(if case == "connect-volley" {
             let key = key.context("volley servers")?;
@@ -143,7 +152,7 @@ async fn generate(
         flood_sent += t.await?;
     }
     let mut merged = load::merge(ports);
-    merged.sent += flood_sent;
+    merged.sent += flood_sent + flood_sent_abuse;
     let mut failed = 0;
     if let Some(c) = connects {
         merged.replies = c.count;
@@ -167,6 +176,11 @@ async fn generate(
     } else {
         merged.replies as f64 / secs
     };
+    if let Some(a) = abused.as_mut() {
+        let failed = |m: &ServerMark| m.stats.map_or(0, |s| s.init_handshake_failed);
+        a.replayer_handshakes_per_sec =
+            failed(&server_b).saturating_sub(failed(&server_a)) as f64 / secs;
+    }
     let server_us = (server_b.cpu_us - server_a.cpu_us) as f64;
     let server_cpu = server_us / 1e6 / secs;
     let ops = rate * secs;
@@ -186,6 +200,7 @@ async fn generate(
         server_cpu_busy: gen_a.cpu_busy_to(&gen_b, args.server_cpu),
         generator_cpu_busy,
         gen_bound: generator_cpu_busy >= 0.9 && server_cpu < 0.9,
+        abuse: abused,
     })
 }
 
@@ -199,9 +214,8 @@ async fn request(case: &str, socket: &UdpSocket, server: SocketAddr) -> anyhow::
         "flood-forged" => Request::ForgedInit {
             cookie: load::fetch_cookie(socket, server).await?,
         },
-        "data-64" | "data-1200" | "connect-volley" | "connect-quinn" | "race8-quinn" => {
-            Request::Echo(0)
-        }
+        "data-64" | "data-1200" | "connect-volley" | "connect-quinn" | "race8-quinn" | "abuse"
+        | "abuse-clean" => Request::Echo(0),
         other => anyhow::bail!("unknown case {other}"),
     })
 }

@@ -17,6 +17,11 @@
 //! - `flood+data-64` / `flood+connect`: `data-64` and `connect-volley` again while the generator
 //!   also floods every server with PROBEs from another address (127.0.0.2) as fast as it can
 //!   send — the established sessions' echo rate and a legitimate client's connects under attack;
+//! - `abuse-clean` / `abuse`: sequential connects to one server while eight other sources
+//!   probe it at 500/s each; `abuse` adds a PROBE flood from one source and a replayed INIT
+//!   (genuine cookie, failing Noise) from another, both at the generator's full rate — each
+//!   flooder's answers against its source's limit, the others' PROBEs answered, their connect
+//!   p99 against the clean run (see [`abuse`]);
 //! - `core` (once, not per repetition): the server core without sockets on one pinned thread —
 //!   handshakes per second, memory per session and the timer wake-up cost at 1,000 and 100,000
 //!   sessions (see [`core`]);
@@ -29,6 +34,7 @@
 //! included). A case whose generator used ≥ 0.9 of its CPU while the server did not measured the
 //! generator, not the server: it is flagged `gen-bound`.
 
+pub mod abuse;
 pub mod connect;
 pub mod core;
 mod generate;
@@ -91,7 +97,7 @@ pub enum Suite {
     Proxy(proxy::ProxyBenchArgs),
 }
 
-const CASES: [&str; 13] = [
+const CASES: [&str; 15] = [
     "echo-256",
     "responder",
     "flood-probe",
@@ -105,6 +111,8 @@ const CASES: [&str; 13] = [
     "race8-quinn",
     "flood+data-64",
     "flood+connect",
+    "abuse-clean",
+    "abuse",
 ];
 
 /// One case of one repetition.
@@ -130,6 +138,9 @@ pub struct CaseResult {
     pub server_cpu_busy: f64,
     pub generator_cpu_busy: f64,
     pub gen_bound: bool,
+    /// The abuse cases' own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abuse: Option<abuse::AbuseFigures>,
 }
 
 /// The whole benchmark.

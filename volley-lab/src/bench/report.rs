@@ -16,7 +16,7 @@ enum Figure {
 
 /// The ratios reported: (name, figure, numerator case, denominator case, goal, whether the goal
 /// is a floor (≥) rather than a ceiling (≤)).
-const RATIOS: [(&str, Figure, &str, &str, f64, bool); 9] = [
+const RATIOS: [(&str, Figure, &str, &str, f64, bool); 10] = [
     (
         "responder probes/s ÷ bare echo",
         Figure::Rate,
@@ -89,7 +89,70 @@ const RATIOS: [(&str, Figure, &str, &str, f64, bool); 9] = [
         5.0,
         false,
     ),
+    (
+        "connect p99 under one source's PROBE flood and INIT replay ÷ clean (abuse)",
+        Figure::P99,
+        "abuse",
+        "abuse-clean",
+        5.0,
+        false,
+    ),
 ];
+
+/// The abuse case's own figures against their goals (nothing when it did not run).
+fn abuse_markdown(results: &[CaseResult]) -> String {
+    let runs: Vec<_> = results
+        .iter()
+        .filter(|r| r.case == "abuse")
+        .filter_map(|r| r.abuse)
+        .collect();
+    if runs.is_empty() {
+        return String::new();
+    }
+    let row = |name: &str, values: Vec<f64>, goal: &str, ok: &dyn Fn(f64) -> bool| {
+        goal_row(name, values, |x| format!("{x:.2}"), goal, Some(ok))
+    };
+    let mut s = String::from(
+        "\n## One source floods (abuse): shares against the per-source limits\n\nThe PROBE flooder (127.0.0.2) and the INIT replayer (127.0.0.4) at the generator's full rate; eight other sources probing at 500/s each and a client connecting (median and min–max over repetitions).\n\n| figure | measured | goal | met? |\n|---|---|---|---|\n",
+    );
+    s.push_str(&row(
+        "PROBE flooder: OFFERs/s ÷ its source's PROBE rate",
+        runs.iter()
+            .map(|a| a.flooder_offers_per_sec / a.probe_limit_per_sec)
+            .collect(),
+        "≤ 1.10",
+        &|m| m <= 1.10,
+    ));
+    s.push_str(&row(
+        "INIT replayer: handshakes attempted/s ÷ its source's INIT rate",
+        runs.iter()
+            .map(|a| a.replayer_handshakes_per_sec / a.init_limit_per_sec)
+            .collect(),
+        "≤ 1.10",
+        &|m| m <= 1.10,
+    ));
+    s.push_str(&row(
+        "other sources: share of PROBEs answered",
+        runs.iter().map(|a| a.others_answered).collect(),
+        "≥ 0.95",
+        &|m| m >= 0.95,
+    ));
+    s.push_str(&goal_row(
+        "PROBE flooder: PROBEs sent/s (for scale)",
+        runs.iter().map(|a| a.flooder_sent_per_sec).collect(),
+        |x| format!("{x:.0}"),
+        "—",
+        None,
+    ));
+    s.push_str(&goal_row(
+        "INIT replayer: INITs sent/s (for scale)",
+        runs.iter().map(|a| a.replayer_sent_per_sec).collect(),
+        |x| format!("{x:.0}"),
+        "—",
+        None,
+    ));
+    s
+}
 
 impl Figure {
     fn of(self, r: &CaseResult) -> f64 {
@@ -264,6 +327,7 @@ pub(super) fn markdown(args: &BenchArgs, results: &[CaseResult]) -> String {
             rs.len()
         ));
     }
+    s.push_str(&abuse_markdown(results));
     s
 }
 

@@ -45,6 +45,7 @@ impl Kind {
         match case {
             c if c.starts_with("echo") => Kind::BareEcho,
             "connect-volley" | "flood+connect" => Kind::Volley(8),
+            "abuse" | "abuse-clean" => Kind::Volley(1),
             "connect-quinn" => Kind::Quinn(1),
             "race8-quinn" => Kind::Quinn(8),
             _ => Kind::Volley(1),
@@ -135,6 +136,7 @@ impl ServerThread {
                                             sum.offers_sent += s.offers_sent;
                                             sum.init_cookie_bad_mac += s.init_cookie_bad_mac;
                                             sum.sessions_opened += s.sessions_opened;
+                                            sum.init_handshake_failed += s.init_handshake_failed;
                                             sum
                                         },
                                     )

@@ -1,8 +1,8 @@
 //! The acceptor: the checks between a cookie-bearing INIT and a new session — the stateless
-//! cookie check of [`super::responder`], the duplicate and ended-session filters, the
-//! `max_sessions` limit and the offers it honours, admission, then Noise IK and the allow-list. It decides and builds;
-//! the endpoint adds the session it hands back to its table. A refusal is a REDIRECT naming
-//! peers, never state.
+//! cookie check of [`super::responder`], the source's rate, the duplicate and ended-session
+//! filters, the `max_sessions` limit and the offers it honours, the handshake budget, then
+//! Noise IK and the allow-list. It decides and builds; the endpoint adds the session it hands
+//! back to its table. A refusal is a REDIRECT naming peers, never state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use rand_core::CryptoRngCore;
 use tracing::{debug, trace};
 
-use super::admission::Refusal;
 use super::context::Context;
 use super::responder::{self, InitCheck};
 use super::sessions::{Served, SessionId};
@@ -97,6 +96,13 @@ impl Acceptor {
             InitCheck::Reply(t) => return InitOutcome::Answer(Some(t)),
             InitCheck::Proceed { age } => age,
         };
+        // The source's limit (PROTOCOL.md §7.3 step 6a): every INIT whose cookie verified,
+        // duplicates and refusals included. An abusive source gets nothing, not even a refusal.
+        if cx.admission.admit_source(now, remote.ip()).is_err() {
+            cx.stats.init_rate_limited += 1;
+            trace!(%remote, "INIT dropped: source over its rate");
+            return InitOutcome::Answer(None);
+        }
         // Duplicate filter, consulted only after the MAC (R1): same client, same race → same ACCEPT.
         if let Some(served) = cx.sessions.by_origin(&(remote, init.tag)) {
             cx.stats.init_duplicate += 1;
@@ -120,8 +126,10 @@ impl Acceptor {
         if cx.full() {
             // An offer made moments ago (within its reservation) promised this client a slot:
             // keep the promise (L6). Bounded: a server at `max_sessions` makes no new offers.
-            // With reservations off, offers promise nothing.
-            if cookie_age >= cx.config.reservation {
+            // Only offers that took a reservation promise anything: none without a capacity,
+            // none with reservations off (PROTOCOL.md §7.2.3, §7.3 step 8).
+            let promised = cx.config.capacity.is_some() && cookie_age < cx.config.reservation;
+            if !promised {
                 cx.stats.init_refused_full += 1;
                 return InitOutcome::Answer(
                     self.refuse(cx, remote, local, &init.tag, init_len, out),
@@ -129,19 +137,9 @@ impl Acceptor {
             }
             honoured = true;
         }
-        match cx.admission.admit(now, remote.ip()) {
-            Ok(()) => {}
-            Err(Refusal::RateLimited) => {
-                // An abusive source gets nothing, not even a refusal.
-                cx.stats.init_rate_limited += 1;
-                return InitOutcome::Answer(None);
-            }
-            Err(Refusal::UnderLoad) => {
-                cx.stats.init_under_load += 1;
-                return InitOutcome::Answer(
-                    self.refuse(cx, remote, local, &init.tag, init_len, out),
-                );
-            }
+        if cx.admission.admit_handshake(now).is_err() {
+            cx.stats.init_under_load += 1;
+            return InitOutcome::Answer(self.refuse(cx, remote, local, &init.tag, init_len, out));
         }
         let prologue = crypto::prologue(init.service, &init.tag, init.cookie);
         let local_id = fresh_session_id(cx, rng);

@@ -194,7 +194,7 @@ impl ServerEndpoint {
     /// never pressed by a backlog.
     pub fn set_backlog(&mut self, now: Instant, backlog: bool) {
         let pressing = backlog && (!self.sessions.is_empty() || self.acceptor.handshaking(now));
-        self.admission.set_backlog(pressing);
+        self.admission.set_backlog(now, pressing);
     }
 
     /// Changes the capacity (None: unbounded).
@@ -385,6 +385,9 @@ impl ServerEndpoint {
         if first_request {
             self.load.release_reservation();
         }
+        // A path validation just started wants its retry one PTO on, which may come before the
+        // deadline filed (PROTOCOL.md §5.6).
+        self.sessions.refile(id);
         match result {
             Ok(Delivered::Datagram(data)) => {
                 self.events.push_back(ServerEvent::Datagram { id, data })
@@ -529,6 +532,8 @@ impl ServerEndpoint {
             if let Some(t) = served.session.poll_transmit(now, buf) {
                 let (size, destination) = (t.size, t.destination);
                 let source = served.local;
+                // A datagram sent may want its liveness probe before the deadline filed.
+                self.sessions.refile(id);
                 self.sessions.unpop_ready(id);
                 return Some(Transmit {
                     destination,

@@ -42,8 +42,10 @@ pub struct ServerConfig {
     /// once.
     pub capacity: Option<u32>,
     /// Most sessions open at once: a hard limit (memory, descriptors), not a load level. At it,
-    /// probes are withheld and INITs refused with a REDIRECT — except an INIT answering an offer
-    /// made within the last `reservation`, which that offer promised. `None` (default): unbounded.
+    /// probes are withheld and INITs refused with a REDIRECT — except, when a `capacity` is set,
+    /// an INIT answering an offer made within the last `reservation`, which that offer
+    /// promised. Without a capacity offers promise nothing and the limit is exact. `None`
+    /// (default): unbounded.
     pub max_sessions: Option<u32>,
     /// Whether open sessions count as requests in flight (for services where a session is the
     /// unit of work, such as one proxied connection per session). Default false: load is the
@@ -124,6 +126,10 @@ pub struct ServerStats {
     /// VERSIONS sent: answers to probe-sized datagrams of another protocol version, naming
     /// version 2 (PROTOCOL.md §3.9). Those datagrams are also counted in `malformed_version`.
     pub versions_sent: u64,
+    /// VERSIONS not sent: the datagram was charged like a PROBE (PROTOCOL.md §3.9) and the
+    /// PROBE budget was spent, or its source prefix was over its PROBE rate (§7.7). Those
+    /// datagrams are also counted in `malformed_version`.
+    pub versions_refused: u64,
     /// Dropped: unknown type byte.
     pub malformed_type: u64,
     /// Dropped: a length field out of range or trailing bytes.
@@ -144,7 +150,8 @@ pub struct ServerStats {
     pub probes_withheld_under_load: u64,
     /// PROBEs dropped: the global PROBE budget was spent (§7.7).
     pub probes_over_budget: u64,
-    /// PROBEs dropped: the server was pressed and their source prefix over its rate (§7.7).
+    /// PROBEs dropped: their source prefix was over its rate while its limit applied (the
+    /// server pressed, or the prefix limited since it went over its rate while pressed, §7.7).
     pub probes_rate_limited: u64,
     /// PROBEs held for a later offer (`Paced` delay, or `Gated` with no free slot).
     pub probes_held: u64,
@@ -181,7 +188,8 @@ pub struct ServerStats {
     pub init_honoured_full: u64,
     /// REDIRECTs sent (refusals of INITs whose cookie verified: full or under load).
     pub redirects_sent: u64,
-    /// INIT refused by the per-source rate limit.
+    /// INIT refused by the per-source rate limit (§7.3 step 6a, duplicates included), or a new
+    /// source at a full source table.
     pub init_rate_limited: u64,
     /// INIT refused in under-load mode (a REDIRECT with no addresses tells the client).
     pub init_under_load: u64,
@@ -221,7 +229,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 49] {
+    pub fn counters(&self) -> [(&'static str, u64); 50] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -229,6 +237,7 @@ impl ServerStats {
             ("malformed_truncated", self.malformed_truncated),
             ("malformed_version", self.malformed_version),
             ("versions_sent", self.versions_sent),
+            ("versions_refused", self.versions_refused),
             ("malformed_type", self.malformed_type),
             ("malformed_length", self.malformed_length),
             ("probe_too_short", self.probe_too_short),

@@ -53,7 +53,7 @@ impl OfferDesk {
     /// A probe-sized datagram of another version gets VERSIONS (PROTOCOL.md §3.9): the one version this crate speaks
     /// is all this server speaks. Never for version 0 (itself a VERSIONS: two servers must not
     /// answer each other), never to a datagram shorter than a PROBE (no amplification), and
-    /// charged to the PROBE budget like a PROBE.
+    /// charged like a PROBE: the PROBE budget and the source's PROBE bucket (§7.7).
     pub(super) fn answer_versions(
         cx: &mut Context<'_>,
         now: Instant,
@@ -66,16 +66,12 @@ impl OfferDesk {
         if version == 0 || datagram.len() < crate::PROBE_MIN_LEN {
             return None;
         }
-        match cx.admission.admit_probe(now, remote.ip()) {
-            Ok(()) => {}
-            Err(ProbeRefusal::OverBudget) => {
-                cx.stats.probes_over_budget += 1;
-                return None;
-            }
-            Err(ProbeRefusal::RateLimited) => {
-                cx.stats.probes_rate_limited += 1;
-                return None;
-            }
+        // Charged like a PROBE (the budget and the source's PROBE bucket), counted apart: the
+        // PROBE counters add up to `probes_received` (PROTOCOL.md §9.1).
+        if let Err(refusal) = cx.admission.admit_probe(now, remote.ip()) {
+            cx.stats.versions_refused += 1;
+            trace!(%remote, version, ?refusal, "other version: VERSIONS refused");
+            return None;
         }
         let size = crate::packet::encode_versions(datagram, out).ok()?;
         cx.stats.versions_sent += 1;

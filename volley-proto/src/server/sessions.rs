@@ -33,14 +33,23 @@ pub(crate) struct Served {
     pub(crate) holds_reservation: bool,
 }
 
+/// A session in the table, with the deadline its entry in the timer heap was filed at.
+struct Slot {
+    served: Served,
+    /// The deadline of this session's live heap entry; entries with another deadline are stale.
+    filed: Option<Instant>,
+}
+
 #[derive(Default)]
 pub(crate) struct SessionTable {
-    sessions: IdMap<Served>,
-    /// Session deadlines (keepalive, idle timeout), earliest first: one entry per open session at
-    /// or before its real deadline. A session's deadlines only move later (activity postpones
-    /// them), so an entry that comes due early is re-filed at the real deadline; entries of ended
-    /// sessions are dropped when they come due. A wake-up costs O(log n) per due session, not a
-    /// scan of every session.
+    sessions: IdMap<Slot>,
+    /// Session deadlines (keepalive, idle timeout, liveness probe), earliest first: one live
+    /// entry per open session, at or before its real deadline (`Slot::filed`). Activity moves a
+    /// keepalive or idle deadline later, so an entry that comes due early is re-filed at the
+    /// real deadline. A sent datagram can bring a deadline earlier (the liveness probe one PTO
+    /// later, PROTOCOL.md §5.3): [`SessionTable::refile`] files it at once, and the entry it
+    /// replaces is skipped when it surfaces, as are entries of ended sessions. A wake-up costs
+    /// O(log n) per due session, not a scan of every session.
     timers: BinaryHeap<Reverse<(Instant, SessionId)>>,
     by_origin: HashMap<Origin, SessionId>,
     /// (client address, tag) of sessions that ended, until their cookies can no longer verify:
@@ -70,11 +79,11 @@ impl SessionTable {
     }
 
     pub(crate) fn get(&self, id: SessionId) -> Option<&Served> {
-        self.sessions.get(&id)
+        self.sessions.get(&id).map(|s| &s.served)
     }
 
     pub(crate) fn get_mut(&mut self, id: SessionId) -> Option<&mut Served> {
-        self.sessions.get_mut(&id)
+        self.sessions.get_mut(&id).map(|s| &mut s.served)
     }
 
     pub(crate) fn ids(&self) -> Vec<SessionId> {
@@ -83,9 +92,7 @@ impl SessionTable {
 
     /// The open session a previous INIT with this origin created (duplicate filter).
     pub(crate) fn by_origin(&self, origin: &Origin) -> Option<&Served> {
-        self.by_origin
-            .get(origin)
-            .and_then(|id| self.sessions.get(id))
+        self.by_origin.get(origin).and_then(|id| self.get(*id))
     }
 
     /// Whether a session with this origin ended less than a cookie lifetime before `now`.
@@ -95,16 +102,33 @@ impl SessionTable {
 
     /// Adds a session, files its first deadline and remembers its origin.
     pub(crate) fn insert(&mut self, id: SessionId, served: Served) {
-        if let Some(due) = served.session.poll_timeout() {
+        let filed = served.session.poll_timeout();
+        if let Some(due) = filed {
             self.timers.push(Reverse((due, id)));
         }
         self.by_origin.insert(served.origin, id);
-        self.sessions.insert(id, served);
+        self.sessions.insert(id, Slot { served, filed });
+    }
+
+    /// Files session `id`'s deadline again if it came earlier than the one filed: after it
+    /// sent, a datagram waiting for an answer wants its liveness probe one PTO later
+    /// (PROTOCOL.md §5.3), and a path validation its next challenge one PTO later (§5.6), either
+    /// of which may be well before its keepalive.
+    pub(crate) fn refile(&mut self, id: SessionId) {
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if let Some(due) = slot.served.session.poll_timeout()
+            && slot.filed.is_none_or(|filed| due < filed)
+        {
+            slot.filed = Some(due);
+            self.timers.push(Reverse((due, id)));
+        }
     }
 
     /// Removes a session; its origin stays on the ended list until `until`.
     pub(crate) fn remove(&mut self, id: SessionId, until: Instant) -> Option<Served> {
-        let served = self.sessions.remove(&id)?;
+        let served = self.sessions.remove(&id)?.served;
         self.by_origin.remove(&served.origin);
         self.ended.insert(served.origin, until);
         Some(served)
@@ -146,14 +170,22 @@ impl SessionTable {
                 break;
             }
             self.timers.pop();
-            let Some(served) = self.sessions.get_mut(&id) else {
+            let Some(slot) = self.sessions.get_mut(&id) else {
                 continue; // the session ended since this entry was filed
             };
+            if slot.filed != Some(due) {
+                continue; // replaced by an earlier entry (`refile`)
+            }
+            let served = &mut slot.served;
             match served.session.poll_timeout() {
                 // Closed: it leaves through `poll_transmit` once drained.
-                None => continue,
+                None => {
+                    slot.filed = None;
+                    continue;
+                }
                 Some(real) if real > now => {
                     // Activity postponed it: file it again at its real deadline.
+                    slot.filed = Some(real);
                     self.timers.push(Reverse((real, id)));
                     continue;
                 }
@@ -166,7 +198,8 @@ impl SessionTable {
             if served.session.has_pending() {
                 self.ready.push_back(id);
             }
-            if let Some(next) = served.session.poll_timeout() {
+            slot.filed = served.session.poll_timeout();
+            if let Some(next) = slot.filed {
                 self.timers.push(Reverse((next, id)));
             }
         }

@@ -357,7 +357,7 @@ fn a4_replayed_or_reordered_packets_from_a_new_address_move_nothing() {
 fn a4_a_spoofed_source_never_gets_the_sessions_traffic() {
     let t0 = Instant::now();
     let (mut c, mut s) = pair(t0);
-    let victim = "198.51.100.1:53";
+    let victim = "198.51.100.1:40053";
     // An on-path attacker races a genuine fresh packet to the server from a spoofed source.
     c.send_datagram(b"genuine").unwrap();
     let (p, _) = drain(&mut c, t0).remove(0);

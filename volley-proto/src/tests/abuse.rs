@@ -272,7 +272,108 @@ fn r8_a_socket_backlog_presses_the_server_only_when_handshakes_or_sessions_compe
         20
     );
     assert_eq!(b.server.stats().probes_rate_limited, 80);
-    // No backlog: not pressed, answered again.
+    // The backlog clears (the flood is cheap to drop now): the server stays pressed for its
+    // quiet second, and the flooder, over its rate, stays held to it (10 a second) after that.
     b.server.set_backlog(b.now, false);
-    assert!(b.handle(one, &probe).is_some());
+    assert!(b.handle(one, &probe).is_none());
+    let fresh = src([192, 0, 2, 77], 40_000);
+    assert!(b.handle(fresh, &probe).is_some(), "within its rate");
+    b.now += Duration::from_millis(1_500);
+    assert_eq!(
+        (0..100).filter(|_| b.handle(one, &probe).is_some()).count(),
+        15
+    );
+    // Quiet for burst / rate (2 s): its whole bucket is back, no limit applies.
+    b.now += Duration::from_secs(2);
+    assert_eq!(
+        (0..100).filter(|_| b.handle(one, &probe).is_some()).count(),
+        100
+    );
+}
+
+#[test]
+fn r8_the_probe_counters_add_up_with_budget_rate_limit_hold_and_versions_drops() {
+    // PROTOCOL.md §9.1's identity, through every way a PROBE can end: answered at once or
+    // later, held, the held queue full, unknown service, full, under load, over the PROBE
+    // budget, over its source's rate — with VERSIONS datagrams charged to the same buckets but
+    // counted apart (§3.9).
+    let mut b = Bench::new(11, |c| {
+        c.max_held = 8;
+        c.admission = AdmissionConfig {
+            handshakes_per_sec: 2,
+            probes_per_sec: 400,
+            probes_per_source_per_sec: 20,
+            probes_per_source_burst: 40,
+            ..AdmissionConfig::default()
+        };
+    });
+    let check =
+        |b: &Bench| assert_probe_identity(b.server.stats(), b.server.load(b.now).held as usize);
+    let a = src([203, 0, 113, 1], 40_000);
+    let (_a, init) = b.init_from(a);
+    assert_eq!(b.handle(a, &init).expect("session A")[1], kind::ACCEPT);
+    let mut conn = b.client();
+    let probe = transmits(&mut conn, b.now).remove(0).1;
+    let mut unknown = probe.clone();
+    unknown[19..23].copy_from_slice(b"ecxo");
+    let mut other_version = probe.clone();
+    other_version[0] = 1;
+    // Four requests in flight on two slots: paced offers are held, at most 8 of them.
+    b.server.set_capacity(Some(2));
+    b.set_app(4);
+    for i in 0..30u8 {
+        let from = src([192, 0, 2, 10 + i % 10], 40_000);
+        assert!(
+            b.handle(from, &probe).is_none(),
+            "paced: held, not answered"
+        );
+        assert!(b.handle(from, &unknown).is_none());
+        assert_eq!(b.handle(from, &other_version).expect("VERSIONS")[0], 0);
+    }
+    let s = *b.server.stats();
+    assert_eq!((s.probes_held, s.probes_dropped_queue_full), (8, 22));
+    check(&b);
+    // One source floods PROBEs and VERSIONS: the budget runs low, the server is pressed, the
+    // source's bucket runs dry.
+    let flooder = src([198, 51, 100, 7], 40_000);
+    for _ in 0..300 {
+        b.handle(flooder, &probe);
+        b.handle(flooder, &other_version);
+    }
+    let s = *b.server.stats();
+    assert!(s.probes_rate_limited > 0 && s.versions_refused > 0, "{s:?}");
+    check(&b);
+    // The held offers come due.
+    b.now += Duration::from_millis(20);
+    let released = b.server_transmits().len() as u64;
+    assert!(released >= 8, "{released}");
+    check(&b);
+    // Full: new PROBEs are withheld, held ones are dropped when due.
+    b.set_app(4);
+    for i in 0..4u8 {
+        assert!(b.handle(src([192, 0, 2, 50 + i], 40_000), &probe).is_none());
+    }
+    b.server.set_max_sessions(Some(1));
+    assert!(b.handle(src([192, 0, 2, 60], 40_000), &probe).is_none());
+    b.now += Duration::from_millis(20);
+    b.server_transmits();
+    let s = *b.server.stats();
+    assert!(
+        s.probes_withheld_full >= 1 && s.probes_dropped_hold_expired >= 1,
+        "{s:?}"
+    );
+    check(&b);
+    // A second session spends the handshake budget: under load, PROBEs are withheld.
+    b.server.set_max_sessions(None);
+    b.server.set_capacity(None);
+    let c = src([203, 0, 113, 2], 40_000);
+    let (_c, init) = b.init_from(c);
+    assert_eq!(b.handle(c, &init).expect("session C")[1], kind::ACCEPT);
+    assert!(b.handle(src([192, 0, 2, 70], 40_000), &probe).is_none());
+    assert!(b.server.stats().probes_withheld_under_load >= 1);
+    check(&b);
+    b.now += Duration::from_secs(2);
+    b.server_transmits();
+    check(&b);
+    assert_eq!(b.server.stats().amplification_suppressed, 0);
 }

@@ -184,10 +184,11 @@ fn l6_an_init_answering_a_just_made_offer_is_honoured_at_max_sessions() {
         let _g = SeedGuard(seed);
         // One session allowed; two clients race at once and both get the offer of an empty
         // server: both INITs come within the 5 ms reservation of their offers, and both are
-        // honoured — the offers promised the slot.
+        // honoured — the offers promised the slot (they took reservations: a capacity is set).
         let mut sim = Sim::new(seed);
         let key = sim.add_servers(1, |_, cfg| {
             cfg.max_sessions = Some(1);
+            cfg.capacity = Some(4);
             cfg.answer = AnswerPolicy::Immediate;
         });
         let pool = sim.pool();
@@ -209,6 +210,7 @@ fn l6_an_init_answering_a_just_made_offer_is_honoured_at_max_sessions() {
         let mut sim = Sim::new(seed);
         let key = sim.add_servers(1, |_, cfg| {
             cfg.max_sessions = Some(1);
+            cfg.capacity = Some(4);
             cfg.answer = AnswerPolicy::Immediate;
         });
         // 4 ms each way: the INIT arrives 8 ms after the offer was minted.
@@ -220,6 +222,41 @@ fn l6_an_init_answering_a_just_made_offer_is_honoured_at_max_sessions() {
         assert_eq!(st.sessions_opened, 1);
         assert_eq!((st.init_refused_full, st.init_honoured_full), (1, 0));
         assert!(sim.established(c0) != sim.established(c1));
+    }
+}
+
+#[test]
+fn l6_a_server_without_a_capacity_promises_nothing_and_refuses_at_its_session_limit() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        // The race of the honoured case above, on a server without a capacity: its offers take
+        // no reservation (§7.2.3), so the second INIT, however soon after its offer, is refused
+        // and the session limit holds.
+        let mut sim = Sim::new(seed);
+        let key = sim.add_servers(1, |_, cfg| {
+            cfg.max_sessions = Some(1);
+            cfg.answer = AnswerPolicy::Immediate;
+        });
+        let pool = sim.pool();
+        let mut cfg = ClientConfig::new(vec![key]);
+        cfg.max_failovers = 0;
+        let c0 = sim.add_client(cfg.clone(), pool.clone());
+        let c1 = sim.add_client(cfg, pool);
+        sim.run_for(ms(100));
+        let st = *sim.servers[0].endpoint.stats();
+        assert_eq!(st.offers_sent, 2, "both offered while empty: {st:?}");
+        assert_eq!(
+            (
+                st.sessions_opened,
+                st.init_honoured_full,
+                st.init_refused_full
+            ),
+            (1, 0, 1),
+            "{st:?}"
+        );
+        assert_eq!(st.redirects_sent, 1);
+        assert!(sim.established(c0) != sim.established(c1));
+        assert_eq!(sim.servers[0].endpoint.session_count(), 1);
     }
 }
 

@@ -520,3 +520,103 @@ fn r9_a_session_that_does_not_send_costs_only_its_keepalives() {
     assert!(sim.established(c));
     assert_eq!(sim.server_index(sim.clients[c].conn.server().unwrap()), s);
 }
+
+/// One server whose sessions keep alive every 3 s (`--keepalive-ms 3000`) and idle out after
+/// 10 s, and one client established with it, configured alike.
+fn slow_keepalive(seed: u64) -> (Sim, usize) {
+    let mut sim = Sim::new(seed);
+    let session = |s: &mut crate::session::SessionConfig| {
+        s.keepalive_interval = Duration::from_secs(3);
+        s.idle_timeout = Duration::from_secs(10);
+    };
+    let key = sim.add_servers(1, |_, c| session(&mut c.session));
+    sim.set_latency(server_addr(0), 5);
+    let mut config = ClientConfig::new(vec![key]);
+    session(&mut config.session);
+    let pool = sim.pool();
+    let c = sim.add_client(config, pool);
+    sim.establish(c, Duration::from_secs(1));
+    (sim, c)
+}
+
+#[test]
+fn r9_a_servers_first_liveness_probe_comes_one_pto_after_its_unanswered_datagram() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c) = slow_keepalive(seed);
+        let id = sim.servers[0]
+            .events
+            .iter()
+            .find_map(|e| match e {
+                ServerEvent::Opened { id, .. } => Some(*id),
+                _ => None,
+            })
+            .expect("opened");
+        // The client goes silent: nothing it sends reaches the server any more.
+        let client = sim.clients[c].addr;
+        sim.filter = Some(Box::new(move |_, d| {
+            if d.src == client {
+                Verdict::Drop
+            } else {
+                Verdict::Pass
+            }
+        }));
+        let probes = |sim: &Sim| {
+            sim.servers[0]
+                .endpoint
+                .session_stats(id)
+                .map_or(u64::MAX, |s| s.liveness_probes)
+        };
+        // The server sends a datagram nobody will answer. No RTT sample yet: PTO = 200 ms.
+        sim.servers[0].endpoint.send(id, b"unanswered").unwrap();
+        let sent = sim.now;
+        sim.run_for(Duration::from_millis(199));
+        assert_eq!(probes(&sim), 0, "a probe before one PTO");
+        sim.run_for(Duration::from_millis(2));
+        assert_eq!(
+            probes(&sim),
+            1,
+            "no liveness probe one PTO after the datagram (waiting for the 3 s keepalive?)"
+        );
+        // 12 unanswered probes and one more PTO: 13 × 200 ms, not the keepalive plus 12 PTO.
+        assert!(sim.run_until(Duration::from_secs(5), |s| {
+            s.servers[0].endpoint.stats().sessions_unresponsive == 1
+        }));
+        let detected = sim.now - sent;
+        assert!(
+            (Duration::from_millis(2_599)..=Duration::from_millis(2_601)).contains(&detected),
+            "server detection took {detected:?}"
+        );
+    }
+}
+
+#[test]
+fn r9_a_clients_first_liveness_probe_comes_one_pto_after_its_unanswered_datagram() {
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, c) = slow_keepalive(seed);
+        sim.servers[0].alive = false;
+        let probes = |sim: &Sim| {
+            sim.clients[c]
+                .conn
+                .session_stats()
+                .map_or(u64::MAX, |s| s.liveness_probes)
+        };
+        sim.clients[c].conn.send_datagram(b"unanswered").unwrap();
+        let sent = sim.now;
+        assert!(sim.run_until(Duration::from_secs(2), |s| probes(s) == 1));
+        // The PTO from the handshake's round trip (10 ms): within 50 ms – 1 s, far from 3 s.
+        let first = sim.now - sent;
+        assert!(
+            (Duration::from_millis(50)..=Duration::from_secs(1)).contains(&first),
+            "first probe after {first:?}"
+        );
+        assert!(sim.run_until(Duration::from_secs(20), |s| {
+            s.clients[c]
+                .events
+                .iter()
+                .any(|(_, e)| matches!(e, ClientEvent::ServerLost { .. }))
+        }));
+        assert_eq!(sim.now - sent, first * 13, "detection is 13 PTO");
+    }
+}

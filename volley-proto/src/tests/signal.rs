@@ -249,3 +249,36 @@ fn l5_window_ranks_offers_by_expected_delay_and_falls_back_to_hot_cold_without_i
     assert_eq!(expected_delay_pick(&mixed), None);
     assert_eq!(hot_cold_pick(&mixed, 0.75), 2);
 }
+
+#[test]
+fn l5_without_a_capacity_every_request_in_flight_is_in_service() {
+    // PROTOCOL.md §4.3: min(requests, C) with no capacity is `requests` (C unbounded). Eight
+    // requests for 100 ms, then all complete: without a capacity the busy time is 8 × 100 ms
+    // (S ≈ 86 ms, forgetting included); with two slots only 2 × 100 ms (S ≈ 22 ms).
+    let measure = |capacity: Option<u32>| {
+        let mut b = Bench::new(3, |c| c.capacity = capacity);
+        b.server.set_app_load(
+            b.now,
+            AppLoad {
+                in_flight: 8,
+                completed: 0,
+            },
+        );
+        b.now += ms(100);
+        b.server.set_app_load(
+            b.now,
+            AppLoad {
+                in_flight: 0,
+                completed: 8,
+            },
+        );
+        b.server.load(b.now).service_time
+    };
+    let unbounded = measure(None);
+    let two_slots = measure(Some(2));
+    let around = |d: Duration, ms_: f64| (d.as_secs_f64() * 1e3 - ms_).abs() < 1.0;
+    // B = 8 τ (1 − e^{−0.1}) = 761 ms; S = (B + 10 ms) / (8 + 1).
+    assert!(around(unbounded, 85.7), "{unbounded:?}");
+    // B = 2 τ (1 − e^{−0.1}) = 190 ms.
+    assert!(around(two_slots, 22.3), "{two_slots:?}");
+}

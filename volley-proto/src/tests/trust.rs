@@ -322,3 +322,47 @@ fn a4_version_mismatch_is_a_clear_error_and_a_forged_versions_is_ignored() {
         }
     }
 }
+
+#[test]
+fn a4_a_path_validation_retries_one_pto_apart_then_gives_up() {
+    let mut sim = Sim::new(11);
+    let key = sim.add_servers(1, |_, _| {});
+    let c = sim.add_client(ClientConfig::new(vec![key]), sim.pool());
+    sim.establish(c, Duration::from_secs(1));
+    let victim = SocketAddr::from(([198, 51, 100, 1], 40_053));
+    // An on-path attacker takes the client's next packet and sends it from the victim's
+    // address first; the genuine copy never arrives.
+    let client = client_addr(c);
+    let stolen: std::rc::Rc<std::cell::RefCell<Option<Vec<u8>>>> = Default::default();
+    {
+        let stolen = stolen.clone();
+        sim.filter = Some(Box::new(move |_, d| {
+            if d.src == client && stolen.borrow().is_none() {
+                *stolen.borrow_mut() = Some(d.data.clone());
+                return Verdict::Drop;
+            }
+            Verdict::Pass
+        }));
+    }
+    let _ = sim.clients[c].conn.send_datagram(&[7; 20]);
+    sim.run_for(Duration::from_millis(1));
+    let data = stolen.borrow_mut().take().expect("the stolen packet");
+    sim.filter = None;
+    let t0 = sim.now;
+    sim.send(victim, server_addr(0), data.clone());
+    sim.run_for(Duration::from_millis(900));
+    let to_victim: Vec<_> = sim
+        .sent
+        .iter()
+        .filter(|d| d.dst == victim)
+        .map(|d| (d.at - t0, d.len))
+        .collect();
+    // The challenge at once, then one PTO (200 ms before any RTT sample) apart: three in
+    // all, well before the 1 s keepalive, and no more than 3x the packet's bytes.
+    assert_eq!(to_victim.len(), 3, "{to_victim:?}");
+    assert!(to_victim[2].0 < Duration::from_millis(700), "{to_victim:?}");
+    assert!(to_victim.iter().map(|(_, n)| n).sum::<usize>() <= 3 * data.len());
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.sent.iter().filter(|d| d.dst == victim).count(), 3);
+    assert_eq!(sim.servers[0].endpoint.stats().sessions_migrated, 0);
+}

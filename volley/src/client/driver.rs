@@ -1,5 +1,5 @@
 //! The client's part of the shared driver ([`runtime::Side`]): every connection of one client
-//! on one socket. A datagram reaches its connection through the [`Demux`]; connections' deadlines
+//! on one socket. A datagram reaches its connection through the [`Demux`] in O(1); connections' deadlines
 //! sit in a heap; a flush visits only the connections touched since the last one. A client
 //! holding 100,000 sessions (a proxy) pays for the ones that are active. Each call into a
 //! connection that learns or uses pool knowledge holds the client's [`PoolState`] lock for that
@@ -9,6 +9,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -45,6 +47,8 @@ pub(super) struct ClientSide {
     /// The client's pool knowledge, shared with its other endpoints and its handles.
     pool: SharedPool,
     demux: Demux,
+    /// The client's count of datagrams dropped for naming no connection.
+    strays: Arc<AtomicU64>,
     /// Members' deadlines; an entry whose deadline is no longer its member's is skipped.
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Members touched since the last flush, each once (`Member::dirty`).
@@ -59,7 +63,11 @@ pub(super) struct ClientSide {
 }
 
 impl ClientSide {
-    pub(super) fn new(opens: mpsc::UnboundedReceiver<Open>, pool: SharedPool) -> Self {
+    pub(super) fn new(
+        opens: mpsc::UnboundedReceiver<Open>,
+        pool: SharedPool,
+        strays: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             members: BTreeMap::new(),
             groups: Groups::default(),
@@ -69,6 +77,7 @@ impl ClientSide {
             handles_open: true,
             pool,
             demux: Demux::default(),
+            strays,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             tx_cursor: 0,
@@ -175,7 +184,7 @@ impl ClientSide {
         }
         if let Some(m) = self.members.remove(&id) {
             m.end(CloseReason::Local(CloseCode::NORMAL));
-            self.demux.unindex(&m);
+            self.demux.unindex(m.id, &m.keys);
             m.conn.retire(&mut lock_pool(&self.pool));
         }
     }
@@ -208,8 +217,9 @@ impl runtime::Side for ClientSide {
         data: &[u8],
         _out: &mut [u8],
     ) -> Option<Transmit> {
-        let Some(id) = self.demux.route(&self.members, from, data) else {
-            trace!(%from, "datagram for no connection");
+        let Some(id) = self.demux.route(from, data) else {
+            trace!(%from, len = data.len(), "datagram for no connection: dropped");
+            self.strays.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         if let Some(m) = self.members.get_mut(&id) {

@@ -3,6 +3,8 @@
 //! session handles' commands.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -24,13 +26,14 @@ pub(super) struct Endpoint {
 impl Endpoint {
     /// Starts the driver on `socket`; its connections learn into and use `pool`, the client's
     /// pool knowledge.
-    pub(super) fn start(socket: UdpSocket, pool: SharedPool) -> Self {
+    /// `strays` counts the datagrams it drops for naming no connection.
+    pub(super) fn start(socket: UdpSocket, pool: SharedPool, strays: Arc<AtomicU64>) -> Self {
         let local = socket
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         let (opens, opens_rx) = mpsc::unbounded_channel();
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
-        let side = ClientSide::new(opens_rx, pool);
+        let side = ClientSide::new(opens_rx, pool, strays);
         tokio::spawn(runtime::Driver::new(socket, cmd_rx, side, false).run());
         Self { local, opens, cmd }
     }

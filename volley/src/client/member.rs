@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::{debug, info};
-use volley_proto::client::RouteKey;
 use volley_proto::{ClientEvent, CloseCode, CloseReason, ConnectError, Connection};
 
 use super::open::Parts;
@@ -36,7 +35,7 @@ pub(super) struct Member {
     /// The deadline last entered in the timer heap.
     pub(super) deadline: Option<Instant>,
     /// The route keys last entered in the index.
-    pub(super) keys: [Option<RouteKey>; 2],
+    pub(super) keys: super::demux::Keys,
     /// Touched since the last flush: its transmits, events and timer are to be taken.
     pub(super) dirty: bool,
     /// Listed among the driver's blocked members.
@@ -78,7 +77,7 @@ impl Member {
             selected: false,
             reported: false,
             deadline: None,
-            keys: [None, None],
+            keys: [None; 3],
             dirty: false,
             in_blocked: false,
         }

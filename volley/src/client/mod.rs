@@ -17,6 +17,7 @@ mod open;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::UdpSocket;
@@ -66,6 +67,8 @@ pub struct Client {
     config: ClientConfig,
     pool: SharedPool,
     endpoints: Arc<Mutex<HashMap<IpAddr, Endpoint>>>,
+    /// Datagrams its endpoints dropped for naming no connection.
+    strays: Arc<AtomicU64>,
 }
 
 /// The kind of local address a pool is reached from: loopback or any, IPv4 or IPv6.
@@ -97,6 +100,7 @@ impl Client {
             config,
             pool,
             endpoints: Arc::new(Mutex::new(HashMap::new())),
+            strays: Arc::default(),
         }
     }
 
@@ -125,6 +129,7 @@ impl Client {
         let endpoint = Endpoint::start(
             UdpSocket::from_std(socket)?,
             SharedPool::clone(&client.pool),
+            Arc::clone(&client.strays),
         );
         let mut endpoints = lock_endpoints(&client.endpoints);
         let family = |loopback: bool| match (local.ip(), loopback) {
@@ -149,6 +154,21 @@ impl Client {
             .map(|e| e.local)
     }
 
+    /// Datagrams this client's sockets received that named no connection of it — an unknown
+    /// tag or receiver id, a kind a client never takes, garbage — and dropped, over all its
+    /// endpoints. Routing costs one decode and one look-up per datagram whatever it says and
+    /// however many connections the client holds (PROTOCOL.md §6.2.3).
+    ///
+    /// ```
+    /// use volley::{Client, ClientConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+    /// assert_eq!(Client::new(ClientConfig::new(vec![key])).stray_datagrams(), 0);
+    /// ```
+    pub fn stray_datagrams(&self) -> u64 {
+        self.strays.load(Ordering::Relaxed)
+    }
+
     /// The endpoint for pools reached from `ip`'s kind of address: the one running, or a new
     /// one on a fresh ephemeral socket.
     async fn endpoint(&self, remote: IpAddr) -> Result<Endpoint, Error> {
@@ -162,7 +182,11 @@ impl Client {
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
-        let endpoint = Endpoint::start(socket, SharedPool::clone(&self.pool));
+        let endpoint = Endpoint::start(
+            socket,
+            SharedPool::clone(&self.pool),
+            Arc::clone(&self.strays),
+        );
         // Two connects may race to create it: the first one stored wins, the other's driver
         // ends with nothing to serve once its handle is dropped.
         let mut endpoints = lock_endpoints(&self.endpoints);

@@ -38,15 +38,17 @@
 //! # Ok(()) }
 //! ```
 
+mod limits;
 mod tcp;
 mod tcp_forward;
 mod udp;
 mod udp_forward;
 
+pub use limits::{ForwardLimits, Forwarding, RESERVED_FDS, raise_open_files_limit};
 pub use tcp::{STREAM_SETUP_TIMEOUT, TcpProxy};
 pub use tcp_forward::{
     ForwardMetrics, HELLO_WAIT_FOR_SESSION, MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_PER_SOURCE,
-    STREAM_WAIT, StreamStats, TcpForward, TcpForwardStats,
+    STREAM_IDLE_TIMEOUT, STREAM_WAIT, StreamStats, TcpForward, TcpForwardStats,
 };
 pub use udp::UdpProxy;
 pub use udp_forward::{UDP_REQUEST_TIMEOUT, UdpForward};
@@ -80,6 +82,9 @@ pub struct ProxyStats {
     /// UDP: datagrams dropped (a flow's queue full, too many flows, larger than a session
     /// carries). TCP: connections refused at once (too many open).
     pub dropped: u64,
+    /// TCP: connections reset because no byte moved either way for the idle timeout (their
+    /// sessions closed with `STREAM_IDLE`).
+    pub idle_resets: u64,
 }
 /// A proxy's live figures: the counters of [`ProxyStats`] as they grow, the flows open now, and
 /// the answer and handshake times of its flows' races. Hand one to [`UdpProxy::metrics`] or
@@ -100,6 +105,7 @@ pub struct ProxyMetrics {
     pub(crate) flows: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) idle_resets: AtomicU64,
     pub(crate) open: AtomicU64,
     pub(crate) answer_times: Histogram,
     pub(crate) handshake_times: Histogram,
@@ -113,6 +119,7 @@ impl Default for ProxyMetrics {
             flows: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            idle_resets: AtomicU64::new(0),
             open: AtomicU64::new(0),
             answer_times: buckets(),
             handshake_times: buckets(),
@@ -127,6 +134,7 @@ impl ProxyMetrics {
             flows: self.flows.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            idle_resets: self.idle_resets.load(Ordering::Relaxed),
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
@@ -127,7 +127,10 @@ impl TcpProxy {
         }
     }
 
-    /// A connection with no byte either way for this long is closed. Default 300 s.
+    /// A connection with no progress either way for this long — no byte read, none written
+    /// (a slow reader taking bytes counts) — is reset, both the application's connection and
+    /// its stream, and its session closed with `STREAM_IDLE` (the server side resets its
+    /// backend's connection). Default 300 s.
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.config.idle_timeout = idle_timeout;
         self
@@ -190,10 +193,24 @@ pub(crate) enum StreamFailure {
     Timeout,
     #[error("the stream ended without its END record (truncated)")]
     Truncated,
+    #[error("bytes after the END record")]
+    AfterEnd,
+    #[error("no byte either way for {0:?} (idle)")]
+    Idle(Duration),
     #[error("the stream's session ended")]
     SessionEnded,
     #[error("the session was revoked: the server's allow-list no longer holds the client's key")]
     Revoked,
+}
+
+impl StreamFailure {
+    /// The close code the side that saw this failure ends the session with (PROTOCOL.md §13.4).
+    pub(crate) fn close_code(&self) -> CloseCode {
+        match self {
+            Self::Idle(_) => CloseCode::STREAM_IDLE,
+            _ => CloseCode::STREAM_BROKEN,
+        }
+    }
 }
 
 async fn run(
@@ -310,19 +327,29 @@ async fn connection(
                 _ => std::future::pending().await,
             }
         };
-        let ended = tokio::select! {
-            ended = splice(
-                &mut stream,
-                &mut app,
+        let ended = {
+            let spliced = splice(
+                stream.split(),
+                app.split(),
                 &ticket.keys,
                 Role::Client,
                 Some(config.idle_timeout),
-            ) => ended,
-            () = revoked => Err(StreamFailure::Revoked),
+            );
+            // Datagrams have no place on a stream's session: dropped as they come.
+            tokio::select! {
+                r = spliced => r,
+                () = drop_datagrams(&session, |len| {
+                    trace!(len, "tcp proxy: datagram on a stream session dropped");
+                }) => Err(StreamFailure::SessionEnded),
+                () = revoked => Err(StreamFailure::Revoked),
+            }
         };
         metrics.open.fetch_sub(1, Ordering::Relaxed);
         match ended {
-            Ok(()) => trace!(server = %ticket.peer, "tcp proxy: connection done"),
+            Ok(()) => {
+                trace!(server = %ticket.peer, "tcp proxy: connection done");
+                session.close();
+            }
             Err(StreamFailure::Revoked) => {
                 warn!(
                     server = %ticket.peer,
@@ -333,12 +360,22 @@ async fn connection(
                 reset(&app);
             }
             Err(e) => {
-                debug!(server = %ticket.peer, error = %e, "tcp proxy: connection reset");
+                // Why, from the server if it said (its CLOSE may have come first).
+                let server_said = session.report().and_then(|r| {
+                    r.losses.iter().rev().find_map(|(s, why)| match why {
+                        CloseReason::Remote(code) if *s == ticket.peer => Some(*code),
+                        _ => None,
+                    })
+                });
+                if let StreamFailure::Idle(_) = e {
+                    metrics.idle_resets.fetch_add(1, Ordering::Relaxed);
+                }
+                info!(server = %ticket.peer, reason = %e, ?server_said, "tcp proxy: connection reset");
                 reset(&stream);
                 reset(&app);
+                session.close_with(e.close_code());
             }
         }
-        session.close();
         return;
     }
     metrics.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -371,18 +408,56 @@ pub(crate) fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// Takes the session's datagrams as they come and drops them, calling `dropped` with each
+/// one's length, until the session ends (then it never resolves: the stream decides).
+pub(crate) async fn drop_datagrams(session: &crate::session::Session, dropped: impl Fn(usize)) {
+    while let Ok(d) = session.recv().await {
+        dropped(d.len());
+    }
+    std::future::pending::<()>().await
+}
+
+/// Writes all of `buf`, calling `touch` after every write that moved bytes: a slow reader that
+/// takes them a little at a time keeps the relay active.
+async fn write_touching<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut buf: &[u8],
+    touch: &impl Fn(),
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = w.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        touch();
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 /// Relays between `secure` (records, to the other proxy) and `plain` (bytes, the application or
-/// the backend) until both directions have ended cleanly (`Ok`) or one fails (`Err`: the caller
-/// resets both). `idle`: end (cleanly) after this long without a byte either way.
-pub(crate) async fn splice(
-    secure: &mut TcpStream,
-    plain: &mut TcpStream,
+/// the backend), each given as its read and write halves, until both directions have ended
+/// cleanly (`Ok`) or one fails (`Err`: the caller resets both). `idle`: fail with
+/// [`StreamFailure::Idle`] after this long without progress either way — a read that returned
+/// bytes, or a write that moved some (a slow reader making progress is not idle).
+///
+/// After a direction's END, the receiver reads on until the sender's end of the connection:
+/// a byte after END breaks the stream ([`StreamFailure::AfterEnd`], PROTOCOL.md §13.3).
+pub(crate) async fn splice<SR, SW, PR, PW>(
+    secure: (SR, SW),
+    plain: (PR, PW),
     keys: &StreamKeys,
     me: Role,
     idle: Option<Duration>,
-) -> Result<(), StreamFailure> {
-    let (secure_r, mut secure_w) = secure.split();
-    let (plain_r, mut plain_w) = plain.split();
+) -> Result<(), StreamFailure>
+where
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+    PR: AsyncRead + Unpin,
+    PW: AsyncWrite + Unpin,
+{
+    let (secure_r, mut secure_w) = secure;
+    let (plain_r, mut plain_w) = plain;
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || {
@@ -399,7 +474,7 @@ pub(crate) async fn splice(
                 .await?;
             touch();
             let size = sealer.seal(&mut buf, n)?;
-            secure_w.write_all(&buf[..size]).await?;
+            write_touching(&mut secure_w, &buf[..size], &touch).await?;
             if n == 0 {
                 // END sent: nothing more this way.
                 let _ = secure_w.shutdown().await;
@@ -409,7 +484,8 @@ pub(crate) async fn splice(
     };
     let inbound = async {
         let mut secure_r = BufReader::with_capacity(8 * 1024, secure_r);
-        let mut body = vec![0u8; RECORD_PLAINTEXT + volley_proto::AEAD_TAG_LEN];
+        // Grown to the largest record seen: an interactive stream's are small.
+        let mut body = Vec::new();
         loop {
             let mut header = [0u8; RECORD_HEADER_LEN];
             match secure_r.read_exact(&mut header).await {
@@ -434,29 +510,176 @@ pub(crate) async fn splice(
             let plain = opener.open(header, &mut body[..len])?;
             if plain.is_empty() {
                 let _ = plain_w.shutdown().await;
-                return Ok(());
+                // Nothing may follow END: the sender's end of the connection must come next.
+                let mut after = [0u8; 1];
+                return match secure_r.read(&mut after).await? {
+                    0 => Ok(()),
+                    _ => Err(StreamFailure::AfterEnd),
+                };
             }
-            plain_w.write_all(plain).await?;
+            write_touching(&mut plain_w, plain, &touch).await?;
         }
     };
     let idle_out = async {
         let Some(idle) = idle else {
-            return std::future::pending::<()>().await;
+            return std::future::pending::<Duration>().await;
         };
         loop {
             let since = Duration::from_millis(last.load(Ordering::Relaxed));
             let deadline = start + since + idle;
             if Instant::now() >= deadline {
-                return;
+                return idle;
             }
             tokio::time::sleep_until(deadline).await;
         }
     };
     tokio::select! {
         both = async { tokio::try_join!(outbound, inbound) } => both.map(|_| ()),
-        _ = idle_out => {
-            trace!("stream idle, closed");
-            Ok(())
+        idle = idle_out => Err(StreamFailure::Idle(idle)),
+    }
+}
+
+/// The relay itself on in-memory pipes and tokio's paused clock: what counts as activity, and
+/// what may follow END.
+#[cfg(test)]
+mod tests {
+    use tokio::io::{DuplexStream, duplex, split};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    fn keys() -> StreamKeys {
+        StreamKeys::derive(&[1; 32], &[2; 32])
+    }
+
+    /// A client-side relay (idle timeout `idle`) between a peer proxy and an application that
+    /// has room for `app_buffer` bytes in its pipe: returns the relay's task, the peer's end of
+    /// the stream and the application's end.
+    fn relay(
+        idle: Duration,
+        app_buffer: usize,
+    ) -> (
+        JoinHandle<Result<(), StreamFailure>>,
+        DuplexStream,
+        DuplexStream,
+    ) {
+        let (secure, peer) = duplex(64 * 1024);
+        let (plain, app) = duplex(app_buffer);
+        let task = tokio::spawn(async move {
+            splice(
+                split(secure),
+                split(plain),
+                &keys(),
+                Role::Client,
+                Some(idle),
+            )
+            .await
+        });
+        (task, peer, app)
+    }
+
+    /// Seals `data` (empty: END) as the server side's next record.
+    fn record(sealer: &mut volley_proto::stream::RecordSealer, data: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; RECORD_HEADER_LEN + data.len() + volley_proto::AEAD_TAG_LEN];
+        buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + data.len()].copy_from_slice(data);
+        let n = sealer.seal(&mut buf, data.len()).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a5_an_idle_relay_fails_as_idle_after_its_timeout() {
+        let (task, _peer, _app) = relay(Duration::from_secs(1), 4096);
+        let started = Instant::now();
+        let ended = task.await.unwrap();
+        assert!(matches!(ended, Err(StreamFailure::Idle(d)) if d == Duration::from_secs(1)));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(1_100),
+            "{took:?}"
+        );
+        assert_eq!(
+            StreamFailure::Idle(Duration::from_secs(1)).close_code(),
+            CloseCode::STREAM_IDLE
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a5_a_slow_reader_making_progress_keeps_the_relay_past_its_idle_timeout() {
+        // The peer sends 128 KiB in 32 KiB records at once; the application's pipe holds 1 KiB
+        // and it reads 1 KiB every 200 ms: each record takes 6.4 s to write, the whole 26 s,
+        // against an idle timeout of 1 s. Every write that moves bytes is progress.
+        let (task, mut peer, mut app) = relay(Duration::from_secs(1), 1024);
+        let mut sealer = keys().sealer(Role::Server);
+        let data: Vec<u8> = (0..128 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut records = Vec::new();
+        for chunk in data.chunks(32 * 1024) {
+            records.extend(record(&mut sealer, chunk));
+        }
+        records.extend(record(&mut sealer, b""));
+        let writer = tokio::spawn(async move {
+            peer.write_all(&records).await.unwrap();
+            peer
+        });
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let n = app.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            assert!(
+                !task.is_finished(),
+                "the relay ended after {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(got, data, "every byte, then the END");
+        assert!(started.elapsed() > Duration::from_secs(20));
+        // The application ends its side: END goes out, the peer ends the connection, done.
+        app.shutdown().await.unwrap();
+        let mut peer = writer.await.unwrap();
+        let mut end = Vec::new();
+        peer.read_to_end(&mut end).await.unwrap_or_default();
+        drop(peer);
+        assert!(matches!(task.await.unwrap(), Ok(())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn d2_a_byte_after_end_breaks_the_stream_and_a_clean_end_does_not() {
+        for after_end in [&b""[..], b"x"] {
+            let (task, mut peer, mut app) = relay(Duration::from_secs(60), 4096);
+            let mut sealer = keys().sealer(Role::Server);
+            let mut bytes = record(&mut sealer, b"hello");
+            bytes.extend(record(&mut sealer, b""));
+            bytes.extend_from_slice(after_end);
+            peer.write_all(&bytes).await.unwrap();
+            // The application gets the bytes and the half-close.
+            let mut got = Vec::new();
+            app.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"hello");
+            if after_end.is_empty() {
+                // The application ends its side: the relay's END comes out, the peer ends the
+                // connection, and the stream is over, cleanly.
+                app.shutdown().await.unwrap();
+                let mut buf = [0u8; 64];
+                let n = peer.read(&mut buf).await.unwrap();
+                assert_eq!(n, RECORD_HEADER_LEN + volley_proto::AEAD_TAG_LEN);
+                peer.shutdown().await.unwrap();
+                let ended = task.await.unwrap();
+                assert!(matches!(ended, Ok(())), "{ended:?}");
+            } else {
+                // The byte after END breaks it at once, whatever the other direction does.
+                let ended = task.await.unwrap();
+                assert!(matches!(ended, Err(StreamFailure::AfterEnd)), "{ended:?}");
+                assert_eq!(
+                    StreamFailure::AfterEnd.close_code(),
+                    CloseCode::STREAM_BROKEN
+                );
+            }
         }
     }
 }

@@ -6,8 +6,11 @@
 //! session's keys — a TCP peer without a session never reaches the backend. Then the server
 //! connects to the backend, answers with its own HELLO and splices. The stream is a request in
 //! flight (a [`crate::LoadGuard`]) from its HELLO to its end. Stream and session end together: a stream
-//! that ends closes its session, and a session that ends resets its stream (unless the client
-//! closed it normally: then the stream's last records get [`STREAM_SETUP_TIMEOUT`] to arrive).
+//! that ends closes its session with a code saying why (`NORMAL`, `STREAM_BROKEN`,
+//! `STREAM_IDLE`, `NO_STREAM`, `BACKEND_UNREACHABLE`: PROTOCOL.md §13.4), and a session that
+//! ends resets its stream (unless the client closed it normally: then the stream's last records
+//! get [`STREAM_SETUP_TIMEOUT`] to arrive). Datagrams on a stream's session are dropped and
+//! counted.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +27,7 @@ use tracing::{debug, info, trace};
 use volley_proto::stream::{HELLO_LEN, Role, StreamKeys, hello_session};
 
 use crate::error::Error;
-use crate::proxy::tcp::{STREAM_SETUP_TIMEOUT, StreamFailure, reset, splice};
+use crate::proxy::tcp::{STREAM_SETUP_TIMEOUT, StreamFailure, drop_datagrams, reset, splice};
 use crate::server::{Server, ServerHandle};
 use crate::session::Session;
 use volley_proto::{CloseCode, CloseReason};
@@ -62,6 +65,11 @@ pub struct TcpForwardStats {
     pub backend_failures: u64,
     /// Streams that ended broken (truncated, forged record, reset) rather than cleanly.
     pub broken: u64,
+    /// Streams reset for moving no byte either way for an idle timeout: this side's, or the
+    /// client side's (its CLOSE `STREAM_IDLE`).
+    pub idle: u64,
+    /// Datagrams that came on a stream's session (a stream session carries none): dropped.
+    pub datagrams_dropped: u64,
 }
 
 /// What a TCP forwarder counted so far ([`ForwardMetrics::stats`]): the stream fields of
@@ -84,6 +92,10 @@ pub struct StreamStats {
     pub backend_failures: u64,
     /// Streams that ended broken rather than cleanly.
     pub broken: u64,
+    /// Streams reset for idleness (this side's idle timeout or the client side's).
+    pub idle: u64,
+    /// Datagrams that came on a stream's session: dropped.
+    pub datagrams_dropped: u64,
 }
 
 /// A TCP forwarder's live figures: its stream counters as they grow and the streams open now.
@@ -105,6 +117,8 @@ pub struct ForwardMetrics {
     refused: AtomicU64,
     backend_failures: AtomicU64,
     broken: AtomicU64,
+    idle: AtomicU64,
+    datagrams_dropped: AtomicU64,
     open: AtomicU64,
 }
 
@@ -116,11 +130,13 @@ impl ForwardMetrics {
             refused: self.refused.load(Ordering::Relaxed),
             backend_failures: self.backend_failures.load(Ordering::Relaxed),
             broken: self.broken.load(Ordering::Relaxed),
+            idle: self.idle.load(Ordering::Relaxed),
+            datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
         }
     }
 
     /// (name, help, value) of every counter, for the metrics endpoint.
-    pub(crate) fn counters(&self) -> [(&'static str, &'static str, u64); 4] {
+    pub(crate) fn counters(&self) -> [(&'static str, &'static str, u64); 6] {
         let s = self.stats();
         [
             (
@@ -143,6 +159,16 @@ impl ForwardMetrics {
                 "Streams that ended broken (truncated, forged record, reset, session ended)",
                 s.broken,
             ),
+            (
+                "idle",
+                "Streams reset for moving no byte either way for an idle timeout (either side's)",
+                s.idle,
+            ),
+            (
+                "datagrams_dropped",
+                "Datagrams that came on a stream's session (which carries none): dropped",
+                s.datagrams_dropped,
+            ),
         ]
     }
 
@@ -158,12 +184,33 @@ type Counters = ForwardMetrics;
 /// side may send it the moment the ACCEPT arrives, before this side's session task has run.
 pub const HELLO_WAIT_FOR_SESSION: Duration = Duration::from_secs(1);
 
-/// Sessions waiting for their stream: the keys to check a HELLO with, and where to hand the
-/// stream; `registered` wakes HELLOs that arrived first.
+/// Sessions waiting for their stream (the keys to check a HELLO with, and where to hand the
+/// stream) and those that have theirs; `registered` wakes HELLOs that arrived first.
 #[derive(Default)]
 struct WaitingSessions {
-    sessions: Mutex<HashMap<u32, (StreamKeys, oneshot::Sender<TcpStream>)>>,
+    sessions: Mutex<Sessions>,
     registered: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Sessions {
+    waiting: HashMap<u32, (StreamKeys, oneshot::Sender<TcpStream>)>,
+    /// Open sessions that have (had) their stream: a HELLO naming one is refused at once.
+    streamed: std::collections::HashSet<u32>,
+}
+
+/// A session's place in [`WaitingSessions`], given up when its stream task ends.
+struct Registered<'a> {
+    waiting: &'a WaitingSessions,
+    id: u32,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut sessions = lock(&self.waiting.sessions);
+        sessions.waiting.remove(&self.id);
+        sessions.streamed.remove(&self.id);
+    }
 }
 
 type Waiting = Arc<WaitingSessions>;
@@ -208,7 +255,23 @@ pub struct TcpForward {
     listener: TcpListener,
     backend: SocketAddr,
     metrics: Option<Arc<ForwardMetrics>>,
+    timers: StreamTimers,
 }
+
+/// How long a forwarder waits for things and lets them sit, and how many connections may wait
+/// for their HELLO.
+#[derive(Debug, Clone, Copy)]
+struct StreamTimers {
+    /// Connections waiting for their HELLO at once.
+    max_pending: usize,
+    /// A stream with no progress either way for this long is reset.
+    idle: Duration,
+    /// A new session without its stream after this long is closed.
+    wait: Duration,
+}
+
+/// The default [`TcpForward::idle_timeout`].
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl TcpForward {
     /// A forwarder from `server`'s sessions to the TCP service at `backend`, listening for
@@ -231,7 +294,39 @@ impl TcpForward {
             listener,
             backend,
             metrics: None,
+            timers: StreamTimers {
+                max_pending: MAX_PENDING_STREAMS,
+                idle: STREAM_IDLE_TIMEOUT,
+                wait: STREAM_WAIT,
+            },
         }
+    }
+
+    /// A stream with no progress either way for this long — no byte read, none written (a
+    /// slow reader taking bytes counts) — is reset, both its connection and the backend's,
+    /// and its session closed with `STREAM_IDLE`. Default [`STREAM_IDLE_TIMEOUT`] (300 s, as
+    /// the client side's): a client side that forgets its streams cannot hold backend
+    /// connections for ever.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.timers.idle = idle;
+        self
+    }
+
+    /// Most TCP connections waiting for their HELLO at once (each holds a file descriptor);
+    /// beyond, new ones are closed at once and counted as refused. One address may hold at
+    /// most [`MAX_PENDING_STREAMS_PER_SOURCE`] of them (fewer when this is lower). Default
+    /// [`MAX_PENDING_STREAMS`]; see [`crate::proxy::ForwardLimits`] to derive it from the
+    /// process's open files.
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.timers.max_pending = max_pending.max(1);
+        self
+    }
+
+    /// How long a new session waits for its stream before it is closed (`NO_STREAM`).
+    #[cfg(test)]
+    fn stream_wait(mut self, wait: Duration) -> Self {
+        self.timers.wait = wait;
+        self
     }
 
     /// Counts into `metrics` as the forwarder runs (to watch it, or to serve it with
@@ -249,6 +344,7 @@ impl TcpForward {
             listener,
             backend,
             metrics,
+            timers,
         } = self;
         let counters = metrics.unwrap_or_default();
         let waiting: Waiting = Arc::default();
@@ -256,6 +352,7 @@ impl TcpForward {
             listener,
             Arc::clone(&waiting),
             Arc::clone(&counters),
+            timers.max_pending,
         ));
         let handle = server.handle();
         let stats = {
@@ -267,6 +364,7 @@ impl TcpForward {
                     Arc::clone(&waiting),
                     handle.clone(),
                     Arc::clone(&counters),
+                    timers,
                 )
             })
             .await
@@ -279,12 +377,20 @@ impl TcpForward {
             refused: s.refused,
             backend_failures: s.backend_failures,
             broken: s.broken,
+            idle: s.idle,
+            datagrams_dropped: s.datagrams_dropped,
         }
     }
 }
 
-async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<Counters>) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_STREAMS));
+async fn accept_streams(
+    listener: TcpListener,
+    waiting: Waiting,
+    counters: Arc<Counters>,
+    max_pending: usize,
+) {
+    let pending = Arc::new(Semaphore::new(max_pending));
+    let per_source_limit = MAX_PENDING_STREAMS_PER_SOURCE.min(max_pending);
     let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -303,7 +409,7 @@ async fn accept_streams(listener: TcpListener, waiting: Waiting, counters: Arc<C
         };
         // One address cannot take every pending slot (connections that send nothing are held
         // until the HELLO times out).
-        let Some(slot) = PerSource::take(&per_source, peer.ip()) else {
+        let Some(slot) = PerSource::take(&per_source, peer.ip(), per_source_limit) else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             trace!(%peer, "forward: too many pending streams from this address, closed");
             continue;
@@ -328,10 +434,10 @@ struct PerSource {
 }
 
 impl PerSource {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
         let mut map = lock(counts);
         let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_PENDING_STREAMS_PER_SOURCE {
+        if *n >= limit {
             return None;
         }
         *n += 1;
@@ -372,13 +478,20 @@ async fn take_hello(mut conn: TcpStream, waiting: &Waiting) -> bool {
         registered.as_mut().enable();
         {
             let mut sessions = lock(&waiting.sessions);
-            if let Some((keys, _)) = sessions.get(&id) {
+            if sessions.streamed.contains(&id) {
+                // One stream per session, ever: a replayed HELLO is refused at once.
+                trace!(id, "forward: HELLO for a session that has its stream");
+                return false;
+            }
+            if let Some((keys, _)) = sessions.waiting.get(&id) {
                 if keys.check_hello(Role::Client, id, &hello).is_err() {
                     return false;
                 }
-                // One stream per session: the entry goes with the first valid HELLO.
-                match sessions.remove(&id) {
-                    Some((_, deliver)) => break deliver,
+                match sessions.waiting.remove(&id) {
+                    Some((_, deliver)) => {
+                        sessions.streamed.insert(id);
+                        break deliver;
+                    }
                     None => return false,
                 }
             }
@@ -391,45 +504,72 @@ async fn take_hello(mut conn: TcpStream, waiting: &Waiting) -> bool {
     deliver.send(conn).is_ok()
 }
 
+/// One session of the forwarder: its stream, from the wait for its HELLO to its end. Datagrams
+/// on the session are dropped and counted meanwhile; the session is closed with the code of
+/// how the stream ended (PROTOCOL.md §13.4).
 async fn serve_stream(
     session: Session,
     backend: SocketAddr,
     waiting: Waiting,
     handle: ServerHandle,
     counters: Arc<Counters>,
+    timers: StreamTimers,
 ) {
+    let dropped = |len| {
+        counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        trace!(len, "forward: datagram on a stream session dropped");
+    };
+    let code = tokio::select! {
+        code = stream(&session, backend, &waiting, &handle, &counters, timers) => code,
+        () = drop_datagrams(&session, dropped) => CloseCode::NORMAL,
+    };
+    session.close_with(code);
+}
+
+/// Waits for the session's stream, splices it to a backend connection and says how it ended.
+async fn stream(
+    session: &Session,
+    backend: SocketAddr,
+    waiting: &WaitingSessions,
+    handle: &ServerHandle,
+    counters: &Counters,
+    timers: StreamTimers,
+) -> CloseCode {
     let Ok(ticket) = session.stream_ticket().await else {
-        return;
+        return CloseCode::NORMAL; // gone already
     };
     let id = ticket.session_id;
     let (deliver, delivered) = oneshot::channel();
-    lock(&waiting.sessions).insert(id, (ticket.keys.clone(), deliver));
+    lock(&waiting.sessions)
+        .waiting
+        .insert(id, (ticket.keys.clone(), deliver));
+    let _registered = Registered { waiting, id };
     waiting.registered.notify_waiters();
     let stream = tokio::select! {
         s = delivered => s.ok(),
-        _ = tokio::time::sleep(STREAM_WAIT) => None,
+        _ = tokio::time::sleep(timers.wait) => None,
         _ = session.closed() => None,
     };
-    lock(&waiting.sessions).remove(&id);
+    lock(&waiting.sessions).waiting.remove(&id);
     let Some(mut stream) = stream else {
-        trace!(id, "forward: no stream came for the session");
-        return; // dropping the session closes it
+        debug!(id, "forward: no stream came for the session, closed");
+        return CloseCode::NO_STREAM;
     };
     let _guard = handle.load_guard();
     counters.streams.fetch_add(1, Ordering::Relaxed);
     counters.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenStream(&counters);
+    let _open = OpenStream(counters);
     let mut upstream = match timeout(STREAM_SETUP_TIMEOUT, TcpStream::connect(backend)).await {
         Ok(Ok(s)) => s,
         _ => {
             // No HELLO back: the client side races again.
             counters.backend_failures.fetch_add(1, Ordering::Relaxed);
             debug!(%backend, "forward: backend unreachable");
-            return;
+            return CloseCode::BACKEND_UNREACHABLE;
         }
     };
     let _ = upstream.set_nodelay(true);
-    let (key, name) = crate::proxy::client_of(&session);
+    let (key, name) = crate::proxy::client_of(session);
     info!(
         id,
         client_key = %key,
@@ -443,39 +583,70 @@ async fn serve_stream(
         .await
         .is_err()
     {
-        return;
+        reset(&upstream);
+        return CloseCode::STREAM_BROKEN;
     }
     let ended = {
-        let spliced = splice(&mut stream, &mut upstream, &ticket.keys, Role::Server, None);
+        let spliced = splice(
+            stream.split(),
+            upstream.split(),
+            &ticket.keys,
+            Role::Server,
+            Some(timers.idle),
+        );
         tokio::pin!(spliced);
         tokio::select! {
             r = &mut spliced => r,
-            reason = session.closed() => {
-                if reason == CloseReason::Remote(CloseCode::NORMAL) {
+            reason = session.closed() => match reason {
+                CloseReason::Remote(CloseCode::NORMAL) => {
                     // The client side closes its session once its stream is done, so the
                     // stream's last records may still be on their way: let them land.
                     match timeout(STREAM_SETUP_TIMEOUT, &mut spliced).await {
                         Ok(r) => r,
                         Err(_) => Err(StreamFailure::SessionEnded),
                     }
-                } else if reason == CloseReason::Local(CloseCode::REVOKED) {
+                }
+                // The client side found the stream idle.
+                CloseReason::Remote(CloseCode::STREAM_IDLE) => {
+                    Err(StreamFailure::Idle(timers.idle))
+                }
+                CloseReason::Local(CloseCode::REVOKED) => {
                     // The allow-list dropped the client's key: the backend connection ends now.
                     info!(id, client_key = %key, client_name = name, "forward: session revoked, stream reset");
                     Err(StreamFailure::Revoked)
-                } else {
-                    // Idle (the client is gone), going away, or the client's error.
-                    Err(StreamFailure::SessionEnded)
                 }
-            }
+                // Idle (the client is gone), going away, or the client's error.
+                _ => Err(StreamFailure::SessionEnded),
+            },
         }
     };
-    if let Err(e) = ended {
-        counters.broken.fetch_add(1, Ordering::Relaxed);
-        debug!(id, error = %e, "forward: stream broken");
-        reset(&stream);
-        reset(&upstream);
-    }
+    let e = match ended {
+        Ok(()) => return CloseCode::NORMAL,
+        Err(e) => e,
+    };
+    reset(&stream);
+    reset(&upstream);
+    // A stream the client side cut (reset or truncated) is followed by its session's CLOSE,
+    // which says why: wait a moment for it before counting.
+    let e = match e {
+        StreamFailure::Io(_) | StreamFailure::Truncated => {
+            match timeout(REASON_GRACE, session.closed()).await {
+                Ok(CloseReason::Remote(CloseCode::STREAM_IDLE)) => StreamFailure::Idle(timers.idle),
+                _ => e,
+            }
+        }
+        e => e,
+    };
+    match e {
+        StreamFailure::Idle(_) => counters.idle.fetch_add(1, Ordering::Relaxed),
+        _ => counters.broken.fetch_add(1, Ordering::Relaxed),
+    };
+    info!(id, reason = %e, "forward: stream reset");
+    e.close_code()
 }
+
+/// How long a stream the client side cut waits for its session's CLOSE to say why.
+const REASON_GRACE: Duration = Duration::from_millis(250);
 
 /// Counts a stream open until dropped.
 struct OpenStream<'a>(&'a ForwardMetrics);
@@ -534,6 +705,21 @@ mod tests {
         key: &StaticKeypair,
         backend: SocketAddr,
     ) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<TcpForwardStats>) {
+        let (addr, stop, task, _) = forwarder_with(key, backend, |f| f).await;
+        (addr, stop, task)
+    }
+
+    /// A forwarder with the options `options` sets, counting into the metrics returned.
+    async fn forwarder_with(
+        key: &StaticKeypair,
+        backend: SocketAddr,
+        options: impl FnOnce(TcpForward) -> TcpForward,
+    ) -> (
+        SocketAddr,
+        oneshot::Sender<()>,
+        JoinHandle<TcpForwardStats>,
+        Arc<ForwardMetrics>,
+    ) {
         let server = Server::bind(
             "127.0.0.1:0".parse().unwrap(),
             ServerConfig::new(key.clone()),
@@ -542,11 +728,71 @@ mod tests {
         .unwrap();
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
-        let forward = TcpForward::bind(server, backend).await.unwrap();
+        let metrics = Arc::new(ForwardMetrics::default());
+        let forward =
+            options(TcpForward::bind(server, backend).await.unwrap()).metrics(Arc::clone(&metrics));
         let task = tokio::spawn(forward.serve(async {
             let _ = stopped.await;
         }));
-        (addr, stop, task)
+        (addr, stop, task, metrics)
+    }
+
+    /// Whether the client session's server `server` was lost to a CLOSE with `code`.
+    fn lost_to(session: &Session, server: SocketAddr, code: CloseCode) -> bool {
+        session
+            .report()
+            .is_some_and(|r| r.losses.contains(&(server, CloseReason::Remote(code))))
+    }
+
+    #[tokio::test]
+    async fn d2_the_server_closes_a_stream_session_with_a_code_that_says_why() {
+        let key = StaticKeypair::generate(&mut crate::OsRng);
+        // No stream within the wait: NO_STREAM. Datagrams on the session meanwhile are
+        // dropped and counted.
+        let (service, _) = backend().await;
+        let (server, _stop, _task, metrics) =
+            forwarder_with(&key, service, |f| f.stream_wait(Duration::from_millis(200))).await;
+        let session = Client::new(ClientConfig::new(vec![key.public()]))
+            .connect(&[server])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            session.send(b"not on a stream session").await.unwrap();
+        }
+        eventually("three datagrams dropped and counted", || {
+            metrics.stats().datagrams_dropped == 3
+        })
+        .await;
+        eventually("closed with NO_STREAM", || {
+            lost_to(&session, server, CloseCode::NO_STREAM)
+        })
+        .await;
+
+        // A backend nobody listens on: BACKEND_UNREACHABLE.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nowhere = closed.local_addr().unwrap();
+        drop(closed);
+        let (server, _stop, _task, metrics) = forwarder_with(&key, nowhere, |f| f).await;
+        let session = Client::new(ClientConfig::new(vec![key.public()]))
+            .connect(&[server])
+            .await
+            .unwrap();
+        let ticket = session.stream_ticket().await.unwrap();
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&ticket.keys.hello(Role::Client, ticket.session_id))
+            .await
+            .unwrap();
+        let mut buf = [0u8; HELLO_LEN];
+        let n = timeout(BOUND, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "no server HELLO without a backend");
+        eventually("closed with BACKEND_UNREACHABLE", || {
+            lost_to(&session, server, CloseCode::BACKEND_UNREACHABLE)
+        })
+        .await;
+        assert_eq!(metrics.stats().backend_failures, 1);
     }
 
     #[tokio::test]
@@ -608,11 +854,19 @@ mod tests {
             accepted.load(Ordering::SeqCst) == 1
         })
         .await;
-        // A replay of the same HELLO is refused: one stream per session.
+        // A replay of the same HELLO is refused, at once (not after waiting for a session to
+        // register): one stream per session.
+        let replayed = Instant::now();
         let mut replay = TcpStream::connect(server).await.unwrap();
         replay.write_all(&good).await.unwrap();
         refused(replay).await;
-        // Records that do not authenticate break the stream (and the backend's connection).
+        assert!(
+            replayed.elapsed() < HELLO_WAIT_FOR_SESSION,
+            "refused after {:?}",
+            replayed.elapsed()
+        );
+        // Records that do not authenticate break the stream (and the backend's connection);
+        // the server closes the session saying so.
         conn.write_all(&[0, 20]).await.unwrap();
         conn.write_all(&[0u8; 20]).await.unwrap();
         let mut buf = [0u8; 16];
@@ -622,6 +876,10 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(n, 0);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        eventually("closed with STREAM_BROKEN", || {
+            lost_to(&session, server, CloseCode::STREAM_BROKEN)
+        })
+        .await;
         drop(session);
         let _ = stop.send(());
         let stats = timeout(BOUND, task).await.unwrap().unwrap();

@@ -29,6 +29,10 @@ pub const UDP_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests of one session counted at once (a bound on its bookkeeping, not on its traffic).
 const MAX_IN_FLIGHT: usize = 1024;
 
+/// Datagrams of the backend's a session reads per system call: its receive buffer is this many
+/// datagrams (4 × 1,453 bytes), small because a forwarder holds one per session.
+pub(crate) const SESSION_RECV_SLOTS: usize = 4;
+
 /// The server side of the UDP proxy: serves every session of a [`Server`] by forwarding its
 /// datagrams to a UDP service (the backend) and the backend's datagrams back on the session.
 ///
@@ -114,8 +118,9 @@ async fn relay(session: Session, backend: SocketAddr) {
     }
     // Requests in flight, oldest first, each with when it stops counting regardless.
     let mut in_flight: VecDeque<(Instant, Option<LoadGuard>)> = VecDeque::new();
-    // The backend's answers are read a batch per system call when several are waiting.
-    let mut rx = crate::udp::RecvBatch::new(false);
+    // The backend's answers are read a few per system call when several are waiting, into a
+    // buffer of a few datagrams: a forwarder holds one per session.
+    let mut rx = crate::udp::RecvBatch::with_slots(SESSION_RECV_SLOTS);
     loop {
         let expiry = in_flight.front().map(|(t, _)| *t);
         tokio::select! {
@@ -168,5 +173,18 @@ async fn relay(session: Session, backend: SocketAddr) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a5_a_forwarded_session_reads_the_backend_into_a_few_kib() {
+        // One per session: 4 datagrams' worth (5.8 KiB), not a whole batch's 46 KiB.
+        let session = crate::udp::RecvBatch::with_slots(SESSION_RECV_SLOTS).capacity();
+        assert_eq!(session, 4 * (volley_proto::MAX_DATAGRAM_LEN + 1));
+        assert!(session * 8 == crate::udp::RecvBatch::new(false).capacity());
     }
 }

@@ -15,6 +15,8 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         malformed_truncated,
         malformed_version,
         versions_sent: _,
+        // Also counted in `malformed_version`.
+        versions_refused: _,
         malformed_type,
         malformed_length,
         probe_too_short,
@@ -92,6 +94,26 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + init_after_close
 }
 
+/// PROTOCOL.md §9.1: every well-formed PROBE is answered at once, withheld, dropped (over the
+/// budget, over its source's rate, the held queue full) or held, and every held one is later
+/// answered, dropped when due, or still held (`held` now). Panics with the counters when the
+/// identity does not hold.
+pub fn assert_probe_identity(s: &ServerStats, held: usize) {
+    let accounted = s.probes_unknown_service
+        + s.probes_withheld_under_load
+        + s.probes_withheld_full
+        + s.probes_over_budget
+        + s.probes_rate_limited
+        + s.probes_dropped_queue_full
+        + s.probes_dropped_hold_expired
+        + s.offers_sent
+        + held as u64;
+    assert_eq!(
+        s.probes_received, accounted,
+        "PROBE counters do not add up ({held} held): {s:?}"
+    );
+}
+
 /// `after - before`, counter by counter.
 pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
     macro_rules! delta {
@@ -105,6 +127,7 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
     }
     delta!(
         versions_sent,
+        versions_refused,
         probes_over_budget,
         probes_rate_limited,
         offers_busy,
