@@ -121,6 +121,12 @@ fuzz_target!(|data: &[u8]| {
             .expect("recorded INIT accepted");
         assert_eq!(&resp[..t.size], &rec.accept[..], "deterministic ACCEPT");
         verified.insert(client_addr());
+        // Its Opened now, before any record can reload the list.
+        while let Some(event) = server.poll_event() {
+            if let ServerEvent::Opened { id, .. } = event {
+                opened.push(id);
+            }
+        }
         templates.extend(rec.client_data.iter().map(|d| &d[..]));
         templates.push(&rec.path_response);
     }
