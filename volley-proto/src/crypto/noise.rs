@@ -399,9 +399,32 @@ pub fn respond_with(
     verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
     msg2: &mut [u8],
 ) -> Result<Response, CryptoError> {
-    let result = respond_inner(
-        keypair, secrets, prologue, msg1, payload1, rng, verdict, msg2,
-    );
+    let result = (|| -> Result<Response, CryptoError> {
+        let mut resolver = SeededResolver::new(rng, Some(keypair));
+        resolver.secrets = secrets.cloned();
+        let mut hs = snow::Builder::with_resolver(params(), Box::new(resolver))
+            .local_private_key(&keypair.private)?
+            .prologue(prologue)?
+            .build_responder()?;
+        let n1 = hs.read_message(msg1, payload1)?;
+        let client = hs
+            .get_remote_static()
+            .and_then(|k| <[u8; KEY_LEN]>::try_from(k).ok())
+            .map(PublicKey)
+            .ok_or(CryptoError::Handshake(snow::Error::Dh))?;
+        match verdict(&client, &payload1[..n1]) {
+            Verdict::Refuse => Ok(Response::Refused { client }),
+            Verdict::Accept(p2) => {
+                let msg2_len = hs.write_message(&p2, msg2)?;
+                let (i2r, r2i) = hs.dangerously_get_raw_split();
+                Ok(Response::Accepted {
+                    client,
+                    msg2_len,
+                    split: RawSplit { k1: i2r, k2: r2i },
+                })
+            }
+        }
+    })();
     if let Some(s) = secrets {
         if let Ok(Response::Accepted { client, .. }) = &result {
             s.keep(client);
@@ -409,41 +432,4 @@ pub fn respond_with(
         s.forget_recent();
     }
     result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn respond_inner(
-    keypair: &StaticKeypair,
-    secrets: Option<&Arc<StaticSecrets>>,
-    prologue: &[u8; 32],
-    msg1: &[u8],
-    payload1: &mut [u8],
-    rng: &mut dyn CryptoRngCore,
-    verdict: impl FnOnce(&PublicKey, &[u8]) -> Verdict,
-    msg2: &mut [u8],
-) -> Result<Response, CryptoError> {
-    let mut resolver = SeededResolver::new(rng, Some(keypair));
-    resolver.secrets = secrets.cloned();
-    let mut hs = snow::Builder::with_resolver(params(), Box::new(resolver))
-        .local_private_key(&keypair.private)?
-        .prologue(prologue)?
-        .build_responder()?;
-    let n1 = hs.read_message(msg1, payload1)?;
-    let client = hs
-        .get_remote_static()
-        .and_then(|k| <[u8; KEY_LEN]>::try_from(k).ok())
-        .map(PublicKey)
-        .ok_or(CryptoError::Handshake(snow::Error::Dh))?;
-    match verdict(&client, &payload1[..n1]) {
-        Verdict::Refuse => Ok(Response::Refused { client }),
-        Verdict::Accept(p2) => {
-            let msg2_len = hs.write_message(&p2, msg2)?;
-            let (i2r, r2i) = hs.dangerously_get_raw_split();
-            Ok(Response::Accepted {
-                client,
-                msg2_len,
-                split: RawSplit { k1: i2r, k2: r2i },
-            })
-        }
-    }
 }
