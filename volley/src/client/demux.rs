@@ -63,9 +63,17 @@ pub(super) fn keys_of(view: &RouteView<'_>) -> Keys {
 }
 
 /// The key `datagram` from `from` carries, from one decode; None for what a client never takes
-/// (or cannot decode).
+/// (or cannot decode). A VERSIONS is keyed by the tag in its echo.
 fn key_of(from: SocketAddr, datagram: &[u8]) -> Option<Key> {
-    match Packet::decode(datagram).ok()? {
+    let Ok(packet) = Packet::decode(datagram) else {
+        // A VERSIONS (PROTOCOL.md §3.9) goes to the race whose tag its echo of our PROBE carries;
+        // the connection checks the rest.
+        let (_, echo) = volley_proto::packet::decode_versions(datagram)?;
+        let tag: [u8; volley_proto::TAG_LEN] =
+            echo.get(2..2 + volley_proto::TAG_LEN)?.try_into().ok()?;
+        return Some(Key::Offer(volley_proto::Tag(tag)));
+    };
+    match packet {
         Packet::Offer(o) => Some(Key::Offer(o.tag)),
         Packet::CookieChange(cc) => {
             Some(Key::Handshake(cc.tag, volley_proto::canonical_addr(from)))
