@@ -363,10 +363,11 @@ impl ServerEndpoint {
             return;
         };
         let id = header.receiver_id;
-        let before = served.session.stats();
+        // What a packet can change besides delivering: the client's address (a validation
+        // answered) and the receive key epoch (a key update). Compared, not the whole stats.
+        let (was_at, was_epoch) = (served.session.remote(), served.session.key_epochs().1);
         let result = served.session.handle_data(now, remote, header, ct);
-        let after = served.session.stats();
-        if after.migrations > before.migrations {
+        if served.session.remote() != was_at {
             self.stats.sessions_migrated += 1;
             debug!(id, %remote, "session moved to a new client address");
             let remote = served.session.remote();
@@ -378,6 +379,10 @@ impl ServerEndpoint {
         // The session's first request: its offer is load now.
         let first_request = matches!(result, Ok(Delivered::Datagram(_)))
             && std::mem::take(&mut served.holds_reservation);
+        // A path validation under way wants its retry one PTO on, a key update the previous
+        // key's erasure; either may come before the deadline filed (PROTOCOL.md §5.5, §5.6).
+        let refile =
+            served.session.pending_path().is_some() || served.session.key_epochs().1 != was_epoch;
         if served.session.has_pending() {
             // A PONG, a PATH_CHALLENGE or a PATH_RESPONSE to send.
             self.sessions.mark_ready(id);
@@ -385,9 +390,9 @@ impl ServerEndpoint {
         if first_request {
             self.load.release_reservation();
         }
-        // A path validation just started wants its retry one PTO on, which may come before the
-        // deadline filed (PROTOCOL.md §5.6).
-        self.sessions.refile(id);
+        if refile {
+            self.sessions.refile(id);
+        }
         match result {
             Ok(Delivered::Datagram(data)) => {
                 self.events.push_back(ServerEvent::Datagram { id, data })
