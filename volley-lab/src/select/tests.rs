@@ -33,6 +33,12 @@ fn run(
     (records, schedule.odd_one)
 }
 
+/// One fleet at a time: each runs real servers and clients on loopback in open loop, and the
+/// test harness would otherwise start this file's fleets all at once on the machine's two cores,
+/// starving them into timeouts that say nothing about the policies (seen in CI: the silent-server
+/// test's volley run lost 106 sessions beside the other fleets, none when run alone).
+static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `policy` over a fresh tiny fleet with `clients` independent clients; returns the
 /// records and the speed schedule.
 fn run_with(
@@ -42,6 +48,8 @@ fn run_with(
     requests: Requests,
     clients: usize,
 ) -> (Vec<policy::Record>, Schedule) {
+    // A test that failed while holding it leaves the lock poisoned; the fleet is still fine.
+    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
     let spec = TraceSpec {
         shape: SHAPE,
         workload,
