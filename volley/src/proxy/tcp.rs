@@ -29,6 +29,7 @@ use volley_proto::{CloseCode, CloseReason};
 use crate::client::Client;
 use crate::discovery::Pool;
 use crate::error::Error;
+use crate::proxy::tcp_forward::REASON_GRACE;
 use crate::proxy::{ProxyMetrics, ProxyStats};
 
 /// Plaintext bytes read from one side per record. Records may be larger (up to
@@ -345,6 +346,19 @@ async fn connection(
             }
         };
         metrics.open.fetch_sub(1, Ordering::Relaxed);
+        // A revoking server resets the stream and closes the session at once; the reset may win
+        // the race, so a stream the server cut waits a moment for its session's CLOSE to say why.
+        let ended = match ended {
+            Err(StreamFailure::Io(_) | StreamFailure::Truncated)
+                if matches!(
+                    timeout(REASON_GRACE, session.closed()).await,
+                    Ok(CloseReason::Remote(CloseCode::REVOKED))
+                ) =>
+            {
+                Err(StreamFailure::Revoked)
+            }
+            other => other,
+        };
         match ended {
             Ok(()) => {
                 trace!(server = %ticket.peer, "tcp proxy: connection done");

@@ -645,8 +645,9 @@ async fn stream(
     e.close_code()
 }
 
-/// How long a stream the client side cut waits for its session's CLOSE to say why.
-const REASON_GRACE: Duration = Duration::from_millis(250);
+/// How long a stream the other side cut waits for its session's CLOSE to say why (here and in
+/// the client side's proxy, `tcp.rs`).
+pub(crate) const REASON_GRACE: Duration = Duration::from_millis(250);
 
 /// Counts a stream open until dropped.
 struct OpenStream<'a>(&'a ForwardMetrics);
