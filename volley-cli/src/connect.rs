@@ -22,6 +22,10 @@ pub enum Policy {
     /// Collect offers for --window-ms after the first (or until every server answered), then
     /// take the server expected to complete a request soonest (the offers' load hints).
     Window,
+    /// Path-aware: the server expected to finish the session's work first, counting the path
+    /// each offer's answer measured once per round trip and the server's expected completion
+    /// once per request; stops waiting as soon as no later offer could win (across zones).
+    Path,
 }
 
 #[derive(clap::Args, Debug)]
@@ -202,6 +206,14 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         (_, Some(k)) => {
             ensure!(k >= 1, "--n-best must be at least 1");
             SelectionPolicy::NBest { k, delta: window }
+        }
+        (Policy::Path, None) => {
+            ensure!(
+                args.window_ms.is_none(),
+                "--window-ms applies to --policy window and --n-best only: the path policy \
+                 decides by itself when no later offer could win"
+            );
+            SelectionPolicy::path()
         }
         (Policy::Window, None) => SelectionPolicy::Window {
             delta: window,
