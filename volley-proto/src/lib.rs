@@ -64,8 +64,8 @@ mod tests;
 use std::net::SocketAddr;
 
 pub use client::{
-    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, EarlyDataError, PathPolicy,
-    SelectionPolicy,
+    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, EarlyData, EarlyDataError,
+    PathPolicy, SelectionPolicy,
 };
 pub use config::{ClientConfigBuilder, ConfigError, ServerConfigBuilder};
 pub use crypto::{PublicKey, StaticKeypair};

@@ -9,7 +9,7 @@ pub mod pool;
 pub mod race;
 pub mod route;
 
-pub use connection::{ClientEvent, ConnectError, Connection, EarlyDataError, check_early};
+pub use connection::{ClientEvent, ConnectError, Connection, EarlyData, EarlyDataError};
 pub use pool::{EjectionConfig, PoolState, ServerOutcome};
 pub use race::{PathInputs, RaceTimers, Winner};
 pub use route::RouteKey;

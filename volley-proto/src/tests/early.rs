@@ -299,3 +299,40 @@ fn z5_a_one_request_session_costs_the_race_plus_one_round_trip() {
         assert_eq!(plain, 3 * rtt, "seed {seed}");
     }
 }
+
+#[test]
+fn z5_the_largest_early_data_rides_with_the_longest_service_and_more_is_refused() {
+    use crate::client::{EarlyData, EarlyDataError};
+    use bytes::Bytes;
+    assert_eq!(crate::MAX_EARLY_DATA, 1201);
+    assert_eq!(
+        EarlyData::new(Bytes::new()),
+        Err(EarlyDataError::Empty),
+        "an empty datagram cannot be told from none"
+    );
+    assert_eq!(
+        EarlyData::new(Bytes::from(vec![7u8; 1202])),
+        Err(EarlyDataError::TooLarge(1202))
+    );
+    let service = vec![b's'; crate::MAX_SERVICE_LEN];
+    let first = vec![0x5a; crate::MAX_EARLY_DATA];
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let mut sim = Sim::new(seed);
+        let svc = service.clone();
+        let key = sim.add_servers(2, move |_, cfg| cfg.services = vec![svc.clone()]);
+        let mut cfg = ClientConfig::new(vec![key]);
+        cfg.service = service.clone();
+        let pool = sim.pool();
+        let c = sim.add_client_early(cfg, pool, &first);
+        assert!(
+            sim.run_until(Duration::from_secs(2), |s| s.count_datagrams(c, &first) > 0),
+            "seed {seed}: {:?}",
+            sim.client_events(c)
+        );
+        let init = sim.sent_of(kind::INIT)[0].len;
+        // 22 + 64 + this server's 39-byte cookie + 101 + 1201; a 64-byte cookie makes 1452.
+        assert_eq!(init, 22 + 64 + 39 + 101 + 1201, "seed {seed}");
+        assert_eq!(deliveries(&sim, &first).len(), 1, "seed {seed}");
+    }
+}

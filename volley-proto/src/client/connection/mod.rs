@@ -33,15 +33,28 @@ use crate::util::canonical;
 use crate::{TAG_LEN, Transmit};
 use failover::{Failover, Next};
 
-/// Whether `first` can ride in an INIT as early data (PROTOCOL.md §4.8).
-pub fn check_early(first: &[u8]) -> Result<(), EarlyDataError> {
-    if first.is_empty() {
-        return Err(EarlyDataError::Empty);
+/// A datagram that can ride in an INIT as early data (PROTOCOL.md §4.8): 1 to
+/// [`crate::MAX_EARLY_DATA`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyData(Bytes);
+
+impl EarlyData {
+    /// `first`, if it can ride in an INIT: not empty (an empty one cannot be told from none on
+    /// the wire) and at most [`crate::MAX_EARLY_DATA`] bytes.
+    pub fn new(first: Bytes) -> Result<Self, EarlyDataError> {
+        if first.is_empty() {
+            return Err(EarlyDataError::Empty);
+        }
+        if first.len() > crate::MAX_EARLY_DATA {
+            return Err(EarlyDataError::TooLarge(first.len()));
+        }
+        Ok(Self(first))
     }
-    if first.len() > crate::MAX_EARLY_DATA {
-        return Err(EarlyDataError::TooLarge(first.len()));
+
+    /// The datagram.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
     }
-    Ok(())
 }
 
 /// Unanswered handshakes in a row after which a connection gives up (see `lose_server`).
@@ -128,13 +141,14 @@ impl Connection {
         now: Instant,
         config: ClientConfig,
         servers: Vec<SocketAddr>,
-        first: Bytes,
+        first: EarlyData,
         rng: Box<dyn CryptoRngCore + Send>,
         pool: &mut PoolState,
-    ) -> Result<Self, EarlyDataError> {
-        check_early(&first)?;
+    ) -> Self {
         let mut c = Self::idle(config, servers, rng);
-        c.early = Some(first);
+        c.early = Some(first.0);
+        // The early datagram is the session's first request (what the Path policy learns).
+        c.count_request();
         if c.failover.pool().is_empty() || c.config.server_keys.is_empty() {
             c.events
                 .push_back(ClientEvent::Failed(ConnectError::NothingToRace));
@@ -142,7 +156,7 @@ impl Connection {
             let targets = c.failover.pool().to_vec();
             c.start_race(now, targets, pool);
         }
-        Ok(c)
+        c
     }
 
     /// A connection that skips the race: it opens a session with `winner`, an offer another

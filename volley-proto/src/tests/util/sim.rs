@@ -260,11 +260,11 @@ impl Sim {
             self.now,
             config,
             pool,
-            bytes::Bytes::copy_from_slice(first),
+            crate::client::EarlyData::new(bytes::Bytes::copy_from_slice(first))
+                .expect("early data within its limits"),
             rng,
             &mut self.pools[instance],
-        )
-        .expect("early data within its limits");
+        );
         self.push(conn, addr, instance)
     }
 
