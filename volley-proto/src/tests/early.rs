@@ -336,3 +336,40 @@ fn z5_the_largest_early_data_rides_with_the_longest_service_and_more_is_refused(
         assert_eq!(deliveries(&sim, &first).len(), 1, "seed {seed}");
     }
 }
+
+#[test]
+fn z5_the_path_policy_counts_one_round_trip_fewer_when_the_request_rides_in_the_init() {
+    use crate::client::{PathPolicy, SelectionPolicy};
+    use crate::server::{AnswerPolicy, ServiceModel};
+    // Server 0 is in the client's zone (round trip 0.5 ms) with 6 requests on 4 slots of 40 ms
+    // (expected 70 ms); server 1 is 20 ms away one way (round trip 20.25 ms) and idle (40 ms).
+    // Handshake then request: 2 × 0.5 + 70 = 71 ms beats 2 × 20.25 + 40 = 80.5 ms. The request
+    // in the INIT: 0.5 + 70 = 70.5 ms loses to 20.25 + 40 = 60.25 ms.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let chosen = |early: bool| {
+            let mut sim = Sim::new(seed);
+            let key = sim.add_servers(2, |_, cfg| {
+                cfg.capacity = Some(4);
+                cfg.service = ServiceModel::Fixed(Duration::from_millis(40));
+                cfg.answer = AnswerPolicy::Immediate;
+            });
+            sim.set_jitter(server_addr(0), Duration::from_micros(250), Duration::ZERO);
+            sim.set_jitter(server_addr(1), Duration::from_millis(20), Duration::ZERO);
+            sim.link.latency = Duration::from_micros(250);
+            sim.set_app(0, 6);
+            let mut cfg = ClientConfig::new(vec![key]);
+            cfg.policy = SelectionPolicy::Path(PathPolicy::fixed(1.0));
+            let pool = sim.pool();
+            let c = if early {
+                sim.add_client_early(cfg, pool, b"request")
+            } else {
+                sim.add_client(cfg, pool)
+            };
+            sim.establish(c, Duration::from_millis(500));
+            sim.clients[c].conn.server()
+        };
+        assert_eq!(chosen(false), Some(server_addr(0)), "seed {seed}");
+        assert_eq!(chosen(true), Some(server_addr(1)), "seed {seed}");
+    }
+}
