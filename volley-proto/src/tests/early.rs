@@ -373,3 +373,111 @@ fn z5_the_path_policy_counts_one_round_trip_fewer_when_the_request_rides_in_the_
         assert_eq!(chosen(true), Some(server_addr(1)), "seed {seed}");
     }
 }
+
+#[test]
+fn z5_a_refused_inits_early_data_goes_with_the_next_winners_init_and_nowhere_else() {
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let mut sim = Sim::new(seed);
+        let key = sim.add_servers(2, |_, _| {});
+        sim.set_latency(server_addr(0), 1);
+        sim.set_latency(server_addr(1), 5);
+        let pool = sim.pool();
+        let c = sim.add_client_early(ClientConfig::new(vec![key]), pool, b"redirected");
+        // Server 0 offers, then fills up before the INIT arrives: it refuses with a REDIRECT.
+        assert!(sim.run_until(Duration::from_secs(1), |s| {
+            s.sent_of(kind::OFFER)
+                .iter()
+                .any(|o| o.src == server_addr(0))
+        }));
+        sim.servers[0].endpoint.set_max_sessions(Some(0));
+        assert!(
+            sim.run_until(Duration::from_secs(5), |s| s
+                .count_datagrams(c, b"redirected")
+                > 0),
+            "seed {seed}: {:?}",
+            sim.client_events(c)
+        );
+        assert_eq!(
+            sim.servers[0].endpoint.stats().redirects_sent,
+            1,
+            "seed {seed}"
+        );
+        assert_eq!(sim.clients[c].conn.server(), Some(server_addr(1)));
+        let got = deliveries(&sim, b"redirected");
+        assert_eq!(got.len(), 1, "seed {seed}: {got:?}");
+        assert_eq!(got[0].0, 1, "seed {seed}: delivered by server 1 only");
+        assert_eq!(
+            sim.clients[c].conn.stats().early_data_sent,
+            2,
+            "seed {seed}"
+        );
+        // Every INIT carried it: 22 + "echo" + a 39-byte cookie + 101 + 10 bytes of early data.
+        let inits = sim.sent_of(kind::INIT);
+        assert!(
+            inits.iter().all(|i| i.len == 22 + 4 + 39 + 101 + 10),
+            "seed {seed}"
+        );
+        // One server at a time: the INIT to server 1 left after the last one to server 0.
+        let last_0 = inits
+            .iter()
+            .filter(|i| i.dst == server_addr(0))
+            .map(|i| i.at)
+            .max();
+        let first_1 = inits
+            .iter()
+            .filter(|i| i.dst == server_addr(1))
+            .map(|i| i.at)
+            .min();
+        assert!(last_0.unwrap() < first_1.unwrap(), "seed {seed}");
+    }
+}
+
+#[test]
+fn z5_after_an_unanswered_handshake_the_next_server_gets_the_early_data_too_one_at_a_time() {
+    // What the spec warns of (§4.8): server 0 takes the INIT but its ACCEPTs are all lost; the
+    // client cannot know, and the next winner gets the early data as well.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let mut sim = Sim::new(seed);
+        let key = sim.add_servers(2, |_, _| {});
+        sim.set_latency(server_addr(0), 1);
+        sim.set_latency(server_addr(1), 5);
+        sim.filter = Some(Box::new(|_, dg| {
+            if dg.src == server_addr(0) && dg.data.get(1) == Some(&kind::ACCEPT) {
+                Verdict::Drop
+            } else {
+                Verdict::Pass
+            }
+        }));
+        let pool = sim.pool();
+        let c = sim.add_client_early(ClientConfig::new(vec![key]), pool, b"twice");
+        assert!(
+            sim.run_until(Duration::from_secs(10), |s| s.count_datagrams(c, b"twice")
+                > 0),
+            "seed {seed}: {:?}",
+            sim.client_events(c)
+        );
+        let got = deliveries(&sim, b"twice");
+        assert_eq!(got.len(), 2, "seed {seed}: {got:?}");
+        assert_eq!((got[0].0, got[1].0), (0, 1), "seed {seed}");
+        let inits = sim.sent_of(kind::INIT);
+        let last_0 = inits
+            .iter()
+            .filter(|i| i.dst == server_addr(0))
+            .map(|i| i.at)
+            .max();
+        let first_1 = inits
+            .iter()
+            .filter(|i| i.dst == server_addr(1))
+            .map(|i| i.at)
+            .min();
+        assert!(last_0.unwrap() < first_1.unwrap(), "seed {seed}");
+        // Server 0's retransmitted INITs delivered nothing more (duplicates).
+        assert!(
+            sim.servers[0].endpoint.stats().init_duplicate >= 1,
+            "seed {seed}"
+        );
+        assert_eq!(sim.servers[0].endpoint.stats().early_data_received, 1);
+    }
+}
