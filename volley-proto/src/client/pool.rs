@@ -135,6 +135,8 @@ pub struct PoolState {
     recent_expected: VecDeque<Duration>,
     /// The learned mean of requests per session, once a session ended.
     requests: Option<f64>,
+    /// Zone labels of pool servers set by the runtime (besides `ClientConfig::server_zones`).
+    zones: HashMap<SocketAddr, String>,
 }
 
 impl PoolState {
@@ -242,6 +244,28 @@ impl PoolState {
             .map(|(p, _)| p)
     }
 
+    /// Labels pool servers with their zones, replacing earlier labels (a runtime whose pool
+    /// comes from discovery keeps them current); used with `ClientConfig::server_zones`.
+    pub fn set_server_zones(&mut self, zones: HashMap<SocketAddr, String>) {
+        self.zones = zones
+            .into_iter()
+            .map(|(a, z)| (crate::util::canonical(a), z))
+            .collect();
+    }
+
+    /// The zone a server is labelled with, by the configuration or [`Self::set_server_zones`].
+    fn zone_of<'a>(
+        &'a self,
+        config: &'a super::ClientConfig,
+        server: &SocketAddr,
+    ) -> Option<&'a str> {
+        config
+            .server_zones
+            .get(server)
+            .or_else(|| self.zones.get(server))
+            .map(String::as_str)
+    }
+
     /// For each of `targets`, the shortest path measured to it lately, zero when unknown (a
     /// `Path` race's floors, [`super::race::Race::with_floors`]).
     pub fn path_floors(&self, targets: &[SocketAddr]) -> Vec<Duration> {
@@ -298,8 +322,9 @@ impl PoolState {
 
     /// Which of `candidates` (already in a random order, ejected ones left out) a race probes
     /// (PROTOCOL.md §6.1 step 4): all of them without a fan-out or when they are `fanout` or
-    /// fewer; otherwise `⌈d/2⌉` near ones first — labelled with the client's own zone, or
-    /// measured within [`NEAR_FACTOR`] × the nearest known path + [`NEAR_SLACK`] — then the
+    /// fewer; otherwise `⌈d/2⌉` near ones first — labelled with the client's own zone (a label
+    /// decides when the client has a zone), or, unlabelled, measured within [`NEAR_FACTOR`] ×
+    /// the nearest known path + [`NEAR_SLACK`] — then the
     /// others in their random order, near or far, measured or not, until `d` are taken. The
     /// order is kept otherwise, so with nothing measured and no labels it is the uniform
     /// random subset it always was.
@@ -317,14 +342,14 @@ impl PoolState {
         }
         let nearest = candidates.iter().filter_map(|c| self.path_to(c)).min();
         let own = config.zone.as_deref();
-        let near = |c: &SocketAddr| {
-            let labelled =
-                own.is_some_and(|z| config.server_zones.get(c).map(String::as_str) == Some(z));
-            let measured = match (nearest, self.path_to(c)) {
+        // A label decides for a labelled server when the client knows its own zone; the
+        // measured path decides for the others.
+        let near = |c: &SocketAddr| match (own, self.zone_of(config, c)) {
+            (Some(own), Some(zone)) => own == zone,
+            _ => match (nearest, self.path_to(c)) {
                 (Some(n), Some(p)) => p <= n.saturating_mul(NEAR_FACTOR) + NEAR_SLACK,
                 _ => false,
-            };
-            labelled || measured
+            },
         };
         let quota = d.div_ceil(2);
         let mut chosen: Vec<SocketAddr> = candidates

@@ -296,14 +296,15 @@ fn z2_without_measurements_or_labels_the_subset_is_uniform_and_labels_count_as_n
     let targets = state.choose_targets(candidates.clone(), Some(4), &config);
     assert_eq!(&targets[..2], &[addr(10), addr(11)]);
     assert_eq!(&targets[2..], &[addr(0), addr(1)]);
-    // A server measured near counts even when another zone's label says otherwise: what the
-    // client measured wins over a stale label only by adding to the near set.
+    // With labels and a zone of its own, a label decides for the servers it names: server 5,
+    // measured 300 µs away but labelled "a", is not near; an unlabelled measured server is.
     let mut measured = PoolState::default();
     let now = std::time::Instant::now();
     measured.offer_sample(now, addr(5), us(300), None);
-    measured.offer_sample(now, addr(0), ms(30), None);
+    measured.offer_sample(now, addr(0), us(400), None);
+    config.server_zones.remove(&addr(0));
     let targets = measured.choose_targets(candidates, Some(4), &config);
-    assert_eq!(&targets[..2], &[addr(5), addr(10)]);
+    assert_eq!(&targets[..2], &[addr(0), addr(10)]);
 }
 
 #[test]
