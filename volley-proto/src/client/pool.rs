@@ -91,6 +91,8 @@ struct Health {
     path: Option<(Duration, Instant)>,
 }
 
+/// Servers known before a new one makes the state forget the stale ones.
+pub const PRUNE_AT: usize = 4096;
 /// How long a server's shortest measured path is kept without a shorter or fresher sample.
 pub const PATH_MEMORY: Duration = Duration::from_secs(30);
 /// How many of the latest offers' expected completions bound what an offer still to come can
@@ -227,6 +229,9 @@ impl PoolState {
             }
             self.recent_expected.push_back(expected);
         }
+        if !self.servers.contains_key(&server) && self.servers.len() >= PRUNE_AT {
+            self.prune(now);
+        }
         let h = self.servers.entry(server).or_default();
         let keep = h
             .path
@@ -234,6 +239,18 @@ impl PoolState {
         if !keep {
             h.path = Some((path, now));
         }
+    }
+
+    /// Forgets servers it knows nothing current about: a path older than [`PATH_MEMORY`] (or
+    /// none) and no failure, ejection or probation — so that a pool whose addresses churn
+    /// (discovery) does not grow the state for ever.
+    fn prune(&mut self, now: Instant) {
+        self.servers.retain(|_, h| {
+            let path = h
+                .path
+                .is_some_and(|(_, at)| now.saturating_duration_since(at) < PATH_MEMORY);
+            path || h.failures > 0 || h.ejected_until.is_some() || h.probation
+        });
     }
 
     /// The shortest path measured to `server` lately, if any.
@@ -506,5 +523,28 @@ mod tests {
         assert_eq!(state.draw_session_id(&mut rng), 7, "5 is held");
         state.release_session_id(5);
         assert_eq!(state.draw_session_id(&mut rng), 5, "5 was given back");
+    }
+
+    #[test]
+    fn z2_a_churning_pool_does_not_grow_the_state_for_ever() {
+        let mut state = PoolState::default();
+        let t0 = Instant::now();
+        let addr = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 7001));
+        // A failing server is remembered however many others come and go.
+        state.report(t0, addr(0), ServerOutcome::Failure);
+        for i in 1..=PRUNE_AT as u32 {
+            state.offer_sample(t0, addr(i), Duration::from_millis(1), None);
+        }
+        assert_eq!(state.servers.len(), PRUNE_AT + 1);
+        // Paths older than PATH_MEMORY go when the next new server comes.
+        let later = t0 + PATH_MEMORY + Duration::from_secs(1);
+        state.offer_sample(
+            later,
+            addr(PRUNE_AT as u32 + 1),
+            Duration::from_millis(1),
+            None,
+        );
+        assert_eq!(state.servers.len(), 2, "the failing server and the new one");
+        assert!(state.path_to(&addr(1)).is_none());
     }
 }
