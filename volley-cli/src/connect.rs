@@ -1,4 +1,4 @@
-//! `volley connect --server-key PUBKEY [--key FILE] [--policy earliest|window] [--fanout D]
+//! `volley connect --server-key PUBKEY [--key FILE] [--policy earliest|window|path] [--fanout D]
 //! [--n-best K] [--send TEXT] ADDR...`
 
 use std::net::SocketAddr;
@@ -58,9 +58,13 @@ pub struct Args {
         DEFAULT_WINDOW.as_secs_f64() * 1e3
     ))]
     window_ms: Option<f64>,
-    /// Probe a random subset of this many servers instead of all of them.
+    /// Probe a subset of this many servers instead of all of them (with --zone, half of them
+    /// from this client's zone).
     #[arg(long, value_name = "D")]
     fanout: Option<usize>,
+    /// This client's zone: servers labelled `ZONE=…` with it are asked first.
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
     /// Open sessions with the K best servers of one race (and send --send on each).
     #[arg(long, value_name = "K", conflicts_with = "policy")]
     n_best: Option<usize>,
@@ -81,7 +85,8 @@ pub struct Args {
     /// Resolve server names with this DNS server (IP:PORT) instead of the system's.
     #[arg(long, value_name = "ADDR")]
     dns_server: Option<SocketAddr>,
-    /// Servers to race: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME.
+    /// Servers to race: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME,
+    /// each optionally labelled with its zone as ZONE=ENTRY.
     #[arg(required_unless_present = "config", value_name = "SERVER")]
     pool: Vec<String>,
     /// The pool resolved (when the command runs).
@@ -99,6 +104,7 @@ pub struct File {
     policy: Option<Policy>,
     window_ms: Option<f64>,
     fanout: Option<usize>,
+    zone: Option<String>,
     n_best: Option<usize>,
     send: Option<String>,
     no_early_data: Option<bool>,
@@ -132,6 +138,7 @@ impl Args {
         }
         self.window_ms = self.window_ms.or(file.window_ms);
         self.fanout = self.fanout.or(file.fanout);
+        self.zone = self.zone.or(file.zone);
         self.send = self.send.or(file.send);
         self.no_early_data = self.no_early_data || file.no_early_data.unwrap_or(false);
         self.timeout = self.timeout.or(file.timeout);
@@ -240,6 +247,7 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         ensure!(d >= 1, "--fanout must be at least 1");
         config.fanout = Some(d);
     }
+    config.zone = args.zone.clone();
     config
         .validate()
         .context("the client's settings do not fit together")?;
@@ -249,12 +257,10 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, mut args) = settings(args)?;
     // Names that resolve to both families (`localhost`) race one of them.
-    args.servers = volley::discovery::one_family(
-        crate::target::pool(&args.pool, args.dns_server)
-            .await?
-            .current(),
-    );
+    let pool = crate::target::pool(&args.pool, args.dns_server).await?;
+    args.servers = volley::discovery::one_family(pool.current());
     let client = Client::new(config);
+    client.set_server_zones(pool.zones());
     let started = Instant::now();
     // The race's own deadline is the same length but starts a moment later; the margin lets a
     // race that got no offer fail with its own diagnosis (no answer, unpinned key) first.

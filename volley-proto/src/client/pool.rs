@@ -91,6 +91,8 @@ struct Health {
     path: Option<(Duration, Instant)>,
 }
 
+/// Servers known before a new one makes the state forget the stale ones.
+pub const PRUNE_AT: usize = 4096;
 /// How long a server's shortest measured path is kept without a shorter or fresher sample.
 pub const PATH_MEMORY: Duration = Duration::from_secs(30);
 /// How many of the latest offers' expected completions bound what an offer still to come can
@@ -135,6 +137,8 @@ pub struct PoolState {
     recent_expected: VecDeque<Duration>,
     /// The learned mean of requests per session, once a session ended.
     requests: Option<f64>,
+    /// Zone labels of pool servers set by the runtime (besides `ClientConfig::server_zones`).
+    zones: HashMap<SocketAddr, String>,
 }
 
 impl PoolState {
@@ -225,6 +229,9 @@ impl PoolState {
             }
             self.recent_expected.push_back(expected);
         }
+        if !self.servers.contains_key(&server) && self.servers.len() >= PRUNE_AT {
+            self.prune(now);
+        }
         let h = self.servers.entry(server).or_default();
         let keep = h
             .path
@@ -234,12 +241,46 @@ impl PoolState {
         }
     }
 
+    /// Forgets servers it knows nothing current about: a path older than [`PATH_MEMORY`] (or
+    /// none) and no failure, ejection or probation — so that a pool whose addresses churn
+    /// (discovery) does not grow the state for ever.
+    fn prune(&mut self, now: Instant) {
+        self.servers.retain(|_, h| {
+            let path = h
+                .path
+                .is_some_and(|(_, at)| now.saturating_duration_since(at) < PATH_MEMORY);
+            path || h.failures > 0 || h.ejected_until.is_some() || h.probation
+        });
+    }
+
     /// The shortest path measured to `server` lately, if any.
     pub fn path_to(&self, server: &SocketAddr) -> Option<Duration> {
         self.servers
             .get(server)
             .and_then(|h| h.path)
             .map(|(p, _)| p)
+    }
+
+    /// Labels pool servers with their zones, replacing earlier labels (a runtime whose pool
+    /// comes from discovery keeps them current); used with `ClientConfig::server_zones`.
+    pub fn set_server_zones(&mut self, zones: HashMap<SocketAddr, String>) {
+        self.zones = zones
+            .into_iter()
+            .map(|(a, z)| (crate::util::canonical(a), z))
+            .collect();
+    }
+
+    /// The zone a server is labelled with, by the configuration or [`Self::set_server_zones`].
+    fn zone_of<'a>(
+        &'a self,
+        config: &'a super::ClientConfig,
+        server: &SocketAddr,
+    ) -> Option<&'a str> {
+        config
+            .server_zones
+            .get(server)
+            .or_else(|| self.zones.get(server))
+            .map(String::as_str)
     }
 
     /// For each of `targets`, the shortest path measured to it lately, zero when unknown (a
@@ -298,8 +339,9 @@ impl PoolState {
 
     /// Which of `candidates` (already in a random order, ejected ones left out) a race probes
     /// (PROTOCOL.md §6.1 step 4): all of them without a fan-out or when they are `fanout` or
-    /// fewer; otherwise `⌈d/2⌉` near ones first — labelled with the client's own zone, or
-    /// measured within [`NEAR_FACTOR`] × the nearest known path + [`NEAR_SLACK`] — then the
+    /// fewer; otherwise `⌈d/2⌉` near ones first — labelled with the client's own zone (a label
+    /// decides when the client has a zone), or, unlabelled, measured within [`NEAR_FACTOR`] ×
+    /// the nearest known path + [`NEAR_SLACK`] — then the
     /// others in their random order, near or far, measured or not, until `d` are taken. The
     /// order is kept otherwise, so with nothing measured and no labels it is the uniform
     /// random subset it always was.
@@ -317,14 +359,14 @@ impl PoolState {
         }
         let nearest = candidates.iter().filter_map(|c| self.path_to(c)).min();
         let own = config.zone.as_deref();
-        let near = |c: &SocketAddr| {
-            let labelled =
-                own.is_some_and(|z| config.server_zones.get(c).map(String::as_str) == Some(z));
-            let measured = match (nearest, self.path_to(c)) {
+        // A label decides for a labelled server when the client knows its own zone; the
+        // measured path decides for the others.
+        let near = |c: &SocketAddr| match (own, self.zone_of(config, c)) {
+            (Some(own), Some(zone)) => own == zone,
+            _ => match (nearest, self.path_to(c)) {
                 (Some(n), Some(p)) => p <= n.saturating_mul(NEAR_FACTOR) + NEAR_SLACK,
                 _ => false,
-            };
-            labelled || measured
+            },
         };
         let quota = d.div_ceil(2);
         let mut chosen: Vec<SocketAddr> = candidates
@@ -481,5 +523,28 @@ mod tests {
         assert_eq!(state.draw_session_id(&mut rng), 7, "5 is held");
         state.release_session_id(5);
         assert_eq!(state.draw_session_id(&mut rng), 5, "5 was given back");
+    }
+
+    #[test]
+    fn z2_a_churning_pool_does_not_grow_the_state_for_ever() {
+        let mut state = PoolState::default();
+        let t0 = Instant::now();
+        let addr = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 7001));
+        // A failing server is remembered however many others come and go.
+        state.report(t0, addr(0), ServerOutcome::Failure);
+        for i in 1..=PRUNE_AT as u32 {
+            state.offer_sample(t0, addr(i), Duration::from_millis(1), None);
+        }
+        assert_eq!(state.servers.len(), PRUNE_AT + 1);
+        // Paths older than PATH_MEMORY go when the next new server comes.
+        let later = t0 + PATH_MEMORY + Duration::from_secs(1);
+        state.offer_sample(
+            later,
+            addr(PRUNE_AT as u32 + 1),
+            Duration::from_millis(1),
+            None,
+        );
+        assert_eq!(state.servers.len(), 2, "the failing server and the new one");
+        assert!(state.path_to(&addr(1)).is_none());
     }
 }
