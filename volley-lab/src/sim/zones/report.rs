@@ -37,7 +37,8 @@ pub struct ZoneRecord {
     pub failed: u64,
     /// Timeouts of measured sessions.
     pub timeouts: u64,
-    /// Session time percentiles, ms.
+    /// Session time percentiles, ms; failed sessions count as infinitely long (`inf` in the
+    /// tables, `null` in JSON).
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
@@ -58,6 +59,9 @@ pub struct ZoneRecord {
 impl ZoneRecord {
     /// Summarises one run.
     pub fn new(s: &ZoneSetup, mut o: ZoneOutcome, wall_s: f64) -> ZoneRecord {
+        // A failed session never ended: it counts as infinitely long in the percentiles.
+        o.session_ns
+            .extend(std::iter::repeat_n(f64::INFINITY, o.failed as usize));
         o.session_ns.sort_by(f64::total_cmp);
         o.request_ns.sort_by(f64::total_cmp);
         let capacity = s.per_zone as f64 * f64::from(s.slots) * o.window;
