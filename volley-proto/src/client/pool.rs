@@ -135,6 +135,8 @@ pub struct PoolState {
     anonymous: Option<crate::crypto::StaticKeypair>,
     /// The latest offers' expected completions (at most [`RECENT_EXPECTED`]).
     recent_expected: VecDeque<Duration>,
+    /// How long the servers held the latest offers' probes (at most [`RECENT_EXPECTED`]).
+    recent_held: VecDeque<Duration>,
     /// The learned mean of requests per session, once a session ended.
     requests: Option<f64>,
     /// Zone labels of pool servers set by the runtime (besides `ClientConfig::server_zones`).
@@ -292,6 +294,20 @@ impl PoolState {
             .collect()
     }
 
+    /// Records how long a server held a valid offer's probe (`held_us`): what the longest hold
+    /// lately is made of.
+    pub fn hold_sample(&mut self, held: Duration) {
+        if self.recent_held.len() == RECENT_EXPECTED {
+            self.recent_held.pop_front();
+        }
+        self.recent_held.push_back(held);
+    }
+
+    /// The longest hold among the latest offers (zero before any).
+    pub fn longest_hold(&self) -> Duration {
+        self.recent_held.iter().copied().max().unwrap_or_default()
+    }
+
     /// The least expected completion among the latest offers (`None` before any).
     pub fn least_expected(&self) -> Option<Duration> {
         self.recent_expected.iter().copied().min()
@@ -334,6 +350,7 @@ impl PoolState {
             round_trips: requests + if early { 0.0 } else { 1.0 },
             requests,
             least_expected: self.least_expected(),
+            longest_hold: self.longest_hold(),
         }
     }
 

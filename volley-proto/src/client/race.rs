@@ -54,6 +54,9 @@ pub struct Winner {
     pub load: LoadHint,
 }
 
+/// See [`PathInputs::longest_hold`]: the margin on an overdue offer's expected arrival.
+pub const OVERDUE_SLACK: Duration = Duration::from_millis(1);
+
 /// What a `Path` race needs besides its offers (PROTOCOL.md §6.2.4); a client's
 /// [`super::PoolState::path_inputs`] computes them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,6 +71,9 @@ pub struct PathInputs {
     /// expected to complete sooner. `None` (nothing heard yet): zero — a client's first race
     /// waits until every target answered or no path could still win.
     pub least_expected: Option<Duration>,
+    /// The longest a server held a probe lately: a target whose offer has not come within
+    /// twice its measured path plus this plus 1 ms is presumed not to answer this race.
+    pub longest_hold: Duration,
 }
 
 impl PathInputs {
@@ -272,6 +278,7 @@ impl Race {
                     _ => 1.0,
                 },
                 least_expected: None,
+                longest_hold: Duration::ZERO,
             },
             settled: false,
             floors: Vec::new(),
@@ -352,20 +359,37 @@ impl Race {
         };
         let least = self.path.least_expected.unwrap_or_default();
         let elapsed = now.saturating_duration_since(self.started);
+        let reach = self.path.reach(best, least);
         // Only the targets that have not answered and could still beat the best: an offer's path
-        // is at least the time elapsed and at least its floor.
-        let contenders = self.targets.iter().enumerate().any(|(i, t)| {
+        // is at least the time elapsed and at least its floor. A measured target whose offer is
+        // overdue (twice its floor, the longest hold lately, 1 ms) is presumed not to answer
+        // this race — lost, silent, or holding longer than its peers: it no longer keeps the
+        // race open (its offer is still collected if it comes first).
+        let mut open_until = Duration::ZERO;
+        for (i, t) in self.targets.iter().enumerate() {
             let floor = self.floors.get(i).copied().unwrap_or_default();
-            !self.candidates.iter().any(|c| c.server == *t)
-                && self.path.bound(elapsed.max(floor), least) < best
-        });
-        if !contenders {
+            if self.candidates.iter().any(|c| c.server == *t)
+                || self.path.bound(elapsed.max(floor), least) >= best
+            {
+                continue;
+            }
+            let overdue = if floor.is_zero() {
+                Duration::MAX
+            } else {
+                floor * 2 + self.path.longest_hold + OVERDUE_SLACK
+            };
+            if elapsed >= overdue {
+                continue;
+            }
+            open_until = open_until.max(reach.min(overdue));
+        }
+        if open_until <= elapsed {
             self.settled = true;
             return;
         }
         let at = self
             .started
-            .checked_add(self.path.reach(best, least))
+            .checked_add(open_until)
             .unwrap_or(self.deadline);
         self.decide_at = Some(at.max(now));
     }

@@ -203,9 +203,11 @@ impl World<'_> {
             return;
         };
         // Every valid offer, late ones included, teaches the client's pool state.
+        let held = std::time::Duration::from_micros(u64::from(offer.held_us));
         let sample = |pool: &mut Option<volley_proto::client::PoolState>, path, expected| {
             if let Some(p) = pool.as_mut() {
                 p.offer_sample(at, from, path, expected);
+                p.hold_sample(held);
             }
         };
         match race.handle_offer(at, from, &offer, &pinned) {

@@ -508,6 +508,7 @@ impl Connection {
             } => {
                 trace!(%server, ?answer_time, ?path, "offer collected");
                 pool.offer_sample(now, server, path, load.expected());
+                pool.hold_sample(answer_time.saturating_sub(path));
                 self.events.push_back(ClientEvent::Collected {
                     server,
                     answer_time,
@@ -530,6 +531,7 @@ impl Connection {
             } => {
                 self.stats.offers_late += 1;
                 pool.offer_sample(now, server, path, load.expected());
+                pool.hold_sample(answer_time.saturating_sub(path));
                 trace!(%server, ?answer_time, "late offer voided");
                 self.events.push_back(ClientEvent::LateOffer {
                     server,
@@ -549,6 +551,7 @@ impl Connection {
         if matches!(self.config.policy, super::SelectionPolicy::Earliest) {
             // (collected offers were sampled as they came)
             pool.offer_sample(now, w.server, w.path, w.load.expected());
+            pool.hold_sample(w.answer_time.saturating_sub(w.path));
         }
         if let State::ExpectOffer(race) = &self.state
             && !race.retransmitted()

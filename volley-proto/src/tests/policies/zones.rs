@@ -401,3 +401,30 @@ fn z2_offers_to_far_clients_count_as_load_until_their_init_can_arrive() {
     sim.run_for(ms(100));
     assert_eq!(hint_of_offer_to(&sim, z).in_flight, 0);
 }
+
+#[test]
+fn z1_path_does_not_wait_for_a_near_server_that_went_silent() {
+    // The near server (0.5 ms, idle) has answered before; now it is silent. The far one (20 ms
+    // away, 24 requests queued: 290.5 ms) answers. Without a rule for overdue offers the race
+    // would stay open until no offer could beat 290.5 ms — (290.5 − 40) / 2 = 125 ms, since the
+    // near server announced 40 ms lately — for an offer that never comes. Its offer is overdue
+    // after 2 × 0.5 ms + the longest hold lately (0, immediate) + 1 ms: the race ends on the far
+    // offer's arrival.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, key) = fleet(seed, &[250, 20_000], &[0, 24], AnswerPolicy::Immediate);
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        let first = sim.add_client_shared(client_config(key, PATH_1), pool.clone(), instance);
+        sim.establish(first, ms(500));
+        assert_eq!(sim.clients[first].conn.server(), Some(server_addr(0)));
+        sim.clients[first].conn.close(CloseCode::NORMAL);
+        sim.run_for(ms(100));
+        sim.servers[0].alive = false;
+        let start = sim.elapsed();
+        let c = sim.add_client_shared(client_config(key, PATH_1), pool, instance);
+        sim.establish(c, ms(500));
+        assert_eq!(sim.clients[c].conn.server(), Some(server_addr(1)));
+        assert_eq!(selected_at(&sim, c) - start, us(20_250));
+    }
+}
