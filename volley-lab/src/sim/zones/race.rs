@@ -267,24 +267,37 @@ impl World<'_> {
         let Some(server) = server_index(w.server, self.servers.len()) else {
             return self.lost(now, slot, 0);
         };
-        let reservation = volley_proto::server::answer::DEFAULT_RESERVATION;
-        let sess = &mut self.sessions[slot as usize];
-        let offered = sess
+        let offered = self.sessions[slot as usize]
             .offers
             .iter()
             .find(|(s, _)| *s == server)
             .map_or(now, |(_, t)| *t);
+        let (zone, sz) = (self.sessions[slot as usize].zone, self.zone_of(server));
+        let there = now + self.leg(zone, sz);
+        // The INIT that lands `there` teaches the server how long its offers take to come
+        // back (the real acceptor samples the cookie's age; this engine skips the acceptor),
+        // which lengthens its reservations for far clients (PROTOCOL.md §7.2.3).
+        let lands = !self.silent(server, there);
+        let reservation = match self.servers[server as usize].ep.as_mut() {
+            Some(ep) => {
+                if lands {
+                    let age = std::time::Duration::from_nanos(there.saturating_sub(offered));
+                    ep.offer_lag_sample(age);
+                }
+                ep.reservation_length()
+            }
+            None => volley_proto::server::answer::DEFAULT_RESERVATION,
+        };
+        let sess = &mut self.sessions[slot as usize];
         sess.reservation_until = offered + reservation.as_nanos() as Nanos;
         sess.race_timer = None;
         sess.phase = Phase::Connecting;
         sess.sent = now;
-        let (zone, gen_) = (sess.zone, sess.gen_);
+        let gen_ = sess.gen_;
         self.pin(slot, server);
-        let sz = self.zone_of(server);
-        let there = now + self.leg(zone, sz);
         if self.s.policy == ZonePolicy::VolleyEarly {
             self.q.push(there, Ev::Request { server, slot, gen_ });
-        } else if self.silent(server, there) {
+        } else if !lands {
             self.q
                 .push(now + CONNECT_TIMEOUT, Ev::Timeout { slot, gen_ });
         } else {
