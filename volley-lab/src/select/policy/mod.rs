@@ -217,7 +217,7 @@ pub struct Record {
 
 impl Record {
     /// A session scheduled `at_us` that never connected, ended as `outcome`.
-    fn unconnected(at_us: u64, outcome: Outcome) -> Record {
+    pub(in crate::select) fn unconnected(at_us: u64, outcome: Outcome) -> Record {
         Record {
             at_us,
             connected_us: None,
@@ -287,6 +287,12 @@ impl RunCtx {
             probe_size: ClientConfig::new(Vec::new()).probe_size as u32,
             index,
         }
+    }
+
+    /// Sessions that reach server `index` at `addr` (a relay's address in front of it) are
+    /// recorded as served by it.
+    pub(in crate::select) fn alias(&mut self, addr: SocketAddr, index: u16) {
+        self.index.insert(addr, index);
     }
 
     pub(super) fn us(&self, t: Instant) -> u64 {
