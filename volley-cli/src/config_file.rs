@@ -130,6 +130,80 @@ mod tests {
     }
 
     #[test]
+    fn z2_proxy_and_connect_take_a_policy_a_fan_out_a_zone_and_labelled_entries() {
+        let key = "07a37cbc142093c8b755dc1b10e86cb426374ad16aa853ed0bdfc0b2b86d1c7c";
+        let args = Proxy::try_parse_from([
+            "proxy",
+            "--listen",
+            "udp://127.0.0.1:5300",
+            "--server-key",
+            key,
+            "--policy",
+            "path",
+            "--fanout",
+            "4",
+            "--zone",
+            "eu-1a",
+            "eu-1a=10.0.0.1:7020",
+            "eu-1b=srv:_echo._udp.eu-1b.example.com",
+            "10.0.0.3:7020",
+        ])
+        .unwrap()
+        .args;
+        let (config, _) = crate::proxy::settings(args).unwrap();
+        assert_eq!(config.policy, volley::SelectionPolicy::path());
+        assert_eq!(config.fanout, Some(4));
+        assert_eq!(config.zone.as_deref(), Some("eu-1a"));
+        let c = connect(&[
+            "--server-key",
+            key,
+            "--policy",
+            "path",
+            "--zone",
+            "b",
+            "b=127.0.0.1:7020",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.policy, c.zone.as_deref()),
+            (volley::SelectionPolicy::path(), Some("b"))
+        );
+        let err = connect(&[
+            "--server-key",
+            key,
+            "--policy",
+            "path",
+            "--window-ms",
+            "3",
+            "127.0.0.1:1",
+        ])
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("window"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn z2_zone_labels_of_pool_entries_reach_the_pool() {
+        let pool = crate::target::pool(
+            &[
+                "a=127.0.0.1:7001".into(),
+                "b=127.0.0.1:7002".into(),
+                "127.0.0.1:7003".into(),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(pool.current().len(), 3);
+        let zones = pool.zones();
+        assert_eq!(zones.len(), 2);
+        assert_eq!(zones[&"127.0.0.1:7002".parse().unwrap()], "b");
+        let err = crate::target::pool(&["=127.0.0.1:7001".into()], None)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("zone"), "{err:#}");
+    }
+
+    #[test]
     fn a1_client_keys_come_from_a_config_file_relative_to_it_and_a_flag_wins() {
         // `staged` leaves a key file (mode 0600) beside the copy; any key file is a client key.
         let path = staged("connect.toml");

@@ -1,4 +1,4 @@
-//! `volley connect --server-key PUBKEY [--key FILE] [--policy earliest|window] [--fanout D]
+//! `volley connect --server-key PUBKEY [--key FILE] [--policy earliest|window|path] [--fanout D]
 //! [--n-best K] [--send TEXT] ADDR...`
 
 use std::net::SocketAddr;
@@ -22,6 +22,10 @@ pub enum Policy {
     /// Collect offers for --window-ms after the first (or until every server answered), then
     /// take the server expected to complete a request soonest (the offers' load hints).
     Window,
+    /// Path-aware: the server expected to finish the session's work first, counting the path
+    /// each offer's answer measured once per round trip and the server's expected completion
+    /// once per request; stops waiting as soon as no later offer could win (across zones).
+    Path,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,9 +58,13 @@ pub struct Args {
         DEFAULT_WINDOW.as_secs_f64() * 1e3
     ))]
     window_ms: Option<f64>,
-    /// Probe a random subset of this many servers instead of all of them.
+    /// Probe a subset of this many servers instead of all of them (with --zone, half of them
+    /// from this client's zone).
     #[arg(long, value_name = "D")]
     fanout: Option<usize>,
+    /// This client's zone: servers labelled `ZONE=…` with it are asked first.
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
     /// Open sessions with the K best servers of one race (and send --send on each).
     #[arg(long, value_name = "K", conflicts_with = "policy")]
     n_best: Option<usize>,
@@ -70,7 +78,8 @@ pub struct Args {
     /// Resolve server names with this DNS server (IP:PORT) instead of the system's.
     #[arg(long, value_name = "ADDR")]
     dns_server: Option<SocketAddr>,
-    /// Servers to race: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME.
+    /// Servers to race: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME,
+    /// each optionally labelled with its zone as ZONE=ENTRY.
     #[arg(required_unless_present = "config", value_name = "SERVER")]
     pool: Vec<String>,
     /// The pool resolved (when the command runs).
@@ -88,6 +97,7 @@ pub struct File {
     policy: Option<Policy>,
     window_ms: Option<f64>,
     fanout: Option<usize>,
+    zone: Option<String>,
     n_best: Option<usize>,
     send: Option<String>,
     timeout: Option<f64>,
@@ -120,6 +130,7 @@ impl Args {
         }
         self.window_ms = self.window_ms.or(file.window_ms);
         self.fanout = self.fanout.or(file.fanout);
+        self.zone = self.zone.or(file.zone);
         self.send = self.send.or(file.send);
         self.timeout = self.timeout.or(file.timeout);
         Ok(self)
@@ -203,6 +214,14 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
             ensure!(k >= 1, "--n-best must be at least 1");
             SelectionPolicy::NBest { k, delta: window }
         }
+        (Policy::Path, None) => {
+            ensure!(
+                args.window_ms.is_none(),
+                "--window-ms applies to --policy window and --n-best only: the path policy \
+                 decides by itself when no later offer could win"
+            );
+            SelectionPolicy::path()
+        }
         (Policy::Window, None) => SelectionPolicy::Window {
             delta: window,
             quantile: DEFAULT_HOT_QUANTILE,
@@ -219,6 +238,7 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         ensure!(d >= 1, "--fanout must be at least 1");
         config.fanout = Some(d);
     }
+    config.zone = args.zone.clone();
     config
         .validate()
         .context("the client's settings do not fit together")?;
@@ -228,12 +248,10 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let (config, mut args) = settings(args)?;
     // Names that resolve to both families (`localhost`) race one of them.
-    args.servers = volley::discovery::one_family(
-        crate::target::pool(&args.pool, args.dns_server)
-            .await?
-            .current(),
-    );
+    let pool = crate::target::pool(&args.pool, args.dns_server).await?;
+    args.servers = volley::discovery::one_family(pool.current());
     let client = Client::new(config);
+    client.set_server_zones(pool.zones());
     let started = Instant::now();
     // The race's own deadline is the same length but starts a moment later; the margin lets a
     // race that got no offer fail with its own diagnosis (no answer, unpinned key) first.

@@ -49,9 +49,21 @@ pub struct Args {
     /// Resolve pool names with this DNS server (IP:PORT) instead of the system's.
     #[arg(long, value_name = "ADDR")]
     dns_server: Option<std::net::SocketAddr>,
+    /// How each flow's race chooses among offers [default: earliest]. `path` weighs the path
+    /// each offer measured against the server's queue: use it when the pool spans zones.
+    #[arg(long, value_enum)]
+    policy: Option<crate::connect::Policy>,
+    /// Probe this many servers per race instead of all of them (with --zone or once paths are
+    /// measured, half of them from the nearest servers).
+    #[arg(long, value_name = "D")]
+    fanout: Option<usize>,
+    /// This proxy's zone: pool entries labelled `ZONE=…` with it are asked first from the first
+    /// race on (without labels, nearness is learned from answer times).
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
     /// The servers: IP:PORT, HOST:PORT (every A/AAAA address of the name) or srv:NAME (the SRV
-    /// record's targets and ports). Names are re-resolved as their TTLs run out; each new flow
-    /// races the pool as it is then.
+    /// record's targets and ports), each optionally labelled with its zone as ZONE=ENTRY. Names
+    /// are re-resolved as their TTLs run out; each new flow races the pool as it is then.
     #[arg(required_unless_present = "config", value_name = "POOL")]
     servers: Vec<String>,
     /// Once the listener and the metrics endpoint (with --metrics) are bound, write one JSON
@@ -74,6 +86,9 @@ pub struct File {
     idle_timeout: Option<f64>,
     metrics: Option<std::net::SocketAddr>,
     dns_server: Option<std::net::SocketAddr>,
+    policy: Option<crate::connect::Policy>,
+    fanout: Option<usize>,
+    zone: Option<String>,
     servers: Option<Vec<String>>,
 }
 
@@ -104,6 +119,9 @@ impl Args {
         self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
         self.metrics = self.metrics.or(file.metrics);
         self.dns_server = self.dns_server.or(file.dns_server);
+        self.policy = self.policy.or(file.policy);
+        self.fanout = self.fanout.or(file.fanout);
+        self.zone = self.zone.or(file.zone);
         Ok(self)
     }
 }
@@ -140,6 +158,16 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         .clone()
         .unwrap_or_else(|| "echo".to_string())
         .into_bytes();
+    config.policy = match args.policy.unwrap_or(crate::connect::Policy::Earliest) {
+        crate::connect::Policy::Earliest => volley::SelectionPolicy::Earliest,
+        crate::connect::Policy::Window => volley::SelectionPolicy::window(),
+        crate::connect::Policy::Path => volley::SelectionPolicy::path(),
+    };
+    if let Some(d) = args.fanout {
+        ensure!(d >= 1, "--fanout must be at least 1");
+        config.fanout = Some(d);
+    }
+    config.zone = args.zone.clone();
     config
         .validate()
         .context("the client's settings do not fit together")?;
@@ -188,7 +216,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
             say_metrics(&_endpoint);
             announce(&args, format!("udp://{}", socket.local_addr()?), &_endpoint)?;
-            UdpProxy::new(Client::new(config), pool)
+            let client = Client::new(config);
+            crate::target::keep_zones(&client, &pool);
+            UdpProxy::new(client, pool)
                 .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)))
                 .metrics(metrics)
                 .serve(socket, crate::serve::shutdown_signal())
@@ -209,7 +239,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 format!("tcp://{}", listener.local_addr()?),
                 &_endpoint,
             )?;
-            TcpProxy::new(Client::new(config), pool)
+            let client = Client::new(config);
+            crate::target::keep_zones(&client, &pool);
+            TcpProxy::new(client, pool)
                 .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)))
                 .metrics(metrics)
                 .serve(listener, crate::serve::shutdown_signal())

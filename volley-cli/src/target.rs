@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail, ensure};
+use volley::Client;
 use volley::PublicKey;
-use volley::discovery::{Pool, PoolEntry, Resolver};
+use volley::discovery::{Pool, PoolEntry, Resolver, ZonedEntry};
 
 /// A proxy endpoint: `udp://HOST:PORT` or `tcp://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,31 +69,52 @@ pub fn server_keys(keys: &[String]) -> anyhow::Result<Vec<PublicKey>> {
         .collect()
 }
 
-/// A pool from `IP:PORT`, `HOST:PORT` and `srv:NAME` entries: fixed when every entry is an
-/// address, else kept current through `dns_server` (or the system's resolver). Literal
-/// addresses of both families are refused (a race runs on one socket).
+/// A pool from `IP:PORT`, `HOST:PORT` and `srv:NAME` entries, each optionally `ZONE=ENTRY`:
+/// fixed when every entry is an address, else kept current through `dns_server` (or the
+/// system's resolver). Literal addresses of both families are refused (a race runs on one
+/// socket).
 pub async fn pool(entries: &[String], dns_server: Option<SocketAddr>) -> anyhow::Result<Pool> {
     let entries = entries
         .iter()
-        .map(|s| s.parse::<PoolEntry>().map_err(|e| anyhow::anyhow!(e)))
+        .map(|s| s.parse::<ZonedEntry>().map_err(|e| anyhow::anyhow!(e)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let literal: Vec<SocketAddr> = entries
+    let literal: Vec<(SocketAddr, Option<String>)> = entries
         .iter()
-        .filter_map(|e| match e {
-            PoolEntry::Addr(a) => Some(*a),
+        .filter_map(|e| match e.entry {
+            PoolEntry::Addr(a) => Some((a, e.zone.clone())),
             _ => None,
         })
         .collect();
     ensure!(
-        literal.iter().all(|a| a.is_ipv4() == literal[0].is_ipv4()),
+        literal
+            .iter()
+            .all(|(a, _)| a.is_ipv4() == literal[0].0.is_ipv4()),
         "the pool mixes IPv4 and IPv6 addresses; use one family per command"
     );
     if literal.len() == entries.len() {
-        return Ok(Pool::fixed(literal));
+        return Ok(Pool::fixed_zoned(literal));
     }
     let resolver = match dns_server {
         Some(server) => Resolver::with_server(server)?,
         None => Resolver::system()?,
     };
-    Ok(Pool::resolve(entries, resolver).await?)
+    Ok(Pool::resolve_zoned(entries, resolver).await?)
+}
+
+/// Gives `client` the zone labels of `pool`'s `ZONE=ENTRY` entries, now and whenever the pool
+/// changes (for as long as the pool lives). Nothing to do for a pool without labels.
+pub fn keep_zones(client: &Client, pool: &Pool) {
+    let zones = pool.zones();
+    if zones.is_empty() {
+        return;
+    }
+    client.set_server_zones(zones);
+    let client = client.clone();
+    let mut pool = pool.clone();
+    tokio::spawn(async move {
+        loop {
+            pool.changed().await;
+            client.set_server_zones(pool.zones());
+        }
+    });
 }

@@ -86,6 +86,7 @@ fn offer(c: &mut Criterion) {
                 tag: Tag([1; 16]),
                 server_key_id: volley_proto::KeyId([2; 8]),
                 load: LoadHint::default(),
+                held_us: 0,
                 cookie: black_box(&cookie),
             }
             .encode(&mut buf)

@@ -235,6 +235,11 @@ impl ClientConfig {
                     ));
                 }
             }
+            SelectionPolicy::Path(p) if !(p.requests.is_finite() && p.requests >= 1.0) => {
+                return Err(ConfigError::Conflict(
+                    "the path policy's requests per session must be a number of at least 1",
+                ));
+            }
             _ => {}
         }
         if self.fanout == Some(0) {
@@ -283,9 +288,21 @@ impl ClientConfigBuilder {
         self.0.policy = policy;
         self
     }
-    /// Probe a random subset of this many servers per race.
+    /// Probe a subset of this many servers per race (near ones first, PROTOCOL.md §6.1).
     pub fn fanout(mut self, d: usize) -> Self {
         self.0.fanout = Some(d);
+        self
+    }
+    /// This client's zone: servers labelled with it count as near before any is measured.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.0.zone = Some(zone.into());
+        self
+    }
+    /// A pool server's zone label.
+    pub fn server_zone(mut self, server: SocketAddr, zone: impl Into<String>) -> Self {
+        self.0
+            .server_zones
+            .insert(crate::util::canonical(server), zone.into());
         self
     }
     /// The race deadline (no offer by then: the connect fails).

@@ -64,7 +64,7 @@ mod tests;
 use std::net::SocketAddr;
 
 pub use client::{
-    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, SelectionPolicy,
+    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, PathPolicy, SelectionPolicy,
 };
 pub use config::{ClientConfigBuilder, ConfigError, ServerConfigBuilder};
 pub use crypto::{PublicKey, StaticKeypair};
@@ -76,9 +76,9 @@ pub use server::{
 pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
 pub use util::canonical as canonical_addr;
 
-/// The protocol version byte: this crate speaks version 2 only (PROTOCOL.md §3.9 says what a
-/// version-1 peer gets from it).
-pub const VERSION: u8 = 2;
+/// The protocol version byte: this crate speaks version 3 only (PROTOCOL.md §3.9 says what a
+/// peer of another version gets from it).
+pub const VERSION: u8 = 3;
 /// Largest datagram sent or accepted (fits a 1500-byte IPv6 path: 1500 − 40 − 8).
 pub const MAX_DATAGRAM_LEN: usize = 1452;
 /// Smallest PROBE a server answers. Probes are padded to this so that an OFFER (or any other

@@ -87,6 +87,10 @@ pub struct Offer<'a> {
     pub server_key_id: KeyId,
     /// The server's load when it answered.
     pub load: LoadHint,
+    /// How long the server held the PROBE before writing this OFFER, in microseconds (the
+    /// answer policy's delay, §7.2; 0 when answered at once). A client subtracts it from the
+    /// offer's answer time to get the path's round trip.
+    pub held_us: u32,
     /// Opaque to the client; presented back in INIT.
     pub cookie: &'a [u8],
 }
@@ -220,6 +224,7 @@ impl<'a> Packet<'a> {
                     capacity: r.u32()?,
                     expected_us: r.u32()?,
                 },
+                held_us: r.u32()?,
                 cookie: r.vec8(1, MAX_COOKIE_LEN)?,
             }),
             kind::INIT => Packet::Init(Init {
@@ -296,6 +301,7 @@ impl Offer<'_> {
         w.u32(self.load.in_flight)?;
         w.u32(self.load.capacity)?;
         w.u32(self.load.expected_us)?;
+        w.u32(self.held_us)?;
         w.vec8(self.cookie, MAX_COOKIE_LEN)?;
         Ok(w.len())
     }
@@ -427,6 +433,7 @@ mod tests {
                 capacity: 9,
                 expected_us: 41_250,
             },
+            held_us: 312,
             cookie: &[5; 39],
         };
         let n = offer.encode(&mut buf).unwrap();

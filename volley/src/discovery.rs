@@ -6,6 +6,12 @@
 //! 5 s). [`Pool::current`] is what the next race uses: changes apply to races that start after
 //! them, never to a race or session under way.
 //!
+//! An entry may carry a **zone** label (`ZONE=ENTRY`, e.g. `eu-west-1a=srv:_echo._udp.example.com`):
+//! every address it resolves to belongs to that zone ([`Pool::zones`]). A client told its own
+//! zone ([`volley_proto::ClientConfig::zone`]) and the pool's labels
+//! ([`crate::Client::set_server_zones`]) asks its own zone's servers in every race from its first
+//! one on; without labels it learns which servers are near from their answer times.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), volley::Error> {
@@ -23,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -99,6 +106,65 @@ impl FromStr for PoolEntry {
             name: name.to_string(),
             port,
         })
+    }
+}
+
+impl std::fmt::Display for PoolEntry {
+    /// As a user types it: `IP:PORT`, `HOST:PORT` or `srv:NAME`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => write!(f, "{a}"),
+            Self::Host { name, port } => write!(f, "{name}:{port}"),
+            Self::Srv(name) => write!(f, "srv:{name}"),
+        }
+    }
+}
+
+/// A pool entry with an optional zone label, parsed from `ENTRY` or `ZONE=ENTRY`.
+///
+/// ```
+/// use volley::discovery::{PoolEntry, ZonedEntry};
+///
+/// let e: ZonedEntry = "eu-1=127.0.0.1:7001".parse().unwrap();
+/// assert_eq!(e.zone.as_deref(), Some("eu-1"));
+/// assert_eq!(e.entry, PoolEntry::Addr("127.0.0.1:7001".parse().unwrap()));
+/// let plain: ZonedEntry = "srv:_echo._udp.example.com".parse().unwrap();
+/// assert_eq!(plain.zone, None);
+/// assert!("=127.0.0.1:7001".parse::<ZonedEntry>().is_err()); // an empty zone
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZonedEntry {
+    /// The zone every address of the entry is in, if labelled.
+    pub zone: Option<String>,
+    /// The entry.
+    pub entry: PoolEntry,
+}
+
+impl FromStr for ZonedEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((zone, entry)) => {
+                if zone.is_empty() {
+                    return Err(format!("`{s}`: the zone before `=` is empty"));
+                }
+                Ok(Self {
+                    zone: Some(zone.to_string()),
+                    entry: entry.parse()?,
+                })
+            }
+            None => Ok(Self {
+                zone: None,
+                entry: s.parse()?,
+            }),
+        }
+    }
+}
+
+impl From<PoolEntry> for ZonedEntry {
+    fn from(entry: PoolEntry) -> Self {
+        Self { zone: None, entry }
     }
 }
 
@@ -219,6 +285,7 @@ impl Resolver {
 #[derive(Debug, Clone)]
 pub struct Pool {
     current: watch::Receiver<Vec<SocketAddr>>,
+    zones: watch::Receiver<HashMap<SocketAddr, String>>,
     _task: Arc<Task>,
 }
 
@@ -236,9 +303,21 @@ impl Drop for Task {
 impl Pool {
     /// A pool of fixed addresses (nothing to resolve).
     pub fn fixed(addrs: Vec<SocketAddr>) -> Self {
+        Self::fixed_zoned(addrs.into_iter().map(|a| (a, None)).collect())
+    }
+
+    /// A pool of fixed addresses, each with its zone label if it has one.
+    pub fn fixed_zoned(addrs: Vec<(SocketAddr, Option<String>)>) -> Self {
+        let zones = addrs
+            .iter()
+            .filter_map(|(a, z)| z.clone().map(|z| (*a, z)))
+            .collect();
+        let addrs = addrs.into_iter().map(|(a, _)| a).collect();
         let (_tx, current) = watch::channel(addrs);
+        let (_ztx, zones) = watch::channel(zones);
         Self {
             current,
+            zones,
             _task: Arc::new(Task(None)),
         }
     }
@@ -246,16 +325,29 @@ impl Pool {
     /// Resolves every entry once (an error if nothing resolves to any address), then keeps the
     /// pool current in a background task for as long as a clone of it lives.
     pub async fn resolve(entries: Vec<PoolEntry>, resolver: Resolver) -> Result<Self, Error> {
+        Self::resolve_zoned(
+            entries.into_iter().map(ZonedEntry::from).collect(),
+            resolver,
+        )
+        .await
+    }
+
+    /// [`Pool::resolve`] for entries with zone labels: every address an entry resolves to is in
+    /// the entry's zone ([`Pool::zones`]).
+    pub async fn resolve_zoned(
+        entries: Vec<ZonedEntry>,
+        resolver: Resolver,
+    ) -> Result<Self, Error> {
         if entries.is_empty() {
             return Err(Error::InvalidArgument("the pool has no entries"));
         }
         let mut known: Vec<(Vec<SocketAddr>, Instant)> = Vec::with_capacity(entries.len());
         let mut failures = Vec::new();
         for e in &entries {
-            match resolver.lookup(e).await {
+            match resolver.lookup(&e.entry).await {
                 Ok((addrs, until)) => known.push((addrs, refresh_at(until))),
                 Err(err) => {
-                    failures.push(format!("{e:?}: {err}"));
+                    failures.push(format!("{}: {err}", e.entry));
                     known.push((Vec::new(), Instant::now() + RETRY));
                 }
             }
@@ -268,9 +360,11 @@ impl Pool {
             )));
         }
         let (tx, current) = watch::channel(addrs);
-        let task = tokio::spawn(keep_current(entries, known, resolver, tx));
+        let (ztx, zones) = watch::channel(zone_map(&entries, &known));
+        let task = tokio::spawn(keep_current(entries, known, resolver, tx, ztx));
         Ok(Self {
             current,
+            zones,
             _task: Arc::new(Task(Some(task))),
         })
     }
@@ -280,9 +374,16 @@ impl Pool {
         self.current.borrow().clone()
     }
 
-    /// Waits until the pool changes.
+    /// The zone of every labelled address of the pool now (entries without a label add none).
+    pub fn zones(&self) -> HashMap<SocketAddr, String> {
+        self.zones.borrow().clone()
+    }
+
+    /// Waits until the pool changes; a fixed pool never does (this then never returns).
     pub async fn changed(&mut self) {
-        let _ = self.current.changed().await;
+        if self.current.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -329,11 +430,29 @@ fn union(known: &[(Vec<SocketAddr>, Instant)]) -> Vec<SocketAddr> {
     out
 }
 
+/// Each labelled entry's addresses with its zone (the first label wins for an address two
+/// entries name).
+fn zone_map(
+    entries: &[ZonedEntry],
+    known: &[(Vec<SocketAddr>, Instant)],
+) -> HashMap<SocketAddr, String> {
+    let mut out = HashMap::new();
+    for (e, (addrs, _)) in entries.iter().zip(known) {
+        if let Some(zone) = &e.zone {
+            for a in addrs {
+                out.entry(*a).or_insert_with(|| zone.clone());
+            }
+        }
+    }
+    out
+}
+
 async fn keep_current(
-    entries: Vec<PoolEntry>,
+    entries: Vec<ZonedEntry>,
     mut known: Vec<(Vec<SocketAddr>, Instant)>,
     resolver: Resolver,
     tx: watch::Sender<Vec<SocketAddr>>,
+    zones: watch::Sender<HashMap<SocketAddr, String>>,
 ) {
     loop {
         let Some(next) = known.iter().map(|(_, t)| *t).min() else {
@@ -345,10 +464,10 @@ async fn keep_current(
             if slot.1 > now {
                 continue;
             }
-            match resolver.lookup(entry).await {
+            match resolver.lookup(&entry.entry).await {
                 Ok((addrs, until)) => *slot = (addrs, refresh_at(until)),
                 Err(e) => {
-                    debug!(?entry, error = %e, "lookup failed: keeping the last answer");
+                    debug!(entry = %entry.entry, error = %e, "lookup failed: keeping the last answer");
                     slot.1 = now + RETRY;
                 }
             }
@@ -358,6 +477,12 @@ async fn keep_current(
             // Every name failed or went empty: keep racing the last servers known.
             continue;
         }
+        let labels = zone_map(&entries, &known);
+        zones.send_if_modified(|current| {
+            let changed = *current != labels;
+            *current = labels;
+            changed
+        });
         tx.send_if_modified(|current| {
             if *current == addrs {
                 return false;

@@ -383,6 +383,7 @@ async fn a5_datagrams_naming_no_connection_are_dropped_and_counted_by_the_client
             tag: volley_proto::Tag([i as u8; 16]),
             server_key_id: volley_proto::KeyId([0; 8]),
             load: volley::LoadHint::default(),
+            held_us: 0,
             cookie: &[1; 39],
         }
         .encode(&mut offer)

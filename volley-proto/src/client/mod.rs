@@ -11,7 +11,7 @@ pub mod route;
 
 pub use connection::{ClientEvent, ConnectError, Connection};
 pub use pool::{EjectionConfig, PoolState, ServerOutcome};
-pub use race::{RaceTimers, Winner};
+pub use race::{PathInputs, RaceTimers, Winner};
 pub use route::RouteKey;
 
 use std::time::Duration;
@@ -47,6 +47,47 @@ pub enum SelectionPolicy {
         /// How long to wait for `k` offers after the first. Default 2 ms.
         delta: Duration,
     },
+    /// Path-aware: the offer whose server is expected to finish the session's work first, counting
+    /// the path this race measured once per round trip the session needs and the server's
+    /// announced expected completion once per request (PROTOCOL.md §6.2.4). Decides as soon as
+    /// no offer still to come could do better, or when every probed server answered.
+    Path(PathPolicy),
+}
+
+/// The settings of [`SelectionPolicy::Path`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct PathPolicy {
+    /// Requests a session is expected to carry, at least 1 (fractions allowed: a mean).
+    /// Default 1. With `learn`, only the value before the client has seen a session end.
+    pub requests: f64,
+    /// Learn the requests per session from this client's own sessions (how many times a
+    /// session sent after hearing from its server). Default on.
+    pub learn: bool,
+}
+
+impl PathPolicy {
+    /// Sessions of `requests` requests, learned from then on.
+    pub const fn new(requests: f64) -> Self {
+        Self {
+            requests,
+            learn: true,
+        }
+    }
+
+    /// Sessions of exactly `requests` requests: nothing learned.
+    pub const fn fixed(requests: f64) -> Self {
+        Self {
+            requests,
+            learn: false,
+        }
+    }
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        Self::new(1.0)
+    }
 }
 
 /// Default collection window of [`SelectionPolicy::Window`] and `NBest`: on a LAN every server
@@ -63,6 +104,12 @@ impl SelectionPolicy {
             delta: DEFAULT_WINDOW,
             quantile: DEFAULT_HOT_QUANTILE,
         }
+    }
+
+    /// `Path` with the defaults: one request per session to start with, learned from the
+    /// client's sessions.
+    pub const fn path() -> Self {
+        Self::Path(PathPolicy::new(1.0))
     }
 
     /// `NBest` of `k` with the default window.
@@ -120,6 +167,11 @@ pub struct ClientConfig {
     /// Most servers a connection adds to its pool from REDIRECTs, over its life. Default 8;
     /// 0 ignores redirect addresses.
     pub max_redirect_servers: usize,
+    /// This client's zone, matched against `server_zones` to find near servers before any
+    /// was measured (PROTOCOL.md §6.1). Default none: nearness is learned from answer times.
+    pub zone: Option<String>,
+    /// Zone labels of pool servers. Default empty.
+    pub server_zones: std::collections::HashMap<std::net::SocketAddr, String>,
 }
 
 impl ClientConfig {
@@ -141,6 +193,8 @@ impl ClientConfig {
             max_failovers: 8,
             fanout: None,
             max_redirect_servers: 8,
+            zone: None,
+            server_zones: std::collections::HashMap::new(),
         }
     }
 }

@@ -25,8 +25,16 @@
 //! `failure_window` ejects it again for twice as long; a success the application reports, or a
 //! `failure_window` without failure, ends the probation. A race whose every candidate is ejected
 //! races them all anyway (a client never strands itself).
+//!
+//! **Paths and loads** (PROTOCOL.md §6.1, §6.2.4). Every valid offer, late ones included, tells the
+//! client its server's path (the answer time less the server's hold) and its expected
+//! completion. Per server the client keeps the shortest path seen in the last
+//! [`PATH_MEMORY`] (a minimum filter, as BBR keeps its min RTT: queues only add to a path), so a
+//! fan-out can favour near servers; over the pool it keeps the last [`RECENT_EXPECTED`] expected
+//! completions, whose least bounds what an offer still to come can announce; and, for the `Path`
+//! policy's `learn`, a moving mean of the requests its sessions carried.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -79,7 +87,25 @@ struct Health {
     probation: bool,
     /// When it was last readmitted.
     readmitted_at: Option<Instant>,
+    /// The shortest path measured to it, and when; forgotten after [`PATH_MEMORY`].
+    path: Option<(Duration, Instant)>,
 }
+
+/// Servers known before a new one makes the state forget the stale ones.
+pub const PRUNE_AT: usize = 4096;
+/// How long a server's shortest measured path is kept without a shorter or fresher sample.
+pub const PATH_MEMORY: Duration = Duration::from_secs(30);
+/// How many of the latest offers' expected completions bound what an offer still to come can
+/// announce (the `Path` policy's "lately").
+pub const RECENT_EXPECTED: usize = 16;
+/// A server is *near* when its path is at most this factor times the nearest known path, plus
+/// [`NEAR_SLACK`].
+pub const NEAR_FACTOR: u32 = 2;
+/// See [`NEAR_FACTOR`]: absorbs scheduling noise on a LAN, where every path is near.
+pub const NEAR_SLACK: Duration = Duration::from_millis(1);
+/// The weight of one session in the learned mean of requests per session (1/8, like RFC 6298's
+/// smoothing).
+pub const REQUESTS_GAIN: f64 = 0.125;
 
 /// What a report did to a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +133,12 @@ pub struct PoolState {
     /// any allow-list, but one key for all of its connections (one X25519 key generation per
     /// client, not per handshake).
     anonymous: Option<crate::crypto::StaticKeypair>,
+    /// The latest offers' expected completions (at most [`RECENT_EXPECTED`]).
+    recent_expected: VecDeque<Duration>,
+    /// The learned mean of requests per session, once a session ended.
+    requests: Option<f64>,
+    /// Zone labels of pool servers set by the runtime (besides `ClientConfig::server_zones`).
+    zones: HashMap<SocketAddr, String>,
 }
 
 impl PoolState {
@@ -180,6 +212,178 @@ impl PoolState {
             &self.answers
         };
         estimator.rto(config.init_rto, config.min_rto, config.race.max_rto)
+    }
+
+    /// Records what a valid offer (collected, won or late) said about its server at `now`: the
+    /// path this race measured to it and the expected completion it announced (if any).
+    pub fn offer_sample(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        path: Duration,
+        expected: Option<Duration>,
+    ) {
+        if let Some(expected) = expected {
+            if self.recent_expected.len() == RECENT_EXPECTED {
+                self.recent_expected.pop_front();
+            }
+            self.recent_expected.push_back(expected);
+        }
+        if !self.servers.contains_key(&server) && self.servers.len() >= PRUNE_AT {
+            self.prune(now);
+        }
+        let h = self.servers.entry(server).or_default();
+        let keep = h
+            .path
+            .is_some_and(|(p, at)| p <= path && now.saturating_duration_since(at) < PATH_MEMORY);
+        if !keep {
+            h.path = Some((path, now));
+        }
+    }
+
+    /// Forgets servers it knows nothing current about: a path older than [`PATH_MEMORY`] (or
+    /// none) and no failure, ejection or probation — so that a pool whose addresses churn
+    /// (discovery) does not grow the state for ever.
+    fn prune(&mut self, now: Instant) {
+        self.servers.retain(|_, h| {
+            let path = h
+                .path
+                .is_some_and(|(_, at)| now.saturating_duration_since(at) < PATH_MEMORY);
+            path || h.failures > 0 || h.ejected_until.is_some() || h.probation
+        });
+    }
+
+    /// The shortest path measured to `server` lately, if any.
+    pub fn path_to(&self, server: &SocketAddr) -> Option<Duration> {
+        self.servers
+            .get(server)
+            .and_then(|h| h.path)
+            .map(|(p, _)| p)
+    }
+
+    /// Labels pool servers with their zones, replacing earlier labels (a runtime whose pool
+    /// comes from discovery keeps them current); used with `ClientConfig::server_zones`.
+    pub fn set_server_zones(&mut self, zones: HashMap<SocketAddr, String>) {
+        self.zones = zones
+            .into_iter()
+            .map(|(a, z)| (crate::util::canonical(a), z))
+            .collect();
+    }
+
+    /// The zone a server is labelled with, by the configuration or [`Self::set_server_zones`].
+    fn zone_of<'a>(
+        &'a self,
+        config: &'a super::ClientConfig,
+        server: &SocketAddr,
+    ) -> Option<&'a str> {
+        config
+            .server_zones
+            .get(server)
+            .or_else(|| self.zones.get(server))
+            .map(String::as_str)
+    }
+
+    /// For each of `targets`, the shortest path measured to it lately, zero when unknown (a
+    /// `Path` race's floors, [`super::race::Race::with_floors`]).
+    pub fn path_floors(&self, targets: &[SocketAddr]) -> Vec<Duration> {
+        targets
+            .iter()
+            .map(|t| self.path_to(t).unwrap_or_default())
+            .collect()
+    }
+
+    /// The least expected completion among the latest offers (`None` before any).
+    pub fn least_expected(&self) -> Option<Duration> {
+        self.recent_expected.iter().copied().min()
+    }
+
+    /// Records how many requests a session carried (`Path` with `learn`): a moving mean, each
+    /// session weighing [`REQUESTS_GAIN`]. Sessions that carried none are not counted.
+    pub fn requests_sample(&mut self, requests: u64) {
+        if requests == 0 {
+            return;
+        }
+        let x = requests as f64;
+        self.requests = Some(match self.requests {
+            None => x,
+            Some(m) => m + REQUESTS_GAIN * (x - m),
+        });
+    }
+
+    /// The learned mean of requests per session, once a session ended.
+    pub fn learned_requests(&self) -> Option<f64> {
+        self.requests
+    }
+
+    /// What a `Path` race of this client scores with (PROTOCOL.md §6.2.4): the requests per
+    /// session (configured, or learned), one round trip per request plus one for the handshake
+    /// unless the first request rides in the INIT (`early`), and the least expected completion
+    /// announced lately.
+    pub fn path_inputs(&self, config: &super::ClientConfig, early: bool) -> super::PathInputs {
+        let configured = match config.policy {
+            super::SelectionPolicy::Path(p) => p,
+            _ => super::PathPolicy::default(),
+        };
+        let requests = if configured.learn {
+            self.requests.unwrap_or(configured.requests)
+        } else {
+            configured.requests
+        }
+        .max(1.0);
+        super::PathInputs {
+            round_trips: requests + if early { 0.0 } else { 1.0 },
+            requests,
+            least_expected: self.least_expected(),
+        }
+    }
+
+    /// Which of `candidates` (already in a random order, ejected ones left out) a race probes
+    /// (PROTOCOL.md §6.1 step 4): all of them without a fan-out or when they are `fanout` or
+    /// fewer; otherwise `⌈d/2⌉` near ones first — labelled with the client's own zone (a label
+    /// decides when the client has a zone), or, unlabelled, measured within [`NEAR_FACTOR`] ×
+    /// the nearest known path + [`NEAR_SLACK`] — then the
+    /// others in their random order, near or far, measured or not, until `d` are taken. The
+    /// order is kept otherwise, so with nothing measured and no labels it is the uniform
+    /// random subset it always was.
+    pub fn choose_targets(
+        &self,
+        candidates: Vec<SocketAddr>,
+        fanout: Option<usize>,
+        config: &super::ClientConfig,
+    ) -> Vec<SocketAddr> {
+        let Some(d) = fanout.map(|d| d.max(1)) else {
+            return candidates;
+        };
+        if candidates.len() <= d {
+            return candidates;
+        }
+        let nearest = candidates.iter().filter_map(|c| self.path_to(c)).min();
+        let own = config.zone.as_deref();
+        // A label decides for a labelled server when the client knows its own zone; the
+        // measured path decides for the others.
+        let near = |c: &SocketAddr| match (own, self.zone_of(config, c)) {
+            (Some(own), Some(zone)) => own == zone,
+            _ => match (nearest, self.path_to(c)) {
+                (Some(n), Some(p)) => p <= n.saturating_mul(NEAR_FACTOR) + NEAR_SLACK,
+                _ => false,
+            },
+        };
+        let quota = d.div_ceil(2);
+        let mut chosen: Vec<SocketAddr> = candidates
+            .iter()
+            .copied()
+            .filter(near)
+            .take(quota)
+            .collect();
+        for c in candidates {
+            if chosen.len() == d {
+                break;
+            }
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        chosen
     }
 
     /// Records a valid offer's answer time from a race that did not retransmit.
@@ -319,5 +523,28 @@ mod tests {
         assert_eq!(state.draw_session_id(&mut rng), 7, "5 is held");
         state.release_session_id(5);
         assert_eq!(state.draw_session_id(&mut rng), 5, "5 was given back");
+    }
+
+    #[test]
+    fn z2_a_churning_pool_does_not_grow_the_state_for_ever() {
+        let mut state = PoolState::default();
+        let t0 = Instant::now();
+        let addr = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 7001));
+        // A failing server is remembered however many others come and go.
+        state.report(t0, addr(0), ServerOutcome::Failure);
+        for i in 1..=PRUNE_AT as u32 {
+            state.offer_sample(t0, addr(i), Duration::from_millis(1), None);
+        }
+        assert_eq!(state.servers.len(), PRUNE_AT + 1);
+        // Paths older than PATH_MEMORY go when the next new server comes.
+        let later = t0 + PATH_MEMORY + Duration::from_secs(1);
+        state.offer_sample(
+            later,
+            addr(PRUNE_AT as u32 + 1),
+            Duration::from_millis(1),
+            None,
+        );
+        assert_eq!(state.servers.len(), 2, "the failing server and the new one");
+        assert!(state.path_to(&addr(1)).is_none());
     }
 }

@@ -2,7 +2,8 @@
 //! race is decided or the deadline passes. Under [`SelectionPolicy::Earliest`] the earliest valid
 //! offer wins and the tag is retired on the spot, so later offers are void. Under `Window` and
 //! `NBest` the race collects offers for a short window after the first one, then decides and
-//! retires the tag.
+//! retires the tag. Under `Path` it collects offers until no offer still to come could finish the
+//! session's work sooner than the best one in hand (PROTOCOL.md §6.2.4), then decides.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -46,8 +47,50 @@ pub struct Winner {
     pub cookie: Vec<u8>,
     /// Time from the race's first probe to this offer.
     pub answer_time: Duration,
+    /// The path's round trip as this race measured it: the answer time less the time the
+    /// server says it held the probe (never more than the answer time).
+    pub path: Duration,
     /// The server's load hint.
     pub load: LoadHint,
+}
+
+/// What a `Path` race needs besides its offers (PROTOCOL.md §6.2.4); a client's
+/// [`super::PoolState::path_inputs`] computes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathInputs {
+    /// Round trips the session needs before its work is done: its requests, plus one for the
+    /// handshake unless the first request rides in the INIT.
+    pub round_trips: f64,
+    /// Requests the session is expected to carry, each of which waits the server's expected
+    /// completion.
+    pub requests: f64,
+    /// The least expected completion any server announced lately: no offer still to come is
+    /// expected to complete sooner. `None` (nothing heard yet): zero — a client's first race
+    /// waits until every target answered or no path could still win.
+    pub least_expected: Option<Duration>,
+}
+
+impl PathInputs {
+    /// The expected time for a session at `w`'s server to finish its work:
+    /// `round_trips × path + requests × expected completion` (an offer without an estimate
+    /// counts its path only).
+    pub fn score(&self, w: &Winner) -> Duration {
+        let expected = w.load.expected().unwrap_or_default();
+        w.path.mul_f64(self.round_trips) + expected.mul_f64(self.requests)
+    }
+
+    /// The least score an offer arriving `elapsed` after the race's start could have: its path
+    /// is at least `elapsed`, its expected completion at least `least` (the least expected
+    /// completion announced lately).
+    pub fn bound(&self, elapsed: Duration, least: Duration) -> Duration {
+        elapsed.mul_f64(self.round_trips) + least.mul_f64(self.requests)
+    }
+
+    /// How long after the race's start [`Self::bound`] reaches `score`.
+    pub fn reach(&self, score: Duration, least: Duration) -> Duration {
+        let rest = score.saturating_sub(least.mul_f64(self.requests));
+        rest.div_f64(self.round_trips.max(1.0))
+    }
 }
 
 /// What became of an offer.
@@ -61,6 +104,8 @@ pub enum OfferOutcome {
         server: SocketAddr,
         /// How late, from the race's first probe.
         answer_time: Duration,
+        /// The path's round trip: the answer time less the server's hold.
+        path: Duration,
         /// Its load hint (unauthenticated, like every hint).
         load: LoadHint,
     },
@@ -76,6 +121,8 @@ pub enum OfferOutcome {
         server: SocketAddr,
         /// Its answer time.
         answer_time: Duration,
+        /// The path's round trip: the answer time less the server's hold.
+        path: Duration,
         /// Its load hint.
         load: LoadHint,
     },
@@ -177,6 +224,13 @@ pub struct Race {
     runners_up: Vec<Winner>,
     /// Valid offers collected but not chosen when the race was decided.
     not_chosen: u64,
+    /// `Path`: what the score and the bound need.
+    path: PathInputs,
+    /// `Path`: the best offer in hand cannot be beaten any more.
+    settled: bool,
+    /// `Path`: per target (same order), the shortest path measured to it lately: its offer
+    /// cannot come back sooner (zero when unknown).
+    floors: Vec<Duration>,
 }
 
 impl Race {
@@ -208,7 +262,40 @@ impl Race {
             decide_at: None,
             runners_up: Vec::new(),
             not_chosen: 0,
+            path: PathInputs {
+                round_trips: match policy {
+                    SelectionPolicy::Path(p) => p.requests + 1.0,
+                    _ => 2.0,
+                },
+                requests: match policy {
+                    SelectionPolicy::Path(p) => p.requests,
+                    _ => 1.0,
+                },
+                least_expected: None,
+            },
+            settled: false,
+            floors: Vec::new(),
         }
+    }
+
+    /// A `Path` race's floors: for each target, in order, the shortest path measured to it
+    /// lately (zero when unknown), which its offer cannot beat. Without them every server
+    /// could answer as soon as the time elapsed.
+    pub fn with_floors(mut self, floors: Vec<Duration>) -> Self {
+        self.floors = floors;
+        self
+    }
+
+    /// A `Path` race's inputs (without them: the policy's requests, one round trip for the
+    /// handshake, nothing known about other servers' expected completions).
+    pub fn with_path(mut self, inputs: PathInputs) -> Self {
+        self.path = inputs;
+        self
+    }
+
+    /// The inputs a `Path` race scores with.
+    pub fn path_inputs(&self) -> PathInputs {
+        self.path
     }
 
     /// Valid offers this race collected but did not choose.
@@ -243,8 +330,44 @@ impl Race {
                 self.runners_up = candidates;
                 Some(winner)
             }
+            SelectionPolicy::Path(_) => {
+                let mut best = 0;
+                for (i, w) in candidates.iter().enumerate() {
+                    if self.path.score(w) < self.path.score(&candidates[best]) {
+                        best = i;
+                    }
+                }
+                self.not_chosen = candidates.len() as u64 - 1;
+                Some(candidates.swap_remove(best))
+            }
             SelectionPolicy::Earliest => Some(candidates.swap_remove(0)),
         }
+    }
+
+    /// `Path`: after an offer was collected at `now`, whether the best offer in hand can still
+    /// be beaten, and if so when the bound on offers still to come reaches it.
+    fn settle(&mut self, now: Instant) {
+        let Some(best) = self.candidates.iter().map(|w| self.path.score(w)).min() else {
+            return;
+        };
+        let least = self.path.least_expected.unwrap_or_default();
+        let elapsed = now.saturating_duration_since(self.started);
+        // Only the targets that have not answered and could still beat the best: an offer's path
+        // is at least the time elapsed and at least its floor.
+        let contenders = self.targets.iter().enumerate().any(|(i, t)| {
+            let floor = self.floors.get(i).copied().unwrap_or_default();
+            !self.candidates.iter().any(|c| c.server == *t)
+                && self.path.bound(elapsed.max(floor), least) < best
+        });
+        if !contenders {
+            self.settled = true;
+            return;
+        }
+        let at = self
+            .started
+            .checked_add(self.path.reach(best, least))
+            .unwrap_or(self.deadline);
+        self.decide_at = Some(at.max(now));
     }
 
     /// After a `Collected` offer: decides at once when every probed server has answered (or,
@@ -252,7 +375,7 @@ impl Race {
     pub fn decide_if_complete(&mut self) -> Option<Winner> {
         if self.live.is_some()
             && !self.candidates.is_empty()
-            && (self.candidates.len() >= self.targets.len() || self.window_full())
+            && (self.candidates.len() >= self.targets.len() || self.window_full() || self.settled)
         {
             return self.decide();
         }
@@ -366,6 +489,7 @@ impl Race {
             return OfferOutcome::Unprobed;
         }
         let answer_time = now.saturating_duration_since(self.started);
+        let path = answer_time.saturating_sub(Duration::from_micros(u64::from(offer.held_us)));
         let matches = |t: &Option<Tag>| t.is_some_and(|t| bool::from(t.0.ct_eq(&offer.tag.0)));
         if matches(&self.live) {
             let Some(key) = pinned(&offer.server_key_id) else {
@@ -376,24 +500,36 @@ impl Race {
                 key,
                 cookie: offer.cookie.to_vec(),
                 answer_time,
+                path,
                 load: offer.load,
             };
-            let (SelectionPolicy::Window { delta, .. } | SelectionPolicy::NBest { delta, .. }) =
-                self.policy
-            else {
-                // Earliest valid offer: the race is decided and the tag forgotten as a live tag.
-                self.retire();
-                return OfferOutcome::Won(winner);
+            let delta = match self.policy {
+                SelectionPolicy::Window { delta, .. } | SelectionPolicy::NBest { delta, .. } => {
+                    Some(delta)
+                }
+                SelectionPolicy::Path(_) => None,
+                SelectionPolicy::Earliest => {
+                    // Earliest valid offer: the race is decided and the tag forgotten as a live
+                    // tag.
+                    self.retire();
+                    return OfferOutcome::Won(winner);
+                }
             };
             if self.candidates.iter().any(|c| c.server == from) {
                 return OfferOutcome::Duplicate;
             }
             self.candidates.push(winner);
-            self.decide_at.get_or_insert(now + delta);
+            match delta {
+                Some(delta) => {
+                    self.decide_at.get_or_insert(now + delta);
+                }
+                None => self.settle(now),
+            }
             // The caller asks `decide_if_complete` next: this offer may close the window.
             return OfferOutcome::Collected {
                 server: from,
                 answer_time,
+                path,
                 load: offer.load,
             };
         }
@@ -401,6 +537,7 @@ impl Race {
             return OfferOutcome::Late {
                 server: from,
                 answer_time,
+                path,
                 load: offer.load,
             };
         }

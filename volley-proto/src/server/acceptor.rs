@@ -128,7 +128,8 @@ impl Acceptor {
             // keep the promise (L6). Bounded: a server at `max_sessions` makes no new offers.
             // Only offers that took a reservation promise anything: none without a capacity,
             // none with reservations off (PROTOCOL.md §7.2.3, §7.3 step 8).
-            let promised = cx.config.capacity.is_some() && cookie_age < cx.config.reservation;
+            let promised =
+                cx.config.capacity.is_some() && cookie_age < cx.load.reservation(cx.config);
             if !promised {
                 cx.stats.init_refused_full += 1;
                 return InitOutcome::Answer(
@@ -220,6 +221,7 @@ impl Acceptor {
         let session = Session::new(now, local_id, client_id, remote, keys, cx.config.session)
             .with_migration();
         debug!(%remote, id = local_id, client = %client.key.to_hex(), name = client.name.as_deref().unwrap_or(""), "session opened");
+        cx.load.offer_lag_sample(cookie_age);
         InitOutcome::Open {
             id: local_id,
             served: Served {

@@ -202,6 +202,7 @@ impl OfferDesk {
             held.local,
             self.key_id,
             load,
+            now.saturating_duration_since(held.arrived),
             out,
         );
         if t.is_some() {

@@ -13,7 +13,7 @@ use crate::cookie::{CookieBinding, CookieCheck, CookieError, CookieJar};
 use crate::packet::{CookieChange, Init, KeyId, LoadHint, Offer, Tag};
 
 /// Writes an OFFER for a probe into `out`: a fresh cookie bound to `remote`, `local`, the tag and
-/// the service, the server's key id and its load hint. Nothing is remembered. The offer is never
+/// the service, the server's key id, its load hint and how long the probe was `held`. Nothing is remembered. The offer is never
 /// larger than the probe (no amplification); `None` if it would be (counted) or does not fit
 /// `out`.
 #[allow(clippy::too_many_arguments)]
@@ -28,6 +28,7 @@ pub fn write_offer(
     local: SocketAddr,
     key_id: KeyId,
     load: LoadHint,
+    held: std::time::Duration,
     out: &mut [u8],
 ) -> Option<Transmit> {
     let binding = CookieBinding {
@@ -41,6 +42,7 @@ pub fn write_offer(
         tag,
         server_key_id: key_id,
         load,
+        held_us: u32::try_from(held.as_micros()).unwrap_or(u32::MAX),
         cookie: &cookie,
     };
     let size = offer.encode(out).ok()?;

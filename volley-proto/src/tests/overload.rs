@@ -206,20 +206,30 @@ fn l6_an_init_answering_a_just_made_offer_is_honoured_at_max_sessions() {
         assert!(sim.servers[0].endpoint.stats().probes_withheld_full >= 1);
 
         // An INIT that comes later than the reservation after its offer was not promised
-        // anything: refused.
+        // anything: refused. The server's clients so far were near (its offers came back as
+        // INITs within a millisecond), so its reservations last the 5 ms floor (§7.2.3).
         let mut sim = Sim::new(seed);
         let key = sim.add_servers(1, |_, cfg| {
             cfg.max_sessions = Some(1);
             cfg.capacity = Some(4);
             cfg.answer = AnswerPolicy::Immediate;
         });
-        // 4 ms each way: the INIT arrives 8 ms after the offer was minted.
-        sim.link = Link::ms(4);
+        let near = sim.add_client(ClientConfig::new(vec![key]), pool.clone());
+        sim.establish(near, Duration::from_secs(1));
+        sim.clients[near].conn.close(CloseCode::NORMAL);
+        assert!(sim.run_until(
+            Duration::from_secs(1),
+            |s| s.servers[0].endpoint.session_count() == 0
+        ));
+        // 6 ms each way towards the next two: their INITs arrive 6 ms after the offers were
+        // minted.
+        sim.links.insert(client_addr(1), Link::ms(6));
+        sim.links.insert(client_addr(2), Link::ms(6));
         let c0 = sim.add_client(ClientConfig::new(vec![key]), pool.clone());
         let c1 = sim.add_client(ClientConfig::new(vec![key]), pool.clone());
         sim.run_for(ms(100));
         let st = *sim.servers[0].endpoint.stats();
-        assert_eq!(st.sessions_opened, 1);
+        assert_eq!(st.sessions_opened, 2);
         assert_eq!((st.init_refused_full, st.init_honoured_full), (1, 0));
         assert!(sim.established(c0) != sim.established(c1));
     }

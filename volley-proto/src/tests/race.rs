@@ -168,6 +168,7 @@ fn c2_offers_from_unprobed_sources_or_with_unknown_tags_are_dropped_and_counted(
                     tag,
                     server_key_id: key.key_id(),
                     load: LoadHint::default(),
+                    held_us: 0,
                     cookie: &[7; 39],
                 };
                 let n = o.encode(&mut buf).unwrap();

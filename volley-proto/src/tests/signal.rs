@@ -218,6 +218,7 @@ fn winner(server: u8, answer_us: u64, in_flight: u32, expected_us: u32) -> Winne
         key,
         cookie: Vec::new(),
         answer_time: Duration::from_micros(answer_us),
+        path: Duration::from_micros(answer_us),
         load: LoadHint {
             in_flight,
             capacity: 4,

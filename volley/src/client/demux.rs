@@ -257,6 +257,7 @@ mod tests {
                     capacity: 0,
                     expected_us: 0,
                 },
+                held_us: 0,
                 cookie: &[3; 39],
             }
             .encode(&mut buf)
@@ -355,6 +356,7 @@ mod tests {
                     capacity: 0,
                     expected_us: 0,
                 },
+                held_us: 0,
                 cookie: &[3; 39],
             }
             .encode(buf)

@@ -104,6 +104,25 @@ impl Client {
         }
     }
 
+    /// Labels pool servers with their zones (replacing earlier labels): with a fan-out and
+    /// [`ClientConfig::zone`] set, a race asks servers of the client's own zone first, before it
+    /// has measured anything (PROTOCOL.md §6.1). [`crate::discovery::Pool::zones`] gives the
+    /// labels of a pool's `ZONE=ENTRY` entries. Races already running keep their targets.
+    ///
+    /// ```
+    /// use volley::{Client, ClientConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng).public();
+    /// let mut config = ClientConfig::new(vec![key]);
+    /// config.zone = Some("eu-1".into());
+    /// config.fanout = Some(4);
+    /// let client = Client::new(config);
+    /// client.set_server_zones([("127.0.0.1:7001".parse().unwrap(), "eu-1".to_string())].into());
+    /// ```
+    pub fn set_server_zones(&self, zones: HashMap<SocketAddr, String>) {
+        lock_pool(&self.pool).set_server_zones(zones);
+    }
+
     /// A client whose connections of `socket`'s address family use `socket` (bring your own:
     /// one with `SO_REUSEPORT`, a fixed port, or one handed over by systemd). A socket bound to
     /// a loopback address serves loopback pools only; one bound to a wildcard or another

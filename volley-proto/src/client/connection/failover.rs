@@ -82,15 +82,15 @@ impl Failover {
     /// and how many were left out for being ejected. Ejected servers sit races out, unless
     /// every candidate is ejected. The order is random: on a fast network the send order is a
     /// visible part of the answer time, and a fixed order would hand every race to the first
-    /// server listed. With a fan-out of `d` the first `d` of the shuffle are a uniform
-    /// random subset. Servers a REDIRECT named since the last race go first (and are never cut
-    /// by the fan-out), so the refusal's advice is followed.
+    /// server listed. With a fan-out of `d`, [`PoolState::choose_targets`] keeps `d` of the
+    /// shuffle, near servers first. Servers a REDIRECT named since the last race go first (and
+    /// are never cut by the fan-out), so the refusal's advice is followed.
     pub(super) fn targets(
         &mut self,
         now: Instant,
         candidates: Vec<SocketAddr>,
         pool: &PoolState,
-        fanout: Option<usize>,
+        config: &ClientConfig,
         rng: &mut dyn RngCore,
     ) -> (Vec<SocketAddr>, usize) {
         let (mut targets, left_out) = pool.eligible(now, candidates);
@@ -100,13 +100,19 @@ impl Failover {
         }
         let redirected = std::mem::take(&mut self.redirected);
         targets.sort_by_key(|t| !redirected.contains(t));
-        if let Some(d) = fanout {
-            let keep = d
-                .max(1)
-                .max(redirected.iter().filter(|r| targets.contains(r)).count());
-            targets.truncate(keep);
+        let first = redirected.iter().filter(|r| targets.contains(r)).count();
+        if first > 0 {
+            // The refusal's advice first, never cut; the fan-out applies to the rest only when
+            // the advice leaves room.
+            if let Some(d) = config.fanout {
+                targets.truncate(d.max(1).max(first));
+            }
+            return (targets, left_out);
         }
-        (targets, left_out)
+        (
+            pool.choose_targets(targets, config.fanout, config),
+            left_out,
+        )
     }
 
     /// A session is up: refusals no longer count, and the failover (if this was one) is over.

@@ -63,6 +63,11 @@ pub struct Connection {
     handshakes_unanswered: u32,
     /// A server of the live race that answered with VERSIONS naming only other versions.
     other_versions: Option<(SocketAddr, u8)>,
+    /// Requests the session carried: sends that followed something heard from the server (the
+    /// first send counts), learned by the pool at [`Connection::retire`].
+    requests: u64,
+    /// Whether the server was heard from since the last send.
+    heard: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -138,6 +143,8 @@ impl Connection {
             unknown_key_at_race: 0,
             handshakes_unanswered: 0,
             other_versions: None,
+            requests: 0,
+            heard: true,
         }
     }
 
@@ -147,6 +154,22 @@ impl Connection {
     pub fn retire(mut self, pool: &mut PoolState) {
         if let Some(id) = self.session_id.take() {
             pool.release_session_id(id);
+        }
+        if matches!(self.config.policy, super::SelectionPolicy::Path(p) if p.learn) {
+            pool.requests_sample(self.requests);
+        }
+    }
+
+    /// Requests this connection's sessions carried so far: sends that followed a datagram from
+    /// the server, the first send included (what the `Path` policy learns from).
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    fn count_request(&mut self) {
+        if self.heard {
+            self.heard = false;
+            self.requests += 1;
         }
     }
 
@@ -165,7 +188,7 @@ impl Connection {
         self.unknown_key_at_race = self.stats.offers_unknown_key;
         let (targets, left_out) =
             self.failover
-                .targets(now, candidates, pool, self.config.fanout, &mut *self.rng);
+                .targets(now, candidates, pool, &self.config, &mut *self.rng);
         self.stats.ejected_skipped += left_out as u64;
         let mut tag = [0u8; TAG_LEN];
         self.rng.fill_bytes(&mut tag);
@@ -176,6 +199,7 @@ impl Connection {
             servers: targets.len(),
         });
         debug!(servers = targets.len(), attempt, "race started");
+        let floors = pool.path_floors(&targets);
         let race = Race::start(
             now,
             Tag(tag),
@@ -184,7 +208,9 @@ impl Connection {
             pool.race_timers(&self.config),
             self.config.probe_size,
             self.config.policy,
-        );
+        )
+        .with_path(pool.path_inputs(&self.config, false))
+        .with_floors(floors);
         self.state = State::ExpectOffer(race);
     }
 
@@ -250,13 +276,17 @@ impl Connection {
 
     /// Queues an application datagram on the session.
     pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.state.send_datagram(data)
+        self.state.send_datagram(data)?;
+        self.count_request();
+        Ok(())
     }
 
     /// Queues an application datagram the caller owns, without copying it; on refusal it
     /// comes back with the reason.
     pub fn send_datagram_owned(&mut self, data: Bytes) -> Result<(), (SendError, Bytes)> {
-        self.state.send_datagram_owned(data)
+        self.state.send_datagram_owned(data)?;
+        self.count_request();
+        Ok(())
     }
 
     /// Closes the connection; an established session sends CLOSE first.
@@ -330,7 +360,10 @@ impl Connection {
                 }
                 let server = *server;
                 match session.handle_data(now, from, header, ct) {
-                    Ok(Delivered::Datagram(d)) => self.events.push_back(ClientEvent::Datagram(d)),
+                    Ok(Delivered::Datagram(d)) => {
+                        self.heard = true;
+                        self.events.push_back(ClientEvent::Datagram(d));
+                    }
                     Ok(Delivered::Keepalive) => {}
                     Ok(Delivered::Closed(code)) => {
                         self.lose_server(now, server, CloseReason::Remote(code), pool);
@@ -386,9 +419,11 @@ impl Connection {
             OfferOutcome::Collected {
                 server,
                 answer_time,
+                path,
                 load,
             } => {
-                trace!(%server, ?answer_time, "offer collected");
+                trace!(%server, ?answer_time, ?path, "offer collected");
+                pool.offer_sample(now, server, path, load.expected());
                 self.events.push_back(ClientEvent::Collected {
                     server,
                     answer_time,
@@ -406,9 +441,11 @@ impl Connection {
             OfferOutcome::Late {
                 server,
                 answer_time,
+                path,
                 load,
             } => {
                 self.stats.offers_late += 1;
+                pool.offer_sample(now, server, path, load.expected());
                 trace!(%server, ?answer_time, "late offer voided");
                 self.events.push_back(ClientEvent::LateOffer {
                     server,
@@ -425,6 +462,10 @@ impl Connection {
     /// The race is decided: `w` won. Start the handshake with it.
     fn on_won(&mut self, now: Instant, w: Winner, pool: &mut PoolState) {
         self.stats.offers_won += 1;
+        if matches!(self.config.policy, super::SelectionPolicy::Earliest) {
+            // (collected offers were sampled as they came)
+            pool.offer_sample(now, w.server, w.path, w.load.expected());
+        }
         if let State::ExpectOffer(race) = &self.state
             && !race.retransmitted()
         {

@@ -10,6 +10,7 @@
 mod answer;
 mod choice;
 mod redirect;
+mod zones;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -292,6 +292,17 @@ impl Sim {
         self.clients.len() - 1
     }
 
+    /// Lets go of client `i`'s connection as a runtime does ([`Connection::retire`]: its session
+    /// id back, its requests learned); an idle connection with nothing to race takes its place.
+    pub fn retire(&mut self, i: usize) {
+        let instance = self.clients[i].instance;
+        let rng = self.child_rng();
+        let config = ClientConfig::new(Vec::new());
+        let idle = Connection::new(self.now, config, Vec::new(), rng, &mut self.pools[instance]);
+        let conn = std::mem::replace(&mut self.clients[i].conn, idle);
+        conn.retire(&mut self.pools[instance]);
+    }
+
     /// The pool knowledge of client `i`'s instance.
     pub fn pool_state(&self, i: usize) -> &PoolState {
         &self.pools[self.clients[i].instance]

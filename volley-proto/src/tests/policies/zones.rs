@@ -1,0 +1,403 @@
+//! Z1 and Z2: across zones a client weighs the path it measured against the queue each server
+//! announces (the `Path` policy), stops waiting as soon as no later offer could win, and with a
+//! fan-out asks near servers in every race while still sampling far ones.
+
+use super::*;
+use crate::PublicKey;
+use crate::client::PathPolicy;
+use crate::client::pool::PoolState;
+
+/// A client (one-way 250 µs towards it) and servers of 4 slots × 40 ms at the given one-way
+/// delays, with the given application loads, answering by `answer`.
+fn fleet(seed: u64, delays_us: &[u64], loads: &[u32], answer: AnswerPolicy) -> (Sim, PublicKey) {
+    let mut sim = Sim::new(seed);
+    let key = sim.add_servers(delays_us.len(), |_, cfg| {
+        cfg.capacity = Some(CAP);
+        cfg.service = ServiceModel::Fixed(SERVICE);
+        cfg.answer = answer;
+    });
+    for (i, d) in delays_us.iter().enumerate() {
+        sim.set_jitter(server_addr(i), us(*d), Duration::ZERO);
+    }
+    for (i, l) in loads.iter().enumerate() {
+        sim.set_app(i, *l);
+    }
+    sim.link.latency = us(250);
+    (sim, key)
+}
+
+fn client_config(key: PublicKey, policy: SelectionPolicy) -> ClientConfig {
+    let mut cfg = ClientConfig::new(vec![key]);
+    cfg.policy = policy;
+    cfg
+}
+
+/// When client `c` selected, from the start of its race (the sim's start).
+fn selected_at(sim: &Sim, c: usize) -> Duration {
+    first_at(sim, c, |e| matches!(e, ClientEvent::Selected { .. })).expect("selected")
+}
+
+const PATH_1: SelectionPolicy = SelectionPolicy::Path(PathPolicy::fixed(1.0));
+
+#[test]
+fn z1_path_choice_spills_to_an_idle_far_server_that_the_earliest_offer_hides() {
+    // Server 0 is in the client's zone (round trip 0.5 ms) with 24 requests queued on 4 slots
+    // (expected 250 ms); server 1 is 20 ms away one way (round trip 20.25 ms) and idle (40 ms).
+    // One request: 2 × 0.5 + 250 against 2 × 20.25 + 40 — the far server finishes first.
+    for answer in [AnswerPolicy::Immediate, AnswerPolicy::default()] {
+        for seed in seeds(3) {
+            let _g = SeedGuard(seed);
+            let (mut sim, key) = fleet(seed, &[250, 20_000], &[24, 0], answer);
+            let pool = sim.pool();
+            let c = sim.add_client(client_config(key, SelectionPolicy::Earliest), pool.clone());
+            sim.establish(c, ms(500));
+            assert_eq!(
+                sim.clients[c].conn.server(),
+                Some(server_addr(0)),
+                "earliest takes the near offer, however loaded ({answer:?})"
+            );
+
+            let (mut sim, key) = fleet(seed, &[250, 20_000], &[24, 0], answer);
+            let c = sim.add_client(client_config(key, PATH_1), pool);
+            sim.establish(c, ms(500));
+            assert_eq!(
+                sim.clients[c].conn.server(),
+                Some(server_addr(1)),
+                "{answer:?}"
+            );
+            // Decided on the far offer's arrival (after its pace when paced), not later.
+            let hold = match answer {
+                AnswerPolicy::Paced { .. } => pace(0),
+                _ => Duration::ZERO,
+            };
+            assert_eq!(selected_at(&sim, c), us(20_250) + hold, "{answer:?}");
+            // The near server's path is its round trip, not its answer time: a paced server
+            // held the probe for 250 ms / 32 and said so in `held_us`.
+            let near = sim.pool_state(c).path_to(&server_addr(0)).unwrap();
+            assert!(near <= us(600), "{near:?} ({answer:?})");
+        }
+    }
+}
+
+#[test]
+fn z1_path_keeps_the_near_server_when_its_queue_costs_less_than_the_detour_and_waits_for_nothing() {
+    // Near: 4 requests on 4 slots (expected 50 ms); far: idle (40 ms), 20 ms away. 2 × 0.5 + 50
+    // = 51 ms beats 2 × 20.25 + 40 = 80.5 ms.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, key) = fleet(seed, &[250, 20_000], &[4, 0], AnswerPolicy::Immediate);
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        let first = sim.add_client_shared(client_config(key, PATH_1), pool.clone(), instance);
+        sim.establish(first, ms(500));
+        assert_eq!(sim.clients[first].conn.server(), Some(server_addr(0)));
+        // A first race knows nothing of the other servers: an offer still to come could
+        // announce any expected completion, so it could still win until 2 × t ≥ 51 ms. The far
+        // offer (80.5 ms) comes at 20.25 ms: every target has answered, the near server wins.
+        assert_eq!(selected_at(&sim, first), us(20_250));
+        // The far server's late offer teaches the client its path (and its 40 ms).
+        sim.run_for(ms(100));
+        let far = sim.pool_state(first).path_to(&server_addr(1)).unwrap();
+        assert_eq!(far, us(20_250));
+        assert_eq!(sim.pool_state(first).least_expected(), Some(expected(0)));
+
+        // A second race of the same client: the least expected lately is now 40 ms, which alone
+        // would keep the race open for (51 − 40) / 2 = 5.5 ms — but the only server that could
+        // announce it is 20 ms away, so the near offer is taken on arrival again.
+        let start = sim.elapsed();
+        let second = sim.add_client_shared(client_config(key, PATH_1), pool, instance);
+        sim.establish(second, ms(500));
+        assert_eq!(sim.clients[second].conn.server(), Some(server_addr(0)));
+        assert_eq!(selected_at(&sim, second) - start, us(500));
+    }
+}
+
+#[test]
+fn z1_path_stops_waiting_once_no_later_offer_can_win() {
+    // Near and loaded (250 ms); two idle servers 20 ms and 40 ms away. Once the 20 ms offer is
+    // in hand (score 80.5 ms), the 40 ms server could at best score 2 × 40.25 + 40 = 120.5 ms:
+    // the race ends on the 20 ms offer's arrival and never waits for the farther one.
+    // (A client's first race knows no loads, so it waits for the 40 ms server too; the second
+    // race knows the paths and the least expected completion lately.)
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, key) = fleet(
+            seed,
+            &[250, 20_000, 40_000],
+            &[24, 0, 0],
+            AnswerPolicy::Immediate,
+        );
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        let first = sim.add_client_shared(client_config(key, PATH_1), pool.clone(), instance);
+        sim.establish(first, ms(500));
+        assert_eq!(
+            selected_at(&sim, first),
+            us(40_250),
+            "cold: every target answered"
+        );
+        sim.clients[first].conn.close(CloseCode::NORMAL);
+        sim.run_for(ms(100));
+        let start = sim.elapsed();
+        let c = sim.add_client_shared(client_config(key, PATH_1), pool, instance);
+        sim.establish(c, ms(500));
+        assert_eq!(sim.clients[c].conn.server(), Some(server_addr(1)));
+        assert_eq!(selected_at(&sim, c) - start, us(20_250));
+        let st = sim.clients[c].conn.stats();
+        assert_eq!(st.offers_not_chosen, 1, "the near offer");
+    }
+}
+
+#[test]
+fn z1_path_on_a_lan_decides_on_the_first_offer_like_earliest() {
+    // Eight paced servers 100 µs away with different loads: the least loaded answers first, its
+    // offer is the best, and the race ends on its arrival — the same server at the same time
+    // as the earliest policy.
+    for seed in seeds(5) {
+        let _g = SeedGuard(seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let loads: Vec<u32> = (0..8).map(|_| rng.next_u32() % 12).collect();
+        let delays = [100u64; 8];
+        let mut picks = Vec::new();
+        for policy in [SelectionPolicy::Earliest, SelectionPolicy::path()] {
+            let (mut sim, key) = fleet(seed, &delays, &loads, AnswerPolicy::default());
+            let pool = sim.pool();
+            let instance = sim.add_instance(Default::default());
+            let mut got = Vec::new();
+            // Two races per client: the second one with what the first taught it. (A first race
+            // waits for every offer or until no path could still win: it knows no loads.)
+            for _ in 0..2 {
+                let start = sim.elapsed();
+                let c = sim.add_client_shared(client_config(key, policy), pool.clone(), instance);
+                sim.establish(c, ms(500));
+                got.push((sim.clients[c].conn.server(), selected_at(&sim, c) - start));
+                sim.run_for(ms(50));
+            }
+            picks.push(got);
+        }
+        assert_eq!(picks[0][0].0, picks[1][0].0, "loads {loads:?}");
+        assert_eq!(picks[0][1], picks[1][1], "loads {loads:?}");
+    }
+}
+
+#[test]
+fn z1_requests_per_session_are_learned_from_the_clients_sessions() {
+    let (mut sim, key) = fleet(7, &[100, 100], &[0, 0], AnswerPolicy::Immediate);
+    let pool = sim.pool();
+    let instance = sim.add_instance(Default::default());
+    for _ in 0..3 {
+        let c = sim.add_client_shared(
+            client_config(key, SelectionPolicy::path()),
+            pool.clone(),
+            instance,
+        );
+        sim.establish(c, ms(500));
+        for i in 0..10u8 {
+            assert!(sim.echo(c, &[i; 8], ms(100)));
+        }
+        // Sending twice without hearing back is one request.
+        sim.clients[c].conn.send_datagram(b"a").unwrap();
+        sim.clients[c].conn.send_datagram(b"b").unwrap();
+        assert_eq!(sim.clients[c].conn.requests(), 11);
+        sim.retire(c);
+    }
+    let state: &PoolState = &sim.pools[instance];
+    assert_eq!(state.learned_requests(), Some(11.0));
+    let config = client_config(key, SelectionPolicy::path());
+    let inputs = state.path_inputs(&config, false);
+    assert_eq!((inputs.requests, inputs.round_trips), (11.0, 12.0));
+    assert_eq!(state.path_inputs(&config, true).round_trips, 11.0);
+    // A fixed setting learns nothing.
+    let fixed = client_config(key, SelectionPolicy::Path(PathPolicy::fixed(3.0)));
+    assert_eq!(state.path_inputs(&fixed, false).requests, 3.0);
+    // And a requests setting below one is refused.
+    let mut bad = fixed.clone();
+    bad.policy = SelectionPolicy::Path(PathPolicy::fixed(0.5));
+    assert!(bad.validate().is_err());
+}
+
+fn addr(i: usize) -> SocketAddr {
+    server_addr(i)
+}
+
+/// A pool state that measured servers 0..6 at 0.5 ms and 6..16 at 20 to 60 ms.
+fn measured_zones() -> PoolState {
+    let mut state = PoolState::default();
+    let now = std::time::Instant::now();
+    for i in 0..16 {
+        let path = if i < 6 {
+            us(500)
+        } else {
+            ms(20 + 4 * i as u64)
+        };
+        state.offer_sample(now, addr(i), path, Some(expected(0)));
+    }
+    state
+}
+
+#[test]
+fn z2_a_fan_out_asks_near_servers_in_every_race_and_samples_far_ones() {
+    let config = ClientConfig::new(Vec::new());
+    let state = measured_zones();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut asked = HashMap::<SocketAddr, u32>::new();
+    let races = 4_000;
+    for _ in 0..races {
+        let mut candidates: Vec<SocketAddr> = (0..16).map(addr).collect();
+        shuffle(&mut rng, &mut candidates);
+        let targets = state.choose_targets(candidates, Some(4), &config);
+        assert_eq!(targets.len(), 4, "probes per race: the fan-out");
+        let near = targets
+            .iter()
+            .filter(|t| (0..6).any(|i| addr(i) == **t))
+            .count();
+        assert!(near >= 2, "near servers in every race: {targets:?}");
+        for t in targets {
+            *asked.entry(t).or_default() += 1;
+        }
+    }
+    // Every far server is still sampled — a hot zone can spill to any of them — and evenly: the
+    // two other slots go to the next servers of the shuffle, mostly far ones (the near servers
+    // left are those that came after the two taken), 1.875 of 2 on average here: 4,000 × 1.875
+    // / 10 = 750 each.
+    for i in 6..16 {
+        let n = asked[&addr(i)];
+        assert!(
+            (650..850).contains(&n),
+            "far server {i} asked {n} times: {asked:?}"
+        );
+    }
+    // Near servers share their slots evenly too (no herding onto one).
+    let near: Vec<u32> = (0..6).map(|i| asked[&addr(i)]).collect();
+    let (lo, hi) = (near.iter().min().unwrap(), near.iter().max().unwrap());
+    assert!(*hi as f64 <= *lo as f64 * 1.25, "{near:?}");
+}
+
+#[test]
+fn z2_without_measurements_or_labels_the_subset_is_uniform_and_labels_count_as_near() {
+    let mut config = ClientConfig::new(Vec::new());
+    let state = PoolState::default();
+    let candidates: Vec<SocketAddr> = (0..16).map(addr).collect();
+    // Nothing known: the (already shuffled) order is kept, the first d taken.
+    assert_eq!(
+        state.choose_targets(candidates.clone(), Some(4), &config),
+        candidates[..4].to_vec()
+    );
+    assert_eq!(
+        state.choose_targets(candidates.clone(), None, &config),
+        candidates
+    );
+    // Zone labels stand in for measurements on a cold start.
+    config.zone = Some("b".into());
+    for i in 0..16 {
+        let zone = if (10..13).contains(&i) { "b" } else { "a" };
+        config.server_zones.insert(addr(i), zone.into());
+    }
+    let targets = state.choose_targets(candidates.clone(), Some(4), &config);
+    assert_eq!(&targets[..2], &[addr(10), addr(11)]);
+    assert_eq!(&targets[2..], &[addr(0), addr(1)]);
+    // With labels and a zone of its own, a label decides for the servers it names: server 5,
+    // measured 300 µs away but labelled "a", is not near; an unlabelled measured server is.
+    let mut measured = PoolState::default();
+    let now = std::time::Instant::now();
+    measured.offer_sample(now, addr(5), us(300), None);
+    measured.offer_sample(now, addr(0), us(400), None);
+    config.server_zones.remove(&addr(0));
+    let targets = measured.choose_targets(candidates, Some(4), &config);
+    assert_eq!(&targets[..2], &[addr(0), addr(10)]);
+}
+
+#[test]
+fn z2_races_learn_nearness_and_keep_probes_per_session_at_the_fan_out() {
+    // Three zones of a 16-server fleet, 6/5/5, seen from a client in the first: 250 µs one way
+    // inside, 10 and 20 ms to the others. After its first races a client asks its own zone in
+    // every race, with 4 probes a race.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let delays: Vec<u64> = (0..16)
+            .map(|i| match i {
+                0..6 => 250,
+                6..11 => 10_000,
+                _ => 20_000,
+            })
+            .collect();
+        let (mut sim, key) = fleet(seed, &delays, &[0; 16], AnswerPolicy::default());
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        let mut config = client_config(key, SelectionPolicy::path());
+        config.fanout = Some(4);
+        let mut own_zone_asked = 0;
+        let mut own_zone_won = 0;
+        let races = 40;
+        for r in 0..races {
+            let t0 = sim.now;
+            let c = sim.add_client_shared(config.clone(), pool.clone(), instance);
+            sim.establish(c, ms(500));
+            let probes: Vec<SocketAddr> = sim
+                .sent_of(kind::PROBE)
+                .iter()
+                .filter(|s| s.src == sim.clients[c].addr && s.at >= t0)
+                .map(|s| s.dst)
+                .collect();
+            let won = sim.clients[c].conn.server().unwrap();
+            let probes_sent = sim.clients[c].conn.stats().probes_sent;
+            sim.clients[c].conn.close(CloseCode::NORMAL);
+            sim.run_for(ms(100));
+            if r < 4 {
+                continue; // learning
+            }
+            assert_eq!(probes_sent, 4);
+            if probes.iter().any(|p| sim.server_index(*p) < 6) {
+                own_zone_asked += 1;
+            }
+            if sim.server_index(won) < 6 {
+                own_zone_won += 1;
+            }
+        }
+        assert_eq!(own_zone_asked, races - 4, "its zone in every race");
+        assert_eq!(own_zone_won, races - 4, "an idle fleet: served in its zone");
+    }
+}
+
+#[test]
+fn z2_offers_to_far_clients_count_as_load_until_their_init_can_arrive() {
+    // One server of 4 slots, its clients 20 ms away one way: its offers turn into INITs 40 ms
+    // after they leave. A 5 ms reservation would be gone long before; the server measures the
+    // lag and keeps each offer's reservation about that long, so a burst of far races does not
+    // all see it idle (herding).
+    let (mut sim, key) = fleet(3, &[20_000], &[0], AnswerPolicy::Immediate);
+    sim.link.latency = ms(20);
+    let pool = sim.pool();
+    for _ in 0..6 {
+        let c = sim.add_client(client_config(key, SelectionPolicy::Earliest), pool.clone());
+        sim.establish(c, ms(500));
+        assert!(sim.echo(c, b"x", ms(500)));
+        sim.clients[c].conn.close(CloseCode::NORMAL);
+        sim.run_for(ms(600));
+    }
+    let hint_of_offer_to = |sim: &Sim, to: SocketAddr| {
+        let sent = sim.sent_of(kind::OFFER);
+        let offer = sent.iter().rev().find(|s| s.dst == to).expect("an offer");
+        offer_of(&offer.data).1
+    };
+    let (x, y): (SocketAddr, SocketAddr) = (
+        "198.51.100.1:5000".parse().unwrap(),
+        "198.51.100.2:5000".parse().unwrap(),
+    );
+    sim.send(x, server_addr(0), probe(Tag([1; 16]), PROBE_MIN_LEN));
+    sim.run_for(ms(30));
+    sim.send(y, server_addr(0), probe(Tag([2; 16]), PROBE_MIN_LEN));
+    sim.run_for(ms(100));
+    assert_eq!(hint_of_offer_to(&sim, x).in_flight, 0);
+    assert_eq!(
+        hint_of_offer_to(&sim, y).in_flight,
+        1,
+        "the offer to x, 30 ms earlier, still counts"
+    );
+    // After the lag has passed (and its variation), it no longer does.
+    sim.run_for(ms(200));
+    let z: SocketAddr = "198.51.100.3:5000".parse().unwrap();
+    sim.send(z, server_addr(0), probe(Tag([3; 16]), PROBE_MIN_LEN));
+    sim.run_for(ms(100));
+    assert_eq!(hint_of_offer_to(&sim, z).in_flight, 0);
+}
