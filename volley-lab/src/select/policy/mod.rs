@@ -50,6 +50,9 @@ use super::workload::{Job, Schedule};
 pub enum Pick {
     Earliest,
     Window,
+    /// `SelectionPolicy::path()`: the offer expected to finish the session first, counting the
+    /// measured path once per round trip (issue 23, Z1), learning the requests per session.
+    Path,
 }
 
 /// How volley servers answer probes.
@@ -81,7 +84,8 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// The six peers, then every volley combination: pick × answer × fan-out 2, 3, all.
+    /// The six peers, then every volley combination: pick × answer × fan-out 2, 3, all; then
+    /// the path-aware configuration of the zones (`volley-path-paced-d4`).
     pub fn all() -> Vec<Policy> {
         let mut v = Policy::peers();
         for pick in [Pick::Earliest, Pick::Window] {
@@ -95,8 +99,17 @@ impl Policy {
                 }
             }
         }
+        v.push(Policy::PATH);
         v
     }
+
+    /// volley's path-aware configuration (issue 23, Z1/Z3): `SelectionPolicy::path()`, paced
+    /// servers, fan-out 4 (near servers first).
+    pub const PATH: Policy = Policy::Volley {
+        pick: Pick::Path,
+        answer: Answer::Paced,
+        fanout: Some(4),
+    };
 
     /// The policies volley is compared with.
     pub fn peers() -> Vec<Policy> {
@@ -132,6 +145,7 @@ impl Policy {
                 let pick = match pick {
                     Pick::Earliest => "earliest",
                     Pick::Window => "window",
+                    Pick::Path => "path",
                 };
                 let answer = match answer {
                     Answer::Immediate => "immediate",
@@ -402,11 +416,12 @@ mod tests {
     #[test]
     fn policy_names_round_trip_and_cover_the_matrix() {
         let all = Policy::all();
-        assert_eq!(all.len(), 7 + 2 * 3 * 3);
+        assert_eq!(all.len(), 7 + 2 * 3 * 3 + 1);
         for p in &all {
             assert_eq!(Policy::parse(&p.name()), Some(*p), "{}", p.name());
         }
         assert!(Policy::parse("volley-earliest-paced-d3").is_some());
+        assert_eq!(Policy::parse("volley-path-paced-d4"), Some(Policy::PATH));
         assert!(Policy::parse("nonsense").is_none());
     }
 }

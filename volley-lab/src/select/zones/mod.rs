@@ -41,9 +41,9 @@ use peers::{ZCtx, ZPolicy};
 use relay::{ErrorStats, Relay, Route};
 use report::ZRun;
 
-/// The volley configurations of the zone matrix; the first is the primary, whose goals the
-/// report computes.
-pub const ZONE_VOLLEY: [&str; 1] = ["volley-window-immediate-d3"];
+/// The volley configurations of the zone matrix: the path-aware one (issue 23, Z1/Z2), the
+/// primary, whose goals the report computes, and `select`'s primary of today beside it.
+pub const ZONE_VOLLEY: [&str; 2] = ["volley-path-paced-d4", "volley-window-immediate-d3"];
 
 /// Independent clients of the zone matrix.
 pub const ZONE_CLIENTS: usize = 16;
@@ -55,7 +55,7 @@ const QUICK_WARMUP: Duration = Duration::from_millis(500);
 const QUICK_MEASURE: Duration = Duration::from_millis(1200);
 /// What a run costs besides its arrivals: starting the fleet and relay, draining the sessions
 /// in flight (for the printed estimate).
-const RUN_OVERHEAD: Duration = Duration::from_millis(900);
+const RUN_OVERHEAD: Duration = Duration::from_millis(1500);
 
 /// Everything a zone invocation runs.
 pub struct ZonePlan {

@@ -39,7 +39,7 @@ use tower::Service;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma};
-use volley::{Client, SelectionPolicy};
+use volley::{Client, ClientConfig, SelectionPolicy};
 
 use super::model::{LocalityRule, OracleView, Zones, oracle_choice};
 use crate::peers::prequal::{self, ProbePool};
@@ -389,9 +389,26 @@ pub async fn drive(policy: ZPolicy, ctx: Arc<ZCtx>, jobs: Vec<Job>) -> anyhow::R
             let sel = match pick {
                 crate::select::policy::Pick::Earliest => SelectionPolicy::Earliest,
                 crate::select::policy::Pick::Window => SelectionPolicy::window(),
+                crate::select::policy::Pick::Path => SelectionPolicy::path(),
             };
             let clients: Vec<Client> = (0..m)
-                .map(|_| ctx.run.client(sel, fanout.map(usize::from)))
+                .map(|c| {
+                    let z = ctx.zones.of_client[c];
+                    let mut cfg = ClientConfig::new(vec![ctx.run.key]);
+                    cfg.policy = sel;
+                    cfg.fanout = fanout.map(usize::from);
+                    if matches!(sel, SelectionPolicy::Path(_)) {
+                        // The zone labels a deployment knows (as the zone-local peers do): the
+                        // client's own, and its zone's relay address of each server.
+                        cfg.zone = Some(format!("zone-{z}"));
+                        cfg.server_zones = ctx.volley[z]
+                            .iter()
+                            .enumerate()
+                            .map(|(s, &a)| (a, format!("zone-{}", ctx.zones.of_server[s])))
+                            .collect();
+                    }
+                    Client::new(cfg)
+                })
                 .collect();
             let mut handles = Vec::with_capacity(jobs.len());
             for job in jobs {
