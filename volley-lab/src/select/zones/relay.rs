@@ -4,8 +4,9 @@
 //! `tc netem` needs `sch_netem`, which lab machines often lack, and tokio's timers tick in whole
 //! milliseconds (far too coarse for 0.25 ms ± 50 µs). So the relay is one dedicated OS thread
 //! with non-blocking sockets in an epoll set and a `timerfd` armed at the absolute
-//! `CLOCK_MONOTONIC` instant the earliest held datagram is due, less 40 µs that it spins (a
-//! wake-up's own latency would otherwise be most of the error); its timer slack is 1 ns
+//! `CLOCK_MONOTONIC` instant the earliest held datagram is due, less a margin it spins (twice
+//! the timer's recent wake-up latency plus 20 µs, 40 µs to 1 ms: a wake-up's own latency would
+//! otherwise be most of the error); its timer slack is 1 ns
 //! (`prctl(PR_SET_TIMERSLACK)`). A wake-up sends every datagram then due, in due order.
 //!
 //! Each [`Route`] is one listening address of the relay in front of one target: the clients of
@@ -171,8 +172,11 @@ impl Ord for Held {
 }
 
 const TIMER: u64 = u64::MAX;
-/// How early the timer fires before a datagram is due; the relay spins the rest.
-const SPIN_NS: u64 = 40_000;
+/// How early the timer fires before a datagram is due (the relay spins the rest): twice the
+/// timer's recent wake-up latency plus 20 µs, within these bounds. A busy relay wakes fast and
+/// spins little; an idle one (a CPU in a deep sleep state) wakes slowly and spins longer.
+const SPIN_MIN_NS: u64 = 40_000;
+const SPIN_MAX_NS: u64 = 1_000_000;
 const UP: u64 = 1 << 32;
 
 fn relay_loop(
@@ -197,6 +201,10 @@ fn relay_loop(
     let mut stats = RelayStats::default();
     let mut seq = 0u64;
     let mut armed: Option<u64> = None;
+    // When the armed timer was to fire, and the smoothed lateness of its wake-ups (ns).
+    let mut fire_at = 0u64;
+    let mut wake_late = 20_000u64;
+    let mut spin = SPIN_MIN_NS;
     let mut events = vec![EpollEvent::empty(); 256];
     let mut buf = vec![0u8; 65_536];
     let mut cpu_read_at = 0u64;
@@ -206,7 +214,7 @@ fn relay_loop(
         let mut now = mono_ns();
         if let Some(due) = held.peek().map(|h| h.due)
             && due > now
-            && due - now <= SPIN_NS
+            && due - now <= spin
         {
             while now < due {
                 std::hint::spin_loop();
@@ -245,6 +253,8 @@ fn relay_loop(
         if next != armed {
             match next {
                 Some(due) => {
+                    let due = due.saturating_sub(spin);
+                    fire_at = due;
                     let at =
                         TimeSpec::new((due / 1_000_000_000) as i64, (due % 1_000_000_000) as i64);
                     timer.set(
@@ -268,6 +278,9 @@ fn relay_loop(
                 // Drain the expiration count (EAGAIN when it was already read).
                 let _ = timer.wait();
                 armed = None;
+                let late = mono_ns().saturating_sub(fire_at).min(SPIN_MAX_NS);
+                wake_late = (wake_late * 7 + late) / 8;
+                spin = (2 * wake_late + 20_000).clamp(SPIN_MIN_NS, SPIN_MAX_NS);
                 continue;
             }
             if token >= UP {

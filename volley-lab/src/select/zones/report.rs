@@ -403,6 +403,15 @@ fn ms(x: f64) -> String {
     }
 }
 
+/// A goal's value: three decimals (a share of 0.9485 is not "0.95").
+fn value(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        ms(x)
+    }
+}
+
 fn spread(s: Spread) -> String {
     format!("{} [{}–{}]", ms(s.median), ms(s.min), ms(s.max))
 }
@@ -444,14 +453,16 @@ pub fn write(
     for g in &goals {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} [{}–{}] | {} | {} |",
             g.goal,
             g.per_seed
                 .iter()
-                .map(|&x| ms(x))
+                .map(|&x| value(x))
                 .collect::<Vec<_>>()
                 .join(", "),
-            spread(g.spread),
+            value(g.spread.median),
+            value(g.spread.min),
+            value(g.spread.max),
             g.target,
             if g.met { "met" } else { "not met" }
         );
