@@ -68,9 +68,16 @@ pub struct Args {
     /// Open sessions with the K best servers of one race (and send --send on each).
     #[arg(long, value_name = "K", conflicts_with = "policy")]
     n_best: Option<usize>,
-    /// Send this text over the session and print the reply.
+    /// Send this text over the session and print the reply. It rides in the handshake as
+    /// early data (the race plus one round trip instead of two; PROTOCOL.md §4.8): it is then
+    /// encrypted without forward secrecy, and may reach a second server if the first never
+    /// answers the handshake. Sent after the handshake instead with --no-early-data, with
+    /// --n-best, or when longer than 1201 bytes.
     #[arg(long)]
     send: Option<String>,
+    /// Send --send's text only once the session is up, not as early data in the handshake.
+    #[arg(long)]
+    no_early_data: bool,
     /// Give up after this many seconds in all — the race, the handshake and --send's
     /// exchange [default: 3].
     #[arg(long)]
@@ -100,6 +107,7 @@ pub struct File {
     zone: Option<String>,
     n_best: Option<usize>,
     send: Option<String>,
+    no_early_data: Option<bool>,
     timeout: Option<f64>,
     dns_server: Option<SocketAddr>,
     servers: Option<Vec<String>>,
@@ -132,6 +140,7 @@ impl Args {
         self.fanout = self.fanout.or(file.fanout);
         self.zone = self.zone.or(file.zone);
         self.send = self.send.or(file.send);
+        self.no_early_data = self.no_early_data || file.no_early_data.unwrap_or(false);
         self.timeout = self.timeout.or(file.timeout);
         Ok(self)
     }
@@ -261,11 +270,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // after two: servers that send offers and never an ACCEPT are not losing INITs, they do not
     // take this client's key (the library's own rule for one connection).
     let mut unanswered = 0;
+    // --send's text as early data, when it may ride (one session, within the size, not refused).
+    let early = args
+        .send
+        .as_ref()
+        .filter(|_| args.n_best.is_none() && !args.no_early_data)
+        .and_then(|t| volley_proto::EarlyData::new(volley::Bytes::from(t.clone())).ok());
     let connected = loop {
         let attempt = async {
-            match args.n_best {
-                Some(k) => client.connect_n(&args.servers, k).await,
-                None => client.connect(&args.servers).await.map(|s| vec![s]),
+            match (args.n_best, &early) {
+                (Some(k), _) => client.connect_n(&args.servers, k).await,
+                (None, Some(first)) => client
+                    .connect_with_early(&args.servers, first.bytes().clone())
+                    .await
+                    .map(|s| vec![s]),
+                (None, None) => client.connect(&args.servers).await.map(|s| vec![s]),
             }
         };
         match tokio::time::timeout_at(connect_deadline, attempt).await {
@@ -336,7 +355,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     if let Some(text) = &args.send {
         for s in &mut sessions {
-            exchange(s, text, sessions_label(args.n_best, s), deadline).await?;
+            let sent_early = early.is_some().then_some(started);
+            exchange(
+                s,
+                text,
+                sessions_label(args.n_best, s),
+                deadline,
+                sent_early,
+            )
+            .await?;
         }
     }
     for s in &sessions {
@@ -427,14 +454,18 @@ fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[S
     say!("late offers voided: {}", report.late_offers);
 }
 
+/// Sends `text` on `session` and prints the reply; `early`: it already went in the handshake
+/// (at that time), so the first wait sends nothing.
 async fn exchange(
     session: &mut Session,
     text: &str,
     label: String,
     deadline: Instant,
+    early: Option<Instant>,
 ) -> anyhow::Result<()> {
-    let sent = Instant::now();
+    let sent = early.unwrap_or_else(Instant::now);
     let mut reply = None;
+    let mut in_handshake = early.is_some();
     // Datagrams are unreliable: send again when no reply came within a few round trips (the
     // handshake's time measured one), doubling to at most 250 ms (a lost datagram is not
     // congestion), until the deadline (R10).
@@ -444,7 +475,9 @@ async fn exchange(
         .unwrap_or(Duration::from_millis(100));
     let mut wait = (rtt * 3).clamp(Duration::from_millis(30), Duration::from_millis(250));
     while Instant::now() < deadline {
-        session.send(text.as_bytes()).await.map_err(explain)?;
+        if !std::mem::take(&mut in_handshake) {
+            session.send(text.as_bytes()).await.map_err(explain)?;
+        }
         let until = (Instant::now() + wait).min(deadline);
         if let Ok(r) = tokio::time::timeout_at(until, session.recv()).await {
             reply = Some(r.map_err(explain)?);
@@ -458,12 +491,21 @@ async fn exchange(
             (deadline - sent).as_secs_f64()
         )
     })?;
-    say!("sent:       {text:?}{label}");
-    say!(
-        "reply:      {:?} in {}",
-        String::from_utf8_lossy(&reply),
-        ms(sent.elapsed())
-    );
+    if early.is_some() {
+        say!("sent:       {text:?}{label} (early data, in the handshake)");
+        say!(
+            "reply:      {:?} in {} (race, handshake and reply)",
+            String::from_utf8_lossy(&reply),
+            ms(sent.elapsed())
+        );
+    } else {
+        say!("sent:       {text:?}{label}");
+        say!(
+            "reply:      {:?} in {}",
+            String::from_utf8_lossy(&reply),
+            ms(sent.elapsed())
+        );
+    }
     Ok(())
 }
 

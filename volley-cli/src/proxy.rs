@@ -42,6 +42,12 @@ pub struct Args {
     /// taking bytes is progress) [default: 60 for UDP, 300 for TCP].
     #[arg(long)]
     idle_timeout: Option<f64>,
+    /// UDP: send each new flow's first datagram in its session's handshake as early data, so
+    /// its first answer comes one round trip sooner (PROTOCOL.md §4.8). Off by default: early
+    /// data has no forward secrecy (a later theft of the server's private key reveals it), and
+    /// may reach a second server if the first never answers the handshake.
+    #[arg(long)]
+    early_data: bool,
     /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -84,6 +90,7 @@ pub struct File {
     key: Option<std::path::PathBuf>,
     service: Option<String>,
     idle_timeout: Option<f64>,
+    early_data: Option<bool>,
     metrics: Option<std::net::SocketAddr>,
     dns_server: Option<std::net::SocketAddr>,
     policy: Option<crate::connect::Policy>,
@@ -117,6 +124,7 @@ impl Args {
         self.key = self.key.or_else(|| file.key.map(|k| dir.join(k)));
         self.service = self.service.or(file.service);
         self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
+        self.early_data = self.early_data || file.early_data.unwrap_or(false);
         self.metrics = self.metrics.or(file.metrics);
         self.dns_server = self.dns_server.or(file.dns_server);
         self.policy = self.policy.or(file.policy);
@@ -136,6 +144,11 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
     ensure!(
         !args.server_keys.is_empty(),
         "--server-key (or `server_keys` in the config file) is required"
+    );
+    ensure!(
+        !args.early_data || matches!(args.listen, Some(Target::Udp(_))),
+        "--early-data is for a UDP proxy (--listen udp://…): a TCP stream opens only after its \
+         session is up"
     );
     ensure!(
         !args.servers.is_empty(),
@@ -220,6 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             crate::target::keep_zones(&client, &pool);
             UdpProxy::new(client, pool)
                 .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)))
+                .early_data(args.early_data)
                 .metrics(metrics)
                 .serve(socket, crate::serve::shutdown_signal())
                 .await?

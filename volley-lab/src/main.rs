@@ -35,8 +35,8 @@ enum Command {
     /// descriptors, sessions, failovers and counter consistency over time, and a plot.
     Soak(volley_lab::soak::SoakArgs),
     /// Discrete-event simulator driving the real volley-proto state machines: the supermarket
-    /// check, then volley's policies at 10,000 servers.
-    Sim(volley_lab::sim::SimArgs),
+    /// check, then volley's policies at 10,000 servers, and zones.
+    Sim(Box<volley_lab::sim::SimArgs>),
     /// (Internal) the child server of `bench`'s memory measurement.
     #[command(hide = true)]
     MemoryServer,
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Select(args) => volley_lab::select::run(args),
-        Command::Sim(args) => volley_lab::sim::run(args),
+        Command::Sim(args) => volley_lab::sim::run(*args),
         Command::Bench(args) => volley_lab::bench::run(args),
         Command::Chaos(args) => volley_lab::chaos::run(args),
         Command::Soak(args) => volley_lab::soak::run(args),

@@ -64,7 +64,8 @@ mod tests;
 use std::net::SocketAddr;
 
 pub use client::{
-    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, PathPolicy, SelectionPolicy,
+    ClientConfig, ClientEvent, ClientStats, ConnectError, Connection, EarlyData, EarlyDataError,
+    PathPolicy, SelectionPolicy,
 };
 pub use config::{ClientConfigBuilder, ConfigError, ServerConfigBuilder};
 pub use crypto::{PublicKey, StaticKeypair};
@@ -92,8 +93,18 @@ pub const KEY_ID_LEN: usize = 8;
 pub const MAX_SERVICE_LEN: usize = 64;
 /// Longest cookie a client must carry (servers choose the format; ours is 39 bytes).
 pub const MAX_COOKIE_LEN: usize = 64;
-/// Longest Noise handshake message carried in INIT or ACCEPT.
+/// Longest Noise handshake message carried in ACCEPT (and in an INIT without early data).
 pub const MAX_NOISE_LEN: usize = 256;
+/// Bytes of Noise IK message 1 without early data: ephemeral key (32), encrypted static key
+/// (32 + 16), the 5-byte payload and its tag (16).
+pub const INIT_NOISE_BASE_LEN: usize = 101;
+/// Most bytes of early data (the session's first datagram carried in INIT's Noise payload,
+/// PROTOCOL.md §4.8): what is left of one datagram after an INIT with the longest service and
+/// cookie and message 1 without early data — 1452 − 22 − 64 − 64 − 101.
+pub const MAX_EARLY_DATA: usize =
+    MAX_DATAGRAM_LEN - 22 - MAX_SERVICE_LEN - MAX_COOKIE_LEN - INIT_NOISE_BASE_LEN;
+/// Longest Noise message 1 an INIT carries: with the most early data.
+pub const MAX_INIT_NOISE_LEN: usize = INIT_NOISE_BASE_LEN + MAX_EARLY_DATA;
 /// Bytes of the cleartext DATA header.
 pub const DATA_HEADER_LEN: usize = 14;
 /// Bytes of the AEAD tag on DATA.

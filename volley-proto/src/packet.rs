@@ -5,8 +5,8 @@
 
 use crate::coding::{DecodeError, EncodeError, Reader, Writer};
 use crate::{
-    AEAD_TAG_LEN, DATA_HEADER_LEN, KEY_ID_LEN, MAX_COOKIE_LEN, MAX_DATAGRAM_LEN, MAX_NOISE_LEN,
-    MAX_SERVICE_LEN, PROBE_MIN_LEN, TAG_LEN, VERSION,
+    AEAD_TAG_LEN, DATA_HEADER_LEN, KEY_ID_LEN, MAX_COOKIE_LEN, MAX_DATAGRAM_LEN,
+    MAX_INIT_NOISE_LEN, MAX_NOISE_LEN, MAX_SERVICE_LEN, PROBE_MIN_LEN, TAG_LEN, VERSION,
 };
 
 /// Message type bytes (the second byte of every datagram).
@@ -104,7 +104,7 @@ pub struct Init<'a> {
     pub service: &'a [u8],
     /// The cookie from the OFFER (or COOKIE_CHANGE).
     pub cookie: &'a [u8],
-    /// Noise IK message 1 (`-> e, es, s, ss`).
+    /// Noise IK message 1 (`-> e, es, s, ss`), its payload possibly carrying early data.
     pub noise: &'a [u8],
 }
 
@@ -231,7 +231,7 @@ impl<'a> Packet<'a> {
                 tag: Tag(r.array()?),
                 service: r.vec8(1, MAX_SERVICE_LEN)?,
                 cookie: r.vec8(1, MAX_COOKIE_LEN)?,
-                noise: r.vec16(1, MAX_NOISE_LEN)?,
+                noise: r.vec16(1, MAX_INIT_NOISE_LEN)?,
             }),
             kind::ACCEPT => Packet::Accept(Accept {
                 receiver_id: r.u32()?,
@@ -315,7 +315,7 @@ impl Init<'_> {
         w.bytes(&self.tag.0)?;
         w.vec8(self.service, MAX_SERVICE_LEN)?;
         w.vec8(self.cookie, MAX_COOKIE_LEN)?;
-        w.vec16(self.noise, MAX_NOISE_LEN)?;
+        w.vec16(self.noise, MAX_INIT_NOISE_LEN)?;
         Ok(w.len())
     }
 }

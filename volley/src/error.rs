@@ -56,6 +56,11 @@ pub enum Error {
     /// queued. [`crate::Session::send`] waits for room instead.
     #[error("send queue full")]
     QueueFull,
+    /// A datagram that cannot ride in an INIT as early data
+    /// ([`crate::Client::connect_with_early`]): empty, or more than
+    /// [`volley_proto::MAX_EARLY_DATA`] bytes.
+    #[error("early data refused")]
+    EarlyData(#[from] volley_proto::EarlyDataError),
     /// A datagram larger than [`crate::MAX_APP_DATAGRAM`] bytes.
     #[error("datagram larger than {} bytes", volley_proto::MAX_APP_DATAGRAM)]
     TooLarge,

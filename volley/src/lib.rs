@@ -177,7 +177,7 @@ pub use volley_proto::allow::{AllowEntry, AllowList, AllowListError};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
     AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientConfigBuilder, ClientStats,
-    CloseCode, CloseReason, ConfigError, ConnectError, LoadHint, MAX_APP_DATAGRAM, PathPolicy,
-    PublicKey, SelectionPolicy, ServerConfig, ServerConfigBuilder, ServerLoad, ServerStats,
-    ServiceModel, SessionConfig, StaticKeypair,
+    CloseCode, CloseReason, ConfigError, ConnectError, EarlyDataError, LoadHint, MAX_APP_DATAGRAM,
+    MAX_EARLY_DATA, PathPolicy, PublicKey, SelectionPolicy, ServerConfig, ServerConfigBuilder,
+    ServerLoad, ServerStats, ServiceModel, SessionConfig, StaticKeypair,
 };

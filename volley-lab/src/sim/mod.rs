@@ -29,6 +29,7 @@ pub mod queue;
 pub mod summary;
 pub mod supermarket;
 pub mod tables;
+pub mod zones;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -55,6 +56,11 @@ pub enum What {
     /// Speed: one 1M-session supermarket run (λ 0.9, d 2) and one 1M-session policy run
     /// (paced/earliest d=3, half-slow, load 0.95).
     Bench,
+    /// Zones (docs/BENCHMARKS.md §3, "sim zones"): 10 zones × 1,000 servers with a seeded
+    /// round-trip matrix of 1–80 ms; hot-zone, outage and balanced workloads; sessions of ~10
+    /// requests and of one; M = 16, 1,000 and 10,000 clients; volley, the peers and the oracle;
+    /// seeds 1–5 unless given. Writes results.md and results.json with --out.
+    Zones,
 }
 
 /// `volley-lab sim` flags.
@@ -70,8 +76,9 @@ pub struct SimArgs {
     /// Servers in the fleet. Default 10,000 (1,000 with --quick).
     #[arg(long)]
     pub servers: Option<usize>,
-    /// Seeds, comma-separated; each cell / run is repeated per seed.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// Seeds, comma-separated; each cell / run is repeated per seed. Default 1 (zones: 1,2,3,4,5,
+    /// and 1 with --quick).
+    #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Supermarket: measured sessions per cell and seed. Default 2,000,000 (200,000 --quick).
     #[arg(long)]
@@ -116,8 +123,8 @@ pub struct SimArgs {
     /// for policies.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub workloads: Vec<Workload>,
-    /// Sweep and policies: numbers of independent clients. Default: 1, N/100, N/10 and N for
-    /// the sweep (N servers), 1 for policies.
+    /// Sweep, policies and zones: numbers of independent clients. Default: 1, N/100, N/10 and N
+    /// for the sweep (N servers), 1 for policies, 16,1000,10000 for zones.
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
     /// Policies: fan-outs of the protocol runs.
@@ -129,7 +136,31 @@ pub struct SimArgs {
     /// Policies: only those whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
-    /// Write sim.json (raw results) and sim.md (the tables) here.
+    /// Zones: how many.
+    #[arg(long, default_value_t = 10)]
+    pub zones: usize,
+    /// Zones: servers per zone. Default 1,000 (100 with --quick).
+    #[arg(long)]
+    pub zone_servers: Option<usize>,
+    /// Zones: workloads. Default hot-zone,outage,balanced.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub zone_workloads: Vec<zones::ZoneWorkload>,
+    /// Zones: session kinds. Default ten,one.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub zone_requests: Vec<zones::Requests>,
+    /// Zones: policies. Default all: zone-p2c, global-p2c, locality, prequal, oracle, volley,
+    /// volley-early.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub zone_policies: Vec<zones::ZonePolicy>,
+    /// Zones: unmeasured start, virtual ms (from empty). Default 3000 (1500 with --quick).
+    #[arg(long)]
+    pub zone_warmup_ms: Option<u64>,
+    /// Zones: measured window, virtual ms (sessions arriving in it are measured). Default 2000
+    /// (600 with --quick).
+    #[arg(long)]
+    pub zone_window_ms: Option<u64>,
+    /// Write sim.json (raw results) and sim.md (the tables) here (zones: results.json and
+    /// results.md).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No progress bar.
@@ -236,7 +267,17 @@ impl Sizes {
 
 /// Runs `volley-lab sim`: what `args.what` names, each part's table printed as it is done, and
 /// with `--out` every figure in `sim.json` and every table in `sim.md`.
-pub fn run(args: SimArgs) -> anyhow::Result<()> {
+pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
+    if args.seeds.is_empty() {
+        args.seeds = if args.what == What::Zones && !args.quick {
+            vec![1, 2, 3, 4, 5]
+        } else {
+            vec![1]
+        };
+    }
+    if args.what == What::Zones {
+        return zones::run_zones(&args);
+    }
     let sizes = Sizes::new(&args)?;
     let mut report = Report {
         servers: sizes.servers,

@@ -4,6 +4,7 @@
 //! new one with a fresh Noise message, and an ACCEPT consumes it for the session or for nothing:
 //! the Noise state is spent either way, and no half-used state is left behind.
 
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use crate::crypto::{
 use crate::packet::{Init, Tag};
 use crate::session::{Session, SessionConfig};
 use crate::stream::Role;
-use crate::{MAX_DATAGRAM_LEN, MAX_NOISE_LEN, Transmit};
+use crate::{MAX_DATAGRAM_LEN, MAX_INIT_NOISE_LEN, MAX_NOISE_LEN, Transmit};
 
 /// Waiting for the winner's ACCEPT, with the INIT to (re)send.
 pub(super) struct ExpectAccept {
@@ -31,6 +32,12 @@ pub(super) struct ExpectAccept {
     offered: u8,
     /// This side's session id: the ACCEPT's `receiver_id`.
     local_id: u32,
+    /// The session's first datagram, riding in message 1's payload (PROTOCOL.md §4.8): in
+    /// every INIT of this handshake, retransmissions and a COOKIE_CHANGE's new one included.
+    early: Option<Bytes>,
+    /// One DATA from the selected server for this side's id that arrived before the ACCEPT
+    /// (the reply to early data overtaking it), kept to be read once the session is up.
+    held: Option<Vec<u8>>,
     noise: InitiatorHandshake,
     init: Vec<u8>,
     /// The INIT is due now (first send, retransmission, new cookie).
@@ -53,6 +60,8 @@ pub(super) struct Accepted {
     pub(super) handshake_time: Duration,
     /// One INIT, one ACCEPT: the time is an RTT sample.
     pub(super) clean: bool,
+    /// A DATA that arrived before the ACCEPT, to be read now.
+    pub(super) held: Option<Vec<u8>>,
 }
 
 impl ExpectAccept {
@@ -66,12 +75,13 @@ impl ExpectAccept {
         local_id: u32,
         identity: StaticKeypair,
         offered: u8,
+        early: Option<Bytes>,
         rto: Duration,
         timeout: Duration,
         service: &[u8],
         rng: &mut dyn CryptoRngCore,
     ) -> Option<Self> {
-        let payload = init_payload(local_id, offered);
+        let payload = init_payload(local_id, offered, early.as_deref());
         let (noise, init) = write_init(&identity, &w.key, tag, &w.cookie, &payload, service, rng)?;
         Some(Self {
             tag,
@@ -80,6 +90,8 @@ impl ExpectAccept {
             identity,
             offered,
             local_id,
+            early,
+            held: None,
             noise,
             init,
             send_now: true,
@@ -102,7 +114,7 @@ impl ExpectAccept {
         service: &[u8],
         rng: &mut dyn CryptoRngCore,
     ) -> Option<Self> {
-        let payload = init_payload(self.local_id, self.offered);
+        let payload = init_payload(self.local_id, self.offered, self.early.as_deref());
         let (noise, init) = write_init(
             &self.identity,
             &self.key,
@@ -115,6 +127,8 @@ impl ExpectAccept {
         Some(Self {
             noise,
             init,
+            // A new Noise message makes new keys: nothing kept under the old ones can be read.
+            held: None,
             send_now: true,
             next_retransmit: now + self.rto,
             cookie_changed: true,
@@ -147,6 +161,27 @@ impl ExpectAccept {
     /// Whether a REDIRECT from `from` for `tag` is the selected server refusing this handshake.
     pub(super) fn is_refusal(&self, from: SocketAddr, tag: Tag) -> bool {
         from == self.server && tag == self.tag
+    }
+
+    /// Whether this handshake's INIT carries early data.
+    pub(super) fn has_early(&self) -> bool {
+        self.early.is_some()
+    }
+
+    /// Keeps `datagram`, a DATA from `from` naming `receiver_id`, to be read after the ACCEPT,
+    /// if it is this handshake's (from the selected server, for this side's id) and none is
+    /// kept yet. Returns whether it was kept.
+    pub(super) fn hold_data(
+        &mut self,
+        from: SocketAddr,
+        receiver_id: u32,
+        datagram: &[u8],
+    ) -> bool {
+        if from != self.server || receiver_id != self.local_id || self.held.is_some() {
+            return false;
+        }
+        self.held = Some(datagram.to_vec());
+        true
     }
 
     /// Whether an ACCEPT from `from` naming `receiver_id` answers this handshake.
@@ -222,15 +257,19 @@ impl ExpectAccept {
             server: self.server,
             handshake_time: now.saturating_duration_since(self.started),
             clean: !self.retransmitted,
+            held: self.held,
         })
     }
 }
 
-/// INIT's Noise payload: the client's session id and the suites it offers.
-fn init_payload(local_id: u32, offered: u8) -> [u8; INIT_PAYLOAD_LEN] {
-    let mut p = [0u8; INIT_PAYLOAD_LEN];
-    p[..4].copy_from_slice(&local_id.to_be_bytes());
-    p[4] = offered;
+/// INIT's Noise payload: the client's session id and the suites it offers, then the early
+/// data if any (PROTOCOL.md §4.5, §4.8).
+fn init_payload(local_id: u32, offered: u8, early: Option<&[u8]>) -> Vec<u8> {
+    let early = early.unwrap_or_default();
+    let mut p = Vec::with_capacity(INIT_PAYLOAD_LEN + early.len());
+    p.extend_from_slice(&local_id.to_be_bytes());
+    p.push(offered);
+    p.extend_from_slice(early);
     p
 }
 
@@ -245,7 +284,7 @@ fn write_init(
     rng: &mut dyn CryptoRngCore,
 ) -> Option<(InitiatorHandshake, Vec<u8>)> {
     let prologue = crypto::prologue(service, &tag, cookie);
-    let mut msg1 = [0u8; MAX_NOISE_LEN];
+    let mut msg1 = [0u8; MAX_INIT_NOISE_LEN];
     let (noise, n) =
         InitiatorHandshake::start(identity, key, &prologue, payload, &mut msg1, rng).ok()?;
     let mut buf = [0u8; MAX_DATAGRAM_LEN];

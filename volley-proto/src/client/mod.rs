@@ -9,7 +9,7 @@ pub mod pool;
 pub mod race;
 pub mod route;
 
-pub use connection::{ClientEvent, ConnectError, Connection};
+pub use connection::{ClientEvent, ConnectError, Connection, EarlyData, EarlyDataError};
 pub use pool::{EjectionConfig, PoolState, ServerOutcome};
 pub use race::{PathInputs, RaceTimers, Winner};
 pub use route::RouteKey;
@@ -254,4 +254,9 @@ pub struct ClientStats {
     pub ejected_skipped: u64,
     /// DATA packets dropped by the session (auth, replay, bad frame).
     pub data_dropped: u64,
+    /// Handshakes whose INIT carried early data (PROTOCOL.md §4.8).
+    pub early_data_sent: u64,
+    /// DATA that arrived before its ACCEPT and was kept, to be read once the session was up
+    /// (one per handshake; any more count as `unexpected`).
+    pub data_held: u64,
 }

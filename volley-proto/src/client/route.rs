@@ -65,7 +65,8 @@ impl RouteView<'_> {
 
     /// Whether `datagram` from `from` belongs to this connection: an offer for its live race,
     /// or for its decided race from a server that race probed; its handshake's COOKIE_CHANGE or
-    /// REDIRECT (from the selected server, with the race's tag) or ACCEPT (its receiver id); its
+    /// REDIRECT (from the selected server, with the race's tag) or ACCEPT (its receiver id), or
+    /// a DATA from the selected server for its receiver id that overtook the ACCEPT; its
     /// session's DATA.
     pub fn claims(&self, from: std::net::SocketAddr, datagram: &[u8]) -> bool {
         let from = crate::util::canonical(from);
@@ -86,7 +87,13 @@ impl RouteView<'_> {
             Packet::CookieChange(cc) => handshake_tag(cc.tag),
             Packet::Redirect(rd) => handshake_tag(rd.tag),
             Packet::Accept(a) => self.handshake.is_some_and(|(_, _, id)| a.receiver_id == id),
-            Packet::Data(h, _) => self.session == Some(h.receiver_id),
+            // A DATA can overtake its handshake's ACCEPT (the reply to early data).
+            Packet::Data(h, _) => {
+                self.session == Some(h.receiver_id)
+                    || self
+                        .handshake
+                        .is_some_and(|(server, _, id)| from == server && h.receiver_id == id)
+            }
             _ => false,
         }
     }

@@ -4,6 +4,7 @@
 //! Noise IK and the allow-list. It decides and builds; the endpoint adds the session it hands
 //! back to its table. A refusal is a REDIRECT naming peers, never state.
 
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use crate::packet::{Accept, Init, MAX_REDIRECT_ADDRS, REDIRECT_ADDR_LEN, Redirec
 use crate::session::Session;
 use crate::stream::Role;
 use crate::util::encode_addr;
-use crate::{INIT_AMPLIFICATION, MAX_NOISE_LEN, Transmit};
+use crate::{INIT_AMPLIFICATION, MAX_EARLY_DATA, MAX_INIT_NOISE_LEN, MAX_NOISE_LEN, Transmit};
 
 /// How long after an INIT the server counts as handshaking (a backlog then presses it, §7.7).
 const HANDSHAKING: Duration = Duration::from_secs(1);
@@ -41,6 +42,9 @@ pub(super) enum InitOutcome {
         /// Accepted at `max_sessions` because it answers an offer just made.
         honoured: bool,
         accept: Transmit,
+        /// The early data message 1 carried (none when empty), for the endpoint to deliver
+        /// once the session is in its table (PROTOCOL.md §4.8).
+        early: Option<Bytes>,
     },
 }
 
@@ -144,7 +148,7 @@ impl Acceptor {
         }
         let prologue = crypto::prologue(init.service, &init.tag, init.cookie);
         let local_id = fresh_session_id(cx, rng);
-        let mut payload1 = [0u8; MAX_NOISE_LEN];
+        let mut payload1 = [0u8; MAX_INIT_NOISE_LEN];
         let mut msg2 = [0u8; MAX_NOISE_LEN];
         let mut opened = None;
         let allow = cx.config.allow.as_deref();
@@ -169,14 +173,21 @@ impl Acceptor {
                         None => return Verdict::Refuse,
                     },
                 };
-                let Ok(p) = <[u8; INIT_PAYLOAD_LEN]>::try_from(p) else {
+                // The 5 fixed bytes, then early data (§4.8): none when nothing follows.
+                let (Some(fixed), Some(early)) =
+                    (p.get(..INIT_PAYLOAD_LEN), p.get(INIT_PAYLOAD_LEN..))
+                else {
                     return Verdict::Refuse;
                 };
-                let client_id = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-                let Some(suite) = cipher.choose(p[4]) else {
+                if early.len() > MAX_EARLY_DATA {
+                    return Verdict::Refuse;
+                }
+                let client_id = u32::from_be_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
+                let Some(suite) = cipher.choose(fixed[4]) else {
                     return Verdict::Refuse;
                 };
-                opened = Some((client_id, suite, entry));
+                let early = (!early.is_empty()).then(|| Bytes::copy_from_slice(early));
+                opened = Some((client_id, suite, entry, early));
                 let mut p2 = [0u8; ACCEPT_PAYLOAD_LEN];
                 p2[..4].copy_from_slice(&local_id.to_be_bytes());
                 p2[4] = suite.id();
@@ -184,13 +195,13 @@ impl Acceptor {
             },
             &mut msg2,
         );
-        let (split, n2, client_id, suite, client) = match (result, opened) {
+        let (split, n2, client_id, suite, client, early) = match (result, opened) {
             (
                 Ok(Response::Accepted {
                     split, msg2_len, ..
                 }),
-                Some((cid, suite, entry)),
-            ) => (split, msg2_len, cid, suite, entry),
+                Some((cid, suite, entry, early)),
+            ) => (split, msg2_len, cid, suite, entry, early),
             (Ok(Response::Refused { client }), None)
                 if allow.is_some_and(|l| !l.contains(&client)) =>
             {
@@ -233,8 +244,10 @@ impl Acceptor {
                 // The offer this session came from stays outstanding until it turns into load:
                 // now if sessions count as load, else when the session's first request arrives.
                 holds_reservation: !cx.config.count_sessions,
+                early: false,
             },
             honoured,
+            early,
             accept: Transmit {
                 destination: remote,
                 size,

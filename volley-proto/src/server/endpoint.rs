@@ -324,17 +324,43 @@ impl ServerEndpoint {
         } = self.lend();
         let outcome =
             acceptor.handle_init(&mut cx, rng, now, remote, local, init, init_len, response);
-        let (id, served, honoured, accept) = match outcome {
+        let (id, mut served, honoured, accept, early) = match outcome {
             InitOutcome::Answer(answer) => return answer,
             InitOutcome::Open {
                 id,
                 served,
                 honoured,
                 accept,
-            } => (id, served, honoured, accept),
+                early,
+            } => (id, served, honoured, accept, early),
         };
         let client = served.client.clone();
+        // Early data (PROTOCOL.md §4.8): delivered once, as the session's first datagram, now
+        // that the cookie, admission, Noise and the allow-list all passed — unless the same
+        // client's INIT for the same race already delivered it to another session (it moved
+        // and followed a COOKIE_CHANGE).
+        let early = early.filter(|_| {
+            let seen = self
+                .sessions
+                .early_seen(now, &served.origin.1, &served.client.key.0);
+            if seen {
+                self.stats.early_data_duplicate += 1;
+                trace!(%remote, "early data dropped: this race's already delivered");
+            }
+            !seen
+        });
+        if let Some(data) = &early {
+            served.early = true;
+            served.session.count_early_datagram();
+            self.stats.early_data_received += 1;
+            self.stats.early_data_bytes += data.len() as u64;
+        }
+        let first_request = early.is_some() && std::mem::take(&mut served.holds_reservation);
         self.sessions.insert(id, served);
+        if first_request {
+            // The session's first request rode in: its offer is load now (§7.2.3).
+            self.load.release_reservation();
+        }
         if self.config.count_sessions {
             // The session itself is the load its offer promised.
             self.load.release_reservation();
@@ -347,6 +373,9 @@ impl ServerEndpoint {
         self.stats.sessions_opened += 1;
         self.events
             .push_back(ServerEvent::Opened { id, remote, client });
+        if let Some(data) = early {
+            self.events.push_back(ServerEvent::Datagram { id, data });
+        }
         Some(accept)
     }
 
@@ -408,7 +437,11 @@ impl ServerEndpoint {
 
     fn finish(&mut self, now: Instant, id: SessionId) {
         let until = now + self.config.cookie_lifetime;
-        if let Some(served) = self.sessions.remove(id, until) {
+        // Every cookie a genuine client's INIT for this race can carry (the OFFER's, or one
+        // COOKIE_CHANGE minted within its lifetime) is dead two lifetimes after the session
+        // began, so after it ended (PROTOCOL.md §4.8).
+        let early_until = now + 2 * self.config.cookie_lifetime;
+        if let Some(served) = self.sessions.remove(id, until, early_until) {
             let reason = served
                 .session
                 .close_reason()
@@ -443,6 +476,14 @@ impl ServerEndpoint {
             peer: s.session.remote(),
             keys: s.session.stream_keys(),
         })
+    }
+
+    /// Whether an open session's first datagram rode in its INIT as early data (PROTOCOL.md
+    /// §4.8): encrypted without forward secrecy, and possibly also sent to another server by a
+    /// client that lost this one's ACCEPTs. An application that must not run a request twice
+    /// can refuse it when this is true. None once the session is gone.
+    pub fn early_data(&self, id: SessionId) -> Option<bool> {
+        self.sessions.get(id).map(|s| s.early)
     }
 
     /// The authenticated client of an open session: its static key and allow-list name.

@@ -200,6 +200,14 @@ pub struct ServerStats {
     /// INIT from a client whose authenticated key is not on the allow-list: dropped, nothing
     /// sent, nothing kept.
     pub inits_unauthorized: u64,
+    /// Sessions opened whose INIT carried early data that was delivered as their first
+    /// datagram (PROTOCOL.md §4.8). Included in `sessions_opened`.
+    pub early_data_received: u64,
+    /// Bytes of early data delivered.
+    pub early_data_bytes: u64,
+    /// Early data not delivered: the same client's INIT for the same race already delivered
+    /// its early data to another session (it moved and followed a COOKIE_CHANGE).
+    pub early_data_duplicate: u64,
     /// Sessions opened.
     pub sessions_opened: u64,
     /// Sessions ended (any reason).
@@ -231,7 +239,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 50] {
+    pub fn counters(&self) -> [(&'static str, u64); 53] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -277,6 +285,9 @@ impl ServerStats {
             ("init_under_load", self.init_under_load),
             ("init_handshake_failed", self.init_handshake_failed),
             ("inits_unauthorized", self.inits_unauthorized),
+            ("early_data_received", self.early_data_received),
+            ("early_data_bytes", self.early_data_bytes),
+            ("early_data_duplicate", self.early_data_duplicate),
             ("sessions_opened", self.sessions_opened),
             ("sessions_closed", self.sessions_closed),
             ("sessions_idle_timeout", self.sessions_idle_timeout),

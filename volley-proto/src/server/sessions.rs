@@ -31,6 +31,9 @@ pub(crate) struct Served {
     /// Whether the offer this session came from still holds a reservation, to be released when
     /// its first request arrives (sessions that do not count as load).
     pub(crate) holds_reservation: bool,
+    /// Whether its INIT's early data was delivered (PROTOCOL.md §4.8): then (tag, client key)
+    /// stays on the early list while it is open and for a while after.
+    pub(crate) early: bool,
 }
 
 /// A session in the table, with the deadline its entry in the timer heap was filed at.
@@ -56,6 +59,11 @@ pub(crate) struct SessionTable {
     /// a replayed INIT must not open a second session. Only MAC-verified INITs ever land here;
     /// swept at each cookie rotation.
     ended: HashMap<Origin, Instant>,
+    /// (tag, client key) of sessions whose INIT's early data was delivered: None while the
+    /// session is open, then until when it is kept. The same client's INIT for the same race
+    /// from another address (after a COOKIE_CHANGE) opens a session but delivers no early data
+    /// again (PROTOCOL.md §4.8). Only authenticated INITs land here; swept at each rotation.
+    early: HashMap<(Tag, [u8; 32]), Option<Instant>>,
     /// Sessions that may have packets to send.
     ready: VecDeque<SessionId>,
 }
@@ -71,7 +79,19 @@ impl SessionTable {
 
     /// Entries kept across all the maps and queues (for the endpoint's `retained_state`).
     pub(crate) fn retained(&self) -> usize {
-        self.sessions.len() + self.by_origin.len() + self.ended.len() + self.ready.len()
+        self.sessions.len()
+            + self.by_origin.len()
+            + self.ended.len()
+            + self.early.len()
+            + self.ready.len()
+    }
+
+    /// Whether early data of race `tag` from client `key` was delivered to a session that is
+    /// open or ended before `now` less than the early list keeps it.
+    pub(crate) fn early_seen(&self, now: Instant, tag: &Tag, key: &[u8; 32]) -> bool {
+        self.early
+            .get(&(*tag, *key))
+            .is_some_and(|until| until.is_none_or(|until| now < until))
     }
 
     pub(crate) fn contains(&self, id: SessionId) -> bool {
@@ -107,6 +127,10 @@ impl SessionTable {
             self.timers.push(Reverse((due, id)));
         }
         self.by_origin.insert(served.origin, id);
+        if served.early {
+            self.early
+                .insert((served.origin.1, served.client.key.0), None);
+        }
         self.sessions.insert(id, Slot { served, filed });
     }
 
@@ -126,17 +150,30 @@ impl SessionTable {
         }
     }
 
-    /// Removes a session; its origin stays on the ended list until `until`.
-    pub(crate) fn remove(&mut self, id: SessionId, until: Instant) -> Option<Served> {
+    /// Removes a session; its origin stays on the ended list until `until`, and its (tag,
+    /// client key), if its early data was delivered, on the early list until `early_until`.
+    pub(crate) fn remove(
+        &mut self,
+        id: SessionId,
+        until: Instant,
+        early_until: Instant,
+    ) -> Option<Served> {
         let served = self.sessions.remove(&id)?.served;
         self.by_origin.remove(&served.origin);
         self.ended.insert(served.origin, until);
+        if served.early {
+            self.early
+                .insert((served.origin.1, served.client.key.0), Some(early_until));
+        }
         Some(served)
     }
 
-    /// Forgets ended origins whose cookies can no longer verify.
+    /// Forgets ended origins whose cookies can no longer verify, and early-list entries past
+    /// their time.
     pub(crate) fn sweep_ended(&mut self, now: Instant) {
         self.ended.retain(|_, until| now < *until);
+        self.early
+            .retain(|_, until| until.is_none_or(|until| now < until));
     }
 
     pub(crate) fn mark_ready(&mut self, id: SessionId) {

@@ -297,6 +297,13 @@ impl Session {
         !self.outgoing.is_empty()
     }
 
+    /// Counts the datagram that rode in the handshake (a server session's early data,
+    /// PROTOCOL.md §4.8) as received and delivered.
+    pub fn count_early_datagram(&mut self) {
+        self.stats.packets_received += 1;
+        self.stats.datagrams_received += 1;
+    }
+
     /// Queues an application datagram.
     pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
         self.check_send(data.len())?;

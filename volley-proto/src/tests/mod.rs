@@ -3,6 +3,7 @@
 mod abuse;
 mod cookies;
 mod docs;
+mod early;
 mod flood;
 mod handshake;
 mod malformed;

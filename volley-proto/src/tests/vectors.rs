@@ -81,6 +81,7 @@ const PROLOGUE: &str = "adc154c911229170263d118627965647f3b7228e22167229275d8392
 const CLIENT_EPHEMERAL: &str = "e7ad4226fd3729be8da6414be78a0cb827f15d71a0437d5f09d0ff4fab570332";
 const CLIENT_EPHEMERAL_PUBLIC: &str =
     "f8c95fdeab7f35b1e113e6714f2923f4d76878e87a9305151e13ccd6773f4c2e";
+const INIT_EARLY: &str = "0303000102030405060708090a0b0c0d0e0f046563686f277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce006af8c95fdeab7f35b1e113e6714f2923f4d76878e87a9305151e13ccd6773f4c2ebe831d5a0e6148789917c69011a043197c5884de633e3fbff8c9dab4d5754b903d93b0d0e74cdf65d9d03c9d533e93593262b62d7c9972efdd6c2d29eb2d375f77db161675024d724514";
 const INIT: &str = "0303000102030405060708090a0b0c0d0e0f046563686f277f000005dc00000000000000000000ffffc0000201c350f68890a4cccf7f4b864ebd461c5ef5ce0065f8c95fdeab7f35b1e113e6714f2923f4d76878e87a9305151e13ccd6773f4c2ebe831d5a0e6148789917c69011a043197c5884de633e3fbff8c9dab4d5754b903d93b0d0e74cdf65d9d03c9d533e93593262b62d7c586496af7a2db8114c9783137b19ebfb";
 const COOKIE_CHANGE: &str = "0305000102030405060708090a0b0c0d0e0f277f000005dc00000000000000000000ffffc0000201c3516d30060ae6a492c731e2fce7b487ff50";
 const REDIRECT_EMPTY: &str = "0306000102030405060708090a0b0c0d0e0f00";
@@ -277,6 +278,52 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         got.push(("k1", hex(&split.k1)));
         got.push(("k2", hex(&split.k2)));
     }
+    // §4.8: the same INIT with early data "hello" — the same draws, the payload 5 bytes longer —
+    // opens a session on a server with the same cookie keys and delivers "hello" as its first
+    // datagram.
+    {
+        let (prologue, cookie) = match Packet::decode(&init) {
+            Ok(Packet::Init(i)) => (
+                crate::crypto::prologue(i.service, &i.tag, i.cookie),
+                i.cookie.to_vec(),
+            ),
+            other => panic!("{other:?}"),
+        };
+        let mut m1 = [0u8; crate::MAX_INIT_NOISE_LEN];
+        let mut client_private = [0u8; 32];
+        client_private.copy_from_slice(&unhex(CLIENT_STATIC_PRIVATE));
+        let (_, n1) = crate::crypto::InitiatorHandshake::start(
+            &StaticKeypair::from_private(client_private),
+            &public,
+            &prologue,
+            b"\x10\x11\x12\x13\x01hello",
+            &mut m1,
+            &mut Counting(0x14),
+        )
+        .expect("message 1 with early data");
+        assert_eq!(n1, 106);
+        let mut wire = [0u8; MAX_DATAGRAM_LEN];
+        let size = crate::packet::Init {
+            tag,
+            service: b"echo",
+            cookie: &cookie,
+            noise: &m1[..n1],
+        }
+        .encode(&mut wire)
+        .expect("INIT");
+        assert_eq!(size, 171);
+        got.push(("init early", hex(&wire[..size])));
+        let mut fresh = ServerEndpoint::new(t0, server_config(vec![]), Box::new(Counting(0x7f)));
+        let t = fresh
+            .handle(late, client, local, &wire[..size], &mut out)
+            .expect("accept");
+        assert_eq!(t.size, 61, "the ACCEPT is the same size with early data");
+        let events: Vec<ServerEvent> = std::iter::from_fn(|| fresh.poll_event()).collect();
+        assert!(
+            matches!(&events[..], [ServerEvent::Opened { .. }, ServerEvent::Datagram { data, .. }] if data == &b"hello"[..]),
+            "{events:?}"
+        );
+    }
     let id = loop {
         match server.poll_event() {
             Some(ServerEvent::Opened { id, .. }) => break id,
@@ -344,6 +391,7 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         ("probe head", PROBE_HEAD),
         ("offer", OFFER),
         ("init", INIT),
+        ("init early", INIT_EARLY),
         ("prologue", PROLOGUE),
         ("client ephemeral", CLIENT_EPHEMERAL),
         ("client ephemeral public", CLIENT_EPHEMERAL_PUBLIC),

@@ -141,13 +141,14 @@ impl ClientSide {
             let _ = open.ready.send(Vec::new());
             return;
         };
-        let conn = Connection::new(
-            now,
-            open.config,
-            open.pool,
-            rng(),
-            &mut lock_pool(&self.pool),
-        );
+        let mut pool = lock_pool(&self.pool);
+        let conn = match open.early {
+            Some(early) => {
+                Connection::with_early_data(now, open.config, open.pool, early, rng(), &mut pool)
+            }
+            None => Connection::new(now, open.config, open.pool, rng(), &mut pool),
+        };
+        drop(pool);
         let id = self.add_member(conn, first, ConnectReport::default());
         self.groups.start(id, open.plan, open.ready);
     }

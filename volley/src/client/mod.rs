@@ -20,10 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use volley_proto::client::{DEFAULT_WINDOW, PoolState, ServerOutcome};
-use volley_proto::{ClientConfig, ConnectError, SelectionPolicy};
+use volley_proto::{ClientConfig, ConnectError, EarlyData, SelectionPolicy};
 
 use crate::error::Error;
 use crate::session::Session;
@@ -268,7 +269,49 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect(&self, pool: &[SocketAddr]) -> Result<Session, Error> {
-        let mut sessions = self.open(pool, self.config.clone(), None).await?;
+        let mut sessions = self.open(pool, self.config.clone(), None, None).await?;
+        sessions
+            .pop()
+            .ok_or(Error::Connect(ConnectError::NothingToRace))
+    }
+
+    /// [`Client::connect`], with the session's first datagram `first` riding in the INIT as
+    /// early data (PROTOCOL.md §4.8): a one-request session then costs the race and one round
+    /// trip (plus the server's service time) instead of the race and two. The server's
+    /// application receives `first` as the session's first datagram; read its reply with
+    /// [`Session::recv`] as usual (one that overtakes the handshake's answer is kept).
+    ///
+    /// Opt in only for a first request that may be processed twice and need not stay secret
+    /// should the server's private key be stolen later: early data is encrypted without forward
+    /// secrecy, and a client that loses a server before its answer sends it to the next server
+    /// of the race (the first may have taken it). [`Error::EarlyData`] when `first` is empty or
+    /// longer than [`volley_proto::MAX_EARLY_DATA`] (1201) bytes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use volley::{Bytes, Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// let pool = vec![server.local_addr()];
+    /// tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    ///
+    /// let client = Client::new(ClientConfig::new(vec![key.public()]));
+    /// let session = client.connect_with_early(&pool, Bytes::from_static(b"GET /time")).await?;
+    /// // The echo of the request that rode in the handshake.
+    /// assert_eq!(&session.recv().await?[..], b"GET /time");
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_early(
+        &self,
+        pool: &[SocketAddr],
+        first: Bytes,
+    ) -> Result<Session, Error> {
+        let early = EarlyData::new(first)?;
+        let mut sessions = self
+            .open(pool, self.config.clone(), None, Some(early))
+            .await?;
         sessions
             .pop()
             .ok_or(Error::Connect(ConnectError::NothingToRace))
@@ -322,7 +365,7 @@ impl Client {
             config: sibling,
             pool: pool.to_vec(),
         });
-        self.open(pool, main, plan).await
+        self.open(pool, main, plan, None).await
     }
 
     /// Hands the main connection (and siblings per `plan`) to the endpoint's driver and waits
@@ -332,6 +375,7 @@ impl Client {
         pool: &[SocketAddr],
         config: ClientConfig,
         plan: Option<SiblingPlan>,
+        early: Option<EarlyData>,
     ) -> Result<Vec<Session>, Error> {
         config.validate()?;
         let first = pool.first().ok_or(ConnectError::NothingToRace)?;
@@ -350,6 +394,7 @@ impl Client {
         let open = Open {
             config,
             pool: pool.to_vec(),
+            early,
             plan,
             ready: ready_tx,
         };

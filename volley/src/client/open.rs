@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
-use volley_proto::{ClientConfig, ConnectError};
+use volley_proto::{ClientConfig, ConnectError, EarlyData};
 
 use crate::report::ConnectReport;
 use crate::session::{Link, Status};
@@ -16,6 +16,8 @@ use crate::session::{Link, Status};
 pub(super) struct Open {
     pub(super) config: ClientConfig,
     pub(super) pool: Vec<SocketAddr>,
+    /// The main connection's first datagram, to ride in its INIT (PROTOCOL.md §4.8).
+    pub(super) early: Option<EarlyData>,
     pub(super) plan: Option<SiblingPlan>,
     pub(super) ready: oneshot::Sender<Vec<Outcome>>,
 }

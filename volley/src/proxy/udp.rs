@@ -90,6 +90,7 @@ struct UdpProxyConfig {
     idle_timeout: Duration,
     queue: usize,
     max_flows: usize,
+    early_data: bool,
 }
 
 impl Default for UdpProxyConfig {
@@ -98,6 +99,7 @@ impl Default for UdpProxyConfig {
             idle_timeout: Duration::from_secs(60),
             queue: 64,
             max_flows: 65_536,
+            early_data: false,
         }
     }
 }
@@ -136,6 +138,18 @@ impl UdpProxy {
     /// Default 65,536.
     pub fn max_flows(mut self, max_flows: usize) -> Self {
         self.config.max_flows = max_flows;
+        self
+    }
+
+    /// Whether each new flow's first datagram rides in its session's handshake as early data
+    /// ([`Client::connect_with_early`], PROTOCOL.md §4.8): a flow's first answer then comes
+    /// one round trip sooner. Default false: early data is encrypted without forward secrecy
+    /// (a later theft of the server's private key reveals it), which a proxy cannot judge for
+    /// the protocol it carries. (Its other cost, that a flow's first datagram may reach two
+    /// servers when the first never answers the handshake, is within UDP's own contract.) A
+    /// first datagram longer than [`crate::MAX_EARLY_DATA`] goes after the handshake.
+    pub fn early_data(mut self, early_data: bool) -> Self {
+        self.config.early_data = early_data;
         self
     }
 
@@ -199,6 +213,7 @@ async fn run(
         client: client.clone(),
         pool: pool.clone(),
         idle_timeout: config.idle_timeout,
+        early_data: config.early_data,
         events: events.clone(),
         metrics: Arc::clone(&metrics),
     };
@@ -276,6 +291,7 @@ struct Shared {
     client: Client,
     pool: Pool,
     idle_timeout: Duration,
+    early_data: bool,
     events: mpsc::UnboundedSender<FlowEvent>,
     metrics: Arc<ProxyMetrics>,
 }
@@ -287,13 +303,30 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
         client,
         pool,
         idle_timeout,
+        early_data,
         events,
         metrics,
     } = shared;
     // The pool as it is now (a DNS pool may have changed since the last flow), in one address
     // family.
     let servers = crate::discovery::one_family(pool.current());
-    let session = match client.connect(&servers).await {
+    // The flow's first datagram (queued before the flow started) rides in the handshake when
+    // early data is on and it fits.
+    let early = early_data
+        .then(|| from_app.try_recv().ok())
+        .flatten()
+        .map(|first| volley_proto::EarlyData::new(first.clone()).map_err(|_| first));
+    let (connected, after) = match early {
+        Some(Ok(first)) => (
+            client
+                .connect_with_early(&servers, first.bytes().clone())
+                .await,
+            None,
+        ),
+        Some(Err(first)) => (client.connect(&servers).await, Some(first)),
+        None => (client.connect(&servers).await, None),
+    };
+    let session = match connected {
         Ok(s) => s,
         Err(e) => {
             info!(
@@ -315,29 +348,35 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
         }
     }
     metrics.open.fetch_add(1, Ordering::Relaxed);
-    loop {
-        tokio::select! {
-            data = from_app.recv() => {
-                let Some(data) = data else { break };
-                if session.send_bytes(data).await.is_err() {
-                    break;
-                }
-            }
-            reply = session.recv() => {
-                match reply {
-                    Ok(reply) => {
-                        let _ = socket.send_to(&reply, app).await;
-                    }
-                    Err(Error::Closed(reason @ CloseReason::Remote(CloseCode::REVOKED))) => {
-                        warn!(%app, "flow: {}", crate::proxy::closed(reason));
+    let sent = match after {
+        Some(first) => session.send_bytes(first).await.is_ok(),
+        None => true,
+    };
+    if sent {
+        loop {
+            tokio::select! {
+                data = from_app.recv() => {
+                    let Some(data) = data else { break };
+                    if session.send_bytes(data).await.is_err() {
                         break;
                     }
-                    Err(_) => break,
                 }
-            }
-            _ = tokio::time::sleep(idle_timeout) => {
-                debug!(%app, "flow: idle, ended");
-                break;
+                reply = session.recv() => {
+                    match reply {
+                        Ok(reply) => {
+                            let _ = socket.send_to(&reply, app).await;
+                        }
+                        Err(Error::Closed(reason @ CloseReason::Remote(CloseCode::REVOKED))) => {
+                            warn!(%app, "flow: {}", crate::proxy::closed(reason));
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                _ = tokio::time::sleep(idle_timeout) => {
+                    debug!(%app, "flow: idle, ended");
+                    break;
+                }
             }
         }
     }

@@ -114,7 +114,8 @@ impl ServerSide {
                 let link = Arc::new(Link::default());
                 let session = Session::new(id, self.cmd_tx.clone(), Arc::clone(&link), st_rx, None)
                     .with_requests(Arc::clone(&requests))
-                    .with_client(client);
+                    .with_client(client)
+                    .with_early_data(self.endpoint.early_data(id).unwrap_or(false));
                 if self.accept.try_send(session).is_err() {
                     debug!(id, "accept queue full: session refused");
                     self.endpoint.close(id, CloseCode::GOING_AWAY);

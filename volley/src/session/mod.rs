@@ -114,6 +114,8 @@ pub struct Session {
     pool: Option<SharedPool>,
     /// Server side: the client's authenticated static key and its allow-list name.
     client: Option<AllowEntry>,
+    /// Server side: the session's first datagram rode in the handshake (PROTOCOL.md §4.8).
+    early: bool,
 }
 
 impl Session {
@@ -134,11 +136,17 @@ impl Session {
             requests: None,
             pool: None,
             client: None,
+            early: false,
         }
     }
 
     pub(crate) fn with_client(mut self, client: AllowEntry) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    pub(crate) fn with_early_data(mut self, early: bool) -> Self {
+        self.early = early;
         self
     }
 
@@ -406,6 +414,15 @@ impl Session {
     /// session's opening).
     pub fn client_name(&self) -> Option<&str> {
         self.client.as_ref().and_then(|c| c.name.as_deref())
+    }
+
+    /// Server side: whether the session's first datagram rode in the handshake as early data
+    /// (PROTOCOL.md §4.8; the client used [`crate::Client::connect_with_early`]). It was
+    /// encrypted without forward secrecy, and a client that lost this server's answer to its
+    /// handshake may have sent it to another server too: an application that must not run a
+    /// request twice can refuse the first one when this is true. False on a client's session.
+    pub fn early_data(&self) -> bool {
+        self.early
     }
 
     /// Server side: the client's key and name together.

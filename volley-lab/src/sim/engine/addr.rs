@@ -4,19 +4,19 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-pub(super) const SERVER_BASE: u32 = 0x0A00_0001; // 10.0.0.1
-pub(super) const CLIENT_BASE: u32 = 0x6440_0000; // 100.64.0.0
-pub(super) const CLIENT_PORT_BASE: u16 = 20_000;
-pub(super) const CLIENT_PORT_SPAN: u32 = 40_000;
+pub(in crate::sim) const SERVER_BASE: u32 = 0x0A00_0001; // 10.0.0.1
+pub(in crate::sim) const CLIENT_BASE: u32 = 0x6440_0000; // 100.64.0.0
+pub(in crate::sim) const CLIENT_PORT_BASE: u16 = 20_000;
+pub(in crate::sim) const CLIENT_PORT_SPAN: u32 = 40_000;
 
-pub(super) fn server_addr(i: usize) -> SocketAddr {
+pub(in crate::sim) fn server_addr(i: usize) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::from(SERVER_BASE.wrapping_add(i as u32)),
         4433,
     ))
 }
 
-pub(super) fn server_index(addr: SocketAddr, n: usize) -> Option<u32> {
+pub(in crate::sim) fn server_index(addr: SocketAddr, n: usize) -> Option<u32> {
     let SocketAddr::V4(a) = addr else { return None };
     let i = u32::from(*a.ip()).checked_sub(SERVER_BASE)?;
     ((i as usize) < n).then_some(i)
@@ -24,7 +24,7 @@ pub(super) fn server_index(addr: SocketAddr, n: usize) -> Option<u32> {
 
 /// A session's address: its slot in the IP, its generation in the port, so that an offer to a
 /// finished session is not taken by the next one in the same slot.
-pub(super) fn client_addr(slot: u32, gen_: u32) -> SocketAddrV4 {
+pub(in crate::sim) fn client_addr(slot: u32, gen_: u32) -> SocketAddrV4 {
     SocketAddrV4::new(
         Ipv4Addr::from(CLIENT_BASE.wrapping_add(slot)),
         CLIENT_PORT_BASE + (gen_ % CLIENT_PORT_SPAN) as u16,
@@ -32,7 +32,7 @@ pub(super) fn client_addr(slot: u32, gen_: u32) -> SocketAddrV4 {
 }
 
 /// (slot, generation modulo the port span) of a client address.
-pub(super) fn client_slot(addr: SocketAddr) -> Option<(u32, u32)> {
+pub(in crate::sim) fn client_slot(addr: SocketAddr) -> Option<(u32, u32)> {
     let SocketAddr::V4(a) = addr else { return None };
     let slot = u32::from(*a.ip()).checked_sub(CLIENT_BASE)?;
     let g = u32::from(a.port().checked_sub(CLIENT_PORT_BASE)?);

@@ -40,7 +40,7 @@
 //!
 //! `addr` holds the simulated network's addresses and `draw` the run's random draws.
 
-mod addr;
+pub(in crate::sim) mod addr;
 mod client;
 mod draw;
 mod measure;

@@ -127,3 +127,15 @@ pub enum ClientEvent {
     /// The connection is closed (locally, or by the server for good).
     Closed(CloseReason),
 }
+
+/// Why a datagram cannot ride in an INIT as early data (PROTOCOL.md §4.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EarlyDataError {
+    /// An empty early datagram cannot be told from none on the wire (§4.5).
+    #[error("early data cannot be empty")]
+    Empty,
+    /// Longer than [`crate::MAX_EARLY_DATA`].
+    #[error("early data is at most {max} bytes, not {0}", max = crate::MAX_EARLY_DATA)]
+    TooLarge(usize),
+}

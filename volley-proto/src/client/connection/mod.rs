@@ -11,7 +11,7 @@ mod events;
 mod failover;
 mod state;
 
-pub use events::{ClientEvent, ConnectError};
+pub use events::{ClientEvent, ConnectError, EarlyDataError};
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -32,6 +32,30 @@ use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError};
 use crate::util::canonical;
 use crate::{TAG_LEN, Transmit};
 use failover::{Failover, Next};
+
+/// A datagram that can ride in an INIT as early data (PROTOCOL.md §4.8): 1 to
+/// [`crate::MAX_EARLY_DATA`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyData(Bytes);
+
+impl EarlyData {
+    /// `first`, if it can ride in an INIT: not empty (an empty one cannot be told from none on
+    /// the wire) and at most [`crate::MAX_EARLY_DATA`] bytes.
+    pub fn new(first: Bytes) -> Result<Self, EarlyDataError> {
+        if first.is_empty() {
+            return Err(EarlyDataError::Empty);
+        }
+        if first.len() > crate::MAX_EARLY_DATA {
+            return Err(EarlyDataError::TooLarge(first.len()));
+        }
+        Ok(Self(first))
+    }
+
+    /// The datagram.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+}
 
 /// Unanswered handshakes in a row after which a connection gives up (see `lose_server`).
 const UNANSWERED_HANDSHAKES: u32 = 2;
@@ -63,6 +87,9 @@ pub struct Connection {
     handshakes_unanswered: u32,
     /// A server of the live race that answered with VERSIONS naming only other versions.
     other_versions: Option<(SocketAddr, u8)>,
+    /// The session's first datagram, to ride in the INIT (PROTOCOL.md §4.8) until a session
+    /// is established: a REDIRECT or a failed handshake hands it to the next winner's INIT.
+    early: Option<Bytes>,
     /// Requests the session carried: sends that followed something heard from the server (the
     /// first send counts), learned by the pool at [`Connection::retire`].
     requests: u64,
@@ -90,6 +117,38 @@ impl Connection {
         pool: &mut PoolState,
     ) -> Self {
         let mut c = Self::idle(config, servers, rng);
+        if c.failover.pool().is_empty() || c.config.server_keys.is_empty() {
+            c.events
+                .push_back(ClientEvent::Failed(ConnectError::NothingToRace));
+        } else {
+            let targets = c.failover.pool().to_vec();
+            c.start_race(now, targets, pool);
+        }
+        c
+    }
+
+    /// [`Connection::new`], with the session's first datagram `first` riding in the INIT as
+    /// early data (PROTOCOL.md §4.8): a one-request session then costs the race and one round
+    /// trip. The server delivers it once, as the session's first datagram, after the cookie,
+    /// admission, the handshake and its allow-list passed; its reply may arrive before the
+    /// ACCEPT and is kept until the session is up. Until a session is established the datagram
+    /// goes with every INIT of the connection — retransmissions, a COOKIE_CHANGE's new INIT,
+    /// and the next winner's after a REDIRECT or an unanswered handshake (so a server that
+    /// took it but whose ACCEPTs were lost, and the next one, may both get it: send early only
+    /// what may arrive twice, or carries its own check). Its confidentiality does not have
+    /// forward secrecy (§4.8).
+    pub fn with_early_data(
+        now: Instant,
+        config: ClientConfig,
+        servers: Vec<SocketAddr>,
+        first: EarlyData,
+        rng: Box<dyn CryptoRngCore + Send>,
+        pool: &mut PoolState,
+    ) -> Self {
+        let mut c = Self::idle(config, servers, rng);
+        c.early = Some(first.0);
+        // The early datagram is the session's first request (what the Path policy learns).
+        c.count_request();
         if c.failover.pool().is_empty() || c.config.server_keys.is_empty() {
             c.events
                 .push_back(ClientEvent::Failed(ConnectError::NothingToRace));
@@ -143,6 +202,7 @@ impl Connection {
             unknown_key_at_race: 0,
             handshakes_unanswered: 0,
             other_versions: None,
+            early: None,
             requests: 0,
             heard: true,
         }
@@ -209,7 +269,8 @@ impl Connection {
             self.config.probe_size,
             self.config.policy,
         )
-        .with_path(pool.path_inputs(&self.config, false))
+        // A first request riding in the INIT saves the handshake's round trip (§4.8).
+        .with_path(pool.path_inputs(&self.config, self.early.is_some()))
         .with_floors(floors);
         self.state = State::ExpectOffer(race);
     }
@@ -350,31 +411,54 @@ impl Connection {
                 self.on_accept(now, from, accept.receiver_id, accept.noise, pool)
             }
             Packet::Data(header, ct) => {
-                let State::Established { session, server } = &mut self.state else {
-                    self.stats.unexpected += 1;
-                    return;
-                };
-                if header.receiver_id != session.local_id() {
-                    self.stats.unexpected += 1;
+                if let State::ExpectAccept(hs) = &mut self.state {
+                    // A DATA can overtake its ACCEPT (the reply to early data, sent right after
+                    // it): one is kept and read once the session is up (PROTOCOL.md §6.5).
+                    if hs.hold_data(from, header.receiver_id, datagram) {
+                        self.stats.data_held += 1;
+                        trace!(%from, "DATA before the ACCEPT: kept");
+                    } else {
+                        self.stats.unexpected += 1;
+                    }
                     return;
                 }
-                let server = *server;
-                match session.handle_data(now, from, header, ct) {
-                    Ok(Delivered::Datagram(d)) => {
-                        self.heard = true;
-                        self.events.push_back(ClientEvent::Datagram(d));
-                    }
-                    Ok(Delivered::Keepalive) => {}
-                    Ok(Delivered::Closed(code)) => {
-                        self.lose_server(now, server, CloseReason::Remote(code), pool);
-                    }
-                    Err(DataDrop::Closed) => {}
-                    Err(_) => {}
-                }
+                self.on_data(now, from, header, ct, pool);
             }
             Packet::Probe(_) | Packet::Init(_) => {
                 self.stats.unexpected += 1;
             }
+        }
+    }
+
+    /// A DATA for the established session.
+    fn on_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: crate::packet::DataHeader,
+        ct: &[u8],
+        pool: &mut PoolState,
+    ) {
+        let State::Established { session, server } = &mut self.state else {
+            self.stats.unexpected += 1;
+            return;
+        };
+        if header.receiver_id != session.local_id() {
+            self.stats.unexpected += 1;
+            return;
+        }
+        let server = *server;
+        match session.handle_data(now, from, header, ct) {
+            Ok(Delivered::Datagram(d)) => {
+                self.heard = true;
+                self.events.push_back(ClientEvent::Datagram(d));
+            }
+            Ok(Delivered::Keepalive) => {}
+            Ok(Delivered::Closed(code)) => {
+                self.lose_server(now, server, CloseReason::Remote(code), pool);
+            }
+            Err(DataDrop::Closed) => {}
+            Err(_) => {}
         }
     }
 
@@ -508,12 +592,18 @@ impl Connection {
             local_id,
             identity,
             self.config.session.cipher.offer(),
+            self.early.clone(),
             rto,
             self.config.handshake_timeout,
             &self.config.service,
             &mut *self.rng,
         ) {
-            Some(hs) => self.state = State::ExpectAccept(hs),
+            Some(hs) => {
+                if hs.has_early() {
+                    self.stats.early_data_sent += 1;
+                }
+                self.state = State::ExpectAccept(hs);
+            }
             // Cannot happen with sane inputs (bad pinned key?); treat as lost server.
             None => self.lose_server(now, server, CloseReason::IdleTimeout, pool),
         }
@@ -566,8 +656,11 @@ impl Connection {
                 server,
                 handshake_time,
                 clean,
+                held,
             }) => {
                 self.stats.sessions_established += 1;
+                // The early data, if any, reached a session: it goes with no other INIT.
+                self.early = None;
                 self.handshakes_unanswered = 0;
                 if clean {
                     pool.handshake_sample(handshake_time);
@@ -579,6 +672,13 @@ impl Connection {
                 });
                 debug!(%server, ?handshake_time, "session established");
                 self.state = State::Established { session, server };
+                if let Some(datagram) = held {
+                    // The DATA that overtook the ACCEPT (the reply to early data), read now as
+                    // if it arrived after it.
+                    if let Ok(Packet::Data(header, ct)) = Packet::decode(&datagram) {
+                        self.on_data(now, server, header, ct, pool);
+                    }
+                }
             }
             None => {
                 // The handshake state is spent; an ACCEPT that fails Noise means the session

@@ -46,6 +46,10 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         init_under_load,
         init_handshake_failed,
         inits_unauthorized,
+        early_data_received: _,
+        early_data_bytes: _,
+        // The session opened; only its early data was not delivered again.
+        early_data_duplicate: _,
         sessions_opened: _,
         sessions_closed: _,
         sessions_idle_timeout: _,
@@ -164,6 +168,9 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         init_under_load,
         init_handshake_failed,
         inits_unauthorized,
+        early_data_received,
+        early_data_bytes,
+        early_data_duplicate,
         sessions_opened,
         sessions_closed,
         sessions_idle_timeout,
@@ -207,6 +214,8 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         ejections: _,
         ejected_skipped: _,
         data_dropped,
+        early_data_sent: _,
+        data_held: _,
     } = *s;
     offers_late
         + offers_unknown_tag
@@ -258,5 +267,7 @@ pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
         sessions_established,
         failovers,
         data_dropped,
+        early_data_sent,
+        data_held,
     )
 }

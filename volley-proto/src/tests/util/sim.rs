@@ -245,6 +245,29 @@ impl Sim {
         self.add_client_at(config, pool, addr)
     }
 
+    /// Adds a client racing `pool` whose INIT carries `first` as early data (PROTOCOL.md
+    /// §4.8), an instance of its own; returns its index.
+    pub fn add_client_early(
+        &mut self,
+        config: ClientConfig,
+        pool: Vec<SocketAddr>,
+        first: &[u8],
+    ) -> usize {
+        let addr = client_addr(self.clients.len());
+        let instance = self.add_instance(config.ejection);
+        let rng = self.child_rng();
+        let conn = Connection::with_early_data(
+            self.now,
+            config,
+            pool,
+            crate::client::EarlyData::new(bytes::Bytes::copy_from_slice(first))
+                .expect("early data within its limits"),
+            rng,
+            &mut self.pools[instance],
+        );
+        self.push(conn, addr, instance)
+    }
+
     /// Adds a connection of client instance `instance` (see [`Sim::add_instance`]): it races
     /// `pool` sharing that instance's knowledge (answer times, ejected servers) with its other
     /// connections; returns its index.
