@@ -262,6 +262,8 @@ pub struct RunCtx {
     pub ewma_default_rtt: Duration,
     pub ewma_decay: Duration,
     pub seed: u64,
+    /// volley sessions send their first request as early data, in the INIT (`select --zones`).
+    pub early: bool,
     /// Bytes of one volley probe, as the clients send them.
     probe_size: u32,
     index: HashMap<SocketAddr, u16>,
@@ -298,6 +300,7 @@ impl RunCtx {
             ewma_default_rtt,
             ewma_decay: Duration::from_secs(10),
             seed,
+            early: false,
             probe_size: ClientConfig::new(Vec::new()).probe_size as u32,
             index,
         }
@@ -329,7 +332,25 @@ pub(super) async fn run_session(
     job: Job,
 ) -> Record {
     let mut rec = Record::unconnected(job.at.as_micros() as u64, Outcome::Timeout);
-    let session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
+    let request = |seq: usize, work: u32| -> [u8; 8] {
+        let mut req = [0u8; 8];
+        req[..4].copy_from_slice(&(seq as u32).to_be_bytes());
+        req[4..].copy_from_slice(&work.to_be_bytes());
+        req
+    };
+    // With `early`, the first request rides in the INIT (PROTOCOL.md §4.8).
+    let first = job
+        .work_us
+        .first()
+        .filter(|_| ctx.early)
+        .map(|&w| volley::Bytes::copy_from_slice(&request(0, w)));
+    let connect = async {
+        match &first {
+            Some(f) => client.connect_with_early(&pool, f.clone()).await,
+            None => client.connect(&pool).await,
+        }
+    };
+    let session = match tokio::time::timeout(ctx.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return rec,
     };
@@ -341,10 +362,8 @@ pub(super) async fn run_session(
         rec.answer_us = report.answer_time.map(|d| d.as_micros() as u32);
     }
     for (seq, &work) in job.work_us.iter().enumerate() {
-        let mut req = [0u8; 8];
-        req[..4].copy_from_slice(&(seq as u32).to_be_bytes());
-        req[4..].copy_from_slice(&work.to_be_bytes());
-        if session.send(&req).await.is_err() {
+        let req = request(seq, work);
+        if (seq > 0 || first.is_none()) && session.send(&req).await.is_err() {
             rec.outcome = Outcome::Failed;
             return rec;
         }

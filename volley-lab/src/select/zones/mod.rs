@@ -308,6 +308,8 @@ fn one(
             run.alias(a, s as u16);
         }
     }
+    // volley pays its race and handshake less what rides in the INIT: the first request.
+    run.early = true;
     let ctx = Arc::new(ZCtx {
         run: Arc::new(run),
         zones: zones.clone(),

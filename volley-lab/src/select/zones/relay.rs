@@ -4,8 +4,8 @@
 //! `tc netem` needs `sch_netem`, which lab machines often lack, and tokio's timers tick in whole
 //! milliseconds (far too coarse for 0.25 ms ± 50 µs). So the relay is one dedicated OS thread
 //! with non-blocking sockets in an epoll set and a `timerfd` armed at the absolute
-//! `CLOCK_MONOTONIC` instant the earliest held datagram is due, less a margin it spins (twice
-//! the timer's recent wake-up latency plus 20 µs, 40 µs to 1 ms: a wake-up's own latency would
+//! `CLOCK_MONOTONIC` instant the earliest held datagram is due, less a margin it spins (the
+//! timer's recent wake-up latency plus 10 µs, 10 to 100 µs: a wake-up's own latency would
 //! otherwise be most of the error); its timer slack is 1 ns
 //! (`prctl(PR_SET_TIMERSLACK)`). A wake-up sends every datagram then due, in due order.
 //!
@@ -172,11 +172,12 @@ impl Ord for Held {
 }
 
 const TIMER: u64 = u64::MAX;
-/// How early the timer fires before a datagram is due (the relay spins the rest): twice the
-/// timer's recent wake-up latency plus 20 µs, within these bounds. A busy relay wakes fast and
-/// spins little; an idle one (a CPU in a deep sleep state) wakes slowly and spins longer.
-const SPIN_MIN_NS: u64 = 40_000;
-const SPIN_MAX_NS: u64 = 1_000_000;
+/// How early the timer fires before a datagram is due (the relay spins the rest): the timer's
+/// recent wake-up latency plus 10 µs, within these bounds. Spinning costs CPU on every wake-up
+/// (thousands a second under load), so the margin stays small: a busy relay wakes fast and
+/// spins little; an idle one (a CPU in a deep sleep state) is late by what exceeds 100 µs.
+const SPIN_MIN_NS: u64 = 10_000;
+const SPIN_MAX_NS: u64 = 100_000;
 const UP: u64 = 1 << 32;
 
 fn relay_loop(
@@ -209,7 +210,7 @@ fn relay_loop(
     let mut buf = vec![0u8; 65_536];
     let mut cpu_read_at = 0u64;
     loop {
-        // The timer fires `SPIN_NS` early: spin the rest of the way to the earliest due time
+        // The timer fires `spin` early: spin the rest of the way to the earliest due time
         // (a wake-up's own latency is most of the error otherwise).
         let mut now = mono_ns();
         if let Some(due) = held.peek().map(|h| h.due)
@@ -280,7 +281,7 @@ fn relay_loop(
                 armed = None;
                 let late = mono_ns().saturating_sub(fire_at).min(SPIN_MAX_NS);
                 wake_late = (wake_late * 7 + late) / 8;
-                spin = (2 * wake_late + 20_000).clamp(SPIN_MIN_NS, SPIN_MAX_NS);
+                spin = (wake_late + 10_000).clamp(SPIN_MIN_NS, SPIN_MAX_NS);
                 continue;
             }
             if token >= UP {
