@@ -5,7 +5,8 @@
 //! The peers pick a server, then open a connection to it over the fleet's plain request path:
 //! one round trip (`OPEN` → `OPENED`, as a QUIC or TCP handshake would cost), then the session's
 //! requests, one round trip each. volley's clients race probes over the pool and pay the race
-//! and the Noise handshake, then the same requests (see docs/BENCHMARKS.md § zones).
+//! and the Noise handshake, whose INIT carries the first request as early data, then the other
+//! requests (see docs/BENCHMARKS.md § 6.1).
 //!
 //! - `zone-p2c`: tower's `Balance` (p2c) over `PeakEwma` services of the client's own zone.
 //! - `p2c-peakewma`: the same over the whole fleet.
