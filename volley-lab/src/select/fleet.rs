@@ -9,9 +9,13 @@
 //! arrival to their reply and measures its service time from them (L5) with no other help.
 //!
 //! Load port: any datagram is answered with its first 8 bytes, then `in_flight: u32,
-//! latency_us: u32` — the requests queued or in service, and the server's estimate of a new
-//! request's latency at that load: the exponentially weighted mean of recent service times
-//! (which reflects the server's speed) times `1 + max(0, in_flight + 1 - slots) / slots`.
+//! latency_us: u32, busy_us: u64` — the requests queued or in service, the server's estimate of
+//! a new request's latency at that load: the exponentially weighted mean of recent service times
+//! (which reflects the server's speed) times `1 + max(0, in_flight + 1 - slots) / slots`, and
+//! the slot time it has worked since it started (its utilisation over an interval is the
+//! difference of two readings over the interval times the slots).
+//!
+//! Direct port (`select --zones`): the plain request path of the peers, see `direct_port`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +59,8 @@ pub struct ServerState {
 pub struct Fleet {
     pub addrs: Vec<SocketAddr>,
     pub load_ports: Vec<SocketAddr>,
+    /// Each server's plain request path (`direct_port`).
+    pub direct_ports: Vec<SocketAddr>,
     pub key: PublicKey,
     pub state: Vec<Arc<ServerState>>,
     /// When the run's clock started (time zero of the schedule).
@@ -88,10 +94,11 @@ impl Fleet {
         let ready = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .context("the fleet did not start")?;
-        let (addrs, load_ports, pubkey, state, start) = ready?;
+        let (addrs, load_ports, direct_ports, pubkey, state, start) = ready?;
         Ok(Fleet {
             addrs,
             load_ports,
+            direct_ports,
             key: pubkey,
             state,
             start,
@@ -125,6 +132,7 @@ impl Drop for Fleet {
 type Ready = anyhow::Result<(
     Vec<SocketAddr>,
     Vec<SocketAddr>,
+    Vec<SocketAddr>,
     PublicKey,
     Vec<Arc<ServerState>>,
     Instant,
@@ -142,6 +150,7 @@ async fn serve(
     let mut servers = Vec::new();
     let mut addrs = Vec::new();
     let mut load_ports = Vec::new();
+    let mut direct_ports = Vec::new();
     let mut states = Vec::new();
     let mut silents = Vec::new();
     let bind: SocketAddr = "127.0.0.1:0".parse()?;
@@ -158,14 +167,16 @@ async fn serve(
         addrs.push(server.local_addr());
         let port = UdpSocket::bind(bind).await?;
         load_ports.push(port.local_addr()?);
-        servers.push((server, port));
+        let direct = UdpSocket::bind(bind).await?;
+        direct_ports.push(direct.local_addr()?);
+        servers.push((server, port, direct));
         states.push(Arc::new(ServerState::default()));
         silents.push(Arc::new(AtomicBool::new(false)));
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
     let mut stats_rx = Vec::new();
-    for (i, (server, port)) in servers.into_iter().enumerate() {
+    for (i, (server, port, direct)) in servers.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
         stats_rx.push(rx);
         let ctx = Ctx {
@@ -178,9 +189,17 @@ async fn serve(
             silent: Arc::clone(&silents[i]),
         };
         tasks.push(tokio::spawn(load_port(port, ctx.clone())));
+        tasks.push(tokio::spawn(direct_port(direct, ctx.clone())));
         tasks.push(tokio::spawn(accept_loop(server, ctx, tx)));
     }
-    let _ = ready.send(Ok((addrs, load_ports, key.public(), states, start)));
+    let _ = ready.send(Ok((
+        addrs,
+        load_ports,
+        direct_ports,
+        key.public(),
+        states,
+        start,
+    )));
     let _ = stop.await;
     for t in &tasks {
         t.abort();
@@ -224,12 +243,7 @@ impl Drop for StatsOnDrop {
 }
 
 async fn accept_loop(server: Server, ctx: Ctx, tx: oneshot::Sender<ServerStats>) {
-    let silent_at = match ctx.schedule.workload {
-        super::workload::Workload::Silent if ctx.schedule.odd_one == Some(ctx.index) => {
-            ctx.schedule.event_at.map(|at| ctx.start + at)
-        }
-        _ => None,
-    };
+    let silent_at = ctx.schedule.silent_at(ctx.index).map(|at| ctx.start + at);
     let mut holder = StatsOnDrop {
         server: Some(server),
         tx: Some(tx),
@@ -266,45 +280,101 @@ async fn handle_session(session: volley::Session, ctx: Ctx) {
         }
         let seq = [req[0], req[1], req[2], req[3]];
         let work_us = u32::from_be_bytes([req[4], req[5], req[6], req[7]]);
-        let speed = match ctx.behaviour() {
-            Behaviour::Silent => continue,
-            Behaviour::Sinkhole => {
-                let _ = request.reply(&session, &reply(seq, 1)).await;
-                continue;
-            }
-            Behaviour::Work(s) => s,
-        };
-        ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        let permit = ctx.slots.acquire().await;
-        let started = Instant::now();
-        // The speed when service starts sets its length.
-        let speed = match ctx.behaviour() {
-            Behaviour::Work(s) => s,
-            _ => speed,
-        };
-        let service = Duration::from_secs_f64(work_us as f64 / 1e6 / speed.max(0.01));
-        tokio::time::sleep(service).await;
-        let busy = started.elapsed();
-        drop(permit);
-        ctx.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-        ctx.state
-            .busy_us
-            .fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
-        ctx.state.done.fetch_add(1, Ordering::Relaxed);
-        let spent = busy.as_micros() as u64;
-        let old = ctx.state.service_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            spent
-        } else {
-            (old * 7 + spent) / 8
-        };
-        ctx.state.service_us.store(new, Ordering::Relaxed);
-        if ctx.silent.load(Ordering::Relaxed) {
-            continue;
+        if let Some(status) = serve_request(&ctx, work_us).await {
+            let _ = request.reply(&session, &reply(seq, status)).await;
         }
-        let _ = request.reply(&session, &reply(seq, 0)).await;
     }
 }
+
+/// Serves one request of `work_us` at speed 1: waits FIFO for a slot, sleeps the work at the
+/// server's speed. The status to answer (0 done, 1 failed), or `None` when the server answers
+/// nothing (silent).
+async fn serve_request(ctx: &Ctx, work_us: u32) -> Option<u8> {
+    let speed = match ctx.behaviour() {
+        Behaviour::Silent => return None,
+        Behaviour::Sinkhole => return Some(1),
+        Behaviour::Work(s) => s,
+    };
+    ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let permit = ctx.slots.acquire().await;
+    let started = Instant::now();
+    // The speed when service starts sets its length.
+    let speed = match ctx.behaviour() {
+        Behaviour::Work(s) => s,
+        _ => speed,
+    };
+    let service = Duration::from_secs_f64(work_us as f64 / 1e6 / speed.max(0.01));
+    tokio::time::sleep(service).await;
+    let busy = started.elapsed();
+    drop(permit);
+    ctx.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    ctx.state
+        .busy_us
+        .fetch_add(busy.as_micros() as u64, Ordering::Relaxed);
+    ctx.state.done.fetch_add(1, Ordering::Relaxed);
+    let spent = busy.as_micros() as u64;
+    let old = ctx.state.service_us.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        spent
+    } else {
+        (old * 7 + spent) / 8
+    };
+    ctx.state.service_us.store(new, Ordering::Relaxed);
+    if ctx.silent.load(Ordering::Relaxed) {
+        return None;
+    }
+    Some(0)
+}
+
+/// The lab's plain request path (`select --zones`): what a peer pays on a real network to open
+/// a connection to the server it chose (one round trip, as QUIC or TCP would) and then its
+/// requests, with no selection of its own. Datagrams (big-endian):
+///
+/// - `OPEN`: `0x01, session: u64` → `OPENED`: `0x81, session: u64`.
+/// - `REQUEST`: `0x02, session: u64, seq: u32, work_us: u32` → `REPLY`:
+///   `0x82, session: u64, seq: u32, status: u8` (served as a volley session's request is).
+///
+/// Anything else, shorter or longer, is dropped. A silent server answers nothing.
+async fn direct_port(socket: UdpSocket, ctx: Ctx) {
+    let socket = Arc::new(socket);
+    let mut buf = [0u8; 64];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if ctx.silent.load(Ordering::Relaxed) || ctx.behaviour() == Behaviour::Silent {
+            continue;
+        }
+        match (buf[0], n) {
+            (DIRECT_OPEN, 9) => {
+                let mut out = [0u8; 9];
+                out[0] = DIRECT_OPENED;
+                out[1..9].copy_from_slice(&buf[1..9]);
+                let _ = socket.send_to(&out, from).await;
+            }
+            (DIRECT_REQUEST, 17) => {
+                let mut out = [0u8; 14];
+                out[0] = DIRECT_REPLY;
+                out[1..13].copy_from_slice(&buf[1..13]);
+                let work_us = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
+                let (socket, ctx) = (Arc::clone(&socket), ctx.clone());
+                tokio::spawn(async move {
+                    if let Some(status) = serve_request(&ctx, work_us).await {
+                        out[13] = status;
+                        let _ = socket.send_to(&out, from).await;
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The plain request path's message kinds (see `direct_port`).
+pub const DIRECT_OPEN: u8 = 0x01;
+pub const DIRECT_OPENED: u8 = 0x81;
+pub const DIRECT_REQUEST: u8 = 0x02;
+pub const DIRECT_REPLY: u8 = 0x82;
 
 fn reply(seq: [u8; 4], status: u8) -> [u8; 5] {
     [seq[0], seq[1], seq[2], seq[3], status]
@@ -320,7 +390,7 @@ async fn load_port(socket: UdpSocket, ctx: Ctx) {
         if ctx.silent.load(Ordering::Relaxed) || ctx.behaviour() == Behaviour::Silent {
             continue;
         }
-        let mut out = [0u8; 16];
+        let mut out = [0u8; 24];
         let echo = n.min(8);
         out[..echo].copy_from_slice(&buf[..echo]);
         let rif = match ctx.behaviour() {
@@ -334,6 +404,8 @@ async fn load_port(socket: UdpSocket, ctx: Ctx) {
         let lat = (ctx.state.service_us.load(Ordering::Relaxed) as f64 * (1.0 + queued / slots))
             .min(u32::MAX as f64) as u32;
         out[12..16].copy_from_slice(&lat.to_be_bytes());
+        let busy = ctx.state.busy_us.load(Ordering::Relaxed);
+        out[16..24].copy_from_slice(&busy.to_be_bytes());
         let _ = socket.send_to(&out, from).await;
     }
 }

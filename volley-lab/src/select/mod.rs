@@ -21,6 +21,7 @@ pub mod workload;
 
 #[cfg(test)]
 mod tests;
+pub mod zones;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -128,6 +129,19 @@ pub struct SelectArgs {
     /// Write every session's record (JSON lines, one file per run) under OUT/records/.
     #[arg(long)]
     pub records: bool,
+    /// Run the zone matrix instead (issue 23, Z3; docs/BENCHMARKS.md § zones): three zones of
+    /// 6/5/5 servers with 0.25 ms inside a zone and 10/20/30 ms between zones on every
+    /// datagram, four zone workloads, sessions of ~10 requests and of one, the zone peers and
+    /// volley. Takes --quick, --seeds, --first-seed, --policies, --measure-ms, --warmup-ms,
+    /// --clients (one value), --zone-workloads, --zone-requests and --out.
+    #[arg(long)]
+    pub zones: bool,
+    /// With --zones: only these zone workloads (default: all four).
+    #[arg(long, value_delimiter = ',', requires = "zones")]
+    pub zone_workloads: Vec<zones::model::ZoneWorkload>,
+    /// With --zones: only sessions of these many requests, 1 and/or 10 (default: both).
+    #[arg(long, value_delimiter = ',', requires = "zones")]
+    pub zone_requests: Vec<u32>,
     /// A run whose client thread or fleet used more than this share of a core is invalid
     /// (docs/BENCHMARKS.md §2 fixes 0.85; a higher value is for trying the tool on a slow build).
     #[arg(long, default_value_t = CPU_LIMIT)]
@@ -136,6 +150,9 @@ pub struct SelectArgs {
 
 /// Runs the plan the flags ask for (or, with `--report-only`, none of it) and writes the report.
 pub fn run(args: SelectArgs) -> anyhow::Result<()> {
+    if args.zones {
+        return zones::run(&args);
+    }
     let started = Instant::now();
     let plan = Plan::new(&args)?;
     if plan.pin {

@@ -260,7 +260,7 @@ fn select_a_silent_server_costs_round_robin_timeouts_and_volley_none() {
 
 /// A small, fast `select` on a tiny fleet (homogeneous, load 0.5, M = 2, random): the tests
 /// change what they look at.
-fn tiny_args(dir: &std::path::Path) -> super::SelectArgs {
+pub(super) fn tiny_args(dir: &std::path::Path) -> super::SelectArgs {
     super::SelectArgs {
         out: dir.to_path_buf(),
         quick: true,
@@ -286,6 +286,9 @@ fn tiny_args(dir: &std::path::Path) -> super::SelectArgs {
         resume: false,
         report_only: false,
         records: false,
+        zones: false,
+        zone_workloads: Vec::new(),
+        zone_requests: Vec::new(),
         // A debug build's client thread is slow; these tests check the machinery, not validity.
         cpu_limit: 1e9,
     }

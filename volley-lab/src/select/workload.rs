@@ -83,19 +83,19 @@ pub struct Schedule {
     pub event_len: Option<Duration>,
     /// The recovery workload's slowed servers.
     pub slowed: Vec<usize>,
+    /// Servers that go silent at `event_at` besides the silent workload's odd one (a zone
+    /// outage of `select --zones`).
+    pub silent: Vec<usize>,
 }
 
 impl Schedule {
     /// What server `i` does `t` after the run's start.
     pub fn behaviour(&self, i: usize, t: Duration) -> Behaviour {
-        if self.odd_one == Some(i) {
-            match self.workload {
-                Workload::Sinkhole => return Behaviour::Sinkhole,
-                Workload::Silent if self.event_at.is_some_and(|at| t >= at) => {
-                    return Behaviour::Silent;
-                }
-                _ => {}
-            }
+        if self.silent_at(i).is_some_and(|at| t >= at) {
+            return Behaviour::Silent;
+        }
+        if self.odd_one == Some(i) && self.workload == Workload::Sinkhole {
+            return Behaviour::Sinkhole;
         }
         if self.workload == Workload::Recovery
             && self.slowed.contains(&i)
@@ -108,6 +108,17 @@ impl Schedule {
         let per_second = &self.speeds[i];
         let s = (t.as_secs() as usize).min(per_second.len().saturating_sub(1));
         Behaviour::Work(per_second.get(s).copied().unwrap_or(1.0))
+    }
+
+    /// When server `i` goes silent, if it does: the silent workload's odd one, or a server of a
+    /// zone outage.
+    pub fn silent_at(&self, i: usize) -> Option<Duration> {
+        let odd = self.workload == Workload::Silent && self.odd_one == Some(i);
+        if odd || self.silent.contains(&i) {
+            self.event_at
+        } else {
+            None
+        }
     }
 
     /// Capacity in requests per second of the servers that do real work (the sinkhole and the
@@ -274,6 +285,7 @@ impl TraceSpec {
             event_at,
             event_len,
             slowed,
+            silent: Vec::new(),
         };
         let rate = self.load * schedule.capacity_rps(&self.shape) / self.requests.mean();
         let mean_us = self.shape.mean_work.as_secs_f64() * 1e6;

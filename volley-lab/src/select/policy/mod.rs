@@ -50,6 +50,9 @@ use super::workload::{Job, Schedule};
 pub enum Pick {
     Earliest,
     Window,
+    /// `SelectionPolicy::path()`: the offer expected to finish the session first, counting the
+    /// measured path once per round trip (issue 23, Z1), learning the requests per session.
+    Path,
 }
 
 /// How volley servers answer probes.
@@ -81,7 +84,8 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// The six peers, then every volley combination: pick × answer × fan-out 2, 3, all.
+    /// The six peers, then every volley combination: pick × answer × fan-out 2, 3, all; then
+    /// the path-aware configuration of the zones (`volley-path-paced-d4`).
     pub fn all() -> Vec<Policy> {
         let mut v = Policy::peers();
         for pick in [Pick::Earliest, Pick::Window] {
@@ -95,8 +99,17 @@ impl Policy {
                 }
             }
         }
+        v.push(Policy::PATH);
         v
     }
+
+    /// volley's path-aware configuration (issue 23, Z1/Z3): `SelectionPolicy::path()`, paced
+    /// servers, fan-out 4 (near servers first).
+    pub const PATH: Policy = Policy::Volley {
+        pick: Pick::Path,
+        answer: Answer::Paced,
+        fanout: Some(4),
+    };
 
     /// The policies volley is compared with.
     pub fn peers() -> Vec<Policy> {
@@ -132,6 +145,7 @@ impl Policy {
                 let pick = match pick {
                     Pick::Earliest => "earliest",
                     Pick::Window => "window",
+                    Pick::Path => "path",
                 };
                 let answer = match answer {
                     Answer::Immediate => "immediate",
@@ -217,7 +231,7 @@ pub struct Record {
 
 impl Record {
     /// A session scheduled `at_us` that never connected, ended as `outcome`.
-    fn unconnected(at_us: u64, outcome: Outcome) -> Record {
+    pub(in crate::select) fn unconnected(at_us: u64, outcome: Outcome) -> Record {
         Record {
             at_us,
             connected_us: None,
@@ -248,6 +262,8 @@ pub struct RunCtx {
     pub ewma_default_rtt: Duration,
     pub ewma_decay: Duration,
     pub seed: u64,
+    /// volley sessions send their first request as early data, in the INIT (`select --zones`).
+    pub early: bool,
     /// Bytes of one volley probe, as the clients send them.
     probe_size: u32,
     index: HashMap<SocketAddr, u16>,
@@ -284,9 +300,16 @@ impl RunCtx {
             ewma_default_rtt,
             ewma_decay: Duration::from_secs(10),
             seed,
+            early: false,
             probe_size: ClientConfig::new(Vec::new()).probe_size as u32,
             index,
         }
+    }
+
+    /// Sessions that reach server `index` at `addr` (a relay's address in front of it) are
+    /// recorded as served by it.
+    pub(in crate::select) fn alias(&mut self, addr: SocketAddr, index: u16) {
+        self.index.insert(addr, index);
     }
 
     pub(super) fn us(&self, t: Instant) -> u64 {
@@ -309,7 +332,25 @@ pub(super) async fn run_session(
     job: Job,
 ) -> Record {
     let mut rec = Record::unconnected(job.at.as_micros() as u64, Outcome::Timeout);
-    let session = match tokio::time::timeout(ctx.connect_timeout, client.connect(&pool)).await {
+    let request = |seq: usize, work: u32| -> [u8; 8] {
+        let mut req = [0u8; 8];
+        req[..4].copy_from_slice(&(seq as u32).to_be_bytes());
+        req[4..].copy_from_slice(&work.to_be_bytes());
+        req
+    };
+    // With `early`, the first request rides in the INIT (PROTOCOL.md §4.8).
+    let first = job
+        .work_us
+        .first()
+        .filter(|_| ctx.early)
+        .map(|&w| volley::Bytes::copy_from_slice(&request(0, w)));
+    let connect = async {
+        match &first {
+            Some(f) => client.connect_with_early(&pool, f.clone()).await,
+            None => client.connect(&pool).await,
+        }
+    };
+    let session = match tokio::time::timeout(ctx.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return rec,
     };
@@ -321,10 +362,8 @@ pub(super) async fn run_session(
         rec.answer_us = report.answer_time.map(|d| d.as_micros() as u32);
     }
     for (seq, &work) in job.work_us.iter().enumerate() {
-        let mut req = [0u8; 8];
-        req[..4].copy_from_slice(&(seq as u32).to_be_bytes());
-        req[4..].copy_from_slice(&work.to_be_bytes());
-        if session.send(&req).await.is_err() {
+        let req = request(seq, work);
+        if (seq > 0 || first.is_none()) && session.send(&req).await.is_err() {
             rec.outcome = Outcome::Failed;
             return rec;
         }
@@ -396,11 +435,12 @@ mod tests {
     #[test]
     fn policy_names_round_trip_and_cover_the_matrix() {
         let all = Policy::all();
-        assert_eq!(all.len(), 7 + 2 * 3 * 3);
+        assert_eq!(all.len(), 7 + 2 * 3 * 3 + 1);
         for p in &all {
             assert_eq!(Policy::parse(&p.name()), Some(*p), "{}", p.name());
         }
         assert!(Policy::parse("volley-earliest-paced-d3").is_some());
+        assert_eq!(Policy::parse("volley-path-paced-d4"), Some(Policy::PATH));
         assert!(Policy::parse("nonsense").is_none());
     }
 }

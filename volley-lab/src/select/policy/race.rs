@@ -21,6 +21,7 @@ pub(super) async fn race(
     let sel = match pick {
         Pick::Earliest => SelectionPolicy::Earliest,
         Pick::Window => SelectionPolicy::window(),
+        Pick::Path => SelectionPolicy::path(),
     };
     let clients: Vec<Client> = (0..m)
         .map(|_| ctx.client(sel, fanout.map(usize::from)))
