@@ -290,13 +290,37 @@ impl Race {
     /// could answer as soon as the time elapsed.
     pub fn with_floors(mut self, floors: Vec<Duration>) -> Self {
         self.floors = floors;
+        self.first_retransmit_after_overdue();
         self
+    }
+
+    /// When target `i`'s offer is overdue (see [`PathInputs::longest_hold`]), from the race's
+    /// start; `None` when its path was never measured.
+    fn overdue(&self, i: usize) -> Option<Duration> {
+        let floor = self.floors.get(i).copied().unwrap_or_default();
+        (!floor.is_zero()).then(|| floor * 2 + self.path.longest_hold + OVERDUE_SLACK)
+    }
+
+    /// `Path`: no probe is re-sent before every measured target's offer is overdue — a far
+    /// target's offer is not lost for taking longer than the near ones' round trip, which is
+    /// what the retransmission timeout follows.
+    fn first_retransmit_after_overdue(&mut self) {
+        if !matches!(self.policy, SelectionPolicy::Path(_)) || self.probes_sent > 0 {
+            return;
+        }
+        let latest = (0..self.targets.len())
+            .filter_map(|i| self.overdue(i))
+            .max()
+            .unwrap_or_default();
+        let at = self.started + latest.max(self.rto);
+        self.next_retransmit = at.min(self.deadline);
     }
 
     /// A `Path` race's inputs (without them: the policy's requests, one round trip for the
     /// handshake, nothing known about other servers' expected completions).
     pub fn with_path(mut self, inputs: PathInputs) -> Self {
         self.path = inputs;
+        self.first_retransmit_after_overdue();
         self
     }
 
@@ -373,11 +397,7 @@ impl Race {
             {
                 continue;
             }
-            let overdue = if floor.is_zero() {
-                Duration::MAX
-            } else {
-                floor * 2 + self.path.longest_hold + OVERDUE_SLACK
-            };
+            let overdue = self.overdue(i).unwrap_or(Duration::MAX);
             if elapsed >= overdue {
                 continue;
             }
@@ -489,7 +509,16 @@ impl Race {
             return RaceTimeout::Expired;
         }
         if now >= self.next_retransmit {
-            self.queued = self.targets.iter().rev().copied().collect();
+            let path = matches!(self.policy, SelectionPolicy::Path(_));
+            // (`Path` re-sends only to the targets that have not answered: an offer in hand
+            // needs no second copy.)
+            self.queued = self
+                .targets
+                .iter()
+                .rev()
+                .filter(|t| !path || !self.candidates.iter().any(|c| c.server == **t))
+                .copied()
+                .collect();
             self.rto = (self.rto * 2).min(self.timers.max_rto);
             self.next_retransmit = now + self.rto;
         }

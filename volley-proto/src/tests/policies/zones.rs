@@ -428,3 +428,30 @@ fn z1_path_does_not_wait_for_a_near_server_that_went_silent() {
         assert_eq!(selected_at(&sim, c) - start, us(20_250));
     }
 }
+
+#[test]
+fn z2_a_path_race_waiting_for_a_far_offer_does_not_re_probe() {
+    // The client's winners were near (0.5 ms: its probe timeout is the 20 ms floor); the far
+    // server is 60 ms away. When the near one is loaded the race waits for the far offer — which
+    // is not lost for taking longer than the near round trip: no probe is re-sent before the far
+    // offer is overdue (2 × 60.25 ms + 1 ms), and a re-sent probe would go only to targets that
+    // have not answered. Two probes for the race, not four.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, key) = fleet(seed, &[250, 60_000], &[0, 0], AnswerPolicy::Immediate);
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        for _ in 0..3 {
+            let c = sim.add_client_shared(client_config(key, PATH_1), pool.clone(), instance);
+            sim.establish(c, ms(500));
+            assert_eq!(sim.clients[c].conn.server(), Some(server_addr(0)));
+            sim.clients[c].conn.close(CloseCode::NORMAL);
+            sim.run_for(ms(200));
+        }
+        sim.set_app(0, 24);
+        let c = sim.add_client_shared(client_config(key, PATH_1), pool, instance);
+        sim.establish(c, ms(500));
+        assert_eq!(sim.clients[c].conn.server(), Some(server_addr(1)));
+        assert_eq!(sim.clients[c].conn.stats().probes_sent, 2);
+    }
+}
