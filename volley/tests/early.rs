@@ -205,3 +205,44 @@ async fn z5_metrics_serve_the_early_data_counters() {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn z5_an_early_request_counts_as_load_from_its_arrival_to_its_reply() {
+    // A one-request session's request is its early data: it must show in the load the server
+    // announces (its offers' hints) from the moment it arrives, before the application asked
+    // for anything — else a fleet of one-request sessions looks idle to every race.
+    let key = keypair();
+    let mut server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
+    let pool = [server.local_addr()];
+    let handle = server.handle();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let connecting = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .connect_with_early(&pool, Bytes::from_static(b"work"))
+                .await
+        }
+    });
+    let accepted = timeout(BOUND, server.accept()).await.unwrap().unwrap();
+    until("the early request counted before it is read", || {
+        handle.load().requests == 1
+    })
+    .await;
+    let request = timeout(BOUND, accepted.recv_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(request.data(), b"work");
+    assert_eq!(handle.load().requests, 1, "still in flight until its reply");
+    request.reply(&accepted, b"done").await.unwrap();
+    until("the reply ends it", || handle.load().requests == 0).await;
+    let session = timeout(BOUND, connecting).await.unwrap().unwrap().unwrap();
+    let reply = timeout(BOUND, session.recv()).await.unwrap().unwrap();
+    assert_eq!(&reply[..], b"done");
+}

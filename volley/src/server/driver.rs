@@ -35,6 +35,10 @@ struct SessionSlot {
     /// Set by the application's first [`Session::recv_request`]: from then on every datagram
     /// is a request and gets a [`LoadGuard`] the moment it arrives.
     requests: Arc<AtomicBool>,
+    /// The session's first datagram rode in its INIT and has not been delivered yet: it is a
+    /// request from its arrival, before the application could ask for requests (else a
+    /// one-request session's work would never show in the load its server announces).
+    early_unread: bool,
 }
 
 /// The server's part of the shared driver ([`runtime::Side`]): one [`ServerEndpoint`], the
@@ -112,10 +116,11 @@ impl ServerSide {
                 });
                 let requests = Arc::new(AtomicBool::new(false));
                 let link = Arc::new(Link::default());
+                let early = self.endpoint.early_data(id).unwrap_or(false);
                 let session = Session::new(id, self.cmd_tx.clone(), Arc::clone(&link), st_rx, None)
                     .with_requests(Arc::clone(&requests))
                     .with_client(client)
-                    .with_early_data(self.endpoint.early_data(id).unwrap_or(false));
+                    .with_early_data(early);
                 if self.accept.try_send(session).is_err() {
                     debug!(id, "accept queue full: session refused");
                     self.endpoint.close(id, CloseCode::GOING_AWAY);
@@ -127,15 +132,16 @@ impl ServerSide {
                         link,
                         status: st_tx,
                         requests,
+                        early_unread: early,
                     },
                 );
             }
             ServerEvent::Datagram { id, data } => {
-                if let Some(slot) = self.sessions.get(&id) {
-                    // A request counts from the moment it arrives, queueing included.
-                    let guard = slot
-                        .requests
-                        .load(Ordering::Acquire)
+                if let Some(slot) = self.sessions.get_mut(&id) {
+                    // A request counts from the moment it arrives, queueing included — the
+                    // early datagram too, which arrives with the session.
+                    let early = std::mem::take(&mut slot.early_unread);
+                    let guard = (slot.requests.load(Ordering::Acquire) || early)
                         .then(|| self.shared.guard());
                     let delivered = slot.link.deliver(Incoming { data, guard });
                     if !delivered {
