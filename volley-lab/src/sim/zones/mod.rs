@@ -7,11 +7,11 @@
 //! path-aware decision, retransmission, deadline), each client's `PoolState` (targets, path
 //! inputs and floors, offer samples, requests learned) and the servers' `ServerEndpoint` (paced
 //! answers from the measured service time, held probes, reservations, load hints with the held
-//! time), as in the rest of `sim` ([`race`]). What is modelled: the
+//! time), as in the rest of `sim` (`race`). What is modelled: the
 //! network (one way = half the zones' round trip + a uniform jitter below 20 µs, no loss but
 //! the outage's), the work (exponential, 40 ms mean, FIFO over 4 slots per server), the
-//! peers' rules ([`peers`]), connections and the handshake (one round trip each, no
-//! cryptography), and timeouts ([`world`]). Each policy pays what it would on a real network:
+//! peers' rules (`peers`), connections and the handshake (one round trip each, no
+//! cryptography), and timeouts (`world`). Each policy pays what it would on a real network:
 //! a peer's connection is one round trip to its server before the first request; volley pays
 //! its race (probe out, offer back, the pace) and its handshake (one round trip; with early
 //! data, none before the first request, which rides in the INIT).
