@@ -235,9 +235,11 @@ impl ClientConfig {
                     ));
                 }
             }
-            SelectionPolicy::Path(p) if !(p.requests.is_finite() && p.requests >= 1.0) => {
+            SelectionPolicy::Path(p)
+                if !(1.0..=crate::client::MAX_PATH_REQUESTS).contains(&p.requests) =>
+            {
                 return Err(ConfigError::Conflict(
-                    "the path policy's requests per session must be a number of at least 1",
+                    "the path policy's requests per session must be between 1 and 1,000,000",
                 ));
             }
             _ => {}

@@ -54,11 +54,16 @@ pub enum SelectionPolicy {
     Path(PathPolicy),
 }
 
+/// The most requests per session a `Path` race weighs (configured or learned): beyond it the
+/// path's share of a session's time no longer changes a choice, and scores stay finite.
+pub const MAX_PATH_REQUESTS: f64 = 1_000_000.0;
+
 /// The settings of [`SelectionPolicy::Path`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct PathPolicy {
-    /// Requests a session is expected to carry, at least 1 (fractions allowed: a mean).
+    /// Requests a session is expected to carry, 1 to [`MAX_PATH_REQUESTS`] (fractions allowed:
+    /// a mean).
     /// Default 1. With `learn`, only the value before the client has seen a session end.
     pub requests: f64,
     /// Learn the requests per session from this client's own sessions (how many times a

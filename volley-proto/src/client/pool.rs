@@ -345,7 +345,7 @@ impl PoolState {
         } else {
             configured.requests
         }
-        .max(1.0);
+        .clamp(1.0, super::MAX_PATH_REQUESTS);
         super::PathInputs {
             round_trips: requests + if early { 0.0 } else { 1.0 },
             requests,

@@ -54,6 +54,14 @@ pub struct Winner {
     pub load: LoadHint,
 }
 
+/// `d × k`, saturating (a factor that is not finite or not positive counts as 0 or the most).
+fn times(d: Duration, k: f64) -> Duration {
+    if k.is_nan() || k <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(d.as_secs_f64() * k).unwrap_or(Duration::MAX)
+}
+
 /// See [`PathInputs::longest_hold`]: the margin on an overdue offer's expected arrival.
 pub const OVERDUE_SLACK: Duration = Duration::from_millis(1);
 
@@ -82,20 +90,20 @@ impl PathInputs {
     /// counts its path only).
     pub fn score(&self, w: &Winner) -> Duration {
         let expected = w.load.expected().unwrap_or_default();
-        w.path.mul_f64(self.round_trips) + expected.mul_f64(self.requests)
+        times(w.path, self.round_trips).saturating_add(times(expected, self.requests))
     }
 
     /// The least score an offer arriving `elapsed` after the race's start could have: its path
     /// is at least `elapsed`, its expected completion at least `least` (the least expected
     /// completion announced lately).
     pub fn bound(&self, elapsed: Duration, least: Duration) -> Duration {
-        elapsed.mul_f64(self.round_trips) + least.mul_f64(self.requests)
+        times(elapsed, self.round_trips).saturating_add(times(least, self.requests))
     }
 
     /// How long after the race's start [`Self::bound`] reaches `score`.
     pub fn reach(&self, score: Duration, least: Duration) -> Duration {
-        let rest = score.saturating_sub(least.mul_f64(self.requests));
-        rest.div_f64(self.round_trips.max(1.0))
+        let rest = score.saturating_sub(times(least, self.requests));
+        times(rest, 1.0 / self.round_trips.max(1.0))
     }
 }
 

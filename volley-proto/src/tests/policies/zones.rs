@@ -214,6 +214,10 @@ fn z1_requests_per_session_are_learned_from_the_clients_sessions() {
     let mut bad = fixed.clone();
     bad.policy = SelectionPolicy::Path(PathPolicy::fixed(0.5));
     assert!(bad.validate().is_err());
+    bad.policy = SelectionPolicy::Path(PathPolicy::fixed(1e300));
+    assert!(bad.validate().is_err(), "a score must stay finite");
+    bad.policy = SelectionPolicy::Path(PathPolicy::fixed(f64::NAN));
+    assert!(bad.validate().is_err());
 }
 
 fn addr(i: usize) -> SocketAddr {
