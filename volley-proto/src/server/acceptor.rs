@@ -232,7 +232,6 @@ impl Acceptor {
         let session = Session::new(now, local_id, client_id, remote, keys, cx.config.session)
             .with_migration();
         debug!(%remote, id = local_id, client = %client.key.to_hex(), name = client.name.as_deref().unwrap_or(""), "session opened");
-        cx.load.offer_lag_sample(cookie_age);
         InitOutcome::Open {
             id: local_id,
             served: Served {

@@ -222,13 +222,6 @@ impl ServerEndpoint {
         self.load.release_reservation();
     }
 
-    /// An offer of this server turned into a session `age` after it was written, through a
-    /// handshake this endpoint did not see (a simulator that skips it): teaches the reservation
-    /// length as an INIT opening a session would (PROTOCOL.md §7.2.3).
-    pub fn offer_lag_sample(&mut self, age: std::time::Duration) {
-        self.load.offer_lag_sample(age);
-    }
-
     /// How long an offer written now counts as load (PROTOCOL.md §7.2.3).
     pub fn reservation_length(&self) -> std::time::Duration {
         self.load.reservation(&self.config)

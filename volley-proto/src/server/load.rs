@@ -22,13 +22,7 @@ pub(super) struct Load {
     service: ServiceEstimator,
     /// Recently sent offers, counted as load (expiry times only; at most 4 × capacity).
     reserved: Reservations,
-    /// How long offers take to turn into INITs here: the cookie's age at each INIT that opened
-    /// a session (the client's round trip plus its decision), smoothed.
-    offer_lags: crate::rtt::RttEstimator,
 }
-
-/// The longest a reservation lasts however slowly offers turn into INITs.
-pub const MAX_RESERVATION: Duration = Duration::from_millis(500);
 
 impl Load {
     pub(super) fn new(now: Instant, config: &ServerConfig) -> Self {
@@ -37,30 +31,12 @@ impl Load {
             app_completed: 0,
             service: ServiceEstimator::new(now, config.service),
             reserved: Reservations::default(),
-            offer_lags: crate::rtt::RttEstimator::default(),
         }
     }
 
-    /// How long an offer counts as load (PROTOCOL.md §7.2.3): `config.reservation`, or longer
-    /// when this server's offers take longer to turn into INITs — the smoothed lag plus twice
-    /// its variation, at most [`MAX_RESERVATION`] — so that an offer to a client one zone away
-    /// still counts until its INIT can arrive. Zero when reservations are off.
+    /// How long an offer counts as load (PROTOCOL.md §7.2.3): `config.reservation`.
     pub(super) fn reservation(&self, config: &ServerConfig) -> Duration {
-        if config.reservation.is_zero() {
-            return Duration::ZERO;
-        }
-        let lag = self
-            .offer_lags
-            .smoothed()
-            .map_or(Duration::ZERO, |s| s + 2 * self.offer_lags.variation());
-        lag.clamp(config.reservation, MAX_RESERVATION.max(config.reservation))
-    }
-
-    /// A session opened from an offer whose cookie was `age` old.
-    pub(super) fn offer_lag_sample(&mut self, age: Duration) {
-        if age <= MAX_RESERVATION {
-            self.offer_lags.sample(age);
-        }
+        config.reservation
     }
 
     /// Requests in flight: the application's, plus the sessions when they count as load.

@@ -74,9 +74,7 @@ pub struct ServerConfig {
     /// arrives first. Default 5 ms: a few LAN round trips, long enough that a burst of
     /// simultaneous probes sees the load rise with every offer (no herding), short enough
     /// that offers lost to other servers (race rate × this, per server) stay a small offset.
-    /// It is a floor: the server lengthens it to the time its offers measurably take to come
-    /// back as INITs (far clients), up to 500 ms (PROTOCOL.md §7.2.3). Zero turns reservations
-    /// off.
+    /// Set it near your clients' round-trip time. Zero turns reservations off.
     pub reservation: Duration,
     /// Other servers of the pool this server names in a REDIRECT when it refuses an INIT.
     /// Default none. At most [`crate::packet::MAX_REDIRECT_ADDRS`] are named, fewer when the

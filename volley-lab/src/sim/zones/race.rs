@@ -274,20 +274,13 @@ impl World<'_> {
             .map_or(now, |(_, t)| *t);
         let (zone, sz) = (self.sessions[slot as usize].zone, self.zone_of(server));
         let there = now + self.leg(zone, sz);
-        // The INIT that lands `there` teaches the server how long its offers take to come
-        // back (the real acceptor samples the cookie's age; this engine skips the acceptor),
-        // which lengthens its reservations for far clients (PROTOCOL.md §7.2.3).
         let lands = !self.silent(server, there);
-        let reservation = match self.servers[server as usize].ep.as_mut() {
-            Some(ep) => {
-                if lands {
-                    let age = std::time::Duration::from_nanos(there.saturating_sub(offered));
-                    ep.offer_lag_sample(age);
-                }
+        let reservation = self.servers[server as usize]
+            .ep
+            .as_ref()
+            .map_or(volley_proto::server::answer::DEFAULT_RESERVATION, |ep| {
                 ep.reservation_length()
-            }
-            None => volley_proto::server::answer::DEFAULT_RESERVATION,
-        };
+            });
         let sess = &mut self.sessions[slot as usize];
         sess.reservation_until = offered + reservation.as_nanos() as Nanos;
         sess.race_timer = None;

@@ -364,49 +364,6 @@ fn z2_races_learn_nearness_and_keep_probes_per_session_at_the_fan_out() {
 }
 
 #[test]
-fn z2_offers_to_far_clients_count_as_load_until_their_init_can_arrive() {
-    // One server of 4 slots, its clients 20 ms away one way: its offers turn into INITs 40 ms
-    // after they leave. A 5 ms reservation would be gone long before; the server measures the
-    // lag and keeps each offer's reservation about that long, so a burst of far races does not
-    // all see it idle (herding).
-    let (mut sim, key) = fleet(3, &[20_000], &[0], AnswerPolicy::Immediate);
-    sim.link.latency = ms(20);
-    let pool = sim.pool();
-    for _ in 0..6 {
-        let c = sim.add_client(client_config(key, SelectionPolicy::Earliest), pool.clone());
-        sim.establish(c, ms(500));
-        assert!(sim.echo(c, b"x", ms(500)));
-        sim.clients[c].conn.close(CloseCode::NORMAL);
-        sim.run_for(ms(600));
-    }
-    let hint_of_offer_to = |sim: &Sim, to: SocketAddr| {
-        let sent = sim.sent_of(kind::OFFER);
-        let offer = sent.iter().rev().find(|s| s.dst == to).expect("an offer");
-        offer_of(&offer.data).1
-    };
-    let (x, y): (SocketAddr, SocketAddr) = (
-        "198.51.100.1:5000".parse().unwrap(),
-        "198.51.100.2:5000".parse().unwrap(),
-    );
-    sim.send(x, server_addr(0), probe(Tag([1; 16]), PROBE_MIN_LEN));
-    sim.run_for(ms(30));
-    sim.send(y, server_addr(0), probe(Tag([2; 16]), PROBE_MIN_LEN));
-    sim.run_for(ms(100));
-    assert_eq!(hint_of_offer_to(&sim, x).in_flight, 0);
-    assert_eq!(
-        hint_of_offer_to(&sim, y).in_flight,
-        1,
-        "the offer to x, 30 ms earlier, still counts"
-    );
-    // After the lag has passed (and its variation), it no longer does.
-    sim.run_for(ms(200));
-    let z: SocketAddr = "198.51.100.3:5000".parse().unwrap();
-    sim.send(z, server_addr(0), probe(Tag([3; 16]), PROBE_MIN_LEN));
-    sim.run_for(ms(100));
-    assert_eq!(hint_of_offer_to(&sim, z).in_flight, 0);
-}
-
-#[test]
 fn z1_path_does_not_wait_for_a_near_server_that_went_silent() {
     // The near server (0.5 ms, idle) has answered before; now it is silent. The far one (20 ms
     // away, 24 requests queued: 290.5 ms) answers. Without a rule for overdue offers the race
