@@ -205,9 +205,8 @@ fn l6_an_init_answering_a_just_made_offer_is_honoured_at_max_sessions() {
         assert!(!sim.established(c2));
         assert!(sim.servers[0].endpoint.stats().probes_withheld_full >= 1);
 
-        // An INIT that comes later than the reservation after its offer was not promised
-        // anything: refused. The server's clients so far were near (its offers came back as
-        // INITs within a millisecond), so its reservations last the 5 ms floor (§7.2.3).
+        // An INIT that comes later than the reservation (5 ms) after its offer was not promised
+        // anything: refused. A near client's session first, then two clients 6 ms away.
         let mut sim = Sim::new(seed);
         let key = sim.add_servers(1, |_, cfg| {
             cfg.max_sessions = Some(1);
