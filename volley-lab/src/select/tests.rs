@@ -186,8 +186,10 @@ fn select_the_sed_oracle_fills_the_fast_servers_first() {
         .iter()
         .filter(|r| r.server.is_some_and(slow))
         .count();
+    // At most 1 in 10 (the uniform oracle: about 1 in 2): 1 in 20 sat within a session of the
+    // Erlang B share on a fresh CI clone (3 of 57 once).
     assert!(
-        on_slow * 20 <= records.len(),
+        on_slow * 10 <= records.len(),
         "{on_slow} of {} on slow servers",
         records.len()
     );
