@@ -93,14 +93,22 @@ impl PathInputs {
         times(w.path, self.round_trips).saturating_add(times(expected, self.requests))
     }
 
-    /// The least score an offer arriving `elapsed` after the race's start could have: its path
-    /// is at least `elapsed`, its expected completion at least `least` (the least expected
-    /// completion announced lately).
-    pub fn bound(&self, elapsed: Duration, least: Duration) -> Duration {
-        times(elapsed, self.round_trips).saturating_add(times(least, self.requests))
+    /// The least cost, counted from `elapsed` after the race's start, of waiting for the offer
+    /// of a target whose path is at least `floor` and taking it: the wait until it can arrive
+    /// (`floor − elapsed`, when positive) plus its least score — its path at least
+    /// `max(elapsed, floor)`, its expected completion at least `least` (the least expected
+    /// completion announced lately). An offer in hand costs its score alone: taking it waits
+    /// for nothing.
+    pub fn bound(&self, elapsed: Duration, floor: Duration, least: Duration) -> Duration {
+        floor
+            .saturating_sub(elapsed)
+            .saturating_add(times(elapsed.max(floor), self.round_trips))
+            .saturating_add(times(least, self.requests))
     }
 
-    /// How long after the race's start [`Self::bound`] reaches `score`.
+    /// How long after the race's start [`Self::bound`] reaches `score` once the time elapsed
+    /// is past the target's floor (before it, the bound falls as the wait shrinks; it is least
+    /// at the floor).
     pub fn reach(&self, score: Duration, least: Duration) -> Duration {
         let rest = score.saturating_sub(times(least, self.requests));
         times(rest, 1.0 / self.round_trips.max(1.0))
@@ -393,7 +401,8 @@ impl Race {
         let elapsed = now.saturating_duration_since(self.started);
         let reach = self.path.reach(best, least);
         // Only the targets that have not answered and could still beat the best: an offer's path
-        // is at least the time elapsed and at least its floor. A measured target whose offer is
+        // is at least the time elapsed and at least its floor, and a target farther than the
+        // time elapsed also costs the wait for its offer. A measured target whose offer is
         // overdue (twice its floor, the longest hold lately, 1 ms) is presumed not to answer
         // this race — lost, silent, or holding longer than its peers: it no longer keeps the
         // race open (its offer is still collected if it comes first).
@@ -401,7 +410,7 @@ impl Race {
         for (i, t) in self.targets.iter().enumerate() {
             let floor = self.floors.get(i).copied().unwrap_or_default();
             if self.candidates.iter().any(|c| c.server == *t)
-                || self.path.bound(elapsed.max(floor), least) >= best
+                || self.path.bound(elapsed, floor, least) >= best
             {
                 continue;
             }

@@ -113,6 +113,42 @@ fn z1_path_keeps_the_near_server_when_its_queue_costs_less_than_the_detour_and_w
 }
 
 #[test]
+fn z1_path_counts_the_wait_for_a_far_offer_against_it() {
+    // Near: 8 requests on 4 slots (expected 90 ms, score 2 × 0.5 + 90 = 91 ms); far: idle
+    // (40 ms), 20 ms away (score 2 × 20.25 + 40 = 80.5 ms). Taken on its arrival the near
+    // offer finishes 0.5 + 91 = 91.5 ms after the race's start; waiting for the far one,
+    // 20.25 + 80.5 = 100.75 ms. So once the client knows the far path, the far offer's bound
+    // at 0.5 ms is the wait for it, 19.75 ms, plus its least score, 80.5 ms: 100.25 ≥ 91, and
+    // the near offer wins on arrival. (A bound without the wait, 80.5 < 91, would keep the
+    // race open 20 ms for an offer that then wins and finishes later.)
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let (mut sim, key) = fleet(seed, &[250, 20_000], &[8, 0], AnswerPolicy::Immediate);
+        assert_eq!(expected(8), ms(90));
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        // The first race knows nothing: it waits for both offers and scores them as they are.
+        let first = sim.add_client_shared(client_config(key, PATH_1), pool.clone(), instance);
+        sim.establish(first, ms(500));
+        assert_eq!(selected_at(&sim, first), us(20_250));
+        assert_eq!(sim.clients[first].conn.server(), Some(server_addr(1)));
+        sim.clients[first].conn.close(CloseCode::NORMAL);
+        sim.run_for(ms(100));
+        assert_eq!(
+            sim.pool_state(first).path_to(&server_addr(1)),
+            Some(us(20_250))
+        );
+        assert_eq!(sim.pool_state(first).least_expected(), Some(expected(0)));
+
+        let start = sim.elapsed();
+        let second = sim.add_client_shared(client_config(key, PATH_1), pool, instance);
+        sim.establish(second, ms(500));
+        assert_eq!(sim.clients[second].conn.server(), Some(server_addr(0)));
+        assert_eq!(selected_at(&sim, second) - start, us(500));
+    }
+}
+
+#[test]
 fn z1_path_stops_waiting_once_no_later_offer_can_win() {
     // Near and loaded (250 ms); two idle servers 20 ms and 40 ms away. Once the 20 ms offer is
     // in hand (score 80.5 ms), the 40 ms server could at best score 2 × 40.25 + 40 = 120.5 ms:
