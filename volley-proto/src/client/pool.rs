@@ -103,6 +103,9 @@ pub const RECENT_EXPECTED: usize = 16;
 pub const NEAR_FACTOR: u32 = 2;
 /// See [`NEAR_FACTOR`]: absorbs scheduling noise on a LAN, where every path is near.
 pub const NEAR_SLACK: Duration = Duration::from_millis(1);
+/// After this many decided races in a row in which every near target probed stayed silent past
+/// its overdue time, a fan-out asks one near server per race instead of half (PROTOCOL.md §6.1).
+pub const NEAR_SILENT_RACES: u32 = 2;
 /// The weight of one session in the learned mean of requests per session (1/8, like RFC 6298's
 /// smoothing).
 pub const REQUESTS_GAIN: f64 = 0.125;
@@ -141,6 +144,9 @@ pub struct PoolState {
     requests: Option<f64>,
     /// Zone labels of pool servers set by the runtime (besides `ClientConfig::server_zones`).
     zones: HashMap<SocketAddr, String>,
+    /// Decided races in a row in which every near target probed stayed silent past its
+    /// overdue time (see [`NEAR_SILENT_RACES`]).
+    near_silent: u32,
 }
 
 impl PoolState {
@@ -374,33 +380,87 @@ impl PoolState {
         if candidates.len() <= d {
             return candidates;
         }
+        let near = self.near_among(&candidates, config);
+        // Near servers that went silent (a zone outage) would take half of every race: one
+        // keeps watch for their return, and the rest of the fan-out goes to the others first.
+        let silent = self.near_silent >= NEAR_SILENT_RACES;
+        let quota = if silent { 1 } else { d.div_ceil(2) };
+        let mut chosen: Vec<SocketAddr> = candidates
+            .iter()
+            .copied()
+            .filter(&near)
+            .take(quota)
+            .collect();
+        let rest = candidates.iter().filter(|c| !silent || !near(c));
+        let then = candidates.iter().filter(|c| silent && near(c));
+        for c in rest.chain(then) {
+            if chosen.len() == d {
+                break;
+            }
+            if !chosen.contains(c) {
+                chosen.push(*c);
+            }
+        }
+        chosen
+    }
+
+    /// Which of `candidates` are near: by label when the client knows its own zone and the
+    /// server has one, else by measured path within [`NEAR_FACTOR`] × the nearest measured
+    /// among them + [`NEAR_SLACK`].
+    fn near_among<'a>(
+        &'a self,
+        candidates: &[SocketAddr],
+        config: &'a super::ClientConfig,
+    ) -> impl Fn(&SocketAddr) -> bool + 'a {
         let nearest = candidates.iter().filter_map(|c| self.path_to(c)).min();
         let own = config.zone.as_deref();
         // A label decides for a labelled server when the client knows its own zone; the
         // measured path decides for the others.
-        let near = |c: &SocketAddr| match (own, self.zone_of(config, c)) {
+        move |c: &SocketAddr| match (own, self.zone_of(config, c)) {
             (Some(own), Some(zone)) => own == zone,
             _ => match (nearest, self.path_to(c)) {
                 (Some(n), Some(p)) => p <= n.saturating_mul(NEAR_FACTOR) + NEAR_SLACK,
                 _ => false,
             },
-        };
-        let quota = d.div_ceil(2);
-        let mut chosen: Vec<SocketAddr> = candidates
-            .iter()
-            .copied()
-            .filter(near)
-            .take(quota)
-            .collect();
-        for c in candidates {
-            if chosen.len() == d {
-                break;
-            }
-            if !chosen.contains(&c) {
-                chosen.push(c);
-            }
         }
-        chosen
+    }
+
+    /// A race was decided `elapsed` after its start, having heard from `heard` of its
+    /// `targets`. A near target it did not hear from is silent when its offer is overdue:
+    /// `2 × its measured path + the longest hold lately + 1 ms` (a near target not measured yet,
+    /// near by its label, counts the nearest path measured among the race's near targets).
+    /// When the race probed near targets and all of them were silent, one more race in a row
+    /// found the near servers silent; when any near target answered, none did.
+    pub fn race_decided(
+        &mut self,
+        targets: &[SocketAddr],
+        heard: &[SocketAddr],
+        elapsed: Duration,
+        config: &super::ClientConfig,
+    ) {
+        let hold = self.longest_hold();
+        let verdict = {
+            let near = self.near_among(targets, config);
+            let probed: Vec<&SocketAddr> = targets.iter().filter(|t| near(t)).collect();
+            let nearest = probed.iter().filter_map(|t| self.path_to(t)).min();
+            let silent = |t: &SocketAddr| {
+                !heard.contains(t)
+                    && self.path_to(t).or(nearest).is_some_and(|p| {
+                        elapsed >= p.saturating_mul(2) + hold + super::race::OVERDUE_SLACK
+                    })
+            };
+            (!probed.is_empty()).then(|| probed.iter().all(|t| silent(t)))
+        };
+        match verdict {
+            None => {}
+            Some(true) => self.near_silent = self.near_silent.saturating_add(1),
+            Some(false) => self.near_silent = 0,
+        }
+    }
+
+    /// Decided races in a row that found every near target probed silent.
+    pub fn near_silent_races(&self) -> u32 {
+        self.near_silent
     }
 
     /// Records a valid offer's answer time from a race that did not retransmit.

@@ -253,6 +253,8 @@ pub struct Race {
     /// `Path`: per target (same order), the shortest path measured to it lately: its offer
     /// cannot come back sooner (zero when unknown).
     floors: Vec<Duration>,
+    /// The targets whose valid offer came while the race was live.
+    heard: Vec<SocketAddr>,
 }
 
 impl Race {
@@ -298,6 +300,7 @@ impl Race {
             },
             settled: false,
             floors: Vec::new(),
+            heard: Vec::new(),
         }
     }
 
@@ -475,6 +478,16 @@ impl Race {
         self.probes_sent
     }
 
+    /// The targets whose valid offer came while the race was live.
+    pub fn heard(&self) -> &[SocketAddr] {
+        &self.heard
+    }
+
+    /// Time since the race's start (its first probe).
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
     /// Whether the race re-sent its probes (its answer times are then ambiguous: Karn's rule).
     pub fn retransmitted(&self) -> bool {
         self.probes_sent > self.targets.len() as u64
@@ -565,6 +578,9 @@ impl Race {
             let Some(key) = pinned(&offer.server_key_id) else {
                 return OfferOutcome::UnknownKey;
             };
+            if !self.heard.contains(&from) {
+                self.heard.push(from);
+            }
             let winner = Winner {
                 server: from,
                 key,

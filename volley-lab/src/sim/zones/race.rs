@@ -264,6 +264,16 @@ impl World<'_> {
     /// The race chose `w`: the handshake (or, with early data, the INIT carrying the first
     /// request) goes to the winner.
     fn decided(&mut self, now: Nanos, slot: u32, w: Winner) {
+        // The client's pool learns whether its near servers answered (PROTOCOL.md §6.1).
+        let at = self.at(now);
+        let sess = &self.sessions[slot as usize];
+        let cfg = &self.configs[usize::from(sess.zone)];
+        if let (Some(race), Some(pool)) = (
+            sess.race.as_ref(),
+            self.clients[sess.client as usize].volley.as_mut(),
+        ) {
+            pool.race_decided(race.targets(), race.heard(), race.elapsed(at), cfg);
+        }
         let Some(server) = server_index(w.server, self.servers.len()) else {
             return self.lost(now, slot, 0);
         };

@@ -573,6 +573,12 @@ impl Connection {
         self.stats.probes_sent += race.probes_sent();
         self.stats.offers_not_chosen += race.not_chosen();
         self.extra_winners = race.take_runners_up();
+        pool.race_decided(
+            race.targets(),
+            race.heard(),
+            race.elapsed(now),
+            &self.config,
+        );
         self.decided = Some(race);
         self.begin_handshake(now, tag, w, pool);
     }

@@ -452,3 +452,84 @@ fn z2_a_path_race_waiting_for_a_far_offer_does_not_re_probe() {
         assert_eq!(sim.clients[c].conn.stats().probes_sent, 2);
     }
 }
+
+#[test]
+fn z2_a_silent_home_zone_keeps_one_probe_of_a_race_and_gives_the_rest_to_other_zones() {
+    // The 16-server fleet of three zones, seen from a client in the first. Its zone falls
+    // silent: after two races in which every near server probed stayed silent past its overdue
+    // time, a race asks one near server (to see the zone come back) and three elsewhere, not
+    // two and two; once the zone answers again, half of every race is near again.
+    for seed in seeds(3) {
+        let _g = SeedGuard(seed);
+        let delays: Vec<u64> = (0..16)
+            .map(|i| match i {
+                0..6 => 250,
+                6..11 => 10_000,
+                _ => 20_000,
+            })
+            .collect();
+        let (mut sim, key) = fleet(seed, &delays, &[0; 16], AnswerPolicy::default());
+        let pool = sim.pool();
+        let instance = sim.add_instance(Default::default());
+        let mut config = client_config(key, SelectionPolicy::path());
+        config.fanout = Some(4);
+        // Labels make "near" the zone (measured paths would leave a zone's server that no race
+        // asked yet out of it).
+        config.zone = Some("a".into());
+        for i in 0..16 {
+            let zone = ["a", "b", "c"][usize::from(i >= 6) + usize::from(i >= 11)];
+            config.server_zones.insert(server_addr(i), zone.into());
+        }
+        let race = |sim: &mut Sim| -> (usize, SocketAddr) {
+            let t0 = sim.now;
+            let c = sim.add_client_shared(config.clone(), pool.clone(), instance);
+            sim.establish(c, ms(500));
+            let mut near: Vec<SocketAddr> = sim
+                .sent_of(kind::PROBE)
+                .iter()
+                .filter(|s| s.src == sim.clients[c].addr && s.at >= t0)
+                .filter(|s| sim.server_index(s.dst) < 6)
+                .map(|s| s.dst)
+                .collect();
+            near.sort();
+            near.dedup();
+            let near = near.len();
+            let won = sim.clients[c].conn.server().expect("a session");
+            sim.clients[c].conn.close(CloseCode::NORMAL);
+            sim.run_for(ms(100));
+            (near, won)
+        };
+        for _ in 0..8 {
+            race(&mut sim); // learning the paths
+        }
+        assert!(race(&mut sim).0 >= 2, "half of a race is near");
+        for i in 0..6 {
+            sim.servers[i].alive = false;
+        }
+        let mut near_probes = Vec::new();
+        for _ in 0..8 {
+            let (near, won) = race(&mut sim);
+            assert!(sim.server_index(won) >= 6, "served elsewhere");
+            near_probes.push(near);
+        }
+        // (Half a race is near at least: the rest of the shuffle may hold more near servers.)
+        assert!(
+            near_probes[..2].iter().all(|n| *n >= 2),
+            "two races find the zone silent: {near_probes:?}"
+        );
+        assert_eq!(
+            near_probes[2..],
+            [1; 6],
+            "then one probe keeps watch: {near_probes:?}"
+        );
+        for i in 0..6 {
+            sim.servers[i].alive = true;
+        }
+        let back: Vec<usize> = (0..3).map(|_| race(&mut sim).0).collect();
+        assert_eq!(back[0], 1, "{back:?}");
+        assert!(
+            back[1..].iter().all(|n| *n >= 2),
+            "the first answer from the zone restores its half: {back:?}"
+        );
+    }
+}
