@@ -110,6 +110,12 @@ pub struct Args {
     /// session) is spliced to a connection of its own to the TCP service.
     #[arg(long, value_name = "TARGET")]
     forward: Option<crate::target::Target>,
+    /// With --forward tcp://: start every backend connection with a PROXY protocol v2 header
+    /// (HAProxy's), whose source is the client's address and whose TLVs 0xE0 and 0xE1 carry
+    /// its static key and its allow-list name. Only for a backend that expects the header
+    /// (nginx `listen ... proxy_protocol`, HAProxy `accept-proxy`).
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Serve Prometheus metrics (every counter, load gauges, the answer-delay histogram) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -150,6 +156,7 @@ pub struct File {
     idle_timeout_ms: Option<f64>,
     load_every: Option<f64>,
     forward: Option<String>,
+    proxy_protocol: Option<bool>,
     metrics: Option<SocketAddr>,
 }
 
@@ -176,6 +183,7 @@ impl Args {
         self.answer = self.answer.or(file.answer);
         self.max_sessions = self.max_sessions.or(file.max_sessions);
         self.count_sessions |= file.count_sessions.unwrap_or(false);
+        self.proxy_protocol |= file.proxy_protocol.unwrap_or(false);
         self.service_ms = self.service_ms.or(file.service_ms);
         self.pace_max_ms = self.pace_max_ms.or(file.pace_max_ms);
         self.pace_divisor = self.pace_divisor.or(file.pace_divisor);
@@ -297,6 +305,8 @@ pub struct Settings {
     pub load_every: f64,
     /// `--forward`: the backend (resolved when serving starts).
     pub forward: Option<crate::target::Target>,
+    /// `--proxy-protocol`: a PROXY protocol v2 header before each backend connection's bytes.
+    pub proxy_protocol: bool,
     /// `--metrics`: where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// `--ready-file`: where to say that every listener is bound.
@@ -360,6 +370,11 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         .validate()
         .context("the server's settings do not fit together")?;
     let forward = args.forward.clone();
+    ensure!(
+        !args.proxy_protocol || matches!(forward, Some(crate::target::Target::Tcp(_))),
+        "--proxy-protocol (proxy_protocol) needs --forward tcp://HOST:PORT: a UDP backend gets \
+         each datagram as it was sent, with nothing before it"
+    );
     let metrics = args.metrics;
     Ok(Settings {
         config,
@@ -367,6 +382,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         service,
         load_every,
         forward,
+        proxy_protocol: args.proxy_protocol,
         metrics,
         ready_file: args.ready_file,
         allow,
@@ -433,6 +449,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         service,
         load_every,
         forward,
+        proxy_protocol,
         metrics,
         ready_file,
         allow,
@@ -537,7 +554,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 );
                 let mut forward =
                     volley::proxy::TcpForward::from_listener(server, listener, backend)
-                        .metrics(forward_metrics);
+                        .metrics(forward_metrics)
+                        .proxy_protocol(proxy_protocol);
                 if let Some(l) = limits {
                     forward = forward.max_pending(l.max_pending_streams);
                 }

@@ -283,3 +283,29 @@ fn a1_keygen_makes_client_keys_and_a_key_file_open_to_others_or_garbled_is_refus
         "{err}"
     );
 }
+
+#[test]
+fn o5_proxy_protocol_is_refused_without_a_tcp_backend_and_says_why() {
+    let dir = scratch("proxy-protocol");
+    let (key, _) = keygen(&dir);
+    for forward in [None, Some("udp://127.0.0.1:9")] {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &key,
+            "--proxy-protocol",
+        ];
+        if let Some(f) = forward {
+            args.extend(["--forward", f]);
+        }
+        let out = run(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{forward:?}");
+        assert!(
+            err.contains("--proxy-protocol") && err.contains("tcp://"),
+            "{err}"
+        );
+    }
+}

@@ -402,3 +402,99 @@ async fn a1_an_unlisted_key_never_reaches_the_backend_and_a2_a_revoked_ones_conn
     })
     .await;
 }
+
+/// A TCP service behind a PROXY protocol v2 header, parsed by the `ppp` crate (an
+/// implementation independent of volley's): it sends back, per connection, the source address,
+/// the client key and name the header carried, then echoes the stream.
+async fn proxy_protocol_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 16];
+                if conn.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+                let mut header = head.to_vec();
+                header.resize(16 + len, 0);
+                if conn.read_exact(&mut header[16..]).await.is_err() {
+                    return;
+                }
+                let parsed = ppp::v2::Header::try_from(header.as_slice()).expect("a v2 header");
+                assert_eq!(parsed.command, ppp::v2::Command::Proxy);
+                assert_eq!(parsed.protocol, ppp::v2::Protocol::Stream);
+                let source = match parsed.addresses {
+                    ppp::v2::Addresses::IPv4(a) => {
+                        SocketAddr::from((a.source_address, a.source_port))
+                    }
+                    ppp::v2::Addresses::IPv6(a) => {
+                        SocketAddr::from((a.source_address, a.source_port))
+                    }
+                    other => panic!("{other:?}"),
+                };
+                let (mut key, mut name) = (String::new(), String::new());
+                for tlv in parsed.tlvs() {
+                    let tlv = tlv.expect("a well-formed TLV");
+                    match tlv.kind {
+                        0xE0 => key = tlv.value.iter().map(|b| format!("{b:02x}")).collect(),
+                        0xE1 => name = String::from_utf8(tlv.value.to_vec()).unwrap(),
+                        _ => {}
+                    }
+                }
+                let line = format!("{source} {key} {name}\n");
+                if conn.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn o5_a_backend_behind_the_proxy_protocol_learns_the_client_s_address_key_and_name() {
+    let server_key = StaticKeypair::generate(&mut volley::OsRng);
+    let alice = StaticKeypair::generate(&mut volley::OsRng);
+    let service = proxy_protocol_backend().await;
+    let mut list = volley::AllowList::new();
+    list.insert(alice.public(), Some("alice"));
+    let mut config = ServerConfig::new(server_key.clone());
+    config.allow = Some(Arc::new(list));
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let (addr, handle) = (server.local_addr(), server.handle());
+    tokio::spawn(
+        TcpForward::bind(server, service)
+            .await
+            .unwrap()
+            .proxy_protocol(true)
+            .serve(std::future::pending()),
+    );
+    let (alices, _) = proxy_as(&server_key, &alice, vec![addr]).await;
+    let mut conn = TcpStream::connect(alices).await.unwrap();
+    conn.write_all(b"payload").await.unwrap();
+    conn.shutdown().await.unwrap();
+    let got = timeout(BOUND, read_to_end_or_reset(&mut conn))
+        .await
+        .unwrap();
+    let got = String::from_utf8(got).unwrap();
+    let (line, rest) = got.split_once('\n').expect("the backend's line");
+    assert_eq!(rest, "payload", "the stream follows the header unchanged");
+    let fields: Vec<&str> = line.split(' ').collect();
+    let source: SocketAddr = fields[0].parse().unwrap();
+    // The client's address as the server knows it: its session's remote address.
+    assert_eq!(
+        source.ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_ne!(source.port(), 0);
+    assert_eq!(fields[1], alice.public().to_hex());
+    assert_eq!(fields[2], "alice");
+    assert_eq!(handle.stats().sessions_opened, 1);
+}

@@ -39,6 +39,7 @@
 //! ```
 
 mod limits;
+pub mod proxy_protocol;
 mod tcp;
 mod tcp_forward;
 mod udp;

@@ -255,19 +255,21 @@ pub struct TcpForward {
     listener: TcpListener,
     backend: SocketAddr,
     metrics: Option<Arc<ForwardMetrics>>,
-    timers: StreamTimers,
+    timers: StreamSettings,
 }
 
-/// How long a forwarder waits for things and lets them sit, and how many connections may wait
-/// for their HELLO.
+/// How long a forwarder waits for things and lets them sit, how many connections may wait for
+/// their HELLO, and what it tells the backend.
 #[derive(Debug, Clone, Copy)]
-struct StreamTimers {
+struct StreamSettings {
     /// Connections waiting for their HELLO at once.
     max_pending: usize,
     /// A stream with no progress either way for this long is reset.
     idle: Duration,
     /// A new session without its stream after this long is closed.
     wait: Duration,
+    /// Write a PROXY protocol v2 header to each backend connection first.
+    proxy_protocol: bool,
 }
 
 /// The default [`TcpForward::idle_timeout`].
@@ -294,10 +296,11 @@ impl TcpForward {
             listener,
             backend,
             metrics: None,
-            timers: StreamTimers {
+            timers: StreamSettings {
                 max_pending: MAX_PENDING_STREAMS,
                 idle: STREAM_IDLE_TIMEOUT,
                 wait: STREAM_WAIT,
+                proxy_protocol: false,
             },
         }
     }
@@ -319,6 +322,17 @@ impl TcpForward {
     /// process's open files.
     pub fn max_pending(mut self, max_pending: usize) -> Self {
         self.timers.max_pending = max_pending.max(1);
+        self
+    }
+
+    /// Starts every backend connection with a PROXY protocol v2 header (HAProxy's spec; see
+    /// [`crate::proxy::proxy_protocol`]): the client's address (its session's, as the server
+    /// validated it) as the source, the address it reached as the destination, and TLVs with
+    /// the client's static key and its name on the allow-list. Only for backends that expect
+    /// the header (nginx `listen … proxy_protocol`, HAProxy `accept-proxy`, …): to any other it
+    /// is garbage before the stream's first byte. Default off.
+    pub fn proxy_protocol(mut self, on: bool) -> Self {
+        self.timers.proxy_protocol = on;
         self
     }
 
@@ -513,7 +527,7 @@ async fn serve_stream(
     waiting: Waiting,
     handle: ServerHandle,
     counters: Arc<Counters>,
-    timers: StreamTimers,
+    timers: StreamSettings,
 ) {
     let dropped = |len| {
         counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
@@ -533,7 +547,7 @@ async fn stream(
     waiting: &WaitingSessions,
     handle: &ServerHandle,
     counters: &Counters,
-    timers: StreamTimers,
+    timers: StreamSettings,
 ) -> CloseCode {
     let Ok(ticket) = session.stream_ticket().await else {
         return CloseCode::NORMAL; // gone already
@@ -570,6 +584,23 @@ async fn stream(
     };
     let _ = upstream.set_nodelay(true);
     let (key, name) = crate::proxy::client_of(session);
+    if timers.proxy_protocol {
+        let client_key = session.client_key();
+        let header = match stream.local_addr() {
+            Ok(reached) => crate::proxy::proxy_protocol::header_v2(
+                session.remote(),
+                reached,
+                client_key.as_ref().map(|k| &k.0),
+                session.client_name(),
+            ),
+            Err(_) => crate::proxy::proxy_protocol::header_local(),
+        };
+        if upstream.write_all(&header).await.is_err() {
+            counters.backend_failures.fetch_add(1, Ordering::Relaxed);
+            debug!(%backend, "forward: backend closed before the PROXY header");
+            return CloseCode::BACKEND_UNREACHABLE;
+        }
+    }
     info!(
         id,
         client_key = %key,
