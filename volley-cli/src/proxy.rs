@@ -48,6 +48,11 @@ pub struct Args {
     /// may reach a second server if the first never answers the handshake.
     #[arg(long)]
     early_data: bool,
+    /// On SIGTERM (or SIGINT), drain for up to this many seconds: accept no new connection
+    /// (TCP) or flow (UDP: a datagram from a new address is dropped) and relay the open ones
+    /// until they end; a second SIGTERM or SIGINT stops at once. 0: no drain [default: 30].
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<f64>,
     /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -91,6 +96,7 @@ pub struct File {
     service: Option<String>,
     idle_timeout: Option<f64>,
     early_data: Option<bool>,
+    drain_timeout: Option<f64>,
     metrics: Option<std::net::SocketAddr>,
     dns_server: Option<std::net::SocketAddr>,
     policy: Option<crate::connect::Policy>,
@@ -124,6 +130,7 @@ impl Args {
         self.key = self.key.or_else(|| file.key.map(|k| dir.join(k)));
         self.service = self.service.or(file.service);
         self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
+        self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
         self.early_data = self.early_data || file.early_data.unwrap_or(false);
         self.metrics = self.metrics.or(file.metrics);
         self.dns_server = self.dns_server.or(file.dns_server);
@@ -219,6 +226,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stats = match target {
         Target::Udp(_) => {
+            let drain = crate::serve::drain_timeout("--drain-timeout", args.drain_timeout)?;
+            let (begin, now) = crate::serve::stop_signals("proxy", drain);
             let socket = UdpSocket::bind(listen)
                 .await
                 .with_context(|| format!("cannot bind {listen}"))?;
@@ -232,10 +241,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let client = Client::new(config);
             crate::target::keep_zones(&client, &pool);
             UdpProxy::new(client, pool)
+                .drain(volley::Drain::new(drain, now))
                 .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)))
                 .early_data(args.early_data)
                 .metrics(metrics)
-                .serve(socket, crate::serve::shutdown_signal())
+                .serve(socket, begin)
                 .await?
         }
         Target::Tcp(_) => {
@@ -253,12 +263,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 format!("tcp://{}", listener.local_addr()?),
                 &_endpoint,
             )?;
+            let drain = crate::serve::drain_timeout("--drain-timeout", args.drain_timeout)?;
+            let (begin, now) = crate::serve::stop_signals("proxy", drain);
             let client = Client::new(config);
             crate::target::keep_zones(&client, &pool);
             TcpProxy::new(client, pool)
+                .drain(volley::Drain::new(drain, now))
                 .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)))
                 .metrics(metrics)
-                .serve(listener, crate::serve::shutdown_signal())
+                .serve(listener, begin)
                 .await?
         }
     };

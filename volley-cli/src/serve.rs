@@ -116,6 +116,12 @@ pub struct Args {
     /// (nginx `listen ... proxy_protocol`, HAProxy `accept-proxy`).
     #[arg(long)]
     proxy_protocol: bool,
+    /// On SIGTERM (or SIGINT), drain for up to this many seconds: offer no new session (the
+    /// server wins no race), keep serving the open sessions and streams until they end, then
+    /// close the rest with GOING_AWAY. A second SIGTERM or SIGINT stops at once. 0: no drain
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<f64>,
     /// Serve Prometheus metrics (every counter, load gauges, the answer-delay histogram) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -157,6 +163,7 @@ pub struct File {
     load_every: Option<f64>,
     forward: Option<String>,
     proxy_protocol: Option<bool>,
+    drain_timeout: Option<f64>,
     metrics: Option<SocketAddr>,
 }
 
@@ -184,6 +191,7 @@ impl Args {
         self.max_sessions = self.max_sessions.or(file.max_sessions);
         self.count_sessions |= file.count_sessions.unwrap_or(false);
         self.proxy_protocol |= file.proxy_protocol.unwrap_or(false);
+        self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
         self.service_ms = self.service_ms.or(file.service_ms);
         self.pace_max_ms = self.pace_max_ms.or(file.pace_max_ms);
         self.pace_divisor = self.pace_divisor.or(file.pace_divisor);
@@ -307,6 +315,8 @@ pub struct Settings {
     pub forward: Option<crate::target::Target>,
     /// `--proxy-protocol`: a PROXY protocol v2 header before each backend connection's bytes.
     pub proxy_protocol: bool,
+    /// `--drain-timeout`: how long a SIGTERM drains before the sessions left are closed.
+    pub drain_timeout: Duration,
     /// `--metrics`: where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// `--ready-file`: where to say that every listener is bound.
@@ -376,6 +386,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
          each datagram as it was sent, with nothing before it"
     );
     let metrics = args.metrics;
+    let drain_timeout = drain_timeout("--drain-timeout", args.drain_timeout)?;
     Ok(Settings {
         config,
         listen,
@@ -383,10 +394,26 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         load_every,
         forward,
         proxy_protocol: args.proxy_protocol,
+        drain_timeout,
         metrics,
         ready_file: args.ready_file,
         allow,
     })
+}
+
+/// The default drain (`--drain-timeout`, `drain_timeout`).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--drain-timeout` in seconds (0: no drain), or the default.
+pub fn drain_timeout(flag: &str, secs: Option<f64>) -> anyhow::Result<Duration> {
+    let Some(secs) = secs else {
+        return Ok(DEFAULT_DRAIN_TIMEOUT);
+    };
+    ensure!(
+        secs.is_finite() && (0.0..=86_400.0).contains(&secs),
+        "{flag} must be 0 (no drain) to 86400 seconds"
+    );
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn positive_millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
@@ -450,6 +477,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         load_every,
         forward,
         proxy_protocol,
+        drain_timeout,
         metrics,
         ready_file,
         allow,
@@ -545,6 +573,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )?;
     }
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
+    let (begin, now) = stop_signals("serve", drain_timeout);
+    let drain = volley::Drain::new(drain_timeout, now);
     let serving = async move {
         let stats = match (forward, streams) {
             (Some((_, backend)), Some(listener)) => {
@@ -555,11 +585,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let mut forward =
                     volley::proxy::TcpForward::from_listener(server, listener, backend)
                         .metrics(forward_metrics)
-                        .proxy_protocol(proxy_protocol);
+                        .proxy_protocol(proxy_protocol)
+                        .drain(drain);
                 if let Some(l) = limits {
                     forward = forward.max_pending(l.max_pending_streams);
                 }
-                let s = forward.serve(shutdown_signal()).await;
+                let s = forward.serve(begin).await;
                 say!(
                     "volley serve: streams {} refused {} backend failures {} broken {}",
                     s.streams,
@@ -571,10 +602,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             (Some((_, backend)), None) => {
                 say!("volley serve: forwarding each session to udp://{backend}");
-                let forward = volley::proxy::UdpForward::new(server, backend);
-                forward.serve(shutdown_signal()).await
+                let forward = volley::proxy::UdpForward::new(server, backend).drain(drain);
+                forward.serve(begin).await
             }
-            (None, _) => volley::echo::serve(server, shutdown_signal()).await,
+            (None, _) => volley::echo::serve_draining(server, begin, drain).await,
         };
         let _ = stats_tx.send(stats);
     };
@@ -624,21 +655,75 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// SIGTERM and SIGINT, counted: the first resolves the first future (begin a drain of up to
+/// `drain`, or stop when it is zero), the second the second (stop at once). Each is said on
+/// stderr. Handlers are installed now, once, so that no signal between the two is missed.
+pub fn stop_signals(
+    command: &'static str,
+    drain: Duration,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
     #[cfg(unix)]
-    {
+    let streams = {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let (mut term, mut int) = streams;
+        loop {
+            #[cfg(unix)]
+            {
+                let term_recv = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let int_recv = async {
+                    match int.as_mut() {
+                        Some(i) => i.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = term_recv => {}
+                    _ = int_recv => {}
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            let n = *tx.borrow() + 1;
+            if n == 1 && !drain.is_zero() {
+                say!(
+                    "volley {command}: draining for up to {} s (no new sessions; the open ones go \
+                     on); a second SIGTERM or SIGINT stops at once",
+                    drain.as_secs_f64()
+                );
+            } else {
+                say!("volley {command}: stopping");
+            }
+            tx.send_replace(n);
+            if n >= 2 {
+                return;
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    });
+    let wait = |k: u32| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|n| *n >= k).await;
+        }
+    };
+    (wait(1), wait(2))
 }
 
 /// SIGHUP, as a stream of wake-ups (never on platforms without it).

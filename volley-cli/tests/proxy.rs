@@ -238,3 +238,166 @@ fn d2_curl_reaches_a_real_http_server_through_volley_proxy_and_serve_forward() {
     }
     assert!(proxy.0.try_wait().unwrap().is_none());
 }
+
+#[test]
+fn o1_sigterm_drains_a_serve_a_50_mb_download_completes_and_new_connections_go_elsewhere() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("drain-e2e");
+    let _ = std::fs::remove_dir_all(&dir);
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "hello\n").unwrap();
+    let big: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(site.join("big.bin"), &big).unwrap();
+    let key = dir.join("server.key");
+    let out = volley()
+        .args(["keygen", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let http_port = free_tcp_port().to_string();
+    let (_http, line) = start(Command::new("python3").args([
+        "-u",
+        "-m",
+        "http.server",
+        &http_port,
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        site.to_str().unwrap(),
+    ]));
+    assert!(line.contains("Serving HTTP"), "{line}");
+    let backend = format!("tcp://127.0.0.1:{http_port}");
+    let mut servers = Vec::new();
+    let mut serving = Vec::new();
+    let mut metrics = Vec::new();
+    for _ in 0..2 {
+        let s = format!("127.0.0.1:{}", free_tcp_port());
+        let m = format!("127.0.0.1:{}", free_tcp_port());
+        let (child, line) = start(volley().args([
+            "serve",
+            "--listen",
+            &s,
+            "--key",
+            key.to_str().unwrap(),
+            "--forward",
+            &backend,
+            "--metrics",
+            &m,
+        ]));
+        assert!(line.contains("listening on"), "{line}");
+        servers.push(s);
+        serving.push(Some(child));
+        metrics.push(m);
+    }
+    let listen = format!("127.0.0.1:{}", free_tcp_port());
+    let (_proxy, line) = start(volley().args([
+        "proxy",
+        "--listen",
+        &format!("tcp://{listen}"),
+        "--server-key",
+        &public,
+        &servers[0],
+        &servers[1],
+    ]));
+    assert!(line.contains("volley proxy: tcp://"), "{line}");
+    let gauge = |m: &str, name: &str| -> u64 {
+        scrape(m)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+
+    // A download slowed to ~25 MB/s by curl, so that it is under way for about two seconds.
+    let download = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--max-time",
+            "60",
+            "--limit-rate",
+            "25M",
+            &format!("http://{listen}/big.bin"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let start_wait = std::time::Instant::now();
+    let busy = loop {
+        if let Some(i) = (0..2).find(|i| gauge(&metrics[*i], "volley_forward_open_streams") == 1) {
+            break i;
+        }
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(20),
+            "no stream opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let other = 1 - busy;
+    let pid = serving[busy].as_ref().unwrap().0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    // New connections meanwhile: every one served, by the other server.
+    let before = gauge(&metrics[other], "volley_forward_streams_total");
+    for _ in 0..3 {
+        let out = Command::new("curl")
+            .args([
+                "--silent",
+                "--fail",
+                "--max-time",
+                "20",
+                &format!("http://{listen}/hello.txt"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"hello\n");
+    }
+    assert_eq!(
+        gauge(&metrics[other], "volley_forward_streams_total"),
+        before + 3
+    );
+    assert_eq!(gauge(&metrics[busy], "volley_forward_streams_total"), 1);
+
+    // The download completes, byte for byte, and the drained server then exits by itself.
+    let out = download.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == big,
+        "50 MB arrive byte for byte ({} bytes)",
+        out.stdout.len()
+    );
+    let mut drained = serving[busy].take().unwrap();
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = drained.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the drained server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut said = String::new();
+    let _ = drained.0.stdout.as_mut().unwrap().read_to_string(&mut said);
+    assert!(said.contains("draining"), "{said}");
+    assert!(said.contains("stopped"), "{said}");
+}

@@ -43,7 +43,18 @@ use crate::server::Server;
 /// # Ok(()) }
 /// ```
 pub async fn serve(server: Server, shutdown: impl Future<Output = ()>) -> crate::ServerStats {
-    crate::handler::serve_sessions(server, shutdown, |session| async move {
+    serve_draining(server, shutdown, crate::Drain::default()).await
+}
+
+/// Like [`serve`], draining as `drain` says once `shutdown` resolves (PROTOCOL.md §7.9): no new
+/// sessions, the open ones echoed until they end, the drain's timeout passes or its stop
+/// resolves.
+pub async fn serve_draining(
+    server: Server,
+    shutdown: impl Future<Output = ()>,
+    drain: crate::Drain,
+) -> crate::ServerStats {
+    crate::handler::serve_sessions(server, shutdown, drain, |session| async move {
         // Each datagram is a request: the server counts it until it is echoed.
         while let Ok(request) = session.recv_request().await {
             // The request's own bytes go back: moved, never copied.

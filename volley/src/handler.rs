@@ -33,7 +33,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use tracing::debug;
+use std::time::Duration;
+
+use tracing::{debug, info};
 use volley_proto::allow::AllowEntry;
 
 use crate::server::Server;
@@ -100,7 +102,7 @@ where
     H: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Option<Bytes>> + Send + 'static,
 {
-    serve_sessions(server, shutdown, move |session| {
+    serve_sessions(server, shutdown, Drain::default(), move |session| {
         let handler = handler.clone();
         async move {
             // Every server session carries its client; a handle without one serves nothing.
@@ -179,7 +181,7 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display + Send,
 {
-    serve_sessions(server, shutdown, move |session| {
+    serve_sessions(server, shutdown, Drain::default(), move |session| {
         let mut service = service.clone();
         async move {
             let Some(client) = session.client_entry().cloned() else {
@@ -212,31 +214,152 @@ where
     .await
 }
 
+/// How a serving loop ends once its shutdown future resolves (PROTOCOL.md §7.9): with a
+/// drain — the server wins no race any more and its sessions go on until they end, `timeout`
+/// passes or `stop` resolves — then the sessions left are closed with GOING_AWAY. The default
+/// (no drain) closes them at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use volley::Drain;
+///
+/// // What `volley serve` does: drain for up to 30 s, or until a second signal.
+/// let (now, stop) = tokio::sync::oneshot::channel::<()>();
+/// let drain = Drain::new(Duration::from_secs(30), async { let _ = stop.await; });
+/// assert_eq!(drain.timeout(), Duration::from_secs(30));
+/// # drop(now);
+/// ```
+#[derive(Default)]
+pub struct Drain {
+    timeout: Duration,
+    stop: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("timeout", &self.timeout)
+            .field("stop", &self.stop.is_some())
+            .finish()
+    }
+}
+
+impl Drain {
+    /// Drains for at most `timeout`, or until `stop` resolves (a second signal).
+    pub fn new(timeout: Duration, stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            timeout,
+            stop: Some(Box::pin(stop)),
+        }
+    }
+
+    /// The longest the drain waits for the sessions (zero: no drain).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Waits for `done` until the timeout passes or `stop` resolves: whether `done` came first.
+    pub(crate) async fn wait<T>(self, done: impl Future<Output = T>) -> bool {
+        let stop = self
+            .stop
+            .unwrap_or_else(|| Box::pin(std::future::pending()));
+        tokio::select! {
+            _ = done => true,
+            () = tokio::time::sleep(self.timeout) => false,
+            () = stop => false,
+        }
+    }
+
+    /// Resolves when the drain is over: its timeout passed or `stop` resolved (at once when
+    /// the timeout is zero).
+    pub(crate) async fn over(self) {
+        if self.timeout.is_zero() {
+            return;
+        }
+        let stop = self
+            .stop
+            .unwrap_or_else(|| Box::pin(std::future::pending()));
+        tokio::select! {
+            () = tokio::time::sleep(self.timeout) => {}
+            () = stop => {}
+        }
+    }
+
+    /// Drains `server`, accepting (and serving with `spawn`) the sessions still queued, until
+    /// every session ended, the timeout passed or `stop` resolved.
+    async fn run(self, server: &mut Server, spawn: impl Fn(Session)) {
+        if self.timeout.is_zero() {
+            return;
+        }
+        let handle = server.handle();
+        handle.set_draining(true);
+        let sessions = server.session_count();
+        info!(
+            sessions,
+            timeout = ?self.timeout,
+            "draining: no new sessions; waiting for the open ones to end"
+        );
+        let stop = self
+            .stop
+            .unwrap_or_else(|| Box::pin(std::future::pending()));
+        let ended = crate::server::sessions_ended(&handle);
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(stop, ended, deadline);
+        loop {
+            tokio::select! {
+                session = server.accept() => match session {
+                    Some(session) => spawn(session),
+                    None => return,
+                },
+                () = &mut ended => {
+                    info!("drained: every session ended");
+                    return;
+                }
+                () = &mut deadline => {
+                    info!(sessions = server.session_count(), "drain timeout: closing the sessions left (going away)");
+                    return;
+                }
+                () = &mut stop => {
+                    info!(sessions = server.session_count(), "stopping now: closing the sessions left (going away)");
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Accepts sessions until `shutdown`, each served by its own task running `session_task`; then
-/// a graceful shutdown.
+/// drains as `drain` says and shuts down gracefully.
 pub(crate) async fn serve_sessions<T, Fut>(
     mut server: Server,
     shutdown: impl Future<Output = ()>,
+    drain: Drain,
     session_task: T,
 ) -> crate::ServerStats
 where
     T: Fn(Session) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let spawn = |session: Session| {
+        let peer = session.remote();
+        // One task per session: sessions are independent and may block on a slow peer.
+        let task = session_task(session);
+        tokio::spawn(async move {
+            task.await;
+            debug!(%peer, "session ended");
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             session = server.accept() => {
                 let Some(session) = session else { break };
-                let peer = session.remote();
-                // One task per session: sessions are independent and may block on a slow peer.
-                let task = session_task(session);
-                tokio::spawn(async move {
-                    task.await;
-                    debug!(%peer, "session ended");
-                });
+                spawn(session);
             }
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => {
+                drain.run(&mut server, spawn).await;
+                break;
+            }
         }
     }
     server.shutdown().await

@@ -166,6 +166,7 @@ pub mod unstable {
 pub use bytes::Bytes;
 pub use client::Client;
 pub use error::Error;
+pub use handler::Drain;
 pub use load::LoadGuard;
 /// The operating system's CSPRNG, as [`StaticKeypair::generate`] takes it (re-exported so that
 /// no `rand` version has to be matched).

@@ -235,3 +235,57 @@ async fn a2_a_revoked_keys_udp_flow_ends_and_its_next_flow_gets_no_session() {
     assert_eq!(stats.sessions_revoked, 1, "{stats:?}");
     assert!(stats.inits_unauthorized >= 1, "{stats:?}");
 }
+
+#[tokio::test]
+async fn o1_a_draining_udp_proxy_keeps_its_flows_starts_none_and_stops_when_they_end() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let service = backend().await;
+    let (a, _ha, _stop_a, _) = forwarder(&key, service).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let metrics = Arc::new(ProxyMetrics::default());
+    let idle = Duration::from_millis(600);
+    let running = tokio::spawn(
+        UdpProxy::new(client, vec![a])
+            .idle_timeout(idle)
+            // Far longer than the flow lives: the proxy must end when the flow does.
+            .drain(volley::Drain::new(
+                Duration::from_secs(60),
+                std::future::pending(),
+            ))
+            .metrics(Arc::clone(&metrics))
+            .serve(socket, async {
+                let _ = stopped.await;
+            }),
+    );
+    let old = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(ask(&old, proxy, "before").await, "BEFORE");
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The open flow goes on while the proxy drains, for longer than one idle timeout in all.
+    for i in 0..4 {
+        assert_eq!(
+            ask(&old, proxy, &format!("during {i}")).await,
+            format!("DURING {i}")
+        );
+        tokio::time::sleep(idle / 3).await;
+    }
+    assert!(!running.is_finished(), "the proxy stopped with a flow open");
+    // A new application address starts no flow: its datagram is dropped and counted.
+    let dropped = metrics.stats().dropped;
+    let new = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    new.send_to(b"new", proxy).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        timeout(Duration::from_millis(300), new.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "a new flow started while draining"
+    );
+    assert_eq!(metrics.stats().dropped, dropped + 1);
+    // Once the flow ends (idle), the drain is done and the proxy returns, long before 60 s.
+    let stats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
+    assert_eq!(stats.flows, 1);
+}

@@ -498,3 +498,110 @@ async fn o5_a_backend_behind_the_proxy_protocol_learns_the_client_s_address_key_
     assert_eq!(fields[2], "alice");
     assert_eq!(handle.stats().sessions_opened, 1);
 }
+
+/// A TCP service that sends `len` bytes of a known pattern to every connection, then closes.
+async fn download_backend(len: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+                let mut sent = 0;
+                while sent < len {
+                    let n = chunk.len().min(len - sent);
+                    if conn.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o1_a_download_completes_byte_for_byte_while_its_server_drains_and_new_connections_go_elsewhere()
+ {
+    const LEN: usize = 50 * 1024 * 1024;
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let service = download_backend(LEN).await;
+    let mut forwarders = Vec::new();
+    for _ in 0..2 {
+        let server = Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            ServerConfig::new(key.clone()),
+        )
+        .await
+        .unwrap();
+        let (addr, handle) = (server.local_addr(), server.handle());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            TcpForward::bind(server, service)
+                .await
+                .unwrap()
+                .drain(volley::Drain::new(
+                    Duration::from_secs(30),
+                    std::future::pending(),
+                ))
+                .serve(async {
+                    let _ = stopped.await;
+                }),
+        );
+        forwarders.push((addr, handle, Some(stop), task));
+    }
+    let pool: Vec<SocketAddr> = forwarders.iter().map(|f| f.0).collect();
+    let (proxy, _stop, _running) = proxy(&key, pool, |p| p).await;
+
+    // The download starts; its server is the one with a session.
+    let mut download = TcpStream::connect(proxy).await.unwrap();
+    let mut got = vec![0u8; 1024 * 1024];
+    timeout(BOUND, download.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let busy = forwarders
+        .iter()
+        .position(|f| f.1.stats().sessions_opened == 1)
+        .expect("one server carries the download");
+    let other = 1 - busy;
+    let _ = forwarders[busy].2.take().unwrap().send(());
+    // (The drain reaches the server's driver as a control message: give it a moment.)
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // New connections meanwhile go to the other server, every one.
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        let mut first = [0u8; 1024];
+        timeout(BOUND, c.read_exact(&mut first))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first[250], 250);
+    }
+    assert_eq!(forwarders[busy].1.stats().sessions_opened, 1);
+    assert_eq!(forwarders[other].1.stats().sessions_opened, 3);
+
+    // The download completes, byte for byte.
+    let mut rest = Vec::with_capacity(LEN);
+    timeout(Duration::from_secs(120), download.read_to_end(&mut rest))
+        .await
+        .expect("the download finishes")
+        .unwrap();
+    got.extend_from_slice(&rest);
+    assert_eq!(got.len(), LEN);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, b)| *b == ((i % 65_536) % 251) as u8),
+        "the bytes are the backend's"
+    );
+    drop(download);
+    // With its last session ended the drained server stops on its own, long before 30 s.
+    let (_, _, _, task) = forwarders.swap_remove(busy);
+    let stats = timeout(BOUND, task).await.expect("drained").unwrap();
+    assert_eq!(stats.streams, 1);
+    assert_eq!(stats.server.sessions_opened, 1);
+}

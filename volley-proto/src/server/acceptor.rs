@@ -126,6 +126,12 @@ impl Acceptor {
             trace!(%remote, "INIT dropped: its session already ended");
             return InitOutcome::Answer(None);
         }
+        if cx.draining {
+            // A draining server opens nothing, not even for its own recent offers: the
+            // REDIRECT sends the client on at once (§7.8).
+            cx.stats.init_refused_draining += 1;
+            return InitOutcome::Answer(self.refuse(cx, remote, local, &init.tag, init_len, out));
+        }
         let mut honoured = false;
         if cx.full() {
             // An offer made moments ago (within its reservation) promised this client a slot:

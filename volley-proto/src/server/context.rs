@@ -20,6 +20,8 @@ pub(super) struct Context<'a> {
     pub(super) stats: &'a mut ServerStats,
     pub(super) load: &'a mut Load,
     pub(super) sessions: &'a SessionTable,
+    /// The server is draining: it makes no offer and opens no session (§7.8).
+    pub(super) draining: bool,
 }
 
 impl Context<'_> {

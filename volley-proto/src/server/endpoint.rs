@@ -76,6 +76,8 @@ pub struct ServerEndpoint {
     /// Established sessions, their timers, the duplicate-INIT filter and the ended list.
     sessions: SessionTable,
     events: VecDeque<ServerEvent>,
+    /// See [`ServerEndpoint::set_draining`].
+    draining: bool,
     stats: ServerStats,
     /// Requests in flight, offers outstanding, the service-time estimate.
     load: Load,
@@ -134,6 +136,7 @@ impl ServerEndpoint {
             admission,
             sessions: SessionTable::default(),
             events: VecDeque::new(),
+            draining: false,
             stats: ServerStats::default(),
             load,
             desk,
@@ -152,6 +155,7 @@ impl ServerEndpoint {
                 stats: &mut self.stats,
                 load: &mut self.load,
                 sessions: &self.sessions,
+                draining: self.draining,
             },
             desk: &mut self.desk,
             acceptor: &mut self.acceptor,
@@ -200,6 +204,20 @@ impl ServerEndpoint {
     /// Changes the capacity (None: unbounded).
     pub fn set_capacity(&mut self, capacity: Option<u32>) {
         self.config.capacity = capacity;
+    }
+
+    /// Starts (or ends) draining (PROTOCOL.md §7.8): while draining the server answers no
+    /// PROBE, drops the probes it holds, and refuses every new INIT whose cookie checks out with
+    /// a REDIRECT (naming its peers), so that it wins no race and its clients' next races go
+    /// elsewhere; its sessions go on as before until they end or the application closes them
+    /// (with `GOING_AWAY`).
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Whether the server is draining (see [`ServerEndpoint::set_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Changes the hard session limit (None: unbounded).

@@ -146,6 +146,8 @@ pub struct ServerStats {
     pub probes_unknown_service: u64,
     /// PROBEs not answered because the server is at `max_sessions`.
     pub probes_withheld_full: u64,
+    /// PROBEs not answered because the server is draining (§7.8).
+    pub probes_withheld_draining: u64,
     /// PROBEs not answered because of under-load mode.
     pub probes_withheld_under_load: u64,
     /// PROBEs dropped: the global PROBE budget was spent (§7.7).
@@ -183,6 +185,8 @@ pub struct ServerStats {
     pub init_after_close: u64,
     /// INIT refused at `max_sessions` (a REDIRECT tells the client).
     pub init_refused_full: u64,
+    /// INIT refused because the server is draining (a REDIRECT tells the client, §7.8).
+    pub init_refused_draining: u64,
     /// INIT accepted at `max_sessions` because it answers an offer made within the last
     /// `reservation`: the offer promised the slot. Included in `sessions_opened`.
     pub init_honoured_full: u64,
@@ -237,7 +241,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 53] {
+    pub fn counters(&self) -> [(&'static str, u64); 55] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -254,6 +258,7 @@ impl ServerStats {
             ("offers_sent", self.offers_sent),
             ("probes_unknown_service", self.probes_unknown_service),
             ("probes_withheld_full", self.probes_withheld_full),
+            ("probes_withheld_draining", self.probes_withheld_draining),
             (
                 "probes_withheld_under_load",
                 self.probes_withheld_under_load,
@@ -277,6 +282,7 @@ impl ServerStats {
             ("init_duplicate", self.init_duplicate),
             ("init_after_close", self.init_after_close),
             ("init_refused_full", self.init_refused_full),
+            ("init_refused_draining", self.init_refused_draining),
             ("init_honoured_full", self.init_honoured_full),
             ("redirects_sent", self.redirects_sent),
             ("init_rate_limited", self.init_rate_limited),

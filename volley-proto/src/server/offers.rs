@@ -107,6 +107,11 @@ impl OfferDesk {
             trace!(%remote, "probe withheld: under load");
             return None;
         }
+        if cx.draining {
+            cx.stats.probes_withheld_draining += 1;
+            trace!(%remote, "probe withheld: draining");
+            return None;
+        }
         if cx.full() {
             cx.stats.probes_withheld_full += 1;
             trace!(%remote, "probe withheld: at max_sessions");
@@ -217,7 +222,7 @@ impl OfferDesk {
 
     /// Sends the next held offer that is due (paced), has a free slot or has waited `max_hold`
     /// (gated), dropping held probes the server can no longer answer (`max_sessions` reached,
-    /// under load).
+    /// under load, draining).
     pub(super) fn release_held(
         &mut self,
         cx: &mut Context<'_>,
@@ -230,14 +235,19 @@ impl OfferDesk {
             if gated {
                 // Gated: a free slot releases the first in line; `due` is its hold's end, when
                 // it is answered anyway (busy, L6). Capacity removed: every slot is free.
-                if !due && (!cx.slot_free(now) || cx.admission.under_load(now) || cx.full()) {
+                if !due
+                    && (!cx.slot_free(now)
+                        || cx.admission.under_load(now)
+                        || cx.full()
+                        || cx.draining)
+                {
                     return None;
                 }
             } else if !due {
                 return None;
             }
             self.held.pop();
-            if cx.full() || cx.admission.under_load(now) {
+            if cx.full() || cx.draining || cx.admission.under_load(now) {
                 cx.stats.probes_dropped_hold_expired += 1;
                 trace!(remote = %front.remote, "held probe dropped: full or under load");
                 continue;

@@ -3,6 +3,7 @@
 mod abuse;
 mod cookies;
 mod docs;
+mod drain;
 mod early;
 mod flood;
 mod handshake;

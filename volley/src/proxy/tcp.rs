@@ -92,6 +92,7 @@ pub struct TcpProxy {
     pool: Pool,
     config: TcpProxyConfig,
     metrics: Option<Arc<ProxyMetrics>>,
+    drain: crate::Drain,
 }
 
 /// The options of a [`TcpProxy`], with their defaults.
@@ -125,6 +126,7 @@ impl TcpProxy {
             pool: pool.into(),
             config: TcpProxyConfig::default(),
             metrics: None,
+            drain: crate::Drain::default(),
         }
     }
 
@@ -158,6 +160,15 @@ impl TcpProxy {
         self
     }
 
+    /// How to end once `serve`'s shutdown resolves: with a drain, the listener closes (no new
+    /// connection) and the connections relayed go on until they end, the drain's timeout
+    /// passes or its stop resolves; then `serve` returns (the connections left end with the
+    /// process, or run on in a library). Default: return at once.
+    pub fn drain(mut self, drain: crate::Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
     /// Serves the proxy on `listener` until `shutdown` resolves, and returns what it counted.
     /// [`Error::InvalidArgument`] when the pool is empty, [`Error::Io`] when the listener fails.
     pub async fn serve(
@@ -170,6 +181,7 @@ impl TcpProxy {
             pool,
             config,
             metrics,
+            drain,
         } = self;
         run(
             listener,
@@ -178,6 +190,7 @@ impl TcpProxy {
             config,
             metrics.unwrap_or_default(),
             shutdown,
+            drain,
         )
         .await
     }
@@ -221,6 +234,7 @@ async fn run(
     config: TcpProxyConfig,
     metrics: Arc<ProxyMetrics>,
     shutdown: impl Future<Output = ()>,
+    drain: crate::Drain,
 ) -> Result<ProxyStats, Error> {
     if pool.current().is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
@@ -256,6 +270,24 @@ async fn run(
                 });
             }
             _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let all = u32::try_from(config.max_connections.max(1)).unwrap_or(u32::MAX);
+    let open = config.max_connections.max(1) - slots.available_permits();
+    if !drain.timeout().is_zero() && open > 0 {
+        info!(
+            connections = open,
+            timeout = ?drain.timeout(),
+            "tcp proxy: draining: no new connections; waiting for the open ones to end"
+        );
+        let ended = slots.acquire_many(all);
+        match drain.wait(ended).await {
+            true => info!("tcp proxy: drained: every connection ended"),
+            false => info!(
+                connections = config.max_connections.max(1) - slots.available_permits(),
+                "tcp proxy: drain over: the connections left end now"
+            ),
         }
     }
     let stats = metrics.stats();

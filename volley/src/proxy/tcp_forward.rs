@@ -256,6 +256,7 @@ pub struct TcpForward {
     backend: SocketAddr,
     metrics: Option<Arc<ForwardMetrics>>,
     timers: StreamSettings,
+    drain: crate::Drain,
 }
 
 /// How long a forwarder waits for things and lets them sit, how many connections may wait for
@@ -296,6 +297,7 @@ impl TcpForward {
             listener,
             backend,
             metrics: None,
+            drain: crate::Drain::default(),
             timers: StreamSettings {
                 max_pending: MAX_PENDING_STREAMS,
                 idle: STREAM_IDLE_TIMEOUT,
@@ -336,6 +338,15 @@ impl TcpForward {
         self
     }
 
+    /// How to end once `serve`'s shutdown resolves: drain first (PROTOCOL.md §7.9) — no new
+    /// sessions, every stream spliced on until it ends, the drain's timeout passes or its stop
+    /// resolves; then the streams left are reset and their sessions closed (GOING_AWAY).
+    /// Default: at once.
+    pub fn drain(mut self, drain: crate::Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
     /// How long a new session waits for its stream before it is closed (`NO_STREAM`).
     #[cfg(test)]
     fn stream_wait(mut self, wait: Duration) -> Self {
@@ -359,6 +370,7 @@ impl TcpForward {
             backend,
             metrics,
             timers,
+            drain,
         } = self;
         let counters = metrics.unwrap_or_default();
         let waiting: Waiting = Arc::default();
@@ -371,7 +383,7 @@ impl TcpForward {
         let handle = server.handle();
         let stats = {
             let counters = Arc::clone(&counters);
-            crate::handler::serve_sessions(server, shutdown, move |session| {
+            crate::handler::serve_sessions(server, shutdown, drain, move |session| {
                 serve_stream(
                     session,
                     backend,

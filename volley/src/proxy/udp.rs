@@ -82,6 +82,7 @@ pub struct UdpProxy {
     pool: Pool,
     config: UdpProxyConfig,
     metrics: Option<Arc<ProxyMetrics>>,
+    drain: crate::Drain,
 }
 
 /// The options of a [`UdpProxy`], with their defaults.
@@ -117,7 +118,17 @@ impl UdpProxy {
             pool: pool.into(),
             config: UdpProxyConfig::default(),
             metrics: None,
+            drain: crate::Drain::default(),
         }
+    }
+
+    /// How to end once `serve`'s shutdown resolves: with a drain, a datagram from an
+    /// application address without a flow starts none (it is dropped and counted), and the
+    /// flows open go on until they end (idle), the drain's timeout passes or its stop
+    /// resolves; then the rest end. Without one (the default), every flow ends at once.
+    pub fn drain(mut self, drain: crate::Drain) -> Self {
+        self.drain = drain;
+        self
     }
 
     /// A flow with no datagram either way for this long ends, and its session closes; the
@@ -172,6 +183,7 @@ impl UdpProxy {
             pool,
             config,
             metrics,
+            drain,
         } = self;
         run(
             socket,
@@ -180,6 +192,7 @@ impl UdpProxy {
             config,
             metrics.unwrap_or_default(),
             shutdown,
+            drain,
         )
         .await
     }
@@ -197,6 +210,7 @@ async fn run(
     config: UdpProxyConfig,
     metrics: Arc<ProxyMetrics>,
     shutdown: impl Future<Output = ()>,
+    drain: crate::Drain,
 ) -> Result<ProxyStats, Error> {
     if pool.current().is_empty() {
         return Err(Error::InvalidArgument("the proxy's pool is empty"));
@@ -218,6 +232,10 @@ async fn run(
         metrics: Arc::clone(&metrics),
     };
     tokio::pin!(shutdown);
+    let mut drain = Some(drain);
+    // Set once the shutdown resolved and a drain began: no new flows, and this resolves when
+    // the drain is over.
+    let mut draining: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     loop {
         tokio::select! {
             ready = socket.readable() => {
@@ -255,7 +273,7 @@ async fn run(
                         } else {
                             data
                         };
-                        if flows.len() >= config.max_flows {
+                        if draining.is_some() || flows.len() >= config.max_flows {
                             metrics.dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
@@ -276,8 +294,32 @@ async fn run(
                 if !connected {
                     metrics.connect_failures.fetch_add(1, Ordering::Relaxed);
                 }
+                if draining.is_some() && flows.is_empty() {
+                    info!("udp proxy: drained: every flow ended");
+                    break;
+                }
             }
-            _ = &mut shutdown => break,
+            () = &mut shutdown, if drain.is_some() => {
+                let drain = drain.take().unwrap_or_default();
+                if drain.timeout().is_zero() || flows.is_empty() {
+                    break;
+                }
+                info!(
+                    flows = flows.len(),
+                    timeout = ?drain.timeout(),
+                    "udp proxy: draining: no new flows; waiting for the open ones to end"
+                );
+                draining = Some(Box::pin(drain.over()));
+            }
+            () = async {
+                match draining.as_mut() {
+                    Some(over) => over.await,
+                    None => std::future::pending().await,
+                }
+            }, if draining.is_some() => {
+                info!(flows = flows.len(), "udp proxy: drain over: the flows left end now");
+                break;
+            }
         }
     }
     let stats = metrics.stats();

@@ -73,19 +73,31 @@ pub(crate) const SESSION_RECV_SLOTS: usize = 4;
 pub struct UdpForward {
     server: Server,
     backend: SocketAddr,
+    drain: crate::Drain,
 }
 
 impl UdpForward {
     /// A forwarder from `server`'s sessions to the UDP service at `backend`.
     pub fn new(server: Server, backend: SocketAddr) -> Self {
-        Self { server, backend }
+        Self {
+            server,
+            backend,
+            drain: crate::Drain::default(),
+        }
+    }
+
+    /// How to end once `serve`'s shutdown resolves: drain first (PROTOCOL.md §7.9; default:
+    /// close every session at once).
+    pub fn drain(mut self, drain: crate::Drain) -> Self {
+        self.drain = drain;
+        self
     }
 
     /// Forwards every session until `shutdown` resolves; then shuts the server down gracefully
     /// (clients are told to go elsewhere) and returns its final counters.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> crate::ServerStats {
         let backend = self.backend;
-        crate::handler::serve_sessions(self.server, shutdown, move |session| {
+        crate::handler::serve_sessions(self.server, shutdown, self.drain, move |session| {
             relay(session, backend)
         })
         .await

@@ -25,6 +25,8 @@ pub(super) enum Control {
     Shutdown(oneshot::Sender<()>),
     Capacity(Option<u32>),
     MaxSessions(Option<u32>),
+    /// Start (true) or end draining (PROTOCOL.md §7.9).
+    Drain(bool),
     /// A new allow-list (None: any client); told how many sessions it revoked.
     AllowList(Option<Arc<AllowList>>, oneshot::Sender<usize>),
 }
@@ -273,6 +275,21 @@ impl runtime::Side for ServerSide {
         match wake {
             ServerWake::Control(Some(Control::Capacity(c))) => self.endpoint.set_capacity(c),
             ServerWake::Control(Some(Control::MaxSessions(m))) => self.endpoint.set_max_sessions(m),
+            ServerWake::Control(Some(Control::Drain(on))) => {
+                if on != self.endpoint.is_draining() {
+                    info!(
+                        sessions = self.endpoint.session_count(),
+                        draining = on,
+                        "{}",
+                        if on {
+                            "draining: no new sessions; the open ones go on"
+                        } else {
+                            "drain ended: offering sessions again"
+                        }
+                    );
+                }
+                self.endpoint.set_draining(on);
+            }
             ServerWake::Control(Some(Control::AllowList(allow, reply))) => {
                 let keys = allow.as_ref().map(|l| l.len());
                 // The revoked sessions' CLOSEs are queued now and leave with the flush that

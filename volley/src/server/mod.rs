@@ -108,6 +108,11 @@ impl ServerHandle {
         let _ = self.control.send(Control::MaxSessions(max_sessions));
     }
 
+    /// See [`Server::set_draining`].
+    pub fn set_draining(&self, draining: bool) {
+        let _ = self.control.send(Control::Drain(draining));
+    }
+
     /// See [`Server::set_allow_list`].
     pub async fn set_allow_list(&self, allow: Option<Arc<AllowList>>) -> usize {
         set_allow_list(&self.control, allow).await
@@ -116,6 +121,18 @@ impl ServerHandle {
     /// See [`Server::allow_list_len`].
     pub fn allow_list_len(&self) -> Option<usize> {
         self.shared.published().allow_list_len
+    }
+}
+
+/// Resolves once `handle`'s server has no session open (polled every 50 ms: the published
+/// counters are the source).
+pub(crate) async fn sessions_ended(handle: &ServerHandle) {
+    loop {
+        let s = handle.stats();
+        if s.sessions_opened <= s.sessions_closed {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -357,6 +374,23 @@ impl Server {
     /// those answering an offer just made).
     pub fn set_max_sessions(&self, max_sessions: Option<u32>) {
         let _ = self.control.send(Control::MaxSessions(max_sessions));
+    }
+
+    /// Starts draining (`true`) or stops (PROTOCOL.md §7.9): a draining server answers no
+    /// probe and refuses every new session with a REDIRECT to its peers, so it wins no race,
+    /// while its open sessions go on. [`Server::drain`] drains and then shuts down.
+    pub fn set_draining(&self, draining: bool) {
+        let _ = self.control.send(Control::Drain(draining));
+    }
+
+    /// Drains (see [`Server::set_draining`]) until every session has ended or `timeout` has
+    /// passed, then shuts down: the sessions left are closed with GOING_AWAY. Returns the final
+    /// counters.
+    pub async fn drain(self, timeout: std::time::Duration) -> ServerStats {
+        self.set_draining(true);
+        let handle = self.handle();
+        let _ = tokio::time::timeout(timeout, sessions_ended(&handle)).await;
+        self.shutdown().await
     }
 
     /// Replaces the allow-list at once (None: any client that completes the handshake gets a

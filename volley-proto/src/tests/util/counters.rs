@@ -25,6 +25,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         offers_sent: _,
         probes_unknown_service,
         probes_withheld_full,
+        probes_withheld_draining,
         probes_withheld_under_load,
         probes_over_budget,
         probes_rate_limited,
@@ -41,6 +42,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         cookie_changes_sent: _,
         init_duplicate: _,
         init_refused_full,
+        init_refused_draining,
         init_honoured_full: _,
         init_rate_limited,
         init_under_load,
@@ -75,6 +77,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + unexpected_message
         + probes_unknown_service
         + probes_withheld_full
+        + probes_withheld_draining
         + probes_withheld_under_load
         + probes_over_budget
         + probes_rate_limited
@@ -86,6 +89,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + init_cookie_expired
         + init_cookie_bad_mac
         + init_refused_full
+        + init_refused_draining
         + init_rate_limited
         + init_under_load
         + init_handshake_failed
@@ -106,6 +110,7 @@ pub fn assert_probe_identity(s: &ServerStats, held: usize) {
     let accounted = s.probes_unknown_service
         + s.probes_withheld_under_load
         + s.probes_withheld_full
+        + s.probes_withheld_draining
         + s.probes_over_budget
         + s.probes_rate_limited
         + s.probes_dropped_queue_full
@@ -154,6 +159,7 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         offers_sent,
         probes_unknown_service,
         probes_withheld_full,
+        probes_withheld_draining,
         probes_withheld_under_load,
         inits_received,
         init_unknown_service,
@@ -164,6 +170,7 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         cookie_changes_sent,
         init_duplicate,
         init_refused_full,
+        init_refused_draining,
         init_rate_limited,
         init_under_load,
         init_handshake_failed,
