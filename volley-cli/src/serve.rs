@@ -122,6 +122,22 @@ pub struct Args {
     /// [default: 30].
     #[arg(long, value_name = "SECS")]
     drain_timeout: Option<f64>,
+    /// With --forward: check the backend this often, in seconds, and win no race while it is
+    /// down (the server offers nothing and sends new sessions elsewhere; its open sessions go
+    /// on). TCP: a connection opened and closed. UDP: the --health-send datagram, or without
+    /// it passively (a datagram the backend refuses, ICMP port unreachable, takes it down for
+    /// 10 s). Two failures in a row take it down, two passes bring it back; at the start the
+    /// first result decides. 0: no active check, refusals only [default: 2].
+    #[arg(long, value_name = "SECS")]
+    health_interval: Option<f64>,
+    /// With --forward udp://: the datagram each health check sends to the backend (text, or
+    /// hex:HEX for bytes). A reply within a second passes.
+    #[arg(long, value_name = "PAYLOAD")]
+    health_send: Option<String>,
+    /// With --health-send: a reply passes only when it starts with this (text, or hex:HEX)
+    /// [default: any reply].
+    #[arg(long, value_name = "PAYLOAD")]
+    health_expect: Option<String>,
     /// Serve Prometheus metrics (every counter, load gauges, the answer-delay histogram) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -164,6 +180,9 @@ pub struct File {
     forward: Option<String>,
     proxy_protocol: Option<bool>,
     drain_timeout: Option<f64>,
+    health_interval: Option<f64>,
+    health_send: Option<String>,
+    health_expect: Option<String>,
     metrics: Option<SocketAddr>,
 }
 
@@ -192,6 +211,9 @@ impl Args {
         self.count_sessions |= file.count_sessions.unwrap_or(false);
         self.proxy_protocol |= file.proxy_protocol.unwrap_or(false);
         self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
+        self.health_interval = self.health_interval.or(file.health_interval);
+        self.health_send = self.health_send.or(file.health_send);
+        self.health_expect = self.health_expect.or(file.health_expect);
         self.service_ms = self.service_ms.or(file.service_ms);
         self.pace_max_ms = self.pace_max_ms.or(file.pace_max_ms);
         self.pace_divisor = self.pace_divisor.or(file.pace_divisor);
@@ -317,6 +339,9 @@ pub struct Settings {
     pub proxy_protocol: bool,
     /// `--drain-timeout`: how long a SIGTERM drains before the sessions left are closed.
     pub drain_timeout: Duration,
+    /// `--health-interval`, `--health-send`, `--health-expect`: how the backend is checked
+    /// (with `--forward`).
+    pub health: Option<volley::proxy::HealthCheck>,
     /// `--metrics`: where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// `--ready-file`: where to say that every listener is bound.
@@ -387,6 +412,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     );
     let metrics = args.metrics;
     let drain_timeout = drain_timeout("--drain-timeout", args.drain_timeout)?;
+    let health = health_check(&args, forward.as_ref())?;
     Ok(Settings {
         config,
         listen,
@@ -395,10 +421,97 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         forward,
         proxy_protocol: args.proxy_protocol,
         drain_timeout,
+        health,
         metrics,
         ready_file: args.ready_file,
         allow,
     })
+}
+
+/// The backend's health check, from `--health-interval`, `--health-send` and
+/// `--health-expect` (None without `--forward`).
+fn health_check(
+    args: &Args,
+    forward: Option<&crate::target::Target>,
+) -> anyhow::Result<Option<volley::proxy::HealthCheck>> {
+    use volley::proxy::HealthCheck;
+    let udp = matches!(forward, Some(crate::target::Target::Udp(_)));
+    ensure!(
+        args.health_send.is_none() || udp,
+        "--health-send (health_send) is for --forward udp://HOST:PORT: a TCP backend is checked \
+         by connecting to it"
+    );
+    ensure!(
+        args.health_expect.is_none() || args.health_send.is_some(),
+        "--health-expect (health_expect) needs --health-send: the reply it checks answers that \
+         datagram"
+    );
+    let Some(forward) = forward else {
+        ensure!(
+            args.health_interval.is_none(),
+            "--health-interval (health_interval) needs --forward: only a backend is checked"
+        );
+        return Ok(None);
+    };
+    let interval = args.health_interval.unwrap_or(2.0);
+    ensure!(
+        interval.is_finite() && (interval == 0.0 || (0.01..=3600.0).contains(&interval)),
+        "--health-interval must be 0 (no active check) or 0.01 to 3600 seconds"
+    );
+    let send = args.health_send.as_deref().map(payload).transpose()?;
+    let expect = args.health_expect.as_deref().map(payload).transpose()?;
+    let check = match (forward, send) {
+        _ if interval == 0.0 => HealthCheck::passive(),
+        (crate::target::Target::Tcp(_), _) => HealthCheck::tcp(),
+        (crate::target::Target::Udp(_), Some(send)) => {
+            HealthCheck::udp(send, expect.map(Into::into))
+        }
+        (crate::target::Target::Udp(_), None) => HealthCheck::passive(),
+    };
+    Ok(Some(
+        check.interval(Duration::from_secs_f64(interval.max(0.01))),
+    ))
+}
+
+/// A health-check payload: text as it is, or `hex:` followed by hex digits.
+fn payload(text: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = match text.strip_prefix("hex:") {
+        Some(digits) => {
+            let digits: String = digits.chars().filter(|c| !c.is_whitespace()).collect();
+            ensure!(
+                digits.len().is_multiple_of(2) && digits.chars().all(|c| c.is_ascii_hexdigit()),
+                "a health payload after hex: takes pairs of hex digits, e.g. hex:00ff"
+            );
+            (0..digits.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&digits[i..i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()?
+        }
+        None => text.as_bytes().to_vec(),
+    };
+    ensure!(
+        !bytes.is_empty() && bytes.len() <= 1400,
+        "a health payload takes 1 to 1,400 bytes"
+    );
+    Ok(bytes)
+}
+
+/// How `check` works, said once at the start.
+fn describe_check(check: &volley::proxy::HealthCheck) -> String {
+    if check.is_active() {
+        format!(
+            "every {} s (no race won while it is down)",
+            check.interval_of().as_secs_f64()
+        )
+    } else {
+        "passively (a refused datagram takes it down for 10 s)".to_string()
+    }
+}
+
+fn health_addr(health: &Option<volley::proxy::BackendHealth>) -> String {
+    health
+        .as_ref()
+        .map_or_else(String::new, |h| h.backend().to_string())
 }
 
 /// The default drain (`--drain-timeout`, `drain_timeout`).
@@ -478,6 +591,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         forward,
         proxy_protocol,
         drain_timeout,
+        health,
         metrics,
         ready_file,
         allow,
@@ -544,6 +658,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         say!("{note}");
     }
     let handle = server.handle();
+    // The backend's health decides whether this server offers sessions.
+    let health = match (&forward, health) {
+        (Some((target, backend)), Some(check)) => {
+            say!(
+                "volley serve: backend {}://{backend} checked {}",
+                match target {
+                    crate::target::Target::Udp(_) => "udp",
+                    crate::target::Target::Tcp(_) => "tcp",
+                },
+                describe_check(&check)
+            );
+            Some(volley::proxy::BackendHealth::start(
+                handle.clone(),
+                *backend,
+                check,
+            ))
+        }
+        _ => None,
+    };
+    // Set by the first SIGTERM: `/readyz` says "draining" from then on.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let forward_metrics = Arc::new(volley::proxy::ForwardMetrics::default());
     let metrics_endpoint = match metrics {
         Some(addr) => {
@@ -551,6 +686,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if streams.is_some() {
                 registry = registry.forward(Arc::clone(&forward_metrics));
             }
+            if let Some(h) = &health {
+                registry = registry.health(h.clone());
+            }
+            let (health, draining) = (health.clone(), Arc::clone(&draining));
+            registry = registry.readiness(move || {
+                if draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err("draining (stopping)".to_string());
+                }
+                match health.as_ref().and_then(|h| h.reason()) {
+                    Some(why) => Err(format!("backend {} down: {why}", health_addr(&health))),
+                    None => Ok(()),
+                }
+            });
             let endpoint = registry.serve(addr).await?;
             say!(
                 "volley serve: metrics at http://{}/metrics",
@@ -574,6 +722,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
     let (begin, now) = stop_signals("serve", drain_timeout);
+    let begin = {
+        let draining = Arc::clone(&draining);
+        async move {
+            begin.await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let drain = volley::Drain::new(drain_timeout, now);
     let serving = async move {
         let stats = match (forward, streams) {
@@ -590,6 +745,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(l) = limits {
                     forward = forward.max_pending(l.max_pending_streams);
                 }
+                if let Some(h) = health {
+                    forward = forward.health(h);
+                }
                 let s = forward.serve(begin).await;
                 say!(
                     "volley serve: streams {} refused {} backend failures {} broken {}",
@@ -602,7 +760,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             (Some((_, backend)), None) => {
                 say!("volley serve: forwarding each session to udp://{backend}");
-                let forward = volley::proxy::UdpForward::new(server, backend).drain(drain);
+                let mut forward = volley::proxy::UdpForward::new(server, backend).drain(drain);
+                if let Some(h) = health {
+                    forward = forward.health(h);
+                }
                 forward.serve(begin).await
             }
             (None, _) => volley::echo::serve_draining(server, begin, drain).await,

@@ -12,7 +12,15 @@
 //!   [`crate::proxy::StreamStats`] and the gauge `volley_forward_open_streams`;
 //! - a proxy ([`Metrics::proxy`]): `volley_proxy_<name>_total` for each field of
 //!   [`crate::proxy::ProxyStats`], the gauge `volley_proxy_open_flows`, and the histograms
-//!   `volley_proxy_answer_time_seconds` and `volley_proxy_handshake_time_seconds`.
+//!   `volley_proxy_answer_time_seconds` and `volley_proxy_handshake_time_seconds`;
+//! - a forwarder's backend health ([`Metrics::health`]): the gauge `volley_forward_backend_up`
+//!   and the counters `volley_forward_backend_checks_total`,
+//!   `volley_forward_backend_checks_failed_total`, `volley_forward_backend_refusals_total` and
+//!   `volley_forward_backend_changes_total`.
+//!
+//! The endpoint also answers `GET /healthz` (200 `alive` while the process serves it: a
+//! liveness probe) and `GET /readyz` (200 `ready`, or 503 with the reason, as
+//! [`Metrics::readiness`] says: a readiness probe; 200 when nothing was registered).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -156,9 +164,22 @@ impl Collector for ServerCollector {
 /// assert_eq!(endpoint.local_addr().ip().to_string(), "127.0.0.1");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     registry: Registry,
+    ready: Option<Readiness>,
+}
+
+/// What `/readyz` asks: `Ok` when ready, else why not.
+type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("registry", &self.registry)
+            .field("readiness", &self.ready.is_some())
+            .finish()
+    }
 }
 
 impl Metrics {
@@ -202,6 +223,24 @@ impl Metrics {
         self
     }
 
+    /// Adds a forwarder's backend health (`volley_forward_backend_…`), read at each scrape.
+    pub fn health(mut self, health: crate::proxy::BackendHealth) -> Self {
+        self.registry
+            .register_collector(Box::new(HealthCollector(health)));
+        self
+    }
+
+    /// What `GET /readyz` answers: 200 `ready` when `ready` returns `Ok`, else 503 with its
+    /// reason (say, "draining" or "backend down: refused"). Asked at each request. Without it
+    /// `/readyz` always answers 200.
+    pub fn readiness(
+        mut self,
+        ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.ready = Some(Arc::new(ready));
+        self
+    }
+
     /// The underlying `prometheus-client` registry, to add metrics of your own before serving.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
@@ -217,7 +256,48 @@ impl Metrics {
     /// does not arrive whole within 5 s, or is larger than 8 KiB, is dropped; at most 16 are
     /// served at once. [`Error::Bind`] if `addr` cannot be bound.
     pub async fn serve(self, addr: SocketAddr) -> Result<MetricsEndpoint, Error> {
-        serve(addr, self.registry).await
+        serve(addr, self.registry, self.ready).await
+    }
+}
+
+#[derive(Debug)]
+struct HealthCollector(crate::proxy::BackendHealth);
+
+impl Collector for HealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        for (name, help, value) in [
+            (
+                "volley_forward_backend_checks",
+                "Active health checks of the backend made",
+                s.checks,
+            ),
+            (
+                "volley_forward_backend_checks_failed",
+                "Active health checks of the backend that failed (refused, no answer in time, a wrong answer)",
+                s.checks_failed,
+            ),
+            (
+                "volley_forward_backend_refusals",
+                "Times a forwarded datagram or connection was refused by the backend (ICMP port unreachable, connection refused)",
+                s.refusals,
+            ),
+            (
+                "volley_forward_backend_changes",
+                "Times the backend's state was set: by the first check's result, then by each change between up and down",
+                s.changes,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "volley_forward_backend_up",
+            "1 while the backend is up (the server offers sessions), 0 while it is down (the server wins no race)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(s.up)).encode(metric)
     }
 }
 
@@ -294,7 +374,11 @@ fn render(registry: &Registry) -> String {
 const MAX_REQUESTS: usize = 16;
 
 /// Serves `GET /metrics` for `registry` on `addr`: see [`Metrics::serve`].
-async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoint, Error> {
+async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Option<Readiness>,
+) -> Result<MetricsEndpoint, Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
@@ -312,8 +396,9 @@ async fn serve(addr: SocketAddr, registry: Registry) -> Result<MetricsEndpoint, 
                 continue;
             };
             let registry = Arc::clone(&registry);
+            let ready = ready.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &registry).await {
+                if let Err(e) = answer(stream, &registry, ready.as_ref()).await {
                     debug!(%peer, error = %e, "metrics request dropped");
                 }
                 drop(permit);
@@ -358,7 +443,11 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    registry: &Registry,
+    ready: Option<&Readiness>,
+) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let head = tokio::time::timeout(Duration::from_secs(5), async {
@@ -387,20 +476,29 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let (status, kind, body) =
-        if method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
-            (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                render(registry),
-            )
-        } else {
-            (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                "not found: try /metrics\n".to_string(),
-            )
-        };
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let text = "text/plain; charset=utf-8";
+    let (status, kind, body) = match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(registry),
+        ),
+        (b"GET", b"/healthz") => ("200 OK", text, "alive\n".to_string()),
+        (b"GET", b"/readyz") => match ready.map_or(Ok(()), |r| r()) {
+            Ok(()) => ("200 OK", text, "ready\n".to_string()),
+            Err(why) => (
+                "503 Service Unavailable",
+                text,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (
+            "404 Not Found",
+            text,
+            "not found: try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+    };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod health;
 mod limits;
 pub mod proxy_protocol;
 mod tcp;
@@ -45,6 +46,7 @@ mod tcp_forward;
 mod udp;
 mod udp_forward;
 
+pub use health::{BackendHealth, HealthCheck, HealthStats};
 pub use limits::{ForwardLimits, Forwarding, RESERVED_FDS, raise_open_files_limit};
 pub use tcp::{STREAM_SETUP_TIMEOUT, TcpProxy};
 pub use tcp_forward::{

@@ -257,6 +257,7 @@ pub struct TcpForward {
     metrics: Option<Arc<ForwardMetrics>>,
     timers: StreamSettings,
     drain: crate::Drain,
+    health: Option<crate::proxy::BackendHealth>,
 }
 
 /// How long a forwarder waits for things and lets them sit, how many connections may wait for
@@ -298,6 +299,7 @@ impl TcpForward {
             backend,
             metrics: None,
             drain: crate::Drain::default(),
+            health: None,
             timers: StreamSettings {
                 max_pending: MAX_PENDING_STREAMS,
                 idle: STREAM_IDLE_TIMEOUT,
@@ -347,6 +349,13 @@ impl TcpForward {
         self
     }
 
+    /// Tells `health` (started for this forwarder's server and backend) of every backend
+    /// connection that fails: the passive half of the health check.
+    pub fn health(mut self, health: crate::proxy::BackendHealth) -> Self {
+        self.health = Some(health);
+        self
+    }
+
     /// How long a new session waits for its stream before it is closed (`NO_STREAM`).
     #[cfg(test)]
     fn stream_wait(mut self, wait: Duration) -> Self {
@@ -371,6 +380,7 @@ impl TcpForward {
             metrics,
             timers,
             drain,
+            health,
         } = self;
         let counters = metrics.unwrap_or_default();
         let waiting: Waiting = Arc::default();
@@ -391,6 +401,7 @@ impl TcpForward {
                     handle.clone(),
                     Arc::clone(&counters),
                     timers,
+                    health.clone(),
                 )
             })
             .await
@@ -540,13 +551,14 @@ async fn serve_stream(
     handle: ServerHandle,
     counters: Arc<Counters>,
     timers: StreamSettings,
+    health: Option<crate::proxy::BackendHealth>,
 ) {
     let dropped = |len| {
         counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
         trace!(len, "forward: datagram on a stream session dropped");
     };
     let code = tokio::select! {
-        code = stream(&session, backend, &waiting, &handle, &counters, timers) => code,
+        code = stream(&session, backend, &waiting, &handle, &counters, timers, health.as_ref()) => code,
         () = drop_datagrams(&session, dropped) => CloseCode::NORMAL,
     };
     session.close_with(code);
@@ -560,6 +572,7 @@ async fn stream(
     handle: &ServerHandle,
     counters: &Counters,
     timers: StreamSettings,
+    health: Option<&crate::proxy::BackendHealth>,
 ) -> CloseCode {
     let Ok(ticket) = session.stream_ticket().await else {
         return CloseCode::NORMAL; // gone already
@@ -591,6 +604,9 @@ async fn stream(
             // No HELLO back: the client side races again.
             counters.backend_failures.fetch_add(1, Ordering::Relaxed);
             debug!(%backend, "forward: backend unreachable");
+            if let Some(h) = health {
+                h.refused("connection");
+            }
             return CloseCode::BACKEND_UNREACHABLE;
         }
     };

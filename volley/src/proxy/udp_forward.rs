@@ -74,6 +74,7 @@ pub struct UdpForward {
     server: Server,
     backend: SocketAddr,
     drain: crate::Drain,
+    health: Option<crate::proxy::BackendHealth>,
 }
 
 impl UdpForward {
@@ -83,7 +84,15 @@ impl UdpForward {
             server,
             backend,
             drain: crate::Drain::default(),
+            health: None,
         }
+    }
+
+    /// Tells `health` (started for this forwarder's server and backend) of every refusal a
+    /// session's socket sees (ICMP port unreachable): the passive half of the health check.
+    pub fn health(mut self, health: crate::proxy::BackendHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// How to end once `serve`'s shutdown resolves: drain first (PROTOCOL.md §7.9; default:
@@ -97,14 +106,23 @@ impl UdpForward {
     /// (clients are told to go elsewhere) and returns its final counters.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> crate::ServerStats {
         let backend = self.backend;
+        let health = self.health;
         crate::handler::serve_sessions(self.server, shutdown, self.drain, move |session| {
-            relay(session, backend)
+            relay(session, backend, health.clone())
         })
         .await
     }
 }
 
-async fn relay(session: Session, backend: SocketAddr) {
+async fn relay(session: Session, backend: SocketAddr, health: Option<crate::proxy::BackendHealth>) {
+    let refused = |e: &std::io::Error| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            debug!(%backend, "forward: the backend refused a datagram (port unreachable)");
+            if let Some(h) = &health {
+                h.refused("datagram");
+            }
+        }
+    };
     let (key, name) = crate::proxy::client_of(&session);
     info!(
         client_key = %key,
@@ -139,7 +157,8 @@ async fn relay(session: Session, backend: SocketAddr) {
             request = session.recv_request() => {
                 let Ok(request) = request else { break };
                 let (data, guard) = request.into_parts();
-                if socket.send(&data).await.is_err() {
+                if let Err(e) = socket.send(&data).await {
+                    refused(&e);
                     continue; // the backend refused it (ICMP): a lost datagram
                 }
                 // A one-way flood keeps at most MAX_IN_FLIGHT entries: the oldest stops counting.
@@ -156,7 +175,10 @@ async fn relay(session: Session, backend: SocketAddr) {
                 match rx.recv(&socket) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) if crate::socket::transient(&e) => continue,
+                    Err(e) if crate::socket::transient(&e) => {
+                        refused(&e);
+                        continue;
+                    }
                     Err(e) => {
                         debug!(error = %e, "forward: backend socket failed");
                         break;

@@ -27,6 +27,9 @@ pub(super) enum Control {
     MaxSessions(Option<u32>),
     /// Start (true) or end draining (PROTOCOL.md §7.9).
     Drain(bool),
+    /// Whether the server can serve new sessions besides a drain (false: its backend is down);
+    /// an unavailable server behaves on the wire as a draining one (PROTOCOL.md §7.9).
+    Available(bool),
     /// A new allow-list (None: any client); told how many sessions it revoked.
     AllowList(Option<Arc<AllowList>>, oneshot::Sender<usize>),
 }
@@ -61,6 +64,10 @@ pub(super) struct ServerSide {
     precise_armed: bool,
     /// A graceful shutdown's caller, told once the CLOSEs are out.
     stopping: Option<oneshot::Sender<()>>,
+    /// Draining was asked for ([`Control::Drain`]).
+    drain_asked: bool,
+    /// The server cannot serve new sessions ([`Control::Available`] false).
+    unavailable: bool,
 }
 
 /// What wakes a server besides its socket, its sessions and its core's deadline.
@@ -92,6 +99,8 @@ impl ServerSide {
             precise,
             precise_armed: false,
             stopping: None,
+            drain_asked: false,
+            unavailable: false,
         }
     }
 
@@ -276,7 +285,7 @@ impl runtime::Side for ServerSide {
             ServerWake::Control(Some(Control::Capacity(c))) => self.endpoint.set_capacity(c),
             ServerWake::Control(Some(Control::MaxSessions(m))) => self.endpoint.set_max_sessions(m),
             ServerWake::Control(Some(Control::Drain(on))) => {
-                if on != self.endpoint.is_draining() {
+                if on != self.drain_asked {
                     info!(
                         sessions = self.endpoint.session_count(),
                         draining = on,
@@ -284,11 +293,18 @@ impl runtime::Side for ServerSide {
                         if on {
                             "draining: no new sessions; the open ones go on"
                         } else {
-                            "drain ended: offering sessions again"
+                            "drain ended"
                         }
                     );
                 }
-                self.endpoint.set_draining(on);
+                self.drain_asked = on;
+                self.endpoint
+                    .set_draining(self.drain_asked || self.unavailable);
+            }
+            ServerWake::Control(Some(Control::Available(on))) => {
+                self.unavailable = !on;
+                self.endpoint
+                    .set_draining(self.drain_asked || self.unavailable);
             }
             ServerWake::Control(Some(Control::AllowList(allow, reply))) => {
                 let keys = allow.as_ref().map(|l| l.len());

@@ -113,6 +113,11 @@ impl ServerHandle {
         let _ = self.control.send(Control::Drain(draining));
     }
 
+    /// See [`Server::set_available`].
+    pub fn set_available(&self, available: bool) {
+        let _ = self.control.send(Control::Available(available));
+    }
+
     /// See [`Server::set_allow_list`].
     pub async fn set_allow_list(&self, allow: Option<Arc<AllowList>>) -> usize {
         set_allow_list(&self.control, allow).await
@@ -381,6 +386,16 @@ impl Server {
     /// while its open sessions go on. [`Server::drain`] drains and then shuts down.
     pub fn set_draining(&self, draining: bool) {
         let _ = self.control.send(Control::Drain(draining));
+    }
+
+    /// Whether the server can serve new sessions (default true). An unavailable server — its
+    /// backend down, say ([`crate::proxy::BackendHealth`]) — behaves on the wire as a draining
+    /// one (PROTOCOL.md §7.9: no OFFER, a new INIT gets a REDIRECT) while its open sessions go
+    /// on; unlike a drain, it ends when `set_available(true)` comes. Independent of
+    /// [`Server::set_draining`]: the server offers sessions only when available and not
+    /// draining.
+    pub fn set_available(&self, available: bool) {
+        let _ = self.control.send(Control::Available(available));
     }
 
     /// Drains (see [`Server::set_draining`]) until every session has ended or `timeout` has
