@@ -42,6 +42,9 @@ pub enum ConfigError {
     /// A fraction outside 0..=1.
     #[error("{0} must be between 0 and 1")]
     Fraction(&'static str),
+    /// A DATA packet size outside 1,232..=1,452 bytes.
+    #[error("the DATA packet size must be between 1,232 and 1,452 bytes; got {0}")]
+    PacketSize(usize),
 }
 
 fn service(name: &[u8]) -> Result<(), ConfigError> {
@@ -59,6 +62,9 @@ fn positive(what: &'static str, d: Duration) -> Result<(), ConfigError> {
 }
 
 fn session(s: &SessionConfig) -> Result<(), ConfigError> {
+    if !(crate::session::MIN_PACKET..=crate::MAX_DATAGRAM_LEN).contains(&s.max_packet) {
+        return Err(ConfigError::PacketSize(s.max_packet));
+    }
     positive("the keepalive interval", s.keepalive_interval)?;
     positive("the idle timeout", s.idle_timeout)?;
     if s.idle_timeout <= s.keepalive_interval {

@@ -74,7 +74,9 @@ pub use server::{
     AdmissionConfig, AnswerPolicy, AppLoad, ServerConfig, ServerEndpoint, ServerEvent, ServerLoad,
     ServerStats, ServiceModel, SessionId,
 };
-pub use session::{CloseCode, CloseReason, MAX_APP_DATAGRAM, SendError, SessionConfig};
+pub use session::{
+    CloseCode, CloseReason, MAX_APP_DATAGRAM, MAX_DATAGRAM, SendError, SessionConfig,
+};
 pub use util::canonical as canonical_addr;
 
 /// The protocol version byte: this crate speaks version 3 only (PROTOCOL.md §3.9 says what a

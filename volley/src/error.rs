@@ -61,7 +61,7 @@ pub enum Error {
     /// [`volley_proto::MAX_EARLY_DATA`] bytes.
     #[error("early data refused")]
     EarlyData(#[from] volley_proto::EarlyDataError),
-    /// A datagram larger than [`crate::MAX_APP_DATAGRAM`] bytes.
-    #[error("datagram larger than {} bytes", volley_proto::MAX_APP_DATAGRAM)]
+    /// A datagram larger than [`crate::MAX_DATAGRAM`] bytes (65,535).
+    #[error("datagram larger than {} bytes", volley_proto::MAX_DATAGRAM)]
     TooLarge,
 }

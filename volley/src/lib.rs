@@ -179,6 +179,6 @@ pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
     AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientConfigBuilder, ClientStats,
     CloseCode, CloseReason, ConfigError, ConnectError, EarlyDataError, LoadHint, MAX_APP_DATAGRAM,
-    MAX_EARLY_DATA, PathPolicy, PublicKey, SelectionPolicy, ServerConfig, ServerConfigBuilder,
-    ServerLoad, ServerStats, ServiceModel, SessionConfig, StaticKeypair,
+    MAX_DATAGRAM, MAX_EARLY_DATA, PathPolicy, PublicKey, SelectionPolicy, ServerConfig,
+    ServerConfigBuilder, ServerLoad, ServerStats, ServiceModel, SessionConfig, StaticKeypair,
 };

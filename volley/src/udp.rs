@@ -96,6 +96,7 @@ pub struct RecvBatch {
 impl RecvBatch {
     /// Buffers for [`BATCH`] datagrams; `local_addr`: read each datagram's local address (the
     /// socket must have had [`enable_local_addr`]).
+    #[cfg_attr(not(any(test, feature = "unstable")), allow(dead_code))]
     pub fn new(local_addr: bool) -> Self {
         Self::with_gro(local_addr, false)
     }
@@ -113,16 +114,16 @@ impl RecvBatch {
         }
     }
 
-    /// Buffers for `slots` datagrams (1..=[`BATCH`]), no GRO, no local addresses: for a socket
-    /// of which there are many (one per forwarded session), each holding
-    /// `slots` × 1,453 bytes rather than a whole batch's 46 KiB.
-    pub fn with_slots(slots: usize) -> Self {
+    /// Buffers for `slots` datagrams (1..=[`BATCH`]) of any size a UDP datagram can have
+    /// (64 KiB each), no GRO, no local addresses: for sockets that face applications and
+    /// backends, whose datagrams a session carries in fragments (PROTOCOL.md §5.7).
+    pub fn large(slots: usize) -> Self {
         let slots = slots.clamp(1, BATCH);
         Self {
-            data: vec![0; slots * SLOT],
+            data: vec![0; slots * GRO_SLOT],
             meta: Vec::with_capacity(slots),
             local_addr: false,
-            slot: SLOT,
+            slot: GRO_SLOT,
             gro: false,
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server as DnsServer;
-use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, SOA, SRV, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -41,6 +41,13 @@ async fn dns(a: Ipv4Addr, srv_port: u16) -> (SocketAddr, Arc<InMemoryZoneHandler
         Record::from_rdata(name("servers.pool.test."), 1, RData::A(A(a))),
         1,
     );
+    // A TXT answer of 4,038 bytes (O4): 16 strings of 248 bytes, 3,984 bytes of RDATA, with the
+    // header (12), the question (19), the answer's fixed part (12) and EDNS's OPT (11). (4,096
+    // is the most hickory's resolver reads from one UDP answer.)
+    zone.upsert_mut(
+        Record::from_rdata(name("big.pool.test."), 1, RData::TXT(TXT::new(big_txt()))),
+        1,
+    );
     zone.upsert_mut(
         Record::from_rdata(
             name("_echo._udp.pool.test."),
@@ -60,6 +67,13 @@ async fn dns(a: Ipv4Addr, srv_port: u16) -> (SocketAddr, Arc<InMemoryZoneHandler
         let _ = server.block_until_done().await;
     });
     (addr, zone)
+}
+
+/// The strings of `big.pool.test.`'s TXT record.
+fn big_txt() -> Vec<String> {
+    (0..16u8)
+        .map(|i| std::iter::repeat_n(char::from(b'a' + i), 248).collect())
+        .collect()
 }
 
 /// Replaces `servers.pool.test.`'s A record.
@@ -179,4 +193,54 @@ async fn d1_a_dns_client_gets_its_answers_from_a_dns_server_through_the_udp_prox
         handle.stats().sessions_opened >= 1,
         "the queries rode volley sessions"
     );
+}
+
+#[tokio::test]
+async fn o4_a_4_kb_dns_answer_crosses_the_udp_proxies_from_hickorys_server_to_hickorys_resolver() {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let (dns_addr, _zone) = dns(Ipv4Addr::new(192, 0, 2, 77), 53).await;
+    let server = Server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(key.clone()),
+    )
+    .await
+    .unwrap();
+    let forwarder = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(UdpForward::new(server, dns_addr).serve(std::future::pending()));
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    tokio::spawn(UdpProxy::new(client, vec![forwarder]).serve(socket, std::future::pending()));
+    // hickory's resolver over UDP only (a truncated answer cannot fall back to TCP: the proxy
+    // has none), asking with EDNS for answers up to 8 KiB.
+    let mut udp = ConnectionConfig::udp();
+    udp.port = proxy.port();
+    let ns = NameServerConfig::new(proxy.ip(), true, vec![udp]);
+    let mut builder = hickory_resolver::TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    );
+    builder.options_mut().edns0 = true;
+    builder.options_mut().edns_payload_len = 8_192;
+    let resolver = builder.build().unwrap();
+    let answer = timeout(BOUND, resolver.txt_lookup("big.pool.test."))
+        .await
+        .unwrap()
+        .unwrap();
+    let strings: Vec<String> = answer
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_server::proto::rr::RData::TXT(txt) => Some(txt.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(strings, vec![big_txt().concat()]);
+    assert_eq!(strings[0].len(), 16 * 248);
+    let s = handle.stats();
+    // The query went whole (the answer, 4,038 bytes, came back in fragments).
+    assert!(s.data_fragments == 0 && s.sessions_opened >= 1, "{s:?}");
 }

@@ -56,6 +56,7 @@ const IDLE: volley::SessionConfig = volley::SessionConfig {
     rekey_after_packets: volley_proto::session::DEFAULT_REKEY_AFTER_PACKETS,
     rekey_after_time: volley_proto::session::DEFAULT_REKEY_AFTER_TIME,
     cipher: volley_proto::crypto::CipherPolicy::Auto,
+    max_packet: volley_proto::MAX_DATAGRAM_LEN,
 };
 /// Connects in flight. Kept below what fills two receive batches at once: a server whose socket
 /// backs up while handshakes are active engages its per-source INIT limit (PROTOCOL.md §7.7),

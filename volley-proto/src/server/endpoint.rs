@@ -418,7 +418,15 @@ impl ServerEndpoint {
         // What a packet can change besides delivering: the client's address (a validation
         // answered) and the receive key epoch (a key update). Compared, not the whole stats.
         let (was_at, was_epoch) = (served.session.remote(), served.session.key_epochs().1);
+        let was = served.session.reassembly_stats();
         let result = served.session.handle_data(now, remote, header, ct);
+        let is = served.session.reassembly_stats();
+        if is != was {
+            self.stats.data_fragments += is.fragments_received - was.fragments_received;
+            self.stats.data_reassembled += is.reassembled - was.reassembled;
+            self.stats.data_reassembly_dropped +=
+                (is.timed_out + is.evicted) - (was.timed_out + was.evicted);
+        }
         if served.session.remote() != was_at {
             self.stats.sessions_migrated += 1;
             debug!(id, %remote, "session moved to a new client address");
@@ -652,6 +660,7 @@ impl ServerEndpoint {
         for id in self.sessions.fire_timers(now) {
             self.finish(now, id);
         }
+        self.stats.data_reassembly_dropped += self.sessions.take_reassembly_timeouts();
     }
 
     /// Entries in the session timer heap (open sessions plus ended ones not yet due), for tests

@@ -233,6 +233,13 @@ pub struct ServerStats {
     pub data_replayed: u64,
     /// Authentic DATA with a malformed frame.
     pub data_bad_frame: u64,
+    /// FRAGMENT frames received: pieces of datagrams larger than one packet (PROTOCOL.md §5.7).
+    pub data_fragments: u64,
+    /// Datagrams put back together from their fragments and delivered.
+    pub data_reassembled: u64,
+    /// Incomplete datagrams dropped: timed out (2 s) or evicted to keep a session's
+    /// reassembly within 4 datagrams and 131,070 bytes.
+    pub data_reassembly_dropped: u64,
     /// Would-be replies suppressed because they exceeded the anti-amplification bound (a bug
     /// guard: should stay 0).
     pub amplification_suppressed: u64,
@@ -241,7 +248,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 55] {
+    pub fn counters(&self) -> [(&'static str, u64); 58] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -303,6 +310,9 @@ impl ServerStats {
             ("data_auth_failed", self.data_auth_failed),
             ("data_replayed", self.data_replayed),
             ("data_bad_frame", self.data_bad_frame),
+            ("data_fragments", self.data_fragments),
+            ("data_reassembled", self.data_reassembled),
+            ("data_reassembly_dropped", self.data_reassembly_dropped),
             ("amplification_suppressed", self.amplification_suppressed),
         ]
     }

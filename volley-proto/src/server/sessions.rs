@@ -66,9 +66,16 @@ pub(crate) struct SessionTable {
     early: HashMap<(Tag, [u8; 32]), Option<Instant>>,
     /// Sessions that may have packets to send.
     ready: VecDeque<SessionId>,
+    /// Incomplete datagrams dropped by the timers since the endpoint last took the count.
+    reassembly_timeouts: u64,
 }
 
 impl SessionTable {
+    /// Incomplete datagrams the timers dropped since the last call.
+    pub(crate) fn take_reassembly_timeouts(&mut self) -> u64 {
+        std::mem::take(&mut self.reassembly_timeouts)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.sessions.len()
     }
@@ -228,10 +235,12 @@ impl SessionTable {
                 }
                 Some(_) => {}
             }
+            let timed_out = served.session.reassembly_stats().timed_out;
             if served.session.handle_timeout(now).is_some() {
                 dead.push(id);
                 continue;
             }
+            self.reassembly_timeouts += served.session.reassembly_stats().timed_out - timed_out;
             if served.session.has_pending() {
                 self.ready.push_back(id);
             }

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use super::MAX_APP_DATAGRAM;
+use super::MAX_DATAGRAM;
 
 /// A close code carried in a CLOSE frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,8 +42,8 @@ pub enum CloseReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum SendError {
-    /// Larger than [`MAX_APP_DATAGRAM`].
-    #[error("datagram larger than {MAX_APP_DATAGRAM} bytes")]
+    /// Larger than [`MAX_DATAGRAM`].
+    #[error("datagram larger than {MAX_DATAGRAM} bytes")]
     TooLarge,
     /// [`super::MAX_SEND_QUEUE`] packets already wait: poll transmits first.
     #[error("send queue full")]

@@ -39,6 +39,12 @@ pub struct SessionConfig {
     /// Which DATA cipher suites this side offers (client) or takes (server). Default
     /// [`CipherPolicy::Auto`]: AES-256-GCM where the CPU has AES instructions.
     pub cipher: CipherPolicy,
+    /// The largest DATA packet this side sends, UDP payload bytes: the path MTU it assumes
+    /// (§5.7). A datagram that does not fit one packet goes in FRAGMENT frames. Between
+    /// [`super::MIN_PACKET`] (1,232: IPv6's minimum MTU less headers) and
+    /// [`crate::MAX_DATAGRAM_LEN`] (1,452, the default: an Ethernet MTU of 1,500 less IPv6 and
+    /// UDP headers, with room for a tunnel's 20 bytes).
+    pub max_packet: usize,
 }
 
 impl Default for SessionConfig {
@@ -53,6 +59,7 @@ impl Default for SessionConfig {
             rekey_after_packets: DEFAULT_REKEY_AFTER_PACKETS,
             rekey_after_time: DEFAULT_REKEY_AFTER_TIME,
             cipher: CipherPolicy::Auto,
+            max_packet: crate::MAX_DATAGRAM_LEN,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::{AEAD_TAG_LEN, DATA_HEADER_LEN, MAX_DATAGRAM_LEN};
 
 mod close;
 mod config;
+pub mod fragment;
 mod keys;
 pub mod path;
 mod replay;
@@ -30,6 +31,12 @@ pub use config::{DEFAULT_REKEY_AFTER_PACKETS, DEFAULT_REKEY_AFTER_TIME, SessionC
 pub use keys::{KEY_PHASES, KEY_UPDATE_MIN_INTERVAL, MAX_PHASE_JUMP, PREVIOUS_KEY_LIFETIME};
 pub use replay::{REPLAY_WINDOW, ReplayWindow};
 
+pub use fragment::{
+    FRAGMENT_HEADER_LEN, MAX_DATAGRAM, MAX_FRAGMENTS, MAX_PARTIALS, MAX_REASSEMBLY_BYTES,
+    REASSEMBLY_TIMEOUT, ReassemblyStats,
+};
+
+use fragment::{FragmentHeader, Reassembled, Reassembly};
 use keys::{Opened, RecvKeys, SendKeys};
 use path::{PATH_DATA_LEN, PathCheck};
 
@@ -47,11 +54,16 @@ pub mod frame {
     pub const PATH_CHALLENGE: u8 = 0x04;
     /// Path validation answer (client → server): the challenge's 8 bytes.
     pub const PATH_RESPONSE: u8 = 0x05;
+    /// One piece of a datagram larger than one packet (§5.7): id, index, count, piece.
+    pub const FRAGMENT: u8 = 0x06;
 }
 
-/// Largest application datagram a session carries: a full-size DATA packet less header, frame
-/// byte and AEAD tag.
+/// Largest application datagram one DATA packet carries: a full-size DATA packet less header,
+/// frame byte and AEAD tag. Larger ones, up to [`MAX_DATAGRAM`], go in fragments (§5.7).
 pub const MAX_APP_DATAGRAM: usize = MAX_DATAGRAM_LEN - DATA_HEADER_LEN - 1 - AEAD_TAG_LEN;
+/// The smallest DATA packet size a session may be configured to ([`SessionConfig::max_packet`]):
+/// IPv6's minimum MTU, 1,280, less IPv6 and UDP headers.
+pub const MIN_PACKET: usize = 1232;
 /// How many packets a session queues for sending before `send_datagram` refuses.
 pub const MAX_SEND_QUEUE: usize = 1024;
 /// Counters at or beyond this are never used; the session closes instead.
@@ -60,6 +72,7 @@ pub const MAX_COUNTER: u64 = 1 << 60;
 #[derive(Debug)]
 enum Outgoing {
     Datagram(Bytes),
+    Fragment(FragmentHeader, Bytes),
     Ping,
     Pong,
     Close(CloseCode),
@@ -123,6 +136,8 @@ pub struct SessionStats {
     pub path_challenges_unpaid: u64,
     /// Address migrations completed (a validated new client address).
     pub migrations: u64,
+    /// FRAGMENT frames sent (pieces of datagrams larger than one packet, §5.7).
+    pub fragments_sent: u64,
 }
 
 /// An established, encrypted session with one peer.
@@ -160,6 +175,10 @@ pub struct Session {
     migrates: bool,
     /// A new peer address being validated.
     path: Option<PathCheck>,
+    /// Datagrams larger than one packet, being put back together.
+    reassembly: Reassembly,
+    /// The next fragmented datagram's id.
+    next_fragment_id: u32,
 }
 
 impl Session {
@@ -198,6 +217,8 @@ impl Session {
             ping_ambiguous: false,
             migrates: false,
             path: None,
+            reassembly: Reassembly::default(),
+            next_fragment_id: 0,
         }
     }
 
@@ -297,6 +318,16 @@ impl Session {
         !self.outgoing.is_empty()
     }
 
+    /// The reassembly's counters (datagrams larger than one packet, §5.7).
+    pub fn reassembly_stats(&self) -> ReassemblyStats {
+        self.reassembly.stats()
+    }
+
+    /// Bytes held now for datagrams not yet whole (at most [`MAX_REASSEMBLY_BYTES`]).
+    pub fn reassembly_held(&self) -> usize {
+        self.reassembly.held()
+    }
+
     /// Counts the datagram that rode in the handshake (a server session's early data,
     /// PROTOCOL.md §4.8) as received and delivered.
     pub fn count_early_datagram(&mut self) {
@@ -304,35 +335,68 @@ impl Session {
         self.stats.datagrams_received += 1;
     }
 
-    /// Queues an application datagram.
+    /// Queues an application datagram (up to [`MAX_DATAGRAM`] bytes: in fragments when it does
+    /// not fit one packet of [`SessionConfig::max_packet`] bytes).
     pub fn send_datagram(&mut self, data: &[u8]) -> Result<(), SendError> {
-        self.check_send(data.len())?;
-        self.outgoing
-            .push_back(Outgoing::Datagram(Bytes::copy_from_slice(data)));
-        Ok(())
+        self.send_datagram_owned(Bytes::copy_from_slice(data))
+            .map_err(|(e, _)| e)
     }
 
     /// Queues an application datagram the caller already owns, without copying it; on refusal
-    /// the datagram comes back with the reason.
+    /// the datagram comes back with the reason. A datagram in fragments takes one place in the
+    /// send queue per fragment, all or none.
     pub fn send_datagram_owned(&mut self, data: Bytes) -> Result<(), (SendError, Bytes)> {
-        if let Err(e) = self.check_send(data.len()) {
-            return Err((e, data));
+        match self.check_send(data.len()) {
+            Err(e) => Err((e, data)),
+            Ok(None) => {
+                self.outgoing.push_back(Outgoing::Datagram(data));
+                Ok(())
+            }
+            Ok(Some((count, size))) => {
+                let id = self.next_fragment_id;
+                self.next_fragment_id = self.next_fragment_id.wrapping_add(1);
+                for index in 0..count {
+                    let piece = data.slice(index * size..((index + 1) * size).min(data.len()));
+                    let header = FragmentHeader {
+                        id,
+                        index: index as u8,
+                        count: count as u8,
+                    };
+                    self.outgoing.push_back(Outgoing::Fragment(header, piece));
+                }
+                Ok(())
+            }
         }
-        self.outgoing.push_back(Outgoing::Datagram(data));
-        Ok(())
     }
 
-    fn check_send(&self, len: usize) -> Result<(), SendError> {
+    /// The largest datagram one packet carries under this session's packet size.
+    fn max_unfragmented(&self) -> usize {
+        self.config
+            .max_packet
+            .clamp(MIN_PACKET, MAX_DATAGRAM_LEN)
+            .saturating_sub(DATA_HEADER_LEN + 1 + AEAD_TAG_LEN)
+    }
+
+    /// Whether a datagram of `len` bytes may be queued now: None when it goes whole, or its
+    /// fragments (count, size of each but the last).
+    fn check_send(&self, len: usize) -> Result<Option<(usize, usize)>, SendError> {
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
-        if len > MAX_APP_DATAGRAM {
+        if len > MAX_DATAGRAM {
             return Err(SendError::TooLarge);
         }
-        if self.outgoing.len() >= MAX_SEND_QUEUE {
+        let single = self.max_unfragmented();
+        let cut = if len <= single {
+            None
+        } else {
+            Some(fragment::cut(len, single - FRAGMENT_HEADER_LEN).ok_or(SendError::TooLarge)?)
+        };
+        let places = cut.map_or(1, |(count, _)| count);
+        if self.outgoing.len() + places > MAX_SEND_QUEUE {
             return Err(SendError::QueueFull);
         }
-        Ok(())
+        Ok(cut)
     }
 
     /// Closes the session: a CLOSE frame is queued (sent by the next `poll_transmit`), then the
@@ -419,6 +483,28 @@ impl Session {
                 buf.copy_within(1.., 0);
                 buf.truncate(plain_len - 1);
                 Ok(Delivered::Datagram(Bytes::from(buf)))
+            }
+            (frame::FRAGMENT, _) => {
+                let Some((header, piece)) = FragmentHeader::decode(body) else {
+                    self.stats.dropped_bad_frame += 1;
+                    trace!("DATA dropped: malformed fragment");
+                    return Err(DataDrop::BadFrame);
+                };
+                match self.reassembly.take(now, header, piece) {
+                    Reassembled::Whole(datagram) => {
+                        self.stats.datagrams_received += 1;
+                        Ok(Delivered::Datagram(datagram))
+                    }
+                    Reassembled::Kept => Ok(Delivered::Keepalive),
+                    Reassembled::Malformed => {
+                        self.stats.dropped_bad_frame += 1;
+                        trace!(
+                            id = header.id,
+                            "DATA dropped: fragment does not fit its datagram"
+                        );
+                        Err(DataDrop::BadFrame)
+                    }
+                }
             }
             (frame::PING, 0) => {
                 if self.outgoing.len() < MAX_SEND_QUEUE {
@@ -515,6 +601,7 @@ impl Session {
             self.liveness_deadline(),
             self.path.as_ref().map(|p| p.next_at()),
             self.recv.previous_until(),
+            self.reassembly.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -535,6 +622,7 @@ impl Session {
             return self.closed;
         }
         self.recv.expire(now);
+        self.reassembly.expire(now);
         let pto = self.probe_timeout();
         if let Some(check) = &mut self.path
             && now >= check.next_at()
@@ -585,6 +673,7 @@ impl Session {
             }
             let plain_len = match &out {
                 Outgoing::Datagram(d) => 1 + d.len(),
+                Outgoing::Fragment(_, piece) => 1 + FRAGMENT_HEADER_LEN + piece.len(),
                 Outgoing::Ping | Outgoing::Pong => 1,
                 Outgoing::Close(_) => 3,
                 Outgoing::PathChallenge(_) | Outgoing::PathResponse(_) => 1 + PATH_DATA_LEN,
@@ -632,6 +721,13 @@ impl Session {
                     body[1..1 + d.len()].copy_from_slice(d);
                     1 + d.len()
                 }
+                Outgoing::Fragment(header, piece) => {
+                    body[0] = frame::FRAGMENT;
+                    header.encode(&mut body[1..1 + FRAGMENT_HEADER_LEN]);
+                    let at = 1 + FRAGMENT_HEADER_LEN;
+                    body[at..at + piece.len()].copy_from_slice(piece);
+                    at + piece.len()
+                }
                 Outgoing::Ping => {
                     body[0] = frame::PING;
                     1
@@ -660,7 +756,9 @@ impl Session {
                     self.send.sealed();
                     match &out {
                         // A datagram wants an answer (of some kind) within a PTO (R9).
-                        Outgoing::Datagram(_) if self.unanswered_since.is_none() => {
+                        Outgoing::Datagram(_) | Outgoing::Fragment(..)
+                            if self.unanswered_since.is_none() =>
+                        {
                             self.unanswered_since = Some(now);
                         }
                         Outgoing::Ping => {
@@ -672,6 +770,9 @@ impl Session {
                         _ => {}
                     }
                     self.stats.packets_sent += 1;
+                    if let Outgoing::Fragment(..) = out {
+                        self.stats.fragments_sent += 1;
+                    }
                     return Some(SessionTransmit {
                         size: h + n,
                         destination,

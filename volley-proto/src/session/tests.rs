@@ -411,3 +411,108 @@ fn a4_a_clients_session_never_migrates() {
         Ok(Delivered::Datagram(_))
     ));
 }
+
+/// The datagrams `results` delivered.
+fn datagrams(results: Vec<Result<Delivered, DataDrop>>) -> Vec<Bytes> {
+    results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(Delivered::Datagram(d)) => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn o4_datagrams_up_to_65535_bytes_cross_in_fragments_in_any_order_within_the_packet_size() {
+    let t0 = Instant::now();
+    for (max_packet, suite) in [
+        (MAX_DATAGRAM_LEN, Suite::ChaCha20Poly1305),
+        (MIN_PACKET, Suite::Aes256Gcm),
+    ] {
+        let cfg = SessionConfig {
+            max_packet,
+            ..SessionConfig::default()
+        };
+        let (mut a, mut b) = pair_with(t0, suite, cfg);
+        for len in [MAX_APP_DATAGRAM + 1, 4_000, 9_000, MAX_DATAGRAM] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            a.send_datagram(&data).unwrap();
+            let mut packets = drain(&mut a, t0);
+            let single = max_packet - DATA_HEADER_LEN - 1 - AEAD_TAG_LEN;
+            assert!(packets.len() >= 2, "{len} B went whole");
+            assert!(packets.iter().all(|(p, _)| p.len() <= max_packet));
+            assert_eq!(
+                packets.len(),
+                len.div_ceil(single - FRAGMENT_HEADER_LEN).max(2),
+                "as few fragments as fit"
+            );
+            // Reordered: last first, then the rest.
+            packets.rotate_right(1);
+            let got: Vec<Bytes> = datagrams(
+                packets
+                    .iter()
+                    .map(|(p, _)| open(&mut b, t0, X, p))
+                    .collect(),
+            );
+            assert_eq!(
+                got,
+                vec![Bytes::from(data.clone())],
+                "{len} B, {max_packet}"
+            );
+            assert_eq!(b.reassembly_held(), 0);
+        }
+        assert_eq!(b.reassembly_stats().reassembled, 4);
+        // A datagram that fits one packet still goes whole.
+        a.send_datagram(&[1u8; 100]).unwrap();
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        // Beyond 65,535 bytes: refused at the sender.
+        assert_eq!(
+            a.send_datagram(&vec![0u8; MAX_DATAGRAM + 1]),
+            Err(SendError::TooLarge)
+        );
+    }
+}
+
+#[test]
+fn o4_a_lost_fragment_loses_its_datagram_only_and_frees_its_memory_after_the_timeout() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(t0);
+    a.send_datagram(&[7u8; 9_000]).unwrap();
+    a.send_datagram(&[8u8; 9_000]).unwrap();
+    let mut packets = drain(&mut a, t0);
+    // One fragment of the first datagram is lost.
+    packets.remove(2);
+    let got = datagrams(
+        packets
+            .iter()
+            .map(|(p, _)| open(&mut b, t0, X, p))
+            .collect(),
+    );
+    assert_eq!(got, vec![Bytes::from(vec![8u8; 9_000])]);
+    assert!(b.reassembly_held() > 7_000);
+    let deadline = b.poll_timeout().unwrap();
+    assert!(deadline <= t0 + REASSEMBLY_TIMEOUT);
+    // The session lives on; the incomplete datagram goes at its deadline.
+    let t1 = t0 + REASSEMBLY_TIMEOUT;
+    let _ = deliver(&mut a, &mut b, t0);
+    let _ = b.handle_timeout(t1);
+    assert_eq!(b.reassembly_held(), 0);
+    assert_eq!(b.reassembly_stats().timed_out, 1);
+    assert!(b.close_reason().is_none());
+}
+
+#[test]
+fn o4_a_send_queue_without_room_for_every_fragment_refuses_the_whole_datagram() {
+    let t0 = Instant::now();
+    let (mut a, _) = pair(t0);
+    for _ in 0..MAX_SEND_QUEUE - 10 {
+        a.send_datagram(b"x").unwrap();
+    }
+    // 47 fragments do not fit in the 10 places left: nothing of it is queued.
+    assert_eq!(
+        a.send_datagram(&vec![0u8; MAX_DATAGRAM]),
+        Err(SendError::QueueFull)
+    );
+    assert_eq!(drain(&mut a, t0).len(), MAX_SEND_QUEUE - 10);
+}

@@ -198,6 +198,9 @@ impl UdpProxy {
     }
 }
 
+/// Application datagrams the proxy reads per system call (64 KiB each: 1 MiB in all).
+const APP_RECV_SLOTS: usize = 16;
+
 enum FlowEvent {
     /// The flow (application address, flow number) ended; whether it had a session.
     Ended(SocketAddr, u64, bool),
@@ -221,7 +224,8 @@ async fn run(
     let mut next_flow = 0u64;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     // Datagrams are read a batch per system call (recvmmsg) when several are waiting.
-    let mut rx = crate::udp::RecvBatch::new(false);
+    // Slots of 64 KiB: an application datagram of any size goes through (in fragments).
+    let mut rx = crate::udp::RecvBatch::large(APP_RECV_SLOTS);
     let shared = |events: &mpsc::UnboundedSender<FlowEvent>| Shared {
         socket: Arc::clone(&socket),
         client: client.clone(),
@@ -250,7 +254,7 @@ async fn run(
                     }
                     for (meta, data) in rx.iter() {
                         let from = meta.from;
-                        if data.len() > crate::MAX_APP_DATAGRAM {
+                        if data.len() > crate::MAX_DATAGRAM {
                             // Larger than a session carries: dropped, the flow goes on.
                             metrics.dropped.fetch_add(1, Ordering::Relaxed);
                             continue;

@@ -29,9 +29,16 @@ pub const UDP_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests of one session counted at once (a bound on its bookkeeping, not on its traffic).
 const MAX_IN_FLIGHT: usize = 1024;
 
-/// Datagrams of the backend's a session reads per system call: its receive buffer is this many
-/// datagrams (4 × 1,453 bytes), small because a forwarder holds one per session.
+/// Datagrams of the backend's a session reads per system call, into a buffer of this many
+/// 64 KiB slots that every session on a thread shares (a datagram of any size goes through, in
+/// fragments, PROTOCOL.md §5.7, and a session holds no buffer of its own).
 pub(crate) const SESSION_RECV_SLOTS: usize = 4;
+
+thread_local! {
+    /// The backend's datagrams are read here, then copied out at their size.
+    static BACKEND_RX: std::cell::RefCell<crate::udp::RecvBatch> =
+        std::cell::RefCell::new(crate::udp::RecvBatch::large(SESSION_RECV_SLOTS));
+}
 
 /// The server side of the UDP proxy: serves every session of a [`Server`] by forwarding its
 /// datagrams to a UDP service (the backend) and the backend's datagrams back on the session.
@@ -148,9 +155,8 @@ async fn relay(session: Session, backend: SocketAddr, health: Option<crate::prox
     }
     // Requests in flight, oldest first, each with when it stops counting regardless.
     let mut in_flight: VecDeque<(Instant, Option<LoadGuard>)> = VecDeque::new();
-    // The backend's answers are read a few per system call when several are waiting, into a
-    // buffer of a few datagrams: a forwarder holds one per session.
-    let mut rx = crate::udp::RecvBatch::with_slots(SESSION_RECV_SLOTS);
+    // The backend's answers are read a few per system call when several are waiting, into the
+    // thread's buffer, and copied out at their size.
     loop {
         let expiry = in_flight.front().map(|(t, _)| *t);
         tokio::select! {
@@ -172,8 +178,15 @@ async fn relay(session: Session, backend: SocketAddr, health: Option<crate::prox
                     break;
                 }
                 let mut failed = false;
-                match rx.recv(&socket) {
-                    Ok(_) => {}
+                let read = BACKEND_RX.with_borrow_mut(|rx| {
+                    rx.recv(&socket).map(|_| {
+                        rx.iter()
+                            .map(|(_, data)| Bytes::copy_from_slice(data))
+                            .collect::<Vec<_>>()
+                    })
+                });
+                let datagrams = match read {
+                    Ok(datagrams) => datagrams,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) if crate::socket::transient(&e) => {
                         refused(&e);
@@ -183,15 +196,15 @@ async fn relay(session: Session, backend: SocketAddr, health: Option<crate::prox
                         debug!(error = %e, "forward: backend socket failed");
                         break;
                     }
-                }
-                for (_, data) in rx.iter() {
+                };
+                for data in datagrams {
                     // The answer to the oldest request, as far as load goes.
                     in_flight.pop_front();
-                    if data.len() > crate::MAX_APP_DATAGRAM {
+                    if data.len() > crate::MAX_DATAGRAM {
                         trace!(len = data.len(), "forward: backend datagram too large, dropped");
                         continue;
                     }
-                    if session.send_bytes(Bytes::copy_from_slice(data)).await.is_err() {
+                    if session.send_bytes(data).await.is_err() {
                         failed = true;
                         break;
                     }
@@ -215,10 +228,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a5_a_forwarded_session_reads_the_backend_into_a_few_kib() {
-        // One per session: 4 datagrams' worth (5.8 KiB), not a whole batch's 46 KiB.
-        let session = crate::udp::RecvBatch::with_slots(SESSION_RECV_SLOTS).capacity();
-        assert_eq!(session, 4 * (volley_proto::MAX_DATAGRAM_LEN + 1));
-        assert!(session * 8 == crate::udp::RecvBatch::new(false).capacity());
+    fn a5_o4_forwarded_sessions_read_the_backend_into_one_buffer_per_thread() {
+        // A session holds no receive buffer: the thread's holds 4 datagrams of any size.
+        let shared = BACKEND_RX.with_borrow(|rx| rx.capacity());
+        assert_eq!(shared, SESSION_RECV_SLOTS * 65_536);
+        assert!(shared > volley_proto::MAX_DATAGRAM);
     }
 }

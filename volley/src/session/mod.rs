@@ -20,7 +20,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{mpsc, watch};
 use volley_proto::allow::AllowEntry;
 use volley_proto::client::ServerOutcome;
-use volley_proto::{CloseCode, CloseReason, MAX_APP_DATAGRAM, PublicKey};
+use volley_proto::{CloseCode, CloseReason, MAX_DATAGRAM, PublicKey};
 
 use crate::error::Error;
 use crate::report::ConnectReport;
@@ -169,7 +169,7 @@ impl Session {
         )
     }
 
-    /// Queues one datagram (at most [`MAX_APP_DATAGRAM`] bytes) for sending, waiting while this
+    /// Queues one datagram (at most [`MAX_DATAGRAM`] bytes, 65,535: one that does not fit a packet goes in fragments, PROTOCOL.md §5.7) for sending, waiting while this
     /// session's send queue ([`SEND_QUEUE`] datagrams) is full. `Ok` means the datagram is
     /// queued and will be sealed and sent unless the session ends first (then it is counted in
     /// [`SessionStats::send_discarded`]); as with UDP, delivery is not guaranteed. A full queue
@@ -221,7 +221,7 @@ impl Session {
     /// # Ok(()) }
     /// ```
     pub fn try_send(&self, data: &[u8]) -> Result<(), Error> {
-        if data.len() > MAX_APP_DATAGRAM {
+        if data.len() > MAX_DATAGRAM {
             return Err(Error::TooLarge);
         }
         self.try_push(Bytes::copy_from_slice(data))
@@ -238,7 +238,7 @@ impl Session {
     /// never copied on the way (an echo sends back the `Bytes` it received — the very buffer
     /// the datagram was decrypted in).
     pub async fn send_bytes(&self, data: Bytes) -> Result<(), Error> {
-        if data.len() > MAX_APP_DATAGRAM {
+        if data.len() > MAX_DATAGRAM {
             return Err(Error::TooLarge);
         }
         let mut data = data;

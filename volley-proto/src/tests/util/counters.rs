@@ -63,6 +63,10 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         data_auth_failed,
         data_replayed,
         data_bad_frame,
+        // Authentic fragments, and datagrams put together or given up: not datagram drops.
+        data_fragments: _,
+        data_reassembled: _,
+        data_reassembly_dropped: _,
         amplification_suppressed,
         redirects_sent: _,
         init_after_close,
@@ -189,6 +193,9 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         data_auth_failed,
         data_replayed,
         data_bad_frame,
+        data_fragments,
+        data_reassembled,
+        data_reassembly_dropped,
         amplification_suppressed,
     )
 }
