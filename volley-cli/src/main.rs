@@ -17,6 +17,7 @@ mod allow;
 mod config_file;
 mod connect;
 mod demo;
+mod duration;
 mod keygen;
 mod proxy;
 mod pubkey;
