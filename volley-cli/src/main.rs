@@ -89,9 +89,26 @@ fn main() {
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
     };
     if let Err(e) = result {
-        eprintln!("volley: {e:#}");
+        eprintln!("volley: {}", causes(&e));
         std::process::exit(1);
     }
+}
+
+/// `e` and its causes on one line, `what: why: why`, each said once: volley's library errors
+/// already end with the cause they wrap, which anyhow's `{:#}` would repeat.
+pub(crate) fn causes(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Writes one line to stdout (see [`say!`]).
@@ -116,6 +133,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod error_tests {
+    #[test]
+    fn o7_an_error_line_gives_every_cause_once() {
+        let e = anyhow::Error::new(volley::Error::Connect(volley::ConnectError::UnpinnedKey(2)))
+            .context("proxy");
+        assert_eq!(
+            super::causes(&e),
+            "proxy: connect failed: 2 offers came from servers whose keys are not pinned, and \
+             none from a pinned one"
+        );
+        let bind = volley::Error::Bind {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use"),
+        };
+        assert_eq!(
+            super::causes(&anyhow::Error::new(bind)),
+            "cannot bind 127.0.0.1:1: address in use"
+        );
+    }
 }
 
 #[cfg(test)]
