@@ -173,7 +173,7 @@ mod tests {
             key,
             "--policy",
             "path",
-            "--window-ms",
+            "--window",
             "3",
             "127.0.0.1:1",
         ])
@@ -308,6 +308,80 @@ mod tests {
             let key = crate::keygen::read_key(&dir.join("client.key")).unwrap();
             assert_eq!(config.key.map(|k| k.public()), Some(key.public()), "{name}");
         }
+    }
+
+    #[test]
+    fn o7_every_timer_takes_one_duration_syntax_and_the_old_ms_spellings_keep_their_unit() {
+        let path = staged("serve.toml");
+        let dir = path.parent().unwrap();
+        let key = dir.join("server.key");
+        let key = key.to_str().unwrap();
+        let idle = |s: crate::serve::Settings| s.config.session.idle_timeout;
+        let seven = std::time::Duration::from_secs(7);
+        let base = ["--listen", "127.0.0.1:1", "--key", key];
+        for flags in [
+            ["--idle-timeout", "7s"],
+            ["--idle-timeout", "7000ms"],
+            ["--idle-timeout", "7"],
+            ["--idle-timeout-ms", "7000"],
+            ["--idle-timeout-ms", "7s"],
+        ] {
+            let s = serve(&[&base[..], &flags[..]].concat()).unwrap();
+            assert_eq!(idle(s), seven, "{flags:?}");
+        }
+        for (n, line) in [
+            "idle_timeout = \"7s\"",
+            "idle_timeout = 7",
+            "idle_timeout_ms = 7000",
+            "idle_timeout_ms = \"7s\"",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let file = dir.join(format!("timer-{n}.toml"));
+            std::fs::write(
+                &file,
+                format!("listen = \"127.0.0.1:1\"\nkey = \"server.key\"\n{line}\n"),
+            )
+            .unwrap();
+            let s = serve(&["--config", file.to_str().unwrap()]).unwrap();
+            assert_eq!(idle(s), seven, "{line}");
+        }
+        let s = serve(&[&base[..], &["--keepalive", "250ms", "--load-every", "1.5s"]].concat())
+            .unwrap();
+        assert_eq!(
+            s.config.session.keepalive_interval,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(s.load_every, std::time::Duration::from_millis(1500));
+        let err = serve(&[&base[..], &["--idle-timeout", "soon"]].concat()).unwrap_err();
+        assert!(format!("{err:#}").contains("250ms, 30s"), "{err:#}");
+        let err = serve(
+            &[
+                &base[..],
+                &["--idle-timeout", "7s", "--idle-timeout-ms", "7"],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot be used with"),
+            "{err:#}"
+        );
+
+        let server = "1".repeat(64);
+        let window = |flags: &[&str]| {
+            let mut all = vec!["--server-key", &server, "--policy", "window"];
+            all.extend_from_slice(flags);
+            all.push("127.0.0.1:1");
+            match connect(&all).unwrap().policy {
+                volley::SelectionPolicy::Window { delta, .. } => delta,
+                other => panic!("{other:?}"),
+            }
+        };
+        let three = std::time::Duration::from_millis(3);
+        assert_eq!(window(&["--window", "3ms"]), three);
+        assert_eq!(window(&["--window-ms", "3"]), three);
     }
 
     #[test]

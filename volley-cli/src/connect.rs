@@ -19,7 +19,7 @@ use volley_proto::client::{DEFAULT_HOT_QUANTILE, DEFAULT_WINDOW};
 pub enum Policy {
     /// The earliest valid offer wins.
     Earliest,
-    /// Collect offers for --window-ms after the first (or until every server answered), then
+    /// Collect offers for --window after the first (or until every server answered), then
     /// take the server expected to complete a request soonest (the offers' load hints).
     Window,
     /// Path-aware: the server expected to finish the session's work first, counting the path
@@ -52,12 +52,15 @@ pub struct Args {
     #[arg(long, value_enum)]
     policy: Option<Policy>,
     // Help built from the library's default, so it cannot drift.
-    #[arg(long, value_name = "MS", help = format!(
-        "With --policy window or --n-best: how long to collect offers after the first, in \
-         milliseconds [default: {}]",
-        DEFAULT_WINDOW.as_secs_f64() * 1e3
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs, help = format!(
+        "With --policy window or --n-best: how long to collect offers after the first (e.g. \
+         2ms) [default: {}]",
+        crate::duration::show(DEFAULT_WINDOW)
     ))]
-    window_ms: Option<f64>,
+    window: Option<Duration>,
+    /// The old spelling of --window: a bare number is milliseconds.
+    #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "window")]
+    window_ms: Option<Duration>,
     /// Probe a subset of this many servers instead of all of them (with --zone, half of them
     /// from this client's zone).
     #[arg(long, value_name = "D")]
@@ -72,16 +75,25 @@ pub struct Args {
     /// early data (the race plus one round trip instead of two; PROTOCOL.md §4.8): it is then
     /// encrypted without forward secrecy, and may reach a second server if the first never
     /// answers the handshake. Sent after the handshake instead with --no-early-data, with
-    /// --n-best, or when longer than 1201 bytes.
+    /// --n-best, or when longer than 1201 bytes. It is sent once per session: every copy would
+    /// reach the service behind a forwarding server as a new request. If it or its reply is
+    /// lost, the command waits out --timeout and fails with "no reply" (exit status 1); run it
+    /// again, or give --resend-every.
     #[arg(long)]
     send: Option<String>,
+    /// Send --send's text again after this long without a reply (e.g. 500ms, 1s; at least
+    /// 100ms), until a reply or --timeout. Off by default: each copy reaches the service as a
+    /// new request (a forwarding server cannot tell a copy from a repeat), so use it only for
+    /// a service where doing a request twice is harmless, on a path that loses datagrams.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    resend_every: Option<Duration>,
     /// Send --send's text only once the session is up, not as early data in the handshake.
     #[arg(long)]
     no_early_data: bool,
-    /// Give up after this many seconds in all — the race, the handshake and --send's
-    /// exchange [default: 3].
-    #[arg(long)]
-    timeout: Option<f64>,
+    /// Give up after this long in all — the race, the handshake and --send's exchange (e.g.
+    /// 3s, 500ms; a bare number is seconds) [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    timeout: Option<Duration>,
     /// Resolve server names with this DNS server (IP:PORT) instead of the system's.
     #[arg(long, value_name = "ADDR")]
     dns_server: Option<SocketAddr>,
@@ -102,21 +114,34 @@ pub struct File {
     key: Option<PathBuf>,
     service: Option<String>,
     policy: Option<Policy>,
-    window_ms: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    window: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_millis")]
+    window_ms: Option<Duration>,
     fanout: Option<usize>,
     zone: Option<String>,
     n_best: Option<usize>,
     send: Option<String>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    resend_every: Option<Duration>,
     no_early_data: Option<bool>,
-    timeout: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    timeout: Option<Duration>,
     dns_server: Option<SocketAddr>,
     servers: Option<Vec<String>>,
 }
 
 impl Args {
+    /// `--timeout`, or its default.
+    fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
+    }
+
     /// The file's settings under the flags': a flag given wins (lists: a flag list replaces
     /// the file's).
     fn merge(mut self) -> anyhow::Result<Self> {
+        // The old spelling --window-ms (hidden; its bare numbers are milliseconds).
+        self.window = self.window.or(self.window_ms.take());
         let Some(path) = self.config.take() else {
             return Ok(self);
         };
@@ -136,10 +161,11 @@ impl Args {
             self.policy = file.policy;
             self.n_best = file.n_best;
         }
-        self.window_ms = self.window_ms.or(file.window_ms);
+        self.window = self.window.or(file.window).or(file.window_ms);
         self.fanout = self.fanout.or(file.fanout);
         self.zone = self.zone.or(file.zone);
         self.send = self.send.or(file.send);
+        self.resend_every = self.resend_every.or(file.resend_every);
         self.no_early_data = self.no_early_data || file.no_early_data.unwrap_or(false);
         self.timeout = self.timeout.or(file.timeout);
         Ok(self)
@@ -178,26 +204,40 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         !args.pool.is_empty(),
         "servers to race are required (arguments, or `servers` in the config file)"
     );
+    if let Some(every) = args.resend_every {
+        ensure!(
+            every >= MIN_RESEND_EVERY,
+            "--resend-every must be at least {} (a shorter interval only multiplies the \
+             requests a slow service sees)",
+            crate::duration::show(MIN_RESEND_EVERY)
+        );
+        ensure!(args.send.is_some(), "--resend-every applies to --send only");
+    }
     let config = config(&args)?;
     Ok((config, args))
 }
+
+/// `--timeout` when none is given.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The shortest `--resend-every`: copies sent faster than a slow service answers are only more
+/// work for it.
+pub const MIN_RESEND_EVERY: Duration = Duration::from_millis(100);
 
 /// The longest one INIT is retried (the library's default handshake timeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     let keys = crate::target::server_keys(&args.server_keys)?;
-    let timeout = args.timeout.unwrap_or(3.0);
+    let timeout = args.timeout();
     ensure!(
-        timeout > 0.0 && timeout < 3600.0,
-        "--timeout must be above 0 and below 3600 seconds"
+        !timeout.is_zero() && timeout < Duration::from_secs(3600),
+        "--timeout must be above 0 and below 1h"
     );
-    let window = match args.window_ms {
+    let window = match args.window {
         None => DEFAULT_WINDOW,
-        Some(w) if w.is_finite() && (0.0..=10_000.0).contains(&w) => {
-            Duration::from_secs_f64(w / 1e3)
-        }
-        Some(_) => bail!("--window-ms must be between 0 and 10000"),
+        Some(w) if w <= Duration::from_secs(10) => w,
+        Some(_) => bail!("--window must be at most 10s"),
     };
     let mut config = ClientConfig::new(keys);
     config.key = args
@@ -215,8 +255,8 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
     // after its 5 s idle timeout; later retries of that INIT could never succeed) and at most
     // half of --timeout, after which `run` races again while time is left: two unanswered
     // handshakes fit, which is how a key the servers do not list shows (A1).
-    config.race.deadline = Duration::from_secs_f64(timeout);
-    config.handshake_timeout = Duration::from_secs_f64(timeout / 2.0).min(HANDSHAKE_TIMEOUT);
+    config.race.deadline = timeout;
+    config.handshake_timeout = (timeout / 2).min(HANDSHAKE_TIMEOUT);
     config.max_failovers = 0;
     config.policy = match (args.policy.unwrap_or(Policy::Earliest), args.n_best) {
         (_, Some(k)) => {
@@ -225,8 +265,8 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         }
         (Policy::Path, None) => {
             ensure!(
-                args.window_ms.is_none(),
-                "--window-ms applies to --policy window and --n-best only: the path policy \
+                args.window.is_none(),
+                "--window applies to --policy window and --n-best only: the path policy \
                  decides by itself when no later offer could win"
             );
             SelectionPolicy::path()
@@ -237,8 +277,8 @@ fn config(args: &Args) -> anyhow::Result<ClientConfig> {
         },
         (Policy::Earliest, None) => {
             ensure!(
-                args.window_ms.is_none(),
-                "--window-ms applies to --policy window and --n-best only"
+                args.window.is_none(),
+                "--window applies to --policy window and --n-best only"
             );
             SelectionPolicy::Earliest
         }
@@ -264,7 +304,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     // The race's own deadline is the same length but starts a moment later; the margin lets a
     // race that got no offer fail with its own diagnosis (no answer, unpinned key) first.
-    let deadline = started + Duration::from_secs_f64(args.timeout.unwrap_or(3.0));
+    let deadline = started + args.timeout();
     let connect_deadline = deadline + Duration::from_millis(50);
     // Race again after a handshake that timed out, while the deadline allows (R10) — but not
     // after two: servers that send offers and never an ACCEPT are not losing INITs, they do not
@@ -290,9 +330,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         match tokio::time::timeout_at(connect_deadline, attempt).await {
             Err(_) if unanswered > 0 => bail!("{}", not_accepted(&args, unanswered)),
             Err(_) => bail!(
-                "no session within {} s (--timeout; {} server(s) probed; check addresses, \
+                "no session within {} (--timeout; {} server(s) probed; check addresses, \
                  --server-key and --service)",
-                args.timeout.unwrap_or(3.0),
+                crate::duration::show(args.timeout()),
                 args.servers.len()
             ),
             Ok(Err(volley::Error::Connect(volley::ConnectError::HandshakeTimeout(_, n)))) => {
@@ -307,8 +347,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut sessions = match connected {
         Ok(s) => s,
         Err(volley::Error::Connect(volley::ConnectError::NoOffer(_))) => bail!(
-            "no server answered within {}s ({} probed; check addresses, --server-key and --service)",
-            args.timeout.unwrap_or(3.0),
+            "no server answered within {} ({} probed; check addresses, --server-key and --service)",
+            crate::duration::show(args.timeout()),
             args.servers.len()
         ),
         Err(volley::Error::Connect(volley::ConnectError::UnpinnedKey(n))) => bail!(
@@ -362,6 +402,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 sessions_label(args.n_best, s),
                 deadline,
                 sent_early,
+                args.resend_every,
             )
             .await?;
         }
@@ -455,51 +496,60 @@ fn print_race(args: &Args, main: &Session, report: &ConnectReport, sessions: &[S
 }
 
 /// Sends `text` on `session` and prints the reply; `early`: it already went in the handshake
-/// (at that time), so the first wait sends nothing.
+/// (at that time), so the first wait sends nothing. The text goes once (a copy is a new request
+/// to the service: many clients re-sending to a slow one would only lengthen its queue until
+/// none is answered), again every `resend_every` only when the user asked for it.
 async fn exchange(
     session: &mut Session,
     text: &str,
     label: String,
     deadline: Instant,
     early: Option<Instant>,
+    resend_every: Option<Duration>,
 ) -> anyhow::Result<()> {
     let sent = early.unwrap_or_else(Instant::now);
-    let mut reply = None;
-    let mut in_handshake = early.is_some();
-    // Datagrams are unreliable: send again when no reply came within a few round trips (the
-    // handshake's time measured one), doubling to at most 250 ms (a lost datagram is not
-    // congestion), until the deadline (R10).
-    let rtt = session
-        .report()
-        .and_then(|r| r.handshake_time)
-        .unwrap_or(Duration::from_millis(100));
-    let mut wait = (rtt * 3).clamp(Duration::from_millis(30), Duration::from_millis(250));
-    while Instant::now() < deadline {
-        if !std::mem::take(&mut in_handshake) {
-            session.send(text.as_bytes()).await.map_err(explain)?;
-        }
-        let until = (Instant::now() + wait).min(deadline);
-        if let Ok(r) = tokio::time::timeout_at(until, session.recv()).await {
-            reply = Some(r.map_err(explain)?);
-            break;
-        }
-        wait = (wait * 2).min(Duration::from_millis(250));
+    if early.is_none() {
+        session.send(text.as_bytes()).await.map_err(explain)?;
     }
+    let mut copies = 1u32;
+    let reply = loop {
+        let until = match resend_every {
+            Some(every) => (Instant::now() + every).min(deadline),
+            None => deadline,
+        };
+        match tokio::time::timeout_at(until, session.recv()).await {
+            Ok(r) => break Some(r.map_err(explain)?),
+            Err(_) if Instant::now() < deadline => {
+                session.send(text.as_bytes()).await.map_err(explain)?;
+                copies += 1;
+            }
+            Err(_) => break None,
+        }
+    };
+    let copies = if copies > 1 {
+        format!(", {copies} copies sent (--resend-every)")
+    } else {
+        String::new()
+    };
     let reply = reply.with_context(|| {
         format!(
-            "no reply to --send within --timeout ({:.1} s in all){label}",
+            "no reply to --send within --timeout ({:.1} s in all{copies}){label}: the text \
+             or its reply was lost, or the service did not answer in time",
             (deadline - sent).as_secs_f64()
         )
     })?;
     if early.is_some() {
-        say!("sent:       {text:?}{label} (early data, in the handshake)");
+        say!("sent:       {text:?}{label} (early data, in the handshake{copies})");
         say!(
             "reply:      {:?} in {} (race, handshake and reply)",
             String::from_utf8_lossy(&reply),
             ms(sent.elapsed())
         );
     } else {
-        say!("sent:       {text:?}{label}");
+        say!(
+            "sent:       {text:?}{label}{}",
+            copies.replacen(", ", "; ", 1)
+        );
         say!(
             "reply:      {:?} in {}",
             String::from_utf8_lossy(&reply),

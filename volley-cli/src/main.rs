@@ -17,6 +17,7 @@ mod allow;
 mod config_file;
 mod connect;
 mod demo;
+mod duration;
 mod keygen;
 mod proxy;
 mod pubkey;
@@ -51,7 +52,7 @@ enum Command {
     Pubkey(pubkey::Args),
     /// Serve the echo service (or --forward to one) until SIGINT or SIGTERM; SIGHUP reloads the
     /// allow-list.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Race servers, open a session with the winner (or the K best), optionally send a datagram.
     Connect(connect::Args),
     /// Put volley in front of a UDP service: applications send here, each flow races the pool.
@@ -82,15 +83,32 @@ fn main() {
     let result = match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Pubkey(a) => pubkey::run(a),
-        Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve::run(a))),
+        Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve::run(*a))),
         Command::Connect(a) => runtime().and_then(|rt| rt.block_on(connect::run(a))),
         Command::Proxy(a) => runtime().and_then(|rt| rt.block_on(proxy::run(a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(a))),
     };
     if let Err(e) = result {
-        eprintln!("volley: {e:#}");
+        eprintln!("volley: {}", causes(&e));
         std::process::exit(1);
     }
+}
+
+/// `e` and its causes on one line, `what: why: why`, each said once: volley's library errors
+/// already end with the cause they wrap, which anyhow's `{:#}` would repeat.
+pub(crate) fn causes(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Writes one line to stdout (see [`say!`]).
@@ -115,6 +133,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod error_tests {
+    #[test]
+    fn o7_an_error_line_gives_every_cause_once() {
+        let e = anyhow::Error::new(volley::Error::Connect(volley::ConnectError::UnpinnedKey(2)))
+            .context("proxy");
+        assert_eq!(
+            super::causes(&e),
+            "proxy: connect failed: 2 offers came from servers whose keys are not pinned, and \
+             none from a pinned one"
+        );
+        let bind = volley::Error::Bind {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use"),
+        };
+        assert_eq!(
+            super::causes(&anyhow::Error::new(bind)),
+            "cannot bind 127.0.0.1:1: address in use"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -37,22 +37,23 @@ pub struct Args {
     /// Service to ask for (as the servers' --service) [default: echo].
     #[arg(long)]
     service: Option<String>,
-    /// End a flow (UDP) after this many seconds without a byte either way, or reset a
-    /// connection (TCP) after this many seconds without progress either way (a slow reader
-    /// taking bytes is progress) [default: 60 for UDP, 300 for TCP].
-    #[arg(long)]
-    idle_timeout: Option<f64>,
+    /// End a flow (UDP) after this long without a byte either way, or reset a connection (TCP)
+    /// after this long without progress either way (a slow reader taking bytes is progress);
+    /// e.g. 60s, 5m, a bare number is seconds [default: 60s for UDP, 300s for TCP].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    idle_timeout: Option<Duration>,
     /// UDP: send each new flow's first datagram in its session's handshake as early data, so
     /// its first answer comes one round trip sooner (PROTOCOL.md §4.8). Off by default: early
     /// data has no forward secrecy (a later theft of the server's private key reveals it), and
     /// may reach a second server if the first never answers the handshake.
     #[arg(long)]
     early_data: bool,
-    /// On SIGTERM (or SIGINT), drain for up to this many seconds: accept no new connection
-    /// (TCP) or flow (UDP: a datagram from a new address is dropped) and relay the open ones
-    /// until they end; a second SIGTERM or SIGINT stops at once. 0: no drain [default: 30].
-    #[arg(long, value_name = "SECS")]
-    drain_timeout: Option<f64>,
+    /// On SIGTERM (or SIGINT), drain for up to this long (e.g. 30s; a bare number is seconds):
+    /// accept no new connection (TCP) or flow (UDP: a datagram from a new address is dropped)
+    /// and relay the open ones until they end; a second SIGTERM or SIGINT stops at once. 0: no
+    /// drain [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    drain_timeout: Option<Duration>,
     /// Serve Prometheus metrics (flows, failures, drops, answer and handshake times) at
     /// http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
@@ -94,9 +95,11 @@ pub struct File {
     server_keys: Option<Vec<String>>,
     key: Option<std::path::PathBuf>,
     service: Option<String>,
-    idle_timeout: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    idle_timeout: Option<Duration>,
     early_data: Option<bool>,
-    drain_timeout: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    drain_timeout: Option<Duration>,
     metrics: Option<std::net::SocketAddr>,
     dns_server: Option<std::net::SocketAddr>,
     policy: Option<crate::connect::Policy>,
@@ -162,10 +165,9 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         "servers are required (arguments, or `servers` in the config file)"
     );
     let keys = crate::target::server_keys(&args.server_keys)?;
-    let idle = args.idle_timeout.unwrap_or(60.0);
     ensure!(
-        idle.is_finite() && idle > 0.0 && idle <= 86_400.0,
-        "--idle-timeout must be above 0 and at most 86400 seconds"
+        args.idle_timeout.is_none_or(|d| !d.is_zero()),
+        "--idle-timeout must be above 0"
     );
     let mut config = ClientConfig::new(keys);
     config.key = args
@@ -226,7 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stats = match target {
         Target::Udp(_) => {
-            let drain = crate::serve::drain_timeout("--drain-timeout", args.drain_timeout)?;
+            let drain = crate::serve::drain_timeout(args.drain_timeout);
             let (begin, now) = crate::serve::stop_signals("proxy", drain);
             let socket = UdpSocket::bind(listen)
                 .await
@@ -242,7 +244,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             crate::target::keep_zones(&client, &pool);
             UdpProxy::new(client, pool)
                 .drain(volley::Drain::new(drain, now))
-                .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(60.0)))
+                .idle_timeout(args.idle_timeout.unwrap_or(Duration::from_secs(60)))
                 .early_data(args.early_data)
                 .metrics(metrics)
                 .serve(socket, begin)
@@ -263,13 +265,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 format!("tcp://{}", listener.local_addr()?),
                 &_endpoint,
             )?;
-            let drain = crate::serve::drain_timeout("--drain-timeout", args.drain_timeout)?;
+            let drain = crate::serve::drain_timeout(args.drain_timeout);
             let (begin, now) = crate::serve::stop_signals("proxy", drain);
             let client = Client::new(config);
             crate::target::keep_zones(&client, &pool);
             TcpProxy::new(client, pool)
                 .drain(volley::Drain::new(drain, now))
-                .idle_timeout(Duration::from_secs_f64(args.idle_timeout.unwrap_or(300.0)))
+                .idle_timeout(args.idle_timeout.unwrap_or(Duration::from_secs(300)))
                 .metrics(metrics)
                 .serve(listener, begin)
                 .await?

@@ -71,39 +71,55 @@ pub struct Args {
     /// unit of work); by default only requests count, so idle sessions fill nothing.
     #[arg(long)]
     count_sessions: bool,
-    /// State the mean service time of one request, in milliseconds, instead of measuring it.
-    #[arg(long, value_name = "MS")]
-    service_ms: Option<f64>,
+    /// State the mean service time of one request (e.g. 20ms) instead of measuring it.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    service_time: Option<Duration>,
+    /// The old spelling of --service-time: a bare number is milliseconds.
+    #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "service_time")]
+    service_ms: Option<Duration>,
     // Help texts built from the library's defaults, so they cannot drift.
-    #[arg(long, value_name = "MS", help = format!(
-        "With --answer paced: the longest answer delay, in milliseconds [default: {}]",
-        DEFAULT_PACE_MAX_DELAY.as_secs_f64() * 1e3
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs, help = format!(
+        "With --answer paced: the longest answer delay (e.g. 10ms) [default: {}]",
+        crate::duration::show(DEFAULT_PACE_MAX_DELAY)
     ))]
-    pace_max_ms: Option<f64>,
+    pace_max: Option<Duration>,
+    /// The old spelling of --pace-max: a bare number is milliseconds.
+    #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "pace_max")]
+    pace_max_ms: Option<Duration>,
     #[arg(long, value_name = "N", help = format!(
         "With --answer paced: the answer delay is the expected completion time divided by N \
          [default: {DEFAULT_PACE_DIVISOR}]"
     ))]
     pace_divisor: Option<u32>,
-    #[arg(long, value_name = "MS", help = format!(
-        "With --answer gated: how long a probe may wait for a free slot, in milliseconds \
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs, help = format!(
+        "With --answer gated: how long a probe may wait for a free slot (e.g. 200ms) \
          [default: {}]",
-        DEFAULT_GATE_MAX_HOLD.as_secs_f64() * 1e3
+        crate::duration::show(DEFAULT_GATE_MAX_HOLD)
     ))]
-    max_hold_ms: Option<f64>,
+    max_hold: Option<Duration>,
+    /// The old spelling of --max-hold: a bare number is milliseconds.
+    #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "max_hold")]
+    max_hold_ms: Option<Duration>,
     /// Another server of the pool, named in the REDIRECT that refuses a session when this one
     /// is at --max-sessions (repeat for several).
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<SocketAddr>,
-    /// Send a keepalive after this many milliseconds without traffic [default: 1000].
-    #[arg(long, value_name = "MS")]
-    keepalive_ms: Option<f64>,
-    /// End a session after this many milliseconds without traffic [default: 5000].
-    #[arg(long, value_name = "MS")]
-    idle_timeout_ms: Option<f64>,
-    /// Print a load line this often, in seconds, when something changed [default: 5].
-    #[arg(long, value_name = "SECS")]
-    load_every: Option<f64>,
+    /// Send a keepalive after this long without traffic (e.g. 1s, 500ms) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    keepalive: Option<Duration>,
+    /// The old spelling of --keepalive: a bare number is milliseconds.
+    #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "keepalive")]
+    keepalive_ms: Option<Duration>,
+    /// End a session after this long without traffic (e.g. 5s, 2m) [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    idle_timeout: Option<Duration>,
+    /// The old spelling of --idle-timeout: a bare number is milliseconds.
+    #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "idle_timeout")]
+    idle_timeout_ms: Option<Duration>,
+    /// Print a load line this often when something changed (e.g. 5s, 500ms; a bare number is
+    /// seconds) [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    load_every: Option<Duration>,
     /// Forward each session to this service instead of echoing: the server side of `volley
     /// proxy`. udp://HOST:PORT: each session's datagrams go to the UDP service and its answers
     /// back. tcp://HOST:PORT: each session's stream (TCP on --listen's address, keyed from the
@@ -116,20 +132,21 @@ pub struct Args {
     /// (nginx `listen ... proxy_protocol`, HAProxy `accept-proxy`).
     #[arg(long)]
     proxy_protocol: bool,
-    /// On SIGTERM (or SIGINT), drain for up to this many seconds: offer no new session (the
-    /// server wins no race), keep serving the open sessions and streams until they end, then
-    /// close the rest with GOING_AWAY. A second SIGTERM or SIGINT stops at once. 0: no drain
-    /// [default: 30].
-    #[arg(long, value_name = "SECS")]
-    drain_timeout: Option<f64>,
-    /// With --forward: check the backend this often, in seconds, and win no race while it is
-    /// down (the server offers nothing and sends new sessions elsewhere; its open sessions go
-    /// on). TCP: a connection opened and closed. UDP: the --health-send datagram, or without
-    /// it passively (a datagram the backend refuses, ICMP port unreachable, takes it down for
-    /// 10 s). Two failures in a row take it down, two passes bring it back; at the start the
-    /// first result decides. 0: no active check, refusals only [default: 2].
-    #[arg(long, value_name = "SECS")]
-    health_interval: Option<f64>,
+    /// On SIGTERM (or SIGINT), drain for up to this long (e.g. 30s, 2m; a bare number is
+    /// seconds): offer no new session (the server wins no race), keep serving the open sessions
+    /// and streams until they end, then close the rest with GOING_AWAY. A second SIGTERM or
+    /// SIGINT stops at once. 0: no drain [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    drain_timeout: Option<Duration>,
+    /// With --forward: check the backend this often (e.g. 2s, 500ms; a bare number is seconds),
+    /// and win no race while it is down (the server offers nothing and sends new sessions
+    /// elsewhere; its open sessions go on). TCP: a connection opened and closed. UDP: the
+    /// --health-send datagram, or without it passively (a datagram the backend refuses, ICMP
+    /// port unreachable, takes it down for 10 s). Two failures in a row take it down, two passes
+    /// bring it back; at the start the first result decides. 0: no active check, refusals only
+    /// [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
+    health_interval: Option<Duration>,
     /// With --forward udp://: the datagram each health check sends to the backend (text, or
     /// hex:HEX for bytes). A reply within a second passes.
     #[arg(long, value_name = "PAYLOAD")]
@@ -169,26 +186,50 @@ pub struct File {
     answer: Option<Answer>,
     max_sessions: Option<u32>,
     count_sessions: Option<bool>,
-    service_ms: Option<f64>,
-    pace_max_ms: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    service_time: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_millis")]
+    service_ms: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    pace_max: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_millis")]
+    pace_max_ms: Option<Duration>,
     pace_divisor: Option<u32>,
-    max_hold_ms: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    max_hold: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_millis")]
+    max_hold_ms: Option<Duration>,
     peers: Option<Vec<SocketAddr>>,
-    keepalive_ms: Option<f64>,
-    idle_timeout_ms: Option<f64>,
-    load_every: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    keepalive: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_millis")]
+    keepalive_ms: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_millis")]
+    idle_timeout_ms: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    load_every: Option<Duration>,
     forward: Option<String>,
     proxy_protocol: Option<bool>,
-    drain_timeout: Option<f64>,
-    health_interval: Option<f64>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::duration::de_secs")]
+    health_interval: Option<Duration>,
     health_send: Option<String>,
     health_expect: Option<String>,
     metrics: Option<SocketAddr>,
 }
 
 impl Args {
-    /// The file's settings under the flags': a flag given wins.
+    /// The file's settings under the flags': a flag given wins (in either spelling).
     fn merge(mut self) -> anyhow::Result<Self> {
+        // The old `--…-ms` spellings (hidden; their bare numbers are milliseconds).
+        self.service_time = self.service_time.or(self.service_ms.take());
+        self.pace_max = self.pace_max.or(self.pace_max_ms.take());
+        self.max_hold = self.max_hold.or(self.max_hold_ms.take());
+        self.keepalive = self.keepalive.or(self.keepalive_ms.take());
+        self.idle_timeout = self.idle_timeout.or(self.idle_timeout_ms.take());
         let Some(path) = self.config.take() else {
             return Ok(self);
         };
@@ -214,15 +255,19 @@ impl Args {
         self.health_interval = self.health_interval.or(file.health_interval);
         self.health_send = self.health_send.or(file.health_send);
         self.health_expect = self.health_expect.or(file.health_expect);
-        self.service_ms = self.service_ms.or(file.service_ms);
-        self.pace_max_ms = self.pace_max_ms.or(file.pace_max_ms);
+        // The file's keys in either spelling (the old `_ms` ones count bare numbers in ms).
+        self.service_time = self.service_time.or(file.service_time).or(file.service_ms);
+        self.pace_max = self.pace_max.or(file.pace_max).or(file.pace_max_ms);
         self.pace_divisor = self.pace_divisor.or(file.pace_divisor);
-        self.max_hold_ms = self.max_hold_ms.or(file.max_hold_ms);
+        self.max_hold = self.max_hold.or(file.max_hold).or(file.max_hold_ms);
         if self.peers.is_empty() {
             self.peers = file.peers.unwrap_or_default();
         }
-        self.keepalive_ms = self.keepalive_ms.or(file.keepalive_ms);
-        self.idle_timeout_ms = self.idle_timeout_ms.or(file.idle_timeout_ms);
+        self.keepalive = self.keepalive.or(file.keepalive).or(file.keepalive_ms);
+        self.idle_timeout = self
+            .idle_timeout
+            .or(file.idle_timeout)
+            .or(file.idle_timeout_ms);
         self.load_every = self.load_every.or(file.load_every);
         self.metrics = self.metrics.or(file.metrics);
         if self.forward.is_none() {
@@ -236,12 +281,9 @@ impl Args {
     }
 }
 
-fn millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
-    ensure!(
-        ms.is_finite() && (0.0..=60_000.0).contains(&ms),
-        "{flag} must be between 0 and 60000 ms"
-    );
-    Ok(Duration::from_secs_f64(ms / 1e3))
+fn at_most_a_minute(flag: &str, d: Duration) -> anyhow::Result<Duration> {
+    ensure!(d <= Duration::from_secs(60), "{flag} must be at most 1m");
+    Ok(d)
 }
 
 /// The answer policy the flags ask for, or why they do not make sense together.
@@ -255,8 +297,8 @@ fn answer_policy(args: &Args) -> anyhow::Result<AnswerPolicy> {
         (None, Some(_)) => Answer::Paced,
         (None, None) => Answer::Immediate,
     };
-    if args.pace_max_ms.is_some() && answer != Answer::Paced {
-        bail!("--pace-max-ms applies to --answer paced only");
+    if args.pace_max.is_some() && answer != Answer::Paced {
+        bail!("--pace-max applies to --answer paced only");
     }
     if args.pace_divisor.is_some() && answer != Answer::Paced {
         bail!("--pace-divisor applies to --answer paced only");
@@ -264,21 +306,21 @@ fn answer_policy(args: &Args) -> anyhow::Result<AnswerPolicy> {
     if args.pace_divisor == Some(0) {
         bail!("--pace-divisor must be at least 1");
     }
-    if args.max_hold_ms.is_some() && answer != Answer::Gated {
-        bail!("--max-hold-ms applies to --answer gated only");
+    if args.max_hold.is_some() && answer != Answer::Gated {
+        bail!("--max-hold applies to --answer gated only");
     }
     Ok(match answer {
         Answer::Immediate => AnswerPolicy::Immediate,
         Answer::Paced => AnswerPolicy::Paced {
-            max_delay: match args.pace_max_ms {
-                Some(ms) => millis("--pace-max-ms", ms)?,
+            max_delay: match args.pace_max {
+                Some(d) => at_most_a_minute("--pace-max", d)?,
                 None => DEFAULT_PACE_MAX_DELAY,
             },
             divisor: args.pace_divisor.unwrap_or(DEFAULT_PACE_DIVISOR),
         },
-        Answer::Gated => match args.max_hold_ms {
-            Some(ms) => AnswerPolicy::Gated {
-                max_hold: millis("--max-hold-ms", ms)?,
+        Answer::Gated => match args.max_hold {
+            Some(d) => AnswerPolicy::Gated {
+                max_hold: at_most_a_minute("--max-hold", d)?,
             },
             None => AnswerPolicy::gated(),
         },
@@ -332,7 +374,7 @@ pub struct Settings {
     pub config: ServerConfig,
     pub listen: SocketAddr,
     pub service: String,
-    pub load_every: f64,
+    pub load_every: Duration,
     /// `--forward`: the backend (resolved when serving starts).
     pub forward: Option<crate::target::Target>,
     /// `--proxy-protocol`: a PROXY protocol v2 header before each backend connection's bytes.
@@ -362,10 +404,10 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         .context("--key (or `key` in the config file) is required")?;
     let key = crate::keygen::read_key(&key_path)?;
     let service = args.service.clone().unwrap_or_else(|| "echo".to_string());
-    let load_every = args.load_every.unwrap_or(5.0);
+    let load_every = args.load_every.unwrap_or(Duration::from_secs(5));
     ensure!(
-        load_every.is_finite() && load_every >= 0.1,
-        "--load-every must be at least 0.1 s"
+        load_every >= Duration::from_millis(100),
+        "--load-every must be at least 100ms"
     );
     ensure!(
         args.capacity != Some(0),
@@ -386,18 +428,18 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     config.capacity = args.capacity;
     config.max_sessions = args.max_sessions;
     config.count_sessions = args.count_sessions;
-    if let Some(ms) = args.service_ms {
+    if let Some(d) = args.service_time {
         ensure!(
-            ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0,
-            "--service-ms must be above 0 and at most 3600000"
+            !d.is_zero() && d <= Duration::from_secs(3600),
+            "--service-time must be above 0 and at most 1h"
         );
-        config.service = ServiceModel::Fixed(Duration::from_secs_f64(ms / 1e3));
+        config.service = ServiceModel::Fixed(d);
     }
-    if let Some(ms) = args.keepalive_ms {
-        config.session.keepalive_interval = positive_millis("--keepalive-ms", ms)?;
+    if let Some(d) = args.keepalive {
+        config.session.keepalive_interval = positive("--keepalive", d)?;
     }
-    if let Some(ms) = args.idle_timeout_ms {
-        config.session.idle_timeout = positive_millis("--idle-timeout-ms", ms)?;
+    if let Some(d) = args.idle_timeout {
+        config.session.idle_timeout = positive("--idle-timeout", d)?;
     }
     config.answer = answer_policy(&args)?;
     config.peers = args.peers.clone();
@@ -411,7 +453,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
          each datagram as it was sent, with nothing before it"
     );
     let metrics = args.metrics;
-    let drain_timeout = drain_timeout("--drain-timeout", args.drain_timeout)?;
+    let drain_timeout = drain_timeout(args.drain_timeout);
     let health = health_check(&args, forward.as_ref())?;
     Ok(Settings {
         config,
@@ -453,15 +495,16 @@ fn health_check(
         );
         return Ok(None);
     };
-    let interval = args.health_interval.unwrap_or(2.0);
+    let interval = args.health_interval.unwrap_or(Duration::from_secs(2));
     ensure!(
-        interval.is_finite() && (interval == 0.0 || (0.01..=3600.0).contains(&interval)),
-        "--health-interval must be 0 (no active check) or 0.01 to 3600 seconds"
+        interval.is_zero()
+            || (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&interval),
+        "--health-interval must be 0 (no active check) or 10ms to 1h"
     );
     let send = args.health_send.as_deref().map(payload).transpose()?;
     let expect = args.health_expect.as_deref().map(payload).transpose()?;
     let check = match (forward, send) {
-        _ if interval == 0.0 => HealthCheck::passive(),
+        _ if interval.is_zero() => HealthCheck::passive(),
         (crate::target::Target::Tcp(_), _) => HealthCheck::tcp(),
         (crate::target::Target::Udp(_), Some(send)) => {
             HealthCheck::udp(send, expect.map(Into::into))
@@ -469,7 +512,7 @@ fn health_check(
         (crate::target::Target::Udp(_), None) => HealthCheck::passive(),
     };
     Ok(Some(
-        check.interval(Duration::from_secs_f64(interval.max(0.01))),
+        check.interval(interval.max(Duration::from_millis(10))),
     ))
 }
 
@@ -517,24 +560,14 @@ fn health_addr(health: &Option<volley::proxy::BackendHealth>) -> String {
 /// The default drain (`--drain-timeout`, `drain_timeout`).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `--drain-timeout` in seconds (0: no drain), or the default.
-pub fn drain_timeout(flag: &str, secs: Option<f64>) -> anyhow::Result<Duration> {
-    let Some(secs) = secs else {
-        return Ok(DEFAULT_DRAIN_TIMEOUT);
-    };
-    ensure!(
-        secs.is_finite() && (0.0..=86_400.0).contains(&secs),
-        "{flag} must be 0 (no drain) to 86400 seconds"
-    );
-    Ok(Duration::from_secs_f64(secs))
+/// `--drain-timeout` (0: no drain; at most a day, as every duration flag), or the default.
+pub fn drain_timeout(d: Option<Duration>) -> Duration {
+    d.unwrap_or(DEFAULT_DRAIN_TIMEOUT)
 }
 
-fn positive_millis(flag: &str, ms: f64) -> anyhow::Result<Duration> {
-    ensure!(
-        ms.is_finite() && ms > 0.0 && ms <= 86_400_000.0,
-        "{flag} must be above 0 and at most 86400000 ms"
-    );
-    Ok(Duration::from_secs_f64(ms / 1e3))
+fn positive(flag: &str, d: Duration) -> anyhow::Result<Duration> {
+    ensure!(!d.is_zero(), "{flag} must be above 0");
+    Ok(d)
 }
 
 /// With `--forward`, the session limit the open files allow: raises the soft open-file limit
@@ -771,7 +804,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stats_tx.send(stats);
     };
     tokio::pin!(serving);
-    let mut every = tokio::time::interval(Duration::from_secs_f64(load_every));
+    let mut every = tokio::time::interval(load_every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last = String::new();
     loop {

@@ -332,6 +332,10 @@ fn a2_curl_reaches_the_backend_only_with_a_listed_key_and_sighup_ends_a_revoked_
             list.to_str().unwrap(),
             "--forward",
             &format!("tcp://127.0.0.1:{http_port}"),
+            // Passive health checks only: the backend's connection count is what this test
+            // reads, and an active check would add one every 2 s.
+            "--health-interval",
+            "0",
             "--metrics",
             "127.0.0.1:0",
         ],

@@ -83,7 +83,7 @@ fn serve(key: &Path, backend: u16, ready: &Path) -> (Killed, String) {
             "--health-expect",
             "backend says ping",
             "--health-interval",
-            "0.2",
+            "200ms",
             "--metrics",
             "127.0.0.1:0",
         ],

@@ -5,6 +5,11 @@ use volley_proto::{CloseReason, ConnectError};
 
 /// What can go wrong using a [`crate::Client`], [`crate::Server`] or [`crate::Session`].
 ///
+/// Each message says why as well as what (`connect failed: no server answered within 3s`): the
+/// cause a variant wraps is both in its `Display` and its `source`, so a log line of the error
+/// alone is enough. A printer that walks `source` too (anyhow's `{:#}`) repeats it; skip a
+/// cause whose text the message already ends with.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -24,7 +29,7 @@ use volley_proto::{CloseReason, ConnectError};
 #[non_exhaustive]
 pub enum Error {
     /// Binding a socket to `addr` failed (in use, not a local address, no permission).
-    #[error("cannot bind {addr}")]
+    #[error("cannot bind {addr}: {source}")]
     Bind {
         /// The address asked for.
         addr: std::net::SocketAddr,
@@ -33,17 +38,18 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Another socket operation failed (local address, non-blocking mode).
-    #[error("socket error")]
+    #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
     /// The connection could not be made: nobody answered, or no session could be established.
-    /// (The cause is the error's `source`, as with every variant that wraps one.)
-    #[error("connect failed")]
+    /// (The cause is in the message and is the error's `source`, as with every variant that
+    /// wraps one.)
+    #[error("connect failed: {0}")]
     Connect(#[from] ConnectError),
     /// The session has ended; open a new one.
     #[error("session closed: {0:?}")]
     Closed(CloseReason),
     /// A configuration setting out of range ([`volley_proto::ConfigError`] names it).
-    #[error("invalid configuration")]
+    #[error("invalid configuration: {0}")]
     Config(#[from] volley_proto::ConfigError),
     /// A pool's names could not be resolved ([`crate::discovery`]); the message says which and
     /// why.
@@ -59,9 +65,38 @@ pub enum Error {
     /// A datagram that cannot ride in an INIT as early data
     /// ([`crate::Client::connect_with_early`]): empty, or more than
     /// [`volley_proto::MAX_EARLY_DATA`] bytes.
-    #[error("early data refused")]
+    #[error("early data refused: {0}")]
     EarlyData(#[from] volley_proto::EarlyDataError),
     /// A datagram larger than [`crate::MAX_DATAGRAM`] bytes (65,535).
     #[error("datagram larger than {} bytes", volley_proto::MAX_DATAGRAM)]
     TooLarge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn o7_every_error_that_wraps_a_cause_says_it() {
+        let addr: std::net::SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let cases: Vec<Error> = vec![
+            Error::Bind { addr, source: io() },
+            Error::Io(io()),
+            Error::Connect(ConnectError::UnpinnedKey(3)),
+            Error::Config(volley_proto::ConfigError::NoService),
+            Error::EarlyData(volley_proto::EarlyDataError::Empty),
+        ];
+        for e in cases {
+            let text = e.to_string();
+            let cause = std::error::Error::source(&e).expect("a cause").to_string();
+            assert!(text.ends_with(&cause), "{text:?} hides {cause:?}");
+            assert!(text.len() > cause.len(), "{text:?} says what failed");
+        }
+        assert_eq!(
+            Error::Connect(ConnectError::UnpinnedKey(3)).to_string(),
+            "connect failed: 3 offers came from servers whose keys are not pinned, and none \
+             from a pinned one"
+        );
+    }
 }

@@ -58,7 +58,7 @@ pub use udp_forward::{UDP_REQUEST_TIMEOUT, UdpForward};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use volley_proto::{CloseCode, CloseReason};
+use volley_proto::{CloseCode, CloseReason, ConnectError};
 
 use crate::error::Error;
 use crate::session::Session;
@@ -147,15 +147,40 @@ impl ProxyMetrics {
     }
 }
 
-/// Why a proxy's connect failed, in one line an operator can act on: the connect error's own
-/// words (an unlisted key reads "the servers answered but accepted no session for this client
-/// key", not a bare "connect failed").
+/// Why a proxy's connect failed, in one line an operator can act on, as `volley connect` says
+/// it: a key mismatch names the key at fault and how to check it (a wrong server key reads
+/// "servers answered, but with a key other than the pinned server key", an unlisted client key
+/// "accepted no session for this client key"), anything else the connect error's own words.
 pub(crate) fn connect_failure(e: &Error) -> String {
     match e {
+        Error::Connect(ConnectError::UnpinnedKey(n)) => format!(
+            "servers answered, but with a key other than the pinned server key(s) ({n} offers \
+             from unpinned keys): check the proxy's --server-key against the servers' key \
+             (`volley pubkey SERVER_KEYFILE` prints it)"
+        ),
+        Error::Connect(ConnectError::HandshakeTimeout(last, n)) => format!(
+            "the servers answered but accepted no session for this client key ({n} handshake(s) \
+             unanswered, last with {last}): is the proxy's client key (`volley pubkey` of its \
+             --key file) on their allow-list? Without --key the proxy's key is random and on no \
+             allow-list"
+        ),
         Error::Connect(c) => c.to_string(),
         Error::Closed(reason) => closed(*reason),
         other => other.to_string(),
     }
+}
+
+/// Whether `e` is a key mismatch (wrong server key, client key not allowed): a setting to fix,
+/// logged as a warning rather than as one flow's bad luck.
+pub(crate) fn is_key_mismatch(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Connect(
+            ConnectError::UnpinnedKey(_)
+                | ConnectError::HandshakeTimeout(..)
+                | ConnectError::Revoked(_)
+        )
+    )
 }
 
 /// How a session ended, in words; a revocation says so.

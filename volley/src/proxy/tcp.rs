@@ -322,10 +322,12 @@ async fn connection(
         let session = match client.connect(&servers).await {
             Ok(s) => s,
             Err(e) => {
-                info!(
-                    error = %crate::proxy::connect_failure(&e),
-                    "tcp proxy: no session; connection closed"
-                );
+                let error = crate::proxy::connect_failure(&e);
+                if crate::proxy::is_key_mismatch(&e) {
+                    warn!(%error, "tcp proxy: no session; connection closed");
+                } else {
+                    info!(%error, "tcp proxy: no session; connection closed");
+                }
                 break;
             }
         };

@@ -375,11 +375,12 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
     let session = match connected {
         Ok(s) => s,
         Err(e) => {
-            info!(
-                %app,
-                error = %crate::proxy::connect_failure(&e),
-                "flow: no session; its datagrams are dropped"
-            );
+            let error = crate::proxy::connect_failure(&e);
+            if crate::proxy::is_key_mismatch(&e) {
+                warn!(%app, %error, "flow: no session; its datagrams are dropped");
+            } else {
+                info!(%app, %error, "flow: no session; its datagrams are dropped");
+            }
             let _ = events.send(FlowEvent::Ended(app, number, false));
             return;
         }

@@ -1,0 +1,149 @@
+//! What `volley` says when something is wrong (O7), as a user sees it: real processes, their
+//! stdout and stderr.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use common::{HANG_GUARD, Killed, forwarding_server, keygen, ready, scratch, volley};
+
+/// `volley ARGS… --ready-file PATH`, its stderr read line by line: the process, what its ready
+/// file says, and its stderr's lines.
+fn start_logging(
+    args: &[&str],
+    path: &Path,
+) -> (Killed, serde_json::Value, mpsc::Receiver<String>) {
+    let mut child: Child = volley()
+        .args(args)
+        .arg("--ready-file")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("volley starts");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let said = ready(&mut child, path);
+    (Killed(child), said, rx)
+}
+
+/// The first line of `lines` that contains `needle` (within [`HANG_GUARD`]); every line read
+/// meanwhile is in the panic message if none does.
+fn line_with(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let give_up = Instant::now() + HANG_GUARD;
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(give_up.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with {needle:?} after {HANG_GUARD:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Sends one datagram to a UDP proxy, as an application would.
+fn poke(proxy: &str) {
+    let app = UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.send_to(b"anyone?", proxy).unwrap();
+}
+
+#[test]
+fn o7_the_proxy_names_a_wrong_server_key_and_an_unlisted_client_key() {
+    let dir = scratch("o7-proxy-keys");
+    let (key, public) = keygen(&dir);
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend = format!("udp://{}", backend.local_addr().unwrap());
+    let (_open, said) = forwarding_server(&key, &backend, &dir.join("open.ready"));
+    let open = said["udp"].as_str().unwrap().to_string();
+    // A second server that lists one client key, not the proxy's.
+    let listed = other_key(&dir);
+    std::fs::write(dir.join("clients.allow"), format!("{listed} someone\n")).unwrap();
+    let (_closed, said) = common::start_ready(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            &key,
+            "--allow",
+            dir.join("clients.allow").to_str().unwrap(),
+            "--forward",
+            &backend,
+        ],
+        &dir.join("closed.ready"),
+    );
+    let closed = said["udp"].as_str().unwrap().to_string();
+
+    let wrong = "1".repeat(64);
+    let (_p1, said, lines) = start_logging(
+        &[
+            "proxy",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--server-key",
+            &wrong,
+            &open,
+        ],
+        &dir.join("p1.ready"),
+    );
+    poke(
+        said["listen"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("udp://"),
+    );
+    let line = line_with(&lines, "no session");
+    assert!(
+        line.contains("WARN"),
+        "a setting to fix is a warning: {line}"
+    );
+    assert!(
+        line.contains("a key other than the pinned server key") && line.contains("--server-key"),
+        "{line}"
+    );
+
+    let (_p2, said, lines) = start_logging(
+        &[
+            "proxy",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--server-key",
+            &public,
+            &closed,
+        ],
+        &dir.join("p2.ready"),
+    );
+    poke(
+        said["listen"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("udp://"),
+    );
+    let line = line_with(&lines, "no session");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("accepted no session for this client key")
+            && line.contains("allow-list")
+            && line.contains("--key"),
+        "{line}"
+    );
+}
+
+/// A client public key that is not the proxy's (a fresh key file's).
+fn other_key(dir: &Path) -> String {
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    keygen(&other).1
+}
