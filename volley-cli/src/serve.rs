@@ -27,7 +27,7 @@ pub enum Answer {
     Gated,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// A TOML file with any of these settings (names as the flags', with `_` for `-`); flags
     /// given as well override it. See examples/serve.toml.
@@ -113,6 +113,11 @@ pub struct Args {
     /// End a session after this long without traffic (e.g. 5s, 2m) [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::secs)]
     idle_timeout: Option<Duration>,
+    /// The largest DATA packet this server sends, in UDP payload bytes: the path MTU it assumes
+    /// (1232 to 1452; 1232 for paths down to IPv6's minimum MTU, tunnels, VPNs). A datagram
+    /// larger than one packet goes in fragments (PROTOCOL.md §5.7) [default: 1452].
+    #[arg(long, value_name = "BYTES")]
+    max_packet: Option<usize>,
     /// The old spelling of --idle-timeout: a bare number is milliseconds.
     #[arg(long, hide = true, value_parser = crate::duration::millis, conflicts_with = "idle_timeout")]
     idle_timeout_ms: Option<Duration>,
@@ -210,6 +215,7 @@ pub struct File {
     idle_timeout_ms: Option<Duration>,
     #[serde(default, deserialize_with = "crate::duration::de_secs")]
     load_every: Option<Duration>,
+    max_packet: Option<usize>,
     forward: Option<String>,
     proxy_protocol: Option<bool>,
     #[serde(default, deserialize_with = "crate::duration::de_secs")]
@@ -253,6 +259,7 @@ impl Args {
         self.proxy_protocol |= file.proxy_protocol.unwrap_or(false);
         self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
         self.health_interval = self.health_interval.or(file.health_interval);
+        self.max_packet = self.max_packet.or(file.max_packet);
         self.health_send = self.health_send.or(file.health_send);
         self.health_expect = self.health_expect.or(file.health_expect);
         // The file's keys in either spelling (the old `_ms` ones count bare numbers in ms).
@@ -441,6 +448,9 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     if let Some(d) = args.idle_timeout {
         config.session.idle_timeout = positive("--idle-timeout", d)?;
     }
+    if let Some(bytes) = args.max_packet {
+        config.session.max_packet = bytes;
+    }
     config.answer = answer_policy(&args)?;
     config.peers = args.peers.clone();
     config
@@ -616,6 +626,11 @@ fn forward_limits(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // What a SIGHUP re-reads: the same flags over the config file as it is then.
+    let again = args.clone();
+    let first = settings(args)?;
+    let mut running = Running::of(&first);
+    let reloads = Arc::new(volley::metrics::Reloads::default());
     let Settings {
         mut config,
         listen,
@@ -628,7 +643,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         ready_file,
         allow,
-    } = settings(args)?;
+    } = first;
     // Installed before anything is announced: from the ready file on, a SIGHUP reloads the
     // allow-list and never ends the process (its default action).
     let mut hangups = Hangups::new()?;
@@ -715,7 +730,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let forward_metrics = Arc::new(volley::proxy::ForwardMetrics::default());
     let metrics_endpoint = match metrics {
         Some(addr) => {
-            let mut registry = volley::metrics::Metrics::new().server(handle.clone());
+            let mut registry = volley::metrics::Metrics::new()
+                .server(handle.clone())
+                .reloads(Arc::clone(&reloads));
             if streams.is_some() {
                 registry = registry.forward(Arc::clone(&forward_metrics));
             }
@@ -810,7 +827,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut serving => break,
-            () = hangups.next() => reload(allow.as_ref(), &handle).await,
+            () = hangups.next() => reload(&again, &mut running, &handle, &reloads).await,
             _ = every.tick() => {
                 let line = load_line(&handle, &handle.stats());
                 if line != last {
@@ -866,12 +883,16 @@ pub fn stop_signals(
         (
             signal(SignalKind::terminate()).ok(),
             signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::quit()).ok(),
         )
     };
+    ignored_signals(command);
     tokio::spawn(async move {
         #[cfg(unix)]
-        let (mut term, mut int) = streams;
+        let (mut term, mut int, mut quit) = streams;
         loop {
+            #[cfg(unix)]
+            let mut now = false;
             #[cfg(unix)]
             {
                 let term_recv = async {
@@ -886,16 +907,26 @@ pub fn stop_signals(
                         None => std::future::pending().await,
                     }
                 };
+                let quit_recv = async {
+                    match quit.as_mut() {
+                        Some(q) => q.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = term_recv => {}
                     _ = int_recv => {}
+                    // SIGQUIT: stop at once (still with a clean close and the counters).
+                    _ = quit_recv => now = true,
                 }
             }
+            #[cfg(not(unix))]
+            let now = false;
             #[cfg(not(unix))]
             {
                 let _ = tokio::signal::ctrl_c().await;
             }
-            let n = *tx.borrow() + 1;
+            let n = if now { 2 } else { *tx.borrow() + 1 };
             if n == 1 && !drain.is_zero() {
                 say!(
                     "volley {command}: draining for up to {} s (no new sessions; the open ones go \
@@ -918,6 +949,45 @@ pub fn stop_signals(
         }
     };
     (wait(1), wait(2))
+}
+
+/// Signals whose default action would end the process without its counters or a clean close,
+/// and that mean nothing to volley (SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGIO, SIGPWR, SIGXCPU,
+/// SIGXFSZ): each is logged and ignored. (SIGPIPE is ignored by the Rust runtime; SIGKILL and
+/// SIGSTOP cannot be caught.)
+fn ignored_signals(command: &'static str) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut kinds = vec![
+            ("SIGUSR1", SignalKind::user_defined1()),
+            ("SIGUSR2", SignalKind::user_defined2()),
+            ("SIGALRM", SignalKind::alarm()),
+            ("SIGIO", SignalKind::io()),
+        ];
+        #[cfg(target_os = "linux")]
+        kinds.extend([
+            ("SIGXCPU", SignalKind::from_raw(24)),
+            ("SIGXFSZ", SignalKind::from_raw(25)),
+            ("SIGVTALRM", SignalKind::from_raw(26)),
+            ("SIGPWR", SignalKind::from_raw(30)),
+        ]);
+        for (name, kind) in kinds {
+            let Ok(mut stream) = signal(kind) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    tracing::warn!(
+                        "{name} received and ignored (volley {command} stops on SIGTERM, SIGINT \
+                         or SIGQUIT, and reloads on SIGHUP)"
+                    );
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = command;
 }
 
 /// SIGHUP, as a stream of wake-ups (never on platforms without it).
@@ -949,29 +1019,134 @@ impl Hangups {
 
 /// SIGHUP: re-reads the allow-list from where it came from and puts it in force, or keeps the
 /// old one and says why.
-async fn reload(source: Option<&crate::allow::Source>, handle: &ServerHandle) {
-    let Some(source) = source else {
-        tracing::warn!(
-            "SIGHUP: no allow-list to reload (serve runs without --allow or `allow` in its \
-             config file; other settings take a restart); ignored"
-        );
-        return;
-    };
-    match source.load() {
-        Ok(list) => {
-            let keys = list.len();
-            let revoked = handle.set_allow_list(Some(Arc::new(list))).await;
-            say!(
-                "volley serve: allow-list reloaded from {source}: {keys} client key(s), \
-                 {revoked} session(s) revoked"
-            );
-            if keys == 0 {
-                tracing::warn!(%source, "the allow-list is empty: no client can open a session");
-            }
+/// What a reload compares the file's new settings with: the values that change live, and those
+/// that take a restart.
+struct Running {
+    capacity: Option<u32>,
+    max_sessions: Option<u32>,
+    allow: Option<crate::allow::Source>,
+    restart_only: Vec<(&'static str, String)>,
+}
+
+impl Running {
+    fn of(s: &Settings) -> Self {
+        Self {
+            capacity: s.config.capacity,
+            max_sessions: s.config.max_sessions,
+            allow: s.allow.clone(),
+            restart_only: restart_only(s),
         }
-        Err(e) => tracing::warn!(
-            old_keys = handle.allow_list_len().unwrap_or(0),
-            "SIGHUP: allow-list not reloaded, the old one stays in force: {e:#}"
-        ),
     }
+}
+
+/// The settings a running server cannot change, by name (the key by its public half).
+fn restart_only(s: &Settings) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen", s.listen.to_string()),
+        ("key", s.config.keypair.public().to_hex()),
+        ("service", s.service.clone()),
+        ("forward", format!("{:?}", s.forward)),
+        ("proxy_protocol", s.proxy_protocol.to_string()),
+        ("drain_timeout", format!("{:?}", s.drain_timeout)),
+        ("health", format!("{:?}", s.health)),
+        ("metrics", format!("{:?}", s.metrics)),
+        ("answer", format!("{:?}", s.config.answer)),
+        ("session", format!("{:?}", s.config.session)),
+        ("peers", format!("{:?}", s.config.peers)),
+        ("count_sessions", s.config.count_sessions.to_string()),
+        ("load_every", format!("{:?}", s.load_every)),
+    ]
+}
+
+/// SIGHUP: re-reads the flags over the config file. What a running server can change takes
+/// effect (capacity, max sessions, the allow-list); what it cannot is said and kept; a file that
+/// does not parse or does not fit changes nothing, is logged with its cause and counted.
+async fn reload(
+    again: &Args,
+    running: &mut Running,
+    handle: &ServerHandle,
+    reloads: &volley::metrics::Reloads,
+) {
+    let from = match (&again.config, &running.allow) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(source)) => source.to_string(),
+        (None, None) => {
+            tracing::warn!(
+                "SIGHUP: nothing to reload (serve runs from flags alone, without --config or                  --allow); ignored"
+            );
+            return;
+        }
+    };
+    let new = match settings(again.clone()) {
+        Ok(new) => new,
+        Err(e) => {
+            reloads.failed();
+            tracing::warn!("SIGHUP: {from} not reloaded, the running configuration stays: {e:#}");
+            return;
+        }
+    };
+    let mut said = Vec::new();
+    if new.config.capacity != running.capacity {
+        handle.set_capacity(new.config.capacity);
+        said.push(format!(
+            "capacity {} → {}",
+            limit(running.capacity),
+            limit(new.config.capacity)
+        ));
+        running.capacity = new.config.capacity;
+    }
+    if new.config.max_sessions != running.max_sessions {
+        // No limit in the file: the one derived at the start (from the open-file limit, for a
+        // forwarder) is not re-derived; a number replaces it.
+        if new.config.max_sessions.is_some() {
+            handle.set_max_sessions(new.config.max_sessions);
+        }
+        said.push(format!(
+            "max sessions {} → {}",
+            limit(running.max_sessions),
+            limit(new.config.max_sessions)
+        ));
+        running.max_sessions = new.config.max_sessions;
+    }
+    if let Some(source) = &new.allow {
+        let keys = new.config.allow.as_ref().map_or(0, |l| l.len());
+        let revoked = handle.set_allow_list(new.config.allow.clone()).await;
+        said.push(format!(
+            "allow-list {source}: {keys} client key(s), {revoked} session(s) revoked"
+        ));
+        if keys == 0 {
+            tracing::warn!(%source, "the allow-list is empty: no client can open a session");
+        }
+    } else if running.allow.is_some() {
+        let revoked = handle.set_allow_list(None).await;
+        said.push(format!(
+            "no allow-list any more: any client with the public key gets a session ({revoked}              revoked)"
+        ));
+    }
+    running.allow = new.allow.clone();
+    let changed: Vec<&str> = restart_only(&new)
+        .into_iter()
+        .zip(&running.restart_only)
+        .filter(|(new, old)| new.1 != old.1)
+        .map(|(new, _)| new.0)
+        .collect();
+    if !changed.is_empty() {
+        tracing::warn!(
+            "SIGHUP: {} changed in {from}: that takes a restart; the running value(s) stay",
+            changed.join(", ")
+        );
+    }
+    reloads.done();
+    say!(
+        "volley serve: reloaded {from}: {}",
+        if said.is_empty() {
+            "nothing that changes live changed".to_string()
+        } else {
+            said.join("; ")
+        }
+    );
+}
+
+fn limit(n: Option<u32>) -> String {
+    n.map_or("unbounded".to_string(), |n| n.to_string())
 }

@@ -387,6 +387,71 @@ impl Pool {
     }
 }
 
+/// Replaces what a pool made by [`Pool::switchable`] follows (a configuration reload's new
+/// pool): races started after [`PoolSwitch::set`] use the new pool; a race under way keeps the
+/// servers it began with.
+#[derive(Debug, Clone)]
+pub struct PoolSwitch(tokio::sync::mpsc::UnboundedSender<Pool>);
+
+impl PoolSwitch {
+    /// From now on the switchable pool follows `pool` (and its DNS refreshes, if it has any).
+    /// False when every clone of the switchable pool is gone.
+    pub fn set(&self, pool: Pool) -> bool {
+        self.0.send(pool).is_ok()
+    }
+}
+
+impl Pool {
+    /// A pool that follows `initial` until [`PoolSwitch::set`] hands it another: what a
+    /// process that reloads its configuration (SIGHUP) gives its proxy, so that a new server
+    /// list or DNS name takes effect without a restart.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use volley::discovery::Pool;
+    ///
+    /// let a = "127.0.0.1:7001".parse().unwrap();
+    /// let b = "127.0.0.1:7002".parse().unwrap();
+    /// let (mut pool, switch) = Pool::switchable(Pool::fixed(vec![a]));
+    /// assert_eq!(pool.current(), vec![a]);
+    /// switch.set(Pool::fixed(vec![b]));
+    /// pool.changed().await;
+    /// assert_eq!(pool.current(), vec![b]);
+    /// # }
+    /// ```
+    pub fn switchable(initial: Pool) -> (Pool, PoolSwitch) {
+        let (tx, current) = watch::channel(initial.current());
+        let (ztx, zones) = watch::channel(initial.zones());
+        let (switch, mut switched) = tokio::sync::mpsc::unbounded_channel::<Pool>();
+        let task = tokio::spawn(async move {
+            let mut inner = initial;
+            let mut switch_open = true;
+            loop {
+                tokio::select! {
+                    () = inner.changed() => {}
+                    next = switched.recv(), if switch_open => match next {
+                        Some(next) => inner = next,
+                        // No switch left: follow the pool in hand for good.
+                        None => switch_open = false,
+                    },
+                    () = tx.closed() => return,
+                }
+                ztx.send_replace(inner.zones());
+                tx.send_replace(inner.current());
+            }
+        });
+        (
+            Self {
+                current,
+                zones,
+                _task: Arc::new(Task(Some(task))),
+            },
+            PoolSwitch(switch),
+        )
+    }
+}
+
 impl From<Vec<SocketAddr>> for Pool {
     fn from(addrs: Vec<SocketAddr>) -> Self {
         Self::fixed(addrs)

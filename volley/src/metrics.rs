@@ -230,6 +230,14 @@ impl Metrics {
         self
     }
 
+    /// Adds a process's configuration reloads (`volley_config_reloads_total`,
+    /// `volley_config_reload_failures_total`), read from `reloads` at each scrape.
+    pub fn reloads(mut self, reloads: Arc<Reloads>) -> Self {
+        self.registry
+            .register_collector(Box::new(ReloadCollector(reloads)));
+        self
+    }
+
     /// What `GET /readyz` answers: 200 `ready` when `ready` returns `Ok`, else 503 with its
     /// reason (say, "draining" or "backend down: refused"). Asked at each request. Without it
     /// `/readyz` always answers 200.
@@ -257,6 +265,60 @@ impl Metrics {
     /// served at once. [`Error::Bind`] if `addr` cannot be bound.
     pub async fn serve(self, addr: SocketAddr) -> Result<MetricsEndpoint, Error> {
         serve(addr, self.registry, self.ready).await
+    }
+}
+
+/// Configuration reloads of a process (SIGHUP), counted as they happen: see
+/// [`Metrics::reloads`].
+#[derive(Debug, Default)]
+pub struct Reloads {
+    done: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Reloads {
+    /// A reload took effect.
+    pub fn done(&self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A reload failed (the file did not parse or did not fit): the old configuration stays.
+    pub fn failed(&self) {
+        self.failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (reloads that took effect, reloads that failed).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.done.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct ReloadCollector(Arc<Reloads>);
+
+impl Collector for ReloadCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (done, failed) = self.0.counts();
+        for (name, help, value) in [
+            (
+                "volley_config_reloads",
+                "Configuration reloads (SIGHUP) that took effect",
+                done,
+            ),
+            (
+                "volley_config_reload_failures",
+                "Configuration reloads (SIGHUP) that failed: the file did not parse or did not fit, and the old configuration stayed",
+                failed,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
     }
 }
 
