@@ -11,8 +11,12 @@
 //! - a TCP forwarder ([`Metrics::forward`]): `volley_forward_<name>_total` for each field of
 //!   [`crate::proxy::StreamStats`] and the gauge `volley_forward_open_streams`;
 //! - a proxy ([`Metrics::proxy`]): `volley_proxy_<name>_total` for each field of
-//!   [`crate::proxy::ProxyStats`], the gauge `volley_proxy_open_flows`, and the histograms
-//!   `volley_proxy_answer_time_seconds` and `volley_proxy_handshake_time_seconds`;
+//!   [`crate::proxy::ProxyStats`], the gauge `volley_proxy_open_flows`, the histograms
+//!   `volley_proxy_answer_time_seconds`, `volley_proxy_handshake_time_seconds` and
+//!   `volley_proxy_connect_time_seconds` (flow start to session, and stream, ready), and per
+//!   server (label `server="IP:PORT"`): `volley_proxy_server_flows_total`,
+//!   `volley_proxy_server_open_flows`, `volley_proxy_server_answer_time_seconds` and (TCP)
+//!   `volley_proxy_server_stream_failures_total`;
 //! - a forwarder's backend health ([`Metrics::health`]): the gauge `volley_forward_backend_up`
 //!   and the counters `volley_forward_backend_checks_total`,
 //!   `volley_forward_backend_checks_failed_total`, `volley_forward_backend_refusals_total` and
@@ -218,6 +222,31 @@ impl Metrics {
             "handshake_time_seconds",
             "From INIT to ACCEPT for each flow's session",
             metrics.handshake_times.clone(),
+        );
+        registry.register(
+            "connect_time_seconds",
+            "From a flow's start (its first datagram, its accepted connection) to its session, and for TCP its stream, being ready: race, handshake and stream set-up",
+            metrics.connect_times.clone(),
+        );
+        registry.register(
+            "server_flows",
+            "Flows each server won (label server: its address)",
+            metrics.server_flows.clone(),
+        );
+        registry.register(
+            "server_open_flows",
+            "Flows open now with each server",
+            metrics.server_open.clone(),
+        );
+        registry.register(
+            "server_answer_time_seconds",
+            "From a flow's race start to the winning offer, by the server that won",
+            metrics.server_answer_times.clone(),
+        );
+        registry.register(
+            "server_stream_failures",
+            "TCP: streams a server won the race for but could not set up (the connection raced again without it)",
+            metrics.server_failures.clone(),
         );
         registry.register_collector(Box::new(ProxyCollector(metrics)));
         self

@@ -300,3 +300,61 @@ async fn o1_a_draining_udp_proxy_keeps_its_flows_starts_none_and_stops_when_they
     let stats = timeout(BOUND, running).await.unwrap().unwrap().unwrap();
     assert_eq!(stats.flows, 1);
 }
+
+#[tokio::test]
+async fn o6_proxy_metrics_name_each_server_and_time_each_flows_connect() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    let service = backend().await;
+    let (a, _ha, _sa, _) = forwarder(&key, service).await;
+    let (b, _hb, _sb, _) = forwarder(&key, service).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let proxy = socket.local_addr().unwrap();
+    let client = Client::new(ClientConfig::new(vec![key.public()]));
+    let metrics = Arc::new(ProxyMetrics::default());
+    tokio::spawn(
+        UdpProxy::new(client, vec![a, b])
+            .metrics(Arc::clone(&metrics))
+            .serve(socket, std::future::pending()),
+    );
+    let mut apps = Vec::new();
+    for i in 0..6 {
+        let app = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(ask(&app, proxy, &format!("f{i}")).await, format!("F{i}"));
+        apps.push(app);
+    }
+    let (fa, fb) = (metrics.server_flows(a), metrics.server_flows(b));
+    assert_eq!(fa + fb, 6, "every flow counted for the server that won it");
+    let text = volley::metrics::Metrics::new()
+        .proxy(Arc::clone(&metrics))
+        .render();
+    for (server, flows) in [(a, fa), (b, fb)] {
+        if flows > 0 {
+            assert!(
+                text.contains(&format!(
+                    "volley_proxy_server_flows_total{{server=\"{server}\"}} {flows}"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "volley_proxy_server_open_flows{{server=\"{server}\"}} {flows}"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "volley_proxy_server_answer_time_seconds_count{{server=\"{server}\"}} {flows}"
+                )),
+                "{text}"
+            );
+        }
+    }
+    assert!(
+        text.contains("volley_proxy_connect_time_seconds_count 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP volley_proxy_connect_time_seconds From a flow's start"),
+        "{text}"
+    );
+}

@@ -63,7 +63,18 @@ use volley_proto::{CloseCode, CloseReason, ConnectError};
 use crate::error::Error;
 use crate::session::Session;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// A metric's labels: `server="IP:PORT"`.
+pub(crate) type ServerLabel = Vec<(String, String)>;
+
+/// Histograms of times, 100 µs to ~1.6 s, doubling.
+fn time_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 15))
+}
 
 /// What a proxy ([`UdpProxy`] or [`TcpProxy`]) counted, returned when it stops and readable
 /// while it runs from its [`ProxyMetrics`] (see [`UdpProxy`] for an example).
@@ -112,20 +123,32 @@ pub struct ProxyMetrics {
     pub(crate) open: AtomicU64,
     pub(crate) answer_times: Histogram,
     pub(crate) handshake_times: Histogram,
+    /// From a flow's start (its first datagram, its accepted connection) to its session (and,
+    /// for TCP, its stream) ready.
+    pub(crate) connect_times: Histogram,
+    /// Per server (label `server`): flows it won, flows open with it, its answer times, streams
+    /// it failed to set up (TCP).
+    pub(crate) server_flows: Family<ServerLabel, Counter>,
+    pub(crate) server_open: Family<ServerLabel, Gauge>,
+    pub(crate) server_answer_times: Family<ServerLabel, Histogram>,
+    pub(crate) server_failures: Family<ServerLabel, Counter>,
 }
 
 impl Default for ProxyMetrics {
     fn default() -> Self {
-        // 100 µs to ~1.6 s, doubling.
-        let buckets = || Histogram::new(exponential_buckets(0.000_1, 2.0, 15));
         Self {
             flows: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             idle_resets: AtomicU64::new(0),
             open: AtomicU64::new(0),
-            answer_times: buckets(),
-            handshake_times: buckets(),
+            answer_times: time_buckets(),
+            handshake_times: time_buckets(),
+            connect_times: time_buckets(),
+            server_flows: Family::default(),
+            server_open: Family::default(),
+            server_answer_times: Family::new_with_constructor(time_buckets),
+            server_failures: Family::default(),
         }
     }
 }
@@ -144,6 +167,64 @@ impl ProxyMetrics {
     /// Flows with a session now.
     pub fn open_flows(&self) -> u64 {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Flows `server` won so far.
+    pub fn server_flows(&self, server: std::net::SocketAddr) -> u64 {
+        self.server_flows.get_or_create(&label(server)).get()
+    }
+
+    /// A flow's session is up with `server`, `since` its start: counted for it (and open
+    /// until the returned guard is dropped).
+    pub(crate) fn won(
+        &self,
+        server: std::net::SocketAddr,
+        since: tokio::time::Instant,
+        session: &Session,
+    ) -> OpenFlow<'_> {
+        let l = label(server);
+        self.connect_times.observe(since.elapsed().as_secs_f64());
+        if let Some(report) = session.report() {
+            if let Some(t) = report.answer_time {
+                self.answer_times.observe(t.as_secs_f64());
+                self.server_answer_times
+                    .get_or_create(&l)
+                    .observe(t.as_secs_f64());
+            }
+            if let Some(t) = report.handshake_time {
+                self.handshake_times.observe(t.as_secs_f64());
+            }
+        }
+        self.server_flows.get_or_create(&l).inc();
+        self.server_open.get_or_create(&l).inc();
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenFlow {
+            metrics: self,
+            label: l,
+        }
+    }
+
+    /// `server` won a race but its stream could not be set up (TCP).
+    pub(crate) fn server_failed(&self, server: std::net::SocketAddr) {
+        self.server_failures.get_or_create(&label(server)).inc();
+    }
+}
+
+fn label(server: std::net::SocketAddr) -> ServerLabel {
+    vec![("server".to_string(), server.to_string())]
+}
+
+/// A flow open with a server: counted in `volley_proxy_open_flows` and its server's
+/// `volley_proxy_server_open_flows` until dropped.
+pub(crate) struct OpenFlow<'a> {
+    metrics: &'a ProxyMetrics,
+    label: ServerLabel,
+}
+
+impl Drop for OpenFlow<'_> {
+    fn drop(&mut self) {
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.server_open.get_or_create(&self.label).dec();
     }
 }
 

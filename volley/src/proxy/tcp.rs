@@ -311,6 +311,7 @@ async fn connection(
     metrics: &ProxyMetrics,
 ) {
     let _ = app.set_nodelay(true);
+    let started = tokio::time::Instant::now();
     // Servers whose stream failed for this connection: the next race leaves them out (while
     // any other is left).
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
@@ -331,14 +332,6 @@ async fn connection(
                 break;
             }
         };
-        if let Some(report) = session.report() {
-            if let Some(t) = report.answer_time {
-                metrics.answer_times.observe(t.as_secs_f64());
-            }
-            if let Some(t) = report.handshake_time {
-                metrics.handshake_times.observe(t.as_secs_f64());
-            }
-        }
         let Ok(ticket) = session.stream_ticket().await else {
             continue; // lost between the handshake and now: race again
         };
@@ -348,12 +341,13 @@ async fn connection(
                 debug!(attempt, server = %ticket.peer, error = %e, "tcp proxy: stream refused");
                 session.report_failure();
                 session.close();
+                metrics.server_failed(ticket.peer);
                 tried.push(ticket.peer);
                 continue;
             }
         };
         session.report_success();
-        metrics.open.fetch_add(1, Ordering::Relaxed);
+        let open = metrics.won(ticket.peer, started, &session);
         // A revoked key ends the connection at once, whatever the stream is doing (the server
         // resets its side too); any other end of the session leaves the stream to finish.
         let revoked = async {
@@ -379,7 +373,7 @@ async fn connection(
                 () = revoked => Err(StreamFailure::Revoked),
             }
         };
-        metrics.open.fetch_sub(1, Ordering::Relaxed);
+        drop(open);
         // A revoking server resets the stream and closes the session at once; the reset may win
         // the race, so a stream the server cut waits a moment for its session's CLOSE to say why.
         let ended = match ended {

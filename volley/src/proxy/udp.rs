@@ -353,6 +353,7 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
         events,
         metrics,
     } = shared;
+    let started = tokio::time::Instant::now();
     // The pool as it is now (a DNS pool may have changed since the last flow), in one address
     // family.
     let servers = crate::discovery::one_family(pool.current());
@@ -386,15 +387,7 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
         }
     };
     debug!(%app, server = %session.remote(), "flow: session up");
-    if let Some(report) = session.report() {
-        if let Some(t) = report.answer_time {
-            metrics.answer_times.observe(t.as_secs_f64());
-        }
-        if let Some(t) = report.handshake_time {
-            metrics.handshake_times.observe(t.as_secs_f64());
-        }
-    }
-    metrics.open.fetch_add(1, Ordering::Relaxed);
+    let open = metrics.won(session.remote(), started, &session);
     let sent = match after {
         Some(first) => session.send_bytes(first).await.is_ok(),
         None => true,
@@ -427,6 +420,6 @@ async fn flow(app: SocketAddr, number: u64, mut from_app: mpsc::Receiver<Bytes>,
             }
         }
     }
-    metrics.open.fetch_sub(1, Ordering::Relaxed);
+    drop(open);
     let _ = events.send(FlowEvent::Ended(app, number, true));
 }
