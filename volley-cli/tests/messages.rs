@@ -147,3 +147,72 @@ fn other_key(dir: &Path) -> String {
     std::fs::create_dir_all(&other).unwrap();
     keygen(&other).1
 }
+
+/// A DNS server that answers every query NXDOMAIN (the name does not exist).
+const NXDOMAIN_DNS: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    q, addr = s.recvfrom(4096)
+    if len(q) < 13:
+        continue
+    end = 12
+    while end < len(q) and q[end] != 0:
+        end += q[end] + 1
+    end += 5
+    flags = bytes([0x80 | (q[2] & 0x79), 0x80 | 3])
+    s.sendto(q[:2] + flags + q[4:6] + bytes(6) + q[12:end], addr)
+"#;
+
+#[test]
+fn o7_a_pool_name_that_does_not_resolve_is_warned_about_in_words() {
+    let dir = scratch("o7-pool-name");
+    let (key, public) = keygen(&dir);
+    let (_server, said) = common::start_ready(
+        &["serve", "--listen", "127.0.0.1:0", "--key", &key],
+        &dir.join("serve.ready"),
+    );
+    let server = said["udp"].as_str().unwrap().to_string();
+    let mut dns = std::process::Command::new("python3")
+        .args(["-c", NXDOMAIN_DNS])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let mut port = String::new();
+    BufReader::new(dns.stdout.as_mut().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _dns = Killed(dns);
+    let out = common::run(&[
+        "connect",
+        "--dns-server",
+        &format!("127.0.0.1:{}", port.trim()),
+        "--server-key",
+        &public,
+        "--timeout",
+        "10s",
+        "--send",
+        "hi",
+        &server,
+        "typo.example:7001",
+    ]);
+    let stderr = common::text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        common::text(&out.stdout).contains("reply:      \"hi\""),
+        "the entry that resolved is raced"
+    );
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("typo.example:7001"))
+        .unwrap_or_else(|| panic!("no warning about the entry: {stderr}"));
+    assert!(
+        warning.contains("typo.example. does not exist (NXDOMAIN)")
+            && warning.contains("left out of the pool"),
+        "{warning}"
+    );
+    assert!(!warning.contains("Query {"), "{warning}");
+}
