@@ -21,8 +21,10 @@ pub struct Args {
     /// examples/proxy.toml.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
-    /// Where applications send or connect: udp://IP:PORT or tcp://IP:PORT (or HOST:PORT).
-    #[arg(long, required_unless_present = "config")]
+    /// Where applications send or connect: udp://HOST:PORT or tcp://HOST:PORT, HOST an IP or a
+    /// name (udp://127.0.0.1:5300, tcp://localhost:8080). The scheme is required: it says which
+    /// protocol to proxy (a bare HOST:PORT is refused with the two spellings to choose from).
+    #[arg(long, value_name = "TARGET", required_unless_present = "config")]
     listen: Option<Target>,
     /// A pinned server public key (hex, from `volley keygen` or `volley pubkey`). Repeat for
     /// fleets with several keys.

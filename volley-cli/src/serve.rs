@@ -33,9 +33,10 @@ pub struct Args {
     /// given as well override it. See examples/serve.toml.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on, e.g. 127.0.0.1:7001.
-    #[arg(long, required_unless_present = "config")]
-    listen: Option<SocketAddr>,
+    /// Address to listen on: IP:PORT or HOST:PORT (a name is resolved at start and its first
+    /// address taken), e.g. 127.0.0.1:7001, localhost:7020, [::]:7001.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "config")]
+    listen: Option<String>,
     /// Secret key file written by `volley keygen` (in a config file: relative to the file).
     #[arg(long, required_unless_present = "config")]
     key: Option<PathBuf>,
@@ -160,7 +161,7 @@ pub struct Args {
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     key: Option<PathBuf>,
     allow: Option<Vec<String>>,
     allow_file: Option<PathBuf>,
@@ -348,7 +349,8 @@ fn load_line(handle: &ServerHandle, stats: &ServerStats) -> String {
 #[derive(Debug)]
 pub struct Settings {
     pub config: ServerConfig,
-    pub listen: SocketAddr,
+    /// `--listen`: resolved when serving starts.
+    pub listen: String,
     pub service: String,
     pub load_every: Duration,
     /// `--forward`: the backend (resolved when serving starts).
@@ -370,7 +372,15 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     let args = args.merge()?;
     let listen = args
         .listen
+        .clone()
         .context("--listen (or `listen` in the config file) is required")?;
+    ensure!(
+        listen.parse::<SocketAddr>().is_ok()
+            || listen
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        "--listen takes IP:PORT or HOST:PORT (e.g. 127.0.0.1:7001 or localhost:7001), not `{listen}`"
+    );
     let key_path = args
         .key
         .clone()
@@ -526,6 +536,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let answer = config.answer;
     let capacity = config.capacity;
     let peers = config.peers.clone();
+    let listen = crate::target::resolve_one(&listen).await?;
     let server = Server::bind(listen, config).await?;
     // The TCP forwarder's streams arrive on the server's own address, for TCP.
     let streams = match &forward {

@@ -216,3 +216,52 @@ fn o7_a_pool_name_that_does_not_resolve_is_warned_about_in_words() {
     );
     assert!(!warning.contains("Query {"), "{warning}");
 }
+
+#[test]
+fn o7_serve_listens_on_a_host_name_and_proxy_listen_says_what_to_write() {
+    let dir = scratch("o7-listen");
+    let (key, public) = keygen(&dir);
+    let (_server, said) = common::start_ready(
+        &["serve", "--listen", "localhost:0", "--key", &key],
+        &dir.join("serve.ready"),
+    );
+    let server = said["udp"].as_str().unwrap().to_string();
+    let ip = server.parse::<std::net::SocketAddr>().unwrap().ip();
+    assert!(ip.is_loopback(), "{server}");
+    let out = common::run(&[
+        "connect",
+        "--server-key",
+        &public,
+        "--timeout",
+        "10s",
+        "--send",
+        "named",
+        &server,
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+
+    let out = common::run(&["serve", "--listen", "localhost", "--key", &key]);
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--listen takes IP:PORT or HOST:PORT"), "{err}");
+
+    let out = common::run(&[
+        "proxy",
+        "--listen",
+        "localhost:5300",
+        "--server-key",
+        &public,
+        &server,
+    ]);
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("write udp://localhost:5300 or tcp://localhost:5300"),
+        "{err}"
+    );
+    let help = common::text(&common::run(&["proxy", "--help"]).stdout);
+    assert!(
+        help.contains("udp://HOST:PORT or tcp://HOST:PORT") && help.contains("scheme is required"),
+        "{help}"
+    );
+}
