@@ -93,6 +93,9 @@ pub struct Args {
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// `--log-format` (main reads it before logging starts).
+    #[allow(dead_code)]
+    log_format: Option<crate::LogFormat>,
     listen: Option<String>,
     server_keys: Option<Vec<String>>,
     key: Option<std::path::PathBuf>,
@@ -111,6 +114,11 @@ pub struct File {
 }
 
 impl Args {
+    /// `--config`, before the file is merged: where `log_format` may be.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// The file's settings under the flags': a flag given wins (lists: a flag list replaces
     /// the file's).
     pub fn merge(mut self) -> anyhow::Result<Self> {

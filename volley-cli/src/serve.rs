@@ -161,6 +161,9 @@ pub struct Args {
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// `--log-format` (main reads it before logging starts).
+    #[allow(dead_code)]
+    log_format: Option<crate::LogFormat>,
     listen: Option<String>,
     key: Option<PathBuf>,
     allow: Option<Vec<String>>,
@@ -202,6 +205,11 @@ pub struct File {
 }
 
 impl Args {
+    /// `--config`, before the file is merged: where `log_format` may be.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// The file's settings under the flags': a flag given wins (in either spelling).
     fn merge(mut self) -> anyhow::Result<Self> {
         // The old `--…-ms` spellings (hidden; their bare numbers are milliseconds).
@@ -547,10 +555,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // What the sessions reach: the echo, or the backend a forward hands them to.
+    let serving_what = match &forward {
+        Some((crate::target::Target::Udp(_), backend)) => {
+            format!("forwarding to udp://{backend} as service {service}")
+        }
+        Some((crate::target::Target::Tcp(_), backend)) => {
+            format!("forwarding to tcp://{backend} as service {service}")
+        }
+        None => format!("echo, service {service}"),
+    };
     say!(
-        "volley serve: listening on {} (service {}, capacity {}, answer {}{}), public key {}",
+        "volley serve: listening on {} ({}, capacity {}, answer {}{}), public key {}",
         server.local_addr(),
-        service,
+        serving_what,
         capacity.map_or("unbounded".to_string(), |c| c.to_string()),
         describe(answer),
         if peers.is_empty() {
