@@ -12,6 +12,17 @@ pub fn read<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     parse(&text).with_context(|| format!("config file {}", path.display()))
 }
 
+/// The `log_format` a config file sets, if it reads and sets one (read before logging starts;
+/// every command's settings accept the key).
+pub fn log_format(path: &Path) -> Option<crate::LogFormat> {
+    #[derive(serde::Deserialize)]
+    struct Logging {
+        log_format: Option<crate::LogFormat>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<Logging>(&text).ok()?.log_format
+}
+
 /// Parses TOML text as the settings `T`.
 pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
     Ok(toml::from_str(text)?)

@@ -110,6 +110,9 @@ pub struct Args {
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// `--log-format` (main reads it before logging starts).
+    #[allow(dead_code)]
+    log_format: Option<crate::LogFormat>,
     server_keys: Option<Vec<String>>,
     key: Option<PathBuf>,
     service: Option<String>,
@@ -132,6 +135,11 @@ pub struct File {
 }
 
 impl Args {
+    /// `--config`, before the file is merged: where `log_format` may be.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// `--timeout`, or its default.
     fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_TIMEOUT)

@@ -31,15 +31,19 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "volley", version, about)]
 struct Cli {
-    /// Log lines as plain text or one JSON object per line (levels and targets from RUST_LOG).
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain, global = true)]
-    log_format: LogFormat,
+    /// Log lines as plain text or one JSON object per line (levels and targets from RUST_LOG;
+    /// with json, the lines on stdout are JSON objects too). Also `log_format` in a config file
+    /// [default: plain]. Plain text is coloured only on a terminal and never when NO_COLOR is
+    /// set.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
     Plain,
     Json,
 }
@@ -73,11 +77,30 @@ fn main() {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => logs.json().init(),
-        // Colour codes only on a terminal: not in a log file, a pipe or a journal.
+    // The flag, else the config file's `log_format` (a file that cannot be read is reported by
+    // the command itself, in whichever format).
+    let config = match &cli.command {
+        Command::Serve(a) => a.config_path(),
+        Command::Connect(a) => a.config_path(),
+        Command::Proxy(a) => a.config_path(),
+        _ => None,
+    };
+    let format = cli
+        .log_format
+        .or_else(|| config.and_then(config_file::log_format))
+        .unwrap_or(LogFormat::Plain);
+    match format {
+        LogFormat::Json => {
+            JSON_STDOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+            logs.json().init()
+        }
+        // Colour codes only on a terminal (not in a log file, a pipe or a journal), and never
+        // when NO_COLOR is set to anything (no-color.org).
         LogFormat::Plain => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .init(),
     }
     let result = match cli.command {
@@ -111,12 +134,58 @@ pub(crate) fn causes(e: &anyhow::Error) -> String {
     line
 }
 
-/// Writes one line to stdout (see [`say!`]).
+/// With `--log-format json`: stdout's lines are JSON objects too, so that a log collector
+/// reading both streams never meets a plain line.
+static JSON_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One stdout line as a JSON object of the shape tracing's JSON lines have (`timestamp`,
+/// `level`, `fields.message`, `target`).
+fn json_line(message: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    serde_json::json!({
+        "timestamp": rfc3339(now),
+        "level": "INFO",
+        "fields": { "message": message },
+        "target": "volley",
+    })
+    .to_string()
+}
+
+/// `since_epoch` as an RFC 3339 UTC time with microseconds (Howard Hinnant's civil_from_days).
+fn rfc3339(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
+/// Writes one line to stdout (see [`say!`]): as it is, or as a JSON object with
+/// `--log-format json`.
 pub(crate) fn say_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let written = out
-        .write_fmt(args)
+    let written = if JSON_STDOUT.load(std::sync::atomic::Ordering::Relaxed) {
+        out.write_all(json_line(&args.to_string()).as_bytes())
+    } else {
+        out.write_fmt(args)
+    };
+    let written = written
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
     match written {
@@ -133,6 +202,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod log_tests {
+    #[test]
+    fn o7_rfc3339_dates_are_right() {
+        let at = |s| super::rfc3339(std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(at(1_798_761_599), "2026-12-31T23:59:59.000000Z");
+    }
 }
 
 #[cfg(test)]

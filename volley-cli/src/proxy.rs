@@ -21,8 +21,10 @@ pub struct Args {
     /// examples/proxy.toml.
     #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
-    /// Where applications send or connect: udp://IP:PORT or tcp://IP:PORT (or HOST:PORT).
-    #[arg(long, required_unless_present = "config")]
+    /// Where applications send or connect: udp://HOST:PORT or tcp://HOST:PORT, HOST an IP or a
+    /// name (udp://127.0.0.1:5300, tcp://localhost:8080). The scheme is required: it says which
+    /// protocol to proxy (a bare HOST:PORT is refused with the two spellings to choose from).
+    #[arg(long, value_name = "TARGET", required_unless_present = "config")]
     listen: Option<Target>,
     /// A pinned server public key (hex, from `volley keygen` or `volley pubkey`). Repeat for
     /// fleets with several keys.
@@ -91,6 +93,9 @@ pub struct Args {
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// `--log-format` (main reads it before logging starts).
+    #[allow(dead_code)]
+    log_format: Option<crate::LogFormat>,
     listen: Option<String>,
     server_keys: Option<Vec<String>>,
     key: Option<std::path::PathBuf>,
@@ -109,6 +114,11 @@ pub struct File {
 }
 
 impl Args {
+    /// `--config`, before the file is merged: where `log_format` may be.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// The file's settings under the flags': a flag given wins (lists: a flag list replaces
     /// the file's).
     pub fn merge(mut self) -> anyhow::Result<Self> {

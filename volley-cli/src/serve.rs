@@ -33,9 +33,10 @@ pub struct Args {
     /// given as well override it. See examples/serve.toml.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on, e.g. 127.0.0.1:7001.
-    #[arg(long, required_unless_present = "config")]
-    listen: Option<SocketAddr>,
+    /// Address to listen on: IP:PORT or HOST:PORT (a name is resolved at start and its first
+    /// address taken), e.g. 127.0.0.1:7001, localhost:7020, [::]:7001.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "config")]
+    listen: Option<String>,
     /// Secret key file written by `volley keygen` (in a config file: relative to the file).
     #[arg(long, required_unless_present = "config")]
     key: Option<PathBuf>,
@@ -182,7 +183,10 @@ pub struct Args {
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    listen: Option<SocketAddr>,
+    /// `--log-format` (main reads it before logging starts).
+    #[allow(dead_code)]
+    log_format: Option<crate::LogFormat>,
+    listen: Option<String>,
     key: Option<PathBuf>,
     allow: Option<Vec<String>>,
     allow_file: Option<PathBuf>,
@@ -228,6 +232,11 @@ pub struct File {
 }
 
 impl Args {
+    /// `--config`, before the file is merged: where `log_format` may be.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// The file's settings under the flags': a flag given wins (in either spelling).
     fn merge(mut self) -> anyhow::Result<Self> {
         // The old `--…-ms` spellings (hidden; their bare numbers are milliseconds).
@@ -379,7 +388,8 @@ fn load_line(handle: &ServerHandle, stats: &ServerStats) -> String {
 #[derive(Debug)]
 pub struct Settings {
     pub config: ServerConfig,
-    pub listen: SocketAddr,
+    /// `--listen`: resolved when serving starts.
+    pub listen: String,
     pub service: String,
     pub load_every: Duration,
     /// `--forward`: the backend (resolved when serving starts).
@@ -404,7 +414,15 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     let args = args.merge()?;
     let listen = args
         .listen
+        .clone()
         .context("--listen (or `listen` in the config file) is required")?;
+    ensure!(
+        listen.parse::<SocketAddr>().is_ok()
+            || listen
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        "--listen takes IP:PORT or HOST:PORT (e.g. 127.0.0.1:7001 or localhost:7001), not `{listen}`"
+    );
     let key_path = args
         .key
         .clone()
@@ -557,7 +575,7 @@ fn describe_check(check: &volley::proxy::HealthCheck) -> String {
             check.interval_of().as_secs_f64()
         )
     } else {
-        "passively (a refused datagram takes it down for 10 s)".to_string()
+        "passively (a refused datagram or connection takes it down for 10 s)".to_string()
     }
 }
 
@@ -658,6 +676,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let answer = config.answer;
     let capacity = config.capacity;
     let peers = config.peers.clone();
+    let listen = crate::target::resolve_one(&listen).await?;
     let server = Server::bind(listen, config).await?;
     // The TCP forwarder's streams arrive on the server's own address, for TCP.
     let streams = match &forward {
@@ -668,10 +687,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // What the sessions reach: the echo, or the backend a forward hands them to.
+    let serving_what = match &forward {
+        Some((crate::target::Target::Udp(_), backend)) => {
+            format!("forwarding to udp://{backend} as service {service}")
+        }
+        Some((crate::target::Target::Tcp(_), backend)) => {
+            format!("forwarding to tcp://{backend} as service {service}")
+        }
+        None => format!("echo, service {service}"),
+    };
     say!(
-        "volley serve: listening on {} (service {}, capacity {}, answer {}{}), public key {}",
+        "volley serve: listening on {} ({}, capacity {}, answer {}{}), public key {}",
         server.local_addr(),
-        service,
+        serving_what,
         capacity.map_or("unbounded".to_string(), |c| c.to_string()),
         describe(answer),
         if peers.is_empty() {
@@ -1081,7 +1110,10 @@ async fn reload(
         Ok(new) => new,
         Err(e) => {
             reloads.failed();
-            tracing::warn!("SIGHUP: {from} not reloaded, the running configuration stays: {e:#}");
+            tracing::warn!(
+                "SIGHUP: configuration and allow-list not reloaded from {from}; the running ones \
+                 stay: {e:#}"
+            );
             return;
         }
     };
@@ -1112,7 +1144,8 @@ async fn reload(
         let keys = new.config.allow.as_ref().map_or(0, |l| l.len());
         let revoked = handle.set_allow_list(new.config.allow.clone()).await;
         said.push(format!(
-            "allow-list {source}: {keys} client key(s), {revoked} session(s) revoked"
+            "allow-list reloaded from {source}: {keys} client key(s), {revoked} session(s) \
+             revoked"
         ));
         if keys == 0 {
             tracing::warn!(%source, "the allow-list is empty: no client can open a session");

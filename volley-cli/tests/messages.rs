@@ -147,3 +147,225 @@ fn other_key(dir: &Path) -> String {
     std::fs::create_dir_all(&other).unwrap();
     keygen(&other).1
 }
+
+/// A DNS server that answers every query NXDOMAIN (the name does not exist).
+const NXDOMAIN_DNS: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    q, addr = s.recvfrom(4096)
+    if len(q) < 13:
+        continue
+    end = 12
+    while end < len(q) and q[end] != 0:
+        end += q[end] + 1
+    end += 5
+    flags = bytes([0x80 | (q[2] & 0x79), 0x80 | 3])
+    s.sendto(q[:2] + flags + q[4:6] + bytes(6) + q[12:end], addr)
+"#;
+
+#[test]
+fn o7_a_pool_name_that_does_not_resolve_is_warned_about_in_words() {
+    let dir = scratch("o7-pool-name");
+    let (key, public) = keygen(&dir);
+    let (_server, said) = common::start_ready(
+        &["serve", "--listen", "127.0.0.1:0", "--key", &key],
+        &dir.join("serve.ready"),
+    );
+    let server = said["udp"].as_str().unwrap().to_string();
+    let mut dns = std::process::Command::new("python3")
+        .args(["-c", NXDOMAIN_DNS])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let mut port = String::new();
+    BufReader::new(dns.stdout.as_mut().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let _dns = Killed(dns);
+    let out = common::run(&[
+        "connect",
+        "--dns-server",
+        &format!("127.0.0.1:{}", port.trim()),
+        "--server-key",
+        &public,
+        "--timeout",
+        "10s",
+        "--send",
+        "hi",
+        &server,
+        "typo.example:7001",
+    ]);
+    let stderr = common::text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        common::text(&out.stdout).contains("reply:      \"hi\""),
+        "the entry that resolved is raced"
+    );
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("typo.example:7001"))
+        .unwrap_or_else(|| panic!("no warning about the entry: {stderr}"));
+    assert!(
+        warning.contains("typo.example. does not exist (NXDOMAIN)")
+            && warning.contains("left out of the pool"),
+        "{warning}"
+    );
+    assert!(!warning.contains("Query {"), "{warning}");
+}
+
+#[test]
+fn o7_serve_listens_on_a_host_name_and_proxy_listen_says_what_to_write() {
+    let dir = scratch("o7-listen");
+    let (key, public) = keygen(&dir);
+    let (_server, said) = common::start_ready(
+        &["serve", "--listen", "localhost:0", "--key", &key],
+        &dir.join("serve.ready"),
+    );
+    let server = said["udp"].as_str().unwrap().to_string();
+    let ip = server.parse::<std::net::SocketAddr>().unwrap().ip();
+    assert!(ip.is_loopback(), "{server}");
+    let out = common::run(&[
+        "connect",
+        "--server-key",
+        &public,
+        "--timeout",
+        "10s",
+        "--send",
+        "named",
+        &server,
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+
+    let out = common::run(&["serve", "--listen", "localhost", "--key", &key]);
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--listen takes IP:PORT or HOST:PORT"), "{err}");
+
+    let out = common::run(&[
+        "proxy",
+        "--listen",
+        "localhost:5300",
+        "--server-key",
+        &public,
+        &server,
+    ]);
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("write udp://localhost:5300 or tcp://localhost:5300"),
+        "{err}"
+    );
+    let help = common::text(&common::run(&["proxy", "--help"]).stdout);
+    assert!(
+        help.contains("udp://HOST:PORT or tcp://HOST:PORT") && help.contains("scheme is required"),
+        "{help}"
+    );
+}
+
+/// Runs `volley ARGS…` until its ready file is there, then stops it (SIGKILL: what it said up to
+/// then is all that is asked of it) and returns its stdout and stderr.
+fn said_at_start(args: &[&str], path: &Path, env: &[(&str, &str)]) -> (String, String) {
+    let mut child = volley()
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .args(args)
+        .arg("--ready-file")
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("volley starts");
+    ready(&mut child, path);
+    // The banner lines are flushed before the ready file is written.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = child.kill();
+    let out = common::finish(child);
+    (common::text(&out.stdout), common::text(&out.stderr))
+}
+
+#[test]
+fn o7_json_logs_carry_every_line_the_banner_is_said_once_and_names_the_backend() {
+    let dir = scratch("o7-logs");
+    let (key, _) = keygen(&dir);
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend = backend.local_addr().unwrap().to_string();
+    let serve = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        &key,
+        "--forward",
+        &format!("udp://{backend}"),
+    ];
+    let (stdout, stderr) = said_at_start(&serve, &dir.join("plain.ready"), &[]);
+    let banners: Vec<_> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| l.contains("listening"))
+        .collect();
+    assert_eq!(banners.len(), 1, "one start banner: {banners:#?}");
+    assert!(
+        banners[0].contains(&format!("forwarding to udp://{backend}")),
+        "{}",
+        banners[0]
+    );
+
+    // --log-format json, and the same from a config file's log_format: every line on either
+    // stream is a JSON object.
+    let config = dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log_format = \"json\"\nlisten = \"127.0.0.1:0\"\nkey = \"server.key\"\nforward = \
+             \"udp://{backend}\"\n"
+        ),
+    )
+    .unwrap();
+    let flag = [&serve[..], &["--log-format", "json"]].concat();
+    let from_file = ["serve", "--config", config.to_str().unwrap()];
+    for (n, args) in [&flag[..], &from_file[..]].into_iter().enumerate() {
+        let (stdout, stderr) = said_at_start(args, &dir.join(format!("json-{n}.ready")), &[]);
+        let mut messages = Vec::new();
+        for line in stdout.lines().chain(stderr.lines()) {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            messages.push(v["fields"]["message"].as_str().unwrap().to_string());
+        }
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("volley serve: listening on")),
+            "{messages:#?}"
+        );
+    }
+
+    // NO_COLOR: no escape codes, even on stderr (not a terminal here either way, so this holds
+    // the flag to its word rather than proving the terminal case).
+    let (_, stderr) = said_at_start(&serve, &dir.join("nc.ready"), &[("NO_COLOR", "1")]);
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+#[test]
+fn o7_pubkey_on_a_public_key_file_prints_it_back() {
+    let dir = scratch("o7-pubkey");
+    let (key, public) = keygen(&dir);
+    let saved = dir.join("server.pub");
+    std::fs::write(&saved, format!("{public}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = common::run(&["pubkey", saved.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    assert_eq!(common::text(&out.stdout).trim(), public);
+    assert!(common::text(&out.stderr).contains("holds a public key already"));
+    // The secret key file still gives its public key.
+    let out = common::run(&["pubkey", &key]);
+    assert_eq!(common::text(&out.stdout).trim(), public);
+}

@@ -38,10 +38,12 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::Error;
 
@@ -230,7 +232,7 @@ impl Resolver {
                     .0
                     .lookup_ip(name.as_str())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| in_words(&e))?;
                 let until = Instant::from_std(found.valid_until());
                 let addrs = found.iter().map(|ip| SocketAddr::new(ip, *port)).collect();
                 Ok((addrs, until))
@@ -240,7 +242,7 @@ impl Resolver {
                     .0
                     .srv_lookup(name.as_str())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| in_words(&e))?;
                 let mut until = Instant::from_std(found.valid_until());
                 let mut addrs = Vec::new();
                 for record in found.answers() {
@@ -252,7 +254,7 @@ impl Resolver {
                         .0
                         .lookup_ip(target.as_str())
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| format!("SRV target {target}: {}", in_words(&e)))?;
                     until = until.min(Instant::from_std(ips.valid_until()));
                     addrs.extend(ips.iter().map(|ip: IpAddr| SocketAddr::new(ip, srv.port)));
                 }
@@ -345,6 +347,10 @@ impl Pool {
         let mut failures = Vec::new();
         for e in &entries {
             match resolver.lookup(&e.entry).await {
+                Ok((addrs, _)) if addrs.is_empty() => {
+                    failures.push(format!("{}: no address", e.entry));
+                    known.push((Vec::new(), Instant::now() + RETRY));
+                }
                 Ok((addrs, until)) => known.push((addrs, refresh_at(until))),
                 Err(err) => {
                     failures.push(format!("{}: {err}", e.entry));
@@ -353,6 +359,17 @@ impl Pool {
             }
         }
         let addrs = union(&known);
+        if !addrs.is_empty() {
+            // The pool starts with the entries that resolved; one that did not is no server
+            // until it does, which an operator must hear about (a typo reads as a dead server).
+            for failure in &failures {
+                warn!(
+                    "pool entry not resolved ({failure}): left out of the pool until it resolves \
+                     (looked up again every {} s)",
+                    RETRY.as_secs()
+                );
+            }
+        }
         if addrs.is_empty() {
             return Err(Error::Discovery(format!(
                 "no pool entry resolved to an address ({})",
@@ -510,6 +527,29 @@ fn zone_map(
         }
     }
     out
+}
+
+/// A failed lookup in words (hickory's own messages print the query as a Rust structure).
+fn in_words(e: &NetError) -> String {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(none)) => {
+            let name = none.query.name();
+            if none.response_code == ResponseCode::NXDomain {
+                format!("{name} does not exist (NXDOMAIN)")
+            } else {
+                format!("{name} has no {} record", none.query.query_type())
+            }
+        }
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            format!("the DNS server answered with an error: {code}")
+        }
+        NetError::Timeout => "the DNS server did not answer in time".to_string(),
+        NetError::NoConnections => {
+            "no DNS server could be reached (none configured, or none answers)".to_string()
+        }
+        NetError::Io(io) => format!("cannot reach the DNS server: {io}"),
+        other => format!("DNS lookup failed: {other}"),
+    }
 }
 
 async fn keep_current(

@@ -150,6 +150,22 @@ async fn d3_a_pool_whose_names_resolve_nowhere_is_an_error_that_says_so() {
 }
 
 #[tokio::test]
+async fn o7_a_failed_lookup_reads_in_words() {
+    let (dns_addr, _zone) = dns(Ipv4Addr::new(127, 0, 0, 2), 1).await;
+    let resolver = Resolver::with_server(dns_addr).unwrap();
+    let err = Pool::resolve(vec!["nothing.pool.test.:7001".parse().unwrap()], resolver)
+        .await
+        .unwrap_err();
+    // In words, naming the entry and why; no Rust structure (`Query { name: … }`).
+    let text = err.to_string();
+    assert!(
+        text.contains("nothing.pool.test.:7001") && text.contains("does not exist"),
+        "{text}"
+    );
+    assert!(!text.contains('{') && !text.contains("Query"), "{text}");
+}
+
+#[tokio::test]
 async fn d1_a_dns_client_gets_its_answers_from_a_dns_server_through_the_udp_proxy() {
     // A real DNS server (hickory's) behind `serve --forward`, and a real DNS client (hickory's
     // resolver, as volley's discovery uses it) asking the client-side proxy as if it were the

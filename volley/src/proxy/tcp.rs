@@ -291,7 +291,13 @@ async fn run(
         }
     }
     let stats = metrics.stats();
-    info!(?stats, "tcp proxy stops");
+    info!(
+        flows = stats.flows,
+        connect_failures = stats.connect_failures,
+        dropped = stats.dropped,
+        idle_resets = stats.idle_resets,
+        "tcp proxy stops"
+    );
     Ok(stats)
 }
 

@@ -327,7 +327,13 @@ async fn run(
         }
     }
     let stats = metrics.stats();
-    info!(?stats, "udp proxy stops");
+    info!(
+        flows = stats.flows,
+        connect_failures = stats.connect_failures,
+        dropped = stats.dropped,
+        idle_resets = stats.idle_resets,
+        "udp proxy stops"
+    );
     Ok(stats)
 }
 

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::debug;
 use volley_proto::allow::AllowList;
 use volley_proto::{
     AnswerPolicy, AppLoad, PublicKey, ServerConfig, ServerEndpoint, ServerLoad, ServerStats,
@@ -284,14 +284,16 @@ impl Server {
             precise,
         );
         let task = tokio::spawn(runtime::Driver::new(socket, cmd_rx, side, true).run());
+        // Debug, not info: whoever binds a server announces it in its own words (the `volley`
+        // binary prints one banner); a second line per start is noise.
         match allow_list_len {
-            Some(keys) => info!(
+            Some(keys) => debug!(
                 %local,
                 key = %public.to_hex(),
                 allowed_keys = keys,
                 "volley server listening (allow-list: only listed client keys get sessions)"
             ),
-            None => info!(%local, key = %public.to_hex(), "volley server listening"),
+            None => debug!(%local, key = %public.to_hex(), "volley server listening"),
         }
         Ok(Self {
             local,
