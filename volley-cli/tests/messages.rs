@@ -349,23 +349,3 @@ fn o7_json_logs_carry_every_line_the_banner_is_said_once_and_names_the_backend()
     let (_, stderr) = said_at_start(&serve, &dir.join("nc.ready"), &[("NO_COLOR", "1")]);
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
-
-#[test]
-fn o7_pubkey_on_a_public_key_file_prints_it_back() {
-    let dir = scratch("o7-pubkey");
-    let (key, public) = keygen(&dir);
-    let saved = dir.join("server.pub");
-    std::fs::write(&saved, format!("{public}\n")).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    let out = common::run(&["pubkey", saved.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", common::text(&out.stderr));
-    assert_eq!(common::text(&out.stdout).trim(), public);
-    assert!(common::text(&out.stderr).contains("holds a public key already"));
-    // The secret key file still gives its public key.
-    let out = common::run(&["pubkey", &key]);
-    assert_eq!(common::text(&out.stdout).trim(), public);
-}
