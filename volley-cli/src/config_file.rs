@@ -23,6 +23,17 @@ pub fn log_format(path: &Path) -> Option<crate::LogFormat> {
     toml::from_str::<Logging>(&text).ok()?.log_format
 }
 
+/// The `log_level` setting of the config file at `path` (an `EnvFilter` directive such as
+/// `info` or `warn,volley=debug`), if it has one and can be read.
+pub fn log_level(path: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Logging {
+        log_level: Option<String>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<Logging>(&text).ok()?.log_level
+}
+
 /// Parses TOML text as the settings `T`.
 pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
     Ok(toml::from_str(text)?)

@@ -113,6 +113,9 @@ pub struct File {
     /// `--log-format` (main reads it before logging starts).
     #[allow(dead_code)]
     log_format: Option<crate::LogFormat>,
+    /// The log filter (main reads it before logging starts).
+    #[allow(dead_code)]
+    log_level: Option<String>,
     server_keys: Option<Vec<String>>,
     key: Option<PathBuf>,
     service: Option<String>,

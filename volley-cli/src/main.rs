@@ -72,11 +72,6 @@ fn main() {
         Command::Serve(_) | Command::Proxy(_) => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     // The flag, else the config file's `log_format` (a file that cannot be read is reported by
     // the command itself, in whichever format).
     let config = match &cli.command {
@@ -85,6 +80,17 @@ fn main() {
         Command::Proxy(a) => a.config_path(),
         _ => None,
     };
+    // RUST_LOG, else the config file's `log_level` (re-read on SIGHUP), else the default.
+    let level = config.and_then(config_file::log_level);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        level
+            .as_deref()
+            .and_then(|l| tracing_subscriber::EnvFilter::try_new(l).ok())
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default))
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let format = cli
         .log_format
         .or_else(|| config.and_then(config_file::log_format))
@@ -92,16 +98,24 @@ fn main() {
     match format {
         LogFormat::Json => {
             JSON_STDOUT.store(true, std::sync::atomic::Ordering::Relaxed);
-            logs.json().init()
+            let logs = logs.json().with_filter_reloading();
+            let handle = logs.reload_handle();
+            keep_log_level(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            logs.init()
         }
         // Colour codes only on a terminal (not in a log file, a pipe or a journal), and never
         // when NO_COLOR is set to anything (no-color.org).
-        LogFormat::Plain => logs
-            .with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-            )
-            .init(),
+        LogFormat::Plain => {
+            let logs = logs
+                .with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr())
+                        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                )
+                .with_filter_reloading();
+            let handle = logs.reload_handle();
+            keep_log_level(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            logs.init()
+        }
     }
     let result = match cli.command {
         Command::Keygen(a) => keygen::run(a),
@@ -115,6 +129,33 @@ fn main() {
         eprintln!("volley: {}", causes(&e));
         std::process::exit(1);
     }
+}
+
+type SetFilter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// How to change the log filter of the running process (set once, at the start).
+static LOG_FILTER: std::sync::OnceLock<SetFilter> = std::sync::OnceLock::new();
+
+fn keep_log_level(
+    set: impl Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync + 'static,
+) {
+    let _ = LOG_FILTER.set(Box::new(set));
+}
+
+/// A reload's `log_level` (None: the default `default`): applied unless RUST_LOG rules the
+/// logs. Says what it did, or why not, for the reload's line.
+pub(crate) fn reload_log_level(level: Option<&str>, default: &str) -> Result<String, String> {
+    if std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty()) {
+        return Err("RUST_LOG is set and rules the logs".to_string());
+    }
+    let directive = level.unwrap_or(default);
+    let filter = tracing_subscriber::EnvFilter::try_new(directive)
+        .map_err(|e| format!("log_level {directive:?}: {e}"))?;
+    let set = LOG_FILTER
+        .get()
+        .ok_or_else(|| "no log filter to change".to_string())?;
+    set(filter)?;
+    Ok(format!("log level {directive}"))
 }
 
 /// `e` and its causes on one line, `what: why: why`, each said once: volley's library errors

@@ -177,6 +177,9 @@ pub struct Args {
     /// overrides it: re-read on SIGHUP.
     #[arg(skip)]
     allow_config: Option<PathBuf>,
+    /// The config file's `log_level` (re-read on SIGHUP).
+    #[arg(skip)]
+    log_level: Option<String>,
 }
 
 /// The settings a `serve` config file may hold: the flags' names, every one optional.
@@ -186,6 +189,7 @@ pub struct File {
     /// `--log-format` (main reads it before logging starts).
     #[allow(dead_code)]
     log_format: Option<crate::LogFormat>,
+    log_level: Option<String>,
     listen: Option<String>,
     key: Option<PathBuf>,
     allow: Option<Vec<String>>,
@@ -268,6 +272,7 @@ impl Args {
         self.proxy_protocol |= file.proxy_protocol.unwrap_or(false);
         self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
         self.health_interval = self.health_interval.or(file.health_interval);
+        self.log_level = file.log_level;
         self.max_packet = self.max_packet.or(file.max_packet);
         self.health_send = self.health_send.or(file.health_send);
         self.health_expect = self.health_expect.or(file.health_expect);
@@ -405,6 +410,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// `--ready-file`: where to say that every listener is bound.
     pub ready_file: Option<PathBuf>,
+    /// The config file's `log_level` (checked; RUST_LOG overrides it).
+    pub log_level: Option<String>,
     /// Where the allow-list came from (`config.allow` holds it): re-read on SIGHUP.
     pub allow: Option<crate::allow::Source>,
 }
@@ -483,6 +490,10 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     let metrics = args.metrics;
     let drain_timeout = drain_timeout(args.drain_timeout);
     let health = health_check(&args, forward.as_ref())?;
+    if let Some(level) = &args.log_level {
+        tracing_subscriber::EnvFilter::try_new(level)
+            .with_context(|| format!("log_level {level:?} is not a log filter"))?;
+    }
     Ok(Settings {
         config,
         listen,
@@ -495,6 +506,7 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
         metrics,
         ready_file: args.ready_file,
         allow,
+        log_level: args.log_level,
     })
 }
 
@@ -661,6 +673,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         ready_file,
         allow,
+        log_level: _,
     } = first;
     // Installed before anything is announced: from the ready file on, a SIGHUP reloads the
     // allow-list and never ends the process (its default action).
@@ -1054,6 +1067,7 @@ struct Running {
     capacity: Option<u32>,
     max_sessions: Option<u32>,
     allow: Option<crate::allow::Source>,
+    log_level: Option<String>,
     restart_only: Vec<(&'static str, String)>,
 }
 
@@ -1063,6 +1077,7 @@ impl Running {
             capacity: s.config.capacity,
             max_sessions: s.config.max_sessions,
             allow: s.allow.clone(),
+            log_level: s.log_level.clone(),
             restart_only: restart_only(s),
         }
     }
@@ -1157,6 +1172,13 @@ async fn reload(
         ));
     }
     running.allow = new.allow.clone();
+    if new.log_level != running.log_level {
+        match crate::reload_log_level(new.log_level.as_deref(), "info") {
+            Ok(what) => said.push(what),
+            Err(why) => tracing::warn!("SIGHUP: log_level not applied: {why}"),
+        }
+        running.log_level = new.log_level.clone();
+    }
     let changed: Vec<&str> = restart_only(&new)
         .into_iter()
         .zip(&running.restart_only)

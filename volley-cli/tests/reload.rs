@@ -58,10 +58,13 @@ fn o2_sighup_reloads_the_config_file_without_dropping_a_session_and_keeps_it_whe
     config(&file, 4, "");
     let ready_file = dir.join("serve.ready");
     let log = dir.join("serve.err");
+    let out = dir.join("serve.out");
     let mut child = volley()
+        // The file's log_level rules only without RUST_LOG.
+        .env_remove("RUST_LOG")
         .args(["serve", "--config", file.to_str().unwrap(), "--ready-file"])
         .arg(&ready_file)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
@@ -88,11 +91,16 @@ fn o2_sighup_reloads_the_config_file_without_dropping_a_session_and_keeps_it_whe
     };
     assert_eq!(&echo("before")[..], b"before");
 
-    // A new capacity takes effect.
-    config(&file, 8, "");
+    // A new capacity and log level take effect.
+    config(&file, 8, "log_level = \"debug\"\n");
     signal(&child.0, "HUP");
     until_metric(&metrics, "volley_config_reloads_total", 1);
     until_metric(&metrics, "volley_server_capacity", 8);
+    let said = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        said.contains("capacity 4 → 8") && said.contains("log level debug"),
+        "{said}"
+    );
     assert_eq!(&echo("after a reload")[..], b"after a reload");
 
     // A file that does not parse: nothing changes, the failure is counted and said.
@@ -107,7 +115,7 @@ fn o2_sighup_reloads_the_config_file_without_dropping_a_session_and_keeps_it_whe
         "{said}"
     );
     // A setting that takes a restart: said, and the running value kept.
-    config(&file, 8, "service = \"other\"\n");
+    config(&file, 8, "log_level = \"debug\"\nservice = \"other\"\n");
     signal(&child.0, "HUP");
     until_metric(&metrics, "volley_config_reloads_total", 2);
     let said = std::fs::read_to_string(&log).unwrap();
