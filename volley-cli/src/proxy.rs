@@ -14,7 +14,7 @@ use volley::{Client, ClientConfig};
 
 use crate::target::Target;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// A TOML file with any of these settings (names as the flags', with `_` for `-`;
     /// `server_keys` and `servers` as lists); flags given as well override it. See
@@ -24,8 +24,10 @@ pub struct Args {
     /// Where applications send or connect: udp://HOST:PORT or tcp://HOST:PORT, HOST an IP or a
     /// name (udp://127.0.0.1:5300, tcp://localhost:8080). The scheme is required: it says which
     /// protocol to proxy (a bare HOST:PORT is refused with the two spellings to choose from).
+    /// Repeat to listen on several addresses at once, UDP and TCP alike (one pool, one client
+    /// key, one metrics endpoint).
     #[arg(long, value_name = "TARGET", required_unless_present = "config")]
-    listen: Option<Target>,
+    listen: Vec<Target>,
     /// A pinned server public key (hex, from `volley keygen` or `volley pubkey`). Repeat for
     /// fleets with several keys.
     #[arg(long = "server-key", required_unless_present = "config")]
@@ -87,6 +89,9 @@ pub struct Args {
     /// whatever started this process.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<std::path::PathBuf>,
+    /// The config file's `log_level` (re-read on SIGHUP).
+    #[arg(skip)]
+    log_level: Option<String>,
 }
 
 /// The settings a `proxy` config file may hold: the flags' names, every one optional.
@@ -96,7 +101,8 @@ pub struct File {
     /// `--log-format` (main reads it before logging starts).
     #[allow(dead_code)]
     log_format: Option<crate::LogFormat>,
-    listen: Option<String>,
+    log_level: Option<String>,
+    listen: Option<OneOrMany>,
     server_keys: Option<Vec<String>>,
     key: Option<std::path::PathBuf>,
     service: Option<String>,
@@ -113,6 +119,14 @@ pub struct File {
     servers: Option<Vec<String>>,
 }
 
+/// `listen = "udp://…"` or `listen = ["udp://…", "tcp://…"]`.
+#[derive(serde::Deserialize, Debug)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 impl Args {
     /// `--config`, before the file is merged: where `log_format` may be.
     pub fn config_path(&self) -> Option<&std::path::Path> {
@@ -126,13 +140,19 @@ impl Args {
             return Ok(self);
         };
         let file: File = crate::config_file::read(&path)?;
-        if self.listen.is_none() {
-            self.listen = file
-                .listen
+        if self.listen.is_empty() {
+            let listen = match file.listen {
+                None => Vec::new(),
+                Some(OneOrMany::One(l)) => vec![l],
+                Some(OneOrMany::Many(ls)) => ls,
+            };
+            self.listen = listen
+                .iter()
                 .map(|l| l.parse())
-                .transpose()
-                .map_err(|e: String| anyhow::anyhow!("listen: {e}"))?;
+                .collect::<Result<_, String>>()
+                .map_err(|e| anyhow::anyhow!("listen: {e}"))?;
         }
+        self.log_level = file.log_level;
         if self.server_keys.is_empty() {
             self.server_keys = file.server_keys.unwrap_or_default();
         }
@@ -158,15 +178,19 @@ impl Args {
 pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
     let args = args.merge()?;
     ensure!(
-        args.listen.is_some(),
+        !args.listen.is_empty(),
         "--listen (or `listen` in the config file) is required"
     );
+    if let Some(level) = &args.log_level {
+        tracing_subscriber::EnvFilter::try_new(level)
+            .with_context(|| format!("log_level {level:?} is not a log filter"))?;
+    }
     ensure!(
         !args.server_keys.is_empty(),
         "--server-key (or `server_keys` in the config file) is required"
     );
     ensure!(
-        !args.early_data || matches!(args.listen, Some(Target::Udp(_))),
+        !args.early_data || args.listen.iter().any(|l| matches!(l, Target::Udp(_))),
         "--early-data is for a UDP proxy (--listen udp://…): a TCP stream opens only after its \
          session is up"
     );
@@ -207,12 +231,19 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // What a SIGHUP re-reads: the same flags over the config file as it is then.
+    let again = args.clone();
     let (config, args) = settings(args)?;
-    let pool = crate::target::pool(&args.servers, args.dns_server).await?;
-    let Some(target) = &args.listen else {
-        anyhow::bail!("--listen is required");
-    };
-    let listen = crate::target::resolve_one(target.host_port()).await?;
+    let (pool, switch) = volley::discovery::Pool::switchable(
+        crate::target::pool(&args.servers, args.dns_server).await?,
+    );
+    let mut listens = Vec::new();
+    for target in &args.listen {
+        listens.push((
+            target.clone(),
+            crate::target::resolve_one(target.host_port()).await?,
+        ));
+    }
     let servers = pool
         .current()
         .iter()
@@ -224,95 +255,223 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(key) => format!("client key {}", key.public().to_hex()),
         None => "an anonymous client key (no --key: no allow-list lists it)".to_string(),
     };
-    // A SIGHUP must not end the proxy (its default action): installed before anything is
-    // announced, it is logged and otherwise ignored.
-    hangups_ignored()?;
+    // Installed before anything is announced: from the ready file on, a SIGHUP reloads and
+    // never ends the proxy (its default action).
+    let mut hangups = crate::serve::Hangups::new()?;
+    let reloads = std::sync::Arc::new(volley::metrics::Reloads::default());
     let metrics = std::sync::Arc::new(volley::proxy::ProxyMetrics::default());
-    let _endpoint = match args.metrics {
+    let endpoint = match args.metrics {
         Some(addr) => {
-            let registry = volley::metrics::Metrics::new().proxy(std::sync::Arc::clone(&metrics));
-            let endpoint = registry.serve(addr).await?;
-            Some(endpoint)
+            let registry = volley::metrics::Metrics::new()
+                .proxy(std::sync::Arc::clone(&metrics))
+                .reloads(std::sync::Arc::clone(&reloads));
+            Some(registry.serve(addr).await?)
         }
         None => None,
     };
-    let stats = match target {
-        Target::Udp(_) => {
-            let drain = crate::serve::drain_timeout(args.drain_timeout);
-            let (begin, now) = crate::serve::stop_signals("proxy", drain);
-            let socket = UdpSocket::bind(listen)
-                .await
-                .with_context(|| format!("cannot bind {listen}"))?;
-            say!(
-                "volley proxy: udp://{} → {} server(s) ({servers}), service {service}, {identity}",
-                socket.local_addr()?,
-                pool.current().len(),
-            );
-            say_metrics(&_endpoint);
-            announce(&args, format!("udp://{}", socket.local_addr()?), &_endpoint)?;
-            let client = Client::new(config);
-            crate::target::keep_zones(&client, &pool);
-            UdpProxy::new(client, pool)
-                .drain(volley::Drain::new(drain, now))
-                .idle_timeout(args.idle_timeout.unwrap_or(Duration::from_secs(60)))
-                .early_data(args.early_data)
-                .metrics(metrics)
-                .serve(socket, begin)
-                .await?
+    // Every listener is bound before anything is announced.
+    let mut bound = Vec::new();
+    let mut names = Vec::new();
+    for (target, addr) in &listens {
+        let (b, name) = match target {
+            Target::Udp(_) => {
+                let socket = UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind udp://{addr}"))?;
+                let name = format!("udp://{}", socket.local_addr()?);
+                (Bound::Udp(socket), name)
+            }
+            Target::Tcp(_) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind tcp://{addr}"))?;
+                let name = format!("tcp://{}", listener.local_addr()?);
+                (Bound::Tcp(listener), name)
+            }
+        };
+        say!(
+            "volley proxy: {name} → {} server(s) ({servers}), service {service}, {identity}",
+            pool.current().len(),
+        );
+        bound.push(b);
+        names.push(name);
+    }
+    say_metrics(&endpoint);
+    announce(&args, &names, &endpoint)?;
+    let drain = crate::serve::drain_timeout(args.drain_timeout);
+    let stop = crate::serve::stop_watch("proxy", drain);
+    let client = Client::new(config);
+    crate::target::keep_zones(&client, &pool);
+    let mut proxies = tokio::task::JoinSet::new();
+    for b in bound {
+        let (begin, drain) = (stop.at(1), volley::Drain::new(drain, stop.at(2)));
+        let (client, pool) = (client.clone(), pool.clone());
+        let metrics = std::sync::Arc::clone(&metrics);
+        match b {
+            Bound::Udp(socket) => {
+                let proxy = UdpProxy::new(client, pool)
+                    .drain(drain)
+                    .idle_timeout(args.idle_timeout.unwrap_or(Duration::from_secs(60)))
+                    .early_data(args.early_data)
+                    .metrics(metrics);
+                proxies.spawn(proxy.serve(socket, begin));
+            }
+            Bound::Tcp(listener) => {
+                let proxy = TcpProxy::new(client, pool)
+                    .drain(drain)
+                    .idle_timeout(args.idle_timeout.unwrap_or(Duration::from_secs(300)))
+                    .metrics(metrics);
+                proxies.spawn(proxy.serve(listener, begin));
+            }
         }
-        Target::Tcp(_) => {
-            let listener = TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot bind {listen}"))?;
-            say!(
-                "volley proxy: tcp://{} → {} server(s) ({servers}), service {service}, {identity}",
-                listener.local_addr()?,
-                pool.current().len(),
-            );
-            say_metrics(&_endpoint);
-            announce(
-                &args,
-                format!("tcp://{}", listener.local_addr()?),
-                &_endpoint,
-            )?;
-            let drain = crate::serve::drain_timeout(args.drain_timeout);
-            let (begin, now) = crate::serve::stop_signals("proxy", drain);
-            let client = Client::new(config);
-            crate::target::keep_zones(&client, &pool);
-            TcpProxy::new(client, pool)
-                .drain(volley::Drain::new(drain, now))
-                .idle_timeout(args.idle_timeout.unwrap_or(Duration::from_secs(300)))
-                .metrics(metrics)
-                .serve(listener, begin)
-                .await?
+    }
+    let mut running = Running::of(&args);
+    let mut failed = None;
+    loop {
+        tokio::select! {
+            done = proxies.join_next() => match done {
+                None => break,
+                Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(e))) => failed = Some(anyhow::Error::from(e)),
+                Some(Err(e)) => failed = Some(anyhow::anyhow!("a proxy task failed: {e}")),
+            },
+            () = hangups.next() => reload(&again, &mut running, &switch, &reloads).await,
         }
-    };
+    }
+    let stats = metrics.stats();
     say!(
         "volley proxy: stopped. flows {} connect failures {} dropped {}",
         stats.flows,
         stats.connect_failures,
         stats.dropped
     );
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-/// Takes SIGHUP over from its default action (ending the process): each one is logged and
-/// ignored. The proxy reloads nothing: its key and settings take a restart.
-fn hangups_ignored() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                tracing::warn!(
-                    "SIGHUP received and ignored: volley proxy reloads nothing (restart it to \
-                     change its key or settings)"
-                );
-            }
-        });
+/// A listener bound, before its proxy starts.
+enum Bound {
+    Udp(UdpSocket),
+    Tcp(TcpListener),
+}
+
+/// What a reload compares the file's new settings with.
+struct Running {
+    servers: Vec<String>,
+    dns_server: Option<std::net::SocketAddr>,
+    log_level: Option<String>,
+    restart_only: Vec<(&'static str, String)>,
+}
+
+impl Running {
+    fn of(args: &Args) -> Self {
+        Self {
+            servers: args.servers.clone(),
+            dns_server: args.dns_server,
+            log_level: args.log_level.clone(),
+            restart_only: restart_only(args),
+        }
     }
-    Ok(())
+}
+
+/// The settings a running proxy cannot change, by name.
+fn restart_only(a: &Args) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen", format!("{:?}", a.listen)),
+        ("server_keys", format!("{:?}", a.server_keys)),
+        ("key", format!("{:?}", a.key)),
+        ("service", format!("{:?}", a.service)),
+        ("idle_timeout", format!("{:?}", a.idle_timeout)),
+        ("early_data", a.early_data.to_string()),
+        ("drain_timeout", format!("{:?}", a.drain_timeout)),
+        ("metrics", format!("{:?}", a.metrics)),
+        ("policy", format!("{:?}", a.policy)),
+        ("fanout", format!("{:?}", a.fanout)),
+        ("zone", format!("{:?}", a.zone)),
+    ]
+}
+
+/// SIGHUP: re-reads the flags over the config file. The pool (servers, DNS names, the DNS
+/// server) and the log level change at once — flows and connections open keep their servers,
+/// new ones race the new pool; what takes a restart is said and kept; a file that does not parse
+/// or does not fit, or a pool that does not resolve, changes nothing and is counted.
+async fn reload(
+    again: &Args,
+    running: &mut Running,
+    switch: &volley::discovery::PoolSwitch,
+    reloads: &volley::metrics::Reloads,
+) {
+    let Some(from) = again.config.as_ref().map(|p| p.display().to_string()) else {
+        tracing::warn!(
+            "SIGHUP: nothing to reload (proxy runs from flags alone, without --config); ignored"
+        );
+        return;
+    };
+    let new = match settings(again.clone()) {
+        Ok((_, new)) => new,
+        Err(e) => {
+            reloads.failed();
+            tracing::warn!(
+                "SIGHUP: configuration not reloaded from {from}; the running one stays: {}",
+                crate::causes(&e)
+            );
+            return;
+        }
+    };
+    let mut said = Vec::new();
+    if new.servers != running.servers || new.dns_server != running.dns_server {
+        let pool = match crate::target::pool(&new.servers, new.dns_server).await {
+            Ok(pool) => pool,
+            Err(e) => {
+                reloads.failed();
+                tracing::warn!(
+                    "SIGHUP: configuration not reloaded from {from}: its pool does not resolve \
+                     ({}); the running pool stays",
+                    crate::causes(&e)
+                );
+                return;
+            }
+        };
+        said.push(format!(
+            "pool {} → {} ({} server(s))",
+            running.servers.join(" "),
+            new.servers.join(" "),
+            pool.current().len()
+        ));
+        switch.set(pool);
+        running.servers = new.servers.clone();
+        running.dns_server = new.dns_server;
+    }
+    if new.log_level != running.log_level {
+        match crate::reload_log_level(new.log_level.as_deref(), "info") {
+            Ok(what) => said.push(what),
+            Err(why) => tracing::warn!("SIGHUP: log_level not applied: {why}"),
+        }
+        running.log_level = new.log_level.clone();
+    }
+    let changed: Vec<&str> = restart_only(&new)
+        .into_iter()
+        .zip(&running.restart_only)
+        .filter(|(new, old)| new.1 != old.1)
+        .map(|(new, _)| new.0)
+        .collect();
+    if !changed.is_empty() {
+        tracing::warn!(
+            "SIGHUP: {} changed in {from}: that takes a restart; the running value(s) stay",
+            changed.join(", ")
+        );
+    }
+    reloads.done();
+    say!(
+        "volley proxy: reloaded {from}: {}",
+        if said.is_empty() {
+            "nothing that changes live changed".to_string()
+        } else {
+            said.join("; ")
+        }
+    );
 }
 
 fn say_metrics(endpoint: &Option<volley::metrics::MetricsEndpoint>) {
@@ -327,7 +486,7 @@ fn say_metrics(endpoint: &Option<volley::metrics::MetricsEndpoint>) {
 /// Writes `--ready-file`, when given: the proxy listens on `listen`, its metrics at `endpoint`.
 fn announce(
     args: &Args,
-    listen: String,
+    listens: &[String],
     endpoint: &Option<volley::metrics::MetricsEndpoint>,
 ) -> anyhow::Result<()> {
     match &args.ready_file {
@@ -335,7 +494,8 @@ fn announce(
             path,
             &crate::ready::Ready::Proxy {
                 pid: std::process::id(),
-                listen,
+                listen: listens.first().cloned().unwrap_or_default(),
+                listens: listens.to_vec(),
                 metrics: endpoint.as_ref().map(|e| e.local_addr()),
             },
         ),

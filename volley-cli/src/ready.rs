@@ -32,8 +32,11 @@ pub enum Ready {
     /// `volley proxy`.
     Proxy {
         pid: u32,
-        /// Where applications send or connect: `udp://IP:PORT` or `tcp://IP:PORT`.
+        /// Where applications send or connect: `udp://IP:PORT` or `tcp://IP:PORT` (the first
+        /// `--listen`).
         listen: String,
+        /// Every `--listen`, in order.
+        listens: Vec<String>,
         /// The metrics endpoint, with `--metrics`.
         metrics: Option<SocketAddr>,
     },
@@ -81,12 +84,13 @@ mod tests {
         let proxy = Ready::Proxy {
             pid: 7,
             listen: "udp://127.0.0.1:5300".into(),
+            listens: vec!["udp://127.0.0.1:5300".into(), "tcp://127.0.0.1:8080".into()],
             metrics: None,
         };
         write(&path, &proxy).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "{\"command\":\"proxy\",\"pid\":7,\"listen\":\"udp://127.0.0.1:5300\",\"metrics\":null}\n"
+            "{\"command\":\"proxy\",\"pid\":7,\"listen\":\"udp://127.0.0.1:5300\",\"listens\":[\"udp://127.0.0.1:5300\",\"tcp://127.0.0.1:8080\"],\"metrics\":null}\n"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

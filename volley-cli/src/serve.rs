@@ -918,6 +918,25 @@ pub fn stop_signals(
     impl Future<Output = ()> + Send + 'static,
     impl Future<Output = ()> + Send + 'static,
 ) {
+    let stop = stop_watch(command, drain);
+    (stop.at(1), stop.at(2))
+}
+
+/// The stop signals counted so far (see [`stop_signals`]), for several listeners at once.
+pub struct Stop(tokio::sync::watch::Receiver<u32>);
+
+impl Stop {
+    /// Resolves once `k` signals came (1: begin the drain, 2: stop now).
+    pub fn at(&self, k: u32) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|n| *n >= k).await;
+        }
+    }
+}
+
+/// [`stop_signals`], as a [`Stop`] that hands out any number of futures.
+pub fn stop_watch(command: &'static str, drain: Duration) -> Stop {
     let (tx, rx) = tokio::sync::watch::channel(0u32);
     #[cfg(unix)]
     let streams = {
@@ -984,13 +1003,7 @@ pub fn stop_signals(
             }
         }
     });
-    let wait = |k: u32| {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|n| *n >= k).await;
-        }
-    };
-    (wait(1), wait(2))
+    Stop(rx)
 }
 
 /// Signals whose default action would end the process without its counters or a clean close,
@@ -1033,13 +1046,13 @@ fn ignored_signals(command: &'static str) {
 }
 
 /// SIGHUP, as a stream of wake-ups (never on platforms without it).
-struct Hangups {
+pub(crate) struct Hangups {
     #[cfg(unix)]
     signal: tokio::signal::unix::Signal,
 }
 
 impl Hangups {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         Ok(Self {
             #[cfg(unix)]
             signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -1048,7 +1061,7 @@ impl Hangups {
     }
 
     /// The next SIGHUP.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         #[cfg(unix)]
         {
             if self.signal.recv().await.is_some() {

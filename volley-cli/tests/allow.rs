@@ -475,7 +475,7 @@ fn a2_curl_reaches_the_backend_only_with_a_listed_key_and_sighup_ends_a_revoked_
 
     // SIGHUP never ends the proxy either.
     hangup(&alices.0);
-    until_logged(&alice_log, "SIGHUP received and ignored", 1);
+    until_logged(&alice_log, "SIGHUP: nothing to reload", 1);
     still_running(&mut alices, "proxy after SIGHUP");
     let (ok, _, err) = curl(&alice_listen, "hello.txt");
     assert!(ok, "curl after the proxy's SIGHUP: {err}");

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{HANG_GUARD, Killed, keygen, ready, scrape, scratch, volley};
@@ -153,4 +153,85 @@ fn o2_sighup_reloads_the_config_file_without_dropping_a_session_and_keeps_it_whe
         matches!(closed, Ok(Err(volley::Error::Closed(_)))),
         "{closed:?}"
     );
+}
+
+/// `volley serve` (echo) on a port of the kernel's choosing: the process and its UDP address.
+fn echo_server(key: &str, ready_file: &Path) -> (Killed, String) {
+    let (child, said) = common::start_ready(
+        &["serve", "--listen", "127.0.0.1:0", "--key", key],
+        ready_file,
+    );
+    (child, said["udp"].as_str().unwrap().to_string())
+}
+
+/// One datagram to `proxy` from a new application address, and its echo.
+fn flow(proxy: &str, text: &str) -> String {
+    let app = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    app.send_to(text.as_bytes(), proxy).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = app.recv_from(&mut buf).expect("an echo through the proxy");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn o2_o6_a_proxy_listens_on_two_addresses_and_sighup_moves_new_flows_to_the_reloaded_pool() {
+    let dir = scratch("reload-proxy");
+    let (key, public) = keygen(&dir);
+    let (_a, a) = echo_server(&key, &dir.join("a.ready"));
+    let (_b, b) = echo_server(&key, &dir.join("b.ready"));
+    let file = dir.join("proxy.toml");
+    let write = |servers: &str, extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "listen = [\"udp://127.0.0.1:0\", \"udp://127.0.0.1:0\"]\n\
+                 server_keys = [\"{public}\"]\nservers = [{servers}]\n\
+                 metrics = \"127.0.0.1:0\"\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    write(&format!("\"{a}\""), "");
+    let (mut proxy, said) = common::start_ready(
+        &["proxy", "--config", file.to_str().unwrap()],
+        &dir.join("proxy.ready"),
+    );
+    let listens: Vec<String> = said["listens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().trim_start_matches("udp://").to_string())
+        .collect();
+    assert_eq!(listens.len(), 2, "{said}");
+    let metrics = said["metrics"].as_str().unwrap().to_string();
+    // Both addresses carry flows, over the one pool.
+    for (i, l) in listens.iter().enumerate() {
+        assert_eq!(flow(l, &format!("via {i}")), format!("via {i}"));
+    }
+    let flows = |server: &str| {
+        metric(
+            &metrics,
+            &format!("volley_proxy_server_flows_total{{server=\"{server}\"}}"),
+        )
+        .unwrap_or(0)
+    };
+    assert_eq!((flows(&a), flows(&b)), (2, 0));
+
+    // The pool now names b only: new flows go there, without a restart.
+    write(&format!("\"{b}\""), "");
+    signal(&proxy.0, "HUP");
+    until_metric(&metrics, "volley_config_reloads_total", 1);
+    for l in &listens {
+        assert_eq!(flow(l, "after"), "after");
+    }
+    assert_eq!((flows(&a), flows(&b)), (2, 2));
+
+    // A pool that does not parse: counted, and the running pool stays.
+    write("\"not an address\"", "");
+    signal(&proxy.0, "HUP");
+    until_metric(&metrics, "volley_config_reload_failures_total", 1);
+    assert_eq!(flow(&listens[0], "still"), "still");
+    assert_eq!(flows(&b), 3);
+    assert!(proxy.0.try_wait().unwrap().is_none());
 }
