@@ -52,6 +52,11 @@ pub struct Args {
     /// may reach a second server if the first never answers the handshake.
     #[arg(long)]
     early_data: bool,
+    /// The largest DATA packet this proxy sends, in UDP payload bytes: the path MTU it assumes
+    /// (1232 to 1452; 1232 for paths down to IPv6's minimum MTU, tunnels, VPNs). A datagram
+    /// larger than one packet goes in fragments (PROTOCOL.md §5.7) [default: 1452].
+    #[arg(long, value_name = "BYTES")]
+    max_packet: Option<usize>,
     /// On SIGTERM (or SIGINT), drain for up to this long (e.g. 30s; a bare number is seconds):
     /// accept no new connection (TCP) or flow (UDP: a datagram from a new address is dropped)
     /// and relay the open ones until they end; a second SIGTERM or SIGINT stops at once. 0: no
@@ -109,6 +114,7 @@ pub struct File {
     #[serde(default, deserialize_with = "crate::duration::de_secs")]
     idle_timeout: Option<Duration>,
     early_data: Option<bool>,
+    max_packet: Option<usize>,
     #[serde(default, deserialize_with = "crate::duration::de_secs")]
     drain_timeout: Option<Duration>,
     metrics: Option<std::net::SocketAddr>,
@@ -165,6 +171,7 @@ impl Args {
         self.idle_timeout = self.idle_timeout.or(file.idle_timeout);
         self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
         self.early_data = self.early_data || file.early_data.unwrap_or(false);
+        self.max_packet = self.max_packet.or(file.max_packet);
         self.metrics = self.metrics.or(file.metrics);
         self.dns_server = self.dns_server.or(file.dns_server);
         self.policy = self.policy.or(file.policy);
@@ -224,6 +231,9 @@ pub fn settings(args: Args) -> anyhow::Result<(ClientConfig, Args)> {
         config.fanout = Some(d);
     }
     config.zone = args.zone.clone();
+    if let Some(bytes) = args.max_packet {
+        config.session.max_packet = bytes;
+    }
     config
         .validate()
         .context("the client's settings do not fit together")?;
@@ -385,6 +395,7 @@ fn restart_only(a: &Args) -> Vec<(&'static str, String)> {
         ("service", format!("{:?}", a.service)),
         ("idle_timeout", format!("{:?}", a.idle_timeout)),
         ("early_data", a.early_data.to_string()),
+        ("max_packet", format!("{:?}", a.max_packet)),
         ("drain_timeout", format!("{:?}", a.drain_timeout)),
         ("metrics", format!("{:?}", a.metrics)),
         ("policy", format!("{:?}", a.policy)),
