@@ -60,7 +60,8 @@ pub(super) async fn udp_rate(
         socket.connect(target).await?;
         tasks.push(tokio::spawn(async move {
             let mut c = Counted::default();
-            let mut buf = vec![0u8; 2048];
+            // Room for an answer of any size the case sends (9,000-byte datagrams and up).
+            let mut buf = vec![0u8; payload.max(2048) + 1];
             let mut req = vec![0u8; payload];
             // Each request carries when it was sent (ns since the period's start).
             let stamp = |req: &mut Vec<u8>| {
