@@ -371,3 +371,62 @@ fn o7_the_readme_tour_runs_with_the_shipped_examples() {
     drop(pod);
     drop(forwarders);
 }
+
+#[test]
+fn o7_the_dockerfile_builds_volley_and_ships_only_the_binary_run_by_a_non_root_user() {
+    // `docker build` needs a daemon, which tests cannot count on: the file's structure is
+    // checked here.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let file = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let lines: Vec<&str> = file
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let (build, runtime) = (&lines[stages[0]..stages[1]], &lines[stages[1]..]);
+    assert!(build[0].contains(" AS build"), "{}", build[0]);
+    assert!(
+        build
+            .iter()
+            .any(|l| l.contains("cargo build --release") && l.contains("-p volley-cli")),
+        "{build:?}"
+    );
+    // The runtime stage takes the binary alone, as a user other than root.
+    let copies: Vec<&&str> = runtime.iter().filter(|l| l.starts_with("COPY")).collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(
+        copies[0].starts_with("COPY --from=build /volley "),
+        "{copies:?}"
+    );
+    let user = runtime
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER");
+    let uid = user.split(':').next().unwrap();
+    assert!(uid != "0" && uid != "root", "{user}");
+    // The ports the Kubernetes example's server uses: its UDP port and its metrics port.
+    let expose: Vec<&str> = runtime
+        .iter()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for port in ["7001/udp", "9100/tcp"] {
+        assert!(expose.contains(&port), "EXPOSE {expose:?} lacks {port}");
+    }
+    let entry = runtime
+        .iter()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .expect("an ENTRYPOINT");
+    let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec form");
+    assert!(entry[0].ends_with("/volley"), "{entry:?}");
+    // The build context leaves out build output, history and key files.
+    let ignore = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();
+    for pattern in ["target/", ".git/", "**/*.key"] {
+        assert!(ignore.lines().any(|l| l.trim() == pattern), "{pattern}");
+    }
+}
