@@ -281,6 +281,14 @@ fn o7_the_readme_tour_runs_with_the_shipped_examples() {
     // The systemd unit's ExecStart, with examples/serve.toml copied to /etc/volley as its
     // header says and the key as a credential (paths under the scratch root; loopback ports).
     let unit = std::fs::read_to_string(root.join("examples/systemd/volley-serve.service")).unwrap();
+    // systemd waits out the 30 s drain (the default --drain-timeout) before its SIGKILL.
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec")
+        .parse()
+        .unwrap();
+    assert!(stop > 30, "TimeoutStopSec={stop}");
     let etc = root.join("etc/volley");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::copy(root.join("examples/serve.toml"), etc.join("serve.toml")).unwrap();
