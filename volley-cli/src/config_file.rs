@@ -67,22 +67,24 @@ mod tests {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
     }
 
-    /// A copy of a shipped example in a fresh directory, with a key file beside it.
+    /// A copy of a shipped example in the layout the README assumes: `ROOT/examples/NAME`, with
+    /// the tour's key file at `ROOT/server.key` (the checkout), mode 0600.
     fn staged(name: &str) -> PathBuf {
         // Unit tests have no CARGO_TARGET_TMPDIR: the system's temp dir, one folder per call.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
+        let root =
             std::env::temp_dir().join(format!("volley-config-{}-{n}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("examples");
         std::fs::create_dir_all(&dir).unwrap();
         let key = volley::StaticKeypair::generate(&mut volley::OsRng);
-        std::fs::write(dir.join("server.key"), key.private_hex()).unwrap();
+        std::fs::write(root.join("server.key"), key.private_hex()).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(
-                dir.join("server.key"),
+                root.join("server.key"),
                 std::fs::Permissions::from_mode(0o600),
             )
             .unwrap();
@@ -149,6 +151,44 @@ mod tests {
             seen >= 3,
             "examples/ holds the serve, connect and proxy configs"
         );
+    }
+
+    /// The settings a command's config file takes, as serde names them when refusing one.
+    fn settings_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let err = format!(
+            "{:#}",
+            super::parse::<T>("zz_no_such_setting = 1").err().unwrap()
+        );
+        let list = err
+            .split_once("expected one of ")
+            .unwrap_or_else(|| panic!("{err}"))
+            .1;
+        list.split(',')
+            .map(|s| s.trim().trim_matches(|c| c == '`' || c == '\n').to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn o7_every_example_config_shows_every_setting_its_command_takes() {
+        for (name, settings) in [
+            ("serve.toml", settings_of::<crate::serve::File>()),
+            ("connect.toml", settings_of::<crate::connect::File>()),
+            ("proxy.toml", settings_of::<crate::proxy::File>()),
+        ] {
+            assert!(settings.len() > 10, "{name}: {settings:?}");
+            let text = std::fs::read_to_string(examples().join(name)).unwrap();
+            for setting in settings {
+                // Set, or shown commented out with the text above it; the old `_ms` spellings
+                // are named in a comment.
+                let shown = text.lines().any(|l| {
+                    let l = l.trim_start_matches("# ");
+                    l.starts_with(&format!("{setting} = "))
+                }) || (setting.ends_with("_ms")
+                    && text.contains(&format!("`{setting}`")));
+                assert!(shown, "examples/{name} does not show `{setting}`");
+            }
+        }
     }
 
     #[test]
@@ -227,16 +267,17 @@ mod tests {
 
     #[test]
     fn a1_client_keys_come_from_a_config_file_relative_to_it_and_a_flag_wins() {
-        // `staged` leaves a key file (mode 0600) beside the copy; any key file is a client key.
+        // `staged` leaves the tour's key file (mode 0600) in the checkout, beside examples/; any
+        // key file is a client key.
         let path = staged("connect.toml");
         let dir = path.parent().unwrap();
-        let key = crate::keygen::read_key(&dir.join("server.key")).unwrap();
+        let key = crate::keygen::read_key(&dir.join("../server.key")).unwrap();
         let server = "1".repeat(64);
         let with_key = dir.join("with-key.toml");
         std::fs::write(
             &with_key,
             format!(
-                "server_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"server.key\"\n"
+                "server_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"../server.key\"\n"
             ),
         )
         .unwrap();
@@ -270,7 +311,7 @@ mod tests {
         std::fs::write(
             &proxy,
             format!(
-                "listen = \"udp://127.0.0.1:5300\"\nserver_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"server.key\"\n"
+                "listen = \"udp://127.0.0.1:5300\"\nserver_keys = [\"{server}\"]\nservers = [\"127.0.0.1:7001\"]\nkey = \"../server.key\"\n"
             ),
         )
         .unwrap();
@@ -317,7 +358,7 @@ mod tests {
             let path = staged(name);
             let dir = path.parent().unwrap();
             // Any key file is a client key: the staged server key stands in.
-            std::fs::copy(dir.join("server.key"), dir.join("client.key")).unwrap();
+            std::fs::copy(dir.join("../server.key"), dir.join("client.key")).unwrap();
             uncomment(&path, "key");
             let config = if name == "connect.toml" {
                 connect(&["--config", path.to_str().unwrap()]).unwrap()
@@ -336,7 +377,7 @@ mod tests {
     fn o7_every_timer_takes_one_duration_syntax_and_the_old_ms_spellings_keep_their_unit() {
         let path = staged("serve.toml");
         let dir = path.parent().unwrap();
-        let key = dir.join("server.key");
+        let key = dir.join("../server.key");
         let key = key.to_str().unwrap();
         let idle = |s: crate::serve::Settings| s.config.session.idle_timeout;
         let seven = std::time::Duration::from_secs(7);
@@ -363,7 +404,7 @@ mod tests {
             let file = dir.join(format!("timer-{n}.toml"));
             std::fs::write(
                 &file,
-                format!("listen = \"127.0.0.1:1\"\nkey = \"server.key\"\n{line}\n"),
+                format!("listen = \"127.0.0.1:1\"\nkey = \"../server.key\"\n{line}\n"),
             )
             .unwrap();
             let s = serve(&["--config", file.to_str().unwrap()]).unwrap();
@@ -434,7 +475,7 @@ mod tests {
         let typo = dir.join("typo.toml");
         std::fs::write(
             &typo,
-            "listen = \"127.0.0.1:1\"\nkey = \"server.key\"\ncapacty = 4\n",
+            "listen = \"127.0.0.1:1\"\nkey = \"../server.key\"\ncapacty = 4\n",
         )
         .unwrap();
         let err = serve(&["--config", typo.to_str().unwrap()]).unwrap_err();
@@ -447,7 +488,7 @@ mod tests {
         let timers = dir.join("timers.toml");
         std::fs::write(
             &timers,
-            "listen = \"127.0.0.1:1\"\nkey = \"server.key\"\nkeepalive_ms = 5000\nidle_timeout_ms = 1000\n",
+            "listen = \"127.0.0.1:1\"\nkey = \"../server.key\"\nkeepalive_ms = 5000\nidle_timeout_ms = 1000\n",
         )
         .unwrap();
         let err = serve(&["--config", timers.to_str().unwrap()]).unwrap_err();

@@ -348,6 +348,36 @@ mod packaging_tests {
                         .map(|a| a.as_str().unwrap().to_string()),
                 );
                 let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+                // Both sidecars drain 30 s on SIGTERM (the default): the pod waits longer.
+                let grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64();
+                assert!(grace.is_some_and(|g| g > 30), "grace {grace:?}");
+                if let Command::Serve(_) = cli.command {
+                    // The probes GET /readyz and /healthz on the port --metrics serves.
+                    let metrics = &argv[argv.iter().position(|a| a == "--metrics").unwrap() + 1];
+                    assert!(
+                        metrics.starts_with("0.0.0.0:"),
+                        "{metrics}: reachable by kubelet"
+                    );
+                    let port: i64 = metrics.rsplit(':').next().unwrap().parse().unwrap();
+                    for (probe, path) in
+                        [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]
+                    {
+                        let get = &c[probe]["httpGet"];
+                        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+                        let probed = match &get["port"] {
+                            yaml_rust2::Yaml::Integer(p) => *p,
+                            yaml_rust2::Yaml::String(name) => c["ports"]
+                                .as_vec()
+                                .unwrap()
+                                .iter()
+                                .find(|p| p["name"].as_str() == Some(name))
+                                .and_then(|p| p["containerPort"].as_i64())
+                                .unwrap_or_else(|| panic!("{probe}: no port named {name}")),
+                            other => panic!("{probe}: port {other:?}"),
+                        };
+                        assert_eq!(probed, port, "{probe} probes the metrics port");
+                    }
+                }
                 if let Command::Proxy(_) = cli.command {
                     let pool = argv.last().unwrap();
                     assert_eq!(

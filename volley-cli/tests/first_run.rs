@@ -310,3 +310,65 @@ fn o5_proxy_protocol_is_refused_without_a_tcp_backend_and_says_why() {
         );
     }
 }
+
+#[test]
+fn o7_pubkey_says_when_a_file_may_hold_a_public_key_and_keygen_marks_its_secret_keys() {
+    let dir = scratch("o7-pubkey");
+    let (key, public) = keygen(&dir);
+    // keygen's file says what it holds; pubkey reads it without a word on stderr.
+    let written = std::fs::read_to_string(&key).unwrap();
+    assert!(written.starts_with("# volley secret key"), "{written:?}");
+    let out = run(&["pubkey", &key]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), public);
+    assert_eq!(text(&out.stderr), "", "no warning for keygen's own file");
+
+    // The public key saved to a file (mode 0600, as a careful user keeps everything): 64 hex
+    // digits alone, as an older keygen's secret key file. pubkey cannot tell them apart: it
+    // prints the key derived from the digits and says the file may hold a public key.
+    let saved = dir.join("server.pub");
+    std::fs::write(&saved, format!("{public}\n")).unwrap();
+    #[cfg(unix)]
+    chmod(saved.to_str().unwrap(), 0o600);
+    let out = run(&["pubkey", saved.to_str().unwrap()]);
+    let (printed, err) = (text(&out.stdout), text(&out.stderr));
+    assert_ne!(printed.trim(), public, "a key derived from the public key");
+    assert!(
+        err.contains("server.pub has no `# volley secret key` line")
+            && err.contains("If the file holds a public key")
+            && err.contains("NOT it"),
+        "{err}"
+    );
+    // Open to others, it is refused as a secret key would be, with the hint that a public key
+    // file needs no pubkey.
+    #[cfg(unix)]
+    {
+        chmod(saved.to_str().unwrap(), 0o644);
+        let out = run(&["pubkey", saved.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("mode 0644") && err.contains("it is that key already"),
+            "{err}"
+        );
+    }
+
+    // An older keygen's secret key file (the digits alone) still works everywhere: pubkey
+    // prints its public key (with the warning) and serve takes it.
+    let secret: Vec<&str> = written.lines().filter(|l| !l.starts_with('#')).collect();
+    let old = dir.join("old.key");
+    std::fs::write(&old, format!("{}\n", secret[0])).unwrap();
+    #[cfg(unix)]
+    chmod(old.to_str().unwrap(), 0o600);
+    let old = old.to_str().unwrap();
+    let out = run(&["pubkey", old]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), public);
+    assert!(text(&out.stderr).contains("older `volley keygen`"));
+    let (server, said) = start_ready(
+        &["serve", "--listen", "127.0.0.1:0", "--key", old],
+        &dir.join("old.ready"),
+    );
+    assert_eq!(said["public_key"], public.as_str());
+    drop(server);
+}
