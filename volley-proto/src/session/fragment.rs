@@ -308,6 +308,43 @@ mod tests {
     }
 
     #[test]
+    fn o4_any_fragments_a_peer_sends_keep_reassembly_within_its_bounds_and_never_panic() {
+        use rand_chacha::ChaCha8Rng;
+        use rand_core::{RngCore, SeedableRng};
+        let mut rng = ChaCha8Rng::seed_from_u64(24);
+        let t0 = Instant::now();
+        let mut r = Reassembly::default();
+        let mut now = t0;
+        let mut whole = 0u64;
+        for _ in 0..200_000 {
+            now += Duration::from_micros(u64::from(rng.next_u32() % 2_000));
+            // Few ids, so that pieces collide; any body, valid or not.
+            let mut body = vec![0u8; (rng.next_u32() % 1_500) as usize];
+            rng.fill_bytes(&mut body);
+            if body.len() >= FRAGMENT_HEADER_LEN {
+                body[..4].copy_from_slice(&(rng.next_u32() % 8).to_be_bytes());
+                body[5] = (rng.next_u32() % 70) as u8;
+                body[4] = (rng.next_u32() % u32::from(body[5].max(1))) as u8;
+            }
+            let Some((header, piece)) = FragmentHeader::decode(&body) else {
+                continue;
+            };
+            if let Reassembled::Whole(d) = r.take(now, header, piece) {
+                assert!(d.len() <= MAX_DATAGRAM);
+                whole += 1;
+            }
+            assert!(r.held() <= MAX_REASSEMBLY_BYTES);
+            assert!(r.partials.len() <= MAX_PARTIALS);
+            assert_eq!(r.held(), r.partials.iter().map(|p| p.bytes).sum::<usize>());
+            if rng.next_u32() % 100 == 0 {
+                r.expire(now);
+            }
+        }
+        // Random pieces of two-piece datagrams do complete now and then.
+        assert!(whole > 0);
+    }
+
+    #[test]
     fn o4_a_datagram_is_cut_into_as_few_equal_pieces_as_fit() {
         assert_eq!(cut(65_535, 1415), Some((47, 1395)));
         assert_eq!(cut(1500, 1415), Some((2, 750)));
