@@ -462,27 +462,14 @@ async fn reload(
         }
         running.log_level = new.log_level.clone();
     }
-    let changed: Vec<&str> = restart_only(&new)
-        .into_iter()
-        .zip(&running.restart_only)
-        .filter(|(new, old)| new.1 != old.1)
-        .map(|(new, _)| new.0)
-        .collect();
-    if !changed.is_empty() {
-        tracing::warn!(
-            "SIGHUP: {} changed in {from}: that takes a restart; the running value(s) stay",
-            changed.join(", ")
-        );
-    }
-    reloads.done();
-    say!(
-        "volley proxy: reloaded {from}: {}",
-        if said.is_empty() {
-            "nothing that changes live changed".to_string()
-        } else {
-            said.join("; ")
-        }
+    crate::serve::reloaded(
+        "proxy",
+        &from,
+        &said,
+        &restart_only(&new),
+        &running.restart_only,
     );
+    reloads.done();
 }
 
 fn say_metrics(endpoint: &Option<volley::metrics::MetricsEndpoint>) {

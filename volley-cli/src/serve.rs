@@ -1181,7 +1181,7 @@ async fn reload(
     } else if running.allow.is_some() {
         let revoked = handle.set_allow_list(None).await;
         said.push(format!(
-            "no allow-list any more: any client with the public key gets a session ({revoked}              revoked)"
+            "no allow-list any more: any client with the public key gets a session ({revoked} revoked)"
         ));
     }
     running.allow = new.allow.clone();
@@ -1192,11 +1192,30 @@ async fn reload(
         }
         running.log_level = new.log_level.clone();
     }
-    let changed: Vec<&str> = restart_only(&new)
-        .into_iter()
-        .zip(&running.restart_only)
-        .filter(|(new, old)| new.1 != old.1)
-        .map(|(new, _)| new.0)
+    reloaded(
+        "serve",
+        &from,
+        &said,
+        &restart_only(&new),
+        &running.restart_only,
+    );
+    reloads.done();
+}
+
+/// The end of a reload that took effect: warns of the restart-only settings that changed
+/// (`now` against `then`, name by name) and says what changed live.
+pub(crate) fn reloaded(
+    command: &str,
+    from: &str,
+    said: &[String],
+    now: &[(&'static str, String)],
+    then: &[(&'static str, String)],
+) {
+    let changed: Vec<&str> = now
+        .iter()
+        .zip(then)
+        .filter(|(now, then)| now.1 != then.1)
+        .map(|(now, _)| now.0)
         .collect();
     if !changed.is_empty() {
         tracing::warn!(
@@ -1204,9 +1223,8 @@ async fn reload(
             changed.join(", ")
         );
     }
-    reloads.done();
     say!(
-        "volley serve: reloaded {from}: {}",
+        "volley {command}: reloaded {from}: {}",
         if said.is_empty() {
             "nothing that changes live changed".to_string()
         } else {
