@@ -119,12 +119,26 @@ impl VolleyProcess {
         addr: SocketAddr,
         metrics: bool,
     ) -> Result<VolleyProcess, StartError> {
+        Self::serve_draining(volley, key, addr, metrics, Duration::ZERO)
+    }
+
+    /// [`VolleyProcess::serve`] whose SIGTERM drains its sessions for `drain` before it says it
+    /// is going away (zero, as `serve`: at once).
+    pub fn serve_draining(
+        volley: &Path,
+        key: &Path,
+        addr: SocketAddr,
+        metrics: bool,
+        drain: Duration,
+    ) -> Result<VolleyProcess, StartError> {
         let mut args = vec![
             "serve".to_string(),
             "--listen".into(),
             addr.to_string(),
             "--key".into(),
             key.display().to_string(),
+            "--drain-timeout".into(),
+            format!("{}ms", drain.as_millis()),
         ];
         if metrics {
             args.extend(["--metrics".into(), "127.0.0.1:0".into()]);
@@ -136,7 +150,8 @@ impl VolleyProcess {
         self.child.id()
     }
 
-    /// Asks it to stop gracefully (SIGTERM): a server tells its clients it is going away.
+    /// Asks it to stop gracefully (SIGTERM): a server drains for its drain time (none unless
+    /// started with [`VolleyProcess::serve_draining`]), then tells its clients it is going away.
     pub fn terminate(&self) {
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

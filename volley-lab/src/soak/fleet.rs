@@ -13,6 +13,9 @@ use super::SoakArgs;
 use super::metrics::{scrape, session_counts};
 use crate::harness::process::{EPHEMERAL, VolleyProcess, keygen};
 
+/// How long a server drains on SIGTERM before it says it is going away: the restart cycle's
+/// graceful half drains (`serve --drain-timeout`), briefly.
+const DRAIN: Duration = Duration::from_secs(2);
 /// A restart of one server.
 #[derive(Debug, Clone, Serialize)]
 pub struct Restart {
@@ -44,7 +47,9 @@ impl Fleet {
         let publics = vec![keygen(volley, &keys[0])?, keygen(volley, &keys[1])?];
         let mut servers = Vec::new();
         for _ in 0..args.servers {
-            servers.push(VolleyProcess::serve(volley, &keys[0], EPHEMERAL, true)?);
+            servers.push(VolleyProcess::serve_draining(
+                volley, &keys[0], EPHEMERAL, true, DRAIN,
+            )?);
         }
         let fleet = Fleet {
             volley: volley.to_path_buf(),
@@ -111,8 +116,13 @@ impl Fleet {
         let addr = server.addr;
         self.key_of[i] = 1 - self.key_of[i];
         self.incarnation[i] += 1;
-        self.servers[i] =
-            VolleyProcess::serve(&self.volley, &self.keys[self.key_of[i]], addr, true)?;
+        self.servers[i] = VolleyProcess::serve_draining(
+            &self.volley,
+            &self.keys[self.key_of[i]],
+            addr,
+            true,
+            DRAIN,
+        )?;
         let (opened_before, closed_before) = last_counts[i];
         Ok(Restart {
             t_s,

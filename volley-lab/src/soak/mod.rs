@@ -4,7 +4,8 @@
 //!
 //! - **Servers**: `--servers` `volley serve` processes (echo service, `--metrics`). Server 0 is
 //!   never restarted: its memory and descriptors are what "flat" is judged on. The others are
-//!   restarted in turn every `--restart-every` seconds, alternately with `kill -9` and SIGTERM,
+//!   restarted in turn every `--restart-every` seconds, alternately with `kill -9` and SIGTERM
+//!   (which drains the server's sessions for 2 s, `serve --drain-timeout 2s`, then closes them),
 //!   each time on the same port with the other of two static keys (both pinned by every client):
 //!   a key rotation. Cookie keys rotate inside every server on their own timer (30 s).
 //! - **Library clients**: `--clients` independent [`volley::Client`]s in this process, each with
