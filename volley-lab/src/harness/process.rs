@@ -119,17 +119,19 @@ impl VolleyProcess {
         addr: SocketAddr,
         metrics: bool,
     ) -> Result<VolleyProcess, StartError> {
-        Self::serve_draining(volley, key, addr, metrics, Duration::ZERO)
+        Self::serve_draining(volley, key, addr, metrics, Duration::ZERO, None)
     }
 
     /// [`VolleyProcess::serve`] whose SIGTERM drains its sessions for `drain` before it says it
-    /// is going away (zero, as `serve`: at once).
+    /// is going away (zero, as `serve`: at once), with `config` as its `--config` file (which a
+    /// SIGHUP re-reads).
     pub fn serve_draining(
         volley: &Path,
         key: &Path,
         addr: SocketAddr,
         metrics: bool,
         drain: Duration,
+        config: Option<&Path>,
     ) -> Result<VolleyProcess, StartError> {
         let mut args = vec![
             "serve".to_string(),
@@ -140,6 +142,9 @@ impl VolleyProcess {
             "--drain-timeout".into(),
             format!("{}ms", drain.as_millis()),
         ];
+        if let Some(config) = config {
+            args.extend(["--config".into(), config.display().to_string()]);
+        }
         if metrics {
             args.extend(["--metrics".into(), "127.0.0.1:0".into()]);
         }
@@ -155,6 +160,12 @@ impl VolleyProcess {
     pub fn terminate(&self) {
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Asks it to reload its configuration (SIGHUP).
+    pub fn hangup(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP);
     }
 
     /// Kills it at once (SIGKILL): a crash, as its clients see it.

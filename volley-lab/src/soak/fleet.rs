@@ -16,6 +16,16 @@ use crate::harness::process::{EPHEMERAL, VolleyProcess, keygen};
 /// How long a server drains on SIGTERM before it says it is going away: the restart cycle's
 /// graceful half drains (`serve --drain-timeout`), briefly.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// The `max_sessions` server 0's config file alternates between, one SIGHUP reload each time
+/// (a live change that touches no session).
+pub(super) const RELOADED: [u32; 2] = [100_000, 90_000];
+
+/// Writes server 0's config file: its session limit.
+pub(super) fn write_config(path: &Path, max_sessions: u32) -> anyhow::Result<()> {
+    std::fs::write(path, format!("max_sessions = {max_sessions}\n"))?;
+    Ok(())
+}
 /// A restart of one server.
 #[derive(Debug, Clone, Serialize)]
 pub struct Restart {
@@ -46,9 +56,17 @@ impl Fleet {
         let keys = [args.out.join("soak-a.key"), args.out.join("soak-b.key")];
         let publics = vec![keygen(volley, &keys[0])?, keygen(volley, &keys[1])?];
         let mut servers = Vec::new();
-        for _ in 0..args.servers {
+        // Server 0, never restarted, reloads its config file in the restart cycle instead.
+        let config = args.out.join("soak-0.toml");
+        write_config(&config, RELOADED[0])?;
+        for i in 0..args.servers {
             servers.push(VolleyProcess::serve_draining(
-                volley, &keys[0], EPHEMERAL, true, DRAIN,
+                volley,
+                &keys[0],
+                EPHEMERAL,
+                true,
+                DRAIN,
+                (i == 0).then_some(config.as_path()),
             )?);
         }
         let fleet = Fleet {
@@ -122,6 +140,7 @@ impl Fleet {
             addr,
             true,
             DRAIN,
+            None,
         )?;
         let (opened_before, closed_before) = last_counts[i];
         Ok(Restart {

@@ -105,6 +105,19 @@ async fn soak(args: &SoakArgs, volley: &Path) -> anyhow::Result<Results> {
     }
     // Closed sessions are gone at once; the proxy's flows idle out after its 10 s.
     tokio::time::sleep(Duration::from_secs(13)).await;
+    // Server 0's reloads, as it counted them.
+    if let Some(m) = metrics::scrape(fleet.servers[0].metrics).await {
+        let (done, failed) = (
+            metrics::counter(&m, "volley_config_reloads_total"),
+            metrics::counter(&m, "volley_config_reload_failures_total"),
+        );
+        let line = format!(
+            "{{\"sighup_sent\":{},\"reloads\":{done},\"reload_failures\":{failed}}}\n",
+            run.reloads
+        );
+        eprint!("soak: server 0 reloads: {line}");
+        std::fs::write(args.out.join("reloads.json"), line)?;
+    }
     let last = sample(
         start,
         &fleet,
@@ -141,6 +154,8 @@ struct Timeline {
     tally: Tally,
     /// Per server: (opened, closed) summed over its incarnations that ended.
     ended_counts: Vec<(u64, u64)>,
+    /// SIGHUPs sent to server 0 (one config reload per turn of the restart cycle).
+    reloads: u64,
 }
 
 impl Timeline {
@@ -150,6 +165,7 @@ impl Timeline {
             restarts: Vec::new(),
             tally: Tally::new(servers),
             ended_counts: vec![(0, 0); servers],
+            reloads: 0,
         }
     }
 
@@ -189,6 +205,10 @@ impl Timeline {
                     "SIGTERM"
                 };
                 k += 1;
+                // Server 0 reloads its config file (SIGHUP) in every turn of the cycle.
+                fleet::write_config(&args.out.join("soak-0.toml"), fleet::RELOADED[(k + 1) % 2])?;
+                fleet.servers[0].hangup();
+                self.reloads += 1;
                 let restart = fleet
                     .restart(start, i, how, &mut self.tally.last_counts)
                     .await?;
