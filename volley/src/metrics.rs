@@ -344,8 +344,7 @@ impl Collector for ReloadCollector {
                 failed,
             ),
         ] {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(metric)?;
+            encode_counter(&mut encoder, name, help, value)?;
         }
         Ok(())
     }
@@ -379,8 +378,7 @@ impl Collector for HealthCollector {
                 s.changes,
             ),
         ] {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(metric)?;
+            encode_counter(&mut encoder, name, help, value)?;
         }
         let metric = encoder.encode_descriptor(
             "volley_forward_backend_up",
@@ -398,9 +396,7 @@ struct ForwardCollector(Arc<crate::proxy::ForwardMetrics>);
 impl Collector for ForwardCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, help, value) in self.0.counters() {
-            let full = format!("volley_forward_{name}");
-            let metric = encoder.encode_descriptor(&full, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(metric)?;
+            encode_counter(&mut encoder, &format!("volley_forward_{name}"), help, value)?;
         }
         let metric = encoder.encode_descriptor(
             "volley_forward_open_streams",
@@ -440,8 +436,7 @@ impl Collector for ProxyCollector {
                 s.idle_resets,
             ),
         ] {
-            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(metric)?;
+            encode_counter(&mut encoder, name, help, value)?;
         }
         let metric = encoder.encode_descriptor(
             "open_flows",
@@ -451,6 +446,17 @@ impl Collector for ProxyCollector {
         )?;
         ConstGauge::new(self.0.open_flows() as i64).encode(metric)
     }
+}
+
+/// One counter, read at a scrape: `name` (the encoder adds `_total`), its help, its value.
+fn encode_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
 }
 
 /// The OpenMetrics text of `registry`.

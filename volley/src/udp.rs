@@ -96,7 +96,7 @@ pub struct RecvBatch {
 impl RecvBatch {
     /// Buffers for [`BATCH`] datagrams; `local_addr`: read each datagram's local address (the
     /// socket must have had [`enable_local_addr`]).
-    #[cfg_attr(not(any(test, feature = "unstable")), allow(dead_code))]
+    #[cfg_attr(not(feature = "unstable"), allow(dead_code))]
     pub fn new(local_addr: bool) -> Self {
         Self::with_gro(local_addr, false)
     }
