@@ -514,3 +514,23 @@ mod tests {
         );
     }
 }
+
+/// A setting that takes one value or a list: `listen = "udp://…"` or
+/// `listen = ["udp://…", "tcp://…"]`.
+#[derive(serde::Deserialize, Debug)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values given (none when the setting is absent).
+    pub(crate) fn list(setting: Option<Self>) -> Vec<String> {
+        match setting {
+            None => Vec::new(),
+            Some(Self::One(v)) => vec![v],
+            Some(Self::Many(vs)) => vs,
+        }
+    }
+}

@@ -107,7 +107,7 @@ pub struct File {
     #[allow(dead_code)]
     log_format: Option<crate::LogFormat>,
     log_level: Option<String>,
-    listen: Option<OneOrMany>,
+    listen: Option<crate::config_file::OneOrMany>,
     server_keys: Option<Vec<String>>,
     key: Option<std::path::PathBuf>,
     service: Option<String>,
@@ -125,14 +125,6 @@ pub struct File {
     servers: Option<Vec<String>>,
 }
 
-/// `listen = "udp://…"` or `listen = ["udp://…", "tcp://…"]`.
-#[derive(serde::Deserialize, Debug)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
 impl Args {
     /// `--config`, before the file is merged: where `log_format` may be.
     pub fn config_path(&self) -> Option<&std::path::Path> {
@@ -147,12 +139,7 @@ impl Args {
         };
         let file: File = crate::config_file::read(&path)?;
         if self.listen.is_empty() {
-            let listen = match file.listen {
-                None => Vec::new(),
-                Some(OneOrMany::One(l)) => vec![l],
-                Some(OneOrMany::Many(ls)) => ls,
-            };
-            self.listen = listen
+            self.listen = crate::config_file::OneOrMany::list(file.listen)
                 .iter()
                 .map(|l| l.parse())
                 .collect::<Result<_, String>>()

@@ -129,9 +129,11 @@ pub struct Args {
     /// Forward each session to this service instead of echoing: the server side of `volley
     /// proxy`. udp://HOST:PORT: each session's datagrams go to the UDP service and its answers
     /// back. tcp://HOST:PORT: each session's stream (TCP on --listen's address, keyed from the
-    /// session) is spliced to a connection of its own to the TCP service.
+    /// session) is spliced to a connection of its own to the TCP service. Give both (one
+    /// udp:// and one tcp://) to serve UDP and TCP clients from one fleet: a session's first use
+    /// (a datagram or a stream) decides where it goes.
     #[arg(long, value_name = "TARGET")]
-    forward: Option<crate::target::Target>,
+    forward: Vec<crate::target::Target>,
     /// With --forward tcp://: start every backend connection with a PROXY protocol v2 header
     /// (HAProxy's), whose source is the client's address and whose TLVs 0xE0 and 0xE1 carry
     /// its static key and its allow-list name. Only for a backend that expects the header
@@ -224,7 +226,7 @@ pub struct File {
     #[serde(default, deserialize_with = "crate::duration::de_secs")]
     load_every: Option<Duration>,
     max_packet: Option<usize>,
-    forward: Option<String>,
+    forward: Option<crate::config_file::OneOrMany>,
     proxy_protocol: Option<bool>,
     #[serde(default, deserialize_with = "crate::duration::de_secs")]
     drain_timeout: Option<Duration>,
@@ -291,12 +293,12 @@ impl Args {
             .or(file.idle_timeout_ms);
         self.load_every = self.load_every.or(file.load_every);
         self.metrics = self.metrics.or(file.metrics);
-        if self.forward.is_none() {
-            self.forward = file
-                .forward
+        if self.forward.is_empty() {
+            self.forward = crate::config_file::OneOrMany::list(file.forward)
+                .iter()
                 .map(|f| f.parse())
-                .transpose()
-                .map_err(|e: String| anyhow::anyhow!("forward: {e}"))?;
+                .collect::<Result<_, String>>()
+                .map_err(|e| anyhow::anyhow!("forward: {e}"))?;
         }
         Ok(self)
     }
@@ -397,8 +399,8 @@ pub struct Settings {
     pub listen: String,
     pub service: String,
     pub load_every: Duration,
-    /// `--forward`: the backend (resolved when serving starts).
-    pub forward: Option<crate::target::Target>,
+    /// `--forward`: the backends (resolved when serving starts).
+    pub forward: Backends,
     /// `--proxy-protocol`: a PROXY protocol v2 header before each backend connection's bytes.
     pub proxy_protocol: bool,
     /// `--drain-timeout`: how long a SIGTERM drains before the sessions left are closed.
@@ -481,15 +483,15 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     config
         .validate()
         .context("the server's settings do not fit together")?;
-    let forward = args.forward.clone();
+    let forward = Backends::of(&args.forward)?;
     ensure!(
-        !args.proxy_protocol || matches!(forward, Some(crate::target::Target::Tcp(_))),
+        !args.proxy_protocol || forward.tcp.is_some(),
         "--proxy-protocol (proxy_protocol) needs --forward tcp://HOST:PORT: a UDP backend gets \
          each datagram as it was sent, with nothing before it"
     );
     let metrics = args.metrics;
     let drain_timeout = drain_timeout(args.drain_timeout);
-    let health = health_check(&args, forward.as_ref())?;
+    let health = health_check(&args, &forward)?;
     if let Some(level) = &args.log_level {
         tracing_subscriber::EnvFilter::try_new(level)
             .with_context(|| format!("log_level {level:?} is not a log filter"))?;
@@ -510,14 +512,47 @@ pub fn settings(args: Args) -> anyhow::Result<Settings> {
     })
 }
 
+/// `--forward`'s backends: at most one UDP and one TCP service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backends {
+    /// `udp://HOST:PORT`: where datagram sessions go.
+    pub udp: Option<String>,
+    /// `tcp://HOST:PORT`: where stream sessions go.
+    pub tcp: Option<String>,
+}
+
+impl Backends {
+    fn of(targets: &[crate::target::Target]) -> anyhow::Result<Self> {
+        let mut backends = Self::default();
+        for target in targets {
+            let (slot, scheme) = match target {
+                crate::target::Target::Udp(_) => (&mut backends.udp, "udp"),
+                crate::target::Target::Tcp(_) => (&mut backends.tcp, "tcp"),
+            };
+            ensure!(
+                slot.is_none(),
+                "--forward takes one {scheme}:// service (and at most one of the other scheme):                  a session goes to one backend; to spread over several, put a volley server in                  front of each"
+            );
+            *slot = Some(target.host_port().to_string());
+        }
+        Ok(backends)
+    }
+
+    /// Forwarding at all (else the echo).
+    fn any(&self) -> bool {
+        self.udp.is_some() || self.tcp.is_some()
+    }
+}
+
 /// The backend's health check, from `--health-interval`, `--health-send` and
-/// `--health-expect` (None without `--forward`).
+/// `--health-expect` (None without `--forward`). With both backends one check decides:
+/// `--health-send` checks the UDP one, otherwise a connection checks the TCP one.
 fn health_check(
     args: &Args,
-    forward: Option<&crate::target::Target>,
+    forward: &Backends,
 ) -> anyhow::Result<Option<volley::proxy::HealthCheck>> {
     use volley::proxy::HealthCheck;
-    let udp = matches!(forward, Some(crate::target::Target::Udp(_)));
+    let udp = forward.udp.is_some();
     ensure!(
         args.health_send.is_none() || udp,
         "--health-send (health_send) is for --forward udp://HOST:PORT: a TCP backend is checked \
@@ -528,13 +563,13 @@ fn health_check(
         "--health-expect (health_expect) needs --health-send: the reply it checks answers that \
          datagram"
     );
-    let Some(forward) = forward else {
+    if !forward.any() {
         ensure!(
             args.health_interval.is_none(),
             "--health-interval (health_interval) needs --forward: only a backend is checked"
         );
         return Ok(None);
-    };
+    }
     let interval = args.health_interval.unwrap_or(Duration::from_secs(2));
     ensure!(
         interval.is_zero()
@@ -543,13 +578,11 @@ fn health_check(
     );
     let send = args.health_send.as_deref().map(payload).transpose()?;
     let expect = args.health_expect.as_deref().map(payload).transpose()?;
-    let check = match (forward, send) {
+    let check = match send {
         _ if interval.is_zero() => HealthCheck::passive(),
-        (crate::target::Target::Tcp(_), _) => HealthCheck::tcp(),
-        (crate::target::Target::Udp(_), Some(send)) => {
-            HealthCheck::udp(send, expect.map(Into::into))
-        }
-        (crate::target::Target::Udp(_), None) => HealthCheck::passive(),
+        Some(send) => HealthCheck::udp(send, expect.map(Into::into)),
+        None if forward.tcp.is_some() => HealthCheck::tcp(),
+        None => HealthCheck::passive(),
     };
     Ok(Some(
         check.interval(interval.max(Duration::from_millis(10))),
@@ -617,15 +650,17 @@ fn positive(flag: &str, d: Duration) -> anyhow::Result<Duration> {
 /// `--forward`.
 /// Returns the limits and what to say about them (once the server says where it listens).
 fn forward_limits(
-    forward: Option<&crate::target::Target>,
+    forward: &Backends,
     config: &mut ServerConfig,
 ) -> anyhow::Result<(Option<ForwardLimits>, Option<String>)> {
-    let Some(target) = forward else {
+    if !forward.any() {
         return Ok((None, None));
-    };
-    let kind = match target {
-        crate::target::Target::Tcp(_) => Forwarding::Tcp,
-        crate::target::Target::Udp(_) => Forwarding::Udp,
+    }
+    // A stream session holds two descriptors, a datagram session one: with both, the larger.
+    let kind = if forward.tcp.is_some() {
+        Forwarding::Tcp
+    } else {
+        Forwarding::Udp
     };
     let open_files =
         volley::proxy::raise_open_files_limit().context("reading the open-file limit")?;
@@ -678,37 +713,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Installed before anything is announced: from the ready file on, a SIGHUP reloads the
     // allow-list and never ends the process (its default action).
     let mut hangups = Hangups::new()?;
-    let forward = match forward {
-        Some(target) => Some((
-            target.clone(),
-            crate::target::resolve_one(target.host_port()).await?,
-        )),
+    let (limits, limits_note) = forward_limits(&forward, &mut config)?;
+    let udp_backend = match &forward.udp {
+        Some(host_port) => Some(crate::target::resolve_one(host_port).await?),
         None => None,
     };
-    let (limits, limits_note) = forward_limits(forward.as_ref().map(|(t, _)| t), &mut config)?;
+    let tcp_backend = match &forward.tcp {
+        Some(host_port) => Some(crate::target::resolve_one(host_port).await?),
+        None => None,
+    };
     let answer = config.answer;
     let capacity = config.capacity;
     let peers = config.peers.clone();
     let listen = crate::target::resolve_one(&listen).await?;
     let server = Server::bind(listen, config).await?;
     // The TCP forwarder's streams arrive on the server's own address, for TCP.
-    let streams = match &forward {
-        Some((crate::target::Target::Tcp(_), _)) => {
+    let streams = match tcp_backend {
+        Some(_) => {
             let addr = server.local_addr();
             let bound = tokio::net::TcpListener::bind(addr).await;
             Some(bound.with_context(|| format!("cannot bind {addr}"))?)
         }
-        _ => None,
+        None => None,
     };
-    // What the sessions reach: the echo, or the backend a forward hands them to.
-    let serving_what = match &forward {
-        Some((crate::target::Target::Udp(_), backend)) => {
-            format!("forwarding to udp://{backend} as service {service}")
+    // What the sessions reach: the echo, or the backends a forward hands them to.
+    let serving_what = match (udp_backend, tcp_backend) {
+        (Some(udp), Some(tcp)) => {
+            format!("forwarding to udp://{udp} and tcp://{tcp} as service {service}")
         }
-        Some((crate::target::Target::Tcp(_), backend)) => {
-            format!("forwarding to tcp://{backend} as service {service}")
-        }
-        None => format!("echo, service {service}"),
+        (Some(udp), None) => format!("forwarding to udp://{udp} as service {service}"),
+        (None, Some(tcp)) => format!("forwarding to tcp://{tcp} as service {service}"),
+        (None, None) => format!("echo, service {service}"),
     };
     say!(
         "volley serve: listening on {} ({}, capacity {}, answer {}{}), public key {}",
@@ -749,19 +784,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let handle = server.handle();
     // The backend's health decides whether this server offers sessions.
-    let health = match (&forward, health) {
-        (Some((target, backend)), Some(check)) => {
+    // With both backends one check decides: a UDP probe checks the UDP one, else the TCP one
+    // is checked by connecting (refusals of either count, passively).
+    let checked = match (udp_backend, tcp_backend, &health) {
+        (Some(udp), _, Some(check)) if check.is_udp() => Some(("udp", udp)),
+        (_, Some(tcp), _) => Some(("tcp", tcp)),
+        (Some(udp), None, _) => Some(("udp", udp)),
+        (None, None, _) => None,
+    };
+    let health = match (checked, health) {
+        (Some((scheme, backend)), Some(check)) => {
             say!(
-                "volley serve: backend {}://{backend} checked {}",
-                match target {
-                    crate::target::Target::Udp(_) => "udp",
-                    crate::target::Target::Tcp(_) => "tcp",
-                },
+                "volley serve: backend {scheme}://{backend} checked {}",
                 describe_check(&check)
             );
             Some(volley::proxy::BackendHealth::start(
                 handle.clone(),
-                *backend,
+                backend,
                 check,
             ))
         }
@@ -823,8 +862,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let drain = volley::Drain::new(drain_timeout, now);
     let serving = async move {
-        let stats = match (forward, streams) {
-            (Some((_, backend)), Some(listener)) => {
+        let stats = match (udp_backend, tcp_backend.zip(streams)) {
+            (udp, Some((backend, listener))) => {
                 say!(
                     "volley serve: forwarding each session's stream (tcp://{}) to tcp://{backend}",
                     server.local_addr()
@@ -834,6 +873,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         .metrics(forward_metrics)
                         .proxy_protocol(proxy_protocol)
                         .drain(drain);
+                if let Some(udp) = udp {
+                    say!(
+                        "volley serve: a session whose first use is a datagram goes to udp://{udp}"
+                    );
+                    forward = forward.datagrams(udp);
+                }
                 if let Some(l) = limits {
                     forward = forward.max_pending(l.max_pending_streams);
                 }
@@ -850,7 +895,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 );
                 s.server
             }
-            (Some((_, backend)), None) => {
+            (Some(backend), None) => {
                 say!("volley serve: forwarding each session to udp://{backend}");
                 let mut forward = volley::proxy::UdpForward::new(server, backend).drain(drain);
                 if let Some(h) = health {
@@ -858,7 +903,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 forward.serve(begin).await
             }
-            (None, _) => volley::echo::serve_draining(server, begin, drain).await,
+            (None, None) => volley::echo::serve_draining(server, begin, drain).await,
         };
         let _ = stats_tx.send(stats);
     };

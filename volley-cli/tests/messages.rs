@@ -349,3 +349,26 @@ fn o7_json_logs_carry_every_line_the_banner_is_said_once_and_names_the_backend()
     let (_, stderr) = said_at_start(&serve, &dir.join("nc.ready"), &[("NO_COLOR", "1")]);
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+#[test]
+fn o6_serve_takes_one_backend_per_scheme_and_says_so() {
+    let dir = scratch("o6-two-udp");
+    let (key, _) = keygen(&dir);
+    let out = common::run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        &key,
+        "--forward",
+        "udp://127.0.0.1:9000",
+        "--forward",
+        "udp://127.0.0.1:9001",
+    ]);
+    assert!(!out.status.success());
+    let said = common::text(&out.stderr);
+    assert!(
+        said.contains("--forward takes one udp:// service"),
+        "{said}"
+    );
+}

@@ -401,3 +401,142 @@ fn o1_sigterm_drains_a_serve_a_50_mb_download_completes_and_new_connections_go_e
     assert!(said.contains("draining"), "{said}");
     assert!(said.contains("stopped"), "{said}");
 }
+
+/// A service on one port for UDP and TCP alike, as DNS servers are: a datagram is answered
+/// `udp says …`; a connection gets `tcp says ` and then its own bytes, until it half-closes.
+const DUAL_BACKEND: &str = r#"
+import socket, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("127.0.0.1", 0))
+port = u.getsockname()[1]
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("127.0.0.1", port))
+t.listen(64)
+def udp():
+    while True:
+        data, addr = u.recvfrom(65535)
+        u.sendto(b"udp says " + data, addr)
+def conn(c):
+    c.sendall(b"tcp says ")
+    while True:
+        data = c.recv(65536)
+        if not data:
+            break
+        c.sendall(data)
+    c.close()
+threading.Thread(target=udp, daemon=True).start()
+print(port, flush=True)
+while True:
+    c, _ = t.accept()
+    threading.Thread(target=conn, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn o6_one_proxy_listens_on_udp_and_tcp_and_one_fleet_forwards_both() {
+    use std::io::Write;
+    let dir = common::scratch("o6-udp-and-tcp");
+    let (key, public) = common::keygen(&dir);
+    let (_backend, port) = start(Command::new("python3").args(["-c", DUAL_BACKEND]));
+    let port = port.trim().to_string();
+    let (udp, tcp) = (
+        format!("udp://127.0.0.1:{port}"),
+        format!("tcp://127.0.0.1:{port}"),
+    );
+    // Two servers, each forwarding a session to the UDP or the TCP service by its first use.
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let (child, said) = common::start_ready(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--key",
+                &key,
+                "--forward",
+                &udp,
+                "--forward",
+                &tcp,
+                "--metrics",
+                "127.0.0.1:0",
+            ],
+            &dir.join(format!("s{i}.ready")),
+        );
+        assert!(said["tcp"].is_string(), "a stream listener: {said}");
+        servers.push((child, said));
+    }
+    let pool: Vec<String> = servers
+        .iter()
+        .map(|(_, s)| s["udp"].as_str().unwrap().to_string())
+        .collect();
+    let (_proxy, said) = common::start_ready(
+        &[
+            "proxy",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--server-key",
+            &public,
+            &pool[0],
+            &pool[1],
+        ],
+        &dir.join("proxy.ready"),
+    );
+    let listens: Vec<String> = said["listens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let udp_listen = listens
+        .iter()
+        .find_map(|l| l.strip_prefix("udp://"))
+        .unwrap();
+    let tcp_listen = listens
+        .iter()
+        .find_map(|l| l.strip_prefix("tcp://"))
+        .unwrap();
+    const FLOWS: usize = 8;
+    for i in 0..FLOWS {
+        // A UDP flow: a socket of its own, one datagram and its answer.
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.send_to(format!("dgram {i}").as_bytes(), udp_listen)
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!("udp says dgram {i}")
+        );
+        // A TCP connection: its bytes come back after the service's greeting.
+        let mut c = std::net::TcpStream::connect(tcp_listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(format!("stream {i}").as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, format!("tcp says stream {i}"));
+    }
+    // Each UDP flow was a datagram session and each connection a stream, on the two servers.
+    let total = |name: &str| -> u64 {
+        servers
+            .iter()
+            .map(|(_, s)| {
+                let page = scrape(s["metrics"].as_str().unwrap());
+                page.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")[..]))
+                    .unwrap_or_else(|| panic!("no {name} in {page}"))
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(
+        total("volley_forward_datagram_sessions_total"),
+        FLOWS as u64
+    );
+    assert_eq!(total("volley_forward_streams_total"), FLOWS as u64);
+    assert_eq!(total("volley_forward_datagrams_dropped_total"), 0);
+}

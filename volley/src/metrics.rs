@@ -623,6 +623,7 @@ mod tests {
         for line in [
             "volley_forward_idle_total 0\n",
             "volley_forward_datagrams_dropped_total 0\n",
+            "volley_forward_datagram_sessions_total 0\n",
             "volley_proxy_idle_resets_total 2\n",
         ] {
             assert!(page.contains(line), "missing {line:?} in {page}");

@@ -129,6 +129,11 @@ impl HealthCheck {
     pub fn is_active(&self) -> bool {
         self.probe != Probe::Passive
     }
+
+    /// Whether this check sends a UDP datagram ([`HealthCheck::udp`]): it checks a UDP backend.
+    pub fn is_udp(&self) -> bool {
+        matches!(self.probe, Probe::Udp { .. })
+    }
 }
 
 /// What a [`BackendHealth`] counted.

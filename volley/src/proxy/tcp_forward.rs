@@ -70,6 +70,9 @@ pub struct TcpForwardStats {
     pub idle: u64,
     /// Datagrams that came on a stream's session (a stream session carries none): dropped.
     pub datagrams_dropped: u64,
+    /// Sessions whose first use was a datagram, relayed to the datagram backend
+    /// ([`TcpForward::datagrams`]; always 0 without one).
+    pub datagram_sessions: u64,
 }
 
 /// What a TCP forwarder counted so far ([`ForwardMetrics::stats`]): the stream fields of
@@ -96,6 +99,8 @@ pub struct StreamStats {
     pub idle: u64,
     /// Datagrams that came on a stream's session: dropped.
     pub datagrams_dropped: u64,
+    /// Sessions relayed to the datagram backend (their first use was a datagram).
+    pub datagram_sessions: u64,
 }
 
 /// A TCP forwarder's live figures: its stream counters as they grow and the streams open now.
@@ -119,6 +124,7 @@ pub struct ForwardMetrics {
     broken: AtomicU64,
     idle: AtomicU64,
     datagrams_dropped: AtomicU64,
+    datagram_sessions: AtomicU64,
     open: AtomicU64,
 }
 
@@ -132,11 +138,12 @@ impl ForwardMetrics {
             broken: self.broken.load(Ordering::Relaxed),
             idle: self.idle.load(Ordering::Relaxed),
             datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
+            datagram_sessions: self.datagram_sessions.load(Ordering::Relaxed),
         }
     }
 
     /// (name, help, value) of every counter, for the metrics endpoint.
-    pub(crate) fn counters(&self) -> [(&'static str, &'static str, u64); 6] {
+    pub(crate) fn counters(&self) -> [(&'static str, &'static str, u64); 7] {
         let s = self.stats();
         [
             (
@@ -168,6 +175,11 @@ impl ForwardMetrics {
                 "datagrams_dropped",
                 "Datagrams that came on a stream's session (which carries none): dropped",
                 s.datagrams_dropped,
+            ),
+            (
+                "datagram_sessions",
+                "Sessions whose first use was a datagram, relayed to the UDP backend",
+                s.datagram_sessions,
             ),
         ]
     }
@@ -254,6 +266,7 @@ pub struct TcpForward {
     server: Server,
     listener: TcpListener,
     backend: SocketAddr,
+    datagrams: Option<SocketAddr>,
     metrics: Option<Arc<ForwardMetrics>>,
     timers: StreamSettings,
     drain: crate::Drain,
@@ -297,6 +310,7 @@ impl TcpForward {
             server,
             listener,
             backend,
+            datagrams: None,
             metrics: None,
             drain: crate::Drain::default(),
             health: None,
@@ -356,6 +370,19 @@ impl TcpForward {
         self
     }
 
+    /// Also serves datagram sessions: a session whose first use is a datagram (before any
+    /// HELLO) is relayed to the UDP service at `backend`, as [`crate::proxy::UdpForward`]
+    /// relays every session, and a HELLO naming it later is refused; a session whose stream
+    /// comes first is a stream session, as without this (PROTOCOL.md §13.2). One server then
+    /// carries a fleet's UDP and TCP alike (DNS over both, say): a `volley proxy` listening on
+    /// UDP and TCP needs one pool. A session with neither within the stream wait (10 s) is
+    /// closed with `NO_STREAM`. Default: none (datagrams on a session are dropped and
+    /// counted).
+    pub fn datagrams(mut self, backend: SocketAddr) -> Self {
+        self.datagrams = Some(backend);
+        self
+    }
+
     /// How long a new session waits for its stream before it is closed (`NO_STREAM`).
     #[cfg(test)]
     fn stream_wait(mut self, wait: Duration) -> Self {
@@ -377,6 +404,7 @@ impl TcpForward {
             server,
             listener,
             backend,
+            datagrams,
             metrics,
             timers,
             drain,
@@ -397,6 +425,7 @@ impl TcpForward {
                 serve_stream(
                     session,
                     backend,
+                    datagrams,
                     Arc::clone(&waiting),
                     handle.clone(),
                     Arc::clone(&counters),
@@ -416,6 +445,7 @@ impl TcpForward {
             broken: s.broken,
             idle: s.idle,
             datagrams_dropped: s.datagrams_dropped,
+            datagram_sessions: s.datagram_sessions,
         }
     }
 }
@@ -543,10 +573,15 @@ async fn take_hello(mut conn: TcpStream, waiting: &Waiting) -> bool {
 
 /// One session of the forwarder: its stream, from the wait for its HELLO to its end. Datagrams
 /// on the session are dropped and counted meanwhile; the session is closed with the code of
-/// how the stream ended (PROTOCOL.md §13.4).
+/// how the stream ended (PROTOCOL.md §13.4). With a datagram backend (`datagrams`), the
+/// session's first use decides what it is (§13.2): a HELLO makes it a stream session as above,
+/// a datagram that comes first makes it a datagram session relayed to that backend as
+/// [`crate::proxy::UdpForward`] does (a HELLO naming it is then refused).
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream(
     session: Session,
     backend: SocketAddr,
+    datagrams: Option<SocketAddr>,
     waiting: Waiting,
     handle: ServerHandle,
     counters: Arc<Counters>,
@@ -557,43 +592,93 @@ async fn serve_stream(
         counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
         trace!(len, "forward: datagram on a stream session dropped");
     };
-    let code = tokio::select! {
-        code = stream(&session, backend, &waiting, &handle, &counters, timers, health.as_ref()) => code,
-        () = drop_datagrams(&session, dropped) => CloseCode::NORMAL,
-    };
-    session.close_with(code);
-}
-
-/// Waits for the session's stream, splices it to a backend connection and says how it ended.
-async fn stream(
-    session: &Session,
-    backend: SocketAddr,
-    waiting: &WaitingSessions,
-    handle: &ServerHandle,
-    counters: &Counters,
-    timers: StreamSettings,
-    health: Option<&crate::proxy::BackendHealth>,
-) -> CloseCode {
     let Ok(ticket) = session.stream_ticket().await else {
-        return CloseCode::NORMAL; // gone already
+        return; // gone already
     };
     let id = ticket.session_id;
     let (deliver, delivered) = oneshot::channel();
     lock(&waiting.sessions)
         .waiting
         .insert(id, (ticket.keys.clone(), deliver));
-    let _registered = Registered { waiting, id };
+    let _registered = Registered {
+        waiting: &waiting,
+        id,
+    };
     waiting.registered.notify_waiters();
-    let stream = tokio::select! {
+    let first = match datagrams {
+        None => {
+            tokio::select! {
+                s = wait_stream(&session, delivered, timers) => s.map(First::Stream),
+                () = drop_datagrams(&session, dropped) => None,
+            }
+        }
+        Some(udp) => tokio::select! {
+            s = wait_stream(&session, delivered, timers) => s.map(First::Stream),
+            r = session.recv_request() => r.ok().map(|r| First::Datagram(udp, r)),
+        },
+    };
+    {
+        let mut sessions = lock(&waiting.sessions);
+        sessions.waiting.remove(&id);
+        // A datagram session has had its chance at a stream: a HELLO naming it is refused at
+        // once from now on, as a replayed one is.
+        sessions.streamed.insert(id);
+    }
+    let code = match first {
+        None => {
+            debug!(id, "forward: no stream came for the session, closed");
+            CloseCode::NO_STREAM
+        }
+        Some(First::Datagram(udp, request)) => {
+            counters.datagram_sessions.fetch_add(1, Ordering::Relaxed);
+            debug!(id, backend = %udp, "forward: the session's first use is a datagram: relayed to the UDP backend");
+            crate::proxy::udp_forward::relay(&session, Some(request), udp, health).await;
+            return;
+        }
+        Some(First::Stream(conn)) => {
+            tokio::select! {
+                code = stream(&session, conn, &ticket, backend, &handle, &counters, timers, health.as_ref()) => code,
+                () = drop_datagrams(&session, dropped) => CloseCode::NORMAL,
+            }
+        }
+    };
+    session.close_with(code);
+}
+
+/// What a session of a forwarder with a datagram backend turned out to be.
+enum First {
+    /// A stream (its HELLO checked out) came first.
+    Stream(TcpStream),
+    /// A datagram came first: the backend it goes to, and the datagram.
+    Datagram(SocketAddr, crate::session::Request),
+}
+
+/// Waits for the session's stream: None if none came in time or the session ended first.
+async fn wait_stream(
+    session: &Session,
+    delivered: oneshot::Receiver<TcpStream>,
+    timers: StreamSettings,
+) -> Option<TcpStream> {
+    tokio::select! {
         s = delivered => s.ok(),
         _ = tokio::time::sleep(timers.wait) => None,
         _ = session.closed() => None,
-    };
-    lock(&waiting.sessions).waiting.remove(&id);
-    let Some(mut stream) = stream else {
-        debug!(id, "forward: no stream came for the session, closed");
-        return CloseCode::NO_STREAM;
-    };
+    }
+}
+
+/// Splices the session's stream to a backend connection and says how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    session: &Session,
+    mut stream: TcpStream,
+    ticket: &volley_proto::stream::StreamTicket,
+    backend: SocketAddr,
+    handle: &ServerHandle,
+    counters: &Counters,
+    timers: StreamSettings,
+    health: Option<&crate::proxy::BackendHealth>,
+) -> CloseCode {
+    let id = ticket.session_id;
     let _guard = handle.load_guard();
     counters.streams.fetch_add(1, Ordering::Relaxed);
     counters.open.fetch_add(1, Ordering::Relaxed);
@@ -853,6 +938,88 @@ mod tests {
         })
         .await;
         assert_eq!(metrics.stats().backend_failures, 1);
+    }
+
+    /// A UDP service that answers `udp: ` and the datagram.
+    async fn udp_backend() -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let answer = [&b"udp: "[..], &buf[..n]].concat();
+                let _ = socket.send_to(&answer, from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn o6_with_a_datagram_backend_a_sessions_first_use_decides_where_it_goes() {
+        let key = StaticKeypair::generate(&mut crate::OsRng);
+        let (service, accepted) = backend().await;
+        let datagrams = udp_backend().await;
+        let (server, _stop, _task, metrics) =
+            forwarder_with(&key, service, |f| f.datagrams(datagrams)).await;
+        let client = Client::new(ClientConfig::new(vec![key.public()]));
+
+        // A datagram first: the session is relayed to the UDP service, large datagrams too.
+        let session = client.connect(&[server]).await.unwrap();
+        session.send(b"first").await.unwrap();
+        let answer = timeout(BOUND, session.recv()).await.unwrap().unwrap();
+        assert_eq!(&answer[..], b"udp: first");
+        let big = vec![7u8; 9_000];
+        session.send(&big).await.unwrap();
+        let answer = timeout(BOUND, session.recv()).await.unwrap().unwrap();
+        assert_eq!((answer.len(), &answer[..5]), (9_005, &b"udp: "[..]));
+        assert_eq!(metrics.stats().datagram_sessions, 1);
+        // Its stream is refused from then on, at once, and never reaches the TCP service.
+        let ticket = session.stream_ticket().await.unwrap();
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        let asked = Instant::now();
+        conn.write_all(&ticket.keys.hello(Role::Client, ticket.session_id))
+            .await
+            .unwrap();
+        let mut buf = [0u8; HELLO_LEN];
+        let n = timeout(BOUND, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "no server HELLO for a datagram session");
+        assert!(asked.elapsed() < HELLO_WAIT_FOR_SESSION);
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        // The session goes on carrying datagrams.
+        session.send(b"again").await.unwrap();
+        let answer = timeout(BOUND, session.recv()).await.unwrap().unwrap();
+        assert_eq!(&answer[..], b"udp: again");
+
+        // A stream first: spliced to the TCP service; a datagram on it then is dropped.
+        let session = client.connect(&[server]).await.unwrap();
+        let ticket = session.stream_ticket().await.unwrap();
+        let mut conn = TcpStream::connect(server).await.unwrap();
+        conn.write_all(&ticket.keys.hello(Role::Client, ticket.session_id))
+            .await
+            .unwrap();
+        let mut answer = [0u8; HELLO_LEN];
+        timeout(BOUND, conn.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        ticket
+            .keys
+            .check_hello(Role::Server, ticket.session_id, &answer)
+            .unwrap();
+        eventually("the TCP service got the stream", || {
+            accepted.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        session.send(b"not on a stream session").await.unwrap();
+        eventually("the datagram dropped and counted", || {
+            metrics.stats().datagrams_dropped == 1
+        })
+        .await;
+        assert_eq!(metrics.stats().datagram_sessions, 1);
+        assert_eq!(metrics.stats().streams, 1);
     }
 
     #[tokio::test]

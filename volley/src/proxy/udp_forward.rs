@@ -115,13 +115,21 @@ impl UdpForward {
         let backend = self.backend;
         let health = self.health;
         crate::handler::serve_sessions(self.server, shutdown, self.drain, move |session| {
-            relay(session, backend, health.clone())
+            let health = health.clone();
+            async move { relay(&session, None, backend, health).await }
         })
         .await
     }
 }
 
-async fn relay(session: Session, backend: SocketAddr, health: Option<crate::proxy::BackendHealth>) {
+/// Relays one session's datagrams to `backend` and the backend's back, until either side ends;
+/// `first` is a request already taken from the session (the TCP forwarder's datagram sessions).
+pub(crate) async fn relay(
+    session: &Session,
+    first: Option<crate::session::Request>,
+    backend: SocketAddr,
+    health: Option<crate::proxy::BackendHealth>,
+) {
     let refused = |e: &std::io::Error| {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {
             debug!(%backend, "forward: the backend refused a datagram (port unreachable)");
@@ -130,7 +138,7 @@ async fn relay(session: Session, backend: SocketAddr, health: Option<crate::prox
             }
         }
     };
-    let (key, name) = crate::proxy::client_of(&session);
+    let (key, name) = crate::proxy::client_of(session);
     info!(
         client_key = %key,
         client_name = name,
@@ -155,6 +163,13 @@ async fn relay(session: Session, backend: SocketAddr, health: Option<crate::prox
     }
     // Requests in flight, oldest first, each with when it stops counting regardless.
     let mut in_flight: VecDeque<(Instant, Option<LoadGuard>)> = VecDeque::new();
+    if let Some(request) = first {
+        let (data, guard) = request.into_parts();
+        match socket.send(&data).await {
+            Ok(_) => in_flight.push_back((Instant::now() + UDP_REQUEST_TIMEOUT, guard)),
+            Err(e) => refused(&e),
+        }
+    }
     // The backend's answers are read a few per system call when several are waiting, into the
     // thread's buffer, and copied out at their size.
     loop {
