@@ -46,6 +46,7 @@
 
 mod aead;
 pub mod allow;
+pub mod balance;
 pub mod client;
 pub mod coding;
 pub mod config;

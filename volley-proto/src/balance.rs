@@ -1,0 +1,667 @@
+//! The request balancer of a pool of sessions (PROTOCOL.md §6.10): which member takes the next
+//! request, and when a background race should look for a better member.
+//!
+//! A pool holds `k` sessions with different servers, opened by one n-best race. Every reply
+//! carries its server's expected completion of one more request (a *report*, §5.8); the
+//! balancer keeps, per member, the latest report and its age, the path's round-trip time, the
+//! requests this client has in flight there, and a floor under the reports (their minimum over
+//! a window: the member's service time, as an idle server reports exactly its service time).
+//! The next request goes to the member with the **shortest expected delay**:
+//!
+//! ```text
+//! delay(m) = rtt(m) + max(E(m) − age(m), floor(m)) + unreported(m) × floor(m) / C(m)
+//! ```
+//!
+//! `E − age`: the wait a report announced drains at one second per second (C busy slots
+//! finish a request every S / C, and each finish takes S / C off the wait), down to the
+//! service time itself. `unreported`: this client's requests sent since the report, which the
+//! server had not counted; each adds `S / C` (the capacity `C` from the member's offer;
+//! an unbounded server adds nothing). A member without a report yet counts as the members'
+//! median report.
+//!
+//! Races: a race runs in the background when the pool has fewer than `k` live members (a member
+//! failed, its server died or drained), at most one every `min_race_gap`; and when a member has
+//! fallen **behind** — its aged report more than `behind` times the best member's — within a
+//! budget of `races_per_1000` races per 1,000 requests (a token bucket). The race's winner joins;
+//! the pool then retires its worst member (no new requests; its session closes once its
+//! requests in flight are answered), which may be the newcomer if it is no better.
+//!
+//! Pure: time comes in as `now`, and nothing here does I/O.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use volley_proto::balance::{BalanceConfig, Balancer};
+//!
+//! let now = Instant::now();
+//! let mut pool = Balancer::new(BalanceConfig::default());
+//! let ms = Duration::from_millis;
+//! let rtt = Some(ms(1));
+//! let fast = pool.add(now, "192.0.2.1:7001".parse().unwrap(), Some(4), Some(ms(10)), rtt);
+//! let slow = pool.add(now, "192.0.2.2:7001".parse().unwrap(), Some(4), Some(ms(40)), rtt);
+//! assert_eq!(pool.pick(now), Some(fast));
+//! // A reply from the fast member says it is now far behind: the next request goes to the other.
+//! pool.sent(fast);
+//! pool.replied(now, fast, rtt, Some(ms(200)));
+//! assert_eq!(pool.pick(now), Some(slow));
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How a [`Balancer`] weighs its members and when it races.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BalanceConfig {
+    /// Members the pool keeps (`k`, at least 1). Default 3.
+    pub members: usize,
+    /// Races allowed per 1,000 requests to replace a member that fell behind (a token bucket
+    /// filled by requests). Races to replace a failed member do not draw on it. Default 4.
+    pub races_per_1000: u32,
+    /// Most tokens the bucket holds (races in a burst). Default 2.
+    pub race_burst: u32,
+    /// Least time between two races, whatever their reason. Default 100 ms.
+    pub min_race_gap: Duration,
+    /// A member is behind when its aged report exceeds this many times the best member's.
+    /// Default 2.0.
+    pub behind: f64,
+    /// The floor under a member's reports is their minimum over this window. Default 10 s.
+    pub floor_window: Duration,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            members: 3,
+            races_per_1000: 4,
+            race_burst: 2,
+            min_race_gap: Duration::from_millis(100),
+            behind: 2.0,
+            floor_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A member of a [`Balancer`]: stable for the member's life, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey(pub u64);
+
+/// Why a race should run ([`Balancer::poll_race`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaceRequest {
+    /// Servers already in the pool (live or retiring): race the others.
+    pub exclude: Vec<SocketAddr>,
+    /// What the race is for.
+    pub reason: RaceReason,
+}
+
+/// What a race is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaceReason {
+    /// The pool has fewer than `k` live members.
+    Fill,
+    /// This member fell behind.
+    Behind(MemberKey),
+}
+
+/// What a [`Balancer`] counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BalanceStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Races started to fill the pool (a member failed or left).
+    pub fill_races: u64,
+    /// Races started because a member fell behind.
+    pub behind_races: u64,
+    /// Races that found no new server.
+    pub races_failed: u64,
+    /// Members retired after a race found a better one (the newcomer itself included, when it
+    /// was the worst).
+    pub retired: u64,
+    /// Members that failed (their session ended).
+    pub failed: u64,
+}
+
+/// A member as the balancer sees it ([`Balancer::members`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemberView {
+    /// The member.
+    pub key: MemberKey,
+    /// Its server.
+    pub server: SocketAddr,
+    /// This client's requests in flight there.
+    pub in_flight: u32,
+    /// Its latest report (the server's expected completion) and its age.
+    pub report: Option<(Duration, Duration)>,
+    /// The floor under its reports.
+    pub floor: Option<Duration>,
+    /// The expected delay of one more request there now.
+    pub delay: Duration,
+    /// Retiring: it takes no new request.
+    pub retiring: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    key: MemberKey,
+    server: SocketAddr,
+    /// Requests served at once; None: unbounded (extra requests add no wait).
+    capacity: Option<u32>,
+    in_flight: u32,
+    /// Requests sent since the latest report.
+    unreported: u32,
+    report: Option<(Duration, Instant)>,
+    floor: Floor,
+    rtt: Option<Duration>,
+    retiring: bool,
+}
+
+/// The minimum of the values seen over about a window: two buckets of half a window each.
+#[derive(Debug, Clone, Copy)]
+struct Floor {
+    current: Option<Duration>,
+    previous: Option<Duration>,
+    since: Option<Instant>,
+}
+
+impl Floor {
+    fn new() -> Self {
+        Self {
+            current: None,
+            previous: None,
+            since: None,
+        }
+    }
+
+    fn add(&mut self, now: Instant, value: Duration, window: Duration) {
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= window / 2 {
+            self.previous = self.current;
+            self.current = None;
+            self.since = Some(now);
+        }
+        self.current = Some(self.current.map_or(value, |c| c.min(value)));
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The request balancer of a pool of sessions (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    config: BalanceConfig,
+    members: Vec<Member>,
+    next_key: u64,
+    /// The race budget, in thousandths of a race (exact: each request adds `races_per_1000`).
+    tokens: u64,
+    last_race: Option<Instant>,
+    racing: Option<RaceReason>,
+    stats: BalanceStats,
+}
+
+impl Balancer {
+    /// An empty pool.
+    pub fn new(config: BalanceConfig) -> Self {
+        Self {
+            config: BalanceConfig {
+                members: config.members.max(1),
+                ..config
+            },
+            members: Vec::new(),
+            next_key: 0,
+            tokens: RACE,
+            last_race: None,
+            racing: None,
+            stats: BalanceStats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &BalanceConfig {
+        &self.config
+    }
+
+    /// Adds a member with `server`, whose offer said `capacity` (None: unbounded) and
+    /// `expected` (its expected completion, the first report), reached in `rtt`.
+    pub fn add(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        capacity: Option<u32>,
+        expected: Option<Duration>,
+        rtt: Option<Duration>,
+    ) -> MemberKey {
+        let key = MemberKey(self.next_key);
+        self.next_key += 1;
+        let mut floor = Floor::new();
+        if let Some(e) = expected {
+            floor.add(now, e, self.config.floor_window);
+        }
+        self.members.push(Member {
+            key,
+            server,
+            capacity: capacity.filter(|&c| c > 0),
+            in_flight: 0,
+            unreported: 0,
+            report: expected.map(|e| (e, now)),
+            floor,
+            rtt,
+            retiring: false,
+        });
+        key
+    }
+
+    fn member(&mut self, key: MemberKey) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.key == key)
+    }
+
+    /// The members' median report, for a member that has none yet.
+    fn median_report(&self, now: Instant) -> Duration {
+        let mut reports: Vec<Duration> = self
+            .members
+            .iter()
+            .filter_map(|m| m.report.map(|(e, at)| aged(e, at, now, m.floor.get())))
+            .collect();
+        if reports.is_empty() {
+            return Duration::ZERO;
+        }
+        reports.sort_unstable();
+        reports[reports.len() / 2]
+    }
+
+    /// The aged report of `m` (the median's when it has none): what one more request would
+    /// wait and take at its server, as last heard, before this client's own additions.
+    fn expected(&self, m: &Member, now: Instant) -> Duration {
+        match m.report {
+            Some((e, at)) => aged(e, at, now, m.floor.get()),
+            None => self.median_report(now),
+        }
+    }
+
+    /// The expected delay of one more request on `m`.
+    fn delay(&self, m: &Member, now: Instant) -> Duration {
+        let mut d = m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now);
+        if let (Some(c), Some(floor)) = (m.capacity, m.floor.get()) {
+            d += floor * m.unreported / c;
+        }
+        d
+    }
+
+    /// The member that should take the next request: the live member with the shortest
+    /// expected delay (ties: fewer requests in flight, then the older member). None when the
+    /// pool has no live member.
+    pub fn pick(&self, now: Instant) -> Option<MemberKey> {
+        self.members
+            .iter()
+            .filter(|m| !m.retiring)
+            .min_by_key(|m| (self.delay(m, now), m.in_flight, m.key))
+            .map(|m| m.key)
+    }
+
+    /// A request was sent on `key`.
+    pub fn sent(&mut self, key: MemberKey) {
+        self.stats.requests += 1;
+        let cap = u64::from(self.config.race_burst.max(1)) * RACE;
+        self.tokens = (self.tokens + u64::from(self.config.races_per_1000)).min(cap);
+        if let Some(m) = self.member(key) {
+            m.in_flight += 1;
+            m.unreported += 1;
+        }
+    }
+
+    /// A reply came on `key`, with the path's round-trip sample (if the caller has one) and the
+    /// server's report.
+    pub fn replied(
+        &mut self,
+        now: Instant,
+        key: MemberKey,
+        rtt: Option<Duration>,
+        report: Option<Duration>,
+    ) {
+        let window = self.config.floor_window;
+        if let Some(m) = self.member(key) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+            if let Some(sample) = rtt {
+                m.rtt = Some(sample);
+            }
+            if let Some(e) = report {
+                m.report = Some((e, now));
+                m.unreported = 0;
+                m.floor.add(now, e, window);
+            } else {
+                m.unreported = m.unreported.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A request on `key` ended without a reply (timed out, cancelled, refused).
+    pub fn lost(&mut self, key: MemberKey) {
+        if let Some(m) = self.member(key) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+            m.unreported = m.unreported.saturating_sub(1);
+        }
+    }
+
+    /// `key`'s session ended: the member leaves the pool (and a race will fill its place).
+    pub fn failed(&mut self, key: MemberKey) {
+        let before = self.members.len();
+        self.members.retain(|m| m.key != key);
+        if self.members.len() < before {
+            self.stats.failed += 1;
+        }
+    }
+
+    /// `key` leaves the pool (a retired member whose requests are answered).
+    pub fn remove(&mut self, key: MemberKey) {
+        self.members.retain(|m| m.key != key);
+    }
+
+    /// Retired members with no request in flight: close their sessions and
+    /// [`Balancer::remove`] them.
+    pub fn idle_retired(&self) -> Vec<MemberKey> {
+        self.members
+            .iter()
+            .filter(|m| m.retiring && m.in_flight == 0)
+            .map(|m| m.key)
+            .collect()
+    }
+
+    /// The live members (not retiring).
+    pub fn live(&self) -> usize {
+        self.members.iter().filter(|m| !m.retiring).count()
+    }
+
+    /// Whether a race should start now; if so, it counts as started (call
+    /// [`Balancer::race_won`] or [`Balancer::race_failed`] when it ends). At most one race
+    /// runs at a time.
+    pub fn poll_race(&mut self, now: Instant) -> Option<RaceRequest> {
+        if self.racing.is_some() {
+            return None;
+        }
+        if self
+            .last_race
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.min_race_gap)
+        {
+            return None;
+        }
+        let reason = if self.live() < self.config.members {
+            RaceReason::Fill
+        } else {
+            if self.tokens < RACE {
+                return None;
+            }
+            RaceReason::Behind(self.behind(now)?)
+        };
+        match reason {
+            RaceReason::Fill => self.stats.fill_races += 1,
+            RaceReason::Behind(_) => {
+                self.tokens -= RACE;
+                self.stats.behind_races += 1;
+            }
+        }
+        self.racing = Some(reason);
+        self.last_race = Some(now);
+        Some(RaceRequest {
+            exclude: self.members.iter().map(|m| m.server).collect(),
+            reason,
+        })
+    }
+
+    /// The live member that fell behind, if one did: the one with the largest aged report, when
+    /// it exceeds `behind` times the best's.
+    fn behind(&self, now: Instant) -> Option<MemberKey> {
+        let live: Vec<(&Member, Duration)> = self
+            .members
+            .iter()
+            .filter(|m| !m.retiring && m.report.is_some())
+            .map(|m| (m, m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now)))
+            .collect();
+        let best = live.iter().map(|(_, d)| *d).min()?;
+        let (worst, d) = live.iter().max_by_key(|(m, d)| (*d, m.key))?;
+        (d.as_secs_f64() > self.config.behind * best.as_secs_f64()).then_some(worst.key)
+    }
+
+    /// The race found `server` (its offer's capacity and expected completion, the handshake's
+    /// round trip): it joins. Returns the new member and, when the pool now holds more than
+    /// `k` live members, the member retired to make room — the one with the longest expected
+    /// delay, which may be the new one.
+    pub fn race_won(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        capacity: Option<u32>,
+        expected: Option<Duration>,
+        rtt: Option<Duration>,
+    ) -> (MemberKey, Option<MemberKey>) {
+        self.racing = None;
+        let key = self.add(now, server, capacity, expected, rtt);
+        if self.live() <= self.config.members {
+            return (key, None);
+        }
+        let worst = self
+            .members
+            .iter()
+            .filter(|m| !m.retiring)
+            .max_by_key(|m| (self.delay_without_own(m, now), m.key))
+            .map(|m| m.key);
+        if let Some(w) = worst
+            && let Some(m) = self.member(w)
+        {
+            m.retiring = true;
+            self.stats.retired += 1;
+        }
+        (key, worst)
+    }
+
+    /// A member's expected delay, leaving out this client's own unreported requests (they
+    /// follow the choice; they should not decide who leaves).
+    fn delay_without_own(&self, m: &Member, now: Instant) -> Duration {
+        m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now)
+    }
+
+    /// The race ended without a new server.
+    pub fn race_failed(&mut self) {
+        self.racing = None;
+        self.stats.races_failed += 1;
+    }
+
+    /// What was counted so far.
+    pub fn stats(&self) -> BalanceStats {
+        self.stats
+    }
+
+    /// Every member, as the balancer sees it at `now`.
+    pub fn members(&self, now: Instant) -> Vec<MemberView> {
+        self.members
+            .iter()
+            .map(|m| MemberView {
+                key: m.key,
+                server: m.server,
+                in_flight: m.in_flight,
+                report: m
+                    .report
+                    .map(|(e, at)| (e, now.saturating_duration_since(at))),
+                floor: m.floor.get(),
+                delay: self.delay(m, now),
+                retiring: m.retiring,
+            })
+            .collect()
+    }
+}
+
+/// One race in the token bucket's units (thousandths).
+const RACE: u64 = 1000;
+
+/// A report `e` heard at `at`, aged to `now`: its wait drains at one second per second, down to
+/// the floor (the service time itself).
+fn aged(e: Duration, at: Instant, now: Instant, floor: Option<Duration>) -> Duration {
+    let drained = e.saturating_sub(now.saturating_duration_since(at));
+    drained.max(floor.unwrap_or(Duration::ZERO).min(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, i], 7001))
+    }
+
+    #[test]
+    fn p3_each_request_goes_to_the_member_with_the_shortest_expected_delay() {
+        let now = Instant::now();
+        let mut b = Balancer::new(BalanceConfig::default());
+        let a = b.add(now, addr(1), Some(4), Some(ms(10)), Some(ms(1)));
+        let c = b.add(now, addr(2), Some(4), Some(ms(10)), Some(ms(5)));
+        // Same report: the shorter path wins.
+        assert_eq!(b.pick(now), Some(a));
+        // Each request sent there adds S / C = 2.5 ms until a report covers it: after two,
+        // a's delay (1 + 10 + 5) passes c's (5 + 10).
+        b.sent(a);
+        assert_eq!(b.pick(now), Some(a));
+        b.sent(a);
+        assert_eq!(b.pick(now), Some(c));
+        // A report that covers them (and says a is idle again) brings a back.
+        b.replied(now, a, None, Some(ms(10)));
+        assert_eq!(b.pick(now), Some(a));
+    }
+
+    #[test]
+    fn p3_a_member_that_turns_slow_stops_getting_requests_and_its_report_ages() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig::default());
+        let a = b.add(t0, addr(1), Some(4), Some(ms(10)), Some(ms(1)));
+        let c = b.add(t0, addr(2), Some(4), Some(ms(12)), Some(ms(1)));
+        assert_eq!(b.pick(t0), Some(a));
+        b.sent(a);
+        // a's server says one more request would take 100 ms there: c takes the next ones.
+        b.replied(t0, a, None, Some(ms(100)));
+        for i in 0..50 {
+            let now = t0 + ms(i);
+            assert_eq!(b.pick(now), Some(c), "at {i} ms");
+        }
+        // The announced wait drains: 100 ms later a is back at its floor (10 ms) and wins.
+        assert_eq!(b.pick(t0 + ms(95)), Some(a));
+    }
+
+    #[test]
+    fn p3_a_failed_member_is_replaced_by_a_race_that_excludes_the_pool() {
+        let now = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(now, addr(1), Some(4), Some(ms(10)), None);
+        b.add(now, addr(2), Some(4), Some(ms(10)), None);
+        assert_eq!(
+            b.poll_race(now),
+            None,
+            "a full pool of equal members races not"
+        );
+        b.failed(a);
+        let race = b.poll_race(now).expect("a race to fill the pool");
+        assert_eq!(race.reason, RaceReason::Fill);
+        assert_eq!(race.exclude, vec![addr(2)]);
+        assert_eq!(b.poll_race(now), None, "one race at a time");
+        let (new, retired) = b.race_won(now, addr(3), Some(4), Some(ms(10)), None);
+        assert_eq!(retired, None);
+        assert_eq!(b.live(), 2);
+        assert!(b.members(now).iter().any(|m| m.key == new));
+        assert_eq!(b.stats().fill_races, 1);
+    }
+
+    #[test]
+    fn p3_a_member_behind_is_raced_within_the_budget_and_the_worst_retires() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            races_per_1000: 5,
+            race_burst: 1,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(t0, addr(1), Some(4), Some(ms(10)), None);
+        let slow = b.add(t0, addr(2), Some(4), Some(ms(10)), None);
+        b.sent(slow);
+        b.sent(slow);
+        b.replied(t0, slow, None, Some(ms(500)));
+        // The first token is there: a race, for the member behind.
+        let race = b.poll_race(t0).expect("a race");
+        assert_eq!(race.reason, RaceReason::Behind(slow));
+        let (new, retired) = b.race_won(t0, addr(3), Some(4), Some(ms(10)), None);
+        assert_eq!(retired, Some(slow), "the worst member retires");
+        assert_eq!(b.pick(t0).map(|k| k == a || k == new), Some(true));
+        // It takes no new request, and leaves once its request is answered.
+        assert!(b.idle_retired().is_empty(), "one request still in flight");
+        b.replied(t0, slow, None, None);
+        assert_eq!(b.idle_retired(), vec![slow]);
+        b.remove(slow);
+        // Another member falls behind: the bucket (full at one race) went to the first race;
+        // each request adds 5 thousandths, so the 200th request since buys the next.
+        let later = t0 + ms(1_000);
+        b.sent(new);
+        b.replied(later, new, None, Some(ms(500)));
+        assert_eq!(b.poll_race(later), None, "no token");
+        for _ in 0..198 {
+            b.sent(a);
+            b.replied(later, a, None, Some(ms(10)));
+        }
+        assert_eq!(b.poll_race(later), None, "not yet a whole race");
+        b.sent(a);
+        b.replied(later, a, None, Some(ms(10)));
+        let race = b.poll_race(later).expect("a race bought by the requests");
+        assert_eq!(race.reason, RaceReason::Behind(new));
+        assert_eq!(b.stats().behind_races, 2);
+    }
+
+    #[test]
+    fn p3_races_are_spaced_by_the_least_gap() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        b.add(t0, addr(1), Some(4), Some(ms(10)), None);
+        assert!(b.poll_race(t0).is_some());
+        b.race_failed();
+        assert_eq!(b.poll_race(t0 + ms(50)), None, "within 100 ms of the last");
+        assert!(b.poll_race(t0 + ms(100)).is_some());
+        assert_eq!(b.stats().races_failed, 1);
+    }
+
+    #[test]
+    fn p3_a_member_without_a_report_counts_as_the_median() {
+        let now = Instant::now();
+        let mut b = Balancer::new(BalanceConfig::default());
+        let fast = b.add(now, addr(1), Some(4), Some(ms(5)), None);
+        b.add(now, addr(2), Some(4), Some(ms(50)), None);
+        let unknown = b.add(now, addr(3), Some(4), None, None);
+        let view = b.members(now);
+        let d = |k| view.iter().find(|m| m.key == k).unwrap().delay;
+        assert_eq!(
+            d(unknown),
+            ms(50),
+            "the median of 5 and 50 ms: the upper one"
+        );
+        assert_eq!(b.pick(now), Some(fast));
+    }
+
+    #[test]
+    fn p3_an_unbounded_server_is_not_charged_for_requests_in_flight() {
+        let now = Instant::now();
+        let mut b = Balancer::new(BalanceConfig::default());
+        let unbounded = b.add(now, addr(1), None, Some(ms(10)), None);
+        b.add(now, addr(2), Some(1), Some(ms(11)), None);
+        for _ in 0..100 {
+            assert_eq!(b.pick(now), Some(unbounded));
+            b.sent(unbounded);
+        }
+    }
+}
