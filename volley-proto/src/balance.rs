@@ -338,6 +338,14 @@ impl Balancer {
         }
     }
 
+    /// `key`'s server serves `capacity` requests at once (None: unbounded), as its latest
+    /// report says.
+    pub fn set_capacity(&mut self, key: MemberKey, capacity: Option<u32>) {
+        if let Some(m) = self.member(key) {
+            m.capacity = capacity.filter(|&c| c > 0);
+        }
+    }
+
     /// A request on `key` ended without a reply (timed out, cancelled, refused).
     pub fn lost(&mut self, key: MemberKey) {
         if let Some(m) = self.member(key) {
