@@ -4,21 +4,34 @@
 //!
 //! Everything is seeded: a fresh [`ServerEndpoint`] or [`Client`] connection built here draws exactly the
 //! same keys, tags, session ids and ephemerals as the ones the recording was made with, so the
-//! recorded OFFER, INIT, ACCEPT and DATA stay genuine for every fresh instance. The tests at the
-//! bottom prove that (run them with `cargo test --manifest-path fuzz/Cargo.toml`).
+//! recorded OFFER, INIT, ACCEPT and DATA stay genuine for every fresh instance. The recording
+//! also recovers the session's DATA keys, with which [`sealed`] seals any plaintext frame as
+//! either side of that session. The stateful targets' harnesses live in [`server_datagram`] and
+//! [`client_datagram`] (their input formats are documented at the top of the target files in
+//! `fuzz_targets/`), so that the tests can run the committed seeds through them. The tests at
+//! the bottom prove all of that (run them with `cargo test --manifest-path fuzz/Cargo.toml`).
 
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{CryptoRng, CryptoRngCore, RngCore, SeedableRng};
 use volley_proto::client::PoolState;
+use volley_proto::crypto::{DirectionKey, InitiatorHandshake, Suite};
+use volley_proto::packet::Packet;
+use volley_proto::session::SessionConfig;
 use volley_proto::{
-    ClientConfig, ClientEvent, CloseCode, Connection, MAX_DATAGRAM_LEN, ServerConfig,
-    ServerEndpoint, ServerEvent, StaticKeypair,
+    ClientConfig, ClientEvent, CloseCode, Connection, MAX_DATAGRAM_LEN, MAX_INIT_NOISE_LEN,
+    ServerConfig, ServerEndpoint, ServerEvent, StaticKeypair,
 };
+
+pub mod client_datagram;
+pub mod sealed;
+pub mod server_datagram;
+
+use sealed::SessionSecrets;
 
 /// Seed of the server's static key.
 pub const SERVER_KEY_SEED: u64 = 1;
@@ -134,6 +147,18 @@ pub fn new_client(now: Instant) -> Client {
 
 /// [`new_client`] with its configuration adjusted by `tweak`.
 pub fn new_client_with(now: Instant, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
+    client_with_rng(
+        now,
+        tweak,
+        Box::new(ChaCha20Rng::seed_from_u64(CLIENT_RNG_SEED)),
+    )
+}
+
+fn client_with_rng(
+    now: Instant,
+    tweak: impl FnOnce(&mut ClientConfig),
+    rng: Box<dyn CryptoRngCore + Send>,
+) -> Client {
     let mut config = ClientConfig::new(vec![server_keypair().public()]);
     config.key = Some(client_keypair().clone());
     tweak(&mut config);
@@ -142,10 +167,117 @@ pub fn new_client_with(now: Instant, tweak: impl FnOnce(&mut ClientConfig)) -> C
         now,
         config,
         vec![server_addr(), backup_server_addr()],
-        Box::new(ChaCha20Rng::seed_from_u64(CLIENT_RNG_SEED)),
+        rng,
         &mut pool,
     );
     Client { conn, pool }
+}
+
+/// The client's seeded RNG, passing every value through unchanged and noting each 32-byte draw:
+/// one of them seeds the Noise ephemeral of its INIT ([`InitiatorHandshake::start`] draws a
+/// 32-byte seed from the RNG it is given), which is how the recording recovers its session keys.
+struct TapRng {
+    inner: ChaCha20Rng,
+    draws: Arc<Mutex<Vec<[u8; 32]>>>,
+}
+
+impl RngCore for TapRng {
+    fn next_u32(&mut self) -> u32 {
+        self.inner.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.inner.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.inner.fill_bytes(dest);
+        if let Ok(draw) = <[u8; 32]>::try_from(&*dest) {
+            self.draws.lock().unwrap().push(draw);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoRng for TapRng {}
+
+/// Gives back one noted 32-byte draw (the seed it replays) and nothing else of note.
+struct ReplayRng([u8; 32]);
+
+impl RngCore for ReplayRng {
+    fn next_u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+    fn next_u64(&mut self) -> u64 {
+        u64::from(self.next_u32())
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for (d, s) in dest.iter_mut().zip(self.0.iter().cycle()) {
+            *d = *s;
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoRng for ReplayRng {}
+
+/// The recorded session's DATA keys: the client's handshake redone from each 32-byte draw of its
+/// RNG until one gives the recorded INIT's Noise message byte for byte (the same ephemeral, so
+/// the same transcript), then finished with the recorded ACCEPT.
+fn recover_secrets(init: &[u8], accept: &[u8], draws: &[[u8; 32]]) -> SessionSecrets {
+    let Ok(Packet::Init(init)) = Packet::decode(init) else {
+        panic!("the recorded INIT decodes");
+    };
+    let Ok(Packet::Accept(accept)) = Packet::decode(accept) else {
+        panic!("the recorded ACCEPT decodes");
+    };
+    let prologue = volley_proto::crypto::prologue(init.service, &init.tag, init.cookie);
+    // INIT's payload: the client's session id (ACCEPT routes by it) and the suites it offers.
+    let mut payload = accept.receiver_id.to_be_bytes().to_vec();
+    payload.push(SessionConfig::default().cipher.offer());
+    for draw in draws {
+        let mut msg1 = [0u8; MAX_INIT_NOISE_LEN];
+        let Ok((hs, n)) = InitiatorHandshake::start(
+            client_keypair(),
+            &server_keypair().public(),
+            &prologue,
+            &payload,
+            &mut msg1,
+            &mut ReplayRng(*draw),
+        ) else {
+            continue;
+        };
+        if msg1[..n] != *init.noise {
+            continue;
+        }
+        let mut p2 = [0u8; 64];
+        let (len, split) = hs
+            .finish(accept.noise, &mut p2)
+            .expect("the recorded ACCEPT finishes the redone handshake");
+        assert_eq!(len, volley_proto::crypto::ACCEPT_PAYLOAD_LEN);
+        return SessionSecrets {
+            suite: Suite::from_id(p2[4]).expect("ACCEPT names a suite"),
+            client_to_server: split.k1,
+            server_to_client: split.k2,
+        };
+    }
+    panic!("no draw of the client's RNG reproduces the recorded INIT's Noise message");
+}
+
+/// Opens a recorded DATA packet with `key`: its plaintext (frame type byte and body).
+pub fn open_data(key: &DirectionKey, datagram: &[u8]) -> Option<Vec<u8>> {
+    let Ok(Packet::Data(header, ct)) = Packet::decode(datagram) else {
+        return None;
+    };
+    let aad = &datagram[..volley_proto::DATA_HEADER_LEN];
+    let mut buf = ct.to_vec();
+    key.open(header.counter, aad, &mut buf)
+        .ok()
+        .map(|p| p.to_vec())
 }
 
 /// A cursor over the fuzzer's bytes. Running out is not an error: reads return `None` or fewer
@@ -258,6 +390,13 @@ pub struct Recorded {
     /// Server → client DATA: DATAGRAM "hi", PING at +1 s, CLOSE GOING_AWAY (counters 2–4, key
     /// epoch 1: the server's PONG and PATH_CHALLENGE came first).
     pub server_data: Vec<Vec<u8>>,
+    /// The session's DATA keys, recovered from the client's RNG draws (checked: they open the
+    /// recorded DATA of both directions).
+    pub secrets: SessionSecrets,
+    /// The server's session id: the receiver id of client → server DATA.
+    pub server_session_id: u32,
+    /// The client's session id: the receiver id of server → client DATA (and of the ACCEPT).
+    pub client_session_id: u32,
 }
 
 fn drain_client(client: &mut Client, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
@@ -284,7 +423,12 @@ fn record() -> Recorded {
     // Keys updated after every packet (at most once a second), so the DATA after the first
     // second is under epoch 1.
     let mut server = new_server_with(t0, |c| c.session.rekey_after_packets = 1);
-    let mut client = new_client_with(t0, |c| c.session.rekey_after_packets = 1);
+    let draws = Arc::new(Mutex::new(Vec::new()));
+    let tap = TapRng {
+        inner: ChaCha20Rng::seed_from_u64(CLIENT_RNG_SEED),
+        draws: draws.clone(),
+    };
+    let mut client = client_with_rng(t0, |c| c.session.rekey_after_packets = 1, Box::new(tap));
     let mut resp = [0u8; MAX_DATAGRAM_LEN];
 
     let probe = drain_client(&mut client, t0)
@@ -392,6 +536,27 @@ fn record() -> Recorded {
     );
     assert_eq!(server_data.len(), 3, "server DATA: datagram, ping, close");
 
+    let secrets = recover_secrets(&init, &accept, &draws.lock().unwrap());
+    let receiver = |d: &[u8]| match Packet::decode(d) {
+        Ok(Packet::Data(h, _)) => h.receiver_id,
+        other => panic!("recorded DATA decodes as DATA: {other:?}"),
+    };
+    let server_session_id = receiver(&client_data[0]);
+    let client_session_id = receiver(&server_data[0]);
+    // The keys are the session's: they open its first DATA each way (epoch 0 and epoch 1).
+    let c2s = DirectionKey::new(secrets.suite, &secrets.client_to_server);
+    let s2c = DirectionKey::new(secrets.suite, &secrets.server_to_client);
+    assert_eq!(
+        open_data(&c2s, &client_data[0]).as_deref(),
+        Some(&b"\0hello"[..]),
+        "recovered keys open the client's DATAGRAM"
+    );
+    assert_eq!(
+        open_data(&s2c.next(), &server_data[0]).as_deref(),
+        Some(&b"\0hi"[..]),
+        "recovered keys open the server's DATAGRAM"
+    );
+
     Recorded {
         probe,
         offer,
@@ -403,6 +568,9 @@ fn record() -> Recorded {
         path_challenge,
         path_response,
         server_data,
+        secrets,
+        server_session_id,
+        client_session_id,
     }
 }
 
@@ -488,6 +656,287 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, ClientEvent::Datagram(d) if d[..] == b"hi"[..]))
         );
+    }
+
+    #[test]
+    fn the_recovered_keys_seal_what_the_real_session_seals() {
+        let r = recorded();
+        let t0 = Instant::now();
+        // The recorded client's session, rebuilt from the recovered keys, cuts a 3,000-byte
+        // datagram into three FRAGMENTs (PROTOCOL.md §5.7) ...
+        let keys = volley_proto::crypto::SessionKeys::new(
+            r.secrets.suite,
+            &r.secrets.client_to_server,
+            &r.secrets.server_to_client,
+        );
+        let mut session = volley_proto::session::Session::new(
+            t0,
+            r.client_session_id,
+            r.server_session_id,
+            server_addr(),
+            keys,
+            SessionConfig::default(),
+        );
+        let datagram: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        session.send_datagram(&datagram).unwrap();
+        let mut buf = [0u8; MAX_DATAGRAM_LEN];
+        let mut real = Vec::new();
+        while let Some(t) = session.poll_transmit(t0, &mut buf) {
+            real.push(buf[..t.size].to_vec());
+        }
+        assert_eq!(real.len(), 3);
+        // ... which the harness's sealer makes byte for byte from the frames it reads.
+        let sealer = sealed::Sealer::client_to_server();
+        for (i, packet) in real.iter().enumerate() {
+            let c2s = DirectionKey::new(r.secrets.suite, &r.secrets.client_to_server);
+            let plaintext = open_data(&c2s, packet).expect("opens");
+            assert_eq!(
+                sealed::Frame::read(&plaintext),
+                sealed::Frame::Fragment {
+                    id: 0,
+                    index: i as u8,
+                    count: 3,
+                    piece: datagram[i * 1000..(i + 1) * 1000].to_vec(),
+                }
+            );
+            assert_eq!(sealer.seal(i as u64, 0, &plaintext), *packet);
+        }
+        // And a fresh server with the recorded INIT delivered puts them together.
+        let mut server = new_server(t0);
+        let mut resp = [0u8; MAX_DATAGRAM_LEN];
+        let _ = server.handle(t0, client_addr(), server_addr(), &r.init, &mut resp);
+        for packet in real.iter().rev() {
+            let _ = server.handle(t0, client_addr(), server_addr(), packet, &mut resp);
+        }
+        let stats = server.stats();
+        assert_eq!((stats.data_fragments, stats.data_reassembled), (3, 1));
+        assert!(
+            std::iter::from_fn(|| server.poll_event()).any(
+                |e| matches!(e, ServerEvent::Datagram { data, .. } if data[..] == datagram[..])
+            )
+        );
+    }
+
+    #[test]
+    fn sealed_frames_authenticate_both_ways_at_every_epoch() {
+        let r = recorded();
+        let t0 = Instant::now();
+        let mut server = new_server(t0);
+        let mut resp = [0u8; MAX_DATAGRAM_LEN];
+        let _ = server.handle(t0, client_addr(), server_addr(), &r.init, &mut resp);
+        let to_server = sealed::Sealer::client_to_server();
+        // Epochs 0 ..= 7, one after the other (a receiver follows up to seven ahead).
+        for epoch in 0..sealed::EPOCHS {
+            let d = to_server.seal(100 + u64::from(epoch), epoch, b"\0up");
+            let _ = server.handle(t0, client_addr(), server_addr(), &d, &mut resp);
+        }
+        let delivered = std::iter::from_fn(|| server.poll_event())
+            .filter(|e| matches!(e, ServerEvent::Datagram { .. }))
+            .count();
+        assert_eq!(delivered, sealed::EPOCHS as usize);
+        assert_eq!(server.stats().data_auth_failed, 0);
+
+        let mut client = new_client(t0);
+        let _ = drain_client(&mut client, t0);
+        client.handle(t0, server_addr(), &r.offer);
+        let _ = drain_client(&mut client, t0);
+        client.handle(t0, server_addr(), &r.accept);
+        let to_client = sealed::Sealer::server_to_client();
+        client.handle(t0, server_addr(), &to_client.seal(50, 3, b"\0down"));
+        assert!(
+            std::iter::from_fn(|| client.poll_event())
+                .any(|e| matches!(e, ClientEvent::Datagram(d) if d[..] == b"down"[..]))
+        );
+    }
+
+    #[test]
+    fn the_ledger_explains_only_complete_fresh_sets_of_pieces() {
+        let t0 = Instant::now();
+        let piece = |index: u8, count: u8, bytes: &[u8]| {
+            let mut p = vec![0x06, 0, 0, 0, 9, index, count];
+            p.extend_from_slice(bytes);
+            p
+        };
+        let mut ledger = sealed::Ledger::new(&[b"hi"]);
+        assert_eq!(ledger.explain(t0, b"hi"), Some(sealed::Delivery::Whole));
+        ledger.sent(&piece(0, 3, b"ab"), Some(t0));
+        ledger.sent(&piece(2, 3, b"ef"), Some(t0));
+        assert_eq!(ledger.explain(t0, b"abef"), None, "index 1 missing");
+        // A piece of another count is no piece of this datagram.
+        ledger.sent(&piece(1, 2, b"cd"), Some(t0));
+        assert_eq!(ledger.explain(t0, b"abcdef"), None);
+        ledger.sent(&piece(1, 3, b"cd"), Some(t0));
+        assert_eq!(
+            ledger.explain(t0, b"abcdef"),
+            Some(sealed::Delivery::Reassembled)
+        );
+        assert_eq!(ledger.explain(t0, b"abcdefg"), None);
+        // Pieces sent REASSEMBLY_TIMEOUT ago or earlier are stale ...
+        let late = t0 + volley_proto::session::REASSEMBLY_TIMEOUT;
+        assert_eq!(ledger.explain(late, b"abcdef"), None);
+        // ... unless sent again since, or taken at an unknown time.
+        ledger.sent(&piece(0, 3, b"ab"), Some(late));
+        ledger.sent(&piece(2, 3, b"ef"), None);
+        ledger.sent(&piece(1, 3, b"cd"), Some(late));
+        assert!(ledger.explain(late, b"abcdef").is_some());
+        // Malformed FRAGMENTs are no pieces (count 1, index ≥ count, no piece).
+        let mut ledger = sealed::Ledger::new(&[]);
+        ledger.sent(&piece(0, 1, b"x"), Some(t0));
+        ledger.sent(&piece(2, 2, b"y"), Some(t0));
+        ledger.sent(&piece(1, 2, b""), Some(t0));
+        ledger.sent(&piece(0, 2, b"x"), Some(t0));
+        assert_eq!(ledger.explain(t0, b"x"), None);
+        assert_eq!(ledger.explain(t0, b"xy"), None);
+    }
+
+    fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(target);
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&path).unwrap())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn seed(target: &str, name: &str) -> Vec<u8> {
+        seeds(target)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("seeds/{target}/{name}"))
+            .1
+    }
+
+    #[test]
+    fn every_committed_seed_passes_its_harness() {
+        for (name, data) in seeds("server_datagram") {
+            eprintln!("server_datagram/{name}");
+            server_datagram::run(&data);
+        }
+        for (name, data) in seeds("client_datagram") {
+            eprintln!("client_datagram/{name}");
+            client_datagram::run(&data);
+        }
+    }
+
+    #[test]
+    fn the_client_seeds_read_as_their_names_say() {
+        // They start with the mode byte (0: earliest offer wins, fan-out to all) that the input
+        // format gained after they were written.
+        let run = |name| client_datagram::run(&seed("client_datagram", name));
+        let r = run("established");
+        assert_eq!(r.established, 1);
+        assert_eq!(
+            r.deliveries,
+            [(2, sealed::Delivery::Whole)],
+            "the recorded \"hi\""
+        );
+        assert_eq!(run("cookie_change").stats.cookie_changes, 1);
+        let r = run("late_and_unprobed").stats;
+        assert_eq!((r.offers_late, r.offers_unprobed_source), (2, 1));
+        let r = run("race_deadline").stats;
+        assert_eq!((r.offers_won, r.offers_late), (0, 1));
+        let r = run("redirect_then_failover").stats;
+        assert_eq!((r.redirects, r.failovers), (1, 1));
+        let r = run("send_then_idle");
+        assert_eq!((r.established, r.stats.failovers), (1, 1));
+    }
+
+    #[test]
+    fn the_server_fragment_seeds_reach_reassembly() {
+        use sealed::Delivery::Reassembled;
+        let run = |name| server_datagram::run(&seed("server_datagram", name));
+
+        let r = run("fragments_complete");
+        assert_eq!((r.stats.data_fragments, r.stats.data_reassembled), (3, 1));
+        assert_eq!(r.deliveries, [(2, Reassembled)], "whole at the third piece");
+
+        let r = run("fragments_duplicate");
+        assert_eq!((r.stats.data_fragments, r.stats.data_bad_frame), (3, 1));
+        assert_eq!(r.stats.data_reassembled, 0);
+        assert!(r.deliveries.is_empty(), "a dropped set delivers nothing");
+
+        let r = run("fragments_wrong_count");
+        assert_eq!((r.stats.data_fragments, r.stats.data_bad_frame), (3, 1));
+        assert!(r.deliveries.is_empty());
+
+        let r = run("fragments_timeout");
+        assert_eq!(
+            r.stats.data_reassembly_dropped, 1,
+            "the first set timed out"
+        );
+        assert_eq!(r.stats.data_reassembled, 1);
+        assert_eq!(
+            r.deliveries,
+            [(4, Reassembled)],
+            "piece 2 after the timeout completes nothing; the pieces sent again do"
+        );
+
+        let r = run("fragments_max_datagram");
+        assert_eq!((r.stats.data_fragments, r.stats.data_reassembled), (47, 1));
+        assert_eq!(r.deliveries, [(46, Reassembled)]);
+
+        let r = run("fragments_over_budget");
+        assert_eq!((r.stats.data_fragments, r.stats.data_bad_frame), (47, 1));
+        assert!(r.deliveries.is_empty());
+
+        let r = run("fragments_five_partials");
+        assert_eq!(r.stats.data_fragments, 5);
+        assert_eq!(r.stats.data_reassembly_dropped, 1, "MAX_PARTIALS = 4");
+
+        let r = run("fragments_byte_bound");
+        assert_eq!(r.stats.data_fragments, 93);
+        assert_eq!(
+            r.stats.data_reassembly_dropped, 1,
+            "the oldest set made room (MAX_REASSEMBLY_BYTES)"
+        );
+    }
+
+    #[test]
+    fn the_client_fragment_seeds_reach_reassembly() {
+        use sealed::Delivery::Reassembled;
+        let run = |name| client_datagram::run(&seed("client_datagram", name));
+        // Every seed establishes with the recorded OFFER and ACCEPT; its DATA then authenticates.
+        let session = |r: &client_datagram::ClientRun| r.session.expect("established");
+
+        let r = run("fragments_complete");
+        assert_eq!(r.established, 1);
+        assert_eq!(r.deliveries, [(4, Reassembled)], "whole at the third piece");
+        assert_eq!(session(&r).datagrams_received, 1);
+
+        let r = run("fragments_duplicate");
+        assert_eq!(session(&r).packets_received, 3);
+        assert_eq!(session(&r).dropped_bad_frame, 1);
+        assert!(r.deliveries.is_empty());
+
+        let r = run("fragments_wrong_count");
+        assert_eq!(session(&r).dropped_bad_frame, 1);
+        assert!(r.deliveries.is_empty());
+
+        let r = run("fragments_timeout");
+        assert_eq!(
+            r.deliveries,
+            [(6, Reassembled)],
+            "piece 2 after the timeout completes nothing; the pieces sent again do"
+        );
+
+        let r = run("fragments_max_datagram");
+        assert_eq!(r.deliveries, [(48, Reassembled)]);
+
+        let r = run("fragments_over_budget");
+        assert_eq!(session(&r).packets_received, 47);
+        assert_eq!(session(&r).dropped_bad_frame, 1);
+        assert!(r.deliveries.is_empty());
+
+        let r = run("fragments_before_accept");
+        assert_eq!(r.stats.data_held, 1, "the first piece overtook the ACCEPT");
+        assert_eq!(r.deliveries, [(3, Reassembled)]);
     }
 
     #[test]
