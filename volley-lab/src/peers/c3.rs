@@ -15,7 +15,9 @@
 //! with `os` this client's requests outstanding at the replica and `w` the concurrency weight,
 //! the number of clients (each client assumes the others send as much as it does). `R − 1/µ` is
 //! the path and waiting the client sees beyond the service; the cubic term penalises long queues
-//! far more than a linear one. A replica with no feedback yet scores 0 and is tried first.
+//! far more than a linear one. A request is ranked among its **replica group** only (the servers
+//! that hold its key: in the paper's Cassandra, 3 of them); a replica with no feedback yet
+//! scores 0 and is tried first; ties keep the group's order.
 //!
 //! **Rate control.** Per replica a token bucket limits the sending rate `srate` (tokens per
 //! interval δ, at most [`C3Config::max_tokens`] banked), and the receive rate `rrate` is an
@@ -23,9 +25,9 @@
 //! cubic, `srate = γ (T − ∛(β · R₀ / γ))³ + R₀`, `T` the time since the last decrease, `R₀` the
 //! rate before it, each step at most [`C3Config::smax`]; if `srate > rrate` and no increase
 //! happened in the last `hysteresis × δ`, it falls to `β · srate` (`R₀` remembers the old rate).
-//! **Backpressure:** a request goes to the best-ranked replica with a token; when no replica has
-//! one, the request waits (with every later one of the client behind it, in order) until the
-//! first replica earns its token.
+//! **Backpressure:** a request goes to the best-ranked replica of its group with a token; when
+//! none has one, the request waits in its group's backlog queue (first in, first out: the later
+//! requests for that group wait behind it) until the first of them earns its token.
 //!
 //! [`C3`] is the decision alone, with no clock and no I/O: the driver tells it the time as a
 //! [`Duration`] since its own start.
@@ -202,19 +204,24 @@ impl C3 {
         resp - 1.0 / mu + q_hat.powf(self.cfg.exponent) / mu
     }
 
-    /// The replicas, best score first (ties: the lower index).
-    pub fn ranking(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.replicas.len()).collect();
-        order.sort_by(|&a, &b| self.score(a).total_cmp(&self.score(b)).then(a.cmp(&b)));
+    /// `group`'s replicas, best score first (ties keep the group's order).
+    pub fn rank(&self, group: &[usize]) -> Vec<usize> {
+        let mut order: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&i| i < self.replicas.len())
+            .collect();
+        order.sort_by(|&a, &b| self.score(a).total_cmp(&self.score(b)));
         order
     }
 
-    /// A request at `now`: the best-ranked replica with a token takes it (its outstanding
-    /// count rises); when none has one, how long until the first earns one (backpressure).
-    pub fn try_send(&mut self, now: Duration) -> Result<usize, Duration> {
+    /// A request for the replica group `group` at `now`: its best-ranked replica with a token
+    /// takes it (its outstanding count rises); when none has one, how long until the first
+    /// earns one (backpressure).
+    pub fn try_send(&mut self, group: &[usize], now: Duration) -> Result<usize, Duration> {
         let t = ms(now);
         let mut wait = f64::INFINITY;
-        for i in self.ranking() {
+        for i in self.rank(group) {
             let cfg = self.cfg;
             let r = &mut self.replicas[i];
             match r.limiter.try_acquire(t, &cfg) {
@@ -314,8 +321,9 @@ mod tests {
     #[test]
     fn p4_c3_score_orders_replicas_as_the_paper_says() {
         let mut c = C3::new(4, 16, C3Config::PAPER, Duration::ZERO);
-        // No feedback yet: every score 0, so the unexplored replicas come first, in order.
-        assert_eq!(c.ranking(), vec![0, 1, 2, 3]);
+        // No feedback yet: every score 0, so the unexplored replicas come first, in the group's
+        // order.
+        assert_eq!(c.rank(&[2, 0, 3, 1]), vec![2, 0, 3, 1]);
         // Ψ = R − 1/µ + q̂³/µ: replica 0 answers in 3 ms, serves in 2 ms with 3 queued
         // (q̂ = 4): 3 − 2 + 64 × 2 = 129; replica 1 answers in 7 ms, serves in 6 ms with 1
         // queued (q̂ = 2): 7 − 6 + 8 × 6 = 49. A linear penalty (q̂/µ: 8 against 12) would prefer
@@ -332,7 +340,7 @@ mod tests {
             "{}",
             c.score(1)
         );
-        assert_eq!(&c.ranking()[2..], &[1, 0]);
+        assert_eq!(c.rank(&[0, 1, 2, 3])[2..], [1, 0]);
         // The EWMAs weigh the newest sample 0.9.
         feed(&mut c, 1, 7, 11.0, 6);
         assert!((c.replicas[1].queue.unwrap() - (0.9 * 11.0 + 0.1 * 1.0)).abs() < 1e-9);
@@ -347,7 +355,7 @@ mod tests {
             "{}",
             c.score(2)
         );
-        assert_eq!(c.ranking()[0], 3);
+        assert_eq!(c.rank(&[2, 3]), vec![3, 2]);
     }
 
     #[test]
@@ -356,15 +364,15 @@ mod tests {
         let mut c = C3::new(1, 1, cfg, Duration::ZERO);
         // A full bucket: 10 tokens, then the 11th request waits for a token at 10 per 20 ms.
         for _ in 0..10 {
-            assert_eq!(c.try_send(Duration::ZERO), Ok(0));
+            assert_eq!(c.try_send(&[0], Duration::ZERO), Ok(0));
         }
-        let wait = c.try_send(Duration::ZERO).expect_err("backpressure");
+        let wait = c.try_send(&[0], Duration::ZERO).expect_err("backpressure");
         assert!(
             wait >= Duration::from_millis(2) && wait < Duration::from_micros(2010),
             "{wait:?}"
         );
         assert_eq!(
-            c.try_send(wait),
+            c.try_send(&[0], wait),
             Ok(0),
             "the token is there when the wait ends"
         );
@@ -414,19 +422,23 @@ mod tests {
     }
 
     #[test]
-    fn p4_c3_sends_to_the_best_replica_that_has_a_token() {
+    fn p4_c3_sends_to_the_best_replica_of_the_group_that_has_a_token() {
         let mut c = C3::new(2, 1, C3Config::PAPER, Duration::ZERO);
         feed(&mut c, 0, 1, 0.0, 1);
         feed(&mut c, 1, 9, 5.0, 8);
-        assert_eq!(c.ranking(), vec![0, 1]);
+        assert_eq!(c.rank(&[1, 0]), vec![0, 1]);
         c.replicas[0].limiter.tokens = 0.0;
         assert_eq!(
-            c.try_send(Duration::ZERO),
+            c.try_send(&[0, 1], Duration::ZERO),
             Ok(1),
-            "the best replica has no token"
+            "the best has no token"
         );
+        // Only the group's replicas are candidates.
+        assert!(c.try_send(&[0], Duration::ZERO).is_err());
         c.replicas[1].limiter.tokens = 0.0;
-        let wait = c.try_send(Duration::ZERO).expect_err("no token anywhere");
+        let wait = c
+            .try_send(&[0, 1], Duration::ZERO)
+            .expect_err("no token anywhere");
         // 1 token at 10 per 20 ms: 2 ms.
         assert!(wait <= Duration::from_micros(2002), "{wait:?}");
     }

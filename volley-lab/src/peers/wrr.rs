@@ -43,12 +43,13 @@ impl WrrConfig {
     /// blackout would keep every weight unused through a whole 6 s run. The lab keeps their
     /// proportions to its runs (1 s of warm-up, 5 s measured): the blackout is half the
     /// warm-up, so weights are in use when the measured period starts; the weights expire
-    /// after 1 s without a report (a server replies tens of times a second, so only a silent
-    /// one expires); the scheduler is rebuilt every 100 ms, A58's floor; the error penalty is
-    /// A58's default.
+    /// after 3 s without a report (reports come per call: at M = 64 a client hears from each
+    /// server about once a second at load 0.85, so 3 s lets e^-3 ≈ 5 % of its weights lapse
+    /// between two of its calls); the scheduler is rebuilt every 100 ms, A58's floor; the error
+    /// penalty is A58's default.
     pub const LAB: WrrConfig = WrrConfig {
         blackout: Duration::from_millis(500),
-        expiration: Duration::from_secs(1),
+        expiration: Duration::from_secs(3),
         update: Duration::from_millis(100),
         error_penalty: 1.0,
     };

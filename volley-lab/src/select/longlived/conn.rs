@@ -25,9 +25,11 @@ use crate::select::fleet::{
 /// A server's answer to one request: which server, its status, its load report.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Answer {
+    /// The server that answered (its index in the fleet).
     pub server: usize,
     /// The server's status byte: 0 done, anything else failed.
     pub status: u8,
+    /// The server's load as the reply left it.
     pub report: LoadReport,
 }
 
@@ -40,7 +42,9 @@ pub enum ConnError {
     /// The socket refused the datagram.
     #[error("sending to server {server}: {source}")]
     Send {
+        /// The server the request was for.
         server: usize,
+        /// What the socket said.
         source: std::io::Error,
     },
     /// The client's receiver is gone (the run is ending).

@@ -19,7 +19,8 @@
 //!   per server, wrapped in `PendingRequests` or `PeakEwma`; a call is one request.
 //! - `ll-prequal`: Prequal's probes and hot/cold rule ([`crate::peers::prequal`]) per request.
 //! - `ll-wrr`: client-side weighted round robin by the reports ([`crate::peers::wrr`]).
-//! - `ll-c3`: C3's ranking and rate control by the reports ([`crate::peers::c3`]).
+//! - `ll-c3`: C3's ranking and rate control by the reports ([`crate::peers::c3`]), among each
+//!   request's replica group of 3 servers, as in the paper's Cassandra.
 //! - `ll-round-robin`: each client's own cursor.
 //! - `ll-volley-race`: volley racing for every request, a one-request volley session each, with
 //!   the primary configuration of §2 (`volley-window-immediate-d3`); every race is counted.
@@ -70,6 +71,7 @@ pub struct LlRequest {
 pub struct LlReply {
     /// The server that answered, when one did.
     pub server: Option<u16>,
+    /// Answered (done or failed), or not in time.
     pub outcome: Outcome,
     /// volley probes sent for this request.
     pub probes: u32,
@@ -102,13 +104,21 @@ pub type LlService = tower::util::BoxService<LlRequest, LlReply, tower::BoxError
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LlPolicy {
+    /// `ll-p2c-pending`: tower p2c over `PendingRequests`.
     P2cPending,
+    /// `ll-p2c-peakewma`: tower p2c over `PeakEwma`.
     P2cPeakEwma,
+    /// `ll-prequal`: Prequal's probes and hot/cold rule per request.
     Prequal,
+    /// `ll-wrr`: client-side weighted round robin from the per-reply reports.
     Wrr,
+    /// `ll-c3`: C3's ranking and rate control from the per-reply reports.
     C3,
+    /// `ll-round-robin`: each client's own cursor.
     RoundRobin,
+    /// `ll-oracle-sed`: the central SED oracle, per request.
     OracleSed,
+    /// `ll-volley-race`: volley racing for every request.
     VolleyRace,
 }
 

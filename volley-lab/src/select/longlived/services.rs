@@ -98,10 +98,9 @@ pub async fn build(policy: LlPolicy, ctx: &Arc<RunCtx>) -> anyhow::Result<Vec<Ll
             }),
             LlPolicy::C3 => LlService::new(C3Svc {
                 state: Arc::new(Mutex::new(C3::new(n, m, C3Config::PAPER, ctx.t0.elapsed()))),
-                conns,
+                conns: conns.into(),
+                backlog: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
                 t0: ctx.t0,
-                granted: None,
-                wait: None,
             }),
             LlPolicy::VolleyRace | LlPolicy::OracleSed => {
                 anyhow::bail!("{} is built above", policy.name())
@@ -307,15 +306,28 @@ impl Service<LlRequest> for WrrSvc {
     }
 }
 
-/// `ll-c3`: C3's ranking and rate control; not ready while every replica's rate is spent (the
-/// backpressure queue: the client's later requests wait behind, in order).
+/// The servers that hold a request's key, C3's replica group: 3, as in the paper's Cassandra
+/// (replication factor 3).
+pub const C3_REPLICAS: usize = 3;
+
+/// A request's replica group: [`C3_REPLICAS`] consecutive servers from the one its coin draws
+/// (keys uniformly random, as absim's uniform access pattern; fewer on a smaller fleet).
+pub fn replica_group(coin: u64, servers: usize) -> Vec<usize> {
+    let n = servers.max(1);
+    let first = (coin % n as u64) as usize;
+    (0..C3_REPLICAS.min(n)).map(|k| (first + k) % n).collect()
+}
+
+/// `ll-c3`: C3's ranking and rate control among each request's replica group. Always ready: a
+/// request whose group has no token waits in the group's backlog queue (a fair lock per group,
+/// first in first out) inside its call, as absim's per-group backpressure scheduler; the wait
+/// counts in its latency.
 struct C3Svc {
     state: Arc<Mutex<C3>>,
-    conns: Vec<Conn>,
+    conns: Arc<[Conn]>,
+    /// One backlog queue per replica group (named by its first server).
+    backlog: Arc<[tokio::sync::Mutex<()>]>,
     t0: Instant,
-    /// The replica whose token `poll_ready` took, for the next call.
-    granted: Option<usize>,
-    wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A request C3 counts as outstanding until its reply, or until it is given up.
@@ -341,47 +353,44 @@ impl Service<LlRequest> for C3Svc {
     type Error = BoxError;
     type Future = BoxFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        loop {
-            if self.granted.is_some() {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(wait) = self.wait.as_mut() {
-                if wait.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.wait = None;
-            }
-            let now = self.t0.elapsed();
-            match self
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .try_send(now)
-            {
-                Ok(i) => self.granted = Some(i),
-                Err(d) => self.wait = Some(Box::pin(tokio::time::sleep(d))),
-            }
-        }
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: LlRequest) -> BoxFuture {
-        let Some(i) = self.granted.take() else {
-            return Box::pin(async { Err("called before ready".into()) });
-        };
-        let outstanding = Outstanding {
-            state: Arc::clone(&self.state),
-            replica: i,
-            answered: false,
-        };
-        let Some(conn) = self.conns.get_mut(i) else {
-            return Box::pin(async { Err("no server".into()) });
-        };
-        let call = conn.call(req);
-        let (sent, t0) = (Instant::now(), self.t0);
+        let group = replica_group(req.coin, self.conns.len());
+        let (state, conns, backlog, t0) = (
+            Arc::clone(&self.state),
+            Arc::clone(&self.conns),
+            Arc::clone(&self.backlog),
+            self.t0,
+        );
         Box::pin(async move {
-            let mut outstanding = outstanding;
-            let a = call.await?;
+            let Some(queue) = group.first().and_then(|&g| backlog.get(g)) else {
+                return Err("no server".into());
+            };
+            let turn = queue.lock().await;
+            let i = loop {
+                let granted = state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .try_send(&group, t0.elapsed());
+                match granted {
+                    Ok(i) => break i,
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
+            };
+            drop(turn);
+            let mut outstanding = Outstanding {
+                state,
+                replica: i,
+                answered: false,
+            };
+            let Some(conn) = conns.get(i) else {
+                return Err("no server".into());
+            };
+            let sent = Instant::now();
+            let a = conn.client.request(conn.server, req.work_us).await?;
             let r = a.report;
             outstanding
                 .state

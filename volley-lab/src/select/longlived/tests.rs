@@ -469,3 +469,21 @@ fn p4_select_long_lived_writes_its_goals_the_races_and_the_best_peer_ratios() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn p4_c3_replica_groups_are_three_consecutive_servers_from_the_coin() {
+    use super::services::replica_group;
+    assert_eq!(replica_group(17, 16), vec![1, 2, 3]);
+    assert_eq!(replica_group(15, 16), vec![15, 0, 1], "the ring wraps");
+    assert_eq!(
+        replica_group(5, 2),
+        vec![1, 0],
+        "a smaller fleet: every server"
+    );
+    // Every server heads as many groups, so uniform coins spread the keys evenly.
+    let mut heads = [0usize; 16];
+    for coin in 0..1600u64 {
+        heads[replica_group(coin, 16)[0]] += 1;
+    }
+    assert!(heads.iter().all(|&h| h == 100));
+}
