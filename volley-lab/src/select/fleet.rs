@@ -15,11 +15,13 @@
 //! the slot time it has worked since it started (its utilisation over an interval is the
 //! difference of two readings over the interval times the slots).
 //!
-//! Direct port (`select --zones`): the plain request path of the peers, see `direct_port`.
+//! Direct port (`select --zones`, `select --long-lived`): the plain request path of the peers,
+//! see `direct_port`. Its replies carry a per-reply load report ([`LoadReport`], ORCA-like),
+//! computed from the server's own state at reply time.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -47,12 +49,111 @@ pub struct Answering {
 pub struct ServerState {
     /// Requests queued or in service.
     pub in_flight: AtomicU32,
+    /// Requests in service (holding a slot).
+    pub in_service: AtomicU32,
+    /// Replies and failed replies per second, for the load report.
+    pub rates: Mutex<Rates>,
     /// Microseconds of slot time spent working (sleeping) on requests.
     pub busy_us: AtomicU64,
     /// EWMA of requests' service time at this server, µs.
     pub service_us: AtomicU64,
     /// Requests answered.
     pub done: AtomicU64,
+}
+
+/// How long the load report's rates remember: a reply counts `exp(-age / RATE_TAU)`.
+pub const RATE_TAU: Duration = Duration::from_secs(1);
+
+/// A server's reply rates, exponentially decayed over [`RATE_TAU`]: every reply (done or
+/// failed) counts toward `qps`, failed ones also toward `eps` (as ORCA's `rps_fractional` and
+/// `eps` that gRPC's and Envoy's weighted round robin read).
+#[derive(Debug, Default)]
+pub struct Rates {
+    at: Option<Instant>,
+    replies: f64,
+    errors: f64,
+}
+
+impl Rates {
+    /// One reply at `now`, failed or not.
+    pub fn record(&mut self, now: Instant, failed: bool) {
+        self.decay(now);
+        self.replies += 1.0;
+        if failed {
+            self.errors += 1.0;
+        }
+    }
+
+    /// Replies and failed replies per second at `now`.
+    pub fn read(&self, now: Instant) -> (f64, f64) {
+        let Some(at) = self.at else {
+            return (0.0, 0.0);
+        };
+        let k = (-now.saturating_duration_since(at).as_secs_f64() / RATE_TAU.as_secs_f64()).exp();
+        let tau = RATE_TAU.as_secs_f64();
+        (self.replies * k / tau, self.errors * k / tau)
+    }
+
+    fn decay(&mut self, now: Instant) {
+        if let Some(at) = self.at {
+            let k =
+                (-now.saturating_duration_since(at).as_secs_f64() / RATE_TAU.as_secs_f64()).exp();
+            self.replies *= k;
+            self.errors *= k;
+        }
+        self.at = Some(now);
+    }
+}
+
+/// The load report every reply of the plain request path carries (ORCA-like; `select
+/// --long-lived`), from the server's own state at reply time, the reply's own request no longer
+/// counted. 16 bytes, big-endian: `utilisation: u16` (requests in service over slots, in
+/// 1/10,000), `queue: u16` (requests waiting for a slot), `service_us: u32` (the EWMA of
+/// service times), `qps_milli: u32`, `eps_milli: u32` (replies and failed replies per second,
+/// in thousandths, decayed over [`RATE_TAU`]). Values beyond a field saturate it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoadReport {
+    /// Requests in service over slots, 0..=1.
+    pub utilisation: f64,
+    /// Requests waiting for a slot.
+    pub queue: u32,
+    /// The server's EWMA of service times, µs.
+    pub service_us: u32,
+    /// Replies per second, done or failed.
+    pub qps: f64,
+    /// Failed replies per second.
+    pub eps: f64,
+}
+
+/// Bytes of a [`LoadReport`] on the wire.
+pub const REPORT_LEN: usize = 16;
+
+impl LoadReport {
+    /// The report's 16 bytes.
+    pub fn encode(&self) -> [u8; REPORT_LEN] {
+        let mut out = [0u8; REPORT_LEN];
+        let util = (self.utilisation.clamp(0.0, 1.0) * 10_000.0).round() as u16;
+        let milli = |x: f64| (x.max(0.0) * 1000.0).round().min(u32::MAX as f64) as u32;
+        out[0..2].copy_from_slice(&util.to_be_bytes());
+        out[2..4].copy_from_slice(&(self.queue.min(u32::from(u16::MAX)) as u16).to_be_bytes());
+        out[4..8].copy_from_slice(&self.service_us.to_be_bytes());
+        out[8..12].copy_from_slice(&milli(self.qps).to_be_bytes());
+        out[12..16].copy_from_slice(&milli(self.eps).to_be_bytes());
+        out
+    }
+
+    /// The report in `b` (its first 16 bytes); `None` when shorter.
+    pub fn decode(b: &[u8]) -> Option<LoadReport> {
+        let b: &[u8; REPORT_LEN] = b.get(..REPORT_LEN)?.try_into().ok()?;
+        let u32_at = |k: usize| u32::from_be_bytes([b[k], b[k + 1], b[k + 2], b[k + 3]]);
+        Some(LoadReport {
+            utilisation: f64::from(u16::from_be_bytes([b[0], b[1]])) / 10_000.0,
+            queue: u32::from(u16::from_be_bytes([b[2], b[3]])),
+            service_us: u32_at(4),
+            qps: f64::from(u32_at(8)) / 1000.0,
+            eps: f64::from(u32_at(12)) / 1000.0,
+        })
+    }
 }
 
 /// A running fleet, owned by its thread.
@@ -226,6 +327,36 @@ impl Ctx {
     fn behaviour(&self) -> Behaviour {
         self.schedule.behaviour(self.index, self.start.elapsed())
     }
+
+    /// The server's load report now (see [`LoadReport`]).
+    fn report(&self) -> LoadReport {
+        let st = &self.state;
+        let in_service = st.in_service.load(Ordering::Relaxed);
+        let in_flight = st.in_flight.load(Ordering::Relaxed);
+        let (qps, eps) = st
+            .rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(Instant::now());
+        LoadReport {
+            utilisation: f64::from(in_service) / self.slot_count.max(1) as f64,
+            queue: in_flight.saturating_sub(in_service),
+            service_us: st
+                .service_us
+                .load(Ordering::Relaxed)
+                .min(u64::from(u32::MAX)) as u32,
+            qps,
+            eps,
+        }
+    }
+
+    fn record_reply(&self, failed: bool) {
+        self.state
+            .rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Instant::now(), failed);
+    }
 }
 
 /// Sends the server's counters on drop (the task is aborted at the end of a run).
@@ -292,11 +423,15 @@ async fn handle_session(session: volley::Session, ctx: Ctx) {
 async fn serve_request(ctx: &Ctx, work_us: u32) -> Option<u8> {
     let speed = match ctx.behaviour() {
         Behaviour::Silent => return None,
-        Behaviour::Sinkhole => return Some(1),
+        Behaviour::Sinkhole => {
+            ctx.record_reply(true);
+            return Some(1);
+        }
         Behaviour::Work(s) => s,
     };
     ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
     let permit = ctx.slots.acquire().await;
+    ctx.state.in_service.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     // The speed when service starts sets its length.
     let speed = match ctx.behaviour() {
@@ -306,6 +441,7 @@ async fn serve_request(ctx: &Ctx, work_us: u32) -> Option<u8> {
     let service = Duration::from_secs_f64(work_us as f64 / 1e6 / speed.max(0.01));
     tokio::time::sleep(service).await;
     let busy = started.elapsed();
+    ctx.state.in_service.fetch_sub(1, Ordering::Relaxed);
     drop(permit);
     ctx.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     ctx.state
@@ -323,6 +459,7 @@ async fn serve_request(ctx: &Ctx, work_us: u32) -> Option<u8> {
     if ctx.silent.load(Ordering::Relaxed) {
         return None;
     }
+    ctx.record_reply(false);
     Some(0)
 }
 
@@ -332,7 +469,8 @@ async fn serve_request(ctx: &Ctx, work_us: u32) -> Option<u8> {
 ///
 /// - `OPEN`: `0x01, session: u64` → `OPENED`: `0x81, session: u64`.
 /// - `REQUEST`: `0x02, session: u64, seq: u32, work_us: u32` → `REPLY`:
-///   `0x82, session: u64, seq: u32, status: u8` (served as a volley session's request is).
+///   `0x82, session: u64, seq: u32, status: u8, report: [u8; 16]` (served as a volley
+///   session's request is; the [`LoadReport`] computed as the reply leaves).
 ///
 /// Anything else, shorter or longer, is dropped. A silent server answers nothing.
 async fn direct_port(socket: UdpSocket, ctx: Ctx) {
@@ -353,7 +491,7 @@ async fn direct_port(socket: UdpSocket, ctx: Ctx) {
                 let _ = socket.send_to(&out, from).await;
             }
             (DIRECT_REQUEST, 17) => {
-                let mut out = [0u8; 14];
+                let mut out = [0u8; DIRECT_REPLY_LEN];
                 out[0] = DIRECT_REPLY;
                 out[1..13].copy_from_slice(&buf[1..13]);
                 let work_us = u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]);
@@ -361,6 +499,7 @@ async fn direct_port(socket: UdpSocket, ctx: Ctx) {
                 tokio::spawn(async move {
                     if let Some(status) = serve_request(&ctx, work_us).await {
                         out[13] = status;
+                        out[14..].copy_from_slice(&ctx.report().encode());
                         let _ = socket.send_to(&out, from).await;
                     }
                 });
@@ -375,6 +514,8 @@ pub const DIRECT_OPEN: u8 = 0x01;
 pub const DIRECT_OPENED: u8 = 0x81;
 pub const DIRECT_REQUEST: u8 = 0x02;
 pub const DIRECT_REPLY: u8 = 0x82;
+/// Bytes of a `REPLY`: kind, session, seq, status, then the [`LoadReport`].
+pub const DIRECT_REPLY_LEN: usize = 14 + REPORT_LEN;
 
 fn reply(seq: [u8; 4], status: u8) -> [u8; 5] {
     [seq[0], seq[1], seq[2], seq[3], status]
@@ -407,5 +548,54 @@ async fn load_port(socket: UdpSocket, ctx: Ctx) {
         let busy = ctx.state.busy_us.load(Ordering::Relaxed);
         out[16..24].copy_from_slice(&busy.to_be_bytes());
         let _ = socket.send_to(&out, from).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p4_a_load_report_reads_back_as_written_and_saturates() {
+        let r = LoadReport {
+            utilisation: 0.75,
+            queue: 3,
+            service_us: 41_250,
+            qps: 101.5,
+            eps: 0.25,
+        };
+        assert_eq!(LoadReport::decode(&r.encode()), Some(r));
+        let big = LoadReport {
+            utilisation: 7.0,
+            queue: 1 << 20,
+            service_us: u32::MAX,
+            qps: 1e12,
+            eps: -1.0,
+        };
+        let back = LoadReport::decode(&big.encode()).expect("16 bytes");
+        assert_eq!(back.utilisation, 1.0);
+        assert_eq!(back.queue, u32::from(u16::MAX));
+        assert_eq!(back.qps, f64::from(u32::MAX) / 1000.0);
+        assert_eq!(back.eps, 0.0);
+        assert_eq!(LoadReport::decode(&[0u8; REPORT_LEN - 1]), None);
+    }
+
+    #[test]
+    fn p4_reply_rates_decay_over_their_time_constant() {
+        let t0 = Instant::now();
+        let mut r = Rates::default();
+        assert_eq!(r.read(t0), (0.0, 0.0));
+        for k in 0..10 {
+            r.record(t0, k % 5 == 0);
+        }
+        let (qps, eps) = r.read(t0);
+        assert!(
+            (qps - 10.0).abs() < 1e-9 && (eps - 2.0).abs() < 1e-9,
+            "{qps} {eps}"
+        );
+        // One time constant later: e^-1 of it.
+        let (qps, eps) = r.read(t0 + RATE_TAU);
+        assert!((qps - 10.0 / std::f64::consts::E).abs() < 1e-9, "{qps}");
+        assert!((eps - 2.0 / std::f64::consts::E).abs() < 1e-9, "{eps}");
     }
 }

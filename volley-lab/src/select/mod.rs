@@ -8,9 +8,14 @@
 //! sessions that time out are counted as infinitely late, not cut off. A run whose client thread
 //! or fleet used more than [`CPU_LIMIT`] of a core in its measured period measured the lab, not
 //! the policy: it is marked `invalid (cpu)` and left out of every figure.
+//!
+//! `--zones` runs the zone matrix instead ([`zones`], §6.1), `--long-lived` the long-lived
+//! clients that balance every request ([`longlived`], §7) through the same plan, journal and
+//! report.
 
 mod fleet;
 mod journal;
+pub mod longlived;
 mod output;
 mod plan;
 mod plot;
@@ -52,7 +57,7 @@ pub const HEADLINE_SWEEP: [usize; 3] = [1, 16, 64];
 /// invalid (docs/BENCHMARKS.md §2).
 pub const CPU_LIMIT: f64 = 0.85;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SelectArgs {
     /// Folder for results.md, results.json and the SVG plots (created if missing).
     #[arg(long, default_value = "select-results")]
@@ -136,6 +141,13 @@ pub struct SelectArgs {
     /// --clients (one value), --zone-workloads, --zone-requests and --out.
     #[arg(long)]
     pub zones: bool,
+    /// Run the long-lived matrix instead (issue 25, P4; docs/BENCHMARKS.md §7): M clients that
+    /// live for the whole run send every request of the trace, open loop, each balancing every
+    /// request over long-lived connections (tower p2c, Prequal, weighted round robin from
+    /// per-reply load reports, C3, round robin), beside volley racing for every request and the
+    /// SED oracle. Takes the flags of the §2 matrix; sessions of ~10 requests do not apply.
+    #[arg(long, conflicts_with = "zones")]
+    pub long_lived: bool,
     /// With --zones: only these zone workloads (default: all four).
     #[arg(long, value_delimiter = ',', requires = "zones")]
     pub zone_workloads: Vec<zones::model::ZoneWorkload>,

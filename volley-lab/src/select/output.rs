@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::plan::Plan;
 use super::policy::VolleyKnobs;
 use super::report::{
-    Aggregate, RunSummary, aggregate, goals, markdown, p99_by_clients, swept_cells,
+    Aggregate, RunSummary, aggregate, goals, long_lived_goals, markdown, p99_by_clients,
+    swept_cells,
 };
 use super::run::{CONNECT_TIMEOUT, REQUEST_TIMEOUT, Runs};
 use super::workload::FleetShape;
@@ -101,6 +102,23 @@ pub(super) fn write(
         setup.wall_s,
         args.cpu_limit
     );
+    if args.long_lived {
+        md.insert_str(
+            "# volley-lab select".len(),
+            " --long-lived (docs/BENCHMARKS.md §7)",
+        );
+        md.push_str(&format!(
+            "\nLong-lived clients: each of the M clients holds its connections for the whole run and \
+             sends every request of the trace that arrives at it, open loop; a row is a request, not a \
+             session (`goodput`, `failed`, `timeouts`, `probes/session` count requests). A request's \
+             latency runs from its scheduled arrival, its wait to be sent included; one not answered \
+             within {:?} of its arrival is a timeout. The peers reach the fleet over its plain request \
+             path, one connection per client and server opened before the trace starts, every reply \
+             carrying the server's load report. `races/1k requests`: volley races run per 1,000 \
+             requests in the measured period (0 for the peers).\n",
+            super::longlived::DEADLINE
+        ));
+    }
     let (held, planned) = (runs.held, plan.runs());
     if held > 0 && !args.report_only {
         md.push_str(&format!(
@@ -113,7 +131,11 @@ pub(super) fn write(
             runs.summaries.len()
         ));
     }
-    md.push_str(&goals(&runs.summaries, CORE_VOLLEY[0]));
+    if args.long_lived {
+        md.push_str(&long_lived_goals(&runs.summaries));
+    } else {
+        md.push_str(&goals(&runs.summaries, CORE_VOLLEY[0]));
+    }
     md.push_str(&markdown(&aggregates));
     md.push_str("\n## Plots\n\n");
     for (cdf, ut) in &plots {

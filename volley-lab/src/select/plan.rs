@@ -98,7 +98,7 @@ impl Plan {
     /// What the journal checks before it resumes: everything besides a run's key that changes
     /// what the run measures.
     pub(super) fn settings(&self, args: &SelectArgs) -> serde_json::Value {
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "shape": self.shape,
             "knobs": self.knobs,
             "warmup_ms": self.warmup.as_millis() as u64,
@@ -106,7 +106,12 @@ impl Plan {
             "recovery_drop_ms": self.recovery_drop.as_millis() as u64,
             "cpu_limit": args.cpu_limit,
             "pinned": self.pin,
-        })
+        });
+        // A long-lived journal resumes only as one (a §2 journal's settings are as before).
+        if args.long_lived {
+            settings["mode"] = "long-lived".into();
+        }
+        settings
     }
 
     /// Runs in the plan: every policy of every cell at every seed.
@@ -212,31 +217,49 @@ fn cells(
     measure: Duration,
     recovery_drop: Duration,
 ) -> anyhow::Result<Vec<Cell>> {
+    // The mode's policies: §2's, or the long-lived matrix's (`--long-lived`).
+    let known = if args.long_lived {
+        Policy::long_lived()
+    } else {
+        Policy::all()
+    };
     let explicit: Option<Vec<Policy>> = if args.policies.is_empty() {
         None
     } else if args.policies.iter().any(|p| p == "all") {
-        Some(Policy::all())
+        Some(known.clone())
     } else {
         Some(
             args.policies
                 .iter()
                 .map(|n| {
-                    Policy::parse(n).with_context(|| {
-                        format!(
-                            "unknown policy {n:?}; known: {}",
-                            Policy::all()
-                                .iter()
-                                .map(|p| p.name())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })
+                    Policy::parse(n)
+                        .filter(|p| known.contains(p))
+                        .with_context(|| {
+                            format!(
+                                "unknown policy {n:?}{}; known: {}",
+                                if args.long_lived {
+                                    " for --long-lived"
+                                } else {
+                                    ""
+                                },
+                                known
+                                    .iter()
+                                    .map(|p| p.name())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
                 })
                 .collect::<anyhow::Result<_>>()?,
         )
     };
     let mut core = Policy::peers();
     core.extend(CORE_VOLLEY.iter().filter_map(|n| Policy::parse(n)));
+    let (core, full) = if args.long_lived {
+        (known.clone(), known)
+    } else {
+        (core, Policy::all())
+    };
     anyhow::ensure!(
         args.clients.iter().all(|&c| (1..=1024).contains(&c)),
         "--clients must be 1..=1024"
@@ -291,7 +314,7 @@ fn cells(
             for m in clients_for(headline(w, l)) {
                 let policies = match &explicit {
                     Some(p) => p.clone(),
-                    None if headline(w, l) && m == HEADLINE_CLIENTS && !args.quick => Policy::all(),
+                    None if headline(w, l) && m == HEADLINE_CLIENTS && !args.quick => full.clone(),
                     None => core.clone(),
                 };
                 cells.push(Cell {
@@ -309,7 +332,8 @@ fn cells(
             }
         }
     }
-    if args.long_sessions && !args.quick {
+    // Sessions of ~10 requests: §2 only (a long-lived client has no sessions).
+    if args.long_sessions && !args.quick && !args.long_lived {
         for &w in workloads
             .iter()
             .filter(|w| matches!(w, Workload::Homogeneous | Workload::HalfSlow))

@@ -202,8 +202,9 @@ impl Runner<'_> {
         )?;
         let states = fleet.state.clone();
         let (warm_at, end_at) = (fleet.start + trace.warmup, fleet.start + trace.end);
-        let (records, busy_us, cpu) = self.rt.block_on(async {
-            // Slot time worked in the measured period: read at its start and end.
+        let counted = Arc::clone(&ctx);
+        let (records, busy_us, cpu, races) = self.rt.block_on(async {
+            // Slot time worked and races run in the measured period: read at its start and end.
             let snap = tokio::spawn(async move {
                 let read = |s: &[Arc<ServerState>]| -> Vec<u64> {
                     s.iter()
@@ -212,18 +213,23 @@ impl Runner<'_> {
                 };
                 tokio::time::sleep_until(warm_at.into()).await;
                 let (a, cpu_a) = (read(&states), cpu::sample());
+                let races_a = counted.races.load(Ordering::Relaxed);
                 tokio::time::sleep_until(end_at.into()).await;
                 let (b, cpu_b) = (read(&states), cpu::sample());
+                let races = counted
+                    .races
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(races_a);
                 let busy = a
                     .iter()
                     .zip(b)
                     .map(|(a, b)| b.saturating_sub(*a))
                     .collect::<Vec<u64>>();
-                (busy, cpu::between(&cpu_a, &cpu_b))
+                (busy, cpu::between(&cpu_a, &cpu_b), races)
             });
             let records = policy::drive(policy, ctx, trace.jobs.clone()).await?;
-            let (busy, cpu) = snap.await?;
-            anyhow::Ok((records, busy, cpu))
+            let (busy, cpu, races) = snap.await?;
+            anyhow::Ok((records, busy, cpu, races))
         })?;
         let stats = fleet.stop()?;
         let summary = report::summarise(
@@ -245,6 +251,7 @@ impl Runner<'_> {
                 stats: &stats,
                 cpu,
                 cpu_limit: self.cpu_limit,
+                races: policy.is_long_lived().then_some(races),
             },
         );
         Ok((summary, records))

@@ -7,13 +7,13 @@ use super::policy::{self, Outcome, Policy, VolleyKnobs};
 use super::workload::{Behaviour, FleetShape, Requests, Schedule, TraceSpec, Workload};
 use volley::StaticKeypair;
 
-const SHAPE: FleetShape = FleetShape {
+pub(super) const SHAPE: FleetShape = FleetShape {
     servers: 4,
     slots: 2,
     mean_work: Duration::from_millis(2),
 };
 
-const KNOBS: VolleyKnobs = VolleyKnobs {
+pub(super) const KNOBS: VolleyKnobs = VolleyKnobs {
     capacity: 2,
     pace_max: Duration::from_millis(5),
     pace_divisor: 32,
@@ -37,7 +37,7 @@ fn run(
 /// test harness would otherwise start this file's fleets all at once on the machine's two cores,
 /// starving them into timeouts that say nothing about the policies (seen in CI: the silent-server
 /// test's volley run lost 106 sessions beside the other fleets, none when run alone).
-static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(super) static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `policy` over a fresh tiny fleet with `clients` independent clients; returns the
 /// records and the speed schedule.
@@ -289,6 +289,7 @@ pub(super) fn tiny_args(dir: &std::path::Path) -> super::SelectArgs {
         report_only: false,
         records: false,
         zones: false,
+        long_lived: false,
         zone_workloads: Vec::new(),
         zone_requests: Vec::new(),
         // A debug build's client thread is slow; these tests check the machinery, not validity.

@@ -35,6 +35,7 @@ mod tower;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -42,6 +43,7 @@ use tokio::task::JoinHandle;
 use volley::{AnswerPolicy, Client, ClientConfig, PublicKey, SelectionPolicy};
 
 use super::fleet::{Answering, Fleet};
+use super::longlived::{self, LlPolicy};
 use super::workload::{Job, Schedule};
 
 /// How a volley client picks among offers.
@@ -81,6 +83,8 @@ pub enum Policy {
         answer: Answer,
         fanout: Option<u8>,
     },
+    /// A policy of `select --long-lived`: long-lived clients balancing every request.
+    LongLived(LlPolicy),
 }
 
 impl Policy {
@@ -125,7 +129,21 @@ impl Policy {
     }
 
     pub fn is_volley(&self) -> bool {
-        matches!(self, Policy::Volley { .. })
+        match self {
+            Policy::Volley { .. } => true,
+            Policy::LongLived(p) => p.is_volley(),
+            _ => false,
+        }
+    }
+
+    /// A policy of `select --long-lived`.
+    pub fn is_long_lived(&self) -> bool {
+        matches!(self, Policy::LongLived(_))
+    }
+
+    /// Every policy of `select --long-lived`, in the report's order.
+    pub fn long_lived() -> Vec<Policy> {
+        LlPolicy::ALL.into_iter().map(Policy::LongLived).collect()
     }
 
     pub fn name(&self) -> String {
@@ -137,6 +155,7 @@ impl Policy {
             Policy::Prequal => "prequal".into(),
             Policy::Oracle => "oracle".into(),
             Policy::OracleSed => "oracle-sed".into(),
+            Policy::LongLived(p) => p.name().into(),
             Policy::Volley {
                 pick,
                 answer,
@@ -161,14 +180,24 @@ impl Policy {
         }
     }
 
-    /// Parses a name as printed by [`Policy::name`].
+    /// Parses a name as printed by [`Policy::name`] (a long-lived policy's too).
     pub fn parse(s: &str) -> Option<Policy> {
-        Policy::all().into_iter().find(|p| p.name() == s)
+        Policy::all()
+            .into_iter()
+            .find(|p| p.name() == s)
+            .or_else(|| LlPolicy::parse(s).map(Policy::LongLived))
     }
 
     /// How the fleet answers for this policy.
     pub fn answering(&self, lab: &VolleyKnobs) -> Answering {
         match self {
+            // Racing for every request with the primary configuration of §2.
+            Policy::LongLived(LlPolicy::VolleyRace) => Policy::Volley {
+                pick: Pick::Window,
+                answer: Answer::Immediate,
+                fanout: Some(3),
+            }
+            .answering(lab),
             Policy::Volley { answer, .. } => Answering {
                 capacity: Some(lab.capacity),
                 answer: match answer {
@@ -253,6 +282,8 @@ pub struct RunCtx {
     pub schedule: Arc<Schedule>,
     pub addrs: Vec<SocketAddr>,
     pub load_ports: Vec<SocketAddr>,
+    /// Each server's plain request path (`select --long-lived`'s peers).
+    pub direct_ports: Vec<SocketAddr>,
     pub key: PublicKey,
     pub t0: Instant,
     pub slots: usize,
@@ -264,6 +295,9 @@ pub struct RunCtx {
     pub seed: u64,
     /// volley sessions send their first request as early data, in the INIT (`select --zones`).
     pub early: bool,
+    /// Races run for the requests of `select --long-lived` (the report's races per 1,000
+    /// requests; read at the start and the end of the measured period).
+    pub races: AtomicU64,
     /// Bytes of one volley probe, as the clients send them.
     probe_size: u32,
     index: HashMap<SocketAddr, u16>,
@@ -292,6 +326,7 @@ impl RunCtx {
             schedule,
             addrs,
             load_ports: fleet.load_ports.clone(),
+            direct_ports: fleet.direct_ports.clone(),
             key: fleet.key,
             t0: fleet.start,
             slots,
@@ -301,6 +336,7 @@ impl RunCtx {
             ewma_decay: Duration::from_secs(10),
             seed,
             early: false,
+            races: AtomicU64::new(0),
             probe_size: ClientConfig::new(Vec::new()).probe_size as u32,
             index,
         }
@@ -415,6 +451,7 @@ pub async fn drive(
         Policy::Oracle => return oracle::oracle(&ctx, jobs, false).await,
         Policy::OracleSed => return oracle::oracle(&ctx, jobs, true).await,
         Policy::Volley { pick, fanout, .. } => race::race(&ctx, jobs, pick, fanout).await,
+        Policy::LongLived(p) => return longlived::drive(p, ctx, jobs).await,
     };
     collect(handles).await
 }
@@ -442,5 +479,9 @@ mod tests {
         assert!(Policy::parse("volley-earliest-paced-d3").is_some());
         assert_eq!(Policy::parse("volley-path-paced-d4"), Some(Policy::PATH));
         assert!(Policy::parse("nonsense").is_none());
+        for p in Policy::long_lived() {
+            assert_eq!(Policy::parse(&p.name()), Some(p), "{}", p.name());
+            assert!(!all.contains(&p), "§2's matrix runs no long-lived policy");
+        }
     }
 }

@@ -36,6 +36,8 @@ pub struct Aggregate {
     pub fleet_cpu: Spread,
     pub client_cpu: Spread,
     pub recovery_s: Option<Spread>,
+    /// `select --long-lived`: races per 1,000 requests (absent in §2's cells).
+    pub races_per_1000: Option<Spread>,
 }
 
 /// A cell: workload, load (‰), requests, clients.
@@ -91,6 +93,8 @@ pub fn aggregate(runs: &[RunSummary]) -> Vec<Aggregate> {
                 client_cpu: Spread::of(all.iter().map(|r| r.client_cpu)),
                 recovery_s: (!g.is_empty() && g.iter().all(|r| r.recovery_s.is_some()))
                     .then(|| s(&|r| r.recovery_s.unwrap_or(f64::NAN))),
+                races_per_1000: (!g.is_empty() && g.iter().all(|r| r.races_per_1000.is_some()))
+                    .then(|| s(&|r| r.races_per_1000.unwrap_or(f64::NAN))),
             }
         })
         .collect()

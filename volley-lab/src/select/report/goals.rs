@@ -154,7 +154,7 @@ fn timeouts_over_best_balancer(runs: &[RunSummary], cell: CellKey, primary: &str
 }
 
 /// Every seed of `runs`, in order.
-fn seeds(runs: &[RunSummary]) -> Vec<u64> {
+pub(super) fn seeds(runs: &[RunSummary]) -> Vec<u64> {
     let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
     seeds.sort_unstable();
     seeds.dedup();
@@ -162,7 +162,7 @@ fn seeds(runs: &[RunSummary]) -> Vec<u64> {
 }
 
 /// `policy`'s run of `cell` and `seed`, if it was valid.
-fn valid_run<'a>(
+pub(super) fn valid_run<'a>(
     runs: &'a [RunSummary],
     cell: CellKey,
     seed: u64,
@@ -202,7 +202,7 @@ pub(super) fn ratios(
         .collect()
 }
 
-fn ratio_cell(v: &[f64]) -> String {
+pub(super) fn ratio_cell(v: &[f64]) -> String {
     if v.is_empty() {
         return "no valid pair".into();
     }
@@ -223,7 +223,7 @@ fn ratio_cell(v: &[f64]) -> String {
     )
 }
 
-fn met(v: &[f64], ok: impl Fn(f64) -> bool) -> &'static str {
+pub(super) fn met(v: &[f64], ok: impl Fn(f64) -> bool) -> &'static str {
     if v.is_empty() {
         "—"
     } else if ok(Spread::of(v.iter().copied()).median) {

@@ -1,15 +1,18 @@
 //! What a select run reports: each run's figures (`summary`), grouped by cell and policy over
-//! seeds (`aggregate`), the goals of `docs/BENCHMARKS.md` §2 read from them (`goals`), the
-//! tables (`tables`), and the JSON form of undefined and infinite figures ([`float`]).
+//! seeds (`aggregate`), the goals of `docs/BENCHMARKS.md` §2 read from them (`goals`) and those
+//! of §7 for `--long-lived` (`long_lived`), the tables (`tables`), and the JSON form of
+//! undefined and infinite figures ([`float`]).
 
 mod aggregate;
 pub mod float;
 mod goals;
+mod long_lived;
 mod summary;
 mod tables;
 
 pub use aggregate::{Aggregate, aggregate, p99_by_clients, swept_cells};
 pub use goals::goals;
+pub use long_lived::long_lived_goals;
 pub use summary::{RunMeta, RunSummary, latencies, summarise};
 pub use tables::markdown;
 
@@ -55,6 +58,7 @@ mod tests {
             client_cpu: cpu,
             fleet_cpu: 0.3,
             cpu_busy: vec![],
+            races_per_1000: None,
         }
     }
 

@@ -91,6 +91,10 @@ pub struct RunSummary {
     #[serde(with = "float")]
     pub fleet_cpu: f64,
     pub cpu_busy: Vec<f64>,
+    /// `select --long-lived`: races run per 1,000 requests scheduled in the measured period
+    /// (0 for the peers); absent in §2's runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub races_per_1000: Option<f64>,
 }
 
 /// The inputs of a summary besides the records.
@@ -112,6 +116,8 @@ pub struct RunMeta<'a> {
     pub cpu: cpu::Usage,
     /// Above this share of a core on either side the run is invalid.
     pub cpu_limit: f64,
+    /// `select --long-lived`: races run in the measured period.
+    pub races: Option<u64>,
 }
 
 /// The latencies (ms) of the measured sessions: successful ones, and timeouts as infinity.
@@ -214,6 +220,7 @@ pub fn summarise(records: &[Record], meta: RunMeta<'_>) -> RunSummary {
         client_cpu: meta.cpu.client,
         fleet_cpu: meta.cpu.fleet,
         cpu_busy: meta.cpu.busy,
+        races_per_1000: meta.races.map(|r| r as f64 * 1000.0 / n),
     }
 }
 

@@ -36,7 +36,14 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
             cells.push(c);
         }
     }
-    let peers = crate::select::policy::Policy::peers().len();
+    // The peers first in their fixed order (§2's, or the long-lived matrix's), then volley's
+    // configurations by median p99.
+    let peers: Vec<String> = crate::select::policy::Policy::peers()
+        .iter()
+        .chain(crate::select::policy::Policy::long_lived().iter())
+        .filter(|p| !p.is_volley())
+        .map(|p| p.name())
+        .collect();
     for (w, l, r, m) in cells {
         let mut rows: Vec<&Aggregate> = aggs
             .iter()
@@ -47,15 +54,12 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
                     && a.clients == m
             })
             .collect();
-        // The peers first in their fixed order, then volley's configurations by median p99.
-        let all: Vec<String> = crate::select::policy::Policy::all()
-            .iter()
-            .map(|p| p.name())
-            .collect();
         rows.sort_by(|a, b| {
             let rank = |x: &Aggregate| {
-                let i = all.iter().position(|n| *n == x.policy).unwrap_or(all.len());
-                i.min(peers)
+                peers
+                    .iter()
+                    .position(|n| *n == x.policy)
+                    .unwrap_or(peers.len())
             };
             rank(a)
                 .cmp(&rank(b))
@@ -72,6 +76,7 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
             seeds
         );
         let recovery = rows.iter().any(|a| a.recovery_s.is_some());
+        let races = rows.iter().any(|a| a.races_per_1000.is_some());
         let _ = write!(
             out,
             "| policy | valid | p50 ms | p90 ms | p99 ms | p99.9 ms | goodput | failed | timeouts | herding | probes/session | answer p50 ms | max util | fleet CPU | client CPU |"
@@ -79,9 +84,15 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
         if recovery {
             out.push_str(" recovery s |");
         }
+        if races {
+            out.push_str(" races/1k requests |");
+        }
         out.push('\n');
         out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         if recovery {
+            out.push_str("---|");
+        }
+        if races {
             out.push_str("---|");
         }
         out.push('\n');
@@ -89,12 +100,13 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
             if a.seeds == 0 {
                 let _ = writeln!(
                     out,
-                    "| {} | 0/{} | invalid (cpu) | | | | | | | | | | | {:.2} | {:.2} |{}",
+                    "| {} | 0/{} | invalid (cpu) | | | | | | | | | | | {:.2} | {:.2} |{}{}",
                     a.policy,
                     a.runs,
                     a.fleet_cpu.median,
                     a.client_cpu.median,
-                    if recovery { " |" } else { "" }
+                    if recovery { " |" } else { "" },
+                    if races { " |" } else { "" }
                 );
                 continue;
             }
@@ -121,6 +133,11 @@ pub fn markdown(aggs: &[Aggregate]) -> String {
             if let Some(rs) = a.recovery_s {
                 let _ = write!(out, " {:.2} ({:.2}–{:.2}) |", rs.median, rs.min, rs.max);
             } else if recovery {
+                out.push_str(" — |");
+            }
+            if let Some(r) = a.races_per_1000 {
+                let _ = write!(out, " {:.0} ({:.0}–{:.0}) |", r.median, r.min, r.max);
+            } else if races {
                 out.push_str(" — |");
             }
             out.push('\n');

@@ -44,7 +44,9 @@ use volley::{Client, ClientConfig, SelectionPolicy};
 
 use super::model::{LocalityRule, OracleView, Zones, oracle_choice};
 use crate::peers::prequal::{self, ProbePool};
-use crate::select::fleet::{DIRECT_OPEN, DIRECT_OPENED, DIRECT_REPLY, DIRECT_REQUEST};
+use crate::select::fleet::{
+    DIRECT_OPEN, DIRECT_OPENED, DIRECT_REPLY, DIRECT_REPLY_LEN, DIRECT_REQUEST,
+};
 use crate::select::policy::{Outcome, Policy, Record, RunCtx, run_session};
 use crate::select::workload::{Behaviour, Job};
 
@@ -141,7 +143,7 @@ impl DirectClient {
                     };
                     let (kind, seq, status) = match (buf[0], n) {
                         (DIRECT_OPENED, 9) => (DIRECT_OPENED, 0, 0),
-                        (DIRECT_REPLY, 14) => (
+                        (DIRECT_REPLY, DIRECT_REPLY_LEN) => (
                             DIRECT_REPLY,
                             u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]),
                             buf[13],
