@@ -76,7 +76,8 @@ pub use server::{
     ServerStats, ServiceModel, SessionId,
 };
 pub use session::{
-    CloseCode, CloseReason, MAX_APP_DATAGRAM, MAX_DATAGRAM, SendError, SessionConfig,
+    CloseCode, CloseReason, LoadReport, MAX_APP_DATAGRAM, MAX_DATAGRAM, MAX_REQUESTS, Reply,
+    ReplyStatus, SendError, SessionConfig,
 };
 pub use util::canonical as canonical_addr;
 

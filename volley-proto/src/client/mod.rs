@@ -264,4 +264,14 @@ pub struct ClientStats {
     /// DATA that arrived before its ACCEPT and was kept, to be read once the session was up
     /// (one per handshake; any more count as `unexpected`).
     pub data_held: u64,
+    /// Requests queued on the sessions (PROTOCOL.md §5.8).
+    pub requests_sent: u64,
+    /// Replies that answered a request in flight.
+    pub replies_received: u64,
+    /// Replies for no request in flight (never sent, answered already, or forgotten):
+    /// dropped.
+    pub replies_unknown: u64,
+    /// Requests in flight when their session ended (closed, or its server lost): failed at once,
+    /// with no reply to come.
+    pub requests_lost: u64,
 }

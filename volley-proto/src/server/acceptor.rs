@@ -236,7 +236,8 @@ impl Acceptor {
             return InitOutcome::Answer(None);
         }
         let session = Session::new(now, local_id, client_id, remote, keys, cx.config.session)
-            .with_migration();
+            .with_migration()
+            .serving();
         debug!(%remote, id = local_id, client = %client.key.to_hex(), name = client.name.as_deref().unwrap_or(""), "session opened");
         InitOutcome::Open {
             id: local_id,

@@ -180,7 +180,8 @@ impl Reservations {
 
     /// Without expiring anything (for read-only reports).
     pub fn count_at(&self, now: Instant) -> u32 {
-        self.expiries.iter().filter(|t| **t > now).count() as u32
+        // Kept in expiry order: the live ones are those after the last expired.
+        (self.expiries.len() - self.expiries.partition_point(|t| *t <= now)) as u32
     }
 
     /// Adds a reservation ending at `expiry`, kept in expiry order; at `bound` the earliest goes.

@@ -28,7 +28,9 @@ use crate::coding::DecodeError;
 use crate::cookie::CookieJar;
 use crate::crypto::PublicKey;
 use crate::packet::Packet;
-use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError};
+use crate::session::{
+    CloseCode, CloseReason, DataDrop, Delivered, MAX_REQUESTS, ReplyStatus, SendError,
+};
 use crate::util::canonical;
 
 /// Something the application should know.
@@ -50,6 +52,17 @@ pub enum ServerEvent {
         id: SessionId,
         /// The plaintext (the buffer it was decrypted in).
         data: Bytes,
+    },
+    /// A request arrived on a session (a REQUEST frame, PROTOCOL.md §5.8). It counts as a
+    /// request in flight from now until [`ServerEndpoint::reply`] answers it (or its session
+    /// ends), and its time in flight feeds the service-time estimate.
+    Request {
+        /// The session.
+        id: SessionId,
+        /// The request's id, which the reply names.
+        request: u32,
+        /// The request's bytes.
+        body: Bytes,
     },
     /// A session moved to a new, validated client address (its answers go there from now on).
     Migrated {
@@ -437,8 +450,13 @@ impl ServerEndpoint {
             self.stats.data_new_address += 1;
         }
         // The session's first request: its offer is load now.
-        let first_request = matches!(result, Ok(Delivered::Datagram(_)))
-            && std::mem::take(&mut served.holds_reservation);
+        let first_request = matches!(
+            result,
+            Ok(Delivered::Datagram(_) | Delivered::Request { .. })
+        ) && std::mem::take(&mut served.holds_reservation);
+        // A request beyond the session's limit is refused at once, without becoming load.
+        let over_limit = matches!(result, Ok(Delivered::Request { .. }))
+            && served.session.requests_in_flight() > MAX_REQUESTS;
         // A path validation under way wants its retry one PTO on, a key update the previous
         // key's erasure; either may come before the deadline filed (PROTOCOL.md §5.5, §5.6).
         let refile =
@@ -457,13 +475,95 @@ impl ServerEndpoint {
             Ok(Delivered::Datagram(data)) => {
                 self.events.push_back(ServerEvent::Datagram { id, data })
             }
+            Ok(Delivered::Request { id: request, .. }) if over_limit => {
+                self.stats.requests_over_limit += 1;
+                trace!(
+                    id,
+                    request, "REQUEST refused: too many in flight on its session"
+                );
+                // The request was never load; if even its refusal finds no room it is
+                // forgotten, and its caller's timeout ends it.
+                let refused =
+                    self.reply_to(now, id, request, ReplyStatus::REFUSED, Bytes::new(), 0);
+                if refused.is_err()
+                    && let Some(served) = self.sessions.get_mut(id)
+                {
+                    served.session.forget_request(request);
+                }
+            }
+            Ok(Delivered::Request { id: request, body }) => {
+                self.stats.requests_received += 1;
+                self.load
+                    .request_arrived(now, &self.config, self.sessions.len());
+                self.events
+                    .push_back(ServerEvent::Request { id, request, body });
+            }
             Ok(Delivered::Keepalive) => {}
             Ok(Delivered::Closed(_)) => self.finish(now, id),
             Err(DataDrop::Auth) => self.stats.data_auth_failed += 1,
             Err(DataDrop::Replay) => self.stats.data_replayed += 1,
             Err(DataDrop::BadFrame) => self.stats.data_bad_frame += 1,
-            Err(_) => {}
+            Err(DataDrop::DuplicateRequest) => self.stats.requests_duplicate += 1,
+            // A server's session never takes a REPLY (it is a bad frame there), nor does
+            // anything else reach it here.
+            Ok(Delivered::Reply(_)) | Err(_) => {}
         }
+    }
+
+    /// Answers request `request` of session `id` with `status` and `body` (at most
+    /// [`crate::MAX_DATAGRAM`] bytes): the REPLY carries the server's load report as of `now`
+    /// (PROTOCOL.md §5.8), and the request stops counting as load — one completion, whose time
+    /// in flight feeds the service-time estimate. Use [`ReplyStatus::OK`] for an answer,
+    /// [`ReplyStatus::DROPPED`] for a request the application let go, [`ReplyStatus::REFUSED`]
+    /// for one it could not take. Refused ([`SendError::UnknownRequest`]) for a request not in
+    /// flight (never received, or answered); on any refusal the body comes back and the request
+    /// stays in flight. Call [`ServerEndpoint::poll_transmit`] afterwards.
+    pub fn reply(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        request: u32,
+        status: ReplyStatus,
+        body: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        self.reply_to(now, id, request, status, body, 1)?;
+        self.load
+            .requests_done(now, &self.config, self.sessions.len(), 1);
+        match status {
+            ReplyStatus::DROPPED => self.stats.replies_dropped += 1,
+            ReplyStatus::REFUSED => self.stats.replies_refused += 1,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Queues a REPLY whose report leaves out the `leaving` requests it completes.
+    fn reply_to(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        request: u32,
+        status: ReplyStatus,
+        body: Bytes,
+        leaving: u32,
+    ) -> Result<(), (SendError, Bytes)> {
+        let report = self
+            .load
+            .report(now, &self.config, self.sessions.len(), leaving);
+        let Some(served) = self.sessions.get_mut(id) else {
+            return Err((SendError::Closed, body));
+        };
+        served.session.send_reply(request, status, report, body)?;
+        self.stats.replies_sent += 1;
+        self.sessions.mark_ready(id);
+        Ok(())
+    }
+
+    /// Requests in flight on session `id` (received, not answered); 0 once it is gone.
+    pub fn requests_in_flight(&self, id: SessionId) -> usize {
+        self.sessions
+            .get(id)
+            .map_or(0, |s| s.session.requests_in_flight())
     }
 
     fn finish(&mut self, now: Instant, id: SessionId) {
@@ -472,11 +572,18 @@ impl ServerEndpoint {
         // COOKIE_CHANGE minted within its lifetime) is dead two lifetimes after the session
         // began, so after it ended (PROTOCOL.md §4.8).
         let early_until = now + 2 * self.config.cookie_lifetime;
-        if let Some(served) = self.sessions.remove(id, until, early_until) {
+        if let Some(mut served) = self.sessions.remove(id, until, early_until) {
             let reason = served
                 .session
                 .close_reason()
                 .unwrap_or(CloseReason::IdleTimeout);
+            // Its requests in flight end with it: no longer load (each a completion).
+            let abandoned = served.session.take_requests().len() as u32;
+            if abandoned > 0 {
+                self.stats.requests_abandoned += u64::from(abandoned);
+                self.load
+                    .requests_done(now, &self.config, self.sessions.len(), abandoned);
+            }
             match reason {
                 CloseReason::IdleTimeout => self.stats.sessions_idle_timeout += 1,
                 CloseReason::Unresponsive => self.stats.sessions_unresponsive += 1,

@@ -11,6 +11,7 @@ use super::answer::Reservations;
 use super::estimate::{ServiceEstimator, expected_completion};
 use super::{AppLoad, ServerConfig, ServerLoad};
 use crate::packet::LoadHint;
+use crate::session::LoadReport;
 
 /// The load a server carries.
 pub(super) struct Load {
@@ -18,6 +19,9 @@ pub(super) struct Load {
     app: u32,
     /// The application's running total of completed requests, as last reported.
     app_completed: u64,
+    /// Requests that came as REQUEST frames and are not answered yet (PROTOCOL.md §5.8): the
+    /// endpoint counts these itself, from arrival to reply.
+    wire: u32,
     /// The mean service time estimate.
     service: ServiceEstimator,
     /// Recently sent offers, counted as load (expiry times only; at most 4 × capacity).
@@ -29,6 +33,7 @@ impl Load {
         Self {
             app: 0,
             app_completed: 0,
+            wire: 0,
             service: ServiceEstimator::new(now, config.service),
             reserved: Reservations::default(),
         }
@@ -39,14 +44,54 @@ impl Load {
         config.reservation
     }
 
-    /// Requests in flight: the application's, plus the sessions when they count as load.
+    /// Requests in flight: the application's, the REQUESTs not answered yet, plus the sessions
+    /// when they count as load.
     pub(super) fn in_flight(&self, config: &ServerConfig, sessions: usize) -> u32 {
         let sessions = if config.count_sessions {
             sessions as u32
         } else {
             0
         };
-        sessions.saturating_add(self.app)
+        sessions.saturating_add(self.app).saturating_add(self.wire)
+    }
+
+    /// A REQUEST arrived at `now`: one more request in flight until its reply.
+    pub(super) fn request_arrived(&mut self, now: Instant, config: &ServerConfig, sessions: usize) {
+        self.wire = self.wire.saturating_add(1);
+        self.record_service(now, config, sessions, 0);
+    }
+
+    /// `n` REQUESTs ended at `now` — answered, or their session ended — each a completion.
+    pub(super) fn requests_done(
+        &mut self,
+        now: Instant,
+        config: &ServerConfig,
+        sessions: usize,
+        n: u32,
+    ) {
+        self.wire = self.wire.saturating_sub(n);
+        self.record_service(now, config, sessions, u64::from(n));
+    }
+
+    /// The load report a REPLY written at `now` carries (PROTOCOL.md §5.8): the hint an offer
+    /// would carry (requests in flight plus offers outstanding, and the expected completion of
+    /// one more), with the `leaving` requests this reply completes no longer counted.
+    pub(super) fn report(
+        &self,
+        now: Instant,
+        config: &ServerConfig,
+        sessions: usize,
+        leaving: u32,
+    ) -> LoadReport {
+        let effective = self
+            .in_flight(config, sessions)
+            .saturating_add(self.reserved.count_at(now))
+            .saturating_sub(leaving);
+        LoadReport::new(
+            self.expected(now, config, effective),
+            effective,
+            config.capacity.unwrap_or(0),
+        )
     }
 
     /// Requests in flight plus offers outstanding: what the answer policy and the hint weigh.
@@ -183,6 +228,7 @@ impl Load {
         ServerLoad {
             sessions: sessions as u32,
             app: self.app,
+            wire: self.wire,
             requests,
             reserved,
             held: held as u32,

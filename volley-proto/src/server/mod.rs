@@ -238,8 +238,25 @@ pub struct ServerStats {
     /// Datagrams put back together from their fragments and delivered.
     pub data_reassembled: u64,
     /// Incomplete datagrams dropped: timed out (2 s) or evicted to keep a session's
-    /// reassembly within 4 datagrams and 131,070 bytes.
+    /// reassembly within 4 datagrams and 131,098 bytes.
     pub data_reassembly_dropped: u64,
+    /// REQUEST frames taken as requests in flight and handed to the application
+    /// (PROTOCOL.md §5.8).
+    pub requests_received: u64,
+    /// REQUESTs dropped: their id was in flight on the session already.
+    pub requests_duplicate: u64,
+    /// REQUESTs answered at once with status REFUSED: the session had `MAX_REQUESTS` in flight
+    /// already. The application's own refusals count in `replies_refused`.
+    pub requests_over_limit: u64,
+    /// REPLYs queued, every status (the over-limit refusals included).
+    pub replies_sent: u64,
+    /// Of those, status DROPPED: the application let the request go unanswered.
+    pub replies_dropped: u64,
+    /// Of those, status REFUSED by the application's side (its queue full); the over-limit
+    /// ones count in `requests_over_limit`.
+    pub replies_refused: u64,
+    /// Requests still in flight when their session ended: never answered.
+    pub requests_abandoned: u64,
     /// Would-be replies suppressed because they exceeded the anti-amplification bound (a bug
     /// guard: should stay 0).
     pub amplification_suppressed: u64,
@@ -248,7 +265,7 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every counter by its field name, in declaration order: for exporters (Prometheus), which
     /// then cannot miss one (a test checks the list against the struct).
-    pub fn counters(&self) -> [(&'static str, u64); 58] {
+    pub fn counters(&self) -> [(&'static str, u64); 65] {
         [
             ("datagrams_received", self.datagrams_received),
             ("dropped_reflector_port", self.dropped_reflector_port),
@@ -313,6 +330,13 @@ impl ServerStats {
             ("data_fragments", self.data_fragments),
             ("data_reassembled", self.data_reassembled),
             ("data_reassembly_dropped", self.data_reassembly_dropped),
+            ("requests_received", self.requests_received),
+            ("requests_duplicate", self.requests_duplicate),
+            ("requests_over_limit", self.requests_over_limit),
+            ("replies_sent", self.replies_sent),
+            ("replies_dropped", self.replies_dropped),
+            ("replies_refused", self.replies_refused),
+            ("requests_abandoned", self.requests_abandoned),
             ("amplification_suppressed", self.amplification_suppressed),
         ]
     }
@@ -326,7 +350,10 @@ pub struct ServerLoad {
     pub sessions: u32,
     /// Requests in flight the application reported.
     pub app: u32,
-    /// Requests in flight as the server weighs them: `app`, plus `sessions` when
+    /// Requests that came as REQUEST frames (PROTOCOL.md §5.8) and are not answered yet: the
+    /// server counts them itself, from arrival to reply.
+    pub wire: u32,
+    /// Requests in flight as the server weighs them: `app` plus `wire`, plus `sessions` when
     /// [`ServerConfig::count_sessions`] is set.
     pub requests: u32,
     /// Offers sent recently and not yet taken (see [`ServerConfig::reservation`]).

@@ -54,6 +54,19 @@ pub enum SendError {
     /// No session is established yet (the connection is racing or handshaking).
     #[error("no session established yet")]
     NotEstablished,
+    /// A request from a server's session, or a reply from a client's: requests go client →
+    /// server, replies back (PROTOCOL.md §5.8).
+    #[error("requests go client to server and replies back")]
+    WrongDirection,
+    /// [`super::MAX_REQUESTS`] requests are in flight on the session already.
+    #[error("{} requests in flight already", super::MAX_REQUESTS)]
+    TooManyRequests,
+    /// A request under an id already in flight.
+    #[error("a request with this id is in flight")]
+    RequestInFlight,
+    /// A reply to no request in flight (never received, or already answered).
+    #[error("no request in flight with this id")]
+    UnknownRequest,
 }
 
 /// Why an incoming DATA packet was dropped. Each has a counter.
@@ -75,4 +88,10 @@ pub enum DataDrop {
     /// From an address that is not the session's (and the session does not migrate).
     #[error("not from the session's address")]
     WrongSource,
+    /// A REQUEST under an id already in flight (PROTOCOL.md §5.8).
+    #[error("a request with an id in flight")]
+    DuplicateRequest,
+    /// A REPLY for no request in flight: never sent, already answered, or forgotten (§5.8).
+    #[error("a reply for no request in flight")]
+    UnknownReply,
 }

@@ -1,5 +1,7 @@
 //! Datagrams larger than one DATA packet: cut into FRAGMENT frames by the sender, put back
-//! together by the receiver within bounded memory and time (PROTOCOL.md §5.7).
+//! together by the receiver within bounded memory and time (PROTOCOL.md §5.7). Requests and
+//! replies larger than one packet go the same way in FRAME_FRAGMENT frames, whose pieces put
+//! together make a whole frame (§5.8); both kinds share one numbering and one reassembly.
 
 use std::time::{Duration, Instant};
 
@@ -14,9 +16,10 @@ pub const MAX_DATAGRAM: usize = 65_535;
 pub const MAX_FRAGMENTS: usize = 64;
 /// Datagrams a receiver puts together at once; a fragment of another evicts the oldest.
 pub const MAX_PARTIALS: usize = 4;
-/// Bytes a receiver holds for incomplete datagrams at once (per session); a fragment beyond
-/// evicts the oldest incomplete datagrams.
-pub const MAX_REASSEMBLY_BYTES: usize = 2 * MAX_DATAGRAM;
+/// Bytes a receiver holds for incomplete datagrams and frames at once (per session): two of the
+/// largest frames ([`super::request::MAX_FRAME`]); a fragment beyond evicts the oldest
+/// incomplete ones.
+pub const MAX_REASSEMBLY_BYTES: usize = 2 * super::request::MAX_FRAME;
 /// An incomplete datagram is dropped this long after its first fragment arrived.
 pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -73,8 +76,9 @@ pub enum Reassembled {
     Whole(Bytes),
     /// Kept; the datagram is not whole yet.
     Kept,
-    /// Dropped: a second copy of a piece, a count that disagrees with the datagram's first
-    /// fragment, or a datagram that would exceed [`MAX_DATAGRAM`] (the incomplete datagram is
+    /// Dropped: a second copy of a piece, a count or a kind (FRAGMENT or FRAME_FRAGMENT) that
+    /// disagrees with the datagram's first fragment, or pieces that would exceed their kind's
+    /// bound ([`MAX_DATAGRAM`], [`super::request::MAX_FRAME`]) (the incomplete datagram is
     /// dropped with it).
     Malformed,
 }
@@ -96,6 +100,8 @@ pub struct ReassemblyStats {
 #[derive(Debug)]
 struct Partial {
     id: u32,
+    /// The frame type its pieces came in (FRAGMENT or FRAME_FRAGMENT).
+    kind: u8,
     count: u8,
     started: Instant,
     pieces: Vec<Option<Bytes>>,
@@ -113,14 +119,25 @@ pub struct Reassembly {
 }
 
 impl Reassembly {
-    /// Takes one authentic fragment in.
-    pub fn take(&mut self, now: Instant, header: FragmentHeader, piece: &[u8]) -> Reassembled {
+    /// Takes one authentic fragment in, a piece of a datagram (`kind` FRAGMENT, at most
+    /// [`MAX_DATAGRAM`] bytes in all) or of a frame (FRAME_FRAGMENT, at most
+    /// [`super::request::MAX_FRAME`]).
+    pub fn take(
+        &mut self,
+        now: Instant,
+        kind: u8,
+        header: FragmentHeader,
+        piece: &[u8],
+    ) -> Reassembled {
         self.stats.fragments_received += 1;
         self.expire(now);
         let at = match self.partials.iter().position(|p| p.id == header.id) {
             Some(at) => {
                 let p = &self.partials[at];
-                if p.count != header.count || p.pieces[usize::from(header.index)].is_some() {
+                if p.count != header.count
+                    || p.kind != kind
+                    || p.pieces[usize::from(header.index)].is_some()
+                {
                     self.remove(at);
                     return Reassembled::Malformed;
                 }
@@ -132,6 +149,7 @@ impl Reassembly {
                 }
                 self.partials.push(Partial {
                     id: header.id,
+                    kind,
                     count: header.count,
                     started: now,
                     pieces: vec![None; usize::from(header.count)],
@@ -141,7 +159,12 @@ impl Reassembly {
                 self.partials.len() - 1
             }
         };
-        if self.partials[at].bytes + piece.len() > MAX_DATAGRAM {
+        let bound = if kind == super::frame::FRAGMENT {
+            MAX_DATAGRAM
+        } else {
+            super::request::MAX_FRAME
+        };
+        if self.partials[at].bytes + piece.len() > bound {
             self.remove(at);
             return Reassembled::Malformed;
         }
@@ -235,6 +258,45 @@ impl Reassembly {
 mod tests {
     use super::*;
 
+    use crate::session::request::MAX_FRAME;
+
+    const F: u8 = super::super::frame::FRAGMENT;
+    const FF: u8 = super::super::frame::FRAME_FRAGMENT;
+
+    #[test]
+    fn p1_frame_pieces_reassemble_up_to_the_largest_reply_and_never_mix_with_a_datagram() {
+        let now = Instant::now();
+        let mut r = Reassembly::default();
+        // Pieces of one id in two kinds: a sender's bug or a forgery, dropped with its partial.
+        assert_eq!(r.take(now, FF, header(3, 0, 2), b"a"), Reassembled::Kept);
+        assert_eq!(
+            r.take(now, F, header(3, 1, 2), b"b"),
+            Reassembled::Malformed
+        );
+        assert_eq!(r.held(), 0);
+        // A frame may pass MAX_DATAGRAM by its header (a REPLY of 65,535 bytes is 65,549).
+        let piece = vec![0u8; MAX_FRAME / 47 + 1];
+        let mut got = None;
+        let mut total = 0;
+        for index in 0..47u8 {
+            let len = piece.len().min(MAX_FRAME - total);
+            total += len;
+            got = Some(r.take(now, FF, header(4, index, 47), &piece[..len]));
+        }
+        assert_eq!(total, MAX_FRAME);
+        assert!(matches!(got, Some(Reassembled::Whole(d)) if d.len() == MAX_FRAME));
+        // The same pieces as a datagram are too many bytes.
+        let mut r = Reassembly::default();
+        let mut last = None;
+        for index in 0..47u8 {
+            last = Some(r.take(now, F, header(4, index, 47), &piece));
+            if last == Some(Reassembled::Malformed) {
+                break;
+            }
+        }
+        assert_eq!(last, Some(Reassembled::Malformed));
+    }
+
     fn header(id: u32, index: u8, count: u8) -> FragmentHeader {
         FragmentHeader { id, index, count }
     }
@@ -243,11 +305,11 @@ mod tests {
     fn o4_pieces_in_any_order_make_the_datagram_once() {
         let now = Instant::now();
         let mut r = Reassembly::default();
-        assert_eq!(r.take(now, header(7, 2, 3), b"ef"), Reassembled::Kept);
-        assert_eq!(r.take(now, header(7, 0, 3), b"ab"), Reassembled::Kept);
+        assert_eq!(r.take(now, F, header(7, 2, 3), b"ef"), Reassembled::Kept);
+        assert_eq!(r.take(now, F, header(7, 0, 3), b"ab"), Reassembled::Kept);
         assert_eq!(r.held(), 4);
         assert_eq!(
-            r.take(now, header(7, 1, 3), b"cd"),
+            r.take(now, F, header(7, 1, 3), b"cd"),
             Reassembled::Whole(Bytes::from_static(b"abcdef"))
         );
         assert_eq!(r.held(), 0);
@@ -258,11 +320,17 @@ mod tests {
     fn o4_a_second_copy_of_a_piece_or_a_changed_count_drops_the_datagram() {
         let now = Instant::now();
         let mut r = Reassembly::default();
-        assert_eq!(r.take(now, header(1, 0, 2), b"a"), Reassembled::Kept);
-        assert_eq!(r.take(now, header(1, 0, 2), b"a"), Reassembled::Malformed);
+        assert_eq!(r.take(now, F, header(1, 0, 2), b"a"), Reassembled::Kept);
+        assert_eq!(
+            r.take(now, F, header(1, 0, 2), b"a"),
+            Reassembled::Malformed
+        );
         assert_eq!(r.held(), 0);
-        assert_eq!(r.take(now, header(2, 0, 2), b"a"), Reassembled::Kept);
-        assert_eq!(r.take(now, header(2, 1, 3), b"b"), Reassembled::Malformed);
+        assert_eq!(r.take(now, F, header(2, 0, 2), b"a"), Reassembled::Kept);
+        assert_eq!(
+            r.take(now, F, header(2, 1, 3), b"b"),
+            Reassembled::Malformed
+        );
         assert_eq!(r.held(), 0);
     }
 
@@ -273,17 +341,20 @@ mod tests {
         let big = vec![0u8; 1400];
         // Many datagrams, one piece each: never more than MAX_PARTIALS kept.
         for id in 0..100 {
-            r.take(t0, header(id, 0, 2), &big);
+            r.take(t0, F, header(id, 0, 2), &big);
             assert!(r.partials.len() <= MAX_PARTIALS);
         }
         assert_eq!(r.stats().evicted, 100 - MAX_PARTIALS as u64);
         // Pieces of one datagram larger than MAX_DATAGRAM in all: dropped.
         let mut r = Reassembly::default();
         for index in 0..46 {
-            assert_eq!(r.take(t0, header(9, index, 64), &big), Reassembled::Kept);
+            assert_eq!(r.take(t0, F, header(9, index, 64), &big), Reassembled::Kept);
         }
         // 47 × 1,400 = 65,800 bytes.
-        assert_eq!(r.take(t0, header(9, 46, 64), &big), Reassembled::Malformed);
+        assert_eq!(
+            r.take(t0, F, header(9, 46, 64), &big),
+            Reassembled::Malformed
+        );
         assert_eq!(r.held(), 0);
         // Two nearly whole datagrams fill the bound; a third evicts the oldest.
         let mut r = Reassembly::default();
@@ -291,6 +362,7 @@ mod tests {
             for index in 0..46 {
                 r.take(
                     t0 + Duration::from_millis(u64::from(id)),
+                    F,
                     header(id, index, 47),
                     &big,
                 );
@@ -300,11 +372,11 @@ mod tests {
         assert!(r.stats().evicted >= 1);
         // Time: an incomplete datagram is gone after REASSEMBLY_TIMEOUT.
         let mut r = Reassembly::default();
-        r.take(t0, header(5, 0, 2), b"x");
+        r.take(t0, F, header(5, 0, 2), b"x");
         assert_eq!(r.deadline(), Some(t0 + REASSEMBLY_TIMEOUT));
         r.expire(t0 + REASSEMBLY_TIMEOUT);
         assert_eq!((r.held(), r.stats().timed_out), (0, 1));
-        assert_eq!(r.take(t0, header(5, 1, 2), b"y"), Reassembled::Kept);
+        assert_eq!(r.take(t0, F, header(5, 1, 2), b"y"), Reassembled::Kept);
     }
 
     #[test]
@@ -329,8 +401,14 @@ mod tests {
             let Some((header, piece)) = FragmentHeader::decode(&body) else {
                 continue;
             };
-            if let Reassembled::Whole(d) = r.take(now, header, piece) {
-                assert!(d.len() <= MAX_DATAGRAM);
+            // Either kind, so that kinds collide under one id too.
+            let (kind, bound) = if rng.next_u32() % 2 == 0 {
+                (F, MAX_DATAGRAM)
+            } else {
+                (FF, MAX_FRAME)
+            };
+            if let Reassembled::Whole(d) = r.take(now, kind, header, piece) {
+                assert!(d.len() <= bound);
                 whole += 1;
             }
             assert!(r.held() <= MAX_REASSEMBLY_BYTES);

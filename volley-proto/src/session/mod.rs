@@ -1,6 +1,6 @@
 //! An established session, the same on both sides: DATA sealing and opening, the replay
-//! window, key updates, keepalive, idle timeout, orderly close, and (on a server) address
-//! migration.
+//! window, key updates, keepalive, idle timeout, orderly close, requests and replies
+//! ([`request`]), and (on a server) address migration.
 //!
 //! Plaintext of every DATA packet is one frame: a type byte and its body (`docs/PROTOCOL.md` §5).
 //! A client's session only ever talks to its server's address and drops DATA from any other
@@ -25,11 +25,16 @@ pub mod fragment;
 mod keys;
 pub mod path;
 mod replay;
+pub mod request;
 
 pub use close::{CloseCode, CloseReason, DataDrop, SendError};
 pub use config::{DEFAULT_REKEY_AFTER_PACKETS, DEFAULT_REKEY_AFTER_TIME, SessionConfig};
 pub use keys::{KEY_PHASES, KEY_UPDATE_MIN_INTERVAL, MAX_PHASE_JUMP, PREVIOUS_KEY_LIFETIME};
 pub use replay::{REPLAY_WINDOW, ReplayWindow};
+pub use request::{
+    LOAD_REPORT_LEN, LoadReport, MAX_FRAME, MAX_REQUESTS, REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
+    Reply, ReplyStatus,
+};
 
 pub use fragment::{
     FRAGMENT_HEADER_LEN, MAX_DATAGRAM, MAX_FRAGMENTS, MAX_PARTIALS, MAX_REASSEMBLY_BYTES,
@@ -39,6 +44,7 @@ pub use fragment::{
 use fragment::{FragmentHeader, Reassembled, Reassembly};
 use keys::{Opened, RecvKeys, SendKeys};
 use path::{PATH_DATA_LEN, PathCheck};
+use request::Requests;
 
 /// Frame type bytes (first plaintext byte of DATA).
 pub mod frame {
@@ -56,6 +62,14 @@ pub mod frame {
     pub const PATH_RESPONSE: u8 = 0x05;
     /// One piece of a datagram larger than one packet (§5.7): id, index, count, piece.
     pub const FRAGMENT: u8 = 0x06;
+    /// A request (client → server, §5.8): its id, then its bytes.
+    pub const REQUEST: u8 = 0x07;
+    /// A reply (server → client, §5.8): the id it answers, a status, the server's load report,
+    /// then its bytes.
+    pub const REPLY: u8 = 0x08;
+    /// One piece of a frame larger than one packet (a REQUEST or REPLY, §5.8): the same header
+    /// as FRAGMENT; the pieces put together are a whole frame, type byte first.
+    pub const FRAME_FRAGMENT: u8 = 0x09;
 }
 
 /// Largest application datagram one DATA packet carries: a full-size DATA packet less header,
@@ -73,6 +87,15 @@ pub const MAX_COUNTER: u64 = 1 << 60;
 enum Outgoing {
     Datagram(Bytes),
     Fragment(FragmentHeader, Bytes),
+    /// A REQUEST: its id and bytes.
+    Request(u32, Bytes),
+    /// A REPLY: its header (id, status, report) and bytes.
+    Reply([u8; REPLY_HEADER_LEN], Bytes),
+    /// A piece of a whole frame (type byte first) too large for one packet.
+    FramePiece(FragmentHeader, Bytes),
+    /// Tests: any plaintext, sealed as it is (malformed frames from an authentic peer).
+    #[cfg(test)]
+    Raw(Bytes),
     Ping,
     Pong,
     Close(CloseCode),
@@ -100,6 +123,16 @@ pub enum Delivered {
     Keepalive,
     /// The peer closed the session.
     Closed(CloseCode),
+    /// A server's session: a request (its id is now in flight until [`Session::send_reply`]
+    /// answers it).
+    Request {
+        /// The id the client chose.
+        id: u32,
+        /// The request's bytes.
+        body: Bytes,
+    },
+    /// A client's session: the reply to one of its requests in flight.
+    Reply(Reply),
 }
 
 /// Per-session counters.
@@ -136,8 +169,22 @@ pub struct SessionStats {
     pub path_challenges_unpaid: u64,
     /// Address migrations completed (a validated new client address).
     pub migrations: u64,
-    /// FRAGMENT frames sent (pieces of datagrams larger than one packet, §5.7).
+    /// FRAGMENT and FRAME_FRAGMENT frames sent (pieces of datagrams, requests and replies
+    /// larger than one packet, §5.7, §5.8).
     pub fragments_sent: u64,
+    /// Requests queued (a client's session).
+    pub requests_sent: u64,
+    /// Replies received that answered a request in flight (a client's session).
+    pub replies_received: u64,
+    /// Replies received for no request in flight — never sent, already answered or forgotten:
+    /// dropped (their load report is still taken).
+    pub replies_unknown: u64,
+    /// Requests received and handed on (a server's session).
+    pub requests_received: u64,
+    /// REQUESTs dropped: their id was already in flight (a server's session).
+    pub requests_duplicate: u64,
+    /// Replies queued (a server's session).
+    pub replies_sent: u64,
 }
 
 /// An established, encrypted session with one peer.
@@ -179,6 +226,10 @@ pub struct Session {
     reassembly: Reassembly,
     /// The next fragmented datagram's id.
     next_fragment_id: u32,
+    /// Whether this side answers requests (a server's session) or sends them (a client's).
+    serving: bool,
+    /// Requests in flight and what their replies taught; allocated by the first request.
+    requests: Option<Box<Requests>>,
 }
 
 impl Session {
@@ -219,7 +270,17 @@ impl Session {
             path: None,
             reassembly: Reassembly::default(),
             next_fragment_id: 0,
+            serving: false,
+            requests: None,
         }
+    }
+
+    /// Makes this the answering side of requests (a server's session, PROTOCOL.md §5.8): it
+    /// takes REQUESTs and sends REPLYs. A session is otherwise the asking side (a client's):
+    /// it sends REQUESTs and takes REPLYs. A frame of the other direction is malformed.
+    pub fn serving(mut self) -> Self {
+        self.serving = true;
+        self
     }
 
     /// Lets the session follow its peer to a new address after validating it (a server's
@@ -346,27 +407,215 @@ impl Session {
     /// the datagram comes back with the reason. A datagram in fragments takes one place in the
     /// send queue per fragment, all or none.
     pub fn send_datagram_owned(&mut self, data: Bytes) -> Result<(), (SendError, Bytes)> {
-        match self.check_send(data.len()) {
+        if self.closed.is_some() {
+            return Err((SendError::Closed, data));
+        }
+        if data.len() > MAX_DATAGRAM {
+            return Err((SendError::TooLarge, data));
+        }
+        match self.check_send(data.len(), data.len()) {
             Err(e) => Err((e, data)),
             Ok(None) => {
                 self.outgoing.push_back(Outgoing::Datagram(data));
                 Ok(())
             }
-            Ok(Some((count, size))) => {
-                let id = self.next_fragment_id;
-                self.next_fragment_id = self.next_fragment_id.wrapping_add(1);
-                for index in 0..count {
-                    let piece = data.slice(index * size..((index + 1) * size).min(data.len()));
-                    let header = FragmentHeader {
-                        id,
-                        index: index as u8,
-                        count: count as u8,
-                    };
-                    self.outgoing.push_back(Outgoing::Fragment(header, piece));
-                }
+            Ok(Some(cut)) => {
+                self.queue_pieces(&data, cut, Outgoing::Fragment);
                 Ok(())
             }
         }
+    }
+
+    /// Queues `whole` cut into `count` pieces of `size` bytes (the last takes the rest), each
+    /// made a frame by `piece`, under the next fragment id.
+    fn queue_pieces(
+        &mut self,
+        whole: &Bytes,
+        (count, size): (usize, usize),
+        piece: fn(FragmentHeader, Bytes) -> Outgoing,
+    ) {
+        let id = self.next_fragment_id;
+        self.next_fragment_id = self.next_fragment_id.wrapping_add(1);
+        for index in 0..count {
+            let bytes = whole.slice(index * size..((index + 1) * size).min(whole.len()));
+            let header = FragmentHeader {
+                id,
+                index: index as u8,
+                count: count as u8,
+            };
+            self.outgoing.push_back(piece(header, bytes));
+        }
+    }
+
+    /// Queues a REQUEST or REPLY frame: whole when it fits one packet, else the frame (type
+    /// byte, `header`, `body`) in FRAME_FRAGMENT pieces. The caller checked the body's size.
+    fn queue_frame(
+        &mut self,
+        ty: u8,
+        header: &[u8],
+        body: Bytes,
+        whole: impl FnOnce(Bytes) -> Outgoing,
+    ) -> Result<(), (SendError, Bytes)> {
+        let inner = header.len() + body.len();
+        match self.check_send(inner, 1 + inner) {
+            Err(e) => Err((e, body)),
+            Ok(None) => {
+                self.outgoing.push_back(whole(body));
+                Ok(())
+            }
+            Ok(Some(cut)) => {
+                let mut frame = bytes::BytesMut::with_capacity(1 + inner);
+                frame.extend_from_slice(&[ty]);
+                frame.extend_from_slice(header);
+                frame.extend_from_slice(&body);
+                self.queue_pieces(&frame.freeze(), cut, Outgoing::FramePiece);
+                Ok(())
+            }
+        }
+    }
+
+    fn requests_mut(&mut self) -> &mut Requests {
+        self.requests.get_or_insert_with(Box::default)
+    }
+
+    /// Client side: queues a request of `body` (at most [`MAX_DATAGRAM`] bytes; in
+    /// FRAME_FRAGMENTs when it does not fit one packet) under the next id not in flight, and
+    /// returns that id: its reply comes as [`Delivered::Reply`] with the same id
+    /// (PROTOCOL.md §5.8). On refusal the body comes back with the reason.
+    pub fn send_request(&mut self, now: Instant, body: Bytes) -> Result<u32, (SendError, Bytes)> {
+        let start = self.requests.as_ref().map_or(0, |r| r.next_id);
+        let id = self.requests.as_mut().map_or(0, |r| r.allocate());
+        let sent = self.send_request_with_id(now, id, body);
+        if let Some(r) = &mut self.requests {
+            // A refused request uses up no id.
+            r.next_id = if sent.is_ok() {
+                id.wrapping_add(1)
+            } else {
+                start
+            };
+        }
+        sent.map(|()| id)
+    }
+
+    /// Client side: queues a request under an id the caller chose, which must not be in flight
+    /// ([`SendError::RequestInFlight`]). Otherwise like [`Session::send_request`]: refused when
+    /// closed, on a serving session, larger than [`MAX_DATAGRAM`], with [`MAX_REQUESTS`] in
+    /// flight already ([`SendError::TooManyRequests`]) or with no room in the send queue.
+    pub fn send_request_with_id(
+        &mut self,
+        now: Instant,
+        id: u32,
+        body: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        if self.closed.is_some() {
+            return Err((SendError::Closed, body));
+        }
+        if self.serving {
+            return Err((SendError::WrongDirection, body));
+        }
+        if body.len() > MAX_DATAGRAM {
+            return Err((SendError::TooLarge, body));
+        }
+        if let Some(r) = &self.requests {
+            if r.out.contains_key(&id) {
+                return Err((SendError::RequestInFlight, body));
+            }
+            if r.out.len() >= MAX_REQUESTS {
+                return Err((SendError::TooManyRequests, body));
+            }
+        }
+        self.queue_frame(frame::REQUEST, &id.to_be_bytes(), body, |body| {
+            Outgoing::Request(id, body)
+        })?;
+        self.requests_mut().out.insert(id, now);
+        self.stats.requests_sent += 1;
+        Ok(())
+    }
+
+    /// Server side: queues the reply to request `id`, which must be in flight (received and
+    /// not answered: else [`SendError::UnknownRequest`]), with `status` and the server's load
+    /// `report`; the id is answered from then on. `body` is at most [`MAX_DATAGRAM`] bytes (in
+    /// FRAME_FRAGMENTs when it does not fit one packet). On refusal the body comes back with
+    /// the reason and the request stays in flight.
+    pub fn send_reply(
+        &mut self,
+        id: u32,
+        status: ReplyStatus,
+        report: LoadReport,
+        body: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        if self.closed.is_some() {
+            return Err((SendError::Closed, body));
+        }
+        if !self.serving {
+            return Err((SendError::WrongDirection, body));
+        }
+        if !self
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.inbound.contains(&id))
+        {
+            return Err((SendError::UnknownRequest, body));
+        }
+        if body.len() > MAX_DATAGRAM {
+            return Err((SendError::TooLarge, body));
+        }
+        let header = request::reply_header(id, status, report);
+        self.queue_frame(frame::REPLY, &header, body, |body| {
+            Outgoing::Reply(header, body)
+        })?;
+        self.requests_mut().inbound.remove(&id);
+        self.stats.replies_sent += 1;
+        Ok(())
+    }
+
+    /// Forgets request `id`: on a client, its caller stopped waiting (its reply, if one comes,
+    /// is counted as unknown); on a server, a request that will get no REPLY. Whether it was
+    /// in flight.
+    pub fn forget_request(&mut self, id: u32) -> bool {
+        let serving = self.serving;
+        self.requests.as_mut().is_some_and(|r| {
+            if serving {
+                r.inbound.remove(&id)
+            } else {
+                r.out.remove(&id).is_some()
+            }
+        })
+    }
+
+    /// Requests in flight: a client's sent and not answered (nor forgotten); a server's
+    /// received and not answered.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.as_ref().map_or(0, |r| {
+            if self.serving {
+                r.inbound.len()
+            } else {
+                r.out.len()
+            }
+        })
+    }
+
+    /// Takes every request in flight out of the session, for the caller to fail (a client's:
+    /// their callers) or count (a server's: their load), as when the session ends: ids in no
+    /// particular order.
+    pub fn take_requests(&mut self) -> Vec<u32> {
+        match self.requests.as_mut() {
+            None => Vec::new(),
+            Some(r) if self.serving => r.inbound.drain().collect(),
+            Some(r) => r.out.drain().map(|(id, _)| id).collect(),
+        }
+    }
+
+    /// Client side: the load report of the latest reply and when it arrived (PROTOCOL.md
+    /// §5.8); None before the first reply.
+    pub fn load_report(&self) -> Option<(LoadReport, Instant)> {
+        self.requests.as_ref().and_then(|r| r.report)
+    }
+
+    /// Client side: the smoothed time from a request's queueing to its reply (status OK only),
+    /// RFC 6298's weights; None before the first.
+    pub fn reply_time(&self) -> Option<Duration> {
+        self.requests.as_ref().and_then(|r| r.reply_time.smoothed())
     }
 
     /// The largest datagram one packet carries under this session's packet size.
@@ -377,26 +626,31 @@ impl Session {
             .saturating_sub(DATA_HEADER_LEN + 1 + AEAD_TAG_LEN)
     }
 
-    /// Whether a datagram of `len` bytes may be queued now: None when it goes whole, or its
-    /// fragments (count, size of each but the last).
-    fn check_send(&self, len: usize) -> Result<Option<(usize, usize)>, SendError> {
+    /// Whether a frame whose body (after its type byte) is `len` bytes may be queued now: None
+    /// when it goes whole, or the fragments (count, size of each but the last) of its `whole`
+    /// bytes (a datagram's own bytes; a request's or reply's whole frame).
+    fn check_send(&self, len: usize, whole: usize) -> Result<Option<(usize, usize)>, SendError> {
         if self.closed.is_some() {
             return Err(SendError::Closed);
-        }
-        if len > MAX_DATAGRAM {
-            return Err(SendError::TooLarge);
         }
         let single = self.max_unfragmented();
         let cut = if len <= single {
             None
         } else {
-            Some(fragment::cut(len, single - FRAGMENT_HEADER_LEN).ok_or(SendError::TooLarge)?)
+            Some(fragment::cut(whole, single - FRAGMENT_HEADER_LEN).ok_or(SendError::TooLarge)?)
         };
         let places = cut.map_or(1, |(count, _)| count);
         if self.outgoing.len() + places > MAX_SEND_QUEUE {
             return Err(SendError::QueueFull);
         }
         Ok(cut)
+    }
+
+    /// Tests: queues `plain` to be sealed as the whole plaintext of one DATA packet, whatever
+    /// it holds (at most one packet's worth).
+    #[cfg(test)]
+    pub(crate) fn queue_raw(&mut self, plain: Bytes) {
+        self.outgoing.push_back(Outgoing::Raw(plain));
     }
 
     /// Closes the session: a CLOSE frame is queued (sent by the next `poll_transmit`), then the
@@ -484,17 +738,35 @@ impl Session {
                 buf.truncate(plain_len - 1);
                 Ok(Delivered::Datagram(Bytes::from(buf)))
             }
-            (frame::FRAGMENT, _) => {
+            (frame::REQUEST | frame::REPLY, _) => {
+                let body = Bytes::from(buf).slice(1..);
+                self.take_frame(now, ty, body)
+            }
+            (frame::FRAGMENT | frame::FRAME_FRAGMENT, _) => {
                 let Some((header, piece)) = FragmentHeader::decode(body) else {
                     self.stats.dropped_bad_frame += 1;
                     trace!("DATA dropped: malformed fragment");
                     return Err(DataDrop::BadFrame);
                 };
-                match self.reassembly.take(now, header, piece) {
-                    Reassembled::Whole(datagram) => {
+                match self.reassembly.take(now, ty, header, piece) {
+                    Reassembled::Whole(datagram) if ty == frame::FRAGMENT => {
                         self.stats.datagrams_received += 1;
                         Ok(Delivered::Datagram(datagram))
                     }
+                    Reassembled::Whole(whole) => match whole.first() {
+                        Some(&frame::DATAGRAM) => {
+                            self.stats.datagrams_received += 1;
+                            Ok(Delivered::Datagram(whole.slice(1..)))
+                        }
+                        Some(&inner @ (frame::REQUEST | frame::REPLY)) => {
+                            self.take_frame(now, inner, whole.slice(1..))
+                        }
+                        _ => {
+                            self.stats.dropped_bad_frame += 1;
+                            trace!("DATA dropped: fragments make no datagram, request or reply");
+                            Err(DataDrop::BadFrame)
+                        }
+                    },
                     Reassembled::Kept => Ok(Delivered::Keepalive),
                     Reassembled::Malformed => {
                         self.stats.dropped_bad_frame += 1;
@@ -553,6 +825,56 @@ impl Session {
                 Err(DataDrop::BadFrame)
             }
         }
+    }
+
+    /// A whole REQUEST or REPLY frame's body (from one packet or put together from pieces).
+    fn take_frame(&mut self, now: Instant, ty: u8, body: Bytes) -> Result<Delivered, DataDrop> {
+        let bad = |stats: &mut SessionStats, why: &str| {
+            stats.dropped_bad_frame += 1;
+            trace!(ty, why, "DATA dropped: malformed request or reply");
+            Err(DataDrop::BadFrame)
+        };
+        if ty == frame::REQUEST {
+            if !self.serving {
+                return bad(&mut self.stats, "a request to a client");
+            }
+            let Some((id, body)) = request::decode_request(&body) else {
+                return bad(&mut self.stats, "shorter than its id");
+            };
+            if !self.requests_mut().inbound.insert(id) {
+                self.stats.requests_duplicate += 1;
+                trace!(id, "REQUEST dropped: its id is in flight");
+                return Err(DataDrop::DuplicateRequest);
+            }
+            self.stats.requests_received += 1;
+            return Ok(Delivered::Request { id, body });
+        }
+        if self.serving {
+            return bad(&mut self.stats, "a reply to a server");
+        }
+        let Some((id, status, report, body)) = request::decode_reply(&body) else {
+            return bad(&mut self.stats, "shorter than its header");
+        };
+        let requests = self.requests_mut();
+        // Authentic and fresh whatever it answers: the report is the server's load now.
+        requests.report = Some((report, now));
+        let Some(sent) = requests.out.remove(&id) else {
+            self.stats.replies_unknown += 1;
+            trace!(id, "REPLY dropped: no such request in flight");
+            return Err(DataDrop::UnknownReply);
+        };
+        let elapsed = now.saturating_duration_since(sent);
+        if status == ReplyStatus::OK {
+            requests.reply_time.sample(elapsed);
+        }
+        self.stats.replies_received += 1;
+        Ok(Delivered::Reply(Reply {
+            id,
+            status,
+            report,
+            body,
+            elapsed,
+        }))
     }
 
     /// An authentic packet from an address other than the session's: count what it sent (the
@@ -673,7 +995,13 @@ impl Session {
             }
             let plain_len = match &out {
                 Outgoing::Datagram(d) => 1 + d.len(),
-                Outgoing::Fragment(_, piece) => 1 + FRAGMENT_HEADER_LEN + piece.len(),
+                Outgoing::Fragment(_, piece) | Outgoing::FramePiece(_, piece) => {
+                    1 + FRAGMENT_HEADER_LEN + piece.len()
+                }
+                Outgoing::Request(_, body) => 1 + REQUEST_HEADER_LEN + body.len(),
+                Outgoing::Reply(_, body) => 1 + REPLY_HEADER_LEN + body.len(),
+                #[cfg(test)]
+                Outgoing::Raw(plain) => plain.len(),
                 Outgoing::Ping | Outgoing::Pong => 1,
                 Outgoing::Close(_) => 3,
                 Outgoing::PathChallenge(_) | Outgoing::PathResponse(_) => 1 + PATH_DATA_LEN,
@@ -721,12 +1049,34 @@ impl Session {
                     body[1..1 + d.len()].copy_from_slice(d);
                     1 + d.len()
                 }
-                Outgoing::Fragment(header, piece) => {
-                    body[0] = frame::FRAGMENT;
+                Outgoing::Fragment(header, piece) | Outgoing::FramePiece(header, piece) => {
+                    body[0] = match out {
+                        Outgoing::Fragment(..) => frame::FRAGMENT,
+                        _ => frame::FRAME_FRAGMENT,
+                    };
                     header.encode(&mut body[1..1 + FRAGMENT_HEADER_LEN]);
                     let at = 1 + FRAGMENT_HEADER_LEN;
                     body[at..at + piece.len()].copy_from_slice(piece);
                     at + piece.len()
+                }
+                Outgoing::Request(id, bytes) => {
+                    body[0] = frame::REQUEST;
+                    body[1..1 + REQUEST_HEADER_LEN].copy_from_slice(&id.to_be_bytes());
+                    let at = 1 + REQUEST_HEADER_LEN;
+                    body[at..at + bytes.len()].copy_from_slice(bytes);
+                    at + bytes.len()
+                }
+                Outgoing::Reply(header, bytes) => {
+                    body[0] = frame::REPLY;
+                    body[1..1 + REPLY_HEADER_LEN].copy_from_slice(header);
+                    let at = 1 + REPLY_HEADER_LEN;
+                    body[at..at + bytes.len()].copy_from_slice(bytes);
+                    at + bytes.len()
+                }
+                #[cfg(test)]
+                Outgoing::Raw(plain) => {
+                    body[..plain.len()].copy_from_slice(plain);
+                    plain.len()
                 }
                 Outgoing::Ping => {
                     body[0] = frame::PING;
@@ -756,7 +1106,11 @@ impl Session {
                     self.send.sealed();
                     match &out {
                         // A datagram wants an answer (of some kind) within a PTO (R9).
-                        Outgoing::Datagram(_) | Outgoing::Fragment(..)
+                        Outgoing::Datagram(_)
+                        | Outgoing::Fragment(..)
+                        | Outgoing::FramePiece(..)
+                        | Outgoing::Request(..)
+                        | Outgoing::Reply(..)
                             if self.unanswered_since.is_none() =>
                         {
                             self.unanswered_since = Some(now);
@@ -770,7 +1124,7 @@ impl Session {
                         _ => {}
                     }
                     self.stats.packets_sent += 1;
-                    if let Outgoing::Fragment(..) = out {
+                    if let Outgoing::Fragment(..) | Outgoing::FramePiece(..) = out {
                         self.stats.fragments_sent += 1;
                     }
                     return Some(SessionTransmit {

@@ -26,7 +26,8 @@ fn pair_with(now: Instant, suite: Suite, cfg: SessionConfig) -> (Session, Sessio
         SessionKeys::new(suite, &b, &a),
         cfg,
     )
-    .with_migration();
+    .with_migration()
+    .serving();
     (x, y)
 }
 
@@ -515,4 +516,381 @@ fn o4_a_send_queue_without_room_for_every_fragment_refuses_the_whole_datagram() 
         Err(SendError::QueueFull)
     );
     assert_eq!(drain(&mut a, t0).len(), MAX_SEND_QUEUE - 10);
+}
+
+/// The replies among `results`.
+fn replies(results: Vec<Result<Delivered, DataDrop>>) -> Vec<Reply> {
+    results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(Delivered::Reply(reply)) => Some(reply),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The requests among `results`, as (id, body).
+fn requests(results: Vec<Result<Delivered, DataDrop>>) -> Vec<(u32, Bytes)> {
+    results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(Delivered::Request { id, body }) => Some((id, body)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn report(us: u32) -> LoadReport {
+    LoadReport {
+        expected_us: us,
+        in_flight: 3,
+        capacity: 4,
+    }
+}
+
+#[test]
+fn p1_replies_find_their_requests_by_id_in_any_order_and_teach_the_report_and_reply_time() {
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    let ids: Vec<u32> = (0..3u32)
+        .map(|i| x.send_request(t0, Bytes::from(vec![i as u8; 3])).unwrap())
+        .collect();
+    assert_eq!(ids, vec![0, 1, 2], "ids in order");
+    assert_eq!(x.requests_in_flight(), 3);
+    assert_eq!(x.load_report(), None);
+    let got = requests(deliver(&mut x, &mut y, t0));
+    assert_eq!(got.len(), 3);
+    assert_eq!(y.requests_in_flight(), 3);
+    // Answered last first, 10 ms on.
+    let t1 = t0 + Duration::from_millis(10);
+    for (id, body) in got.iter().rev() {
+        let mut answer = b"re:".to_vec();
+        answer.extend_from_slice(body);
+        y.send_reply(*id, ReplyStatus::OK, report(100 + id), answer.into())
+            .unwrap();
+    }
+    assert_eq!(y.requests_in_flight(), 0);
+    let back = replies(deliver(&mut y, &mut x, t1));
+    assert_eq!(back.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 1, 0]);
+    for r in &back {
+        assert_eq!(
+            &r.body[..],
+            &[b'r', b'e', b':', r.id as u8, r.id as u8, r.id as u8]
+        );
+        assert_eq!(r.status, ReplyStatus::OK);
+        assert_eq!(r.elapsed, Duration::from_millis(10));
+    }
+    assert_eq!(x.requests_in_flight(), 0);
+    // The latest report (the last reply to arrive: request 0's) and when it came.
+    assert_eq!(x.load_report(), Some((report(100), t1)));
+    assert_eq!(x.reply_time(), Some(Duration::from_millis(10)));
+    let s = x.stats();
+    assert_eq!(
+        (s.requests_sent, s.replies_received, s.replies_unknown),
+        (3, 3, 0)
+    );
+    let s = y.stats();
+    assert_eq!((s.requests_received, s.replies_sent), (3, 3));
+    // The next id follows on; a DROPPED reply does not feed the reply time.
+    assert_eq!(x.send_request(t1, Bytes::new()).unwrap(), 3);
+    let (id, _) = requests(deliver(&mut x, &mut y, t1)).pop().unwrap();
+    y.send_reply(id, ReplyStatus::DROPPED, report(7), Bytes::new())
+        .unwrap();
+    let t2 = t1 + Duration::from_millis(90);
+    let r = replies(deliver(&mut y, &mut x, t2)).pop().unwrap();
+    assert_eq!((r.id, r.status, r.body.len()), (3, ReplyStatus::DROPPED, 0));
+    assert_eq!(x.reply_time(), Some(Duration::from_millis(10)));
+    assert_eq!(x.load_report(), Some((report(7), t2)));
+}
+
+#[test]
+fn p1_the_asking_side_keeps_its_limit_and_ids_and_each_side_its_direction() {
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    for id in 0..MAX_REQUESTS as u32 {
+        x.send_request_with_id(t0, id * 2, Bytes::new()).unwrap();
+    }
+    // (They fill the send queue too: sent.)
+    let _ = drain(&mut x, t0);
+    let refused = x.send_request(t0, Bytes::from_static(b"one more"));
+    assert_eq!(
+        refused,
+        Err((SendError::TooManyRequests, Bytes::from_static(b"one more")))
+    );
+    assert!(x.forget_request(10));
+    assert!(!x.forget_request(10), "forgotten once");
+    assert_eq!(
+        x.send_request_with_id(t0, 12, Bytes::new()).unwrap_err().0,
+        SendError::RequestInFlight
+    );
+    // The allocator skips the ids in flight (0, 2, 4, … are; 10 is free again).
+    assert_eq!(x.send_request(t0, Bytes::new()), Ok(1));
+    assert_eq!(
+        x.send_request_with_id(t0, 1_000_000, vec![0u8; MAX_DATAGRAM + 1].into())
+            .unwrap_err()
+            .0,
+        SendError::TooLarge,
+        "the size is checked first"
+    );
+    assert_eq!(
+        x.send_request(t0, Bytes::new()).unwrap_err().0,
+        SendError::TooManyRequests,
+        "1,024 in flight again"
+    );
+    // Requests go client → server, replies back.
+    assert_eq!(
+        y.send_request(t0, Bytes::new()).unwrap_err().0,
+        SendError::WrongDirection
+    );
+    assert_eq!(
+        x.send_reply(0, ReplyStatus::OK, report(1), Bytes::new())
+            .unwrap_err()
+            .0,
+        SendError::WrongDirection
+    );
+    assert_eq!(
+        y.send_reply(0, ReplyStatus::OK, report(1), Bytes::new())
+            .unwrap_err()
+            .0,
+        SendError::UnknownRequest,
+        "nothing received yet"
+    );
+    let mut fresh = pair(t0).0;
+    assert_eq!(
+        fresh
+            .send_request(t0, vec![0u8; MAX_DATAGRAM + 1].into())
+            .unwrap_err()
+            .0,
+        SendError::TooLarge
+    );
+    fresh.close(CloseCode::NORMAL);
+    assert_eq!(
+        fresh.send_request(t0, Bytes::new()).unwrap_err().0,
+        SendError::Closed
+    );
+}
+
+#[test]
+fn p1_a_duplicate_request_id_in_flight_is_dropped_and_counted() {
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    x.send_request_with_id(t0, 5, Bytes::from_static(b"first"))
+        .unwrap();
+    // The caller gave up on it, and its id was used again while the server still holds it.
+    x.forget_request(5);
+    x.send_request_with_id(t0, 5, Bytes::from_static(b"second"))
+        .unwrap();
+    let got = deliver(&mut x, &mut y, t0);
+    assert_eq!(
+        got,
+        vec![
+            Ok(Delivered::Request {
+                id: 5,
+                body: Bytes::from_static(b"first")
+            }),
+            Err(DataDrop::DuplicateRequest)
+        ]
+    );
+    assert_eq!(y.stats().requests_duplicate, 1);
+    assert_eq!(y.requests_in_flight(), 1);
+    // Once answered, the id may come again.
+    y.send_reply(5, ReplyStatus::OK, report(1), Bytes::new())
+        .unwrap();
+    x.send_request_with_id(t0, 5, Bytes::new()).unwrap_err();
+    let _ = deliver(&mut y, &mut x, t0);
+    x.send_request_with_id(t0, 5, Bytes::from_static(b"third"))
+        .unwrap();
+    assert_eq!(requests(deliver(&mut x, &mut y, t0)).len(), 1);
+}
+
+#[test]
+fn p1_a_reply_for_an_unknown_forgotten_or_answered_id_is_counted_and_dropped() {
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    x.send_request(t0, Bytes::from_static(b"a")).unwrap();
+    x.send_request(t0, Bytes::from_static(b"b")).unwrap();
+    let _ = deliver(&mut x, &mut y, t0);
+    // The caller of request 0 stopped waiting.
+    assert!(x.forget_request(0));
+    y.send_reply(0, ReplyStatus::OK, report(11), Bytes::from_static(b"late"))
+        .unwrap();
+    y.send_reply(1, ReplyStatus::OK, report(12), Bytes::from_static(b"b"))
+        .unwrap();
+    // A forged second reply to 1 and one to an id never used (the server's own frames, sealed
+    // as they are: authentic, and wrong).
+    let mut again = vec![frame::REPLY];
+    again.extend_from_slice(&request::reply_header(1, ReplyStatus::OK, report(13)));
+    y.queue_raw(again.into());
+    let mut never = vec![frame::REPLY];
+    never.extend_from_slice(&request::reply_header(77, ReplyStatus::OK, report(14)));
+    never.extend_from_slice(b"?");
+    y.queue_raw(never.into());
+    let got = deliver(&mut y, &mut x, t0);
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0], Err(DataDrop::UnknownReply));
+    assert!(matches!(&got[1], Ok(Delivered::Reply(r)) if r.id == 1 && &r.body[..] == b"b"));
+    assert_eq!(got[2], Err(DataDrop::UnknownReply));
+    assert_eq!(got[3], Err(DataDrop::UnknownReply));
+    let s = x.stats();
+    assert_eq!((s.replies_received, s.replies_unknown), (1, 3));
+    // Their reports are authentic and fresh: the latest is taken all the same.
+    assert_eq!(x.load_report(), Some((report(14), t0)));
+    assert!(x.close_reason().is_none(), "the session goes on");
+}
+
+#[test]
+fn p1_requests_and_replies_larger_than_a_packet_cross_in_frame_fragments() {
+    let t0 = Instant::now();
+    for (max_packet, suite) in [
+        (MAX_DATAGRAM_LEN, Suite::ChaCha20Poly1305),
+        (MIN_PACKET, Suite::Aes256Gcm),
+    ] {
+        let cfg = SessionConfig {
+            max_packet,
+            ..SessionConfig::default()
+        };
+        let (mut x, mut y) = pair_with(t0, suite, cfg);
+        let single = max_packet - DATA_HEADER_LEN - 1 - AEAD_TAG_LEN;
+        for len in [
+            single - REQUEST_HEADER_LEN,
+            single - REQUEST_HEADER_LEN + 1,
+            9_000,
+            MAX_DATAGRAM,
+        ] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let id = x.send_request(t0, body.clone().into()).unwrap();
+            let mut packets = drain(&mut x, t0);
+            assert!(packets.iter().all(|(p, _)| p.len() <= max_packet));
+            let whole = len + REQUEST_HEADER_LEN <= single;
+            assert_eq!(packets.len() == 1, whole, "{len} B");
+            if !whole {
+                // Every piece is a FRAME_FRAGMENT, as few as fit the whole frame.
+                assert_eq!(
+                    packets.len(),
+                    (1 + REQUEST_HEADER_LEN + len).div_ceil(single - FRAGMENT_HEADER_LEN)
+                );
+            }
+            packets.rotate_right(1);
+            let got = requests(
+                packets
+                    .iter()
+                    .map(|(p, _)| open(&mut y, t0, X, p))
+                    .collect(),
+            );
+            assert_eq!(
+                got,
+                vec![(id, Bytes::from(body.clone()))],
+                "{len} B, {max_packet}"
+            );
+            // The reply: as large, plus its 13-byte header.
+            let mut answer = body;
+            answer.reverse();
+            y.send_reply(id, ReplyStatus::OK, report(5), answer.clone().into())
+                .unwrap();
+            let mut packets = drain(&mut y, t0);
+            assert!(packets.iter().all(|(p, _)| p.len() <= max_packet));
+            packets.reverse();
+            let back = replies(
+                packets
+                    .iter()
+                    .map(|(p, _)| open(&mut x, t0, Y, p))
+                    .collect(),
+            );
+            assert_eq!(back.len(), 1, "{len} B reply, {max_packet}");
+            assert_eq!((back[0].id, &back[0].body[..]), (id, &answer[..]));
+            assert_eq!(x.reassembly_held() + y.reassembly_held(), 0);
+        }
+        assert_eq!(x.stats().replies_received, 4);
+    }
+}
+
+#[test]
+fn p2_a_reply_costs_its_id_status_and_an_eight_byte_report() {
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    x.send_datagram(b"hello").unwrap();
+    let datagram = drain(&mut x, t0)[0].0.len();
+    x.send_request(t0, Bytes::from_static(b"hello")).unwrap();
+    let request = drain(&mut x, t0);
+    assert_eq!(request[0].0.len(), datagram + REQUEST_HEADER_LEN);
+    let _ = open(&mut y, t0, X, &request[0].0);
+    y.send_reply(0, ReplyStatus::OK, report(1), Bytes::from_static(b"hello"))
+        .unwrap();
+    let reply = drain(&mut y, t0);
+    // id (4) + status (1) + report (8) more than the datagram of the same bytes.
+    assert_eq!(LOAD_REPORT_LEN, 8);
+    assert_eq!(report(1).encode().len(), LOAD_REPORT_LEN);
+    assert_eq!(reply[0].0.len(), datagram + 4 + 1 + LOAD_REPORT_LEN);
+    assert_eq!(REPLY_HEADER_LEN, 4 + 1 + LOAD_REPORT_LEN);
+}
+
+#[test]
+fn p1_malformed_request_reply_and_frame_fragment_bodies_are_dropped_and_counted() {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{RngCore, SeedableRng};
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    // A few requests in flight each way, so that some random replies and duplicates hit.
+    for _ in 0..4 {
+        x.send_request(t0, Bytes::from_static(b"q")).unwrap();
+    }
+    let _ = deliver(&mut x, &mut y, t0);
+    let before = [x.stats(), y.stats()];
+    let mut now = t0;
+    let mut sent = [0u64; 2];
+    let mut ok = [0u64; 2];
+    for round in 0..20_000u32 {
+        now += Duration::from_micros(100);
+        // Short bodies often (below the headers), any type of the three, either direction.
+        let len = match rng.next_u32() % 4 {
+            0 => (rng.next_u32() % 16) as usize,
+            _ => (rng.next_u32() % 1_400) as usize,
+        };
+        let mut plain = vec![0u8; 1 + len];
+        rng.fill_bytes(&mut plain);
+        plain[0] = [frame::REQUEST, frame::REPLY, frame::FRAME_FRAGMENT][round as usize % 3];
+        if plain[0] == frame::FRAME_FRAGMENT && plain.len() > 7 {
+            // Ids and counts that collide, and pieces that start with a frame type at times.
+            plain[1..5].copy_from_slice(&(rng.next_u32() % 4).to_be_bytes());
+            plain[6] = 2 + (rng.next_u32() % 3) as u8;
+            plain[5] = (rng.next_u32() % u32::from(plain[6])) as u8;
+            plain[7] = [frame::DATAGRAM, frame::REQUEST, frame::REPLY, frame::PING]
+                [round as usize / 3 % 4];
+        } else if plain.len() > 4 {
+            // Ids that collide with each other and with the requests in flight.
+            plain[1..5].copy_from_slice(&(rng.next_u32() % 8).to_be_bytes());
+        }
+        let to_server = round % 2 == 0;
+        let (from, to, src) = if to_server {
+            (&mut x, &mut y, X)
+        } else {
+            (&mut y, &mut x, Y)
+        };
+        from.queue_raw(plain.into());
+        for (p, _) in drain(from, now) {
+            sent[usize::from(to_server)] += 1;
+            if open(to, now, src, &p).is_ok() {
+                ok[usize::from(to_server)] += 1;
+            }
+        }
+        let _ = to.handle_timeout(now);
+    }
+    // Every packet authentic: each either delivered something (or kept a piece) or was counted
+    // as malformed, a duplicate request or an unknown reply — never a panic, never silence.
+    for (side, s) in [(1, y.stats()), (0, x.stats())] {
+        let drops = s.dropped_bad_frame + s.requests_duplicate + s.replies_unknown;
+        let was = before[side];
+        let drops = drops - was.dropped_bad_frame - was.requests_duplicate - was.replies_unknown;
+        assert_eq!(
+            s.packets_received - was.packets_received,
+            sent[side],
+            "{s:?}"
+        );
+        assert_eq!(ok[side] + drops, sent[side], "{s:?}");
+        assert!(s.dropped_bad_frame > 0 && s.dropped_auth == 0, "{s:?}");
+    }
+    assert!(y.stats().requests_duplicate > 0 && x.stats().replies_unknown > 0);
+    assert!(y.reassembly_held() <= MAX_REASSEMBLY_BYTES);
+    assert!(x.close_reason().is_none() && y.close_reason().is_none());
 }

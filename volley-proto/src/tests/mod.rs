@@ -12,6 +12,7 @@ mod outcomes;
 mod overload;
 mod policies;
 mod race;
+mod requests;
 mod responder;
 mod retransmit;
 mod session_life;

@@ -72,6 +72,9 @@ const PATH_CHALLENGE: &str =
     "031010111213000000000000000130df18eb2d3804032afa6517879fb47a6ed888b14ab1e1b1fa";
 const PATH_RESPONSE: &str =
     "0311a0a1a2a30000000000000002d754f42bea87ab9faa3ffa7d78d6a188393d83da29a0edb7f8";
+const REQUEST: &str =
+    "0311a0a1a2a30000000000000003b8d3aaa9459b2b3e2ca2008d8c70a2a47b6a37219377adfdc6";
+const REPLY: &str = "03101011121300000000000000027e87a64a37706ed2c9390747ba531367bc858dd70461c762ee4a249c676e62d713dc";
 const STATIC_PUBLIC: &str = "07a37cbc142093c8b755dc1b10e86cb426374ad16aa853ed0bdfc0b2b86d1c7c";
 const KEY_ID: &str = "9f9c17a469b951b3";
 const VERSIONS: &str = "0001030101000102030405060708090a0b0c0d0e0f046563686f000000000000000000";
@@ -375,6 +378,54 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     );
     assert_eq!(server.remote(id), Some(moved), "the session moved");
 
+    // §5.8: the client's first request, `ping` (id 0), and the server's reply, `pong`, 2 ms
+    // later, carrying its load report.
+    let request_id = conn
+        .send_request(later, bytes::Bytes::from_static(b"ping"))
+        .expect("a request");
+    assert_eq!(request_id, 0);
+    let t = conn.poll_transmit(later, &mut buf).expect("REQUEST");
+    got.push(("request", hex(&buf[..t.size])));
+    let request = buf[..t.size].to_vec();
+    assert!(
+        server
+            .handle(later, moved, local, &request, &mut out)
+            .is_none()
+    );
+    let (session, rid) = loop {
+        match server.poll_event() {
+            Some(ServerEvent::Request { id, request, body }) => {
+                assert_eq!(&body[..], b"ping");
+                break (id, request);
+            }
+            Some(_) => continue,
+            None => panic!("no request"),
+        }
+    };
+    let replied = later + Duration::from_millis(2);
+    server
+        .reply(
+            replied,
+            session,
+            rid,
+            crate::session::ReplyStatus::OK,
+            bytes::Bytes::from_static(b"pong"),
+        )
+        .expect("in flight");
+    let t = server.poll_transmit(replied, &mut out).expect("REPLY");
+    assert_eq!(t.destination, moved);
+    got.push(("reply", hex(&out[..t.size])));
+    let reply = out[..t.size].to_vec();
+    conn.handle(replied, local, &reply, &mut pool);
+    let answered = std::iter::from_fn(|| conn.poll_event())
+        .find_map(|e| match e {
+            ClientEvent::Reply(r) => Some(r),
+            _ => None,
+        })
+        .expect("the reply");
+    assert_eq!((answered.id, &answered.body[..]), (0, &b"pong"[..]));
+    println!("reply report: {:?}", answered.report);
+
     // VERSIONS (§3.9): the §11.1 PROBE with version byte 1, answered by a fresh v2 server.
     let mut other = probe.clone();
     other[0] = 1;
@@ -408,6 +459,8 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
         ("client data updated", DATA_CLIENT_UPDATED),
         ("path challenge", PATH_CHALLENGE),
         ("path response", PATH_RESPONSE),
+        ("request", REQUEST),
+        ("reply", REPLY),
         ("k1", K1),
         ("k2", K2),
     ];
@@ -459,10 +512,8 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     // → client (a swap would fail here); with AES-256-GCM the same keys seal §11.6's AES packet;
     // and k1's successor, written out with HMAC as §5.5 states it, sealed the updated packet.
     let k = |h: &str| -> [u8; 32] { unhex(h).try_into().expect("32 bytes") };
-    let reseal =
-        |key: &[u8; 32], suite: Suite, receiver: u32, counter: u64, phase: u8, plain: &[u8]| {
-            let mut frame = vec![0u8];
-            frame.extend_from_slice(plain);
+    let reseal_frame =
+        |key: &[u8; 32], suite: Suite, receiver: u32, counter: u64, phase: u8, frame: &[u8]| {
             let header = DataHeader {
                 receiver_id: receiver,
                 counter,
@@ -472,11 +523,17 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
             let n = header.encode(&mut wire).expect("header");
             assert_eq!(n, DATA_HEADER_LEN);
             let len = frame.len();
-            wire[n..n + len].copy_from_slice(&frame);
+            wire[n..n + len].copy_from_slice(frame);
             let (aad, body) = wire.split_at_mut(n);
             let keys = SessionKeys::new(suite, key, key);
             let sealed = keys.seal.seal(counter, aad, body, len).expect("seal");
             hex(&wire[..n + sealed])
+        };
+    let reseal =
+        |key: &[u8; 32], suite: Suite, receiver: u32, counter: u64, phase: u8, plain: &[u8]| {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(plain);
+            reseal_frame(key, suite, receiver, counter, phase, &frame)
         };
     let chacha = Suite::ChaCha20Poly1305;
     assert_eq!(
@@ -501,6 +558,30 @@ fn protocol_md_test_vectors_are_what_the_code_produces() {
     assert_eq!(
         reseal(&k(&k1_next), chacha, 0xa0a1_a2a3, 1, 1, b"moved"),
         DATA_CLIENT_UPDATED
+    );
+    // §11.10: the REQUEST and REPLY frames, written out by hand as §5.8 lays them out.
+    assert_eq!(
+        reseal_frame(
+            &k(&k1_next),
+            chacha,
+            0xa0a1_a2a3,
+            3,
+            1,
+            &unhex("070000000070696e67")
+        ),
+        REQUEST
+    );
+    assert_eq!(
+        reseal_frame(
+            &k(K2),
+            chacha,
+            0x1011_1213,
+            2,
+            0,
+            // type, id, status, report (expected_us, in_flight, capacity), `pong`
+            &unhex("080000000000001d423700030064706f6e67")
+        ),
+        REPLY
     );
     for ((name, value), want) in extra.iter().zip([K1_NEXT, DATA_CLIENT_AES]) {
         assert_eq!(value, want, "{name}");

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::packet::LoadHint;
-use crate::session::CloseReason;
+use crate::session::{CloseReason, Reply};
 
 /// Why a connection gave up. Terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -108,6 +108,16 @@ pub enum ClientEvent {
     },
     /// An application datagram arrived (the buffer it was decrypted in).
     Datagram(Bytes),
+    /// The reply to a request in flight arrived (PROTOCOL.md §5.8).
+    Reply(Reply),
+    /// The session ended — closed, or its server lost (a failover follows if one remains) —
+    /// with these requests in flight: no reply will come for them.
+    RequestsLost {
+        /// Their ids.
+        ids: Vec<u32>,
+        /// How the session ended.
+        reason: CloseReason,
+    },
     /// This connection's failure ejected a server from the client's races for `length`.
     Ejected {
         /// The server.

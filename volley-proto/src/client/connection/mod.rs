@@ -16,7 +16,7 @@ pub use events::{ClientEvent, ConnectError, EarlyDataError};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_core::CryptoRngCore;
 use tracing::{debug, trace};
@@ -28,7 +28,7 @@ use super::route::{RouteKey, RouteView};
 use super::{ClientConfig, ClientStats};
 use crate::crypto::PublicKey;
 use crate::packet::{KeyId, Offer, Packet, Tag};
-use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, SendError};
+use crate::session::{CloseCode, CloseReason, DataDrop, Delivered, LoadReport, SendError};
 use crate::util::canonical;
 use crate::{TAG_LEN, Transmit};
 use failover::{Failover, Next};
@@ -307,6 +307,9 @@ impl Connection {
         s.probes_sent += self.state.probes_sent();
         if let Some(ss) = self.state.session_stats() {
             s.data_dropped += ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame;
+            s.requests_sent += ss.requests_sent;
+            s.replies_received += ss.replies_received;
+            s.replies_unknown += ss.replies_unknown;
         }
         s
     }
@@ -348,6 +351,78 @@ impl Connection {
         self.state.send_datagram_owned(data)?;
         self.count_request();
         Ok(())
+    }
+
+    /// Queues a request of `body` (at most [`crate::MAX_DATAGRAM`] bytes) on the established
+    /// session under the next id not in flight, and returns the id: its reply comes as
+    /// [`ClientEvent::Reply`] with the same id, or [`ClientEvent::RequestsLost`] names it when
+    /// the session ends first (PROTOCOL.md §5.8). Nothing is retransmitted: a request or reply
+    /// lost on the way is the caller's to time out (then [`Connection::forget_request`]). On
+    /// refusal the body comes back with the reason ([`SendError::NotEstablished`] while racing
+    /// or handshaking: queue it again once established).
+    pub fn send_request(&mut self, now: Instant, body: Bytes) -> Result<u32, (SendError, Bytes)> {
+        let Some(session) = self.state.session_mut() else {
+            return Err((self.state.not_established(), body));
+        };
+        let id = session.send_request(now, body)?;
+        self.count_request();
+        Ok(id)
+    }
+
+    /// [`Connection::send_request`] under an id the caller chose (one not in flight on the
+    /// session: [`SendError::RequestInFlight`] otherwise).
+    pub fn send_request_with_id(
+        &mut self,
+        now: Instant,
+        id: u32,
+        body: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        let Some(session) = self.state.session_mut() else {
+            return Err((self.state.not_established(), body));
+        };
+        session.send_request_with_id(now, id, body)?;
+        self.count_request();
+        Ok(())
+    }
+
+    /// Forgets request `id` (its caller stopped waiting): a reply that still comes is counted
+    /// in `replies_unknown` and dropped. Whether it was in flight.
+    pub fn forget_request(&mut self, id: u32) -> bool {
+        self.state
+            .session_mut()
+            .is_some_and(|s| s.forget_request(id))
+    }
+
+    /// Requests in flight on the established session (0 without one).
+    pub fn requests_in_flight(&self) -> usize {
+        self.state.session().map_or(0, |s| s.requests_in_flight())
+    }
+
+    /// The established session's latest load report from its server and when it arrived
+    /// (PROTOCOL.md §5.8); None before its first reply (a new server after a failover starts
+    /// with none).
+    pub fn load_report(&self) -> Option<(LoadReport, Instant)> {
+        self.state.session().and_then(|s| s.load_report())
+    }
+
+    /// The established session's smoothed time from a request's queueing to its reply (OK
+    /// replies only); None before the first.
+    pub fn reply_time(&self) -> Option<Duration> {
+        self.state.session().and_then(|s| s.reply_time())
+    }
+
+    /// The established session ends for `reason`: its requests in flight are lost, and the
+    /// application hears of them at once.
+    fn lose_requests(&mut self, reason: CloseReason) {
+        let Some(session) = self.state.session_mut() else {
+            return;
+        };
+        let ids = session.take_requests();
+        if !ids.is_empty() {
+            self.stats.requests_lost += ids.len() as u64;
+            self.events
+                .push_back(ClientEvent::RequestsLost { ids, reason });
+        }
     }
 
     /// Closes the connection; an established session sends CLOSE first.
@@ -453,6 +528,12 @@ impl Connection {
                 self.heard = true;
                 self.events.push_back(ClientEvent::Datagram(d));
             }
+            Ok(Delivered::Reply(reply)) => {
+                self.heard = true;
+                self.events.push_back(ClientEvent::Reply(reply));
+            }
+            // A client's session takes no REQUEST (a bad frame there).
+            Ok(Delivered::Request { .. }) => {}
             Ok(Delivered::Keepalive) => {}
             Ok(Delivered::Closed(code)) => {
                 self.lose_server(now, server, CloseReason::Remote(code), pool);
@@ -704,6 +785,9 @@ impl Connection {
     fn keep_session_stats(&mut self, ss: crate::session::SessionStats) {
         self.stats.data_dropped +=
             ss.dropped_auth + ss.dropped_replay + ss.dropped_bad_frame + ss.dropped_wrong_source;
+        self.stats.requests_sent += ss.requests_sent;
+        self.stats.replies_received += ss.replies_received;
+        self.stats.replies_unknown += ss.replies_unknown;
     }
 
     /// The server is gone (idle timeout, GOING_AWAY, failed handshake): re-race the rest of the
@@ -716,6 +800,7 @@ impl Connection {
         pool: &mut PoolState,
     ) {
         let was_established = matches!(self.state, State::Established { .. });
+        self.lose_requests(reason);
         match &self.state {
             State::ExpectOffer(race) => self.stats.probes_sent += race.probes_sent(),
             State::Established { session, .. } => self.keep_session_stats(session.stats()),
@@ -795,7 +880,8 @@ impl Connection {
                         let reason = session
                             .close_reason()
                             .unwrap_or(CloseReason::Local(CloseCode::NORMAL));
-                        let stats = session.stats();
+                        self.lose_requests(reason);
+                        let stats = self.state.session_stats()?;
                         self.keep_session_stats(stats);
                         self.state = State::Done;
                         self.events.push_back(ClientEvent::Closed(reason));

@@ -113,6 +113,30 @@ impl State {
         }
     }
 
+    /// The established session, if there is one.
+    pub(super) fn session(&self) -> Option<&Session> {
+        match self {
+            Self::Established { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The established session, mutably.
+    pub(super) fn session_mut(&mut self) -> Option<&mut Session> {
+        match self {
+            Self::Established { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Why a request cannot be queued in this phase: not yet established, or done.
+    pub(super) fn not_established(&self) -> SendError {
+        match self {
+            Self::Done => SendError::Closed,
+            _ => SendError::NotEstablished,
+        }
+    }
+
     /// When the phase next has a timer to fire.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         match self {

@@ -67,6 +67,14 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         data_fragments: _,
         data_reassembled: _,
         data_reassembly_dropped: _,
+        requests_received: _,
+        requests_duplicate,
+        // Answered (REFUSED): not a datagram dropped unanswered.
+        requests_over_limit: _,
+        replies_sent: _,
+        replies_dropped: _,
+        replies_refused: _,
+        requests_abandoned: _,
         amplification_suppressed,
         redirects_sent: _,
         init_after_close,
@@ -102,6 +110,7 @@ pub fn server_drops(s: &ServerStats) -> u64 {
         + data_auth_failed
         + data_replayed
         + data_bad_frame
+        + requests_duplicate
         + amplification_suppressed
         + init_after_close
 }
@@ -196,6 +205,13 @@ pub fn server_delta(after: &ServerStats, before: &ServerStats) -> ServerStats {
         data_fragments,
         data_reassembled,
         data_reassembly_dropped,
+        requests_received,
+        requests_duplicate,
+        requests_over_limit,
+        replies_sent,
+        replies_dropped,
+        replies_refused,
+        requests_abandoned,
         amplification_suppressed,
     )
 }
@@ -230,6 +246,11 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         data_dropped,
         early_data_sent: _,
         data_held: _,
+        requests_sent: _,
+        replies_received: _,
+        replies_unknown,
+        // Callers failed at once as their session ended: no datagram dropped.
+        requests_lost: _,
     } = *s;
     offers_late
         + offers_unknown_tag
@@ -242,6 +263,7 @@ pub fn client_drops(s: &ClientStats) -> u64 {
         + offers_duplicate
         + accepts_invalid
         + data_dropped
+        + replies_unknown
 }
 
 /// `after - before`, counter by counter.
@@ -283,5 +305,9 @@ pub fn client_delta(after: &ClientStats, before: &ClientStats) -> ClientStats {
         data_dropped,
         early_data_sent,
         data_held,
+        requests_sent,
+        replies_received,
+        replies_unknown,
+        requests_lost,
     )
 }

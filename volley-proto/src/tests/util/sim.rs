@@ -112,7 +112,8 @@ pub struct SimServer {
     pub alive: bool,
     /// Every event it produced.
     pub events: Vec<ServerEvent>,
-    /// Echo session datagrams back (the default service).
+    /// Echo session datagrams back, and answer requests with their own bytes (the default
+    /// service). When false, requests stay in flight for the test to answer.
     pub echo: bool,
 }
 
@@ -488,6 +489,14 @@ impl Sim {
                     && self.servers[si].echo
                 {
                     let _ = self.servers[si].endpoint.send(*id, data);
+                }
+                if let ServerEvent::Request { id, request, body } = &ev
+                    && self.servers[si].echo
+                {
+                    let ok = crate::session::ReplyStatus::OK;
+                    let _ = self.servers[si]
+                        .endpoint
+                        .reply(now, *id, *request, ok, body.clone());
                 }
                 self.servers[si].events.push(ev);
             }
