@@ -1,5 +1,6 @@
-//! The default service: every datagram a session receives goes back to its sender, each one
-//! counted as a request in flight until its echo is queued. What `volley serve` runs without
+//! The default service: every datagram a session receives goes back to its sender, and every
+//! request ([`crate::Session::request`]) is answered with its own bytes; each is counted as a
+//! request in flight until its echo is queued. What `volley serve` runs without
 //! `--forward`, and a server to try clients against:
 //!
 //! ```

@@ -1,7 +1,7 @@
 //! The runtime's errors.
 
 use thiserror::Error;
-use volley_proto::{CloseReason, ConnectError};
+use volley_proto::{CloseReason, ConnectError, ReplyStatus, SendError};
 
 /// What can go wrong using a [`crate::Client`], [`crate::Server`] or [`crate::Session`].
 ///
@@ -67,9 +67,60 @@ pub enum Error {
     /// [`volley_proto::MAX_EARLY_DATA`] bytes.
     #[error("early data refused: {0}")]
     EarlyData(#[from] volley_proto::EarlyDataError),
-    /// A datagram larger than [`crate::MAX_DATAGRAM`] bytes (65,535).
+    /// A datagram, request or reply larger than [`crate::MAX_DATAGRAM`] bytes (65,535).
     #[error("datagram larger than {} bytes", volley_proto::MAX_DATAGRAM)]
     TooLarge,
+    /// [`volley_proto::MAX_REQUESTS`] requests are in flight on the session already
+    /// ([`crate::Session::request`]); wait for one to end
+    /// ([`crate::Session::poll_request_ready`]) or use another session.
+    #[error(
+        "{} requests in flight on the session already",
+        volley_proto::MAX_REQUESTS
+    )]
+    TooManyRequests,
+    /// The server's application let the request go without answering it (REPLY status
+    /// DROPPED, PROTOCOL.md §5.8): no answer will come; another server may give one.
+    #[error("the server dropped the request without answering it")]
+    RequestDropped,
+    /// The server did not take the request: its session had
+    /// [`volley_proto::MAX_REQUESTS`] in flight, or its application's queue was full (REPLY
+    /// status REFUSED, §5.8). It was not served.
+    #[error("the server refused the request (too many in flight, or its queue full)")]
+    RequestRefused,
+    /// A reply with a status this version does not know (§5.8): the request failed.
+    #[error("the request failed with status {0}")]
+    RequestFailed(u8),
+    /// The session ended, or lost its server, with the request in flight (the reason): no
+    /// reply will come. A client's session may go on with another server (a failover): send
+    /// the request again there if it is safe to.
+    #[error("request lost: its session ended ({0:?})")]
+    RequestLost(CloseReason),
+    /// The session refused what the handle queued for a reason of its own (a bug guard: the
+    /// handle checks sizes and limits first).
+    #[error("refused by the session: {0}")]
+    Refused(SendError),
+}
+
+impl Error {
+    /// A reply's status as the caller's outcome: `Ok(())` for OK, else the error naming it.
+    pub(crate) fn from_status(status: ReplyStatus) -> Result<(), Self> {
+        match status {
+            ReplyStatus::OK => Ok(()),
+            ReplyStatus::DROPPED => Err(Self::RequestDropped),
+            ReplyStatus::REFUSED => Err(Self::RequestRefused),
+            ReplyStatus(other) => Err(Self::RequestFailed(other)),
+        }
+    }
+
+    /// What a caller hears of a request its session would not take.
+    pub(crate) fn from_send(e: SendError) -> Self {
+        match e {
+            SendError::TooLarge => Self::TooLarge,
+            SendError::TooManyRequests => Self::TooManyRequests,
+            SendError::QueueFull => Self::QueueFull,
+            other => Self::Refused(other),
+        }
+    }
 }
 
 #[cfg(test)]

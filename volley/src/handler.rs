@@ -1,6 +1,7 @@
 //! Serving requests without bookkeeping: a handler — an async function, or a tower `Service` —
-//! is called once per datagram a session receives, and its answer, if any, is sent back on the
-//! same session. The server counts every request as in flight from its arrival until its reply
+//! is called once per request a session receives (a client's [`Session::request`], answered
+//! with a REPLY naming it) or per datagram (answered with a datagram), and its answer, if any,
+//! is sent back on the same session; a request it does not answer is answered DROPPED. The server counts every request as in flight from its arrival until its reply
 //! has been queued (the handler's time included), and measures its service time from those
 //! completions: load reporting needs no `LoadGuard`s in application code.
 //!
@@ -110,20 +111,23 @@ where
                 return;
             };
             while let Ok(request) = session.recv_request().await {
-                let (data, guard) = request.into_parts();
                 let call = Call {
                     peer: session.remote(),
                     client: client.clone(),
-                    data,
+                    data: request.data_bytes(),
                 };
-                let reply = handler(call).await;
-                if let Some(reply) = reply
-                    && session.send_bytes(reply).await.is_err()
-                {
-                    break;
+                match handler(call).await {
+                    // Completed once the reply is queued: a REPLY naming a client's request,
+                    // or a datagram back for a datagram.
+                    Some(reply) => {
+                        if request.reply_bytes(&session, reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    // No reply: a datagram's request completes; a client's request is
+                    // answered DROPPED, so that its caller need not wait for a timeout.
+                    None => drop(request),
                 }
-                // Completed: the reply is queued (or there is none).
-                drop(guard);
             }
         }
     })
@@ -188,26 +192,30 @@ where
                 return;
             };
             while let Ok(request) = session.recv_request().await {
-                let (data, guard) = request.into_parts();
                 let call = Call {
                     peer: session.remote(),
                     client: client.clone(),
-                    data,
+                    data: request.data_bytes(),
                 };
                 if let Err(e) = std::future::poll_fn(|cx| service.poll_ready(cx)).await {
                     debug!(error = %e, "service not available: session ends");
+                    // (A client's request is answered REFUSED: it was never taken.)
+                    let _ = request.refuse(&session);
                     break;
                 }
                 match service.call(call).await {
                     Ok(Some(reply)) => {
-                        if session.send_bytes(reply).await.is_err() {
+                        if request.reply_bytes(&session, reply).await.is_err() {
                             break;
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => debug!(error = %e, "request failed: no reply"),
+                    // No reply (or an error): a client's request is answered DROPPED.
+                    Ok(None) => drop(request),
+                    Err(e) => {
+                        debug!(error = %e, "request failed: no reply");
+                        drop(request);
+                    }
                 }
-                drop(guard);
             }
         }
     })

@@ -173,12 +173,13 @@ pub use load::LoadGuard;
 pub use rand::rngs::OsRng;
 pub use report::{ConnectReport, OfferFate, OfferSeen};
 pub use server::{Server, ServerHandle};
-pub use session::{Request, SEND_QUEUE, Session, SessionStats};
+pub use session::{LoadReport, ReplyFuture, Request, SEND_QUEUE, Session, SessionStats};
 pub use volley_proto::allow::{AllowEntry, AllowList, AllowListError};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
     AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientConfigBuilder, ClientStats,
     CloseCode, CloseReason, ConfigError, ConnectError, EarlyDataError, LoadHint, MAX_APP_DATAGRAM,
-    MAX_DATAGRAM, MAX_EARLY_DATA, PathPolicy, PublicKey, SelectionPolicy, ServerConfig,
-    ServerConfigBuilder, ServerLoad, ServerStats, ServiceModel, SessionConfig, StaticKeypair,
+    MAX_DATAGRAM, MAX_EARLY_DATA, MAX_REQUESTS, PathPolicy, PublicKey, SelectionPolicy,
+    ServerConfig, ServerConfigBuilder, ServerLoad, ServerStats, ServiceModel, SessionConfig,
+    StaticKeypair,
 };

@@ -559,6 +559,21 @@ impl ServerEndpoint {
         Ok(())
     }
 
+    /// Forgets request `request` of session `id` without answering it (no REPLY goes: its
+    /// caller's timeout ends it) — for a runtime that could not even queue a refusal. It stops
+    /// counting as load. Whether it was in flight.
+    pub fn forget_request(&mut self, now: Instant, id: SessionId, request: u32) -> bool {
+        let forgotten = self
+            .sessions
+            .get_mut(id)
+            .is_some_and(|s| s.session.forget_request(request));
+        if forgotten {
+            self.load
+                .requests_done(now, &self.config, self.sessions.len(), 1);
+        }
+        forgotten
+    }
+
     /// Requests in flight on session `id` (received, not answered); 0 once it is gone.
     pub fn requests_in_flight(&self, id: SessionId) -> usize {
         self.sessions

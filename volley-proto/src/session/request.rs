@@ -7,8 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tracing::trace;
 
 use super::fragment::MAX_DATAGRAM;
+use super::{DataDrop, Delivered, Outgoing, SendError, Session, SessionStats, frame};
 use crate::rtt::RttEstimator;
 
 /// Bytes of a REQUEST frame's body before the request's own bytes: its id (u32).
@@ -169,6 +171,210 @@ impl Requests {
                 return id;
             }
         }
+    }
+}
+
+/// A session's side of requests and replies: sending, answering, forgetting, and taking the
+/// frames in (PROTOCOL.md §5.8). The frames go out through the session's send queue like any
+/// other.
+impl Session {
+    pub(super) fn requests_mut(&mut self) -> &mut Requests {
+        self.requests.get_or_insert_with(Box::default)
+    }
+
+    /// Client side: queues a request of `body` (at most [`MAX_DATAGRAM`] bytes; in
+    /// FRAME_FRAGMENTs when it does not fit one packet) under the next id not in flight, and
+    /// returns that id: its reply comes as [`Delivered::Reply`] with the same id
+    /// (PROTOCOL.md §5.8). On refusal the body comes back with the reason.
+    pub fn send_request(&mut self, now: Instant, body: Bytes) -> Result<u32, (SendError, Bytes)> {
+        let start = self.requests.as_ref().map_or(0, |r| r.next_id);
+        let id = self.requests.as_mut().map_or(0, |r| r.allocate());
+        let sent = self.send_request_with_id(now, id, body);
+        if let Some(r) = &mut self.requests {
+            // A refused request uses up no id.
+            r.next_id = if sent.is_ok() {
+                id.wrapping_add(1)
+            } else {
+                start
+            };
+        }
+        sent.map(|()| id)
+    }
+
+    /// Client side: queues a request under an id the caller chose, which must not be in flight
+    /// ([`SendError::RequestInFlight`]). Otherwise like [`Session::send_request`]: refused when
+    /// closed, on a serving session, larger than [`MAX_DATAGRAM`], with [`MAX_REQUESTS`] in
+    /// flight already ([`SendError::TooManyRequests`]) or with no room in the send queue.
+    pub fn send_request_with_id(
+        &mut self,
+        now: Instant,
+        id: u32,
+        body: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        if self.closed.is_some() {
+            return Err((SendError::Closed, body));
+        }
+        if self.serving {
+            return Err((SendError::WrongDirection, body));
+        }
+        if body.len() > MAX_DATAGRAM {
+            return Err((SendError::TooLarge, body));
+        }
+        if let Some(r) = &self.requests {
+            if r.out.contains_key(&id) {
+                return Err((SendError::RequestInFlight, body));
+            }
+            if r.out.len() >= MAX_REQUESTS {
+                return Err((SendError::TooManyRequests, body));
+            }
+        }
+        self.queue_frame(frame::REQUEST, &id.to_be_bytes(), body, |body| {
+            Outgoing::Request(id, body)
+        })?;
+        self.requests_mut().out.insert(id, now);
+        self.stats.requests_sent += 1;
+        Ok(())
+    }
+
+    /// Server side: queues the reply to request `id`, which must be in flight (received and
+    /// not answered: else [`SendError::UnknownRequest`]), with `status` and the server's load
+    /// `report`; the id is answered from then on. `body` is at most [`MAX_DATAGRAM`] bytes (in
+    /// FRAME_FRAGMENTs when it does not fit one packet). On refusal the body comes back with
+    /// the reason and the request stays in flight.
+    pub fn send_reply(
+        &mut self,
+        id: u32,
+        status: ReplyStatus,
+        report: LoadReport,
+        body: Bytes,
+    ) -> Result<(), (SendError, Bytes)> {
+        if self.closed.is_some() {
+            return Err((SendError::Closed, body));
+        }
+        if !self.serving {
+            return Err((SendError::WrongDirection, body));
+        }
+        if !self
+            .requests
+            .as_ref()
+            .is_some_and(|r| r.inbound.contains(&id))
+        {
+            return Err((SendError::UnknownRequest, body));
+        }
+        if body.len() > MAX_DATAGRAM {
+            return Err((SendError::TooLarge, body));
+        }
+        let header = reply_header(id, status, report);
+        self.queue_frame(frame::REPLY, &header, body, |body| {
+            Outgoing::Reply(header, body)
+        })?;
+        self.requests_mut().inbound.remove(&id);
+        self.stats.replies_sent += 1;
+        Ok(())
+    }
+
+    /// Forgets request `id`: on a client, its caller stopped waiting (its reply, if one comes,
+    /// is counted as unknown); on a server, a request that will get no REPLY. Whether it was
+    /// in flight.
+    pub fn forget_request(&mut self, id: u32) -> bool {
+        let serving = self.serving;
+        self.requests.as_mut().is_some_and(|r| {
+            if serving {
+                r.inbound.remove(&id)
+            } else {
+                r.out.remove(&id).is_some()
+            }
+        })
+    }
+
+    /// Requests in flight: a client's sent and not answered (nor forgotten); a server's
+    /// received and not answered.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.as_ref().map_or(0, |r| {
+            if self.serving {
+                r.inbound.len()
+            } else {
+                r.out.len()
+            }
+        })
+    }
+
+    /// Takes every request in flight out of the session, for the caller to fail (a client's:
+    /// their callers) or count (a server's: their load), as when the session ends: ids in no
+    /// particular order.
+    pub fn take_requests(&mut self) -> Vec<u32> {
+        match self.requests.as_mut() {
+            None => Vec::new(),
+            Some(r) if self.serving => r.inbound.drain().collect(),
+            Some(r) => r.out.drain().map(|(id, _)| id).collect(),
+        }
+    }
+
+    /// Client side: the load report of the latest reply and when it arrived (PROTOCOL.md
+    /// §5.8); None before the first reply.
+    pub fn load_report(&self) -> Option<(LoadReport, Instant)> {
+        self.requests.as_ref().and_then(|r| r.report)
+    }
+
+    /// Client side: the smoothed time from a request's queueing to its reply (status OK only),
+    /// RFC 6298's weights; None before the first.
+    pub fn reply_time(&self) -> Option<Duration> {
+        self.requests.as_ref().and_then(|r| r.reply_time.smoothed())
+    }
+
+    /// A whole REQUEST or REPLY frame's body (from one packet or put together from pieces).
+    pub(super) fn take_frame(
+        &mut self,
+        now: Instant,
+        ty: u8,
+        body: Bytes,
+    ) -> Result<Delivered, DataDrop> {
+        let bad = |stats: &mut SessionStats, why: &str| {
+            stats.dropped_bad_frame += 1;
+            trace!(ty, why, "DATA dropped: malformed request or reply");
+            Err(DataDrop::BadFrame)
+        };
+        if ty == frame::REQUEST {
+            if !self.serving {
+                return bad(&mut self.stats, "a request to a client");
+            }
+            let Some((id, body)) = decode_request(&body) else {
+                return bad(&mut self.stats, "shorter than its id");
+            };
+            if !self.requests_mut().inbound.insert(id) {
+                self.stats.requests_duplicate += 1;
+                trace!(id, "REQUEST dropped: its id is in flight");
+                return Err(DataDrop::DuplicateRequest);
+            }
+            self.stats.requests_received += 1;
+            return Ok(Delivered::Request { id, body });
+        }
+        if self.serving {
+            return bad(&mut self.stats, "a reply to a server");
+        }
+        let Some((id, status, report, body)) = decode_reply(&body) else {
+            return bad(&mut self.stats, "shorter than its header");
+        };
+        let requests = self.requests_mut();
+        // Authentic and fresh whatever it answers: the report is the server's load now.
+        requests.report = Some((report, now));
+        let Some(sent) = requests.out.remove(&id) else {
+            self.stats.replies_unknown += 1;
+            trace!(id, "REPLY dropped: no such request in flight");
+            return Err(DataDrop::UnknownReply);
+        };
+        let elapsed = now.saturating_duration_since(sent);
+        if status == ReplyStatus::OK {
+            requests.reply_time.sample(elapsed);
+        }
+        self.stats.replies_received += 1;
+        Ok(Delivered::Reply(Reply {
+            id,
+            status,
+            report,
+            body,
+            elapsed,
+        }))
     }
 }
 

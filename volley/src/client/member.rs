@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::{debug, info};
-use volley_proto::{ClientEvent, CloseCode, CloseReason, ConnectError, Connection};
+use volley_proto::{ClientEvent, CloseCode, CloseReason, ConnectError, Connection, SendError};
 
 use super::open::Parts;
+use crate::error::Error;
 use crate::report::{ConnectReport, OfferFate, OfferSeen};
-use crate::session::{Drained, Incoming, Link, Status};
+use crate::session::{Core, Drained, Incoming, Link, LoadReport, Outbound, Status};
 
 /// One connection of a group: the main one of a connect, or an `NBest` sibling.
 pub(super) struct Member {
@@ -40,6 +41,8 @@ pub(super) struct Member {
     pub(super) dirty: bool,
     /// Listed among the driver's blocked members.
     pub(super) in_blocked: bool,
+    /// When the load report last handed to the handle arrived.
+    report_at: Option<Instant>,
 }
 
 fn lock(report: &Mutex<ConnectReport>) -> MutexGuard<'_, ConnectReport> {
@@ -80,14 +83,18 @@ impl Member {
             keys: [None; 3],
             dirty: false,
             in_blocked: false,
+            report_at: None,
         }
     }
 
-    /// Moves the handle's queued datagrams into the connection, as many as it takes now. True
-    /// when any moved.
+    /// Moves the handle's queued datagrams and requests into the connection (and tells it of
+    /// the requests whose callers gave up), as many as it takes now. True when any moved.
     pub(super) fn drain(&mut self) -> bool {
-        let conn = &mut self.conn;
-        let (drained, moved) = self.link.drain(|d| conn.send_datagram_owned(d));
+        let mut core = ConnCore {
+            conn: &mut self.conn,
+            now: crate::socket::now(),
+        };
+        let (drained, moved) = self.link.drain(&mut core);
         self.blocked = drained == Drained::Blocked;
         moved
     }
@@ -162,6 +169,8 @@ impl Member {
                     report.handshake_time = Some(handshake_time);
                     self.status.send_modify(|s| s.remote = server);
                     if let Some(from) = failover_from {
+                        // The new server has reported nothing yet.
+                        self.link.calls().forget_learned();
                         report.failovers += 1;
                         info!(%from, to = %server, "failover: session moved to a new server");
                     }
@@ -169,11 +178,40 @@ impl Member {
                 }
                 ClientEvent::Datagram(data) => {
                     // A full queue means the application is slow: drop, as UDP would.
-                    let delivered = self.link.deliver(Incoming { data, guard: None });
+                    let delivered = self
+                        .link
+                        .deliver(Incoming {
+                            data,
+                            guard: None,
+                            wire: None,
+                        })
+                        .is_ok();
                     if !delivered {
                         debug!("application slow: datagram dropped");
                     }
                     self.link.count_received(delivered, None);
+                }
+                ClientEvent::Reply(reply) => {
+                    let outcome = Error::from_status(reply.status).map(|()| reply.body);
+                    if !self.link.calls().complete(reply.id, outcome) {
+                        // Its caller gave up a moment ago (the session had not forgotten it).
+                        debug!(
+                            id = reply.id,
+                            "reply for a request no longer awaited: dropped"
+                        );
+                    }
+                }
+                ClientEvent::RequestsLost { ids, reason } => {
+                    debug!(
+                        requests = ids.len(),
+                        ?reason,
+                        "requests lost with their session"
+                    );
+                    for id in ids {
+                        self.link
+                            .calls()
+                            .complete(id, Err(Error::RequestLost(reason)));
+                    }
                 }
                 ClientEvent::ServerLost {
                     server,
@@ -201,6 +239,41 @@ impl Member {
                 ClientEvent::Closed(reason) => self.end(reason),
                 _ => {}
             }
+        }
+        // A new report: from a reply, or from one that came too late for its caller.
+        if let Some((report, at)) = self.conn.load_report()
+            && self.report_at != Some(at)
+        {
+            self.report_at = Some(at);
+            self.link
+                .calls()
+                .set_learned(Some(LoadReport::new(report, at)), self.conn.reply_time());
+        }
+    }
+}
+
+/// A client connection as the core a handle's queue drains into.
+struct ConnCore<'a> {
+    conn: &'a mut Connection,
+    now: std::time::Instant,
+}
+
+impl Core for ConnCore<'_> {
+    fn forget(&mut self, id: u32) {
+        self.conn.forget_request(id);
+    }
+
+    fn push(&mut self, item: Outbound) -> Result<(), (SendError, Outbound)> {
+        match item {
+            Outbound::Datagram(d) => self
+                .conn
+                .send_datagram_owned(d)
+                .map_err(|(e, d)| (e, Outbound::Datagram(d))),
+            Outbound::Request { id, body } => self
+                .conn
+                .send_request_with_id(self.now, id, body)
+                .map_err(|(e, body)| (e, Outbound::Request { id, body })),
+            reply @ Outbound::Reply { .. } => Err((SendError::WrongDirection, reply)),
         }
     }
 }

@@ -10,14 +10,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, trace};
 use volley_proto::allow::AllowList;
-use volley_proto::{CloseCode, CloseReason, ServerEndpoint, ServerEvent, Transmit};
+use volley_proto::{
+    CloseCode, CloseReason, ReplyStatus, SendError, ServerEndpoint, ServerEvent, Transmit,
+};
 
 use crate::load::Shared;
 use crate::runtime;
-use crate::session::{Cmd, Drained, Incoming, Link, Session, Status};
+use crate::session::{Cmd, Core, Drained, Incoming, Link, Outbound, Session, Status, WireRequest};
 use crate::timer::PreciseTimer;
 
 /// What a [`super::Server`] or a [`super::ServerHandle`] asks of the running driver.
@@ -104,14 +107,18 @@ impl ServerSide {
         }
     }
 
-    /// Moves a session's queued datagrams into the core, as many as it has room for. True when
-    /// any moved.
+    /// Moves a session's queued datagrams and replies into the core, as many as it has room
+    /// for. True when any moved.
     fn drain(&mut self, id: u32) -> bool {
         let Some(slot) = self.sessions.get(&id) else {
             return false; // ended: its handle already sees it closed
         };
-        let endpoint = &mut self.endpoint;
-        let (drained, moved) = slot.link.drain(|d| endpoint.send_owned(id, d));
+        let mut core = SessionCore {
+            endpoint: &mut self.endpoint,
+            id,
+            now: crate::socket::now(),
+        };
+        let (drained, moved) = slot.link.drain(&mut core);
         if drained == Drained::Blocked {
             self.blocked.push(id);
         }
@@ -154,7 +161,14 @@ impl ServerSide {
                     let early = std::mem::take(&mut slot.early_unread);
                     let guard = (slot.requests.load(Ordering::Acquire) || early)
                         .then(|| self.shared.guard());
-                    let delivered = slot.link.deliver(Incoming { data, guard });
+                    let delivered = slot
+                        .link
+                        .deliver(Incoming {
+                            data,
+                            guard,
+                            wire: None,
+                        })
+                        .is_ok();
                     if !delivered {
                         // (Its guard, if any, drops here: a request never served.)
                         trace!(id, "application slow: datagram dropped");
@@ -162,6 +176,42 @@ impl ServerSide {
                     slot.link
                         .count_received(delivered, self.endpoint.session_stats(id));
                 }
+            }
+            ServerEvent::Request { id, request, body } => {
+                let Some(slot) = self.sessions.get(&id) else {
+                    return;
+                };
+                // The endpoint counts it as load from now until its REPLY; the application
+                // answers it through its `Request` (dropped unanswered: DROPPED).
+                let wire =
+                    WireRequest::new(request, id, Arc::clone(&slot.link), self.cmd_tx.clone());
+                let incoming = Incoming {
+                    data: body,
+                    guard: None,
+                    wire: Some(wire),
+                };
+                let delivered = match slot.link.deliver(incoming) {
+                    Ok(()) => true,
+                    Err(back) => {
+                        // The application is slow: its caller hears REFUSED at once.
+                        trace!(id, request, "application slow: request refused");
+                        if let Some(wire) = back.wire {
+                            wire.disarm();
+                        }
+                        let now = crate::socket::now();
+                        let refused = ReplyStatus::REFUSED;
+                        if self
+                            .endpoint
+                            .reply(now, id, request, refused, Bytes::new())
+                            .is_err()
+                        {
+                            self.endpoint.forget_request(now, id, request);
+                        }
+                        false
+                    }
+                };
+                slot.link
+                    .count_received(delivered, self.endpoint.session_stats(id));
             }
             ServerEvent::Migrated { id, remote } => {
                 if let Some(slot) = self.sessions.get(&id) {
@@ -245,6 +295,12 @@ impl runtime::Side for ServerSide {
     }
 
     fn command(&mut self, cmd: Cmd) {
+        // A reply usually drops its request's guard too: take that change first, so that the
+        // load report a REPLY carries counts it.
+        if take_permit(&self.shared.changed) {
+            self.endpoint
+                .set_app_load(crate::socket::now(), self.shared.app_load());
+        }
         match cmd {
             Cmd::Ready { id } => {
                 self.drain(id);
@@ -254,8 +310,8 @@ impl runtime::Side for ServerSide {
                 let _ = reply.send(self.endpoint.stream_ticket(id));
             }
         }
-        // A reply usually drops its request's guard too: take that change now rather than on
-        // another wake-up.
+        // A datagram reply drops its request's guard after it is queued: take that change now
+        // rather than on another wake-up.
         if take_permit(&self.shared.changed) {
             self.endpoint
                 .set_app_load(crate::socket::now(), self.shared.app_load());
@@ -368,6 +424,33 @@ impl ServerSide {
             "shutting down: closing sessions (going away)"
         );
         self.endpoint.close_all(CloseCode::GOING_AWAY);
+    }
+}
+
+/// One server session as the core a handle's queue drains into.
+struct SessionCore<'a> {
+    endpoint: &'a mut ServerEndpoint,
+    id: u32,
+    now: Instant,
+}
+
+impl Core for SessionCore<'_> {
+    fn forget(&mut self, _: u32) {
+        // A server's handle forgets nothing: it answers every request.
+    }
+
+    fn push(&mut self, item: Outbound) -> Result<(), (SendError, Outbound)> {
+        match item {
+            Outbound::Datagram(d) => self
+                .endpoint
+                .send_owned(self.id, d)
+                .map_err(|(e, d)| (e, Outbound::Datagram(d))),
+            Outbound::Reply { id, status, body } => self
+                .endpoint
+                .reply(self.now, self.id, id, status, body)
+                .map_err(|(e, body)| (e, Outbound::Reply { id, status, body })),
+            request @ Outbound::Request { .. } => Err((SendError::WrongDirection, request)),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
-//! What a session handle shares with its driver: the bounded send and receive queues and the
-//! counters ([`Link`]), what the handle can see of the session's state ([`Status`]), and the
-//! commands a handle sends its driver ([`Cmd`]). A handle and its driver never share more than
-//! this, so sessions depend on neither the client nor the server side.
+//! What a session handle shares with its driver: the bounded send and receive queues, the
+//! requests in flight ([`Calls`]) and the counters ([`Link`]), what the handle can see of the
+//! session's state ([`Status`]), and the commands a handle sends its driver ([`Cmd`]). A handle
+//! and its driver never share more than this, so sessions depend on neither the client nor the
+//! server side.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,14 +13,17 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
-use volley_proto::{CloseCode, CloseReason, SendError};
+use volley_proto::{CloseCode, CloseReason, ReplyStatus, SendError};
 
 use super::SessionStats;
+use super::calls::Calls;
+use super::request::WireRequest;
+use crate::error::Error;
 use crate::load::LoadGuard;
 
 /// Why [`Link::push`] gave a datagram back.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Pushed {
+pub(crate) enum Pushed {
     /// The session has ended.
     Closed,
     /// The send queue is at its bound.
@@ -27,8 +31,9 @@ pub(super) enum Pushed {
 }
 
 /// Requests from session handles to their driver task. The channel is unbounded but holds at
-/// most a few messages per session: `Ready` is sent only when a session's send queue goes from
-/// empty to non-empty, `Close` at most twice (an explicit close and the drop).
+/// most a few messages per session: `Ready` is sent only when a session's send queue (or its
+/// list of forgotten requests) goes from empty to non-empty, `Close` at most twice (an explicit
+/// close and the drop).
 #[derive(Debug)]
 pub(crate) enum Cmd {
     /// The session's send queue has datagrams for the driver.
@@ -46,9 +51,34 @@ pub(crate) enum Cmd {
     },
 }
 
+/// What a handle queues for its driver to hand to the protocol core.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A datagram.
+    Datagram(Bytes),
+    /// A client's request, under the id its call took.
+    Request { id: u32, body: Bytes },
+    /// A server's reply to request `id`.
+    Reply {
+        id: u32,
+        status: ReplyStatus,
+        body: Bytes,
+    },
+}
+
+/// The protocol core a driver drains a session's queue into.
+pub(crate) trait Core {
+    /// The caller of request `id` stopped waiting: the session forgets it.
+    fn forget(&mut self, id: u32);
+    /// Takes one item, or hands it back with why not.
+    fn push(&mut self, item: Outbound) -> Result<(), (SendError, Outbound)>;
+}
+
 #[derive(Debug, Default)]
 struct OutState {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Outbound>,
+    /// Requests handed to the core whose callers stopped waiting, to forget at the next drain.
+    forgotten: Vec<u32>,
     /// A `Ready` is in the channel or the driver holds the session as blocked.
     signalled: bool,
     closed: bool,
@@ -78,6 +108,8 @@ pub(crate) struct Link {
     /// `select!`, a `poll_recv` caller that polls no more — would otherwise be lost to the rest.
     /// A waiter that finds the queue empty waits again.
     arrived: Arc<Notify>,
+    /// A client session's requests in flight.
+    calls: Calls,
 }
 
 /// What [`Link::drain`] left behind.
@@ -106,6 +138,11 @@ impl Link {
         self.state().stats
     }
 
+    /// The session's requests in flight.
+    pub(crate) fn calls(&self) -> &Calls {
+        &self.calls
+    }
+
     /// Handle side: queues `data` for the driver, unless the session is closed or `bound`
     /// datagrams already wait (then it comes back, with why). `Ok(true)`: the driver has not
     /// been told of this queue yet, and must be (one `Ready` per queue that stops being empty).
@@ -117,41 +154,91 @@ impl Link {
         if st.queue.len() >= bound {
             return Err((Pushed::Full, data));
         }
-        st.queue.push_back(data);
+        st.queue.push_back(Outbound::Datagram(data));
         st.stats.datagrams_sent += 1;
         st.stats.send_queued = st.queue.len();
         Ok(!std::mem::replace(&mut st.signalled, true))
     }
 
-    /// Driver side: moves queued datagrams into the protocol core with `push` (which takes
-    /// each by value and hands it back when refused) until the queue is empty or the core
-    /// refuses one for lack of room (or for not being established yet). Also says whether any
-    /// datagram moved.
-    pub(crate) fn drain(
-        &self,
-        mut push: impl FnMut(Bytes) -> Result<(), (SendError, Bytes)>,
-    ) -> (Drained, bool) {
+    /// Handle side: queues a request or a reply, unless the session is closed. Not bounded by
+    /// the datagrams' bound: requests are bounded by the calls in flight
+    /// ([`volley_proto::MAX_REQUESTS`]), replies by the requests received. `Ok(true)`: the
+    /// driver must be told, as for [`Link::push`].
+    pub(crate) fn push_call(&self, item: Outbound) -> Result<bool, Pushed> {
+        let mut st = self.state();
+        if st.closed {
+            return Err(Pushed::Closed);
+        }
+        st.queue.push_back(item);
+        st.stats.send_queued = st.queue.len();
+        Ok(!std::mem::replace(&mut st.signalled, true))
+    }
+
+    /// Handle side: the caller of request `id` stopped waiting. Still queued here, the request
+    /// is taken out; handed to the core already, it is forgotten at the next drain. `true`: the
+    /// driver must be told, as for [`Link::push`].
+    pub(crate) fn forget(&self, id: u32) -> bool {
+        let mut st = self.state();
+        if st.closed {
+            return false;
+        }
+        let queued = st
+            .queue
+            .iter()
+            .position(|o| matches!(o, Outbound::Request { id: queued, .. } if *queued == id));
+        match queued {
+            Some(at) => {
+                st.queue.remove(at);
+                st.stats.send_queued = st.queue.len();
+                false
+            }
+            None => {
+                st.forgotten.push(id);
+                !std::mem::replace(&mut st.signalled, true)
+            }
+        }
+    }
+
+    /// Driver side: tells the core of the forgotten requests, then moves queued items into it
+    /// (each by value, handed back when refused) until the queue is empty or the core refuses
+    /// one for lack of room (or for not being established yet). An item the core refuses for
+    /// itself (a request it will not take) is dropped, its caller told why; a closed core takes
+    /// nothing more. Also says whether anything moved.
+    pub(crate) fn drain(&self, core: &mut impl Core) -> (Drained, bool) {
         let mut st = self.state();
         let mut moved = false;
+        for id in st.forgotten.drain(..) {
+            core.forget(id);
+        }
         let outcome = loop {
-            let Some(data) = st.queue.pop_front() else {
+            let Some(item) = st.queue.pop_front() else {
                 st.signalled = false;
                 break Drained::Empty;
             };
-            match push(data) {
+            match core.push(item) {
                 Ok(()) => moved = true,
-                Err((SendError::QueueFull | SendError::NotEstablished, data)) => {
-                    st.queue.push_front(data);
+                Err((SendError::QueueFull | SendError::NotEstablished, item)) => {
+                    st.queue.push_front(item);
                     break Drained::Blocked;
                 }
-                Err((e, _)) => {
-                    // Closed (or a size the handle already refused): nothing more can leave.
-                    tracing::trace!(error = %e, "send queue discarded");
+                Err((SendError::Closed, _)) => {
+                    // Nothing more can leave.
+                    tracing::trace!("send queue discarded: the session is closed");
                     st.stats.send_discarded += st.queue.len() as u64 + 1;
                     st.queue.clear();
                     st.signalled = false;
                     moved = true;
                     break Drained::Empty;
+                }
+                Err((e, item)) => {
+                    // This item only (a size the handle already refused, a request the session
+                    // will not take): the rest goes on.
+                    tracing::trace!(error = %e, "one queued item refused");
+                    st.stats.send_discarded += 1;
+                    moved = true;
+                    if let Outbound::Request { id, .. } = item {
+                        self.calls.complete(id, Err(Error::from_send(e)));
+                    }
                 }
             }
         };
@@ -170,9 +257,12 @@ impl Link {
         st.closed = true;
         st.stats.send_discarded += st.queue.len() as u64;
         st.queue.clear();
+        st.forgotten.clear();
         st.stats.send_queued = 0;
         drop(st);
         self.room.notify_waiters();
+        // Every call in flight fails (its caller reads the close reason).
+        self.calls.close();
         // What was received stays readable; then the handle sees the end.
         self.inbox().closed = true;
         self.arrived.notify_waiters();
@@ -183,18 +273,19 @@ impl Link {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Driver side: queues a received datagram for the application. False (and the datagram
-    /// dropped, its guard with it) when [`INCOMING_QUEUE`] are already waiting: the application
-    /// is slow, and a datagram is dropped as UDP would drop it.
-    pub(crate) fn deliver(&self, incoming: Incoming) -> bool {
+    /// Driver side: queues a received datagram or request for the application. Handed back
+    /// when [`INCOMING_QUEUE`] are already waiting (the application is slow: a datagram is
+    /// dropped as UDP would drop it, its guard with it; a request is refused) or the session is
+    /// closed.
+    pub(crate) fn deliver(&self, incoming: Incoming) -> Result<(), Incoming> {
         let mut inbox = self.inbox();
         if inbox.closed || inbox.queue.len() >= INCOMING_QUEUE {
-            return false;
+            return Err(incoming);
         }
         inbox.queue.push_back(incoming);
         drop(inbox);
         self.arrived.notify_waiters();
-        true
+        Ok(())
     }
 
     /// Handle side, without waiting: the next received datagram (`Some(Some)`), the end once
@@ -284,9 +375,10 @@ pub(crate) struct Status {
 pub(crate) const INCOMING_QUEUE: usize = 1024;
 
 /// A received datagram on its way to the application; on a server session in request mode, with
-/// the [`LoadGuard`] taken when it arrived.
+/// the [`LoadGuard`] taken when it arrived; a request (REQUEST frame), with what answers it.
 #[derive(Debug)]
 pub(crate) struct Incoming {
     pub data: Bytes,
     pub guard: Option<LoadGuard>,
+    pub wire: Option<WireRequest>,
 }

@@ -1,13 +1,18 @@
 //! The application's handle on one encrypted session, client or server side ([`Session`]), the
-//! requests a server session receives ([`Request`]), and the queues a handle shares with its
-//! driver (`link`).
+//! requests a client sends ([`Session::request`], [`ReplyFuture`]) and a server session receives
+//! ([`Request`]), and what a handle shares with its driver (`link`, `calls`).
 
+mod calls;
 mod link;
+mod reply;
 mod request;
 
+pub use calls::LoadReport;
 use link::Pushed;
-pub(crate) use link::{Cmd, Drained, Incoming, Link, Status};
+pub(crate) use link::{Cmd, Core, Drained, Incoming, Link, Outbound, Status};
+pub use reply::ReplyFuture;
 pub use request::Request;
+pub(crate) use request::WireRequest;
 
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -20,7 +25,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{mpsc, watch};
 use volley_proto::allow::AllowEntry;
 use volley_proto::client::ServerOutcome;
-use volley_proto::{CloseCode, CloseReason, MAX_DATAGRAM, PublicKey};
+use volley_proto::{CloseCode, CloseReason, MAX_DATAGRAM, MAX_REQUESTS, PublicKey};
 
 use crate::error::Error;
 use crate::report::ConnectReport;
@@ -106,6 +111,8 @@ pub struct Session {
     /// [`Session::poll_recv`]'s wait for the next received datagram, kept between its polls
     /// (`recv` and `recv_request` keep theirs in their own futures).
     waiting: Mutex<Option<Pin<Box<OwnedNotified>>>>,
+    /// [`Session::poll_request_ready`]'s wait for a call to end, kept between its polls.
+    waiting_call: Mutex<Option<Pin<Box<OwnedNotified>>>>,
     status: watch::Receiver<Status>,
     report: Option<Arc<Mutex<ConnectReport>>>,
     /// Server side: switches the driver to request mode (a guard per datagram).
@@ -131,6 +138,7 @@ impl Session {
             cmd,
             link,
             waiting: Mutex::new(None),
+            waiting_call: Mutex::new(None),
             status,
             report,
             requests: None,
@@ -160,7 +168,7 @@ impl Session {
         self
     }
 
-    fn closed_error(&self) -> Error {
+    pub(crate) fn closed_error(&self) -> Error {
         Error::Closed(
             self.status
                 .borrow()
@@ -319,7 +327,9 @@ impl Session {
     /// datagram.
     ///
     /// On a server session that has switched to requests ([`Session::recv_request`]), a datagram
-    /// received this way counts as a request completed at once.
+    /// received this way counts as a request completed at once. A request that came as a REQUEST
+    /// frame (a client's [`Session::request`]) can only be answered through
+    /// [`Session::recv_request`]: received here, it gives its bytes and is answered DROPPED.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -360,9 +370,144 @@ impl Session {
             flag.store(true, Ordering::Release);
         }
         match self.link.next_incoming().await {
-            Some(Incoming { data, guard }) => Ok(Request::new(data, guard)),
+            Some(Incoming { data, guard, wire }) => Ok(Request::new(data, guard, wire)),
             None => Err(self.closed_error()),
         }
+    }
+
+    /// Client side: sends a **request** (PROTOCOL.md §5.8) — at most [`MAX_DATAGRAM`] bytes,
+    /// in pieces when it does not fit a packet — and returns the future of its reply. Unlike a
+    /// datagram, a request names itself with an id its reply carries back, so that up to
+    /// [`MAX_REQUESTS`] requests can be in flight on one session, from any number of tasks, and
+    /// each reply reaches its own caller whatever the order replies come in; the server counts
+    /// the request as load from its arrival to its reply, and every reply brings the server's
+    /// load ([`Session::load_report`]).
+    ///
+    /// The request is queued at once (the future need not be polled for it to go). The future
+    /// resolves to the reply's bytes, or to why there are none: [`Error::RequestDropped`] (the
+    /// server's application let it go unanswered), [`Error::RequestRefused`] (the server did
+    /// not take it), [`Error::RequestLost`] (the session ended or lost its server first: a
+    /// client session may go on with another server), and at once [`Error::TooManyRequests`],
+    /// [`Error::TooLarge`] or [`Error::Closed`]. Nothing is retransmitted: wrap it in a timeout
+    /// (dropping the future forgets the request). While the session races after losing its
+    /// server, requests wait in its queue and go to the next server. A server's session sends
+    /// no requests ([`Error::InvalidArgument`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), volley::Error> {
+    /// use std::time::Duration;
+    /// use volley::{Client, ClientConfig, Server, ServerConfig, StaticKeypair};
+    ///
+    /// let key = StaticKeypair::generate(&mut volley::OsRng);
+    /// let server = Server::bind("127.0.0.1:0".parse().unwrap(), ServerConfig::new(key.clone())).await?;
+    /// let pool = vec![server.local_addr()];
+    /// // The echo service answers every request with its own bytes.
+    /// tokio::spawn(volley::echo::serve(server, std::future::pending()));
+    ///
+    /// let session = Client::new(ClientConfig::new(vec![key.public()])).connect(&pool).await?;
+    /// // Two requests in flight at once; each reply finds its caller.
+    /// let (a, b) = tokio::join!(session.request("first"), session.request("second"));
+    /// assert_eq!((&a?[..], &b?[..]), (&b"first"[..], &b"second"[..]));
+    /// // A request under a timeout: dropped by it, it is forgotten.
+    /// let reply = tokio::time::timeout(Duration::from_secs(1), session.request("third")).await;
+    /// assert_eq!(&reply.expect("in time")?[..], b"third");
+    /// // Every reply carried the server's load.
+    /// assert!(session.load_report().is_some());
+    /// assert_eq!(session.requests_in_flight(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn request(&self, body: impl Into<Bytes>) -> ReplyFuture {
+        let body = body.into();
+        if self.requests.is_some() {
+            return ReplyFuture::failed(Error::InvalidArgument(
+                "requests are sent on a client's session",
+            ));
+        }
+        if body.len() > MAX_DATAGRAM {
+            return ReplyFuture::failed(Error::TooLarge);
+        }
+        if self.status.borrow().closed.is_some() {
+            return ReplyFuture::failed(self.closed_error());
+        }
+        let calls = self.link.calls();
+        let (id, rx) = match calls.open() {
+            Ok(call) => call,
+            Err(calls::Refused::Closed) => return ReplyFuture::failed(self.closed_error()),
+            Err(calls::Refused::Full) => return ReplyFuture::failed(Error::TooManyRequests),
+        };
+        match self.link.push_call(Outbound::Request { id, body }) {
+            Ok(false) => {}
+            Ok(true) => {
+                if self.cmd.send(Cmd::Ready { id: self.id }).is_err() {
+                    // The driver is gone: the session is over.
+                    self.link.close();
+                    return ReplyFuture::failed(self.closed_error());
+                }
+            }
+            Err(_) => {
+                calls.cancel(id);
+                return ReplyFuture::failed(self.closed_error());
+            }
+        }
+        ReplyFuture::waiting(
+            id,
+            rx,
+            Arc::clone(&self.link),
+            self.cmd.clone(),
+            self.id,
+            self.status.clone(),
+        )
+    }
+
+    /// Client side: the requests of this session waiting for their reply now (sent or still
+    /// queued; not those whose caller gave up). At most [`MAX_REQUESTS`].
+    pub fn requests_in_flight(&self) -> usize {
+        self.link.calls().in_flight()
+    }
+
+    /// Client side: `Ready(Ok)` when one more request can be sent now (fewer than
+    /// [`MAX_REQUESTS`] in flight), `Ready(Err)` once the session has ended, `Pending`
+    /// otherwise (the waker is woken when a request ends) — a `tower::Service`'s `poll_ready`.
+    /// The session keeps one waker for this method, like [`Session::poll_recv`].
+    pub fn poll_request_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // Plain data behind the lock; a panic elsewhere cannot leave it inconsistent.
+        let mut waiting = self.waiting_call.lock().unwrap_or_else(|e| e.into_inner());
+        let calls = self.link.calls();
+        loop {
+            if calls.is_closed() || self.status.borrow().closed.is_some() {
+                *waiting = None;
+                return Poll::Ready(Err(self.closed_error()));
+            }
+            if calls.in_flight() < MAX_REQUESTS {
+                *waiting = None;
+                return Poll::Ready(Ok(()));
+            }
+            match waiting.as_mut() {
+                // A new wait counts wake-ups from its creation: check again before polling it.
+                None => *waiting = Some(Box::pin(Arc::clone(calls.room()).notified_owned())),
+                Some(notified) => match notified.as_mut().poll(cx) {
+                    Poll::Ready(()) => *waiting = None,
+                    Poll::Pending => return Poll::Pending,
+                },
+            }
+        }
+    }
+
+    /// Client side: the server's load as the latest reply reported it (PROTOCOL.md §5.8), and
+    /// when that reply arrived: its expected completion of one more request, its requests in
+    /// flight and its capacity. None before the first reply, and again after a failover until
+    /// the new server's first. With [`Session::reply_time`] and
+    /// [`Session::requests_in_flight`], what a balancer ranks sessions by.
+    pub fn load_report(&self) -> Option<LoadReport> {
+        self.link.calls().learned().0
+    }
+
+    /// Client side: the smoothed time from a request's sending to its reply (RFC 6298's
+    /// weights over the requests answered OK on the current server): the path's round trip plus
+    /// the server's time. None before the first reply, and again after a failover.
+    pub fn reply_time(&self) -> Option<std::time::Duration> {
+        self.link.calls().learned().1
     }
 
     /// Client side: tells the client that this session's server served a request well: it
@@ -518,6 +663,7 @@ mod tests {
         Incoming {
             data: Bytes::copy_from_slice(&i.to_be_bytes()),
             guard: None,
+            wire: None,
         }
     }
 
@@ -525,10 +671,10 @@ mod tests {
     async fn r5_receive_queue_is_bounded_ordered_and_ends_after_what_arrived() {
         let (s, link) = session();
         for i in 0..INCOMING_QUEUE as u32 {
-            assert!(link.deliver(datagram(i)));
+            assert!(link.deliver(datagram(i)).is_ok());
         }
         assert!(
-            !link.deliver(datagram(u32::MAX)),
+            link.deliver(datagram(u32::MAX)).is_err(),
             "one past the bound is refused"
         );
         for i in 0..3u32 {
@@ -537,7 +683,7 @@ mod tests {
         // A closed session still hands over what arrived, then reports the end.
         link.close();
         assert!(
-            !link.deliver(datagram(7)),
+            link.deliver(datagram(7)).is_err(),
             "nothing arrives after the close"
         );
         let mut left = 0;
@@ -557,7 +703,7 @@ mod tests {
             (first, end.is_err())
         });
         tokio::task::yield_now().await;
-        assert!(link.deliver(datagram(42)));
+        assert!(link.deliver(datagram(42)).is_ok());
         tokio::task::yield_now().await;
         l.close();
         let (first, ended) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
@@ -623,7 +769,7 @@ mod tests {
         let delivered = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             for i in 0..N {
                 // A full receive queue refuses the datagram: wait for the receivers to drain it.
-                while !link.deliver(datagram(i)) {
+                while link.deliver(datagram(i)).is_err() {
                     tokio::task::yield_now().await;
                 }
             }
