@@ -128,6 +128,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn p1_a_replys_status_is_its_callers_outcome() {
+        assert!(Error::from_status(ReplyStatus::OK).is_ok());
+        assert!(matches!(
+            Error::from_status(ReplyStatus::DROPPED),
+            Err(Error::RequestDropped)
+        ));
+        assert!(matches!(
+            Error::from_status(ReplyStatus::REFUSED),
+            Err(Error::RequestRefused)
+        ));
+        // A status a later version may add: named, not mistaken for an answer.
+        assert!(matches!(
+            Error::from_status(ReplyStatus(9)),
+            Err(Error::RequestFailed(9))
+        ));
+        assert!(matches!(
+            Error::from_send(SendError::TooManyRequests),
+            Error::TooManyRequests
+        ));
+    }
+
+    #[test]
     fn o7_every_error_that_wraps_a_cause_says_it() {
         let addr: std::net::SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");

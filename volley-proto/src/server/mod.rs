@@ -252,8 +252,8 @@ pub struct ServerStats {
     pub replies_sent: u64,
     /// Of those, status DROPPED: the application let the request go unanswered.
     pub replies_dropped: u64,
-    /// Of those, status REFUSED by the application's side (its queue full); the over-limit
-    /// ones count in `requests_over_limit`.
+    /// Of those, status REFUSED by the application or its runtime (its receive queue full);
+    /// the over-limit ones count in `requests_over_limit`.
     pub replies_refused: u64,
     /// Requests still in flight when their session ended: never answered.
     pub requests_abandoned: u64,

@@ -101,10 +101,11 @@ impl Member {
 
     /// The session is over for its handle: it sees `reason` unless it already saw another.
     pub(super) fn end(&self, reason: CloseReason) {
-        self.link.close();
+        // The reason first: the calls the link's close fails read it.
         self.status.send_modify(|s| {
             s.closed.get_or_insert(reason);
         });
+        self.link.close();
     }
 
     /// Drains the connection's events into the report, status and channels.

@@ -220,8 +220,8 @@ impl ServerSide {
             }
             ServerEvent::Closed { id, reason } => {
                 if let Some(slot) = self.sessions.remove(&id) {
-                    slot.link.close();
                     slot.status.send_modify(|s| s.closed = Some(reason));
+                    slot.link.close();
                 }
             }
             _ => {}
@@ -395,11 +395,11 @@ impl runtime::Side for ServerSide {
     /// shutdown's caller hears of it.
     fn finish(&mut self) {
         for (_, slot) in self.sessions.drain() {
-            slot.link.close();
             slot.status.send_modify(|s| {
                 s.closed
                     .get_or_insert(CloseReason::Local(CloseCode::GOING_AWAY));
             });
+            slot.link.close();
         }
         if let Some(done) = self.stopping.take() {
             let _ = done.send(());

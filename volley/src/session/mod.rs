@@ -51,10 +51,10 @@ pub struct SessionStats {
     pub datagrams_sent: u64,
     /// Datagrams waiting in the send queue now.
     pub send_queued: usize,
-    /// Datagrams that arrived and were queued for the application.
+    /// Datagrams (and requests, on a server) that arrived and were queued for the application.
     pub datagrams_received: u64,
     /// Datagrams that arrived while the receive queue was full (the application was slow) and
-    /// were dropped.
+    /// were dropped; requests so refused (REFUSED) count here too.
     pub received_dropped: u64,
     /// Datagrams still queued when the session ended, never sent.
     pub send_discarded: u64,
