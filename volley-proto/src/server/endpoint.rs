@@ -568,6 +568,7 @@ impl ServerEndpoint {
             .get_mut(id)
             .is_some_and(|s| s.session.forget_request(request));
         if forgotten {
+            self.stats.requests_abandoned += 1;
             self.load
                 .requests_done(now, &self.config, self.sessions.len(), 1);
         }

@@ -238,7 +238,7 @@ pub struct ServerStats {
     /// Datagrams put back together from their fragments and delivered.
     pub data_reassembled: u64,
     /// Incomplete datagrams dropped: timed out (2 s) or evicted to keep a session's
-    /// reassembly within 4 datagrams and 131,098 bytes.
+    /// reassembly within 16 datagrams (or frames) and 131,098 bytes.
     pub data_reassembly_dropped: u64,
     /// REQUEST frames taken as requests in flight and handed to the application
     /// (PROTOCOL.md §5.8).
@@ -255,7 +255,8 @@ pub struct ServerStats {
     /// Of those, status REFUSED by the application or its runtime (its receive queue full);
     /// the over-limit ones count in `requests_over_limit`.
     pub replies_refused: u64,
-    /// Requests still in flight when their session ended: never answered.
+    /// Requests never answered: still in flight when their session ended, or forgotten
+    /// ([`ServerEndpoint::forget_request`]).
     pub requests_abandoned: u64,
     /// Would-be replies suppressed because they exceeded the anti-amplification bound (a bug
     /// guard: should stay 0).

@@ -14,8 +14,10 @@ pub const FRAGMENT_HEADER_LEN: usize = 6;
 pub const MAX_DATAGRAM: usize = 65_535;
 /// Most fragments of one datagram.
 pub const MAX_FRAGMENTS: usize = 64;
-/// Datagrams a receiver puts together at once; a fragment of another evicts the oldest.
-pub const MAX_PARTIALS: usize = 4;
+/// Datagrams (and frames) a receiver puts together at once; a fragment of another evicts the
+/// oldest. Sixteen so that requests sent many at a time, whose pieces a reordering path
+/// interleaves, are not evicted one by the next (PROTOCOL.md §5.7).
+pub const MAX_PARTIALS: usize = 16;
 /// Bytes a receiver holds for incomplete datagrams and frames at once (per session): two of the
 /// largest frames ([`super::request::MAX_FRAME`]); a fragment beyond evicts the oldest
 /// incomplete ones.
