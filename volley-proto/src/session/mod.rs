@@ -609,17 +609,15 @@ impl Session {
                         self.stats.datagrams_received += 1;
                         Ok(Delivered::Datagram(datagram))
                     }
+                    // A whole request or reply; nothing else comes in FRAME_FRAGMENTs (a large
+                    // datagram has FRAGMENT, and one encoding).
                     Reassembled::Whole(whole) => match whole.first() {
-                        Some(&frame::DATAGRAM) => {
-                            self.stats.datagrams_received += 1;
-                            Ok(Delivered::Datagram(whole.slice(1..)))
-                        }
                         Some(&inner @ (frame::REQUEST | frame::REPLY)) => {
                             self.take_frame(now, inner, whole.slice(1..))
                         }
                         _ => {
                             self.stats.dropped_bad_frame += 1;
-                            trace!("DATA dropped: fragments make no datagram, request or reply");
+                            trace!("DATA dropped: frame fragments make no request or reply");
                             Err(DataDrop::BadFrame)
                         }
                     },

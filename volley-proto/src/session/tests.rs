@@ -894,3 +894,38 @@ fn p1_malformed_request_reply_and_frame_fragment_bodies_are_dropped_and_counted(
     assert!(y.reassembly_held() <= MAX_REASSEMBLY_BYTES);
     assert!(x.close_reason().is_none() && y.close_reason().is_none());
 }
+
+#[test]
+fn p1_frame_fragments_make_only_requests_and_replies() {
+    let t0 = Instant::now();
+    let (mut x, mut y) = pair(t0);
+    // Two pieces whose frame would be a DATAGRAM `hi`: a large datagram goes in FRAGMENTs, so
+    // this is malformed.
+    // FRAME_FRAGMENT, id `id`, index `index` of 2, the piece `bytes`.
+    let piece = |id: u8, index: u8, bytes: &[u8]| {
+        let mut plain = vec![frame::FRAME_FRAGMENT, 0, 0, 0, id, index, 2];
+        plain.extend_from_slice(bytes);
+        Bytes::from(plain)
+    };
+    x.queue_raw(piece(9, 0, &[frame::DATAGRAM, b'h']));
+    x.queue_raw(piece(9, 1, b"i"));
+    assert_eq!(
+        deliver(&mut x, &mut y, t0),
+        vec![Ok(Delivered::Keepalive), Err(DataDrop::BadFrame)]
+    );
+    assert_eq!(y.stats().dropped_bad_frame, 1);
+    assert_eq!(y.stats().datagrams_received, 0);
+    // The same two pieces making a REQUEST are one.
+    x.queue_raw(piece(10, 0, &[frame::REQUEST, 0, 0]));
+    x.queue_raw(piece(10, 1, &[0, 4, b'?']));
+    assert_eq!(
+        deliver(&mut x, &mut y, t0),
+        vec![
+            Ok(Delivered::Keepalive),
+            Ok(Delivered::Request {
+                id: 4,
+                body: Bytes::from_static(b"?")
+            })
+        ]
+    );
+}
