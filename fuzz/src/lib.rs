@@ -886,9 +886,9 @@ mod tests {
         assert_eq!((r.stats.data_fragments, r.stats.data_bad_frame), (47, 1));
         assert!(r.deliveries.is_empty());
 
-        let r = run("fragments_five_partials");
-        assert_eq!(r.stats.data_fragments, 5);
-        assert_eq!(r.stats.data_reassembly_dropped, 1, "MAX_PARTIALS = 4");
+        let r = run("fragments_seventeen_partials");
+        assert_eq!(r.stats.data_fragments, 17);
+        assert_eq!(r.stats.data_reassembly_dropped, 1, "MAX_PARTIALS = 16");
 
         let r = run("fragments_byte_bound");
         assert_eq!(r.stats.data_fragments, 93);
