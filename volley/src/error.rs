@@ -95,6 +95,13 @@ pub enum Error {
     /// the request again there if it is safe to.
     #[error("request lost: its session ended ({0:?})")]
     RequestLost(CloseReason),
+    /// The [`crate::Pool`] was closed ([`crate::Pool::close`], or its last handle dropped).
+    #[error("the pool is closed")]
+    PoolClosed,
+    /// The [`crate::Pool`] has no live member and its race for one found none (every server
+    /// gone or refusing): what the race said.
+    #[error("the pool has no server: {0}")]
+    PoolEmpty(String),
     /// The session refused what the handle queued for a reason of its own (a bug guard: the
     /// handle checks sizes and limits first).
     #[error("refused by the session: {0}")]

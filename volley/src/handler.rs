@@ -5,10 +5,13 @@
 //! has been queued (the handler's time included), and measures its service time from those
 //! completions: load reporting needs no `LoadGuard`s in application code.
 //!
-//! One task per session; a session's requests are handled one after another, in arrival order
-//! (requests of different sessions run concurrently). A request that arrives while the previous
-//! one is being handled waits in the session's receive queue — and counts as load meanwhile, so
-//! a slow handler shows up in the server's answer times.
+//! One task per session. A session's datagrams are handled one after another, in arrival order;
+//! its requests (REQUEST frames, PROTOCOL.md §5.8: many in flight, each reply naming its
+//! request) each get a task of their own, so that a client multiplexing requests on one session
+//! (a [`crate::Pool`]) is served as concurrently as clients with a session each. Sessions run
+//! concurrently. A datagram that arrives while the previous one is being handled waits in the
+//! session's receive queue — and counts as load meanwhile, so a slow handler shows up in the
+//! server's answer times.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -110,12 +113,26 @@ where
             let Some(client) = session.client_entry().cloned() else {
                 return;
             };
+            let session = std::sync::Arc::new(session);
             while let Ok(request) = session.recv_request().await {
                 let call = Call {
                     peer: session.remote(),
                     client: client.clone(),
                     data: request.data_bytes(),
                 };
+                if request.id().is_some() {
+                    // A request names its reply: it runs beside the session's others.
+                    let (handler, session) = (handler.clone(), std::sync::Arc::clone(&session));
+                    tokio::spawn(async move {
+                        match handler(call).await {
+                            Some(reply) => {
+                                let _ = request.reply_bytes(&session, reply).await;
+                            }
+                            None => drop(request),
+                        }
+                    });
+                    continue;
+                }
                 match handler(call).await {
                     // Completed once the reply is queued: a REPLY naming a client's request,
                     // or a datagram back for a datagram.
@@ -191,6 +208,7 @@ where
             let Some(client) = session.client_entry().cloned() else {
                 return;
             };
+            let session = std::sync::Arc::new(session);
             while let Ok(request) = session.recv_request().await {
                 let call = Call {
                     peer: session.remote(),
@@ -202,6 +220,24 @@ where
                     // (A client's request is answered REFUSED: it was never taken.)
                     let _ = request.refuse(&session);
                     break;
+                }
+                if request.id().is_some() {
+                    // A request names its reply: its response future runs beside the others.
+                    let answer = service.call(call);
+                    let session = std::sync::Arc::clone(&session);
+                    tokio::spawn(async move {
+                        match answer.await {
+                            Ok(Some(reply)) => {
+                                let _ = request.reply_bytes(&session, reply).await;
+                            }
+                            Ok(None) => drop(request),
+                            Err(e) => {
+                                debug!(error = %e, "request failed: answered DROPPED");
+                                drop(request);
+                            }
+                        }
+                    });
+                    continue;
                 }
                 match service.call(call).await {
                     Ok(Some(reply)) => {

@@ -106,6 +106,7 @@ mod error;
 pub mod handler;
 mod load;
 pub mod metrics;
+mod pool;
 pub mod proxy;
 mod report;
 mod runtime;
@@ -168,6 +169,7 @@ pub use client::Client;
 pub use error::Error;
 pub use handler::Drain;
 pub use load::LoadGuard;
+pub use pool::{Pool, PoolConfig, PoolStats};
 /// The operating system's CSPRNG, as [`StaticKeypair::generate`] takes it (re-exported so that
 /// no `rand` version has to be matched).
 pub use rand::rngs::OsRng;
@@ -175,6 +177,7 @@ pub use report::{ConnectReport, OfferFate, OfferSeen};
 pub use server::{Server, ServerHandle};
 pub use session::{LoadReport, ReplyFuture, Request, SEND_QUEUE, Session, SessionStats};
 pub use volley_proto::allow::{AllowEntry, AllowList, AllowListError};
+pub use volley_proto::balance::{BalanceConfig, BalanceStats, MemberView};
 pub use volley_proto::client::{EjectionConfig, ServerOutcome};
 pub use volley_proto::{
     AdmissionConfig, AnswerPolicy, AppLoad, ClientConfig, ClientConfigBuilder, ClientStats,

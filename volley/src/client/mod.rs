@@ -105,6 +105,14 @@ impl Client {
         }
     }
 
+    /// The same client (keys, sockets, pool knowledge) whose sessions never fail over: a
+    /// [`crate::Pool`] replaces a lost member itself, by a race over the servers it lacks.
+    pub(crate) fn without_failover(&self) -> Self {
+        let mut client = self.clone();
+        client.config.max_failovers = 0;
+        client
+    }
+
     /// Labels pool servers with their zones (replacing earlier labels): with a fan-out and
     /// [`ClientConfig::zone`] set, a race asks servers of the client's own zone first, before it
     /// has measured anything (PROTOCOL.md §6.1). [`crate::discovery::Pool::zones`] gives the
@@ -202,6 +210,7 @@ impl Client {
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
+        crate::socket::grow_buffers(&socket);
         let endpoint = Endpoint::start(
             socket,
             SharedPool::clone(&self.pool),

@@ -224,6 +224,7 @@ impl Server {
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
+        crate::socket::grow_buffers(&socket);
         Self::serve(socket, config)
     }
 

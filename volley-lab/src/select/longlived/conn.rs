@@ -2,7 +2,7 @@
 //! fleet (`fleet.rs`, `direct_port`), opened once at the start of the run — one round trip per
 //! server, as a QUIC or TCP connection would cost — and then carrying every request the client
 //! sends there, many in flight at once, each reply finding its caller by (connection, seq) and
-//! bringing the server's [`LoadReport`].
+//! bringing the server's load report (`fleet::LoadReport`).
 
 use std::collections::HashMap;
 use std::future::Future;
