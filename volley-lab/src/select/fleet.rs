@@ -404,6 +404,7 @@ async fn accept_loop(server: Server, ctx: Ctx, tx: oneshot::Sender<ServerStats>)
 }
 
 async fn handle_session(session: volley::Session, ctx: Ctx) {
+    let session = Arc::new(session);
     while let Ok(request) = session.recv_request().await {
         let req = request.data();
         if req.len() < 8 {
@@ -411,11 +412,36 @@ async fn handle_session(session: volley::Session, ctx: Ctx) {
         }
         let seq = [req[0], req[1], req[2], req[3]];
         let work_us = u32::from_be_bytes([req[4], req[5], req[6], req[7]]);
+        if request.id().is_some() {
+            // A `volley::Pool`'s request (`select --long-lived`): many in flight on the
+            // session, each served beside the others, its reply naming the server.
+            let (session, ctx) = (Arc::clone(&session), ctx.clone());
+            tokio::spawn(async move {
+                match serve_request(&ctx, work_us).await {
+                    Some(status) => {
+                        let mut answer = reply(seq, status).to_vec();
+                        answer.extend_from_slice(&(ctx.index as u16).to_be_bytes());
+                        let _ = request.reply(&session, &answer).await;
+                    }
+                    // Silent: no answer at all (a dropped request would be answered DROPPED
+                    // at once); the request is held past every client's deadline.
+                    None => {
+                        tokio::time::sleep(SILENT_HOLD).await;
+                        drop(request);
+                    }
+                }
+            });
+            continue;
+        }
         if let Some(status) = serve_request(&ctx, work_us).await {
             let _ = request.reply(&session, &reply(seq, status)).await;
         }
     }
 }
+
+/// How long a silent server holds a pool's request before letting it go (past the runner's
+/// 1 s deadline, so that the client sees silence).
+const SILENT_HOLD: Duration = Duration::from_secs(5);
 
 /// Serves one request of `work_us` at speed 1: waits FIFO for a slot, sleeps the work at the
 /// server's speed. The status to answer (0 done, 1 failed), or `None` when the server answers

@@ -120,11 +120,17 @@ pub enum LlPolicy {
     OracleSed,
     /// `ll-volley-race`: volley racing for every request.
     VolleyRace,
+    /// `ll-volley-pool-k2`: a `volley::Pool` of 2 sessions per client.
+    VolleyPool2,
+    /// `ll-volley-pool-k3`: a `volley::Pool` of 3 sessions per client.
+    VolleyPool3,
+    /// `ll-volley-pool-k4`: a `volley::Pool` of 4 sessions per client.
+    VolleyPool4,
 }
 
 impl LlPolicy {
     /// Every policy, the peers first (in the report's order), then the oracle, then volley.
-    pub const ALL: [LlPolicy; 8] = [
+    pub const ALL: [LlPolicy; 11] = [
         LlPolicy::P2cPending,
         LlPolicy::P2cPeakEwma,
         LlPolicy::Prequal,
@@ -133,6 +139,9 @@ impl LlPolicy {
         LlPolicy::RoundRobin,
         LlPolicy::OracleSed,
         LlPolicy::VolleyRace,
+        LlPolicy::VolleyPool2,
+        LlPolicy::VolleyPool3,
+        LlPolicy::VolleyPool4,
     ];
 
     /// The balancers in use today that volley is measured against ("the best peer": the oracle
@@ -157,6 +166,9 @@ impl LlPolicy {
             LlPolicy::RoundRobin => "ll-round-robin",
             LlPolicy::OracleSed => "ll-oracle-sed",
             LlPolicy::VolleyRace => "ll-volley-race",
+            LlPolicy::VolleyPool2 => "ll-volley-pool-k2",
+            LlPolicy::VolleyPool3 => "ll-volley-pool-k3",
+            LlPolicy::VolleyPool4 => "ll-volley-pool-k4",
         }
     }
 
@@ -167,7 +179,23 @@ impl LlPolicy {
 
     /// volley's own (the goals are computed for these).
     pub fn is_volley(self) -> bool {
-        matches!(self, LlPolicy::VolleyRace)
+        matches!(
+            self,
+            LlPolicy::VolleyRace
+                | LlPolicy::VolleyPool2
+                | LlPolicy::VolleyPool3
+                | LlPolicy::VolleyPool4
+        )
+    }
+
+    /// A `volley::Pool`'s members, for the pool policies.
+    pub fn pool_members(self) -> Option<usize> {
+        match self {
+            LlPolicy::VolleyPool2 => Some(2),
+            LlPolicy::VolleyPool3 => Some(3),
+            LlPolicy::VolleyPool4 => Some(4),
+            _ => None,
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,14 +19,14 @@ use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 use tower::{BoxError, Service, ServiceExt};
-use volley::{Client, SelectionPolicy};
+use volley::{Client, Pool, PoolConfig, SelectionPolicy};
 
 use super::conn::{Answer, Conn, ConnError, PlainClient};
 use super::{LlPolicy, LlReply, LlRequest, LlService};
 use crate::peers::c3::{C3, C3Config};
 use crate::peers::prequal::{self, ProbePool};
 use crate::peers::wrr::{Wrr, WrrConfig};
-use crate::select::policy::{RunCtx, run_session};
+use crate::select::policy::{Outcome, RunCtx, run_session};
 use crate::select::workload::{Behaviour, Job};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<LlReply, BoxError>> + Send>>;
@@ -40,6 +40,22 @@ pub async fn build(policy: LlPolicy, ctx: &Arc<RunCtx>) -> anyhow::Result<Vec<Ll
             out.push(LlService::new(Race {
                 ctx: Arc::clone(ctx),
                 client: ctx.client(SelectionPolicy::window(), Some(3)),
+            }));
+        }
+        return Ok(out);
+    }
+    if let Some(k) = policy.pool_members() {
+        for _ in 0..m {
+            let client = ctx.client(SelectionPolicy::window(), None);
+            let pool = Pool::connect(&client, &ctx.addrs, PoolConfig::members(k))
+                .await
+                .map_err(|e| anyhow::anyhow!("a pool of {k} could not open: {e}"))?;
+            // The pool's opening race is counted with the rest.
+            ctx.races.fetch_add(1, Ordering::Relaxed);
+            out.push(LlService::new(PoolSvc {
+                races_seen: Arc::new(AtomicU64::new(pool.stats().races)),
+                ctx: Arc::clone(ctx),
+                pool,
             }));
         }
         return Ok(out);
@@ -102,7 +118,11 @@ pub async fn build(policy: LlPolicy, ctx: &Arc<RunCtx>) -> anyhow::Result<Vec<Ll
                 backlog: (0..n).map(|_| tokio::sync::Mutex::new(())).collect(),
                 t0: ctx.t0,
             }),
-            LlPolicy::VolleyRace | LlPolicy::OracleSed => {
+            LlPolicy::VolleyRace
+            | LlPolicy::OracleSed
+            | LlPolicy::VolleyPool2
+            | LlPolicy::VolleyPool3
+            | LlPolicy::VolleyPool4 => {
                 anyhow::bail!("{} is built above", policy.name())
             }
         };
@@ -442,6 +462,73 @@ impl Service<LlRequest> for Race {
                 probes: rec.probes,
                 probe_bytes: rec.probe_bytes,
                 answer_us: rec.answer_us,
+            })
+        })
+    }
+}
+
+/// `ll-volley-pool-k*`: a client's `volley::Pool`, each request a REQUEST on its best member
+/// (the fleet's volley servers answer it with the seq, a status and their index).
+struct PoolSvc {
+    ctx: Arc<RunCtx>,
+    pool: Pool,
+    /// The pool's races already added to the run's count.
+    races_seen: Arc<AtomicU64>,
+}
+
+impl Service<LlRequest> for PoolSvc {
+    type Response = LlReply;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.pool.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: LlRequest) -> BoxFuture {
+        let mut body = Vec::with_capacity(8);
+        body.extend_from_slice(&(req.index as u32).to_be_bytes());
+        body.extend_from_slice(&req.work_us.to_be_bytes());
+        let answer = self.pool.call(volley::Bytes::from(body));
+        let (ctx, pool, seen) = (
+            Arc::clone(&self.ctx),
+            self.pool.clone(),
+            Arc::clone(&self.races_seen),
+        );
+        Box::pin(async move {
+            let result = answer.await;
+            // Races the pool ran since (replacements), into the run's count.
+            let races = pool.stats().races;
+            let before = seen.swap(races, Ordering::Relaxed);
+            ctx.races
+                .fetch_add(races.saturating_sub(before), Ordering::Relaxed);
+            let reply = match result {
+                Ok(reply) => reply,
+                // A dropped or lost request: failed, from no known server.
+                Err(_) => {
+                    return Ok(LlReply {
+                        server: None,
+                        outcome: Outcome::Failed,
+                        probes: 0,
+                        probe_bytes: 0,
+                        answer_us: None,
+                    });
+                }
+            };
+            let (status, server) = match reply.get(4..7) {
+                Some(r) => (r[0], Some(u16::from_be_bytes([r[1], r[2]]))),
+                None => (1, None),
+            };
+            Ok(LlReply {
+                server,
+                outcome: if status == 0 {
+                    Outcome::Ok
+                } else {
+                    Outcome::Failed
+                },
+                probes: 0,
+                probe_bytes: 0,
+                answer_us: None,
             })
         })
     }

@@ -262,13 +262,23 @@ fn p4_every_long_lived_policy_answers_its_requests_on_a_small_fleet() {
             );
             assert!(r.done_us >= r.connected_us && r.connected_us >= Some(r.at_us));
         }
-        // Races: one per request for volley racing, none for the others.
-        let expected = if p.is_volley() {
-            records.len() as u64
+        // Races: one per request for volley racing; a pool's opening race per client and
+        // the few replacements its budget allows; none for the others.
+        if p.pool_members().is_some() {
+            assert!(
+                (3..=3 + records.len() as u64 / 100).contains(&races),
+                "{}: {races} races for {} requests",
+                p.name(),
+                records.len()
+            );
         } else {
-            0
-        };
-        assert_eq!(races, expected, "{}", p.name());
+            let expected = if p.is_volley() {
+                records.len() as u64
+            } else {
+                0
+            };
+            assert_eq!(races, expected, "{}", p.name());
+        }
         let used: std::collections::HashSet<u16> =
             records.iter().filter_map(|r| r.server).collect();
         assert!(used.len() > 1, "{}: every request on one server", p.name());
@@ -392,7 +402,7 @@ fn p4_the_long_lived_plan_is_section_2s_matrix_with_the_long_lived_policies() {
         "the headline first, at M = 16 first"
     );
     assert_eq!(plan.seeds.len(), 5);
-    assert_eq!(plan.runs(), 28 * 8 * 5);
+    assert_eq!(plan.runs(), 28 * 11 * 5);
     assert_eq!(plan.settings(&full)["mode"], "long-lived");
     // A §2 journal's settings do not say so: the two never resume one another.
     let section2 = crate::select::SelectArgs {
