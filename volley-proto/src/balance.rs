@@ -3,25 +3,26 @@
 //!
 //! A pool holds `k` sessions with different servers, opened by one n-best race. Every reply
 //! carries its server's expected completion of one more request (a *report*, §5.8); the
-//! balancer keeps, per member, the latest report and its age, the path's round-trip time, the
-//! requests this client has in flight there, and a floor under the reports (their minimum over
-//! a window: the member's service time, as an idle server reports exactly its service time).
-//! The next request goes to the member with the **shortest expected delay**:
+//! balancer keeps, per member, the latest report (expected completion E, requests in flight n,
+//! capacity C) and its age, the path's round-trip time, and the requests this client sent there
+//! since. From a report it reads the server's service time exactly: `E = S × max(1, (n + 1) / C)`
+//! (§4.3), so `S = E × C / max(C, n + 1)` (`S = E` for an unbounded server, C = 0). The next
+//! request goes to the member with the **shortest expected delay**:
 //!
 //! ```text
-//! delay(m) = rtt(m) + max(E(m) − age(m), floor(m)) + unreported(m) × floor(m) / C(m)
+//! delay(m) = rtt(m) + max(E(m) − age(m), S(m)) + unreported(m) × S(m) / C(m)
 //! ```
 //!
 //! `E − age`: the wait a report announced drains at one second per second (C busy slots
 //! finish a request every S / C, and each finish takes S / C off the wait), down to the
 //! service time itself. `unreported`: this client's requests sent since the report, which the
-//! server had not counted; each adds `S / C` (the capacity `C` from the member's offer;
-//! an unbounded server adds nothing). A member without a report yet counts as the members'
-//! median report.
+//! server had not counted; each adds `S / C` (an unbounded server adds nothing). A member
+//! without a report yet counts as the members' median report.
 //!
 //! Races: a race runs in the background when the pool has fewer than `k` live members (a member
 //! failed, its server died or drained), at most one every `min_race_gap`; and when a member has
-//! fallen **behind** — its aged report more than `behind` times the best member's — within a
+//! fallen **behind** — its aged report more than `behind` times the best member's, or every
+//! member's more than `behind` times its own service time (the whole pool queues) — within a
 //! budget of `races_per_1000` races per 1,000 requests (a token bucket). The race's winner joins;
 //! the pool then retires its worst member (no new requests; its session closes once its
 //! requests in flight are answered), which may be the newcomer if it is no better.
@@ -30,18 +31,19 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use volley_proto::balance::{BalanceConfig, Balancer};
+//! use volley_proto::balance::{BalanceConfig, Balancer, Report};
 //!
 //! let now = Instant::now();
 //! let mut pool = Balancer::new(BalanceConfig::default());
 //! let ms = Duration::from_millis;
 //! let rtt = Some(ms(1));
-//! let fast = pool.add(now, "192.0.2.1:7001".parse().unwrap(), Some(4), Some(ms(10)), rtt);
-//! let slow = pool.add(now, "192.0.2.2:7001".parse().unwrap(), Some(4), Some(ms(40)), rtt);
+//! let idle = |e| Some(Report::new(ms(e), 0, 4));
+//! let fast = pool.add(now, "192.0.2.1:7001".parse().unwrap(), idle(10), rtt);
+//! let slow = pool.add(now, "192.0.2.2:7001".parse().unwrap(), idle(40), rtt);
 //! assert_eq!(pool.pick(now), Some(fast));
 //! // A reply from the fast member says it is now far behind: the next request goes to the other.
 //! pool.sent(fast);
-//! pool.replied(now, fast, rtt, Some(ms(200)));
+//! pool.replied(now, fast, rtt, Some(Report::new(ms(200), 79, 4)));
 //! assert_eq!(pool.pick(now), Some(slow));
 //! ```
 
@@ -60,11 +62,44 @@ pub struct BalanceConfig {
     pub race_burst: u32,
     /// Least time between two races, whatever their reason. Default 100 ms.
     pub min_race_gap: Duration,
-    /// A member is behind when its aged report exceeds this many times the best member's.
-    /// Default 2.0.
+    /// A member is behind when its aged report exceeds this many times the best member's; the
+    /// whole pool is, when every member's aged report exceeds this many times its own service
+    /// time (every member is queueing). Default 2.0.
     pub behind: f64,
-    /// The floor under a member's reports is their minimum over this window. Default 10 s.
-    pub floor_window: Duration,
+}
+
+/// A server's load as an OFFER's hint or a REPLY's report gives it (PROTOCOL.md §4.3, §5.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Its expected completion of one more request.
+    pub expected: Duration,
+    /// Its requests in flight.
+    pub in_flight: u32,
+    /// Its capacity (requests served at once); 0: unbounded.
+    pub capacity: u32,
+}
+
+impl Report {
+    /// A report of `expected` with `in_flight` requests at a server of `capacity` (0:
+    /// unbounded).
+    pub fn new(expected: Duration, in_flight: u32, capacity: u32) -> Self {
+        Self {
+            expected,
+            in_flight,
+            capacity,
+        }
+    }
+
+    /// The server's service time S the report implies: `E × C / max(C, n + 1)`, or E for an
+    /// unbounded server.
+    pub fn service(&self) -> Duration {
+        if self.capacity == 0 {
+            return self.expected;
+        }
+        let c = self.capacity;
+        let ahead = c.max(self.in_flight.saturating_add(1));
+        self.expected * c / ahead
+    }
 }
 
 impl Default for BalanceConfig {
@@ -75,7 +110,6 @@ impl Default for BalanceConfig {
             race_burst: 2,
             min_race_gap: Duration::from_millis(100),
             behind: 2.0,
-            floor_window: Duration::from_secs(10),
         }
     }
 }
@@ -132,8 +166,8 @@ pub struct MemberView {
     pub in_flight: u32,
     /// Its latest report (the server's expected completion) and its age.
     pub report: Option<(Duration, Duration)>,
-    /// The floor under its reports.
-    pub floor: Option<Duration>,
+    /// The service time its latest report implies.
+    pub service: Option<Duration>,
     /// The expected delay of one more request there now.
     pub delay: Duration,
     /// Retiring: it takes no new request.
@@ -150,44 +184,10 @@ struct Member {
     /// Requests sent since the latest report.
     unreported: u32,
     report: Option<(Duration, Instant)>,
-    floor: Floor,
+    /// The service time the latest report implies.
+    service: Option<Duration>,
     rtt: Option<Duration>,
     retiring: bool,
-}
-
-/// The minimum of the values seen over about a window: two buckets of half a window each.
-#[derive(Debug, Clone, Copy)]
-struct Floor {
-    current: Option<Duration>,
-    previous: Option<Duration>,
-    since: Option<Instant>,
-}
-
-impl Floor {
-    fn new() -> Self {
-        Self {
-            current: None,
-            previous: None,
-            since: None,
-        }
-    }
-
-    fn add(&mut self, now: Instant, value: Duration, window: Duration) {
-        let since = *self.since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= window / 2 {
-            self.previous = self.current;
-            self.current = None;
-            self.since = Some(now);
-        }
-        self.current = Some(self.current.map_or(value, |c| c.min(value)));
-    }
-
-    fn get(&self) -> Option<Duration> {
-        match (self.current, self.previous) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
 }
 
 /// The request balancer of a pool of sessions (see the module documentation).
@@ -225,30 +225,25 @@ impl Balancer {
         &self.config
     }
 
-    /// Adds a member with `server`, whose offer said `capacity` (None: unbounded) and
-    /// `expected` (its expected completion, the first report), reached in `rtt`.
+    /// Adds a member with `server`, whose offer's load hint is its first report (None: the
+    /// offer gave none), reached in `rtt`.
     pub fn add(
         &mut self,
         now: Instant,
         server: SocketAddr,
-        capacity: Option<u32>,
-        expected: Option<Duration>,
+        hint: Option<Report>,
         rtt: Option<Duration>,
     ) -> MemberKey {
         let key = MemberKey(self.next_key);
         self.next_key += 1;
-        let mut floor = Floor::new();
-        if let Some(e) = expected {
-            floor.add(now, e, self.config.floor_window);
-        }
         self.members.push(Member {
             key,
             server,
-            capacity: capacity.filter(|&c| c > 0),
+            capacity: hint.map(|h| h.capacity).filter(|&c| c > 0),
             in_flight: 0,
             unreported: 0,
-            report: expected.map(|e| (e, now)),
-            floor,
+            report: hint.map(|h| (h.expected, now)),
+            service: hint.map(|h| h.service()),
             rtt,
             retiring: false,
         });
@@ -264,7 +259,7 @@ impl Balancer {
         let mut reports: Vec<Duration> = self
             .members
             .iter()
-            .filter_map(|m| m.report.map(|(e, at)| aged(e, at, now, m.floor.get())))
+            .filter_map(|m| m.report.map(|(e, at)| aged(e, at, now, m.service)))
             .collect();
         if reports.is_empty() {
             return Duration::ZERO;
@@ -277,7 +272,7 @@ impl Balancer {
     /// wait and take at its server, as last heard, before this client's own additions.
     fn expected(&self, m: &Member, now: Instant) -> Duration {
         match m.report {
-            Some((e, at)) => aged(e, at, now, m.floor.get()),
+            Some((e, at)) => aged(e, at, now, m.service),
             None => self.median_report(now),
         }
     }
@@ -285,8 +280,8 @@ impl Balancer {
     /// The expected delay of one more request on `m`.
     fn delay(&self, m: &Member, now: Instant) -> Duration {
         let mut d = m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now);
-        if let (Some(c), Some(floor)) = (m.capacity, m.floor.get()) {
-            d += floor * m.unreported / c;
+        if let (Some(c), Some(service)) = (m.capacity, m.service) {
+            d += service * m.unreported / c;
         }
         d
     }
@@ -314,35 +309,28 @@ impl Balancer {
     }
 
     /// A reply came on `key`, with the path's round-trip sample (if the caller has one) and the
-    /// server's report.
+    /// server's report (None: the reply carried no estimate).
     pub fn replied(
         &mut self,
         now: Instant,
         key: MemberKey,
         rtt: Option<Duration>,
-        report: Option<Duration>,
+        report: Option<Report>,
     ) {
-        let window = self.config.floor_window;
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
             if let Some(sample) = rtt {
                 m.rtt = Some(sample);
             }
-            if let Some(e) = report {
-                m.report = Some((e, now));
-                m.unreported = 0;
-                m.floor.add(now, e, window);
-            } else {
-                m.unreported = m.unreported.saturating_sub(1);
+            match report {
+                Some(r) => {
+                    m.report = Some((r.expected, now));
+                    m.service = Some(r.service());
+                    m.capacity = Some(r.capacity).filter(|&c| c > 0);
+                    m.unreported = 0;
+                }
+                None => m.unreported = m.unreported.saturating_sub(1),
             }
-        }
-    }
-
-    /// `key`'s server serves `capacity` requests at once (None: unbounded), as its latest
-    /// report says.
-    pub fn set_capacity(&mut self, key: MemberKey, capacity: Option<u32>) {
-        if let Some(m) = self.member(key) {
-            m.capacity = capacity.filter(|&c| c > 0);
         }
     }
 
@@ -430,23 +418,33 @@ impl Balancer {
             .collect();
         let best = live.iter().map(|(_, d)| *d).min()?;
         let (worst, d) = live.iter().max_by_key(|(m, d)| (*d, m.key))?;
-        (d.as_secs_f64() > self.config.behind * best.as_secs_f64()).then_some(worst.key)
+        if d.as_secs_f64() > self.config.behind * best.as_secs_f64() {
+            return Some(worst.key);
+        }
+        // Every member queueing (its aged report over `behind` times its own floor, the service
+        // time): the whole pool is behind what a race over the rest of the fleet may find.
+        let congested = live.iter().all(|(m, _)| match (m.report, m.service) {
+            (Some((e, at)), Some(service)) => {
+                aged(e, at, now, Some(service)).as_secs_f64()
+                    > self.config.behind * service.as_secs_f64()
+            }
+            _ => false,
+        });
+        congested.then_some(worst.key)
     }
 
-    /// The race found `server` (its offer's capacity and expected completion, the handshake's
-    /// round trip): it joins. Returns the new member and, when the pool now holds more than
+    /// The race found `server` (its offer's load hint, the race's answer time): it joins. Returns the new member and, when the pool now holds more than
     /// `k` live members, the member retired to make room — the one with the longest expected
     /// delay, which may be the new one.
     pub fn race_won(
         &mut self,
         now: Instant,
         server: SocketAddr,
-        capacity: Option<u32>,
-        expected: Option<Duration>,
+        hint: Option<Report>,
         rtt: Option<Duration>,
     ) -> (MemberKey, Option<MemberKey>) {
         self.racing = None;
-        let key = self.add(now, server, capacity, expected, rtt);
+        let key = self.add(now, server, hint, rtt);
         if self.live() <= self.config.members {
             return (key, None);
         }
@@ -493,7 +491,7 @@ impl Balancer {
                 report: m
                     .report
                     .map(|(e, at)| (e, now.saturating_duration_since(at))),
-                floor: m.floor.get(),
+                service: m.service,
                 delay: self.delay(m, now),
                 retiring: m.retiring,
             })
@@ -505,10 +503,10 @@ impl Balancer {
 const RACE: u64 = 1000;
 
 /// A report `e` heard at `at`, aged to `now`: its wait drains at one second per second, down to
-/// the floor (the service time itself).
-fn aged(e: Duration, at: Instant, now: Instant, floor: Option<Duration>) -> Duration {
+/// the service time itself.
+fn aged(e: Duration, at: Instant, now: Instant, service: Option<Duration>) -> Duration {
     let drained = e.saturating_sub(now.saturating_duration_since(at));
-    drained.max(floor.unwrap_or(Duration::ZERO).min(e))
+    drained.max(service.unwrap_or(Duration::ZERO).min(e))
 }
 
 #[cfg(test)]
@@ -519,6 +517,20 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// An idle server's report: E is its service time.
+    fn idle(e: u64, capacity: u32) -> Option<Report> {
+        Some(Report::new(ms(e), 0, capacity))
+    }
+
+    /// A report of E from a server of 4 slots and a 10 ms service time: as many in flight as
+    /// that takes.
+    fn queued(e: u64) -> Option<Report> {
+        let in_flight = (e * 4 / 10).saturating_sub(1) as u32;
+        let r = Report::new(ms(e), in_flight, 4);
+        assert_eq!(r.service(), ms(10));
+        Some(r)
+    }
+
     fn addr(i: u8) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, i], 7001))
     }
@@ -527,8 +539,8 @@ mod tests {
     fn p3_each_request_goes_to_the_member_with_the_shortest_expected_delay() {
         let now = Instant::now();
         let mut b = Balancer::new(BalanceConfig::default());
-        let a = b.add(now, addr(1), Some(4), Some(ms(10)), Some(ms(1)));
-        let c = b.add(now, addr(2), Some(4), Some(ms(10)), Some(ms(5)));
+        let a = b.add(now, addr(1), idle(10, 4), Some(ms(1)));
+        let c = b.add(now, addr(2), idle(10, 4), Some(ms(5)));
         // Same report: the shorter path wins.
         assert_eq!(b.pick(now), Some(a));
         // Each request sent there adds S / C = 2.5 ms until a report covers it: after two,
@@ -538,7 +550,7 @@ mod tests {
         b.sent(a);
         assert_eq!(b.pick(now), Some(c));
         // A report that covers them (and says a is idle again) brings a back.
-        b.replied(now, a, None, Some(ms(10)));
+        b.replied(now, a, None, queued(10));
         assert_eq!(b.pick(now), Some(a));
     }
 
@@ -546,17 +558,17 @@ mod tests {
     fn p3_a_member_that_turns_slow_stops_getting_requests_and_its_report_ages() {
         let t0 = Instant::now();
         let mut b = Balancer::new(BalanceConfig::default());
-        let a = b.add(t0, addr(1), Some(4), Some(ms(10)), Some(ms(1)));
-        let c = b.add(t0, addr(2), Some(4), Some(ms(12)), Some(ms(1)));
+        let a = b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
+        let c = b.add(t0, addr(2), idle(12, 4), Some(ms(1)));
         assert_eq!(b.pick(t0), Some(a));
         b.sent(a);
         // a's server says one more request would take 100 ms there: c takes the next ones.
-        b.replied(t0, a, None, Some(ms(100)));
+        b.replied(t0, a, None, queued(100));
         for i in 0..50 {
             let now = t0 + ms(i);
             assert_eq!(b.pick(now), Some(c), "at {i} ms");
         }
-        // The announced wait drains: 100 ms later a is back at its floor (10 ms) and wins.
+        // The announced wait drains: 100 ms later a is back at its service time (10 ms) and wins.
         assert_eq!(b.pick(t0 + ms(95)), Some(a));
     }
 
@@ -567,8 +579,8 @@ mod tests {
             members: 2,
             ..BalanceConfig::default()
         });
-        let a = b.add(now, addr(1), Some(4), Some(ms(10)), None);
-        b.add(now, addr(2), Some(4), Some(ms(10)), None);
+        let a = b.add(now, addr(1), idle(10, 4), None);
+        b.add(now, addr(2), idle(10, 4), None);
         assert_eq!(
             b.poll_race(now),
             None,
@@ -579,7 +591,7 @@ mod tests {
         assert_eq!(race.reason, RaceReason::Fill);
         assert_eq!(race.exclude, vec![addr(2)]);
         assert_eq!(b.poll_race(now), None, "one race at a time");
-        let (new, retired) = b.race_won(now, addr(3), Some(4), Some(ms(10)), None);
+        let (new, retired) = b.race_won(now, addr(3), idle(10, 4), None);
         assert_eq!(retired, None);
         assert_eq!(b.live(), 2);
         assert!(b.members(now).iter().any(|m| m.key == new));
@@ -595,15 +607,15 @@ mod tests {
             race_burst: 1,
             ..BalanceConfig::default()
         });
-        let a = b.add(t0, addr(1), Some(4), Some(ms(10)), None);
-        let slow = b.add(t0, addr(2), Some(4), Some(ms(10)), None);
+        let a = b.add(t0, addr(1), idle(10, 4), None);
+        let slow = b.add(t0, addr(2), idle(10, 4), None);
         b.sent(slow);
         b.sent(slow);
-        b.replied(t0, slow, None, Some(ms(500)));
+        b.replied(t0, slow, None, queued(500));
         // The first token is there: a race, for the member behind.
         let race = b.poll_race(t0).expect("a race");
         assert_eq!(race.reason, RaceReason::Behind(slow));
-        let (new, retired) = b.race_won(t0, addr(3), Some(4), Some(ms(10)), None);
+        let (new, retired) = b.race_won(t0, addr(3), idle(10, 4), None);
         assert_eq!(retired, Some(slow), "the worst member retires");
         assert_eq!(b.pick(t0).map(|k| k == a || k == new), Some(true));
         // It takes no new request, and leaves once its request is answered.
@@ -615,18 +627,42 @@ mod tests {
         // each request adds 5 thousandths, so the 200th request since buys the next.
         let later = t0 + ms(1_000);
         b.sent(new);
-        b.replied(later, new, None, Some(ms(500)));
+        b.replied(later, new, None, queued(500));
         assert_eq!(b.poll_race(later), None, "no token");
         for _ in 0..198 {
             b.sent(a);
-            b.replied(later, a, None, Some(ms(10)));
+            b.replied(later, a, None, queued(10));
         }
         assert_eq!(b.poll_race(later), None, "not yet a whole race");
         b.sent(a);
-        b.replied(later, a, None, Some(ms(10)));
+        b.replied(later, a, None, queued(10));
         let race = b.poll_race(later).expect("a race bought by the requests");
         assert_eq!(race.reason, RaceReason::Behind(new));
         assert_eq!(b.stats().behind_races, 2);
+    }
+
+    #[test]
+    fn p3_a_pool_whose_every_member_queues_races_for_a_better_one() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(t0, addr(1), idle(10, 4), None);
+        let c = b.add(t0, addr(2), idle(10, 4), None);
+        // Both alike and at their floor: nothing to race for.
+        assert_eq!(b.poll_race(t0), None);
+        // Both queue (30 and 25 ms against a 10 ms service time): neither is behind the other,
+        // but the pool is behind the fleet; the worst is the one to replace.
+        b.sent(a);
+        b.replied(t0, a, None, queued(30));
+        b.sent(c);
+        b.replied(t0, c, None, queued(25));
+        let race = b.poll_race(t0).expect("a race");
+        assert_eq!(race.reason, RaceReason::Behind(a));
+        // The newcomer offers 10 ms: the worst member retires.
+        let (_, retired) = b.race_won(t0, addr(3), idle(10, 4), None);
+        assert_eq!(retired, Some(a));
     }
 
     #[test]
@@ -636,7 +672,7 @@ mod tests {
             members: 2,
             ..BalanceConfig::default()
         });
-        b.add(t0, addr(1), Some(4), Some(ms(10)), None);
+        b.add(t0, addr(1), idle(10, 4), None);
         assert!(b.poll_race(t0).is_some());
         b.race_failed();
         assert_eq!(b.poll_race(t0 + ms(50)), None, "within 100 ms of the last");
@@ -648,9 +684,9 @@ mod tests {
     fn p3_a_member_without_a_report_counts_as_the_median() {
         let now = Instant::now();
         let mut b = Balancer::new(BalanceConfig::default());
-        let fast = b.add(now, addr(1), Some(4), Some(ms(5)), None);
-        b.add(now, addr(2), Some(4), Some(ms(50)), None);
-        let unknown = b.add(now, addr(3), Some(4), None, None);
+        let fast = b.add(now, addr(1), idle(5, 4), None);
+        b.add(now, addr(2), idle(50, 4), None);
+        let unknown = b.add(now, addr(3), None, None);
         let view = b.members(now);
         let d = |k| view.iter().find(|m| m.key == k).unwrap().delay;
         assert_eq!(
@@ -665,8 +701,8 @@ mod tests {
     fn p3_an_unbounded_server_is_not_charged_for_requests_in_flight() {
         let now = Instant::now();
         let mut b = Balancer::new(BalanceConfig::default());
-        let unbounded = b.add(now, addr(1), None, Some(ms(10)), None);
-        b.add(now, addr(2), Some(1), Some(ms(11)), None);
+        let unbounded = b.add(now, addr(1), idle(10, 0), None);
+        b.add(now, addr(2), idle(11, 1), None);
         for _ in 0..100 {
             assert_eq!(b.pick(now), Some(unbounded));
             b.sent(unbounded);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info};
-use volley_proto::balance::{BalanceConfig, BalanceStats, Balancer, MemberKey, RaceReason};
+use volley_proto::balance::{BalanceConfig, BalanceStats, Balancer, MemberKey, RaceReason, Report};
 
 use crate::client::Client;
 use crate::error::Error;
@@ -274,11 +274,10 @@ fn join(inner: &Arc<Inner>, now: std::time::Instant, session: Session, reason: O
             .find(|o| o.server == server)
             .map(|o| (o.load, o.answer_time))
     });
-    let capacity = hint
-        .and_then(|(load, _)| load)
-        .map(|l| l.capacity)
-        .filter(|&c| c > 0);
-    let expected = hint.and_then(|(load, _)| load).and_then(|l| l.expected());
+    let report = hint.and_then(|(load, _)| load).and_then(|l| {
+        l.expected()
+            .map(|e| Report::new(e, l.in_flight, l.capacity))
+    });
     let rtt = hint.map(|(_, t)| t);
     let session = Arc::new(session);
     let (key, retired) = {
@@ -288,13 +287,8 @@ fn join(inner: &Arc<Inner>, now: std::time::Instant, session: Session, reason: O
             return;
         }
         let (key, retired) = match reason {
-            None => (
-                state.balancer.add(now, server, capacity, expected, rtt),
-                None,
-            ),
-            Some(_) => state
-                .balancer
-                .race_won(now, server, capacity, expected, rtt),
+            None => (state.balancer.add(now, server, report, rtt), None),
+            Some(_) => state.balancer.race_won(now, server, report, rtt),
         };
         state.sessions.push((key, Arc::clone(&session)));
         state.stranded = None;
@@ -435,11 +429,9 @@ async fn send(
     let mut state = lock(&inner.state);
     match &result {
         Ok(_) => {
-            let expected = report.and_then(|r| r.expected);
-            if let Some(r) = report {
-                state.balancer.set_capacity(key, Some(r.capacity));
-            }
-            state.balancer.replied(now(), key, None, expected);
+            let report =
+                report.and_then(|r| r.expected.map(|e| Report::new(e, r.in_flight, r.capacity)));
+            state.balancer.replied(now(), key, None, report);
         }
         Err(e) => {
             state.balancer.lost(key);
