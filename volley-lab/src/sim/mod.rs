@@ -7,8 +7,10 @@
 //! making the join-the-shortest-of-d choice, then sweeps the number of independent clients at
 //! 10,000 servers for volley and the peers as users run them, each client with its own view
 //! (`sim sweep`, docs/BENCHMARKS.md §3), and runs volley's own policies at fleet scale
-//! (`sim policies`, [`policies`]), reporting the metrics `select` reports. [`engine`] is the
-//! event loop and says exactly what is real protocol and what is modelled; in short:
+//! (`sim policies`, [`policies`]), reporting the metrics `select` reports; `sim zones`
+//! ([`zones`]) runs the zones question, and `sim pools` ([`pools`]) balances every request of
+//! long-lived clients, volley's pools of sessions beside the per-request peers. [`engine`] is
+//! the event loop and says exactly what is real protocol and what is modelled; in short:
 //!
 //! - real: probe encoding, the race (tags, earliest / window decision, retransmission, deadline,
 //!   late offers), the server's answer policy (immediate / paced / gated) and its expected
@@ -25,6 +27,7 @@
 
 pub mod engine;
 pub mod policies;
+pub mod pools;
 pub mod queue;
 pub mod summary;
 pub mod supermarket;
@@ -61,6 +64,11 @@ pub enum What {
     /// requests and of one; M = 16, 1,000 and 10,000 clients; volley, the peers and the oracle;
     /// seeds 1–5 unless given. Writes results.md and results.json with --out.
     Zones,
+    /// Pools (docs/BENCHMARKS.md §3, "sim pools"): M long-lived clients send requests for the
+    /// whole run; volley's pools of k = 2, 3, 4 sessions balance each request from per-reply
+    /// reports, beside the per-request peers and SED(3)-exact; M = N/100, N/10 and N; half-slow,
+    /// loads 0.85 and 0.95; seeds 1–5 unless given. Writes results.md and results.json with --out.
+    Pools,
 }
 
 /// `volley-lab sim` flags.
@@ -76,8 +84,8 @@ pub struct SimArgs {
     /// Servers in the fleet. Default 10,000 (1,000 with --quick).
     #[arg(long)]
     pub servers: Option<usize>,
-    /// Seeds, comma-separated; each cell / run is repeated per seed. Default 1 (zones: 1,2,3,4,5,
-    /// and 1 with --quick).
+    /// Seeds, comma-separated; each cell / run is repeated per seed. Default 1 (zones and pools:
+    /// 1,2,3,4,5, and 1 with --quick).
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// Supermarket: measured sessions per cell and seed. Default 2,000,000 (200,000 --quick).
@@ -96,7 +104,8 @@ pub struct SimArgs {
     /// Supermarket: numbers of choices.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub ds: Vec<u32>,
-    /// Policies: measured sessions per run. Default 300,000 (30,000 --quick).
+    /// Sweep and policies: measured sessions per run; pools: measured requests per run. Default
+    /// 300,000 (30,000 --quick).
     #[arg(long)]
     pub policy_sessions: Option<u64>,
     /// Policies: unmeasured ms of virtual time after the start from the pilot's distribution.
@@ -114,17 +123,18 @@ pub struct SimArgs {
     /// empty). Default 3000 (1000 --quick).
     #[arg(long)]
     pub local_warmup_ms: Option<u64>,
-    /// Sweep and policies: offered loads (≥ 1 is overload: every run is bounded by its
+    /// Sweep, policies and pools: offered loads (≥ 1 is overload: every run is bounded by its
     /// sessions, and the table flags it). Default: 0.85,0.95 for the sweep, 0.5,0.7,0.85,0.95
     /// for policies.
     #[arg(long, value_delimiter = ',')]
     pub loads: Vec<f64>,
-    /// Sweep and policies: workloads. Default: half-slow for the sweep, homogeneous,half-slow
-    /// for policies.
+    /// Sweep, policies and pools: workloads. Default: half-slow for the sweep and pools,
+    /// homogeneous,half-slow for policies.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub workloads: Vec<Workload>,
-    /// Sweep, policies and zones: numbers of independent clients. Default: 1, N/100, N/10 and N
-    /// for the sweep (N servers), 1 for policies, 16,1000,10000 for zones.
+    /// Sweep, policies, zones and pools: numbers of independent clients. Default: 1, N/100, N/10
+    /// and N for the sweep (N servers), 1 for policies, 16,1000,10000 for zones, N/100, N/10 and
+    /// N for pools.
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
     /// Policies: fan-outs of the protocol runs.
@@ -133,7 +143,7 @@ pub struct SimArgs {
     /// Policies: leave out the d = 8 extras.
     #[arg(long)]
     pub no_extras: bool,
-    /// Policies: only those whose name contains this.
+    /// Policies and pools: only those whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
     /// Zones: how many.
@@ -159,8 +169,27 @@ pub struct SimArgs {
     /// (600 with --quick).
     #[arg(long)]
     pub zone_window_ms: Option<u64>,
-    /// Write sim.json (raw results) and sim.md (the tables) here (zones: results.json and
-    /// results.md).
+    /// Pools: the pools' numbers of members k.
+    #[arg(long, value_delimiter = ',')]
+    pub pool_ks: Vec<usize>,
+    /// Pools: least unmeasured start, virtual ms (every policy starts empty). Default 3000 (1000
+    /// with --quick).
+    #[arg(long)]
+    pub pool_warmup_ms: Option<u64>,
+    /// Pools: least unmeasured requests per client (the pools' memberships settle within about
+    /// a thousand; at M = N this is the longer bound).
+    #[arg(long, default_value_t = 1_500)]
+    pub pool_warmup_requests: u64,
+    /// Pools: least races per member before the measurement (a pool's warm-up is at least the
+    /// time its client needs for them at its race rate).
+    #[arg(long, default_value_t = 2.0)]
+    pub pool_warmup_races: f64,
+    /// Pools: add the pool whose k is scaled to the clients (⌈3N/M⌉: 300 members at M = N/100),
+    /// whose balancer weighs every member per request (slow at large k: see BENCHMARKS.md §3).
+    #[arg(long)]
+    pub scaled_pool: bool,
+    /// Write sim.json (raw results) and sim.md (the tables) here (zones and pools: results.json
+    /// and results.md).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No progress bar.
@@ -269,7 +298,7 @@ impl Sizes {
 /// with `--out` every figure in `sim.json` and every table in `sim.md`.
 pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
     if args.seeds.is_empty() {
-        args.seeds = if args.what == What::Zones && !args.quick {
+        args.seeds = if matches!(args.what, What::Zones | What::Pools) && !args.quick {
             vec![1, 2, 3, 4, 5]
         } else {
             vec![1]
@@ -277,6 +306,9 @@ pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
     }
     if args.what == What::Zones {
         return zones::run_zones(&args);
+    }
+    if args.what == What::Pools {
+        return pools::run_pools(&args);
     }
     let sizes = Sizes::new(&args)?;
     let mut report = Report {

@@ -47,7 +47,12 @@ impl World<'_> {
     }
 
     /// Puts every PROBE the race has queued on the wire; whether there was any.
-    fn send_probes(&mut self, now: Nanos, race: &mut Race, client: std::net::SocketAddrV4) -> bool {
+    pub(super) fn send_probes(
+        &mut self,
+        now: Nanos,
+        race: &mut Race,
+        client: std::net::SocketAddrV4,
+    ) -> bool {
         let n = self.servers.len();
         let mut any = false;
         while let Some(t) = race.poll_transmit(&mut self.buf) {
@@ -93,6 +98,11 @@ impl World<'_> {
         sent: Nanos,
         data: &[u8],
     ) {
+        if !self.pools.is_empty()
+            && let Some((client, g)) = super::pool::pool_client(to)
+        {
+            return self.on_pool_offer(now, server, client, g, sent, data);
+        }
         let Some((slot, g)) = client_slot(SocketAddr::V4(to)) else {
             self.out.offers_void += 1;
             return;

@@ -74,6 +74,21 @@ impl World<'_> {
             server,
             (now + reply - selected_at) as f64,
         );
+        // Per-request selectors: the reply carries its server's report to the client.
+        let (work, member) = {
+            let sess = &self.sessions[slot as usize];
+            (sess.work, sess.member)
+        };
+        let service_ns = work / self.servers[server as usize].speed;
+        if let Some(report) = self.reply_report(now, server, service_ns, member) {
+            self.send_reply(
+                now + reply,
+                client,
+                server,
+                now + reply - selected_at,
+                report,
+            );
+        }
         let Some(half) = self.sessions[slot as usize].half else {
             return self.release(slot);
         };
@@ -116,6 +131,7 @@ impl World<'_> {
             }
         }
         self.out.server = totals;
+        self.count_pools();
         self.out
     }
 }

@@ -31,7 +31,11 @@
 //! real stack.
 //!
 //! The other selectors choose at arrival with no protocol: [`Selector::Random`], and the
-//! local-view peers and exact references of `peers`.
+//! local-view peers and exact references of `peers`. The per-request selectors of `sim pools`
+//! treat each arrival as one request of a long-lived client: the volley pools of `pool` (real
+//! races and endpoints for the pools' members, the balancer per client) and the peers of
+//! `reports` that read load reports carried by replies. Their replies reach the client one
+//! network leg after the departure, as an event, with what the server reported.
 //!
 //! Measurement: sessions arriving after `warmup` are measured, `measured` of them; arrivals stop
 //! after the last one and the run ends when every measured session has finished (with FIFO
@@ -46,9 +50,14 @@ mod draw;
 mod measure;
 mod model;
 mod peers;
+pub(in crate::sim) mod pool;
+mod reports;
 mod server;
 
-pub use model::{Group, Outcome, P2cMetric, ProtocolSetup, Selector, ServerTotals, Setup};
+pub use model::{
+    Group, Outcome, P2cMetric, PoolCounts, PoolSetup, ProtocolSetup, Selector, ServerTotals, Setup,
+};
+pub use reports::{C3_ALPHA, ORCA_WINDOW_NS, WRR_UPDATE_NS};
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -57,6 +66,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use rand_core::{RngCore, SeedableRng};
+use volley_proto::balance::MemberKey;
 use volley_proto::client::race::Race;
 use volley_proto::packet::KeyId;
 use volley_proto::{MAX_DATAGRAM_LEN, PublicKey, ServerConfig, ServerEndpoint, StaticKeypair};
@@ -65,6 +75,8 @@ use addr::{CLIENT_PORT_SPAN, server_addr};
 use draw::draw_from_tail;
 pub use draw::{exp_sample, tail_of_histogram};
 use peers::Peer;
+use pool::{PoolClient, Report};
+use reports::{C3Client, Orca, WrrClient};
 
 pub use super::queue::Nanos;
 use super::queue::Queue;
@@ -110,6 +122,27 @@ enum Kind {
         slot: u32,
     },
     Sample,
+    /// A reply reaches its client with its server's report (per-request selectors).
+    Reply {
+        client: u32,
+        server: u32,
+        /// From the request's sending to now.
+        latency: Nanos,
+        report: Report,
+    },
+    PoolRaceTimer {
+        client: u32,
+        gen_: u32,
+    },
+    /// A pool race's handshakes are done: its servers join.
+    PoolJoin {
+        client: u32,
+        gen_: u32,
+    },
+    /// A pool looks at its balancer again (a race was due but within the least gap).
+    PoolPoll {
+        client: u32,
+    },
 }
 
 struct Server {
@@ -129,6 +162,8 @@ struct Server {
     last: Nanos,
     herd: (u64, u32),
     herd_uniform: (u64, u32),
+    /// ORCA measurements (weighted round robin's reports).
+    orca: Orca,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +194,8 @@ struct Session {
     server: u32,
     reservation_until: Nanos,
     job_arrived: Nanos,
+    /// The pool member it was sent on ([`Selector::Pool`]).
+    member: Option<MemberKey>,
 }
 
 impl Session {
@@ -187,6 +224,14 @@ struct World<'a> {
     rng: ChaCha8Rng,
     /// Each client's own state, for the local-view selectors.
     peers: Vec<Peer>,
+    /// Each client's pool ([`Selector::Pool`]).
+    pools: Vec<PoolClient>,
+    /// Each client's weights ([`Selector::Wrr`]).
+    wrr: Vec<WrrClient>,
+    /// The fleet's largest settled WRR weight.
+    wrr_max: f64,
+    /// Each client's scores ([`Selector::C3`]).
+    c3: Vec<C3Client>,
     /// Reference picks for the herding baseline.
     herd_rng: ChaCha8Rng,
     key: PublicKey,
@@ -230,10 +275,38 @@ impl<'a> World<'a> {
                     s.slots
                 );
             }
-            Selector::IdealJsq(d) | Selector::IdealSed(d) => {
+            Selector::Pool(p) => {
+                let k = p.balance.members;
+                anyhow::ensure!((1..n).contains(&k), "a pool's k must be 1..{n}, not {k}");
+                anyhow::ensure!(
+                    (k..=n).contains(&p.open_fanout),
+                    "the opening race's fan-out must be {k}..={n}, not {}",
+                    p.open_fanout
+                );
+                anyhow::ensure!(
+                    p.race_fanout >= 1,
+                    "a pool race's fan-out must be at least 1"
+                );
+                anyhow::ensure!(
+                    p.capacity == s.slots,
+                    "the endpoints' capacity ({}) must be the servers' slots ({})",
+                    p.capacity,
+                    s.slots
+                );
+                anyhow::ensure!(
+                    s.clients <= pool::MAX_POOL_CLIENTS,
+                    "at most {} pool clients",
+                    pool::MAX_POOL_CLIENTS
+                );
+            }
+            Selector::IdealJsq(d) | Selector::IdealSed(d) | Selector::C3(d) => {
                 anyhow::ensure!((1..=n).contains(&d), "d must be 1..={n}")
             }
-            Selector::Random | Selector::RoundRobin | Selector::P2c(_) | Selector::Prequal => {}
+            Selector::Random
+            | Selector::RoundRobin
+            | Selector::P2c(_)
+            | Selector::Prequal
+            | Selector::Wrr => {}
         }
         let mut seeder = ChaCha20Rng::seed_from_u64(s.seed ^ 0x5eed_5eed);
         let keypair = StaticKeypair::generate(&mut seeder);
@@ -244,18 +317,20 @@ impl<'a> World<'a> {
         for (gi, g) in s.groups.iter().enumerate() {
             for _ in 0..g.servers {
                 let i = servers.len();
-                let ep = match s.selector {
-                    Selector::Protocol(p) => {
-                        let mut cfg = ServerConfig::new(keypair.clone());
-                        cfg.capacity = Some(p.capacity);
-                        cfg.service = p.service;
-                        cfg.answer = p.answer;
-                        cfg.reservation = p.reservation;
-                        let rng = Box::new(ChaCha20Rng::seed_from_u64(seeder.next_u64()));
-                        Some(ServerEndpoint::new(base, cfg, rng))
-                    }
+                let answer = match s.selector {
+                    Selector::Protocol(p) => Some((p.capacity, p.service, p.answer, p.reservation)),
+                    Selector::Pool(p) => Some((p.capacity, p.service, p.answer, p.reservation)),
                     _ => None,
                 };
+                let ep = answer.map(|(capacity, service, answer, reservation)| {
+                    let mut cfg = ServerConfig::new(keypair.clone());
+                    cfg.capacity = Some(capacity);
+                    cfg.service = service;
+                    cfg.answer = answer;
+                    cfg.reservation = reservation;
+                    let rng = Box::new(ChaCha20Rng::seed_from_u64(seeder.next_u64()));
+                    ServerEndpoint::new(base, cfg, rng)
+                });
                 servers.push(Server {
                     ep,
                     addr: server_addr(i),
@@ -270,6 +345,7 @@ impl<'a> World<'a> {
                     last: 0,
                     herd: (u64::MAX, 0),
                     herd_uniform: (u64::MAX, 0),
+                    orca: Orca::default(),
                 });
                 group_of.push(gi);
             }
@@ -292,7 +368,21 @@ impl<'a> World<'a> {
         } else {
             Vec::new()
         };
-        Ok(Self {
+        let pools = match s.selector {
+            Selector::Pool(p) => (0..s.clients).map(|_| PoolClient::new(&p)).collect(),
+            _ => Vec::new(),
+        };
+        let wrr = match s.selector {
+            Selector::Wrr => (0..s.clients)
+                .map(|_| WrrClient::starting_at(u64::from(starts.r#gen::<u32>())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let c3 = match s.selector {
+            Selector::C3(_) => (0..s.clients).map(|_| C3Client::default()).collect(),
+            _ => Vec::new(),
+        };
+        let mut w = Self {
             s,
             base,
             q: Queue::default(),
@@ -302,6 +392,10 @@ impl<'a> World<'a> {
             trace: ChaCha8Rng::seed_from_u64(s.seed),
             rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x0123_4567_89ab_cdef),
             peers,
+            pools,
+            wrr,
+            wrr_max: 0.0,
+            c3,
             herd_rng: ChaCha8Rng::seed_from_u64(s.seed ^ 0x4e7d_0000_0000_0001),
             key,
             key_id: key.key_id(),
@@ -311,7 +405,11 @@ impl<'a> World<'a> {
             measured_done: 0,
             last_arrival: 0,
             out,
-        })
+        };
+        if matches!(s.selector, Selector::Wrr) {
+            w.wrr_max = w.settled_max();
+        }
+        Ok(w)
     }
 
     fn at(&self, t: Nanos) -> Instant {
@@ -350,6 +448,7 @@ impl<'a> World<'a> {
             server: 0,
             reservation_until: 0,
             job_arrived: arrived,
+            member: None,
         };
         match self.free.pop() {
             Some(slot) => {
@@ -430,43 +529,16 @@ impl<'a> World<'a> {
                 "event budget exhausted ({budget} events at t = {now} ns): the run does not end"
             );
             self.out.end = now;
-            match kind {
-                Kind::Arrival => {
-                    self.on_arrival(now);
-                    tick += 1;
-                    if tick.is_multiple_of(4096)
-                        && let Some(p) = progress
-                    {
-                        p.inc(4096);
-                    }
+            if let Kind::Arrival = kind {
+                self.on_arrival(now);
+                tick += 1;
+                if tick.is_multiple_of(4096)
+                    && let Some(p) = progress
+                {
+                    p.inc(4096);
                 }
-                Kind::Probe {
-                    server,
-                    client,
-                    data,
-                } => self.on_probe(now, server, client, &data),
-                Kind::Offer {
-                    server,
-                    to,
-                    sent,
-                    data,
-                } => self.on_offer(now, server, to, sent, &data),
-                Kind::RaceTimer { slot, gen_ } => self.on_race_timer(now, slot, gen_),
-                Kind::Wake { server } => self.on_wake(now, server),
-                Kind::Init { server, slot, gen_ } => {
-                    if self.live(slot, gen_, false) {
-                        self.on_init(now, server, slot);
-                    }
-                }
-                Kind::LoadProbe { client, server } => self.on_load_probe(now, client, server),
-                Kind::LoadReply {
-                    client,
-                    server,
-                    rif,
-                    latency_ns,
-                } => self.on_load_reply(now, client, server, rif, latency_ns),
-                Kind::Depart { server, slot } => self.on_depart(now, server, slot),
-                Kind::Sample => self.on_sample(now),
+            } else {
+                self.dispatch(now, kind);
             }
             if !self.measuring && self.measured_done >= self.s.measured {
                 break;
@@ -484,6 +556,49 @@ impl<'a> World<'a> {
         Ok(())
     }
 
+    /// Handles one event other than an arrival.
+    fn dispatch(&mut self, now: Nanos, kind: Kind) {
+        match kind {
+            Kind::Arrival => self.on_arrival(now),
+            Kind::Probe {
+                server,
+                client,
+                data,
+            } => self.on_probe(now, server, client, &data),
+            Kind::Offer {
+                server,
+                to,
+                sent,
+                data,
+            } => self.on_offer(now, server, to, sent, &data),
+            Kind::RaceTimer { slot, gen_ } => self.on_race_timer(now, slot, gen_),
+            Kind::Wake { server } => self.on_wake(now, server),
+            Kind::Init { server, slot, gen_ } => {
+                if self.live(slot, gen_, false) {
+                    self.on_init(now, server, slot);
+                }
+            }
+            Kind::LoadProbe { client, server } => self.on_load_probe(now, client, server),
+            Kind::LoadReply {
+                client,
+                server,
+                rif,
+                latency_ns,
+            } => self.on_load_reply(now, client, server, rif, latency_ns),
+            Kind::Depart { server, slot } => self.on_depart(now, server, slot),
+            Kind::Sample => self.on_sample(now),
+            Kind::Reply {
+                client,
+                server,
+                latency,
+                report,
+            } => self.on_reply(now, client, server, latency, report),
+            Kind::PoolRaceTimer { client, gen_ } => self.on_pool_race_timer(now, client, gen_),
+            Kind::PoolJoin { client, gen_ } => self.on_pool_join(now, client, gen_),
+            Kind::PoolPoll { client } => self.on_pool_poll(now, client),
+        }
+    }
+
     fn on_arrival(&mut self, now: Nanos) {
         let work = exp_sample(&mut self.trace, self.s.mean_service);
         let next = exp_sample(&mut self.trace, 1.0 / self.s.arrival_rate);
@@ -491,6 +606,9 @@ impl<'a> World<'a> {
         let mut half = None;
         if now >= self.s.warmup {
             half = Some(usize::from(self.measured_arrivals >= self.s.measured / 2));
+            if self.measured_arrivals == 0 {
+                self.out.backlog.0 = self.backlog();
+            }
             self.measuring = true;
             self.measured_arrivals += 1;
             self.last_arrival = now;
@@ -499,6 +617,7 @@ impl<'a> World<'a> {
                 for server in 0..self.servers.len() as u32 {
                     self.account(server, now);
                 }
+                self.out.backlog.1 = self.backlog();
                 self.measuring = false;
             }
         }
@@ -513,6 +632,9 @@ impl<'a> World<'a> {
         let slot = self.alloc(now, work, half, client);
         let server = match self.s.selector {
             Selector::Protocol(_) => return self.start_race(now, slot),
+            Selector::Pool(_) => return self.pool_request(now, slot, client),
+            Selector::Wrr => self.pick_wrr(now, client),
+            Selector::C3(d) => self.pick_c3(client, d),
             Selector::Random => self.rng.gen_range(0..self.servers.len()) as u32,
             Selector::RoundRobin => self.pick_round_robin(client),
             Selector::P2c(metric) => self.pick_p2c(now, client, metric),
@@ -522,6 +644,11 @@ impl<'a> World<'a> {
         };
         self.peer_sent(client, server);
         self.decide_direct(now, slot, server);
+    }
+
+    /// Jobs at the servers (in service and queued), fleet-wide.
+    fn backlog(&self) -> u64 {
+        self.servers.iter().map(|s| u64::from(s.jobs)).sum()
     }
 
     fn on_sample(&mut self, now: Nanos) {

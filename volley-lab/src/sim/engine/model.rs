@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use volley_proto::balance::BalanceConfig;
 use volley_proto::client::race::RaceTimers;
 use volley_proto::{AnswerPolicy, SelectionPolicy, ServiceModel};
 
@@ -26,6 +27,32 @@ pub struct ProtocolSetup {
     pub reservation: Duration,
     /// The race's retransmission and deadline timers.
     pub timers: RaceTimers,
+}
+
+/// A volley pool per client (issue 25, P5; `engine::pool`): each client opens `k` members with
+/// one real `NBest` race, sends every request to the member its
+/// [`volley_proto::balance::Balancer`] picks, and runs the balancer's background races as real
+/// races over the servers not in its pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSetup {
+    /// The servers' answer policy.
+    pub answer: AnswerPolicy,
+    /// `ServerConfig::capacity`: the servers' slots (as [`ProtocolSetup::capacity`]).
+    pub capacity: u32,
+    /// `ServerConfig::service`.
+    pub service: ServiceModel,
+    /// `ServerConfig::reservation`.
+    pub reservation: Duration,
+    /// Every race's retransmission and deadline timers.
+    pub timers: RaceTimers,
+    /// The balancer's settings; `balance.members` is the pool's `k`.
+    pub balance: BalanceConfig,
+    /// Servers probed by the race that opens a pool (drawn uniformly); its `k` earliest offers
+    /// become the members (`SelectionPolicy::NBest`).
+    pub open_fanout: usize,
+    /// Servers probed by a race that fills or replaces one member (drawn uniformly from the
+    /// servers not in the pool; the earliest offer wins).
+    pub race_fanout: usize,
 }
 
 /// What a local-view balancer weighs (tower's `Load` implementations).
@@ -60,6 +87,15 @@ pub enum Selector {
     /// Prequal-style asynchronous probing, each client with its own probe pool (see
     /// `engine::peers`).
     Prequal,
+    /// A volley pool per client: every request to a member of the client's pool (see
+    /// [`PoolSetup`] and `engine::pool`).
+    Pool(PoolSetup),
+    /// Client-side weighted round robin from per-reply load reports (gRPC A58, Envoy
+    /// `client_side_weighted_round_robin`), each client with its own weights (`engine::reports`).
+    Wrr,
+    /// C3 (NSDI '15) over `d` random servers per request, each client with its own scores from
+    /// per-reply feedback (`engine::reports`).
+    C3(usize),
     /// Reference: the shortest of `d` random queues by their true length at arrival (ties
     /// uniform), exact and instant knowledge, no protocol.
     IdealJsq(usize),
@@ -167,12 +203,17 @@ pub struct Outcome {
     pub queue_hist: Vec<Vec<u64>>,
     /// Length of the measurement window (warm-up end → last measured arrival), ns.
     pub window: f64,
+    /// Jobs at the servers fleet-wide at the first and at the last measured arrival: a backlog
+    /// that grows by a share of the window's arrivals means queues still growing.
+    pub backlog: (u64, u64),
     /// Most picks of one server within one herding window.
     pub herd_max: u32,
     /// The same for uniformly random picks at the same instants (reference).
     pub herd_max_uniform: u32,
     /// Server counters summed over the fleet and the whole run.
     pub server: ServerTotals,
+    /// The pools' races and members ([`Selector::Pool`] only).
+    pub pool: PoolCounts,
     /// Events processed.
     pub events: u64,
     /// Virtual time at the end, ns.
@@ -192,4 +233,38 @@ pub struct ServerTotals {
     pub offers_busy: u64,
     /// PROBEs dropped, held queue full.
     pub probes_dropped_queue_full: u64,
+}
+
+/// What the pools of a [`Selector::Pool`] run did. Races are counted when they start, in the
+/// measurement window (from the first to the last measured arrival) unless named otherwise.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PoolCounts {
+    /// The balancer's races (fill and behind) started in the steady span: from half-way through
+    /// the warm-up to the last measured arrival. Each client's race budget is a token bucket
+    /// that requests fill, and clients that start together race in step, so a window of a few
+    /// tens of requests per client can catch or miss their races by phase: the span covers
+    /// several of the bucket's periods.
+    pub span_races: u64,
+    /// Requests sent in the steady span.
+    pub span_requests: u64,
+    /// Races started in the window, every kind.
+    pub races: u64,
+    /// Of those, races that opened a pool (`NBest`, `k` members at once).
+    pub opening: u64,
+    /// Of those, the balancer's races to fill a pool with fewer than `k` live members.
+    pub fill: u64,
+    /// Of those, the balancer's races to replace a member that fell behind.
+    pub behind: u64,
+    /// Races started in the window that found no server (their deadline passed).
+    pub failed: u64,
+    /// PROBEs of the races started in the window (retransmissions included).
+    pub probes: u64,
+    /// Members retired in the window (a race found a better server).
+    pub retired: u64,
+    /// Races over the whole run, warm-up included.
+    pub races_total: u64,
+    /// Live members summed over the pools at the end of the run.
+    pub members_end: u64,
+    /// Pools opened by the end of the run.
+    pub pools_end: u64,
 }

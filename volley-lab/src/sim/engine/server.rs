@@ -103,6 +103,9 @@ impl World<'_> {
 
     pub(super) fn job_lands(&mut self, now: Nanos, server: u32, slot: u32) {
         self.account(server, now);
+        if self.wrr_max > 0.0 {
+            self.orca_account(server, now);
+        }
         let sess = &mut self.sessions[slot as usize];
         sess.job_arrived = now;
         sess.phase = Phase::Served;
@@ -127,6 +130,10 @@ impl World<'_> {
 
     pub(super) fn on_depart(&mut self, now: Nanos, server: u32, slot: u32) {
         self.account(server, now);
+        if self.wrr_max > 0.0 {
+            self.orca_account(server, now);
+            self.orca_completed(server);
+        }
         let service = self.sessions[slot as usize].work / self.servers[server as usize].speed;
         let srv = &mut self.servers[server as usize];
         srv.jobs = srv.jobs.saturating_sub(1);
