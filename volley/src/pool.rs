@@ -268,17 +268,22 @@ impl Drop for Inner {
 /// Adds `session` as a member (after a race: `reason` says which), with what its offer said.
 fn join(inner: &Arc<Inner>, now: std::time::Instant, session: Session, reason: Option<RaceReason>) {
     let server = session.remote();
-    let hint = session.report().and_then(|r| {
+    let report = session.report();
+    // The offer's hint is the member's first report. The path's round trip is the
+    // handshake's (INIT to ACCEPT), not the offer's answer time: a busy server holds its
+    // answer (pacing), and that hold is load, which the hint already says.
+    let hint = report.as_ref().and_then(|r| {
         r.offers
             .iter()
             .find(|o| o.server == server)
-            .map(|o| (o.load, o.answer_time))
+            .and_then(|o| o.load)
     });
-    let report = hint.and_then(|(load, _)| load).and_then(|l| {
+    let report_in = hint.and_then(|l| {
         l.expected()
             .map(|e| Report::new(e, l.in_flight, l.capacity))
     });
-    let rtt = hint.map(|(_, t)| t);
+    let rtt = report.and_then(|r| r.handshake_time);
+    let report = report_in;
     let session = Arc::new(session);
     let (key, retired) = {
         let mut state = lock(&inner.state);
@@ -315,7 +320,9 @@ fn join(inner: &Arc<Inner>, now: std::time::Instant, session: Session, reason: O
 /// requests are answered, until the pool is dropped or closed.
 async fn keep(weak: std::sync::Weak<Inner>) {
     loop {
-        let Some(inner) = weak.upgrade() else { return };
+        let Some(mut inner) = weak.upgrade() else {
+            return;
+        };
         let (race, retired) = {
             let mut state = lock(&inner.state);
             if state.closed {
@@ -341,6 +348,18 @@ async fn keep(weak: std::sync::Weak<Inner>) {
             session.close();
         }
         if let Some(race) = race {
+            if matches!(race.reason, RaceReason::Behind(_)) {
+                // A race for a member behind starts after a random part of the least gap
+                // between races: the clients that share a server see it fall behind at the
+                // same reply, and races started together all win the same idle server.
+                use rand::Rng;
+                let gap = inner.config.balance.min_race_gap;
+                let wait = gap.mul_f64(rand::thread_rng().r#gen::<f64>());
+                drop(inner);
+                tokio::time::sleep(wait).await;
+                let Some(again) = weak.upgrade() else { return };
+                inner = again;
+            }
             let candidates: Vec<SocketAddr> = lock(&inner.servers)
                 .iter()
                 .filter(|s| !race.exclude.contains(s))

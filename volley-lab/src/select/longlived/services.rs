@@ -47,7 +47,8 @@ pub async fn build(policy: LlPolicy, ctx: &Arc<RunCtx>) -> anyhow::Result<Vec<Ll
     if let Some(k) = policy.pool_members() {
         for _ in 0..m {
             let client = ctx.client(SelectionPolicy::window(), None);
-            let pool = Pool::connect(&client, &ctx.addrs, PoolConfig::members(k))
+            let config = PoolConfig::members(k);
+            let pool = Pool::connect(&client, &ctx.addrs, config)
                 .await
                 .map_err(|e| anyhow::anyhow!("a pool of {k} could not open: {e}"))?;
             // The pool's opening race is counted with the rest.

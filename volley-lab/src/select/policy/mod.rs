@@ -191,8 +191,14 @@ impl Policy {
     /// How the fleet answers for this policy.
     pub fn answering(&self, lab: &VolleyKnobs) -> Answering {
         match self {
-            // Racing for every request with the primary configuration of §2.
-            Policy::LongLived(LlPolicy::VolleyRace) => Policy::Volley {
+            // Racing for every request, and the pools' servers (their capacity is what makes a
+            // reply's report a queue, not only a time): the primary configuration of §2.
+            Policy::LongLived(
+                LlPolicy::VolleyRace
+                | LlPolicy::VolleyPool2
+                | LlPolicy::VolleyPool3
+                | LlPolicy::VolleyPool4,
+            ) => Policy::Volley {
                 pick: Pick::Window,
                 answer: Answer::Immediate,
                 fanout: Some(3),
