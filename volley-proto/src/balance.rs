@@ -24,6 +24,13 @@
 //! server had not counted; each adds `S / C` (an unbounded server adds nothing). A member
 //! without a report yet counts as the members' median report.
 //!
+//! Two things the reports cannot say. A member whose replies the caller takes for failures
+//! (three in a row; [`Balancer::replied_with`]) is **failing** for a second: it takes no request
+//! while another member is not, a race replaces it first — a server that answers every request
+//! at once with an error looks idle in its reports. And a member that stopped answering: its
+//! delay is at least the time this client has waited there with requests in flight and no reply
+//! (`silence`), so a server that went silent or stalled is left after about one expected delay.
+//!
 //! Races: a race runs in the background when the pool has fewer than `k` live members (a member
 //! failed, its server died or drained), at most one every `min_race_gap`; and when a member has
 //! fallen **behind** — its aged report more than `behind` times the best member's, or every
@@ -49,7 +56,7 @@
 //! let slow = pool.add(now, "192.0.2.2:7001".parse().unwrap(), idle(40), rtt);
 //! assert_eq!(pool.pick(now), Some(fast));
 //! // A reply from the fast member says it is now far behind: the next request goes to the other.
-//! pool.sent(fast);
+//! pool.sent(now, fast);
 //! pool.replied(now, fast, rtt, Some(Report::new(ms(200), 79, 4)));
 //! assert_eq!(pool.pick(now), Some(slow));
 //! ```
@@ -200,6 +207,15 @@ struct Member {
     rtt: Option<Duration>,
     /// A reply reported its server's load (not only the offer): only then can it be behind.
     heard: bool,
+    /// Since when this client has had requests there with no reply: the time of the first
+    /// request after an idle spell, or of the latest reply since (None: nothing in flight).
+    waiting_since: Option<Instant>,
+    /// The replies that were failures (the caller's classification), weighted: an EWMA with
+    /// weight [`FAILURE_WEIGHT`].
+    failure: f64,
+    /// Failing (its failure EWMA reached [`FAILING`]) until then: no requests while another
+    /// member is not, and the first to be replaced.
+    failing_until: Option<Instant>,
     retiring: bool,
 }
 
@@ -214,6 +230,8 @@ pub struct Balancer {
     last_race: Option<Instant>,
     racing: Option<RaceReason>,
     stats: BalanceStats,
+    /// Servers retired while failing, and until when races leave them out.
+    shunned: Vec<(SocketAddr, Instant)>,
 }
 
 impl Balancer {
@@ -230,6 +248,7 @@ impl Balancer {
             last_race: None,
             racing: None,
             stats: BalanceStats::default(),
+            shunned: Vec::new(),
         }
     }
 
@@ -259,6 +278,9 @@ impl Balancer {
             service: hint.map(|h| h.service()),
             rtt,
             heard: false,
+            waiting_since: None,
+            failure: 0.0,
+            failing_until: None,
             retiring: false,
         });
         key
@@ -300,26 +322,35 @@ impl Balancer {
         if let (Some(c), Some(service)) = (m.capacity, m.service) {
             d += service * m.unreported / c;
         }
-        d
+        d.max(silence(m, now))
+    }
+
+    /// Whether `m` is failing at `now` (see [`Balancer::replied_with`]).
+    fn failing(m: &Member, now: Instant) -> bool {
+        m.failing_until.is_some_and(|t| now < t)
     }
 
     /// The member that should take the next request: the live member with the shortest
     /// expected delay (ties: fewer requests in flight, then the older member). None when the
     /// pool has no live member.
     pub fn pick(&self, now: Instant) -> Option<MemberKey> {
-        self.members
-            .iter()
-            .filter(|m| !m.retiring)
+        let live = self.members.iter().filter(|m| !m.retiring);
+        // A failing member takes requests only when every live member is failing.
+        let healthy = live.clone().any(|m| !Self::failing(m, now));
+        live.filter(|m| !healthy || !Self::failing(m, now))
             .min_by_key(|m| (self.delay(m, now), m.in_flight, m.key))
             .map(|m| m.key)
     }
 
-    /// A request was sent on `key`.
-    pub fn sent(&mut self, key: MemberKey) {
+    /// A request was sent on `key` at `now`.
+    pub fn sent(&mut self, now: Instant, key: MemberKey) {
         self.stats.requests += 1;
         let cap = u64::from(self.config.race_burst.max(1)) * RACE;
         self.tokens = (self.tokens + u64::from(self.config.races_per_1000)).min(cap);
         if let Some(m) = self.member(key) {
+            if m.in_flight == 0 {
+                m.waiting_since = Some(now);
+            }
             m.in_flight += 1;
             m.unreported += 1;
         }
@@ -334,8 +365,35 @@ impl Balancer {
         rtt: Option<Duration>,
         report: Option<Report>,
     ) {
+        self.replied_with(now, key, rtt, report, true);
+    }
+
+    /// A reply came on `key`, as [`Balancer::replied`], and `ok` says whether the caller took
+    /// it for a success: a reply its server's application answered with a failure (an HTTP
+    /// 5xx, say) is not. A member whose replies fail — its failure EWMA (weight 1/4) reaches
+    /// 1/2, three failures in a row from none — is **failing** for [`FAILING_HOLD`] from the
+    /// latest failure: it takes no request while another member is not failing, it is behind
+    /// (a race replaces it, within the budget), and it is the first to retire. A server that
+    /// answers every request at once with an error looks idle in its reports; this is what
+    /// keeps a pool off it.
+    pub fn replied_with(
+        &mut self,
+        now: Instant,
+        key: MemberKey,
+        rtt: Option<Duration>,
+        report: Option<Report>,
+        ok: bool,
+    ) {
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
+            m.waiting_since = (m.in_flight > 0).then_some(now);
+            m.failure *= 1.0 - FAILURE_WEIGHT;
+            if !ok {
+                m.failure += FAILURE_WEIGHT;
+                if m.failure >= FAILING {
+                    m.failing_until = Some(now + FAILING_HOLD);
+                }
+            }
             if let Some(sample) = rtt {
                 m.rtt = Some(sample);
             }
@@ -356,6 +414,9 @@ impl Balancer {
     pub fn lost(&mut self, key: MemberKey) {
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
+            if m.in_flight == 0 {
+                m.waiting_since = None;
+            }
             m.unreported = m.unreported.saturating_sub(1);
         }
     }
@@ -393,6 +454,7 @@ impl Balancer {
     /// [`Balancer::race_won`] or [`Balancer::race_failed`] when it ends). At most one race
     /// runs at a time.
     pub fn poll_race(&mut self, now: Instant) -> Option<RaceRequest> {
+        self.shunned.retain(|(_, until)| now < *until);
         if self.racing.is_some() {
             return None;
         }
@@ -420,7 +482,12 @@ impl Balancer {
         self.racing = Some(reason);
         self.last_race = Some(now);
         Some(RaceRequest {
-            exclude: self.members.iter().map(|m| m.server).collect(),
+            exclude: self
+                .members
+                .iter()
+                .map(|m| m.server)
+                .chain(self.shunned.iter().map(|(s, _)| *s))
+                .collect(),
             reason,
         })
     }
@@ -428,13 +495,33 @@ impl Balancer {
     /// The live member that fell behind, if one did: the one with the largest aged report, when
     /// it exceeds `behind` times the best's.
     fn behind(&self, now: Instant) -> Option<MemberKey> {
+        if let Some(m) = self
+            .members
+            .iter()
+            .find(|m| !m.retiring && Self::failing(m, now))
+        {
+            return Some(m.key);
+        }
         let live: Vec<(&Member, Duration)> = self
             .members
             .iter()
-            .filter(|m| !m.retiring && m.heard)
-            .map(|m| (m, m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now)))
+            .filter(|m| !m.retiring)
+            .filter_map(|m| {
+                // A member heard from; or one not yet, whose first reply is overdue (its
+                // offer's hint says nothing about it, its silence does).
+                let d = self.delay_without_own(m, now);
+                let overdue =
+                    silence(m, now) > m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now);
+                (m.heard || overdue).then_some((m, d))
+            })
             .collect();
-        let best = live.iter().map(|(_, d)| *d).min()?;
+        // The reference is a member whose replies succeed: one that answers errors at once
+        // looks fastest of all.
+        let best = live
+            .iter()
+            .filter(|(m, _)| m.failure < FAILING / 2.0)
+            .map(|(_, d)| *d)
+            .min()?;
         let (worst, d) = live.iter().max_by_key(|(m, d)| (*d, m.key))?;
         if d.as_secs_f64() > self.config.behind * best.as_secs_f64() {
             return Some(worst.key);
@@ -470,21 +557,26 @@ impl Balancer {
             .members
             .iter()
             .filter(|m| !m.retiring)
-            .max_by_key(|m| (self.delay_without_own(m, now), m.key))
+            .max_by_key(|m| (Self::failing(m, now), self.delay_without_own(m, now), m.key))
             .map(|m| m.key);
         if let Some(w) = worst
             && let Some(m) = self.member(w)
         {
             m.retiring = true;
+            let shun = Self::failing(m, now).then_some(m.server);
             self.stats.retired += 1;
+            if let Some(server) = shun {
+                // Not raced again for a while: its offers would look as good as ever.
+                self.shunned.push((server, now + SHUN));
+            }
         }
         (key, worst)
     }
 
     /// A member's expected delay, leaving out this client's own unreported requests (they
-    /// follow the choice; they should not decide who leaves).
+    /// follow the choice; they should not decide who leaves), its silence included.
     fn delay_without_own(&self, m: &Member, now: Instant) -> Duration {
-        m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now)
+        (m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now)).max(silence(m, now))
     }
 
     /// The race ended without a new server.
@@ -519,6 +611,28 @@ impl Balancer {
 
 /// One race in the token bucket's units (thousandths).
 const RACE: u64 = 1000;
+
+/// The weight of each reply in a member's failure EWMA.
+const FAILURE_WEIGHT: f64 = 0.25;
+
+/// The failure EWMA at which a member is failing: three failures in a row from none
+/// (0.25, 0.44, 0.58).
+const FAILING: f64 = 0.5;
+
+/// How long a member stays failing after its latest failure (then it may take a request
+/// again, and one more failure marks it again).
+pub const FAILING_HOLD: Duration = Duration::from_secs(1);
+
+/// How long races leave out a server retired while failing.
+pub const SHUN: Duration = Duration::from_secs(10);
+
+/// How long this client has waited on `m` with no reply while requests were in flight there:
+/// no request sent now is expected back sooner (a server that went silent, or stalled, is
+/// avoided after about one expected delay, before this client's unanswered requests add up).
+fn silence(m: &Member, now: Instant) -> Duration {
+    m.waiting_since
+        .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+}
 
 /// A report `e` heard at `at`, aged to `now`: the service time itself stays, the queue above
 /// it fades as `exp(−age / memory)` (other clients keep feeding a queue that this client's
@@ -576,9 +690,9 @@ mod tests {
         assert_eq!(b.pick(now), Some(a));
         // Each request sent there adds S / C = 2.5 ms until a report covers it: after two,
         // a's delay (1 + 10 + 5) passes c's (5 + 10).
-        b.sent(a);
+        b.sent(now, a);
         assert_eq!(b.pick(now), Some(a));
-        b.sent(a);
+        b.sent(now, a);
         assert_eq!(b.pick(now), Some(c));
         // A report that covers them (and says a is idle again) brings a back.
         b.replied(now, a, None, queued(10));
@@ -592,7 +706,7 @@ mod tests {
         let a = b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
         let c = b.add(t0, addr(2), idle(12, 4), Some(ms(1)));
         assert_eq!(b.pick(t0), Some(a));
-        b.sent(a);
+        b.sent(t0, a);
         // a's server says one more request would take 100 ms there: c takes the next ones.
         b.replied(t0, a, None, queued(100));
         for i in 0..50 {
@@ -607,6 +721,99 @@ mod tests {
         assert!(delay > ms(43) && delay < ms(45), "{delay:?}");
         assert_eq!(b.pick(t0 + ms(3_500)), Some(c));
         assert_eq!(b.pick(t0 + ms(4_000)), Some(a));
+    }
+
+    #[test]
+    fn p3_a_member_whose_replies_fail_takes_no_request_and_is_replaced_first() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
+        let c = b.add(t0, addr(2), idle(12, 4), Some(ms(1)));
+        // a answers at once, and its reports say it is idle; but the caller takes its replies
+        // for failures. Two failures: still a's (the EWMA is at 0.44).
+        for i in 0..2 {
+            assert_eq!(b.pick(t0), Some(a), "failure {i}");
+            b.sent(t0, a);
+            b.replied_with(t0, a, None, idle(10, 4), false);
+        }
+        assert_eq!(b.pick(t0), Some(a));
+        // The third makes it failing: the requests go to c, though a looks faster.
+        b.sent(t0, a);
+        b.replied_with(t0, a, None, idle(1, 4), false);
+        assert_eq!(b.pick(t0), Some(c));
+        assert!(b.members(t0).iter().any(|m| m.key == a && m.delay < ms(5)));
+        // It is the member behind, and the first to retire after the race.
+        let race = b.poll_race(t0).expect("a race");
+        assert_eq!(race.reason, RaceReason::Behind(a));
+        let (_, retired) = b.race_won(t0, addr(3), idle(50, 4), None);
+        assert_eq!(retired, Some(a), "failing goes before slow");
+        // Races leave its server out for SHUN, though it is no longer a member.
+        b.idle_retired().into_iter().for_each(|k| b.remove(k));
+        b.failed(c);
+        let race = b.poll_race(t0 + ms(100)).expect("a race to fill");
+        assert!(race.exclude.contains(&addr(1)), "{:?}", race.exclude);
+        b.race_failed();
+        let race = b.poll_race(t0 + SHUN).expect("a race to fill");
+        assert!(!race.exclude.contains(&addr(1)), "{:?}", race.exclude);
+
+        // Without a race to replace it, a failing member gets a request again once
+        // FAILING_HOLD has passed since its latest failure; a success clears it.
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
+        let c = b.add(t0, addr(2), idle(12, 4), Some(ms(1)));
+        for _ in 0..3 {
+            b.sent(t0, a);
+            b.replied_with(t0, a, None, idle(10, 4), false);
+        }
+        assert_eq!(b.pick(t0 + FAILING_HOLD - ms(1)), Some(c));
+        let later = t0 + FAILING_HOLD;
+        assert_eq!(b.pick(later), Some(a));
+        b.sent(later, a);
+        b.replied_with(later, a, None, idle(10, 4), true);
+        assert_eq!(b.pick(later), Some(a));
+        // Every member failing: the least bad still takes requests (nothing else can).
+        for m in [a, c] {
+            for _ in 0..3 {
+                b.sent(later, m);
+                b.replied_with(later, m, None, idle(10, 4), false);
+            }
+        }
+        assert_eq!(b.pick(later), Some(a));
+    }
+
+    #[test]
+    fn p3_a_member_that_falls_silent_is_avoided_after_about_one_expected_delay() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
+        let c = b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
+        // c reported a queue: 30 ms for one more request.
+        b.sent(t0, c);
+        b.replied(t0, c, None, queued(30));
+        // a takes a request and never answers it.
+        assert_eq!(b.pick(t0), Some(a));
+        b.sent(t0, a);
+        // 10 ms later a is still the better bet (1 + 10 + 2.5 ms against c's ~31).
+        assert_eq!(b.pick(t0 + ms(10)), Some(a));
+        // 40 ms without a reply while a request is there: no request sent now is expected back
+        // sooner than that, and c's 31 ms wins.
+        assert_eq!(b.pick(t0 + ms(40)), Some(c));
+        // At 100 ms it is behind (more than twice c's) and a race is due.
+        let race = b.poll_race(t0 + ms(100)).expect("a race");
+        assert_eq!(race.reason, RaceReason::Behind(a));
+        b.race_failed();
+        // Its reply, late, ends the silence.
+        b.replied(t0 + ms(120), a, None, idle(10, 4));
+        assert_eq!(b.pick(t0 + ms(120)), Some(a));
     }
 
     #[test]
@@ -625,7 +832,7 @@ mod tests {
         // Replies confirm c is 10 times behind a: a race, and a second one once the first
         // ended and the gap passed (the bucket starts full, with `race_burst` races).
         for (m, e) in [(a, 10), (c, 100)] {
-            b.sent(m);
+            b.sent(t0, m);
             b.replied(t0, m, None, idle(e, 4));
         }
         assert_eq!(
@@ -679,8 +886,8 @@ mod tests {
         });
         let a = b.add(t0, addr(1), idle(10, 4), None);
         let slow = b.add(t0, addr(2), idle(10, 4), None);
-        b.sent(slow);
-        b.sent(slow);
+        b.sent(t0, slow);
+        b.sent(t0, slow);
         b.replied(t0, slow, None, queued(500));
         // The first token is there: a race, for the member behind.
         let race = b.poll_race(t0).expect("a race");
@@ -696,15 +903,15 @@ mod tests {
         // Another member falls behind: the bucket (full at one race) went to the first race;
         // each request adds 5 thousandths, so the 200th request since buys the next.
         let later = t0 + ms(1_000);
-        b.sent(new);
+        b.sent(t0, new);
         b.replied(later, new, None, queued(500));
         assert_eq!(b.poll_race(later), None, "no token");
         for _ in 0..198 {
-            b.sent(a);
+            b.sent(t0, a);
             b.replied(later, a, None, queued(10));
         }
         assert_eq!(b.poll_race(later), None, "not yet a whole race");
-        b.sent(a);
+        b.sent(t0, a);
         b.replied(later, a, None, queued(10));
         let race = b.poll_race(later).expect("a race bought by the requests");
         assert_eq!(race.reason, RaceReason::Behind(new));
@@ -724,9 +931,9 @@ mod tests {
         assert_eq!(b.poll_race(t0), None);
         // Both queue (30 and 25 ms against a 10 ms service time): neither is behind the other,
         // but the pool is behind the fleet; the worst is the one to replace.
-        b.sent(a);
+        b.sent(t0, a);
         b.replied(t0, a, None, queued(30));
-        b.sent(c);
+        b.sent(t0, c);
         b.replied(t0, c, None, queued(25));
         let race = b.poll_race(t0).expect("a race");
         assert_eq!(race.reason, RaceReason::Behind(a));
@@ -775,7 +982,7 @@ mod tests {
         b.add(now, addr(2), idle(11, 1), None);
         for _ in 0..100 {
             assert_eq!(b.pick(now), Some(unbounded));
-            b.sent(unbounded);
+            b.sent(now, unbounded);
         }
     }
 }

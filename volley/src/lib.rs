@@ -169,7 +169,7 @@ pub use client::Client;
 pub use error::Error;
 pub use handler::Drain;
 pub use load::LoadGuard;
-pub use pool::{Pool, PoolConfig, PoolStats};
+pub use pool::{Pool, PoolConfig, PoolStats, ReplyClassifier};
 /// The operating system's CSPRNG, as [`StaticKeypair::generate`] takes it (re-exported so that
 /// no `rand` version has to be matched).
 pub use rand::rngs::OsRng;

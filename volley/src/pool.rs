@@ -76,8 +76,14 @@ pub struct PoolStats {
     pub failed_requests: u64,
 }
 
+/// Says whether a reply is a failure of the server that sent it — an error its application
+/// answered, such as an HTTP 5xx — for [`Pool::connect_with`].
+pub type ReplyClassifier = Arc<dyn Fn(&Bytes) -> bool + Send + Sync>;
+
 struct Inner {
     client: Client,
+    /// Which replies are failures (None: every reply is a success).
+    failed: Option<ReplyClassifier>,
     servers: Mutex<Vec<SocketAddr>>,
     config: PoolConfig,
     state: Mutex<State>,
@@ -167,6 +173,29 @@ impl Pool {
         servers: &[SocketAddr],
         config: PoolConfig,
     ) -> Result<Self, Error> {
+        Self::open(client, servers, config, None).await
+    }
+
+    /// As [`Pool::connect`], with `failed` telling which replies are failures of their server:
+    /// an application error answered at once (an HTTP 5xx, a status byte). A member whose
+    /// replies fail (three in a row) takes no request while another does not, and a race
+    /// replaces it (PROTOCOL.md §6.10). Without it, a server that answers every request at
+    /// once with an error looks like the fastest of the pool.
+    pub async fn connect_with(
+        client: &Client,
+        servers: &[SocketAddr],
+        config: PoolConfig,
+        failed: ReplyClassifier,
+    ) -> Result<Self, Error> {
+        Self::open(client, servers, config, Some(failed)).await
+    }
+
+    async fn open(
+        client: &Client,
+        servers: &[SocketAddr],
+        config: PoolConfig,
+        failed: Option<ReplyClassifier>,
+    ) -> Result<Self, Error> {
         if config.max_in_flight == 0 {
             return Err(Error::InvalidArgument(
                 "a pool needs max_in_flight of at least 1",
@@ -179,6 +208,7 @@ impl Pool {
         let sessions = client.connect_n(servers, k).await?;
         let inner = Arc::new(Inner {
             client,
+            failed,
             servers: Mutex::new(servers.to_vec()),
             config,
             state: Mutex::new(State {
@@ -424,7 +454,7 @@ async fn send(
                 && let Some((_, session)) = state.sessions.iter().find(|(k, _)| *k == key)
             {
                 let session = Arc::clone(session);
-                state.balancer.sent(key);
+                state.balancer.sent(now, key);
                 break (key, session);
             }
             if let Some(why) = state.stranded.take() {
@@ -445,12 +475,19 @@ async fn send(
     pending.done = true;
     // The session's latest report: this reply's, or a later one's.
     let report = session.load_report();
+    // The caller's classifier runs before the pool's lock is taken.
+    let reply_ok = match (&result, &inner.failed) {
+        (Ok(reply), Some(failed)) => !failed(reply),
+        _ => true,
+    };
     let mut state = lock(&inner.state);
     match &result {
         Ok(_) => {
             let report =
                 report.and_then(|r| r.expected.map(|e| Report::new(e, r.in_flight, r.capacity)));
-            state.balancer.replied(now(), key, None, report);
+            state
+                .balancer
+                .replied_with(now(), key, None, report, reply_ok);
         }
         Err(e) => {
             state.balancer.lost(key);

@@ -257,3 +257,70 @@ async fn p3_the_pool_is_a_tower_service_with_back_pressure() {
     assert!(a.unwrap().ends_with(b":a") && b.unwrap().ends_with(b":b"));
     assert!(ready(&mut pool), "ready again once a request is answered");
 }
+
+#[tokio::test]
+async fn p3_a_member_whose_server_answers_errors_at_once_takes_almost_no_request() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    // Two servers answer `<i>:<request>` after 2 ms; a third answers `E` at once: its reports
+    // say it is idle and the fastest, only the replies say otherwise. All three are members.
+    let fleet = fleet(&key, 2, 4).await;
+    for d in &fleet.delays {
+        d.store(2, Ordering::Relaxed);
+    }
+    let mut config = ServerConfig::new(key.clone());
+    config.capacity = Some(4);
+    let sink = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let sink_addr = sink.local_addr();
+    let answer_errors = |_: Call| async { Some(Bytes::from_static(b"E")) };
+    tokio::spawn(volley::handler::serve(
+        sink,
+        answer_errors,
+        std::future::pending(),
+    ));
+    let mut servers = fleet.addrs.clone();
+    servers.push(sink_addr);
+    let failed: volley::ReplyClassifier = Arc::new(|reply: &Bytes| reply.starts_with(b"E"));
+    let pool = Pool::connect_with(&client(&key), &servers, PoolConfig::members(3), failed)
+        .await
+        .unwrap();
+    assert!(pool.members().iter().any(|m| m.server == sink_addr));
+    let mut errors = 0;
+    for i in 0..300u32 {
+        let reply = tokio::time::timeout(BOUND, pool.request(Bytes::from(i.to_string())))
+            .await
+            .unwrap()
+            .unwrap();
+        if reply.starts_with(b"E") {
+            errors += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Three errors make it failing for a second; then one probe, failing again, each second
+    // (the 300 requests take about one to two seconds).
+    assert!(
+        (3..=6).contains(&errors),
+        "{errors} of 300 requests went to the erring server"
+    );
+    // Without the classifier, its replies are successes and it is the fastest member: it takes
+    // most requests (what the classifier is for).
+    let pool = Pool::connect(&client(&key), &servers, PoolConfig::members(3))
+        .await
+        .unwrap();
+    let mut sunk = 0;
+    for i in 0..100u32 {
+        let reply = tokio::time::timeout(BOUND, pool.request(Bytes::from(i.to_string())))
+            .await
+            .unwrap()
+            .unwrap();
+        if reply.starts_with(b"E") {
+            sunk += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        sunk > 50,
+        "without a classifier the erring server took {sunk} of 100"
+    );
+}

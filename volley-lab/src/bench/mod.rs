@@ -40,6 +40,7 @@ pub mod core;
 mod generate;
 pub mod load;
 pub mod memory;
+pub mod pool;
 pub mod proxy;
 pub mod rekey;
 mod report;
@@ -95,6 +96,9 @@ pub enum Suite {
     /// `volley proxy` and `volley serve --forward`, on loopback: requests/s, added latency, TCP
     /// bulk throughput.
     Proxy(proxy::ProxyBenchArgs),
+    /// A pool's cost to the client (docs/BENCHMARKS.md §7): client CPU per request through a
+    /// `volley::Pool` against the same requests on one session.
+    Pool(pool::PoolBenchArgs),
 }
 
 const CASES: [&str; 15] = [
@@ -145,8 +149,10 @@ pub struct CaseResult {
 
 /// The whole benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(Suite::Proxy(proxy)) = args.suite {
-        return proxy::run(proxy);
+    match args.suite {
+        Some(Suite::Proxy(proxy)) => return proxy::run(proxy),
+        Some(Suite::Pool(pool)) => return pool::run(pool),
+        None => {}
     }
     let cases: Vec<&str> = if args.cases.is_empty() {
         CASES.to_vec()

@@ -48,7 +48,9 @@ pub async fn build(policy: LlPolicy, ctx: &Arc<RunCtx>) -> anyhow::Result<Vec<Ll
         for _ in 0..m {
             let client = ctx.client(SelectionPolicy::window(), None);
             let config = PoolConfig::members(k);
-            let pool = Pool::connect(&client, &ctx.addrs, config)
+            // The fleet's reply: `seq u32, status u8` (0 done, 1 failed), then the server.
+            let failed: volley::ReplyClassifier = Arc::new(|reply| reply.get(4) == Some(&1));
+            let pool = Pool::connect_with(&client, &ctx.addrs, config, failed)
                 .await
                 .map_err(|e| anyhow::anyhow!("a pool of {k} could not open: {e}"))?;
             // The pool's opening race is counted with the rest.

@@ -221,7 +221,7 @@ impl World<'_> {
                 continue;
             };
             pc.waiting.pop_front();
-            pc.balancer.sent(key);
+            pc.balancer.sent(at, key);
             self.out.pool.span_requests += u64::from(span);
             let server = m.server;
             let until = std::mem::take(&mut m.reservation_until);
