@@ -204,6 +204,8 @@ struct Member {
     report: Option<(Duration, Instant)>,
     /// The service time the latest report implies.
     service: Option<Duration>,
+    /// The requests in flight at the server the latest report counted.
+    reported_in_flight: Option<u32>,
     rtt: Option<Duration>,
     /// A reply reported its server's load (not only the offer): only then can it be behind.
     heard: bool,
@@ -276,6 +278,7 @@ impl Balancer {
             unreported: 0,
             report: hint.map(|h| (h.expected, now)),
             service: hint.map(|h| h.service()),
+            reported_in_flight: hint.map(|h| h.in_flight),
             rtt,
             heard: false,
             waiting_since: None,
@@ -401,6 +404,7 @@ impl Balancer {
                 Some(r) => {
                     m.report = Some((r.expected, now));
                     m.service = Some(r.service());
+                    m.reported_in_flight = Some(r.in_flight);
                     m.capacity = Some(r.capacity).filter(|&c| c > 0);
                     m.unreported = 0;
                     m.heard = true;
@@ -557,7 +561,18 @@ impl Balancer {
             .members
             .iter()
             .filter(|m| !m.retiring)
-            .max_by_key(|m| (Self::failing(m, now), self.delay_without_own(m, now), m.key))
+            .max_by(|a, b| {
+                // Failing first; then the least spare throughput (the race chose its winner
+                // for its room, PROTOCOL.md §6.2.5); then the longest delay.
+                let key = |m: &Member| (Self::failing(m, now), std::cmp::Reverse(spare_rank(m)));
+                key(a)
+                    .cmp(&key(b))
+                    .then_with(|| {
+                        self.delay_without_own(a, now)
+                            .cmp(&self.delay_without_own(b, now))
+                    })
+                    .then_with(|| a.key.cmp(&b.key))
+            })
             .map(|m| m.key);
         if let Some(w) = worst
             && let Some(m) = self.member(w)
@@ -622,6 +637,21 @@ const FAILING: f64 = 0.5;
 /// How long a member stays failing after its latest failure (then it may take a request
 /// again, and one more failure marks it again).
 pub const FAILING_HOLD: Duration = Duration::from_secs(1);
+
+/// A member's spare throughput from its latest report, in requests per second (rounded down),
+/// for retirement: `max(0, C − n − unreported) / S`. 0 without a capacity or a report (the
+/// delay decides between those).
+fn spare_rank(m: &Member) -> u64 {
+    let (Some(c), Some(service), Some(n)) = (m.capacity, m.service, m.reported_in_flight) else {
+        return 0;
+    };
+    let free = c.saturating_sub(n.saturating_add(m.unreported));
+    let s = service.as_secs_f64();
+    if free == 0 || s <= 0.0 {
+        return 0;
+    }
+    (f64::from(free) / s) as u64
+}
 
 /// How long races leave out a server retired while failing.
 pub const SHUN: Duration = Duration::from_secs(10);
@@ -814,6 +844,34 @@ mod tests {
         // Its reply, late, ends the silence.
         b.replied(t0 + ms(120), a, None, idle(10, 4));
         assert_eq!(b.pick(t0 + ms(120)), Some(a));
+    }
+
+    #[test]
+    fn p3_after_a_race_the_member_with_the_least_room_retires() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        // a: a fast server with a queue (S = 40 ms, 6 in flight of 4 slots: no room); c: a
+        // fast idle one (100/s spare).
+        let a = b.add(t0, addr(1), Some(Report::new(ms(70), 6, 4)), None);
+        let c = b.add(t0, addr(2), idle(40, 4), None);
+        // The race found an idle server at half speed (E = 80 ms, 50/s spare): it stays, and
+        // a leaves, though one more request would finish sooner on a (70 ms).
+        let (new, retired) = b.race_won(t0, addr(3), idle(80, 4), None);
+        assert_eq!(retired, Some(a));
+        assert!(b.members(t0).iter().any(|m| m.key == new && !m.retiring));
+        assert!(b.members(t0).iter().any(|m| m.key == c && !m.retiring));
+        // Among members without room, the longest delay leaves (here the newcomer itself).
+        let mut b = Balancer::new(BalanceConfig {
+            members: 1,
+            ..BalanceConfig::default()
+        });
+        let a = b.add(t0, addr(1), Some(Report::new(ms(70), 6, 4)), None);
+        let (new, retired) = b.race_won(t0, addr(3), Some(Report::new(ms(90), 8, 4)), None);
+        assert_eq!(retired, Some(new));
+        assert_eq!(b.pick(t0), Some(a));
     }
 
     #[test]

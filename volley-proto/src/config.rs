@@ -229,6 +229,15 @@ impl ClientConfig {
                     ));
                 }
             }
+            SelectionPolicy::Spare { delta } => {
+                positive("the spare window", delta)?;
+                if self.fanout == Some(1) {
+                    return Err(ConfigError::Conflict(
+                        "a spare window needs a fan-out of at least 2: with one server probed \
+                         there is nothing to choose between",
+                    ));
+                }
+            }
             SelectionPolicy::NBest { k, delta } => {
                 if k == 0 {
                     return Err(ConfigError::Zero("n-best k"));

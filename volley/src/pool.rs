@@ -81,7 +81,8 @@ pub struct PoolStats {
 pub type ReplyClassifier = Arc<dyn Fn(&Bytes) -> bool + Send + Sync>;
 
 struct Inner {
-    client: Client,
+    /// The client of the replacement races: the most spare throughput wins.
+    racer: Client,
     /// Which replies are failures (None: every reply is a success).
     failed: Option<ReplyClassifier>,
     servers: Mutex<Vec<SocketAddr>>,
@@ -206,8 +207,9 @@ impl Pool {
         // its members stay on k different servers.
         let client = client.without_failover();
         let sessions = client.connect_n(servers, k).await?;
+        let racer = client.choosing_by(volley_proto::SelectionPolicy::spare());
         let inner = Arc::new(Inner {
-            client,
+            racer,
             failed,
             servers: Mutex::new(servers.to_vec()),
             config,
@@ -400,7 +402,7 @@ async fn keep(weak: std::sync::Weak<Inner>) {
                     "every server of the pool is a member already",
                 ))
             } else {
-                inner.client.connect(&candidates).await
+                inner.racer.connect(&candidates).await
             };
             match won {
                 Ok(session) => join(&inner, now(), session, Some(race.reason)),

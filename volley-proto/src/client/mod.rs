@@ -47,6 +47,17 @@ pub enum SelectionPolicy {
         /// How long to wait for `k` offers after the first. Default 2 ms.
         delta: Duration,
     },
+    /// Collect offers for `delta` after the first valid one (or until every probed server
+    /// answered), then choose the server with the most **spare throughput**: free slots over
+    /// service time, `max(0, C − n) / S` with `S = E × C / max(C, n + 1)` from each offer's hint
+    /// (PROTOCOL.md §6.2.5). Ties — none has a free slot, or some hint has no capacity or no
+    /// estimate — go to the shortest expected delay (as `Window`). For a session that will
+    /// carry a stream of requests (a pool's member): where one more request finishes first is
+    /// not where the stream fits best; an idle slow server has room a queued fast one has not.
+    Spare {
+        /// How long to collect after the first offer. Default 2 ms.
+        delta: Duration,
+    },
     /// Path-aware: the offer whose server is expected to finish the session's work first, counting
     /// the path this race measured once per round trip the session needs and the server's
     /// announced expected completion once per request (PROTOCOL.md §6.2.4). Decides as soon as
@@ -115,6 +126,13 @@ impl SelectionPolicy {
     /// client's sessions.
     pub const fn path() -> Self {
         Self::Path(PathPolicy::new(1.0))
+    }
+
+    /// `Spare` with the default window.
+    pub const fn spare() -> Self {
+        Self::Spare {
+            delta: DEFAULT_WINDOW,
+        }
     }
 
     /// `NBest` of `k` with the default window.

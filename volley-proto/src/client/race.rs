@@ -222,6 +222,30 @@ pub fn expected_delay_pick(offers: &[Winner]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// `Spare`'s choice: the offer with the most spare throughput, `max(0, C − n) / S` (S the
+/// service time its hint implies, `E × C / max(C, n + 1)`), ties to the shorter expected delay
+/// (`E` + answer time). None when some offer has no capacity or no estimate, or none has a free
+/// slot: the caller falls back to the expected delay.
+pub fn spare_pick(offers: &[Winner]) -> Option<usize> {
+    let mut best: Option<(usize, f64, Duration)> = None;
+    for (i, w) in offers.iter().enumerate() {
+        let e = w.load.expected()?;
+        let c = w.load.capacity;
+        if c == 0 {
+            return None;
+        }
+        let s =
+            e.as_secs_f64() * f64::from(c) / f64::from(c.max(w.load.in_flight.saturating_add(1)));
+        let spare = f64::from(c.saturating_sub(w.load.in_flight)) / s.max(1e-9);
+        let delay = e + w.answer_time;
+        let better = best.is_none_or(|(_, bs, bd)| spare > bs || (spare == bs && delay < bd));
+        if better {
+            best = Some((i, spare, delay));
+        }
+    }
+    best.filter(|(_, spare, _)| *spare > 0.0).map(|(i, _, _)| i)
+}
+
 /// One race over a set of servers.
 #[derive(Debug)]
 pub struct Race {
@@ -369,6 +393,13 @@ impl Race {
             SelectionPolicy::Window { quantile, .. } => {
                 let i = expected_delay_pick(&candidates)
                     .unwrap_or_else(|| hot_cold_pick(&candidates, quantile));
+                self.not_chosen = candidates.len() as u64 - 1;
+                Some(candidates.swap_remove(i))
+            }
+            SelectionPolicy::Spare { .. } => {
+                let i = spare_pick(&candidates)
+                    .or_else(|| expected_delay_pick(&candidates))
+                    .unwrap_or(0);
                 self.not_chosen = candidates.len() as u64 - 1;
                 Some(candidates.swap_remove(i))
             }
@@ -590,9 +621,9 @@ impl Race {
                 load: offer.load,
             };
             let delta = match self.policy {
-                SelectionPolicy::Window { delta, .. } | SelectionPolicy::NBest { delta, .. } => {
-                    Some(delta)
-                }
+                SelectionPolicy::Window { delta, .. }
+                | SelectionPolicy::NBest { delta, .. }
+                | SelectionPolicy::Spare { delta } => Some(delta),
                 SelectionPolicy::Path(_) => None,
                 SelectionPolicy::Earliest => {
                     // Earliest valid offer: the race is decided and the tag forgotten as a live

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand_core::SeedableRng;
 
 use super::util::*;
-use crate::client::race::{Winner, expected_delay_pick, hot_cold_pick};
+use crate::client::race::{Winner, expected_delay_pick, hot_cold_pick, spare_pick};
 use crate::client::{ClientConfig, ClientEvent, SelectionPolicy};
 use crate::crypto::StaticKeypair;
 use crate::packet::LoadHint;
@@ -249,6 +249,28 @@ fn l5_window_ranks_offers_by_expected_delay_and_falls_back_to_hot_cold_without_i
     ];
     assert_eq!(expected_delay_pick(&mixed), None);
     assert_eq!(hot_cold_pick(&mixed, 0.75), 2);
+}
+
+#[test]
+fn p3_spare_ranks_offers_by_free_slots_over_service_time() {
+    // PROTOCOL.md §6.2.5's example: A (n = 6, E = 70 ms: S = 40 ms, no free slot), B (idle at
+    // 80 ms: 50/s spare), C (n = 2, E = 40 ms: 50/s spare). B and C tie; C's expected delay is
+    // shorter. A, the shortest expected delay after C, has no room.
+    let offers = [
+        winner(1, 100, 6, 70_000),
+        winner(2, 100, 0, 80_000),
+        winner(3, 100, 2, 40_000),
+    ];
+    assert_eq!(spare_pick(&offers), Some(2));
+    // The idle slow server against a queued fast one: window takes the fast, spare the idle.
+    let two = [winner(1, 100, 6, 70_000), winner(2, 100, 0, 80_000)];
+    assert_eq!(expected_delay_pick(&two), Some(0));
+    assert_eq!(spare_pick(&two), Some(1));
+    // No free slot anywhere, or an offer without an estimate: the caller falls back to window.
+    let full = [winner(1, 100, 4, 50_000), winner(2, 100, 9, 100_000)];
+    assert_eq!(spare_pick(&full), None);
+    let unknown = [winner(1, 100, 0, 80_000), winner(2, 100, 0, 0)];
+    assert_eq!(spare_pick(&unknown), None);
 }
 
 #[test]

@@ -113,6 +113,16 @@ impl Client {
         client
     }
 
+    /// The same client choosing its races' winners by `policy` (a pool's replacement races:
+    /// [`SelectionPolicy::Spare`]). A fan-out of one leaves nothing to choose: the policy stays.
+    pub(crate) fn choosing_by(&self, policy: SelectionPolicy) -> Self {
+        let mut client = self.clone();
+        if client.config.fanout != Some(1) {
+            client.config.policy = policy;
+        }
+        client
+    }
+
     /// Labels pool servers with their zones (replacing earlier labels): with a fan-out and
     /// [`ClientConfig::zone`] set, a race asks servers of the client's own zone first, before it
     /// has measured anything (PROTOCOL.md §6.1). [`crate::discovery::Pool::zones`] gives the
