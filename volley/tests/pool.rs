@@ -286,17 +286,7 @@ async fn p3_a_member_whose_server_answers_errors_at_once_takes_almost_no_request
         .await
         .unwrap();
     assert!(pool.members().iter().any(|m| m.server == sink_addr));
-    let mut errors = 0;
-    for i in 0..300u32 {
-        let reply = tokio::time::timeout(BOUND, pool.request(Bytes::from(i.to_string())))
-            .await
-            .unwrap()
-            .unwrap();
-        if reply.starts_with(b"E") {
-            errors += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let errors = erring_replies(&pool, 300).await;
     // Three errors make it failing for a second; then one probe, failing again, each second
     // (the 300 requests take about one to two seconds).
     assert!(
@@ -308,19 +298,25 @@ async fn p3_a_member_whose_server_answers_errors_at_once_takes_almost_no_request
     let pool = Pool::connect(&client(&key), &servers, PoolConfig::members(3))
         .await
         .unwrap();
-    let mut sunk = 0;
-    for i in 0..100u32 {
+    let sunk = erring_replies(&pool, 100).await;
+    assert!(
+        sunk > 50,
+        "without a classifier the erring server took {sunk} of 100"
+    );
+}
+
+/// Sends `n` requests one after another, 1 ms apart; how many were answered `E`.
+async fn erring_replies(pool: &Pool, n: u32) -> u32 {
+    let mut errors = 0;
+    for i in 0..n {
         let reply = tokio::time::timeout(BOUND, pool.request(Bytes::from(i.to_string())))
             .await
             .unwrap()
             .unwrap();
         if reply.starts_with(b"E") {
-            sunk += 1;
+            errors += 1;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(
-        sunk > 50,
-        "without a classifier the erring server took {sunk} of 100"
-    );
+    errors
 }
