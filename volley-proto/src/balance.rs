@@ -645,12 +645,19 @@ fn spare_rank(m: &Member) -> u64 {
     let (Some(c), Some(service), Some(n)) = (m.capacity, m.service, m.reported_in_flight) else {
         return 0;
     };
-    let free = c.saturating_sub(n.saturating_add(m.unreported));
+    spare_throughput(c, n.saturating_add(m.unreported), service) as u64
+}
+
+/// A server's spare throughput, in requests per second: its free slots over its service time,
+/// `max(0, C − n) / S` (PROTOCOL.md §6.2.5); 0 with no free slot, no capacity (C = 0) or no
+/// service time.
+pub fn spare_throughput(capacity: u32, in_flight: u32, service: Duration) -> f64 {
+    let free = capacity.saturating_sub(in_flight);
     let s = service.as_secs_f64();
     if free == 0 || s <= 0.0 {
-        return 0;
+        return 0.0;
     }
-    (f64::from(free) / s) as u64
+    f64::from(free) / s
 }
 
 /// How long races leave out a server retired while failing.

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::SelectionPolicy;
 use crate::Transmit;
+use crate::balance::{Report, spare_throughput};
 use crate::crypto::PublicKey;
 use crate::packet::{KeyId, LoadHint, Offer, Probe, Tag};
 
@@ -230,13 +231,11 @@ pub fn spare_pick(offers: &[Winner]) -> Option<usize> {
     let mut best: Option<(usize, f64, Duration)> = None;
     for (i, w) in offers.iter().enumerate() {
         let e = w.load.expected()?;
-        let c = w.load.capacity;
+        let (c, n) = (w.load.capacity, w.load.in_flight);
         if c == 0 {
             return None;
         }
-        let s =
-            e.as_secs_f64() * f64::from(c) / f64::from(c.max(w.load.in_flight.saturating_add(1)));
-        let spare = f64::from(c.saturating_sub(w.load.in_flight)) / s.max(1e-9);
+        let spare = spare_throughput(c, n, Report::new(e, n, c).service());
         let delay = e + w.answer_time;
         let better = best.is_none_or(|(_, bs, bd)| spare > bs || (spare == bs && delay < bd));
         if better {

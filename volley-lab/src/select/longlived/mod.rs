@@ -81,11 +81,13 @@ pub struct LlReply {
     pub answer_us: Option<u32>,
 }
 
-impl From<conn::Answer> for LlReply {
-    fn from(a: conn::Answer) -> LlReply {
+impl LlReply {
+    /// A reply from `server` (when known) with the fleet's `status` (0 done, else failed), with
+    /// no selection traffic of its own.
+    pub fn answered(server: Option<u16>, status: u8) -> LlReply {
         LlReply {
-            server: Some(a.server as u16),
-            outcome: if a.status == 0 {
+            server,
+            outcome: if status == 0 {
                 Outcome::Ok
             } else {
                 Outcome::Failed
@@ -94,6 +96,12 @@ impl From<conn::Answer> for LlReply {
             probe_bytes: 0,
             answer_us: None,
         }
+    }
+}
+
+impl From<conn::Answer> for LlReply {
+    fn from(a: conn::Answer) -> LlReply {
+        LlReply::answered(Some(a.server as u16), a.status)
     }
 }
 

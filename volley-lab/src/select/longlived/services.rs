@@ -522,17 +522,7 @@ impl Service<LlRequest> for PoolSvc {
                 Some(r) => (r[0], Some(u16::from_be_bytes([r[1], r[2]]))),
                 None => (1, None),
             };
-            Ok(LlReply {
-                server,
-                outcome: if status == 0 {
-                    Outcome::Ok
-                } else {
-                    Outcome::Failed
-                },
-                probes: 0,
-                probe_bytes: 0,
-                answer_us: None,
-            })
+            Ok(LlReply::answered(server, status))
         })
     }
 }
