@@ -41,6 +41,17 @@
 //! the pool then retires its worst member (no new requests; its session closes once its
 //! requests in flight are answered), which may be the newcomer if it is no better.
 //!
+//! **Size.** `k` is the least the pool keeps. A client whose requests need more servers than
+//! `k` — a single client carrying a whole fleet's load, say — grows its pool: when its
+//! requests in flight, a time average over [`LOAD_MEMORY`] (1 s), exceed `grow_at` (1/2) of
+//! its live members' slots (the capacities their reports give), a race within the budget asks
+//! for as many new members as bring them back to `grow_at` (an n-best race; none retires), up
+//! to `max_members` (256). When they would stay under half of that with one member fewer, the
+//! pool retires one member (at most one per `min_race_gap`), down to `k`. The share is of this
+//! client's own requests against its members' slots, so a client that carries a small share of
+//! a fleet (many clients, each with a few requests in flight) keeps `k`; queueing adds to the
+//! requests in flight, so a pool whose servers queue grows too.
+//!
 //! Pure: time comes in as `now`, and nothing here does I/O.
 //!
 //! ```
@@ -67,8 +78,17 @@ use std::time::{Duration, Instant};
 /// How a [`Balancer`] weighs its members and when it races.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BalanceConfig {
-    /// Members the pool keeps (`k`, at least 1). Default 3.
+    /// Members the pool keeps at least (`k`, at least 1). Default 3.
     pub members: usize,
+    /// Members the pool may grow to when this client's requests need more servers than `k`
+    /// (see [`BalanceConfig::grow_at`]; `members` or less: never grows). Default 256.
+    pub max_members: usize,
+    /// The pool grows when this client's requests in flight (a time average over
+    /// [`LOAD_MEMORY`]) exceed this share of its live members' slots (their reported
+    /// capacities), to as many members as bring the share back to it; it shrinks, one member
+    /// at a time, back towards `members` when they would stay under half of it with one member
+    /// fewer. Default 0.5.
+    pub grow_at: f64,
     /// Races allowed per 1,000 requests to replace a member that fell behind (a token bucket
     /// filled by requests). Races to replace a failed member do not draw on it. Default 4.
     pub races_per_1000: u32,
@@ -123,6 +143,8 @@ impl Default for BalanceConfig {
     fn default() -> Self {
         Self {
             members: 3,
+            max_members: 256,
+            grow_at: 0.5,
             races_per_1000: 4,
             race_burst: 2,
             min_race_gap: Duration::from_millis(100),
@@ -152,6 +174,19 @@ pub enum RaceReason {
     Fill,
     /// This member fell behind.
     Behind(MemberKey),
+    /// This client's requests need more servers: the race should find this many (an n-best
+    /// race), and every one it finds joins without a member retiring.
+    Grow(usize),
+}
+
+impl RaceRequest {
+    /// How many servers the race should find: 1, or a growth's count.
+    pub fn wanted(&self) -> usize {
+        match self.reason {
+            RaceReason::Grow(n) => n.max(1),
+            _ => 1,
+        }
+    }
 }
 
 /// What a [`Balancer`] counted.
@@ -164,6 +199,10 @@ pub struct BalanceStats {
     pub fill_races: u64,
     /// Races started because a member fell behind.
     pub behind_races: u64,
+    /// Races started to grow the pool (this client's requests needed more servers).
+    pub grow_races: u64,
+    /// Members retired to shrink the pool back (this client's requests needed fewer).
+    pub shrunk: u64,
     /// Races that found no new server.
     pub races_failed: u64,
     /// Members retired after a race found a better one (the newcomer itself included, when it
@@ -234,14 +273,25 @@ pub struct Balancer {
     stats: BalanceStats,
     /// Servers retired while failing, and until when races leave them out.
     shunned: Vec<(SocketAddr, Instant)>,
+    /// Live members the pool keeps now: `members`, more after a growth.
+    target: usize,
+    /// This client's requests in flight, a time average over [`LOAD_MEMORY`], as of `load_at`.
+    load: f64,
+    load_at: Option<Instant>,
+    /// When the pool last shrank.
+    last_shrink: Option<Instant>,
+    /// A growth found no server: no other before then.
+    no_growth_until: Option<Instant>,
 }
 
 impl Balancer {
     /// An empty pool.
     pub fn new(config: BalanceConfig) -> Self {
+        let members = config.members.max(1);
         Self {
             config: BalanceConfig {
-                members: config.members.max(1),
+                members,
+                max_members: config.max_members.max(members),
                 ..config
             },
             members: Vec::new(),
@@ -251,7 +301,55 @@ impl Balancer {
             racing: None,
             stats: BalanceStats::default(),
             shunned: Vec::new(),
+            target: members,
+            load: 0.0,
+            load_at: None,
+            last_shrink: None,
+            no_growth_until: None,
         }
+    }
+
+    /// The live members the pool keeps now: `members`, or more after it grew.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// This client's requests in flight on the pool, a time average over [`LOAD_MEMORY`] up
+    /// to `now`.
+    pub fn load(&self, now: Instant) -> f64 {
+        let mut b = self.clone_load();
+        b.integrate(now, self.in_flight());
+        b.load
+    }
+
+    fn clone_load(&self) -> LoadAverage {
+        LoadAverage {
+            load: self.load,
+            at: self.load_at,
+        }
+    }
+
+    /// This client's requests in flight on every member.
+    fn in_flight(&self) -> u32 {
+        self.members.iter().map(|m| m.in_flight).sum()
+    }
+
+    /// Brings the load average up to `now` (the requests in flight having been what they are
+    /// since the last change): call before every change of a member's requests in flight.
+    fn settle(&mut self, now: Instant) {
+        let mut avg = self.clone_load();
+        avg.integrate(now, self.in_flight());
+        self.load = avg.load;
+        self.load_at = avg.at;
+    }
+
+    /// The live members' slots (their reported capacities), when every one has reported one.
+    fn slots(&self) -> Option<u32> {
+        self.members
+            .iter()
+            .filter(|m| !m.retiring)
+            .map(|m| m.capacity)
+            .sum()
     }
 
     /// The configuration in force.
@@ -347,6 +445,7 @@ impl Balancer {
 
     /// A request was sent on `key` at `now`.
     pub fn sent(&mut self, now: Instant, key: MemberKey) {
+        self.settle(now);
         self.stats.requests += 1;
         let cap = u64::from(self.config.race_burst.max(1)) * RACE;
         self.tokens = (self.tokens + u64::from(self.config.races_per_1000)).min(cap);
@@ -387,6 +486,7 @@ impl Balancer {
         report: Option<Report>,
         ok: bool,
     ) {
+        self.settle(now);
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
             m.waiting_since = (m.in_flight > 0).then_some(now);
@@ -415,7 +515,8 @@ impl Balancer {
     }
 
     /// A request on `key` ended without a reply (timed out, cancelled, refused).
-    pub fn lost(&mut self, key: MemberKey) {
+    pub fn lost(&mut self, now: Instant, key: MemberKey) {
+        self.settle(now);
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
             if m.in_flight == 0 {
@@ -426,7 +527,8 @@ impl Balancer {
     }
 
     /// `key`'s session ended: the member leaves the pool (and a race will fill its place).
-    pub fn failed(&mut self, key: MemberKey) {
+    pub fn failed(&mut self, now: Instant, key: MemberKey) {
+        self.settle(now);
         let before = self.members.len();
         self.members.retain(|m| m.key != key);
         if self.members.len() < before {
@@ -468,19 +570,29 @@ impl Balancer {
         {
             return None;
         }
-        let reason = if self.live() < self.config.members {
+        let reason = if self.live() < self.target {
             RaceReason::Fill
         } else {
             if self.tokens < RACE {
                 return None;
             }
-            RaceReason::Behind(self.behind(now)?)
+            self.settle(now);
+            let held = self.no_growth_until.is_some_and(|t| now < t);
+            match self.growth().filter(|_| !held) {
+                Some(n) => RaceReason::Grow(n),
+                None => RaceReason::Behind(self.behind(now)?),
+            }
         };
         match reason {
             RaceReason::Fill => self.stats.fill_races += 1,
             RaceReason::Behind(_) => {
                 self.tokens -= RACE;
                 self.stats.behind_races += 1;
+            }
+            RaceReason::Grow(n) => {
+                self.tokens -= RACE;
+                self.stats.grow_races += 1;
+                self.target += n;
             }
         }
         self.racing = Some(reason);
@@ -494,6 +606,58 @@ impl Balancer {
                 .collect(),
             reason,
         })
+    }
+
+    /// How many members the pool should grow by, if it should: this client's requests in
+    /// flight (averaged) exceed `grow_at` of its live members' slots. Enough members to bring
+    /// them back to `grow_at` of the slots at the members' mean capacity, up to `max_members`.
+    fn growth(&self) -> Option<usize> {
+        let live = self.live();
+        if live == 0 || live >= self.config.max_members {
+            return None;
+        }
+        let slots = f64::from(self.slots()?);
+        let share = self.config.grow_at;
+        if slots <= 0.0 || share <= 0.0 || self.load <= share * slots {
+            return None;
+        }
+        let per_member = slots / live as f64;
+        let wanted = (self.load / (share * per_member)).ceil() as usize;
+        let n = wanted
+            .min(self.config.max_members)
+            .saturating_sub(live)
+            .max(1);
+        Some(n)
+    }
+
+    /// Whether the pool should shrink, and if so retires one member (the one a race's winner
+    /// would displace: failing, then least spare, then longest delay) and returns it. It
+    /// shrinks while it holds more than `members` live members, no race runs, and this client's
+    /// requests in flight (averaged) would stay under half of `grow_at` of the slots with one
+    /// member fewer; at most once every `min_race_gap`. Close the member's session once its
+    /// requests are answered ([`Balancer::idle_retired`]).
+    pub fn poll_shrink(&mut self, now: Instant) -> Option<MemberKey> {
+        let live = self.live();
+        if live <= self.config.members || self.racing.is_some() {
+            return None;
+        }
+        if self
+            .last_shrink
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.min_race_gap)
+        {
+            return None;
+        }
+        self.settle(now);
+        let slots = f64::from(self.slots()?);
+        let fewer = slots * (live - 1) as f64 / live as f64;
+        if self.load >= self.config.grow_at / 2.0 * fewer {
+            return None;
+        }
+        let key = self.retire_worst(now)?;
+        self.target = (live - 1).max(self.config.members);
+        self.last_shrink = Some(now);
+        self.stats.shrunk += 1;
+        Some(key)
     }
 
     /// The live member that fell behind, if one did: the one with the largest aged report, when
@@ -542,9 +706,11 @@ impl Balancer {
         congested.then_some(worst.key)
     }
 
-    /// The race found `server` (its offer's load hint, the race's answer time): it joins. Returns the new member and, when the pool now holds more than
-    /// `k` live members, the member retired to make room — the one with the longest expected
-    /// delay, which may be the new one.
+    /// The race found `server` (its offer's load hint, the race's answer time): it joins.
+    /// Returns the new member and, when the pool now holds more live members than it keeps
+    /// ([`Balancer::target`]), the member retired to make room (see `retire_worst`: failing,
+    /// least spare, longest delay), which may be the new one. Call it once per server a
+    /// growth's race found.
     pub fn race_won(
         &mut self,
         now: Instant,
@@ -554,9 +720,20 @@ impl Balancer {
     ) -> (MemberKey, Option<MemberKey>) {
         self.racing = None;
         let key = self.add(now, server, hint, rtt);
-        if self.live() <= self.config.members {
+        if self.live() <= self.target {
             return (key, None);
         }
+        let worst = self.retire_worst(now);
+        if worst.is_some() {
+            self.stats.retired += 1;
+        }
+        (key, worst)
+    }
+
+    /// Retires the live member that should leave first — failing, then the least spare
+    /// throughput (the race chose its winner for its room, PROTOCOL.md §6.2.5), then the
+    /// longest delay — and returns it. A failing member's server is shunned from races.
+    fn retire_worst(&mut self, now: Instant) -> Option<MemberKey> {
         let worst = self
             .members
             .iter()
@@ -574,18 +751,14 @@ impl Balancer {
                     .then_with(|| a.key.cmp(&b.key))
             })
             .map(|m| m.key);
-        if let Some(w) = worst
-            && let Some(m) = self.member(w)
-        {
-            m.retiring = true;
-            let shun = Self::failing(m, now).then_some(m.server);
-            self.stats.retired += 1;
-            if let Some(server) = shun {
-                // Not raced again for a while: its offers would look as good as ever.
-                self.shunned.push((server, now + SHUN));
-            }
+        let m = self.member(worst?)?;
+        m.retiring = true;
+        let shun = Self::failing(m, now).then_some(m.server);
+        if let Some(server) = shun {
+            // Not raced again for a while: its offers would look as good as ever.
+            self.shunned.push((server, now + SHUN));
         }
-        (key, worst)
+        worst
     }
 
     /// A member's expected delay, leaving out this client's own unreported requests (they
@@ -594,10 +767,17 @@ impl Balancer {
         (m.rtt.unwrap_or(Duration::ZERO) + self.expected(m, now)).max(silence(m, now))
     }
 
-    /// The race ended without a new server.
+    /// The race ended without a new server. A growth that found none, or a race to fill the
+    /// rest of one that found fewer than it asked for, stops the pool at the members it has;
+    /// a growth that found none holds further growth for [`GROW_HOLD`] from its start (every
+    /// server may be a member already).
     pub fn race_failed(&mut self) {
+        if let (Some(RaceReason::Grow(_)), Some(at)) = (self.racing, self.last_race) {
+            self.no_growth_until = Some(at + GROW_HOLD);
+        }
         self.racing = None;
         self.stats.races_failed += 1;
+        self.target = self.target.min(self.live()).max(self.config.members);
     }
 
     /// What was counted so far.
@@ -626,6 +806,33 @@ impl Balancer {
 
 /// One race in the token bucket's units (thousandths).
 const RACE: u64 = 1000;
+
+/// How long a pool does not grow after a growth's race found no server.
+pub const GROW_HOLD: Duration = Duration::from_secs(10);
+
+/// The time constant of a pool's load average (this client's requests in flight, weighed by
+/// time): the average moves `1 − exp(−dt / LOAD_MEMORY)` of the way to the requests in flight
+/// held for `dt`.
+pub const LOAD_MEMORY: Duration = Duration::from_secs(1);
+
+/// A time average of requests in flight (see [`LOAD_MEMORY`]).
+#[derive(Debug, Clone, Copy)]
+struct LoadAverage {
+    load: f64,
+    at: Option<Instant>,
+}
+
+impl LoadAverage {
+    /// `in_flight` requests were held from `at` to `now`.
+    fn integrate(&mut self, now: Instant, in_flight: u32) {
+        if let Some(at) = self.at {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            let w = 1.0 - (-dt / LOAD_MEMORY.as_secs_f64()).exp();
+            self.load += w * (f64::from(in_flight) - self.load);
+        }
+        self.at = Some(self.at.map_or(now, |at| at.max(now)));
+    }
+}
 
 /// The weight of each reply in a member's failure EWMA.
 const FAILURE_WEIGHT: f64 = 0.25;
@@ -789,7 +996,7 @@ mod tests {
         assert_eq!(retired, Some(a), "failing goes before slow");
         // Races leave its server out for SHUN, though it is no longer a member.
         b.idle_retired().into_iter().for_each(|k| b.remove(k));
-        b.failed(c);
+        b.failed(t0, c);
         let race = b.poll_race(t0 + ms(100)).expect("a race to fill");
         assert!(race.exclude.contains(&addr(1)), "{:?}", race.exclude);
         b.race_failed();
@@ -928,7 +1135,7 @@ mod tests {
             None,
             "a full pool of equal members races not"
         );
-        b.failed(a);
+        b.failed(now, a);
         let race = b.poll_race(now).expect("a race to fill the pool");
         assert_eq!(race.reason, RaceReason::Fill);
         assert_eq!(race.exclude, vec![addr(2)]);
@@ -1049,5 +1256,101 @@ mod tests {
             assert_eq!(b.pick(now), Some(unbounded));
             b.sent(now, unbounded);
         }
+    }
+
+    #[test]
+    fn p3_a_client_whose_requests_need_more_servers_grows_its_pool_then_shrinks_back() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            ..BalanceConfig::default()
+        });
+        b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
+        b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
+        // Ten requests in flight on two members of 4 slots each.
+        let mut sent = Vec::new();
+        for _ in 0..10 {
+            let k = b.pick(t0).unwrap();
+            b.sent(t0, k);
+            sent.push(k);
+        }
+        // The average lags: nothing yet.
+        assert_eq!(b.poll_race(t0), None);
+        // Held for 2 s, it is 10 × (1 − e^−2) = 8.65, over half of the 8 slots: grow to
+        // ⌈8.65 / 2⌉ = 5 members, 3 more, in one race.
+        let t1 = t0 + ms(2_000);
+        let load = b.load(t1);
+        assert!((load - 8.647).abs() < 0.01, "{load}");
+        let race = b.poll_race(t1).expect("a growth");
+        assert_eq!(race.reason, RaceReason::Grow(3));
+        assert_eq!(race.wanted(), 3);
+        assert_eq!(b.target(), 5);
+        for i in 3..6 {
+            let (_, retired) = b.race_won(t1, addr(i), idle(10, 4), Some(ms(1)));
+            assert_eq!(
+                retired, None,
+                "a growth's members join without one retiring"
+            );
+        }
+        assert_eq!(b.live(), 5);
+        assert_eq!(b.poll_shrink(t1), None, "still busy");
+        for k in sent {
+            b.replied(t1, k, None, idle(10, 4));
+        }
+        // Idle for 3 s, the average is 0.43: under a quarter of the slots of one member fewer.
+        // The pool shrinks one member per least gap (100 ms), back to k = 2.
+        let mut t = t1 + ms(3_000);
+        let mut shrunk = 0;
+        while b.poll_shrink(t).is_some() {
+            shrunk += 1;
+            assert_eq!(b.poll_shrink(t), None, "one per least gap");
+            t += ms(100);
+        }
+        assert_eq!(shrunk, 3);
+        assert_eq!((b.live(), b.target()), (2, 2));
+        assert_eq!(b.idle_retired().len(), 3, "the retired members close");
+        let stats = b.stats();
+        assert_eq!((stats.grow_races, stats.shrunk, stats.retired), (1, 3, 0));
+    }
+
+    #[test]
+    fn p3_a_client_with_a_small_share_keeps_k_and_growth_stops_at_max_members() {
+        let t0 = Instant::now();
+        let mut b = Balancer::new(BalanceConfig::default());
+        for i in 1..=3 {
+            b.add(t0, addr(i), idle(10, 4), Some(ms(1)));
+        }
+        // One of many clients: 5 requests in flight on 3 members' 12 slots, for 10 s.
+        for _ in 0..5 {
+            let k = b.pick(t0).unwrap();
+            b.sent(t0, k);
+        }
+        assert_eq!(b.poll_race(t0 + ms(10_000)), None);
+        assert_eq!(b.target(), 3);
+
+        // A client whose requests need 20 members, allowed 8: a growth of 6 at most.
+        let mut b = Balancer::new(BalanceConfig {
+            members: 2,
+            max_members: 8,
+            ..BalanceConfig::default()
+        });
+        b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
+        b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
+        for _ in 0..40 {
+            let k = b.pick(t0).unwrap();
+            b.sent(t0, k);
+        }
+        let t1 = t0 + ms(5_000);
+        let race = b.poll_race(t1).expect("a growth");
+        assert_eq!(race.reason, RaceReason::Grow(6));
+        // It finds no server (every one is a member): the pool stays at 2, and grows no more
+        // for GROW_HOLD (10 s) from the race's start.
+        b.race_failed();
+        assert_eq!(b.target(), 2);
+        assert_eq!(b.poll_race(t1 + ms(9_900)), None);
+        let again = b
+            .poll_race(t1 + GROW_HOLD)
+            .expect("a growth after the hold");
+        assert_eq!(again.reason, RaceReason::Grow(6));
     }
 }

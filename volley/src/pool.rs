@@ -339,7 +339,7 @@ fn join(inner: &Arc<Inner>, now: std::time::Instant, session: Session, reason: O
         let reason = session.closed().await;
         if let Some(inner) = weak.upgrade() {
             let mut state = lock(&inner.state);
-            state.balancer.failed(key);
+            state.balancer.failed(self::now(), key);
             state.sessions.retain(|(k, _)| *k != key);
             drop(state);
             debug!(%server, ?reason, "pool: member's session ended");
@@ -361,6 +361,9 @@ async fn keep(weak: std::sync::Weak<Inner>) {
                 return;
             }
             let now = now();
+            if let Some(key) = state.balancer.poll_shrink(now) {
+                debug!(?key, "pool: shrinks by a member");
+            }
             let idle = state.balancer.idle_retired();
             let mut retired = Vec::new();
             for key in idle {
@@ -370,9 +373,6 @@ async fn keep(weak: std::sync::Weak<Inner>) {
                 }
             }
             let race = state.balancer.poll_race(now);
-            if race.is_some() {
-                state.races += 1;
-            }
             (race, retired)
         };
         for session in retired {
@@ -402,10 +402,20 @@ async fn keep(weak: std::sync::Weak<Inner>) {
                     "every server of the pool is a member already",
                 ))
             } else {
-                inner.racer.connect(&candidates).await
+                lock(&inner.state).races += 1;
+                match race.wanted() {
+                    1 => inner.racer.connect(&candidates).await.map(|s| vec![s]),
+                    // A growth: the n best of one race.
+                    n => inner.racer.connect_n(&candidates, n).await,
+                }
             };
             match won {
-                Ok(session) => join(&inner, now(), session, Some(race.reason)),
+                Ok(sessions) => {
+                    let now = now();
+                    for session in sessions {
+                        join(&inner, now, session, Some(race.reason));
+                    }
+                }
                 Err(e) => {
                     debug!(error = %e, reason = ?race.reason, "pool: race found no new member");
                     let mut state = lock(&inner.state);
@@ -449,7 +459,7 @@ async fn send(
                 .map(|(k, _)| *k)
                 .collect();
             for key in ended {
-                state.balancer.failed(key);
+                state.balancer.failed(now, key);
                 state.sessions.retain(|(k, _)| *k != key);
             }
             if let Some(key) = state.balancer.pick(now)
@@ -492,19 +502,19 @@ async fn send(
                 .replied_with(now(), key, None, report, reply_ok);
         }
         Err(e) => {
-            state.balancer.lost(key);
+            state.balancer.lost(now(), key);
             state.failed_requests += 1;
             if matches!(e, Error::Closed(_) | Error::RequestLost(_))
                 || session.close_reason().is_some()
             {
                 // The member is gone: out of the pool now, before its watcher notices, so
                 // that a retry goes elsewhere.
-                state.balancer.failed(key);
+                state.balancer.failed(now(), key);
                 state.sessions.retain(|(k, _)| *k != key);
             }
         }
     }
-    let short = state.balancer.live() < inner.config.balance.members;
+    let short = state.balancer.live() < state.balancer.target();
     drop(state);
     if short || result.is_err() {
         inner.poke.notify_one();
@@ -527,7 +537,7 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.inner.state).balancer.lost(self.key);
+            lock(&self.inner.state).balancer.lost(now(), self.key);
         }
     }
 }

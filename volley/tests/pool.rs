@@ -12,8 +12,9 @@ use volley::{Bytes, Client, ClientConfig, Pool, PoolConfig, Server, ServerConfig
 /// Bounds every wait of a test: a hang fails instead of blocking CI.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// A server whose handler answers `<index>:<request>` after its current delay; the handles to
-/// change the delay and to stop it (abruptly: its socket closes, no CLOSE is sent).
+/// A server whose handler answers `<index>:<request>` after its current delay, `capacity`
+/// requests at a time; the handles to change the delay and to stop it (abruptly: its socket
+/// closes, no CLOSE is sent).
 struct Fleet {
     addrs: Vec<SocketAddr>,
     delays: Vec<Arc<AtomicU64>>,
@@ -39,9 +40,13 @@ async fn fleet(key: &StaticKeypair, n: usize, capacity: u32) -> Fleet {
         let served = Arc::new(AtomicU64::new(0));
         fleet.delays.push(Arc::clone(&delay));
         fleet.served.push(Arc::clone(&served));
+        // It serves `capacity` requests at once, as its configuration says; the rest wait.
+        let slots = Arc::new(tokio::sync::Semaphore::new(capacity as usize));
         let handler = move |call: Call| {
             let (delay, served) = (Arc::clone(&delay), Arc::clone(&served));
+            let slots = Arc::clone(&slots);
             async move {
+                let _slot = slots.acquire().await.ok()?;
                 tokio::time::sleep(Duration::from_millis(delay.load(Ordering::Relaxed))).await;
                 served.fetch_add(1, Ordering::Relaxed);
                 let mut reply = format!("{i}:").into_bytes();
@@ -77,7 +82,10 @@ fn server_of(reply: &[u8]) -> usize {
 async fn p3_a_reply_reaches_its_caller_with_many_in_flight_over_the_members() {
     let key = StaticKeypair::generate(&mut volley::OsRng);
     let fleet = fleet(&key, 4, 4).await;
-    let pool = Pool::connect(&client(&key), &fleet.addrs, PoolConfig::members(3))
+    // A fixed pool (600 requests at once would grow it: see the next test).
+    let mut config = PoolConfig::members(3);
+    config.balance.max_members = 3;
+    let pool = Pool::connect(&client(&key), &fleet.addrs, config)
         .await
         .unwrap();
     assert_eq!(pool.members().len(), 3);
@@ -107,6 +115,70 @@ async fn p3_a_reply_reaches_its_caller_with_many_in_flight_over_the_members() {
     assert_eq!(used.len(), 3, "{used:?}");
     let stats = pool.stats();
     assert_eq!(stats.balance.requests, 600);
+    assert_eq!(stats.failed_requests, 0);
+}
+
+/// Runs `n` requests through `pool` from `workers` callers at once, each sending its next
+/// request when its last is answered; the servers that answered.
+async fn closed_loop(pool: &Pool, workers: u32, n: u32) -> std::collections::HashSet<usize> {
+    let mut calls = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let pool = pool.clone();
+        calls.spawn(async move {
+            let mut used = std::collections::HashSet::new();
+            for i in (w..n).step_by(workers as usize) {
+                let reply = pool.request(Bytes::from(i.to_string())).await.unwrap();
+                used.insert(server_of(&reply));
+            }
+            used
+        });
+    }
+    let mut used = std::collections::HashSet::new();
+    tokio::time::timeout(BOUND, async {
+        while let Some(u) = calls.join_next().await {
+            used.extend(u.unwrap());
+        }
+    })
+    .await
+    .unwrap();
+    used
+}
+
+#[tokio::test]
+async fn p3_a_single_client_carrying_a_fleets_load_grows_its_pool() {
+    let key = StaticKeypair::generate(&mut volley::OsRng);
+    // 8 servers of 2 slots, 20 ms a request; one client keeps 24 requests in flight: two
+    // members' 4 slots cannot carry it.
+    let fleet = fleet(&key, 8, 2).await;
+    for d in &fleet.delays {
+        d.store(20, Ordering::Relaxed);
+    }
+    let live = |pool: &Pool| pool.members().iter().filter(|m| !m.retiring).count();
+    // A pool that may not grow (max_members = k) keeps two live members (its races replace
+    // them, for the whole pool queues, but never add one).
+    let mut fixed = PoolConfig::members(2);
+    fixed.balance.max_members = 2;
+    let pool = Pool::connect(&client(&key), &fleet.addrs, fixed)
+        .await
+        .unwrap();
+    closed_loop(&pool, 24, 240).await;
+    assert_eq!(live(&pool), 2);
+    assert_eq!(pool.stats().balance.grow_races, 0);
+    pool.close();
+    // The default pool grows: its requests in flight pass half its members' slots, and one
+    // race brings as many members as they need (here every server).
+    let pool = Pool::connect(&client(&key), &fleet.addrs, PoolConfig::members(2))
+        .await
+        .unwrap();
+    let used = closed_loop(&pool, 24, 480).await;
+    let stats = pool.stats();
+    assert!(stats.balance.grow_races >= 1, "{stats:?}");
+    assert!(live(&pool) >= 6, "{stats:?}");
+    assert!(
+        used.len() >= 6,
+        "only {used:?} served: {stats:?} {:#?}",
+        pool.members()
+    );
     assert_eq!(stats.failed_requests, 0);
 }
 

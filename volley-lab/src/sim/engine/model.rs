@@ -255,6 +255,8 @@ pub struct PoolCounts {
     pub fill: u64,
     /// Of those, the balancer's races to replace a member that fell behind.
     pub behind: u64,
+    /// Of those, the balancer's races to grow a pool (`NBest`, several members at once).
+    pub grow: u64,
     /// Races started in the window that found no server (their deadline passed).
     pub failed: u64,
     /// PROBEs of the races started in the window (retransmissions included).

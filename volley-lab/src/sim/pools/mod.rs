@@ -135,7 +135,7 @@ pub fn all(ks: &[usize], scaled: bool, servers: usize, clients: usize) -> Vec<Po
 
 /// Whether a run is known in advance to leave queues growing: load ≥ 1; a load-blind spread
 /// with servers beyond their capacity (round-robin on the half-slow fleet from load 2/3); a pool
-/// whose `k` servers, even the fastest, cannot carry one client's requests.
+/// whose `max_members` servers, even the fastest, cannot carry one client's requests.
 pub fn known_unstable(
     policy: &Policy,
     workload: Workload,
@@ -162,7 +162,8 @@ pub fn known_unstable(
             );
             let fastest = s.groups.iter().map(|g| g.speed).fold(0.0, f64::max);
             let per_client = s.arrival_rate / clients as f64;
-            let pool = p.balance.members as f64 * f64::from(SLOTS) * fastest / s.mean_service;
+            let most = p.balance.max_members.max(p.balance.members);
+            let pool = most as f64 * f64::from(SLOTS) * fastest / s.mean_service;
             per_client >= pool
         }
         _ => false,
@@ -195,11 +196,25 @@ impl PoolWarmup {
             let by_budget = per_client * f64::from(b.races_per_1000) / 1000.0;
             let race_rate = by_gap.min(by_budget);
             if race_rate > 0.0 {
-                t = t.max(self.races_per_member * b.members as f64 / race_rate);
+                t = t.max(self.races_per_member * grown_members(&b, per_client) as f64 / race_rate);
             }
         }
         t as u64
     }
+}
+
+/// The members a pool of `b` grows to when its client sends `per_client` requests per ns:
+/// enough that its requests in flight (at the mean service time, with no queue) fill
+/// `grow_at` of their slots, between `members` and `max_members`.
+pub fn grown_members(b: &BalanceConfig, per_client: f64) -> usize {
+    let in_flight = per_client * policies::MEAN_SERVICE;
+    let per_member = b.grow_at * f64::from(SLOTS);
+    let k = if per_member > 0.0 {
+        (in_flight / per_member).ceil() as usize
+    } else {
+        0
+    };
+    k.clamp(b.members, b.max_members.max(b.members))
 }
 
 /// One run: `measured` requests after `warmup` from empty.

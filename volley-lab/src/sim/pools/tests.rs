@@ -18,8 +18,18 @@ fn warmup(ms: u64) -> PoolWarmup {
     }
 }
 
-fn with_budget(k: usize, races_per_1000: u32) -> Policy {
+/// A pool of `k` members that does not grow (`max_members` = k).
+fn fixed(k: usize) -> Policy {
     let mut p = pool_policy(k);
+    if let Selector::Pool(ref mut s) = p.selector {
+        s.balance.max_members = k;
+    }
+    p
+}
+
+/// A fixed pool of `k` with a race budget of `races_per_1000`.
+fn with_budget(k: usize, races_per_1000: u32) -> Policy {
+    let mut p = fixed(k);
     if let Selector::Pool(ref mut s) = p.selector {
         s.balance.races_per_1000 = races_per_1000;
     }
@@ -149,10 +159,11 @@ fn p5_c3_beats_random_choice_among_its_replicas_with_few_clients() {
 #[test]
 fn p5_a_pool_too_small_for_its_clients_rate_is_flagged_unstable() {
     // 10,000 servers at load 0.85 serve 637,500 requests per second; at M = 1,000 a client
-    // sends 637.5, and 3 fast servers carry 300.
+    // sends 637.5, and 3 fast servers carry 300: a fixed pool of 3 cannot, a pool of 3 that
+    // may grow to 256 members can.
     let big = 10_000;
     assert!(known_unstable(
-        &pool_policy(3),
+        &fixed(3),
         Workload::HalfSlow,
         0.85,
         big,
@@ -163,19 +174,20 @@ fn p5_a_pool_too_small_for_its_clients_rate_is_flagged_unstable() {
         Workload::HalfSlow,
         0.85,
         big,
+        1_000
+    ));
+    assert!(!known_unstable(
+        &fixed(3),
+        Workload::HalfSlow,
+        0.85,
+        big,
         10_000
     ));
     // The scaled pool holds enough members at every M.
     for m in [100, 1_000, 10_000] {
         let k = scaled_k(big, m);
         assert_eq!(k, (3 * big).div_ceil(m));
-        assert!(!known_unstable(
-            &pool_policy(k),
-            Workload::HalfSlow,
-            0.85,
-            big,
-            m
-        ));
+        assert!(!known_unstable(&fixed(k), Workload::HalfSlow, 0.85, big, m));
     }
     let rr = peers()
         .into_iter()
@@ -211,6 +223,12 @@ fn p5_a_pools_warm_up_lasts_its_races_per_member() {
     // A pool of 300 at M = 100: the least gap (10 races per second) binds: 60 s.
     let t = w.nanos(&pool_policy(300), 100, rate) as f64 / 1e9;
     assert!((t - 60.0).abs() < 0.01, "{t}");
+    // A pool of 3 at M = 1,000 grows: 637.5 requests per second of 40 ms keep 25.5 in flight,
+    // half the slots of ⌈25.5 / 2⌉ = 13 members; 26 races at 2.55 per second: 10.2 s.
+    let t = w.nanos(&pool_policy(3), 1_000, rate) as f64 / 1e9;
+    assert!((t - 10.196).abs() < 0.01, "{t}");
+    let t = w.nanos(&fixed(3), 1_000, rate) as f64 / 1e9;
+    assert!((t - 3.0).abs() < 0.01, "a fixed pool of 3: {t}");
 }
 
 fn record(policy: &str, k: Option<usize>, clients: usize, seed: u64, p99: f64) -> PoolRecord {

@@ -17,9 +17,11 @@
 //!   microseconds), its requests in flight and offers outstanding, and its capacity. When the
 //!   reply reaches the client it goes to `Balancer::replied` as a `balance::Report` (with no
 //!   round-trip sample: `volley::Pool` has none either).
-//! - **Races.** After every request and every reply the client asks `Balancer::poll_race`; a
-//!   race it asks for runs as a real race (`SelectionPolicy::Earliest`, the client default)
-//!   against `race_fanout` servers drawn uniformly from those not in the pool, and its winner
+//! - **Races.** After every request and every reply the client asks `Balancer::poll_shrink`
+//!   (a grown pool may retire a member) and `Balancer::poll_race`; a race it asks for runs as
+//!   a real race (`SelectionPolicy::Earliest`, the client default; a growth by n, `NBest` of n
+//!   over n times the opening's fan-out per member) against `race_fanout` servers (at least)
+//!   drawn uniformly from those not in the pool, and its winner
 //!   joins after the handshake's round trip through `Balancer::race_won` (the retired member
 //!   leaves once its requests are answered: `idle_retired`, `remove`); a race whose deadline
 //!   passes with no offer is `Balancer::race_failed`. The member's path is the race's measured
@@ -217,7 +219,7 @@ impl World<'_> {
             };
             let Some(m) = pc.members.iter_mut().find(|m| m.key == key) else {
                 // Never: every key the balancer holds is a member here.
-                pc.balancer.failed(key);
+                pc.balancer.failed(at, key);
                 continue;
             };
             pc.waiting.pop_front();
@@ -240,9 +242,13 @@ impl World<'_> {
         if pc.race.is_some() || !pc.opened {
             return;
         }
+        if pc.balancer.poll_shrink(at).is_some() {
+            self.pool_reap(client);
+        }
+        let pc = &mut self.pools[client as usize];
         let Some(req) = pc.balancer.poll_race(at) else {
             // Short of members but within the least gap between races: look again then.
-            if pc.balancer.live() < p.balance.members && pc.poll_at.is_none() {
+            if pc.balancer.live() < pc.balancer.target() && pc.poll_at.is_none() {
                 let t = now + (p.balance.min_race_gap.as_nanos() as Nanos).max(1);
                 pc.poll_at = Some(t);
                 self.q.push(t, Kind::PoolPoll { client });
@@ -255,19 +261,25 @@ impl World<'_> {
             .iter()
             .filter_map(|a| server_index(*a, n))
             .collect();
-        let targets = self.pick_excluding(p.race_fanout, &exclude);
+        // A growth by n races n-best over as many servers per member as the opening does.
+        let wanted = req.wanted();
+        let per_member = p.open_fanout.div_ceil(p.balance.members.max(1));
+        let fanout = p.race_fanout.max(per_member * wanted);
+        let targets = self.pick_excluding(fanout, &exclude);
         if targets.is_empty() {
             // Every server is in the pool: nothing to race.
             self.pools[client as usize].balancer.race_failed();
             return;
         }
-        self.start_pool_race(
-            now,
-            client,
-            targets,
-            SelectionPolicy::Earliest,
-            Some(req.reason),
-        );
+        let policy = if wanted > 1 {
+            SelectionPolicy::NBest {
+                k: wanted.min(targets.len()),
+                delta: DEFAULT_WINDOW,
+            }
+        } else {
+            SelectionPolicy::Earliest
+        };
+        self.start_pool_race(now, client, targets, policy, Some(req.reason));
     }
 
     /// Whether `now` is in the steady span ([`super::PoolCounts::span_races`]).

@@ -1,5 +1,6 @@
 //! A pool client's races: the race that opens its pool (`NBest`), the balancer's races to fill
-//! it or to replace a member behind, their offers and timers, and the members they bring.
+//! it, to replace a member behind or to grow it (`NBest`), their offers and timers, and the
+//! members they bring.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,6 +75,7 @@ impl World<'_> {
                 None => o.opening += 1,
                 Some(RaceReason::Fill) => o.fill += 1,
                 Some(RaceReason::Behind(_)) => o.behind += 1,
+                Some(RaceReason::Grow(_)) => o.grow += 1,
             }
         }
         let pc = &mut self.pools[client as usize];
