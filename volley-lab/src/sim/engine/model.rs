@@ -239,7 +239,7 @@ pub struct ServerTotals {
 /// measurement window (from the first to the last measured arrival) unless named otherwise.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct PoolCounts {
-    /// The balancer's races (fill and behind) started in the steady span: from half-way through
+    /// The balancer's races (fill, behind and grow) started in the steady span: from half-way through
     /// the warm-up to the last measured arrival. Each client's race budget is a token bucket
     /// that requests fill, and clients that start together race in step, so a window of a few
     /// tens of requests per client can catch or miss their races by phase: the span covers

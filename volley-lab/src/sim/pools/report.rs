@@ -240,9 +240,11 @@ impl PoolReport {
              tables give each cell's), wall time {:.1} s. volley pools: `k` members opened by one \
              `NBest` race over {OPEN_FANOUT_PER_MEMBER}k servers, every request through the \
              balancer (default settings: races_per_1000 4, burst 2, least gap 100 ms, behind \
-             2×), fed the real endpoint's expected completion by every reply; its races over \
-             {RACE_FANOUT} servers not in the pool{}. Latency: per request, arrival → reply at \
-             the client, ms. Races per 1,000 requests: the balancer's races (fill and behind) \
+             2×, grow at 1/2 of the members' slots up to 256 members), fed the real \
+             endpoint's expected completion by every reply; its races over {RACE_FANOUT} \
+             servers not in the pool (a growth by n: n-best over {OPEN_FANOUT_PER_MEMBER}n){}. \
+             Latency: per request, arrival → reply at the client, ms. Races per 1,000 \
+             requests: the balancer's races (fill, behind and grow) \
              over the requests sent, from half-way through the warm-up to the last measured \
              arrival.\n\n",
             self.servers,
@@ -283,7 +285,7 @@ impl PoolReport {
         }
         md.push_str(
             "\n† known unstable in advance (round-robin on the half-slow fleet from load 2/3; a \
-             pool whose k fastest servers cannot carry one client's requests), or in a seed's \
+             pool whose max_members fastest servers cannot carry one client's requests), or in a seed's \
              run the backlog at the servers grew or shrank by more than 2 % of the measured \
              requests over the window, or the latency drifted by more than 10 % (second half of the measured \
              requests vs the first): queues not steady, figures depend on the run's length \
