@@ -42,15 +42,15 @@
 //! requests in flight are answered), which may be the newcomer if it is no better.
 //!
 //! **Size.** `k` is the least the pool keeps. A client whose requests need more servers than
-//! `k` — a single client carrying a whole fleet's load, say — grows its pool: when its
-//! requests in flight, a time average over [`LOAD_MEMORY`] (1 s), exceed `grow_at` (1/2) of
-//! its live members' slots (the capacities their reports give), a race within the budget asks
-//! for as many new members as bring them back to `grow_at` (an n-best race; none retires), up
-//! to `max_members` (256). When they would stay under half of that with one member fewer, the
-//! pool retires one member (at most one per `min_race_gap`), down to `k`. The share is of this
-//! client's own requests against its members' slots, so a client that carries a small share of
-//! a fleet (many clients, each with a few requests in flight) keeps `k`; queueing adds to the
-//! requests in flight, so a pool whose servers queue grows too.
+//! `k` — a single client carrying a whole fleet's load, say — grows its pool. It keeps the
+//! server slots its own requests keep busy ([`Balancer::load`]): a time average over
+//! [`LOAD_MEMORY`] (1 s) of its request rate times the service time of the member each went
+//! to — Little's law for the service alone, so neither queueing nor other clients' load makes a
+//! client look big. When that exceeds `grow_at` (1/2) of its live members' slots (the
+//! capacities their reports give), a race within the budget asks for as many new members as
+//! bring it back to `grow_at` (an n-best race; none retires), up to `max_members` (256). When it
+//! would stay under half of that with one member fewer, the pool retires one member (at most
+//! one per `min_race_gap`), down to `k`. A client with a small share of a fleet keeps `k`.
 //!
 //! Pure: time comes in as `now`, and nothing here does I/O.
 //!
@@ -83,11 +83,10 @@ pub struct BalanceConfig {
     /// Members the pool may grow to when this client's requests need more servers than `k`
     /// (see [`BalanceConfig::grow_at`]; `members` or less: never grows). Default 256.
     pub max_members: usize,
-    /// The pool grows when this client's requests in flight (a time average over
-    /// [`LOAD_MEMORY`]) exceed this share of its live members' slots (their reported
-    /// capacities), to as many members as bring the share back to it; it shrinks, one member
-    /// at a time, back towards `members` when they would stay under half of it with one member
-    /// fewer. Default 0.5.
+    /// The pool grows when the slots this client's requests keep busy ([`Balancer::load`])
+    /// exceed this share of its live members' slots (their reported capacities), to as many
+    /// members as bring the share back to it; it shrinks, one member at a time, back towards
+    /// `members` when they would stay under half of it with one member fewer. Default 0.5.
     pub grow_at: f64,
     /// Races allowed per 1,000 requests to replace a member that fell behind (a token bucket
     /// filled by requests). Races to replace a failed member do not draw on it. Default 4.
@@ -275,9 +274,8 @@ pub struct Balancer {
     shunned: Vec<(SocketAddr, Instant)>,
     /// Live members the pool keeps now: `members`, more after a growth.
     target: usize,
-    /// This client's requests in flight, a time average over [`LOAD_MEMORY`], as of `load_at`.
-    load: f64,
-    load_at: Option<Instant>,
+    /// The slots this client's requests keep busy (see [`Balancer::load`]).
+    busy: BusySlots,
     /// When the pool last shrank.
     last_shrink: Option<Instant>,
     /// A growth found no server: no other before then.
@@ -302,8 +300,7 @@ impl Balancer {
             stats: BalanceStats::default(),
             shunned: Vec::new(),
             target: members,
-            load: 0.0,
-            load_at: None,
+            busy: BusySlots::default(),
             last_shrink: None,
             no_growth_until: None,
         }
@@ -314,33 +311,12 @@ impl Balancer {
         self.target
     }
 
-    /// This client's requests in flight on the pool, a time average over [`LOAD_MEMORY`] up
-    /// to `now`.
+    /// The server slots this client's requests keep busy, at `now`: a time average over
+    /// [`LOAD_MEMORY`] of its request rate times the service time of the member each request
+    /// went to (Little's law for the service alone: queueing and the path are left out, so
+    /// a client whose servers are slow or shared is not taken for a big one).
     pub fn load(&self, now: Instant) -> f64 {
-        let mut b = self.clone_load();
-        b.integrate(now, self.in_flight());
-        b.load
-    }
-
-    fn clone_load(&self) -> LoadAverage {
-        LoadAverage {
-            load: self.load,
-            at: self.load_at,
-        }
-    }
-
-    /// This client's requests in flight on every member.
-    fn in_flight(&self) -> u32 {
-        self.members.iter().map(|m| m.in_flight).sum()
-    }
-
-    /// Brings the load average up to `now` (the requests in flight having been what they are
-    /// since the last change): call before every change of a member's requests in flight.
-    fn settle(&mut self, now: Instant) {
-        let mut avg = self.clone_load();
-        avg.integrate(now, self.in_flight());
-        self.load = avg.load;
-        self.load_at = avg.at;
+        self.busy.at(now)
     }
 
     /// The live members' slots (their reported capacities), when every one has reported one.
@@ -389,6 +365,16 @@ impl Balancer {
 
     fn member(&mut self, key: MemberKey) -> Option<&mut Member> {
         self.members.iter_mut().find(|m| m.key == key)
+    }
+
+    /// The members' median service time (None when none has one).
+    fn median_service(&self) -> Option<Duration> {
+        let mut services: Vec<Duration> = self.members.iter().filter_map(|m| m.service).collect();
+        if services.is_empty() {
+            return None;
+        }
+        services.sort_unstable();
+        Some(services[services.len() / 2])
     }
 
     /// The members' median report, for a member that has none yet.
@@ -445,8 +431,17 @@ impl Balancer {
 
     /// A request was sent on `key` at `now`.
     pub fn sent(&mut self, now: Instant, key: MemberKey) {
-        self.settle(now);
         self.stats.requests += 1;
+        // The request's work: its member's service time, else the members' median.
+        let service = self
+            .members
+            .iter()
+            .find(|m| m.key == key)
+            .and_then(|m| m.service)
+            .or_else(|| self.median_service());
+        if let Some(s) = service {
+            self.busy.add(now, s);
+        }
         let cap = u64::from(self.config.race_burst.max(1)) * RACE;
         self.tokens = (self.tokens + u64::from(self.config.races_per_1000)).min(cap);
         if let Some(m) = self.member(key) {
@@ -486,7 +481,6 @@ impl Balancer {
         report: Option<Report>,
         ok: bool,
     ) {
-        self.settle(now);
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
             m.waiting_since = (m.in_flight > 0).then_some(now);
@@ -515,8 +509,7 @@ impl Balancer {
     }
 
     /// A request on `key` ended without a reply (timed out, cancelled, refused).
-    pub fn lost(&mut self, now: Instant, key: MemberKey) {
-        self.settle(now);
+    pub fn lost(&mut self, key: MemberKey) {
         if let Some(m) = self.member(key) {
             m.in_flight = m.in_flight.saturating_sub(1);
             if m.in_flight == 0 {
@@ -527,8 +520,7 @@ impl Balancer {
     }
 
     /// `key`'s session ended: the member leaves the pool (and a race will fill its place).
-    pub fn failed(&mut self, now: Instant, key: MemberKey) {
-        self.settle(now);
+    pub fn failed(&mut self, key: MemberKey) {
         let before = self.members.len();
         self.members.retain(|m| m.key != key);
         if self.members.len() < before {
@@ -576,9 +568,8 @@ impl Balancer {
             if self.tokens < RACE {
                 return None;
             }
-            self.settle(now);
             let held = self.no_growth_until.is_some_and(|t| now < t);
-            match self.growth().filter(|_| !held) {
+            match self.growth(now).filter(|_| !held) {
                 Some(n) => RaceReason::Grow(n),
                 None => RaceReason::Behind(self.behind(now)?),
             }
@@ -608,21 +599,22 @@ impl Balancer {
         })
     }
 
-    /// How many members the pool should grow by, if it should: this client's requests in
-    /// flight (averaged) exceed `grow_at` of its live members' slots. Enough members to bring
-    /// them back to `grow_at` of the slots at the members' mean capacity, up to `max_members`.
-    fn growth(&self) -> Option<usize> {
+    /// How many members the pool should grow by, if it should: the slots this client keeps
+    /// busy exceed `grow_at` of its live members' slots. Enough members to bring them back to
+    /// `grow_at` of the slots at the members' mean capacity, up to `max_members`.
+    fn growth(&self, now: Instant) -> Option<usize> {
         let live = self.live();
         if live == 0 || live >= self.config.max_members {
             return None;
         }
         let slots = f64::from(self.slots()?);
         let share = self.config.grow_at;
-        if slots <= 0.0 || share <= 0.0 || self.load <= share * slots {
+        let busy = self.load(now);
+        if slots <= 0.0 || share <= 0.0 || busy <= share * slots {
             return None;
         }
         let per_member = slots / live as f64;
-        let wanted = (self.load / (share * per_member)).ceil() as usize;
+        let wanted = (busy / (share * per_member)).ceil() as usize;
         let n = wanted
             .min(self.config.max_members)
             .saturating_sub(live)
@@ -632,9 +624,9 @@ impl Balancer {
 
     /// Whether the pool should shrink, and if so retires one member (the one a race's winner
     /// would displace: failing, then least spare, then longest delay) and returns it. It
-    /// shrinks while it holds more than `members` live members, no race runs, and this client's
-    /// requests in flight (averaged) would stay under half of `grow_at` of the slots with one
-    /// member fewer; at most once every `min_race_gap`. Close the member's session once its
+    /// shrinks while it holds more than `members` live members, no race runs, and the slots
+    /// this client keeps busy would stay under half of `grow_at` of the slots with one member
+    /// fewer; at most once every `min_race_gap`. Close the member's session once its
     /// requests are answered ([`Balancer::idle_retired`]).
     pub fn poll_shrink(&mut self, now: Instant) -> Option<MemberKey> {
         let live = self.live();
@@ -647,10 +639,9 @@ impl Balancer {
         {
             return None;
         }
-        self.settle(now);
         let slots = f64::from(self.slots()?);
         let fewer = slots * (live - 1) as f64 / live as f64;
-        if self.load >= self.config.grow_at / 2.0 * fewer {
+        if self.load(now) >= self.config.grow_at / 2.0 * fewer {
             return None;
         }
         let key = self.retire_worst(now)?;
@@ -810,28 +801,40 @@ const RACE: u64 = 1000;
 /// How long a pool does not grow after a growth's race found no server.
 pub const GROW_HOLD: Duration = Duration::from_secs(10);
 
-/// The time constant of a pool's load average (this client's requests in flight, weighed by
-/// time): the average moves `1 − exp(−dt / LOAD_MEMORY)` of the way to the requests in flight
-/// held for `dt`.
+/// The time constant of a pool's load average ([`Balancer::load`]: the slots this client's
+/// requests keep busy).
 pub const LOAD_MEMORY: Duration = Duration::from_secs(1);
 
-/// A time average of requests in flight (see [`LOAD_MEMORY`]).
-#[derive(Debug, Clone, Copy)]
-struct LoadAverage {
-    load: f64,
+/// A time average of the slots a client's requests keep busy (see [`Balancer::load`]): each
+/// request adds its service time over [`LOAD_MEMORY`], and the sum decays as
+/// `exp(−dt / LOAD_MEMORY)` — at a steady rate λ of requests of service time S, it is λ × S.
+#[derive(Debug, Clone, Copy, Default)]
+struct BusySlots {
+    /// The average as of `at`.
+    value: f64,
     at: Option<Instant>,
 }
 
-impl LoadAverage {
-    /// `in_flight` requests were held from `at` to `now`.
-    fn integrate(&mut self, now: Instant, in_flight: u32) {
-        if let Some(at) = self.at {
-            let dt = now.saturating_duration_since(at).as_secs_f64();
-            let w = 1.0 - (-dt / LOAD_MEMORY.as_secs_f64()).exp();
-            self.load += w * (f64::from(in_flight) - self.load);
+impl BusySlots {
+    /// The average at `now`.
+    fn at(&self, now: Instant) -> f64 {
+        match self.at {
+            Some(at) => self.value * decay(now.saturating_duration_since(at)),
+            None => 0.0,
         }
-        self.at = Some(self.at.map_or(now, |at| at.max(now)));
     }
+
+    /// A request of `service` was sent at `now`.
+    fn add(&mut self, now: Instant, service: Duration) {
+        let now = self.at.map_or(now, |at| at.max(now));
+        self.value = self.at(now) + service.as_secs_f64() / LOAD_MEMORY.as_secs_f64();
+        self.at = Some(now);
+    }
+}
+
+/// What is left of the load average after `dt`.
+fn decay(dt: Duration) -> f64 {
+    (-dt.as_secs_f64() / LOAD_MEMORY.as_secs_f64()).exp()
 }
 
 /// The weight of each reply in a member's failure EWMA.
@@ -996,7 +999,7 @@ mod tests {
         assert_eq!(retired, Some(a), "failing goes before slow");
         // Races leave its server out for SHUN, though it is no longer a member.
         b.idle_retired().into_iter().for_each(|k| b.remove(k));
-        b.failed(t0, c);
+        b.failed(c);
         let race = b.poll_race(t0 + ms(100)).expect("a race to fill");
         assert!(race.exclude.contains(&addr(1)), "{:?}", race.exclude);
         b.race_failed();
@@ -1135,7 +1138,7 @@ mod tests {
             None,
             "a full pool of equal members races not"
         );
-        b.failed(now, a);
+        b.failed(a);
         let race = b.poll_race(now).expect("a race to fill the pool");
         assert_eq!(race.reason, RaceReason::Fill);
         assert_eq!(race.exclude, vec![addr(2)]);
@@ -1258,6 +1261,19 @@ mod tests {
         }
     }
 
+    /// Sends `rate` requests per second on `b` from `from` for `secs` (no replies: the load
+    /// average counts requests sent); the time of the last.
+    fn send_at(b: &mut Balancer, from: Instant, rate: u64, secs: u64) -> Instant {
+        let gap = Duration::from_secs(1) / rate as u32;
+        let mut t = from;
+        for _ in 0..rate * secs {
+            t += gap;
+            let k = b.pick(t).unwrap();
+            b.sent(t, k);
+        }
+        t
+    }
+
     #[test]
     fn p3_a_client_whose_requests_need_more_servers_grows_its_pool_then_shrinks_back() {
         let t0 = Instant::now();
@@ -1267,20 +1283,12 @@ mod tests {
         });
         b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
         b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
-        // Ten requests in flight on two members of 4 slots each.
-        let mut sent = Vec::new();
-        for _ in 0..10 {
-            let k = b.pick(t0).unwrap();
-            b.sent(t0, k);
-            sent.push(k);
-        }
-        // The average lags: nothing yet.
-        assert_eq!(b.poll_race(t0), None);
-        // Held for 2 s, it is 10 × (1 − e^−2) = 8.65, over half of the 8 slots: grow to
-        // ⌈8.65 / 2⌉ = 5 members, 3 more, in one race.
-        let t1 = t0 + ms(2_000);
+        // 1,000 requests a second of 10 ms keep 10 slots busy; the two members have 8. The
+        // average lags: after 2 s it is 10 × (1 − e^−2) = 8.65, over half of the 8 slots: grow
+        // to ⌈8.65 / 2⌉ = 5 members, 3 more, in one race.
+        let t1 = send_at(&mut b, t0, 1_000, 2);
         let load = b.load(t1);
-        assert!((load - 8.647).abs() < 0.01, "{load}");
+        assert!((load - 8.65).abs() < 0.01, "{load}");
         let race = b.poll_race(t1).expect("a growth");
         assert_eq!(race.reason, RaceReason::Grow(3));
         assert_eq!(race.wanted(), 3);
@@ -1294,10 +1302,7 @@ mod tests {
         }
         assert_eq!(b.live(), 5);
         assert_eq!(b.poll_shrink(t1), None, "still busy");
-        for k in sent {
-            b.replied(t1, k, None, idle(10, 4));
-        }
-        // Idle for 3 s, the average is 0.43: under a quarter of the slots of one member fewer.
+        // No request for 3 s: 0.43 slots, under a quarter of the slots of one member fewer.
         // The pool shrinks one member per least gap (100 ms), back to k = 2.
         let mut t = t1 + ms(3_000);
         let mut shrunk = 0;
@@ -1308,7 +1313,6 @@ mod tests {
         }
         assert_eq!(shrunk, 3);
         assert_eq!((b.live(), b.target()), (2, 2));
-        assert_eq!(b.idle_retired().len(), 3, "the retired members close");
         let stats = b.stats();
         assert_eq!((stats.grow_races, stats.shrunk, stats.retired), (1, 3, 0));
     }
@@ -1320,12 +1324,11 @@ mod tests {
         for i in 1..=3 {
             b.add(t0, addr(i), idle(10, 4), Some(ms(1)));
         }
-        // One of many clients: 5 requests in flight on 3 members' 12 slots, for 10 s.
-        for _ in 0..5 {
-            let k = b.pick(t0).unwrap();
-            b.sent(t0, k);
-        }
-        assert_eq!(b.poll_race(t0 + ms(10_000)), None);
+        // One of many clients: 400 requests a second of 10 ms keep 4 of its members' 12 slots
+        // busy (whatever queue its requests meet: the average counts their service alone).
+        let t1 = send_at(&mut b, t0, 400, 10);
+        assert!((b.load(t1) - 4.0).abs() < 0.01);
+        assert_eq!(b.poll_race(t1), None);
         assert_eq!(b.target(), 3);
 
         // A client whose requests need 20 members, allowed 8: a growth of 6 at most.
@@ -1336,21 +1339,17 @@ mod tests {
         });
         b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
         b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
-        for _ in 0..40 {
-            let k = b.pick(t0).unwrap();
-            b.sent(t0, k);
-        }
-        let t1 = t0 + ms(5_000);
+        let t1 = send_at(&mut b, t0, 4_000, 5);
         let race = b.poll_race(t1).expect("a growth");
         assert_eq!(race.reason, RaceReason::Grow(6));
         // It finds no server (every one is a member): the pool stays at 2, and grows no more
         // for GROW_HOLD (10 s) from the race's start.
         b.race_failed();
         assert_eq!(b.target(), 2);
-        assert_eq!(b.poll_race(t1 + ms(9_900)), None);
-        let again = b
-            .poll_race(t1 + GROW_HOLD)
-            .expect("a growth after the hold");
+        let t2 = send_at(&mut b, t1, 4_000, 9);
+        assert_eq!(b.poll_race(t2), None);
+        let t3 = send_at(&mut b, t2, 4_000, 1);
+        let again = b.poll_race(t3).expect("a growth after the hold");
         assert_eq!(again.reason, RaceReason::Grow(6));
     }
 }

@@ -339,7 +339,7 @@ fn join(inner: &Arc<Inner>, now: std::time::Instant, session: Session, reason: O
         let reason = session.closed().await;
         if let Some(inner) = weak.upgrade() {
             let mut state = lock(&inner.state);
-            state.balancer.failed(self::now(), key);
+            state.balancer.failed(key);
             state.sessions.retain(|(k, _)| *k != key);
             drop(state);
             debug!(%server, ?reason, "pool: member's session ended");
@@ -459,7 +459,7 @@ async fn send(
                 .map(|(k, _)| *k)
                 .collect();
             for key in ended {
-                state.balancer.failed(now, key);
+                state.balancer.failed(key);
                 state.sessions.retain(|(k, _)| *k != key);
             }
             if let Some(key) = state.balancer.pick(now)
@@ -502,14 +502,14 @@ async fn send(
                 .replied_with(now(), key, None, report, reply_ok);
         }
         Err(e) => {
-            state.balancer.lost(now(), key);
+            state.balancer.lost(key);
             state.failed_requests += 1;
             if matches!(e, Error::Closed(_) | Error::RequestLost(_))
                 || session.close_reason().is_some()
             {
                 // The member is gone: out of the pool now, before its watcher notices, so
                 // that a retry goes elsewhere.
-                state.balancer.failed(now(), key);
+                state.balancer.failed(key);
                 state.sessions.retain(|(k, _)| *k != key);
             }
         }
@@ -537,7 +537,7 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.inner.state).balancer.lost(now(), self.key);
+            lock(&self.inner.state).balancer.lost(self.key);
         }
     }
 }

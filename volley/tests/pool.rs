@@ -165,12 +165,12 @@ async fn p3_a_single_client_carrying_a_fleets_load_grows_its_pool() {
     assert_eq!(live(&pool), 2);
     assert_eq!(pool.stats().balance.grow_races, 0);
     pool.close();
-    // The default pool grows: its requests in flight pass half its members' slots, and one
-    // race brings as many members as they need (here every server).
+    // The default pool grows: the slots its requests keep busy (their rate × 20 ms) pass half
+    // its members', and races bring as many members as they need (here every server).
     let pool = Pool::connect(&client(&key), &fleet.addrs, PoolConfig::members(2))
         .await
         .unwrap();
-    let used = closed_loop(&pool, 24, 480).await;
+    let used = closed_loop(&pool, 24, 960).await;
     let stats = pool.stats();
     assert!(stats.balance.grow_races >= 1, "{stats:?}");
     assert!(live(&pool) >= 6, "{stats:?}");

@@ -204,7 +204,7 @@ impl PoolWarmup {
 }
 
 /// The members a pool of `b` grows to when its client sends `per_client` requests per ns:
-/// enough that its requests in flight (at the mean service time, with no queue) fill
+/// enough that the slots its requests keep busy (their rate × the mean service time) are
 /// `grow_at` of their slots, between `members` and `max_members`.
 pub fn grown_members(b: &BalanceConfig, per_client: f64) -> usize {
     let in_flight = per_client * policies::MEAN_SERVICE;

@@ -223,8 +223,8 @@ fn p5_a_pools_warm_up_lasts_its_races_per_member() {
     // A pool of 300 at M = 100: the least gap (10 races per second) binds: 60 s.
     let t = w.nanos(&pool_policy(300), 100, rate) as f64 / 1e9;
     assert!((t - 60.0).abs() < 0.01, "{t}");
-    // A pool of 3 at M = 1,000 grows: 637.5 requests per second of 40 ms keep 25.5 in flight,
-    // half the slots of ⌈25.5 / 2⌉ = 13 members; 26 races at 2.55 per second: 10.2 s.
+    // A pool of 3 at M = 1,000 grows: 637.5 requests per second of 40 ms keep 25.5 slots
+    // busy, half the slots of ⌈25.5 / 2⌉ = 13 members; 26 races at 2.55 per second: 10.2 s.
     let t = w.nanos(&pool_policy(3), 1_000, rate) as f64 / 1e9;
     assert!((t - 10.196).abs() < 0.01, "{t}");
     let t = w.nanos(&fixed(3), 1_000, rate) as f64 / 1e9;

@@ -219,7 +219,7 @@ impl World<'_> {
             };
             let Some(m) = pc.members.iter_mut().find(|m| m.key == key) else {
                 // Never: every key the balancer holds is a member here.
-                pc.balancer.failed(at, key);
+                pc.balancer.failed(key);
                 continue;
             };
             pc.waiting.pop_front();
