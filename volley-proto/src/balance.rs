@@ -46,7 +46,8 @@
 //! server slots its own requests keep busy ([`Balancer::load`]): a time average over
 //! [`LOAD_MEMORY`] (1 s) of its request rate times the service time of the member each went
 //! to — Little's law for the service alone, so neither queueing nor other clients' load makes a
-//! client look big. When that exceeds `grow_at` (1/2) of its live members' slots (the
+//! client look big (until the first request is a second old, the average is over the time
+//! since, so that a client starting at full rate is seen at once). When that exceeds `grow_at` (1/2) of its live members' slots (the
 //! capacities their reports give), a race within the budget asks for as many new members as
 //! bring it back to `grow_at` (an n-best race; none retires), up to `max_members` (256). When it
 //! would stay under half of that with one member fewer, the pool retires one member (at most
@@ -808,29 +809,43 @@ pub const LOAD_MEMORY: Duration = Duration::from_secs(1);
 /// A time average of the slots a client's requests keep busy (see [`Balancer::load`]): each
 /// request adds its service time over [`LOAD_MEMORY`], and the sum decays as
 /// `exp(−dt / LOAD_MEMORY)` — at a steady rate λ of requests of service time S, it is λ × S.
+/// Until the first request is [`LOAD_MEMORY`] old the sum covers less than that, and is
+/// divided by the share it covers, `1 − exp(−age / LOAD_MEMORY)` (age at least
+/// [`LOAD_FIRST_SPAN`]): a client that starts at full rate is seen at its rate at once, not a
+/// second later.
 #[derive(Debug, Clone, Copy, Default)]
 struct BusySlots {
-    /// The average as of `at`.
+    /// The decayed sum as of `at`.
     value: f64,
     at: Option<Instant>,
+    /// The first request.
+    since: Option<Instant>,
 }
 
 impl BusySlots {
     /// The average at `now`.
     fn at(&self, now: Instant) -> f64 {
-        match self.at {
-            Some(at) => self.value * decay(now.saturating_duration_since(at)),
-            None => 0.0,
-        }
+        let (Some(at), Some(since)) = (self.at, self.since) else {
+            return 0.0;
+        };
+        let age = now.saturating_duration_since(since).max(LOAD_FIRST_SPAN);
+        self.value * decay(now.saturating_duration_since(at)) / (1.0 - decay(age))
     }
 
     /// A request of `service` was sent at `now`.
     fn add(&mut self, now: Instant, service: Duration) {
         let now = self.at.map_or(now, |at| at.max(now));
-        self.value = self.at(now) + service.as_secs_f64() / LOAD_MEMORY.as_secs_f64();
+        let left = self.at.map_or(0.0, |at| {
+            self.value * decay(now.saturating_duration_since(at))
+        });
+        self.value = left + service.as_secs_f64() / LOAD_MEMORY.as_secs_f64();
         self.at = Some(now);
+        self.since.get_or_insert(now);
     }
 }
+
+/// The least age [`BusySlots`] counts its first request at: it takes this long to see a rate.
+pub const LOAD_FIRST_SPAN: Duration = Duration::from_millis(100);
 
 /// What is left of the load average after `dt`.
 fn decay(dt: Duration) -> f64 {
@@ -1261,12 +1276,12 @@ mod tests {
         }
     }
 
-    /// Sends `rate` requests per second on `b` from `from` for `secs` (no replies: the load
+    /// Sends `rate` requests per second on `b` from `from` for `millis` (no replies: the load
     /// average counts requests sent); the time of the last.
-    fn send_at(b: &mut Balancer, from: Instant, rate: u64, secs: u64) -> Instant {
+    fn send_at(b: &mut Balancer, from: Instant, rate: u64, millis: u64) -> Instant {
         let gap = Duration::from_secs(1) / rate as u32;
         let mut t = from;
-        for _ in 0..rate * secs {
+        for _ in 0..rate * millis / 1000 {
             t += gap;
             let k = b.pick(t).unwrap();
             b.sent(t, k);
@@ -1283,12 +1298,12 @@ mod tests {
         });
         b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
         b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
-        // 1,000 requests a second of 10 ms keep 10 slots busy; the two members have 8. The
-        // average lags: after 2 s it is 10 × (1 − e^−2) = 8.65, over half of the 8 slots: grow
-        // to ⌈8.65 / 2⌉ = 5 members, 3 more, in one race.
-        let t1 = send_at(&mut b, t0, 1_000, 2);
+        // 900 requests a second of 10 ms keep 9 slots busy; the two members have 8. The
+        // average covers the 200 ms since the first request: 9, over half of the 8 slots:
+        // grow to ⌈9 / 2⌉ = 5 members, 3 more, in one race.
+        let t1 = send_at(&mut b, t0, 900, 200);
         let load = b.load(t1);
-        assert!((load - 8.65).abs() < 0.01, "{load}");
+        assert!((load - 9.0).abs() < 0.1, "{load}");
         let race = b.poll_race(t1).expect("a growth");
         assert_eq!(race.reason, RaceReason::Grow(3));
         assert_eq!(race.wanted(), 3);
@@ -1302,7 +1317,7 @@ mod tests {
         }
         assert_eq!(b.live(), 5);
         assert_eq!(b.poll_shrink(t1), None, "still busy");
-        // No request for 3 s: 0.43 slots, under a quarter of the slots of one member fewer.
+        // No request for 3 s: 0.09 slots, under a quarter of the slots of one member fewer.
         // The pool shrinks one member per least gap (100 ms), back to k = 2.
         let mut t = t1 + ms(3_000);
         let mut shrunk = 0;
@@ -1326,7 +1341,7 @@ mod tests {
         }
         // One of many clients: 400 requests a second of 10 ms keep 4 of its members' 12 slots
         // busy (whatever queue its requests meet: the average counts their service alone).
-        let t1 = send_at(&mut b, t0, 400, 10);
+        let t1 = send_at(&mut b, t0, 400, 10_000);
         assert!((b.load(t1) - 4.0).abs() < 0.01);
         assert_eq!(b.poll_race(t1), None);
         assert_eq!(b.target(), 3);
@@ -1339,16 +1354,16 @@ mod tests {
         });
         b.add(t0, addr(1), idle(10, 4), Some(ms(1)));
         b.add(t0, addr(2), idle(10, 4), Some(ms(1)));
-        let t1 = send_at(&mut b, t0, 4_000, 5);
+        let t1 = send_at(&mut b, t0, 4_000, 5_000);
         let race = b.poll_race(t1).expect("a growth");
         assert_eq!(race.reason, RaceReason::Grow(6));
         // It finds no server (every one is a member): the pool stays at 2, and grows no more
         // for GROW_HOLD (10 s) from the race's start.
         b.race_failed();
         assert_eq!(b.target(), 2);
-        let t2 = send_at(&mut b, t1, 4_000, 9);
+        let t2 = send_at(&mut b, t1, 4_000, 9_000);
         assert_eq!(b.poll_race(t2), None);
-        let t3 = send_at(&mut b, t2, 4_000, 1);
+        let t3 = send_at(&mut b, t2, 4_000, 1_000);
         let again = b.poll_race(t3).expect("a growth after the hold");
         assert_eq!(again.reason, RaceReason::Grow(6));
     }
