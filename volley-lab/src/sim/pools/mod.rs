@@ -10,9 +10,11 @@
 //!
 //! - **volley pools** ([`Selector::Pool`], `engine::pool`): `k` = 2, 3, 4 members opened by one
 //!   real `NBest` race over `2k` servers, every request through the client's
-//!   [`volley_proto::balance::Balancer`] (default settings: race budget 4 per 1,000 requests),
-//!   fed by the real `ServerEndpoint`'s expected completion carried by every reply; the
-//!   balancer's races run as real races over [`RACE_FANOUT`] servers not in the pool;
+//!   [`volley_proto::balance::Balancer`] (default settings: race budget 4 per 1,000 requests;
+//!   growth past `k` when the client's requests keep more than half its members' slots busy,
+//!   up to 256 members), fed by the real `ServerEndpoint`'s expected completion carried by
+//!   every reply; the balancer's races run as real races over [`RACE_FANOUT`] servers not in
+//!   the pool (a growth by n: `NBest` of n over 2n);
 //! - the peers per request: tower's p2c over the client's pending requests and over its
 //!   peak-EWMA, Prequal, round-robin (the sweep's models, `engine::peers`), client-side weighted
 //!   round robin from ORCA reports and C3 (`engine::reports`);

@@ -52,6 +52,29 @@ fn run(policy: &Policy, clients: usize, measured: u64, ms: u64, seed: u64) -> Po
 }
 
 #[test]
+fn p5_a_pool_grows_to_carry_a_client_with_a_large_share_of_the_fleet() {
+    // 100 servers at load 0.85 and M = 2: each client's requests keep 170 of the fleet's 400
+    // slots busy. A fixed pool of 3 (12 slots) cannot carry them; a pool of 3 that grows (to
+    // ⌈170 / 2⌉ = 85 members, the fleet's 100 at most) can.
+    let grown = run(&pool_policy(3), 2, 10_000, 3_000, 7);
+    let fixed3 = run(&fixed(3), 2, 10_000, 3_000, 7);
+    eprintln!(
+        "grown: {} members, p99 {:.1} ms; fixed: {} members, p99 {:.1} ms",
+        grown.pool.members_end,
+        grown.summary.p99_ms,
+        fixed3.pool.members_end,
+        fixed3.summary.p99_ms
+    );
+    assert_eq!(fixed3.pool.members_end, 6);
+    assert!(
+        grown.pool.members_end >= 2 * 60,
+        "{} members",
+        grown.pool.members_end
+    );
+    assert!(grown.summary.p99_ms * 3.0 < fixed3.summary.p99_ms);
+}
+
+#[test]
 fn p5_pools_keep_k_members_and_race_within_the_balancers_budget() {
     // 4 clients of 40 members each: a client sends ~1,600 requests per second, so its budget
     // (not the least gap of 100 ms) bounds its races.
