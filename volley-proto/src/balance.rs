@@ -844,7 +844,8 @@ impl BusySlots {
     }
 }
 
-/// The least age [`BusySlots`] counts its first request at: it takes this long to see a rate.
+/// The least age a pool's load average ([`Balancer::load`]) counts its first request at: it takes
+/// this long to see a rate.
 pub const LOAD_FIRST_SPAN: Duration = Duration::from_millis(100);
 
 /// What is left of the load average after `dt`.
